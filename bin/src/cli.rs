@@ -1,0 +1,319 @@
+//! `guildnet`: the command-line front end. `up` runs an orchestrator on SQLite with the local
+//! backend; the other commands talk to an orchestrator over its API.
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use guildnet_bin::{init_tracing, run_orchestrator, shutdown_signal, OrchestratorArgs};
+use guildnet_core::client::{LogFollow, OrchestratorClient};
+use guildnet_core::model::{LogStream, Task, TaskStatus};
+use guildnet_core::names::{OrgName, TaskId};
+use guildnet_core::orchestrator::api::TaskListQuery;
+use guildnet_core::state_dir::StatePaths;
+use guildnet_core::token::Secret;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "guildnet",
+    version,
+    about = "GuildNet: run AI coding agents on your own clusters"
+)]
+struct Cli {
+    /// Orchestrator URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GUILDNET_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Admin token (default: the token file in the state dir, as written by `guildnet up`).
+    #[arg(
+        long,
+        global = true,
+        env = "ORCHESTRATOR_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the orchestrator on the embedded SQLite store with the local backend (agents run as
+    /// local processes). Registers org `default` unless --org is given.
+    Up {
+        #[command(flatten)]
+        args: OrchestratorArgs,
+    },
+    /// Manage orgs.
+    Org {
+        #[command(subcommand)]
+        cmd: OrgCmd,
+    },
+    /// Schedule a task.
+    Schedule {
+        /// Org whose cluster runs it.
+        #[arg(long, env = "GUILDNET_ORG", default_value = "default")]
+        org: OrgName,
+        /// The task text; `-` reads it from stdin.
+        #[arg(long)]
+        task: String,
+        /// Optional agent hint recorded with the task.
+        #[arg(long)]
+        agent_hint: Option<String>,
+        /// Follow the task's log until it finishes; exit non-zero if it did not succeed.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List tasks.
+    Tasks {
+        /// Only this status (Scheduled, Submitted, Running, Succeeded, Failed, Cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this org.
+        #[arg(long)]
+        org: Option<OrgName>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one task.
+    Task {
+        /// Task id.
+        id: TaskId,
+    },
+    /// Print a task's log.
+    Logs {
+        /// Task id.
+        id: TaskId,
+        /// Follow until the task finishes (reconnects if the orchestrator restarts).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: TaskId,
+    },
+    /// List agents.
+    Agents,
+}
+
+#[derive(Subcommand)]
+enum OrgCmd {
+    /// Register an org.
+    Create {
+        /// Name (DNS-1123 label).
+        name: OrgName,
+    },
+    /// List orgs.
+    List,
+}
+
+fn admin_token(explicit: Option<String>) -> anyhow::Result<Secret> {
+    if let Some(t) = explicit.filter(|t| !t.is_empty()) {
+        return Ok(Secret::new(t));
+    }
+    let paths = StatePaths::resolve()?;
+    let file = paths.admin_token_file();
+    match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
+        _ => anyhow::bail!(
+            "no admin token: set ORCHESTRATOR_TOKEN or pass --token (no token file at {})",
+            file.display()
+        ),
+    }
+}
+
+fn print_tasks(tasks: &[Task]) {
+    println!(
+        "{:<34} {:<10} {:<16} {:<22} TASK",
+        "ID", "STATUS", "ORG", "AGENT"
+    );
+    for t in tasks {
+        let text: String = t
+            .task
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .replace('\n', " ");
+        println!(
+            "{:<34} {:<10} {:<16} {:<22} {}",
+            t.id,
+            t.status,
+            t.org,
+            t.agent.as_ref().map(|a| a.as_str()).unwrap_or("-"),
+            text
+        );
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn follow(client: &OrchestratorClient, id: &TaskId, json: bool) -> anyhow::Result<Task> {
+    let mut s = Box::pin(client.follow_logs(id, 0, Duration::from_secs(120)));
+    let mut out = std::io::stdout();
+    while let Some(item) = s.next().await {
+        match item? {
+            LogFollow::Line(l) => {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&l)?)?;
+                } else if l.stream == LogStream::System {
+                    writeln!(out, "[agent] {}", l.line)?;
+                } else {
+                    writeln!(out, "{}", l.line)?;
+                }
+            }
+            LogFollow::End(t) => return Ok(*t),
+        }
+    }
+    anyhow::bail!("log stream ended before the task finished")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_tracing();
+    match real_main().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("guildnet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    if let Cmd::Up { mut args } = cli.cmd {
+        if args.orgs.is_empty() {
+            args.orgs.push(OrgName::new("default")?);
+        }
+        if args.runner.is_none() {
+            // Echo runner: shows the pipeline end to end; plug in an AI CLI with --runner.
+            args.runner = Some("cat".into());
+        }
+        run_orchestrator(args, shutdown_signal()).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
+    match cli.cmd {
+        Cmd::Up { .. } => unreachable!("handled above"),
+        Cmd::Org {
+            cmd: OrgCmd::Create { name },
+        } => {
+            let org = client.create_org(&name).await?;
+            if cli.json {
+                print_json(&org)?;
+            } else {
+                println!("org {} created", org.name);
+            }
+        }
+        Cmd::Org { cmd: OrgCmd::List } => {
+            let orgs = client.orgs().await?;
+            if cli.json {
+                print_json(&orgs)?;
+            } else {
+                for o in orgs {
+                    println!("{}", o.name);
+                }
+            }
+        }
+        Cmd::Schedule {
+            org,
+            task,
+            agent_hint,
+            follow: f,
+        } => {
+            let text = if task == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                task
+            };
+            let t = client.schedule(&org, &text, agent_hint.as_deref()).await?;
+            if cli.json && !f {
+                print_json(&t)?;
+            } else {
+                eprintln!("scheduled task {} in org {}", t.id, t.org);
+            }
+            if f {
+                let done = follow(&client, &t.id, cli.json).await?;
+                eprintln!("task {} {}", done.id, done.status);
+                if done.status != TaskStatus::Succeeded {
+                    return Ok(std::process::ExitCode::FAILURE);
+                }
+            }
+        }
+        Cmd::Tasks { status, org, limit } => {
+            let status = match status {
+                Some(s) => Some(TaskStatus::parse(&s).ok_or_else(|| {
+                    anyhow::anyhow!("unknown status {s:?}; one of Scheduled, Submitted, Running, Succeeded, Failed, Cancelled")
+                })?),
+                None => None,
+            };
+            let tasks = client
+                .tasks(&TaskListQuery {
+                    status,
+                    org,
+                    limit: Some(limit),
+                })
+                .await?;
+            if cli.json {
+                print_json(&tasks)?;
+            } else {
+                print_tasks(&tasks);
+            }
+        }
+        Cmd::Task { id } => print_json(&client.task(&id).await?)?,
+        Cmd::Logs { id, follow: f } => {
+            if f {
+                let done = follow(&client, &id, cli.json).await?;
+                eprintln!("task {} {}", done.id, done.status);
+            } else {
+                for l in client.logs(&id, 0).await? {
+                    if cli.json {
+                        println!("{}", serde_json::to_string(&l)?);
+                    } else {
+                        println!("{}", l.line);
+                    }
+                }
+            }
+        }
+        Cmd::Cancel { id } => {
+            let t = client.cancel(&id).await?;
+            if cli.json {
+                print_json(&t)?;
+            } else {
+                println!("task {} {}", t.id, t.status);
+            }
+        }
+        Cmd::Agents => {
+            let agents = client.agents().await?;
+            if cli.json {
+                print_json(&agents)?;
+            } else {
+                println!("{:<22} {:<16} {:<34} LAST SEEN", "NAME", "ORG", "TASK");
+                for a in agents {
+                    println!(
+                        "{:<22} {:<16} {:<34} {}",
+                        a.name,
+                        a.org,
+                        a.task_id.as_ref().map(|t| t.as_str()).unwrap_or("-"),
+                        a.last_seen_at.to_rfc3339()
+                    );
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,133 @@
+//! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
+
+use clap::Args;
+use guildnet_core::launch::{start_local, LocalOptions};
+use guildnet_core::names::OrgName;
+use guildnet_core::orchestrator::AdminTokenSource;
+use guildnet_core::store::Durability;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of an orchestrator on the local backend.
+#[derive(Args, Debug, Clone)]
+pub struct OrchestratorArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GUILDNET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// State directory (default: GUILDNET_STATE_DIR, GUILDNET_HOME/state, ~/.guildnet/state).
+    #[arg(long, env = "GUILDNET_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// URL agents use to reach the orchestrator (default: http://<listen>).
+    #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
+    pub public_url: Option<String>,
+    /// Admin token (default: generated once and stored 0600 in the state dir).
+    #[arg(long, env = "ORCHESTRATOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The guildnet-agent executable (default: next to this binary).
+    #[arg(long, env = "GUILDNET_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+    /// Runner command template for agents, e.g. "my-ai-cli --task-file -" ({task_id}, {org},
+    /// {agent}, {workspace} are replaced; the task text is on stdin and in GUILDNET_TASK).
+    #[arg(long, env = "GUILDNET_RUNNER")]
+    pub runner: Option<String>,
+    /// Orgs to register at start (repeat or comma-separate).
+    #[arg(long = "org", env = "GUILDNET_ORGS", value_delimiter = ',')]
+    pub orgs: Vec<OrgName>,
+    /// Commit durability: full (fsync every commit) or normal (survives process crashes).
+    #[arg(long, env = "GUILDNET_DURABILITY", default_value = "full", value_parser = ["full", "normal"])]
+    pub durability: String,
+    /// Claim lease duration in seconds.
+    #[arg(long, env = "GUILDNET_LEASE_TTL_SECS", default_value_t = 30)]
+    pub lease_ttl_secs: u64,
+    /// Agent heartbeat interval in seconds.
+    #[arg(long, env = "GUILDNET_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+}
+
+impl OrchestratorArgs {
+    /// Converts flags to launch options.
+    pub fn to_options(&self) -> anyhow::Result<LocalOptions> {
+        if self.heartbeat_secs == 0 || self.lease_ttl_secs <= self.heartbeat_secs {
+            anyhow::bail!(
+                "--lease-ttl-secs ({}) must be greater than --heartbeat-secs ({}), which must be > 0",
+                self.lease_ttl_secs,
+                self.heartbeat_secs
+            );
+        }
+        let mut o = LocalOptions::new();
+        o.listen = self.listen;
+        o.state_dir = self.state_dir.clone();
+        o.public_url = self.public_url.clone();
+        o.admin_token = self.token.clone();
+        o.agent_bin = self.agent_bin.clone();
+        o.runner = self.runner.clone();
+        o.orgs = self.orgs.clone();
+        o.durability = if self.durability == "normal" {
+            Durability::Normal
+        } else {
+            Durability::Full
+        };
+        o.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
+        o.heartbeat_interval = Duration::from_secs(self.heartbeat_secs);
+        Ok(o)
+    }
+}
+
+/// Starts and serves an orchestrator until `shutdown` resolves.
+pub async fn run_orchestrator(
+    args: OrchestratorArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let started = start_local(args.to_options()?).await?;
+    match &started.token_source {
+        AdminTokenSource::Configured => {
+            tracing::info!("admin token: from ORCHESTRATOR_TOKEN / --token")
+        }
+        AdminTokenSource::File(p) | AdminTokenSource::Generated(p) => {
+            tracing::info!(path = %p.display(), "admin token: stored in file (mode 0600)")
+        }
+    }
+    tracing::info!(
+        addr = %started.addr,
+        state = %started.paths.root().display(),
+        backend = started.orchestrator.backend_name(),
+        "orchestrator listening"
+    );
+    println!(
+        "GuildNet orchestrator listening on http://{} (state: {})",
+        started.addr,
+        started.paths.root().display()
+    );
+    if let AdminTokenSource::Generated(p) | AdminTokenSource::File(p) = &started.token_source {
+        println!("Admin token: in {} (mode 0600)", p.display());
+    }
+    guildnet_core::orchestrator::serve(started.listener, started.orchestrator, shutdown).await?;
+    Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

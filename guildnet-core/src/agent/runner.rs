@@ -1,0 +1,189 @@
+//! Running the task's command: template expansion (no shell), its own process group, output
+//! lines to the log shipper, cancellation.
+
+use super::{AgentConfig, LogShipper};
+use crate::model::{LogStream, Task};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+/// Environment variable carrying the task text to the runner.
+pub const TASK_TEXT_ENV: &str = "GUILDNET_TASK";
+
+/// How a runner ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signalled(i32),
+    /// Could not be started.
+    NotStarted(String),
+    /// Stopped because the task was cancelled.
+    Cancelled,
+}
+
+/// A parsed runner command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerSpec {
+    /// Program and arguments, placeholders replaced.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl RunnerSpec {
+    /// Splits `template` into words (shell-like quoting, no shell) and fills placeholders.
+    pub fn parse(template: &str, task: &Task, cfg: &AgentConfig) -> Result<Self, String> {
+        let words = shell_words::split(template).map_err(|e| e.to_string())?;
+        if words.is_empty() {
+            return Err("empty command".into());
+        }
+        let ws = cfg.workspace.display().to_string();
+        let fill = |w: &str| {
+            w.replace("{task_id}", task.id.as_str())
+                .replace("{org}", task.org.as_str())
+                .replace("{agent}", cfg.agent.as_str())
+                .replace("{workspace}", &ws)
+        };
+        Ok(Self {
+            argv: words.iter().map(|w| fill(w)).collect(),
+            cwd: cfg.workspace.clone(),
+            env: vec![
+                (TASK_TEXT_ENV.into(), task.task.clone()),
+                ("TASK_ID".into(), task.id.to_string()),
+                ("ORG_NAME".into(), task.org.to_string()),
+            ],
+        })
+    }
+
+    /// Runs the command to the end, or until `cancel` turns true (-> `Some(Cancelled)`) or
+    /// `stop` resolves (-> `None`). Output lines go to `shipper`.
+    pub async fn run(
+        &self,
+        task_text: &str,
+        shipper: &LogShipper,
+        mut cancel: watch::Receiver<bool>,
+        stop: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> Option<RunOutcome> {
+        let mut cmd = tokio::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // The runner must not see the agent's credentials.
+        cmd.env_remove(crate::seams::env::AGENT_TOKEN);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start runner {:?}: {e}", self.argv[0]);
+                shipper.push(LogStream::System, msg.clone());
+                return Some(RunOutcome::NotStarted(msg));
+            }
+        };
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        shipper.push(
+            LogStream::System,
+            format!("runner started: {}", self.argv[0]),
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            let text = task_text.to_owned();
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(tokio::spawn(pump(out, LogStream::Stdout, shipper.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(tokio::spawn(pump(err, LogStream::Stderr, shipper.clone())));
+        }
+        tokio::pin!(stop);
+        let outcome = tokio::select! {
+            st = child.wait() => match st {
+                Ok(s) => Some(match (s.code(), s.signal()) {
+                    (Some(c), _) => RunOutcome::Exited(c),
+                    (None, Some(sig)) => RunOutcome::Signalled(sig),
+                    _ => RunOutcome::Exited(-1),
+                }),
+                Err(e) => Some(RunOutcome::NotStarted(format!("waiting for runner: {e}"))),
+            },
+            _ = wait_true(&mut cancel) => {
+                shipper.push(LogStream::System, "task cancelled: stopping the runner".into());
+                terminate(&mut child, pgid, grace).await;
+                Some(RunOutcome::Cancelled)
+            }
+            _ = &mut stop => {
+                shipper.push(LogStream::System, "agent stopping: stopping the runner".into());
+                terminate(&mut child, pgid, grace).await;
+                None
+            }
+        };
+        // Stop any children the runner left behind, then drain its output.
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        for r in readers {
+            let _ = r.await;
+        }
+        if let Some(RunOutcome::Exited(c)) = &outcome {
+            shipper.push(LogStream::System, format!("runner exited with code {c}"));
+        }
+        outcome
+    }
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(r: R, stream: LogStream, shipper: LogShipper) {
+    let mut lines = BufReader::new(r).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(l)) => shipper.push(stream, l),
+            Ok(None) => break,
+            Err(e) => {
+                // Non-UTF-8 output: report once and stop reading this stream.
+                shipper.push(
+                    LogStream::System,
+                    format!("cannot read runner {}: {e}", stream.as_str()),
+                );
+                break;
+            }
+        }
+    }
+}

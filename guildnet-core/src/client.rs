@@ -1,0 +1,527 @@
+//! Typed HTTP clients: [`OrchestratorClient`] for the admin API (used by the CLI and the Python
+//! bindings) and [`AgentClient`] for the agent protocol (used by the agent).
+
+use crate::model::{Agent, LogLine, Org, Task};
+use crate::names::{AgentName, OrgName, TaskId};
+use crate::orchestrator::api::*;
+use crate::orchestrator::error::ErrorBody;
+use crate::token::Secret;
+use futures_util::{Stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Errors from the clients.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The orchestrator answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the body (`http_<status>` when the body was not JSON).
+        code: String,
+        /// Message.
+        message: String,
+        /// Field at fault.
+        field: Option<String>,
+    },
+    /// The orchestrator could not be reached (or the connection broke).
+    #[error("cannot reach the orchestrator at {url}: {reason}")]
+    Transport {
+        /// Base URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A reply could not be decoded.
+    #[error("unexpected reply from {url}: {reason}")]
+    Decode {
+        /// Request URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The URL given is not usable.
+    #[error("invalid orchestrator URL {0:?}")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when retrying later may succeed (transport errors, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    base: String,
+    http: reqwest::Client,
+    token: Secret,
+}
+
+impl Http {
+    fn new(base: &str, token: Secret) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self { base, http, token })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        // reqwest errors carry the URL, which never holds secrets here (tokens go in headers).
+        ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.without_url().to_string(),
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose())
+            .timeout(Duration::from_secs(30))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = rb.send().await.map_err(|e| self.transport(e))?;
+        let url = resp.url().path().to_owned();
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+            field: b.error.field,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: format!("http_{}", status.as_u16()),
+            message: String::from_utf8_lossy(body).chars().take(300).collect(),
+            field: None,
+        },
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseMessage {
+    /// `id:` field.
+    pub id: Option<String>,
+    /// `event:` field (`message` when absent).
+    pub event: String,
+    /// `data:` lines joined by newlines.
+    pub data: String,
+}
+
+/// Incremental SSE parser (text/event-stream framing).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+    cur: SseMessage,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns complete messages.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
+        self.buf.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.find('\n') {
+            let line: String = self.buf.drain(..=pos).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if self.has_data {
+                    let mut msg = std::mem::take(&mut self.cur);
+                    if msg.event.is_empty() {
+                        msg.event = "message".into();
+                    }
+                    out.push(msg);
+                }
+                self.cur = SseMessage::default();
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "id" => self.cur.id = Some(value.to_owned()),
+                "event" => self.cur.event = value.to_owned(),
+                "data" => {
+                    if self.has_data {
+                        self.cur.data.push('\n');
+                    }
+                    self.cur.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// An item of a followed log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFollow {
+    /// A log line.
+    Line(LogLine),
+    /// The task finished and every line was delivered.
+    End(Box<Task>),
+}
+
+/// Client of the orchestrator's admin API.
+#[derive(Clone)]
+pub struct OrchestratorClient {
+    http: Http,
+}
+
+impl OrchestratorClient {
+    /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) with the admin token.
+    pub fn new(base_url: &str, admin_token: Secret) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: Http::new(base_url, admin_token)?,
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.http.base
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.http.get("/health").await
+    }
+
+    /// `POST /orgs`.
+    pub async fn create_org(&self, name: &OrgName) -> Result<Org, ClientError> {
+        self.http
+            .post("/orgs", &CreateOrgRequest { name: name.clone() })
+            .await
+    }
+
+    /// `GET /orgs`.
+    pub async fn orgs(&self) -> Result<Vec<Org>, ClientError> {
+        self.http.get("/orgs").await
+    }
+
+    /// `POST /schedule`.
+    pub async fn schedule(
+        &self,
+        org: &OrgName,
+        task: &str,
+        agent_hint: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        self.http
+            .post(
+                "/schedule",
+                &ScheduleRequest {
+                    org: org.clone(),
+                    task: task.to_owned(),
+                    agent_hint: agent_hint.map(str::to_owned),
+                },
+            )
+            .await
+    }
+
+    /// `GET /tasks`.
+    pub async fn tasks(&self, q: &TaskListQuery) -> Result<Vec<Task>, ClientError> {
+        let mut path = String::from("/tasks?");
+        if let Some(s) = q.status {
+            path.push_str(&format!("status={s}&"));
+        }
+        if let Some(o) = &q.org {
+            path.push_str(&format!("org={o}&"));
+        }
+        if let Some(l) = q.limit {
+            path.push_str(&format!("limit={l}&"));
+        }
+        self.http.get(path.trim_end_matches(['&', '?'])).await
+    }
+
+    /// `GET /tasks/{id}`.
+    pub async fn task(&self, id: &TaskId) -> Result<Task, ClientError> {
+        self.http.get(&format!("/tasks/{id}")).await
+    }
+
+    /// `GET /tasks/{id}/logs`.
+    pub async fn logs(&self, id: &TaskId, after: u64) -> Result<Vec<LogLine>, ClientError> {
+        self.http
+            .get(&format!("/tasks/{id}/logs?after={after}"))
+            .await
+    }
+
+    /// `POST /tasks/{id}/cancel`.
+    pub async fn cancel(&self, id: &TaskId) -> Result<Task, ClientError> {
+        self.http
+            .post(&format!("/tasks/{id}/cancel"), &serde_json::json!({}))
+            .await
+    }
+
+    /// `GET /agents`.
+    pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {
+        self.http.get("/agents").await
+    }
+
+    /// `GET /agents/{name}`.
+    pub async fn agent(&self, name: &AgentName) -> Result<Agent, ClientError> {
+        self.http.get(&format!("/agents/{name}")).await
+    }
+
+    /// Opens an SSE stream at `path`, resuming after `last_id`.
+    pub async fn open_sse(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<SseMessage, ClientError>> + Send + 'static, ClientError>
+    {
+        let mut rb = self
+            .http
+            .http
+            .get(format!("{}{path}", self.http.base))
+            .bearer_auth(self.http.token.expose())
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_id {
+            rb = rb.header("last-event-id", id);
+        }
+        let resp = rb.send().await.map_err(|e| self.http.transport(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &body));
+        }
+        let base = self.http.base.clone();
+        let mut parser = SseParser::default();
+        Ok(resp
+            .bytes_stream()
+            .map(move |chunk| match chunk {
+                Ok(b) => Ok(parser.feed(&b)),
+                Err(e) => Err(ClientError::Transport {
+                    url: base.clone(),
+                    reason: e.without_url().to_string(),
+                }),
+            })
+            .flat_map(|r| {
+                futures_util::stream::iter(match r {
+                    Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                })
+            }))
+    }
+
+    /// Follows a task's log until it finishes, reconnecting (with `Last-Event-ID`) when the
+    /// connection drops, so no line is missed or repeated. Gives up after `max_retry` of
+    /// consecutive failed reconnects.
+    pub fn follow_logs(
+        &self,
+        id: &TaskId,
+        after: u64,
+        max_retry: Duration,
+    ) -> impl Stream<Item = Result<LogFollow, ClientError>> + Send + 'static {
+        let client = self.clone();
+        let path = format!("/tasks/{id}/logs/stream");
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = after;
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            loop {
+                let opened = client.open_sse(&path, Some(&last.to_string())).await;
+                let mut stream = match opened {
+                    Ok(s) => Box::pin(s),
+                    Err(e) if e.is_transient() => {
+                        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > max_retry {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                failing_since = None;
+                while let Some(msg) = stream.next().await {
+                    let Ok(msg) = msg else { break };
+                    let item = match msg.event.as_str() {
+                        "end" => match serde_json::from_str::<Task>(&msg.data) {
+                            Ok(t) => {
+                                let _ = tx.send(Ok(LogFollow::End(Box::new(t)))).await;
+                                return;
+                            }
+                            Err(e) => Err(ClientError::Decode {
+                                url: path.clone(),
+                                reason: e.to_string(),
+                            }),
+                        },
+                        "error" => Err(ClientError::Decode {
+                            url: path.clone(),
+                            reason: msg.data.clone(),
+                        }),
+                        _ => match serde_json::from_str::<LogLine>(&msg.data) {
+                            Ok(l) => {
+                                last = l.seq;
+                                Ok(LogFollow::Line(l))
+                            }
+                            Err(e) => Err(ClientError::Decode {
+                                url: path.clone(),
+                                reason: e.to_string(),
+                            }),
+                        },
+                    };
+                    let fatal = item.is_err();
+                    if tx.send(item).await.is_err() || fatal {
+                        return;
+                    }
+                }
+                // The connection dropped: reconnect from the last line seen.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// Client of the agent protocol, holding one task's agent token.
+#[derive(Clone)]
+pub struct AgentClient {
+    http: Http,
+}
+
+impl AgentClient {
+    /// A client for `base_url` with the per-task agent token.
+    pub fn new(base_url: &str, agent_token: Secret) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: Http::new(base_url, agent_token)?,
+        })
+    }
+
+    /// `POST /agent/register`.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.http.post("/agent/register", req).await
+    }
+
+    /// `POST /agent/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.http.post("/agent/heartbeat", req).await
+    }
+
+    /// `POST /agent/claim`.
+    pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ClientError> {
+        self.http.post("/agent/claim", req).await
+    }
+
+    /// `POST /agent/log`.
+    pub async fn log(&self, req: &LogRequest) -> Result<LogResponse, ClientError> {
+        self.http.post("/agent/log", req).await
+    }
+
+    /// `POST /agent/complete`.
+    pub async fn complete(&self, req: &CompleteRequest) -> Result<Task, ClientError> {
+        self.http.post("/agent/complete", req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_chunks_comments_and_multiline_data() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b": keepalive\n\nid: 7\nda").is_empty());
+        let msgs = p.feed(b"ta: {\"a\":1}\n\nevent: end\ndata: x\ndata: y\n\n");
+        assert_eq!(
+            msgs,
+            vec![
+                SseMessage {
+                    id: Some("7".into()),
+                    event: "message".into(),
+                    data: "{\"a\":1}".into()
+                },
+                SseMessage {
+                    id: None,
+                    event: "end".into(),
+                    data: "x\ny".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn api_errors_decode_and_classify() {
+        let e = api_error(
+            StatusCode::CONFLICT,
+            br#"{"error":{"code":"stale_fencing","message":"m","field":"fencing"}}"#,
+        );
+        assert_eq!(e.status(), Some(409));
+        assert!(!e.is_transient());
+        assert!(matches!(e, ClientError::Api { ref code, .. } if code == "stale_fencing"));
+        let e = api_error(StatusCode::BAD_GATEWAY, b"<html>");
+        assert!(e.is_transient());
+        assert!(matches!(
+            OrchestratorClient::new("ftp://x", Secret::new("t")),
+            Err(ClientError::BadUrl(_))
+        ));
+    }
+}

@@ -1,0 +1,159 @@
+//! Wiring of a complete orchestrator from options: state dir, SQLite store, admin token, local
+//! backend, orgs, listener. The binaries (`guildnet-orchestrator`, `guildnet up`) call this.
+
+use crate::local::{LocalBackend, LocalBackendConfig};
+use crate::names::OrgName;
+use crate::orchestrator::{admin_token, AdminTokenSource, Orchestrator, OrchestratorConfig};
+use crate::state_dir::StatePaths;
+use crate::store::{Durability, SqliteStore, StateStore, StoreError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors while starting an orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The state dir could not be resolved or prepared.
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Startup failed otherwise.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Options of a local orchestrator (SQLite + local backend).
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// State dir (resolved with the standard rules when `None`).
+    pub state_dir: Option<PathBuf>,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL agents use to reach the orchestrator; defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Admin token; generated and stored in the state dir when `None`.
+    pub admin_token: Option<String>,
+    /// The agent executable; defaults to `guildnet-agent` next to the current executable.
+    pub agent_bin: Option<PathBuf>,
+    /// Runner command template handed to agents.
+    pub runner: Option<String>,
+    /// Orgs to register at start (existing ones are kept).
+    pub orgs: Vec<OrgName>,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Claim lease duration.
+    pub lease_ttl: Duration,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval: Duration,
+}
+
+impl LocalOptions {
+    /// Defaults: listen on 127.0.0.1:8080, durable commits, 30 s leases, 5 s heartbeats.
+    pub fn new() -> Self {
+        Self {
+            state_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            admin_token: None,
+            agent_bin: None,
+            runner: None,
+            orgs: Vec::new(),
+            durability: Durability::Full,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A started (not yet serving) local orchestrator.
+pub struct LocalOrchestrator {
+    /// The service.
+    pub orchestrator: Orchestrator,
+    /// The bound listener.
+    pub listener: tokio::net::TcpListener,
+    /// Actual address (useful with port 0).
+    pub addr: SocketAddr,
+    /// State paths.
+    pub paths: StatePaths,
+    /// Where the admin token came from.
+    pub token_source: AdminTokenSource,
+}
+
+/// Builds everything and binds the listener.
+pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, LaunchError> {
+    let paths = match &opts.state_dir {
+        Some(d) => StatePaths::new(d.clone()),
+        None => StatePaths::resolve()?,
+    };
+    paths.ensure()?;
+    let (token, token_source) = admin_token(opts.admin_token.clone(), &paths)?;
+    let db_path = paths.orchestrator_db();
+    let durability = opts.durability;
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(db_path, durability))
+        .await
+        .map_err(|e| LaunchError::Other(format!("store open task failed: {e}")))??;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| LaunchError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| LaunchError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let public_url = opts
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let mut backend_cfg = LocalBackendConfig::new(paths.clone());
+    if let Some(bin) = &opts.agent_bin {
+        backend_cfg.agent_bin = bin.clone();
+    }
+    backend_cfg.runner = opts.runner.clone();
+    if let Ok(rl) = std::env::var("RUST_LOG") {
+        backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
+    }
+    let backend = LocalBackend::new(backend_cfg);
+    let mut cfg = OrchestratorConfig::new(token, public_url);
+    cfg.lease_ttl = opts.lease_ttl;
+    cfg.heartbeat_interval = opts.heartbeat_interval;
+    let store: Arc<dyn StateStore> = Arc::new(store);
+    for org in &opts.orgs {
+        let audit = crate::model::NewAudit::new("system", "org.create", org.as_str(), None);
+        match store.create_org(org, audit).await {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let orchestrator = Orchestrator::new(store, Arc::new(backend), cfg)
+        .await
+        .map_err(|e| LaunchError::Other(e.to_string()))?;
+    Ok(LocalOrchestrator {
+        orchestrator,
+        listener,
+        addr,
+        paths,
+        token_source,
+    })
+}

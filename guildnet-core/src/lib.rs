@@ -1,0 +1,26 @@
+//! # guildnet-core
+//!
+//! The GuildNet SDK: everything needed to schedule AI coding-agent tasks onto per-organization
+//! clusters and follow them, as a library.
+//!
+//! - [`names`] and [`model`]: validated names and the domain types.
+//! - [`state_dir`]: the one state-directory resolver and the paths inside it.
+//! - [`store`]: the durable [`store::StateStore`] seam and its SQLite implementation.
+//! - [`seams`]: the traits at the other real seams: [`seams::ClusterBackend`], [`seams::Mesh`],
+//!   [`seams::ClusterBootstrap`] (mockall automocks behind the `mocks` feature).
+//! - [`local`]: the local [`seams::ClusterBackend`] that runs each task's agent as a child process.
+//! - [`orchestrator`]: the orchestrator service and its axum HTTP API.
+//! - [`client`]: typed HTTP clients for the admin API and the agent protocol.
+//! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
+
+pub mod agent;
+pub mod client;
+pub mod launch;
+pub mod local;
+pub mod model;
+pub mod names;
+pub mod orchestrator;
+pub mod seams;
+pub mod state_dir;
+pub mod store;
+pub mod token;

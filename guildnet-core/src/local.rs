@@ -1,0 +1,255 @@
+//! The local [`ClusterBackend`]: runs each task's agent as a child process on this machine, with
+//! the same environment a pod would get. It needs no cluster, so `guildnet up` works anywhere.
+//!
+//! Agents run in their own process group, with their workspace under
+//! `${state}/agents/<task id>/` (the agent's output goes to `agent.log` there, its pid to
+//! `agent.pid`). Like pods, they outlive an orchestrator restart and reconnect to it.
+
+use crate::names::{AgentName, OrgName, TaskId};
+use crate::seams::{AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState};
+use crate::state_dir::StatePaths;
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Environment variable: the runner command template handed to local agents.
+pub const RUNNER_ENV: &str = "GUILDNET_RUNNER";
+/// Environment variable: the agent's workspace directory.
+pub const WORKSPACE_ENV: &str = "GUILDNET_WORKSPACE";
+
+/// Settings of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalBackendConfig {
+    /// The `guildnet-agent` executable.
+    pub agent_bin: PathBuf,
+    /// State dir; workspaces go to `agents/<task id>` inside it.
+    pub state: StatePaths,
+    /// Runner command template passed to agents (`GUILDNET_RUNNER`), if any.
+    pub runner: Option<String>,
+    /// Extra environment for agents (e.g. `RUST_LOG`).
+    pub extra_env: Vec<(String, String)>,
+    /// Grace period between SIGTERM and SIGKILL on cancel.
+    pub kill_grace: Duration,
+}
+
+impl LocalBackendConfig {
+    /// Defaults: the agent binary next to the current executable.
+    pub fn new(state: StatePaths) -> Self {
+        let agent_bin = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("guildnet-agent")))
+            .unwrap_or_else(|| PathBuf::from("guildnet-agent"));
+        Self {
+            agent_bin,
+            state,
+            runner: None,
+            extra_env: Vec::new(),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChildState {
+    Running(u32),
+    Exited(Option<i32>),
+}
+
+/// Runs agents as local child processes.
+#[derive(Clone)]
+pub struct LocalBackend {
+    cfg: Arc<LocalBackendConfig>,
+    children: Arc<Mutex<HashMap<AgentName, ChildState>>>,
+}
+
+impl LocalBackend {
+    /// A backend with `cfg`.
+    pub fn new(cfg: LocalBackendConfig) -> Self {
+        Self {
+            cfg: Arc::new(cfg),
+            children: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn workspace(&self, task: &TaskId) -> PathBuf {
+        self.cfg.state.local_agent_dir(task)
+    }
+
+    fn set_child(&self, agent: &AgentName, st: ChildState) {
+        if let Ok(mut m) = self.children.lock() {
+            m.insert(agent.clone(), st);
+        }
+    }
+
+    fn child(&self, agent: &AgentName) -> Option<ChildState> {
+        self.children
+            .lock()
+            .ok()
+            .and_then(|m| m.get(agent).copied())
+    }
+
+    /// The pid of a task's agent: from this process's own children, else from the pid file a
+    /// previous orchestrator run left, if that process is still an agent.
+    fn live_pid(&self, task: &TaskId, agent: &AgentName) -> Option<u32> {
+        match self.child(agent) {
+            Some(ChildState::Running(pid)) => Some(pid),
+            Some(ChildState::Exited(_)) => None,
+            None => read_agent_pid(&self.workspace(task), agent),
+        }
+    }
+}
+
+fn pid_file(workspace: &Path) -> PathBuf {
+    workspace.join("agent.pid")
+}
+
+/// Reads `agent.pid` (`<pid> <agent name>`) and checks the process still runs that agent.
+fn read_agent_pid(workspace: &Path, agent: &AgentName) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file(workspace)).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    if parts.next()? != agent.as_str() {
+        return None;
+    }
+    // Guard against pid reuse: the process must carry this agent's name in its environment.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let needle = format!("{}={}", crate::seams::env::AGENT_NAME, agent);
+    environ
+        .split(|b| *b == 0)
+        .any(|kv| kv == needle.as_bytes())
+        .then_some(pid)
+}
+
+fn workload_err(
+    action: &'static str,
+    launch_task: &TaskId,
+    agent: &AgentName,
+    reason: String,
+) -> BackendError {
+    BackendError::Workload {
+        action,
+        task: launch_task.clone(),
+        agent: agent.clone(),
+        reason,
+    }
+}
+
+#[async_trait]
+impl ClusterBackend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError> {
+        if self.live_pid(&launch.task_id, &launch.agent).is_some() {
+            return Ok(());
+        }
+        let ws = self.workspace(&launch.task_id);
+        let err = |reason: String| workload_err("submit", &launch.task_id, &launch.agent, reason);
+        crate::state_dir::create_private_dir(&ws).map_err(|e| err(e.to_string()))?;
+        let log_path = ws.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| err(format!("open {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| err(format!("dup {}: {e}", log_path.display())))?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
+        cmd.current_dir(&ws)
+            .env(WORKSPACE_ENV, &ws)
+            .env("GUILDNET_STATE_DIR", ws.join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        for (k, v) in launch.env() {
+            cmd.env(k, v);
+        }
+        if let Some(r) = &self.cfg.runner {
+            cmd.env(RUNNER_ENV, r);
+        }
+        for (k, v) in &self.cfg.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err(format!("spawn {}: {e}", self.cfg.agent_bin.display())))?;
+        let pid = child.id().unwrap_or(0);
+        crate::state_dir::write_private_file(
+            &pid_file(&ws),
+            format!("{pid} {}\n", launch.agent).as_bytes(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        self.set_child(&launch.agent, ChildState::Running(pid));
+        tracing::info!(task = %launch.task_id, agent = %launch.agent, pid, "local agent started");
+        let me = self.clone();
+        let agent = launch.agent.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            tracing::info!(agent = %agent, ?code, "local agent exited");
+            me.set_child(&agent, ChildState::Exited(code));
+        });
+        Ok(())
+    }
+
+    async fn cancel(
+        &self,
+        _org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<(), BackendError> {
+        let Some(pid) = self.live_pid(task, agent) else {
+            return Ok(());
+        };
+        let pgid = Pid::from_raw(pid as i32);
+        if let Err(e) = killpg(pgid, Signal::SIGTERM) {
+            if e == nix::errno::Errno::ESRCH {
+                return Ok(());
+            }
+            return Err(workload_err("cancel", task, agent, e.to_string()));
+        }
+        let grace = self.cfg.kill_grace;
+        let me = self.clone();
+        let (task, agent) = (task.clone(), agent.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if me.live_pid(&task, &agent) == Some(pid) {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        });
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        _org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<WorkloadState, BackendError> {
+        Ok(match self.child(agent) {
+            Some(ChildState::Running(_)) => WorkloadState::Running,
+            Some(ChildState::Exited(code)) => WorkloadState::Exited(code),
+            None => match read_agent_pid(&self.workspace(task), agent) {
+                Some(_) => WorkloadState::Running,
+                None => WorkloadState::Absent,
+            },
+        })
+    }
+
+    /// The local backend does not run editors itself; the agent advertises its editor address
+    /// when it registers, and the orchestrator uses that.
+    async fn editor_endpoint(
+        &self,
+        _org: &OrgName,
+        _agent: &AgentName,
+    ) -> Result<Option<EditorEndpoint>, BackendError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,321 @@
+//! Domain types shared by the store, the orchestrator, the clients and the agent.
+
+use crate::names::{AgentName, OrgName, TaskId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Lifecycle of a task.
+///
+/// `Scheduled` (recorded, waiting for a backend) -> `Submitted` (the backend started an agent for
+/// it) -> `Running` (that agent holds the claim lease) -> `Succeeded` | `Failed` | `Cancelled`.
+/// A `Running` task whose lease expires goes back to `Scheduled` with a new attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum TaskStatus {
+    /// Recorded durably; not yet handed to a cluster backend.
+    Scheduled,
+    /// The backend accepted it and started (or is starting) the task's agent.
+    Submitted,
+    /// Claimed by its agent, which holds a lease.
+    Running,
+    /// Finished with success.
+    Succeeded,
+    /// Finished with failure (non-zero exit, runner error, too many lost leases).
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// All statuses, in lifecycle order.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Scheduled,
+        TaskStatus::Submitted,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    /// The stable string form (also the JSON and database form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Scheduled => "Scheduled",
+            TaskStatus::Submitted => "Submitted",
+            TaskStatus::Running => "Running",
+            TaskStatus::Succeeded => "Succeeded",
+            TaskStatus::Failed => "Failed",
+            TaskStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    /// Parses the stable string form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True for Succeeded, Failed and Cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Something a task produced: a pull request, a file, a link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Artifact {
+    /// Short name, e.g. `pr` or `report.md`.
+    pub name: String,
+    /// Kind, e.g. `pr`, `file`, `url`.
+    pub kind: String,
+    /// Where it is: a URL or a path inside the agent's workspace.
+    pub uri: String,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// Task id.
+    pub id: TaskId,
+    /// Organization whose cluster runs it.
+    pub org: OrgName,
+    /// The task text given to the agent's runner.
+    pub task: String,
+    /// Optional hint recorded with the task and passed to the backend (e.g. an agent profile).
+    pub agent_hint: Option<String>,
+    /// Current status.
+    pub status: TaskStatus,
+    /// Agent assigned to the current attempt (set when submitted).
+    pub agent: Option<AgentName>,
+    /// Attempt number, starting at 1; grows when a lost lease requeues the task.
+    pub attempt: u32,
+    /// Fencing token of the current claim: grows by one with every granted claim, 0 if never claimed.
+    pub fencing: u64,
+    /// How many claims were granted in total (a healthy run has exactly 1).
+    pub claims: u32,
+    /// When the current claim lease expires.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the runner started (claim time).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Exit code of the runner, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it failed, was cancelled or was requeued.
+    pub reason: Option<String>,
+    /// Artifacts reported at completion.
+    pub artifacts: Vec<Artifact>,
+    /// Pull request URL, when the task opened one.
+    pub pr_url: Option<String>,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// Agent name.
+    pub name: AgentName,
+    /// Organization it runs for.
+    pub org: OrgName,
+    /// The task it was started for.
+    pub task_id: Option<TaskId>,
+    /// Agent version string it reported.
+    pub version: Option<String>,
+    /// Address of its editor (code-server) as it advertised it, if any.
+    pub editor_address: Option<String>,
+    /// First registration.
+    pub registered_at: DateTime<Utc>,
+    /// Last heartbeat (or registration).
+    pub last_seen_at: DateTime<Utc>,
+    /// Free-form state reported in the last heartbeat (runner state, code-server state).
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+}
+
+/// Which output a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Runner stdout.
+    Stdout,
+    /// Runner stderr.
+    Stderr,
+    /// Messages from the agent itself.
+    System,
+}
+
+impl LogStream {
+    /// The stable string form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::System => "system",
+        }
+    }
+
+    /// Parses the stable string form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(LogStream::Stdout),
+            "stderr" => Some(LogStream::Stderr),
+            "system" => Some(LogStream::System),
+            _ => None,
+        }
+    }
+}
+
+/// A stored log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// Global, increasing id (the SSE event id of the agent log stream).
+    pub id: u64,
+    /// Task it belongs to.
+    pub task_id: TaskId,
+    /// Agent that sent it.
+    pub agent: AgentName,
+    /// Per-task sequence number assigned by the agent, starting at 1 (the SSE event id of the task
+    /// log stream). Re-sent lines with a known sequence number are ignored.
+    pub seq: u64,
+    /// Source stream.
+    pub stream: LogStream,
+    /// The text, without trailing newline.
+    pub line: String,
+    /// When the agent read it.
+    pub ts: DateTime<Utc>,
+}
+
+/// A log line as an agent sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewLogLine {
+    /// Per-task sequence number, starting at 1, never reused.
+    pub seq: u64,
+    /// Source stream.
+    pub stream: LogStream,
+    /// The text.
+    pub line: String,
+    /// When the agent read it.
+    pub ts: DateTime<Utc>,
+}
+
+/// An organization known to the orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Org {
+    /// Its name.
+    pub name: OrgName,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A recorded event, streamed over SSE with its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Increasing id (the SSE event id).
+    pub id: u64,
+    /// When it happened.
+    pub ts: DateTime<Utc>,
+    /// Kind, e.g. `task.scheduled`, `task.claimed`, `agent.registered`.
+    pub kind: String,
+    /// Task concerned.
+    pub task_id: Option<TaskId>,
+    /// Agent concerned.
+    pub agent: Option<AgentName>,
+    /// Organization concerned.
+    pub org: Option<OrgName>,
+    /// Task status after the event, for task events.
+    pub status: Option<TaskStatus>,
+    /// Human-readable detail.
+    pub message: Option<String>,
+}
+
+/// An event before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Kind, e.g. `task.claimed`.
+    pub kind: String,
+    /// Task concerned.
+    pub task_id: Option<TaskId>,
+    /// Agent concerned.
+    pub agent: Option<AgentName>,
+    /// Organization concerned.
+    pub org: Option<OrgName>,
+    /// Task status after the event.
+    pub status: Option<TaskStatus>,
+    /// Detail.
+    pub message: Option<String>,
+}
+
+impl NewEvent {
+    /// A task event carrying the task's current org, agent and status.
+    pub fn for_task(kind: &str, task: &Task, message: Option<String>) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            task_id: Some(task.id.clone()),
+            agent: task.agent.clone(),
+            org: Some(task.org.clone()),
+            status: Some(task.status),
+            message,
+        }
+    }
+}
+
+/// One row of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Increasing id.
+    pub id: u64,
+    /// When.
+    pub ts: DateTime<Utc>,
+    /// Who: `admin`, `agent:<name>`, `system`.
+    pub actor: String,
+    /// What, e.g. `task.schedule`, `task.cancel`, `task.requeue`.
+    pub action: String,
+    /// On what, e.g. a task id or org name.
+    pub subject: String,
+    /// Detail (never secret material).
+    pub detail: Option<String>,
+}
+
+/// An audit row before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAudit {
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub subject: String,
+    /// Detail.
+    pub detail: Option<String>,
+}
+
+impl NewAudit {
+    /// Convenience constructor.
+    pub fn new(actor: &str, action: &str, subject: &str, detail: Option<String>) -> Self {
+        Self {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        }
+    }
+}

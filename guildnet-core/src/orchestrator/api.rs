@@ -1,0 +1,205 @@
+//! Request and response bodies of the orchestrator API (also the OpenAPI schemas).
+
+use crate::model::{Artifact, NewLogLine, Task, TaskStatus};
+use crate::names::{AgentName, OrgName};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always `ok` when the orchestrator answers.
+    pub status: String,
+    /// Orchestrator version.
+    pub version: String,
+    /// Cluster backend in use.
+    pub backend: String,
+}
+
+/// `POST /orgs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    /// The org name (DNS-1123 label).
+    pub name: OrgName,
+}
+
+/// `POST /schedule`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// Org whose cluster runs the task (must be registered).
+    pub org: OrgName,
+    /// The task text for the agent's runner (1 byte to 64 KiB).
+    pub task: String,
+    /// Optional hint recorded with the task (e.g. an agent profile), up to 63 characters.
+    #[serde(default)]
+    pub agent_hint: Option<String>,
+}
+
+/// Query of `GET /tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TaskListQuery {
+    /// Only tasks with this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this org.
+    pub org: Option<OrgName>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /tasks/{id}/logs` and the log streams.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines after this sequence number (task logs) or id (agent logs). `Last-Event-ID`
+    /// takes precedence on streams.
+    pub after: Option<u64>,
+    /// At most this many lines (default 1000, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /events` and `GET /audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AfterQuery {
+    /// Only entries with a greater id. `Last-Event-ID` takes precedence on streams.
+    pub after: Option<u64>,
+    /// At most this many (default 1000, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// `POST /agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The agent's name (as given in `AGENT_NAME`).
+    pub agent: AgentName,
+    /// Agent version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where its editor listens (`host:port`), if it serves one.
+    #[serde(default)]
+    pub editor_address: Option<String>,
+}
+
+/// Protocol timings an agent must follow.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolTimings {
+    /// Send a heartbeat at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// A claim lease lasts this long unless renewed by a heartbeat.
+    pub lease_ttl_ms: u64,
+}
+
+/// Reply to `POST /agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    /// The task this agent was started for.
+    pub task: Task,
+    /// Timings to follow.
+    pub timings: ProtocolTimings,
+}
+
+/// `POST /agent/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The claiming agent.
+    pub agent: AgentName,
+}
+
+/// Reply to `POST /agent/claim`: the task and the lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimResponse {
+    /// The claimed task.
+    pub task: Task,
+    /// Fencing token: send it with every later call; a newer claim makes it stale (409).
+    pub fencing: u64,
+    /// When the lease expires unless renewed.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Timings to follow.
+    pub timings: ProtocolTimings,
+}
+
+/// `POST /agent/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// The fencing token of its claim, once it holds one: renews the lease.
+    #[serde(default)]
+    pub fencing: Option<u64>,
+    /// Free-form state (runner, editor), shown in `GET /agents`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub state: Option<serde_json::Value>,
+}
+
+/// Reply to `POST /agent/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    /// The task's status now.
+    pub task_status: TaskStatus,
+    /// True when the agent must stop its runner (the task was cancelled or taken away).
+    pub cancel: bool,
+    /// When the lease now expires, if the agent holds it.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /agent/log`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// Fencing token of its claim.
+    pub fencing: u64,
+    /// Lines, each with a per-task sequence number (at most 1000 per call).
+    pub lines: Vec<NewLogLine>,
+}
+
+/// Reply to `POST /agent/log`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogResponse {
+    /// Lines newly stored (re-sent lines are skipped).
+    pub inserted: usize,
+    /// Highest sequence number stored for the task.
+    pub max_seq: u64,
+}
+
+/// `POST /agent/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// Fencing token of its claim.
+    pub fencing: u64,
+    /// `Succeeded` or `Failed`.
+    pub status: TaskStatus,
+    /// Runner exit code.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Artifacts produced.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    /// Pull request opened, if any.
+    #[serde(default)]
+    pub pr_url: Option<String>,
+}

@@ -1,0 +1,657 @@
+//! The orchestrator's HTTP API (axum) and its OpenAPI description.
+
+use super::api::*;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::service::{Orchestrator, MAX_LOG_LINES};
+use super::sse::{poll_stream, Batch};
+use crate::model::{
+    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewLogLine, Org, Task, TaskStatus,
+};
+use crate::names::{AgentName, OrgName, TaskId};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+// ---- extractors ---------------------------------------------------------------------------------
+
+/// A JSON body whose errors say which field is wrong and why (400 for malformed JSON, 422 for
+/// missing, unknown or invalid fields, 413 when too large, 415 for another content type).
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+fn backticked(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_owned())
+}
+
+/// Parses a JSON body, naming the failing field in the error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." || path.is_empty() {
+                    backticked(&msg).unwrap_or_else(|| "body".into())
+                } else if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                    match backticked(&msg) {
+                        Some(f) => format!("{path}.{f}"),
+                        None => path,
+                    }
+                } else {
+                    path
+                };
+                ApiError::invalid(&field, msg)
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("request body is not valid JSON: {msg}"),
+            ),
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("trailing characters after the JSON body: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A query string whose errors come back as JSON.
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, tok) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(tok.trim())
+}
+
+/// Proof that the caller presented the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
+
+impl FromRequestParts<Orchestrator> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(t) if o.is_admin_token(t) => Ok(AdminAuth),
+            Some(_) => Err(ApiError::unauthorized("invalid admin token")),
+            None => Err(ApiError::unauthorized(
+                "missing Authorization: Bearer <admin token>",
+            )),
+        }
+    }
+}
+
+/// The task whose agent token the caller presented.
+#[derive(Debug, Clone)]
+pub struct AgentAuth(pub TaskId);
+
+impl FromRequestParts<Orchestrator> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+        let tok = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <agent token>"))?;
+        o.authenticate_agent(tok).await.map(AgentAuth)
+    }
+}
+
+fn task_id_param(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse_field("id", raw).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("id")
+    })
+}
+
+fn agent_param(raw: &str) -> Result<AgentName, ApiError> {
+    AgentName::parse_field("name", raw).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("name")
+    })
+}
+
+fn resume_cursor(headers: &HeaderMap, after: Option<u64>) -> Result<u64, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    "Last-Event-ID must be a non-negative integer",
+                )
+                .with_field("Last-Event-ID")
+            }),
+        None => Ok(after.unwrap_or(0)),
+    }
+}
+
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let l = limit.unwrap_or(default);
+    if l == 0 || l > max {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    Ok(l)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+const SSE_PAGE: usize = 500;
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+/// Liveness and basic facts.
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Health)))]
+pub async fn health(State(o): State<Orchestrator>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: o.backend_name().into(),
+    })
+}
+
+/// This API's OpenAPI description.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
+    )
+        .into_response()
+}
+
+/// Registers an org.
+#[utoipa::path(post, path = "/orgs", tag = "orgs", request_body = CreateOrgRequest,
+    security(("admin" = [])),
+    responses((status = 201, body = Org), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_org(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<CreateOrgRequest>,
+) -> Result<(StatusCode, Json<Org>), ApiError> {
+    Ok((StatusCode::CREATED, Json(o.create_org(req.name).await?)))
+}
+
+/// Lists orgs.
+#[utoipa::path(get, path = "/orgs", tag = "orgs", security(("admin" = [])),
+    responses((status = 200, body = Vec<Org>)))]
+pub async fn list_orgs(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+) -> Result<Json<Vec<Org>>, ApiError> {
+    Ok(Json(o.orgs().await?))
+}
+
+/// Schedules a task: records it durably, then hands it to the org's cluster backend.
+#[utoipa::path(post, path = "/schedule", tag = "tasks", request_body = ScheduleRequest,
+    security(("admin" = [])),
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn schedule(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<ScheduleRequest>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(o.schedule(req).await?)))
+}
+
+/// Lists tasks, newest first.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(TaskListQuery), security(("admin" = [])),
+    responses((status = 200, body = Vec<Task>)))]
+pub async fn list_tasks(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiQuery(q): ApiQuery<TaskListQuery>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    Ok(Json(o.tasks(q).await?))
+}
+
+/// One task.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id")),
+    security(("admin" = [])), responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
+pub async fn get_task(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(o.task(&task_id_param(&id)?).await?))
+}
+
+/// A task's log lines after `after` (sequence number).
+#[utoipa::path(get, path = "/tasks/{id}/logs", tag = "tasks",
+    params(("id" = String, Path, description = "Task id"), LogQuery), security(("admin" = [])),
+    responses((status = 200, body = Vec<LogLine>), (status = 404, body = ErrorBody)))]
+pub async fn task_logs(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Json<Vec<LogLine>>, ApiError> {
+    let id = task_id_param(&id)?;
+    o.task(&id).await?;
+    let limit = page_limit(q.limit, 1000, 10_000)?;
+    Ok(Json(
+        o.store()
+            .task_logs(&id, q.after.unwrap_or(0), limit)
+            .await?,
+    ))
+}
+
+/// Follows a task's log (SSE). Event ids are sequence numbers; `Last-Event-ID` resumes. Ends with
+/// an `end` event carrying the task once it has finished and every line was sent.
+#[utoipa::path(get, path = "/tasks/{id}/logs/stream", tag = "tasks",
+    params(("id" = String, Path, description = "Task id"), LogQuery), security(("admin" = [])),
+    responses((status = 200, description = "text/event-stream of LogLine", content_type = "text/event-stream")))]
+pub async fn task_log_stream(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let id = task_id_param(&id)?;
+    o.task(&id).await?;
+    let cursor = resume_cursor(&headers, q.after)?;
+    let keepalive = o.config().sse_keepalive;
+    let changes = o.subscribe_changes();
+    let stream = poll_stream(cursor, changes, move |after| {
+        let o = o.clone();
+        let id = id.clone();
+        async move {
+            let lines = o.store().task_logs(&id, after, SSE_PAGE).await?;
+            if !lines.is_empty() {
+                return Ok(Batch {
+                    items: lines.iter().map(|l| (l.seq, to_json(l))).collect(),
+                    end: None,
+                });
+            }
+            let task = o.task(&id).await?;
+            if !task.status.is_terminal() {
+                return Ok(Batch {
+                    items: vec![],
+                    end: None,
+                });
+            }
+            // Finished: agents flush their logs before completing, so one more read is final.
+            let lines = o.store().task_logs(&id, after, SSE_PAGE).await?;
+            Ok(Batch {
+                end: lines.is_empty().then(|| to_json(&task)),
+                items: lines.iter().map(|l| (l.seq, to_json(l))).collect(),
+            })
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response())
+}
+
+/// Cancels a task; its agent is stopped.
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "Task id")),
+    security(("admin" = [])),
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_task(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(o.cancel(&task_id_param(&id)?).await?))
+}
+
+/// Lists agents.
+#[utoipa::path(get, path = "/agents", tag = "agents", security(("admin" = [])),
+    responses((status = 200, body = Vec<Agent>)))]
+pub async fn list_agents(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+) -> Result<Json<Vec<Agent>>, ApiError> {
+    Ok(Json(o.agents().await?))
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/agents/{name}", tag = "agents", params(("name" = String, Path, description = "Agent name")),
+    security(("admin" = [])), responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
+pub async fn get_agent(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(name): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    Ok(Json(o.agent(&agent_param(&name)?).await?))
+}
+
+/// Follows an agent's log (SSE). Event ids are global log ids; `Last-Event-ID` resumes. Ends with
+/// an `end` event once the agent's task has finished and every line was sent.
+#[utoipa::path(get, path = "/agents/{name}/logs/stream", tag = "agents",
+    params(("name" = String, Path, description = "Agent name"), LogQuery), security(("admin" = [])),
+    responses((status = 200, description = "text/event-stream of LogLine", content_type = "text/event-stream")))]
+pub async fn agent_log_stream(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let name = agent_param(&name)?;
+    let agent = o.agent(&name).await?;
+    let cursor = resume_cursor(&headers, q.after)?;
+    let keepalive = o.config().sse_keepalive;
+    let changes = o.subscribe_changes();
+    let stream = poll_stream(cursor, changes, move |after| {
+        let o = o.clone();
+        let name = name.clone();
+        let task_id = agent.task_id.clone();
+        async move {
+            let fetch = |o: Orchestrator, name: AgentName| async move {
+                o.store().agent_logs(&name, after, SSE_PAGE).await
+            };
+            let lines = fetch(o.clone(), name.clone()).await?;
+            if !lines.is_empty() {
+                return Ok(Batch {
+                    items: lines.iter().map(|l| (l.id, to_json(l))).collect(),
+                    end: None,
+                });
+            }
+            let Some(task_id) = task_id else {
+                return Ok(Batch {
+                    items: vec![],
+                    end: None,
+                });
+            };
+            let task = o.task(&task_id).await?;
+            let finished = task.status.is_terminal() || task.agent.as_ref() != Some(&name);
+            if !finished {
+                return Ok(Batch {
+                    items: vec![],
+                    end: None,
+                });
+            }
+            let lines = fetch(o.clone(), name.clone()).await?;
+            Ok(Batch {
+                end: lines.is_empty().then(|| to_json(&task)),
+                items: lines.iter().map(|l| (l.id, to_json(l))).collect(),
+            })
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response())
+}
+
+/// Follows all events (SSE). Event ids are event ids; `Last-Event-ID` resumes.
+#[utoipa::path(get, path = "/events", tag = "events", params(AfterQuery), security(("admin" = [])),
+    responses((status = 200, description = "text/event-stream of Event", content_type = "text/event-stream")))]
+pub async fn events_stream(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<AfterQuery>,
+) -> Result<Response, ApiError> {
+    let cursor = resume_cursor(&headers, q.after)?;
+    let keepalive = o.config().sse_keepalive;
+    let changes = o.subscribe_changes();
+    let stream = poll_stream(cursor, changes, move |after| {
+        let o = o.clone();
+        async move {
+            let evs = o.store().events_after(after, SSE_PAGE).await?;
+            Ok(Batch {
+                items: evs.iter().map(|e| (e.id, to_json(e))).collect(),
+                end: None,
+            })
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response())
+}
+
+/// Reads the append-only audit log.
+#[utoipa::path(get, path = "/audit", tag = "events", params(AfterQuery), security(("admin" = [])),
+    responses((status = 200, body = Vec<AuditEntry>)))]
+pub async fn audit(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiQuery(q): ApiQuery<AfterQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let limit = page_limit(q.limit, 1000, 10_000)?;
+    Ok(Json(
+        o.store().audit_after(q.after.unwrap_or(0), limit).await?,
+    ))
+}
+
+/// Agent protocol: register (agent token).
+#[utoipa::path(post, path = "/agent/register", tag = "agent protocol", request_body = RegisterRequest,
+    security(("agent" = [])),
+    responses((status = 200, body = RegisterResponse), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn agent_register(
+    State(o): State<Orchestrator>,
+    AgentAuth(task): AgentAuth,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    Ok(Json(o.register(&task, req).await?))
+}
+
+/// Agent protocol: heartbeat; with a fencing token it renews the claim lease.
+#[utoipa::path(post, path = "/agent/heartbeat", tag = "agent protocol", request_body = HeartbeatRequest,
+    security(("agent" = [])),
+    responses((status = 200, body = HeartbeatResponse), (status = 409, body = ErrorBody)))]
+pub async fn agent_heartbeat(
+    State(o): State<Orchestrator>,
+    AgentAuth(task): AgentAuth,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    Ok(Json(o.heartbeat(&task, req).await?))
+}
+
+/// Agent protocol: claim the agent's task (a lease with a fencing token).
+#[utoipa::path(post, path = "/agent/claim", tag = "agent protocol", request_body = ClaimRequest,
+    security(("agent" = [])),
+    responses((status = 200, body = ClaimResponse), (status = 409, body = ErrorBody)))]
+pub async fn agent_claim(
+    State(o): State<Orchestrator>,
+    AgentAuth(task): AgentAuth,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    Ok(Json(o.claim(&task, req).await?))
+}
+
+/// Agent protocol: append log lines (idempotent per sequence number).
+#[utoipa::path(post, path = "/agent/log", tag = "agent protocol", request_body = LogRequest,
+    security(("agent" = [])),
+    responses((status = 200, body = LogResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn agent_log(
+    State(o): State<Orchestrator>,
+    AgentAuth(task): AgentAuth,
+    ApiJson(req): ApiJson<LogRequest>,
+) -> Result<Json<LogResponse>, ApiError> {
+    Ok(Json(o.append_logs(&task, req).await?))
+}
+
+/// Agent protocol: report completion with artifacts.
+#[utoipa::path(post, path = "/agent/complete", tag = "agent protocol", request_body = CompleteRequest,
+    security(("agent" = [])),
+    responses((status = 200, body = Task), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn agent_complete(
+    State(o): State<Orchestrator>,
+    AgentAuth(task): AgentAuth,
+    ApiJson(req): ApiJson<CompleteRequest>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(o.complete(&task, req).await?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see GET /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route; see GET /openapi.json",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("handler panicked").into_response()
+}
+
+/// Every route of the API as `(method, path)`, as served and as documented.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/openapi.json"),
+    ("post", "/orgs"),
+    ("get", "/orgs"),
+    ("post", "/schedule"),
+    ("get", "/tasks"),
+    ("get", "/tasks/{id}"),
+    ("get", "/tasks/{id}/logs"),
+    ("get", "/tasks/{id}/logs/stream"),
+    ("post", "/tasks/{id}/cancel"),
+    ("get", "/agents"),
+    ("get", "/agents/{name}"),
+    ("get", "/agents/{name}/logs/stream"),
+    ("get", "/events"),
+    ("get", "/audit"),
+    ("post", "/agent/register"),
+    ("post", "/agent/heartbeat"),
+    ("post", "/agent/claim"),
+    ("post", "/agent/log"),
+    ("post", "/agent/complete"),
+];
+
+/// The orchestrator's router.
+pub fn router(o: Orchestrator) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
+        .route("/orgs", post(create_org).get(list_orgs))
+        .route("/schedule", post(schedule))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/logs", get(task_logs))
+        .route("/tasks/{id}/logs/stream", get(task_log_stream))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/agents", get(list_agents))
+        .route("/agents/{name}", get(get_agent))
+        .route("/agents/{name}/logs/stream", get(agent_log_stream))
+        .route("/events", get(events_stream))
+        .route("/audit", get(audit))
+        .route("/agent/register", post(agent_register))
+        .route("/agent/heartbeat", post(agent_heartbeat))
+        .route("/agent/claim", post(agent_claim))
+        .route("/agent/log", post(agent_log))
+        .route("/agent/complete", post(agent_complete))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(o)
+}
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "agent",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI description of the whole API, generated from the Rust types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
+    paths(health, openapi_json, create_org, list_orgs, schedule, list_tasks, get_task, task_logs,
+        task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, events_stream, audit,
+        agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
+    components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
+        ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
+        LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
+        NewLogLine, Artifact, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
+
+/// Keeps `MAX_LOG_LINES` visible in the docs of this module.
+pub const LOG_LINES_PER_CALL: usize = MAX_LOG_LINES;

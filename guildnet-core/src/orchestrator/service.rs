@@ -1,0 +1,913 @@
+//! The orchestrator service: scheduling, dispatch to a cluster backend, the agent protocol
+//! (register, heartbeat, claim with lease and fencing, log, complete), cancel, and the reaper that
+//! requeues tasks whose lease expired.
+
+use super::api::*;
+use super::error::ApiError;
+use crate::model::{Agent, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus};
+use crate::names::{AgentName, OrgName, TaskId};
+use crate::seams::{AgentLaunch, ClusterBackend, WorkloadState};
+use crate::store::{Rejection, StateStore, TaskChange, TaskQuery};
+use crate::token::{self, Secret};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest task text accepted.
+pub const MAX_TASK_BYTES: usize = 64 * 1024;
+/// Most log lines in one `POST /agent/log`.
+pub const MAX_LOG_LINES: usize = 1000;
+/// Longest log line stored (longer lines are cut, with a marker).
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// Orchestrator settings.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Admin token for admin routes.
+    pub admin_token: Secret,
+    /// URL agents use to reach the orchestrator (`ORCHESTRATOR_URL`).
+    pub public_url: String,
+    /// How long a claim lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+    /// How often agents heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A Submitted task not claimed within this time is requeued.
+    pub claim_timeout: Duration,
+    /// How often the reaper runs.
+    pub reaper_interval: Duration,
+    /// How long to wait before retrying a failed submit.
+    pub submit_retry: Duration,
+    /// Attempts before a task whose leases keep expiring is failed.
+    pub max_attempts: u32,
+    /// SSE keep-alive comment interval.
+    pub sse_keepalive: Duration,
+}
+
+impl OrchestratorConfig {
+    /// Defaults around `admin_token` and `public_url`.
+    pub fn new(admin_token: Secret, public_url: impl Into<String>) -> Self {
+        Self {
+            admin_token,
+            public_url: public_url.into(),
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            claim_timeout: Duration::from_secs(120),
+            reaper_interval: Duration::from_secs(1),
+            submit_retry: Duration::from_secs(5),
+            max_attempts: 3,
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+
+    fn timings(&self) -> ProtocolTimings {
+        ProtocolTimings {
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: self.lease_ttl.as_millis() as u64,
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token holder.
+    Admin,
+    /// An agent holding the token of this task.
+    Agent(TaskId),
+}
+
+/// The orchestrator. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn StateStore>,
+    backend: Arc<dyn ClusterBackend>,
+    cfg: OrchestratorConfig,
+    /// Bumped after every stored event or log line; SSE streams wait on it.
+    changes: watch::Sender<u64>,
+    /// When this process started: leases are not reaped until one lease period later, so agents
+    /// that kept running while the orchestrator was down can renew first.
+    started_at: DateTime<Utc>,
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn agent_token_for(task: &TaskId) -> Secret {
+    let t = token::generate("");
+    Secret::new(format!("gnt.{task}.{}", t.expose()))
+}
+
+/// The task id an agent token claims to be for (`gnt.<task id>.<random>`); verified separately.
+pub fn task_of_agent_token(tok: &str) -> Option<TaskId> {
+    let mut parts = tok.splitn(3, '.');
+    if parts.next()? != "gnt" {
+        return None;
+    }
+    let id = TaskId::new(parts.next()?).ok()?;
+    parts.next().filter(|r| !r.is_empty())?;
+    Some(id)
+}
+
+impl Orchestrator {
+    /// Builds the orchestrator over a store and a backend. Call [`Orchestrator::spawn_background`]
+    /// to start dispatch and the reaper.
+    pub async fn new(
+        store: Arc<dyn StateStore>,
+        backend: Arc<dyn ClusterBackend>,
+        cfg: OrchestratorConfig,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                backend,
+                cfg,
+                changes: watch::channel(0).0,
+                started_at: Utc::now(),
+            }),
+        })
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.inner.cfg
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Subscribes to change notifications: the value changes after new events or log lines
+    /// are stored (re-read the store to see them).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn notify_change(&self) {
+        self.inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn notify_event(&self, id: Option<u64>) {
+        if id.is_some() {
+            self.notify_change();
+        }
+    }
+
+    /// Checks an admin bearer token.
+    pub fn is_admin_token(&self, presented: &str) -> bool {
+        token::equals(presented, self.inner.cfg.admin_token.expose())
+    }
+
+    /// Authenticates an agent bearer token; returns the task it is valid for.
+    pub async fn authenticate_agent(&self, presented: &str) -> Result<TaskId, ApiError> {
+        let bad = || ApiError::unauthorized("invalid agent token");
+        let id = task_of_agent_token(presented).ok_or_else(bad)?;
+        let hash = self
+            .inner
+            .store
+            .task_token_hash(&id)
+            .await?
+            .ok_or_else(bad)?;
+        if token::verify_hash(presented, &hash) {
+            Ok(id)
+        } else {
+            Err(bad())
+        }
+    }
+
+    // ---- orgs -------------------------------------------------------------------------------
+
+    /// Registers an org.
+    pub async fn create_org(&self, name: OrgName) -> Result<Org, ApiError> {
+        let audit = NewAudit::new("admin", "org.create", name.as_str(), None);
+        Ok(self.inner.store.create_org(&name, audit).await?)
+    }
+
+    /// Lists orgs.
+    pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {
+        Ok(self.inner.store.list_orgs().await?)
+    }
+
+    // ---- tasks ------------------------------------------------------------------------------
+
+    /// Records a task durably and hands it to the backend. Returns the task as recorded
+    /// (`Scheduled`); dispatch happens right after, in the background.
+    pub async fn schedule(&self, req: ScheduleRequest) -> Result<Task, ApiError> {
+        if req.task.trim().is_empty() {
+            return Err(ApiError::invalid("task", "must not be empty"));
+        }
+        if req.task.len() > MAX_TASK_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "task_too_large",
+                format!(
+                    "task is {} bytes; the limit is {MAX_TASK_BYTES}",
+                    req.task.len()
+                ),
+            )
+            .with_field("task"));
+        }
+        if let Some(h) = &req.agent_hint {
+            if h.is_empty() || h.len() > 63 || h.chars().any(|c| c.is_control()) {
+                return Err(ApiError::invalid(
+                    "agentHint",
+                    "must be 1 to 63 printable characters",
+                ));
+            }
+        }
+        if self.inner.store.get_org(&req.org).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_org",
+                format!(
+                    "org {:?} is not registered; create it first with POST /orgs",
+                    req.org.as_str()
+                ),
+            )
+            .with_field("org"));
+        }
+        let now = Utc::now();
+        let id = TaskId::generate();
+        let task = Task {
+            agent: None,
+            id: id.clone(),
+            org: req.org,
+            task: req.task,
+            agent_hint: req.agent_hint,
+            status: TaskStatus::Scheduled,
+            attempt: 1,
+            fencing: 0,
+            claims: 0,
+            lease_expires_at: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            artifacts: Vec::new(),
+            pr_url: None,
+        };
+        // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
+        // only its hash is stored); nobody ever sees this one.
+        let placeholder = token::hash(agent_token_for(&id).expose());
+        let event = NewEvent::for_task("task.scheduled", &task, None);
+        let audit = NewAudit::new(
+            "admin",
+            "task.schedule",
+            id.as_str(),
+            Some(format!("org={}", task.org)),
+        );
+        let ev = self
+            .inner
+            .store
+            .insert_task(task.clone(), placeholder, event, audit)
+            .await?;
+        self.notify_event(Some(ev));
+        let me = self.clone();
+        let t = task.clone();
+        tokio::spawn(async move {
+            me.dispatch(t).await;
+        });
+        Ok(task)
+    }
+
+    /// Hands a Scheduled task to the backend: marks it Submitted with a fresh agent token (only
+    /// the hash is stored) and asks the backend to start its agent. On failure the task goes back
+    /// to Scheduled and is retried later.
+    pub async fn dispatch(&self, task: Task) {
+        let tok = agent_token_for(&task.id);
+        let expected_attempt = task.attempt;
+        let upd = self
+            .inner
+            .store
+            .update_task_with_token(
+                &task.id,
+                Some(token::hash(tok.expose())),
+                Box::new(move |t| {
+                    if t.status != TaskStatus::Scheduled || t.attempt != expected_attempt {
+                        return Err(Rejection::conflict("already dispatched"));
+                    }
+                    t.status = TaskStatus::Submitted;
+                    t.agent = Some(t.id.agent_name(t.attempt));
+                    t.updated_at = Utc::now();
+                    t.reason = None;
+                    Ok(TaskChange {
+                        events: vec![NewEvent::for_task("task.submitted", t, None)],
+                        audit: vec![],
+                    })
+                }),
+            )
+            .await;
+        let task = match upd {
+            Ok(u) => {
+                self.notify_event(u.last_event_id);
+                u.task
+            }
+            Err(e) => {
+                tracing::debug!(task = %task.id, error = %e, "dispatch skipped");
+                return;
+            }
+        };
+        let Some(agent) = task.agent.clone() else {
+            return;
+        };
+        let launch = AgentLaunch {
+            task_id: task.id.clone(),
+            org: task.org.clone(),
+            agent: agent.clone(),
+            attempt: task.attempt,
+            agent_hint: task.agent_hint.clone(),
+            orchestrator_url: self.inner.cfg.public_url.clone(),
+            agent_token: tok,
+        };
+        if let Err(e) = self.inner.backend.submit(launch).await {
+            tracing::warn!(task = %task.id, error = %e, "backend submit failed; will retry");
+            let reason = e.to_string();
+            let attempt = task.attempt;
+            let res = self
+                .inner
+                .store
+                .update_task(
+                    &task.id,
+                    Box::new(move |t| {
+                        if t.status != TaskStatus::Submitted || t.attempt != attempt {
+                            return Err(Rejection::conflict("moved on"));
+                        }
+                        t.status = TaskStatus::Scheduled;
+                        t.updated_at = Utc::now();
+                        t.reason = Some(format!("submit failed: {reason}"));
+                        Ok(TaskChange {
+                            events: vec![NewEvent::for_task(
+                                "task.submit_failed",
+                                t,
+                                t.reason.clone(),
+                            )],
+                            audit: vec![],
+                        })
+                    }),
+                )
+                .await;
+            if let Ok(u) = res {
+                self.notify_event(u.last_event_id);
+            }
+        }
+    }
+
+    /// Lists tasks.
+    pub async fn tasks(&self, q: TaskListQuery) -> Result<Vec<Task>, ApiError> {
+        let limit = q.limit.unwrap_or(100);
+        if limit == 0 || limit > 1000 {
+            return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+        }
+        Ok(self
+            .inner
+            .store
+            .list_tasks(TaskQuery {
+                statuses: q.status.into_iter().collect(),
+                org: q.org,
+                limit,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// One task.
+    pub async fn task(&self, id: &TaskId) -> Result<Task, ApiError> {
+        self.inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
+    }
+
+    /// Cancels a task that has not finished; the backend stops its agent.
+    pub async fn cancel(&self, id: &TaskId) -> Result<Task, ApiError> {
+        let u = self
+            .inner
+            .store
+            .update_task(
+                id,
+                Box::new(|t| {
+                    if t.status == TaskStatus::Cancelled {
+                        return Ok(TaskChange::default());
+                    }
+                    if t.status.is_terminal() {
+                        return Err(Rejection::conflict(format!(
+                            "task {} already finished ({})",
+                            t.id, t.status
+                        )));
+                    }
+                    let now = Utc::now();
+                    t.status = TaskStatus::Cancelled;
+                    t.updated_at = now;
+                    t.finished_at = Some(now);
+                    t.lease_expires_at = None;
+                    t.reason = Some("cancelled by admin".into());
+                    Ok(TaskChange {
+                        events: vec![NewEvent::for_task("task.cancelled", t, t.reason.clone())],
+                        audit: vec![NewAudit::new("admin", "task.cancel", t.id.as_str(), None)],
+                    })
+                }),
+            )
+            .await?;
+        self.notify_event(u.last_event_id);
+        if u.changed {
+            if let Some(agent) = &u.task.agent {
+                if let Err(e) = self.inner.backend.cancel(&u.task.org, id, agent).await {
+                    tracing::warn!(task = %id, error = %e, "backend cancel failed");
+                }
+            }
+        }
+        Ok(u.task)
+    }
+
+    // ---- agents -----------------------------------------------------------------------------
+
+    /// Lists agents.
+    pub async fn agents(&self) -> Result<Vec<Agent>, ApiError> {
+        Ok(self.inner.store.list_agents().await?)
+    }
+
+    /// One agent.
+    pub async fn agent(&self, name: &AgentName) -> Result<Agent, ApiError> {
+        self.inner
+            .store
+            .get_agent(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("agent {name} not found")))
+    }
+
+    async fn agent_task(&self, task_id: &TaskId, agent: &AgentName) -> Result<Task, ApiError> {
+        let task = self.task(task_id).await?;
+        if task.agent.as_ref() != Some(agent) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stale_agent",
+                format!(
+                    "agent {agent} is not the current agent of task {task_id} (attempt {})",
+                    task.attempt
+                ),
+            )
+            .with_field("agent"));
+        }
+        Ok(task)
+    }
+
+    /// `POST /agent/register`.
+    pub async fn register(
+        &self,
+        task_id: &TaskId,
+        req: RegisterRequest,
+    ) -> Result<RegisterResponse, ApiError> {
+        let task = self.agent_task(task_id, &req.agent).await?;
+        if let Some(addr) = &req.editor_address {
+            if addr.len() > 255 || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ApiError::invalid("editorAddress", "must be host:port"));
+            }
+        }
+        let now = Utc::now();
+        let agent = Agent {
+            name: req.agent.clone(),
+            org: task.org.clone(),
+            task_id: Some(task.id.clone()),
+            version: req.version,
+            editor_address: req.editor_address,
+            registered_at: now,
+            last_seen_at: now,
+            state: serde_json::json!({}),
+        };
+        let event = NewEvent {
+            kind: "agent.registered".into(),
+            task_id: Some(task.id.clone()),
+            agent: Some(req.agent),
+            org: Some(task.org.clone()),
+            status: Some(task.status),
+            message: None,
+        };
+        self.inner.store.upsert_agent(agent, event).await?;
+        self.notify_change();
+        Ok(RegisterResponse {
+            task,
+            timings: self.inner.cfg.timings(),
+        })
+    }
+
+    /// `POST /agent/claim`: grants the lease to the task's own agent. Re-claiming a task the
+    /// agent already holds returns the same fencing token (idempotent after a lost reply).
+    pub async fn claim(
+        &self,
+        task_id: &TaskId,
+        req: ClaimRequest,
+    ) -> Result<ClaimResponse, ApiError> {
+        let agent = req.agent;
+        let ttl = chrono_dur(self.inner.cfg.lease_ttl);
+        let a = agent.clone();
+        let u = self
+            .inner
+            .store
+            .update_task(
+                task_id,
+                Box::new(move |t| {
+                    if t.agent.as_ref() != Some(&a) {
+                        return Err(Rejection::stale(format!(
+                            "agent {a} is not the current agent of task {}",
+                            t.id
+                        )));
+                    }
+                    let now = Utc::now();
+                    match t.status {
+                        TaskStatus::Submitted => {
+                            t.status = TaskStatus::Running;
+                            t.fencing += 1;
+                            t.claims += 1;
+                            t.lease_expires_at = Some(now + ttl);
+                            t.started_at = Some(now);
+                            t.updated_at = now;
+                            Ok(TaskChange {
+                                events: vec![NewEvent::for_task("task.claimed", t, None)],
+                                audit: vec![NewAudit::new(
+                                    &format!("agent:{a}"),
+                                    "task.claim",
+                                    t.id.as_str(),
+                                    Some(format!("fencing={}", t.fencing)),
+                                )],
+                            })
+                        }
+                        TaskStatus::Running => {
+                            t.lease_expires_at = Some(now + ttl);
+                            Ok(TaskChange::default())
+                        }
+                        other => Err(Rejection::conflict(format!(
+                            "task {} is {other} and cannot be claimed",
+                            t.id
+                        ))),
+                    }
+                }),
+            )
+            .await?;
+        self.notify_event(u.last_event_id);
+        let lease = u.task.lease_expires_at.unwrap_or_else(Utc::now);
+        Ok(ClaimResponse {
+            fencing: u.task.fencing,
+            lease_expires_at: lease,
+            task: u.task,
+            timings: self.inner.cfg.timings(),
+        })
+    }
+
+    /// `POST /agent/heartbeat`: records liveness; with a fencing token, renews the lease.
+    pub async fn heartbeat(
+        &self,
+        task_id: &TaskId,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        let agent = req.agent.clone();
+        let state = req.state.unwrap_or_else(|| serde_json::json!({}));
+        if serde_json::to_vec(&state).map(|v| v.len()).unwrap_or(0) > 16 * 1024 {
+            return Err(ApiError::invalid("state", "must be at most 16 KiB of JSON"));
+        }
+        let known = self
+            .inner
+            .store
+            .touch_agent(&agent, Utc::now(), state)
+            .await?;
+        if !known {
+            return Err(ApiError::not_found(format!(
+                "agent {agent} is not registered; call /agent/register first"
+            ))
+            .with_field("agent"));
+        }
+        let Some(fencing) = req.fencing else {
+            let task = self.agent_task(task_id, &agent).await?;
+            return Ok(HeartbeatResponse {
+                task_status: task.status,
+                cancel: task.status == TaskStatus::Cancelled,
+                lease_expires_at: None,
+            });
+        };
+        let ttl = chrono_dur(self.inner.cfg.lease_ttl);
+        let u = self
+            .inner
+            .store
+            .update_task(
+                task_id,
+                Box::new(move |t| {
+                    check_fencing(t, &agent, fencing)?;
+                    if t.status == TaskStatus::Running {
+                        t.lease_expires_at = Some(Utc::now() + ttl);
+                    }
+                    Ok(TaskChange::default())
+                }),
+            )
+            .await?;
+        let t = u.task;
+        Ok(HeartbeatResponse {
+            task_status: t.status,
+            cancel: t.status == TaskStatus::Cancelled,
+            lease_expires_at: (t.status == TaskStatus::Running)
+                .then_some(t.lease_expires_at)
+                .flatten(),
+        })
+    }
+
+    /// `POST /agent/log`: stores lines (idempotent per sequence number).
+    pub async fn append_logs(
+        &self,
+        task_id: &TaskId,
+        req: LogRequest,
+    ) -> Result<LogResponse, ApiError> {
+        if req.lines.len() > MAX_LOG_LINES {
+            return Err(ApiError::invalid(
+                "lines",
+                format!(
+                    "at most {MAX_LOG_LINES} lines per call (got {})",
+                    req.lines.len()
+                ),
+            ));
+        }
+        if let Some(i) = req.lines.iter().position(|l| l.seq == 0) {
+            return Err(ApiError::invalid(
+                &format!("lines[{i}].seq"),
+                "sequence numbers start at 1",
+            ));
+        }
+        let task = self.agent_task(task_id, &req.agent).await?;
+        if task.fencing != req.fencing || task.fencing == 0 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stale_fencing",
+                format!(
+                    "fencing token {} is not current for task {task_id}",
+                    req.fencing
+                ),
+            )
+            .with_field("fencing"));
+        }
+        let lines: Vec<NewLogLine> = req
+            .lines
+            .into_iter()
+            .map(|mut l| {
+                if l.line.len() > MAX_LOG_LINE_BYTES {
+                    let mut cut = MAX_LOG_LINE_BYTES;
+                    while !l.line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    l.line.truncate(cut);
+                    l.line.push_str(" …[truncated]");
+                }
+                l
+            })
+            .collect();
+        let r = self
+            .inner
+            .store
+            .append_logs(task_id, &req.agent, lines)
+            .await?;
+        if r.inserted > 0 {
+            self.notify_change();
+        }
+        Ok(LogResponse {
+            inserted: r.inserted,
+            max_seq: r.max_seq,
+        })
+    }
+
+    /// `POST /agent/complete`: records the outcome. Repeating the same completion is accepted.
+    pub async fn complete(&self, task_id: &TaskId, req: CompleteRequest) -> Result<Task, ApiError> {
+        if !matches!(req.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+            return Err(ApiError::invalid("status", "must be Succeeded or Failed"));
+        }
+        if req.artifacts.len() > 100 {
+            return Err(ApiError::invalid("artifacts", "at most 100 artifacts"));
+        }
+        if let Some(r) = &req.reason {
+            if r.len() > 4096 {
+                return Err(ApiError::invalid("reason", "at most 4096 bytes"));
+            }
+        }
+        let agent = req.agent.clone();
+        let u = self
+            .inner
+            .store
+            .update_task(
+                task_id,
+                Box::new(move |t| {
+                    check_fencing(t, &agent, req.fencing)?;
+                    if t.status == req.status {
+                        return Ok(TaskChange::default());
+                    }
+                    if t.status != TaskStatus::Running {
+                        return Err(Rejection::conflict(format!(
+                            "task {} is {} and cannot complete",
+                            t.id, t.status
+                        )));
+                    }
+                    let now = Utc::now();
+                    t.status = req.status;
+                    t.finished_at = Some(now);
+                    t.updated_at = now;
+                    t.lease_expires_at = None;
+                    t.exit_code = req.exit_code;
+                    t.reason = req.reason;
+                    t.artifacts = req.artifacts;
+                    t.pr_url = req.pr_url;
+                    let kind = if t.status == TaskStatus::Succeeded {
+                        "task.succeeded"
+                    } else {
+                        "task.failed"
+                    };
+                    Ok(TaskChange {
+                        events: vec![NewEvent::for_task(kind, t, t.reason.clone())],
+                        audit: vec![NewAudit::new(
+                            &format!("agent:{agent}"),
+                            "task.complete",
+                            t.id.as_str(),
+                            Some(format!("status={} exit={:?}", t.status, t.exit_code)),
+                        )],
+                    })
+                }),
+            )
+            .await?;
+        self.notify_event(u.last_event_id);
+        Ok(u.task)
+    }
+
+    // ---- background -------------------------------------------------------------------------
+
+    /// Starts the reaper/dispatcher loop. It stops when the returned handle is aborted.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.inner.cfg.reaper_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.reap_once(Utc::now()).await {
+                    tracing::warn!(error = %e, "reaper pass failed");
+                }
+            }
+        })
+    }
+
+    /// One reaper pass at time `now`: requeues Running tasks whose lease expired (once one lease
+    /// period has passed since this orchestrator started) and Submitted tasks whose agent never
+    /// claimed (or is gone), and dispatches Scheduled tasks.
+    pub async fn reap_once(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
+        let store = &self.inner.store;
+        let grace_over = now >= self.inner.started_at + chrono_dur(self.inner.cfg.lease_ttl);
+        if grace_over {
+            let expired = store
+                .list_tasks(TaskQuery {
+                    statuses: vec![TaskStatus::Running],
+                    lease_expired_before: Some(now),
+                    ..Default::default()
+                })
+                .await?;
+            for t in expired {
+                self.requeue(&t, now, "lease expired (no heartbeat)").await;
+            }
+        }
+        let submitted = store
+            .list_tasks(TaskQuery {
+                statuses: vec![TaskStatus::Submitted],
+                ..Default::default()
+            })
+            .await?;
+        let claim_deadline = now - chrono_dur(self.inner.cfg.claim_timeout);
+        for t in submitted {
+            let Some(agent) = &t.agent else { continue };
+            if t.updated_at < claim_deadline {
+                self.requeue(&t, now, "agent did not claim the task in time")
+                    .await;
+                continue;
+            }
+            // An agent that exited or vanished before claiming will never claim.
+            if t.updated_at < now - chrono::Duration::seconds(2) {
+                match self.inner.backend.status(&t.org, &t.id, agent).await {
+                    Ok(WorkloadState::Absent) | Ok(WorkloadState::Exited(_)) => {
+                        self.requeue(&t, now, "agent exited before claiming the task")
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(task = %t.id, error = %e, "backend status failed"),
+                }
+            }
+        }
+        let retry_before = now - chrono_dur(self.inner.cfg.submit_retry);
+        let scheduled = store
+            .list_tasks(TaskQuery {
+                statuses: vec![TaskStatus::Scheduled],
+                ..Default::default()
+            })
+            .await?;
+        let fresh_before = now - chrono::Duration::seconds(1);
+        for t in scheduled {
+            // Fresh tasks are dispatched by `schedule` itself (give it a moment); tasks whose
+            // submit failed or whose dispatch was interrupted wait `submit_retry`.
+            let ready_before = if t.reason.is_some() {
+                retry_before
+            } else {
+                fresh_before
+            };
+            if t.updated_at < ready_before {
+                self.dispatch(t).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn requeue(&self, task: &Task, now: DateTime<Utc>, why: &'static str) {
+        let max = self.inner.cfg.max_attempts;
+        let (expected_status, expected_attempt) = (task.status, task.attempt);
+        let res = self
+            .inner
+            .store
+            .update_task(
+                &task.id,
+                Box::new(move |t| {
+                    if t.status != expected_status || t.attempt != expected_attempt {
+                        return Err(Rejection::conflict("moved on"));
+                    }
+                    if t.status == TaskStatus::Running
+                        && t.lease_expires_at.is_some_and(|l| l >= now)
+                    {
+                        return Err(Rejection::conflict("lease was renewed"));
+                    }
+                    t.updated_at = Utc::now();
+                    t.lease_expires_at = None;
+                    if t.attempt >= max {
+                        t.status = TaskStatus::Failed;
+                        t.finished_at = Some(t.updated_at);
+                        t.reason = Some(format!("{why}; gave up after {max} attempts"));
+                        return Ok(TaskChange {
+                            events: vec![NewEvent::for_task("task.failed", t, t.reason.clone())],
+                            audit: vec![NewAudit::new(
+                                "system",
+                                "task.fail",
+                                t.id.as_str(),
+                                t.reason.clone(),
+                            )],
+                        });
+                    }
+                    t.attempt += 1;
+                    t.status = TaskStatus::Scheduled;
+                    t.agent = None;
+                    t.reason = Some(why.to_owned());
+                    Ok(TaskChange {
+                        events: vec![NewEvent::for_task("task.requeued", t, Some(why.to_owned()))],
+                        audit: vec![NewAudit::new(
+                            "system",
+                            "task.requeue",
+                            t.id.as_str(),
+                            Some(format!("{why}; attempt {}", t.attempt)),
+                        )],
+                    })
+                }),
+            )
+            .await;
+        match res {
+            Ok(u) => {
+                self.notify_event(u.last_event_id);
+                tracing::info!(task = %task.id, status = %u.task.status, why, "task requeued");
+                if let Some(agent) = &task.agent {
+                    if let Err(e) = self.inner.backend.cancel(&task.org, &task.id, agent).await {
+                        tracing::warn!(task = %task.id, error = %e, "cancel of old agent failed");
+                    }
+                }
+                if u.task.status == TaskStatus::Scheduled {
+                    self.dispatch(u.task).await;
+                }
+            }
+            Err(e) => tracing::debug!(task = %task.id, error = %e, "requeue skipped"),
+        }
+    }
+}
+
+fn check_fencing(t: &Task, agent: &AgentName, fencing: u64) -> Result<(), Rejection> {
+    if t.agent.as_ref() != Some(agent) {
+        return Err(Rejection::stale(format!(
+            "agent {agent} is not the current agent of task {}",
+            t.id
+        )));
+    }
+    if t.fencing != fencing || fencing == 0 {
+        return Err(Rejection::stale(format!(
+            "fencing token {fencing} is not current for task {} (current {})",
+            t.id, t.fencing
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Traits at the real seams of GuildNet: where tasks run (a cluster backend), how machines reach
+//! each other (a mesh), and how an org's cluster comes to exist (a bootstrap).
+//!
+//! Implementations live in their own crates (`guildnet-kube`, `guildnet-mesh`, `guildnet-talos`)
+//! and in [`crate::local`]. With the `mocks` feature, mockall automocks (`MockClusterBackend`,
+//! `MockMesh`, `MockClusterBootstrap`) let downstream code test offline.
+
+use crate::names::{AgentName, OrgName, TaskId};
+use crate::token::Secret;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Errors from a cluster backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The org has no reachable cluster (no kubeconfig, not provisioned...).
+    #[error("org {org} has no usable cluster: {reason}")]
+    OrgUnavailable {
+        /// Which org.
+        org: OrgName,
+        /// Why.
+        reason: String,
+    },
+    /// Starting or stopping the task's agent failed.
+    #[error("backend failed to {action} agent {agent} of task {task}: {reason}")]
+    Workload {
+        /// What was attempted (submit, cancel, inspect).
+        action: &'static str,
+        /// Which task.
+        task: TaskId,
+        /// Which agent.
+        agent: AgentName,
+        /// Why.
+        reason: String,
+    },
+    /// The backend does not support this operation.
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// Operation.
+        what: &'static str,
+    },
+}
+
+/// Everything a backend needs to start a task's agent. The agent receives these as environment
+/// variables (see [`AgentLaunch::env`]), the same in a pod and in a local child process.
+#[derive(Debug, Clone)]
+pub struct AgentLaunch {
+    /// Task id.
+    pub task_id: TaskId,
+    /// Org whose cluster runs it.
+    pub org: OrgName,
+    /// The agent's name for this attempt.
+    pub agent: AgentName,
+    /// Attempt number (1-based).
+    pub attempt: u32,
+    /// Optional hint recorded with the task (e.g. an agent profile).
+    pub agent_hint: Option<String>,
+    /// URL at which the agent reaches the orchestrator.
+    pub orchestrator_url: String,
+    /// The per-task agent token (the orchestrator keeps only its hash).
+    pub agent_token: Secret,
+}
+
+/// Environment variable names of the agent contract.
+pub mod env {
+    /// Orchestrator base URL.
+    pub const ORCHESTRATOR_URL: &str = "ORCHESTRATOR_URL";
+    /// Per-task agent token.
+    pub const AGENT_TOKEN: &str = "GUILDNET_AGENT_TOKEN";
+    /// Task id.
+    pub const TASK_ID: &str = "TASK_ID";
+    /// Org name.
+    pub const ORG_NAME: &str = "ORG_NAME";
+    /// Agent name.
+    pub const AGENT_NAME: &str = "AGENT_NAME";
+}
+
+impl AgentLaunch {
+    /// The environment the agent gets. Contains the token: never log it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (env::ORCHESTRATOR_URL, self.orchestrator_url.clone()),
+            (env::AGENT_TOKEN, self.agent_token.expose().to_owned()),
+            (env::TASK_ID, self.task_id.to_string()),
+            (env::ORG_NAME, self.org.to_string()),
+            (env::AGENT_NAME, self.agent.to_string()),
+        ]
+    }
+}
+
+/// What a backend knows about a task's workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadState {
+    /// Being created.
+    Pending,
+    /// Up.
+    Running,
+    /// Ended, with its exit code when known.
+    Exited(Option<i32>),
+    /// Not present (never started, or removed).
+    Absent,
+}
+
+/// Where an agent's editor (code-server) listens, as seen from the orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditorEndpoint {
+    /// Host or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// Runs task agents for orgs: a local process, a Kubernetes AgentTask, ...
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ClusterBackend: Send + Sync {
+    /// Short backend name for logs and errors (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+    /// Starts the agent for a task attempt. Must be idempotent for the same agent name.
+    async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError>;
+    /// Stops a task's agent and removes its workload. Idempotent.
+    async fn cancel(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<(), BackendError>;
+    /// The state of a task's workload.
+    async fn status(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<WorkloadState, BackendError>;
+    /// Where the agent's editor can be reached, if the backend knows.
+    async fn editor_endpoint(
+        &self,
+        org: &OrgName,
+        agent: &AgentName,
+    ) -> Result<Option<EditorEndpoint>, BackendError>;
+}
+
+/// Errors from a mesh implementation.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The control server refused the credentials (wrong or expired key).
+    #[error("mesh authentication failed: {0}")]
+    Auth(String),
+    /// The control server or local daemon could not be reached.
+    #[error("mesh unreachable at {target}: {reason}")]
+    Unreachable {
+        /// What was dialled.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else, with context.
+    #[error("mesh operation {op} failed: {reason}")]
+    Failed {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A node's view of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's host name on the mesh.
+    pub hostname: String,
+    /// This node's mesh addresses.
+    pub addresses: Vec<String>,
+    /// Peers and whether they are online.
+    pub peers: Vec<MeshPeer>,
+}
+
+/// A peer on the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPeer {
+    /// Host name.
+    pub hostname: String,
+    /// Addresses.
+    pub addresses: Vec<String>,
+    /// Online now.
+    pub online: bool,
+}
+
+/// How to join a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshJoin {
+    /// Control server URL (Headscale).
+    pub login_server: String,
+    /// Pre-auth key.
+    pub auth_key: Secret,
+    /// Host name to take.
+    pub hostname: String,
+}
+
+/// A private network joining people, orchestrators and agents (Headscale + Tailscale).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Mesh: Send + Sync {
+    /// Creates a pre-auth key for `user` (reusable or single-use, ephemeral or not).
+    async fn create_auth_key(
+        &self,
+        user: &str,
+        reusable: bool,
+        ephemeral: bool,
+    ) -> Result<Secret, MeshError>;
+    /// Joins this node to the mesh.
+    async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError>;
+    /// This node's mesh status.
+    async fn status(&self) -> Result<MeshStatus, MeshError>;
+}
+
+/// Errors from a cluster bootstrap.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The request is invalid (which field, why).
+    #[error("invalid bootstrap request: {0}")]
+    Invalid(String),
+    /// A step failed.
+    #[error("bootstrap of org {org} failed at step {step}: {reason}")]
+    Step {
+        /// Which org.
+        org: OrgName,
+        /// Which step.
+        step: String,
+        /// Why (secrets redacted).
+        reason: String,
+    },
+}
+
+/// Nodes of an org's cluster to bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRequest {
+    /// The org (also the cluster name).
+    pub org: OrgName,
+    /// Control-plane node addresses (at least one).
+    pub control_plane: Vec<String>,
+    /// Worker node addresses.
+    pub workers: Vec<String>,
+}
+
+/// A progress event of a long bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapProgress {
+    /// Step name.
+    pub step: String,
+    /// `start`, `output`, `done` or `error`.
+    pub phase: String,
+    /// Detail (secrets redacted).
+    pub message: String,
+}
+
+/// Where a finished bootstrap left its configs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapOutcome {
+    /// Kubeconfig written for the org.
+    pub kubeconfig: PathBuf,
+    /// Talosconfig written for the org.
+    pub talosconfig: PathBuf,
+}
+
+/// Brings an org's cluster into being (Talos first).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ClusterBootstrap: Send + Sync {
+    /// Runs the whole bootstrap, reporting progress on `progress`. Re-runnable.
+    async fn bootstrap(
+        &self,
+        request: BootstrapRequest,
+        progress: tokio::sync::mpsc::UnboundedSender<BootstrapProgress>,
+    ) -> Result<BootstrapOutcome, BootstrapError>;
+}

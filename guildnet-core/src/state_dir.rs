@@ -1,0 +1,289 @@
+//! The one state-directory resolver every GuildNet component uses, and the paths inside it.
+//!
+//! Resolution order: `GUILDNET_STATE_DIR`, else `${GUILDNET_HOME}/state`, else
+//! `~/.guildnetdev/state` when `GUILDNET_ENV=dev`, else `~/.guildnet/state`.
+
+use crate::names::OrgName;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Errors while resolving or writing inside the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// No env var points at a state dir and no home directory is known.
+    #[error("cannot resolve the state directory: set GUILDNET_STATE_DIR or HOME")]
+    NoHome,
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Resolves the state dir from an environment lookup (pure, so it is testable).
+pub fn resolve_state_dir_with(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<PathBuf, StateDirError> {
+    let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("GUILDNET_STATE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(home) = non_empty("GUILDNET_HOME") {
+        return Ok(PathBuf::from(home).join("state"));
+    }
+    let home = non_empty("HOME").ok_or(StateDirError::NoHome)?;
+    let sub = if non_empty("GUILDNET_ENV").as_deref() == Some("dev") {
+        ".guildnetdev"
+    } else {
+        ".guildnet"
+    };
+    Ok(PathBuf::from(home).join(sub).join("state"))
+}
+
+/// Resolves the state dir from the process environment.
+pub fn resolve_state_dir() -> Result<PathBuf, StateDirError> {
+    resolve_state_dir_with(|k| std::env::var(k).ok())
+}
+
+/// Paths inside a state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePaths {
+    root: PathBuf,
+}
+
+impl StatePaths {
+    /// Paths under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Paths under the resolved state dir.
+    pub fn resolve() -> Result<Self, StateDirError> {
+        resolve_state_dir().map(Self::new)
+    }
+
+    /// The state dir itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `kube/<org>.config`: the org cluster's kubeconfig.
+    pub fn kubeconfig(&self, org: &OrgName) -> PathBuf {
+        self.root.join("kube").join(format!("{org}.config"))
+    }
+
+    /// `talos/<org>.talosconfig`: the org cluster's talosconfig (mode 0600).
+    pub fn talosconfig(&self, org: &OrgName) -> PathBuf {
+        self.root.join("talos").join(format!("{org}.talosconfig"))
+    }
+
+    /// `dashboard.db`: the dashboard's SQLite database.
+    pub fn dashboard_db(&self) -> PathBuf {
+        self.root.join("dashboard.db")
+    }
+
+    /// `orchestrator.db`: the orchestrator's SQLite database.
+    pub fn orchestrator_db(&self) -> PathBuf {
+        self.root.join("orchestrator.db")
+    }
+
+    /// `orchestrator.token`: the generated admin token (mode 0600) when none is configured.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.root.join("orchestrator.token")
+    }
+
+    /// `agents/<task id>`: workspace of a task's agent under the local backend.
+    pub fn local_agent_dir(&self, task: &crate::names::TaskId) -> PathBuf {
+        self.root.join("agents").join(task.as_str())
+    }
+
+    /// Creates the state dir (mode 0700) if missing.
+    pub fn ensure(&self) -> Result<(), StateDirError> {
+        create_private_dir(&self.root)
+    }
+}
+
+/// Kubeconfig lookup for an org: `$KUBECONFIG` (first existing entry), then the state path, then
+/// `~/.kube/<org>.config`. Returns the first that exists.
+pub fn find_kubeconfig_with(
+    paths: &StatePaths,
+    org: &OrgName,
+    get: impl Fn(&str) -> Option<String>,
+) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(kc) = get("KUBECONFIG").filter(|v| !v.is_empty()) {
+        candidates.extend(std::env::split_paths(&kc));
+    }
+    candidates.push(paths.kubeconfig(org));
+    if let Some(home) = get("HOME").filter(|v| !v.is_empty()) {
+        candidates.push(
+            PathBuf::from(home)
+                .join(".kube")
+                .join(format!("{org}.config")),
+        );
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// [`find_kubeconfig_with`] over the process environment.
+pub fn find_kubeconfig(paths: &StatePaths, org: &OrgName) -> Option<PathBuf> {
+    find_kubeconfig_with(paths, org, |k| std::env::var(k).ok())
+}
+
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StateDirError + 'a {
+    move |source| StateDirError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` and its parents with mode 0700 (existing dirs are left as they are).
+pub fn create_private_dir(dir: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename), creating parents.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StateDirError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(parent)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err("rename into", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn resolution_order() {
+        let all = [
+            ("GUILDNET_STATE_DIR", "/s"),
+            ("GUILDNET_HOME", "/g"),
+            ("GUILDNET_ENV", "dev"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(
+            resolve_state_dir_with(env(&all)).unwrap(),
+            PathBuf::from("/s")
+        );
+        assert_eq!(
+            resolve_state_dir_with(env(&all[1..])).unwrap(),
+            PathBuf::from("/g/state")
+        );
+        assert_eq!(
+            resolve_state_dir_with(env(&all[2..])).unwrap(),
+            PathBuf::from("/h/.guildnetdev/state")
+        );
+        assert_eq!(
+            resolve_state_dir_with(env(&all[3..])).unwrap(),
+            PathBuf::from("/h/.guildnet/state")
+        );
+        assert_eq!(
+            resolve_state_dir_with(env(&[("GUILDNET_ENV", "prod"), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/h/.guildnet/state")
+        );
+        assert!(matches!(
+            resolve_state_dir_with(env(&[])),
+            Err(StateDirError::NoHome)
+        ));
+        // Empty values count as unset.
+        assert_eq!(
+            resolve_state_dir_with(env(&[("GUILDNET_STATE_DIR", ""), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/h/.guildnet/state")
+        );
+    }
+
+    #[test]
+    fn org_paths() {
+        let p = StatePaths::new("/st");
+        let org = OrgName::new("acme").unwrap();
+        assert_eq!(p.kubeconfig(&org), PathBuf::from("/st/kube/acme.config"));
+        assert_eq!(
+            p.talosconfig(&org),
+            PathBuf::from("/st/talos/acme.talosconfig")
+        );
+        assert_eq!(p.dashboard_db(), PathBuf::from("/st/dashboard.db"));
+        assert_eq!(p.orchestrator_db(), PathBuf::from("/st/orchestrator.db"));
+    }
+
+    #[test]
+    fn private_files_are_0600_and_kubeconfig_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StatePaths::new(dir.path().join("state"));
+        let org = OrgName::new("acme").unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".kube")).unwrap();
+        let home_kc = home.join(".kube/acme.config");
+        std::fs::write(&home_kc, "home").unwrap();
+        let h = home.to_string_lossy().into_owned();
+
+        // Only ~/.kube exists.
+        assert_eq!(
+            find_kubeconfig_with(&paths, &org, env(&[("HOME", &h)])),
+            Some(home_kc.clone())
+        );
+        // The state path wins over ~/.kube.
+        write_private_file(&paths.kubeconfig(&org), b"state").unwrap();
+        let mode = std::fs::metadata(paths.kubeconfig(&org))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            find_kubeconfig_with(&paths, &org, env(&[("HOME", &h)])),
+            Some(paths.kubeconfig(&org))
+        );
+        // $KUBECONFIG wins when it exists; a missing entry is skipped.
+        let explicit = dir.path().join("explicit.config");
+        std::fs::write(&explicit, "x").unwrap();
+        let kc = format!(
+            "{}:{}",
+            dir.path().join("missing").display(),
+            explicit.display()
+        );
+        assert_eq!(
+            find_kubeconfig_with(&paths, &org, env(&[("HOME", &h), ("KUBECONFIG", &kc)])),
+            Some(explicit)
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! Durable state: the [`StateStore`] seam and its SQLite implementation.
+
+mod sqlite;
+
+pub use sqlite::{Durability, SqliteStore};
+
+use crate::model::{
+    Agent, AuditEntry, Event, LogLine, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus,
+};
+use crate::names::{AgentName, OrgName, TaskId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// Errors from a state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error during {op}: {source}")]
+    Db {
+        /// What the store was doing.
+        op: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Opening the database failed.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// Database file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The record already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A conditional update refused the change.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// A stored row could not be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store's worker is gone (shutting down).
+    #[error("state store is shut down")]
+    Closed,
+}
+
+/// Why a conditional task update refused to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The category, which maps to an HTTP status.
+    pub kind: RejectionKind,
+    /// A message for the caller.
+    pub message: String,
+}
+
+/// Categories of [`Rejection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The task is in a state that does not allow the change.
+    Conflict,
+    /// The caller's fencing token is not the current one.
+    StaleFencing,
+    /// The caller may not change this task.
+    Forbidden,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Rejection {
+    /// A conflict rejection.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Conflict,
+            message: message.into(),
+        }
+    }
+    /// A stale-fencing rejection.
+    pub fn stale(message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::StaleFencing,
+            message: message.into(),
+        }
+    }
+    /// A forbidden rejection.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Forbidden,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a task update records besides the new task row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskChange {
+    /// Events to append (streamed over SSE).
+    pub events: Vec<NewEvent>,
+    /// Audit rows to append.
+    pub audit: Vec<NewAudit>,
+}
+
+/// A conditional mutation applied atomically to one task. Returning an error leaves the task as
+/// it was. If the task is unchanged and no events are returned, nothing is written.
+pub type TaskUpdateFn = Box<dyn FnOnce(&mut Task) -> Result<TaskChange, Rejection> + Send>;
+
+/// Result of [`StateStore::update_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdated {
+    /// The task after the update.
+    pub task: Task,
+    /// Whether anything was written.
+    pub changed: bool,
+    /// Id of the last event appended, if any.
+    pub last_event_id: Option<u64>,
+}
+
+/// Filter for [`StateStore::list_tasks`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskQuery {
+    /// Only these statuses (all when empty).
+    pub statuses: Vec<TaskStatus>,
+    /// Only this org.
+    pub org: Option<OrgName>,
+    /// Only tasks whose lease expired before this time (Running tasks).
+    pub lease_expired_before: Option<DateTime<Utc>>,
+    /// Only tasks last updated before this time.
+    pub updated_before: Option<DateTime<Utc>>,
+    /// At most this many (newest first); 0 means no limit.
+    pub limit: usize,
+}
+
+/// Result of [`StateStore::append_logs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedLogs {
+    /// Lines newly stored (re-sent lines are skipped).
+    pub inserted: usize,
+    /// Highest per-task sequence number stored for the task so far.
+    pub max_seq: u64,
+}
+
+/// Durable storage of orgs, tasks, agents, logs, events and the audit log.
+///
+/// Implementations must make every method atomic, and every write durable before it returns.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Registers an org; `AlreadyExists` if present.
+    async fn create_org(&self, name: &OrgName, audit: NewAudit) -> Result<Org, StoreError>;
+    /// Looks up an org.
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError>;
+    /// All orgs by name.
+    async fn list_orgs(&self) -> Result<Vec<Org>, StoreError>;
+
+    /// Stores a new task with the hash of its agent token, its first event and an audit row.
+    /// Returns the event id.
+    async fn insert_task(
+        &self,
+        task: Task,
+        token_hash: String,
+        event: NewEvent,
+        audit: NewAudit,
+    ) -> Result<u64, StoreError>;
+    /// Looks up a task.
+    async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
+    /// The stored hash of a task's agent token.
+    async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError>;
+    /// Tasks matching `query`, newest first.
+    async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// Applies `update` to the task atomically (see [`TaskUpdateFn`]).
+    async fn update_task(
+        &self,
+        id: &TaskId,
+        update: TaskUpdateFn,
+    ) -> Result<TaskUpdated, StoreError> {
+        self.update_task_with_token(id, None, update).await
+    }
+    /// Like [`StateStore::update_task`], and when the update applies and `token_hash` is given,
+    /// replaces the task's agent token hash in the same transaction.
+    async fn update_task_with_token(
+        &self,
+        id: &TaskId,
+        token_hash: Option<String>,
+        update: TaskUpdateFn,
+    ) -> Result<TaskUpdated, StoreError>;
+
+    /// Inserts or replaces an agent's registration; returns the stored agent (keeping the first
+    /// registration time).
+    async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError>;
+    /// Records a heartbeat; false if the agent is unknown.
+    async fn touch_agent(
+        &self,
+        name: &AgentName,
+        at: DateTime<Utc>,
+        state: serde_json::Value,
+    ) -> Result<bool, StoreError>;
+    /// Looks up an agent.
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
+    /// All agents, most recently seen first.
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+
+    /// Stores log lines of a task; lines whose `seq` is already stored are skipped.
+    async fn append_logs(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        lines: Vec<NewLogLine>,
+    ) -> Result<AppendedLogs, StoreError>;
+    /// A task's log lines with `seq > after_seq`, in order.
+    async fn task_logs(
+        &self,
+        task: &TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError>;
+    /// An agent's log lines with `id > after_id`, in order.
+    async fn agent_logs(
+        &self,
+        agent: &AgentName,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError>;
+    /// Id of the newest log line (0 when none).
+    async fn last_log_id(&self) -> Result<u64, StoreError>;
+
+    /// Appends events and audit rows; returns the id of the last event (0 if none were given).
+    async fn append_events(
+        &self,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
+    ) -> Result<u64, StoreError>;
+    /// Events with `id > after`, in order.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Id of the newest event (0 when none).
+    async fn last_event_id(&self) -> Result<u64, StoreError>;
+    /// Audit rows with `id > after`, in order.
+    async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+}

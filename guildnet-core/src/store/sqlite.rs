@@ -1,0 +1,984 @@
+//! SQLite implementation of [`StateStore`].
+//!
+//! One writer thread owns the write connection and commits in groups: it takes every write that
+//! is waiting, runs each inside its own savepoint (a failing write rolls back alone), commits
+//! once, and only then answers the callers. Reads use a separate connection (WAL lets them run
+//! beside the writer) on tokio's blocking pool, so no SQLite work runs on the async runtime.
+
+use super::{
+    AppendedLogs, StateStore, StoreError, TaskChange, TaskQuery, TaskUpdateFn, TaskUpdated,
+};
+use crate::model::{
+    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, NewLogLine, Org,
+    Task, TaskStatus,
+};
+use crate::names::{AgentName, OrgName, TaskId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is on disk before it is acknowledged (survives power loss).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: survives a process crash (kill -9), may lose the last commits on
+    /// power loss.
+    Normal,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE orgs (
+    name        TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE tasks (
+    id               TEXT PRIMARY KEY,
+    org              TEXT NOT NULL,
+    task             TEXT NOT NULL,
+    agent_hint       TEXT,
+    status           TEXT NOT NULL,
+    agent            TEXT,
+    attempt          INTEGER NOT NULL,
+    fencing          INTEGER NOT NULL,
+    claims           INTEGER NOT NULL,
+    lease_expires_at INTEGER,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    exit_code        INTEGER,
+    reason           TEXT,
+    artifacts        TEXT NOT NULL,
+    pr_url           TEXT,
+    token_hash       TEXT NOT NULL
+);
+CREATE INDEX tasks_status ON tasks(status, updated_at);
+CREATE INDEX tasks_created ON tasks(created_at);
+CREATE TABLE agents (
+    name           TEXT PRIMARY KEY,
+    org            TEXT NOT NULL,
+    task_id        TEXT,
+    version        TEXT,
+    editor_address TEXT,
+    registered_at  INTEGER NOT NULL,
+    last_seen_at   INTEGER NOT NULL,
+    state          TEXT NOT NULL
+);
+CREATE TABLE logs (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    agent   TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    stream  TEXT NOT NULL,
+    line    TEXT NOT NULL,
+    ts      INTEGER NOT NULL,
+    UNIQUE (task_id, seq)
+);
+CREATE INDEX logs_agent ON logs(agent, id);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    task_id TEXT,
+    agent   TEXT,
+    org     TEXT,
+    status  TEXT,
+    message TEXT
+);
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"#];
+
+type Finish = Box<dyn FnOnce(Option<String>) + Send>;
+type WriteJob = Box<dyn FnOnce(&mut Transaction<'_>) -> Finish + Send>;
+
+/// SQLite-backed [`StateStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    reader: Arc<Mutex<Connection>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Ok(mut h) = self.worker.lock() {
+            if let Some(h) = h.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
+}
+
+fn opt_from_ms(v: Option<i64>) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    v.map(from_ms).transpose()
+}
+
+fn corrupt(msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::new(StoreError::Corrupt(msg)),
+    )
+}
+
+fn parse_name<T>(
+    v: String,
+    f: impl Fn(String) -> Result<T, crate::names::ValidationError>,
+) -> rusqlite::Result<T> {
+    f(v).map_err(|e| corrupt(e.to_string()))
+}
+
+fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(open_err)?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+    ))
+    .map_err(open_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read schema version"))?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build supports ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db("begin migration"))?;
+        tx.execute_batch(sql).map_err(db("apply migration"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(db("record schema version"))?;
+        tx.commit().map_err(db("commit migration"))?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::state_dir::create_private_dir(parent).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let mut writer = open_conn(&path, durability)?;
+        migrate(&mut writer)?;
+        let reader = open_conn(&path, durability)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let worker = std::thread::Builder::new()
+            .name("guildnet-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(tx)),
+                reader: Arc::new(Mutex::new(reader)),
+                worker: Mutex::new(Some(worker)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R, StoreError>>();
+        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>| {
+            let result = match txn.savepoint() {
+                Ok(mut sp) => {
+                    let r = f(&sp);
+                    match &r {
+                        Ok(_) => match sp.commit() {
+                            Ok(()) => r,
+                            Err(e) => Err(StoreError::Db {
+                                op: "release savepoint",
+                                source: e,
+                            }),
+                        },
+                        Err(_) => {
+                            let _ = sp.rollback();
+                            r
+                        }
+                    }
+                }
+                Err(e) => Err(StoreError::Db {
+                    op: "savepoint",
+                    source: e,
+                }),
+            };
+            Box::new(move |commit_err: Option<String>| {
+                let out = match commit_err {
+                    None => result,
+                    Some(msg) => Err(StoreError::Corrupt(format!("commit failed: {msg}"))),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        {
+            let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let reader = self.inner.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    const MAX_BATCH: usize = 256;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut txn = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "sqlite: cannot begin transaction");
+                // Jobs are dropped; their callers see the store as closed for this write.
+                drop(jobs);
+                continue;
+            }
+        };
+        let finishers: Vec<Finish> = jobs.into_iter().map(|job| job(&mut txn)).collect();
+        let commit_err = txn.commit().err().map(|e| e.to_string());
+        if let Some(msg) = &commit_err {
+            tracing::error!(error = %msg, "sqlite: commit failed");
+        }
+        for f in finishers {
+            f(commit_err.clone());
+        }
+    }
+}
+
+const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
+    lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
+    artifacts, pr_url";
+
+fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+    let status: String = r.get(4)?;
+    let artifacts: String = r.get(16)?;
+    Ok(Task {
+        id: parse_name(r.get(0)?, TaskId::new)?,
+        org: parse_name(r.get(1)?, OrgName::new)?,
+        task: r.get(2)?,
+        agent_hint: r.get(3)?,
+        status: TaskStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        agent: r
+            .get::<_, Option<String>>(5)?
+            .map(|a| parse_name(a, AgentName::new))
+            .transpose()?,
+        attempt: r.get(6)?,
+        fencing: r.get::<_, i64>(7)? as u64,
+        claims: r.get(8)?,
+        lease_expires_at: opt_from_ms(r.get(9)?)?,
+        created_at: from_ms(r.get(10)?)?,
+        updated_at: from_ms(r.get(11)?)?,
+        started_at: opt_from_ms(r.get(12)?)?,
+        finished_at: opt_from_ms(r.get(13)?)?,
+        exit_code: r.get(14)?,
+        reason: r.get(15)?,
+        artifacts: serde_json::from_str::<Vec<Artifact>>(&artifacts)
+            .map_err(|e| corrupt(format!("artifacts: {e}")))?,
+        pr_url: r.get(17)?,
+    })
+}
+
+fn artifacts_json(a: &[Artifact]) -> Result<String, StoreError> {
+    serde_json::to_string(a).map_err(|e| StoreError::Corrupt(format!("artifacts: {e}")))
+}
+
+fn load_task(conn: &Connection, id: &TaskId) -> Result<Option<Task>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
+        [id.as_str()],
+        task_from_row,
+    )
+    .optional()
+    .map_err(db("load task"))
+}
+
+fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tasks SET status=?2, agent=?3, attempt=?4, fencing=?5, claims=?6, \
+         lease_expires_at=?7, updated_at=?8, started_at=?9, finished_at=?10, exit_code=?11, \
+         reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16 WHERE id=?1",
+        params![
+            t.id.as_str(),
+            t.status.as_str(),
+            t.agent.as_ref().map(|a| a.as_str()),
+            t.attempt,
+            t.fencing as i64,
+            t.claims,
+            t.lease_expires_at.map(ms),
+            ms(t.updated_at),
+            t.started_at.map(ms),
+            t.finished_at.map(ms),
+            t.exit_code,
+            t.reason,
+            artifacts_json(&t.artifacts)?,
+            t.pr_url,
+            t.agent_hint,
+            t.task,
+        ],
+    )
+    .map_err(db("update task"))?;
+    Ok(())
+}
+
+fn insert_events(conn: &Connection, events: &[NewEvent], now: i64) -> Result<u64, StoreError> {
+    let mut last = 0;
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO events (ts, kind, task_id, agent, org, status, message) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db("prepare event insert"))?;
+    for e in events {
+        stmt.execute(params![
+            now,
+            e.kind,
+            e.task_id.as_ref().map(|v| v.as_str()),
+            e.agent.as_ref().map(|v| v.as_str()),
+            e.org.as_ref().map(|v| v.as_str()),
+            e.status.map(|s| s.as_str()),
+            e.message,
+        ])
+        .map_err(db("insert event"))?;
+        last = conn.last_insert_rowid() as u64;
+    }
+    Ok(last)
+}
+
+fn insert_audit(conn: &Connection, rows: &[NewAudit], now: i64) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO audit (ts, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db("prepare audit insert"))?;
+    for a in rows {
+        stmt.execute(params![now, a.actor, a.action, a.subject, a.detail])
+            .map_err(db("insert audit"))?;
+    }
+    Ok(())
+}
+
+fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<Agent> {
+    let state: String = r.get(7)?;
+    Ok(Agent {
+        name: parse_name(r.get(0)?, AgentName::new)?,
+        org: parse_name(r.get(1)?, OrgName::new)?,
+        task_id: r
+            .get::<_, Option<String>>(2)?
+            .map(|t| parse_name(t, TaskId::new))
+            .transpose()?,
+        version: r.get(3)?,
+        editor_address: r.get(4)?,
+        registered_at: from_ms(r.get(5)?)?,
+        last_seen_at: from_ms(r.get(6)?)?,
+        state: serde_json::from_str(&state).map_err(|e| corrupt(format!("agent state: {e}")))?,
+    })
+}
+
+const AGENT_COLS: &str =
+    "name, org, task_id, version, editor_address, registered_at, last_seen_at, state";
+
+fn log_from_row(r: &Row<'_>) -> rusqlite::Result<LogLine> {
+    let stream: String = r.get(4)?;
+    Ok(LogLine {
+        id: r.get::<_, i64>(0)? as u64,
+        task_id: parse_name(r.get(1)?, TaskId::new)?,
+        agent: parse_name(r.get(2)?, AgentName::new)?,
+        seq: r.get::<_, i64>(3)? as u64,
+        stream: LogStream::parse(&stream).ok_or_else(|| corrupt(format!("stream {stream}")))?,
+        line: r.get(5)?,
+        ts: from_ms(r.get(6)?)?,
+    })
+}
+
+const LOG_COLS: &str = "id, task_id, agent, seq, stream, line, ts";
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let status: Option<String> = r.get(6)?;
+    Ok(Event {
+        id: r.get::<_, i64>(0)? as u64,
+        ts: from_ms(r.get(1)?)?,
+        kind: r.get(2)?,
+        task_id: r
+            .get::<_, Option<String>>(3)?
+            .map(|v| parse_name(v, TaskId::new))
+            .transpose()?,
+        agent: r
+            .get::<_, Option<String>>(4)?
+            .map(|v| parse_name(v, AgentName::new))
+            .transpose()?,
+        org: r
+            .get::<_, Option<String>>(5)?
+            .map(|v| parse_name(v, OrgName::new))
+            .transpose()?,
+        status: status
+            .map(|s| TaskStatus::parse(&s).ok_or_else(|| corrupt(format!("status {s}"))))
+            .transpose()?,
+        message: r.get(7)?,
+    })
+}
+
+fn limit_sql(limit: usize) -> i64 {
+    if limit == 0 {
+        -1
+    } else {
+        limit as i64
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn create_org(&self, name: &OrgName, audit: NewAudit) -> Result<Org, StoreError> {
+        let name = name.clone();
+        self.write(move |tx| {
+            let now = Utc::now();
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO orgs (name, created_at) VALUES (?1, ?2)",
+                    params![name.as_str(), ms(now)],
+                )
+                .map_err(db("insert org"))?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists(format!("org {name}")));
+            }
+            insert_audit(tx, &[audit], ms(now))?;
+            Ok(Org {
+                name,
+                created_at: from_ms(ms(now)).map_err(db("timestamp"))?,
+            })
+        })
+        .await
+    }
+
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError> {
+        let name = name.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT name, created_at FROM orgs WHERE name = ?1",
+                [name.as_str()],
+                |r| {
+                    Ok(Org {
+                        name: parse_name(r.get(0)?, OrgName::new)?,
+                        created_at: from_ms(r.get(1)?)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("get org"))
+        })
+        .await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Org>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT name, created_at FROM orgs ORDER BY name")
+                .map_err(db("list orgs"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Org {
+                        name: parse_name(r.get(0)?, OrgName::new)?,
+                        created_at: from_ms(r.get(1)?)?,
+                    })
+                })
+                .map_err(db("list orgs"))?;
+            rows.collect::<Result<_, _>>().map_err(db("list orgs"))
+        })
+        .await
+    }
+
+    async fn insert_task(
+        &self,
+        task: Task,
+        token_hash: String,
+        event: NewEvent,
+        audit: NewAudit,
+    ) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let t = &task;
+            let n = tx
+                .execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO tasks ({TASK_COLS}, token_hash) VALUES \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                         ?17, ?18, ?19)"
+                    ),
+                    params![
+                        t.id.as_str(),
+                        t.org.as_str(),
+                        t.task,
+                        t.agent_hint,
+                        t.status.as_str(),
+                        t.agent.as_ref().map(|a| a.as_str()),
+                        t.attempt,
+                        t.fencing as i64,
+                        t.claims,
+                        t.lease_expires_at.map(ms),
+                        ms(t.created_at),
+                        ms(t.updated_at),
+                        t.started_at.map(ms),
+                        t.finished_at.map(ms),
+                        t.exit_code,
+                        t.reason,
+                        artifacts_json(&t.artifacts)?,
+                        t.pr_url,
+                        token_hash,
+                    ],
+                )
+                .map_err(db("insert task"))?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
+            }
+            let now = ms(Utc::now());
+            insert_audit(tx, &[audit], now)?;
+            insert_events(tx, &[event], now)
+        })
+        .await
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| load_task(c, &id)).await
+    }
+
+    async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT token_hash FROM tasks WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("get token hash"))
+        })
+        .await
+    }
+
+    async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {TASK_COLS} FROM tasks WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if !q.statuses.is_empty() {
+                let marks: Vec<String> = q
+                    .statuses
+                    .iter()
+                    .map(|s| {
+                        args.push(s.as_str().to_owned().into());
+                        format!("?{}", args.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND status IN ({})", marks.join(",")));
+            }
+            if let Some(org) = &q.org {
+                args.push(org.as_str().to_owned().into());
+                sql.push_str(&format!(" AND org = ?{}", args.len()));
+            }
+            if let Some(t) = q.lease_expired_before {
+                args.push(ms(t).into());
+                sql.push_str(&format!(
+                    " AND lease_expires_at IS NOT NULL AND lease_expires_at < ?{}",
+                    args.len()
+                ));
+            }
+            if let Some(t) = q.updated_before {
+                args.push(ms(t).into());
+                sql.push_str(&format!(" AND updated_at < ?{}", args.len()));
+            }
+            args.push(limit_sql(q.limit).into());
+            sql.push_str(&format!(
+                " ORDER BY created_at DESC, id DESC LIMIT ?{}",
+                args.len()
+            ));
+            let mut stmt = c.prepare(&sql).map_err(db("list tasks"))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), task_from_row)
+                .map_err(db("list tasks"))?;
+            rows.collect::<Result<_, _>>().map_err(db("list tasks"))
+        })
+        .await
+    }
+
+    async fn update_task_with_token(
+        &self,
+        id: &TaskId,
+        token_hash: Option<String>,
+        update: TaskUpdateFn,
+    ) -> Result<TaskUpdated, StoreError> {
+        let id = id.clone();
+        self.write(move |tx| {
+            let before =
+                load_task(tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+            let mut after = before.clone();
+            let change: TaskChange = update(&mut after).map_err(StoreError::Rejected)?;
+            let changed = after != before || !change.events.is_empty() || token_hash.is_some();
+            if !changed {
+                return Ok(TaskUpdated {
+                    task: after,
+                    changed: false,
+                    last_event_id: None,
+                });
+            }
+            save_task(tx, &after)?;
+            if let Some(h) = &token_hash {
+                tx.execute(
+                    "UPDATE tasks SET token_hash = ?2 WHERE id = ?1",
+                    params![id.as_str(), h],
+                )
+                .map_err(db("update token hash"))?;
+            }
+            let now = ms(Utc::now());
+            insert_audit(tx, &change.audit, now)?;
+            let last = insert_events(tx, &change.events, now)?;
+            Ok(TaskUpdated {
+                task: after,
+                changed: true,
+                last_event_id: (!change.events.is_empty()).then_some(last),
+            })
+        })
+        .await
+    }
+
+    async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError> {
+        self.write(move |tx| {
+            let state = serde_json::to_string(&agent.state)
+                .map_err(|e| StoreError::Corrupt(format!("agent state: {e}")))?;
+            tx.execute(
+                "INSERT INTO agents (name, org, task_id, version, editor_address, registered_at, \
+                 last_seen_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT(name) DO UPDATE SET org=excluded.org, task_id=excluded.task_id, \
+                 version=excluded.version, editor_address=excluded.editor_address, \
+                 last_seen_at=excluded.last_seen_at, state=excluded.state",
+                params![
+                    agent.name.as_str(),
+                    agent.org.as_str(),
+                    agent.task_id.as_ref().map(|t| t.as_str()),
+                    agent.version,
+                    agent.editor_address,
+                    ms(agent.registered_at),
+                    ms(agent.last_seen_at),
+                    state,
+                ],
+            )
+            .map_err(db("upsert agent"))?;
+            insert_events(tx, &[event], ms(Utc::now()))?;
+            tx.query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [agent.name.as_str()],
+                agent_from_row,
+            )
+            .map_err(db("reload agent"))
+        })
+        .await
+    }
+
+    async fn touch_agent(
+        &self,
+        name: &AgentName,
+        at: DateTime<Utc>,
+        state: serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write(move |tx| {
+            let state = serde_json::to_string(&state)
+                .map_err(|e| StoreError::Corrupt(format!("agent state: {e}")))?;
+            let n = tx
+                .execute(
+                    "UPDATE agents SET last_seen_at = ?2, state = ?3 WHERE name = ?1",
+                    params![name.as_str(), ms(at), state],
+                )
+                .map_err(db("touch agent"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        let name = name.clone();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [name.as_str()],
+                agent_from_row,
+            )
+            .optional()
+            .map_err(db("get agent"))
+        })
+        .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {AGENT_COLS} FROM agents ORDER BY last_seen_at DESC, name"
+                ))
+                .map_err(db("list agents"))?;
+            let rows = stmt
+                .query_map([], agent_from_row)
+                .map_err(db("list agents"))?;
+            rows.collect::<Result<_, _>>().map_err(db("list agents"))
+        })
+        .await
+    }
+
+    async fn append_logs(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        lines: Vec<NewLogLine>,
+    ) -> Result<AppendedLogs, StoreError> {
+        let task = task.clone();
+        let agent = agent.clone();
+        self.write(move |tx| {
+            let mut inserted = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO logs (task_id, agent, seq, stream, line, ts) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(db("prepare log insert"))?;
+                for l in &lines {
+                    inserted += stmt
+                        .execute(params![
+                            task.as_str(),
+                            agent.as_str(),
+                            l.seq as i64,
+                            l.stream.as_str(),
+                            l.line,
+                            ms(l.ts),
+                        ])
+                        .map_err(db("insert log"))?;
+                }
+            }
+            let max_seq: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id = ?1",
+                    [task.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db("max log seq"))?;
+            Ok(AppendedLogs {
+                inserted,
+                max_seq: max_seq as u64,
+            })
+        })
+        .await
+    }
+
+    async fn task_logs(
+        &self,
+        task: &TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let task = task.clone();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {LOG_COLS} FROM logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(db("task logs"))?;
+            let rows = stmt
+                .query_map(
+                    params![task.as_str(), after_seq as i64, limit_sql(limit)],
+                    log_from_row,
+                )
+                .map_err(db("task logs"))?;
+            rows.collect::<Result<_, _>>().map_err(db("task logs"))
+        })
+        .await
+    }
+
+    async fn agent_logs(
+        &self,
+        agent: &AgentName,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let agent = agent.clone();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {LOG_COLS} FROM logs WHERE agent = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(db("agent logs"))?;
+            let rows = stmt
+                .query_map(
+                    params![agent.as_str(), after_id as i64, limit_sql(limit)],
+                    log_from_row,
+                )
+                .map_err(db("agent logs"))?;
+            rows.collect::<Result<_, _>>().map_err(db("agent logs"))
+        })
+        .await
+    }
+
+    async fn last_log_id(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(id), 0) FROM logs", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(db("last log id"))
+        })
+        .await
+    }
+
+    async fn append_events(
+        &self,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let now = ms(Utc::now());
+            insert_audit(tx, &audit, now)?;
+            insert_events(tx, &events, now)
+        })
+        .await
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, ts, kind, task_id, agent, org, status, message FROM events \
+                     WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(db("events"))?;
+            let rows = stmt
+                .query_map(params![after as i64, limit_sql(limit)], event_from_row)
+                .map_err(db("events"))?;
+            rows.collect::<Result<_, _>>().map_err(db("events"))
+        })
+        .await
+    }
+
+    async fn last_event_id(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(db("last event id"))
+        })
+        .await
+    }
+
+    async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, ts, actor, action, subject, detail FROM audit WHERE id > ?1 \
+                     ORDER BY id LIMIT ?2",
+                )
+                .map_err(db("audit"))?;
+            let rows = stmt
+                .query_map(params![after as i64, limit_sql(limit)], |r| {
+                    Ok(AuditEntry {
+                        id: r.get::<_, i64>(0)? as u64,
+                        ts: from_ms(r.get(1)?)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        subject: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                })
+                .map_err(db("audit"))?;
+            rows.collect::<Result<_, _>>().map_err(db("audit"))
+        })
+        .await
+    }
+}
