@@ -235,6 +235,20 @@ async fn schedule_claim_logs_over_sse_and_failures_report_exit_codes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // No process of the cancelled task is left (the runner's `sleep 300` included).
+    let marker = format!("TASK_ID={}", long.id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_with_env(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the cancelled task still running: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let listed = c
         .tasks(&TaskListQuery {
             status: Some(TaskStatus::Cancelled),
@@ -243,6 +257,26 @@ async fn schedule_claim_logs_over_sse_and_failures_report_exit_codes() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
+}
+
+/// Live (non-zombie) processes whose environment contains `needle` (`KEY=value`).
+fn processes_with_env(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && !is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -320,4 +354,85 @@ async fn kill9_mid_flight_loses_nothing_and_claims_once() {
             .collect();
         assert_eq!(lines, want, "task {i} log lines lost or duplicated");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_loses_its_lease_and_a_new_agent_finishes_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orchestrator::start(&dir.path().join("state"), free_port());
+    orch.wait_ready().await;
+    let c = orch.client();
+    let acme = OrgName::new("acme").unwrap();
+    let t = c
+        .schedule(&acme, "echo attempt-start; sleep 3; echo finished", None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let cur = c.task(&t.id).await.unwrap();
+        if cur.status == TaskStatus::Running {
+            break cur;
+        }
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_agent = running.agent.clone().unwrap();
+    let pid_file = orch
+        .state
+        .join("agents")
+        .join(t.id.as_str())
+        .join("agent.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // kill -9 the agent: no goodbye, its lease must expire.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed_at = Instant::now();
+
+    let done = wait_terminal(&c, std::slice::from_ref(&t.id), 60)
+        .await
+        .remove(0);
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    assert_eq!(done.attempt, 2, "requeued exactly once: {done:?}");
+    assert_eq!(done.claims, 2);
+    assert_eq!(done.fencing, 2);
+    assert_ne!(done.agent.as_ref(), Some(&first_agent));
+    // Requeued and finished within two lease periods (4 s each) plus the task's own 3 s.
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(4 * 2 + 3 + 5),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let logs = c.logs(&t.id, 0).await.unwrap();
+    let lines: Vec<&str> = logs.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        lines.iter().filter(|l| **l == "finished").count(),
+        1,
+        "{lines:?}"
+    );
+    // The second agent's lines are all there, after the first agent's: one sequence per task.
+    assert!(logs.windows(2).all(|w| w[0].seq < w[1].seq), "{lines:?}");
+    let second: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.agent == *done.agent.as_ref().unwrap())
+        .map(|l| l.line.as_str())
+        .collect();
+    assert_eq!(
+        second,
+        [
+            "runner started: sh",
+            "attempt-start",
+            "finished",
+            "runner exited with code 0"
+        ],
+        "all lines of the second attempt: {lines:?}"
+    );
 }

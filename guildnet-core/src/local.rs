@@ -48,7 +48,7 @@ impl LocalBackendConfig {
             state,
             runner: None,
             extra_env: Vec::new(),
-            kill_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(10),
         }
     }
 }

@@ -90,7 +90,7 @@ impl AgentConfig {
                 .or_else(|| std::env::current_dir().ok())
                 .unwrap_or_else(|| PathBuf::from(".")),
             patience: Duration::from_secs(600),
-            kill_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(3),
         })
     }
 }
@@ -171,7 +171,12 @@ pub async fn run(
         state_rx,
     ));
 
-    let shipper = LogShipper::start(client.clone(), cfg.agent.clone(), fencing, 1);
+    let shipper = LogShipper::start(
+        client.clone(),
+        cfg.agent.clone(),
+        fencing,
+        claim.next_log_seq.max(1),
+    );
     let outcome = match &cfg.runner {
         None => {
             shipper.push(

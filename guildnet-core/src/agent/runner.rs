@@ -85,6 +85,13 @@ impl RunnerSpec {
             .kill_on_drop(true);
         // The runner must not see the agent's credentials.
         cmd.env_remove(crate::seams::env::AGENT_TOKEN);
+        // If the agent dies (even by SIGKILL), the kernel kills the runner too.
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -185,5 +192,103 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(r: R, stream: LogStream, shipper:
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentConfig;
+    use crate::model::TaskStatus;
+    use crate::names::{AgentName, OrgName, TaskId};
+    use chrono::Utc;
+
+    fn task(text: &str) -> Task {
+        Task {
+            id: TaskId::new("t1").unwrap(),
+            org: OrgName::new("acme").unwrap(),
+            task: text.into(),
+            agent_hint: None,
+            status: TaskStatus::Running,
+            agent: Some(AgentName::new("agent-1").unwrap()),
+            attempt: 1,
+            fencing: 1,
+            claims: 1,
+            lease_expires_at: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            artifacts: vec![],
+            pr_url: None,
+        }
+    }
+
+    fn cfg() -> AgentConfig {
+        AgentConfig::from_lookup(|k| {
+            Some(
+                match k {
+                    "ORCHESTRATOR_URL" => "http://127.0.0.1:1",
+                    "GUILDNET_AGENT_TOKEN" => "gnt.t1.x",
+                    "TASK_ID" => "t1",
+                    "ORG_NAME" => "acme",
+                    "AGENT_NAME" => "agent-1",
+                    "GUILDNET_WORKSPACE" => "/ws",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn template_splits_like_a_shell_and_fills_placeholders() {
+        let spec = RunnerSpec::parse(
+            "ai-cli --task '{task_id} in {org}' --dir={workspace} --as {agent}",
+            &task("do it; rm -rf /"),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.argv,
+            [
+                "ai-cli",
+                "--task",
+                "t1 in acme",
+                "--dir=/ws",
+                "--as",
+                "agent-1"
+            ]
+        );
+        // The task text never becomes part of the command line, only env (and stdin).
+        assert!(!spec.argv.iter().any(|a| a.contains("rm -rf")));
+        assert!(spec
+            .env
+            .contains(&(TASK_TEXT_ENV.to_owned(), "do it; rm -rf /".to_owned())));
+        assert_eq!(spec.cwd, std::path::PathBuf::from("/ws"));
+    }
+
+    #[test]
+    fn bad_templates_are_rejected() {
+        assert!(RunnerSpec::parse("", &task("x"), &cfg()).is_err());
+        assert!(RunnerSpec::parse("cli 'unterminated", &task("x"), &cfg()).is_err());
+    }
+
+    #[test]
+    fn config_reports_missing_and_invalid_env() {
+        let err = AgentConfig::from_lookup(|_| None).unwrap_err();
+        assert!(
+            err.to_string().contains("ORCHESTRATOR_URL is not set"),
+            "{err}"
+        );
+        let err = AgentConfig::from_lookup(|k| match k {
+            "ORG_NAME" => Some("../etc".into()),
+            _ => Some("t1".into()),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ORG_NAME"), "{err}");
     }
 }

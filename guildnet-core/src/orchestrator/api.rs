@@ -127,6 +127,9 @@ pub struct ClaimResponse {
     pub fencing: u64,
     /// When the lease expires unless renewed.
     pub lease_expires_at: DateTime<Utc>,
+    /// Sequence number of this agent's first log line: a task's log is one sequence across
+    /// attempts, so a requeued task's new agent continues after the old one's lines.
+    pub next_log_seq: u64,
     /// Timings to follow.
     pub timings: ProtocolTimings,
 }

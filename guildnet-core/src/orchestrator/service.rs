@@ -559,10 +559,14 @@ impl Orchestrator {
             )
             .await?;
         self.notify_event(u.last_event_id);
+        // The claim is committed, so earlier agents of this task can no longer add lines: the
+        // highest stored sequence number is final for them.
+        let next_log_seq = self.inner.store.max_log_seq(task_id).await? + 1;
         let lease = u.task.lease_expires_at.unwrap_or_else(Utc::now);
         Ok(ClaimResponse {
             fencing: u.task.fencing,
             lease_expires_at: lease,
+            next_log_seq,
             task: u.task,
             timings: self.inner.cfg.timings(),
         })

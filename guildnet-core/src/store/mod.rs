@@ -206,7 +206,9 @@ pub trait StateStore: Send + Sync {
     /// All agents, most recently seen first.
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
 
-    /// Stores log lines of a task; lines whose `seq` is already stored are skipped.
+    /// Stores log lines of a task; lines whose `seq` is already stored are skipped. Fails with
+    /// [`RejectionKind::StaleFencing`] unless `agent` is the task's current agent (checked
+    /// atomically with the insert).
     async fn append_logs(
         &self,
         task: &TaskId,
@@ -227,6 +229,8 @@ pub trait StateStore: Send + Sync {
         after_id: u64,
         limit: usize,
     ) -> Result<Vec<LogLine>, StoreError>;
+    /// Highest log sequence number stored for a task (0 when none).
+    async fn max_log_seq(&self, task: &TaskId) -> Result<u64, StoreError>;
     /// Id of the newest log line (0 when none).
     async fn last_log_id(&self) -> Result<u64, StoreError>;
 

@@ -822,6 +822,25 @@ impl StateStore for SqliteStore {
         let task = task.clone();
         let agent = agent.clone();
         self.write(move |tx| {
+            // Checked in the same transaction as the insert: once a task is requeued, its old
+            // agent can no longer write, so sequence numbers handed to the new agent stay free.
+            let current: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT agent FROM tasks WHERE id = ?1",
+                    [task.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("check log writer"))?;
+            match current {
+                None => return Err(StoreError::NotFound(format!("task {task}"))),
+                Some(a) if a.as_deref() != Some(agent.as_str()) => {
+                    return Err(StoreError::Rejected(super::Rejection::stale(format!(
+                        "agent {agent} is no longer the agent of task {task}"
+                    ))))
+                }
+                Some(_) => {}
+            }
             let mut inserted = 0;
             {
                 let mut stmt = tx
@@ -902,6 +921,20 @@ impl StateStore for SqliteStore {
                 )
                 .map_err(db("agent logs"))?;
             rows.collect::<Result<_, _>>().map_err(db("agent logs"))
+        })
+        .await
+    }
+
+    async fn max_log_seq(&self, task: &TaskId) -> Result<u64, StoreError> {
+        let task = task.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id = ?1",
+                [task.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(db("max log seq"))
         })
         .await
     }
