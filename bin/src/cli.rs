@@ -103,6 +103,10 @@ enum Cmd {
     },
     /// List agents.
     Agents,
+    /// Run the agent runtime (what a task's pod runs), configured by environment:
+    /// ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER,
+    /// GUILDNET_WORKSPACE.
+    Agent,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +197,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    if let Cmd::Agent = cli.cmd {
+        return Ok(guildnet_bin::run_agent().await);
+    }
     if let Cmd::Up { mut args } = cli.cmd {
         if args.orgs.is_empty() {
             args.orgs.push(OrgName::new("default")?);
@@ -206,7 +213,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     }
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
     match cli.cmd {
-        Cmd::Up { .. } => unreachable!("handled above"),
+        Cmd::Up { .. } | Cmd::Agent => unreachable!("handled above"),
         Cmd::Org {
             cmd: OrgCmd::Create { name },
         } => {

@@ -106,6 +106,37 @@ pub async fn run_orchestrator(
     Ok(())
 }
 
+/// Runs the agent runtime from the environment until its task is done (what `guildnet-agent`
+/// and `guildnet agent` do).
+pub async fn run_agent() -> std::process::ExitCode {
+    use guildnet_core::agent::{run, AgentConfig, AgentOutcome};
+    let cfg = match AgentConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("guildnet-agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(cfg, shutdown_signal()).await {
+        Ok(AgentOutcome::Completed(t)) => {
+            tracing::info!(task = %t.id, status = %t.status, "task completed");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(AgentOutcome::Cancelled) => {
+            tracing::info!("task cancelled");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(AgentOutcome::Stopped) => {
+            tracing::info!("agent stopped before the task finished");
+            std::process::ExitCode::from(143)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -129,6 +129,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let mut backend_cfg = LocalBackendConfig::new(paths.clone());
     if let Some(bin) = &opts.agent_bin {
         backend_cfg.agent_bin = bin.clone();
+        backend_cfg.agent_args.clear();
     }
     backend_cfg.runner = opts.runner.clone();
     if let Ok(rl) = std::env::var("RUST_LOG") {

@@ -24,8 +24,10 @@ pub const WORKSPACE_ENV: &str = "GUILDNET_WORKSPACE";
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
 pub struct LocalBackendConfig {
-    /// The `guildnet-agent` executable.
+    /// The agent executable (`guildnet-agent`, or the `guildnet` CLI with `agent_args`).
     pub agent_bin: PathBuf,
+    /// Arguments before any others (e.g. `["agent"]` for the `guildnet` CLI).
+    pub agent_args: Vec<String>,
     /// State dir; workspaces go to `agents/<task id>` inside it.
     pub state: StatePaths,
     /// Runner command template passed to agents (`GUILDNET_RUNNER`), if any.
@@ -37,14 +39,22 @@ pub struct LocalBackendConfig {
 }
 
 impl LocalBackendConfig {
-    /// Defaults: the agent binary next to the current executable.
+    /// Defaults: `guildnet-agent` next to the current executable if it is there, else the
+    /// current executable itself with the `agent` subcommand (the `guildnet` CLI has one).
     pub fn new(state: StatePaths) -> Self {
-        let agent_bin = std::env::current_exe()
-            .ok()
+        let exe = std::env::current_exe().ok();
+        let sibling = exe
+            .as_ref()
             .and_then(|p| p.parent().map(|d| d.join("guildnet-agent")))
-            .unwrap_or_else(|| PathBuf::from("guildnet-agent"));
+            .filter(|p| p.is_file());
+        let (agent_bin, agent_args) = match (sibling, exe) {
+            (Some(bin), _) => (bin, Vec::new()),
+            (None, Some(exe)) => (exe, vec!["agent".to_owned()]),
+            (None, None) => (PathBuf::from("guildnet-agent"), Vec::new()),
+        };
         Self {
             agent_bin,
+            agent_args,
             state,
             runner: None,
             extra_env: Vec::new(),
@@ -161,7 +171,8 @@ impl ClusterBackend for LocalBackend {
             .try_clone()
             .map_err(|e| err(format!("dup {}: {e}", log_path.display())))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
-        cmd.current_dir(&ws)
+        cmd.args(&self.cfg.agent_args)
+            .current_dir(&ws)
             .env(WORKSPACE_ENV, &ws)
             .env("GUILDNET_STATE_DIR", ws.join("state"))
             .stdin(std::process::Stdio::null())

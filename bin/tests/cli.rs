@@ -1,0 +1,93 @@
+//! The README quickstart with the real CLI: `guildnet up` (alone, without a `guildnet-agent` next
+//! to it, as after `cargo run --bin guildnet`), then `guildnet schedule --follow` and
+//! `guildnet tasks --json`, with the admin token generated into the state dir.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn quickstart_with_the_cli_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("guildnet");
+    std::fs::copy(env!("CARGO_BIN_EXE_guildnet"), &bin).unwrap();
+    let state = dir.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .env("GUILDNET_STATE_DIR", &state)
+            .env("GUILDNET_URL", &url)
+            .env_remove("ORCHESTRATOR_TOKEN")
+            .env_remove("GUILDNET_RUNNER");
+        c
+    };
+    let _up = Up(cli(&["up", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+
+    let token_file = state.join("orchestrator.token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+        assert!(Instant::now() < deadline, "guildnet up did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "token file must be private");
+
+    let out = cli(&["schedule", "--task", "hello from the README", "--follow"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schedule failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The default runner echoes the task.
+    assert!(
+        stdout.lines().any(|l| l == "hello from the README"),
+        "{stdout}"
+    );
+
+    let out = cli(&["tasks", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tasks.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(tasks[0]["status"], "Succeeded");
+    assert_eq!(tasks[0]["org"], "default");
+
+    // A bad org is refused with a clear message and a non-zero exit.
+    let out = cli(&["schedule", "--org", "Bad_Org", "--task", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("org"));
+
+    // Without a token the CLI says how to get one.
+    let out = Command::new(&bin)
+        .args(["tasks"])
+        .env("GUILDNET_STATE_DIR", dir.path().join("elsewhere"))
+        .env("GUILDNET_URL", &url)
+        .env_remove("ORCHESTRATOR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ORCHESTRATOR_TOKEN"));
+}
