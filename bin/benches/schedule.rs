@@ -244,6 +244,13 @@ async fn main() {
         5.0,
         true,
     );
+    println!(
+        "  (p99.9 {:.2} ms, max {:.2} ms, {} of {} over 5 ms)",
+        pct(&lat, 0.999),
+        lat.last().copied().unwrap_or(f64::NAN),
+        lat.iter().filter(|ms| **ms > 5.0).count(),
+        lat.len()
+    );
     let tput = closed_loop(&client, 32, secs).await;
     row(
         "schedule throughput (32 clients, durable)",

@@ -93,7 +93,16 @@ struct Inner {
     /// When this process started: leases are not reaped until one lease period later, so agents
     /// that kept running while the orchestrator was down can renew first.
     started_at: DateTime<Utc>,
+    /// Last time the reaper asked the backend whether unclaimed agents still run.
+    last_liveness: std::sync::Mutex<DateTime<Utc>>,
 }
+
+/// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
+const LIVENESS_EVERY_SECS: i64 = 5;
+
+/// Most tasks one reaper pass looks at per category (oldest first), so a pass stays short
+/// however many tasks there are.
+const REAP_BATCH: usize = 256;
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -130,6 +139,7 @@ impl Orchestrator {
                 cfg,
                 changes: watch::channel(0).0,
                 started_at: Utc::now(),
+                last_liveness: std::sync::Mutex::new(Utc::now()),
             }),
         })
     }
@@ -771,35 +781,53 @@ impl Orchestrator {
     /// claimed (or is gone), and dispatches Scheduled tasks.
     pub async fn reap_once(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
         let store = &self.inner.store;
+        let batch = |statuses: Vec<TaskStatus>| TaskQuery {
+            statuses,
+            limit: REAP_BATCH,
+            oldest_first: true,
+            ..Default::default()
+        };
+        // 1. Running tasks whose lease expired (after the restart grace period).
         let grace_over = now >= self.inner.started_at + chrono_dur(self.inner.cfg.lease_ttl);
         if grace_over {
-            let expired = store
-                .list_tasks(TaskQuery {
-                    statuses: vec![TaskStatus::Running],
-                    lease_expired_before: Some(now),
-                    ..Default::default()
-                })
-                .await?;
-            for t in expired {
+            let q = TaskQuery {
+                lease_expired_before: Some(now),
+                ..batch(vec![TaskStatus::Running])
+            };
+            for t in store.list_tasks(q).await? {
                 self.requeue(&t, now, "lease expired (no heartbeat)").await;
             }
         }
-        let submitted = store
-            .list_tasks(TaskQuery {
-                statuses: vec![TaskStatus::Submitted],
-                ..Default::default()
-            })
-            .await?;
-        let claim_deadline = now - chrono_dur(self.inner.cfg.claim_timeout);
-        for t in submitted {
-            let Some(agent) = &t.agent else { continue };
-            if t.updated_at < claim_deadline {
-                self.requeue(&t, now, "agent did not claim the task in time")
-                    .await;
-                continue;
+        // 2. Submitted tasks never claimed within the claim timeout.
+        let q = TaskQuery {
+            updated_before: Some(now - chrono_dur(self.inner.cfg.claim_timeout)),
+            ..batch(vec![TaskStatus::Submitted])
+        };
+        for t in store.list_tasks(q).await? {
+            self.requeue(&t, now, "agent did not claim the task in time")
+                .await;
+        }
+        // 3. Every few seconds: Submitted tasks whose agent exited or vanished before claiming
+        //    (it never will claim).
+        let probe = {
+            let mut last = self
+                .inner
+                .last_liveness
+                .lock()
+                .map_err(|_| ApiError::internal("reaper state poisoned"))?;
+            let due = now - *last >= chrono::Duration::seconds(LIVENESS_EVERY_SECS);
+            if due {
+                *last = now;
             }
-            // An agent that exited or vanished before claiming will never claim.
-            if t.updated_at < now - chrono::Duration::seconds(2) {
+            due
+        };
+        if probe {
+            let q = TaskQuery {
+                updated_before: Some(now - chrono::Duration::seconds(2)),
+                ..batch(vec![TaskStatus::Submitted])
+            };
+            for t in store.list_tasks(q).await? {
+                let Some(agent) = &t.agent else { continue };
                 match self.inner.backend.status(&t.org, &t.id, agent).await {
                     Ok(WorkloadState::Absent) | Ok(WorkloadState::Exited(_)) => {
                         self.requeue(&t, now, "agent exited before claiming the task")
@@ -810,23 +838,15 @@ impl Orchestrator {
                 }
             }
         }
+        // 4. Scheduled tasks to (re)dispatch. Fresh tasks are dispatched by `schedule` itself
+        //    (give it a moment); tasks whose submit failed wait `submit_retry`.
         let retry_before = now - chrono_dur(self.inner.cfg.submit_retry);
-        let scheduled = store
-            .list_tasks(TaskQuery {
-                statuses: vec![TaskStatus::Scheduled],
-                ..Default::default()
-            })
-            .await?;
-        let fresh_before = now - chrono::Duration::seconds(1);
-        for t in scheduled {
-            // Fresh tasks are dispatched by `schedule` itself (give it a moment); tasks whose
-            // submit failed or whose dispatch was interrupted wait `submit_retry`.
-            let ready_before = if t.reason.is_some() {
-                retry_before
-            } else {
-                fresh_before
-            };
-            if t.updated_at < ready_before {
+        let q = TaskQuery {
+            updated_before: Some(now - chrono::Duration::seconds(1)),
+            ..batch(vec![TaskStatus::Scheduled])
+        };
+        for t in store.list_tasks(q).await? {
+            if t.reason.is_none() || t.updated_at < retry_before {
                 self.dispatch(t).await;
             }
         }

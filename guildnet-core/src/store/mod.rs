@@ -133,8 +133,10 @@ pub struct TaskQuery {
     pub lease_expired_before: Option<DateTime<Utc>>,
     /// Only tasks last updated before this time.
     pub updated_before: Option<DateTime<Utc>>,
-    /// At most this many (newest first); 0 means no limit.
+    /// At most this many; 0 means no limit.
     pub limit: usize,
+    /// Order by last update, oldest first (default: newest created first).
+    pub oldest_first: bool,
 }
 
 /// Result of [`StateStore::append_logs`].

@@ -32,7 +32,8 @@ pub enum Durability {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     name        TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -103,7 +104,15 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-"#];
+"#,
+    // 2: the reaper looks up expired leases by status and expiry.
+    r#"
+CREATE INDEX tasks_lease ON tasks(status, lease_expires_at);
+"#,
+];
+
+/// Number of read connections.
+const READERS: usize = 4;
 
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 type WriteJob = Box<dyn FnOnce(&mut Transaction<'_>) -> Finish + Send>;
@@ -117,8 +126,13 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
-    reader: Arc<Mutex<Connection>>,
+    /// Read connections; a read takes the first free one (WAL readers do not block each other
+    /// or the writer), so a long scan does not hold up short lookups.
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping it stops the checkpoint thread.
+    _stop_checkpoints: mpsc::Sender<()>,
 }
 
 impl Drop for Inner {
@@ -217,12 +231,28 @@ impl SqliteStore {
         }
         let mut writer = open_conn(&path, durability)?;
         migrate(&mut writer)?;
-        let reader = open_conn(&path, durability)?;
+        // Commits never checkpoint themselves (that would stall them on the database file's
+        // fsync); a background thread checkpoints instead.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db("disable auto-checkpoint"))?;
+        let checkpointer = open_conn(&path, durability)?;
+        let readers = (0..READERS)
+            .map(|_| open_conn(&path, durability).map(|c| Arc::new(Mutex::new(c))))
+            .collect::<Result<Vec<_>, _>>()?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("guildnet-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop_rx))
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot start checkpoint thread: {e}"),
+            })?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let worker = std::thread::Builder::new()
             .name("guildnet-sqlite-writer".into())
@@ -235,8 +265,10 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(Some(tx)),
-                reader: Arc::new(Mutex::new(reader)),
+                readers,
+                next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
+                _stop_checkpoints: stop_tx,
             }),
         })
     }
@@ -296,13 +328,41 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let reader = self.inner.reader.clone();
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            let n = inner.readers.len();
+            let start = inner
+                .next_reader
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Take a free connection if there is one, else wait for our round-robin pick.
+            let free = (0..n).find_map(|i| inner.readers[(start + i) % n].try_lock().ok());
+            let conn = match free {
+                Some(c) => c,
+                None => inner.readers[start % n]
+                    .lock()
+                    .map_err(|_| StoreError::Closed)?,
+            };
             f(&conn)
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Checkpoints the WAL into the database file twice a second (PASSIVE: never blocks writers or
+/// readers), and once more when the store closes.
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    loop {
+        let stopping = !matches!(
+            stop.recv_timeout(std::time::Duration::from_millis(500)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "sqlite: checkpoint failed");
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -677,10 +737,12 @@ impl StateStore for SqliteStore {
                 sql.push_str(&format!(" AND updated_at < ?{}", args.len()));
             }
             args.push(limit_sql(q.limit).into());
-            sql.push_str(&format!(
-                " ORDER BY created_at DESC, id DESC LIMIT ?{}",
-                args.len()
-            ));
+            let order = if q.oldest_first {
+                "updated_at ASC, id ASC"
+            } else {
+                "created_at DESC, id DESC"
+            };
+            sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", args.len()));
             let mut stmt = c.prepare(&sql).map_err(db("list tasks"))?;
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args), task_from_row)
