@@ -213,7 +213,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     }
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Agent => unreachable!("handled above"),
+        Cmd::Up { .. } | Cmd::Agent => anyhow::bail!("internal error: command handled above"),
         Cmd::Org {
             cmd: OrgCmd::Create { name },
         } => {
