@@ -436,3 +436,31 @@ async fn killed_agent_loses_its_lease_and_a_new_agent_finishes_the_task() {
         "all lines of the second attempt: {lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_orchestrator_even_with_sse_clients_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orch = Orchestrator::start(&dir.path().join("state"), free_port());
+    orch.wait_ready().await;
+    let c = orch.client();
+    let _events = c.open_sse("/events", None).await.unwrap();
+    let _events2 = c.open_sse("/events", Some("0")).await.unwrap();
+    let child = orch.child.as_mut().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "graceful exit expected: {status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orchestrator did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

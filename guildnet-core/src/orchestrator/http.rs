@@ -326,7 +326,8 @@ pub async fn task_log_stream(
     let cursor = resume_cursor(&headers, q.after)?;
     let keepalive = o.config().sse_keepalive;
     let changes = o.subscribe_changes();
-    let stream = poll_stream(cursor, changes, move |after| {
+    let closing = o.subscribe_closing();
+    let stream = poll_stream(cursor, changes, closing, move |after| {
         let o = o.clone();
         let id = id.clone();
         async move {
@@ -407,7 +408,8 @@ pub async fn agent_log_stream(
     let cursor = resume_cursor(&headers, q.after)?;
     let keepalive = o.config().sse_keepalive;
     let changes = o.subscribe_changes();
-    let stream = poll_stream(cursor, changes, move |after| {
+    let closing = o.subscribe_closing();
+    let stream = poll_stream(cursor, changes, closing, move |after| {
         let o = o.clone();
         let name = name.clone();
         let task_id = agent.task_id.clone();
@@ -460,7 +462,8 @@ pub async fn events_stream(
     let cursor = resume_cursor(&headers, q.after)?;
     let keepalive = o.config().sse_keepalive;
     let changes = o.subscribe_changes();
-    let stream = poll_stream(cursor, changes, move |after| {
+    let closing = o.subscribe_closing();
+    let stream = poll_stream(cursor, changes, closing, move |after| {
         let o = o.clone();
         async move {
             let evs = o.store().events_after(after, SSE_PAGE).await?;

@@ -56,9 +56,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let bg = o.spawn_background();
+    let closer = o.clone();
     let app = http::router(o);
     let res = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // End SSE streams, or open ones would keep the server from stopping.
+            closer.begin_shutdown();
+        })
         .await;
     bg.abort();
     res

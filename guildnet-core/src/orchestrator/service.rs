@@ -93,6 +93,8 @@ struct Inner {
     /// When this process started: leases are not reaped until one lease period later, so agents
     /// that kept running while the orchestrator was down can renew first.
     started_at: DateTime<Utc>,
+    /// Set when the server shuts down: SSE streams end so connections can close.
+    closing: watch::Sender<bool>,
     /// Last time the reaper asked the backend whether unclaimed agents still run.
     last_liveness: std::sync::Mutex<DateTime<Utc>>,
 }
@@ -140,6 +142,7 @@ impl Orchestrator {
                 changes: watch::channel(0).0,
                 started_at: Utc::now(),
                 last_liveness: std::sync::Mutex::new(Utc::now()),
+                closing: watch::channel(false).0,
             }),
         })
     }
@@ -163,6 +166,16 @@ impl Orchestrator {
     /// are stored (re-read the store to see them).
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Starts shutting down: open SSE streams end.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Watches for [`Orchestrator::begin_shutdown`].
+    pub fn subscribe_closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
     }
 
     fn notify_change(&self) {

@@ -24,15 +24,18 @@ pub struct Batch {
 struct PollState<F> {
     cursor: u64,
     changes: watch::Receiver<u64>,
+    closing: watch::Receiver<bool>,
     fetch: F,
     buf: VecDeque<SseEvent>,
     done: bool,
 }
 
-/// A resumable SSE stream over `fetch(cursor)`.
+/// A resumable SSE stream over `fetch(cursor)`. It ends when `closing` turns true (server
+/// shutdown); clients reconnect with their last id.
 pub fn poll_stream<F, Fut>(
     cursor: u64,
     changes: watch::Receiver<u64>,
+    closing: watch::Receiver<bool>,
     fetch: F,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send
 where
@@ -42,6 +45,7 @@ where
     let st = PollState {
         cursor,
         changes,
+        closing,
         fetch,
         buf: VecDeque::new(),
         done: false,
@@ -51,7 +55,7 @@ where
             if let Some(ev) = st.buf.pop_front() {
                 return Some((Ok(ev), st));
             }
-            if st.done {
+            if st.done || *st.closing.borrow() {
                 return None;
             }
             // Mark the current change as seen before reading, so a change that lands while we
@@ -65,8 +69,9 @@ where
                             st.done = true;
                             continue;
                         }
-                        if st.changes.changed().await.is_err() {
-                            return None;
+                        tokio::select! {
+                            r = st.changes.changed() => if r.is_err() { return None },
+                            _ = st.closing.changed() => return None,
                         }
                         continue;
                     }
