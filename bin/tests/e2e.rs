@@ -88,6 +88,35 @@ impl Orchestrator {
     }
 }
 
+impl Orchestrator {
+    /// The pid of a task's current agent, from the local backend's pid file.
+    fn agent_pid(&self, task: &guildnet_core::names::TaskId) -> i32 {
+        let file = self
+            .state
+            .join("agents")
+            .join(task.as_str())
+            .join("agent.pid");
+        let text = std::fs::read_to_string(&file).expect("agent pid file");
+        text.split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("pid in agent pid file")
+    }
+}
+
+/// Waits until a task is Running and returns it.
+async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::TaskId) -> Task {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cur = c.task(id).await.unwrap();
+        if cur.status == TaskStatus::Running {
+            return cur;
+        }
+        assert!(Instant::now() < deadline, "task {id} never ran: {cur:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Drop for Orchestrator {
     fn drop(&mut self) {
         self.kill9();
@@ -207,26 +236,11 @@ async fn schedule_claim_logs_over_sse_and_failures_report_exit_codes() {
         .schedule(&acme, "echo started; sleep 300", None)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.task(&long.id).await.unwrap().status != TaskStatus::Running {
-        assert!(Instant::now() < deadline, "long task never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_running(&c, &long.id).await;
     let cancelled = c.cancel(&long.id).await.unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     // The agent process exits (its pid file points to a dead process soon).
-    let pid_file = orch
-        .state
-        .join("agents")
-        .join(long.id.as_str())
-        .join("agent.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = orch.agent_pid(&long.id);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
         assert!(
@@ -367,28 +381,9 @@ async fn killed_agent_loses_its_lease_and_a_new_agent_finishes_the_task() {
         .schedule(&acme, "echo attempt-start; sleep 3; echo finished", None)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let running = loop {
-        let cur = c.task(&t.id).await.unwrap();
-        if cur.status == TaskStatus::Running {
-            break cur;
-        }
-        assert!(Instant::now() < deadline, "never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let running = wait_running(&c, &t.id).await;
     let first_agent = running.agent.clone().unwrap();
-    let pid_file = orch
-        .state
-        .join("agents")
-        .join(t.id.as_str())
-        .join("agent.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = orch.agent_pid(&t.id);
     // kill -9 the agent: no goodbye, its lease must expire.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
