@@ -1,0 +1,447 @@
+#!/usr/bin/env bash
+# Builds/installs the real upstream servers that GuildNet's integration tests start, into a
+# cache outside the repository clone. Idempotent: an item whose stamp matches its pinned
+# version (scripts/testbed/versions.env) and whose files are present is skipped.
+#
+#   scripts/testbed/install.sh                 # every item
+#   scripts/testbed/install.sh etcd kube       # only these items
+#   scripts/testbed/install.sh --force kwok    # rebuild even if the stamp matches
+#   scripts/testbed/install.sh --list          # print the items and their versions
+#
+# Items: etcd kube kwok headscale tailscale talosctl code-server chromium
+# Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
+# a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+# shellcheck source=scripts/testbed/versions.env
+source "$SCRIPT_DIR/versions.env"
+
+TESTBED_DIR="${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}"
+BIN="$TESTBED_DIR/bin"
+STAMPS="$TESTBED_DIR/stamps"
+SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
+LOGS="$TESTBED_DIR/logs"
+
+ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium)
+
+# Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
+declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1)
+
+# Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
+# ~/.cache/go-build) so rebuilds after a version bump are cheap.
+export GOTOOLCHAIN=local
+[[ " ${GOFLAGS:-} " == *" -buildvcs=false "* ]] || export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
+GO_LDFLAGS_BASE="-s -w"
+
+log() { printf '[testbed] %s\n' "$*"; }
+die() { printf '[testbed] ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+
+item_version() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kube) echo "$K8S_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    headscale) echo "$HEADSCALE_VERSION" ;;
+    tailscale) echo "$TAILSCALE_VERSION" ;;
+    talosctl) echo "$TALOS_VERSION" ;;
+    code-server) echo "$CODE_SERVER_VERSION" ;;
+    chromium) echo "debian" ;;
+    *) return 1 ;;
+  esac
+}
+
+# Files that must exist (in bin/) for an item to count as installed.
+item_outputs() {
+  case "$1" in
+    etcd) echo "etcd" ;;
+    kube) echo "kube-apiserver kube-controller-manager kube-scheduler" ;;
+    kwok) echo "kwok" ;;
+    headscale) echo "headscale" ;;
+    tailscale) echo "tailscale tailscaled" ;;
+    talosctl) echo "talosctl" ;;
+    code-server) echo "code-server" ;;
+    chromium) echo "chromium chromedriver" ;;
+  esac
+}
+
+stamp_value() { echo "$1 $(item_version "$1") recipe=${RECIPE[$1]}"; }
+
+is_installed() {
+  local item=$1 f
+  [[ -f "$STAMPS/$item" && "$(cat "$STAMPS/$item")" == "$(stamp_value "$item")" ]] || return 1
+  for f in $(item_outputs "$item"); do [[ -x "$BIN/$f" ]] || return 1; done
+  [[ $item != kwok || -f "$TESTBED_DIR/share/kwok/stages-fast.yaml" ]]
+}
+
+# go build into a temp name, then rename, so an interrupted build never leaves a binary behind.
+go_build_to() { # go_build_to OUT LDFLAGS PKG  (run inside the module dir)
+  local out=$1 ldflags=$2 pkg=$3
+  go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$pkg"
+  mv -f "$out.tmp" "$out"
+}
+
+# Prints a field ("GoMod", "Dir", ...) of `go mod download -json MODULE@VERSION`.
+go_mod_field() { # go_mod_field MODULE@VERSION FIELD
+  local json
+  json="$(go mod download -json "$1")" || die "go mod download $1 failed: $json"
+  sed -n 's/^[[:space:]]*"'"$2"'": "\(.*\)",\{0,1\}$/\1/p' <<<"$json"
+}
+
+# Every "X => Y" line of a go.mod's replace directives, one per line, without leading space.
+go_mod_replaces() { # go_mod_replaces GOMOD
+  awk '
+    /^replace[[:space:]]*\($/ {inblk=1; next}
+    inblk && /^\)/ {inblk=0; next}
+    inblk && /=>/ {print; next}
+    /^replace .*=>/ {sub(/^replace[[:space:]]+/, ""); print}
+  ' "$1" | sed -e 's#^[[:space:]]*##' -e 's#[[:space:]]*//.*$##'
+}
+
+# Writes a wrapper module in DIR that requires MODULE@VERSION, lists TOOL packages (go.mod
+# `tool` directives keep `go mod tidy` from pruning them), carries REPLACES (one "X => Y V" a
+# line, may be empty), starts its go.sum from MODULE's own go.sum (so replaced forks are checked
+# against upstream's recorded hashes rather than looked up in the checksum database), and tidies.
+# Why a wrapper and not `go install M/cmd/x@V`: go install refuses a module whose go.mod has
+# replace directives (k8s.io/kubernetes, talos, etcd's root module).
+go_wrapper() { # go_wrapper DIR MODULE VERSION REPLACES TOOL...
+  local dir=$1 mod=$2 ver=$3 repl=$4 srcdir; shift 4
+  srcdir="$(go_mod_field "$mod@$ver" Dir)"
+  [[ -d "$srcdir" ]] || die "could not download $mod@$ver"
+  rm -rf "$dir" && mkdir -p "$dir"
+  {
+    printf '// Generated by scripts/testbed/install.sh; do not edit.\nmodule guildnet.local/testbed/wrapper\n\ngo 1.26\n\nrequire %s %s\n\ntool (\n' "$mod" "$ver"
+    printf '\t%s\n' "$@"
+    printf ')\n'
+    if [[ -n "$repl" ]]; then
+      printf '\nreplace (\n'
+      sed -e '/^[[:space:]]*$/d' -e 's/^/\t/' <<<"$repl"
+      printf ')\n'
+    fi
+  } >"$dir/go.mod"
+  if [[ -f "$srcdir/go.sum" ]]; then cp "$srcdir/go.sum" "$dir/go.sum" && chmod u+w "$dir/go.sum"; fi
+  (cd "$dir" && go mod tidy)
+}
+
+# `go install PKG@VERSION` for each PKG of MODULE into bin/ (one PKG at a time: 2 cores).
+# go install also asks the proxy for MODULE's version list (to report deprecations), which
+# the proxy refuses here for some modules (headscale: "403 ... This module version is not
+# available"). So the module cache's download dir, which holds that list once
+# `go mod download MODULE@VERSION` has run, goes first in GOPROXY; anything not in the cache
+# falls through to the usual proxy, and checksums are still checked against the checksum
+# database (through the proxy, as before).
+go_install_pinned() { # go_install_pinned MODULE VERSION LDFLAGS PKG...
+  local mod=$1 ver=$2 ldflags=$3 tmp pkg proxy; shift 3
+  go_mod_field "$mod@$ver" Dir >/dev/null
+  proxy="file://$(go env GOMODCACHE)/cache/download,$(go env GOPROXY)"
+  tmp="$(mktemp -d "$TESTBED_DIR/.gobin.XXXXXX")"
+  for pkg in "$@"; do
+    GOPROXY="$proxy" GOSUMDB="$(go env GOSUMDB)" GOBIN="$tmp" \
+      go install -trimpath -ldflags="$ldflags" "$pkg@$ver"
+    mv -f "$tmp/${pkg##*/}" "$BIN/${pkg##*/}"
+  done
+  rm -rf "$tmp"
+}
+
+# Checks that CMD... runs and that its output contains WANT.
+verify() { # verify WANT CMD...
+  local want=$1 out; shift
+  out="$("$@" 2>&1)" || die "'$*' failed: $out"
+  printf '         %s\n' "$(head -n 3 <<<"$out" | tr '\n' ' ')"
+  grep -qF -- "$want" <<<"$out" || die "'$*' did not print '$want': $out"
+}
+
+# ---------------------------------------------------------------------------------------------
+# etcd: the etcd server's main() is in the root module go.etcd.io/etcd/v3 (main.go calls
+# go.etcd.io/etcd/server/v3/etcdmain.Main), whose go.mod has replace directives (./server, ./api,
+# ...), so `go install` cannot build it. The wrapper module has the same two-line main.
+install_etcd() {
+  local dir="$SRC/etcd-$ETCD_VERSION"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat >"$dir/go.mod" <<EOF
+// Generated by scripts/testbed/install.sh; do not edit.
+module guildnet.local/testbed/etcd
+
+go 1.26
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+EOF
+  cat >"$dir/main.go" <<'EOF'
+// Generated by scripts/testbed/install.sh: the same main as go.etcd.io/etcd/v3's main.go.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+  (
+    cd "$dir"
+    go mod tidy
+    go_build_to "$BIN/etcd" "$GO_LDFLAGS_BASE -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" .
+  )
+  verify "etcd Version: ${ETCD_VERSION#v}" "$BIN/etcd" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# kube-apiserver, kube-controller-manager, kube-scheduler (kwok simulates nodes and pod status
+# but does not bind pods to nodes; the scheduler does). k8s.io/kubernetes's go.mod requires its
+# staging modules (k8s.io/api, apimachinery, ...) at v0.0.0 and replaces them with
+# ./staging/src/..., so `go install` fails. The wrapper replaces every staging module with its
+# published tag v0.<minor>.<patch>; the list is read from k8s.io/kubernetes's own go.mod.
+install_kube() {
+  local v=$K8S_VERSION dir gomod staging_ver minor major ldflags repl kv pkg cmd
+  dir="$SRC/kube-$v"
+  gomod="$(go_mod_field "k8s.io/kubernetes@$v" GoMod)"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$v"
+  IFS=. read -r major minor _ <<<"${v#v}"
+  staging_ver="v0.${v#v1.}"
+  repl="$(go_mod_replaces "$gomod" |
+    sed -n 's#^\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/.*$#\1 => \1 '"$staging_ver"'#p')"
+  [[ -n "$repl" ]] || die "no staging replace lines found in $gomod"
+  if go_mod_replaces "$gomod" | grep -v '=> \./staging/' | grep -q .; then
+    die "k8s.io/kubernetes@$v has replace lines this script does not handle: $(go_mod_replaces "$gomod" | grep -v '=> \./staging/')"
+  fi
+  go_wrapper "$dir" k8s.io/kubernetes "$v" "$repl" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  # Same -X values as kubernetes' hack/lib/version.sh, so /version and --version report v1.x.y.
+  ldflags="$GO_LDFLAGS_BASE"
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    for kv in "gitVersion=$v" "gitMajor=$major" "gitMinor=$minor" "gitTreeState=clean"; do
+      ldflags+=" -X $pkg.$kv"
+    done
+  done
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    (cd "$dir" && go_build_to "$BIN/$cmd" "$ldflags" "k8s.io/kubernetes/cmd/$cmd")
+  done
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    verify "Kubernetes $v" "$BIN/$cmd" --version
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# kwok, headscale, tailscale: modules without replace directives, so plain
+# `go install MODULE/cmd/x@VERSION` (the module's own go.mod and go.sum decide every dependency).
+# kwok starts only with Stage configs ("Execute exit: no stages found"); kwokctl passes its
+# "fast" set (kustomize/stage/fast = node/fast + node/heartbeat-with-lease + pod/fast). The
+# same YAML, from the module source, goes to share/kwok/stages-fast.yaml for the tests:
+#   kwok --config <that file> --node-lease-duration-seconds 40 ...
+install_kwok() {
+  local src out f
+  go_install_pinned sigs.k8s.io/kwok "$KWOK_VERSION" "$GO_LDFLAGS_BASE" sigs.k8s.io/kwok/cmd/kwok
+  src="$(go_mod_field "sigs.k8s.io/kwok@$KWOK_VERSION" Dir)/kustomize/stage"
+  out="$TESTBED_DIR/share/kwok/stages-fast.yaml"
+  mkdir -p "${out%/*}"
+  {
+    echo "# Generated by scripts/testbed/install.sh from sigs.k8s.io/kwok@$KWOK_VERSION kustomize/stage/{node/fast,node/heartbeat-with-lease,pod/fast}"
+    for f in "$src"/node/fast/*.yaml "$src"/node/heartbeat-with-lease/*.yaml "$src"/pod/fast/*.yaml; do
+      [[ ${f##*/} == kustomization.yaml ]] && continue
+      echo "---"
+      cat "$f"
+    done
+  } >"$out.tmp"
+  grep -q '^kind: Stage' "$out.tmp" || die "kwok: no Stage found under $src"
+  mv -f "$out.tmp" "$out"
+  verify "${KWOK_VERSION}" "$BIN/kwok" --version
+}
+
+install_headscale() {
+  # headscale reports the main module's version from its build info, which go install sets.
+  go_install_pinned github.com/juanfont/headscale "$HEADSCALE_VERSION" "$GO_LDFLAGS_BASE" \
+    github.com/juanfont/headscale/cmd/headscale
+  verify "headscale version $HEADSCALE_VERSION" "$BIN/headscale" version
+}
+
+install_tailscale() {
+  local short=${TAILSCALE_VERSION#v} ldflags
+  # Stamp the version like tailscale's build_dist.sh does (otherwise it reports x.y.z-ERR-BuildInfo).
+  ldflags="$GO_LDFLAGS_BASE -X tailscale.com/version.shortStamp=$short -X tailscale.com/version.longStamp=$short-guildnet-testbed"
+  go_install_pinned tailscale.com "$TAILSCALE_VERSION" "$ldflags" tailscale.com/cmd/tailscale tailscale.com/cmd/tailscaled
+  verify "$short" "$BIN/tailscale" version
+  verify "$short" "$BIN/tailscaled" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# talosctl: github.com/siderolabs/talos's go.mod has replace directives (forks of coredns,
+# ethtool, kobject, wgctrl-go, containerd, yaml, dhcp; pkg/machinery => ./pkg/machinery), so
+# `go install` fails. The wrapper copies them, pointing ./pkg/* at the published module of the
+# same version, and seeds go.sum from talos's go.sum (the checksum database does not answer for
+# some forks here). The version strings come from pkg/machinery/gendata/data/* (committed).
+install_talosctl() {
+  local v=$TALOS_VERSION dir gomod repl
+  dir="$SRC/talosctl-$v"
+  gomod="$(go_mod_field "github.com/siderolabs/talos@$v" GoMod)"
+  [[ -f "$gomod" ]] || die "could not download github.com/siderolabs/talos@$v"
+  repl="$(go_mod_replaces "$gomod" |
+    sed -e 's#^\(github.com/siderolabs/talos/[^ ]*\) => \./.*$#\1 => \1 '"$v"'#')"
+  if grep -q '=> \.' <<<"$repl"; then die "unhandled local replace in $gomod: $repl"; fi
+  go_wrapper "$dir" github.com/siderolabs/talos "$v" "$repl" github.com/siderolabs/talos/cmd/talosctl
+  (cd "$dir" && go_build_to "$BIN/talosctl" "$GO_LDFLAGS_BASE" github.com/siderolabs/talos/cmd/talosctl)
+  verify "Tag:         $v" "$BIN/talosctl" version --client
+}
+
+# Installs Debian packages that are not installed yet (apt-get update at most once per run).
+apt_install() { # apt_install PKG...
+  local missing=() p sudo=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  if [[ ! -e "$APT_UPDATED_MARK" ]]; then
+    "${sudo[@]}" apt-get update
+    touch "$APT_UPDATED_MARK"
+  fi
+  log "apt-get install ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# code-server from npm. Its postinstall runs `npm install` in lib/vscode, which builds native
+# modules with node-gyp against the local Node headers (kerberos needs libkrb5-dev), and
+# @vscode/ripgrep's postinstall downloads rg from GitHub, which cannot work here. So:
+#  1. npm install --ignore-scripts (unpacks code-server and its own dependencies only);
+#  2. seed @vscode/ripgrep's download cache ($TMPDIR/vscode-ripgrep-cache-<pkg version>/
+#     ripgrep-<rg tag>-<target>.tar.gz, which it uses instead of downloading) with Debian's rg
+#     (ripgrep 13.0.0, the same upstream version as the v13.0.0-N prebuilt it wants);
+#  3. npm rebuild: runs every install script (argon2's node-gyp build, code-server's postinstall).
+# Root needs npm_config_unsafe_perm=true, or code-server's postinstall refuses to run; node-pty's
+# postinstall runs `npx node-gyp ...`, which a user npmrc with `yes=false` cancels, hence
+# npm_config_yes=true.
+install_code_server() {
+  local prefix="$TESTBED_DIR/code-server" tmp rgpkg rgtag rgtarget rgcache
+  apt_install g++ make python3 pkg-config libkrb5-dev ripgrep
+  rm -rf "$prefix" && mkdir -p "$prefix"
+  tmp="$TESTBED_DIR/.tmp-code-server"
+  rm -rf "$tmp" && mkdir -p "$tmp/pack"
+  npm install --prefix "$prefix" --no-audit --no-fund --omit=dev --ignore-scripts "code-server@$CODE_SERVER_VERSION"
+
+  rgpkg="$(node -e '
+    const s = require(process.argv[1]);
+    const p = (s.packages || {})["node_modules/@vscode/ripgrep"] || (s.dependencies || {})["@vscode/ripgrep"];
+    if (p) console.log(p.version);' "$prefix/node_modules/code-server/lib/vscode/npm-shrinkwrap.json")"
+  if [[ -n "$rgpkg" ]]; then
+    (cd "$tmp/pack" && npm pack --silent "@vscode/ripgrep@$rgpkg" >/dev/null && tar xzf ./*.tgz)
+    rgtag="$(sed -n "s/^const VERSION = '\(.*\)';.*/\1/p" "$tmp/pack/package/lib/postinstall.js")"
+    case "$(uname -m)" in
+      x86_64) rgtarget=x86_64-unknown-linux-musl ;;
+      aarch64) rgtarget=aarch64-unknown-linux-musl ;;
+      *) die "code-server: no ripgrep target for $(uname -m)" ;;
+    esac
+    [[ -n "$rgtag" ]] || die "code-server: could not read the ripgrep tag from @vscode/ripgrep@$rgpkg"
+    rgcache="$tmp/vscode-ripgrep-cache-$rgpkg"
+    mkdir -p "$rgcache/rg"
+    cp /usr/bin/rg "$rgcache/rg/rg"
+    tar czf "$rgcache/ripgrep-$rgtag-$rgtarget.tar.gz" -C "$rgcache/rg" rg
+    log "code-server: seeded @vscode/ripgrep@$rgpkg's cache with Debian's rg as ripgrep-$rgtag-$rgtarget"
+  fi
+
+  (
+    cd "$prefix"
+    TMPDIR="$tmp" npm_config_unsafe_perm=true npm_config_yes=true npm rebuild --foreground-scripts
+  )
+  rm -rf "$tmp"
+  [[ -x "$prefix/node_modules/code-server/lib/vscode/node_modules/@vscode/ripgrep/bin/rg" ]] ||
+    die "code-server: @vscode/ripgrep/bin/rg is missing after the install"
+  ln -sfn ../code-server/node_modules/.bin/code-server "$BIN/code-server"
+  # code-server writes a default config.yaml on every start: keep it out of the user's ~/.config.
+  mkdir -p "$tmp"
+  verify "$CODE_SERVER_VERSION" env XDG_CONFIG_HOME="$tmp" XDG_DATA_HOME="$tmp" "$BIN/code-server" --version
+  rm -rf "$tmp"
+}
+
+# ---------------------------------------------------------------------------------------------
+# chromium + chromedriver from Debian (apt). Not pinned: whatever Debian ships.
+install_chromium() {
+  if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+    log "chromium: /usr/bin/chromium and /usr/bin/chromedriver already present"
+  else
+    apt_install chromium chromium-driver
+  fi
+  ln -sfn /usr/bin/chromium "$BIN/chromium"
+  ln -sfn /usr/bin/chromedriver "$BIN/chromedriver"
+  verify "Chromium" "$BIN/chromium" --version
+  verify "ChromeDriver" "$BIN/chromedriver" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+  local force=0 items=() a item
+  for a in "$@"; do
+    case "$a" in
+      -h | --help) usage; exit 0 ;;
+      -f | --force) force=1 ;;
+      --list)
+        for item in "${ALL_ITEMS[@]}"; do printf '%-12s %s\n' "$item" "$(item_version "$item")"; done
+        exit 0 ;;
+      all) items+=("${ALL_ITEMS[@]}") ;;
+      -*) die "unknown option $a (see --help)" ;;
+      *) item_version "$a" >/dev/null || die "unknown item '$a'; items: ${ALL_ITEMS[*]}"; items+=("$a") ;;
+    esac
+  done
+  [[ ${#items[@]} -gt 0 ]] || items=("${ALL_ITEMS[@]}")
+
+  mkdir -p "$BIN" "$STAMPS" "$SRC" "$LOGS"
+  cp -f "$SCRIPT_DIR/versions.env" "$TESTBED_DIR/versions.env"
+
+  # Repo-local, git-ignored symlink to the cache (CI clones anew, the cache outlives clones).
+  mkdir -p "$REPO_ROOT/.cache"
+  if [[ -e "$REPO_ROOT/.cache/testbed" && ! -L "$REPO_ROOT/.cache/testbed" ]]; then
+    log "warning: $REPO_ROOT/.cache/testbed exists and is not a symlink; leaving it alone"
+  else
+    ln -sfn "$TESTBED_DIR" "$REPO_ROOT/.cache/testbed"
+  fi
+
+  # One run at a time per cache (a developer and CI may share the machine).
+  exec 9>"$TESTBED_DIR/.lock"
+  if ! flock -n 9; then log "waiting for another install.sh run to finish..."; flock 9; fi
+
+  rm -rf "$TESTBED_DIR"/.gobin.* "$TESTBED_DIR"/.tmp-*   # left by an interrupted run
+
+  APT_UPDATED_MARK="$(mktemp)" && rm -f "$APT_UPDATED_MARK"
+  export APT_UPDATED_MARK
+  trap 'rm -f "$APT_UPDATED_MARK"' EXIT
+
+  log "cache: $TESTBED_DIR ($(go version 2>/dev/null || echo 'go: not found'))"
+  local start_all=$SECONDS failed=() summary=() item t0 rc status
+  for item in "${items[@]}"; do
+    t0=$SECONDS
+    if [[ $force -eq 0 ]] && is_installed "$item"; then
+      summary+=("$(printf '%-12s %-10s %5ss  skipped (stamp ok)' "$item" "$(item_version "$item")" $((SECONDS - t0)))")
+      continue
+    fi
+    log "$item $(item_version "$item"): installing (log: $LOGS/$item.log)"
+    rm -f "$STAMPS/$item"
+    # Subshell with errexit, not in a conditional context (which would disable set -e).
+    set +e
+    (
+      set -euo pipefail
+      "install_${item//-/_}" 2>&1 | tee "$LOGS/$item.log" | sed -u 's/^/    | /'
+    )
+    rc=$?
+    set -e
+    if [[ $rc -eq 0 ]]; then
+      stamp_value "$item" >"$STAMPS/$item"
+      status="installed"
+    else
+      failed+=("$item")
+      status="FAILED (rc=$rc, see $LOGS/$item.log)"
+    fi
+    summary+=("$(printf '%-12s %-10s %5ss  %s' "$item" "$(item_version "$item")" $((SECONDS - t0)) "$status")")
+    log "$item: $status in $((SECONDS - t0))s"
+  done
+
+  log "summary (total $((SECONDS - start_all))s, cache $(du -sh "$TESTBED_DIR" 2>/dev/null | cut -f1)):"
+  printf '    %s\n' "${summary[@]}"
+  if [[ ${#failed[@]} -gt 0 ]]; then
+    die "failed: ${failed[*]}"
+  fi
+}
+
+main "$@"
