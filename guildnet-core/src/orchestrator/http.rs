@@ -35,8 +35,15 @@ fn backticked(msg: &str) -> Option<String> {
     Some(msg[start..start + len].to_owned())
 }
 
-/// Parses a JSON body, naming the failing field in the error.
+/// Parses a JSON body, naming the failing field in the error. Every request body of this API is
+/// a JSON object; an array in its place is refused (serde would otherwise read it positionally).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid(
+            "body",
+            "expected a JSON object, found an array",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -44,14 +51,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let msg = inner.to_string();
         match inner.classify() {
             serde_json::error::Category::Data => {
+                let names_field =
+                    msg.starts_with("missing field") || msg.starts_with("unknown field");
                 let field = if path == "." || path.is_empty() {
-                    backticked(&msg).unwrap_or_else(|| "body".into())
-                } else if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                    names_field
+                        .then(|| backticked(&msg))
+                        .flatten()
+                        .unwrap_or_else(|| "body".into())
+                } else if msg.starts_with("missing field") {
                     match backticked(&msg) {
                         Some(f) => format!("{path}.{f}"),
                         None => path,
                     }
                 } else {
+                    // Also for unknown fields: the path already ends with the unknown key.
                     path
                 };
                 ApiError::invalid(&field, msg)
