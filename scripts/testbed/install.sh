@@ -409,6 +409,8 @@ main() {
   trap 'rm -f "$APT_UPDATED_MARK"' EXIT
 
   log "cache: $TESTBED_DIR ($(go version 2>/dev/null || echo 'go: not found'))"
+  # The Rust test support runs `openssl genrsa` for the API server's service-account key.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   local start_all=$SECONDS failed=() summary=() item t0 rc status
   for item in "${items[@]}"; do
     t0=$SECONDS

@@ -1,0 +1,410 @@
+//! A real Kubernetes control plane on loopback: etcd and kube-apiserver, optionally with
+//! kube-controller-manager, kube-scheduler and kwok (simulated nodes whose pods become Ready).
+
+use crate::process::{Proc, TestbedError};
+use crate::{bin, free_port, probe_client, wait_for, Result};
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The annotation kwok uses to pick the nodes it simulates.
+pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What to start besides etcd and kube-apiserver.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// Start kube-controller-manager, kube-scheduler and kwok, and register one simulated node,
+    /// so Deployments get pods that become Ready and Available.
+    pub workloads: bool,
+}
+
+/// A running control plane. Dropping it stops kwok, the scheduler, the controller-manager, the
+/// API server and etcd, in that order, and removes its temp dir.
+#[derive(Debug)]
+pub struct KubeCluster {
+    // Stopped in this order by Drop (see there).
+    kwok: Option<Proc>,
+    scheduler: Option<Proc>,
+    controller_manager: Option<Proc>,
+    apiserver: Option<Proc>,
+    etcd: Option<Proc>,
+    server: String,
+    token: String,
+    ca_pem: Vec<u8>,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(TestbedError::io("read /dev/urandom"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, contents).map_err(TestbedError::io(format!("write {}", path.display())))
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// Renders a kubeconfig with one cluster, user and context, all named `name`.
+pub fn render_kubeconfig(name: &str, server: &str, ca_pem: &[u8], token: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n    namespace: default\ncurrent-context: {name}\n"
+    )
+}
+
+impl KubeCluster {
+    /// Starts etcd and kube-apiserver only.
+    pub async fn start() -> Result<KubeCluster> {
+        Self::start_with(KubeOptions::default()).await
+    }
+
+    /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with one
+    /// simulated node named `kwok-node-0`.
+    pub async fn start_with_workloads() -> Result<KubeCluster> {
+        Self::start_with(KubeOptions { workloads: true }).await
+    }
+
+    /// Starts a control plane with the given options.
+    pub async fn start_with(opts: KubeOptions) -> Result<KubeCluster> {
+        let etcd_bin = bin("etcd")?;
+        let apiserver_bin = bin("kube-apiserver")?;
+        let dir = tempfile::Builder::new()
+            .prefix("gn-kube-")
+            .tempdir()
+            .map_err(TestbedError::io("create temp dir"))?;
+        let d = dir.path();
+        let mut cluster = KubeCluster {
+            kwok: None,
+            scheduler: None,
+            controller_manager: None,
+            apiserver: None,
+            etcd: None,
+            server: String::new(),
+            token: random_hex(24)?,
+            ca_pem: Vec::new(),
+            kubeconfig: d.join("kubeconfig"),
+            dir,
+        };
+        let d = cluster.dir.path().to_owned();
+
+        // etcd
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Proc::spawn(
+            "etcd",
+            &etcd_bin,
+            [
+                "--name=testbed".to_owned(),
+                format!("--data-dir={}", d.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=testbed={peer_url}"),
+                // Test data: durability across power loss is not needed, speed is.
+                "--unsafe-no-fsync".to_owned(),
+                "--log-level=warn".to_owned(),
+            ],
+            &[],
+            &d.join("etcd.log"),
+        )?;
+        let etcd = cluster.etcd.insert(etcd);
+        let http = probe_client();
+        let health = format!("{etcd_url}/health");
+        wait_for("etcd /health", READY_TIMEOUT, Some(etcd), || async {
+            let r = http.get(&health).send().await.ok()?;
+            let body = r.text().await.ok()?;
+            body.contains("\"health\":\"true\"").then_some(())
+        })
+        .await?;
+
+        // Service-account signing key and the static admin token.
+        let sa_key = d.join("sa.key");
+        crate::process::run(
+            Path::new("openssl"),
+            [os("genrsa"), os("-out"), sa_key.as_os_str(), os("2048")],
+            &[],
+        )
+        .await?;
+        write(
+            &d.join("tokens.csv"),
+            format!("{},admin,admin-uid,system:masters\n", cluster.token),
+        )?;
+
+        // kube-apiserver
+        let port = free_port()?;
+        cluster.server = format!("https://127.0.0.1:{port}");
+        let pki = d.join("pki");
+        let apiserver = Proc::spawn(
+            "kube-apiserver",
+            &apiserver_bin,
+            [
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={port}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                format!("--cert-dir={}", pki.display()),
+                format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".to_owned(),
+                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+                "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+                "--profiling=false".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            &[],
+            &d.join("kube-apiserver.log"),
+        )?
+        .with_stop_timeout(Duration::from_secs(5));
+        let apiserver = cluster.apiserver.insert(apiserver);
+        let readyz = format!("{}/readyz", cluster.server);
+        let token = cluster.token.clone();
+        wait_for(
+            "kube-apiserver /readyz",
+            READY_TIMEOUT,
+            Some(apiserver),
+            || async {
+                let r = http.get(&readyz).bearer_auth(&token).send().await.ok()?;
+                (r.status().is_success() && r.text().await.ok()? == "ok").then_some(())
+            },
+        )
+        .await?;
+        // The self-signed serving certificate, with the CA that signed it, is what clients trust.
+        cluster.ca_pem = std::fs::read(pki.join("apiserver.crt"))
+            .map_err(TestbedError::io("read the API server's certificate"))?;
+        write(
+            &cluster.kubeconfig,
+            render_kubeconfig("testbed", &cluster.server, &cluster.ca_pem, &cluster.token),
+        )?;
+
+        if opts.workloads {
+            cluster.start_workloads(&sa_key).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn start_workloads(&mut self, sa_key: &Path) -> Result<()> {
+        let kcm_bin = bin("kube-controller-manager")?;
+        let sched_bin = bin("kube-scheduler")?;
+        let kwok_bin = bin("kwok")?;
+        let stages = crate::testbed_dir().join("share/kwok/stages-fast.yaml");
+        if !stages.exists() {
+            return Err(TestbedError::MissingBinary {
+                name: "kwok stages".into(),
+                path: stages,
+                item: "kwok".into(),
+            });
+        }
+        let d = self.dir.path().to_owned();
+        let kc = self.kubeconfig.display().to_string();
+        let http = probe_client();
+
+        let kcm_port = free_port()?;
+        let kcm = Proc::spawn(
+            "kube-controller-manager",
+            &kcm_bin,
+            [
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={kcm_port}"),
+                format!("--service-account-private-key-file={}", sa_key.display()),
+                "--controllers=*,-nodeipam,-serviceaccount-token".to_owned(),
+                "--leader-elect=false".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            &[],
+            &d.join("kube-controller-manager.log"),
+        )?;
+        let kcm = self.controller_manager.insert(kcm);
+        let url = format!("https://127.0.0.1:{kcm_port}/healthz");
+        wait_for(
+            "kube-controller-manager /healthz",
+            READY_TIMEOUT,
+            Some(kcm),
+            || async {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await?;
+
+        let sched_port = free_port()?;
+        let sched = Proc::spawn(
+            "kube-scheduler",
+            &sched_bin,
+            [
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={sched_port}"),
+                "--leader-elect=false".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            &[],
+            &d.join("kube-scheduler.log"),
+        )?;
+        let sched = self.scheduler.insert(sched);
+        let url = format!("https://127.0.0.1:{sched_port}/healthz");
+        wait_for(
+            "kube-scheduler /healthz",
+            READY_TIMEOUT,
+            Some(sched),
+            || async {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await?;
+
+        let kwok_port = free_port()?;
+        let kwok = Proc::spawn(
+            "kwok",
+            &kwok_bin,
+            [
+                format!("--kubeconfig={kc}"),
+                format!("--config={}", stages.display()),
+                "--manage-all-nodes=false".to_owned(),
+                format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
+                "--node-lease-duration-seconds=40".to_owned(),
+                "--cidr=10.0.0.1/24".to_owned(),
+                "--node-ip=127.0.0.1".to_owned(),
+                format!("--node-port={kwok_port}"),
+            ],
+            &[],
+            &d.join("kwok.log"),
+        )?;
+        self.kwok = Some(kwok);
+        self.add_node("kwok-node-0").await
+    }
+
+    /// Registers a simulated node (kwok must be running) and waits until it is Ready.
+    pub async fn add_node(&mut self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client);
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    KWOK_NODE_ANNOTATION: "fake",
+                    "node.alpha.kubernetes.io/ttl": "0",
+                },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                },
+            },
+            "status": {
+                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            },
+        }))
+        .map_err(|e| TestbedError::Unexpected(format!("node manifest: {e}")))?;
+        nodes.create(&PostParams::default(), &node).await?;
+        let kwok = self.kwok.as_mut();
+        wait_for(
+            &format!("node {name} Ready (kwok)"),
+            READY_TIMEOUT,
+            kwok,
+            || async {
+                let n = nodes.get(name).await.ok()?;
+                let ready = n
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            },
+        )
+        .await
+    }
+
+    /// The API server's URL (`https://127.0.0.1:<port>`).
+    pub fn server_url(&self) -> &str {
+        &self.server
+    }
+
+    /// The admin bearer token (group system:masters).
+    pub fn admin_token(&self) -> &str {
+        &self.token
+    }
+
+    /// PEM of the API server's serving certificate chain, to trust in clients.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// A kubeconfig file for the admin user (context `testbed`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A kubeconfig for another bearer token (a service account's, say), context `name`.
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> String {
+        render_kubeconfig(name, &self.server, &self.ca_pem, token)
+    }
+
+    /// A kube-rs client for the admin user, built from the kubeconfig file.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let yaml = std::fs::read_to_string(&self.kubeconfig)
+            .map_err(TestbedError::io("read the testbed kubeconfig"))?;
+        client_from_kubeconfig(&yaml).await
+    }
+
+    /// The control plane's temp dir (logs are `<name>.log` in it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A kube-rs client from kubeconfig YAML (its current context).
+pub async fn client_from_kubeconfig(yaml: &str) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::from_yaml(yaml)
+        .map_err(|e| TestbedError::Unexpected(format!("kubeconfig: {e}")))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| TestbedError::Unexpected(format!("kubeconfig: {e}")))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+impl Drop for KubeCluster {
+    fn drop(&mut self) {
+        // Clients of the API server first, then the API server, and etcd last: an API server
+        // whose etcd is gone can take more than 30 s to exit.
+        for p in [
+            self.kwok.take(),
+            self.scheduler.take(),
+            self.controller_manager.take(),
+            self.apiserver.take(),
+            self.etcd.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            drop(p);
+        }
+    }
+}

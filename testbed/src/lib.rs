@@ -1,0 +1,115 @@
+//! Dev-only test support for GuildNet: the real upstream servers, on loopback.
+//!
+//! `scripts/testbed/install.sh` builds or installs pinned versions of every server into
+//! `${GUILDNET_TESTBED_DIR:-~/.cache/guildnet/testbed}/bin`. This crate starts them for tests,
+//! each with free loopback ports and its own temp dir, waits until each is ready, and stops them
+//! when the handle is dropped (SIGTERM to the process group, then SIGKILL).
+//!
+//! - [`kube::KubeCluster`]: etcd + kube-apiserver (token auth, RBAC, service-account signing),
+//!   optionally kube-controller-manager + kube-scheduler + kwok with simulated nodes.
+//! - [`mesh::Headscale`] and [`mesh::Tailscaled`]: a control server with an API key, and
+//!   userspace-networking tailscale nodes with their own state dirs, sockets and HTTP proxies.
+//! - [`editor::CodeServer`]: code-server with password auth.
+//! - [`browser::ChromeDriver`] with a minimal W3C WebDriver session for headless Chromium.
+//! - [`talos::Talosctl`]: the client-side talosctl commands (no Talos node runs here).
+//!
+//! A missing binary is an error that names the install command; nothing is skipped silently.
+
+pub mod browser;
+pub mod editor;
+pub mod kube;
+pub mod mesh;
+pub mod process;
+pub mod talos;
+
+pub use process::{Proc, TestbedError};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Result type of this crate.
+pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
+
+/// The testbed cache: `$GUILDNET_TESTBED_DIR`, else `~/.cache/guildnet/testbed`.
+pub fn testbed_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GUILDNET_TESTBED_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/guildnet/testbed")
+}
+
+/// Path of an installed testbed binary, or an error naming the `install.sh` item to run.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = testbed_dir().join("bin").join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(TestbedError::MissingBinary {
+            name: name.to_owned(),
+            path,
+            item: install_item(name).to_owned(),
+        })
+    }
+}
+
+fn install_item(bin: &str) -> &str {
+    match bin {
+        "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" => "kube",
+        "tailscaled" => "tailscale",
+        "chromedriver" => "chromium",
+        other => other,
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, then released).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(TestbedError::io("bind :0"))?;
+    let port = l
+        .local_addr()
+        .map_err(TestbedError::io("local_addr"))?
+        .port();
+    Ok(port)
+}
+
+/// An HTTP client for readiness probes: short timeouts, and it accepts the self-signed
+/// certificates the servers generate for themselves.
+pub fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, the process `proc` exits, or `timeout`
+/// passes. Errors quote the tail of the process's log.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut proc: Option<&mut Proc>,
+    mut check: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if let Some(p) = proc.as_deref_mut() {
+            p.ensure_running()?;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TestbedError::Timeout {
+                what: what.to_owned(),
+                after: timeout,
+                log: proc.map(|p| p.log_tail()).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

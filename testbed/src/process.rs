@@ -1,0 +1,250 @@
+//! Long-running server processes that die with their handle, and one-shot commands whose
+//! failures quote their output.
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors of the testbed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// A testbed binary is not installed.
+    #[error("{name} is not installed at {}: run `scripts/testbed/install.sh {item}`", path.display())]
+    MissingBinary {
+        /// Binary name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The install.sh item that provides it.
+        item: String,
+    },
+    /// An I/O operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server exited while it should be running.
+    #[error("{name} exited with {status}; last output:\n{log}")]
+    Exited {
+        /// Server name.
+        name: String,
+        /// Its exit status.
+        status: String,
+        /// The tail of its log.
+        log: String,
+    },
+    /// A readiness condition was not met in time.
+    #[error("timed out after {after:?} waiting for {what}; last output:\n{log}")]
+    Timeout {
+        /// The condition.
+        what: String,
+        /// How long was waited.
+        after: Duration,
+        /// The tail of the server's log, if any.
+        log: String,
+    },
+    /// A one-shot command failed.
+    #[error("`{command}` failed with {status}:\n{output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its stdout and stderr.
+        output: String,
+    },
+    /// A server answered, but not as expected.
+    #[error("{0}")]
+    Unexpected(String),
+    /// The Kubernetes client failed.
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] ::kube::Error),
+    /// An HTTP request failed.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+impl TestbedError {
+    /// Adapter for `map_err` on I/O results.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestbedError {
+        let what = what.into();
+        move |source| TestbedError::Io { what, source }
+    }
+}
+
+/// How many bytes of a log an error quotes.
+const LOG_TAIL_BYTES: u64 = 4000;
+
+/// A server process in its own process group, its stdout and stderr going to a log file.
+/// Dropping it sends SIGTERM to the group, waits up to the stop timeout, then sends SIGKILL.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    stop_timeout: Duration,
+    exited: Option<String>,
+}
+
+impl Proc {
+    /// Starts `program` with `args` and extra `env`; output goes to `log`.
+    pub fn spawn<I, S>(
+        name: &str,
+        program: &Path,
+        args: I,
+        env: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> crate::Result<Proc>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out =
+            File::create(log).map_err(TestbedError::io(format!("create {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(TestbedError::io("clone log handle"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(TestbedError::io(format!("start {}", program.display())))?;
+        tracing::debug!(name, pid = child.id(), log = %log.display(), "testbed process started");
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+            stop_timeout: Duration::from_secs(10),
+            exited: None,
+        })
+    }
+
+    /// Sets how long a stop waits after SIGTERM before SIGKILL (default 10 s).
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last few KB of the log.
+    pub fn log_tail(&self) -> String {
+        read_tail(&self.log)
+    }
+
+    /// An error if the process has exited.
+    pub fn ensure_running(&mut self) -> crate::Result<()> {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status.to_string());
+            }
+        }
+        match &self.exited {
+            None => Ok(()),
+            Some(status) => Err(TestbedError::Exited {
+                name: self.name.clone(),
+                status: status.clone(),
+                log: self.log_tail(),
+            }),
+        }
+    }
+
+    /// Stops the process group: SIGTERM, then SIGKILL after the stop timeout.
+    pub fn stop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        let group = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + self.stop_timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status.to_string());
+                // Children that ignored SIGTERM still go.
+                let _ = killpg(group, Signal::SIGKILL);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        tracing::warn!(name = %self.name, "testbed process ignored SIGTERM; killing it");
+        let _ = killpg(group, Signal::SIGKILL);
+        if let Ok(status) = self.child.wait() {
+            self.exited = Some(status.to_string());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_tail(path: &Path) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Runs a one-shot command to completion; returns its stdout, or an error quoting its output.
+pub async fn run<I, S>(program: &Path, args: I, env: &[(&str, &OsStr)]) -> crate::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let command = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd
+        .output()
+        .await
+        .map_err(TestbedError::io(format!("run {command}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(TestbedError::Command {
+            command,
+            status: out.status.to_string(),
+            output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+}
