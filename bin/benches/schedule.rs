@@ -51,6 +51,9 @@ impl ClusterBackend for NullBackend {
     ) -> Result<Option<EditorEndpoint>, BackendError> {
         Ok(None)
     }
+    async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {

@@ -263,4 +263,9 @@ impl ClusterBackend for LocalBackend {
     ) -> Result<Option<EditorEndpoint>, BackendError> {
         Ok(None)
     }
+
+    async fn task_finished(&self, _task: &crate::model::Task) -> Result<(), BackendError> {
+        // The agent process exits by itself once it has reported completion.
+        Ok(())
+    }
 }

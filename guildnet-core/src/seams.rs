@@ -56,6 +56,8 @@ pub struct AgentLaunch {
     pub agent: AgentName,
     /// Attempt number (1-based).
     pub attempt: u32,
+    /// The task's text (what the agent is asked to do). Not secret, but can be long.
+    pub task: String,
     /// Optional hint recorded with the task (e.g. an agent profile).
     pub agent_hint: Option<String>,
     /// URL at which the agent reaches the orchestrator.
@@ -141,6 +143,10 @@ pub trait ClusterBackend: Send + Sync {
         org: &OrgName,
         agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError>;
+    /// Records that a task reached Succeeded or Failed (the orchestrator has already stored it),
+    /// so the backend can reflect it where the workload lives (the Kubernetes backend patches
+    /// the AgentTask's status). Failures are logged by the caller, never returned to the agent.
+    async fn task_finished(&self, task: &crate::model::Task) -> Result<(), BackendError>;
 }
 
 /// Errors from a mesh implementation.

@@ -36,6 +36,7 @@ async fn harness() -> Harness {
     let (tx, launches) = mpsc::unbounded_channel();
     let mut mock = MockClusterBackend::new();
     mock.expect_name().return_const("mock");
+    mock.expect_task_finished().returning(|_| Ok(()));
     mock.expect_submit().returning(move |launch| {
         let _ = tx.send(launch);
         Ok(())

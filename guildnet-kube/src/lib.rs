@@ -1,4 +1,57 @@
-//! Kubernetes integration for GuildNet: the AgentTask CRD, its operator, per-cluster install manifests, the Kubernetes ClusterBackend and editor port-forward (issue #4).
+//! Kubernetes integration for GuildNet.
 //!
-//! This crate is a placeholder in the workspace layout: it holds no code yet and exports nothing.
-//! Its implementation lands with the issue named above.
+//! - [`crd`]: the `AgentTask` custom resource (guildnet.io/v1alpha1), its YAML generated from the
+//!   Rust type.
+//! - [`operator`]: the reconciler that turns an AgentTask into a Secret, a Deployment and a
+//!   Service (server-side apply, one field manager, controller owner references), tracks its
+//!   phase, honours cancel and TTL, and emits Kubernetes Events.
+//! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
+//!   Role/RoleBinding, operator Deployment) and an idempotent installer.
+//! - [`backend`]: [`backend::KubeBackend`], core's `ClusterBackend` over AgentTasks in each
+//!   org's cluster.
+
+pub mod backend;
+pub mod crd;
+pub mod install;
+pub mod operator;
+pub mod yaml;
+
+pub use crd::{AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};
+
+/// The field manager of every server-side apply GuildNet makes.
+pub const FIELD_MANAGER: &str = "guildnet";
+/// Namespace the operator watches and the backend creates AgentTasks in, by default.
+pub const DEFAULT_NAMESPACE: &str = "mvp-agents";
+/// Label on every object GuildNet creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "guildnet");
+/// Label with the AgentTask a child object belongs to.
+pub const TASK_LABEL: &str = "guildnet.io/agenttask";
+/// The agent's code-server port.
+pub const EDITOR_PORT: u16 = 8443;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// Which file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An AgentTask's spec is invalid.
+    #[error("invalid AgentTask: {0}")]
+    Invalid(String),
+    /// Serializing a manifest failed.
+    #[error("serialize {what}: {reason}")]
+    Serialize {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}

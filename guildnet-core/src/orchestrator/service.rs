@@ -352,6 +352,7 @@ impl Orchestrator {
             org: task.org.clone(),
             agent: agent.clone(),
             attempt: task.attempt,
+            task: task.task.clone(),
             agent_hint: task.agent_hint.clone(),
             orchestrator_url: self.inner.cfg.public_url.clone(),
             agent_token: tok,
@@ -769,6 +770,12 @@ impl Orchestrator {
             )
             .await?;
         self.notify_event(u.last_event_id);
+        if u.last_event_id.is_some() {
+            // Newly finished (not a repeated completion): tell the backend.
+            if let Err(e) = self.inner.backend.task_finished(&u.task).await {
+                tracing::warn!(task = %u.task.id, error = %e, "backend could not record completion");
+            }
+        }
         Ok(u.task)
     }
 

@@ -1,0 +1,147 @@
+//! `guildnet-operator`: prints the AgentTask CRD, installs the operator into a cluster, or runs
+//! the reconciler (with /metrics and /healthz).
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use guildnet_kube::install::{install, InstallOptions};
+use guildnet_kube::operator::{self, Context, OperatorConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "guildnet-operator",
+    version,
+    about = "GuildNet's AgentTask operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the AgentTask CustomResourceDefinition as YAML.
+    Crd,
+    /// Print every install manifest (CRD, namespace, RBAC, operator Deployment) as YAML.
+    Manifests(InstallArgs),
+    /// Apply the CRD, namespace, ServiceAccount, Role/RoleBinding and operator Deployment.
+    Install {
+        /// Kubeconfig of the target cluster (default: $KUBECONFIG, then ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        args: InstallArgs,
+    },
+    /// Run the reconciler.
+    Run {
+        /// Namespace to watch.
+        #[arg(long, env = "GUILDNET_NAMESPACE", default_value = guildnet_kube::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// Kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// URL agents use to reach the orchestrator (overrides spec.orchestratorUrl).
+        #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
+        public_orchestrator_url: Option<String>,
+        /// Address of /metrics and /healthz.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Namespace the operator runs in and watches.
+    #[arg(long, default_value = guildnet_kube::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Operator image.
+    #[arg(long)]
+    image: Option<String>,
+    /// URL agents use to reach the orchestrator.
+    #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
+    public_orchestrator_url: Option<String>,
+}
+
+impl InstallArgs {
+    fn options(self) -> InstallOptions {
+        let d = InstallOptions::default();
+        InstallOptions {
+            namespace: self.namespace,
+            image: self.image.unwrap_or(d.image),
+            public_orchestrator_url: self.public_orchestrator_url,
+        }
+    }
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    match kubeconfig {
+        Some(p) => guildnet_kube::backend::client_from_path(&p)
+            .await
+            .with_context(|| format!("kubeconfig {}", p.display())),
+        None => kube::Client::try_default()
+            .await
+            .context("no in-cluster config and no usable kubeconfig"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    guildnet_bin::init_tracing();
+    match Cli::parse().cmd {
+        Cmd::Crd => print!("{}", guildnet_kube::crd::crd_yaml()?),
+        Cmd::Manifests(args) => {
+            print!(
+                "{}",
+                guildnet_kube::crd::crd_yaml().map(|y| format!("---\n{y}"))?
+            );
+            print!(
+                "{}",
+                guildnet_kube::install::operator_yaml(&args.options())?
+            );
+        }
+        Cmd::Install { kubeconfig, args } => {
+            let opts = args.options();
+            install(&client(kubeconfig).await?, &opts).await?;
+            println!(
+                "installed the GuildNet operator into namespace {}",
+                opts.namespace
+            );
+        }
+        Cmd::Run {
+            namespace,
+            kubeconfig,
+            public_orchestrator_url,
+            metrics_addr,
+        } => {
+            let mut cfg = OperatorConfig::new(namespace);
+            cfg.public_orchestrator_url = public_orchestrator_url;
+            cfg.instance = std::env::var("POD_NAME").ok();
+            let ctx = Arc::new(Context::new(client(kubeconfig).await?, cfg));
+            let listener = tokio::net::TcpListener::bind(&metrics_addr)
+                .await
+                .with_context(|| format!("bind {metrics_addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "metrics and health listening");
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut rx2 = rx.clone();
+            let metrics = tokio::spawn(operator::serve_metrics(
+                listener,
+                ctx.metrics.clone(),
+                async move {
+                    let _ = rx2.wait_for(|v| *v).await;
+                },
+            ));
+            let mut rx3 = rx;
+            let stop = async move {
+                let _ = rx3.wait_for(|v| *v).await;
+            };
+            let run = tokio::spawn(operator::run(ctx, stop));
+            guildnet_bin::shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+            let _ = run.await;
+            let _ = metrics.await;
+        }
+    }
+    Ok(())
+}

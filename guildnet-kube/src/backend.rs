@@ -1,0 +1,368 @@
+//! The Kubernetes `ClusterBackend`: each task becomes an AgentTask `atask-<task id>` in its org's
+//! cluster (kubeconfig from the state dir), with a credentials Secret the operator reads. Cancel
+//! sets `spec.cancel`; completion is written to the AgentTask's status; the workload state is read
+//! back from the status phase.
+
+use crate::crd::{AgentTask, AgentTaskSpec, Phase};
+use crate::operator::{CREDENTIALS_PASSWORD_KEY, CREDENTIALS_TOKEN_KEY};
+use crate::{Error, DEFAULT_NAMESPACE, MANAGED_BY, TASK_LABEL};
+use async_trait::async_trait;
+use base64::Engine as _;
+use guildnet_core::model::{Task, TaskStatus};
+use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::seams::{
+    AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState,
+};
+use guildnet_core::state_dir::{find_kubeconfig, StatePaths};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Resource, ResourceExt};
+use rand::RngCore;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The orchestrator's field manager (distinct from the operator's).
+pub const ORCHESTRATOR_FIELD_MANAGER: &str = "guildnet-orchestrator";
+
+/// Settings of the Kubernetes backend.
+#[derive(Debug, Clone)]
+pub struct KubeBackendConfig {
+    /// Where kubeconfigs live (`kube/<org>.config`).
+    pub state: StatePaths,
+    /// Namespace of the AgentTasks (the operator's watch namespace).
+    pub namespace: String,
+    /// Agent image.
+    pub image: String,
+    /// TTL after finish set on new AgentTasks.
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+impl KubeBackendConfig {
+    /// Defaults over a state dir.
+    pub fn new(state: StatePaths) -> Self {
+        KubeBackendConfig {
+            state,
+            namespace: DEFAULT_NAMESPACE.into(),
+            image: format!(
+                "ghcr.io/guildnet/guildnet-agent:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            ttl_seconds_after_finished: Some(3600),
+        }
+    }
+}
+
+/// AgentTasks in each org's cluster.
+pub struct KubeBackend {
+    cfg: KubeBackendConfig,
+    clients: Mutex<HashMap<OrgName, (PathBuf, kube::Client)>>,
+}
+
+/// The AgentTask name of a task.
+pub fn agenttask_name(task: &TaskId) -> String {
+    format!("atask-{task}")
+}
+
+fn random_secret() -> String {
+    let mut b = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl KubeBackend {
+    /// A backend over the given settings.
+    pub fn new(cfg: KubeBackendConfig) -> Self {
+        KubeBackend {
+            cfg,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// The kube client for an org, from its kubeconfig (cached per kubeconfig path).
+    pub async fn client(&self, org: &OrgName) -> Result<kube::Client, BackendError> {
+        let unavailable = |reason: String| BackendError::OrgUnavailable {
+            org: org.clone(),
+            reason,
+        };
+        let path = find_kubeconfig(&self.cfg.state, org).ok_or_else(|| {
+            unavailable(format!(
+                "no kubeconfig (looked for $KUBECONFIG and {})",
+                self.cfg.state.kubeconfig(org).display()
+            ))
+        })?;
+        if let Some((p, c)) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+        {
+            if *p == path {
+                return Ok(c.clone());
+            }
+        }
+        let client = client_from_path(&path)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone(), (path, client.clone()));
+        Ok(client)
+    }
+
+    fn workload_err(
+        action: &'static str,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> impl FnOnce(kube::Error) -> BackendError {
+        let (task, agent) = (task.clone(), agent.clone());
+        move |e| BackendError::Workload {
+            action,
+            task,
+            agent,
+            reason: e.to_string(),
+        }
+    }
+
+    /// Creates the namespace if it is missing.
+    pub async fn prepare_namespace(&self, client: &kube::Client) -> Result<(), kube::Error> {
+        let nss: Api<Namespace> = Api::all(client.clone());
+        if nss.get_opt(&self.cfg.namespace).await?.is_some() {
+            return Ok(());
+        }
+        let ns = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": self.cfg.namespace, "labels": {MANAGED_BY.0: MANAGED_BY.1}},
+        });
+        nss.patch(
+            &self.cfg.namespace,
+            &PatchParams::apply(ORCHESTRATOR_FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The org cluster's version (a cheap reachability check).
+    pub async fn ping(&self, org: &OrgName) -> Result<String, BackendError> {
+        let c = self.client(org).await?;
+        let v = c
+            .apiserver_version()
+            .await
+            .map_err(|e| BackendError::OrgUnavailable {
+                org: org.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(v.git_version)
+    }
+
+    /// The AgentTask of a task, if any.
+    pub async fn agent_task(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+    ) -> Result<Option<AgentTask>, BackendError> {
+        let c = self.client(org).await?;
+        Api::<AgentTask>::namespaced(c, &self.cfg.namespace)
+            .get_opt(&agenttask_name(task))
+            .await
+            .map_err(|e| BackendError::OrgUnavailable {
+                org: org.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// A kube client from a kubeconfig file (its current context).
+pub async fn client_from_path(path: &std::path::Path) -> Result<kube::Client, Error> {
+    let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kubeconfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[async_trait]
+impl ClusterBackend for KubeBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError> {
+        let client = self.client(&launch.org).await?;
+        let err = || Self::workload_err("submit", &launch.task_id, &launch.agent);
+        self.prepare_namespace(&client).await.map_err(err())?;
+        let name = agenttask_name(&launch.task_id);
+        let ns = &self.cfg.namespace;
+        let spec = AgentTaskSpec {
+            org_id: launch.org.to_string(),
+            task_id: launch.task_id.to_string(),
+            task: launch.task.clone(),
+            image: self.cfg.image.clone(),
+            env: Default::default(),
+            repo: None,
+            cancel: false,
+            ttl_seconds_after_finished: self.cfg.ttl_seconds_after_finished,
+            resources: None,
+            attempt: launch.attempt,
+            agent_name: launch.agent.to_string(),
+            orchestrator_url: Some(launch.orchestrator_url.clone()),
+            credentials_secret: None,
+        };
+        let at = json!({
+            "apiVersion": "guildnet.io/v1alpha1",
+            "kind": "AgentTask",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1, "guildnet.io/org": launch.org.to_string()},
+            },
+            "spec": spec,
+        });
+        let pp = PatchParams::apply(ORCHESTRATOR_FIELD_MANAGER).force();
+        let created = Api::<AgentTask>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(&at))
+            .await
+            .map_err(err())?;
+        // Credentials for this attempt, owned by the AgentTask so they go with it.
+        let oref = created.controller_owner_ref(&()).map(|mut o| {
+            o.controller = Some(false);
+            o
+        });
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": crate::operator::credentials_secret_name(&created),
+                "namespace": ns,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1, TASK_LABEL: created.name_any()},
+                "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
+            },
+            "type": "Opaque",
+            "data": {
+                CREDENTIALS_TOKEN_KEY: b64(launch.agent_token.expose()),
+                CREDENTIALS_PASSWORD_KEY: b64(&random_secret()),
+            },
+        });
+        Api::<Secret>::namespaced(client, ns)
+            .patch(
+                &crate::operator::credentials_secret_name(&created),
+                &pp,
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(err())?;
+        tracing::info!(task = %launch.task_id, agent = %launch.agent, agenttask = %name, "AgentTask applied");
+        Ok(())
+    }
+
+    async fn cancel(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<(), BackendError> {
+        let client = self.client(org).await?;
+        let api = Api::<AgentTask>::namespaced(client, &self.cfg.namespace);
+        let name = agenttask_name(task);
+        let Some(at) = api
+            .get_opt(&name)
+            .await
+            .map_err(Self::workload_err("cancel", task, agent))?
+        else {
+            return Ok(());
+        };
+        if at.spec.agent_name != agent.as_str() || at.spec.cancel {
+            // Another attempt's agent, or already cancelled.
+            return Ok(());
+        }
+        let patch = json!({"spec": {"cancel": true}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(Self::workload_err("cancel", task, agent)(e)),
+        }
+    }
+
+    async fn status(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        agent: &AgentName,
+    ) -> Result<WorkloadState, BackendError> {
+        let Some(at) = self.agent_task(org, task).await? else {
+            return Ok(WorkloadState::Absent);
+        };
+        if at.spec.agent_name != agent.as_str() {
+            return Ok(WorkloadState::Absent);
+        }
+        let st = at.status.unwrap_or_default();
+        Ok(match st.phase {
+            Phase::Pending => WorkloadState::Pending,
+            Phase::Running => WorkloadState::Running,
+            Phase::Succeeded => WorkloadState::Exited(Some(st.exit_code.unwrap_or(0))),
+            Phase::Failed => WorkloadState::Exited(st.exit_code),
+            Phase::Cancelled => WorkloadState::Absent,
+        })
+    }
+
+    async fn editor_endpoint(
+        &self,
+        _org: &OrgName,
+        _agent: &AgentName,
+    ) -> Result<Option<EditorEndpoint>, BackendError> {
+        // Reached through a port-forward, opened on demand (not a fixed address).
+        Ok(None)
+    }
+
+    async fn task_finished(&self, task: &Task) -> Result<(), BackendError> {
+        let phase = match task.status {
+            TaskStatus::Succeeded => Phase::Succeeded,
+            TaskStatus::Failed => Phase::Failed,
+            _ => return Ok(()),
+        };
+        let agent = task
+            .agent
+            .clone()
+            .unwrap_or_else(|| task.id.agent_name(task.attempt));
+        let client = self.client(&task.org).await?;
+        let artifact_path = task
+            .artifacts
+            .iter()
+            .find(|a| a.kind != "pr")
+            .map(|a| a.uri.clone());
+        let patch = json!({"status": {
+            "phase": phase,
+            "finishedAt": task.finished_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "prUrl": task.pr_url,
+            "reason": task.reason,
+            "exitCode": task.exit_code,
+            "artifactPath": artifact_path,
+        }});
+        match Api::<AgentTask>::namespaced(client, &self.cfg.namespace)
+            .patch_status(
+                &agenttask_name(&task.id),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(Self::workload_err("record completion of", &task.id, &agent)(e)),
+        }
+    }
+}

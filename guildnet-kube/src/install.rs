@@ -1,0 +1,219 @@
+//! Per-cluster install: the namespace, the AgentTask CRD, the operator's ServiceAccount, a Role
+//! and RoleBinding limited to that namespace and to what the operator does, and the operator's
+//! Deployment. Applied server-side (idempotent); the same objects are checked in under `deploy/`.
+
+use crate::crd::{crd, AgentTask};
+use crate::{Error, FIELD_MANAGER, MANAGED_BY};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Name of the operator's ServiceAccount, Role, RoleBinding and Deployment.
+pub const OPERATOR_NAME: &str = "guildnet-operator";
+/// Port of the operator's /metrics and /healthz.
+pub const OPERATOR_METRICS_PORT: u16 = 8080;
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Namespace the operator watches (and runs in).
+    pub namespace: String,
+    /// Operator image.
+    pub image: String,
+    /// URL agents use to reach the orchestrator (the operator's PUBLIC_ORCHESTRATOR_URL).
+    pub public_orchestrator_url: Option<String>,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            namespace: crate::DEFAULT_NAMESPACE.into(),
+            image: format!(
+                "ghcr.io/guildnet/guildnet-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            public_orchestrator_url: None,
+        }
+    }
+}
+
+fn labels() -> Value {
+    json!({MANAGED_BY.0: MANAGED_BY.1, "app.kubernetes.io/name": OPERATOR_NAME})
+}
+
+/// The Role's rules: exactly what the reconciler and its watches use, in one namespace.
+pub fn operator_rules() -> Value {
+    json!([
+        {"apiGroups": ["guildnet.io"], "resources": ["agenttasks"],
+         "verbs": ["get", "list", "watch", "delete"]},
+        {"apiGroups": ["guildnet.io"], "resources": ["agenttasks/status"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["services"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["get", "create", "patch", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"],
+         "verbs": ["create", "patch"]},
+    ])
+}
+
+/// The namespaced objects (everything but the CRD), in apply order.
+pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
+    let ns = &opts.namespace;
+    let mut env = vec![json!({"name": "GUILDNET_NAMESPACE", "value": ns})];
+    if let Some(url) = &opts.public_orchestrator_url {
+        env.push(json!({"name": "PUBLIC_ORCHESTRATOR_URL", "value": url}));
+    }
+    env.push(
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    );
+    let probe = json!({"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10});
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": labels()},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "rules": operator_rules(),
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME}},
+                "template": {
+                    "metadata": {"labels": labels()},
+                    "spec": {
+                        "serviceAccountName": OPERATOR_NAME,
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [{
+                            "name": "operator",
+                            "image": opts.image,
+                            "args": ["run", "--namespace", ns],
+                            "env": env,
+                            "ports": [{"name": "metrics", "containerPort": OPERATOR_METRICS_PORT}],
+                            "readinessProbe": probe,
+                            "livenessProbe": probe,
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "32Mi"},
+                                "limits": {"cpu": "500m", "memory": "128Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }],
+                    },
+                },
+            },
+        }),
+    ]
+}
+
+/// `deploy/crd.yaml`.
+pub fn crd_yaml() -> Result<String, Error> {
+    crate::crd::crd_yaml()
+}
+
+/// `deploy/operator.yaml` for the default options.
+pub fn operator_yaml(opts: &InstallOptions) -> Result<String, Error> {
+    crate::yaml::to_multi_yaml(&operator_manifests(opts))
+}
+
+/// Applies the CRD (and waits until it is established) and the operator's objects. Idempotent:
+/// a second run changes nothing.
+pub async fn install(client: &kube::Client, opts: &InstallOptions) -> Result<(), Error> {
+    install_crd(client).await?;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in operator_manifests(opts) {
+        apply_value(client, &obj, &pp).await?;
+    }
+    Ok(())
+}
+
+/// Applies the AgentTask CRD and waits until the API server serves it.
+pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let name = AgentTask::crd_name();
+    crds.patch(name, &pp, &Patch::Apply(crd())).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = crds.get(name).await?;
+        let established = c
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "CRD {name} not established after 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Server-side applies one manifest given as JSON (apiVersion/kind decide the endpoint).
+pub async fn apply_value(
+    client: &kube::Client,
+    obj: &Value,
+    pp: &PatchParams,
+) -> Result<(), Error> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let plural = match kind {
+        "Namespace" => "namespaces",
+        "ServiceAccount" => "serviceaccounts",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        "Deployment" => "deployments",
+        other => {
+            return Err(Error::Invalid(format!(
+                "install does not know the kind {other}"
+            )))
+        }
+    };
+    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+    let dobj: DynamicObject =
+        serde_json::from_value(obj.clone()).map_err(|e| Error::Serialize {
+            what: "manifest",
+            reason: e.to_string(),
+        })?;
+    let name = dobj.name_any();
+    let api: Api<DynamicObject> = match dobj.namespace() {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.patch(&name, pp, &Patch::Apply(obj)).await?;
+    Ok(())
+}

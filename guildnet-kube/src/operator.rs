@@ -1,0 +1,746 @@
+//! The operator: reconciles each AgentTask into a Secret `<name>-env`, a Deployment `<name>` and a
+//! Service `<name>`, all applied server-side under one field manager with a controller owner
+//! reference, and keeps the AgentTask's status (phase, conditions, times) up to date.
+//!
+//! Phase rules: Pending until the Deployment is available, then Running. Succeeded and Failed
+//! are written by the orchestrator (see [`crate::backend`]); the operator then removes the
+//! workload. `spec.cancel` removes the workload and sets Cancelled. A finished AgentTask is
+//! deleted `ttlSecondsAfterFinished` after it finished. A finished phase is sticky for its agent:
+//! only a new attempt (a new `spec.agentName`) starts the workload again.
+//!
+//! Status writes carry the resourceVersion the operator read, so a status the orchestrator wrote
+//! in between is never overwritten from a stale copy (the write fails with 409 and is retried).
+
+use crate::crd::{AgentTask, AgentTaskStatus, Condition, Phase};
+use crate::{Error, EDITOR_PORT, MANAGED_BY, TASK_LABEL};
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::seams::env as agent_env;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The operator's field manager for server-side apply.
+pub const OPERATOR_FIELD_MANAGER: &str = "guildnet-operator";
+/// Environment variable with the code-server password, in the agent's env Secret.
+pub const CODE_SERVER_PASSWORD_ENV: &str = "CODE_SERVER_PASSWORD";
+/// Key of the agent token in the credentials Secret.
+pub const CREDENTIALS_TOKEN_KEY: &str = "agent-token";
+/// Key of the code-server password in the credentials Secret.
+pub const CREDENTIALS_PASSWORD_KEY: &str = "code-server-password";
+/// Port of the agent's own health endpoint (`/healthz`), probed by the kubelet.
+pub const AGENT_HEALTH_PORT: u16 = 8081;
+/// Annotation on the pod template carrying the attempt (a new attempt rolls the pod).
+pub const ATTEMPT_ANNOTATION: &str = "guildnet.io/attempt";
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Namespace whose AgentTasks are reconciled.
+    pub namespace: String,
+    /// URL agents use to reach the orchestrator; overrides `spec.orchestratorUrl`.
+    pub public_orchestrator_url: Option<String>,
+    /// Delay before retrying after an error (doubles per consecutive failure, capped at 5 min).
+    pub error_backoff: Duration,
+    /// Reporting instance for Events (the pod name, say).
+    pub instance: Option<String>,
+}
+
+impl OperatorConfig {
+    /// Defaults for a namespace.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        OperatorConfig {
+            namespace: namespace.into(),
+            public_orchestrator_url: None,
+            error_backoff: Duration::from_secs(2),
+            instance: None,
+        }
+    }
+}
+
+/// Counters exposed on /metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Reconciles run.
+    pub reconciles: AtomicU64,
+    /// Reconciles that failed.
+    pub reconcile_errors: AtomicU64,
+    /// Objects applied (Secret, Deployment, Service).
+    pub applies: AtomicU64,
+    /// Status writes.
+    pub status_writes: AtomicU64,
+}
+
+impl Metrics {
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# TYPE guildnet_operator_reconciles_total counter\nguildnet_operator_reconciles_total {}\n\
+             # TYPE guildnet_operator_reconcile_errors_total counter\nguildnet_operator_reconcile_errors_total {}\n\
+             # TYPE guildnet_operator_applies_total counter\nguildnet_operator_applies_total {}\n\
+             # TYPE guildnet_operator_status_writes_total counter\nguildnet_operator_status_writes_total {}\n",
+            g(&self.reconciles),
+            g(&self.reconcile_errors),
+            g(&self.applies),
+            g(&self.status_writes)
+        )
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    client: kube::Client,
+    cfg: OperatorConfig,
+    recorder: Recorder,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    failures: std::sync::Mutex<BTreeMap<String, u32>>,
+}
+
+impl Context {
+    /// A context over a client.
+    pub fn new(client: kube::Client, cfg: OperatorConfig) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "guildnet-operator".into(),
+                instance: cfg.instance.clone(),
+            },
+        );
+        Context {
+            client,
+            cfg,
+            recorder,
+            metrics: Arc::default(),
+            failures: Default::default(),
+        }
+    }
+}
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = ctx.cfg.namespace.clone();
+    let tasks: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &ns);
+    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    Controller::new(tasks, watcher::Config::default())
+        .owns(
+            Api::<Deployment>::namespaced(ctx.client.clone(), &ns),
+            owned.clone(),
+        )
+        .owns(Api::<Service>::namespaced(ctx.client.clone(), &ns), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(agenttask = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(obj: Arc<AgentTask>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(obj.name_any()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = ctx
+        .cfg
+        .error_backoff
+        .saturating_mul(1u32 << (n - 1).min(8))
+        .min(Duration::from_secs(300));
+    tracing::warn!(agenttask = %obj.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Checks an AgentTask's spec; the message says which field and why.
+pub fn validate(at: &AgentTask) -> Result<(), String> {
+    let s = &at.spec;
+    TaskId::new(&s.task_id).map_err(|e| format!("spec.taskId: {e}"))?;
+    OrgName::new(&s.org_id).map_err(|e| format!("spec.orgId: {e}"))?;
+    if s.image.trim().is_empty() {
+        return Err("spec.image: must not be empty".into());
+    }
+    if s.attempt == 0 {
+        return Err("spec.attempt: must be at least 1".into());
+    }
+    if !s.agent_name.is_empty() {
+        AgentName::new(&s.agent_name).map_err(|e| format!("spec.agentName: {e}"))?;
+    }
+    if s.task.len() > 256 * 1024 {
+        return Err("spec.task: at most 256 KiB".into());
+    }
+    for k in s.env.keys() {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!(
+                "spec.env.{k}: not a valid environment variable name"
+            ));
+        }
+        if reserved_env().contains(&k.as_str()) {
+            return Err(format!(
+                "spec.env.{k}: reserved for GuildNet (set by the operator)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn reserved_env() -> [&'static str; 6] {
+    [
+        agent_env::ORCHESTRATOR_URL,
+        agent_env::AGENT_TOKEN,
+        agent_env::TASK_ID,
+        agent_env::ORG_NAME,
+        agent_env::AGENT_NAME,
+        CODE_SERVER_PASSWORD_ENV,
+    ]
+}
+
+/// Name of an AgentTask's credentials Secret.
+pub fn credentials_secret_name(at: &AgentTask) -> String {
+    at.spec
+        .credentials_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}-credentials", at.name_any()))
+}
+
+/// Name of the operator-made env Secret for a workload.
+pub fn env_secret_name(workload: &str) -> String {
+    format!("{workload}-env")
+}
+
+fn set_condition(conds: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: &str) {
+    let status = if ok { "True" } else { "False" };
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = now_rfc3339();
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = message.into();
+    } else {
+        conds.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now_rfc3339(),
+        });
+    }
+}
+
+async fn reconcile(at: Arc<AgentTask>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let action = reconcile_inner(&at, &ctx).await?;
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&at.name_any());
+    Ok(action)
+}
+
+async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error> {
+    if at.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let old = at.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let workload = st.workload_name.clone().unwrap_or_else(|| at.name_any());
+    st.workload_name = Some(workload.clone());
+    st.observed_generation = at.meta().generation;
+    let agent = (!at.spec.agent_name.is_empty()).then(|| at.spec.agent_name.clone());
+    let new_attempt = agent.is_some() && st.agent_name.is_some() && st.agent_name != agent;
+    if new_attempt && (st.phase.is_finished() || st.phase == Phase::Running) && !at.spec.cancel {
+        // A new attempt starts over (the orchestrator requeued the task).
+        st.phase = Phase::Pending;
+        st.started_at = None;
+        st.finished_at = None;
+        st.reason = None;
+        st.exit_code = None;
+    }
+    st.agent_name = agent.or(st.agent_name);
+
+    if let Err(why) = validate(at) {
+        set_condition(&mut st.conditions, "Valid", false, "InvalidSpec", &why);
+        set_condition(&mut st.conditions, "Ready", false, "InvalidSpec", &why);
+        let changed = write_status(at, ctx, &old, &st).await?;
+        if changed {
+            publish(ctx, at, EventType::Warning, "InvalidSpec", "Validate", &why).await;
+        }
+        return Ok(Action::await_change());
+    }
+    set_condition(&mut st.conditions, "Valid", true, "SpecValid", "");
+
+    if at.spec.cancel
+        && st.phase != Phase::Cancelled
+        && !matches!(st.phase, Phase::Succeeded | Phase::Failed)
+    {
+        delete_workload(at, ctx, &workload).await?;
+        st.phase = Phase::Cancelled;
+        st.finished_at = Some(now_rfc3339());
+        st.reason = Some("cancelled".into());
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "Cancelled",
+            "the task was cancelled",
+        );
+        write_status(at, ctx, &old, &st).await?;
+        publish(
+            ctx,
+            at,
+            EventType::Normal,
+            "Cancelled",
+            "Cancel",
+            "workload removed",
+        )
+        .await;
+        return Ok(ttl_action(at, &st));
+    }
+    if st.phase.is_finished() {
+        delete_workload(at, ctx, &workload).await?;
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            st.phase.as_str(),
+            "the task finished; workload removed",
+        );
+        if write_status(at, ctx, &old, &st).await? {
+            publish(
+                ctx,
+                at,
+                EventType::Normal,
+                st.phase.as_str(),
+                "Finish",
+                "workload removed",
+            )
+            .await;
+        }
+        return ttl_delete(at, ctx, &st).await;
+    }
+
+    // Credentials come from the orchestrator's Secret.
+    let creds = credentials(at, ctx).await?;
+    let Some(creds) = creds else {
+        let msg = format!("waiting for Secret {}", credentials_secret_name(at));
+        set_condition(
+            &mut st.conditions,
+            "CredentialsReady",
+            false,
+            "WaitingForCredentials",
+            &msg,
+        );
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "WaitingForCredentials",
+            &msg,
+        );
+        write_status(at, ctx, &old, &st).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    set_condition(&mut st.conditions, "CredentialsReady", true, "Found", "");
+
+    let oref = at
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("AgentTask has no uid yet".into()))?;
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    let env = env_secret(at, ctx, &workload, &ns, &oref, &creds);
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(&env_secret_name(&workload), &pp, &Patch::Apply(&env))
+        .await?;
+    let dep = deployment(at, &workload, &ns, &oref);
+    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .patch(&workload, &pp, &Patch::Apply(&dep))
+        .await?;
+    let svc = service(&workload, &ns, &oref);
+    Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .patch(&workload, &pp, &Patch::Apply(&svc))
+        .await?;
+    ctx.metrics.applies.fetch_add(3, Ordering::Relaxed);
+
+    let available = applied
+        .status
+        .as_ref()
+        .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
+        && applied.status.as_ref().and_then(|s| s.observed_generation)
+            >= applied.metadata.generation;
+    if available {
+        st.phase = Phase::Running;
+        if st.started_at.is_none() {
+            st.started_at = Some(now_rfc3339());
+        }
+        set_condition(&mut st.conditions, "Ready", true, "DeploymentAvailable", "");
+    } else {
+        let msg = format!("Deployment {workload} is not available yet");
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "DeploymentUnavailable",
+            &msg,
+        );
+    }
+    let from = old.phase;
+    if write_status(at, ctx, &old, &st).await? && from != st.phase {
+        let note = format!("{} -> {}", from.as_str(), st.phase.as_str());
+        publish(
+            ctx,
+            at,
+            EventType::Normal,
+            st.phase.as_str(),
+            "Reconcile",
+            &note,
+        )
+        .await;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Reads the agent token and code-server password from the credentials Secret.
+async fn credentials(at: &AgentTask, ctx: &Context) -> Result<Option<(String, String)>, Error> {
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let Some(s) = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&credentials_secret_name(at))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let data = s.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    Ok(get(CREDENTIALS_TOKEN_KEY).zip(get(CREDENTIALS_PASSWORD_KEY)))
+}
+
+fn labels(workload: &str) -> Value {
+    json!({
+        MANAGED_BY.0: MANAGED_BY.1,
+        TASK_LABEL: workload,
+        "app.kubernetes.io/name": "guildnet-agent",
+    })
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn env_secret(
+    at: &AgentTask,
+    ctx: &Context,
+    workload: &str,
+    ns: &str,
+    oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    (token, password): &(String, String),
+) -> Value {
+    let url = ctx
+        .cfg
+        .public_orchestrator_url
+        .clone()
+        .or_else(|| at.spec.orchestrator_url.clone())
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": env_secret_name(workload),
+            "namespace": ns,
+            "labels": labels(workload),
+            "ownerReferences": [oref],
+        },
+        "type": "Opaque",
+        "data": {
+            agent_env::ORCHESTRATOR_URL: b64(&url),
+            agent_env::AGENT_TOKEN: b64(token),
+            agent_env::TASK_ID: b64(&at.spec.task_id),
+            agent_env::ORG_NAME: b64(&at.spec.org_id),
+            agent_env::AGENT_NAME: b64(&at.spec.agent_name),
+            CODE_SERVER_PASSWORD_ENV: b64(password),
+        },
+    })
+}
+
+fn deployment(
+    at: &AgentTask,
+    workload: &str,
+    ns: &str,
+    oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Value {
+    let env: Vec<Value> = at
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    let resources = at.spec.resources.clone().map_or_else(
+        || {
+            json!({
+                "requests": {"cpu": "250m", "memory": "512Mi"},
+                "limits": {"cpu": "2", "memory": "4Gi"},
+            })
+        },
+        |r| serde_json::to_value(r).unwrap_or_else(|_| json!({})),
+    );
+    let probe = |initial: i32, period: i32, failures: i32| {
+        json!({
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "initialDelaySeconds": initial,
+            "periodSeconds": period,
+            "failureThreshold": failures,
+        })
+    };
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": workload,
+            "namespace": ns,
+            "labels": labels(workload),
+            "ownerReferences": [oref],
+        },
+        "spec": {
+            "replicas": 1,
+            // Never two agents of one task at once, even across attempts.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {TASK_LABEL: workload}},
+            "template": {
+                "metadata": {
+                    "labels": labels(workload),
+                    "annotations": {
+                        ATTEMPT_ANNOTATION: at.spec.attempt.to_string(),
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 1000,
+                        "runAsGroup": 1000,
+                        "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "agent",
+                        "image": at.spec.image,
+                        "ports": [
+                            {"name": "editor", "containerPort": EDITOR_PORT},
+                            {"name": "health", "containerPort": AGENT_HEALTH_PORT},
+                        ],
+                        "envFrom": [{"secretRef": {"name": env_secret_name(workload)}}],
+                        "env": env,
+                        "readinessProbe": probe(2, 5, 3),
+                        "livenessProbe": probe(15, 10, 6),
+                        "resources": resources,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                },
+            },
+        },
+    })
+}
+
+fn service(
+    workload: &str,
+    ns: &str,
+    oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": workload,
+            "namespace": ns,
+            "labels": labels(workload),
+            "ownerReferences": [oref],
+        },
+        "spec": {
+            "selector": {TASK_LABEL: workload},
+            "ports": [{"name": "editor", "port": EDITOR_PORT, "targetPort": "editor"}],
+        },
+    })
+}
+
+async fn delete_workload(at: &AgentTask, ctx: &Context, workload: &str) -> Result<(), Error> {
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let dp = DeleteParams::background();
+    let c = &ctx.client;
+    ignore_404(
+        Api::<Deployment>::namespaced(c.clone(), &ns)
+            .delete(workload, &dp)
+            .await,
+    )?;
+    ignore_404(
+        Api::<Service>::namespaced(c.clone(), &ns)
+            .delete(workload, &dp)
+            .await,
+    )?;
+    let secrets = Api::<Secret>::namespaced(c.clone(), &ns);
+    ignore_404(secrets.delete(&env_secret_name(workload), &dp).await)?;
+    // The agent token is worthless once the task is over; do not leave it lying around.
+    ignore_404(secrets.delete(&credentials_secret_name(at), &dp).await)?;
+    Ok(())
+}
+
+fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn finished_at(st: &AgentTaskStatus) -> Option<DateTime<Utc>> {
+    st.finished_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn ttl_action(at: &AgentTask, st: &AgentTaskStatus) -> Action {
+    match (at.spec.ttl_seconds_after_finished, finished_at(st)) {
+        (Some(ttl), Some(done)) => {
+            let due = done + chrono::Duration::seconds(ttl.max(0));
+            let left = (due - Utc::now()).to_std().unwrap_or_default();
+            Action::requeue(left.max(Duration::from_millis(200)))
+        }
+        _ => Action::await_change(),
+    }
+}
+
+async fn ttl_delete(at: &AgentTask, ctx: &Context, st: &AgentTaskStatus) -> Result<Action, Error> {
+    let (Some(ttl), Some(done)) = (at.spec.ttl_seconds_after_finished, finished_at(st)) else {
+        return Ok(Action::await_change());
+    };
+    if Utc::now() < done + chrono::Duration::seconds(ttl.max(0)) {
+        return Ok(ttl_action(at, st));
+    }
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let mut dp = DeleteParams::background();
+    dp.preconditions = Some(kube::api::Preconditions {
+        uid: at.uid(),
+        resource_version: None,
+    });
+    ignore_404(
+        Api::<AgentTask>::namespaced(ctx.client.clone(), &ns)
+            .delete(&at.name_any(), &dp)
+            .await,
+    )?;
+    publish(
+        ctx,
+        at,
+        EventType::Normal,
+        "Expired",
+        "Delete",
+        "TTL after finish reached",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Writes the status if it changed, guarded by the resourceVersion that was read. Returns
+/// whether a write happened.
+async fn write_status(
+    at: &AgentTask,
+    ctx: &Context,
+    old: &AgentTaskStatus,
+    new: &AgentTaskStatus,
+) -> Result<bool, Error> {
+    if old == new && at.status.is_some() {
+        return Ok(false);
+    }
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    // A full replace of the status subresource: fields that became empty are cleared, and the
+    // resourceVersion in the object makes a concurrent write fail with 409 instead of losing it.
+    let mut obj = at.clone();
+    obj.status = Some(new.clone());
+    Api::<AgentTask>::namespaced(ctx.client.clone(), &ns)
+        .replace_status(&at.name_any(), &kube::api::PostParams::default(), &obj)
+        .await?;
+    ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+    Ok(true)
+}
+
+async fn publish(
+    ctx: &Context,
+    at: &AgentTask,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: (!note.is_empty()).then(|| note.to_owned()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &at.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

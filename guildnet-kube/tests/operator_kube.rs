@@ -1,0 +1,522 @@
+//! The operator, installer and Kubernetes backend against a real kube-apiserver (testbed), with
+//! the operator running under its own ServiceAccount's token to prove its Role is enough.
+
+use guildnet_core::names::OrgName;
+use guildnet_core::orchestrator::api::{ClaimRequest, CompleteRequest, ScheduleRequest};
+use guildnet_core::orchestrator::{Orchestrator, OrchestratorConfig};
+use guildnet_core::seams::{ClusterBackend, WorkloadState};
+use guildnet_core::state_dir::StatePaths;
+use guildnet_core::store::{Durability, SqliteStore};
+use guildnet_core::token::Secret as Token;
+use guildnet_kube::backend::{agenttask_name, KubeBackend, KubeBackendConfig};
+use guildnet_kube::crd::{AgentTask, Phase};
+use guildnet_kube::install::{install, InstallOptions, OPERATOR_NAME};
+use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS: &str = "mvp-agents";
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that authenticates as the operator's ServiceAccount (a real, API-server-signed token).
+async fn operator_sa_client(cluster: &KubeCluster, admin: &kube::Client) -> kube::Client {
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .expect("token request");
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), NS)
+        .create_token_request(OPERATOR_NAME, &PostParams::default(), &tr)
+        .await
+        .expect("token for the operator's service account")
+        .status
+        .and_then(|s| s.token)
+        .expect("token");
+    client_from_kubeconfig(&cluster.kubeconfig_for_token("operator", &token))
+        .await
+        .expect("operator client")
+}
+
+struct RunningOperator {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+    ctx: Arc<Context>,
+}
+
+fn start_operator(client: kube::Client) -> RunningOperator {
+    let mut cfg = OperatorConfig::new(NS);
+    cfg.public_orchestrator_url = Some("http://orchestrator.test:8080".into());
+    cfg.error_backoff = Duration::from_millis(200);
+    let ctx = Arc::new(Context::new(client, cfg));
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(operator::run(ctx.clone(), async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }));
+    RunningOperator { stop, handle, ctx }
+}
+
+impl RunningOperator {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.handle).await;
+    }
+}
+
+fn agent_task(name: &str, task_id: &str, env: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "guildnet.io/v1alpha1",
+        "kind": "AgentTask",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "orgId": "acme",
+            "taskId": task_id,
+            "task": "fix the flaky test",
+            "image": "example.invalid/agent:1",
+            "agentName": format!("{task_id}-a1"),
+            "env": env,
+        },
+    })
+}
+
+async fn apply_with_credentials(admin: &kube::Client, name: &str, task_id: &str) -> AgentTask {
+    let pp = PatchParams::apply("test").force();
+    let at = Api::<AgentTask>::namespaced(admin.clone(), NS)
+        .patch(
+            name,
+            &pp,
+            &Patch::Apply(agent_task(name, task_id, json!({"LEVEL": "3"}))),
+        )
+        .await
+        .expect("apply AgentTask");
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("{name}-credentials"), "namespace": NS},
+        "stringData": {"agent-token": format!("gnt.{task_id}.0011"), "code-server-password": "pw"},
+    });
+    Api::<Secret>::namespaced(admin.clone(), NS)
+        .patch(&format!("{name}-credentials"), &pp, &Patch::Apply(&secret))
+        .await
+        .expect("apply credentials");
+    at
+}
+
+async fn status_of(api: &Api<AgentTask>, name: &str) -> Option<guildnet_kube::AgentTaskStatus> {
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|a| a.status)
+}
+
+#[tokio::test]
+async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_role() {
+    let cluster = KubeCluster::start().await.expect("kube-apiserver");
+    let admin = cluster.client().await.expect("admin client");
+
+    // Install twice: the second run changes nothing.
+    let opts = InstallOptions::default();
+    install(&admin, &opts).await.expect("install");
+    let roles: Api<Role> = Api::namespaced(admin.clone(), NS);
+    let deps: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    let rv_role = roles
+        .get(OPERATOR_NAME)
+        .await
+        .expect("role")
+        .resource_version();
+    let rv_dep = deps
+        .get(OPERATOR_NAME)
+        .await
+        .expect("operator deployment")
+        .resource_version();
+    install(&admin, &opts).await.expect("second install");
+    assert_eq!(
+        roles
+            .get(OPERATOR_NAME)
+            .await
+            .expect("role")
+            .resource_version(),
+        rv_role
+    );
+    assert_eq!(
+        deps.get(OPERATOR_NAME)
+            .await
+            .expect("dep")
+            .resource_version(),
+        rv_dep
+    );
+
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+    let tasks: Api<AgentTask> = Api::namespaced(admin.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+
+    let at = apply_with_credentials(&admin, "atask-t1", "t1").await;
+    let uid = at.uid().expect("uid");
+
+    // Children appear, each with a controller owner reference to the AgentTask.
+    let dep = eventually("deployment", Duration::from_secs(30), || async {
+        deps.get_opt("atask-t1").await.ok().flatten()
+    })
+    .await;
+    let env = eventually("env secret", Duration::from_secs(10), || async {
+        secrets.get_opt("atask-t1-env").await.ok().flatten()
+    })
+    .await;
+    let svc = eventually("service", Duration::from_secs(10), || async {
+        services.get_opt("atask-t1").await.ok().flatten()
+    })
+    .await;
+    for refs in [
+        dep.owner_references(),
+        env.owner_references(),
+        svc.owner_references(),
+    ] {
+        assert_eq!(refs.len(), 1, "{refs:?}");
+        assert_eq!(refs[0].uid, uid);
+        assert_eq!(refs[0].controller, Some(true));
+        assert_eq!(refs[0].kind, "AgentTask");
+    }
+    let data = env.data.clone().unwrap_or_default();
+    let get = |k: &str| String::from_utf8(data.get(k).expect(k).0.clone()).expect("utf8");
+    assert_eq!(get("GUILDNET_AGENT_TOKEN"), "gnt.t1.0011");
+    assert_eq!(get("ORCHESTRATOR_URL"), "http://orchestrator.test:8080");
+    assert_eq!(get("TASK_ID"), "t1");
+    assert_eq!(get("ORG_NAME"), "acme");
+    assert_eq!(get("CODE_SERVER_PASSWORD"), "pw");
+    let spec = dep.spec.clone().expect("deployment spec");
+    let pod = spec.template.spec.expect("pod spec");
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("example.invalid/agent:1"));
+    assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+    assert_eq!(
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.allow_privilege_escalation),
+        Some(false)
+    );
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    assert!(c.env.iter().flatten().any(|e| e.name == "LEVEL"));
+    assert_eq!(svc.spec.and_then(|s| s.ports).expect("ports")[0].port, 8443);
+
+    // No controller-manager here: the Deployment never becomes available, so Pending.
+    let st = eventually("pending status", Duration::from_secs(10), || async {
+        status_of(&tasks, "atask-t1")
+            .await
+            .filter(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
+    })
+    .await;
+    assert_eq!(st.phase, Phase::Pending);
+    assert_eq!(st.workload_name.as_deref(), Some("atask-t1"));
+    assert_eq!(st.agent_name.as_deref(), Some("t1-a1"));
+
+    // A second reconcile changes nothing: same resourceVersions everywhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = (
+        tasks.get("atask-t1").await.expect("at").resource_version(),
+        deps.get("atask-t1").await.expect("dep").resource_version(),
+        secrets
+            .get("atask-t1-env")
+            .await
+            .expect("env")
+            .resource_version(),
+        services
+            .get("atask-t1")
+            .await
+            .expect("svc")
+            .resource_version(),
+    );
+    let reconciles = op
+        .ctx
+        .metrics
+        .reconciles
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tasks
+        .patch(
+            "atask-t1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
+        )
+        .await
+        .expect("poke");
+    eventually("another reconcile", Duration::from_secs(10), || async {
+        (op.ctx
+            .metrics
+            .reconciles
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > reconciles)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = (
+        before.0.clone(),
+        deps.get("atask-t1").await.expect("dep").resource_version(),
+        secrets
+            .get("atask-t1-env")
+            .await
+            .expect("env")
+            .resource_version(),
+        services
+            .get("atask-t1")
+            .await
+            .expect("svc")
+            .resource_version(),
+    );
+    assert_eq!(
+        before.1, after.1,
+        "deployment rewritten by a no-op reconcile"
+    );
+    assert_eq!(before.2, after.2, "secret rewritten by a no-op reconcile");
+    assert_eq!(before.3, after.3, "service rewritten by a no-op reconcile");
+    let st_after = status_of(&tasks, "atask-t1").await.expect("status");
+    assert_eq!(st_after, st, "status rewritten by a no-op reconcile");
+    assert_eq!(
+        deps.list(&ListParams::default().labels("guildnet.io/agenttask=atask-t1"))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+
+    // An invalid AgentTask gets a condition that says why, and no workload.
+    let pp = PatchParams::apply("test").force();
+    tasks
+        .patch(
+            "atask-bad",
+            &pp,
+            &Patch::Apply(agent_task(
+                "atask-bad",
+                "bad",
+                json!({"GUILDNET_AGENT_TOKEN": "x"}),
+            )),
+        )
+        .await
+        .expect("apply invalid AgentTask");
+    let st = eventually("invalid condition", Duration::from_secs(10), || async {
+        status_of(&tasks, "atask-bad")
+            .await
+            .filter(|s| s.conditions.iter().any(|c| c.type_ == "Valid"))
+    })
+    .await;
+    let valid = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Valid")
+        .expect("Valid");
+    assert_eq!(valid.status, "False");
+    assert!(
+        valid.message.contains("spec.env.GUILDNET_AGENT_TOKEN"),
+        "{valid:?}"
+    );
+    assert!(deps.get_opt("atask-bad").await.expect("get").is_none());
+
+    // Cancel removes the workload and the credentials; TTL then deletes the AgentTask.
+    tasks
+        .patch(
+            "atask-t1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true, "ttlSecondsAfterFinished": 1}})),
+        )
+        .await
+        .expect("cancel");
+    let st = eventually("cancelled", Duration::from_secs(10), || async {
+        status_of(&tasks, "atask-t1")
+            .await
+            .filter(|s| s.phase == Phase::Cancelled)
+    })
+    .await;
+    assert!(st.finished_at.is_some());
+    assert!(deps.get_opt("atask-t1").await.expect("get").is_none());
+    assert!(secrets
+        .get_opt("atask-t1-env")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(secrets
+        .get_opt("atask-t1-credentials")
+        .await
+        .expect("get")
+        .is_none());
+    eventually("TTL deletion", Duration::from_secs(15), || async {
+        tasks
+            .get_opt("atask-t1")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it() {
+    let cluster = KubeCluster::start_with_workloads()
+        .await
+        .expect("control plane + kwok");
+    let admin = cluster.client().await.expect("admin client");
+    install(&admin, &InstallOptions::default())
+        .await
+        .expect("install");
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+
+    // The orchestrator, durable on SQLite, with the Kubernetes backend over a state dir whose
+    // kube/acme.config is the test cluster's kubeconfig.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = StatePaths::new(dir.path());
+    std::fs::create_dir_all(dir.path().join("kube")).expect("mkdir");
+    let acme = OrgName::new("acme").expect("org");
+    std::fs::copy(cluster.kubeconfig_path(), state.kubeconfig(&acme)).expect("kubeconfig");
+    let mut bcfg = KubeBackendConfig::new(state.clone());
+    bcfg.ttl_seconds_after_finished = Some(2);
+    let backend = Arc::new(KubeBackend::new(bcfg));
+    assert!(backend
+        .ping(&acme)
+        .await
+        .expect("ping")
+        .starts_with("v1.36"));
+    let store =
+        SqliteStore::open(dir.path().join("orchestrator.db"), Durability::Full).expect("store");
+    let o = Orchestrator::new(
+        Arc::new(store),
+        backend.clone(),
+        OrchestratorConfig::new(Token::new("admin-token-for-test"), "http://orch.test:8080"),
+    )
+    .await
+    .expect("orchestrator");
+    o.create_org(acme.clone()).await.expect("org");
+    let req: ScheduleRequest =
+        serde_json::from_value(json!({"org": "acme", "task": "open a PR"})).expect("req");
+    let task = o.schedule(req).await.expect("schedule");
+    let name = agenttask_name(&task.id);
+    let tasks: Api<AgentTask> = Api::namespaced(admin.clone(), NS);
+
+    // dispatch -> AgentTask -> operator -> Deployment available on a kwok node -> Running.
+    let st = eventually("Running", Duration::from_secs(60), || async {
+        status_of(&tasks, &name)
+            .await
+            .filter(|s| s.phase == Phase::Running)
+    })
+    .await;
+    assert!(st.started_at.is_some());
+    let at = tasks.get(&name).await.expect("AgentTask");
+    assert_eq!(at.spec.task, "open a PR");
+    let agent = guildnet_core::names::AgentName::new(&at.spec.agent_name).expect("agent name");
+    assert_eq!(
+        backend
+            .status(&acme, &task.id, &agent)
+            .await
+            .expect("status"),
+        WorkloadState::Running
+    );
+
+    // The agent's token as the pod would see it (from the operator's env Secret) is accepted
+    // by the orchestrator: the credentials path works end to end.
+    let env = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(&format!("{name}-env"))
+        .await
+        .expect("env secret");
+    let token = String::from_utf8(
+        env.data
+            .expect("data")
+            .get("GUILDNET_AGENT_TOKEN")
+            .expect("token")
+            .0
+            .clone(),
+    )
+    .expect("utf8");
+    assert_eq!(
+        o.authenticate_agent(&token).await.expect("token accepted"),
+        task.id
+    );
+    let claim = o
+        .claim(
+            &task.id,
+            ClaimRequest {
+                agent: agent.clone(),
+            },
+        )
+        .await
+        .expect("claim");
+    let done: CompleteRequest = serde_json::from_value(json!({
+        "agent": agent,
+        "fencing": claim.fencing,
+        "status": "Succeeded",
+        "exitCode": 0,
+        "prUrl": "https://git.example/acme/repo/pull/7",
+        "artifacts": [{"name": "report.md", "kind": "file", "uri": "artifacts/report.md"}],
+    }))
+    .expect("complete request");
+    o.complete(&task.id, done).await.expect("complete");
+
+    // Completion is recorded on the AgentTask; the operator removes the workload; TTL deletes it.
+    let st = eventually("Succeeded", Duration::from_secs(15), || async {
+        status_of(&tasks, &name)
+            .await
+            .filter(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        st.pr_url.as_deref(),
+        Some("https://git.example/acme/repo/pull/7")
+    );
+    assert_eq!(st.artifact_path.as_deref(), Some("artifacts/report.md"));
+    let deps: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    eventually("workload removed", Duration::from_secs(15), || async {
+        deps.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually("TTL deletion", Duration::from_secs(20), || async {
+        tasks.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        backend
+            .status(&acme, &task.id, &agent)
+            .await
+            .expect("status"),
+        WorkloadState::Absent
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn backend_without_kubeconfig_says_which_org_and_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = KubeBackend::new(KubeBackendConfig::new(StatePaths::new(dir.path())));
+    let org = OrgName::new("nocluster").expect("org");
+    std::env::remove_var("KUBECONFIG");
+    let err = backend.ping(&org).await.expect_err("no kubeconfig");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("nocluster") && msg.contains("kube/nocluster.config"),
+        "{msg}"
+    );
+}
