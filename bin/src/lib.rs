@@ -1,15 +1,18 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
 use clap::Args;
-use guildnet_core::launch::{start_local, LocalOptions};
+use guildnet_core::launch::{start_local, BackendOverride, LocalOptions};
 use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::AdminTokenSource;
+use guildnet_core::state_dir::StatePaths;
 use guildnet_core::store::Durability;
+use guildnet_kube::backend::{KubeBackend, KubeBackendConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Flags of an orchestrator on the local backend.
+/// Flags of an orchestrator (SQLite store; local or Kubernetes backend).
 #[derive(Args, Debug, Clone)]
 pub struct OrchestratorArgs {
     /// Address to listen on.
@@ -43,6 +46,16 @@ pub struct OrchestratorArgs {
     /// Agent heartbeat interval in seconds.
     #[arg(long, env = "GUILDNET_HEARTBEAT_SECS", default_value_t = 5)]
     pub heartbeat_secs: u64,
+    /// Where agents run: `local` (child processes) or `kubernetes` (an AgentTask in each org's
+    /// cluster, reconciled by guildnet-operator; kubeconfig at <state>/kube/<org>.config).
+    #[arg(long, env = "GUILDNET_BACKEND", default_value = "local", value_parser = ["local", "kubernetes"])]
+    pub backend: String,
+    /// Kubernetes backend: namespace of the AgentTasks (the operator's namespace).
+    #[arg(long, env = "GUILDNET_NAMESPACE", default_value = guildnet_kube::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Kubernetes backend: agent image.
+    #[arg(long, env = "GUILDNET_AGENT_IMAGE")]
+    pub agent_image: Option<String>,
 }
 
 impl OrchestratorArgs {
@@ -70,6 +83,18 @@ impl OrchestratorArgs {
         };
         o.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
         o.heartbeat_interval = Duration::from_secs(self.heartbeat_secs);
+        if self.backend == "kubernetes" {
+            let paths = match &self.state_dir {
+                Some(d) => StatePaths::new(d.clone()),
+                None => StatePaths::resolve()?,
+            };
+            let mut cfg = KubeBackendConfig::new(paths);
+            cfg.namespace = self.namespace.clone();
+            if let Some(image) = &self.agent_image {
+                cfg.image = image.clone();
+            }
+            o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
+        }
         Ok(o)
     }
 }

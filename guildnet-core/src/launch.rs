@@ -57,6 +57,19 @@ pub struct LocalOptions {
     pub lease_ttl: Duration,
     /// Agent heartbeat interval.
     pub heartbeat_interval: Duration,
+    /// Run agents through this backend instead of as local processes (e.g. the Kubernetes
+    /// backend of `guildnet-kube`).
+    pub backend: Option<BackendOverride>,
+}
+
+/// A cluster backend chosen by the caller (see [`LocalOptions::backend`]).
+#[derive(Clone)]
+pub struct BackendOverride(pub Arc<dyn crate::seams::ClusterBackend>);
+
+impl std::fmt::Debug for BackendOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BackendOverride({})", self.0.name())
+    }
 }
 
 impl LocalOptions {
@@ -73,6 +86,7 @@ impl LocalOptions {
             durability: Durability::Full,
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
+            backend: None,
         }
     }
 }
@@ -135,7 +149,10 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
     }
-    let backend = LocalBackend::new(backend_cfg);
+    let backend: Arc<dyn crate::seams::ClusterBackend> = match &opts.backend {
+        Some(b) => b.0.clone(),
+        None => Arc::new(LocalBackend::new(backend_cfg)),
+    };
     let mut cfg = OrchestratorConfig::new(token, public_url);
     cfg.lease_ttl = opts.lease_ttl;
     cfg.heartbeat_interval = opts.heartbeat_interval;
@@ -147,7 +164,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
             Err(e) => return Err(e.into()),
         }
     }
-    let orchestrator = Orchestrator::new(store, Arc::new(backend), cfg)
+    let orchestrator = Orchestrator::new(store, backend, cfg)
         .await
         .map_err(|e| LaunchError::Other(e.to_string()))?;
     Ok(LocalOrchestrator {
