@@ -45,11 +45,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the orchestrator on the embedded SQLite store with the local backend (agents run as
-    /// local processes). Registers org `default` unless --org is given.
+    /// Run the orchestrator on the embedded SQLite store, by default with the local backend
+    /// (agents run as local processes). Registers org `default` unless --org is given.
     Up {
         #[command(flatten)]
-        args: OrchestratorArgs,
+        args: Box<OrchestratorArgs>,
     },
     /// Manage orgs.
     Org {
@@ -200,7 +200,8 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     if let Cmd::Agent = cli.cmd {
         return Ok(guildnet_bin::run_agent().await);
     }
-    if let Cmd::Up { mut args } = cli.cmd {
+    if let Cmd::Up { args } = cli.cmd {
+        let mut args = *args;
         if args.orgs.is_empty() {
             args.orgs.push(OrgName::new("default")?);
         }
