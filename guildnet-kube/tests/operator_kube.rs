@@ -520,3 +520,90 @@ async fn backend_without_kubeconfig_says_which_org_and_where_it_looked() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn operator_restarted_mid_way_converges_with_no_duplicates_or_orphans() {
+    let cluster = KubeCluster::start().await.expect("kube-apiserver");
+    let admin = cluster.client().await.expect("admin client");
+    install(&admin, &InstallOptions::default())
+        .await
+        .expect("install");
+    const N: usize = 40;
+    for i in 0..N {
+        apply_with_credentials(&admin, &format!("atask-r{i}"), &format!("r{i}")).await;
+    }
+    let deps: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    let managed =
+        ListParams::default().labels("app.kubernetes.io/managed-by=guildnet,guildnet.io/agenttask");
+
+    // First operator: stop it as soon as it has made some, not all, of the workloads.
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+    eventually("some progress", Duration::from_secs(30), || async {
+        let n = deps.list(&managed).await.ok()?.items.len();
+        (n >= 3).then_some(())
+    })
+    .await;
+    op.stop().await;
+    let partial = deps.list(&managed).await.expect("list").items.len();
+
+    // Cancel one task while no operator runs.
+    let tasks: Api<AgentTask> = Api::namespaced(admin.clone(), NS);
+    tasks
+        .patch(
+            "atask-r0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .expect("cancel r0");
+
+    // A new operator converges: one Deployment per live AgentTask, none for the cancelled one.
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+    eventually("convergence", Duration::from_secs(60), || async {
+        let names: Vec<String> = deps
+            .list(&managed)
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .map(|d| d.name_any())
+            .collect();
+        let want: Vec<String> = (1..N).map(|i| format!("atask-r{i}")).collect();
+        let mut got = names.clone();
+        got.sort();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        (got == want_sorted).then_some(())
+    })
+    .await;
+    let st = eventually("r0 cancelled", Duration::from_secs(10), || async {
+        status_of(&tasks, "atask-r0")
+            .await
+            .filter(|s| s.phase == Phase::Cancelled)
+    })
+    .await;
+    assert!(st.finished_at.is_some());
+    // Every child points at its own AgentTask's uid; no secret or service without an owner.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+    let uids: std::collections::HashMap<String, String> = tasks
+        .list(&ListParams::default())
+        .await
+        .expect("list tasks")
+        .items
+        .into_iter()
+        .map(|t| (t.name_any(), t.uid().unwrap_or_default()))
+        .collect();
+    let env_secrets = secrets.list(&managed).await.expect("secrets").items;
+    assert_eq!(env_secrets.len(), N - 1);
+    assert_eq!(
+        services.list(&managed).await.expect("services").items.len(),
+        N - 1
+    );
+    for s in env_secrets {
+        let owner = &s.owner_references()[0];
+        assert_eq!(Some(&owner.uid), uids.get(&owner.name), "{}", s.name_any());
+    }
+    eprintln!("first operator made {partial} of {N} Deployments before it was stopped");
+    op.stop().await;
+}
