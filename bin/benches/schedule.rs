@@ -51,6 +51,9 @@ impl ClusterBackend for NullBackend {
     ) -> Result<Option<EditorEndpoint>, BackendError> {
         Ok(None)
     }
+    async fn close_editor(&self, _: &OrgName, _: &AgentName) -> Result<bool, BackendError> {
+        Ok(false)
+    }
     async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
         Ok(())
     }

@@ -264,6 +264,10 @@ impl ClusterBackend for LocalBackend {
         Ok(None)
     }
 
+    async fn close_editor(&self, _org: &OrgName, _agent: &AgentName) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+
     async fn task_finished(&self, _task: &crate::model::Task) -> Result<(), BackendError> {
         // The agent process exits by itself once it has reported completion.
         Ok(())

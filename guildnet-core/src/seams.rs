@@ -137,12 +137,16 @@ pub trait ClusterBackend: Send + Sync {
         task: &TaskId,
         agent: &AgentName,
     ) -> Result<WorkloadState, BackendError>;
-    /// Where the agent's editor can be reached, if the backend knows.
+    /// Where the agent's editor can be reached from the orchestrator, if the backend knows.
+    /// Backends that need a tunnel (the Kubernetes port-forward) open it here and reuse it.
     async fn editor_endpoint(
         &self,
         org: &OrgName,
         agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError>;
+    /// Stops access to an agent's editor opened by [`ClusterBackend::editor_endpoint`] (a
+    /// port-forward, say). Returns whether something was open.
+    async fn close_editor(&self, org: &OrgName, agent: &AgentName) -> Result<bool, BackendError>;
     /// Records that a task reached Succeeded or Failed (the orchestrator has already stored it),
     /// so the backend can reflect it where the workload lives (the Kubernetes backend patches
     /// the AgentTask's status). Failures are logged by the caller, never returned to the agent.

@@ -5,7 +5,7 @@
 
 use crate::crd::{AgentTask, AgentTaskSpec, Phase};
 use crate::operator::{CREDENTIALS_PASSWORD_KEY, CREDENTIALS_TOKEN_KEY};
-use crate::{Error, DEFAULT_NAMESPACE, MANAGED_BY, TASK_LABEL};
+use crate::{portforward, Error, DEFAULT_NAMESPACE, EDITOR_PORT, MANAGED_BY, TASK_LABEL};
 use async_trait::async_trait;
 use base64::Engine as _;
 use guildnet_core::model::{Task, TaskStatus};
@@ -14,8 +14,8 @@ use guildnet_core::seams::{
     AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState,
 };
 use guildnet_core::state_dir::{find_kubeconfig, StatePaths};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Resource, ResourceExt};
 use rand::RngCore;
@@ -59,6 +59,17 @@ impl KubeBackendConfig {
 pub struct KubeBackend {
     cfg: KubeBackendConfig,
     clients: Mutex<HashMap<OrgName, (PathBuf, kube::Client)>>,
+    forwards: portforward::Forwards,
+}
+
+/// Label on an AgentTask with its current agent's name.
+pub const AGENT_LABEL: &str = "guildnet.io/agent";
+
+fn loopback(addr: std::net::SocketAddr) -> EditorEndpoint {
+    EditorEndpoint {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    }
 }
 
 /// The AgentTask name of a task.
@@ -78,6 +89,7 @@ impl KubeBackend {
         KubeBackend {
             cfg,
             clients: Mutex::default(),
+            forwards: portforward::Forwards::default(),
         }
     }
 
@@ -224,7 +236,11 @@ impl ClusterBackend for KubeBackend {
             "metadata": {
                 "name": name,
                 "namespace": ns,
-                "labels": {MANAGED_BY.0: MANAGED_BY.1, "guildnet.io/org": launch.org.to_string()},
+                "labels": {
+                    MANAGED_BY.0: MANAGED_BY.1,
+                    "guildnet.io/org": launch.org.to_string(),
+                    AGENT_LABEL: launch.agent.to_string(),
+                },
             },
             "spec": spec,
         });
@@ -321,11 +337,55 @@ impl ClusterBackend for KubeBackend {
 
     async fn editor_endpoint(
         &self,
-        _org: &OrgName,
-        _agent: &AgentName,
+        org: &OrgName,
+        agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError> {
-        // Reached through a port-forward, opened on demand (not a fixed address).
-        Ok(None)
+        let key = format!("{org}/{agent}");
+        if let Some(f) = self.forwards.get(&key) {
+            return Ok(Some(loopback(f.local_addr())));
+        }
+        let client = self.client(org).await?;
+        let ns = &self.cfg.namespace;
+        let err = |e: kube::Error| BackendError::OrgUnavailable {
+            org: org.clone(),
+            reason: e.to_string(),
+        };
+        let selector = format!("{AGENT_LABEL}={agent}");
+        let tasks = Api::<AgentTask>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(err)?
+            .items;
+        let Some(at) = tasks
+            .into_iter()
+            .find(|t| t.spec.agent_name == agent.as_str())
+        else {
+            return Ok(None);
+        };
+        let workload = at
+            .status
+            .and_then(|s| s.workload_name)
+            .unwrap_or_else(|| at.metadata.name.clone().unwrap_or_default());
+        let pods = Api::<Pod>::namespaced(client, ns);
+        let Some(pod) = portforward::running_pod(&pods, &workload)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let fwd = portforward::forward(pods, &pod, EDITOR_PORT)
+            .await
+            .map_err(|e| BackendError::OrgUnavailable {
+                org: org.clone(),
+                reason: format!("port-forward listener: {e}"),
+            })?;
+        tracing::info!(%org, %agent, %pod, addr = %fwd.local_addr(), "editor port-forward opened");
+        let f = self.forwards.insert(key, fwd);
+        Ok(Some(loopback(f.local_addr())))
+    }
+
+    async fn close_editor(&self, org: &OrgName, agent: &AgentName) -> Result<bool, BackendError> {
+        Ok(self.forwards.close(&format!("{org}/{agent}")))
     }
 
     async fn task_finished(&self, task: &Task) -> Result<(), BackendError> {

@@ -8,12 +8,13 @@
 //! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
 //!   Role/RoleBinding, operator Deployment) and an idempotent installer.
 //! - [`backend`]: [`backend::KubeBackend`], core's `ClusterBackend` over AgentTasks in each
-//!   org's cluster.
+//!   org's cluster, including the editor port-forward ([`portforward`]).
 
 pub mod backend;
 pub mod crd;
 pub mod install;
 pub mod operator;
+pub mod portforward;
 pub mod yaml;
 
 pub use crd::{AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};

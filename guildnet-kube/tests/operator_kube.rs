@@ -2,7 +2,9 @@
 //! the operator running under its own ServiceAccount's token to prove its Role is enough.
 
 use guildnet_core::names::OrgName;
-use guildnet_core::orchestrator::api::{ClaimRequest, CompleteRequest, ScheduleRequest};
+use guildnet_core::orchestrator::api::{
+    ClaimRequest, CompleteRequest, EditorRequest, RegisterRequest, ScheduleRequest,
+};
 use guildnet_core::orchestrator::{Orchestrator, OrchestratorConfig};
 use guildnet_core::seams::{ClusterBackend, WorkloadState};
 use guildnet_core::state_dir::StatePaths;
@@ -12,7 +14,7 @@ use guildnet_kube::backend::{agenttask_name, KubeBackend, KubeBackendConfig};
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_kube::install::{install, InstallOptions, OPERATOR_NAME};
 use guildnet_kube::operator::{self, Context, OperatorConfig};
-use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster};
+use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster, KubeOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
@@ -25,6 +27,46 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NS: &str = "mvp-agents";
+
+/// Answers every HTTP request with a fixed page.
+async fn serve_fake_editor(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let body = "<html>fake code-server</html>";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// A plain HTTP/1.1 GET over TCP (no proxy), read until the body is complete. (A Kubernetes
+/// port-forward stream does not pass on the remote side's close, so EOF cannot end the read.)
+async fn http_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: editor\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains("</html>") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -378,9 +420,18 @@ async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_ro
 
 #[tokio::test]
 async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it() {
-    let cluster = KubeCluster::start_with_workloads()
+    // kwok pods run nothing: a real HTTP server on loopback plays the agent's editor on :8443.
+    let editor = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("control plane + kwok");
+        .expect("bind");
+    let editor_addr = editor.local_addr().expect("addr");
+    tokio::spawn(serve_fake_editor(editor));
+    let cluster = KubeCluster::start_with(KubeOptions {
+        workloads: true,
+        pod_port_forwards: vec![(8443, editor_addr)],
+    })
+    .await
+    .expect("control plane + kwok");
     let admin = cluster.client().await.expect("admin client");
     install(&admin, &InstallOptions::default())
         .await
@@ -456,6 +507,35 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
         o.authenticate_agent(&token).await.expect("token accepted"),
         task.id
     );
+    // The editor: the orchestrator opens a port-forward (kube-rs, through the API server and
+    // the kubelet) on 127.0.0.1, reuses it, and closes it.
+    let reg: RegisterRequest = serde_json::from_value(json!({"agent": agent})).expect("register");
+    o.register(&task.id, reg).await.expect("register");
+    let req = || EditorRequest {
+        name: agent.clone(),
+        org: acme.clone(),
+    };
+    let ep = o.open_editor(req()).await.expect("open editor");
+    assert_eq!(ep.host, "127.0.0.1");
+    let page = http_get(&format!("{}:{}", ep.host, ep.port)).await;
+    assert!(page.contains("fake code-server"), "{page}");
+    let again = o.open_editor(req()).await.expect("reopen");
+    assert_eq!(again.port, ep.port, "a live forward is reused");
+    let other_org = EditorRequest {
+        name: agent.clone(),
+        org: OrgName::new("other").expect("org"),
+    };
+    let err = o.open_editor(other_org).await.expect_err("wrong org");
+    assert_eq!(err.status, axum::http::StatusCode::NOT_FOUND, "{err:?}");
+    assert!(o.close_editor(req()).await.expect("close").closed);
+    eventually("forward closed", Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", ep.port))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
     let claim = o
         .claim(
             &task.id,

@@ -24,6 +24,10 @@ pub struct KubeOptions {
     /// Start kube-controller-manager, kube-scheduler and kwok, and register one simulated node,
     /// so Deployments get pods that become Ready and Available.
     pub workloads: bool,
+    /// With workloads: kwok answers port-forwards to any pod's `pod port` by dialling `target`
+    /// (a kwok ClusterPortForward), and serves its kubelet API over TLS so the API server can
+    /// reach it. kwok pods run no process, so this is how a test puts a real server "in" a pod.
+    pub pod_port_forwards: Vec<(u16, std::net::SocketAddr)>,
 }
 
 /// A running control plane. Dropping it stops kwok, the scheduler, the controller-manager, the
@@ -76,7 +80,11 @@ impl KubeCluster {
     /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with one
     /// simulated node named `kwok-node-0`.
     pub async fn start_with_workloads() -> Result<KubeCluster> {
-        Self::start_with(KubeOptions { workloads: true }).await
+        Self::start_with(KubeOptions {
+            workloads: true,
+            ..KubeOptions::default()
+        })
+        .await
     }
 
     /// Starts a control plane with the given options.
@@ -195,12 +203,16 @@ impl KubeCluster {
         )?;
 
         if opts.workloads {
-            cluster.start_workloads(&sa_key).await?;
+            cluster.start_workloads(&sa_key, &opts.pod_port_forwards).await?;
         }
         Ok(cluster)
     }
 
-    async fn start_workloads(&mut self, sa_key: &Path) -> Result<()> {
+    async fn start_workloads(
+        &mut self,
+        sa_key: &Path,
+        forwards: &[(u16, std::net::SocketAddr)],
+    ) -> Result<()> {
         let kcm_bin = bin("kube-controller-manager")?;
         let sched_bin = bin("kube-scheduler")?;
         let kwok_bin = bin("kwok")?;
@@ -276,13 +288,52 @@ impl KubeCluster {
         )
         .await?;
 
+        // kwok's config: the stages, plus the port-forward rules.
+        let mut config = std::fs::read_to_string(&stages)
+            .map_err(TestbedError::io(format!("read {}", stages.display())))?;
+        for (i, (port, target)) in forwards.iter().enumerate() {
+            config.push_str(&format!(
+                "\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata:\n  name: testbed-forward-{i}\nspec:\n  forwards:\n  - ports: [{port}]\n    target:\n      address: \"{}\"\n      port: {}\n",
+                target.ip(),
+                target.port()
+            ));
+        }
+        let kwok_config = d.join("kwok.yaml");
+        write(&kwok_config, config)?;
+        // The API server reaches kwok's kubelet API (logs, port-forward) over TLS.
+        let (cert, key) = (d.join("kwok.crt"), d.join("kwok.key"));
+        crate::process::run(
+            Path::new("openssl"),
+            [
+                os("req"),
+                os("-x509"),
+                os("-newkey"),
+                os("rsa:2048"),
+                os("-nodes"),
+                os("-days"),
+                os("2"),
+                os("-subj"),
+                os("/CN=kwok"),
+                os("-addext"),
+                os("subjectAltName=IP:127.0.0.1"),
+                os("-keyout"),
+                key.as_os_str(),
+                os("-out"),
+                cert.as_os_str(),
+            ],
+            &[],
+        )
+        .await?;
         let kwok_port = free_port()?;
         let kwok = Proc::spawn(
             "kwok",
             &kwok_bin,
             [
                 format!("--kubeconfig={kc}"),
-                format!("--config={}", stages.display()),
+                format!("--config={}", kwok_config.display()),
+                format!("--server-address=127.0.0.1:{kwok_port}"),
+                format!("--tls-cert-file={}", cert.display()),
+                format!("--tls-private-key-file={}", key.display()),
                 "--manage-all-nodes=false".to_owned(),
                 format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
                 "--node-lease-duration-seconds=40".to_owned(),

@@ -190,3 +190,62 @@ async fn deployment_becomes_available_on_kwok_nodes() {
         assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Running"));
     }
 }
+
+#[tokio::test]
+async fn pod_port_forward_reaches_a_real_server_through_the_api_server_and_kwok() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A real TCP server on loopback stands in for the pod's process.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = s.write_all(&reply).await;
+                }
+            });
+        }
+    });
+    let cluster = KubeCluster::start_with(guildnet_testbed::kube::KubeOptions {
+        workloads: true,
+        pod_port_forwards: vec![(8443, target)],
+    })
+    .await
+    .expect("control plane + kwok with port forward");
+    let client = cluster.client().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = from_json(serde_json::json!({
+        "metadata": {"name": "editor"},
+        "spec": {"containers": [{"name": "c", "image": "example.invalid/editor:1",
+                                  "ports": [{"containerPort": 8443}]}]},
+    }));
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let start = Instant::now();
+    loop {
+        let p = pods.get("editor").await.expect("get pod");
+        if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "pod not Running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut pf = pods.portforward("editor", &[8443]).await.expect("port-forward");
+    let mut stream = pf.take_stream(8443).expect("stream");
+    stream.write_all(b"ping").await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < b"echo:ping".len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("read");
+        assert!(n > 0, "stream closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"echo:ping");
+    drop(stream);
+    let _ = pf.join().await;
+}

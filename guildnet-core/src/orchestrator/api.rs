@@ -206,3 +206,34 @@ pub struct CompleteRequest {
     #[serde(default)]
     pub pr_url: Option<String>,
 }
+
+/// `POST /agents/editor/open` and `POST /agents/editor/close`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EditorRequest {
+    /// The agent.
+    pub name: AgentName,
+    /// Its org.
+    pub org: OrgName,
+}
+
+/// Reply to `POST /agents/editor/open`: where the orchestrator reaches the agent's editor
+/// (for the Kubernetes backend, a port-forward on 127.0.0.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditorOpenResponse {
+    /// The agent.
+    pub name: AgentName,
+    /// Host or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// Reply to `POST /agents/editor/close`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditorCloseResponse {
+    /// Whether an open editor connection was closed.
+    pub closed: bool,
+}

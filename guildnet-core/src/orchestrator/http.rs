@@ -404,6 +404,30 @@ pub async fn get_agent(
     Ok(Json(o.agent(&agent_param(&name)?).await?))
 }
 
+/// Opens (or reuses) the orchestrator's way to an agent's editor.
+#[utoipa::path(post, path = "/agents/editor/open", tag = "agents", request_body = EditorRequest,
+    security(("admin" = [])), responses((status = 200, body = EditorOpenResponse),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn editor_open(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<EditorRequest>,
+) -> Result<Json<EditorOpenResponse>, ApiError> {
+    Ok(Json(o.open_editor(req).await?))
+}
+
+/// Closes the orchestrator's way to an agent's editor.
+#[utoipa::path(post, path = "/agents/editor/close", tag = "agents", request_body = EditorRequest,
+    security(("admin" = [])), responses((status = 200, body = EditorCloseResponse),
+    (status = 404, body = ErrorBody)))]
+pub async fn editor_close(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<EditorRequest>,
+) -> Result<Json<EditorCloseResponse>, ApiError> {
+    Ok(Json(o.close_editor(req).await?))
+}
+
 /// Follows an agent's log (SSE). Event ids are global log ids; `Last-Event-ID` resumes. Ends with
 /// an `end` event once the agent's task has finished and every line was sent.
 #[utoipa::path(get, path = "/agents/{name}/logs/stream", tag = "agents",
@@ -596,6 +620,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/agents"),
     ("get", "/agents/{name}"),
     ("get", "/agents/{name}/logs/stream"),
+    ("post", "/agents/editor/open"),
+    ("post", "/agents/editor/close"),
     ("get", "/events"),
     ("get", "/audit"),
     ("post", "/agent/register"),
@@ -620,6 +646,8 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/agents", get(list_agents))
         .route("/agents/{name}", get(get_agent))
         .route("/agents/{name}/logs/stream", get(agent_log_stream))
+        .route("/agents/editor/open", post(editor_open))
+        .route("/agents/editor/close", post(editor_close))
         .route("/events", get(events_stream))
         .route("/audit", get(audit))
         .route("/agent/register", post(agent_register))
@@ -659,12 +687,12 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
     paths(health, openapi_json, create_org, list_orgs, schedule, list_tasks, get_task, task_logs,
-        task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, events_stream, audit,
+        task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
     components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
-        NewLogLine, Artifact, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        NewLogLine, Artifact, EditorRequest, EditorOpenResponse, EditorCloseResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

@@ -474,6 +474,54 @@ impl Orchestrator {
             .ok_or_else(|| ApiError::not_found(format!("agent {name} not found")))
     }
 
+    async fn agent_in_org(&self, name: &AgentName, org: &OrgName) -> Result<Agent, ApiError> {
+        let agent = self.agent(name).await?;
+        if &agent.org != org {
+            return Err(ApiError::not_found(format!(
+                "agent {name} not found in org {org}"
+            )));
+        }
+        Ok(agent)
+    }
+
+    /// `POST /agents/editor/open`: where the orchestrator reaches the agent's editor. The backend
+    /// opens (or reuses) a tunnel when it needs one; otherwise the address the agent registered.
+    pub async fn open_editor(&self, req: EditorRequest) -> Result<EditorOpenResponse, ApiError> {
+        let agent = self.agent_in_org(&req.name, &req.org).await?;
+        let found = self
+            .inner
+            .backend
+            .editor_endpoint(&req.org, &req.name)
+            .await?;
+        let (host, port) = match found {
+            Some(ep) => (ep.host, ep.port),
+            None => agent
+                .editor_address
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "editor_unavailable",
+                        format!("agent {} has no reachable editor yet", req.name),
+                    )
+                })?,
+        };
+        Ok(EditorOpenResponse {
+            name: req.name,
+            host,
+            port,
+        })
+    }
+
+    /// `POST /agents/editor/close`.
+    pub async fn close_editor(&self, req: EditorRequest) -> Result<EditorCloseResponse, ApiError> {
+        self.agent_in_org(&req.name, &req.org).await?;
+        let closed = self.inner.backend.close_editor(&req.org, &req.name).await?;
+        Ok(EditorCloseResponse { closed })
+    }
+
     async fn agent_task(&self, task_id: &TaskId, agent: &AgentName) -> Result<Task, ApiError> {
         let task = self.task(task_id).await?;
         if task.agent.as_ref() != Some(agent) {
