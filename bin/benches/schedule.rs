@@ -51,6 +51,14 @@ impl ClusterBackend for NullBackend {
     ) -> Result<Option<EditorEndpoint>, BackendError> {
         Ok(None)
     }
+    async fn describe(
+        &self,
+        _: &OrgName,
+        _: &TaskId,
+        _: Option<AgentName>,
+    ) -> Result<Option<guildnet_core::seams::WorkloadInfo>, BackendError> {
+        Ok(None)
+    }
     async fn close_editor(&self, _: &OrgName, _: &AgentName) -> Result<bool, BackendError> {
         Ok(false)
     }

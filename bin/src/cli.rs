@@ -282,7 +282,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 print_tasks(&tasks);
             }
         }
-        Cmd::Task { id } => print_json(&client.task(&id).await?)?,
+        Cmd::Task { id } => print_json(&client.task_detail(&id).await?)?,
         Cmd::Logs { id, follow: f } => {
             if f {
                 let done = follow(&client, &id, cli.json).await?;

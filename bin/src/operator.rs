@@ -85,7 +85,8 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
     }
 }
 
-#[tokio::main]
+// One thread: reconciles are I/O-bound, and fewer threads mean fewer allocator arenas (RSS).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     guildnet_bin::init_tracing();
     match Cli::parse().cmd {

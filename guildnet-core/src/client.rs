@@ -299,6 +299,14 @@ impl OrchestratorClient {
         self.http.get(&format!("/tasks/{id}")).await
     }
 
+    /// `GET /tasks/{id}` with the backend's view of the workload (why a pod does not start...).
+    pub async fn task_detail(
+        &self,
+        id: &TaskId,
+    ) -> Result<crate::orchestrator::api::TaskDetail, ClientError> {
+        self.http.get(&format!("/tasks/{id}")).await
+    }
+
     /// `GET /tasks/{id}/logs`.
     pub async fn logs(&self, id: &TaskId, after: u64) -> Result<Vec<LogLine>, ClientError> {
         self.http

@@ -264,6 +264,16 @@ impl ClusterBackend for LocalBackend {
         Ok(None)
     }
 
+    async fn describe(
+        &self,
+        _org: &OrgName,
+        _task: &TaskId,
+        _agent: Option<AgentName>,
+    ) -> Result<Option<crate::seams::WorkloadInfo>, BackendError> {
+        // A local agent's state is in the task itself (and its log).
+        Ok(None)
+    }
+
     async fn close_editor(&self, _org: &OrgName, _agent: &AgentName) -> Result<bool, BackendError> {
         Ok(false)
     }

@@ -106,6 +106,27 @@ pub enum WorkloadState {
     Absent,
 }
 
+/// What a backend can tell about a task's workload beyond its state, so a person can see why a
+/// task does not start (unschedulable pod, image pull errors, an invalid spec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    /// The backend's resource, e.g. `AgentTask mvp-agents/atask-<id>`.
+    pub resource: String,
+    /// The resource's phase, as the backend names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Conditions, one line each (`Ready=False DeploymentUnavailable: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// Pods, one line each (`<pod> Pending: Unschedulable: 0/1 nodes are available ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Recent warning events, newest last (`FailedScheduling: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
 /// Where an agent's editor (code-server) listens, as seen from the orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EditorEndpoint {
@@ -144,6 +165,14 @@ pub trait ClusterBackend: Send + Sync {
         org: &OrgName,
         agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError>;
+    /// Details of a task's workload for people (phase, conditions, pods, warning events), if the
+    /// backend has any. `agent` is the task's current agent, when it has one.
+    async fn describe(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        agent: Option<AgentName>,
+    ) -> Result<Option<WorkloadInfo>, BackendError>;
     /// Stops access to an agent's editor opened by [`ClusterBackend::editor_endpoint`] (a
     /// port-forward, say). Returns whether something was open.
     async fn close_editor(&self, org: &OrgName, agent: &AgentName) -> Result<bool, BackendError>;

@@ -37,6 +37,7 @@ async fn harness() -> Harness {
     let mut mock = MockClusterBackend::new();
     mock.expect_name().return_const("mock");
     mock.expect_task_finished().returning(|_| Ok(()));
+    mock.expect_describe().returning(|_, _, _| Ok(None));
     mock.expect_submit().returning(move |launch| {
         let _ = tx.send(launch);
         Ok(())

@@ -45,6 +45,7 @@ async fn harness_with(
     let mut mock = MockClusterBackend::new();
     mock.expect_name().return_const("mock");
     mock.expect_task_finished().returning(|_| Ok(()));
+    mock.expect_describe().returning(|_, _, _| Ok(None));
     let n = submits.clone();
     mock.expect_submit().returning(move |launch: AgentLaunch| {
         let i = n.fetch_add(1, Ordering::SeqCst);

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::seams::{
-    AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState,
+    AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadInfo, WorkloadState,
 };
 use guildnet_core::state_dir::{find_kubeconfig, StatePaths};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
@@ -185,6 +185,49 @@ impl KubeBackend {
                 org: org.clone(),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// One line about a pod: its phase and why it is not running (unschedulable, waiting container
+/// reasons such as ImagePullBackOff, terminated containers).
+pub fn describe_pod(pod: &Pod) -> String {
+    let name = pod.name_any();
+    let Some(st) = pod.status.as_ref() else {
+        return format!("{name} (no status yet)");
+    };
+    let mut why = Vec::new();
+    for c in st.conditions.iter().flatten() {
+        if c.status == "False" && c.type_ == "PodScheduled" {
+            why.push(format!(
+                "{}: {}",
+                c.reason.clone().unwrap_or_else(|| "NotScheduled".into()),
+                c.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    for cs in st.container_statuses.iter().flatten() {
+        if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            why.push(format!(
+                "container {} waiting: {} {}",
+                cs.name,
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default()
+            ));
+        }
+        if let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            why.push(format!(
+                "container {} terminated: exit {} {}",
+                cs.name,
+                t.exit_code,
+                t.reason.clone().unwrap_or_default()
+            ));
+        }
+    }
+    let phase = st.phase.clone().unwrap_or_else(|| "Unknown".into());
+    if why.is_empty() {
+        format!("{name} {phase}")
+    } else {
+        format!("{name} {phase}: {}", why.join("; ").trim())
     }
 }
 
@@ -382,6 +425,81 @@ impl ClusterBackend for KubeBackend {
         tracing::info!(%org, %agent, %pod, addr = %fwd.local_addr(), "editor port-forward opened");
         let f = self.forwards.insert(key, fwd);
         Ok(Some(loopback(f.local_addr())))
+    }
+
+    async fn describe(
+        &self,
+        org: &OrgName,
+        task: &TaskId,
+        _agent: Option<AgentName>,
+    ) -> Result<Option<WorkloadInfo>, BackendError> {
+        let Some(at) = self.agent_task(org, task).await? else {
+            return Ok(None);
+        };
+        let client = self.client(org).await?;
+        let ns = &self.cfg.namespace;
+        let err = |e: kube::Error| BackendError::OrgUnavailable {
+            org: org.clone(),
+            reason: e.to_string(),
+        };
+        let name = at.name_any();
+        let st = at.status.clone().unwrap_or_default();
+        let workload = st.workload_name.clone().unwrap_or_else(|| name.clone());
+        let mut info = WorkloadInfo {
+            resource: format!("AgentTask {ns}/{name}"),
+            phase: at.status.as_ref().map(|s| s.phase.as_str().to_owned()),
+            conditions: st
+                .conditions
+                .iter()
+                .map(|c| {
+                    let msg = if c.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", c.message)
+                    };
+                    format!("{}={} {}{msg}", c.type_, c.status, c.reason)
+                })
+                .collect(),
+            ..WorkloadInfo::default()
+        };
+        let pods = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&format!("{TASK_LABEL}={workload}")))
+            .await
+            .map_err(err)?
+            .items;
+        let events_api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client, ns);
+        for pod in pods {
+            let pname = pod.name_any();
+            info.pods.push(describe_pod(&pod));
+            let evs = events_api
+                .list(&ListParams::default().fields(&format!(
+                    "involvedObject.kind=Pod,involvedObject.name={pname},type=Warning"
+                )))
+                .await
+                .map_err(err)?
+                .items;
+            let mut evs: Vec<_> = evs
+                .into_iter()
+                .map(|e| {
+                    let when = e
+                        .last_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                        .unwrap_or_default();
+                    let line = format!(
+                        "{pname} {}: {}",
+                        e.reason.unwrap_or_default(),
+                        e.message.unwrap_or_default().trim()
+                    );
+                    (when, line)
+                })
+                .collect();
+            evs.sort();
+            info.events
+                .extend(evs.into_iter().rev().take(5).rev().map(|(_, l)| l));
+        }
+        Ok(Some(info))
     }
 
     async fn close_editor(&self, org: &OrgName, agent: &AgentName) -> Result<bool, BackendError> {

@@ -57,7 +57,7 @@ pub fn operator_rules() -> Value {
         {"apiGroups": [""], "resources": ["services"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"],
-         "verbs": ["get", "create", "patch", "delete"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"],
          "verbs": ["create", "patch"]},
     ])

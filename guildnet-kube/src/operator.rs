@@ -23,7 +23,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -99,6 +100,12 @@ impl Metrics {
     }
 }
 
+/// Annotation on each child with a hash of what the operator last applied: a reconcile that
+/// would apply the same object again skips the request (the watch cache shows it is there).
+pub const SPEC_HASH_ANNOTATION: &str = "guildnet.io/spec-hash";
+
+type Writers = (Writer<Deployment>, Writer<Service>, Writer<Secret>);
+
 /// Shared state of the reconciler.
 pub struct Context {
     client: kube::Client,
@@ -107,6 +114,10 @@ pub struct Context {
     /// Counters.
     pub metrics: Arc<Metrics>,
     failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    secrets: Store<Secret>,
+    writers: std::sync::Mutex<Option<Writers>>,
 }
 
 impl Context {
@@ -119,12 +130,19 @@ impl Context {
                 instance: cfg.instance.clone(),
             },
         );
+        let (deployments, wd) = reflector::store();
+        let (services, ws) = reflector::store();
+        let (secrets, wsec) = reflector::store();
         Context {
             client,
             cfg,
             recorder,
             metrics: Arc::default(),
             failures: Default::default(),
+            deployments,
+            services,
+            secrets,
+            writers: std::sync::Mutex::new(Some((wd, ws, wsec))),
         }
     }
 }
@@ -137,6 +155,45 @@ pub async fn run(
     let ns = ctx.cfg.namespace.clone();
     let tasks: Api<AgentTask> = Api::namespaced(ctx.client.clone(), &ns);
     let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    // Watch caches of the children (and of the namespace's Secrets, for the credentials), so
+    // a reconcile reads from memory and skips applies that would change nothing.
+    let writers = ctx.writers.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut caches = Vec::new();
+    if let Some((wd, ws, wsec)) = writers {
+        let c = &ctx.client;
+        caches.push(tokio::spawn(drain(
+            watcher(Api::<Deployment>::namespaced(c.clone(), &ns), owned.clone())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(wd),
+        )));
+        caches.push(tokio::spawn(drain(
+            watcher(Api::<Service>::namespaced(c.clone(), &ns), owned.clone())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(ws),
+        )));
+        caches.push(tokio::spawn(drain(
+            watcher(
+                Api::<Secret>::namespaced(c.clone(), &ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(wsec),
+        )));
+        let ready = async {
+            let _ = ctx.deployments.wait_until_ready().await;
+            let _ = ctx.services.wait_until_ready().await;
+            let _ = ctx.secrets.wait_until_ready().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .is_err()
+        {
+            tracing::warn!("watch caches not ready after 60 s; reconciling without them");
+        }
+    }
     Controller::new(tasks, watcher::Config::default())
         .owns(
             Api::<Deployment>::namespaced(ctx.client.clone(), &ns),
@@ -152,6 +209,47 @@ pub async fn run(
             }
         })
         .await;
+    for c in caches {
+        c.abort();
+    }
+}
+
+async fn drain<S: futures_util::Stream + Send>(s: S) {
+    futures_util::pin_mut!(s);
+    while let Some(_event) = s.next().await {}
+}
+
+fn spec_hash(obj: &Value) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&bytes)[..12])
+}
+
+/// Adds the spec-hash annotation to `desired`; returns the cached object when it already
+/// carries the same hash and belongs to the same owner (then the apply can be skipped).
+fn unchanged<K>(store: &Store<K>, desired: &mut Value, ns: &str, owner_uid: &str) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let hash = spec_hash(desired);
+    let name = desired["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    desired["metadata"]["annotations"] = json!({ SPEC_HASH_ANNOTATION: hash });
+    let cached = store.get(&ObjectRef::new(&name).within(ns))?;
+    let meta = cached.meta();
+    let same_hash = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+        == Some(&hash);
+    let same_owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == owner_uid && o.controller == Some(true));
+    (same_hash && same_owner && meta.deletion_timestamp.is_none()).then_some(cached)
 }
 
 fn error_policy(obj: Arc<AgentTask>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -375,19 +473,31 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         .ok_or_else(|| Error::Invalid("AgentTask has no uid yet".into()))?;
     let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
     let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
-    let env = env_secret(at, ctx, &workload, &ns, &oref, &creds);
-    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .patch(&env_secret_name(&workload), &pp, &Patch::Apply(&env))
-        .await?;
-    let dep = deployment(at, &workload, &ns, &oref);
-    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .patch(&workload, &pp, &Patch::Apply(&dep))
-        .await?;
-    let svc = service(&workload, &ns, &oref);
-    Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .patch(&workload, &pp, &Patch::Apply(&svc))
-        .await?;
-    ctx.metrics.applies.fetch_add(3, Ordering::Relaxed);
+    let uid = oref.uid.clone();
+    let mut env = env_secret(at, ctx, &workload, &ns, &oref, &creds);
+    if unchanged(&ctx.secrets, &mut env, &ns, &uid).is_none() {
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .patch(&env_secret_name(&workload), &pp, &Patch::Apply(&env))
+            .await?;
+        ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut dep = deployment(at, &workload, &ns, &oref);
+    let applied = match unchanged(&ctx.deployments, &mut dep, &ns, &uid) {
+        Some(cached) => (*cached).clone(),
+        None => {
+            ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
+            Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+                .patch(&workload, &pp, &Patch::Apply(&dep))
+                .await?
+        }
+    };
+    let mut svc = service(&workload, &ns, &oref);
+    if unchanged(&ctx.services, &mut svc, &ns, &uid).is_none() {
+        Api::<Service>::namespaced(ctx.client.clone(), &ns)
+            .patch(&workload, &pp, &Patch::Apply(&svc))
+            .await?;
+        ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
+    }
 
     let available = applied
         .status
@@ -430,11 +540,17 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
 /// Reads the agent token and code-server password from the credentials Secret.
 async fn credentials(at: &AgentTask, ctx: &Context) -> Result<Option<(String, String)>, Error> {
     let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
-    let Some(s) = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&credentials_secret_name(at))
-        .await?
-    else {
-        return Ok(None);
+    let name = credentials_secret_name(at);
+    let cached = ctx.secrets.get(&ObjectRef::new(&name).within(&ns));
+    let s = match cached {
+        Some(s) => (*s).clone(),
+        None => match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+        {
+            Some(s) => s,
+            None => return Ok(None),
+        },
     };
     let data = s.data.unwrap_or_default();
     let get = |k: &str| {

@@ -347,6 +347,16 @@ async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_ro
         1
     );
 
+    // A deleted child comes back (the watch on children triggers a reconcile).
+    services
+        .delete("atask-t1", &Default::default())
+        .await
+        .expect("delete service");
+    eventually("service recreated", Duration::from_secs(15), || async {
+        services.get_opt("atask-t1").await.ok().flatten()
+    })
+    .await;
+
     // An invalid AgentTask gets a condition that says why, and no workload.
     let pp = PatchParams::apply("test").force();
     tasks
@@ -507,6 +517,16 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
         o.authenticate_agent(&token).await.expect("token accepted"),
         task.id
     );
+    // GET /tasks/{id} carries the backend's view: AgentTask phase, conditions and the pod.
+    let detail = o.task_detail(&task.id).await.expect("task detail");
+    let w = detail.workload.expect("workload info");
+    assert_eq!(w.phase.as_deref(), Some("Running"));
+    assert!(
+        w.conditions.iter().any(|c| c.starts_with("Ready=True")),
+        "{w:?}"
+    );
+    assert!(w.pods.iter().any(|p| p.contains("Running")), "{w:?}");
+
     // The editor: the orchestrator opens a port-forward (kube-rs, through the API server and
     // the kubelet) on 127.0.0.1, reuses it, and closes it.
     let reg: RegisterRequest = serde_json::from_value(json!({"agent": agent})).expect("register");
@@ -685,5 +705,71 @@ async fn operator_restarted_mid_way_converges_with_no_duplicates_or_orphans() {
         assert_eq!(Some(&owner.uid), uids.get(&owner.name), "{}", s.name_any());
     }
     eprintln!("first operator made {partial} of {N} Deployments before it was stopped");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn describe_explains_why_a_pod_does_not_start() {
+    let cluster = KubeCluster::start_with_workloads()
+        .await
+        .expect("control plane + kwok");
+    let admin = cluster.client().await.expect("admin client");
+    install(&admin, &InstallOptions::default())
+        .await
+        .expect("install");
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = StatePaths::new(dir.path());
+    std::fs::create_dir_all(dir.path().join("kube")).expect("mkdir");
+    let acme = OrgName::new("acme").expect("org");
+    std::fs::copy(cluster.kubeconfig_path(), state.kubeconfig(&acme)).expect("kubeconfig");
+    let backend = KubeBackend::new(KubeBackendConfig::new(state));
+    let task = guildnet_core::names::TaskId::new("huge").expect("task id");
+    let agent = task.agent_name(1);
+    backend
+        .submit(guildnet_core::seams::AgentLaunch {
+            task_id: task.clone(),
+            org: acme.clone(),
+            agent: agent.clone(),
+            attempt: 1,
+            task: "needs a big machine".into(),
+            agent_hint: None,
+            orchestrator_url: "http://orch.test".into(),
+            agent_token: Token::new("gnt.huge.00"),
+        })
+        .await
+        .expect("submit");
+    // Ask for more CPU than any node has: the scheduler says why, and describe shows it.
+    Api::<AgentTask>::namespaced(admin.clone(), NS)
+        .patch(
+            &agenttask_name(&task),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resources": {"requests": {"cpu": "500"}}}})),
+        )
+        .await
+        .expect("patch resources");
+    let info = eventually(
+        "unschedulable explained",
+        Duration::from_secs(60),
+        || async {
+            let info = backend
+                .describe(&acme, &task, Some(agent.clone()))
+                .await
+                .ok()??;
+            (info.pods.iter().any(|p| p.contains("Unschedulable"))
+                && info.events.iter().any(|e| e.contains("FailedScheduling")))
+            .then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(info.phase.as_deref(), Some("Pending"));
+    assert!(
+        info.pods.iter().any(|p| p.contains("Insufficient cpu")),
+        "{info:?}"
+    );
+    assert_eq!(
+        backend.status(&acme, &task, &agent).await.expect("status"),
+        WorkloadState::Pending
+    );
     op.stop().await;
 }

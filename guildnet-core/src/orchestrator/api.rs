@@ -237,3 +237,16 @@ pub struct EditorCloseResponse {
     /// Whether an open editor connection was closed.
     pub closed: bool,
 }
+
+/// Reply to `GET /tasks/{id}`: the task, and what its backend says about its workload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDetail {
+    /// The task.
+    #[serde(flatten)]
+    pub task: Task,
+    /// The backend's view of the workload (Kubernetes: AgentTask phase and conditions, pods,
+    /// warning events); absent when the backend has nothing to say or could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::seams::WorkloadInfo>,
+}

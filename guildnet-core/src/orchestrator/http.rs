@@ -8,6 +8,7 @@ use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewLogLine, Org, Task, TaskStatus,
 };
 use crate::names::{AgentName, OrgName, TaskId};
+use crate::seams::WorkloadInfo;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -293,13 +294,13 @@ pub async fn list_tasks(
 
 /// One task.
 #[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id")),
-    security(("admin" = [])), responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
+    security(("admin" = [])), responses((status = 200, body = TaskDetail), (status = 404, body = ErrorBody)))]
 pub async fn get_task(
     State(o): State<Orchestrator>,
     _: AdminAuth,
     Path(id): Path<String>,
-) -> Result<Json<Task>, ApiError> {
-    Ok(Json(o.task(&task_id_param(&id)?).await?))
+) -> Result<Json<TaskDetail>, ApiError> {
+    Ok(Json(o.task_detail(&task_id_param(&id)?).await?))
 }
 
 /// A task's log lines after `after` (sequence number).
@@ -692,7 +693,7 @@ impl utoipa::Modify for SecurityAddon {
     components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
-        NewLogLine, Artifact, EditorRequest, EditorOpenResponse, EditorCloseResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

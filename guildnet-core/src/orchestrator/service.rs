@@ -484,6 +484,28 @@ impl Orchestrator {
         Ok(agent)
     }
 
+    /// `GET /tasks/{id}`: the task and its backend's view of the workload. A slow or failing
+    /// backend does not fail the request: the task is returned without `workload`.
+    pub async fn task_detail(&self, id: &TaskId) -> Result<TaskDetail, ApiError> {
+        let task = self.task(id).await?;
+        let ask = self
+            .inner
+            .backend
+            .describe(&task.org, &task.id, task.agent.clone());
+        let workload = match tokio::time::timeout(std::time::Duration::from_secs(3), ask).await {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                tracing::debug!(task = %task.id, error = %e, "backend describe failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(task = %task.id, "backend describe timed out");
+                None
+            }
+        };
+        Ok(TaskDetail { task, workload })
+    }
+
     /// `POST /agents/editor/open`: where the orchestrator reaches the agent's editor. The backend
     /// opens (or reuses) a tunnel when it needs one; otherwise the address the agent registered.
     pub async fn open_editor(&self, req: EditorRequest) -> Result<EditorOpenResponse, ApiError> {
