@@ -203,7 +203,9 @@ impl KubeCluster {
         )?;
 
         if opts.workloads {
-            cluster.start_workloads(&sa_key, &opts.pod_port_forwards).await?;
+            cluster
+                .start_workloads(&sa_key, &opts.pod_port_forwards)
+                .await?;
         }
         Ok(cluster)
     }

@@ -195,7 +195,9 @@ async fn deployment_becomes_available_on_kwok_nodes() {
 async fn pod_port_forward_reaches_a_real_server_through_the_api_server_and_kwok() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A real TCP server on loopback stands in for the pod's process.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let target = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -222,7 +224,9 @@ async fn pod_port_forward_reaches_a_real_server_through_the_api_server_and_kwok(
         "spec": {"containers": [{"name": "c", "image": "example.invalid/editor:1",
                                   "ports": [{"containerPort": 8443}]}]},
     }));
-    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
     let start = Instant::now();
     loop {
         let p = pods.get("editor").await.expect("get pod");
@@ -232,7 +236,10 @@ async fn pod_port_forward_reaches_a_real_server_through_the_api_server_and_kwok(
         assert!(start.elapsed() < Duration::from_secs(60), "pod not Running");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut pf = pods.portforward("editor", &[8443]).await.expect("port-forward");
+    let mut pf = pods
+        .portforward("editor", &[8443])
+        .await
+        .expect("port-forward");
     let mut stream = pf.take_stream(8443).expect("stream");
     stream.write_all(b"ping").await.expect("write");
     let mut got = Vec::new();
