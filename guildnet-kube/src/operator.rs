@@ -21,7 +21,7 @@ use guildnet_core::seams::env as agent_env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -56,6 +56,8 @@ pub struct OperatorConfig {
     pub error_backoff: Duration,
     /// Reporting instance for Events (the pod name, say).
     pub instance: Option<String>,
+    /// Reconciles in flight at most.
+    pub concurrency: u16,
 }
 
 impl OperatorConfig {
@@ -66,6 +68,7 @@ impl OperatorConfig {
             public_orchestrator_url: None,
             error_backoff: Duration::from_secs(2),
             instance: None,
+            concurrency: 16,
         }
     }
 }
@@ -195,6 +198,9 @@ pub async fn run(
         }
     }
     Controller::new(tasks, watcher::Config::default())
+        // Bounded: each reconcile in flight holds request and response buffers; unbounded, a
+        // thousand new AgentTasks meant a thousand at once (memory peak, API server overload).
+        .with_config(controller::Config::default().concurrency(ctx.cfg.concurrency))
         .owns(
             Api::<Deployment>::namespaced(ctx.client.clone(), &ns),
             owned.clone(),
