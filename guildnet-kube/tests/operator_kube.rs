@@ -717,7 +717,6 @@ async fn describe_explains_why_a_pod_does_not_start() {
     install(&admin, &InstallOptions::default())
         .await
         .expect("install");
-    let op = start_operator(operator_sa_client(&cluster, &admin).await);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = StatePaths::new(dir.path());
     std::fs::create_dir_all(dir.path().join("kube")).expect("mkdir");
@@ -748,6 +747,8 @@ async fn describe_explains_why_a_pod_does_not_start() {
         )
         .await
         .expect("patch resources");
+    // The operator starts after the spec asks for too much: the pod never schedules.
+    let op = start_operator(operator_sa_client(&cluster, &admin).await);
     let info = eventually(
         "unschedulable explained",
         Duration::from_secs(60),

@@ -222,16 +222,31 @@ impl CodeServer {
     /// (`code-server-session=…`), or `None` if code-server answered without setting it (a wrong
     /// password, or rate limiting), together with the response status and body.
     pub async fn try_login(&self, password: &str) -> Result<LoginAttempt> {
-        let client = CodeServer::http_client()?;
+        self.try_login_with(&CodeServer::http_client()?, password)
+            .await
+    }
+
+    /// Like [`CodeServer::try_login`], over the caller's `client` (say, one that reaches the
+    /// server through a proxy). The client must not follow redirects: the cookie comes with
+    /// the `302`, and reqwest has no cookie store here, so a followed redirect would lose it.
+    /// That case is an error rather than a silent `None`.
+    pub async fn try_login_with(
+        &self,
+        client: &reqwest::Client,
+        password: &str,
+    ) -> Result<LoginAttempt> {
+        let login_url = format!("{}login", self.url);
         let resp = client
-            .post(format!("{}login", self.url))
+            .post(&login_url)
             .form(&[
                 ("password", password),
                 ("base", "."),
-                ("href", &format!("{}login", self.url)),
+                ("href", login_url.as_str()),
             ])
             .send()
             .await?;
+        let url = resp.url().to_string();
+        let followed = url != login_url;
         let status = resp.status();
         let location = resp
             .headers()
@@ -251,18 +266,36 @@ impl CodeServer {
             })
             .map(str::to_owned);
         let body = resp.text().await?;
-        Ok(LoginAttempt {
+        let attempt = LoginAttempt {
             status,
             location,
             cookie,
             body,
-        })
+        };
+        // A failed POST always answers the login page with an error box, a successful one a
+        // 302; the login page without an error is what a followed redirect ends on
+        // (`./` → `./login`, as reqwest does not carry the cookie).
+        if followed || (attempt.cookie.is_none() && attempt.error_message().is_none()) {
+            return Err(TestbedError::Unexpected(format!(
+                "code-server answered {} at {} without a session cookie or an error: the \
+                 client probably followed the login redirect and lost the cookie; build it \
+                 with `redirect(reqwest::redirect::Policy::none())`",
+                attempt.status, url
+            )));
+        }
+        Ok(attempt)
     }
 
     /// Logs in with the right password; returns the `Cookie` header value
     /// (`code-server-session=…`) to send with later requests.
     pub async fn login(&self) -> Result<String> {
-        let attempt = self.try_login(&self.password).await?;
+        self.login_with(&CodeServer::http_client()?).await
+    }
+
+    /// Like [`CodeServer::login`], over the caller's `client`, which must not follow redirects
+    /// (see [`CodeServer::try_login_with`]).
+    pub async fn login_with(&self, client: &reqwest::Client) -> Result<String> {
+        let attempt = self.try_login_with(client, &self.password).await?;
         match attempt.cookie {
             Some(cookie) => Ok(cookie),
             None => Err(TestbedError::Unexpected(format!(

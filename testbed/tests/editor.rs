@@ -77,6 +77,20 @@ async fn code_server_answers_health_and_serves_its_page() {
         "{cookie}"
     );
 
+    // The same over a caller's client; one that follows redirects is refused, since the
+    // cookie would be lost with the 302.
+    let own = server.login_with(&client).await.expect("login_with");
+    assert!(own.starts_with(&format!("{SESSION_COOKIE}=")), "{own}");
+    let following = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let err = server
+        .login_with(&following)
+        .await
+        .expect_err("a redirect-following client cannot log in");
+    assert!(err.to_string().contains("Policy::none()"), "{err}");
+
     // With the cookie, / redirects to the workspace folder, which serves the workbench.
     let authed = server.authenticated_client().await.expect("log in");
     let root = authed.get(base).send().await.expect("GET / with cookie");
