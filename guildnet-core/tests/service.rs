@@ -817,3 +817,51 @@ async fn failed_submit_goes_back_to_scheduled_and_is_retried() {
     // And its agent can claim.
     assert_eq!(h.claim(&t.id, &launch.agent).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn orchestrator_notes_go_in_only_before_the_claim_and_never_take_an_agent_seq() {
+    let mut h = harness().await;
+    let (t, launch) = h.scheduled("wait for a node").await;
+    let store = h.o.store().clone();
+    let seq = store
+        .append_unclaimed_note(&t.id, &launch.agent, "pod Pending: Unschedulable".into())
+        .await
+        .expect("note")
+        .expect("accepted while Submitted");
+    assert_eq!(seq, 1);
+    // Another agent name is not the task's agent: refused.
+    let other = t.id.agent_name(9);
+    assert_eq!(
+        store
+            .append_unclaimed_note(&t.id, &other, "x".into())
+            .await
+            .expect("note"),
+        None
+    );
+    h.register(&t.id, &launch.agent).await;
+    let claim =
+        h.o.claim(
+            &t.id,
+            ClaimRequest {
+                agent: launch.agent.clone(),
+            },
+        )
+        .await
+        .expect("claim");
+    assert_eq!(
+        claim.next_log_seq,
+        seq + 1,
+        "the agent's lines start after the note"
+    );
+    assert_eq!(
+        store
+            .append_unclaimed_note(&t.id, &launch.agent, "late".into())
+            .await
+            .expect("note"),
+        None,
+        "no notes once the task is claimed"
+    );
+    let logs = store.task_logs(&t.id, 0, 10).await.expect("logs");
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].stream, guildnet_core::model::LogStream::System);
+}

@@ -722,22 +722,26 @@ async fn describe_explains_why_a_pod_does_not_start() {
     std::fs::create_dir_all(dir.path().join("kube")).expect("mkdir");
     let acme = OrgName::new("acme").expect("org");
     std::fs::copy(cluster.kubeconfig_path(), state.kubeconfig(&acme)).expect("kubeconfig");
-    let backend = KubeBackend::new(KubeBackendConfig::new(state));
-    let task = guildnet_core::names::TaskId::new("huge").expect("task id");
-    let agent = task.agent_name(1);
-    backend
-        .submit(guildnet_core::seams::AgentLaunch {
-            task_id: task.clone(),
-            org: acme.clone(),
-            agent: agent.clone(),
-            attempt: 1,
-            task: "needs a big machine".into(),
-            agent_hint: None,
-            orchestrator_url: "http://orch.test".into(),
-            agent_token: Token::new("gnt.huge.00"),
-        })
-        .await
-        .expect("submit");
+    let backend = Arc::new(KubeBackend::new(KubeBackendConfig::new(state)));
+    let store =
+        SqliteStore::open(dir.path().join("orchestrator.db"), Durability::Full).expect("store");
+    let o = Orchestrator::new(
+        Arc::new(store),
+        backend.clone(),
+        OrchestratorConfig::new(Token::new("admin-token-for-test"), "http://orch.test:8080"),
+    )
+    .await
+    .expect("orchestrator");
+    o.create_org(acme.clone()).await.expect("org");
+    let req: ScheduleRequest =
+        serde_json::from_value(json!({"org": "acme", "task": "needs a big machine"})).expect("req");
+    let task = o.schedule(req).await.expect("schedule").id;
+    let tasks: Api<AgentTask> = Api::namespaced(admin.clone(), NS);
+    let at = eventually("AgentTask", Duration::from_secs(20), || async {
+        tasks.get_opt(&agenttask_name(&task)).await.ok().flatten()
+    })
+    .await;
+    let agent = guildnet_core::names::AgentName::new(&at.spec.agent_name).expect("agent");
     // Ask for more CPU than any node has: the scheduler says why, and describe shows it.
     Api::<AgentTask>::namespaced(admin.clone(), NS)
         .patch(
@@ -772,5 +776,21 @@ async fn describe_explains_why_a_pod_does_not_start() {
         backend.status(&acme, &task, &agent).await.expect("status"),
         WorkloadState::Pending
     );
+    // The orchestrator copies these lines into the task's log while the task waits.
+    let line = eventually("note in the task log", Duration::from_secs(30), || async {
+        o.reap_once(chrono::Utc::now()).await.ok()?;
+        let logs = o.store().task_logs(&task, 0, 100).await.ok()?;
+        logs.into_iter()
+            .find(|l| l.line.contains("Insufficient cpu"))
+    })
+    .await;
+    assert_eq!(line.stream, guildnet_core::model::LogStream::System);
+    assert!(line.line.starts_with("[kubernetes] "), "{}", line.line);
+    // Each line once, however many probes run.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    o.reap_once(chrono::Utc::now()).await.expect("reap");
+    let logs = o.store().task_logs(&task, 0, 100).await.expect("logs");
+    let copies = logs.iter().filter(|l| l.line == line.line).count();
+    assert_eq!(copies, 1, "{logs:?}");
     op.stop().await;
 }

@@ -97,6 +97,9 @@ struct Inner {
     closing: watch::Sender<bool>,
     /// Last time the reaper asked the backend whether unclaimed agents still run.
     last_liveness: std::sync::Mutex<DateTime<Utc>>,
+    /// Workload notes already copied into each waiting task's log (see `post_workload_notes`).
+    notes_posted:
+        std::sync::Mutex<std::collections::HashMap<TaskId, std::collections::HashSet<String>>>,
 }
 
 /// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
@@ -142,6 +145,7 @@ impl Orchestrator {
                 changes: watch::channel(0).0,
                 started_at: Utc::now(),
                 last_liveness: std::sync::Mutex::new(Utc::now()),
+                notes_posted: Default::default(),
                 closing: watch::channel(false).0,
             }),
         })
@@ -923,6 +927,7 @@ impl Orchestrator {
                         self.requeue(&t, now, "agent exited before claiming the task")
                             .await;
                     }
+                    Ok(WorkloadState::Pending) => self.post_workload_notes(&t, agent).await,
                     Ok(_) => {}
                     Err(e) => tracing::debug!(task = %t.id, error = %e, "backend status failed"),
                 }
@@ -941,6 +946,58 @@ impl Orchestrator {
             }
         }
         Ok(())
+    }
+
+    /// Copies what the backend says about a waiting task's workload (unschedulable pod, image
+    /// pull errors, warning events) into the task's log as `system` lines, each line once, so
+    /// `logs -f` shows why a task is not starting. Only while the task is unclaimed.
+    async fn post_workload_notes(&self, task: &Task, agent: &AgentName) {
+        let ask = self
+            .inner
+            .backend
+            .describe(&task.org, &task.id, Some(agent.clone()));
+        let Ok(Ok(Some(info))) = tokio::time::timeout(std::time::Duration::from_secs(3), ask).await
+        else {
+            return;
+        };
+        let lines: Vec<String> = info
+            .pods
+            .iter()
+            .chain(info.events.iter())
+            .map(|l| format!("[{}] {l}", self.inner.backend.name()))
+            .collect();
+        for line in lines {
+            let fresh = {
+                let mut posted = self
+                    .inner
+                    .notes_posted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if posted.len() > 10_000 {
+                    posted.clear();
+                }
+                posted
+                    .entry(task.id.clone())
+                    .or_default()
+                    .insert(line.clone())
+            };
+            if !fresh {
+                continue;
+            }
+            match self
+                .inner
+                .store
+                .append_unclaimed_note(&task.id, agent, line)
+                .await
+            {
+                Ok(Some(_)) => self.notify_change(),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(task = %task.id, error = %e, "could not log workload note");
+                    return;
+                }
+            }
+        }
     }
 
     async fn requeue(&self, task: &Task, now: DateTime<Utc>, why: &'static str) {

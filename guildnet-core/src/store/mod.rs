@@ -217,6 +217,17 @@ pub trait StateStore: Send + Sync {
         agent: &AgentName,
         lines: Vec<NewLogLine>,
     ) -> Result<AppendedLogs, StoreError>;
+    /// Appends one `system` line to a task's log on the orchestrator's behalf (e.g. why its pod
+    /// does not start), only while the task is Submitted to `agent` (not yet claimed): the check
+    /// and the insert are one transaction, so the line's sequence number can never collide with
+    /// the agent's, which start after the highest one stored at claim time. Returns the line's
+    /// sequence number, or `None` when the task is no longer waiting for that agent.
+    async fn append_unclaimed_note(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        line: String,
+    ) -> Result<Option<u64>, StoreError>;
     /// A task's log lines with `seq > after_seq`, in order.
     async fn task_logs(
         &self,

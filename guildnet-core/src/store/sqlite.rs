@@ -875,6 +875,56 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn append_unclaimed_note(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        line: String,
+    ) -> Result<Option<u64>, StoreError> {
+        let task = task.clone();
+        let agent = agent.clone();
+        self.write(move |tx| {
+            let row: Option<(Option<String>, String)> = tx
+                .query_row(
+                    "SELECT agent, status FROM tasks WHERE id = ?1",
+                    [task.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db("check note writer"))?;
+            let Some((current, status)) = row else {
+                return Err(StoreError::NotFound(format!("task {task}")));
+            };
+            if current.as_deref() != Some(agent.as_str())
+                || status != crate::model::TaskStatus::Submitted.as_str()
+            {
+                return Ok(None);
+            }
+            let seq: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE task_id = ?1",
+                    [task.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db("next note seq"))?;
+            tx.execute(
+                "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    task.as_str(),
+                    agent.as_str(),
+                    seq,
+                    crate::model::LogStream::System.as_str(),
+                    line,
+                    ms(chrono::Utc::now()),
+                ],
+            )
+            .map_err(db("insert note"))?;
+            Ok(Some(seq as u64))
+        })
+        .await
+    }
+
     async fn append_logs(
         &self,
         task: &TaskId,
