@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use guildnet_kube::install::{install, InstallOptions};
+use guildnet_kube::leader::LeaseConfig;
 use guildnet_kube::operator::{self, Context, OperatorConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ enum Cmd {
         /// Address of /metrics and /healthz.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: String,
+        /// Reconcile only while holding the Lease `guildnet-operator` (run several replicas).
+        #[arg(long)]
+        leader_elect: bool,
     },
 }
 
@@ -114,10 +118,18 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig,
             public_orchestrator_url,
             metrics_addr,
+            leader_elect,
         } => {
-            let mut cfg = OperatorConfig::new(namespace);
+            let mut cfg = OperatorConfig::new(namespace.clone());
             cfg.public_orchestrator_url = public_orchestrator_url;
             cfg.instance = std::env::var("POD_NAME").ok();
+            if leader_elect {
+                let identity = cfg
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| format!("guildnet-operator-{}", std::process::id()));
+                cfg.leader_election = Some(LeaseConfig::new(namespace, identity));
+            }
             let ctx = Arc::new(Context::new(client(kubeconfig).await?, cfg));
             let listener = tokio::net::TcpListener::bind(&metrics_addr)
                 .await
@@ -136,12 +148,22 @@ async fn main() -> anyhow::Result<()> {
             let stop = async move {
                 let _ = rx3.wait_for(|v| *v).await;
             };
-            let run = tokio::spawn(operator::run(ctx, stop));
-            guildnet_bin::shutdown_signal().await;
-            tracing::info!("shutting down");
+            let mut run = tokio::spawn(operator::run(ctx, stop));
+            let outcome = tokio::select! {
+                r = &mut run => r.ok(),
+                _ = guildnet_bin::shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    let _ = tx.send(true);
+                    run.await.ok()
+                }
+            };
             let _ = tx.send(true);
-            let _ = run.await;
             let _ = metrics.await;
+            if outcome == Some(operator::RunOutcome::LostLeadership) {
+                anyhow::bail!(
+                    "lost leadership to another replica; exiting so a restart can rejoin"
+                );
+            }
         }
     }
     Ok(())

@@ -447,7 +447,8 @@ impl ClusterBackend for KubeBackend {
         let workload = st.workload_name.clone().unwrap_or_else(|| name.clone());
         let mut info = WorkloadInfo {
             resource: format!("AgentTask {ns}/{name}"),
-            phase: at.status.as_ref().map(|s| s.phase.as_str().to_owned()),
+            // No status yet means the operator has not seen it: Pending.
+            phase: Some(st.phase.as_str().to_owned()),
             conditions: st
                 .conditions
                 .iter()

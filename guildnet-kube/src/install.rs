@@ -60,6 +60,8 @@ pub fn operator_rules() -> Value {
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"],
          "verbs": ["create", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]},
     ])
 }
 
@@ -111,7 +113,7 @@ pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
                         "containers": [{
                             "name": "operator",
                             "image": opts.image,
-                            "args": ["run", "--namespace", ns],
+                            "args": ["run", "--namespace", ns, "--leader-elect"],
                             "env": env,
                             "ports": [{"name": "metrics", "containerPort": OPERATOR_METRICS_PORT}],
                             "readinessProbe": probe,

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod crd;
 pub mod install;
+pub mod leader;
 pub mod operator;
 pub mod portforward;
 pub mod yaml;

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::seams::env as agent_env;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -58,6 +59,8 @@ pub struct OperatorConfig {
     pub instance: Option<String>,
     /// Reconciles in flight at most.
     pub concurrency: u16,
+    /// Run only while holding this Lease (several replicas, one active).
+    pub leader_election: Option<crate::leader::LeaseConfig>,
 }
 
 impl OperatorConfig {
@@ -69,6 +72,7 @@ impl OperatorConfig {
             error_backoff: Duration::from_secs(2),
             instance: None,
             concurrency: 16,
+            leader_election: None,
         }
     }
 }
@@ -152,6 +156,59 @@ impl Context {
 
 /// Runs the operator until `shutdown` resolves.
 pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> RunOutcome {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let Some(lease_cfg) = ctx.cfg.leader_election.clone() else {
+        run_controller(ctx, stopped(stop_rx)).await;
+        return RunOutcome::Stopped;
+    };
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &lease_cfg.namespace);
+    tokio::select! {
+        _ = crate::leader::acquire(&leases, &lease_cfg) => {}
+        _ = stopped(stop_rx.clone()) => return RunOutcome::Stopped,
+    }
+    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+    let (l2, c2) = (leases.clone(), lease_cfg.clone());
+    let holder = tokio::spawn(async move {
+        crate::leader::hold(&l2, &c2).await;
+        let _ = lost_tx.send(true);
+    });
+    let mut rx_stop = stop_rx.clone();
+    let mut rx_lost = lost_rx.clone();
+    run_controller(ctx, async move {
+        tokio::select! {
+            _ = rx_stop.wait_for(|v| *v) => {}
+            _ = rx_lost.wait_for(|v| *v) => {}
+        }
+    })
+    .await;
+    holder.abort();
+    if *lost_rx.borrow() {
+        return RunOutcome::LostLeadership;
+    }
+    crate::leader::release(&leases, &lease_cfg).await;
+    RunOutcome::Stopped
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Shut down as asked.
+    Stopped,
+    /// Another replica took the lease: exit (and be restarted) rather than reconcile alongside it.
+    LostLeadership,
+}
+
+async fn run_controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {

@@ -102,14 +102,22 @@ async fn operator_sa_client(cluster: &KubeCluster, admin: &kube::Client) -> kube
 
 struct RunningOperator {
     stop: tokio::sync::watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<operator::RunOutcome>,
     ctx: Arc<Context>,
 }
 
 fn start_operator(client: kube::Client) -> RunningOperator {
+    start_operator_with(client, |_| {})
+}
+
+fn start_operator_with(
+    client: kube::Client,
+    tweak: impl FnOnce(&mut OperatorConfig),
+) -> RunningOperator {
     let mut cfg = OperatorConfig::new(NS);
     cfg.public_orchestrator_url = Some("http://orchestrator.test:8080".into());
     cfg.error_backoff = Duration::from_millis(200);
+    tweak(&mut cfg);
     let ctx = Arc::new(Context::new(client, cfg));
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(operator::run(ctx.clone(), async move {
@@ -793,4 +801,64 @@ async fn describe_explains_why_a_pod_does_not_start() {
     let copies = logs.iter().filter(|l| l.line == line.line).count();
     assert_eq!(copies, 1, "{logs:?}");
     op.stop().await;
+}
+
+#[tokio::test]
+async fn with_leader_election_one_replica_reconciles_and_another_takes_over() {
+    let cluster = KubeCluster::start().await.expect("kube-apiserver");
+    let admin = cluster.client().await.expect("admin client");
+    install(&admin, &InstallOptions::default())
+        .await
+        .expect("install");
+    let elect = |who: &str| {
+        let mut l = guildnet_kube::leader::LeaseConfig::new(NS, who);
+        l.lease_duration = Duration::from_secs(3);
+        l.retry_every = Duration::from_millis(500);
+        l
+    };
+    let a = start_operator_with(operator_sa_client(&cluster, &admin).await, |c| {
+        c.leader_election = Some(elect("replica-a"))
+    });
+    // Let a take the lease first.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(admin.clone(), NS);
+    eventually("a leads", Duration::from_secs(10), || async {
+        let l = leases.get_opt("guildnet-operator").await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = start_operator_with(operator_sa_client(&cluster, &admin).await, |c| {
+        c.leader_election = Some(elect("replica-b"))
+    });
+    apply_with_credentials(&admin, "atask-l1", "l1").await;
+    let deps: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    eventually("a reconciles", Duration::from_secs(20), || async {
+        deps.get_opt("atask-l1").await.ok().flatten()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciles = |o: &RunningOperator| {
+        o.ctx
+            .metrics
+            .reconciles
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(reconciles(&a) > 0);
+    assert_eq!(reconciles(&b), 0, "the follower must not reconcile");
+
+    // The leader stops (and releases the lease): b takes over and reconciles new work.
+    a.stop().await;
+    apply_with_credentials(&admin, "atask-l2", "l2").await;
+    eventually(
+        "b reconciles after take-over",
+        Duration::from_secs(30),
+        || async { deps.get_opt("atask-l2").await.ok().flatten() },
+    )
+    .await;
+    assert!(reconciles(&b) > 0);
+    let l = leases.get("guildnet-operator").await.expect("lease");
+    assert_eq!(
+        l.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("replica-b")
+    );
+    b.stop().await;
 }
