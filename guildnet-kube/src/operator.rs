@@ -923,3 +923,80 @@ pub async fn serve_metrics(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AgentTaskSpec;
+
+    fn at(env: &[(&str, &str)]) -> AgentTask {
+        let mut spec: AgentTaskSpec = serde_json::from_value(json!({
+            "orgId": "acme", "taskId": "t1", "task": "x", "image": "img:1", "agentName": "t1-a1",
+        }))
+        .expect("spec");
+        spec.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AgentTask::new("atask-t1", spec)
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_reason() {
+        assert_eq!(validate(&at(&[("LEVEL", "3")])), Ok(()));
+        let e = validate(&at(&[("1BAD", "x")])).expect_err("digit first");
+        assert!(e.starts_with("spec.env.1BAD"), "{e}");
+        let e = validate(&at(&[("TASK_ID", "x")])).expect_err("reserved");
+        assert!(e.contains("reserved"), "{e}");
+        let mut bad = at(&[]);
+        bad.spec.org_id = "Not_A_Label".into();
+        assert!(validate(&bad).expect_err("org").starts_with("spec.orgId"));
+        bad = at(&[]);
+        bad.spec.image = " ".into();
+        assert!(validate(&bad).expect_err("image").starts_with("spec.image"));
+        bad = at(&[]);
+        bad.spec.attempt = 0;
+        assert!(validate(&bad)
+            .expect_err("attempt")
+            .starts_with("spec.attempt"));
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_sees_changes() {
+        let a = json!({"metadata": {"name": "x"}, "spec": {"replicas": 1}});
+        let b = json!({"metadata": {"name": "x"}, "spec": {"replicas": 2}});
+        assert_eq!(spec_hash(&a), spec_hash(&a.clone()));
+        assert_ne!(spec_hash(&a), spec_hash(&b));
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_the_status_flips() {
+        let mut conds = Vec::new();
+        set_condition(&mut conds, "Ready", false, "Waiting", "m1");
+        let t0 = conds[0].last_transition_time.clone();
+        set_condition(&mut conds, "Ready", false, "StillWaiting", "m2");
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].last_transition_time, t0);
+        assert_eq!(conds[0].reason, "StillWaiting");
+        set_condition(&mut conds, "Ready", true, "Available", "");
+        assert_eq!(conds[0].status, "True");
+    }
+
+    #[test]
+    fn children_are_owned_hardened_and_named_after_the_agenttask() {
+        let mut t = at(&[]);
+        t.metadata.uid = Some("uid-1".into());
+        let oref = t.controller_owner_ref(&()).expect("owner ref");
+        let d = deployment(&t, "atask-t1", "ns", &oref);
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let c = &pod["containers"][0];
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "atask-t1-env");
+        let s = service("atask-t1", "ns", &oref);
+        assert_eq!(s["spec"]["ports"][0]["port"], EDITOR_PORT);
+    }
+}
