@@ -11,30 +11,16 @@ use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::agenttask_name;
 use guildnet_kube::crd::{AgentTask, Phase};
+use guildnet_testbed::eventually;
 use guildnet_testbed::kube::KubeCluster;
 use guildnet_testbed::{free_port, process, Proc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "kube-e2e-admin-token-0123456789";
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn scheduled_task_runs_through_agenttask_operator_and_agent_to_succeeded() {

@@ -14,6 +14,7 @@ use guildnet_kube::backend::{agenttask_name, KubeBackend, KubeBackendConfig};
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_kube::install::{install, InstallOptions, OPERATOR_NAME};
 use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_testbed::eventually;
 use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster, KubeOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -22,9 +23,8 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NS: &str = "mvp-agents";
 
@@ -66,21 +66,6 @@ async fn http_get(addr: &str) -> String {
         out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A client that authenticates as the operator's ServiceAccount (a real, API-server-signed token).

@@ -3,25 +3,10 @@
 //! In every test the `Headscale` is declared first, so it is dropped last: the tailscaled nodes
 //! stop while their control server is still up.
 
+use guildnet_testbed::eventually;
 use guildnet_testbed::mesh::{Headscale, Tailscaled};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Polls `f` every 250 ms until it returns `Some`; panics with `what` after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// A one-route HTTP server on the host's 127.0.0.1 that answers every request with `body` and
 /// closes the connection. Returns its port.
