@@ -1,0 +1,1 @@
+//! GuildNet examples (issue #9). Placeholder until the examples land.

@@ -1,0 +1,1 @@
+//! GuildNet dashboard (issue #6). Placeholder until the implementation lands.
