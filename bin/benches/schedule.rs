@@ -191,11 +191,10 @@ async fn schedule_to_claimed(n: usize) -> Vec<f64> {
     let org = OrgName::new("bench").unwrap();
     let mut lat = Vec::new();
     for i in 0..n {
-        let req = guildnet_core::orchestrator::api::ScheduleRequest {
-            org: org.clone(),
-            task: format!("claim bench {i}"),
-            agent_hint: None,
-        };
+        let req = guildnet_core::orchestrator::api::ScheduleRequest::new(
+            org.clone(),
+            format!("claim bench {i}"),
+        );
         let t = o.schedule(req).await.expect("schedule");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -56,6 +56,18 @@ pub struct OrchestratorArgs {
     /// Kubernetes backend: agent image.
     #[arg(long, env = "GUILDNET_AGENT_IMAGE")]
     pub agent_image: Option<String>,
+    /// Local backend: the code-server executable; each agent then serves its workspace in an
+    /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
+    #[arg(long, env = "GUILDNET_CODE_SERVER")]
+    pub code_server: Option<PathBuf>,
+    /// Origins allowed to embed proxied editors in a frame (the dashboard's origin, e.g.
+    /// http://127.0.0.1:8090); repeat or comma-separate.
+    #[arg(
+        long = "frame-ancestor",
+        env = "GUILDNET_FRAME_ANCESTORS",
+        value_delimiter = ','
+    )]
+    pub frame_ancestors: Vec<String>,
 }
 
 impl OrchestratorArgs {
@@ -76,6 +88,17 @@ impl OrchestratorArgs {
         o.agent_bin = self.agent_bin.clone();
         o.runner = self.runner.clone();
         o.orgs = self.orgs.clone();
+        o.code_server = self.code_server.clone();
+        for a in &self.frame_ancestors {
+            let ok = (a.starts_with("http://") || a.starts_with("https://"))
+                && !a.contains(|c: char| c.is_whitespace() || c == ';' || c == ',' || c == '\'');
+            if !ok {
+                anyhow::bail!(
+                    "--frame-ancestor {a:?}: must be an origin like https://dash.example:8090"
+                );
+            }
+        }
+        o.frame_ancestors = self.frame_ancestors.clone();
         o.durability = if self.durability == "normal" {
             Durability::Normal
         } else {

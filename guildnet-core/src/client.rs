@@ -57,6 +57,14 @@ impl ClientError {
         }
     }
 
+    /// The field at fault, for API errors that name one (`repo.url`, `files[0].path`).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
     /// True when retrying later may succeed (transport errors, 5xx, 429).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -271,12 +279,16 @@ impl OrchestratorClient {
             .post(
                 "/schedule",
                 &ScheduleRequest {
-                    org: org.clone(),
-                    task: task.to_owned(),
                     agent_hint: agent_hint.map(str::to_owned),
+                    ..ScheduleRequest::new(org.clone(), task)
                 },
             )
             .await
+    }
+
+    /// `POST /schedule` with every field (repository, context files).
+    pub async fn schedule_request(&self, req: &ScheduleRequest) -> Result<Task, ClientError> {
+        self.http.post("/schedule", req).await
     }
 
     /// `GET /tasks`.

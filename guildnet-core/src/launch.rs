@@ -60,6 +60,11 @@ pub struct LocalOptions {
     /// Run agents through this backend instead of as local processes (e.g. the Kubernetes
     /// backend of `guildnet-kube`).
     pub backend: Option<BackendOverride>,
+    /// Local backend: the code-server executable; every agent then runs an editor.
+    pub code_server: Option<PathBuf>,
+    /// Origins (besides the orchestrator's own) allowed to embed proxied editors in a frame,
+    /// e.g. the dashboard's `https://dash.example:8090`.
+    pub frame_ancestors: Vec<String>,
 }
 
 /// A cluster backend chosen by the caller (see [`LocalOptions::backend`]).
@@ -87,6 +92,8 @@ impl LocalOptions {
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             backend: None,
+            code_server: None,
+            frame_ancestors: Vec::new(),
         }
     }
 }
@@ -146,6 +153,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         backend_cfg.agent_args.clear();
     }
     backend_cfg.runner = opts.runner.clone();
+    backend_cfg.code_server = opts.code_server.clone();
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
     }
@@ -156,6 +164,10 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let mut cfg = OrchestratorConfig::new(token, public_url);
     cfg.lease_ttl = opts.lease_ttl;
     cfg.heartbeat_interval = opts.heartbeat_interval;
+    cfg.editor_frame_ancestors = std::iter::once("'self'".to_owned())
+        .chain(opts.frame_ancestors.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let store: Arc<dyn StateStore> = Arc::new(store);
     for org in &opts.orgs {
         let audit = crate::model::NewAudit::new("system", "org.create", org.as_str(), None);

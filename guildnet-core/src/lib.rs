@@ -15,11 +15,14 @@
 
 pub mod agent;
 pub mod client;
+pub mod context;
+pub mod jobs;
 pub mod launch;
 pub mod local;
 pub mod model;
 pub mod names;
 pub mod orchestrator;
+pub mod proxy;
 pub mod seams;
 pub mod state_dir;
 pub mod store;

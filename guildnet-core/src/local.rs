@@ -1,10 +1,12 @@
 //! The local [`ClusterBackend`]: runs each task's agent as a child process on this machine, with
 //! the same environment a pod would get. It needs no cluster, so `guildnet up` works anywhere.
 //!
-//! Agents run in their own process group, with their workspace under
-//! `${state}/agents/<task id>/` (the agent's output goes to `agent.log` there, its pid to
-//! `agent.pid`). Like pods, they outlive an orchestrator restart and reconnect to it.
+//! Agents run in their own process group, with their files under `${state}/agents/<task id>/`:
+//! the runner's working directory `workspace/`, the agent's state dir `state/`, its output in
+//! `agent.log`, its pid in `agent.pid` and, with an editor, `editor.json` (port and password,
+//! 0600; outside the workspace the editor shows). Like pods, they outlive an orchestrator restart and reconnect to it.
 
+use crate::agent::agent_env;
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState};
 use crate::state_dir::StatePaths;
@@ -36,6 +38,9 @@ pub struct LocalBackendConfig {
     pub extra_env: Vec<(String, String)>,
     /// Grace period between SIGTERM and SIGKILL on cancel.
     pub kill_grace: Duration,
+    /// code-server executable: when set, every agent runs an editor on a free loopback port
+    /// with a fresh password, which the orchestrator's editor proxy uses to log in.
+    pub code_server: Option<PathBuf>,
 }
 
 impl LocalBackendConfig {
@@ -59,6 +64,7 @@ impl LocalBackendConfig {
             runner: None,
             extra_env: Vec::new(),
             kill_grace: Duration::from_secs(10),
+            code_server: None,
         }
     }
 }
@@ -74,7 +80,19 @@ enum ChildState {
 pub struct LocalBackend {
     cfg: Arc<LocalBackendConfig>,
     children: Arc<Mutex<HashMap<AgentName, ChildState>>>,
+    editors: Arc<Mutex<HashMap<AgentName, EditorEndpoint>>>,
 }
+
+/// The editor record in an agent's workspace (`editor.json`, 0600).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EditorRecord {
+    agent: String,
+    host: String,
+    port: u16,
+    password: String,
+}
+
+const EDITOR_FILE: &str = "editor.json";
 
 impl LocalBackend {
     /// A backend with `cfg`.
@@ -82,7 +100,61 @@ impl LocalBackend {
         Self {
             cfg: Arc::new(cfg),
             children: Arc::new(Mutex::new(HashMap::new())),
+            editors: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Picks a free loopback port and a password for a new agent's editor, and records them in
+    /// the workspace.
+    fn new_editor(&self, ws: &Path, agent: &AgentName) -> Result<EditorEndpoint, String> {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for the editor: {e}"))?
+            .port();
+        let ep = EditorEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            password: Some(crate::token::generate("cs")),
+        };
+        self.save_editor(ws, agent, &ep)?;
+        Ok(ep)
+    }
+
+    fn save_editor(&self, ws: &Path, agent: &AgentName, ep: &EditorEndpoint) -> Result<(), String> {
+        let rec = EditorRecord {
+            agent: agent.to_string(),
+            host: ep.host.clone(),
+            port: ep.port,
+            password: ep
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        crate::state_dir::write_private_file(&ws.join(EDITOR_FILE), &bytes)
+            .map_err(|e| e.to_string())
+    }
+
+    fn editor_from_disk(&self, agent: &AgentName) -> Option<EditorEndpoint> {
+        let dir = self.cfg.state.root().join("agents");
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path().join(EDITOR_FILE)) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<EditorRecord>(&bytes) else {
+                continue;
+            };
+            if rec.agent == agent.as_str() {
+                return Some(EditorEndpoint {
+                    host: rec.host,
+                    port: rec.port,
+                    password: (!rec.password.is_empty())
+                        .then(|| crate::token::Secret::new(rec.password)),
+                });
+            }
+        }
+        None
     }
 
     fn workspace(&self, task: &TaskId) -> PathBuf {
@@ -160,7 +232,8 @@ impl ClusterBackend for LocalBackend {
         }
         let ws = self.workspace(&launch.task_id);
         let err = |reason: String| workload_err("submit", &launch.task_id, &launch.agent, reason);
-        crate::state_dir::create_private_dir(&ws).map_err(|e| err(e.to_string()))?;
+        crate::state_dir::create_private_dir(&ws.join("workspace"))
+            .map_err(|e| err(e.to_string()))?;
         let log_path = ws.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -173,8 +246,10 @@ impl ClusterBackend for LocalBackend {
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
         cmd.args(&self.cfg.agent_args)
             .current_dir(&ws)
-            .env(WORKSPACE_ENV, &ws)
+            .env(WORKSPACE_ENV, ws.join("workspace"))
             .env("GUILDNET_STATE_DIR", ws.join("state"))
+            // The orchestrator's own credentials never reach agents (or their runners).
+            .env_remove("ORCHESTRATOR_TOKEN")
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -188,6 +263,19 @@ impl ClusterBackend for LocalBackend {
         }
         for (k, v) in &self.cfg.extra_env {
             cmd.env(k, v);
+        }
+        if let Some(cs) = &self.cfg.code_server {
+            let ep = self.new_editor(&ws, &launch.agent).map_err(err)?;
+            let addr = format!("{}:{}", ep.host, ep.port);
+            cmd.env(agent_env::CODE_SERVER, cs)
+                .env(agent_env::EDITOR_ADDR, &addr)
+                .env(agent_env::EDITOR_ADVERTISE, &addr);
+            if let Some(pw) = &ep.password {
+                cmd.env(agent_env::CODE_SERVER_PASSWORD, pw.expose());
+            }
+            if let Ok(mut m) = self.editors.lock() {
+                m.insert(launch.agent.clone(), ep);
+            }
         }
         let mut child = cmd
             .spawn()
@@ -254,14 +342,19 @@ impl ClusterBackend for LocalBackend {
         })
     }
 
-    /// The local backend does not run editors itself; the agent advertises its editor address
-    /// when it registers, and the orchestrator uses that.
+    /// Where the agent's code-server listens (the backend chose the port and password at
+    /// submit); `None` without `code_server`, and the orchestrator falls back to the address
+    /// the agent advertised.
     async fn editor_endpoint(
         &self,
         _org: &OrgName,
-        _agent: &AgentName,
+        agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError> {
-        Ok(None)
+        if let Some(ep) = self.editors.lock().ok().and_then(|m| m.get(agent).cloned()) {
+            return Ok(Some(ep));
+        }
+        // After an orchestrator restart: the agent's workspace still has its editor record.
+        Ok(self.editor_from_disk(agent))
     }
 
     async fn describe(

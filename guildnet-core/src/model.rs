@@ -1,5 +1,6 @@
 //! Domain types shared by the store, the orchestrator, the clients and the agent.
 
+use crate::context::TaskContext;
 use crate::names::{AgentName, OrgName, TaskId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,9 @@ pub struct Task {
     pub artifacts: Vec<Artifact>,
     /// Pull request URL, when the task opened one.
     pub pr_url: Option<String>,
+    /// Repository and files the agent prepares before running the task.
+    #[serde(default, skip_serializing_if = "TaskContext::is_empty")]
+    pub context: TaskContext,
 }
 
 /// An agent as the API shows it.

@@ -134,6 +134,10 @@ pub struct EditorEndpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// The editor's login password, when the backend knows it: the orchestrator's editor proxy
+    /// logs in with it so the person never needs it. Never serialized.
+    #[serde(skip)]
+    pub password: Option<crate::token::Secret>,
 }
 
 /// Runs task agents for orgs: a local process, a Kubernetes AgentTask, ...

@@ -93,11 +93,7 @@ async fn harness() -> Harness {
 }
 
 fn req(org: &str, task: &str) -> ScheduleRequest {
-    ScheduleRequest {
-        org: OrgName::new(org).unwrap(),
-        task: task.into(),
-        agent_hint: None,
-    }
+    ScheduleRequest::new(OrgName::new(org).unwrap(), task)
 }
 
 impl Harness {

@@ -53,6 +53,7 @@ fn task(org_name: &str, status: TaskStatus, created_at: DateTime<Utc>) -> Task {
         reason: None,
         artifacts: Vec::new(),
         pr_url: None,
+        context: Default::default(),
     }
 }
 
@@ -733,7 +734,7 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         (v, objs)
     };
     let (version, objects) = schema(&path);
-    assert_eq!(version, 2, "both migrations applied");
+    assert_eq!(version, 3, "all migrations applied");
     assert!(objects.contains(&("trigger".into(), "audit_no_update".into())));
     assert!(objects.contains(&("index".into(), "tasks_lease".into())));
 

@@ -14,6 +14,7 @@ use guildnet_core::seams::{
     AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadInfo, WorkloadState,
 };
 use guildnet_core::state_dir::{find_kubeconfig, StatePaths};
+use guildnet_core::token::Secret as TokenSecret;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -60,15 +61,17 @@ pub struct KubeBackend {
     cfg: KubeBackendConfig,
     clients: Mutex<HashMap<OrgName, (PathBuf, kube::Client)>>,
     forwards: portforward::Forwards,
+    editor_passwords: Mutex<HashMap<String, TokenSecret>>,
 }
 
 /// Label on an AgentTask with its current agent's name.
 pub const AGENT_LABEL: &str = "guildnet.io/agent";
 
-fn loopback(addr: std::net::SocketAddr) -> EditorEndpoint {
+fn loopback(addr: std::net::SocketAddr, password: Option<TokenSecret>) -> EditorEndpoint {
     EditorEndpoint {
         host: addr.ip().to_string(),
         port: addr.port(),
+        password,
     }
 }
 
@@ -84,12 +87,34 @@ fn random_secret() -> String {
 }
 
 impl KubeBackend {
+    fn editor_password(&self, key: &str) -> Option<TokenSecret> {
+        self.editor_passwords.lock().ok()?.get(key).cloned()
+    }
+
+    /// The code-server password from the AgentTask's credentials Secret (None if unreadable:
+    /// the proxy then shows code-server's own login page).
+    async fn read_editor_password(
+        &self,
+        client: kube::Client,
+        at: &AgentTask,
+    ) -> Option<TokenSecret> {
+        let name = crate::operator::credentials_secret_name(at);
+        let secret = Api::<Secret>::namespaced(client, &self.cfg.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|e| tracing::debug!(secret = %name, error = %e, "cannot read editor password"))
+            .ok()??;
+        let bytes = secret.data?.get(CREDENTIALS_PASSWORD_KEY)?.0.clone();
+        String::from_utf8(bytes).ok().map(TokenSecret::new)
+    }
+
     /// A backend over the given settings.
     pub fn new(cfg: KubeBackendConfig) -> Self {
         KubeBackend {
             cfg,
             clients: Mutex::default(),
             forwards: portforward::Forwards::default(),
+            editor_passwords: Mutex::new(HashMap::new()),
         }
     }
 
@@ -385,7 +410,8 @@ impl ClusterBackend for KubeBackend {
     ) -> Result<Option<EditorEndpoint>, BackendError> {
         let key = format!("{org}/{agent}");
         if let Some(f) = self.forwards.get(&key) {
-            return Ok(Some(loopback(f.local_addr())));
+            let pw = self.editor_password(&key);
+            return Ok(Some(loopback(f.local_addr(), pw)));
         }
         let client = self.client(org).await?;
         let ns = &self.cfg.namespace;
@@ -405,6 +431,7 @@ impl ClusterBackend for KubeBackend {
         else {
             return Ok(None);
         };
+        let password = self.read_editor_password(client.clone(), &at).await;
         let workload = at
             .status
             .and_then(|s| s.workload_name)
@@ -423,8 +450,11 @@ impl ClusterBackend for KubeBackend {
                 reason: format!("port-forward listener: {e}"),
             })?;
         tracing::info!(%org, %agent, %pod, addr = %fwd.local_addr(), "editor port-forward opened");
+        if let (Some(pw), Ok(mut m)) = (&password, self.editor_passwords.lock()) {
+            m.insert(key.clone(), pw.clone());
+        }
         let f = self.forwards.insert(key, fwd);
-        Ok(Some(loopback(f.local_addr())))
+        Ok(Some(loopback(f.local_addr(), password)))
     }
 
     async fn describe(

@@ -677,11 +677,30 @@ fn deployment(
     ns: &str,
     oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> Value {
-    let env: Vec<Value> = at
-        .spec
-        .env
+    // The agent image's defaults (code-server on :8443, /healthz on :8081); spec.env comes after
+    // them and so can override any of these.
+    let defaults = [
+        ("GUILDNET_CODE_SERVER", "code-server".to_owned()),
+        ("GUILDNET_EDITOR_ADDR", format!("0.0.0.0:{EDITOR_PORT}")),
+        (
+            "GUILDNET_HEALTH_ADDR",
+            format!("0.0.0.0:{AGENT_HEALTH_PORT}"),
+        ),
+        ("GUILDNET_WORKSPACE", "/home/coder/workspace".to_owned()),
+        (
+            "GUILDNET_STATE_DIR",
+            "/home/coder/.guildnet/state".to_owned(),
+        ),
+    ];
+    let env: Vec<Value> = defaults
         .iter()
         .map(|(k, v)| json!({"name": k, "value": v}))
+        .chain(
+            at.spec
+                .env
+                .iter()
+                .map(|(k, v)| json!({"name": k, "value": v})),
+        )
         .collect();
     let resources = at.spec.resources.clone().map_or_else(
         || {

@@ -17,6 +17,7 @@
 
 pub mod browser;
 pub mod editor;
+pub mod image;
 pub mod kube;
 pub mod mesh;
 pub mod process;

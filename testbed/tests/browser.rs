@@ -3,7 +3,7 @@
 
 use guildnet_testbed::browser::ChromeDriver;
 use guildnet_testbed::editor::CodeServer;
-use std::collections::HashMap;
+use guildnet_testbed::image::Image;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,64 +25,12 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-/// Where screenshots go: `$GUILDNET_TESTBED_ARTIFACTS` if set (so they can be looked at after
-/// the run), else `temp`.
-fn artifact_dir(temp: &Path) -> std::path::PathBuf {
-    match std::env::var_os("GUILDNET_TESTBED_ARTIFACTS").filter(|d| !d.is_empty()) {
-        Some(dir) => {
-            let dir = std::path::PathBuf::from(dir);
-            std::fs::create_dir_all(&dir).expect("create $GUILDNET_TESTBED_ARTIFACTS");
-            dir
-        }
-        None => temp.to_owned(),
-    }
-}
-
-/// A decoded screenshot: width, height and RGB pixels.
-struct Image {
-    width: u32,
-    height: u32,
-    rgb: Vec<[u8; 3]>,
-}
-
-impl Image {
-    fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
-        self.rgb[(y * self.width + x) as usize]
-    }
-
-    /// How many pixels have each colour, most frequent first.
-    fn histogram(&self) -> Vec<([u8; 3], usize)> {
-        let mut counts: HashMap<[u8; 3], usize> = HashMap::new();
-        for p in &self.rgb {
-            *counts.entry(*p).or_default() += 1;
-        }
-        let mut counts: Vec<_> = counts.into_iter().collect();
-        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
-        counts
-    }
+fn artifact_dir(_temp: &Path) -> std::path::PathBuf {
+    guildnet_testbed::image::artifact_dir("testbed")
 }
 
 fn decode_png(bytes: &[u8]) -> Image {
-    let mut decoder = png::Decoder::new(bytes);
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().expect("PNG header");
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).expect("PNG frame");
-    let channels = info.color_type.samples();
-    assert!(
-        channels >= 3,
-        "unexpected PNG colour type {:?}",
-        info.color_type
-    );
-    let rgb = buf[..info.buffer_size()]
-        .chunks_exact(channels)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
-    Image {
-        width: info.width,
-        height: info.height,
-        rgb,
-    }
+    guildnet_testbed::image::decode_png(bytes).expect("decode screenshot")
 }
 
 #[tokio::test]

@@ -1,12 +1,18 @@
-//! The agent runtime, run inside a task's pod (or as a local child process): registers, claims
-//! its task, heartbeats (renewing the lease), runs the task with a configurable runner, ships
-//! every output line to the orchestrator without losing any across reconnects, and reports the
-//! outcome.
+//! The agent runtime, run inside a task's pod (or as a local child process): starts and
+//! supervises its editor (code-server), registers, claims its task, heartbeats (renewing the
+//! lease), prepares the workspace (git clone, context files), runs the task with a configurable
+//! runner, ships every output line to the orchestrator without losing any across reconnects,
+//! pushes the changes on `guildnet/<task id>` and opens a pull request, and reports the outcome
+//! with its artifacts.
 //!
 //! The runner is a command template (`GUILDNET_RUNNER`, split like a shell would but never run
 //! through one). Placeholders `{task_id}`, `{org}`, `{agent}` and `{workspace}` are replaced in
 //! each argument; the task text reaches the runner as `GUILDNET_TASK` and on stdin.
 
+pub mod editor;
+pub mod forge;
+pub mod git;
+mod health;
 mod logship;
 mod runner;
 
@@ -14,15 +20,45 @@ pub use logship::LogShipper;
 pub use runner::{RunOutcome, RunnerSpec};
 
 use crate::client::{AgentClient, ClientError};
-use crate::model::{LogStream, Task, TaskStatus};
+use crate::model::{Artifact, LogStream, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::orchestrator::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
 use crate::seams::env;
 use crate::token::Secret;
+use editor::{EditorConfig, EditorState, EditorSupervisor};
+use forge::{Forge, GitHubForge, PullRequest};
+use git::{GitConfig, GitWork};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Environment variable names the agent reads besides the launch contract ([`env`]).
+pub mod agent_env {
+    /// The code-server executable; the editor is off when unset.
+    pub const CODE_SERVER: &str = "GUILDNET_CODE_SERVER";
+    /// Address code-server binds (default `0.0.0.0:8443`).
+    pub const EDITOR_ADDR: &str = "GUILDNET_EDITOR_ADDR";
+    /// The code-server password.
+    pub const CODE_SERVER_PASSWORD: &str = "CODE_SERVER_PASSWORD";
+    /// `host:port` at which others reach the editor (sent at register).
+    pub const EDITOR_ADVERTISE: &str = "GUILDNET_EDITOR_ADVERTISE";
+    /// Address of the agent's own `/healthz` (off when unset; `0.0.0.0:8081` in a pod).
+    pub const HEALTH_ADDR: &str = "GUILDNET_HEALTH_ADDR";
+    /// The git executable (default `git`).
+    pub const GIT: &str = "GUILDNET_GIT";
+    /// Commit author name.
+    pub const GIT_AUTHOR_NAME: &str = "GUILDNET_GIT_AUTHOR_NAME";
+    /// Commit author email.
+    pub const GIT_AUTHOR_EMAIL: &str = "GUILDNET_GIT_AUTHOR_EMAIL";
+    /// GitHub-compatible forge API base URL (e.g. `https://api.github.com`); PRs are off when unset.
+    pub const FORGE_API: &str = "GUILDNET_FORGE_API";
+    /// Forge token (secret).
+    pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
+    /// `owner/name` on the forge (default: from the clone URL).
+    pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
+}
 
 /// Errors that end an agent.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +72,17 @@ pub enum AgentError {
     /// The orchestrator stayed unreachable longer than the patience allows.
     #[error("orchestrator unreachable for too long: {0}")]
     Unreachable(ClientError),
+}
+
+/// Where pull requests are opened.
+#[derive(Debug, Clone)]
+pub struct ForgeConfig {
+    /// API base URL.
+    pub api: String,
+    /// Token.
+    pub token: Secret,
+    /// `owner/name`, if not derived from the clone URL.
+    pub repo: Option<String>,
 }
 
 /// Agent settings, usually from the environment ([`AgentConfig::from_env`]).
@@ -53,8 +100,20 @@ pub struct AgentConfig {
     pub agent: AgentName,
     /// Runner command template; `None` fails the task with a clear reason.
     pub runner: Option<String>,
-    /// Working directory of the runner.
+    /// Working directory of the runner (the clone goes to `repo/` inside it).
     pub workspace: PathBuf,
+    /// The agent's state dir (`last_pr.json`, code-server data).
+    pub state_dir: PathBuf,
+    /// The editor, when configured.
+    pub editor: Option<EditorConfig>,
+    /// `host:port` sent at register as the editor's address.
+    pub editor_advertise: Option<String>,
+    /// Where to serve `/healthz`.
+    pub health_addr: Option<SocketAddr>,
+    /// Git settings.
+    pub git: GitConfig,
+    /// Forge for pull requests.
+    pub forge: Option<ForgeConfig>,
     /// How long to keep retrying an unreachable orchestrator before giving up.
     pub patience: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping the runner.
@@ -63,32 +122,93 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Reads `ORCHESTRATOR_URL`, `GUILDNET_AGENT_TOKEN`, `TASK_ID`, `ORG_NAME`, `AGENT_NAME`,
-    /// `GUILDNET_RUNNER`, `GUILDNET_WORKSPACE` (default: current dir).
+    /// `GUILDNET_RUNNER`, `GUILDNET_WORKSPACE` (default: current dir), `GUILDNET_STATE_DIR`, and
+    /// the optional settings in [`agent_env`].
     pub fn from_env() -> Result<Self, AgentError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
     /// Like [`AgentConfig::from_env`] over any lookup.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, AgentError> {
-        let req = |k: &str| {
-            get(k)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| AgentError::Config(format!("{k} is not set")))
-        };
+        let opt = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let req = |k: &str| opt(k).ok_or_else(|| AgentError::Config(format!("{k} is not set")));
         let bad =
             |k: &str, e: crate::names::ValidationError| AgentError::Config(format!("{k}: {e}"));
+        let addr = |k: &str, default: Option<&str>| -> Result<Option<SocketAddr>, AgentError> {
+            match opt(k).or(default.map(str::to_owned)) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| AgentError::Config(format!("{k}: {v:?} is not an ip:port"))),
+            }
+        };
+        let workspace = opt(crate::local::WORKSPACE_ENV)
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let state_dir = crate::state_dir::resolve_state_dir_with(|k: &str| get(k))
+            .unwrap_or_else(|_| workspace.join(".guildnet"));
+        let editor = match opt(agent_env::CODE_SERVER) {
+            None => None,
+            Some(bin) => {
+                let password = opt(agent_env::CODE_SERVER_PASSWORD).ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "{} is not set (needed with {})",
+                        agent_env::CODE_SERVER_PASSWORD,
+                        agent_env::CODE_SERVER
+                    ))
+                })?;
+                Some(EditorConfig {
+                    code_server: PathBuf::from(bin),
+                    bind: addr(agent_env::EDITOR_ADDR, Some("0.0.0.0:8443"))?
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+                    password: Secret::new(password),
+                    workspace: workspace.clone(),
+                    data_dir: state_dir.join("code-server"),
+                    log_file: state_dir.join("code-server.log"),
+                })
+            }
+        };
+        let forge = match (opt(agent_env::FORGE_API), opt(agent_env::FORGE_TOKEN)) {
+            (Some(api), Some(token)) => Some(ForgeConfig {
+                api,
+                token: Secret::new(token),
+                repo: opt(agent_env::FORGE_REPO),
+            }),
+            (Some(_), None) => {
+                return Err(AgentError::Config(format!(
+                    "{} is set but {} is not",
+                    agent_env::FORGE_API,
+                    agent_env::FORGE_TOKEN
+                )))
+            }
+            _ => None,
+        };
+        let mut git = GitConfig::default();
+        if let Some(g) = opt(agent_env::GIT) {
+            git.git = PathBuf::from(g);
+        }
+        if let Some(n) = opt(agent_env::GIT_AUTHOR_NAME) {
+            git.author_name = n;
+        }
+        if let Some(e) = opt(agent_env::GIT_AUTHOR_EMAIL) {
+            git.author_email = e;
+        }
         Ok(Self {
             orchestrator_url: req(env::ORCHESTRATOR_URL)?,
             token: Secret::new(req(env::AGENT_TOKEN)?),
             task_id: TaskId::new(req(env::TASK_ID)?).map_err(|e| bad(env::TASK_ID, e))?,
             org: OrgName::new(req(env::ORG_NAME)?).map_err(|e| bad(env::ORG_NAME, e))?,
             agent: AgentName::new(req(env::AGENT_NAME)?).map_err(|e| bad(env::AGENT_NAME, e))?,
-            runner: get(crate::local::RUNNER_ENV).filter(|v| !v.trim().is_empty()),
-            workspace: get(crate::local::WORKSPACE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::current_dir().ok())
-                .unwrap_or_else(|| PathBuf::from(".")),
+            runner: opt(crate::local::RUNNER_ENV),
+            editor_advertise: opt(agent_env::EDITOR_ADVERTISE),
+            health_addr: addr(agent_env::HEALTH_ADDR, None)?,
+            workspace,
+            state_dir,
+            editor,
+            git,
+            forge,
             patience: Duration::from_secs(600),
             kill_grace: Duration::from_secs(3),
         })
@@ -131,6 +251,32 @@ where
     }
 }
 
+/// What the agent reports about itself in heartbeats and on `/healthz`.
+#[derive(Clone)]
+pub(crate) struct StateView {
+    runner: watch::Receiver<&'static str>,
+    editor: watch::Receiver<EditorState>,
+}
+
+impl StateView {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "runner": *self.runner.borrow(),
+            "editor": *self.editor.borrow(),
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.editor.borrow().healthy()
+    }
+}
+
+/// The result of the work after the runner: artifacts, PR URL, or why it failed.
+struct Delivery {
+    artifacts: Vec<Artifact>,
+    pr_url: Option<String>,
+}
+
 /// Runs the agent to the end. `stop` resolving (e.g. on SIGTERM) stops the runner and returns
 /// [`AgentOutcome::Stopped`] without completing the task (its lease then expires and the task is
 /// requeued).
@@ -140,11 +286,44 @@ pub async fn run(
 ) -> Result<AgentOutcome, AgentError> {
     let client = AgentClient::new(&cfg.orchestrator_url, cfg.token.clone())
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // The editor comes up first: a person can watch the workspace while the task is prepared.
+    let editor = match &cfg.editor {
+        Some(e) => EditorSupervisor::start(e.clone()),
+        None => EditorSupervisor::disabled(),
+    };
+    let (runner_tx, runner_rx) = watch::channel("starting");
+    let view = StateView {
+        runner: runner_rx,
+        editor: editor.watch(),
+    };
+    let health = match cfg.health_addr {
+        Some(addr) => Some(
+            health::serve(addr, view.clone())
+                .await
+                .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::HEALTH_ADDR)))?,
+        ),
+        None => None,
+    };
+    let result = run_task(&cfg, &client, view, runner_tx, stop).await;
+    editor.shutdown().await;
+    if let Some(h) = health {
+        h.abort();
+    }
+    result
+}
+
+async fn run_task(
+    cfg: &AgentConfig,
+    client: &AgentClient,
+    view: StateView,
+    runner_tx: watch::Sender<&'static str>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<AgentOutcome, AgentError> {
     let patience = cfg.patience;
     let register = RegisterRequest {
         agent: cfg.agent.clone(),
         version: Some(env!("CARGO_PKG_VERSION").into()),
-        editor_address: None,
+        editor_address: cfg.editor_advertise.clone(),
     };
     let reg = retry("register", patience, || client.register(&register)).await?;
     tracing::info!(task = %cfg.task_id, agent = %cfg.agent, "registered");
@@ -161,14 +340,13 @@ pub async fn run(
 
     // cancel_tx: set when the orchestrator says stop (cancelled, or our claim went stale).
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let (state_tx, state_rx) = watch::channel(serde_json::json!({"runner": "starting"}));
     let hb = tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.agent.clone(),
         fencing,
         Duration::from_millis(claim.timings.heartbeat_interval_ms.max(100)),
         cancel_tx,
-        state_rx,
+        view,
     ));
 
     let shipper = LogShipper::start(
@@ -177,35 +355,61 @@ pub async fn run(
         fencing,
         claim.next_log_seq.max(1),
     );
-    let outcome = match &cfg.runner {
-        None => {
+    let gitw = GitWork::new(cfg.git.clone());
+    let _ = runner_tx.send("preparing");
+    let checkout_dir = if task.context.repo.is_some() {
+        cfg.workspace.join("repo")
+    } else {
+        cfg.workspace.clone()
+    };
+    let prepared = gitw.prepare(&task.context, &checkout_dir, &shipper).await;
+    let (outcome, checkout) = match prepared {
+        Err(e) => {
             shipper.push(
                 LogStream::System,
-                "no runner configured: set GUILDNET_RUNNER to a command template".into(),
+                format!("cannot prepare the workspace: {e}"),
             );
-            Some(RunOutcome::NotStarted(
-                "no runner configured (GUILDNET_RUNNER is empty)".into(),
-            ))
+            (Some(RunOutcome::NotStarted(e.to_string())), None)
         }
-        Some(template) => match RunnerSpec::parse(template, &task, &cfg) {
-            Err(e) => {
-                shipper.push(LogStream::System, format!("invalid runner: {e}"));
-                Some(RunOutcome::NotStarted(format!("invalid runner: {e}")))
-            }
-            Ok(spec) => {
-                let _ = state_tx.send(serde_json::json!({"runner": "running"}));
-                spec.run(&task.task, &shipper, cancel_rx, stop, cfg.kill_grace)
-                    .await
-            }
-        },
+        Ok(checkout) => {
+            let outcome = match &cfg.runner {
+                None => {
+                    shipper.push(
+                        LogStream::System,
+                        "no runner configured: set GUILDNET_RUNNER to a command template".into(),
+                    );
+                    Some(RunOutcome::NotStarted(
+                        "no runner configured (GUILDNET_RUNNER is empty)".into(),
+                    ))
+                }
+                Some(template) => match RunnerSpec::parse(template, &task, cfg) {
+                    Err(e) => {
+                        shipper.push(LogStream::System, format!("invalid runner: {e}"));
+                        Some(RunOutcome::NotStarted(format!("invalid runner: {e}")))
+                    }
+                    Ok(mut spec) => {
+                        spec.cwd = checkout_dir.clone();
+                        let _ = runner_tx.send("running");
+                        spec.run(&task.task, &shipper, cancel_rx, stop, cfg.kill_grace)
+                            .await
+                    }
+                },
+            };
+            (outcome, checkout)
+        }
     };
-    let _ = state_tx.send(serde_json::json!({"runner": "finished"}));
-    // Every line must be stored before completion is reported.
-    let flushed = shipper.finish(patience).await;
-    hb.abort();
-    let (status, exit_code, reason) = match outcome {
-        None => return Ok(AgentOutcome::Stopped),
-        Some(RunOutcome::Cancelled) => return Ok(AgentOutcome::Cancelled),
+    let _ = runner_tx.send("finished");
+    let (mut status, exit_code, mut reason) = match outcome {
+        None => {
+            let _ = shipper.finish(patience).await;
+            hb.abort();
+            return Ok(AgentOutcome::Stopped);
+        }
+        Some(RunOutcome::Cancelled) => {
+            let _ = shipper.finish(patience).await;
+            hb.abort();
+            return Ok(AgentOutcome::Cancelled);
+        }
         Some(RunOutcome::Exited(0)) => (TaskStatus::Succeeded, Some(0), None),
         Some(RunOutcome::Exited(code)) => (
             TaskStatus::Failed,
@@ -219,6 +423,26 @@ pub async fn run(
         ),
         Some(RunOutcome::NotStarted(why)) => (TaskStatus::Failed, None, Some(why)),
     };
+    let mut delivery = Delivery {
+        artifacts: Vec::new(),
+        pr_url: None,
+    };
+    if status == TaskStatus::Succeeded {
+        if let Some(co) = &checkout {
+            let _ = runner_tx.send("delivering");
+            match deliver(cfg, &gitw, co, &task, &shipper).await {
+                Ok(d) => delivery = d,
+                Err(why) => {
+                    shipper.push(LogStream::System, format!("delivery failed: {why}"));
+                    status = TaskStatus::Failed;
+                    reason = Some(why);
+                }
+            }
+        }
+    }
+    // Every line must be stored before completion is reported.
+    let flushed = shipper.finish(patience).await;
+    hb.abort();
     flushed?;
     let req = CompleteRequest {
         agent: cfg.agent.clone(),
@@ -226,8 +450,8 @@ pub async fn run(
         status,
         exit_code,
         reason,
-        artifacts: Vec::new(),
-        pr_url: None,
+        artifacts: delivery.artifacts,
+        pr_url: delivery.pr_url,
     };
     match retry("complete", patience, || client.complete(&req)).await {
         Ok(t) => Ok(AgentOutcome::Completed(Box::new(t))),
@@ -236,13 +460,123 @@ pub async fn run(
     }
 }
 
+/// `last_pr.json`: what the task delivered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastPr {
+    /// The pull request's URL, when a forge is configured.
+    pub url: Option<String>,
+    /// The pushed branch.
+    pub branch: String,
+    /// The pushed commit.
+    pub commit: String,
+    /// The task.
+    pub task_id: String,
+    /// When it was written.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Name of the delivery record in the agent's state dir.
+pub const LAST_PR_FILE: &str = "last_pr.json";
+
+/// Commits and pushes the changes, opens a PR when a forge is configured, writes
+/// `last_pr.json`, and returns the artifacts. An error is the reason the task failed.
+async fn deliver(
+    cfg: &AgentConfig,
+    gitw: &GitWork,
+    co: &git::Checkout,
+    task: &Task,
+    shipper: &LogShipper,
+) -> Result<Delivery, String> {
+    let message = git::commit_message(task.id.as_str(), &task.task);
+    let Some(pushed) = gitw
+        .commit_and_push(co, task.id.as_str(), &message, shipper)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Delivery {
+            artifacts: Vec::new(),
+            pr_url: None,
+        });
+    };
+    let mut artifacts = vec![
+        Artifact {
+            name: "branch".into(),
+            kind: "branch".into(),
+            uri: pushed.branch.clone(),
+        },
+        Artifact {
+            name: "commit".into(),
+            kind: "commit".into(),
+            uri: pushed.commit.clone(),
+        },
+    ];
+    let mut pr_url = None;
+    if let Some(fc) = &cfg.forge {
+        let repo = fc
+            .repo
+            .clone()
+            .or_else(|| forge::owner_repo_from_url(&co.repo.url))
+            .ok_or_else(|| {
+                format!(
+                    "cannot tell the forge repository from the clone URL; set {}",
+                    agent_env::FORGE_REPO
+                )
+            })?;
+        let f = GitHubForge::new(&fc.api, &repo, fc.token.clone())?;
+        let base = co
+            .repo
+            .git_ref
+            .clone()
+            .or_else(|| co.base_branch.clone())
+            .unwrap_or_else(|| "main".into());
+        let pr = PullRequest {
+            title: message.lines().next().unwrap_or("GuildNet task").to_owned(),
+            head: pushed.branch.clone(),
+            base,
+            body: format!(
+                "Opened by GuildNet agent {} for task {}.\n\n{}",
+                cfg.agent,
+                task.id,
+                task.task.chars().take(4000).collect::<String>()
+            ),
+        };
+        let opened = f.open_pull_request(&pr).await.map_err(|e| e.to_string())?;
+        shipper.push(LogStream::System, format!("pull request: {}", opened.url));
+        artifacts.push(Artifact {
+            name: "pr".into(),
+            kind: "pr".into(),
+            uri: opened.url.clone(),
+        });
+        pr_url = Some(opened.url);
+    }
+    let record = LastPr {
+        url: pr_url.clone(),
+        branch: pushed.branch,
+        commit: pushed.commit,
+        task_id: task.id.to_string(),
+        created_at: chrono::Utc::now(),
+    };
+    let path = cfg.state_dir.join(LAST_PR_FILE);
+    let bytes = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+    crate::state_dir::create_private_dir(&cfg.state_dir)
+        .and_then(|_| crate::state_dir::write_private_file(&path, &bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    artifacts.push(Artifact {
+        name: LAST_PR_FILE.into(),
+        kind: "file".into(),
+        uri: path.display().to_string(),
+    });
+    Ok(Delivery { artifacts, pr_url })
+}
+
 async fn heartbeat_loop(
     client: AgentClient,
     agent: AgentName,
     fencing: u64,
     every: Duration,
     cancel: watch::Sender<bool>,
-    state: watch::Receiver<serde_json::Value>,
+    view: StateView,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -251,7 +585,7 @@ async fn heartbeat_loop(
         let req = HeartbeatRequest {
             agent: agent.clone(),
             fencing: Some(fencing),
-            state: Some(state.borrow().clone()),
+            state: Some(view.json()),
         };
         match client.heartbeat(&req).await {
             Ok(r) if r.cancel => {

@@ -84,7 +84,10 @@ impl RunnerSpec {
             .process_group(0)
             .kill_on_drop(true);
         // The runner must not see the agent's credentials.
-        cmd.env_remove(crate::seams::env::AGENT_TOKEN);
+        cmd.env_remove(crate::seams::env::AGENT_TOKEN)
+            .env_remove(super::agent_env::FORGE_TOKEN)
+            .env_remove(super::agent_env::CODE_SERVER_PASSWORD)
+            .env_remove("ORCHESTRATOR_TOKEN");
         // If the agent dies (even by SIGKILL), the kernel kills the runner too.
         // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and allocates nothing.
         unsafe {
@@ -223,6 +226,7 @@ mod tests {
             reason: None,
             artifacts: vec![],
             pr_url: None,
+            context: Default::default(),
         }
     }
 
@@ -286,6 +290,7 @@ mod tests {
         );
         let err = AgentConfig::from_lookup(|k| match k {
             "ORG_NAME" => Some("../etc".into()),
+            k if k.starts_with("GUILDNET_") && k != "GUILDNET_AGENT_TOKEN" => None,
             _ => Some("t1".into()),
         })
         .unwrap_err();

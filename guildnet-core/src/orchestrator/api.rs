@@ -1,5 +1,6 @@
 //! Request and response bodies of the orchestrator API (also the OpenAPI schemas).
 
+use crate::context::{ContextFile, RepoSpec};
 use crate::model::{Artifact, NewLogLine, Task, TaskStatus};
 use crate::names::{AgentName, OrgName};
 use chrono::{DateTime, Utc};
@@ -37,6 +38,25 @@ pub struct ScheduleRequest {
     /// Optional hint recorded with the task (e.g. an agent profile), up to 63 characters.
     #[serde(default)]
     pub agent_hint: Option<String>,
+    /// Repository the agent clones into its workspace before running the task.
+    #[serde(default)]
+    pub repo: Option<RepoSpec>,
+    /// Files the agent writes into its workspace (after the clone).
+    #[serde(default)]
+    pub files: Vec<ContextFile>,
+}
+
+impl ScheduleRequest {
+    /// A request with only the org and the task text.
+    pub fn new(org: OrgName, task: impl Into<String>) -> Self {
+        Self {
+            org,
+            task: task.into(),
+            agent_hint: None,
+            repo: None,
+            files: Vec::new(),
+        }
+    }
 }
 
 /// Query of `GET /tasks`.
@@ -228,6 +248,9 @@ pub struct EditorOpenResponse {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Where the orchestrator serves the editor (`/editor/proxy/<port>/`); the reply also sets
+    /// an HttpOnly session cookie for that path.
+    pub path: String,
 }
 
 /// Reply to `POST /agents/editor/close`.

@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -413,8 +413,14 @@ pub async fn editor_open(
     State(o): State<Orchestrator>,
     _: AdminAuth,
     ApiJson(req): ApiJson<EditorRequest>,
-) -> Result<Json<EditorOpenResponse>, ApiError> {
-    Ok(Json(o.open_editor(req).await?))
+) -> Result<Response, ApiError> {
+    let (reply, session) = o.open_editor_session(req).await?;
+    let port = reply.port;
+    Ok(super::editor_proxy::with_session_cookie(
+        Json(reply).into_response(),
+        port,
+        &session,
+    ))
 }
 
 /// Closes the orchestrator's way to an agent's editor.
@@ -656,6 +662,18 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/agent/claim", post(agent_claim))
         .route("/agent/log", post(agent_log))
         .route("/agent/complete", post(agent_complete))
+        .route(
+            "/editor/proxy/{port}",
+            any(super::editor_proxy::editor_proxy_root),
+        )
+        .route(
+            "/editor/proxy/{port}/",
+            any(super::editor_proxy::editor_proxy_index),
+        )
+        .route(
+            "/editor/proxy/{port}/{*rest}",
+            any(super::editor_proxy::editor_proxy),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -4,6 +4,7 @@
 
 use super::api::*;
 use super::error::ApiError;
+use crate::context::TaskContext;
 use crate::model::{Agent, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, ClusterBackend, WorkloadState};
@@ -43,6 +44,9 @@ pub struct OrchestratorConfig {
     pub max_attempts: u32,
     /// SSE keep-alive comment interval.
     pub sse_keepalive: Duration,
+    /// `frame-ancestors` sources allowed to embed proxied editors (`'self'` plus the
+    /// dashboard's origin).
+    pub editor_frame_ancestors: String,
 }
 
 impl OrchestratorConfig {
@@ -58,6 +62,7 @@ impl OrchestratorConfig {
             submit_retry: Duration::from_secs(5),
             max_attempts: 3,
             sse_keepalive: Duration::from_secs(15),
+            editor_frame_ancestors: "'self'".into(),
         }
     }
 
@@ -100,6 +105,10 @@ struct Inner {
     /// Workload notes already copied into each waiting task's log (see `post_workload_notes`).
     notes_posted:
         std::sync::Mutex<std::collections::HashMap<TaskId, std::collections::HashSet<String>>>,
+    /// Editors opened through `POST /agents/editor/open`, by proxy port.
+    editors: super::editor_proxy::EditorPorts,
+    /// The editor proxy's pooled client.
+    proxy: crate::proxy::ReverseProxy,
 }
 
 /// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
@@ -147,6 +156,8 @@ impl Orchestrator {
                 last_liveness: std::sync::Mutex::new(Utc::now()),
                 notes_posted: Default::default(),
                 closing: watch::channel(false).0,
+                editors: Default::default(),
+                proxy: crate::proxy::ReverseProxy::new(),
             }),
         })
     }
@@ -254,6 +265,22 @@ impl Orchestrator {
                 ));
             }
         }
+        let context = TaskContext {
+            repo: req.repo,
+            files: req.files,
+        };
+        context.validate().map_err(|e| {
+            if e.field == "files" && e.message.contains("bytes") {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "context_too_large",
+                    e.message,
+                )
+                .with_field("files")
+            } else {
+                ApiError::invalid(&e.field, e.message)
+            }
+        })?;
         if self.inner.store.get_org(&req.org).await?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -286,6 +313,7 @@ impl Orchestrator {
             reason: None,
             artifacts: Vec::new(),
             pr_url: None,
+            context,
         };
         // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
         // only its hash is stored); nobody ever sees this one.
@@ -510,22 +538,39 @@ impl Orchestrator {
         Ok(TaskDetail { task, workload })
     }
 
+    pub(crate) fn editor_ports(&self) -> &super::editor_proxy::EditorPorts {
+        &self.inner.editors
+    }
+
+    pub(crate) fn editor_proxy_client(&self) -> &crate::proxy::ReverseProxy {
+        &self.inner.proxy
+    }
+
     /// `POST /agents/editor/open`: where the orchestrator reaches the agent's editor. The backend
     /// opens (or reuses) a tunnel when it needs one; otherwise the address the agent registered.
+    /// The editor is then served under `/editor/proxy/<port>/`.
     pub async fn open_editor(&self, req: EditorRequest) -> Result<EditorOpenResponse, ApiError> {
+        Ok(self.open_editor_session(req).await?.0)
+    }
+
+    /// Like [`Orchestrator::open_editor`], also returning the proxy session token for the port.
+    pub(crate) async fn open_editor_session(
+        &self,
+        req: EditorRequest,
+    ) -> Result<(EditorOpenResponse, Secret), ApiError> {
         let agent = self.agent_in_org(&req.name, &req.org).await?;
         let found = self
             .inner
             .backend
             .editor_endpoint(&req.org, &req.name)
             .await?;
-        let (host, port) = match found {
-            Some(ep) => (ep.host, ep.port),
+        let (host, port, password) = match found {
+            Some(ep) => (ep.host, ep.port, ep.password),
             None => agent
                 .editor_address
                 .as_deref()
                 .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None)))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::CONFLICT,
@@ -534,17 +579,29 @@ impl Orchestrator {
                     )
                 })?,
         };
-        Ok(EditorOpenResponse {
-            name: req.name,
-            host,
+        let session = self.inner.editors.open(
             port,
-        })
+            &req.org,
+            &req.name,
+            format!("{host}:{port}"),
+            password,
+        );
+        Ok((
+            EditorOpenResponse {
+                name: req.name,
+                path: format!("/editor/proxy/{port}/"),
+                host,
+                port,
+            },
+            session,
+        ))
     }
 
     /// `POST /agents/editor/close`.
     pub async fn close_editor(&self, req: EditorRequest) -> Result<EditorCloseResponse, ApiError> {
         self.agent_in_org(&req.name, &req.org).await?;
-        let closed = self.inner.backend.close_editor(&req.org, &req.name).await?;
+        let proxied = self.inner.editors.close(&req.org, &req.name);
+        let closed = self.inner.backend.close_editor(&req.org, &req.name).await? || proxied;
         Ok(EditorCloseResponse { closed })
     }
 

@@ -8,6 +8,7 @@
 use super::{
     AppendedLogs, StateStore, StoreError, TaskChange, TaskQuery, TaskUpdateFn, TaskUpdated,
 };
+use crate::context::TaskContext;
 use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, NewLogLine, Org,
     Task, TaskStatus,
@@ -108,6 +109,10 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     // 2: the reaper looks up expired leases by status and expiry.
     r#"
 CREATE INDEX tasks_lease ON tasks(status, lease_expires_at);
+"#,
+    // 3: the task's context (repository, files) as JSON; NULL when empty.
+    r#"
+ALTER TABLE tasks ADD COLUMN context TEXT;
 "#,
 ];
 
@@ -399,7 +404,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
 
 const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
     lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-    artifacts, pr_url";
+    artifacts, pr_url, context";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let status: String = r.get(4)?;
@@ -427,7 +432,20 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         artifacts: serde_json::from_str::<Vec<Artifact>>(&artifacts)
             .map_err(|e| corrupt(format!("artifacts: {e}")))?,
         pr_url: r.get(17)?,
+        context: match r.get::<_, Option<String>>(18)? {
+            None => TaskContext::default(),
+            Some(j) => serde_json::from_str(&j).map_err(|e| corrupt(format!("context: {e}")))?,
+        },
     })
+}
+
+fn context_json(c: &TaskContext) -> Result<Option<String>, StoreError> {
+    if c.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(c)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("context: {e}")))
 }
 
 fn artifacts_json(a: &[Artifact]) -> Result<String, StoreError> {
@@ -652,7 +670,7 @@ impl StateStore for SqliteStore {
                     &format!(
                         "INSERT OR IGNORE INTO tasks ({TASK_COLS}, token_hash) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                         ?17, ?18, ?19)"
+                         ?17, ?18, ?19, ?20)"
                     ),
                     params![
                         t.id.as_str(),
@@ -673,6 +691,7 @@ impl StateStore for SqliteStore {
                         t.reason,
                         artifacts_json(&t.artifacts)?,
                         t.pr_url,
+                        context_json(&t.context)?,
                         token_hash,
                     ],
                 )

@@ -1,0 +1,152 @@
+//! Test harness shared by the end-to-end tests: the real `guildnet-orchestrator` binary with the
+//! local backend (agents are the real `guildnet-agent`), on loopback, with a real SQLite file.
+#![allow(dead_code)]
+
+use guildnet_core::client::OrchestratorClient;
+use guildnet_core::model::{Task, TaskStatus};
+use guildnet_core::token::Secret;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "e2e-admin-token-0123456789";
+
+pub struct Orchestrator {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub state: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Orchestrator {
+    pub fn start(state: &Path, port: u16) -> Self {
+        Self::start_with(state, port, &[], &[])
+    }
+
+    /// Like [`Orchestrator::start`] with extra flags and environment.
+    pub fn start_with(state: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--org", "acme"])
+            .args(["--heartbeat-secs", "1", "--lease-ttl-secs", "4"])
+            // The e2e runner executes the task text as a shell script, so tasks choose their
+            // own behaviour (output, exit code, duration).
+            .args(["--runner", "sh -s"])
+            .env("GUILDNET_STATE_DIR", state)
+            .env("ORCHESTRATOR_TOKEN", TOKEN)
+            .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
+            .env("RUST_LOG", "info")
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn orchestrator");
+        Self {
+            child: Some(child),
+            port,
+            state: state.to_owned(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> OrchestratorClient {
+        OrchestratorClient::new(&self.url(), Secret::new(TOKEN)).expect("client")
+    }
+
+    pub async fn wait_ready(&self) {
+        let c = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if c.health().await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orchestrator did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Orchestrator {
+    /// The pid of a task's current agent, from the local backend's pid file.
+    pub fn agent_pid(&self, task: &guildnet_core::names::TaskId) -> i32 {
+        let file = self
+            .state
+            .join("agents")
+            .join(task.as_str())
+            .join("agent.pid");
+        let text = std::fs::read_to_string(&file).expect("agent pid file");
+        text.split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("pid in agent pid file")
+    }
+}
+
+/// Waits until a task is Running and returns it.
+pub async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::TaskId) -> Task {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cur = c.task(id).await.unwrap();
+        if cur.status == TaskStatus::Running {
+            return cur;
+        }
+        assert!(Instant::now() < deadline, "task {id} never ran: {cur:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = &self.state;
+    }
+}
+
+pub async fn wait_terminal(
+    c: &OrchestratorClient,
+    ids: &[guildnet_core::names::TaskId],
+    secs: u64,
+) -> Vec<Task> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut all = Vec::new();
+        for id in ids {
+            if let Ok(t) = c.task(id).await {
+                all.push(t);
+            }
+        }
+        if all.len() == ids.len() && all.iter().all(|t| t.status.is_terminal()) {
+            return all;
+        }
+        if Instant::now() > deadline {
+            let states: Vec<_> = all.iter().map(|t| (t.id.to_string(), t.status)).collect();
+            panic!("tasks did not finish in {secs}s: {states:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

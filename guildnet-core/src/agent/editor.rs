@@ -1,0 +1,370 @@
+//! Supervises the agent's editor: code-server on the workspace, password auth, restarted with
+//! capped exponential backoff when it dies. Its state goes into heartbeats and `/healthz`.
+
+use crate::token::Secret;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How to run code-server.
+#[derive(Debug, Clone)]
+pub struct EditorConfig {
+    /// The code-server executable.
+    pub code_server: PathBuf,
+    /// Address to bind (`0.0.0.0:8443` in a pod).
+    pub bind: SocketAddr,
+    /// The login password (from `CODE_SERVER_PASSWORD`).
+    pub password: Secret,
+    /// Folder to open.
+    pub workspace: PathBuf,
+    /// code-server's user data and extensions go here.
+    pub data_dir: PathBuf,
+    /// Where code-server's own output goes.
+    pub log_file: PathBuf,
+}
+
+/// The editor's state, as heartbeats and `/healthz` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum EditorState {
+    /// No editor configured.
+    Disabled,
+    /// Started, not answering yet.
+    Starting {
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// Answering `/healthz`.
+    Running {
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// Exited; restarting after a backoff.
+    Restarting {
+        /// Restarts so far.
+        restarts: u32,
+        /// How it ended.
+        last_exit: String,
+    },
+    /// Could not be started at all (missing executable).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EditorState {
+    /// True when the editor is up or not wanted (what `/healthz` needs).
+    pub fn healthy(&self) -> bool {
+        matches!(
+            self,
+            EditorState::Disabled | EditorState::Running { .. } | EditorState::Starting { .. }
+        )
+    }
+}
+
+/// A running supervisor. Dropping it stops code-server.
+pub struct EditorSupervisor {
+    state: watch::Receiver<EditorState>,
+    stop: Arc<tokio::sync::Notify>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EditorSupervisor {
+    /// A supervisor that does nothing (no editor configured).
+    pub fn disabled() -> Self {
+        let (_tx, rx) = watch::channel(EditorState::Disabled);
+        Self {
+            state: rx,
+            stop: Arc::new(tokio::sync::Notify::new()),
+            task: None,
+        }
+    }
+
+    /// Starts code-server and keeps it running.
+    pub fn start(cfg: EditorConfig) -> Self {
+        let (tx, rx) = watch::channel(EditorState::Starting { restarts: 0 });
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(supervise(cfg, tx, stop.clone()));
+        Self {
+            state: rx,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> EditorState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of state changes.
+    pub fn watch(&self) -> watch::Receiver<EditorState> {
+        self.state.clone()
+    }
+
+    /// Stops code-server and waits for it to exit.
+    pub async fn shutdown(mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for EditorSupervisor {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+async fn supervise(
+    cfg: EditorConfig,
+    tx: watch::Sender<EditorState>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let mut restarts = 0u32;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let _ = std::fs::create_dir_all(&cfg.data_dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log_file);
+        let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        let mut cmd = tokio::process::Command::new(&cfg.code_server);
+        cmd.arg("--bind-addr")
+            .arg(cfg.bind.to_string())
+            .args([
+                "--auth",
+                "password",
+                "--disable-telemetry",
+                "--disable-update-check",
+            ])
+            .arg("--user-data-dir")
+            .arg(cfg.data_dir.join("user"))
+            .arg("--extensions-dir")
+            .arg(cfg.data_dir.join("extensions"))
+            .args([
+                "--disable-workspace-trust",
+                "--disable-getting-started-override",
+                "--ignore-last-opened",
+            ])
+            .arg(&cfg.workspace)
+            .env("PASSWORD", cfg.password.expose())
+            .env("XDG_CONFIG_HOME", cfg.data_dir.join("config"))
+            .env("XDG_DATA_HOME", cfg.data_dir.join("data"))
+            .env(
+                "CODE_SERVER_CONFIG",
+                cfg.data_dir.join("config").join("config.yaml"),
+            )
+            // Inherited values of these would override the flags above (bind address, password)
+            // or hand the folder to another running instance.
+            .env_remove("PORT")
+            .env_remove("CODE_SERVER_HOST")
+            .env_remove("HASHED_PASSWORD")
+            .env_remove("VSCODE_IPC_HOOK_CLI")
+            .env_remove("VSCODE_PROXY_URI")
+            .env_remove("ORCHESTRATOR_TOKEN")
+            .env_remove(crate::agent::agent_env::FORGE_TOKEN)
+            .env_remove(crate::seams::env::AGENT_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let reason = format!("{} not found", cfg.code_server.display());
+                tracing::error!(%reason, "editor cannot start");
+                let _ = tx.send(EditorState::Failed { reason });
+                stop.notified().await;
+                return;
+            }
+            Err(e) => {
+                let last_exit = format!("spawn failed: {e}");
+                let _ = tx.send(EditorState::Restarting {
+                    restarts,
+                    last_exit,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.notified() => return,
+                }
+                restarts += 1;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let _ = tx.send(EditorState::Starting { restarts });
+        tracing::info!(bind = %cfg.bind, restarts, "code-server started");
+        let ready = wait_ready(cfg.bind, tx.clone(), restarts);
+        tokio::pin!(ready);
+        let started = tokio::time::Instant::now();
+        let status = loop {
+            tokio::select! {
+                st = child.wait() => break st,
+                _ = &mut ready => {}
+                _ = stop.notified() => {
+                    if let Some(pg) = pgid {
+                        let _ = killpg(pg, Signal::SIGTERM);
+                    }
+                    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+                        if let Some(pg) = pgid {
+                            let _ = killpg(pg, Signal::SIGKILL);
+                        }
+                        let _ = child.wait().await;
+                    }
+                    return;
+                }
+            }
+        };
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let last_exit = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(%last_exit, restarts, "code-server exited; restarting");
+        // A run that stayed up a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = Duration::from_millis(500);
+        }
+        let _ = tx.send(EditorState::Restarting {
+            restarts,
+            last_exit,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.notified() => return,
+        }
+        restarts += 1;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Polls code-server's `/healthz` until it answers, then reports Running (and stays pending).
+async fn wait_ready(bind: SocketAddr, tx: watch::Sender<EditorState>, restarts: u32) {
+    let host = if bind.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], bind.port()))
+    } else {
+        bind
+    };
+    let url = format!("http://{host}/healthz");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build();
+    if let Ok(http) = http {
+        loop {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    let _ = tx.send(EditorState::Running { restarts });
+                    tracing::info!(%bind, "code-server is ready");
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_serializes_with_a_tag() {
+        let v = serde_json::to_value(EditorState::Running { restarts: 2 }).unwrap();
+        assert_eq!(v, serde_json::json!({"state": "running", "restarts": 2}));
+        assert!(!EditorState::Restarting {
+            restarts: 1,
+            last_exit: "exit status: 1".into()
+        }
+        .healthy());
+    }
+
+    #[tokio::test]
+    async fn a_dying_editor_is_restarted_with_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in that exits at once: the supervisor must keep restarting it.
+        let script = d.path().join("fake-code-server");
+        std::fs::write(&script, "#!/bin/sh\necho started >> \"$0.runs\"\nexit 3\n").unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let sup = EditorSupervisor::start(EditorConfig {
+            code_server: script.clone(),
+            bind: "127.0.0.1:1".parse().unwrap(),
+            password: Secret::new("pw"),
+            workspace: d.path().to_path_buf(),
+            data_dir: d.path().join("data"),
+            log_file: d.path().join("cs.log"),
+        });
+        let mut w = sup.watch();
+        let restarted = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let EditorState::Restarting {
+                    restarts,
+                    last_exit,
+                } = w.borrow_and_update().clone()
+                {
+                    if restarts >= 1 {
+                        return last_exit;
+                    }
+                }
+                w.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("restarted");
+        assert!(restarted.contains('3'), "{restarted}");
+        sup.shutdown().await;
+        let runs = std::fs::read_to_string(d.path().join("fake-code-server.runs")).unwrap();
+        assert!(runs.lines().count() >= 2, "{runs}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_editor_fails_clearly() {
+        let d = tempfile::tempdir().unwrap();
+        let sup = EditorSupervisor::start(EditorConfig {
+            code_server: d.path().join("nope"),
+            bind: "127.0.0.1:1".parse().unwrap(),
+            password: Secret::new("pw"),
+            workspace: d.path().to_path_buf(),
+            data_dir: d.path().join("data"),
+            log_file: d.path().join("cs.log"),
+        });
+        let mut w = sup.watch();
+        let st = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let s = w.borrow_and_update().clone();
+                if let EditorState::Failed { .. } = s {
+                    return s;
+                }
+                w.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        assert!(!st.healthy());
+    }
+}

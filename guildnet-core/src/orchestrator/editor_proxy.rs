@@ -1,0 +1,312 @@
+//! `ANY /editor/proxy/{port}/...`: the orchestrator's reverse proxy to agents' editors.
+//!
+//! It reaches only the ports `POST /agents/editor/open` opened (a registry keyed by port), so it
+//! cannot be turned into a proxy to other hosts or ports. Callers authenticate with the admin
+//! token (the dashboard relays with it) or with the HttpOnly session cookie the open call set
+//! for that port. When the backend knows the editor's password, the proxy logs in to
+//! code-server itself and keeps code-server's session cookie server-side: the person never
+//! sees the password.
+
+use super::error::ApiError;
+use super::Orchestrator;
+use crate::names::{AgentName, OrgName};
+use crate::proxy::{ProxyError, Upstream};
+use crate::token::{self, Secret};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Name of the proxy's session cookie (scoped to `/editor/proxy/<port>/`).
+pub const SESSION_COOKIE: &str = "guildnet_editor";
+/// code-server's session cookie.
+const CODE_SERVER_COOKIE: &str = "code-server-session";
+
+/// An editor the orchestrator opened.
+pub(crate) struct OpenEditor {
+    pub(crate) org: OrgName,
+    pub(crate) agent: AgentName,
+    authority: String,
+    password: Option<Secret>,
+    session: Secret,
+    upstream_cookie: tokio::sync::Mutex<Option<String>>,
+}
+
+/// Editors by the port the proxy serves them under.
+#[derive(Default)]
+pub(crate) struct EditorPorts {
+    map: Mutex<HashMap<u16, Arc<OpenEditor>>>,
+}
+
+impl EditorPorts {
+    /// Registers (or refreshes) an editor under `port`; returns its browser session token.
+    pub(crate) fn open(
+        &self,
+        port: u16,
+        org: &OrgName,
+        agent: &AgentName,
+        authority: String,
+        password: Option<Secret>,
+    ) -> Secret {
+        let Ok(mut m) = self.map.lock() else {
+            return token::generate("ges");
+        };
+        if let Some(e) = m.get(&port) {
+            if e.agent == *agent && e.org == *org && e.authority == authority {
+                return e.session.clone();
+            }
+        }
+        let session = token::generate("ges");
+        m.insert(
+            port,
+            Arc::new(OpenEditor {
+                org: org.clone(),
+                agent: agent.clone(),
+                authority,
+                password,
+                session: session.clone(),
+                upstream_cookie: tokio::sync::Mutex::new(None),
+            }),
+        );
+        session
+    }
+
+    /// Forgets every editor of `agent`.
+    pub(crate) fn close(&self, org: &OrgName, agent: &AgentName) -> bool {
+        let Ok(mut m) = self.map.lock() else {
+            return false;
+        };
+        let before = m.len();
+        m.retain(|_, e| !(e.agent == *agent && e.org == *org));
+        m.len() != before
+    }
+
+    fn get(&self, port: u16) -> Option<Arc<OpenEditor>> {
+        self.map.lock().ok()?.get(&port).cloned()
+    }
+}
+
+/// The `Set-Cookie` value for an editor session.
+pub(crate) fn session_cookie(port: u16, session: &Secret) -> String {
+    format!(
+        "{SESSION_COOKIE}={}; Path=/editor/proxy/{port}/; HttpOnly; SameSite=Strict",
+        session.expose()
+    )
+}
+
+fn cookie_value<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, tok) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(tok.trim())
+}
+
+/// A prefix a trusted relay (the dashboard) may ask for: `/segment/...`, safe characters only.
+fn valid_prefix(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.ends_with('/')
+        && p.len() <= 200
+        && !p.contains("//")
+        && !p.split('/').any(|s| s == "..")
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+}
+
+/// Logs in to code-server with the editor's password and returns its session cookie.
+async fn login(authority: &str, password: &Secret) -> Result<String, String> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = http
+        .post(format!("http://{authority}/login"))
+        .form(&[("password", password.expose())])
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    resp.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|c| c.starts_with(&format!("{CODE_SERVER_COOKIE}=")))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("editor login refused (HTTP {})", resp.status().as_u16()))
+}
+
+fn port_param(raw: &str) -> Result<u16, ApiError> {
+    raw.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ApiError::invalid("port", "must be a TCP port number (1-65535)"))
+}
+
+/// `ANY /editor/proxy/{port}`: redirects to the slash form, which code-server's relative URLs
+/// need.
+pub async fn editor_proxy_root(Path(port): Path<String>) -> Result<Response, ApiError> {
+    let port = port_param(&port)?;
+    Ok((
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, format!("/editor/proxy/{port}/"))],
+    )
+        .into_response())
+}
+
+/// `ANY /editor/proxy/{port}/`.
+pub async fn editor_proxy_index(
+    State(o): State<Orchestrator>,
+    Path(port): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    proxy(o, &port, "/", req).await
+}
+
+/// `ANY /editor/proxy/{port}/{*rest}`.
+pub async fn editor_proxy(
+    State(o): State<Orchestrator>,
+    Path((port, rest)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    proxy(o, &port, &format!("/{rest}"), req).await
+}
+
+async fn proxy(
+    o: Orchestrator,
+    port: &str,
+    rest: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let port = port_param(port)?;
+    // Authenticate before saying anything about the port.
+    let admin = match bearer(&req) {
+        Some(t) if o.is_admin_token(t) => true,
+        Some(_) => return Err(ApiError::unauthorized("invalid admin token")),
+        None => false,
+    };
+    let editor = o.editor_ports().get(port);
+    let by_cookie = match (&editor, cookie_value(&req, SESSION_COOKIE)) {
+        (Some(e), Some(c)) => token::equals(c, e.session.expose()),
+        _ => false,
+    };
+    if !admin && !by_cookie {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <admin token> or editor session cookie \
+             (POST /agents/editor/open sets it)",
+        ));
+    }
+    let editor = editor.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no editor is open on port {port}; open one with POST /agents/editor/open"
+        ))
+    })?;
+    let external_prefix = match req
+        .headers()
+        .get("x-forwarded-prefix")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(p) if admin && valid_prefix(p) => p.to_owned(),
+        Some(_) if admin => {
+            return Err(ApiError::invalid(
+                "X-Forwarded-Prefix",
+                "must be an absolute path of letters, digits, '-', '_', '.' and '/'",
+            ))
+        }
+        _ => format!("/editor/proxy/{port}"),
+    };
+    let mut cookie = editor.upstream_cookie.lock().await.clone();
+    if cookie.is_none() {
+        if let Some(pw) = &editor.password {
+            match login(&editor.authority, pw).await {
+                Ok(c) => {
+                    *editor.upstream_cookie.lock().await = Some(c.clone());
+                    cookie = Some(c);
+                }
+                Err(why) => {
+                    tracing::warn!(agent = %editor.agent, port, %why, "editor login failed");
+                }
+            }
+        }
+    }
+    let up = Upstream {
+        authority: editor.authority.clone(),
+        path_prefix: String::new(),
+        external_prefix,
+        add_headers: Vec::new(),
+        cookie: cookie.clone(),
+        strip_cookies: vec![SESSION_COOKIE.to_owned()],
+        frame_ancestors: Some(o.config().editor_frame_ancestors.clone()),
+    };
+    let resp = o
+        .editor_proxy_client()
+        .forward(req, rest, &up)
+        .await
+        .map_err(|e| match e {
+            ProxyError::Unreachable { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "editor_unreachable",
+                format!("the editor of agent {} does not answer: {e}", editor.agent),
+            ),
+            ProxyError::BadRequest(m) => ApiError::invalid("path", m),
+        })?;
+    // code-server sends a stale session back to its login page: log in again next time.
+    let to_login = resp.status().is_redirection()
+        && resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|l| l.contains("login"));
+    if to_login && cookie.is_some() {
+        *editor.upstream_cookie.lock().await = None;
+    }
+    Ok(resp)
+}
+
+/// Adds the editor session cookie to an `editor/open` reply.
+pub(crate) fn with_session_cookie(mut resp: Response, port: u16, session: &Secret) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(port, session)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_prefixes_are_checked() {
+        assert!(valid_prefix("/embed/orchestrator/41234"));
+        for bad in ["embed", "/a/", "/a/../b", "//evil.example", "/a b", "/a?x"] {
+            assert!(!valid_prefix(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_are_reused_per_agent_and_replaced_otherwise() {
+        let ports = EditorPorts::default();
+        let org = OrgName::new("acme").unwrap();
+        let a = AgentName::new("agent-a-1").unwrap();
+        let b = AgentName::new("agent-b-1").unwrap();
+        let s1 = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None);
+        let s2 = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None);
+        assert_eq!(s1, s2, "reopening keeps the session");
+        let s3 = ports.open(9000, &org, &b, "127.0.0.1:9000".into(), None);
+        assert_ne!(s1, s3, "another agent on the port gets a new session");
+        assert!(ports.close(&org, &b));
+        assert!(ports.get(9000).is_none());
+        assert!(!ports.close(&org, &b));
+    }
+}

@@ -1,0 +1,465 @@
+//! A small HTTP/1.1 reverse proxy with WebSocket upgrades, used by the orchestrator's editor
+//! proxy (to code-server) and by the dashboard's embed relay (to the orchestrator).
+//!
+//! What it does to a request: the path is rebased onto the upstream's prefix, hop-by-hop
+//! headers and the caller's credentials (`Authorization`, the proxy's own cookies) are dropped,
+//! `Host` is kept (code-server checks WebSocket origins against it) and `X-Forwarded-*` are set.
+//! What it does to a response: `Location` and `Set-Cookie` paths under the upstream's prefix
+//! are moved under the external prefix, and framing is restricted to the configured ancestors
+//! (an upstream `X-Frame-Options` or `frame-ancestors` is replaced, never just removed).
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+
+/// Where and how one request is forwarded.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port` of the upstream server.
+    pub authority: String,
+    /// Path prefix on the upstream (`""` for code-server itself; `/editor/proxy/<port>` when the
+    /// dashboard relays to the orchestrator).
+    pub path_prefix: String,
+    /// The prefix the browser sees (`/editor/proxy/<port>`, `/embed/orchestrator/<port>`).
+    pub external_prefix: String,
+    /// Headers added to the upstream request (e.g. the orchestrator's bearer token).
+    pub add_headers: Vec<(HeaderName, HeaderValue)>,
+    /// A cookie added to the upstream request (e.g. code-server's session, logged in by the
+    /// proxy).
+    pub cookie: Option<String>,
+    /// Cookie names the browser sent for the proxy itself; they are not forwarded.
+    pub strip_cookies: Vec<String>,
+    /// `frame-ancestors` sources for the response (`'self' https://dash.example`); `None` leaves
+    /// framing headers as the upstream sent them.
+    pub frame_ancestors: Option<String>,
+}
+
+/// Errors of a forward, mapped to 502/504 by the callers.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream could not be reached or broke the connection.
+    #[error("upstream {authority} unreachable: {reason}")]
+    Unreachable {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be rebuilt (bad path).
+    #[error("cannot forward the request: {0}")]
+    BadRequest(String),
+}
+
+/// A pooled reverse proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct ReverseProxy {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for ReverseProxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+impl ReverseProxy {
+    /// A proxy with a connection pool.
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(http);
+        Self { client }
+    }
+
+    /// Forwards `req`, whose path is `rest` below the external prefix (`/` + the remainder,
+    /// query included in `req`'s URI).
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        rest: &str,
+        up: &Upstream,
+    ) -> Result<Response<Body>, ProxyError> {
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let rest = if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        };
+        let uri: Uri = format!("http://{}{}{}{}", up.authority, up.path_prefix, rest, query)
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("upstream URI: {e}")))?;
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        rewrite_request_headers(&mut parts.headers, up, upgrade);
+        parts.uri = uri;
+        let out = Request::from_parts(parts, body);
+        let unreachable = |e: &dyn std::fmt::Display| ProxyError::Unreachable {
+            authority: up.authority.clone(),
+            reason: e.to_string(),
+        };
+        let resp = if let Some(client_upgrade) = client_upgrade {
+            // A connection of its own, so the upgraded stream is not returned to the pool.
+            let tcp = tokio::net::TcpStream::connect(&up.authority)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let _ = tcp.set_nodelay(true);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "proxied websocket connection ended");
+                }
+            });
+            let mut resp = sender
+                .send_request(out)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((c, u)) => {
+                            let mut c = TokioIo::new(c);
+                            let mut u = TokioIo::new(u);
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                    }
+                });
+            }
+            resp.map(Body::new)
+        } else {
+            self.client
+                .request(out)
+                .await
+                .map_err(|e| unreachable(&e))?
+                .map(Body::new)
+        };
+        let (mut parts, body) = resp.into_parts();
+        rewrite_response_headers(&mut parts.headers, up, parts.status);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn rewrite_request_headers(h: &mut HeaderMap, up: &Upstream, upgrade: bool) {
+    let connection_tokens: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    for t in connection_tokens {
+        if t != "upgrade" {
+            h.remove(t.as_str());
+        }
+    }
+    for name in HOP_BY_HOP {
+        if upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        h.remove(name);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    h.remove(header::AUTHORIZATION);
+    h.remove("x-forwarded-prefix");
+    // Browser cookies minus the proxy's own, plus the upstream session cookie.
+    let mut cookies: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';').map(|c| c.trim().to_owned()))
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or("");
+            !up.strip_cookies.iter().any(|s| s == name)
+        })
+        .collect();
+    if let Some(c) = &up.cookie {
+        let name = c.split('=').next().unwrap_or("");
+        cookies.retain(|x| x.split('=').next() != Some(name));
+        cookies.push(c.clone());
+    }
+    h.remove(header::COOKIE);
+    if !cookies.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+    if let Some(host) = h.get(header::HOST).cloned() {
+        h.insert("x-forwarded-host", host);
+    }
+    if let Ok(v) = HeaderValue::from_str(&up.external_prefix) {
+        h.insert("x-forwarded-prefix", v);
+    }
+    for (k, v) in &up.add_headers {
+        h.insert(k.clone(), v.clone());
+    }
+}
+
+/// Moves an absolute path under the upstream prefix to the external prefix.
+fn rebase_path(path: &str, up: &Upstream) -> Option<String> {
+    if !path.starts_with('/') || path.starts_with("//") {
+        return None;
+    }
+    let below = if up.path_prefix.is_empty() {
+        path
+    } else {
+        let r = path.strip_prefix(&up.path_prefix)?;
+        if !(r.is_empty() || r.starts_with('/') || r.starts_with('?')) {
+            return None;
+        }
+        r
+    };
+    let below = if below.is_empty() { "/" } else { below };
+    Some(format!("{}{}", up.external_prefix, below))
+}
+
+/// Rewrites a `Location` value: absolute paths and absolute URLs pointing at the upstream.
+pub fn rewrite_location(loc: &str, up: &Upstream) -> Option<String> {
+    if let Some(rest) = loc
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_prefix(up.authority.as_str()))
+    {
+        let rest = if rest.is_empty() { "/" } else { rest };
+        return rebase_path(rest, up);
+    }
+    rebase_path(loc, up)
+}
+
+/// Rewrites a `Set-Cookie` value: `Path` moves under the external prefix, `Domain` is dropped
+/// (the browser talks to the proxy's host).
+pub fn rewrite_set_cookie(v: &str, up: &Upstream) -> String {
+    let mut saw_path = false;
+    let mut parts: Vec<String> = Vec::new();
+    for (i, attr) in v.split(';').enumerate() {
+        let a = attr.trim();
+        if i == 0 {
+            parts.push(a.to_owned());
+            continue;
+        }
+        let lower = a.to_ascii_lowercase();
+        if lower.starts_with("domain=") {
+            continue;
+        }
+        if lower.starts_with("path=") {
+            saw_path = true;
+            let p = &a[5..];
+            parts.push(format!(
+                "Path={}",
+                rebase_path(p, up).unwrap_or_else(|| p.to_owned())
+            ));
+            continue;
+        }
+        parts.push(a.to_owned());
+    }
+    if !saw_path {
+        parts.push(format!("Path={}/", up.external_prefix));
+    }
+    parts.join("; ")
+}
+
+/// Removes the `frame-ancestors` directive from a CSP value (the proxy adds its own).
+fn without_frame_ancestors(csp: &str) -> String {
+    csp.split(';')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.to_ascii_lowercase().starts_with("frame-ancestors"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn rewrite_response_headers(h: &mut HeaderMap, up: &Upstream, status: StatusCode) {
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        for name in HOP_BY_HOP {
+            h.remove(name);
+        }
+    }
+    if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        if let Some(new) = rewrite_location(loc, up) {
+            if let Ok(v) = HeaderValue::from_str(&new) {
+                h.insert(header::LOCATION, v);
+            }
+        }
+    }
+    let cookies: Vec<String> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| rewrite_set_cookie(v, up))
+        .collect();
+    if !cookies.is_empty() {
+        h.remove(header::SET_COOKIE);
+        for c in cookies {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                h.append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    if let Some(ancestors) = &up.frame_ancestors {
+        h.remove(header::X_FRAME_OPTIONS);
+        let csps: Vec<String> = h
+            .get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(without_frame_ancestors)
+            .filter(|c| !c.is_empty())
+            .collect();
+        h.remove(header::CONTENT_SECURITY_POLICY);
+        for c in csps {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                h.append(header::CONTENT_SECURITY_POLICY, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("frame-ancestors {ancestors}")) {
+            h.append(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(path_prefix: &str, external: &str) -> Upstream {
+        Upstream {
+            authority: "127.0.0.1:9000".into(),
+            path_prefix: path_prefix.into(),
+            external_prefix: external.into(),
+            add_headers: vec![],
+            cookie: None,
+            strip_cookies: vec!["guildnet_editor".into()],
+            frame_ancestors: Some("'self' https://dash.example".into()),
+        }
+    }
+
+    #[test]
+    fn locations_move_under_the_external_prefix() {
+        let u = up("", "/editor/proxy/9000");
+        assert_eq!(
+            rewrite_location("/login", &u).as_deref(),
+            Some("/editor/proxy/9000/login")
+        );
+        assert_eq!(
+            rewrite_location("http://127.0.0.1:9000/?folder=/w", &u).as_deref(),
+            Some("/editor/proxy/9000/?folder=/w")
+        );
+        // Relative and foreign locations are left alone.
+        assert_eq!(rewrite_location("./login", &u), None);
+        assert_eq!(rewrite_location("https://evil.example/x", &u), None);
+        assert_eq!(rewrite_location("//evil.example/x", &u), None);
+        // Relaying to a prefixed upstream: only paths under its prefix move.
+        let d = up("/editor/proxy/9000", "/embed/orchestrator/9000");
+        assert_eq!(
+            rewrite_location("/editor/proxy/9000/login", &d).as_deref(),
+            Some("/embed/orchestrator/9000/login")
+        );
+        assert_eq!(rewrite_location("/editor/proxy/90001/x", &d), None);
+        assert_eq!(rewrite_location("/embed/orchestrator/9000/login", &d), None);
+    }
+
+    #[test]
+    fn cookies_are_scoped_to_the_prefix() {
+        let u = up("", "/editor/proxy/9000");
+        assert_eq!(
+            rewrite_set_cookie(
+                "code-server-session=abc; Path=/; Domain=127.0.0.1; HttpOnly",
+                &u
+            ),
+            "code-server-session=abc; Path=/editor/proxy/9000/; HttpOnly"
+        );
+        assert_eq!(
+            rewrite_set_cookie("a=b", &u),
+            "a=b; Path=/editor/proxy/9000/"
+        );
+    }
+
+    #[test]
+    fn request_headers_drop_credentials_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer admin"),
+        );
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("guildnet_editor=s1; theme=dark"),
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("orch:8080"));
+        let mut u = up("", "/editor/proxy/9000");
+        u.cookie = Some("code-server-session=xyz".into());
+        rewrite_request_headers(&mut h, &u, false);
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h[header::COOKIE], "theme=dark; code-server-session=xyz");
+        assert_eq!(h[header::HOST], "orch:8080");
+        assert_eq!(h["x-forwarded-prefix"], "/editor/proxy/9000");
+    }
+
+    #[test]
+    fn framing_is_restricted_not_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+        );
+        rewrite_response_headers(&mut h, &up("", "/p"), StatusCode::OK);
+        assert!(h.get(header::X_FRAME_OPTIONS).is_none());
+        let csps: Vec<&str> = h
+            .get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            csps,
+            [
+                "default-src 'self'",
+                "frame-ancestors 'self' https://dash.example"
+            ]
+        );
+    }
+}
