@@ -118,6 +118,28 @@ enum OrgCmd {
     },
     /// List orgs.
     List,
+    /// Bootstrap the org's Talos cluster through the orchestrator (gen config, apply-config,
+    /// bootstrap, health, kubeconfig), following its progress.
+    Bootstrap {
+        /// The org (must be registered).
+        #[arg(long)]
+        org: OrgName,
+        /// Control-plane node address (repeat or comma-separate; at least one).
+        #[arg(long = "cp", value_delimiter = ',', required = true)]
+        cp: Vec<String>,
+        /// Worker node address (repeat or comma-separate).
+        #[arg(long = "worker", value_delimiter = ',')]
+        worker: Vec<String>,
+    },
+    /// Fetch the org cluster's kubeconfig again (the bootstrap's last step alone).
+    Kubeconfig {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// A control-plane node address.
+        #[arg(long)]
+        endpoint: String,
+    },
 }
 
 fn admin_token(explicit: Option<String>) -> anyhow::Result<Secret> {
@@ -225,6 +247,32 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 println!("org {} created", org.name);
             }
         }
+        Cmd::Org {
+            cmd: OrgCmd::Bootstrap { org, cp, worker },
+        } => {
+            let total = 1 + cp.len() + worker.len() + 4;
+            let req = guildnet_core::orchestrator::bootstrap::OrgBootstrapRequest {
+                org: org.clone(),
+                cp_nodes: cp,
+                worker_nodes: worker,
+            };
+            let started = client.start_bootstrap(&req).await?;
+            eprintln!("bootstrap of org {} {}", started.org, started.state);
+            let ok = follow_bootstrap(&client, &org, total, cli.json).await?;
+            if !ok {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Cmd::Org {
+            cmd: OrgCmd::Kubeconfig { org, endpoint },
+        } => {
+            let r = client.generate_kubeconfig(&org, &endpoint).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("kubeconfig of org {} written to {}", r.org, r.path);
+            }
+        }
         Cmd::Org { cmd: OrgCmd::List } => {
             let orgs = client.orgs().await?;
             if cli.json {
@@ -324,4 +372,89 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A text progress bar: `[#####-----] 3/10`.
+fn progress_bar(done: usize, total: usize) -> String {
+    let total = total.max(1);
+    let done = done.min(total);
+    let width = 20;
+    let filled = done * width / total;
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    )
+}
+
+/// Follows an org's bootstrap stream, printing each step with a progress bar (or the JSON
+/// events with `--json`). True when it succeeded.
+async fn follow_bootstrap(
+    client: &OrchestratorClient,
+    org: &OrgName,
+    total: usize,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let stream = client.follow_bootstrap(org).await?;
+    futures_util::pin_mut!(stream);
+    let mut done = 0usize;
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if json {
+            println!("{}", msg.data);
+        }
+        match msg.event.as_str() {
+            "progress" => {
+                let p: guildnet_core::seams::BootstrapProgress = serde_json::from_str(&msg.data)?;
+                if json {
+                    continue;
+                }
+                match p.phase.as_str() {
+                    "start" => eprintln!("{} {} ...", progress_bar(done, total), p.step),
+                    "done" => {
+                        done += 1;
+                        eprintln!("{} {} done", progress_bar(done, total), p.step);
+                    }
+                    "error" => eprintln!(
+                        "{} {} failed: {}",
+                        progress_bar(done, total),
+                        p.step,
+                        p.message
+                    ),
+                    _ => eprintln!("    {}", p.message),
+                }
+            }
+            "done" => {
+                if !json {
+                    let s: guildnet_core::orchestrator::bootstrap::BootstrapStatus =
+                        serde_json::from_str(&msg.data)?;
+                    eprintln!(
+                        "{} bootstrap of org {org} succeeded",
+                        progress_bar(total, total)
+                    );
+                    if let Some(r) = s.result {
+                        for key in ["kubeconfig", "talosconfig"] {
+                            if let Some(p) = r.get(key).and_then(|v| v.as_str()) {
+                                println!("{key}: {p}");
+                            }
+                        }
+                    }
+                }
+                return Ok(true);
+            }
+            "error" => {
+                if !json {
+                    let s: guildnet_core::orchestrator::bootstrap::BootstrapStatus =
+                        serde_json::from_str(&msg.data)?;
+                    eprintln!(
+                        "bootstrap of org {org} failed: {}",
+                        s.error.unwrap_or_default()
+                    );
+                }
+                return Ok(false);
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the bootstrap stream ended without a result; GET /orgs/<org>/bootstrap tells where it stands")
 }

@@ -1,6 +1,93 @@
-//! `guildnet-dashboard`: placeholder until issue #6 lands.
+//! `guildnet-dashboard`: flags/env -> config -> serve. All logic lives in guildnet-dashboard.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("guildnet-dashboard is not built yet (issue #6)");
-    std::process::ExitCode::FAILURE
+use anyhow::Context as _;
+use clap::Parser;
+use guildnet_bin::{init_tracing, shutdown_signal};
+use guildnet_core::state_dir::StatePaths;
+use guildnet_core::token::Secret;
+use guildnet_dashboard::auth::PasswordSource;
+use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "guildnet-dashboard",
+    version,
+    about = "GuildNet dashboard: web UI over the orchestrator"
+)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "GUILDNET_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    listen: SocketAddr,
+    /// State directory (default: GUILDNET_STATE_DIR, GUILDNET_HOME/state, ~/.guildnet/state).
+    #[arg(long, env = "GUILDNET_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Orchestrator base URL.
+    #[arg(
+        long,
+        env = "ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    orchestrator_url: String,
+    /// Orchestrator admin token (default: the state dir's orchestrator.token).
+    #[arg(long, env = "ORCHESTRATOR_TOKEN", hide_env_values = true)]
+    orchestrator_token: Option<String>,
+    /// Dashboard password (default: generated once into the state dir's dashboard.password).
+    #[arg(long, env = "GUILDNET_DASHBOARD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Serve HTTPS with a self-signed certificate kept in the state dir.
+    #[arg(long)]
+    tls: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let paths = match cli.state_dir {
+        Some(d) => StatePaths::new(d),
+        None => StatePaths::resolve()?,
+    };
+    let token = match cli.orchestrator_token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            let file = paths.admin_token_file();
+            std::fs::read_to_string(&file)
+                .map(|t| t.trim().to_owned())
+                .ok()
+                .filter(|t| !t.is_empty())
+                .with_context(|| {
+                    format!(
+                        "no orchestrator token: pass --orchestrator-token (or ORCHESTRATOR_TOKEN), or run next to an orchestrator whose token is in {}",
+                        file.display()
+                    )
+                })?
+        }
+    };
+    let mut cfg = DashboardConfig::new(paths.root());
+    cfg.listen = cli.listen;
+    cfg.password = cli.password.map(Secret::new);
+    cfg.tls = cli.tls;
+    let dash = Dashboard::bind(
+        cfg,
+        OrchestratorHandle {
+            url: cli.orchestrator_url,
+            token: Secret::new(token),
+        },
+    )
+    .await?;
+    println!("GuildNet dashboard: {}", dash.url());
+    match dash.password_source() {
+        PasswordSource::Configured => println!("log in with the configured password"),
+        PasswordSource::File(p) | PasswordSource::Generated(p) => {
+            println!("log in with the password in {}", p.display())
+        }
+    }
+    dash.serve(shutdown_signal()).await?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
 use clap::Args;
-use guildnet_core::launch::{start_local, BackendOverride, LocalOptions};
+use guildnet_core::launch::{start_local, BackendOverride, BootstrapOverride, LocalOptions};
 use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::AdminTokenSource;
 use guildnet_core::state_dir::StatePaths;
@@ -68,6 +68,9 @@ pub struct OrchestratorArgs {
         value_delimiter = ','
     )]
     pub frame_ancestors: Vec<String>,
+    /// talosctl for org cluster bootstrap (POST /orgs/bootstrap): a path or a name on PATH.
+    #[arg(long, env = "GUILDNET_TALOSCTL", default_value = "talosctl")]
+    pub talosctl: PathBuf,
 }
 
 impl OrchestratorArgs {
@@ -99,6 +102,15 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
+        let paths = match &self.state_dir {
+            Some(d) => StatePaths::new(d.clone()),
+            None => StatePaths::resolve()?,
+        };
+        let mut talos = guildnet_talos::TalosOptions::new(paths);
+        talos.talosctl = self.talosctl.clone();
+        o.bootstrap = Some(BootstrapOverride(Arc::new(
+            guildnet_talos::TalosctlBootstrap::new(talos),
+        )));
         o.durability = if self.durability == "normal" {
             Durability::Normal
         } else {

@@ -384,6 +384,51 @@ impl OrchestratorClient {
             }))
     }
 
+    /// `POST /orgs/bootstrap`: starts an org's cluster bootstrap.
+    pub async fn start_bootstrap(
+        &self,
+        req: &crate::orchestrator::bootstrap::OrgBootstrapRequest,
+    ) -> Result<crate::orchestrator::bootstrap::BootstrapStatus, ClientError> {
+        self.http.post("/orgs/bootstrap", req).await
+    }
+
+    /// `GET /orgs/{org}/bootstrap`.
+    pub async fn bootstrap_status(
+        &self,
+        org: &OrgName,
+    ) -> Result<crate::orchestrator::bootstrap::BootstrapStatus, ClientError> {
+        self.http.get(&format!("/orgs/{org}/bootstrap")).await
+    }
+
+    /// `GET /orgs/{org}/bootstrap/stream`: `progress` messages (data: a
+    /// [`crate::seams::BootstrapProgress`]), then one `done` or `error` (data: the final
+    /// [`crate::orchestrator::bootstrap::BootstrapStatus`]).
+    pub async fn follow_bootstrap(
+        &self,
+        org: &OrgName,
+    ) -> Result<impl Stream<Item = Result<SseMessage, ClientError>> + Send + 'static, ClientError>
+    {
+        self.open_sse(&format!("/orgs/{org}/bootstrap/stream"), None)
+            .await
+    }
+
+    /// `POST /kubeconfig/generate`.
+    pub async fn generate_kubeconfig(
+        &self,
+        org: &OrgName,
+        endpoint: &str,
+    ) -> Result<crate::orchestrator::bootstrap::KubeconfigResponse, ClientError> {
+        self.http
+            .post(
+                "/kubeconfig/generate",
+                &crate::orchestrator::bootstrap::KubeconfigRequest {
+                    org: org.clone(),
+                    endpoint: endpoint.to_owned(),
+                },
+            )
+            .await
+    }
+
     /// Follows a task's log until it finishes, reconnecting (with `Last-Event-ID`) when the
     /// connection drops, so no line is missed or repeated. Gives up after `max_retry` of
     /// consecutive failed reconnects.

@@ -65,6 +65,18 @@ pub struct LocalOptions {
     /// Origins (besides the orchestrator's own) allowed to embed proxied editors in a frame,
     /// e.g. the dashboard's `https://dash.example:8090`.
     pub frame_ancestors: Vec<String>,
+    /// Org cluster bootstrap behind `POST /orgs/bootstrap` (e.g. guildnet-talos).
+    pub bootstrap: Option<BootstrapOverride>,
+}
+
+/// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
+#[derive(Clone)]
+pub struct BootstrapOverride(pub Arc<dyn crate::seams::ClusterBootstrap>);
+
+impl std::fmt::Debug for BootstrapOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapOverride")
+    }
 }
 
 /// A cluster backend chosen by the caller (see [`LocalOptions::backend`]).
@@ -94,6 +106,7 @@ impl LocalOptions {
             backend: None,
             code_server: None,
             frame_ancestors: Vec::new(),
+            bootstrap: None,
         }
     }
 }
@@ -179,6 +192,9 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let orchestrator = Orchestrator::new(store, backend, cfg)
         .await
         .map_err(|e| LaunchError::Other(e.to_string()))?;
+    if let Some(b) = &opts.bootstrap {
+        orchestrator.set_bootstrap(b.0.clone());
+    }
     Ok(LocalOrchestrator {
         orchestrator,
         listener,

@@ -319,4 +319,15 @@ pub trait ClusterBootstrap: Send + Sync {
         request: BootstrapRequest,
         progress: tokio::sync::mpsc::UnboundedSender<BootstrapProgress>,
     ) -> Result<BootstrapOutcome, BootstrapError>;
+
+    /// Checks a request before any work starts (so an API can answer 422 at once).
+    fn validate(&self, request: &BootstrapRequest) -> Result<(), BootstrapError>;
+
+    /// The kubeconfig step alone: fetches the org cluster's admin kubeconfig from `endpoint`
+    /// (a control-plane node) and writes it to the org's kubeconfig path, which it returns.
+    async fn generate_kubeconfig(
+        &self,
+        org: &OrgName,
+        endpoint: &str,
+    ) -> Result<PathBuf, BootstrapError>;
 }

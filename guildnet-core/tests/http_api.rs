@@ -200,7 +200,8 @@ fn concrete_routes() -> Vec<(&'static str, String)> {
             (
                 *m,
                 p.replace("{id}", id.as_str())
-                    .replace("{name}", id.agent_name(1).as_str()),
+                    .replace("{name}", id.agent_name(1).as_str())
+                    .replace("{org}", "acme"),
             )
         })
         .collect()

@@ -1,4 +1,31 @@
-//! Mesh connectivity for GuildNet: Headscale API client and process bootstrap, Tailscale join and status (issue #7).
+//! # guildnet-mesh
 //!
-//! This crate is a placeholder in the workspace layout: it holds no code yet and exports nothing.
-//! Its implementation lands with the issue named above.
+//! How people reach agents without opening ports: a [Headscale](https://headscale.net) control
+//! server plus `tailscaled` nodes. This crate has four parts:
+//!
+//! - [`headscale`]: a typed REST client for Headscale's `/api/v1` ([`headscale::HeadscaleClient`]),
+//!   the generated server config ([`headscale::HeadscaleSettings`]) and a managed local
+//!   `headscale serve` process ([`headscale::HeadscaleProcess`]).
+//! - [`setup`]: the two ways to get a mesh, both idempotent and reporting progress as
+//!   [`setup::SetupEvent`]s (SSE-ready JSON): [`setup::create`] runs a local Headscale and mints an
+//!   API key, a user and a pre-auth key; [`setup::connect`] validates `HEADSCALE_URL`,
+//!   `TS_AUTHKEY` and `TS_HOSTNAME`, probes the server and optionally joins a node.
+//! - [`tailscale`]: a managed userspace `tailscaled` ([`tailscale::Tailscaled`]) with SOCKS5 and
+//!   HTTP proxies on loopback, its CLI ([`tailscale::TailscaleCli`]: up / status / down / logout)
+//!   and [`tailscale::TailnetDialer`], which opens a [`tokio::net::TcpStream`] to a tailnet
+//!   `host:port` through a node's SOCKS5 proxy.
+//! - [`TailscaleMesh`]: guildnet-core's [`guildnet_core::seams::Mesh`] over those pieces.
+//!
+//! Secrets (API keys, pre-auth keys) are [`guildnet_core::token::Secret`]s: they never appear in
+//! `Debug` output, logs, URLs, command lines or error messages. Files holding them are 0600.
+
+pub mod binary;
+pub mod headscale;
+mod mesh_impl;
+mod process;
+mod redact;
+pub mod setup;
+pub mod tailscale;
+
+pub use mesh_impl::TailscaleMesh;
+pub use redact::display_url;

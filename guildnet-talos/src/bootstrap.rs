@@ -691,6 +691,18 @@ impl ClusterBootstrap for TalosctlBootstrap {
     ) -> Result<BootstrapOutcome, BootstrapError> {
         self.run(&request, Some(progress)).await
     }
+
+    fn validate(&self, request: &BootstrapRequest) -> Result<(), BootstrapError> {
+        validate_request(request, &self.options)
+    }
+
+    async fn generate_kubeconfig(
+        &self,
+        org: &OrgName,
+        endpoint: &str,
+    ) -> Result<PathBuf, BootstrapError> {
+        TalosctlBootstrap::generate_kubeconfig(self, org, endpoint).await
+    }
 }
 
 /// Checks the options alone (for a frontend that builds them from flags).

@@ -4,7 +4,8 @@
 //! Three rules, applied per line:
 //! - the value after a `key: value` / `key=value` whose key names a secret (`token`, `key`,
 //!   `crt`, `cert`, `secret`, `password`, `*-data`) is replaced up to the end of the line;
-//! - a word after `Bearer` is replaced;
+//! - a word after `Bearer`, or after the words `token`, `password`, `secret` used as nouns
+//!   (`join token <value>`), is replaced;
 //! - any long base64/base64url-looking run (40+ characters of mixed case and digits, or ending
 //!   in `=`) and any bootstrap-token-shaped word (`[a-z0-9]{6}.[a-z0-9]{16}`) is replaced.
 
@@ -18,6 +19,7 @@ const MIN_BLOB: usize = 40;
 pub fn redact_line(line: &str) -> String {
     let line = redact_key_values(line);
     let line = redact_bearer(&line);
+    let line = redact_after_noun(&line);
     redact_words(&line)
 }
 
@@ -71,6 +73,26 @@ fn redact_bearer(line: &str) -> String {
         }
         None => line.to_owned(),
     }
+}
+
+/// `... token <value>`: the word after a secret noun goes.
+fn redact_after_noun(line: &str) -> String {
+    const NOUNS: [&str; 3] = ["token", "password", "secret"];
+    let mut out: Vec<String> = Vec::new();
+    let mut redact_next = false;
+    for w in line.split(' ') {
+        if redact_next && !w.is_empty() {
+            let end = w
+                .find([',', ';', ')', '"', '\''])
+                .unwrap_or(w.len());
+            out.push(format!("{REDACTED}{}", &w[end..]));
+            redact_next = false;
+            continue;
+        }
+        redact_next = NOUNS.contains(&w.to_ascii_lowercase().as_str());
+        out.push(w.to_owned());
+    }
+    out.join(" ")
 }
 
 fn is_blob_char(c: char) -> bool {
@@ -156,6 +178,14 @@ mod tests {
                 "blob <redacted> end",
             ),
             ("x dGVzdA== y", "x dGVzdA== y"),
+            (
+                "bootstrap requested; join token standin-secret-token-9c1d",
+                "bootstrap requested; join token <redacted>",
+            ),
+            (
+                "wrong password hunter2, retry",
+                "wrong password <redacted>, retry",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact_line(input), want, "{input}");

@@ -618,6 +618,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("post", "/orgs"),
     ("get", "/orgs"),
+    ("post", "/orgs/bootstrap"),
+    ("get", "/orgs/{org}/bootstrap"),
+    ("get", "/orgs/{org}/bootstrap/stream"),
+    ("post", "/kubeconfig/generate"),
     ("post", "/schedule"),
     ("get", "/tasks"),
     ("get", "/tasks/{id}"),
@@ -644,6 +648,19 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi_json))
         .route("/orgs", post(create_org).get(list_orgs))
+        .route("/orgs/bootstrap", post(super::bootstrap::start_bootstrap))
+        .route(
+            "/orgs/{org}/bootstrap",
+            get(super::bootstrap::bootstrap_status),
+        )
+        .route(
+            "/orgs/{org}/bootstrap/stream",
+            get(super::bootstrap::bootstrap_stream),
+        )
+        .route(
+            "/kubeconfig/generate",
+            post(super::bootstrap::generate_kubeconfig),
+        )
         .route("/schedule", post(schedule))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -705,13 +722,17 @@ impl utoipa::Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
-    paths(health, openapi_json, create_org, list_orgs, schedule, list_tasks, get_task, task_logs,
+    paths(health, openapi_json, create_org, list_orgs, super::bootstrap::start_bootstrap,
+        super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
+        super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
     components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
-        NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,
+        super::bootstrap::OrgBootstrapRequest, super::bootstrap::BootstrapStatus,
+        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

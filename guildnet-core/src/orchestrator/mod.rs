@@ -3,6 +3,7 @@
 //! Binaries only build the pieces and call [`serve`].
 
 pub mod api;
+pub mod bootstrap;
 pub mod editor_proxy;
 pub mod error;
 pub mod http;

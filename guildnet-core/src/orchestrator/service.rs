@@ -109,6 +109,14 @@ struct Inner {
     editors: super::editor_proxy::EditorPorts,
     /// The editor proxy's pooled client.
     proxy: crate::proxy::ReverseProxy,
+    /// Org cluster bootstrap, when configured.
+    bootstrap: std::sync::OnceLock<Arc<dyn crate::seams::ClusterBootstrap>>,
+    /// Bootstrap jobs by org.
+    bootstrap_jobs: crate::jobs::JobRegistry<
+        OrgName,
+        crate::seams::BootstrapProgress,
+        crate::seams::BootstrapOutcome,
+    >,
 }
 
 /// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
@@ -158,6 +166,8 @@ impl Orchestrator {
                 closing: watch::channel(false).0,
                 editors: Default::default(),
                 proxy: crate::proxy::ReverseProxy::new(),
+                bootstrap: std::sync::OnceLock::new(),
+                bootstrap_jobs: crate::jobs::JobRegistry::new(),
             }),
         })
     }
@@ -536,6 +546,25 @@ impl Orchestrator {
             }
         };
         Ok(TaskDetail { task, workload })
+    }
+
+    /// Sets the org cluster bootstrap (once; later calls return false).
+    pub fn set_bootstrap(&self, b: Arc<dyn crate::seams::ClusterBootstrap>) -> bool {
+        self.inner.bootstrap.set(b).is_ok()
+    }
+
+    pub(crate) fn bootstrapper(&self) -> Option<Arc<dyn crate::seams::ClusterBootstrap>> {
+        self.inner.bootstrap.get().cloned()
+    }
+
+    pub(crate) fn bootstrap_jobs(
+        &self,
+    ) -> &crate::jobs::JobRegistry<
+        OrgName,
+        crate::seams::BootstrapProgress,
+        crate::seams::BootstrapOutcome,
+    > {
+        &self.inner.bootstrap_jobs
     }
 
     pub(crate) fn editor_ports(&self) -> &super::editor_proxy::EditorPorts {

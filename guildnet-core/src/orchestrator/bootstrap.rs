@@ -1,0 +1,272 @@
+//! Org cluster bootstrap through the orchestrator: `POST /orgs/bootstrap` starts a job (one per
+//! org at a time), `GET /orgs/{org}/bootstrap` tells where it stands, `GET
+//! /orgs/{org}/bootstrap/stream` replays its progress and follows it live (SSE), and `POST
+//! /kubeconfig/generate` runs the kubeconfig step alone. The work itself is a
+//! [`ClusterBootstrap`] (guildnet-talos drives talosctl).
+
+use super::error::ApiError;
+use super::http::{AdminAuth, ApiJson};
+use super::Orchestrator;
+use crate::jobs::{JobError, JobState, JobUpdate};
+use crate::names::OrgName;
+use crate::seams::{BootstrapError, BootstrapRequest};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use utoipa::ToSchema;
+
+/// `POST /orgs/bootstrap`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrgBootstrapRequest {
+    /// The org (also the cluster name); must be registered.
+    pub org: OrgName,
+    /// Control-plane node addresses (IPs or host names; at least one).
+    pub cp_nodes: Vec<String>,
+    /// Worker node addresses.
+    #[serde(default)]
+    pub worker_nodes: Vec<String>,
+}
+
+/// Where a bootstrap job stands (`GET /orgs/{org}/bootstrap`, and the reply to the start).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapStatus {
+    /// The org.
+    pub org: OrgName,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// Files written, once succeeded (`kubeconfig`, `talosconfig` paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Progress stream (SSE).
+    pub stream: String,
+}
+
+/// `POST /kubeconfig/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeconfigRequest {
+    /// The org.
+    pub org: OrgName,
+    /// A control-plane node address.
+    pub endpoint: String,
+}
+
+/// Reply to `POST /kubeconfig/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigResponse {
+    /// The org.
+    pub org: OrgName,
+    /// Where the kubeconfig was written (mode 0600).
+    pub path: String,
+}
+
+fn status_of(org: &OrgName, st: &JobState<crate::seams::BootstrapOutcome>) -> BootstrapStatus {
+    let (state, result, error) = match st {
+        JobState::Running => ("running", None, None),
+        JobState::Succeeded(o) => ("succeeded", serde_json::to_value(o).ok(), None),
+        JobState::Failed(e) => ("failed", None, Some(e.clone())),
+    };
+    BootstrapStatus {
+        org: org.clone(),
+        state: state.into(),
+        result,
+        error,
+        stream: format!("/orgs/{org}/bootstrap/stream"),
+    }
+}
+
+fn bootstrap_err(e: BootstrapError) -> ApiError {
+    match e {
+        BootstrapError::Invalid(m) => {
+            let field = m.split(':').next().unwrap_or("").trim().to_owned();
+            let field = match field.as_str() {
+                "control_plane" | "controlPlane" => "cpNodes".to_owned(),
+                "workers" => "workerNodes".to_owned(),
+                f if f.starts_with("control_plane[") => f.replace("control_plane", "cpNodes"),
+                f if f.starts_with("workers[") => f.replace("workers", "workerNodes"),
+                f if !f.is_empty() && !f.contains(' ') => f.to_owned(),
+                _ => "request".to_owned(),
+            };
+            ApiError::invalid(&field, m)
+        }
+        e @ BootstrapError::Step { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "bootstrap_failed", e.to_string())
+        }
+    }
+}
+
+impl Orchestrator {
+    fn require_bootstrap(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::seams::ClusterBootstrap>, ApiError> {
+        self.bootstrapper().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bootstrap_unavailable",
+                "this orchestrator has no cluster bootstrap configured (start it with talosctl \
+                 available, see docs/TALOS.md)",
+            )
+        })
+    }
+
+    async fn require_org(&self, org: &OrgName) -> Result<(), ApiError> {
+        if self.store().get_org(org).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_org",
+                format!(
+                    "org {:?} is not registered; create it first with POST /orgs",
+                    org.as_str()
+                ),
+            )
+            .with_field("org"));
+        }
+        Ok(())
+    }
+
+    /// Starts an org's bootstrap job. 409 while one runs for the org.
+    pub async fn start_bootstrap(
+        &self,
+        req: OrgBootstrapRequest,
+    ) -> Result<BootstrapStatus, ApiError> {
+        let b = self.require_bootstrap()?;
+        self.require_org(&req.org).await?;
+        let request = BootstrapRequest {
+            org: req.org.clone(),
+            control_plane: req.cp_nodes,
+            workers: req.worker_nodes,
+        };
+        b.validate(&request).map_err(bootstrap_err)?;
+        let org = req.org.clone();
+        self.bootstrap_jobs()
+            .start(org.clone(), move |tx| async move {
+                b.bootstrap(request, tx).await
+            })
+            .map_err(|e| match e {
+                JobError::AlreadyRunning { .. } => ApiError::conflict(format!(
+                    "a bootstrap of org {org} is already running; follow it at \
+                     /orgs/{org}/bootstrap/stream"
+                )),
+            })?;
+        tracing::info!(org = %req.org, "org bootstrap started");
+        Ok(status_of(&req.org, &JobState::Running))
+    }
+
+    /// Where the org's last bootstrap stands.
+    pub fn bootstrap_status(&self, org: &OrgName) -> Result<BootstrapStatus, ApiError> {
+        self.bootstrap_jobs()
+            .status(org)
+            .map(|st| status_of(org, &st))
+            .ok_or_else(|| ApiError::not_found(format!("no bootstrap of org {org} has run")))
+    }
+}
+
+/// Starts an org's cluster bootstrap.
+#[utoipa::path(post, path = "/orgs/bootstrap", tag = "orgs", request_body = OrgBootstrapRequest,
+    security(("admin" = [])), responses((status = 202, body = BootstrapStatus),
+    (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+    (status = 503, body = super::error::ErrorBody)))]
+pub async fn start_bootstrap(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<OrgBootstrapRequest>,
+) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(o.start_bootstrap(req).await?)).into_response())
+}
+
+/// Where an org's last bootstrap stands.
+#[utoipa::path(get, path = "/orgs/{org}/bootstrap", tag = "orgs",
+    params(("org" = String, Path, description = "Org name")), security(("admin" = [])),
+    responses((status = 200, body = BootstrapStatus), (status = 404, body = super::error::ErrorBody)))]
+pub async fn bootstrap_status(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(org): Path<String>,
+) -> Result<Json<BootstrapStatus>, ApiError> {
+    let org = OrgName::new(org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
+    Ok(Json(o.bootstrap_status(&org)?))
+}
+
+/// Follows an org's bootstrap (SSE): every `progress` event so far, then live ones, then one
+/// `done` (the outcome) or `error` (the reason) event, and the stream ends.
+#[utoipa::path(get, path = "/orgs/{org}/bootstrap/stream", tag = "orgs",
+    params(("org" = String, Path, description = "Org name")), security(("admin" = [])),
+    responses((status = 200, description = "text/event-stream of progress, then done or error", content_type = "text/event-stream"),
+    (status = 404, body = super::error::ErrorBody)))]
+pub async fn bootstrap_stream(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    Path(org): Path<String>,
+) -> Result<Response, ApiError> {
+    let org = OrgName::new(org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
+    let sub = o
+        .bootstrap_jobs()
+        .subscribe(&org)
+        .ok_or_else(|| ApiError::not_found(format!("no bootstrap of org {org} has run")))?;
+    let keepalive = o.config().sse_keepalive;
+    let stream = sub.into_stream().map(move |u| {
+        let ev = match u {
+            JobUpdate::Event(p) => SseEvent::default()
+                .event("progress")
+                .data(serde_json::to_string(&p).unwrap_or_default()),
+            JobUpdate::Finished(st) => {
+                let s = status_of(&org, &st);
+                let name = if s.state == "succeeded" {
+                    "done"
+                } else {
+                    "error"
+                };
+                SseEvent::default()
+                    .event(name)
+                    .data(serde_json::to_string(&s).unwrap_or_default())
+            }
+        };
+        Ok::<_, Infallible>(ev)
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response())
+}
+
+/// Runs the kubeconfig step alone for an org.
+#[utoipa::path(post, path = "/kubeconfig/generate", tag = "orgs", request_body = KubeconfigRequest,
+    security(("admin" = [])), responses((status = 200, body = KubeconfigResponse),
+    (status = 422, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody),
+    (status = 503, body = super::error::ErrorBody)))]
+pub async fn generate_kubeconfig(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<KubeconfigRequest>,
+) -> Result<Json<KubeconfigResponse>, ApiError> {
+    let b = o.require_bootstrap()?;
+    o.require_org(&req.org).await?;
+    if o.bootstrap_jobs().is_running(&req.org) {
+        return Err(ApiError::conflict(format!(
+            "a bootstrap of org {} is running; it writes the kubeconfig itself",
+            req.org
+        )));
+    }
+    let path = b
+        .generate_kubeconfig(&req.org, &req.endpoint)
+        .await
+        .map_err(|e| match e {
+            BootstrapError::Invalid(m) => ApiError::invalid("endpoint", m),
+            other => bootstrap_err(other),
+        })?;
+    Ok(Json(KubeconfigResponse {
+        org: req.org,
+        path: path.display().to_string(),
+    }))
+}

@@ -1,0 +1,313 @@
+//! The generated Headscale server config: settings kept as JSON in the state dir, rendered to
+//! Headscale's YAML on every start (so a re-run uses exactly the same config).
+
+use super::server::ServerFiles;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// A setting is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid headscale setting {field}: {reason}")]
+pub struct SettingsError {
+    /// The setting.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a local Headscale listens on and hands out. Defaults: loopback only, port 8080.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadscaleSettings {
+    /// The URL nodes use to reach the server (`--login-server`); defaults to
+    /// `http://<listen_addr>`.
+    pub server_url: String,
+    /// HTTP listener (control protocol, REST API, embedded DERP). Loopback unless asked otherwise.
+    pub listen_addr: SocketAddr,
+    /// Prometheus metrics listener.
+    pub metrics_listen_addr: SocketAddr,
+    /// gRPC listener (remote CLI); TLS-only, so unused on loopback.
+    pub grpc_listen_addr: SocketAddr,
+    /// UDP STUN listener of the embedded DERP relay.
+    pub stun_listen_addr: SocketAddr,
+    /// Public IPv4 address of the embedded DERP relay, as nodes reach it.
+    pub derp_ipv4: Ipv4Addr,
+    /// Tailnet IPv4 prefix.
+    pub ipv4_prefix: String,
+    /// Tailnet IPv6 prefix.
+    pub ipv6_prefix: String,
+    /// MagicDNS on or off.
+    pub magic_dns: bool,
+    /// MagicDNS base domain (`<node>.<base_domain>`); must differ from the server's host.
+    pub base_domain: String,
+    /// Global DNS resolvers pushed to nodes (empty: keep the nodes' own).
+    pub nameservers: Vec<String>,
+    /// How long an offline ephemeral node is kept (Go duration, e.g. `30m`).
+    pub ephemeral_inactivity_timeout: String,
+}
+
+impl Default for HeadscaleSettings {
+    fn default() -> Self {
+        Self::on_loopback(8080, 9090, 50443, 3478)
+    }
+}
+
+impl HeadscaleSettings {
+    /// Loopback-only settings on the given ports (HTTP, metrics, gRPC, STUN/UDP).
+    pub fn on_loopback(http: u16, metrics: u16, grpc: u16, stun: u16) -> Self {
+        let lo = Ipv4Addr::LOCALHOST;
+        Self {
+            server_url: format!("http://{lo}:{http}"),
+            listen_addr: (lo, http).into(),
+            metrics_listen_addr: (lo, metrics).into(),
+            grpc_listen_addr: (lo, grpc).into(),
+            stun_listen_addr: (lo, stun).into(),
+            derp_ipv4: lo,
+            ipv4_prefix: "100.64.0.0/10".into(),
+            ipv6_prefix: "fd7a:115c:a1e0::/48".into(),
+            magic_dns: true,
+            base_domain: "guildnet.internal".into(),
+            nameservers: Vec::new(),
+            ephemeral_inactivity_timeout: "30m".into(),
+        }
+    }
+
+    /// Checks the settings (URL, prefixes, domain, nameservers).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let err = |field, reason: String| SettingsError { field, reason };
+        let url = super::client::parse_base_url(&self.server_url)
+            .map_err(|e| err("serverUrl", e.to_string()))?;
+        for (field, p, v6) in [
+            ("ipv4Prefix", &self.ipv4_prefix, false),
+            ("ipv6Prefix", &self.ipv6_prefix, true),
+        ] {
+            let (ip, len) = p
+                .split_once('/')
+                .ok_or_else(|| err(field, format!("{p:?} is not a CIDR prefix")))?;
+            let ok = match (v6, ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+                (false, Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+                (true, Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+                _ => false,
+            };
+            if !ok {
+                return Err(err(field, format!("{p:?} is not a valid prefix")));
+            }
+        }
+        let labels: Vec<&str> = self.base_domain.split('.').collect();
+        if labels
+            .iter()
+            .any(|l| guildnet_core::names::validate_dns_label("baseDomain", l).is_err())
+        {
+            return Err(err(
+                "baseDomain",
+                format!(
+                    "{:?} must be a DNS name of lowercase labels",
+                    self.base_domain
+                ),
+            ));
+        }
+        if url.host_str() == Some(self.base_domain.as_str())
+            || url
+                .host_str()
+                .is_some_and(|h| h.ends_with(&format!(".{}", self.base_domain)))
+        {
+            return Err(err(
+                "baseDomain",
+                "must not contain the server URL's host".into(),
+            ));
+        }
+        for ns in &self.nameservers {
+            if ns.parse::<std::net::IpAddr>().is_err() {
+                return Err(err("nameservers", format!("{ns:?} is not an IP address")));
+            }
+        }
+        let t = &self.ephemeral_inactivity_timeout;
+        let unit_ok = t.ends_with(['s', 'm', 'h']);
+        let num_ok = t
+            .get(..t.len().saturating_sub(1))
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if !(unit_ok && num_ok) {
+            return Err(err(
+                "ephemeralInactivityTimeout",
+                format!("{t:?} must be a number followed by s, m or h"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A YAML double-quoted scalar (a JSON string is one).
+fn q(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+fn qp(p: &std::path::Path) -> String {
+    q(p.to_string_lossy())
+}
+
+/// Renders Headscale's `config.yaml` for `settings` with its files under `files`: SQLite (WAL),
+/// the embedded DERP relay as the only region (no DERP map download), no update checks, a unix
+/// socket for the CLI (mode 0770), logtail off.
+pub fn render_config(settings: &HeadscaleSettings, files: &ServerFiles) -> String {
+    let ns = if settings.nameservers.is_empty() {
+        "[]".to_owned()
+    } else {
+        format!(
+            "[{}]",
+            settings
+                .nameservers
+                .iter()
+                .map(q)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        r#"# Generated by guildnet-mesh; edit settings.json beside it instead.
+server_url: {server_url}
+listen_addr: {listen}
+metrics_listen_addr: {metrics}
+grpc_listen_addr: {grpc}
+grpc_allow_insecure: false
+noise:
+  private_key_path: {noise}
+prefixes:
+  v4: {v4}
+  v6: {v6}
+  allocation: sequential
+derp:
+  server:
+    enabled: true
+    region_id: 999
+    region_code: guildnet
+    region_name: GuildNet embedded DERP
+    stun_listen_addr: {stun}
+    private_key_path: {derp}
+    automatically_add_embedded_derp_region: true
+    ipv4: {derp_ipv4}
+  urls: []
+  paths: []
+  auto_update_enabled: false
+disable_check_updates: true
+node:
+  ephemeral:
+    inactivity_timeout: {eph}
+database:
+  type: sqlite
+  sqlite:
+    path: {db}
+    write_ahead_log: true
+log:
+  level: info
+  format: text
+dns:
+  magic_dns: {magic}
+  base_domain: {domain}
+  override_local_dns: {override_dns}
+  nameservers:
+    global: {ns}
+unix_socket: {sock}
+unix_socket_permission: "0770"
+logtail:
+  enabled: false
+"#,
+        server_url = q(&settings.server_url),
+        listen = q(settings.listen_addr.to_string()),
+        metrics = q(settings.metrics_listen_addr.to_string()),
+        grpc = q(settings.grpc_listen_addr.to_string()),
+        noise = qp(&files.noise_key),
+        v4 = q(&settings.ipv4_prefix),
+        v6 = q(&settings.ipv6_prefix),
+        stun = q(settings.stun_listen_addr.to_string()),
+        derp = qp(&files.derp_key),
+        derp_ipv4 = q(settings.derp_ipv4.to_string()),
+        eph = q(&settings.ephemeral_inactivity_timeout),
+        db = qp(&files.database),
+        magic = settings.magic_dns,
+        domain = q(&settings.base_domain),
+        override_dns = !settings.nameservers.is_empty(),
+        sock = qp(&files.socket),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn renders_loopback_config_with_state_paths() {
+        let files = ServerFiles::under(Path::new("/var/lib/gn/state"));
+        let s = HeadscaleSettings::on_loopback(18080, 19090, 15443, 13478);
+        s.validate().expect("valid");
+        let y = render_config(&s, &files);
+        assert!(y.contains("server_url: \"http://127.0.0.1:18080\""), "{y}");
+        assert!(y.contains("listen_addr: \"127.0.0.1:18080\""));
+        assert!(y.contains("path: \"/var/lib/gn/state/headscale/db.sqlite\""));
+        assert!(y.contains("v4: \"100.64.0.0/10\""));
+        assert!(y.contains("v6: \"fd7a:115c:a1e0::/48\""));
+        assert!(y.contains("enabled: true"));
+        assert!(y.contains("stun_listen_addr: \"127.0.0.1:13478\""));
+        assert!(y.contains("global: []"));
+        assert!(y.contains("override_local_dns: false"));
+        assert!(y.contains("base_domain: \"guildnet.internal\""));
+        assert!(y.contains("unix_socket: \"/var/lib/gn/state/headscale/headscale.sock\""));
+        // Same input, same output: re-runs reuse the config byte for byte.
+        assert_eq!(y, render_config(&s, &files));
+    }
+
+    #[test]
+    fn nameservers_override_local_dns() {
+        let files = ServerFiles::under(Path::new("/s"));
+        let s = HeadscaleSettings {
+            nameservers: vec!["1.1.1.1".into(), "2606:4700:4700::1111".into()],
+            ..HeadscaleSettings::default()
+        };
+        s.validate().expect("valid");
+        let y = render_config(&s, &files);
+        assert!(
+            y.contains("global: [\"1.1.1.1\", \"2606:4700:4700::1111\"]"),
+            "{y}"
+        );
+        assert!(y.contains("override_local_dns: true"));
+    }
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let base = HeadscaleSettings::default();
+        type Mutate = Box<dyn Fn(&mut HeadscaleSettings)>;
+        let cases: Vec<(&str, Mutate)> = vec![
+            ("serverUrl", Box::new(|s| s.server_url = "ftp://x".into())),
+            (
+                "ipv4Prefix",
+                Box::new(|s| s.ipv4_prefix = "100.64.0.0".into()),
+            ),
+            (
+                "ipv6Prefix",
+                Box::new(|s| s.ipv6_prefix = "10.0.0.0/8".into()),
+            ),
+            (
+                "baseDomain",
+                Box::new(|s| s.base_domain = "Bad_Domain".into()),
+            ),
+            (
+                "baseDomain",
+                Box::new(|s| s.base_domain = "127.0.0.1".into()),
+            ),
+            (
+                "nameservers",
+                Box::new(|s| s.nameservers = vec!["dns.google".into()]),
+            ),
+            (
+                "ephemeralInactivityTimeout",
+                Box::new(|s| s.ephemeral_inactivity_timeout = "soon".into()),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = base.clone();
+            mutate(&mut s);
+            let e = s.validate().expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+}
