@@ -30,7 +30,7 @@ struct Cli {
     /// Orchestrator base URL.
     #[arg(
         long,
-        env = "ORCHESTRATOR_URL",
+        env = "GUILDNET_ORCHESTRATOR_URL",
         default_value = "http://127.0.0.1:8080"
     )]
     orchestrator_url: String,

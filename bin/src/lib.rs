@@ -71,6 +71,10 @@ pub struct OrchestratorArgs {
     /// talosctl for org cluster bootstrap (POST /orgs/bootstrap): a path or a name on PATH.
     #[arg(long, env = "GUILDNET_TALOSCTL", default_value = "talosctl")]
     pub talosctl: PathBuf,
+    /// SOCKS5 proxy of this host's (userspace) tailscaled: editors that agents advertise on the
+    /// tailnet are reached through it, instead of a port-forward.
+    #[arg(long, env = "GUILDNET_TAILNET_SOCKS5")]
+    pub tailnet_socks5: Option<SocketAddr>,
 }
 
 impl OrchestratorArgs {
@@ -102,6 +106,11 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
+        if let Some(socks) = self.tailnet_socks5 {
+            o.editor_dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
+                socks,
+            )));
+        }
         let paths = match &self.state_dir {
             Some(d) => StatePaths::new(d.clone()),
             None => StatePaths::resolve()?,

@@ -67,6 +67,9 @@ pub struct LocalOptions {
     pub frame_ancestors: Vec<String>,
     /// Org cluster bootstrap behind `POST /orgs/bootstrap` (e.g. guildnet-talos).
     pub bootstrap: Option<BootstrapOverride>,
+    /// How the editor proxy reaches editors that agents advertise on the tailnet (e.g.
+    /// guildnet-mesh's `TailnetDialer` through a userspace tailscaled's SOCKS5 proxy).
+    pub editor_dialer: Option<Arc<dyn crate::proxy::Dialer>>,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -107,6 +110,7 @@ impl LocalOptions {
             code_server: None,
             frame_ancestors: Vec::new(),
             bootstrap: None,
+            editor_dialer: None,
         }
     }
 }
@@ -192,6 +196,9 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let orchestrator = Orchestrator::new(store, backend, cfg)
         .await
         .map_err(|e| LaunchError::Other(e.to_string()))?;
+    if let Some(d) = &opts.editor_dialer {
+        orchestrator.set_editor_dialer(d.clone());
+    }
     if let Some(b) = &opts.bootstrap {
         orchestrator.set_bootstrap(b.0.clone());
     }

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where and how one request is forwarded.
@@ -34,6 +35,17 @@ pub struct Upstream {
     /// `frame-ancestors` sources for the response (`'self' https://dash.example`); `None` leaves
     /// framing headers as the upstream sent them.
     pub frame_ancestors: Option<String>,
+    /// How to reach the upstream when not by a direct TCP connection (e.g. through a tailnet
+    /// node's SOCKS5 proxy).
+    pub dialer: Option<Arc<dyn Dialer>>,
+}
+
+/// Opens connections to an upstream some other way than a direct TCP connect: guildnet-mesh's
+/// `TailnetDialer` goes through a userspace tailscaled's SOCKS5 proxy.
+#[async_trait::async_trait]
+pub trait Dialer: Send + Sync + std::fmt::Debug {
+    /// A TCP stream to `host:port`.
+    async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream>;
 }
 
 /// Errors of a forward, mapped to 502/504 by the callers.
@@ -133,11 +145,20 @@ impl ReverseProxy {
             authority: up.authority.clone(),
             reason: e.to_string(),
         };
-        let resp = if let Some(client_upgrade) = client_upgrade {
-            // A connection of its own, so the upgraded stream is not returned to the pool.
-            let tcp = tokio::net::TcpStream::connect(&up.authority)
-                .await
-                .map_err(|e| unreachable(&e))?;
+        let resp = if client_upgrade.is_some() || up.dialer.is_some() {
+            // A connection of its own: an upgraded stream is not returned to the pool, and a
+            // dialer's connections do not fit the pooled connector.
+            let tcp = match &up.dialer {
+                Some(d) => {
+                    let (host, port) = split_authority(&up.authority).ok_or_else(|| {
+                        ProxyError::BadRequest(format!("upstream {}", up.authority))
+                    })?;
+                    d.dial(host, port).await.map_err(|e| unreachable(&e))?
+                }
+                None => tokio::net::TcpStream::connect(&up.authority)
+                    .await
+                    .map_err(|e| unreachable(&e))?,
+            };
             let _ = tcp.set_nodelay(true);
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
@@ -151,7 +172,9 @@ impl ReverseProxy {
                 .send_request(out)
                 .await
                 .map_err(|e| unreachable(&e))?;
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+                (client_upgrade, resp.status())
+            {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -176,6 +199,13 @@ impl ReverseProxy {
         rewrite_response_headers(&mut parts.headers, up, parts.status);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// `host:port` (IPv6 hosts in brackets) into its parts.
+fn split_authority(a: &str) -> Option<(&str, u16)> {
+    let (host, port) = a.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host, port.parse().ok()?))
 }
 
 fn rewrite_request_headers(h: &mut HeaderMap, up: &Upstream, upgrade: bool) {
@@ -367,6 +397,7 @@ mod tests {
             cookie: None,
             strip_cookies: vec!["guildnet_editor".into()],
             frame_ancestors: Some("'self' https://dash.example".into()),
+            dialer: None,
         }
     }
 

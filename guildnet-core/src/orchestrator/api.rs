@@ -246,7 +246,9 @@ pub struct EditorOpenResponse {
     pub name: AgentName,
     /// Host or IP address.
     pub host: String,
-    /// TCP port.
+    /// The port the orchestrator serves the editor under (`/editor/proxy/<port>/`): the local
+    /// end of a port-forward, the editor's own port, or a free number for an editor reached
+    /// over the tailnet.
     pub port: u16,
     /// Where the orchestrator serves the editor (`/editor/proxy/<port>/`); the reply also sets
     /// an HttpOnly session cookie for that path.

@@ -30,6 +30,7 @@ pub(crate) struct OpenEditor {
     pub(crate) agent: AgentName,
     authority: String,
     password: Option<Secret>,
+    via_tailnet: bool,
     session: Secret,
     upstream_cookie: tokio::sync::Mutex<Option<String>>,
 }
@@ -41,7 +42,9 @@ pub(crate) struct EditorPorts {
 }
 
 impl EditorPorts {
-    /// Registers (or refreshes) an editor under `port`; returns its browser session token.
+    /// Registers (or refreshes) an editor reached at `authority`, served under `port` when
+    /// that is free (a backend's local port is unique; an editor reached over the tailnet gets
+    /// the next free number instead). Returns the proxy port and the browser session token.
     pub(crate) fn open(
         &self,
         port: u16,
@@ -49,28 +52,40 @@ impl EditorPorts {
         agent: &AgentName,
         authority: String,
         password: Option<Secret>,
-    ) -> Secret {
+        via_tailnet: bool,
+    ) -> (u16, Secret) {
         let Ok(mut m) = self.map.lock() else {
-            return token::generate("ges");
+            return (port, token::generate("ges"));
         };
-        if let Some(e) = m.get(&port) {
-            if e.agent == *agent && e.org == *org && e.authority == authority {
-                return e.session.clone();
-            }
+        // Reopening: the same editor keeps its port and session.
+        if let Some((p, e)) = m
+            .iter()
+            .find(|(_, e)| e.agent == *agent && e.org == *org && e.authority == authority)
+        {
+            return (*p, e.session.clone());
         }
+        let key = if via_tailnet || m.contains_key(&port) {
+            (20000..=u16::MAX)
+                .chain(1024..20000)
+                .find(|p| !m.contains_key(p))
+                .unwrap_or(port)
+        } else {
+            port
+        };
         let session = token::generate("ges");
         m.insert(
-            port,
+            key,
             Arc::new(OpenEditor {
                 org: org.clone(),
                 agent: agent.clone(),
                 authority,
                 password,
+                via_tailnet,
                 session: session.clone(),
                 upstream_cookie: tokio::sync::Mutex::new(None),
             }),
         );
-        session
+        (key, session)
     }
 
     /// Forgets every editor of `agent`.
@@ -248,6 +263,11 @@ async fn proxy(
         cookie: cookie.clone(),
         strip_cookies: vec![SESSION_COOKIE.to_owned()],
         frame_ancestors: Some(o.config().editor_frame_ancestors.clone()),
+        dialer: if editor.via_tailnet {
+            o.editor_dialer()
+        } else {
+            None
+        },
     };
     let resp = o
         .editor_proxy_client()
@@ -300,13 +320,18 @@ mod tests {
         let org = OrgName::new("acme").unwrap();
         let a = AgentName::new("agent-a-1").unwrap();
         let b = AgentName::new("agent-b-1").unwrap();
-        let s1 = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None);
-        let s2 = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None);
-        assert_eq!(s1, s2, "reopening keeps the session");
-        let s3 = ports.open(9000, &org, &b, "127.0.0.1:9000".into(), None);
-        assert_ne!(s1, s3, "another agent on the port gets a new session");
+        let (p1, s1) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false);
+        let (p2, s2) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false);
+        assert_eq!((p1, &s1), (p2, &s2), "reopening keeps the port and session");
+        assert_eq!(p1, 9000);
+        // Two tailnet editors on the same port of different hosts get distinct proxy ports.
+        let (t1, _) = ports.open(8443, &org, &a, "100.64.0.2:8443".into(), None, true);
+        let (t2, _) = ports.open(8443, &org, &b, "100.64.0.3:8443".into(), None, true);
+        assert_ne!(t1, t2);
+        assert!(t1 >= 1024 && t2 >= 1024 && t1 != 9000 && t2 != 9000);
         assert!(ports.close(&org, &b));
-        assert!(ports.get(9000).is_none());
+        assert!(ports.get(t2).is_none());
+        assert!(ports.get(9000).is_some());
         assert!(!ports.close(&org, &b));
     }
 }

@@ -109,6 +109,8 @@ struct Inner {
     editors: super::editor_proxy::EditorPorts,
     /// The editor proxy's pooled client.
     proxy: crate::proxy::ReverseProxy,
+    /// How the editor proxy reaches editors on the tailnet, when configured.
+    editor_dialer: std::sync::OnceLock<Arc<dyn crate::proxy::Dialer>>,
     /// Org cluster bootstrap, when configured.
     bootstrap: std::sync::OnceLock<Arc<dyn crate::seams::ClusterBootstrap>>,
     /// Bootstrap jobs by org.
@@ -167,6 +169,7 @@ impl Orchestrator {
                 editors: Default::default(),
                 proxy: crate::proxy::ReverseProxy::new(),
                 bootstrap: std::sync::OnceLock::new(),
+                editor_dialer: std::sync::OnceLock::new(),
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
             }),
         })
@@ -553,6 +556,15 @@ impl Orchestrator {
         self.inner.bootstrap.set(b).is_ok()
     }
 
+    /// Sets how the editor proxy reaches editors that agents advertised (on the tailnet), once.
+    pub fn set_editor_dialer(&self, d: Arc<dyn crate::proxy::Dialer>) -> bool {
+        self.inner.editor_dialer.set(d).is_ok()
+    }
+
+    pub(crate) fn editor_dialer(&self) -> Option<Arc<dyn crate::proxy::Dialer>> {
+        self.inner.editor_dialer.get().cloned()
+    }
+
     pub(crate) fn bootstrapper(&self) -> Option<Arc<dyn crate::seams::ClusterBootstrap>> {
         self.inner.bootstrap.get().cloned()
     }
@@ -593,13 +605,13 @@ impl Orchestrator {
             .backend
             .editor_endpoint(&req.org, &req.name)
             .await?;
-        let (host, port, password) = match found {
-            Some(ep) => (ep.host, ep.port, ep.password),
+        let (host, port, password, advertised) = match found {
+            Some(ep) => (ep.host, ep.port, ep.password, false),
             None => agent
                 .editor_address
                 .as_deref()
                 .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None)))
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None, true)))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::CONFLICT,
@@ -608,19 +620,23 @@ impl Orchestrator {
                     )
                 })?,
         };
-        let session = self.inner.editors.open(
-            port,
-            &req.org,
-            &req.name,
-            format!("{host}:{port}"),
-            password,
-        );
+        // An address the agent advertised is dialed over the tailnet when a dialer is set.
+        let via_tailnet = advertised && self.inner.editor_dialer.get().is_some();
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let (proxy_port, session) =
+            self.inner
+                .editors
+                .open(port, &req.org, &req.name, authority, password, via_tailnet);
         Ok((
             EditorOpenResponse {
                 name: req.name,
-                path: format!("/editor/proxy/{port}/"),
+                path: format!("/editor/proxy/{proxy_port}/"),
                 host,
-                port,
+                port: proxy_port,
             },
             session,
         ))

@@ -109,6 +109,16 @@ impl TailnetDialer {
     }
 }
 
+/// The orchestrator's editor proxy dials agents' advertised (tailnet) editor addresses with this.
+#[async_trait::async_trait]
+impl guildnet_core::proxy::Dialer for TailnetDialer {
+    async fn dial(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
+        self.connect(host, port)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()))
+    }
+}
+
 fn reply_text(code: u8) -> &'static str {
     match code {
         1 => "general failure",
