@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Set-up", step 2). Runs every test in the workspace,
-# including the end-to-end tests that start the real binaries and upstream servers on loopback.
+# including the end-to-end tests that start the real binaries and upstream servers on loopback,
+# then the Python package's pytest suite (and the Python example) against a real orchestrator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/guildnet/target}"
@@ -9,3 +10,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/guildnet/target}"
 # about 17 min on a fresh machine. See docs/TESTBED.md.
 bash scripts/testbed/install.sh
 cargo test --workspace --all-features --locked "$@"
+# Python bindings: a cached virtualenv, `pip install ./bindings/python`, pytest. Skip with
+# GUILDNET_SKIP_PYTHON=1 (e.g. while iterating on Rust only).
+if [ "${GUILDNET_SKIP_PYTHON:-0}" != 1 ]; then
+  bash scripts/python-test.sh
+fi

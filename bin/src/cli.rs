@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use guildnet_bin::{init_tracing, run_orchestrator, shutdown_signal, OrchestratorArgs};
+use guildnet_bin::{init_tracing, run_up, shutdown_signal, OrchestratorArgs, UpDashboardArgs};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
 use guildnet_core::model::{LogStream, Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
@@ -50,6 +50,8 @@ enum Cmd {
     Up {
         #[command(flatten)]
         args: Box<OrchestratorArgs>,
+        #[command(flatten)]
+        dashboard: UpDashboardArgs,
     },
     /// Manage orgs.
     Org {
@@ -222,7 +224,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     if let Cmd::Agent = cli.cmd {
         return Ok(guildnet_bin::run_agent().await);
     }
-    if let Cmd::Up { args } = cli.cmd {
+    if let Cmd::Up { args, dashboard } = cli.cmd {
         let mut args = *args;
         if args.orgs.is_empty() {
             args.orgs.push(OrgName::new("default")?);
@@ -231,7 +233,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             // Echo runner: shows the pipeline end to end; plug in an AI CLI with --runner.
             args.runner = Some("cat".into());
         }
-        run_orchestrator(args, shutdown_signal()).await?;
+        run_up(args, dashboard, shutdown_signal()).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;

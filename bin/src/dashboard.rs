@@ -5,7 +5,6 @@ use clap::Parser;
 use guildnet_bin::{init_tracing, shutdown_signal};
 use guildnet_core::state_dir::StatePaths;
 use guildnet_core::token::Secret;
-use guildnet_dashboard::auth::PasswordSource;
 use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.listen = cli.listen;
     cfg.password = cli.password.map(Secret::new);
     cfg.tls = cli.tls;
+    cfg.setup_flow = Some(guildnet_bin::mesh_setup(paths.root()));
     let dash = Dashboard::bind(
         cfg,
         OrchestratorHandle {
@@ -81,13 +81,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    println!("GuildNet dashboard: {}", dash.url());
-    match dash.password_source() {
-        PasswordSource::Configured => println!("log in with the configured password"),
-        PasswordSource::File(p) | PasswordSource::Generated(p) => {
-            println!("log in with the password in {}", p.display())
-        }
-    }
+    guildnet_bin::print_dashboard_login(&dash);
     dash.serve(shutdown_signal()).await?;
     Ok(())
 }

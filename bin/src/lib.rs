@@ -6,6 +6,7 @@ use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::AdminTokenSource;
 use guildnet_core::state_dir::StatePaths;
 use guildnet_core::store::Durability;
+use guildnet_core::token::Secret;
 use guildnet_kube::backend::{KubeBackend, KubeBackendConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,12 +144,105 @@ impl OrchestratorArgs {
     }
 }
 
-/// Starts and serves an orchestrator until `shutdown` resolves.
-pub async fn run_orchestrator(
+/// Flags of the dashboard that `guildnet up` starts beside the orchestrator.
+#[derive(Args, Debug, Clone)]
+pub struct UpDashboardArgs {
+    /// Dashboard address to listen on.
+    #[arg(
+        long = "dashboard-listen",
+        env = "GUILDNET_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub dashboard_listen: SocketAddr,
+    /// Run the orchestrator alone, without the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
+    /// Dashboard password (default: generated once into the state dir's dashboard.password).
+    #[arg(long, env = "GUILDNET_DASHBOARD_PASSWORD", hide_env_values = true)]
+    pub dashboard_password: Option<String>,
+    /// Serve the dashboard over HTTPS with a self-signed certificate kept in the state dir.
+    #[arg(long)]
+    pub dashboard_tls: bool,
+}
+
+/// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
+/// from `GUILDNET_HEADSCALE`, `GUILDNET_TAILSCALED`, `GUILDNET_TAILSCALE`, else from `PATH`.
+pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::SharedSetup {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    Arc::new(guildnet_dashboard::mesh::MeshSetup::new(
+        state_dir,
+        guildnet_dashboard::mesh::MeshBinaries {
+            headscale: env("GUILDNET_HEADSCALE"),
+            tailscaled: env("GUILDNET_TAILSCALED"),
+            tailscale: env("GUILDNET_TAILSCALE"),
+        },
+    ))
+}
+
+/// Prints where the dashboard is and how to log in.
+pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
+    use guildnet_dashboard::auth::PasswordSource;
+    println!("GuildNet dashboard: {}", dash.url());
+    match dash.password_source() {
+        PasswordSource::Configured => println!("Log in with the configured dashboard password"),
+        PasswordSource::File(p) | PasswordSource::Generated(p) => {
+            println!("Log in with the password in {}", p.display())
+        }
+    }
+}
+
+/// `guildnet up`: the orchestrator and (unless disabled) the dashboard in one process, until
+/// `shutdown` resolves.
+pub async fn run_up(
     args: OrchestratorArgs,
+    dash: UpDashboardArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
     let started = start_local(args.to_options()?).await?;
+    announce_orchestrator(&started);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let dashboard = if dash.no_dashboard {
+        None
+    } else {
+        let mut cfg = DashboardConfig::new(started.paths.root());
+        cfg.listen = dash.dashboard_listen;
+        cfg.password = dash.dashboard_password.map(Secret::new);
+        cfg.tls = dash.dashboard_tls;
+        cfg.setup_flow = Some(mesh_setup(started.paths.root()));
+        let handle = OrchestratorHandle {
+            url: format!("http://{}", started.addr),
+            token: started.orchestrator.config().admin_token.clone(),
+        };
+        let d = Dashboard::bind(cfg, handle).await?;
+        print_dashboard_login(&d);
+        Some(tokio::spawn(d.serve(stopped())))
+    };
+    let orchestrator = tokio::spawn(guildnet_core::orchestrator::serve(
+        started.listener,
+        started.orchestrator,
+        stopped(),
+    ));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    orchestrator.await??;
+    if let Some(d) = dashboard {
+        d.await??;
+    }
+    Ok(())
+}
+
+fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
     match &started.token_source {
         AdminTokenSource::Configured => {
             tracing::info!("admin token: from ORCHESTRATOR_TOKEN / --token")
@@ -171,6 +265,15 @@ pub async fn run_orchestrator(
     if let AdminTokenSource::Generated(p) | AdminTokenSource::File(p) = &started.token_source {
         println!("Admin token: in {} (mode 0600)", p.display());
     }
+}
+
+/// Starts and serves an orchestrator until `shutdown` resolves.
+pub async fn run_orchestrator(
+    args: OrchestratorArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let started = start_local(args.to_options()?).await?;
+    announce_orchestrator(&started);
     guildnet_core::orchestrator::serve(started.listener, started.orchestrator, shutdown).await?;
     Ok(())
 }

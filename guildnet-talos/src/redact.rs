@@ -82,9 +82,7 @@ fn redact_after_noun(line: &str) -> String {
     let mut redact_next = false;
     for w in line.split(' ') {
         if redact_next && !w.is_empty() {
-            let end = w
-                .find([',', ';', ')', '"', '\''])
-                .unwrap_or(w.len());
+            let end = w.find([',', ';', ')', '"', '\'']).unwrap_or(w.len());
             out.push(format!("{REDACTED}{}", &w[end..]));
             redact_next = false;
             continue;

@@ -1,0 +1,327 @@
+//! `guildnet up` as a person runs it: the real CLI starts the orchestrator (SQLite, local
+//! backend) and the dashboard in one process and prints the URL and how to log in. An agent
+//! runs the testbed's real code-server; headless Chromium logs in to the dashboard, opens the
+//! agent's editor in the iframe (through `/embed/orchestrator/<port>/`, the dashboard's relay to
+//! the orchestrator's editor proxy) and sees the workbench and its explorer, which needs the
+//! WebSocket to code-server through both proxies. The relay's rules are checked over HTTP too.
+
+mod common;
+
+use common::free_port;
+use guildnet_core::client::OrchestratorClient;
+use guildnet_core::names::OrgName;
+use guildnet_core::token::Secret;
+use guildnet_testbed::browser::{ChromeDriver, Session};
+use guildnet_testbed::eventually;
+use guildnet_testbed::image::{artifact_dir, decode_png};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+struct Up {
+    child: Child,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Polls a JS expression in the page until it is truthy.
+async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(v) = s.execute(script, vec![]).await {
+            if !matches!(v, Value::Null | Value::Bool(false)) {
+                return v;
+            }
+        }
+        if Instant::now() > deadline {
+            let text = s
+                .execute("return document.body.innerText.slice(0, 2000)", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}; page text:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_server() {
+    let code_server = guildnet_testbed::bin("code-server").expect("testbed code-server");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (orch_port, dash_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guildnet"))
+        .arg("up")
+        .args(["--listen", &format!("127.0.0.1:{orch_port}")])
+        .args(["--dashboard-listen", &format!("127.0.0.1:{dash_port}")])
+        .args(["--org", "acme", "--runner", "sleep 300"])
+        .args(["--code-server", code_server.to_str().unwrap()])
+        .env("GUILDNET_STATE_DIR", &state)
+        .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
+        .env_remove("ORCHESTRATOR_TOKEN")
+        .env_remove("GUILDNET_DASHBOARD_PASSWORD")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn guildnet up");
+    // What `guildnet up` prints: both URLs, where the token and the password are.
+    let stdout = child.stdout.take().unwrap();
+    let up = Up { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let dash_url = format!("http://127.0.0.1:{dash_port}");
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.iter().any(|l: &String| l.contains("Log in with")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => printed.push(l),
+            Err(_) => panic!("guildnet up printed no login line: {printed:?}"),
+        }
+    }
+    let text = printed.join("\n");
+    assert!(
+        text.contains(&format!("GuildNet dashboard: {dash_url}")),
+        "{text}"
+    );
+    let password_file = state.join("dashboard.password");
+    assert!(
+        text.contains(&format!(
+            "Log in with the password in {}",
+            password_file.display()
+        )),
+        "{text}"
+    );
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let password = password.trim();
+    let token = std::fs::read_to_string(state.join("orchestrator.token")).unwrap();
+    assert!(
+        !text.contains(password) && !text.contains(token.trim()),
+        "secrets printed"
+    );
+
+    // A task whose agent serves its workspace in code-server.
+    let c = OrchestratorClient::new(
+        &format!("http://127.0.0.1:{orch_port}"),
+        Secret::new(token.trim()),
+    )
+    .unwrap();
+    let task = c
+        .schedule(&OrgName::new("acme").unwrap(), "watch me", None)
+        .await
+        .unwrap();
+    let agent = eventually(
+        "the agent's editor running",
+        Duration::from_secs(120),
+        || async {
+            let t = c.task(&task.id).await.ok()?;
+            let a = c.agent(t.agent.as_ref()?).await.ok()?;
+            (a.state["editor"]["state"] == "running").then_some(a.name)
+        },
+    )
+    .await;
+
+    // The relay over HTTP: a session is needed; the port must be one the orchestrator opened.
+    let r = http()
+        .get(format!("{dash_url}/embed/orchestrator/{orch_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "no session");
+    let login = http()
+        .post(format!("{dash_url}/api/login"))
+        .json(&json!({"password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let session = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (port, want) in [(orch_port.to_string(), 404), ("0".to_owned(), 422)] {
+        let r = http()
+            .get(format!("{dash_url}/embed/orchestrator/{port}/"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "port {port}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    let opened: Value = http()
+        .post(format!("{dash_url}/api/agents/{agent}/editor"))
+        .header("cookie", &session)
+        .header("origin", &dash_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = opened["path"].as_str().expect("path").to_owned();
+    let port = opened["port"].as_u64().unwrap();
+    assert_eq!(path, format!("/embed/orchestrator/{port}/"));
+    // The page comes back logged in to code-server, framed only by the dashboard itself, and
+    // its redirect stays under the relay's prefix.
+    let mut r = http()
+        .get(format!("{dash_url}{path}"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    if r.status().is_redirection() {
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(!loc.contains("login"), "{loc}");
+        assert!(!loc.starts_with('/') || loc.starts_with(&path), "{loc}");
+        let next = reqwest::Url::parse(&format!("{dash_url}{path}"))
+            .unwrap()
+            .join(&loc)
+            .unwrap();
+        r = http()
+            .get(next)
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(r.status(), 200);
+    let csp: Vec<String> = r
+        .headers()
+        .get_all("content-security-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(csp.iter().any(|c| c == "frame-ancestors 'self'"), "{csp:?}");
+    assert!(
+        !csp.iter()
+            .any(|c| c.contains("default-src 'self'; frame-src")),
+        "the dashboard's own policy would break code-server: {csp:?}"
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("workbench"), "{html:.300}");
+
+    // A WebSocket upgrade through the dashboard relay and the orchestrator's proxy.
+    let ws_url = format!(
+        "ws://127.0.0.1:{dash_port}{path}?reconnectionToken=0b8f1c2e-4a2b-4c1d-9e3f-5a6b7c8d9e0f&reconnection=false&skipWebSocketFrames=false"
+    );
+    let mut req = ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("cookie", session.parse().unwrap());
+    req.headers_mut()
+        .insert("origin", dash_url.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket through the dashboard relay");
+    assert_eq!(resp.status(), 101);
+    drop(ws);
+    let err = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect_err("an upgrade without a session");
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // Chromium: log in, skip the mesh, open the editor from the agents page.
+    let driver = ChromeDriver::start().await.expect("chromedriver");
+    let s = driver.new_session(true).await.expect("session");
+    s.goto(&dash_url).await.unwrap();
+    let field = s
+        .wait_for_css("#login-password", Duration::from_secs(20))
+        .await
+        .unwrap();
+    s.send_keys(&field, password).await.unwrap();
+    let submit = s.find_css("#login-submit").await.unwrap();
+    s.click(&submit).await.unwrap();
+    let skip = s
+        .wait_for_css("#setup-skip", Duration::from_secs(20))
+        .await
+        .unwrap();
+    wait_js(
+        &s,
+        "setup gate",
+        "const e = document.getElementById('setup-skip'); return !!e && e.offsetParent !== null;",
+        20,
+    )
+    .await;
+    s.click(&skip).await.unwrap();
+    let nav = s.find_css("#nav-agents").await.unwrap();
+    s.click(&nav).await.unwrap();
+    let button = s
+        .wait_for_css(
+            &format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("agent row with an Open editor button");
+    s.click(&button).await.unwrap();
+    let src = wait_js(
+        &s,
+        "iframe src",
+        "const f = document.getElementById('editor-frame'); return f && f.getAttribute('src');",
+        30,
+    )
+    .await;
+    assert_eq!(src, json!(path));
+    wait_js(
+        &s,
+        "workbench in the iframe",
+        "const d = document.getElementById('editor-frame').contentDocument; \
+         return !!d && !!d.querySelector('.monaco-workbench');",
+        120,
+    )
+    .await;
+    wait_js(
+        &s,
+        "explorer in the iframe (needs the WebSocket to code-server)",
+        "const d = document.getElementById('editor-frame').contentDocument; \
+         return !!d && !!d.querySelector('.explorer-folders-view, .explorer-viewlet');",
+        90,
+    )
+    .await;
+    // Give the workbench a moment to paint before the screenshot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shot = artifact_dir("dashboard").join("editor-iframe.png");
+    let png = s.save_screenshot(&shot).await.unwrap();
+    let img = decode_png(&png).unwrap();
+    assert!(
+        img.histogram().len() > 50 && img.non_background_share() > 0.05,
+        "screenshot looks blank: {} colours",
+        img.histogram().len()
+    );
+    s.close().await.unwrap();
+
+    c.cancel(&task.id).await.unwrap();
+    drop(up);
+}

@@ -1,0 +1,282 @@
+//! `guildnet.OrchestratorClient`: the orchestrator's admin API for Python.
+
+use crate::errors::{invalid, Error};
+use crate::logs::LogStream;
+use crate::runtime::block_on;
+use crate::types::{dict_of, Agent, LogLine, Org, Task};
+use guildnet_core::client as core;
+use guildnet_core::model::TaskStatus;
+use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::orchestrator::api::TaskListQuery;
+use guildnet_core::token::Secret;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long a followed log keeps reconnecting after the connection broke.
+const FOLLOW_RETRY: Duration = Duration::from_secs(30);
+
+fn task_id(id: &str) -> Result<TaskId, Error> {
+    TaskId::parse_field("id", id).map_err(Error::from)
+}
+
+fn seconds(field: &str, v: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        invalid(
+            field,
+            format!("{field} must be a finite number >= 0 (got {v})"),
+        )
+    })
+}
+
+/// Client of a GuildNet orchestrator's admin API.
+///
+/// `OrchestratorClient(url, token)`; `url` is the orchestrator's base URL
+/// (`http://127.0.0.1:8080`), `token` its admin token. Methods block the calling thread (with
+/// the GIL released, so other threads run) and raise `guildnet.GuildNetError` subclasses.
+#[pyclass(frozen, module = "guildnet")]
+pub struct OrchestratorClient {
+    inner: core::OrchestratorClient,
+}
+
+#[pymethods]
+impl OrchestratorClient {
+    #[new]
+    fn new(py: Python<'_>, url: &str, token: &str) -> PyResult<Self> {
+        if token.trim().is_empty() {
+            return Err(invalid("token", "the admin token must not be empty").into_py_err(py));
+        }
+        let inner = core::OrchestratorClient::new(url, Secret::new(token.trim()))
+            .map_err(|e| Error::from(e).into_py_err(py))?;
+        Ok(Self { inner })
+    }
+
+    /// A client using the admin token stored in a state dir (`orchestrator.token`, written by
+    /// an orchestrator that generated its token), so the token never passes through Python.
+    #[staticmethod]
+    #[pyo3(signature = (url = "http://127.0.0.1:8080", state_dir = None))]
+    fn from_state_dir(py: Python<'_>, url: &str, state_dir: Option<PathBuf>) -> PyResult<Self> {
+        let paths = crate::helpers::paths(state_dir).map_err(|e| e.into_py_err(py))?;
+        let file = paths.admin_token_file();
+        let token = std::fs::read_to_string(&file)
+            .map_err(|e| {
+                Error::Other(format!(
+                    "cannot read the admin token {}: {e}",
+                    file.display()
+                ))
+                .into_py_err(py)
+            })?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(
+                Error::Other(format!("the admin token file {} is empty", file.display()))
+                    .into_py_err(py),
+            );
+        }
+        let inner = core::OrchestratorClient::new(url, Secret::new(token))
+            .map_err(|e| Error::from(e).into_py_err(py))?;
+        Ok(Self { inner })
+    }
+
+    /// The orchestrator's base URL.
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.base_url().to_owned()
+    }
+
+    /// `GET /health`: `{"status": "ok", "version": ..., "backend": ...}`.
+    fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.inner.clone();
+        let h = block_on(py, async move { Ok(c.health().await?) })?;
+        dict_of(
+            py,
+            &[
+                ("status", &h.status),
+                ("version", &h.version),
+                ("backend", &h.backend),
+            ],
+        )
+    }
+
+    /// Schedules `task` (the text handed to the agent's runner) for `org`. Returns the task as
+    /// recorded (`Scheduled`); the orchestrator dispatches it right after.
+    #[pyo3(signature = (org, task, agent_hint = None))]
+    fn schedule(
+        &self,
+        py: Python<'_>,
+        org: &str,
+        task: &str,
+        agent_hint: Option<&str>,
+    ) -> PyResult<Task> {
+        let org = OrgName::new(org).map_err(|e| Error::from(e).into_py_err(py))?;
+        let (c, task, hint) = (
+            self.inner.clone(),
+            task.to_owned(),
+            agent_hint.map(str::to_owned),
+        );
+        block_on(py, async move {
+            Ok(c.schedule(&org, &task, hint.as_deref()).await?)
+        })
+        .map(Task::from)
+    }
+
+    /// Lists tasks, newest first: optionally only one `status` (`"Running"`, ...) or `org`,
+    /// at most `limit` (default 100, at most 1000).
+    #[pyo3(signature = (status = None, org = None, limit = None))]
+    fn tasks(
+        &self,
+        py: Python<'_>,
+        status: Option<&str>,
+        org: Option<&str>,
+        limit: Option<usize>,
+    ) -> PyResult<Vec<Task>> {
+        let q = (|| -> Result<TaskListQuery, Error> {
+            let status = match status {
+                Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+                    invalid(
+                        "status",
+                        format!(
+                            "unknown status {s:?}; one of Scheduled, Submitted, Running, \
+                             Succeeded, Failed, Cancelled"
+                        ),
+                    )
+                })?),
+                None => None,
+            };
+            let org = org.map(OrgName::new).transpose()?;
+            Ok(TaskListQuery { status, org, limit })
+        })()
+        .map_err(|e| e.into_py_err(py))?;
+        let c = self.inner.clone();
+        let tasks = block_on(py, async move { Ok(c.tasks(&q).await?) })?;
+        Ok(tasks.into_iter().map(Task::from).collect())
+    }
+
+    /// One task by id.
+    fn task(&self, py: Python<'_>, id: &str) -> PyResult<Task> {
+        let id = task_id(id).map_err(|e| e.into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.task(&id).await?) }).map(Task::from)
+    }
+
+    /// A task's log. With `follow=True` (the default) an iterator over the log stream (SSE)
+    /// that yields `LogLine`s as they arrive and ends when the task finishes (reconnecting
+    /// without loss if the connection drops); `after` skips lines up to that sequence number.
+    /// With `follow=False` the list of lines stored so far.
+    #[pyo3(signature = (id, follow = true, after = 0))]
+    fn logs(&self, py: Python<'_>, id: &str, follow: bool, after: u64) -> PyResult<Py<PyAny>> {
+        let id = task_id(id).map_err(|e| e.into_py_err(py))?;
+        let c = self.inner.clone();
+        if follow {
+            // Fail here, not at the first next(), when the task does not exist.
+            let (c2, id2) = (c.clone(), id.clone());
+            block_on(py, async move { Ok(c2.task(&id2).await?) })?;
+            let stream =
+                LogStream::open(&c, &id, after, FOLLOW_RETRY).map_err(|e| e.into_py_err(py))?;
+            return Ok(Py::new(py, stream)?.into_any());
+        }
+        let lines = block_on(py, async move {
+            let mut all = Vec::new();
+            let mut last = after;
+            // Pages until an empty one, whatever page size the orchestrator uses.
+            loop {
+                let page = c.logs(&id, last).await?;
+                match page.last() {
+                    Some(l) => last = l.seq,
+                    None => return Ok(all),
+                }
+                all.extend(page);
+            }
+        })?;
+        let lines: Vec<LogLine> = lines.into_iter().map(LogLine::from).collect();
+        Ok(lines.into_pyobject(py)?.into_any().unbind())
+    }
+
+    /// Cancels a task that has not finished (its agent is stopped). Cancelling a cancelled
+    /// task is a no-op; a finished one raises `ConflictError`.
+    fn cancel(&self, py: Python<'_>, id: &str) -> PyResult<Task> {
+        let id = task_id(id).map_err(|e| e.into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.cancel(&id).await?) }).map(Task::from)
+    }
+
+    /// Waits until the task is `Succeeded`, `Failed` or `Cancelled` and returns it. Raises
+    /// `GuildNetTimeoutError` (also a builtin `TimeoutError`) after `timeout` seconds
+    /// (`None`: wait forever). Polls every `poll_interval` seconds.
+    #[pyo3(signature = (id, timeout = None, poll_interval = 0.2))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        timeout: Option<f64>,
+        poll_interval: f64,
+    ) -> PyResult<Task> {
+        let args = (|| -> Result<_, Error> {
+            let id = task_id(id)?;
+            let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+            let poll = seconds("poll_interval", poll_interval)?.max(Duration::from_millis(10));
+            Ok((id, timeout, poll))
+        })()
+        .map_err(|e| e.into_py_err(py))?;
+        let (id, timeout, poll) = args;
+        let c = self.inner.clone();
+        block_on(py, async move {
+            let start = Instant::now();
+            loop {
+                let t = c.task(&id).await?;
+                if t.status.is_terminal() {
+                    return Ok(t);
+                }
+                if let Some(limit) = timeout {
+                    let elapsed = start.elapsed();
+                    if elapsed >= limit {
+                        return Err(Error::Timeout(format!(
+                            "task {id} is still {} after {:.1} s",
+                            t.status,
+                            elapsed.as_secs_f64()
+                        )));
+                    }
+                    tokio::time::sleep(poll.min(limit - elapsed)).await;
+                } else {
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        })
+        .map(Task::from)
+    }
+
+    /// All agents the orchestrator knows, with their last heartbeat.
+    fn agents(&self, py: Python<'_>) -> PyResult<Vec<Agent>> {
+        let c = self.inner.clone();
+        let agents = block_on(py, async move { Ok(c.agents().await?) })?;
+        Ok(agents.into_iter().map(Agent::from).collect())
+    }
+
+    /// One agent by name.
+    fn agent(&self, py: Python<'_>, name: &str) -> PyResult<Agent> {
+        let name = AgentName::new(name).map_err(|e| Error::from(e).into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.agent(&name).await?) }).map(Agent::from)
+    }
+
+    /// Registers an org (a DNS-1123 label: lowercase letters, digits, '-').
+    fn create_org(&self, py: Python<'_>, name: &str) -> PyResult<Org> {
+        let name = OrgName::new(name).map_err(|e| Error::from(e).into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.create_org(&name).await?) }).map(Org::from)
+    }
+
+    /// All registered orgs.
+    fn orgs(&self, py: Python<'_>) -> PyResult<Vec<Org>> {
+        let c = self.inner.clone();
+        let orgs = block_on(py, async move { Ok(c.orgs().await?) })?;
+        Ok(orgs.into_iter().map(Org::from).collect())
+    }
+
+    fn __repr__(&self) -> String {
+        // Never the token.
+        format!("OrchestratorClient(url='{}')", self.inner.base_url())
+    }
+}

@@ -1,0 +1,69 @@
+"""State-dir resolution, org config paths, the CRD and the token-file client."""
+
+from pathlib import Path
+
+import pytest
+
+import guildnet
+from conftest import TOKEN
+
+
+def test_state_dir_follows_the_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("GUILDNET_STATE_DIR", str(tmp_path / "s"))
+    assert guildnet.state_dir() == tmp_path / "s"
+    monkeypatch.delenv("GUILDNET_STATE_DIR")
+    monkeypatch.setenv("GUILDNET_HOME", str(tmp_path / "g"))
+    assert guildnet.state_dir() == tmp_path / "g" / "state"
+    monkeypatch.delenv("GUILDNET_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("GUILDNET_ENV", "dev")
+    assert guildnet.state_dir() == tmp_path / "h" / ".guildnetdev" / "state"
+    monkeypatch.delenv("GUILDNET_ENV")
+    assert guildnet.state_dir() == tmp_path / "h" / ".guildnet" / "state"
+
+
+def test_org_config_paths(monkeypatch, tmp_path):
+    assert guildnet.kubeconfig_path("acme", "/st") == Path("/st/kube/acme.config")
+    assert guildnet.talosconfig_path("acme", tmp_path) == tmp_path / "talos" / "acme.talosconfig"
+    assert guildnet.admin_token_path("/st") == Path("/st/orchestrator.token")
+    monkeypatch.setenv("GUILDNET_STATE_DIR", str(tmp_path))
+    assert guildnet.kubeconfig_path("acme") == tmp_path / "kube" / "acme.config"
+    with pytest.raises(guildnet.InvalidInputError) as err:
+        guildnet.kubeconfig_path("../../etc", "/st")
+    assert err.value.field == "org"
+
+
+def test_find_kubeconfig(monkeypatch, tmp_path):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    state = tmp_path / "state"
+    assert guildnet.find_kubeconfig("acme", state) is None
+    kc = guildnet.kubeconfig_path("acme", state)
+    kc.parent.mkdir(parents=True)
+    kc.write_text("apiVersion: v1\n")
+    assert guildnet.find_kubeconfig("acme", state) == kc
+    explicit = tmp_path / "explicit.config"
+    explicit.write_text("x")
+    monkeypatch.setenv("KUBECONFIG", str(explicit))
+    assert guildnet.find_kubeconfig("acme", state) == explicit
+
+
+def test_agenttask_crd_yaml():
+    y = guildnet.agenttask_crd_yaml()
+    assert "kind: CustomResourceDefinition" in y
+    assert "agenttasks." in y
+    assert "AgentTask" in y
+
+
+def test_client_from_state_dir_reads_the_token_file(orchestrator, tmp_path):
+    with pytest.raises(guildnet.GuildNetError) as err:
+        guildnet.OrchestratorClient.from_state_dir(orchestrator.url, tmp_path)
+    assert "orchestrator.token" in err.value.message
+    guildnet.admin_token_path(tmp_path).write_text(TOKEN + "\n")
+    c = guildnet.OrchestratorClient.from_state_dir(orchestrator.url, tmp_path)
+    assert "acme" in [o.name for o in c.orgs()]
+    assert TOKEN not in repr(c)
+
+
+def test_version():
+    assert guildnet.__version__ == "0.1.0"

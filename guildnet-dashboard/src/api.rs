@@ -1,0 +1,700 @@
+//! The `/api` handlers.
+
+use crate::auth::{self, has_session};
+use crate::configs::{self, ConfigKind};
+use crate::error::ApiError;
+use crate::flows::{run_flow, FlowSender};
+use crate::json::ApiJson;
+use crate::validate;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use guildnet_core::client::SseMessage;
+use guildnet_core::model::{Task, TaskStatus};
+use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::orchestrator::api::TaskListQuery;
+use guildnet_core::token;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// Settings key of the mesh setup summary.
+pub const MESH_SETTING: &str = "mesh";
+
+/// An SSE response over a byte stream.
+pub fn sse_response(
+    body: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Last-Event-ID",
+                    "Last-Event-ID must be a non-negative integer",
+                )
+            }),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::invalid("query", format!("invalid query string: {}", e.body_text())))
+}
+
+fn org_param(name: &str) -> Result<OrgName, ApiError> {
+    OrgName::new(name).map_err(|e| ApiError::invalid("name", e.to_string()))
+}
+
+fn task_param(id: &str) -> Result<TaskId, ApiError> {
+    TaskId::new(id).map_err(|e| ApiError::invalid("id", e.to_string()))
+}
+
+fn agent_param(name: &str) -> Result<AgentName, ApiError> {
+    AgentName::new(name).map_err(|e| ApiError::invalid("name", e.to_string()))
+}
+
+// ---- health, session -----------------------------------------------------------------------
+
+/// `GET /api/health`.
+pub async fn health(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "orchestratorEvents": s.live.connected(),
+    }))
+}
+
+/// `GET /api/session`: whether the browser is logged in.
+pub async fn session(State(s): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    Json(json!({"authenticated": has_session(&s, &headers)}))
+}
+
+/// `POST /api/login` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    /// The admin password.
+    pub password: String,
+}
+
+/// `POST /api/login`.
+pub async fn login(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
+    if !token::equals(&body.password, s.password.expose()) {
+        // Slow down guessing.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tracing::warn!("dashboard login with a wrong password");
+        return Err(ApiError::unauthorized("wrong password"));
+    }
+    let id = s.sessions.create();
+    let mut resp = Json(json!({"authenticated": true})).into_response();
+    if let Some(c) = auth::set_cookie(&id, s.sessions.ttl(), s.tls) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+/// `POST /api/logout`.
+pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = auth::session_cookie(&headers) {
+        s.sessions.remove(&id);
+    }
+    let mut resp = Json(json!({"authenticated": false})).into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, auth::clear_cookie(s.tls));
+    resp
+}
+
+// ---- setup ---------------------------------------------------------------------------------
+
+/// `GET /api/setup`: whether a network was set up (or skipped).
+pub async fn setup_status(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let v = s.db.setting(MESH_SETTING).await?;
+    let setup: Value = v
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or(Value::Null);
+    Ok(Json(
+        json!({"configured": !setup.is_null(), "setup": setup}),
+    ))
+}
+
+/// `POST /api/setup/skip`: use GuildNet on this machine only.
+pub async fn setup_skip(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let v = json!({"mode": "local"});
+    s.db.set_setting(MESH_SETTING, v.to_string()).await?;
+    Ok(Json(json!({"configured": true, "setup": v})))
+}
+
+/// `POST /api/setup/stream`: create or join the mesh, as SSE.
+pub async fn setup_stream(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<validate::SetupBody>,
+) -> Result<Response, ApiError> {
+    let req = validate::setup(body)?;
+    let summary = req.summary();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let sender = FlowSender::new(tx.clone());
+    let flow = s.setup_flow.clone();
+    let db = s.db.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        if let Ok(true) = done_rx.await {
+            if let Err(e) = db.set_setting(MESH_SETTING, summary.to_string()).await {
+                tracing::error!(error = %e, "cannot record the mesh setup");
+            }
+        }
+    });
+    let stream = run_flow(
+        async move { flow.run(req, sender).await },
+        tx,
+        rx,
+        move |r| {
+            let _ = done_tx.send(r.is_ok());
+        },
+    );
+    Ok(sse_response(stream))
+}
+
+// ---- orgs ----------------------------------------------------------------------------------
+
+/// An org with its config files' status.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgView {
+    /// Name.
+    pub name: OrgName,
+    /// Created here at.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Kubeconfig status.
+    pub kubeconfig: configs::ConfigStatus,
+    /// Talosconfig status.
+    pub talosconfig: configs::ConfigStatus,
+}
+
+fn org_view(s: &AppState, row: crate::db::OrgRow) -> OrgView {
+    OrgView {
+        kubeconfig: configs::status(ConfigKind::Kubeconfig, &s.paths, &row.name),
+        talosconfig: configs::status(ConfigKind::Talosconfig, &s.paths, &row.name),
+        name: row.name,
+        created_at: row.created_at,
+    }
+}
+
+async fn existing_org(s: &AppState, name: &str) -> Result<crate::db::OrgRow, ApiError> {
+    let org = org_param(name)?;
+    s.db.org(&org)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("org {org} does not exist")))
+}
+
+/// `GET /api/orgs`.
+pub async fn list_orgs(State(s): State<AppState>) -> Result<Json<Vec<OrgView>>, ApiError> {
+    let rows = s.db.orgs().await?;
+    Ok(Json(rows.into_iter().map(|r| org_view(&s, r)).collect()))
+}
+
+/// `GET /api/orgs/{name}`.
+pub async fn get_org(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<OrgView>, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    Ok(Json(org_view(&s, row)))
+}
+
+/// `POST /api/orgs` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgBody {
+    /// The org's name (DNS label).
+    pub name: String,
+}
+
+/// `POST /api/orgs`: records the org and registers it with the orchestrator.
+pub async fn create_org(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateOrgBody>,
+) -> Result<(StatusCode, Json<OrgView>), ApiError> {
+    let org = org_param(&body.name)?;
+    let row = s.db.create_org(&org).await?;
+    match s.orchestrator.create_org(&org).await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(409) => {}
+        Err(e) => {
+            // Keep the two in step: undo the local record.
+            if let Err(db) = s.db.delete_org(&org).await {
+                tracing::error!(org = %org, error = %db, "cannot undo the org record");
+            }
+            return Err(e.into());
+        }
+    }
+    tracing::info!(org = %org, "org created");
+    Ok((StatusCode::CREATED, Json(org_view(&s, row))))
+}
+
+/// `DELETE /api/orgs/{name}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteOrgBody {
+    /// Must repeat the org's name.
+    pub confirm: String,
+}
+
+/// `DELETE /api/orgs/{name}`: removes the org and its kubeconfig and talosconfig. The body
+/// must confirm the name. (The orchestrator keeps its own record and history.)
+pub async fn delete_org(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<DeleteOrgBody>,
+) -> Result<Json<Value>, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    if body.confirm != row.name.as_str() {
+        return Err(ApiError::invalid(
+            "confirm",
+            format!("type the org's name ({}) to confirm", row.name),
+        ));
+    }
+    configs::remove_all(&s.paths, &row.name).map_err(|e| {
+        ApiError::internal(format!("cannot remove config files of {}: {e}", row.name))
+    })?;
+    s.db.delete_org(&row.name).await?;
+    tracing::info!(org = %row.name, "org deleted");
+    Ok(Json(json!({"deleted": row.name})))
+}
+
+/// Upload body for kubeconfigs and talosconfigs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigBody {
+    /// The file's text.
+    pub content: String,
+}
+
+async fn put_config(
+    s: AppState,
+    name: String,
+    kind: ConfigKind,
+    body: ConfigBody,
+) -> Result<Json<configs::ConfigStatus>, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    let paths = s.paths.clone();
+    let org = row.name.clone();
+    let r = tokio::task::spawn_blocking(move || configs::store(kind, &paths, &org, &body.content))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    match r {
+        Ok(st) => {
+            tracing::info!(org = %row.name, kind = kind.as_str(), "config stored");
+            Ok(Json(st))
+        }
+        Err(e) => Err(ApiError::unprocessable(kind.as_str(), e.to_string())),
+    }
+}
+
+/// `PUT /api/orgs/{name}/kubeconfig`.
+pub async fn put_kubeconfig(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ConfigBody>,
+) -> Result<Json<configs::ConfigStatus>, ApiError> {
+    put_config(s, name, ConfigKind::Kubeconfig, body).await
+}
+
+/// `PUT /api/orgs/{name}/talosconfig`.
+pub async fn put_talosconfig(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ConfigBody>,
+) -> Result<Json<configs::ConfigStatus>, ApiError> {
+    put_config(s, name, ConfigKind::Talosconfig, body).await
+}
+
+/// `GET /api/orgs/{name}/kubeconfig`: status only, never the content.
+pub async fn get_kubeconfig(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<configs::ConfigStatus>, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    Ok(Json(configs::status(
+        ConfigKind::Kubeconfig,
+        &s.paths,
+        &row.name,
+    )))
+}
+
+/// `GET /api/orgs/{name}/talosconfig`: status only, never the content.
+pub async fn get_talosconfig(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<configs::ConfigStatus>, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    Ok(Json(configs::status(
+        ConfigKind::Talosconfig,
+        &s.paths,
+        &row.name,
+    )))
+}
+
+/// `POST /api/orgs/{name}/provision/stream`: bootstrap + operator install, as SSE.
+pub async fn provision_stream(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<validate::ProvisionBody>,
+) -> Result<Response, ApiError> {
+    let row = existing_org(&s, &name).await?;
+    let req = validate::provision(row.name, body)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let sender = FlowSender::new(tx.clone());
+    let flow = s.provision_flow.clone();
+    let stream = run_flow(async move { flow.run(req, sender).await }, tx, rx, |_| {});
+    Ok(sse_response(stream))
+}
+
+// ---- tasks ---------------------------------------------------------------------------------
+
+/// `POST /api/schedule` body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// The org.
+    pub org: String,
+    /// What to do.
+    pub task: String,
+    /// Optional agent hint.
+    #[serde(default)]
+    pub agent_hint: Option<String>,
+}
+
+/// `POST /api/schedule`.
+pub async fn schedule(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    let org = OrgName::new(&body.org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
+    if body.task.trim().is_empty() {
+        return Err(ApiError::invalid("task", "task must not be empty"));
+    }
+    let hint = body.agent_hint.as_deref().filter(|h| !h.trim().is_empty());
+    let t = s.orchestrator.schedule(&org, &body.task, hint).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// `GET /api/tasks` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksQuery {
+    /// Only this status.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only this org.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// At most this many.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/tasks`.
+// `..Default::default()` keeps this compiling when the orchestrator's query gains fields.
+#[allow(clippy::needless_update)]
+pub async fn list_tasks(
+    State(s): State<AppState>,
+    q: Result<Query<TasksQuery>, QueryRejection>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    let q = query(q)?;
+    let status = q
+        .status
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            TaskStatus::parse(&v)
+                .ok_or_else(|| ApiError::invalid("status", format!("unknown status {v:?}")))
+        })
+        .transpose()?;
+    let org = q
+        .org
+        .filter(|v| !v.is_empty())
+        .map(|v| OrgName::new(v).map_err(|e| ApiError::invalid("org", e.to_string())))
+        .transpose()?;
+    let tq = TaskListQuery {
+        status,
+        org,
+        limit: q.limit,
+        ..Default::default()
+    };
+    Ok(Json(s.orchestrator.tasks(&tq).await?))
+}
+
+/// `GET /api/tasks/{id}`: the task and its workload details.
+pub async fn get_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<guildnet_core::orchestrator::api::TaskDetail>, ApiError> {
+    Ok(Json(s.orchestrator.task_detail(&task_param(&id)?).await?))
+}
+
+/// `?after=` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterQuery {
+    /// Cursor.
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+/// `GET /api/tasks/{id}/logs`.
+pub async fn task_logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<AfterQuery>, QueryRejection>,
+) -> Result<Json<Vec<guildnet_core::model::LogLine>>, ApiError> {
+    let q = query(q)?;
+    Ok(Json(
+        s.orchestrator
+            .logs(&task_param(&id)?, q.after.unwrap_or(0))
+            .await?,
+    ))
+}
+
+fn render(msg: SseMessage) -> Bytes {
+    let mut out = String::with_capacity(msg.data.len() + 32);
+    if let Some(id) = &msg.id {
+        out.push_str(&format!("id: {}\n", id.replace(['\n', '\r'], "")));
+    }
+    if !msg.event.is_empty() && msg.event != "message" {
+        out.push_str(&format!("event: {}\n", msg.event.replace(['\n', '\r'], "")));
+    }
+    for line in msg.data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+async fn relay(s: &AppState, path: String, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let last = last_event_id(headers)?.map(|v| v.to_string());
+    let upstream = s.orchestrator.open_sse(&path, last.as_deref()).await?;
+    let body = upstream
+        .take_while(|m| futures_util::future::ready(m.is_ok()))
+        .filter_map(|m| futures_util::future::ready(m.ok().map(|m| Ok(render(m)))));
+    let first = futures_util::stream::once(async { Ok(Bytes::from_static(b": relay\n\n")) });
+    Ok(sse_response(first.chain(body)))
+}
+
+/// `GET /api/tasks/{id}/logs/stream`: the orchestrator's log stream, relayed (resumable).
+pub async fn task_log_stream(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = task_param(&id)?;
+    relay(&s, format!("/tasks/{id}/logs/stream"), &headers).await
+}
+
+/// `POST /api/tasks/{id}/cancel`.
+pub async fn cancel_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(s.orchestrator.cancel(&task_param(&id)?).await?))
+}
+
+/// One entry of `GET /api/artifacts`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsView {
+    /// Task.
+    pub task_id: TaskId,
+    /// Org.
+    pub org: OrgName,
+    /// Status.
+    pub status: TaskStatus,
+    /// Artifacts.
+    pub artifacts: Vec<guildnet_core::model::Artifact>,
+    /// Pull request.
+    pub pr_url: Option<String>,
+    /// Finished at.
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /api/artifacts`: tasks that produced artifacts or pull requests.
+pub async fn artifacts(State(s): State<AppState>) -> Result<Json<Vec<ArtifactsView>>, ApiError> {
+    let tasks = s
+        .orchestrator
+        .tasks(&TaskListQuery {
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await?;
+    Ok(Json(
+        tasks
+            .into_iter()
+            .filter(|t| !t.artifacts.is_empty() || t.pr_url.is_some())
+            .map(|t| ArtifactsView {
+                task_id: t.id,
+                org: t.org,
+                status: t.status,
+                artifacts: t.artifacts,
+                pr_url: t.pr_url,
+                finished_at: t.finished_at,
+            })
+            .collect(),
+    ))
+}
+
+// ---- agents --------------------------------------------------------------------------------
+
+/// `GET /api/agents`.
+pub async fn list_agents(
+    State(s): State<AppState>,
+) -> Result<Json<Vec<guildnet_core::model::Agent>>, ApiError> {
+    Ok(Json(s.orchestrator.agents().await?))
+}
+
+/// `GET /api/agents/{name}`.
+pub async fn get_agent(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<guildnet_core::model::Agent>, ApiError> {
+    Ok(Json(s.orchestrator.agent(&agent_param(&name)?).await?))
+}
+
+/// `GET /api/agents/{name}/logs/stream`.
+pub async fn agent_log_stream(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = agent_param(&name)?;
+    relay(&s, format!("/agents/{name}/logs/stream"), &headers).await
+}
+
+async fn orchestrator_post(s: &AppState, path: &str, body: Value) -> Result<Value, ApiError> {
+    let resp = s
+        .http
+        .post(format!("{}{path}", s.orchestrator.base_url()))
+        .bearer_auth(s.orchestrator_token.expose())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "orchestrator_unreachable",
+                format!("cannot reach the orchestrator: {}", e.without_url()),
+            )
+        })?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(v);
+    }
+    Err(guildnet_core::client::ClientError::Api {
+        status: status.as_u16(),
+        code: v
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_owned(),
+        message: v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {status}")),
+        field: None,
+    }
+    .into())
+}
+
+/// `POST /api/agents/{name}/editor`: opens the agent's editor through the orchestrator; the
+/// page embeds `path` (`/embed/orchestrator/{port}/`).
+pub async fn open_editor(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
+    let v = orchestrator_post(
+        &s,
+        "/agents/editor/open",
+        json!({"name": agent.name, "org": agent.org}),
+    )
+    .await?;
+    let port = v
+        .get("port")
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0 && *p <= u16::MAX as u64)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "orchestrator_error",
+                "the orchestrator's editor reply has no port",
+            )
+        })?;
+    Ok(Json(json!({
+        "name": agent.name,
+        "port": port,
+        "path": format!("/embed/orchestrator/{port}/"),
+    })))
+}
+
+/// `POST /api/agents/{name}/editor/close`.
+pub async fn close_editor(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
+    let v = orchestrator_post(
+        &s,
+        "/agents/editor/close",
+        json!({"name": agent.name, "org": agent.org}),
+    )
+    .await?;
+    Ok(Json(v))
+}
+
+// ---- live ----------------------------------------------------------------------------------
+
+/// `GET /api/events`: live task and agent events (resumable with `Last-Event-ID` or
+/// `?after=`).
+pub async fn events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AfterQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let after = last_event_id(&headers)?.or(q.after);
+    Ok(sse_response(s.live.browser_stream(after)))
+}
+
+/// Unknown `/api` routes.
+pub async fn api_not_found() -> ApiError {
+    ApiError::not_found("no such API route")
+}

@@ -1,0 +1,289 @@
+//! The dashboard's mesh setup over `guildnet-mesh`: "create" runs a local Headscale (its
+//! config, SQLite and API key under `${state}/headscale`), mints a user and a pre-auth key and
+//! joins this machine; "connect" validates and probes an existing Headscale and joins this
+//! machine with the given pre-auth key. This machine's node is a userspace `tailscaled` in
+//! `${state}/tailscale` (no root, no TUN device).
+//!
+//! The processes live as long as this value (the dashboard): both flows are idempotent, so a
+//! re-run after a restart reuses the stored settings, API key and node state.
+
+use crate::flows::{FlowEvent, FlowFailure, FlowResult, FlowSender, SetupFlow, SetupRequest};
+use async_trait::async_trait;
+use guildnet_core::token::Secret;
+use guildnet_mesh::headscale::{HeadscaleProcess, HeadscaleSettings};
+use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions, SetupEvent};
+use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
+use serde_json::{json, Value};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+
+/// Where the binaries are (each default: from `PATH`).
+#[derive(Debug, Clone, Default)]
+pub struct MeshBinaries {
+    /// `headscale`.
+    pub headscale: Option<PathBuf>,
+    /// `tailscaled`.
+    pub tailscaled: Option<PathBuf>,
+    /// `tailscale`.
+    pub tailscale: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Running {
+    headscale: Option<HeadscaleProcess>,
+    node: Option<Tailscaled>,
+}
+
+/// [`SetupFlow`] over `guildnet-mesh`.
+pub struct MeshSetup {
+    state_dir: PathBuf,
+    bins: MeshBinaries,
+    join_timeout: Duration,
+    running: Mutex<Running>,
+}
+
+impl MeshSetup {
+    /// Mesh setup keeping its files under `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>, bins: MeshBinaries) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            bins,
+            join_timeout: Duration::from_secs(60),
+            running: Mutex::new(Running::default()),
+        }
+    }
+
+    /// The SOCKS5 proxy of this machine's node, once joined (for dialing agents' editors).
+    pub async fn socks5_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .lock()
+            .await
+            .node
+            .as_ref()
+            .map(|n| n.socks5_addr())
+    }
+
+    /// Starts (or keeps) this machine's userspace tailscaled and joins it.
+    async fn join(
+        &self,
+        running: &mut Running,
+        login_server: &str,
+        key: &Secret,
+        hostname: &str,
+        events: &FlowSender,
+    ) -> Result<Value, FlowFailure> {
+        events
+            .step("join", "Join this machine to the tailnet")
+            .await;
+        if running.node.is_none() {
+            let mut cfg = TailscaledConfig::new(self.state_dir.join("tailscale"));
+            cfg.tailscaled_bin = self.bins.tailscaled.clone();
+            cfg.tailscale_bin = self.bins.tailscale.clone();
+            // A plain-http control server (a local Headscale) serves its DERP over plain http.
+            cfg.plain_http_derp = login_server.starts_with("http://");
+            let node = Tailscaled::start(&cfg)
+                .await
+                .map_err(|e| FlowFailure::at("join", e.to_string()))?;
+            events
+                .log(
+                    Some("join"),
+                    format!("tailscaled (userspace) pid {} started", node.pid()),
+                )
+                .await;
+            running.node = Some(node);
+        }
+        let node = running
+            .node
+            .as_ref()
+            .ok_or_else(|| FlowFailure::at("join", "tailscaled is not running"))?;
+        let joined = node
+            .cli()
+            .up(login_server, key, hostname, self.join_timeout)
+            .await;
+        if let Err(e) = joined {
+            if matches!(e, guildnet_mesh::tailscale::TailscaleError::Auth { .. }) {
+                events
+                    .hint("The pre-auth key was refused: create a new one (headscale preauthkeys create) and try again.")
+                    .await;
+            }
+            return Err(FlowFailure::at("join", e.to_string()));
+        }
+        let st = node
+            .cli()
+            .status()
+            .await
+            .map_err(|e| FlowFailure::at("join", e.to_string()))?;
+        events
+            .step_done(
+                "join",
+                Some(format!("{} at {}", st.hostname, st.addresses.join(", "))),
+            )
+            .await;
+        Ok(json!({
+            "hostname": st.hostname,
+            "addresses": st.addresses,
+            "backendState": st.backend_state,
+            "socks5": node.socks5_addr().to_string(),
+        }))
+    }
+}
+
+/// Relays guildnet-mesh's events as flow events and returns the step that failed, if one did.
+/// `begin`, `stepError` and `done` are left out: this flow sends its own `begin`, and the
+/// dashboard sends `stepError` and `done` from the returned failure.
+async fn relay(mut rx: mpsc::Receiver<SetupEvent>, events: FlowSender) -> Option<String> {
+    let mut failed = None;
+    while let Some(ev) = rx.recv().await {
+        let out = match ev {
+            SetupEvent::Step { step, title } => FlowEvent::Step {
+                step,
+                message: title,
+            },
+            SetupEvent::StepDone { step, detail } => FlowEvent::StepDone {
+                step,
+                message: detail,
+            },
+            SetupEvent::Log { message, .. } => FlowEvent::Log {
+                step: None,
+                line: message,
+            },
+            SetupEvent::Hint { message } => FlowEvent::Hint { message },
+            SetupEvent::StepError { step, .. } => {
+                failed = Some(step);
+                continue;
+            }
+            SetupEvent::Begin { .. } | SetupEvent::Done { .. } => continue,
+        };
+        events.send(out).await;
+    }
+    failed
+}
+
+fn free_port() -> Result<u16, FlowFailure> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| FlowFailure::at("config", format!("no free loopback port: {e}")))
+}
+
+/// Headscale settings for `server_url`: it listens on loopback when the URL's host is a
+/// loopback address or `localhost`, on all interfaces otherwise; its other listeners (metrics,
+/// gRPC, STUN) take free loopback ports.
+pub fn settings_for(server_url: &str) -> Result<HeadscaleSettings, FlowFailure> {
+    let url = reqwest::Url::parse(server_url)
+        .map_err(|e| FlowFailure::at("config", format!("serverUrl: {e}")))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| FlowFailure::at("config", "serverUrl has no port"))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mut s = HeadscaleSettings::on_loopback(port, free_port()?, free_port()?, free_port()?);
+    s.server_url = server_url.trim_end_matches('/').to_owned();
+    if !loopback {
+        s.listen_addr = SocketAddr::from(([0, 0, 0, 0], port));
+    }
+    s.validate()
+        .map_err(|e| FlowFailure::at("config", format!("{}: {}", e.field, e.reason)))?;
+    Ok(s)
+}
+
+#[async_trait]
+impl SetupFlow for MeshSetup {
+    async fn run(&self, req: SetupRequest, events: FlowSender) -> FlowResult {
+        let mut running = self.running.lock().await;
+        match req {
+            SetupRequest::Create {
+                hostname,
+                server_url,
+            } => {
+                events
+                    .begin(
+                        "setup",
+                        &["config", "start", "apiKey", "user", "preauthKey", "join"],
+                    )
+                    .await;
+                let mut opts = CreateOptions::new(&self.state_dir);
+                opts.headscale_bin = self.bins.headscale.clone();
+                opts.settings = settings_for(&server_url)?;
+                let (tx, rx) = mpsc::channel(64);
+                let relayed = tokio::spawn(relay(rx, events.clone()));
+                let created = setup::create(&opts, Some(tx)).await;
+                let failed = relayed.await.ok().flatten();
+                let created = created.map_err(|e| {
+                    FlowFailure::at(failed.as_deref().unwrap_or("start"), e.to_string())
+                })?;
+                let url = created.url().to_owned();
+                let key = created.preauth_key.key.clone();
+                if let Some(server) = created.server {
+                    running.headscale = Some(server);
+                }
+                let node = self
+                    .join(&mut running, &url, &key, &hostname, &events)
+                    .await?;
+                events
+                    .hint("Headscale runs as long as the dashboard; mint keys for more nodes with `headscale preauthkeys create`.")
+                    .await;
+                Ok(json!({"mode": "create", "headscaleUrl": url, "node": node}))
+            }
+            SetupRequest::Connect {
+                hostname,
+                login_server,
+                auth_key,
+            } => {
+                events.begin("setup", &["validate", "probe", "join"]).await;
+                let creq = ConnectRequest {
+                    headscale_url: login_server,
+                    auth_key,
+                    hostname,
+                };
+                // Validate and probe through guildnet-mesh; the join is ours (our node).
+                let (tx, rx) = mpsc::channel(64);
+                let relayed = tokio::spawn(relay(rx, events.clone()));
+                let probed = setup::connect(&creq, None, self.join_timeout, Some(tx)).await;
+                let failed = relayed.await.ok().flatten();
+                let probed = probed.map_err(|e| {
+                    FlowFailure::at(failed.as_deref().unwrap_or("probe"), e.to_string())
+                })?;
+                let valid = probed.request;
+                let node = self
+                    .join(
+                        &mut running,
+                        &valid.headscale_url,
+                        &valid.auth_key,
+                        &valid.hostname,
+                        &events,
+                    )
+                    .await?;
+                Ok(json!({
+                    "mode": "connect",
+                    "headscaleUrl": valid.headscale_url,
+                    "serverVersion": probed.server_version,
+                    "node": node,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headscale_listens_on_loopback_unless_the_url_says_otherwise() {
+        let s = settings_for("http://127.0.0.1:41000").unwrap();
+        assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 41000)));
+        assert_eq!(s.server_url, "http://127.0.0.1:41000");
+        let s = settings_for("https://hs.example.com/").unwrap();
+        assert_eq!(s.listen_addr, SocketAddr::from(([0, 0, 0, 0], 443)));
+        assert_eq!(s.server_url, "https://hs.example.com");
+        assert!(settings_for("not a url").is_err());
+    }
+}

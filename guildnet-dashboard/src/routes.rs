@@ -1,0 +1,107 @@
+//! The router: `/api`, the embedded page and assets, and the security headers.
+
+use crate::api;
+use crate::assets;
+use crate::auth;
+use crate::embed;
+use crate::AppState;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get, post, put};
+use axum::Router;
+
+/// Content-Security-Policy of every response.
+pub const CSP: &str = "default-src 'self'; frame-src 'self'; img-src 'self' data:; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'";
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    // The relayed editor keeps its own policy (code-server needs its scripts and workers); the
+    // relay has already limited its framing to this origin (`frame-ancestors 'self'`).
+    let relayed = req.uri().path().starts_with("/embed/");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if !relayed || !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("SAMEORIGIN"),
+    );
+    resp
+}
+
+/// The `/api` routes (relative paths, nested under `/api`).
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/session", get(api::session))
+        .route("/login", post(api::login))
+        .route("/logout", post(api::logout))
+        .route("/setup", get(api::setup_status))
+        .route("/setup/skip", post(api::setup_skip))
+        .route("/setup/stream", post(api::setup_stream))
+        .route("/orgs", get(api::list_orgs).post(api::create_org))
+        .route("/orgs/{name}", get(api::get_org).delete(api::delete_org))
+        .route(
+            "/orgs/{name}/kubeconfig",
+            put(api::put_kubeconfig).get(api::get_kubeconfig),
+        )
+        .route(
+            "/orgs/{name}/talosconfig",
+            put(api::put_talosconfig).get(api::get_talosconfig),
+        )
+        .route("/orgs/{name}/provision/stream", post(api::provision_stream))
+        .route("/schedule", post(api::schedule))
+        .route("/tasks", get(api::list_tasks))
+        .route("/tasks/{id}", get(api::get_task))
+        .route("/tasks/{id}/logs", get(api::task_logs))
+        .route("/tasks/{id}/logs/stream", get(api::task_log_stream))
+        .route("/tasks/{id}/cancel", post(api::cancel_task))
+        .route("/artifacts", get(api::artifacts))
+        .route("/agents", get(api::list_agents))
+        .route("/agents/{name}", get(api::get_agent))
+        .route("/agents/{name}/logs/stream", get(api::agent_log_stream))
+        .route("/agents/{name}/editor", post(api::open_editor))
+        .route("/agents/{name}/editor/close", post(api::close_editor))
+        .route("/events", get(api::events))
+        .fallback(api::api_not_found)
+        .method_not_allowed_fallback(|| async {
+            crate::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+}
+
+/// The whole dashboard app: `/api`, the page and its assets, and the editor relay
+/// `/embed/orchestrator/{port}/*` ([`embed`]). Add routes with `router(state.clone()).merge(...)`
+/// or by extending this function; the session guard covers `/api/*` and `/embed/*` for any route
+/// added before the layers below.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api", api_routes())
+        .route("/", get(assets::index))
+        .route("/assets/{file}", get(assets::asset))
+        .route("/embed/orchestrator/{port}", any(embed::embed_root))
+        .route("/embed/orchestrator/{port}/", any(embed::embed_index))
+        .route("/embed/orchestrator/{port}/{*rest}", any(embed::embed))
+        .fallback(assets::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(DefaultBodyLimit::max(crate::json::MAX_JSON_BYTES))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
