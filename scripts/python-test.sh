@@ -58,9 +58,10 @@ else
   step "guildnet is up to date in $venv"
 fi
 
-# 3. The binaries the tests start.
+# 3. The binaries the tests start. Built with the workspace's feature set (what `cargo test
+#    --workspace --all-features` builds), so after scripts/test.sh's Rust tests nothing rebuilds.
 step "building guildnet-orchestrator and guildnet-agent"
-cargo build --locked -q -p guildnet-bin --bin guildnet-orchestrator --bin guildnet-agent
+cargo build --locked -q --workspace --all-features --bins
 export GUILDNET_BIN_DIR="$CARGO_TARGET_DIR/debug"
 
 # 4. Tests (including examples/python/batch.py against the real orchestrator).

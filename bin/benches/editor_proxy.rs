@@ -369,7 +369,7 @@ async fn main() {
     let _orch2 = orchestrator(
         &dir.path().join("state2"),
         port2,
-        &[],
+        &["--trust-advertised-editors"],
         &[("GUILDNET_EDITOR_ADVERTISE", advertise.as_str())],
     );
     let (path2, _, _) = open_editor(port2, false).await;

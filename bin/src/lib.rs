@@ -76,6 +76,11 @@ pub struct OrchestratorArgs {
     /// tailnet are reached through it, instead of a port-forward.
     #[arg(long, env = "GUILDNET_TAILNET_SOCKS5")]
     pub tailnet_socks5: Option<SocketAddr>,
+    /// Proxy to any editor address an agent advertises at register (e.g. an editor sidecar on
+    /// a pod network). Off by default: without it only tailnet addresses dialed through
+    /// --tailnet-socks5 are accepted, so an agent's credentials cannot aim the proxy elsewhere.
+    #[arg(long, env = "GUILDNET_TRUST_ADVERTISED_EDITORS")]
+    pub trust_advertised_editors: bool,
 }
 
 impl OrchestratorArgs {
@@ -107,6 +112,7 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
+        o.trust_advertised_editors = self.trust_advertised_editors;
         if let Some(socks) = self.tailnet_socks5 {
             o.editor_dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
                 socks,

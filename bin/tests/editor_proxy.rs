@@ -337,7 +337,7 @@ async fn websocket_frames_round_trip_through_the_editor_proxy() {
     let orch = Orchestrator::start_with(
         &dir.path().join("state"),
         free_port(),
-        &[],
+        &["--trust-advertised-editors"],
         &[("GUILDNET_EDITOR_ADVERTISE", advertise.as_str())],
     );
     orch.wait_ready().await;

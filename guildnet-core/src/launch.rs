@@ -70,6 +70,9 @@ pub struct LocalOptions {
     /// How the editor proxy reaches editors that agents advertise on the tailnet (e.g.
     /// guildnet-mesh's `TailnetDialer` through a userspace tailscaled's SOCKS5 proxy).
     pub editor_dialer: Option<Arc<dyn crate::proxy::Dialer>>,
+    /// Proxy to any editor address agents advertise (see
+    /// [`crate::orchestrator::OrchestratorConfig::trust_advertised_editors`]).
+    pub trust_advertised_editors: bool,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -111,6 +114,7 @@ impl LocalOptions {
             frame_ancestors: Vec::new(),
             bootstrap: None,
             editor_dialer: None,
+            trust_advertised_editors: false,
         }
     }
 }
@@ -181,6 +185,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let mut cfg = OrchestratorConfig::new(token, public_url);
     cfg.lease_ttl = opts.lease_ttl;
     cfg.heartbeat_interval = opts.heartbeat_interval;
+    cfg.trust_advertised_editors = opts.trust_advertised_editors;
     cfg.editor_frame_ancestors = std::iter::once("'self'".to_owned())
         .chain(opts.frame_ancestors.iter().cloned())
         .collect::<Vec<_>>()

@@ -266,6 +266,14 @@ pub enum BootstrapError {
     /// The request is invalid (which field, why).
     #[error("invalid bootstrap request: {0}")]
     Invalid(String),
+    /// The org has not been bootstrapped yet (no talosconfig): nothing to generate from.
+    #[error("org {org} is not bootstrapped: {reason}")]
+    NotBootstrapped {
+        /// Which org.
+        org: OrgName,
+        /// What is missing.
+        reason: String,
+    },
     /// A step failed.
     #[error("bootstrap of org {org} failed at step {step}: {reason}")]
     Step {

@@ -160,15 +160,15 @@ impl TalosctlBootstrap {
         }
         let talosconfig = self.options.state.talosconfig(org);
         if !talosconfig.is_file() {
-            return Err(fail(
-                org,
-                &reporter,
-                steps::KUBECONFIG,
-                format!(
-                    "no talosconfig at {}: bootstrap the org first",
-                    talosconfig.display()
-                ),
-            ));
+            let reason = format!(
+                "no talosconfig at {}: bootstrap the org first",
+                talosconfig.display()
+            );
+            reporter.error(steps::KUBECONFIG, &reason);
+            return Err(BootstrapError::NotBootstrapped {
+                org: org.clone(),
+                reason,
+            });
         }
         let scratch = self.scratch_dir(org, &reporter, steps::KUBECONFIG)?;
         self.kubeconfig_step(org, endpoint, &talosconfig, scratch.path(), &reporter)

@@ -227,6 +227,11 @@ pub struct CompleteRequest {
     pub pr_url: Option<String>,
 }
 
+/// `POST /tasks/{id}/cancel`: no fields; the body may be left out or be `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {}
+
 /// `POST /agents/editor/open` and `POST /agents/editor/close`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -5,12 +5,12 @@
 //! [`ClusterBootstrap`] (guildnet-talos drives talosctl).
 
 use super::error::ApiError;
-use super::http::{AdminAuth, ApiJson};
+use super::http::{AdminAuth, ApiJson, ApiPath};
 use super::Orchestrator;
 use crate::jobs::{JobError, JobState, JobUpdate};
 use crate::names::OrgName;
 use crate::seams::{BootstrapError, BootstrapRequest};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -100,6 +100,9 @@ fn bootstrap_err(e: BootstrapError) -> ApiError {
                 _ => "request".to_owned(),
             };
             ApiError::invalid(&field, m)
+        }
+        e @ BootstrapError::NotBootstrapped { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "not_bootstrapped", e.to_string())
         }
         e @ BootstrapError::Step { .. } => {
             ApiError::new(StatusCode::BAD_GATEWAY, "bootstrap_failed", e.to_string())
@@ -193,7 +196,7 @@ pub async fn start_bootstrap(
 pub async fn bootstrap_status(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(org): Path<String>,
+    ApiPath(org): ApiPath<String>,
 ) -> Result<Json<BootstrapStatus>, ApiError> {
     let org = OrgName::new(org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
     Ok(Json(o.bootstrap_status(&org)?))
@@ -208,7 +211,7 @@ pub async fn bootstrap_status(
 pub async fn bootstrap_stream(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(org): Path<String>,
+    ApiPath(org): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let org = OrgName::new(org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
     let sub = o

@@ -8,11 +8,12 @@
 //! sees the password.
 
 use super::error::ApiError;
+use super::http::ApiPath;
 use super::Orchestrator;
 use crate::names::{AgentName, OrgName};
 use crate::proxy::{ProxyError, Upstream};
 use crate::token::{self, Secret};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -171,7 +172,7 @@ fn port_param(raw: &str) -> Result<u16, ApiError> {
 
 /// `ANY /editor/proxy/{port}`: redirects to the slash form, which code-server's relative URLs
 /// need.
-pub async fn editor_proxy_root(Path(port): Path<String>) -> Result<Response, ApiError> {
+pub async fn editor_proxy_root(ApiPath(port): ApiPath<String>) -> Result<Response, ApiError> {
     let port = port_param(&port)?;
     Ok((
         StatusCode::TEMPORARY_REDIRECT,
@@ -183,7 +184,7 @@ pub async fn editor_proxy_root(Path(port): Path<String>) -> Result<Response, Api
 /// `ANY /editor/proxy/{port}/`.
 pub async fn editor_proxy_index(
     State(o): State<Orchestrator>,
-    Path(port): Path<String>,
+    ApiPath(port): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     proxy(o, &port, "/", req).await
@@ -192,7 +193,7 @@ pub async fn editor_proxy_index(
 /// `ANY /editor/proxy/{port}/{*rest}`.
 pub async fn editor_proxy(
     State(o): State<Orchestrator>,
-    Path((port, rest)): Path<(String, String)>,
+    ApiPath((port, rest)): ApiPath<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
     proxy(o, &port, &format!("/{rest}"), req).await

@@ -25,6 +25,22 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 // ---- extractors ---------------------------------------------------------------------------------
 
+/// A path parameter extractor whose rejections (e.g. invalid UTF-8 in a percent-encoded
+/// segment) are JSON errors naming the path, like every other error of this API.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::invalid("path", e.body_text()))
+    }
+}
+
 /// A JSON body whose errors say which field is wrong and why (400 for malformed JSON, 422 for
 /// missing, unknown or invalid fields, 413 when too large, 415 for another content type).
 #[derive(Debug, Clone)]
@@ -70,6 +86,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 };
                 ApiError::invalid(&field, msg)
             }
+            // serde_json reports some type errors (a number where an enum is expected) as
+            // syntax errors; when the document itself is valid JSON, it is the field's value.
+            serde_json::error::Category::Syntax
+                if !(path == "." || path.is_empty())
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+            {
+                ApiError::invalid(&path, format!("invalid value: {msg}"))
+            }
             _ => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
@@ -109,18 +133,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Reads a request body within [`MAX_BODY_BYTES`], with JSON errors.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+        }
+    })
+}
+
+/// Like [`ApiJson`] for routes whose body is optional: no body (or only whitespace) is `None`;
+/// anything else must be JSON, with the same errors.
+#[derive(Debug, Clone)]
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Self(None));
+        }
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json (or send none)",
+            ));
+        }
+        parse_json(&bytes).map(|v| Self(Some(v)))
     }
 }
 
@@ -298,7 +357,7 @@ pub async fn list_tasks(
 pub async fn get_task(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskDetail>, ApiError> {
     Ok(Json(o.task_detail(&task_id_param(&id)?).await?))
 }
@@ -310,7 +369,7 @@ pub async fn get_task(
 pub async fn task_logs(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<Vec<LogLine>>, ApiError> {
     let id = task_id_param(&id)?;
@@ -331,7 +390,7 @@ pub async fn task_logs(
 pub async fn task_log_stream(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
@@ -374,12 +433,16 @@ pub async fn task_log_stream(
 
 /// Cancels a task; its agent is stopped.
 #[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "Task id")),
-    security(("admin" = [])),
-    responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    security(("admin" = [])), request_body(content = Option<CancelRequest>, description = "optional; `{}`"),
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn cancel_task(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    // No body is needed; one that is sent must be `{}`.
+    _: OptionalApiJson<CancelRequest>,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(o.cancel(&task_id_param(&id)?).await?))
 }
@@ -400,7 +463,7 @@ pub async fn list_agents(
 pub async fn get_agent(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Agent>, ApiError> {
     Ok(Json(o.agent(&agent_param(&name)?).await?))
 }
@@ -443,7 +506,7 @@ pub async fn editor_close(
 pub async fn agent_log_stream(
     State(o): State<Orchestrator>,
     _: AdminAuth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {

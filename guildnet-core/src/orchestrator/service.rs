@@ -47,6 +47,10 @@ pub struct OrchestratorConfig {
     /// `frame-ancestors` sources allowed to embed proxied editors (`'self'` plus the
     /// dashboard's origin).
     pub editor_frame_ancestors: String,
+    /// Proxy to any editor address an agent advertises at register. Off by default: an agent's
+    /// credentials could otherwise point the proxy anywhere. Without it, only tailnet addresses
+    /// (100.64.0.0/10, fd7a:115c:a1e0::/48) dialed through the tailnet dialer are accepted.
+    pub trust_advertised_editors: bool,
 }
 
 impl OrchestratorConfig {
@@ -63,6 +67,7 @@ impl OrchestratorConfig {
             max_attempts: 3,
             sse_keepalive: Duration::from_secs(15),
             editor_frame_ancestors: "'self'".into(),
+            trust_advertised_editors: false,
         }
     }
 
@@ -620,8 +625,24 @@ impl Orchestrator {
                     )
                 })?,
         };
-        // An address the agent advertised is dialed over the tailnet when a dialer is set.
+        // An address the agent advertised is dialed over the tailnet when a dialer is set, and
+        // only a tailnet address is accepted then, unless advertised addresses are trusted.
         let via_tailnet = advertised && self.inner.editor_dialer.get().is_some();
+        if advertised && !self.inner.cfg.trust_advertised_editors {
+            let on_tailnet = via_tailnet && is_tailnet_ip(&host);
+            if !on_tailnet {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "editor_unavailable",
+                    format!(
+                        "agent {} advertises an editor at {host}:{port}, which is not a tailnet \
+                         address reached over the tailnet (run the orchestrator with \
+                         --tailnet-socks5, or --trust-advertised-editors for sidecar editors)",
+                        req.name
+                    ),
+                ));
+            }
+        }
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -1183,4 +1204,50 @@ fn check_fencing(t: &Task, agent: &AgentName, fencing: u64) -> Result<(), Reject
         )));
     }
     Ok(())
+}
+
+/// Whether `host` is an IP address in Tailscale's ranges (CGNAT 100.64.0.0/10 or the
+/// Tailscale ULA fd7a:115c:a1e0::/48).
+pub fn is_tailnet_ip(host: &str) -> bool {
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            let o = ip.octets();
+            o[0] == 100 && (o[1] & 0xc0) == 64
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            let s = ip.segments();
+            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tailnet_tests {
+    #[test]
+    fn tailnet_ranges() {
+        for ok in [
+            "100.64.0.1",
+            "100.127.255.254",
+            "fd7a:115c:a1e0::1",
+            "[fd7a:115c:a1e0:ab12::3]",
+        ] {
+            assert!(super::is_tailnet_ip(ok), "{ok}");
+        }
+        for bad in [
+            "100.63.255.255",
+            "100.128.0.1",
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "fd7a:115c:a1e1::1",
+            "host.example",
+        ] {
+            assert!(!super::is_tailnet_ip(bad), "{bad}");
+        }
+    }
 }
