@@ -116,9 +116,22 @@ async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearl
     assert_eq!(events.last().unwrap().1["ok"], false);
     assert!(!format!("{events:?}").contains(secret));
 
-    // Connect to the real server with a key it never issued: the join fails, without the key.
+    // A machine that is not on the tailnet yet connects to the real server with a key the
+    // server never issued: the join fails, without the key. (A node that already is on the
+    // tailnet stays on it: `tailscale up` does not use the key then.)
+    let fresh_dir = tempfile::Builder::new().prefix("gm").tempdir().unwrap();
+    let fresh = Arc::new(MeshSetup::new(
+        fresh_dir.path(),
+        MeshBinaries {
+            headscale: None,
+            tailscaled: Some(guildnet_testbed::bin("tailscaled").unwrap()),
+            tailscale: Some(guildnet_testbed::bin("tailscale").unwrap()),
+        },
+    ));
+    let env2 = start(move |cfg| cfg.setup_flow = Some(fresh)).await;
+    let me2 = Browserish::login(&env2.dash_url).await;
     let events = run(
-        &me,
+        &me2,
         json!({"mode": "connect", "hostname": "dash-node", "loginServer": server_url, "authKey": secret}),
     )
     .await;
@@ -129,7 +142,9 @@ async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearl
     assert_eq!(err.1["step"], "join", "{events:?}");
     assert_eq!(events.last().unwrap().1["ok"], false);
     assert!(!format!("{events:?}").contains(secret), "{events:?}");
-    // The failed connect did not overwrite the recorded setup.
+    // Failed setups record nothing; the first dashboard keeps its create.
+    let (_, v) = me2.json(Method::GET, "/api/setup", None).await;
+    assert_eq!(v["configured"], false, "{v}");
     let (_, v) = me.json(Method::GET, "/api/setup", None).await;
     assert_eq!(v["setup"]["mode"], "create", "{v}");
 }

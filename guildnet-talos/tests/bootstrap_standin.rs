@@ -317,11 +317,11 @@ async fn generate_kubeconfig_alone() {
     let acme = org("acme");
     // No talosconfig yet.
     match b.generate_kubeconfig(&acme, "10.0.0.1").await {
-        Err(BootstrapError::Step { step, reason, .. }) => {
-            assert_eq!(step, "kubeconfig");
+        Err(BootstrapError::NotBootstrapped { org, reason }) => {
+            assert_eq!(org, acme);
             assert!(reason.contains("bootstrap the org first"), "{reason}");
         }
-        other => panic!("expected a step error, got {other:?}"),
+        other => panic!("expected NotBootstrapped, got {other:?}"),
     }
     match b.generate_kubeconfig(&acme, "10.0.0.1 --insecure").await {
         Err(BootstrapError::Invalid(m)) => assert!(m.starts_with("endpoint: "), "{m}"),
