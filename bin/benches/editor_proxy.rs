@@ -282,7 +282,7 @@ async fn asset_path(base: &str, cookie: &str) -> String {
         .text()
         .await
         .expect("html");
-    let needle = "workbench.web.main";
+    let needle = "out/vs/code/browser/workbench/workbench.js";
     let at = html.find(needle).expect("workbench script in the page");
     let start = html[..at].rfind(['"', '\'']).map_or(0, |i| i + 1);
     let end = at + html[at..].find(['"', '\'']).unwrap_or(0);

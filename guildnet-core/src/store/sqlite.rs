@@ -135,6 +135,10 @@ struct Inner {
     /// or the writer), so a long scan does not hold up short lookups.
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: std::sync::atomic::AtomicUsize,
+    /// One permit per read connection: reads wait here, asynchronously, rather than as
+    /// blocked threads of tokio's blocking pool (which grows to hundreds of threads, and
+    /// their memory, under thousands of concurrent agents).
+    read_permits: tokio::sync::Semaphore,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping it stops the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
@@ -270,6 +274,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(Some(tx)),
+                read_permits: tokio::sync::Semaphore::new(readers.len().max(1)),
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
@@ -334,6 +339,12 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
             let n = inner.readers.len();
             let start = inner
