@@ -20,7 +20,8 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
   "$VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -q -p guildnet-bin --bin guildnet-orchestrator --bin guildnet-agent --locked
+# The workspace feature set (what the test suite builds), so nothing rebuilds for this.
+cargo build -q --workspace --all-features --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
 
 work="$(mktemp -d)"

@@ -2,10 +2,12 @@
 //!
 //! 1. **Agents at scale**: one orchestrator (its own process, real SQLite store with
 //!    `synchronous=FULL`, a backend that starts nothing and hands each task's agent credentials to
-//!    the bench) and N simulated agents. Each agent is a task of this process with its own
-//!    keep-alive HTTP/1.1 connection: it registers and claims its task (agents join over a ramp),
-//!    then heartbeats every 5 s with its fencing token (each heartbeat renews the lease: a
-//!    durable write). Reports claim and heartbeat latency p50/p99 and the orchestrator's RSS.
+//!    the bench) and N simulated agents. Each agent is a task of this process speaking HTTP/1.1
+//!    the way the real agent does: it registers and claims its task on one connection (agents
+//!    join over a ramp), then heartbeats every 5 s with its fencing token (each heartbeat renews
+//!    the lease: a durable write), each on a new connection, since the real agent's client drops
+//!    connections idle for more than `AGENT_POOL_IDLE` (500 ms). Heartbeat latency includes the
+//!    connect. Reports claim and heartbeat latency p50/p99 and the orchestrator's RSS.
 //! 2. **Idle agent RSS**: the real `guildnet-agent` started by the real `guildnet-orchestrator`
 //!    (local backend, `sleep` runner, no editor), VmRSS read from /proc after it settles.
 //!
@@ -258,10 +260,16 @@ async fn agent(
 ) {
     tokio::time::sleep_until(join_at.into()).await;
     let run = async {
-        let mut c = Conn::open(&addr, token).await.map_err(|e| e.to_string())?;
+        // Like the real agent (guildnet-core's AgentClient drops connections idle for
+        // AGENT_POOL_IDLE, far less than the heartbeat interval): register and claim share a
+        // connection; each heartbeat opens its own, and its latency includes the connect.
+        let mut c = Conn::open(&addr, token.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let who = format!("{{\"agent\":\"{agent}\"}}");
         let (reg, _) = timed(&mut c, "/agent/register", &who).await?;
         let (claim, body) = timed(&mut c, "/agent/claim", &who).await?;
+        drop(c);
         let fencing = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["fencing"].as_u64())
@@ -275,7 +283,13 @@ async fn agent(
         while next < end {
             tokio::time::sleep_until(next.into()).await;
             next += HEARTBEAT;
-            let (ms, _) = timed(&mut c, "/agent/heartbeat", &hb).await?;
+            let t0 = Instant::now();
+            let mut c = Conn::open(&addr, token.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, _) = timed(&mut c, "/agent/heartbeat", &hb).await?;
+            drop(c);
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
             if let Ok(mut s) = samples.lock() {
                 s.heartbeat.push(ms);
             }
