@@ -391,7 +391,7 @@ async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_ro
         )
         .await
         .expect("cancel");
-    let st = eventually("cancelled", Duration::from_secs(10), || async {
+    let st = eventually("cancelled", Duration::from_secs(30), || async {
         status_of(&tasks, "atask-t1")
             .await
             .filter(|s| s.phase == Phase::Cancelled)
