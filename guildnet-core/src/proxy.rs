@@ -15,6 +15,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A proxy path's port segment: a TCP port number 1-65535, nothing else (no host, no `0`).
+pub fn parse_port(raw: &str) -> Option<u16> {
+    raw.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// Where and how one request is forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {

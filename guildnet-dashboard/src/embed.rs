@@ -42,9 +42,7 @@ pub fn orchestrator_authority(url: &str) -> Result<String, String> {
 }
 
 fn port_param(raw: &str) -> Result<u16, ApiError> {
-    raw.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
+    guildnet_core::proxy::parse_port(raw)
         .ok_or_else(|| ApiError::invalid("port", "must be a TCP port number (1-65535)"))
 }
 

@@ -28,13 +28,6 @@ async fn run(me: &Browserish, body: Value) -> Vec<(String, Value)> {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearly() {
     let bins = MeshBinaries {
@@ -49,7 +42,10 @@ async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearl
     let env = start(move |cfg| cfg.setup_flow = Some(flow)).await;
     let me = Browserish::login(&env.dash_url).await;
 
-    let server_url = format!("http://127.0.0.1:{}", free_port());
+    let server_url = format!(
+        "http://127.0.0.1:{}",
+        guildnet_testbed::free_port().unwrap()
+    );
     let events = run(
         &me,
         json!({"mode": "create", "hostname": "dash-node", "serverUrl": server_url}),
@@ -98,7 +94,10 @@ async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearl
 
     // Connect to a server that does not answer: the probe step fails, clearly.
     let secret = "hskey-auth-notarealkey0123456789abcdef";
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        guildnet_testbed::free_port().unwrap()
+    );
     let events = run(
         &me,
         json!({"mode": "connect", "hostname": "dash-node", "loginServer": closed, "authKey": secret}),

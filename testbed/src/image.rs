@@ -50,6 +50,13 @@ impl Image {
         counts
     }
 
+    /// Whether a screenshot shows a rendered page: more than 50 colours and more than 5% of the
+    /// pixels off the background colour. Returns the colour count too, for messages.
+    pub fn looks_rendered(&self) -> (bool, usize) {
+        let colours = self.histogram().len();
+        (colours > 50 && self.non_background_share() > 0.05, colours)
+    }
+
     /// Share of pixels (0..=1) that are not the most frequent colour: near 0 for a blank page.
     pub fn non_background_share(&self) -> f64 {
         let h = self.histogram();

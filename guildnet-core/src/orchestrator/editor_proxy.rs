@@ -164,9 +164,7 @@ async fn login(authority: &str, password: &Secret) -> Result<String, String> {
 }
 
 fn port_param(raw: &str) -> Result<u16, ApiError> {
-    raw.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
+    crate::proxy::parse_port(raw)
         .ok_or_else(|| ApiError::invalid("port", "must be a TCP port number (1-65535)"))
 }
 
