@@ -100,8 +100,16 @@ impl MeshSetup {
             .ok_or_else(|| FlowFailure::at("join", "tailscaled is not running"))?;
         let joined = node
             .cli()
-            .up(login_server, key, hostname, self.join_timeout)
+            .join(login_server, key, hostname, self.join_timeout)
             .await;
+        if matches!(joined, Ok(guildnet_mesh::tailscale::Joined::Already)) {
+            events
+                .log(
+                    Some("join"),
+                    format!("already on this tailnet as {hostname}: left as it is"),
+                )
+                .await;
+        }
         if let Err(e) = joined {
             if matches!(e, guildnet_mesh::tailscale::TailscaleError::Auth { .. }) {
                 events

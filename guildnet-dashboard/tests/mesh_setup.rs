@@ -91,6 +91,13 @@ async fn create_starts_headscale_and_joins_this_machine_and_connect_fails_clearl
     let (_, done2) = again.last().unwrap();
     assert_eq!(done2["ok"], true, "{again:?}");
     assert_eq!(done2["result"]["node"]["addresses"], node["addresses"]);
+    assert!(
+        again.iter().any(|(n, e)| n == "log"
+            && e["line"]
+                .as_str()
+                .is_some_and(|m| m.contains("already on this tailnet"))),
+        "the joined node is left alone: {again:?}"
+    );
 
     // Connect to a server that does not answer: the probe step fails, clearly.
     let secret = "hskey-auth-notarealkey0123456789abcdef";

@@ -74,10 +74,11 @@ impl Mesh for TailscaleMesh {
         Ok(k.key)
     }
 
-    /// `tailscale up` with the key, then the node's status.
+    /// `tailscale up` with the key (skipped when already joined there under that name), then
+    /// the node's status.
     async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError> {
         self.node
-            .up(
+            .join(
                 &join.login_server,
                 &join.auth_key,
                 &join.hostname,

@@ -172,7 +172,9 @@ async fn create_join_reach_over_the_tailnet_and_rerun() {
         .and_then(|s| s.ipv4())
         .expect("node B has an address");
 
-    // Re-running connect for a node already on the tailnet keeps it there, same address.
+    // Re-running connect for a node already on the tailnet leaves it there untouched (no
+    // re-login, which would drop its connections), same address.
+    let (tx, mut rx) = mpsc::channel(64);
     let again = setup::connect(
         &ConnectRequest {
             headscale_url: first.url().to_owned(),
@@ -181,11 +183,28 @@ async fn create_join_reach_over_the_tailnet_and_rerun() {
         },
         Some(b.cli()),
         Duration::from_secs(30),
-        None,
+        Some(tx),
     )
     .await
     .expect("connect re-run");
     assert_eq!(again.status.as_ref().and_then(|s| s.ipv4()), Some(b_ip));
+    let mut again_events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        again_events.push(e);
+    }
+    assert!(
+        again_events
+            .iter()
+            .any(|e| matches!(e, SetupEvent::Log { message, .. }
+            if message.contains("already on this tailnet"))),
+        "{again_events:?}"
+    );
+    let prefs = b.cli().prefs().await.expect("prefs");
+    assert_eq!(prefs.hostname, "node-b");
+    assert_eq!(
+        prefs.control_url.trim_end_matches('/'),
+        first.url().trim_end_matches('/')
+    );
 
     // They see each other online.
     let peer_b = a

@@ -125,8 +125,9 @@ const STEPS: &[(&str, &str)] = &[
 ];
 
 /// Validates the inputs, probes the server (`GET /health`, `GET /version`) and, when `node` is
-/// given, joins it (`tailscale up`, waiting up to `join_timeout`). Idempotent: joining a node that
-/// already is on the tailnet under the same name leaves it there.
+/// given, joins it (`tailscale up`, waiting up to `join_timeout`). Idempotent: a node that already
+/// is on that server's tailnet under the same name is left untouched (no re-login, its
+/// connections stay up).
 pub async fn connect(
     req: &ConnectRequest,
     node: Option<&TailscaleCli>,
@@ -171,15 +172,25 @@ pub async fn connect(
     if let Some(node) = node {
         rep.step("join", STEPS[2].1).await;
         let joined = node
-            .up(
+            .join(
                 &valid.headscale_url,
                 &valid.auth_key,
                 &valid.hostname,
                 join_timeout,
             )
             .await;
+        if matches!(joined, Ok(crate::tailscale::Joined::Already)) {
+            rep.log(
+                LogLevel::Info,
+                format!(
+                    "already on this tailnet as {}: left as it is (the key was not used)",
+                    valid.hostname
+                ),
+            )
+            .await;
+        }
         let st = match joined {
-            Ok(()) => node.status().await,
+            Ok(_) => node.status().await,
             Err(e) => Err(e),
         };
         match st {

@@ -13,6 +13,33 @@ use std::time::{Duration, Instant};
 /// Extra time a CLI call gets beyond its own `--timeout`.
 const SLACK: Duration = Duration::from_secs(10);
 
+/// What [`TailscaleCli::join`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// The node was already on that tailnet under that name; left as it was.
+    Already,
+    /// The node logged in now.
+    Now,
+}
+
+/// A daemon's preferences, the parts GuildNet reads (`tailscale debug prefs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodePrefs {
+    /// The control server (`--login-server`); empty before the first login.
+    #[serde(rename = "ControlURL", default)]
+    pub control_url: String,
+    /// The requested host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// Whether the node should be connected.
+    #[serde(default)]
+    pub want_running: bool,
+    /// Whether the user logged out.
+    #[serde(default)]
+    pub logged_out: bool,
+}
+
 /// The `tailscale` CLI bound to one tailscaled (`--socket`).
 #[derive(Debug, Clone)]
 pub struct TailscaleCli {
@@ -124,6 +151,58 @@ impl TailscaleCli {
         }
     }
 
+    /// Joins like [`up`](Self::up) unless this node already is on `login_server`'s tailnet as
+    /// `hostname` and running: then nothing is touched (a second `up --reset` would re-register
+    /// the node and drop its live connections) and the answer is [`Joined::Already`].
+    pub async fn join(
+        &self,
+        login_server: &str,
+        auth_key: &Secret,
+        hostname: &str,
+        timeout: Duration,
+    ) -> Result<Joined, TailscaleError> {
+        if self.is_joined(login_server, hostname).await {
+            return Ok(Joined::Already);
+        }
+        self.up(login_server, auth_key, hostname, timeout).await?;
+        Ok(Joined::Now)
+    }
+
+    /// Running, logged in to `login_server` (trailing `/` ignored), under host name `hostname`.
+    async fn is_joined(&self, login_server: &str, hostname: &str) -> bool {
+        let Ok(prefs) = self.prefs().await else {
+            return false;
+        };
+        let same_server =
+            prefs.control_url.trim_end_matches('/') == login_server.trim_end_matches('/');
+        if !same_server || prefs.hostname != hostname || prefs.logged_out || !prefs.want_running {
+            return false;
+        }
+        self.status().await.is_ok_and(|st| st.is_running())
+    }
+
+    /// The daemon's preferences (`tailscale debug prefs`), the parts GuildNet reads.
+    pub async fn prefs(&self) -> Result<NodePrefs, TailscaleError> {
+        let (ok, status, text) = self
+            .run(
+                "prefs",
+                &["debug".into(), "prefs".into()],
+                Duration::from_secs(15),
+            )
+            .await?;
+        if !ok {
+            return Err(TailscaleError::Command {
+                op: "prefs",
+                status,
+                output: tail(&text, 2000),
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| TailscaleError::Parse {
+            op: "debug prefs",
+            reason: e.to_string(),
+        })
+    }
+
     /// `tailscale status --json`, parsed.
     pub async fn status(&self) -> Result<NodeStatus, TailscaleError> {
         let (ok, status, text) = self
@@ -164,15 +243,32 @@ impl TailscaleCli {
         timeout: Duration,
     ) -> Result<PeerInfo, TailscaleError> {
         let start = Instant::now();
+        let mut seen;
         loop {
-            if let Ok(st) = self.status().await {
-                if let Some(p) = st.peer(hostname).filter(|p| p.online && p.has_path()) {
-                    return Ok(p.clone());
-                }
+            match self.status().await {
+                Ok(st) => match st.peer(hostname) {
+                    Some(p) if p.online && p.has_path() => return Ok(p.clone()),
+                    Some(p) => {
+                        seen = format!(
+                            "listed, online={}, relay={:?}, {} endpoints",
+                            p.online,
+                            p.relay,
+                            p.endpoints.len()
+                        )
+                    }
+                    None => {
+                        seen = format!(
+                            "not in the peer list (state {}, {} peers)",
+                            st.backend_state,
+                            st.peers.len()
+                        )
+                    }
+                },
+                Err(e) => seen = format!("status failed: {e}"),
             }
             if start.elapsed() >= timeout {
                 return Err(TailscaleError::Timeout {
-                    what: format!("peer {hostname} to be online"),
+                    what: format!("peer {hostname} to be online (last seen: {seen})"),
                     after: timeout,
                 });
             }
@@ -221,5 +317,25 @@ impl TailscaleCli {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), out.status.to_string(), text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodePrefs;
+
+    #[test]
+    fn parses_debug_prefs() {
+        let p: NodePrefs = serde_json::from_str(
+            r#"{"ControlURL":"http://127.0.0.1:8080","RouteAll":false,"WantRunning":true,
+                "LoggedOut":false,"Hostname":"node-b","AutoUpdate":{"Check":true}}"#,
+        )
+        .expect("prefs");
+        assert_eq!(p.control_url, "http://127.0.0.1:8080");
+        assert_eq!(p.hostname, "node-b");
+        assert!(p.want_running && !p.logged_out);
+        let fresh: NodePrefs =
+            serde_json::from_str(r#"{"ControlURL":"","LoggedOut":true}"#).expect("fresh");
+        assert!(fresh.logged_out && fresh.hostname.is_empty());
     }
 }

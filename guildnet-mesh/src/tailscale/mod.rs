@@ -6,7 +6,7 @@ mod dial;
 mod error;
 mod status;
 
-pub use cli::TailscaleCli;
+pub use cli::{Joined, NodePrefs, TailscaleCli};
 pub use daemon::{Tailscaled, TailscaledConfig};
 pub use dial::TailnetDialer;
 pub use error::TailscaleError;
