@@ -14,6 +14,7 @@ use futures_util::{stream, SinkExt, StreamExt};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret;
+use guildnet_testbed::bench::{pct_duration, row};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -153,13 +154,6 @@ fn nginx(dir: &Path, listen: u16, upstream: &str) -> Option<Killed> {
     Some(Killed(child))
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 struct Http {
     rps: f64,
     p50: Duration,
@@ -202,8 +196,8 @@ async fn small_requests(url: &str, headers: &[(&str, String)], n: usize) -> Http
     lat.sort();
     Http {
         rps: n as f64 / elapsed.as_secs_f64(),
-        p50: pct(&lat, 0.5),
-        p99: pct(&lat, 0.99),
+        p50: pct_duration(&lat, 0.5),
+        p99: pct_duration(&lat, 0.99),
     }
 }
 
@@ -246,7 +240,7 @@ async fn ws_rtt(url: &str, bearer: bool, n: usize) -> (Duration, Duration) {
         }
     }
     lat.sort();
-    (pct(&lat, 0.5), pct(&lat, 0.99))
+    (pct_duration(&lat, 0.5), pct_duration(&lat, 0.99))
 }
 
 async fn echo_server() -> u16 {
@@ -443,6 +437,48 @@ async fn main() {
         println!(
             "websocket p50 proxy/nginx: {:.2}x (lower is better)",
             p.as_secs_f64() / n.as_secs_f64()
+        );
+    }
+    // Table rows for scripts/bench.sh.
+    if let (Some(d), Some(p)) = (find("direct"), find("orchestrator proxy")) {
+        row(
+            "editor proxy/direct, small requests",
+            p.1.rps / d.1.rps,
+            "x",
+            0.9,
+            false,
+        );
+        row(
+            "editor proxy/direct, 11 MB asset",
+            p.2 / d.2,
+            "x",
+            0.9,
+            false,
+        );
+    }
+    if let (Some(n), Some(p)) = (find("nginx"), find("orchestrator proxy")) {
+        row(
+            "editor proxy/nginx, small requests",
+            p.1.rps / n.1.rps,
+            "x",
+            1.0,
+            false,
+        );
+        row(
+            "editor proxy/nginx, 11 MB asset",
+            p.2 / n.2,
+            "x",
+            1.0,
+            false,
+        );
+    }
+    if let (Some(n), Some(p)) = (ws("nginx"), ws("orchestrator proxy")) {
+        row(
+            "editor WebSocket RTT p50, proxy/nginx",
+            p.as_secs_f64() / n.as_secs_f64(),
+            "x",
+            1.0,
+            true,
         );
     }
 }

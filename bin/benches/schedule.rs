@@ -19,6 +19,7 @@ use guildnet_core::seams::{
 };
 use guildnet_core::store::{Durability, SqliteStore, StateStore};
 use guildnet_core::token::Secret;
+use guildnet_testbed::bench::{pct, row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,24 +66,6 @@ impl ClusterBackend for NullBackend {
     async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
         Ok(())
     }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn row(name: &str, value: f64, unit: &str, target: f64, lower_is_better: bool) {
-    let ratio = if lower_is_better {
-        value / target
-    } else {
-        target / value
-    };
-    let verdict = if ratio <= 1.0 { "meets" } else { "MISSES" };
-    println!("{name:<44} {value:>10.2} {unit:<6} target {target:>7} {unit:<6} ratio {ratio:>5.2} ({verdict})");
 }
 
 async fn null_orchestrator(dir: &std::path::Path) -> (String, OrchestratorClient) {

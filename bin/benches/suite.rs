@@ -14,8 +14,9 @@
 //! Schedule throughput/latency and schedule -> claimed are the `schedule` bench; the operator's
 //! figures are the `operator` bench (`scripts/bench.sh` runs them and prints one table).
 //!
-//! `cargo bench -p guildnet-bin --bench suite [-- --agents N --secs S --ramp-secs R]`
-//! (default 10,000 agents, 30 s of heartbeats after a 10 s ramp).
+//! `cargo bench -p guildnet-bin --bench suite [-- --agents N --secs S --ramp-secs R --keep-alive]`
+//! (default 10,000 agents, 30 s of heartbeats after a 10 s ramp; `--keep-alive` makes each
+//! agent keep one connection for all its requests, to measure what idle connections cost).
 
 use async_trait::async_trait;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
@@ -25,6 +26,7 @@ use guildnet_core::seams::{
 };
 use guildnet_core::store::{Durability, SqliteStore, StateStore};
 use guildnet_core::token::Secret;
+use guildnet_testbed::bench::{pct, row};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -41,25 +43,6 @@ fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-/// One table row: `name value unit target ratio (verdict)`, the schedule bench's format.
-fn row(name: &str, value: f64, unit: &str, target: f64, lower_is_better: bool) {
-    let ratio = if lower_is_better {
-        value / target
-    } else {
-        target / value
-    };
-    let verdict = if ratio <= 1.0 { "meets" } else { "MISSES" };
-    println!("{name:<44} {value:>10.2} {unit:<6} target {target:>7} {unit:<6} ratio {ratio:>5.2} ({verdict})");
 }
 
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -256,6 +239,7 @@ async fn agent(
     token: String,
     join_at: Instant,
     end: Instant,
+    keep_alive: bool,
     samples: Arc<Mutex<Samples>>,
 ) {
     tokio::time::sleep_until(join_at.into()).await;
@@ -269,7 +253,7 @@ async fn agent(
         let who = format!("{{\"agent\":\"{agent}\"}}");
         let (reg, _) = timed(&mut c, "/agent/register", &who).await?;
         let (claim, body) = timed(&mut c, "/agent/claim", &who).await?;
-        drop(c);
+        let mut kept = keep_alive.then_some(c);
         let fencing = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["fencing"].as_u64())
@@ -284,11 +268,17 @@ async fn agent(
             tokio::time::sleep_until(next.into()).await;
             next += HEARTBEAT;
             let t0 = Instant::now();
-            let mut c = Conn::open(&addr, token.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let (_, _) = timed(&mut c, "/agent/heartbeat", &hb).await?;
-            drop(c);
+            match kept.as_mut() {
+                Some(c) => {
+                    timed(c, "/agent/heartbeat", &hb).await?;
+                }
+                None => {
+                    let mut c = Conn::open(&addr, token.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    timed(&mut c, "/agent/heartbeat", &hb).await?;
+                }
+            }
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             if let Ok(mut s) = samples.lock() {
                 s.heartbeat.push(ms);
@@ -303,10 +293,15 @@ async fn agent(
     }
 }
 
-async fn agents_at_scale(n: usize, secs: u64, ramp: u64) {
+async fn agents_at_scale(n: usize, secs: u64, ramp: u64, keep_alive: bool) {
     println!(
-        "\n== {n} simulated agents, heartbeat every {}s, {ramp}s ramp + {secs}s steady ==",
-        HEARTBEAT.as_secs()
+        "\n== {n} simulated agents, heartbeat every {}s, {ramp}s ramp + {secs}s steady, {} ==",
+        HEARTBEAT.as_secs(),
+        if keep_alive {
+            "one kept-alive connection per agent"
+        } else {
+            "a new connection per heartbeat (like the real agent)"
+        }
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("own path");
@@ -392,6 +387,7 @@ async fn agents_at_scale(n: usize, secs: u64, ramp: u64) {
             tok,
             join_at,
             end,
+            keep_alive,
             samples.clone(),
         )));
     }
@@ -570,7 +566,8 @@ async fn main() {
             .unwrap_or(0)
     );
     if !std::env::args().any(|a| a == "--skip-agents") {
-        agents_at_scale(n, secs, ramp).await;
+        let keep_alive = std::env::args().any(|a| a == "--keep-alive");
+        agents_at_scale(n, secs, ramp, keep_alive).await;
     }
     idle_agent_rss(Duration::from_secs(3)).await;
 }

@@ -81,9 +81,25 @@ pub struct OrchestratorArgs {
     /// --tailnet-socks5 are accepted, so an agent's credentials cannot aim the proxy elsewhere.
     #[arg(long, env = "GUILDNET_TRUST_ADVERTISED_EDITORS")]
     pub trust_advertised_editors: bool,
+    /// Close an HTTP connection that sends no complete request head for this many seconds (an
+    /// idle keep-alive connection, or a client trickling its headers). Streams (SSE) and editor
+    /// WebSockets are not affected.
+    #[arg(long, env = "GUILDNET_HTTP_IDLE_SECS", default_value_t = 30)]
+    pub http_idle_secs: u64,
 }
 
 impl OrchestratorArgs {
+    /// The HTTP server's connection options (`--http-idle-secs`).
+    pub fn server_options(&self) -> anyhow::Result<guildnet_core::http_server::ServerOptions> {
+        if self.http_idle_secs == 0 {
+            anyhow::bail!("--http-idle-secs must be > 0");
+        }
+        Ok(guildnet_core::http_server::ServerOptions {
+            idle_timeout: std::time::Duration::from_secs(self.http_idle_secs),
+            ..Default::default()
+        })
+    }
+
     /// Converts flags to launch options.
     pub fn to_options(&self) -> anyhow::Result<LocalOptions> {
         if self.heartbeat_secs == 0 || self.lease_ttl_secs <= self.heartbeat_secs {
@@ -209,6 +225,7 @@ pub async fn run_up(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
+    let server = args.server_options()?;
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -234,11 +251,15 @@ pub async fn run_up(
         print_dashboard_login(&d);
         Some(tokio::spawn(d.serve(stopped())))
     };
-    let orchestrator = tokio::spawn(guildnet_core::orchestrator::serve(
-        started.listener,
-        started.orchestrator,
-        stopped(),
-    ));
+    let orchestrator = tokio::spawn(async move {
+        guildnet_core::orchestrator::serve_with(
+            started.listener,
+            started.orchestrator,
+            &server,
+            stopped(),
+        )
+        .await
+    });
     shutdown.await;
     let _ = stop_tx.send(true);
     orchestrator.await??;
@@ -278,9 +299,16 @@ pub async fn run_orchestrator(
     args: OrchestratorArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let server = args.server_options()?;
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
-    guildnet_core::orchestrator::serve(started.listener, started.orchestrator, shutdown).await?;
+    guildnet_core::orchestrator::serve_with(
+        started.listener,
+        started.orchestrator,
+        &server,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

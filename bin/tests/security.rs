@@ -929,3 +929,100 @@ async fn no_secret_appears_in_any_log_of_a_full_run() {
     );
     assert!(leaks.is_empty(), "secrets leaked: {leaks:?}");
 }
+
+// ---- slow and idle connections -------------------------------------------------------------------
+
+/// Whether the server closes `s` within `limit` (reads and discards whatever comes first).
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_are_closed_and_streams_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orchestrator::start_with(
+        &dir.path().join("state"),
+        free_port(),
+        &["--http-idle-secs", "1"],
+        &[],
+    );
+    orch.wait_ready().await;
+    let addr = ("127.0.0.1", orch.port);
+
+    // 200 connections that never send a byte, one that trickles a header, one idle after a
+    // keep-alive response: all closed by the server, none kept forever.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(b"GET /health HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    // An SSE stream lasts longer than the idle timeout and keeps delivering.
+    let c = orch.client();
+    let mut events = http()
+        .get(format!("{}/events", orch.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    let t0 = Instant::now();
+    for s in silent.iter_mut() {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "a silent connection was kept"
+        );
+    }
+    assert!(
+        closed_within(&mut trickle, Duration::from_secs(5)).await,
+        "a trickled header was kept"
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)).await,
+        "an idle keep-alive connection was kept"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed too early: {waited:?}"
+    );
+
+    // The stream is still open 2 s later: a task scheduled now shows up on it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let task = c
+        .schedule(&OrgName::new("acme").unwrap(), "echo late", None)
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(task.id.as_str()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no event on the stream: {seen}");
+        match tokio::time::timeout(left, events.chunk()).await {
+            Ok(Ok(Some(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("stream ended: {other:?} after {seen}"),
+        }
+    }
+    // And the server still answers new connections.
+    assert!(c.health().await.is_ok());
+}

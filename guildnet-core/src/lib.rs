@@ -9,13 +9,15 @@
 //! - [`seams`]: the traits at the other real seams: [`seams::ClusterBackend`], [`seams::Mesh`],
 //!   [`seams::ClusterBootstrap`] (mockall automocks behind the `mocks` feature).
 //! - [`local`]: the local [`seams::ClusterBackend`] that runs each task's agent as a child process.
-//! - [`orchestrator`]: the orchestrator service and its axum HTTP API.
+//! - [`orchestrator`]: the orchestrator service and its axum HTTP API, served by
+//!   [`http_server::serve`] (HTTP/1.1 with an idle timeout and graceful drain).
 //! - [`client`]: typed HTTP clients for the admin API and the agent protocol.
 //! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
 
 pub mod agent;
 pub mod client;
 pub mod context;
+pub mod http_server;
 pub mod jobs;
 pub mod launch;
 pub mod local;

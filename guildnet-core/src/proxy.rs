@@ -114,7 +114,8 @@ impl ReverseProxy {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the idle timeout of GuildNet servers (the dashboard relays to the orchestrator).
+            .pool_idle_timeout(crate::client::ADMIN_POOL_IDLE)
             .build(http);
         Self { client }
     }

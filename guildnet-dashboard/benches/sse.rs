@@ -10,6 +10,7 @@ mod support;
 
 use futures_util::StreamExt;
 use guildnet_core::client::SseParser;
+use guildnet_testbed::bench::{pct_duration, row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -19,14 +20,6 @@ fn env_usize(k: &str, d: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn main() {
@@ -146,9 +139,9 @@ async fn run() {
     }
     all.sort();
     hub_delays.sort();
-    let p50 = pct(&all, 0.50);
-    let p99 = pct(&all, 0.99);
-    let first50 = pct(&hub_delays, 0.50);
+    let p50 = pct_duration(&all, 0.50);
+    let p99 = pct_duration(&all, 0.99);
+    let first50 = pct_duration(&hub_delays, 0.50);
     println!(
         "sse fan-out: {n} subscribers x {rounds} events = {} deliveries",
         all.len()
@@ -165,12 +158,11 @@ async fn run() {
         p99.saturating_sub(first50),
         p99.as_secs_f64() / p50.as_secs_f64().max(1e-9)
     );
-    println!(
-        "target p99 < 50ms: {}",
-        if p99 < Duration::from_millis(50) {
-            "met"
-        } else {
-            "NOT met"
-        }
+    row(
+        &format!("SSE delivery p99 ({n} subscribers)"),
+        p99.as_secs_f64() * 1e3,
+        "ms",
+        50.0,
+        true,
     );
 }

@@ -258,10 +258,14 @@ impl Dashboard {
         );
         tracing::info!(url = %self.url(), "dashboard listening");
         let r = match self.tls {
-            None => axum::serve(self.listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(DashboardError::Serve),
+            None => guildnet_core::http_server::serve(
+                self.listener,
+                app,
+                &guildnet_core::http_server::ServerOptions::default(),
+                shutdown,
+            )
+            .await
+            .map_err(DashboardError::Serve),
             Some(files) => tls::serve(self.listener, app, &files, shutdown).await,
         };
         upstream.abort();

@@ -161,10 +161,14 @@ pub async fn serve(
 ) -> Result<(), DashboardError> {
     let cfg = server_config(files)?;
     let tls = TlsListener::new(listener, cfg).map_err(DashboardError::Serve)?;
-    axum::serve(tls, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(DashboardError::Serve)
+    guildnet_core::http_server::serve(
+        tls,
+        app,
+        &guildnet_core::http_server::ServerOptions::default(),
+        shutdown,
+    )
+    .await
+    .map_err(DashboardError::Serve)
 }
 
 #[cfg(test)]

@@ -938,9 +938,13 @@ pub async fn serve_metrics(
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    guildnet_core::http_server::serve(
+        listener,
+        app,
+        &guildnet_core::http_server::ServerOptions::default(),
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

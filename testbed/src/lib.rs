@@ -11,10 +11,12 @@
 //!   userspace-networking tailscale nodes with their own state dirs, sockets and HTTP proxies.
 //! - [`editor::CodeServer`]: code-server with password auth.
 //! - [`browser::ChromeDriver`] with a minimal W3C WebDriver session for headless Chromium.
+//! - [`bench`]: percentiles and the table-row format of the bench binaries.
 //! - [`talos::Talosctl`]: the client-side talosctl commands (no Talos node runs here).
 //!
 //! A missing binary is an error that names the install command; nothing is skipped silently.
 
+pub mod bench;
 pub mod browser;
 pub mod editor;
 pub mod image;

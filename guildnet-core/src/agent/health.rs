@@ -27,7 +27,9 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .with_state(view);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let opts = crate::http_server::ServerOptions::default();
+        let forever = std::future::pending();
+        if let Err(e) = crate::http_server::serve(listener, app, &opts, forever).await {
             tracing::warn!(error = %e, "health endpoint stopped");
         }
     }))

@@ -51,22 +51,43 @@ pub fn admin_token(
     Ok((t, AdminTokenSource::Generated(file)))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves the orchestrator's API on `listener` with the default
+/// [`ServerOptions`](crate::http_server::ServerOptions) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     o: Orchestrator,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        o,
+        &crate::http_server::ServerOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit connection options.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    o: Orchestrator,
+    opts: &crate::http_server::ServerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let bg = o.spawn_background();
     let closer = o.clone();
     let app = http::router(o);
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // End SSE streams, or open ones would keep the server from stopping.
-            closer.begin_shutdown();
-        })
-        .await;
+    use axum::serve::ListenerExt;
+    // Small responses go out at once (no Nagle delay behind an unacknowledged segment).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let res = crate::http_server::serve(listener, app, opts, async move {
+        shutdown.await;
+        // End SSE streams, or open ones would hold the drain up.
+        closer.begin_shutdown();
+    })
+    .await;
     bg.abort();
     res
 }

@@ -1,0 +1,308 @@
+//! The HTTP/1.1 server loop the orchestrator runs its router on.
+//!
+//! `axum::serve` keeps an idle keep-alive connection open forever and has no timer, so a client
+//! that opens connections and sends nothing (or sends a header a byte a minute) holds memory and
+//! a task per connection indefinitely. This loop serves each connection with hyper's HTTP/1
+//! builder directly, with a timer: a connection that has not sent a complete request head within
+//! [`ServerOptions::idle_timeout`] (counted from the end of the previous response, or from the
+//! accept) is closed. A response that streams (SSE) or an upgraded connection (the editor's
+//! WebSocket) is not reading a head, so it is never cut by this timeout.
+//!
+//! Shutdown is graceful: the listener stops accepting, idle connections close at once, busy
+//! ones finish their current request, and [`serve`] returns once they all ended or
+//! [`ServerOptions::drain_timeout`] passed.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The default [`ServerOptions::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How [`serve`] treats connections.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// A connection is closed when no complete request head arrived within this long after the
+    /// accept or the previous response (idle keep-alive connections and slow-header clients).
+    pub idle_timeout: Duration,
+    /// After shutdown began, how long busy connections (long requests, editor WebSockets) may
+    /// run before [`serve`] returns anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    /// 30 s idle (more than any agent's heartbeat interval would need to reuse a connection,
+    /// little enough that abandoned connections do not pile up), 10 s drain.
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module docs).
+///
+/// Any [`axum::serve::Listener`] works: a [`tokio::net::TcpListener`] (whose accept errors,
+/// e.g. out of file descriptors, are retried after a pause) or one that yields TLS streams.
+pub async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    opts: &ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(opts.idle_timeout)
+        .keep_alive(true);
+    // Shutdown signal to the connection tasks, and a receiver each task holds until it ends:
+    // when every receiver is gone, `closed()` on the sender resolves.
+    let (signal_tx, signal_rx) = watch::channel(());
+    let (done_tx, done_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut signal = signal_rx.clone();
+        let done = done_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = signal.changed() => {
+                    // Idle: closes now; busy: after the current response.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(?peer, error = %e, "connection ended with an error");
+            }
+            drop(done);
+        });
+    }
+    drop(listener);
+    drop(signal_rx);
+    drop(done_rx);
+    let _ = signal_tx.send(());
+    if tokio::time::timeout(opts.drain_timeout, done_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            after = ?opts.drain_timeout,
+            "connections still open after the drain timeout; stopping anyway"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn start(
+        opts: ServerOptions,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let app = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = serve(listener, app, &opts, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        (addr, tx)
+    }
+
+    /// Reads until EOF or `limit`; returns what came and whether the peer closed.
+    async fn read_all(s: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match tokio::time::timeout(limit, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break false,
+            }
+        };
+        (String::from_utf8_lossy(&got).into_owned(), closed)
+    }
+
+    #[tokio::test]
+    async fn idle_and_slow_header_connections_are_closed() {
+        let opts = ServerOptions {
+            idle_timeout: Duration::from_millis(300),
+            drain_timeout: Duration::from_secs(1),
+        };
+        let (addr, _stop) = start(opts).await;
+
+        // Keep-alive: a request is answered, then the idle connection is closed by the server.
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let (resp, closed) = read_all(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("hi"),
+            "{resp}"
+        );
+        assert!(closed, "an idle keep-alive connection is closed");
+
+        // A head sent a byte at a time, never finished: closed too.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HT").await.expect("write");
+        let (_, closed) = read_all(&mut slow, Duration::from_secs(3)).await;
+        assert!(closed, "a never-finished head is cut");
+
+        // A connection that keeps sending requests within the timeout stays open.
+        let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("reused connection still open");
+            let mut buf = [0u8; 256];
+            let n = busy.read(&mut buf).await.expect("read");
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "reused connection answers"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_and_upgraded_connections_outlive_the_idle_timeout() {
+        use axum::body::Body;
+        use axum::http::{Request, Response, StatusCode};
+        let app = Router::new()
+            // A body that sends its second chunk after three idle timeouts (like SSE).
+            .route(
+                "/stream",
+                axum::routing::get(|| async {
+                    let chunks = async_stream_chunks();
+                    Response::new(Body::from_stream(chunks))
+                }),
+            )
+            // An upgrade whose peer is quiet for three idle timeouts, then echoes (like the
+            // editor's WebSocket).
+            .route(
+                "/upgrade",
+                axum::routing::get(|mut req: Request<Body>| async move {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = hyper_util::rt::TokioIo::new(up);
+                            let mut b = [0u8; 4];
+                            if io.read_exact(&mut b).await.is_ok() {
+                                let _ = io.write_all(&b).await;
+                            }
+                        }
+                    });
+                    Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "echo")
+                        .body(Body::empty())
+                        .expect("response")
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let opts = ServerOptions {
+            idle_timeout: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(1),
+        };
+        tokio::spawn(async move { serve(listener, app, &opts, std::future::pending()).await });
+
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let (got, _) = read_all(&mut s, Duration::from_secs(3)).await;
+        assert!(got.contains("first") && got.contains("second"), "{got}");
+
+        let mut u = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        u.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut head = [0u8; 512];
+        let n = u.read(&mut head).await.expect("read");
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        u.write_all(b"ping")
+            .await
+            .expect("upgraded connection still open");
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), u.read_exact(&mut echo))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(&echo, b"ping");
+    }
+
+    fn async_stream_chunks(
+    ) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+        futures_util::stream::unfold(0u8, |i| async move {
+            match i {
+                0 => Some((Ok(axum::body::Bytes::from_static(b"first\n")), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    Some((Ok(axum::body::Bytes::from_static(b"second\n")), 2))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_returns() {
+        let app = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = ServerOptions::default();
+        let server = tokio::spawn(async move {
+            serve(listener, app, &opts, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        // An idle connection does not hold the shutdown up.
+        let _idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tx.send(());
+        let r = tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("serve returns promptly");
+        assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+}
