@@ -116,6 +116,11 @@ impl ClusterBackend for HandOverBackend {
 }
 
 async fn serve_orchestrator(dir: &Path) {
+    // Warnings and errors (e.g. the detail behind a 500) go to the bench's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let store = SqliteStore::open(dir.join("suite.db"), Durability::Full).expect("open store");
     let org = OrgName::new("bench").expect("org name");
     store
