@@ -130,10 +130,19 @@ async fn kube_client_lists_namespaces_creates_a_configmap_and_rbac_is_enforced()
         )
         .await
         .expect("role binding");
-    let read = Api::<ConfigMap>::namespaced(sa_client, "default")
-        .get("smoke")
-        .await
-        .expect("allowed by the role binding");
+    // The API server's RBAC authorizer reads bindings from an informer cache: a new binding
+    // takes effect within moments, not at once.
+    let sa_cms = Api::<ConfigMap>::namespaced(sa_client, "default");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let read = loop {
+        match sa_cms.get("smoke").await {
+            Ok(cm) => break cm,
+            Err(kube::Error::Api(e)) if e.code == 403 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("allowed by the role binding: {e:?}"),
+        }
+    };
     assert_eq!(read.metadata.name.as_deref(), Some("smoke"));
 }
 
