@@ -51,21 +51,9 @@ fn http() -> reqwest::Client {
 
 /// Polls a JS expression in the page until it is truthy.
 async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Ok(v) = s.execute(script, vec![]).await {
-            if !matches!(v, Value::Null | Value::Bool(false)) {
-                return v;
-            }
-        }
-        if Instant::now() > deadline {
-            let text = s
-                .execute("return document.body.innerText.slice(0, 2000)", vec![])
-                .await
-                .unwrap_or_default();
-            panic!("timed out waiting for {what}; page text:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match s.wait_until(what, script, Duration::from_secs(secs)).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
     }
 }
 

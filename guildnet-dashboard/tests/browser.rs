@@ -7,7 +7,7 @@ mod support;
 use guildnet_testbed::browser::{ChromeDriver, Session};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 fn artifacts_dir() -> PathBuf {
@@ -45,26 +45,9 @@ async fn shot(s: &Session, name: &str) {
 
 /// Polls a JS expression until it returns a truthy value; returns it.
 async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Ok(v) = s.execute(script, vec![]).await {
-            let truthy = match &v {
-                Value::Null | Value::Bool(false) => false,
-                Value::String(x) => !x.is_empty(),
-                _ => true,
-            };
-            if truthy {
-                return v;
-            }
-        }
-        if Instant::now() > deadline {
-            let text = s
-                .execute("return document.body.innerText.slice(0, 3000)", vec![])
-                .await
-                .unwrap_or_default();
-            panic!("timed out waiting for {what}; page text:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match s.wait_until(what, script, Duration::from_secs(secs)).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
     }
 }
 

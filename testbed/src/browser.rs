@@ -435,6 +435,38 @@ impl Session {
         .await
     }
 
+    /// Polls `script` (as in [`Session::execute`]) until it returns a truthy value in the
+    /// JavaScript sense (not `null`, `false`, `0` or `""`) and returns that value. On timeout the
+    /// error names `what` and carries the start of the page's text.
+    pub async fn wait_until(&self, what: &str, script: &str, timeout: Duration) -> Result<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(v) = self.execute(script, vec![]).await {
+                let truthy = match &v {
+                    Value::Null | Value::Bool(false) => false,
+                    Value::String(x) => !x.is_empty(),
+                    Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+                    _ => true,
+                };
+                if truthy {
+                    return Ok(v);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                let text = self
+                    .execute("return document.body.innerText.slice(0, 3000)", vec![])
+                    .await
+                    .unwrap_or_default();
+                return Err(TestbedError::Timeout {
+                    what: what.to_owned(),
+                    after: timeout,
+                    log: format!("page text:\n{}", text.as_str().unwrap_or_default()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A PNG screenshot of the viewport.
     pub async fn screenshot(&self) -> Result<Vec<u8>> {
         let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await?;
