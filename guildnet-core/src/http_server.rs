@@ -1,4 +1,5 @@
-//! The HTTP/1.1 server loop the orchestrator runs its router on.
+//! GuildNet's HTTP/1.1 server loop: the orchestrator, the dashboard (plain and TLS), the
+//! operator's metrics endpoint and the agent's health endpoint all serve their routers with it.
 //!
 //! `axum::serve` keeps an idle keep-alive connection open forever and has no timer, so a client
 //! that opens connections and sends nothing (or sends a header a byte a minute) holds memory and
