@@ -9,64 +9,18 @@
 //!
 //! Run: `cargo bench -p guildnet-bin --bench schedule` (`-- --quick` for a short run).
 
-use async_trait::async_trait;
+mod common;
+
+use common::NullBackend;
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::launch::{start_local, LocalOptions};
-use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::{Orchestrator, OrchestratorConfig};
-use guildnet_core::seams::{
-    AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState,
-};
 use guildnet_core::store::{Durability, SqliteStore, StateStore};
 use guildnet_core::token::Secret;
 use guildnet_testbed::bench::{pct, row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Accepts every submission and starts nothing: isolates the orchestrator's own cost.
-struct NullBackend;
-
-#[async_trait]
-impl ClusterBackend for NullBackend {
-    fn name(&self) -> &'static str {
-        "null"
-    }
-    async fn submit(&self, _: AgentLaunch) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn cancel(&self, _: &OrgName, _: &TaskId, _: &AgentName) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn status(
-        &self,
-        _: &OrgName,
-        _: &TaskId,
-        _: &AgentName,
-    ) -> Result<WorkloadState, BackendError> {
-        Ok(WorkloadState::Running)
-    }
-    async fn editor_endpoint(
-        &self,
-        _: &OrgName,
-        _: &AgentName,
-    ) -> Result<Option<EditorEndpoint>, BackendError> {
-        Ok(None)
-    }
-    async fn describe(
-        &self,
-        _: &OrgName,
-        _: &TaskId,
-        _: Option<AgentName>,
-    ) -> Result<Option<guildnet_core::seams::WorkloadInfo>, BackendError> {
-        Ok(None)
-    }
-    async fn close_editor(&self, _: &OrgName, _: &AgentName) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
 
 async fn null_orchestrator(dir: &std::path::Path) -> (String, OrchestratorClient) {
     let store = SqliteStore::open(dir.join("bench.db"), Durability::Full).expect("open store");
@@ -80,7 +34,7 @@ async fn null_orchestrator(dir: &std::path::Path) -> (String, OrchestratorClient
         .expect("org");
     let o = Orchestrator::new(
         Arc::new(store),
-        Arc::new(NullBackend),
+        Arc::new(NullBackend::default()),
         OrchestratorConfig::new(Secret::new("bench-token"), "http://127.0.0.1:1"),
     )
     .await

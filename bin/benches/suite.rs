@@ -18,12 +18,11 @@
 //! (default 10,000 agents, 30 s of heartbeats after a 10 s ramp; `--keep-alive` makes each
 //! agent keep one connection for all its requests, to measure what idle connections cost).
 
-use async_trait::async_trait;
-use guildnet_core::names::{AgentName, OrgName, TaskId};
+mod common;
+
+use common::NullBackend;
+use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::{Orchestrator, OrchestratorConfig};
-use guildnet_core::seams::{
-    AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadInfo, WorkloadState,
-};
 use guildnet_core::store::{Durability, SqliteStore, StateStore};
 use guildnet_core::token::Secret;
 use guildnet_testbed::bench::{pct, row};
@@ -57,64 +56,6 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 // ---- the orchestrator process (this binary with --serve-orchestrator) -----------------------------
 
-/// Starts nothing; writes each launch (`LAUNCH <task> <agent> <token>`) to stdout, a pipe read
-/// only by the parent bench process.
-struct HandOverBackend {
-    out: Mutex<std::io::Stdout>,
-}
-
-#[async_trait]
-impl ClusterBackend for HandOverBackend {
-    fn name(&self) -> &'static str {
-        "bench"
-    }
-    async fn submit(&self, l: AgentLaunch) -> Result<(), BackendError> {
-        if let Ok(mut o) = self.out.lock() {
-            let _ = writeln!(
-                o,
-                "LAUNCH {} {} {}",
-                l.task_id,
-                l.agent,
-                l.agent_token.expose()
-            );
-            let _ = o.flush();
-        }
-        Ok(())
-    }
-    async fn cancel(&self, _: &OrgName, _: &TaskId, _: &AgentName) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn status(
-        &self,
-        _: &OrgName,
-        _: &TaskId,
-        _: &AgentName,
-    ) -> Result<WorkloadState, BackendError> {
-        Ok(WorkloadState::Running)
-    }
-    async fn editor_endpoint(
-        &self,
-        _: &OrgName,
-        _: &AgentName,
-    ) -> Result<Option<EditorEndpoint>, BackendError> {
-        Ok(None)
-    }
-    async fn describe(
-        &self,
-        _: &OrgName,
-        _: &TaskId,
-        _: Option<AgentName>,
-    ) -> Result<Option<WorkloadInfo>, BackendError> {
-        Ok(None)
-    }
-    async fn close_editor(&self, _: &OrgName, _: &AgentName) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
 async fn serve_orchestrator(dir: &Path) {
     // Warnings and errors (e.g. the detail behind a 500) go to the bench's stderr.
     let _ = tracing_subscriber::fmt()
@@ -136,8 +77,20 @@ async fn serve_orchestrator(dir: &Path) {
     cfg.claim_timeout = Duration::from_secs(3600);
     let o = Orchestrator::new(
         Arc::new(store),
-        Arc::new(HandOverBackend {
-            out: Mutex::new(std::io::stdout()),
+        // Each launch (`LAUNCH <task> <agent> <token>`) goes to stdout, a pipe read only by
+        // the parent bench process.
+        Arc::new(NullBackend {
+            on_submit: Some(Box::new(|l| {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(
+                    o,
+                    "LAUNCH {} {} {}",
+                    l.task_id,
+                    l.agent,
+                    l.agent_token.expose()
+                );
+                let _ = o.flush();
+            })),
         }),
         cfg,
     )
