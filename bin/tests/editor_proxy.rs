@@ -40,32 +40,16 @@ fn http() -> reqwest::Client {
 
 /// Opens the agent's editor through the API; returns (port, path, session cookie pair).
 async fn open_editor(orch: &Orchestrator, agent: &AgentName) -> (u16, String, String) {
-    let resp = http()
-        .post(format!("{}/agents/editor/open", orch.url()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": agent, "org": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let cookie = resp
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap()
-        .to_owned();
-    let body: Value = resp.json().await.unwrap();
-    let port = body["port"].as_u64().unwrap() as u16;
-    let path = body["path"].as_str().unwrap().to_owned();
-    assert_eq!(path, format!("/editor/proxy/{port}/"));
+    let e = orch.open_editor(agent).await;
+    let (port, cookie) = (e.port, e.set_cookie);
+    assert_eq!(e.path, format!("/editor/proxy/{port}/"));
     assert!(
         cookie.contains(&format!("Path=/editor/proxy/{port}/"))
             && cookie.contains("HttpOnly")
             && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let pair = cookie.split(';').next().unwrap().to_owned();
-    (port, path, pair)
+    (port, e.path, e.session)
 }
 
 /// GETs the proxied editor page with the session cookie, following code-server's redirect of

@@ -518,18 +518,8 @@ async fn with_editor(dir: &Path, envs: &[(&str, &str)]) -> (Orchestrator, Runnin
 
 /// Opens the agent's editor; returns (proxy port, `name=value` session cookie).
 async fn open_editor(orch: &Orchestrator, agent: &AgentName) -> (u16, String) {
-    let resp = http()
-        .post(format!("{}/agents/editor/open", orch.url()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": agent, "org": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let body: Value = resp.json().await.unwrap();
-    let pair = cookie.split(';').next().unwrap().to_owned();
-    (body["port"].as_u64().unwrap() as u16, pair)
+    let e = orch.open_editor(agent).await;
+    (e.port, e.session)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,51 @@ impl Orchestrator {
     }
 }
 
+/// What `POST /agents/editor/open` answered.
+pub struct OpenedEditor {
+    /// The proxy port.
+    pub port: u16,
+    /// The proxy path (`/editor/proxy/<port>/`).
+    pub path: String,
+    /// The whole `Set-Cookie` header of the editor session.
+    pub set_cookie: String,
+    /// Its `name=value` pair, to send back as `Cookie`.
+    pub session: String,
+}
+
+impl Orchestrator {
+    /// Opens an agent's editor of org `acme` through the API (asserts a 200).
+    pub async fn open_editor(&self, agent: &guildnet_core::names::AgentName) -> OpenedEditor {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let resp = http
+            .post(format!("{}/agents/editor/open", self.url()))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"name": agent, "org": "acme"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let set_cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let session = set_cookie.split(';').next().unwrap().to_owned();
+        OpenedEditor {
+            port: body["port"].as_u64().unwrap() as u16,
+            path: body["path"].as_str().unwrap().to_owned(),
+            set_cookie,
+            session,
+        }
+    }
+}
+
 impl Orchestrator {
     /// The pid of a task's current agent, from the local backend's pid file.
     pub fn agent_pid(&self, task: &guildnet_core::names::TaskId) -> i32 {
