@@ -180,6 +180,7 @@ fn log_req(agent: &AgentName, fencing: u64, seqs: &[u64]) -> LogRequest {
                 ts: Utc::now(),
             })
             .collect(),
+        is_final: false,
     }
 }
 

@@ -127,6 +127,7 @@ async fn play_agent(url: &str, launch: AgentLaunch) -> Result<(), Error> {
                     ts: chrono::Utc::now(),
                 })
                 .collect(),
+            is_final: false,
         })
         .await?;
     let hb = agent

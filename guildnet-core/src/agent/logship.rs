@@ -104,6 +104,7 @@ async fn ship_loop(
             agent: agent.clone(),
             fencing,
             lines: pending[..n].to_vec(),
+            is_final: false,
         };
         match client.log(&req).await {
             Ok(_) => {

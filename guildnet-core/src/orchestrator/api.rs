@@ -189,8 +189,15 @@ pub struct LogRequest {
     pub agent: AgentName,
     /// Fencing token of its claim.
     pub fencing: u64,
-    /// Lines, each with a per-task sequence number (at most 1000 per call).
+    /// Lines, each with a per-task sequence number (at most 1000 per call). Sequence numbers
+    /// grow strictly within a batch; a new line must come after every stored line of the task
+    /// (gaps are allowed, going back is refused with 409 `log_out_of_order`); a line whose
+    /// number is already stored is a re-send and is skipped.
     pub lines: Vec<NewLogLine>,
+    /// This is the agent's last batch for the task: the log is sealed after it, later writes
+    /// get 409 `log_sealed`, and log streams end once the task is finished and its log sealed.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
 }
 
 /// Reply to `POST /agent/log`.
@@ -201,6 +208,10 @@ pub struct LogResponse {
     pub inserted: usize,
     /// Highest sequence number stored for the task.
     pub max_seq: u64,
+    /// The task's log quota is used up: output lines past it were dropped (a system line says
+    /// so). The agent should stop sending output lines; the task itself goes on.
+    #[serde(default)]
+    pub quota_exceeded: bool,
 }
 
 /// `POST /agent/complete`.

@@ -907,6 +907,7 @@ impl Orchestrator {
         Ok(LogResponse {
             inserted: r.inserted,
             max_seq: r.max_seq,
+            quota_exceeded: false,
         })
     }
 
