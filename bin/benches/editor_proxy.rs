@@ -40,19 +40,23 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A process started in a session of its own: dropping it kills the whole session (the
+/// orchestrator's agents and editors, nginx's workers), so the bench leaves nothing behind.
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        guildnet_testbed::process::kill_session(self.0.id());
     }
 }
 
 fn orchestrator(state: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Killed {
     let log = std::fs::File::create(state.with_extension("log")).expect("log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"));
+    guildnet_testbed::process::in_new_session(&mut cmd);
     Killed(
-        Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--org", "acme"])
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--org", "acme"])
             .args(["--runner", "sh -s"])
             .args(args)
             .env("GUILDNET_STATE_DIR", state)
@@ -107,7 +111,7 @@ async fn open_editor(port: u16, want_editor: bool) -> (String, String, PathBuf) 
         .json()
         .await
         .expect("open reply");
-    let ws = PathBuf::from(format!("agents/{}", t.id));
+    let ws = PathBuf::from(format!("../workspaces/{}", t.id));
     (
         opened["path"].as_str().expect("path").to_owned(),
         format!(
@@ -139,7 +143,9 @@ fn nginx(dir: &Path, listen: u16, upstream: &str) -> Option<Killed> {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).ok()?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    guildnet_testbed::process::in_new_session(&mut cmd);
+    let child = cmd
         .args([
             "-p",
             &dir.display().to_string(),
@@ -363,7 +369,11 @@ async fn main() {
     let _orch2 = orchestrator(
         &dir.path().join("state2"),
         port2,
-        &["--trust-advertised-editors"],
+        &[
+            "--trust-advertised-editors",
+            "--pass-env",
+            "GUILDNET_EDITOR_ADVERTISE",
+        ],
         &[("GUILDNET_EDITOR_ADVERTISE", advertise.as_str())],
     );
     let (path2, _, _) = open_editor(port2, false).await;

@@ -439,7 +439,10 @@ async fn idle_agent_rss(settle: Duration) {
         .map(|a| a.port())
         .expect("port");
     let log = std::fs::File::create(dir.path().join("orchestrator.log")).expect("log");
-    let mut orch = tokio::process::Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"))
+    // In a session of its own: killing the session at the end stops its agents too.
+    let mut std_cmd = std::process::Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"));
+    guildnet_testbed::process::in_new_session(&mut std_cmd);
+    let mut orch = tokio::process::Command::from(std_cmd)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--org", "bench"])
         .args(["--runner", "sh -s"])
         .env("GUILDNET_STATE_DIR", &state)
@@ -477,7 +480,9 @@ async fn idle_agent_rss(settle: Duration) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(settle).await;
-        let pidfile = state.join("agents").join(t.id.as_str()).join("agent.pid");
+        let pidfile = guildnet_core::state_dir::StatePaths::new(&state)
+            .local_agent_dir(&t.id)
+            .join("agent.pid");
         let pid: u32 = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -500,7 +505,9 @@ async fn idle_agent_rss(settle: Duration) {
         15.0,
         true,
     );
+    let session = orch.id().unwrap_or(0);
     let _ = orch.kill().await;
+    guildnet_testbed::process::kill_session(session);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -225,6 +225,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(guildnet_bin::run_agent().await);
     }
     if let Cmd::Up { args, dashboard } = cli.cmd {
+        guildnet_core::state_dir::private_umask();
         let mut args = *args;
         if args.orgs.is_empty() {
             args.orgs.push(OrgName::new("default")?);

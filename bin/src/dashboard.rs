@@ -46,6 +46,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    guildnet_core::state_dir::private_umask();
     init_tracing();
     let cli = Cli::parse();
     let paths = match cli.state_dir {

@@ -86,6 +86,15 @@ pub struct OrchestratorArgs {
     /// WebSockets are not affected.
     #[arg(long, env = "GUILDNET_HTTP_IDLE_SECS", default_value_t = 30)]
     pub http_idle_secs: u64,
+    /// Most log text stored per task, in bytes; output past it is dropped, a log line says so,
+    /// and the task goes on.
+    #[arg(long, env = "GUILDNET_LOG_QUOTA_BYTES", default_value_t = guildnet_core::orchestrator::DEFAULT_LOG_QUOTA_BYTES)]
+    pub log_quota_bytes: u64,
+    /// Local backend: pass this variable of the orchestrator's environment on to agents and
+    /// their runners (repeat or comma-separate), e.g. a model provider's API key. Agents
+    /// otherwise start from a clean environment (PATH, HOME, locale, proxies, certificates).
+    #[arg(long = "pass-env", env = "GUILDNET_PASS_ENV", value_delimiter = ',')]
+    pub pass_env: Vec<String>,
 }
 
 impl OrchestratorArgs {
@@ -116,6 +125,8 @@ impl OrchestratorArgs {
         o.admin_token = self.token.clone();
         o.agent_bin = self.agent_bin.clone();
         o.runner = self.runner.clone();
+        o.pass_env = self.pass_env.clone();
+        o.log_quota_bytes = self.log_quota_bytes;
         o.orgs = self.orgs.clone();
         o.code_server = self.code_server.clone();
         for a in &self.frame_ancestors {

@@ -16,6 +16,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    guildnet_core::state_dir::private_umask();
     init_tracing();
     let cli = Cli::parse();
     guildnet_bin::run_orchestrator(cli.args, shutdown_signal()).await

@@ -201,9 +201,8 @@ async fn agent_pushes_the_task_branch_opens_a_pr_and_writes_last_pr_json() {
     );
 
     // last_pr.json in the agent's state dir.
-    let last = state
-        .join("agents")
-        .join(t.id.as_str())
+    let last = guildnet_core::state_dir::StatePaths::new(&state)
+        .local_agent_dir(&t.id)
         .join("state")
         .join("last_pr.json");
     let rec: Value = serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();

@@ -3,7 +3,7 @@
 //! The orchestrator hands every task attempt to its backend's `submit`. This backend picks the
 //! pool for the task's org (the pools whose selector the org's labels satisfy; among them the
 //! one with the most free slots), reserves a slot and delegates to that pool's own backend. When
-//! every matching pool is full it refuses with [`BackendError::OrgUnavailable`]: the orchestrator
+//! every matching pool is full it refuses with [`BackendError::AtCapacity`]: the orchestrator
 //! then keeps the task `Scheduled` (reason `submit failed: ...`) and retries it after its
 //! `submit_retry`, oldest first, so refusals are a queue. Slots free when a task finishes
 //! ([`ClusterBackend::task_finished`]) or its agent is stopped ([`ClusterBackend::cancel`]: a
@@ -201,7 +201,7 @@ impl ClusterBackend for PlacementBackend {
     async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError> {
         let pool = self
             .place(&launch)
-            .map_err(|reason| BackendError::OrgUnavailable {
+            .map_err(|reason| BackendError::AtCapacity {
                 org: launch.org.clone(),
                 reason,
             })?;

@@ -9,16 +9,25 @@
 //! accept) is closed. A response that streams (SSE) or an upgraded connection (the editor's
 //! WebSocket) is not reading a head, so it is never cut by this timeout.
 //!
+//! Request bodies have a deadline too ([`MinRateBody`]): a client that announces a body and then
+//! trickles it (a byte every few seconds) is cut once it falls behind
+//! [`ServerOptions::min_body_rate`] after a grace of one idle timeout.
+//!
 //! Shutdown is graceful: the listener stops accepting, idle connections close at once, busy
 //! ones finish their current request, and [`serve`] returns once they all ended or
 //! [`ServerOptions::drain_timeout`] passed.
 
 use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 /// The default [`ServerOptions::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,7 +41,13 @@ pub struct ServerOptions {
     /// After shutdown began, how long busy connections (long requests, editor WebSockets) may
     /// run before [`serve`] returns anyway.
     pub drain_timeout: Duration,
+    /// Slowest request body accepted, in bytes per second, after a grace of `idle_timeout`
+    /// (see [`MinRateBody`]).
+    pub min_body_rate: u64,
 }
+
+/// The default [`ServerOptions::min_body_rate`]: 1 KiB/s.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
 
 impl Default for ServerOptions {
     /// 30 s idle (more than any agent's heartbeat interval would need to reuse a connection,
@@ -41,6 +56,7 @@ impl Default for ServerOptions {
         Self {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
         }
     }
 }
@@ -74,7 +90,12 @@ where
             () = &mut shutdown => break,
             a = listener.accept() => a,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let (grace, rate) = (opts.idle_timeout, opts.min_body_rate);
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                req.map(|b| axum::body::Body::new(MinRateBody::new(b, grace, rate)))
+            },
+        ));
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -110,6 +131,97 @@ where
         );
     }
     Ok(())
+}
+
+/// A request body with a deadline that grows with the data: it must be complete within
+/// `grace + received / min_rate`. A normal upload never notices; a client that trickles a body
+/// to hold a connection (and a task, and memory) open is cut after `grace`, and the handler
+/// sees a body error (the connection then closes).
+///
+/// tower-http's `TimeoutBody` times out a single frame; a byte every few seconds passes that,
+/// so the rate rule is written here.
+pub struct MinRateBody<B> {
+    inner: B,
+    start: tokio::time::Instant,
+    grace: Duration,
+    min_rate: u64,
+    received: u64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> MinRateBody<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
+        let start = tokio::time::Instant::now();
+        Self {
+            inner,
+            start,
+            grace,
+            min_rate: min_rate.max(1),
+            received: 0,
+            sleep: Box::pin(tokio::time::sleep_until(start + grace)),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        self.start + self.grace + earned
+    }
+}
+
+/// The error a [`MinRateBody`] ends with when the client is too slow.
+#[derive(Debug, thiserror::Error)]
+#[error("request body too slow: {received} bytes in {elapsed:?} (at least {min_rate} bytes/s after {grace:?})")]
+pub struct BodyTooSlow {
+    received: u64,
+    elapsed: Duration,
+    min_rate: u64,
+    grace: Duration,
+}
+
+impl<B> HttpBody for MinRateBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.received = this.received.saturating_add(d.len() as u64);
+                    let deadline = this.deadline();
+                    this.sleep.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow {
+                    received: this.received,
+                    elapsed: this.start.elapsed(),
+                    min_rate: this.min_rate,
+                    grace: this.grace,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -149,10 +261,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trickled_body_is_cut_and_a_steady_one_is_read() {
+        let app = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: Bytes| async move { format!("got {}", body.len()) }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let opts = ServerOptions {
+            idle_timeout: Duration::from_millis(300),
+            drain_timeout: Duration::from_secs(1),
+            min_body_rate: 1000,
+        };
+        tokio::spawn(async move { serve(listener, app, &opts, std::future::pending()).await });
+
+        // 100,000 bytes announced, one byte every 100 ms: cut after the grace.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .expect("head");
+        let started = std::time::Instant::now();
+        let mut closed = false;
+        for _ in 0..40 {
+            if slow.write_all(b"x").await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(_)) => {} // an error response; EOF follows
+                Err(_) => {}
+            }
+        }
+        assert!(closed, "a trickled body is cut");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // 20,000 bytes in 10 chunks over ~0.5 s (40 KB/s) are read whole.
+        let mut steady = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        steady
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n")
+            .await
+            .expect("head");
+        for _ in 0..10 {
+            steady.write_all(&[b'y'; 2000]).await.expect("chunk");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (resp, _) = read_all(&mut steady, Duration::from_secs(2)).await;
+        assert!(resp.ends_with("got 20000"), "{resp}");
+    }
+
+    #[tokio::test]
     async fn idle_and_slow_header_connections_are_closed() {
         let opts = ServerOptions {
             idle_timeout: Duration::from_millis(300),
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         };
         let (addr, _stop) = start(opts).await;
 
@@ -231,6 +402,7 @@ mod tests {
         let opts = ServerOptions {
             idle_timeout: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         };
         tokio::spawn(async move { serve(listener, app, &opts, std::future::pending()).await });
 

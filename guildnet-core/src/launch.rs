@@ -20,6 +20,9 @@ pub enum LaunchError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another orchestrator holds the state dir.
+    #[error(transparent)]
+    Locked(#[from] crate::state_dir::LockError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -49,6 +52,11 @@ pub struct LocalOptions {
     pub agent_bin: Option<PathBuf>,
     /// Runner command template handed to agents.
     pub runner: Option<String>,
+    /// Local backend: variables of this process's environment passed on to agents (see
+    /// [`LocalBackendConfig::pass_env`]).
+    pub pass_env: Vec<String>,
+    /// Most bytes of log text stored per task.
+    pub log_quota_bytes: u64,
     /// Orgs to register at start (existing ones are kept).
     pub orgs: Vec<OrgName>,
     /// Commit durability.
@@ -105,6 +113,8 @@ impl LocalOptions {
             admin_token: None,
             agent_bin: None,
             runner: None,
+            pass_env: Vec::new(),
+            log_quota_bytes: crate::orchestrator::DEFAULT_LOG_QUOTA_BYTES,
             orgs: Vec::new(),
             durability: Durability::Full,
             lease_ttl: Duration::from_secs(30),
@@ -137,6 +147,8 @@ pub struct LocalOrchestrator {
     pub paths: StatePaths,
     /// Where the admin token came from.
     pub token_source: AdminTokenSource,
+    /// The state dir's exclusive lock, held as long as this value (and the orchestrator) lives.
+    pub lock: crate::state_dir::StateLock,
 }
 
 /// Builds everything and binds the listener.
@@ -146,6 +158,15 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         None => StatePaths::resolve()?,
     };
     paths.ensure()?;
+    let holder = format!(
+        "{} on {}",
+        std::env::args()
+            .next()
+            .and_then(|a| Some(PathBuf::from(a).file_name()?.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "guildnet".into()),
+        opts.listen
+    );
+    let lock = paths.lock(&holder)?;
     let (token, token_source) = admin_token(opts.admin_token.clone(), &paths)?;
     let db_path = paths.orchestrator_db();
     let durability = opts.durability;
@@ -174,6 +195,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         backend_cfg.agent_args.clear();
     }
     backend_cfg.runner = opts.runner.clone();
+    backend_cfg.pass_env = opts.pass_env.clone();
     backend_cfg.code_server = opts.code_server.clone();
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
@@ -185,6 +207,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let mut cfg = OrchestratorConfig::new(token, public_url);
     cfg.lease_ttl = opts.lease_ttl;
     cfg.heartbeat_interval = opts.heartbeat_interval;
+    cfg.log_quota_bytes = opts.log_quota_bytes;
     cfg.trust_advertised_editors = opts.trust_advertised_editors;
     cfg.editor_frame_ancestors = std::iter::once("'self'".to_owned())
         .chain(opts.frame_ancestors.iter().cloned())
@@ -213,5 +236,6 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         addr,
         paths,
         token_source,
+        lock,
     })
 }

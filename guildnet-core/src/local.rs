@@ -1,7 +1,8 @@
 //! The local [`ClusterBackend`]: runs each task's agent as a child process on this machine, with
 //! the same environment a pod would get. It needs no cluster, so `guildnet up` works anywhere.
 //!
-//! Agents run in their own process group, with their files under `${state}/agents/<task id>/`:
+//! Agents run in their own process group, with their files under `<workspaces>/<task id>/`
+//! ([`StatePaths::workspaces_root`], outside the state dir):
 //! the runner's working directory `workspace/`, the agent's state dir `state/`, its output in
 //! `agent.log`, its pid in `agent.pid` and, with an editor, `editor.json` (port and password,
 //! 0600; outside the workspace the editor shows). Like pods, they outlive an orchestrator restart and reconnect to it.
@@ -30,8 +31,12 @@ pub struct LocalBackendConfig {
     pub agent_bin: PathBuf,
     /// Arguments before any others (e.g. `["agent"]` for the `guildnet` CLI).
     pub agent_args: Vec<String>,
-    /// State dir; workspaces go to `agents/<task id>` inside it.
+    /// State dir; workspaces go to [`StatePaths::local_agent_dir`], outside it.
     pub state: StatePaths,
+    /// Environment variables of the orchestrator passed on to agents (and so to runners), on
+    /// top of a small base set (`PATH`, `HOME`, locale, proxies, certificates): agents start
+    /// from a clean environment, so the orchestrator's own secrets never reach them.
+    pub pass_env: Vec<String>,
     /// Runner command template passed to agents (`GUILDNET_RUNNER`), if any.
     pub runner: Option<String>,
     /// Extra environment for agents (e.g. `RUST_LOG`).
@@ -62,6 +67,7 @@ impl LocalBackendConfig {
             agent_args,
             state,
             runner: None,
+            pass_env: Vec::new(),
             extra_env: Vec::new(),
             kill_grace: Duration::from_secs(10),
             code_server: None,
@@ -137,7 +143,7 @@ impl LocalBackend {
     }
 
     fn editor_from_disk(&self, agent: &AgentName) -> Option<EditorEndpoint> {
-        let dir = self.cfg.state.root().join("agents");
+        let dir = self.cfg.state.workspaces_root();
         for entry in std::fs::read_dir(dir).ok()?.flatten() {
             let Ok(bytes) = std::fs::read(entry.path().join(EDITOR_FILE)) else {
                 continue;
@@ -185,11 +191,62 @@ impl LocalBackend {
     }
 }
 
+/// Variables every local agent gets from the orchestrator's environment (see
+/// [`LocalBackendConfig::pass_env`] for more).
+const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_DATA_HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
+
+impl LocalBackend {
+    /// Paths the agent keeps its runner and editor out of (`GUILDNET_DENY_PATHS`): the
+    /// orchestrator's state dir (admin token, kubeconfigs, database), the other agents'
+    /// directories (the agent allows its own), and the user's kubeconfigs.
+    fn deny_paths(&self) -> std::ffi::OsString {
+        let mut paths = vec![
+            self.cfg.state.root().to_owned(),
+            self.cfg.state.workspaces_root(),
+        ];
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            paths.push(PathBuf::from(home).join(".kube"));
+        }
+        if let Some(kc) = std::env::var_os("KUBECONFIG").filter(|h| !h.is_empty()) {
+            paths.extend(std::env::split_paths(&kc));
+        }
+        std::env::join_paths(paths).unwrap_or_default()
+    }
+}
+
 fn pid_file(workspace: &Path) -> PathBuf {
     workspace.join("agent.pid")
 }
 
-/// Reads `agent.pid` (`<pid> <agent name>`) and checks the process still runs that agent.
+/// Reads `agent.pid` (`<pid> <agent name> <start time>`) and checks the process still runs
+/// that agent: the pid's start time (from `/proc/<pid>/stat`, readable even for the agent,
+/// which makes itself non-dumpable) must be the recorded one, so a reused pid is not taken
+/// for the agent.
 fn read_agent_pid(workspace: &Path, agent: &AgentName) -> Option<u32> {
     let text = std::fs::read_to_string(pid_file(workspace)).ok()?;
     let mut parts = text.split_whitespace();
@@ -197,13 +254,16 @@ fn read_agent_pid(workspace: &Path, agent: &AgentName) -> Option<u32> {
     if parts.next()? != agent.as_str() {
         return None;
     }
-    // Guard against pid reuse: the process must carry this agent's name in its environment.
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let needle = format!("{}={}", crate::seams::env::AGENT_NAME, agent);
-    environ
-        .split(|b| *b == 0)
-        .any(|kv| kv == needle.as_bytes())
-        .then_some(pid)
+    let started: u64 = parts.next()?.parse().ok()?;
+    (process_start_time(pid)? == started).then_some(pid)
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: skip past it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn workload_err(
@@ -244,12 +304,23 @@ impl ClusterBackend for LocalBackend {
             .try_clone()
             .map_err(|e| err(format!("dup {}: {e}", log_path.display())))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
+        // A clean environment: the orchestrator's own credentials (and whatever else its
+        // environment holds) never reach agents or their runners.
+        cmd.env_clear();
+        for (k, v) in std::env::vars_os() {
+            let name = k.to_string_lossy();
+            if BASE_ENV.contains(&name.as_ref())
+                || name.starts_with("LC_")
+                || self.cfg.pass_env.iter().any(|p| *p == name)
+            {
+                cmd.env(&k, &v);
+            }
+        }
         cmd.args(&self.cfg.agent_args)
             .current_dir(&ws)
             .env(WORKSPACE_ENV, ws.join("workspace"))
             .env("GUILDNET_STATE_DIR", ws.join("state"))
-            // The orchestrator's own credentials never reach agents (or their runners).
-            .env_remove("ORCHESTRATOR_TOKEN")
+            .env(agent_env::DENY_PATHS, self.deny_paths())
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -281,9 +352,10 @@ impl ClusterBackend for LocalBackend {
             .spawn()
             .map_err(|e| err(format!("spawn {}: {e}", self.cfg.agent_bin.display())))?;
         let pid = child.id().unwrap_or(0);
+        let started = process_start_time(pid).unwrap_or(0);
         crate::state_dir::write_private_file(
             &pid_file(&ws),
-            format!("{pid} {}\n", launch.agent).as_bytes(),
+            format!("{pid} {} {started}\n", launch.agent).as_bytes(),
         )
         .map_err(|e| err(e.to_string()))?;
         self.set_child(&launch.agent, ChildState::Running(pid));

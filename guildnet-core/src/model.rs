@@ -125,6 +125,34 @@ pub struct Task {
     /// Repository and files the agent prepares before running the task.
     #[serde(default, skip_serializing_if = "TaskContext::is_empty")]
     pub context: TaskContext,
+    /// Every log line of the task is stored: its agent sent its last batch, or the task ended
+    /// without an agent that could still write. See [`Task::log_complete`].
+    #[serde(default)]
+    pub log_sealed: bool,
+}
+
+/// How long after a task finished its agent may still send log lines (the last output of a
+/// cancelled runner) when it never sends its final batch.
+pub const LOG_SEAL_GRACE: chrono::Duration = chrono::Duration::seconds(30);
+
+impl Task {
+    /// Whether no more log lines can arrive at `now`: the log is sealed, or the task finished
+    /// more than [`LOG_SEAL_GRACE`] ago.
+    pub fn log_complete(&self, now: DateTime<Utc>) -> bool {
+        self.log_sealed
+            || (self.status.is_terminal()
+                && self.finished_at.is_none_or(|f| f + LOG_SEAL_GRACE <= now))
+    }
+
+    /// Whether the current agent holds (or held, for a finished task) the claim whose fencing
+    /// token is `fencing`: it is the task's agent, it claimed this attempt, and the token is
+    /// the current one.
+    pub fn claimed_by(&self, agent: &AgentName, fencing: u64) -> bool {
+        self.agent.as_ref() == Some(agent)
+            && self.started_at.is_some()
+            && fencing != 0
+            && self.fencing == fencing
+    }
 }
 
 /// An agent as the API shows it.

@@ -34,6 +34,15 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// The org's cluster works but has no room for another agent now. The orchestrator tries
+    /// again after its submit retry interval, without backing off (a refusal is a queue).
+    #[error("org {org} is at capacity: {reason}")]
+    AtCapacity {
+        /// Which org.
+        org: OrgName,
+        /// Why.
+        reason: String,
+    },
     /// The backend does not support this operation.
     #[error("the {backend} backend does not support {what}")]
     Unsupported {

@@ -24,6 +24,15 @@ pub enum StateDirError {
         #[source]
         source: std::io::Error,
     },
+    /// The state dir cannot be written (read-only directory or file system).
+    #[error("the state dir {dir} is read-only ({source}); the orchestrator needs to write there")]
+    ReadOnly {
+        /// The state dir.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Resolves the state dir from an environment lookup (pure, so it is testable).
@@ -98,14 +107,90 @@ impl StatePaths {
         self.root.join("orchestrator.token")
     }
 
-    /// `agents/<task id>`: workspace of a task's agent under the local backend.
+    /// Where the local backend keeps its agents' directories: outside the state dir, so a
+    /// runner's workspace is never inside the tree that holds the admin token, kubeconfigs
+    /// and the database. Next to the state dir: `<parent>/workspaces` when the state dir is
+    /// named `state` (`~/.guildnet/state` -> `~/.guildnet/workspaces`), else
+    /// `<state dir>-workspaces`.
+    pub fn workspaces_root(&self) -> PathBuf {
+        match (self.root.file_name(), self.root.parent()) {
+            (Some(name), Some(parent)) if name == "state" => parent.join("workspaces"),
+            (Some(name), Some(parent)) => {
+                parent.join(format!("{}-workspaces", name.to_string_lossy()))
+            }
+            _ => PathBuf::from("guildnet-workspaces"),
+        }
+    }
+
+    /// `<workspaces root>/<task id>`: the directory of a task's agent under the local backend
+    /// (its `workspace/`, `state/`, log and pid file).
     pub fn local_agent_dir(&self, task: &crate::names::TaskId) -> PathBuf {
-        self.root.join("agents").join(task.as_str())
+        self.workspaces_root().join(task.as_str())
     }
 
     /// Creates the state dir (mode 0700) if missing.
     pub fn ensure(&self) -> Result<(), StateDirError> {
         create_private_dir(&self.root)
+    }
+
+    /// The lock file of [`StatePaths::lock`].
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("orchestrator.lock")
+    }
+
+    /// Takes the state dir's exclusive lock (`flock` on `orchestrator.lock`) for one
+    /// orchestrator process, and records `holder` in it. A second orchestrator on the same
+    /// state dir fails with [`LockError::Held`], naming the first.
+    pub fn lock(&self, holder: &str) -> Result<StateLock, LockError> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::OpenOptionsExt;
+        self.ensure()?;
+        let path = self.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::EROFS) | Some(nix::libc::EACCES) => StateDirError::ReadOnly {
+                    dir: self.root.clone(),
+                    source: e,
+                },
+                _ => io_err("open", &path)(e),
+            })?;
+        let mut locked =
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((mut file, _)) => {
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    return Err(LockError::Held {
+                        dir: self.root.clone(),
+                        holder: if holder.is_empty() {
+                            "unknown process".into()
+                        } else {
+                            holder.to_owned()
+                        },
+                    });
+                }
+            };
+        let record = format!(
+            "pid {} ({holder}) since {}",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        locked.set_len(0).map_err(io_err("truncate", &path))?;
+        locked.rewind().map_err(io_err("rewind", &path))?;
+        locked
+            .write_all(record.as_bytes())
+            .map_err(io_err("write", &path))?;
+        Ok(StateLock {
+            _file: locked,
+            path,
+        })
     }
 }
 
@@ -159,25 +244,63 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StateDirError> {
 
 /// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename), creating parents.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StateDirError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let parent = path.parent().unwrap_or(Path::new("."));
     create_private_dir(parent)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("sync", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err("rename into", path))
+    // A temp file of its own per writer (mode 0600, random name) in the same directory, so
+    // concurrent writers of one path never share a temp file: the last rename wins whole.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".guildnet-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .map_err(io_err("create a temp file in", parent))?;
+    tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("sync", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .map_err(io_err("rename into", path))?;
+    Ok(())
+}
+
+/// Sets this process's umask to 077, so every file and directory it creates (database `-wal`
+/// and `-shm` files, logs, uploads) is private to its user from the first byte. The server
+/// binaries call it first thing; a library embedding GuildNet decides for itself.
+pub fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// An exclusive lock on a state dir, held while the value lives (see [`StatePaths::lock`]).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
+}
+
+impl StateLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Errors of [`StatePaths::lock`].
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "the state dir {dir} is in use by another orchestrator ({holder}); stop it, or give \
+         this one its own state dir (GUILDNET_STATE_DIR)"
+    )]
+    Held {
+        /// State dir.
+        dir: PathBuf,
+        /// What the holder wrote into the lock file (pid, program, start time).
+        holder: String,
+    },
+    /// The lock file could not be opened.
+    #[error(transparent)]
+    Io(#[from] StateDirError),
 }
 
 #[cfg(test)]
@@ -285,5 +408,45 @@ mod tests {
             find_kubeconfig_with(&paths, &org, env(&[("HOME", &h), ("KUBECONFIG", &kc)])),
             Some(explicit)
         );
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_never_tear_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kube").join("acme.config");
+        let bodies: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 256 * 1024]).collect();
+        std::thread::scope(|s| {
+            for b in &bodies {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        write_private_file(path, b).expect("write");
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&path).unwrap();
+        assert!(bodies.contains(&got), "the file is one whole upload");
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "acme.config")
+            .collect();
+        assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_second_lock_on_a_state_dir_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StatePaths::new(dir.path().join("state"));
+        let held = paths.lock("guildnet up").expect("first lock");
+        let err = paths.lock("guildnet-orchestrator").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())) && msg.contains("guildnet up"),
+            "{msg}"
+        );
+        drop(held);
+        paths.lock("guildnet-orchestrator").expect("free again");
     }
 }

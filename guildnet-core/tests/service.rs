@@ -485,8 +485,12 @@ async fn append_logs_checks_fencing_and_sequence_numbers() {
     long.lines[0].line = "é".repeat(guildnet_core::orchestrator::MAX_LOG_LINE_BYTES);
     h.o.append_logs(&t.id, long).await.unwrap();
     let l = &h.store.task_logs(&t.id, 4, 0).await.unwrap()[0];
-    assert!(l.line.ends_with("[truncated]"));
-    assert!(l.line.len() < guildnet_core::orchestrator::MAX_LOG_LINE_BYTES + 32);
+    assert!(
+        l.line.contains("…[truncated: "),
+        "{}",
+        &l.line[l.line.len() - 60..]
+    );
+    assert!(l.line.len() < guildnet_core::orchestrator::MAX_LOG_LINE_BYTES + 64);
 
     // Too many lines in one call.
     let seqs: Vec<u64> = (10..10 + guildnet_core::orchestrator::MAX_LOG_LINES as u64 + 1).collect();
@@ -861,4 +865,189 @@ async fn orchestrator_notes_go_in_only_before_the_claim_and_never_take_an_agent_
     let logs = store.task_logs(&t.id, 0, 10).await.expect("logs");
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].stream, guildnet_core::model::LogStream::System);
+}
+
+#[tokio::test]
+async fn refused_agent_calls_write_nothing_and_finished_tasks_take_no_writes() {
+    let mut h = harness().await;
+    let (a_task, la) = h.scheduled("task a").await;
+    let (b_task, lb) = h.scheduled("task b").await;
+    let (a, b) = (la.agent.clone(), lb.agent.clone());
+    h.register(&a_task.id, &a).await;
+    h.register(&b_task.id, &b).await;
+    let b_seen = h.o.agent(&b).await.unwrap().last_seen_at;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // A's token (task a) heartbeating as B: refused, and B's record is untouched.
+    let mut hb = heartbeat(&b, None);
+    hb.state = Some(serde_json::json!({"forged": true}));
+    assert_api_err(
+        h.o.heartbeat(&a_task.id, hb).await,
+        StatusCode::CONFLICT,
+        "stale_agent",
+    );
+    let b_now = h.o.agent(&b).await.unwrap();
+    assert_eq!(b_now.last_seen_at, b_seen);
+    assert_eq!(b_now.state, serde_json::json!({}));
+
+    // A finishes: its token may still ask for the status, but writes nothing more.
+    let f = h.claim(&a_task.id, &a).await.unwrap();
+    h.o.append_logs(&a_task.id, log_req(&a, f, &[1]))
+        .await
+        .unwrap();
+    h.o.complete(&a_task.id, complete_req(&a, f, TaskStatus::Succeeded))
+        .await
+        .unwrap();
+    let seen = h.o.agent(&a).await.unwrap().last_seen_at;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r =
+        h.o.heartbeat(&a_task.id, heartbeat(&a, Some(f)))
+            .await
+            .unwrap();
+    assert_eq!(r.task_status, TaskStatus::Succeeded);
+    assert_eq!(h.o.agent(&a).await.unwrap().last_seen_at, seen);
+    assert_api_err(
+        h.o.append_logs(&a_task.id, log_req(&a, f, &[2])).await,
+        StatusCode::CONFLICT,
+        "log_sealed",
+    );
+    assert_api_err(
+        h.o.register(
+            &a_task.id,
+            RegisterRequest {
+                agent: a.clone(),
+                version: None,
+                editor_address: None,
+            },
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "task_finished",
+    );
+    assert_eq!(h.store.task_logs(&a_task.id, 0, 0).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_requeued_tasks_new_agent_cannot_log_before_it_claims() {
+    let mut h = harness_with(0, |c| c.lease_ttl = Duration::from_secs(1)).await;
+    let (t, l1) = h.scheduled("work").await;
+    let f1 = h.claim(&t.id, &l1.agent).await.unwrap();
+    h.o.reap_once(Utc::now() + chrono::Duration::seconds(60))
+        .await
+        .unwrap();
+    let l2 = h.next_launch().await;
+    // The new agent holds no claim yet: the old fencing token is not its own.
+    assert_api_err(
+        h.o.append_logs(&t.id, log_req(&l2.agent, f1, &[1])).await,
+        StatusCode::CONFLICT,
+        "stale_fencing",
+    );
+    let f2 = h.claim(&t.id, &l2.agent).await.unwrap();
+    assert_eq!(f2, f1 + 1);
+    h.o.append_logs(&t.id, log_req(&l2.agent, f2, &[1]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_tasks_log_completes_with_the_agents_final_batch() {
+    let mut h = harness().await;
+    let (t, l) = h.scheduled("work").await;
+    let f = h.claim(&t.id, &l.agent).await.unwrap();
+    let c = h.o.cancel(&t.id).await.unwrap();
+    assert!(
+        !c.log_sealed,
+        "the running agent still sends its last lines"
+    );
+    assert!(!c.log_complete(Utc::now()));
+    h.o.append_logs(&t.id, log_req(&l.agent, f, &[1, 2]))
+        .await
+        .unwrap();
+    let mut fin = log_req(&l.agent, f, &[3]);
+    fin.is_final = true;
+    h.o.append_logs(&t.id, fin).await.unwrap();
+    let t2 = h.get(&t.id).await;
+    assert!(t2.log_sealed && t2.log_complete(Utc::now()));
+    // Without a final batch the log completes by time.
+    let (u, _) = h.scheduled("other").await;
+    let c = h.o.cancel(&u.id).await.unwrap();
+    assert!(c.log_sealed, "nobody held a claim: nothing more can come");
+    let mut late = c.clone();
+    late.log_sealed = false;
+    assert!(!late.log_complete(Utc::now()));
+    assert!(late.log_complete(Utc::now() + guildnet_core::model::LOG_SEAL_GRACE));
+}
+
+#[tokio::test]
+async fn bad_text_and_sequence_numbers_are_refused_with_the_field() {
+    let mut h = harness().await;
+    let e = assert_api_err(
+        h.o.schedule(req("acme", "ls\0 -la")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(e.field.as_deref(), Some("task"));
+    let (t, l) = h.scheduled("work").await;
+    let f = h.claim(&t.id, &l.agent).await.unwrap();
+    for seqs in [vec![1 << 53], vec![u64::MAX], vec![3, 2]] {
+        let e = assert_api_err(
+            h.o.append_logs(&t.id, log_req(&l.agent, f, &seqs)).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        );
+        assert!(e.field.as_deref().unwrap().starts_with("lines["), "{e:?}");
+    }
+    let mut c = complete_req(&l.agent, f, TaskStatus::Failed);
+    c.reason = Some("bad\0reason".into());
+    let e = assert_api_err(
+        h.o.complete(&t.id, c).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(e.field.as_deref(), Some("reason"));
+}
+
+#[tokio::test]
+async fn a_refusing_backend_puts_the_org_on_hold_instead_of_retrying_every_task() {
+    let h = harness_with(usize::MAX, |c| {
+        c.submit_retry = Duration::from_secs(5);
+        c.submit_backoff_max = Duration::from_secs(40);
+    })
+    .await;
+    let first = h.o.schedule(req("acme", "t0")).await.unwrap();
+    h.wait_for(&first.id, |t| t.reason.is_some()).await;
+    let mut ids = vec![first.id.clone()];
+    for i in 1..20 {
+        ids.push(
+            h.o.schedule(req("acme", &format!("t{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One submit: the org went on hold after the first refusal.
+    assert_eq!(h.submits.load(Ordering::SeqCst), 1);
+    let d = h.o.task_detail(&ids[7]).await.unwrap();
+    let why = d.waiting.expect("a waiting task says why");
+    assert!(
+        why.contains("cluster said no") && why.contains("next try"),
+        "{why}"
+    );
+
+    // Each reaper pass after a hold ends probes once; holds double: 5, 10, 20, 40, 40 s.
+    let t0 = Utc::now();
+    let mut at = 0;
+    for (wait, probes) in [(4, 1), (6, 2), (16, 3), (36, 4), (76, 5), (116, 6)] {
+        for s in (at..=wait).step_by(1) {
+            h.o.reap_once(t0 + chrono::Duration::seconds(s))
+                .await
+                .unwrap();
+        }
+        at = wait + 1;
+        assert_eq!(h.submits.load(Ordering::SeqCst), probes, "after {wait} s");
+    }
+    for id in &ids {
+        assert_eq!(h.get(id).await.status, TaskStatus::Scheduled);
+    }
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use guildnet_core::model::{Agent, LogStream, NewAudit, NewEvent, NewLogLine, Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::store::{
-    Durability, Rejection, RejectionKind, SqliteStore, StateStore, StoreError, TaskChange,
-    TaskQuery,
+    Durability, LogBatch, Rejection, RejectionKind, SqliteStore, StateStore, StoreError,
+    TaskChange, TaskQuery,
 };
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,7 @@ fn task(org_name: &str, status: TaskStatus, created_at: DateTime<Utc>) -> Task {
         artifacts: Vec::new(),
         pr_url: None,
         context: Default::default(),
+        log_sealed: false,
     }
 }
 
@@ -100,12 +101,24 @@ fn ids_of(tasks: &[&Task]) -> Vec<TaskId> {
     tasks.iter().map(|t| t.id.clone()).collect()
 }
 
-/// A task that has an agent (so it may receive log lines).
+/// A log batch from `agent` holding fencing token 1.
+fn batch(agent: &AgentName, lines: Vec<NewLogLine>) -> LogBatch {
+    LogBatch {
+        agent: agent.clone(),
+        fencing: 1,
+        lines,
+        seal: false,
+        quota_bytes: 1 << 30,
+    }
+}
+
+/// A task that has an agent holding its claim (so it may send log lines).
 async fn running_task(store: &SqliteStore, agent_name: &str) -> Task {
     let mut t = task("acme", TaskStatus::Running, now_ms());
     t.agent = Some(agent(agent_name));
     t.fencing = 1;
     t.claims = 1;
+    t.started_at = Some(now_ms());
     insert(store, &t, "hash").await;
     t
 }
@@ -441,19 +454,31 @@ async fn append_logs_is_idempotent_and_pages_in_order() {
     assert_eq!(store.last_log_id().await.unwrap(), 0);
 
     // Out of order within a call: task logs come back by seq, agent logs by id.
-    let r = store.append_logs(&t.id, &a, lines([2, 1])).await.unwrap();
+    let r = store
+        .append_logs(&t.id, batch(&a, lines([2, 1])))
+        .await
+        .unwrap();
     assert_eq!((r.inserted, r.max_seq), (2, 2));
-    let r = store.append_logs(&t.id, &a, lines(3..=5)).await.unwrap();
+    let r = store
+        .append_logs(&t.id, batch(&a, lines(3..=5)))
+        .await
+        .unwrap();
     assert_eq!((r.inserted, r.max_seq), (3, 5));
 
     // Re-sending known seqs inserts nothing; a partial overlap inserts only the new ones.
-    let r = store.append_logs(&t.id, &a, lines(1..=5)).await.unwrap();
+    let r = store
+        .append_logs(&t.id, batch(&a, lines(1..=5)))
+        .await
+        .unwrap();
     assert_eq!((r.inserted, r.max_seq), (0, 5));
-    let r = store.append_logs(&t.id, &a, lines(4..=7)).await.unwrap();
+    let r = store
+        .append_logs(&t.id, batch(&a, lines(4..=7)))
+        .await
+        .unwrap();
     assert_eq!((r.inserted, r.max_seq), (2, 7));
     // A re-sent seq with different text does not replace the stored line.
     let r = store
-        .append_logs(&t.id, &a, vec![line(1, "rewritten")])
+        .append_logs(&t.id, batch(&a, vec![line(1, "rewritten")]))
         .await
         .unwrap();
     assert_eq!(r.inserted, 0);
@@ -501,14 +526,17 @@ async fn append_logs_is_idempotent_and_pages_in_order() {
         .await
         .unwrap();
     let err = store
-        .append_logs(&t.id, &a, lines([8]))
+        .append_logs(&t.id, batch(&a, lines([8])))
         .await
         .expect_err("old agent is fenced off");
     assert!(
         matches!(&err, StoreError::Rejected(r) if r.kind == RejectionKind::StaleFencing),
         "{err:?}"
     );
-    let r = store.append_logs(&t.id, &b, lines(8..=9)).await.unwrap();
+    let r = store
+        .append_logs(&t.id, batch(&b, lines(8..=9)))
+        .await
+        .unwrap();
     assert_eq!((r.inserted, r.max_seq), (2, 9));
     assert_eq!(store.agent_logs(&a, 0, 0).await.unwrap().len(), 7);
     let b_logs = store.agent_logs(&b, 0, 0).await.unwrap();
@@ -517,7 +545,7 @@ async fn append_logs_is_idempotent_and_pages_in_order() {
 
     // Unknown task.
     let err = store
-        .append_logs(&TaskId::generate(), &b, lines([1]))
+        .append_logs(&TaskId::generate(), batch(&b, lines([1])))
         .await
         .expect_err("unknown task");
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
@@ -650,7 +678,10 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
             .unwrap();
         let t = running_task(&store, "agent-a").await;
         let a = agent("agent-a");
-        store.append_logs(&t.id, &a, lines(1..=3)).await.unwrap();
+        store
+            .append_logs(&t.id, batch(&a, lines(1..=3)))
+            .await
+            .unwrap();
         store
             .append_events(vec![event("custom")], vec![audit("custom", "x")])
             .await
@@ -683,13 +714,14 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         assert!(store
             .touch_agent(
                 &a,
+                &t.id,
                 now + Duration::seconds(5),
                 serde_json::json!({"runner": "running"})
             )
             .await
             .unwrap());
         assert!(!store
-            .touch_agent(&agent("ghost"), now, serde_json::json!({}))
+            .touch_agent(&agent("ghost"), &t.id, now, serde_json::json!({}))
             .await
             .unwrap());
         let upd = store
@@ -734,7 +766,7 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         (v, objs)
     };
     let (version, objects) = schema(&path);
-    assert_eq!(version, 3, "all migrations applied");
+    assert_eq!(version, 4, "all migrations applied");
     assert!(objects.contains(&("trigger".into(), "audit_no_update".into())));
     assert!(objects.contains(&("index".into(), "tasks_lease".into())));
 
@@ -756,7 +788,7 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         assert_eq!(store.list_agents().await.unwrap(), vec![agent_row.clone()]);
         // Re-sent lines are still known after the restart.
         let r = store
-            .append_logs(&t.id, &agent("agent-a"), lines(1..=3))
+            .append_logs(&t.id, batch(&agent("agent-a"), lines(1..=3)))
             .await
             .unwrap();
         assert_eq!((r.inserted, r.max_seq), (0, 3), "round {round}");
@@ -827,4 +859,175 @@ async fn concurrent_updates_are_atomic() {
     }
     assert_eq!(seen, (1..=N).collect::<BTreeSet<_>>());
     assert_eq!(store.get_task(&t.id).await.unwrap().unwrap().claims, N);
+}
+
+#[tokio::test]
+async fn log_lines_only_go_forward_stop_at_the_seal_and_respect_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&db_path(&dir));
+    let t = running_task(&store, "agent-a").await;
+    let a = agent("agent-a");
+
+    // Gaps are fine; going back to a number never stored is refused (followers past it would
+    // never see the line), and nothing of that batch is stored.
+    store
+        .append_logs(&t.id, batch(&a, lines([1, 2, 5])))
+        .await
+        .unwrap();
+    let err = store
+        .append_logs(&t.id, batch(&a, lines([6, 3])))
+        .await
+        .expect_err("3 comes after 5");
+    assert!(
+        matches!(&err, StoreError::Rejected(r) if r.kind == RejectionKind::LogOutOfOrder
+            && r.field.as_deref() == Some("lines[1].seq")),
+        "{err:?}"
+    );
+    assert_eq!(store.max_log_seq(&t.id).await.unwrap(), 5);
+
+    // A wrong fencing token, or an agent that never claimed, writes nothing.
+    let mut stale = batch(&a, lines([6]));
+    stale.fencing = 2;
+    assert!(matches!(
+        store.append_logs(&t.id, stale).await,
+        Err(StoreError::Rejected(r)) if r.kind == RejectionKind::StaleFencing
+    ));
+
+    // Quota: 30 bytes. "line 6" (6 bytes) fits; the next line that would pass the quota is
+    // replaced by the quota note, and every later line is dropped.
+    let mut b = batch(&a, lines([6]));
+    b.quota_bytes = 30;
+    let r = store.append_logs(&t.id, b).await.unwrap();
+    assert!(!r.quota_exceeded);
+    let mut b = batch(&a, vec![line(7, &"x".repeat(40)), line(8, "late")]);
+    b.quota_bytes = 30;
+    let r = store.append_logs(&t.id, b).await.unwrap();
+    assert!(r.quota_exceeded);
+    assert_eq!((r.inserted, r.max_seq), (1, 7));
+    let stored = store.task_logs(&t.id, 6, 0).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].stream, LogStream::System);
+    assert!(
+        stored[0].line.contains("quota of 30 bytes"),
+        "{}",
+        stored[0].line
+    );
+    let mut b = batch(&a, lines([9]));
+    b.quota_bytes = 30;
+    let r = store.append_logs(&t.id, b).await.unwrap();
+    assert!(r.quota_exceeded);
+    assert_eq!(r.inserted, 0);
+
+    // The final batch seals the log: nothing more is taken, re-sends included.
+    let mut fin = batch(&a, lines([10]));
+    fin.seal = true;
+    fin.quota_bytes = 1 << 20;
+    store.append_logs(&t.id, fin).await.unwrap();
+    assert!(store.get_task(&t.id).await.unwrap().unwrap().log_sealed);
+    assert!(matches!(
+        store.append_logs(&t.id, batch(&a, lines([11]))).await,
+        Err(StoreError::Rejected(r)) if r.kind == RejectionKind::LogSealed
+    ));
+}
+
+#[tokio::test]
+async fn cursors_past_every_id_return_nothing_instead_of_wrapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&db_path(&dir));
+    let t = running_task(&store, "agent-a").await;
+    store
+        .append_logs(&t.id, batch(&agent("agent-a"), lines(1..=3)))
+        .await
+        .unwrap();
+    for after in [u64::MAX, 1 << 63, (1 << 63) + 5] {
+        assert!(
+            store.task_logs(&t.id, after, 0).await.unwrap().is_empty(),
+            "{after}"
+        );
+        assert!(store
+            .agent_logs(&agent("agent-a"), after, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.events_after(after, 0).await.unwrap().is_empty());
+        assert!(store.audit_after(after, 0).await.unwrap().is_empty());
+    }
+    assert_eq!(store.task_logs(&t.id, 0, 0).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn one_corrupt_row_does_not_hide_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    let good = task("acme", TaskStatus::Scheduled, now_ms());
+    let bad = task("acme", TaskStatus::Scheduled, now_ms());
+    insert(&store, &good, "h").await;
+    insert(&store, &bad, "h").await;
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "UPDATE tasks SET status = 'Bogus', artifacts = 'not json' WHERE id = ?1",
+        [bad.id.as_str()],
+    )
+    .unwrap();
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    assert_eq!(ids(&listed), vec![good.id.clone()]);
+    // The corrupt row itself is an error, with its id.
+    let err = store.get_task(&bad.id).await.expect_err("corrupt");
+    assert!(err.to_string().contains("status Bogus"), "{err}");
+}
+
+#[tokio::test]
+async fn database_files_are_private_from_the_first_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    insert(&store, &task("acme", TaskStatus::Scheduled, now_ms()), "h").await;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_at_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let state = path.parent().unwrap().to_owned();
+    drop(open(&path));
+    // Make the state dir read-only: by its mode for a normal user; root ignores modes, so as
+    // root by a read-only bind mount of the dir onto itself (undone below).
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path).unwrap().uid() == 0
+    };
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount {args:?} failed");
+    };
+    let s = state.to_str().unwrap();
+    if root {
+        run(&["--bind", s, s]);
+        run(&["-o", "remount,ro,bind", s]);
+    } else {
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o500)).unwrap();
+    }
+    let res = SqliteStore::open(&path, Durability::Full);
+    if root {
+        let _ = std::process::Command::new("umount").arg(s).status();
+    } else {
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let err = match res {
+        Ok(_) => panic!("a read-only database opened"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
+    assert!(err.to_string().contains("read-only"), "{err}");
 }

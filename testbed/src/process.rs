@@ -248,3 +248,58 @@ where
         })
     }
 }
+
+/// The processes of session `sid` (every process whose session id, field 6 of
+/// `/proc/<pid>/stat`, is `sid`), the session leader included.
+pub fn session_members(sid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                })
+                == Some(sid)
+        })
+        .collect()
+}
+
+/// Kills every process of session `sid` with SIGKILL, repeating until none is left (or 5 s
+/// passed): a test or bench that starts a program in a session of its own
+/// ([`std::os::unix::process::CommandExt::process_group`] is not enough: the orchestrator's
+/// agents and their editors make process groups of their own) stops everything it started,
+/// whatever the program left behind.
+pub fn kill_session(sid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let members = session_members(sid);
+        if members.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for pid in members {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes a command start a new session (`setsid` in the child), so [`kill_session`] with its
+/// pid stops it and everything it starts.
+pub fn in_new_session(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    // SAFETY: setsid(2) is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        })
+    }
+}

@@ -15,6 +15,9 @@ pub struct Orchestrator {
     pub child: Option<Child>,
     pub port: u16,
     pub state: PathBuf,
+    /// The orchestrator runs in a session of its own; dropping this value kills the whole
+    /// session (its agents, editors and runners too), so nothing outlives the test.
+    pub session: u32,
 }
 
 pub fn free_port() -> u16 {
@@ -29,14 +32,17 @@ impl Orchestrator {
         Self::start_with(state, port, &[], &[])
     }
 
-    /// Like [`Orchestrator::start`] with extra flags and environment.
+    /// Like [`Orchestrator::start`] with extra flags and environment (for the orchestrator and,
+    /// through `--pass-env`, its agents).
     pub fn start_with(state: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(state.with_extension("log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guildnet-orchestrator"));
+        guildnet_testbed::process::in_new_session(&mut cmd);
+        let child = cmd
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--org", "acme"])
             .args(["--heartbeat-secs", "1", "--lease-ttl-secs", "4"])
@@ -48,12 +54,15 @@ impl Orchestrator {
             .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
             .env("RUST_LOG", "info")
             .args(args)
+            // Agents start from a clean environment: what a test sets is for them, so pass it.
+            .args(envs.iter().flat_map(|(k, _)| ["--pass-env", k]))
             .envs(envs.iter().copied())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .spawn()
             .expect("spawn orchestrator");
         Self {
+            session: child.id(),
             child: Some(child),
             port,
             state: state.to_owned(),
@@ -139,10 +148,8 @@ impl Orchestrator {
 impl Orchestrator {
     /// The pid of a task's current agent, from the local backend's pid file.
     pub fn agent_pid(&self, task: &guildnet_core::names::TaskId) -> i32 {
-        let file = self
-            .state
-            .join("agents")
-            .join(task.as_str())
+        let file = guildnet_core::state_dir::StatePaths::new(&self.state)
+            .local_agent_dir(task)
             .join("agent.pid");
         let text = std::fs::read_to_string(&file).expect("agent pid file");
         text.split_whitespace()
@@ -168,7 +175,7 @@ pub async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::Tas
 impl Drop for Orchestrator {
     fn drop(&mut self) {
         self.kill9();
-        let _ = &self.state;
+        guildnet_testbed::process::kill_session(self.session);
     }
 }
 

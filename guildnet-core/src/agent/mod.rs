@@ -58,6 +58,9 @@ pub mod agent_env {
     pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
     /// `owner/name` on the forge (default: from the clone URL).
     pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
+    /// Paths (`:`-separated) the runner and the editor must not read: the local backend sets
+    /// the orchestrator's state dir, the other agents' directories and the user's kubeconfigs.
+    pub const DENY_PATHS: &str = "GUILDNET_DENY_PATHS";
 }
 
 /// Errors that end an agent.

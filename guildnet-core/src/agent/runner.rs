@@ -227,6 +227,7 @@ mod tests {
             artifacts: vec![],
             pr_url: None,
             context: Default::default(),
+            log_sealed: false,
         }
     }
 

@@ -290,4 +290,8 @@ pub struct TaskDetail {
     /// warning events); absent when the backend has nothing to say or could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<crate::seams::WorkloadInfo>,
+    /// Why a `Scheduled` task is waiting, when the orchestrator knows (e.g. its org's backend
+    /// refused the last submit and the next try is later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }

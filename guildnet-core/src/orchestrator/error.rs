@@ -109,13 +109,25 @@ impl From<StoreError> for ApiError {
                 "already_exists",
                 format!("{what} already exists"),
             ),
-            StoreError::Rejected(r) => match r.kind {
-                RejectionKind::Conflict => ApiError::conflict(r.message),
-                RejectionKind::StaleFencing => {
-                    ApiError::new(StatusCode::CONFLICT, "stale_fencing", r.message)
+            StoreError::Rejected(r) => {
+                let e = match r.kind {
+                    RejectionKind::Conflict => ApiError::conflict(r.message),
+                    RejectionKind::StaleFencing => {
+                        ApiError::new(StatusCode::CONFLICT, "stale_fencing", r.message)
+                    }
+                    RejectionKind::Forbidden => ApiError::forbidden(r.message),
+                    RejectionKind::LogOutOfOrder => {
+                        ApiError::new(StatusCode::CONFLICT, "log_out_of_order", r.message)
+                    }
+                    RejectionKind::LogSealed => {
+                        ApiError::new(StatusCode::CONFLICT, "log_sealed", r.message)
+                    }
+                };
+                match r.field {
+                    Some(f) => e.with_field(f),
+                    None => e,
                 }
-                RejectionKind::Forbidden => ApiError::forbidden(r.message),
-            },
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -242,6 +242,54 @@ fn agent_param(raw: &str) -> Result<AgentName, ApiError> {
     })
 }
 
+/// What a log stream does when it has caught up: end (with the task) once the task's log is
+/// complete and a last read finds nothing, else wait for a change, or for the moment the log
+/// completes by time (a cancelled task's agent that never sends its final batch).
+async fn log_end_or_wait<F, Fut>(task: &Task, fetch: F) -> Result<LogBatchEnd, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<LogLine>, crate::store::StoreError>>,
+{
+    let now = chrono::Utc::now();
+    if !task.log_complete(now) {
+        let recheck = task.finished_at.map(|f| {
+            (f + crate::model::LOG_SEAL_GRACE - now)
+                .to_std()
+                .unwrap_or_default()
+                .max(std::time::Duration::from_millis(50))
+        });
+        return Ok(LogBatchEnd {
+            lines: Vec::new(),
+            end: None,
+            recheck_after: recheck,
+        });
+    }
+    // Complete: nothing more can be written, so one more read is final.
+    let lines = fetch().await?;
+    Ok(LogBatchEnd {
+        end: lines.is_empty().then(|| to_json(task)),
+        lines,
+        recheck_after: None,
+    })
+}
+
+/// [`log_end_or_wait`]'s answer, before the lines are keyed by their stream's cursor.
+struct LogBatchEnd {
+    lines: Vec<LogLine>,
+    end: Option<String>,
+    recheck_after: Option<std::time::Duration>,
+}
+
+impl LogBatchEnd {
+    fn map_items(self, key: impl Fn(&LogLine) -> u64) -> Batch {
+        Batch {
+            items: self.lines.iter().map(|l| (key(l), to_json(l))).collect(),
+            end: self.end,
+            recheck_after: self.recheck_after,
+        }
+    }
+}
+
 fn resume_cursor(headers: &HeaderMap, after: Option<u64>) -> Result<u64, ApiError> {
     match headers.get("last-event-id") {
         Some(v) => v
@@ -400,24 +448,17 @@ pub async fn task_log_stream(
         async move {
             let lines = o.store().task_logs(&id, after, SSE_PAGE).await?;
             if !lines.is_empty() {
-                return Ok(Batch {
-                    items: lines.iter().map(|l| (l.seq, to_json(l))).collect(),
-                    end: None,
-                });
+                return Ok(Batch::items(
+                    lines.iter().map(|l| (l.seq, to_json(l))).collect(),
+                ));
             }
             let task = o.task(&id).await?;
-            if !task.status.is_terminal() {
-                return Ok(Batch {
-                    items: vec![],
-                    end: None,
-                });
-            }
-            // Finished: agents flush their logs before completing, so one more read is final.
-            let lines = o.store().task_logs(&id, after, SSE_PAGE).await?;
-            Ok(Batch {
-                end: lines.is_empty().then(|| to_json(&task)),
-                items: lines.iter().map(|l| (l.seq, to_json(l))).collect(),
+            Ok(log_end_or_wait(&task, || {
+                let (o, id) = (o.clone(), id.clone());
+                async move { o.store().task_logs(&id, after, SSE_PAGE).await }
             })
+            .await?
+            .map_items(|l| l.seq))
         }
     });
     Ok(Sse::new(stream)
@@ -520,30 +561,26 @@ pub async fn agent_log_stream(
             };
             let lines = fetch(o.clone(), name.clone()).await?;
             if !lines.is_empty() {
-                return Ok(Batch {
-                    items: lines.iter().map(|l| (l.id, to_json(l))).collect(),
-                    end: None,
-                });
+                return Ok(Batch::items(
+                    lines.iter().map(|l| (l.id, to_json(l))).collect(),
+                ));
             }
             let Some(task_id) = task_id else {
-                return Ok(Batch {
-                    items: vec![],
-                    end: None,
-                });
+                return Ok(Batch::items(vec![]));
             };
             let task = o.task(&task_id).await?;
-            let finished = task.status.is_terminal() || task.agent.as_ref() != Some(&name);
-            if !finished {
+            if task.agent.as_ref() != Some(&name) {
+                // A later attempt took over: this agent can no longer write.
+                let lines = fetch(o.clone(), name.clone()).await?;
                 return Ok(Batch {
-                    items: vec![],
-                    end: None,
+                    end: lines.is_empty().then(|| to_json(&task)),
+                    items: lines.iter().map(|l| (l.id, to_json(l))).collect(),
+                    recheck_after: None,
                 });
             }
-            let lines = fetch(o.clone(), name.clone()).await?;
-            Ok(Batch {
-                end: lines.is_empty().then(|| to_json(&task)),
-                items: lines.iter().map(|l| (l.id, to_json(l))).collect(),
-            })
+            Ok(log_end_or_wait(&task, || fetch(o.clone(), name.clone()))
+                .await?
+                .map_items(|l| l.id))
         }
     });
     Ok(Sse::new(stream)
@@ -568,10 +605,9 @@ pub async fn events_stream(
         let o = o.clone();
         async move {
             let evs = o.store().events_after(after, SSE_PAGE).await?;
-            Ok(Batch {
-                items: evs.iter().map(|e| (e.id, to_json(e))).collect(),
-                end: None,
-            })
+            Ok(Batch::items(
+                evs.iter().map(|e| (e.id, to_json(e))).collect(),
+            ))
         }
     });
     Ok(Sse::new(stream)

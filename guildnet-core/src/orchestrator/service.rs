@@ -8,7 +8,7 @@ use crate::context::TaskContext;
 use crate::model::{Agent, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, ClusterBackend, WorkloadState};
-use crate::store::{Rejection, StateStore, TaskChange, TaskQuery};
+use crate::store::{LogBatch, Rejection, StateStore, TaskChange, TaskQuery};
 use crate::token::{self, Secret};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -22,6 +22,11 @@ pub const MAX_TASK_BYTES: usize = 64 * 1024;
 pub const MAX_LOG_LINES: usize = 1000;
 /// Longest log line stored (longer lines are cut, with a marker).
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+/// Largest log sequence number an agent may send: 2^53 - 1, the largest integer every JSON
+/// client (JavaScript included) reads exactly.
+pub const MAX_LOG_SEQ: u64 = (1 << 53) - 1;
+/// Default per-task log quota in bytes of text.
+pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Orchestrator settings.
 #[derive(Debug, Clone)]
@@ -38,8 +43,13 @@ pub struct OrchestratorConfig {
     pub claim_timeout: Duration,
     /// How often the reaper runs.
     pub reaper_interval: Duration,
-    /// How long to wait before retrying a failed submit.
+    /// How long to wait before retrying a failed submit: an org whose backend refuses a
+    /// submit is put on hold this long, doubling per refusal up to `submit_backoff_max`.
     pub submit_retry: Duration,
+    /// Longest hold of an org whose backend keeps refusing submits.
+    pub submit_backoff_max: Duration,
+    /// Most bytes of log text stored per task; output past it is dropped (the task goes on).
+    pub log_quota_bytes: u64,
     /// Attempts before a task whose leases keep expiring is failed.
     pub max_attempts: u32,
     /// SSE keep-alive comment interval.
@@ -64,6 +74,8 @@ impl OrchestratorConfig {
             claim_timeout: Duration::from_secs(120),
             reaper_interval: Duration::from_secs(1),
             submit_retry: Duration::from_secs(5),
+            submit_backoff_max: Duration::from_secs(60),
+            log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
             max_attempts: 3,
             sse_keepalive: Duration::from_secs(15),
             editor_frame_ancestors: "'self'".into(),
@@ -118,6 +130,8 @@ struct Inner {
     editor_dialer: std::sync::OnceLock<Arc<dyn crate::proxy::Dialer>>,
     /// Org cluster bootstrap, when configured.
     bootstrap: std::sync::OnceLock<Arc<dyn crate::seams::ClusterBootstrap>>,
+    /// Orgs whose backend refused submits, on hold.
+    backoff: super::backoff::OrgBackoff,
     /// Bootstrap jobs by org.
     bootstrap_jobs: crate::jobs::JobRegistry<
         OrgName,
@@ -176,6 +190,7 @@ impl Orchestrator {
                 bootstrap: std::sync::OnceLock::new(),
                 editor_dialer: std::sync::OnceLock::new(),
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
+                backoff: Default::default(),
             }),
         })
     }
@@ -264,6 +279,7 @@ impl Orchestrator {
         if req.task.trim().is_empty() {
             return Err(ApiError::invalid("task", "must not be empty"));
         }
+        no_nul("task", &req.task)?;
         if req.task.len() > MAX_TASK_BYTES {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -332,6 +348,7 @@ impl Orchestrator {
             artifacts: Vec::new(),
             pr_url: None,
             context,
+            log_sealed: false,
         };
         // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
         // only its hash is stored); nobody ever sees this one.
@@ -361,6 +378,16 @@ impl Orchestrator {
     /// the hash is stored) and asks the backend to start its agent. On failure the task goes back
     /// to Scheduled and is retried later.
     pub async fn dispatch(&self, task: Task) {
+        self.dispatch_at(task, Utc::now()).await
+    }
+
+    /// [`Orchestrator::dispatch`] as of `now` (the reaper's clock).
+    async fn dispatch_at(&self, task: Task, now: DateTime<Utc>) {
+        if !self.inner.backoff.ready(&task.org, now) {
+            // The org is on hold after its backend refused a submit; the reaper tries again
+            // when the hold ends.
+            return;
+        }
         let tok = agent_token_for(&task.id);
         let expected_attempt = task.attempt;
         let upd = self
@@ -407,9 +434,30 @@ impl Orchestrator {
             orchestrator_url: self.inner.cfg.public_url.clone(),
             agent_token: tok,
         };
-        if let Err(e) = self.inner.backend.submit(launch).await {
-            tracing::warn!(task = %task.id, error = %e, "backend submit failed; will retry");
+        let submitted = self.inner.backend.submit(launch).await;
+        if submitted.is_ok() {
+            self.inner.backoff.succeeded(&task.org);
+        }
+        if let Err(e) = submitted {
             let reason = e.to_string();
+            if matches!(e, crate::seams::BackendError::AtCapacity { .. }) {
+                tracing::debug!(task = %task.id, error = %e, "org at capacity; will retry");
+            } else {
+                let hold = self.inner.backoff.failed(
+                    &task.org,
+                    now,
+                    self.inner.cfg.submit_retry,
+                    self.inner.cfg.submit_backoff_max,
+                    reason.clone(),
+                );
+                if hold.new_hold {
+                    tracing::warn!(
+                        org = %task.org, task = %task.id, error = %e,
+                        retry_in_ms = hold.delay.as_millis() as u64,
+                        "backend refused a submit; the org's tasks wait"
+                    );
+                }
+            }
             let attempt = task.attempt;
             let res = self
                 .inner
@@ -485,6 +533,9 @@ impl Orchestrator {
                         )));
                     }
                     let now = Utc::now();
+                    // A running agent still sends its runner's last lines (then a final batch);
+                    // otherwise no agent can write to this log any more.
+                    t.log_sealed = t.status != TaskStatus::Running;
                     t.status = TaskStatus::Cancelled;
                     t.updated_at = now;
                     t.finished_at = Some(now);
@@ -500,6 +551,7 @@ impl Orchestrator {
         self.notify_event(u.last_event_id);
         if u.changed {
             if let Some(agent) = &u.task.agent {
+                self.inner.editors.close(&u.task.org, agent);
                 if let Err(e) = self.inner.backend.cancel(&u.task.org, id, agent).await {
                     tracing::warn!(task = %id, error = %e, "backend cancel failed");
                 }
@@ -553,7 +605,14 @@ impl Orchestrator {
                 None
             }
         };
-        Ok(TaskDetail { task, workload })
+        let waiting = (task.status == TaskStatus::Scheduled)
+            .then(|| self.inner.backoff.waiting(&task.org, Utc::now()))
+            .flatten();
+        Ok(TaskDetail {
+            task,
+            workload,
+            waiting,
+        })
     }
 
     /// Sets the org cluster bootstrap (once; later calls return false).
@@ -694,6 +753,9 @@ impl Orchestrator {
         req: RegisterRequest,
     ) -> Result<RegisterResponse, ApiError> {
         let task = self.agent_task(task_id, &req.agent).await?;
+        if task.status.is_terminal() {
+            return Err(task_finished(&task));
+        }
         if let Some(addr) = &req.editor_address {
             if addr.len() > 255 || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(ApiError::invalid("editorAddress", "must be host:port"));
@@ -793,7 +855,9 @@ impl Orchestrator {
         })
     }
 
-    /// `POST /agent/heartbeat`: records liveness; with a fencing token, renews the lease.
+    /// `POST /agent/heartbeat`: records liveness; with a fencing token, renews the lease. Every
+    /// check runs before anything is written: a refused heartbeat changes nothing, and a
+    /// finished task's agent only learns the status (its token no longer writes).
     pub async fn heartbeat(
         &self,
         task_id: &TaskId,
@@ -804,51 +868,54 @@ impl Orchestrator {
         if serde_json::to_vec(&state).map(|v| v.len()).unwrap_or(0) > 16 * 1024 {
             return Err(ApiError::invalid("state", "must be at most 16 KiB of JSON"));
         }
-        let known = self
-            .inner
-            .store
-            .touch_agent(&agent, Utc::now(), state)
-            .await?;
-        if !known {
-            return Err(ApiError::not_found(format!(
-                "agent {agent} is not registered; call /agent/register first"
-            ))
-            .with_field("agent"));
-        }
-        let Some(fencing) = req.fencing else {
-            let task = self.agent_task(task_id, &agent).await?;
-            return Ok(HeartbeatResponse {
-                task_status: task.status,
-                cancel: task.status == TaskStatus::Cancelled,
-                lease_expires_at: None,
-            });
-        };
-        let ttl = chrono_dur(self.inner.cfg.lease_ttl);
-        let u = self
-            .inner
-            .store
-            .update_task(
-                task_id,
-                Box::new(move |t| {
-                    check_fencing(t, &agent, fencing)?;
-                    if t.status == TaskStatus::Running {
-                        t.lease_expires_at = Some(Utc::now() + ttl);
-                    }
-                    Ok(TaskChange::default())
-                }),
-            )
-            .await?;
-        let t = u.task;
-        Ok(HeartbeatResponse {
+        let reply = |t: &Task| HeartbeatResponse {
             task_status: t.status,
             cancel: t.status == TaskStatus::Cancelled,
             lease_expires_at: (t.status == TaskStatus::Running)
                 .then_some(t.lease_expires_at)
                 .flatten(),
-        })
+        };
+        let task = match req.fencing {
+            None => self.agent_task(task_id, &agent).await?,
+            Some(fencing) => {
+                let ttl = chrono_dur(self.inner.cfg.lease_ttl);
+                let a = agent.clone();
+                self.inner
+                    .store
+                    .update_task(
+                        task_id,
+                        Box::new(move |t| {
+                            check_fencing(t, &a, fencing)?;
+                            if t.status == TaskStatus::Running {
+                                t.lease_expires_at = Some(Utc::now() + ttl);
+                            }
+                            Ok(TaskChange::default())
+                        }),
+                    )
+                    .await?
+                    .task
+            }
+        };
+        if task.status.is_terminal() {
+            return Ok(reply(&task));
+        }
+        let known = self
+            .inner
+            .store
+            .touch_agent(&agent, task_id, Utc::now(), state)
+            .await?;
+        if !known {
+            return Err(ApiError::not_found(format!(
+                "agent {agent} is not registered for task {task_id}; call /agent/register first"
+            ))
+            .with_field("agent"));
+        }
+        Ok(reply(&task))
     }
 
-    /// `POST /agent/log`: stores lines (idempotent per sequence number).
+    /// `POST /agent/log`: stores lines (idempotent per sequence number). Only the agent holding
+    /// the task's claim may write, only until the log is complete, only forward (see
+    /// [`StateStore::append_logs`]), and only up to the task's log quota.
     pub async fn append_logs(
         &self,
         task_id: &TaskId,
@@ -863,51 +930,74 @@ impl Orchestrator {
                 ),
             ));
         }
-        if let Some(i) = req.lines.iter().position(|l| l.seq == 0) {
-            return Err(ApiError::invalid(
-                &format!("lines[{i}].seq"),
-                "sequence numbers start at 1",
-            ));
-        }
-        let task = self.agent_task(task_id, &req.agent).await?;
-        if task.fencing != req.fencing || task.fencing == 0 {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "stale_fencing",
-                format!(
-                    "fencing token {} is not current for task {task_id}",
-                    req.fencing
-                ),
-            )
-            .with_field("fencing"));
+        let mut last = 0;
+        for (i, l) in req.lines.iter().enumerate() {
+            let field = || format!("lines[{i}].seq");
+            if l.seq == 0 || l.seq > MAX_LOG_SEQ {
+                return Err(ApiError::invalid(
+                    &field(),
+                    format!("sequence numbers run from 1 to {MAX_LOG_SEQ}"),
+                ));
+            }
+            if l.seq <= last {
+                return Err(ApiError::invalid(
+                    &field(),
+                    "sequence numbers must grow strictly within a batch",
+                ));
+            }
+            last = l.seq;
         }
         let lines: Vec<NewLogLine> = req
             .lines
             .into_iter()
             .map(|mut l| {
                 if l.line.len() > MAX_LOG_LINE_BYTES {
+                    let total = l.line.len();
                     let mut cut = MAX_LOG_LINE_BYTES;
                     while !l.line.is_char_boundary(cut) {
                         cut -= 1;
                     }
                     l.line.truncate(cut);
-                    l.line.push_str(" …[truncated]");
+                    l.line
+                        .push_str(&format!(" …[truncated: {total} bytes in all]"));
                 }
                 l
             })
             .collect();
+        // Cheap checks first, for clear errors; the store checks again, atomically.
+        let task = self.agent_task(task_id, &req.agent).await?;
+        if task.fencing != req.fencing || req.fencing == 0 || task.started_at.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stale_fencing",
+                format!(
+                    "fencing token {} is not held by agent {} for task {task_id}",
+                    req.fencing, req.agent
+                ),
+            )
+            .with_field("fencing"));
+        }
         let r = self
             .inner
             .store
-            .append_logs(task_id, &req.agent, lines)
+            .append_logs(
+                task_id,
+                LogBatch {
+                    agent: req.agent,
+                    fencing: req.fencing,
+                    lines,
+                    seal: req.is_final,
+                    quota_bytes: self.inner.cfg.log_quota_bytes,
+                },
+            )
             .await?;
-        if r.inserted > 0 {
+        if r.inserted > 0 || req.is_final {
             self.notify_change();
         }
         Ok(LogResponse {
             inserted: r.inserted,
             max_seq: r.max_seq,
-            quota_exceeded: false,
+            quota_exceeded: r.quota_exceeded,
         })
     }
 
@@ -924,7 +1014,9 @@ impl Orchestrator {
                 return Err(ApiError::invalid("reason", "at most 4096 bytes"));
             }
         }
+        no_nul_opt("reason", req.reason.as_deref())?;
         let agent = req.agent.clone();
+        let agent_name = req.agent.clone();
         let u = self
             .inner
             .store
@@ -942,6 +1034,8 @@ impl Orchestrator {
                         )));
                     }
                     let now = Utc::now();
+                    // The agent ships every line before it reports completion.
+                    t.log_sealed = true;
                     t.status = req.status;
                     t.finished_at = Some(now);
                     t.updated_at = now;
@@ -969,6 +1063,7 @@ impl Orchestrator {
             .await?;
         self.notify_event(u.last_event_id);
         if u.last_event_id.is_some() {
+            self.inner.editors.close(&u.task.org, &agent_name);
             // Newly finished (not a repeated completion): tell the backend.
             if let Err(e) = self.inner.backend.task_finished(&u.task).await {
                 tracing::warn!(task = %u.task.id, error = %e, "backend could not record completion");
@@ -1059,14 +1154,17 @@ impl Orchestrator {
         }
         // 4. Scheduled tasks to (re)dispatch. Fresh tasks are dispatched by `schedule` itself
         //    (give it a moment); tasks whose submit failed wait `submit_retry`.
+        //    Orgs on hold after a refused submit are left out until their hold ends.
         let retry_before = now - chrono_dur(self.inner.cfg.submit_retry);
         let q = TaskQuery {
             updated_before: Some(now - chrono::Duration::seconds(1)),
+            exclude_orgs: self.inner.backoff.held(now),
             ..batch(vec![TaskStatus::Scheduled])
         };
         for t in store.list_tasks(q).await? {
-            if t.reason.is_none() || t.updated_at < retry_before {
-                self.dispatch(t).await;
+            let held = !self.inner.backoff.ready(&t.org, now);
+            if !held && (t.reason.is_none() || t.updated_at < retry_before) {
+                self.dispatch_at(t, now).await;
             }
         }
         Ok(())
@@ -1144,6 +1242,8 @@ impl Orchestrator {
                     t.updated_at = Utc::now();
                     t.lease_expires_at = None;
                     if t.attempt >= max {
+                        // The agent lost its lease: nothing it sends is taken any more.
+                        t.log_sealed = true;
                         t.status = TaskStatus::Failed;
                         t.finished_at = Some(t.updated_at);
                         t.reason = Some(format!("{why}; gave up after {max} attempts"));
@@ -1160,6 +1260,8 @@ impl Orchestrator {
                     t.attempt += 1;
                     t.status = TaskStatus::Scheduled;
                     t.agent = None;
+                    // The next attempt has not started: its agent must claim before it writes.
+                    t.started_at = None;
                     t.reason = Some(why.to_owned());
                     Ok(TaskChange {
                         events: vec![NewEvent::for_task("task.requeued", t, Some(why.to_owned()))],
@@ -1178,17 +1280,40 @@ impl Orchestrator {
                 self.notify_event(u.last_event_id);
                 tracing::info!(task = %task.id, status = %u.task.status, why, "task requeued");
                 if let Some(agent) = &task.agent {
+                    self.inner.editors.close(&task.org, agent);
                     if let Err(e) = self.inner.backend.cancel(&task.org, &task.id, agent).await {
                         tracing::warn!(task = %task.id, error = %e, "cancel of old agent failed");
                     }
                 }
                 if u.task.status == TaskStatus::Scheduled {
-                    self.dispatch(u.task).await;
+                    self.dispatch_at(u.task, now).await;
                 }
             }
             Err(e) => tracing::debug!(task = %task.id, error = %e, "requeue skipped"),
         }
     }
+}
+
+/// Refuses NUL in a text field: it cannot travel in an environment variable or a C string,
+/// so a task carrying one could only fail later.
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+fn no_nul_opt(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    value.map_or(Ok(()), |v| no_nul(field, v))
+}
+
+/// 409 for an agent call about a task that has finished.
+fn task_finished(t: &Task) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "task_finished",
+        format!("task {} has finished ({})", t.id, t.status),
+    )
 }
 
 fn check_fencing(t: &Task, agent: &AgentName, fencing: u64) -> Result<(), Rejection> {

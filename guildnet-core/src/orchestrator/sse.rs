@@ -19,6 +19,20 @@ pub struct Batch {
     pub items: Vec<(u64, String)>,
     /// When set and `items` is empty, the stream ends with an `end` event carrying this data.
     pub end: Option<String>,
+    /// When set and nothing arrived, fetch again after this long even without a change
+    /// notification (for an end that comes with time, not with a write).
+    pub recheck_after: Option<std::time::Duration>,
+}
+
+impl Batch {
+    /// Items, no end.
+    pub fn items(items: Vec<(u64, String)>) -> Self {
+        Self {
+            items,
+            end: None,
+            recheck_after: None,
+        }
+    }
 }
 
 struct PollState<F> {
@@ -69,9 +83,16 @@ where
                             st.done = true;
                             continue;
                         }
+                        let recheck = async {
+                            match batch.recheck_after {
+                                Some(d) => tokio::time::sleep(d).await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             r = st.changes.changed() => if r.is_err() { return None },
                             _ = st.closing.changed() => return None,
+                            _ = recheck => {}
                         }
                         continue;
                     }

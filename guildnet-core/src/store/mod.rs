@@ -46,6 +46,16 @@ pub enum StoreError {
     /// The store's worker is gone (shutting down).
     #[error("state store is shut down")]
     Closed,
+    /// The database cannot be written (read-only file, directory or file system).
+    #[error(
+        "database {path} is read-only: {reason} (the orchestrator needs a writable state dir)"
+    )]
+    ReadOnly {
+        /// Database file.
+        path: String,
+        /// What SQLite said.
+        reason: String,
+    },
 }
 
 /// Why a conditional task update refused to apply.
@@ -55,6 +65,8 @@ pub struct Rejection {
     pub kind: RejectionKind,
     /// A message for the caller.
     pub message: String,
+    /// The request field at fault, when there is one (e.g. `lines[3].seq`).
+    pub field: Option<String>,
 }
 
 /// Categories of [`Rejection`].
@@ -66,6 +78,11 @@ pub enum RejectionKind {
     StaleFencing,
     /// The caller may not change this task.
     Forbidden,
+    /// A log line's sequence number is at or below the task's highest stored one, and not a
+    /// re-send of a stored line (live followers would never see it).
+    LogOutOfOrder,
+    /// The task's log is complete; no more lines are taken.
+    LogSealed,
 }
 
 impl std::fmt::Display for Rejection {
@@ -80,6 +97,7 @@ impl Rejection {
         Self {
             kind: RejectionKind::Conflict,
             message: message.into(),
+            field: None,
         }
     }
     /// A stale-fencing rejection.
@@ -87,6 +105,7 @@ impl Rejection {
         Self {
             kind: RejectionKind::StaleFencing,
             message: message.into(),
+            field: None,
         }
     }
     /// A forbidden rejection.
@@ -94,6 +113,7 @@ impl Rejection {
         Self {
             kind: RejectionKind::Forbidden,
             message: message.into(),
+            field: None,
         }
     }
 }
@@ -129,6 +149,8 @@ pub struct TaskQuery {
     pub statuses: Vec<TaskStatus>,
     /// Only this org.
     pub org: Option<OrgName>,
+    /// Not these orgs.
+    pub exclude_orgs: Vec<OrgName>,
     /// Only tasks whose lease expired before this time (Running tasks).
     pub lease_expired_before: Option<DateTime<Utc>>,
     /// Only tasks last updated before this time.
@@ -139,6 +161,23 @@ pub struct TaskQuery {
     pub oldest_first: bool,
 }
 
+/// A batch of log lines from a task's agent, for [`StateStore::append_logs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogBatch {
+    /// The agent sending them; it must hold the task's claim with `fencing`
+    /// ([`Task::claimed_by`]).
+    pub agent: AgentName,
+    /// Fencing token of its claim.
+    pub fencing: u64,
+    /// The lines, with strictly increasing sequence numbers.
+    pub lines: Vec<NewLogLine>,
+    /// The agent's last batch: seal the log after storing it.
+    pub seal: bool,
+    /// Most bytes of log text the task may store; lines past it are dropped and one system
+    /// line says so.
+    pub quota_bytes: u64,
+}
+
 /// Result of [`StateStore::append_logs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedLogs {
@@ -146,6 +185,16 @@ pub struct AppendedLogs {
     pub inserted: usize,
     /// Highest per-task sequence number stored for the task so far.
     pub max_seq: u64,
+    /// The task's log quota is used up (now or before this batch).
+    pub quota_exceeded: bool,
+}
+
+/// The text of the system line stored when a task's log reaches its quota.
+pub fn quota_note(quota_bytes: u64) -> String {
+    format!(
+        "[guildnet] this task's log reached its quota of {quota_bytes} bytes; further output \
+         is dropped (the task goes on)"
+    )
 }
 
 /// Durable storage of orgs, tasks, agents, logs, events and the audit log.
@@ -196,10 +245,12 @@ pub trait StateStore: Send + Sync {
     /// Inserts or replaces an agent's registration; returns the stored agent (keeping the first
     /// registration time).
     async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError>;
-    /// Records a heartbeat; false if the agent is unknown.
+    /// Records a heartbeat of the agent registered for `task`; false if no such agent is
+    /// registered for that task (nothing is written then).
     async fn touch_agent(
         &self,
         name: &AgentName,
+        task: &TaskId,
         at: DateTime<Utc>,
         state: serde_json::Value,
     ) -> Result<bool, StoreError>;
@@ -208,15 +259,15 @@ pub trait StateStore: Send + Sync {
     /// All agents, most recently seen first.
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
 
-    /// Stores log lines of a task; lines whose `seq` is already stored are skipped. Fails with
-    /// [`RejectionKind::StaleFencing`] unless `agent` is the task's current agent (checked
-    /// atomically with the insert).
-    async fn append_logs(
-        &self,
-        task: &TaskId,
-        agent: &AgentName,
-        lines: Vec<NewLogLine>,
-    ) -> Result<AppendedLogs, StoreError>;
+    /// Stores an agent's log lines, atomically with these checks: the agent holds the task's
+    /// claim with the batch's fencing token ([`Task::claimed_by`], else
+    /// [`RejectionKind::StaleFencing`]); the log is not complete ([`Task::log_complete`], else
+    /// [`RejectionKind::LogSealed`]); each line is new (its `seq` above every stored one) or a
+    /// re-send of a stored line, which is skipped (else [`RejectionKind::LogOutOfOrder`]).
+    /// Lines past the task's byte quota are dropped; the first one dropped is replaced by
+    /// [`quota_note`]. With `seal`, the log is sealed after the batch.
+    async fn append_logs(&self, task: &TaskId, batch: LogBatch)
+        -> Result<AppendedLogs, StoreError>;
     /// Appends one `system` line to a task's log on the orchestrator's behalf (e.g. why its pod
     /// does not start), only while the task is Submitted to `agent` (not yet claimed): the check
     /// and the insert are one transaction, so the line's sequence number can never collide with

@@ -6,12 +6,13 @@
 //! beside the writer) on tokio's blocking pool, so no SQLite work runs on the async runtime.
 
 use super::{
-    AppendedLogs, StateStore, StoreError, TaskChange, TaskQuery, TaskUpdateFn, TaskUpdated,
+    AppendedLogs, LogBatch, Rejection, RejectionKind, StateStore, StoreError, TaskChange,
+    TaskQuery, TaskUpdateFn, TaskUpdated,
 };
 use crate::context::TaskContext;
 use crate::model::{
-    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, NewLogLine, Org,
-    Task, TaskStatus,
+    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, Org, Task,
+    TaskStatus,
 };
 use crate::names::{AgentName, OrgName, TaskId};
 use async_trait::async_trait;
@@ -114,6 +115,16 @@ CREATE INDEX tasks_lease ON tasks(status, lease_expires_at);
     r#"
 ALTER TABLE tasks ADD COLUMN context TEXT;
 "#,
+    // 4: the log seal, the bytes of log text stored per task (its quota), and a key/value
+    //    table the store writes at every open (which also proves the database is writable).
+    r#"
+ALTER TABLE tasks ADD COLUMN log_sealed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
 ];
 
 /// Number of read connections.
@@ -173,6 +184,45 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
+/// A resume cursor (id or sequence number) as SQLite's integer: a cursor beyond every stored
+/// value means "nothing after it", so it saturates instead of wrapping to a negative number.
+fn cursor(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored id or sequence number (never negative) as the API's integer.
+fn id_of(v: i64) -> rusqlite::Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("negative id {v}")))
+}
+
+/// Collects rows, skipping (and logging) rows that cannot be decoded, so one corrupt row does
+/// not make a whole listing fail. Errors of the query itself still fail it.
+fn collect_rows<T>(
+    what: &'static str,
+    rows: impl Iterator<Item = rusqlite::Result<T>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for r in rows {
+        match r {
+            Ok(v) => out.push(v),
+            Err(
+                e @ (rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)),
+            ) => {
+                tracing::warn!(error = %e, what, "sqlite: skipping a row that cannot be decoded");
+            }
+            Err(e) => {
+                return Err(StoreError::Db {
+                    op: what,
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn from_ms(v: i64) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::from_timestamp_millis(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
 }
@@ -201,7 +251,12 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    let conn = Connection::open(path).map_err(open_err)?;
+    let conn = Connection::open(path)
+        .map_err(|e| read_only_or(db("open database")(e), path))
+        .map_err(|e| match e {
+            StoreError::Db { source, .. } => open_err(source),
+            other => other,
+        })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(open_err)?;
     let sync = match durability {
@@ -211,8 +266,78 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
     ))
-    .map_err(open_err)?;
+    .map_err(|e| read_only_or(db("enable WAL")(e), path))
+    .map_err(|e| match e {
+        StoreError::Db { source, .. } => open_err(source),
+        other => other,
+    })?;
     Ok(conn)
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it: SQLite gives its `-wal`
+/// and `-shm` files the database file's mode, so they are private from the first start.
+fn create_private_db_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let open_err = |e: std::io::Error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // An existing database keeps its data; tighten its mode (and its companions').
+            for suffix in ["", "-wal", "-shm"] {
+                let p = PathBuf::from(format!("{}{suffix}", path.display()));
+                if p.exists() {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                        .or_else(|e| match e.raw_os_error() {
+                            // A read-only file system: the probe write reports it clearly.
+                            Some(nix::libc::EROFS) | Some(nix::libc::EPERM) => Ok(()),
+                            _ => Err(e),
+                        })
+                        .map_err(open_err)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EROFS) | Some(nix::libc::EACCES)
+            ) =>
+        {
+            Err(StoreError::ReadOnly {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Err(open_err(e)),
+    }
+}
+
+/// Maps SQLite's "read-only database" failures to [`StoreError::ReadOnly`].
+fn read_only_or(e: StoreError, path: &Path) -> StoreError {
+    let code = match &e {
+        StoreError::Db {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } => Some(f.code),
+        _ => None,
+    };
+    match code {
+        Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
+            StoreError::ReadOnly {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
+        }
+        _ => e,
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -246,8 +371,18 @@ impl SqliteStore {
                 reason: e.to_string(),
             })?;
         }
+        create_private_db_file(&path)?;
         let mut writer = open_conn(&path, durability)?;
-        migrate(&mut writer)?;
+        migrate(&mut writer).map_err(|e| read_only_or(e, &path))?;
+        // A real write at every open: a read-only file, directory or file system fails here,
+        // at start, rather than as a 500 on the first request.
+        writer
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('opened_at', ?1) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [Utc::now().to_rfc3339()],
+            )
+            .map_err(|e| read_only_or(db("record open")(e), &path))?;
         // Commits never checkpoint themselves (that would stall them on the database file's
         // fsync); a background thread checkpoints instead.
         writer
@@ -257,11 +392,6 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_conn(&path, durability).map(|c| Arc::new(Mutex::new(c))))
             .collect::<Result<Vec<_>, _>>()?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("guildnet-sqlite-checkpoint".into())
@@ -456,7 +586,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: D
 
 const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
     lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-    artifacts, pr_url, context";
+    artifacts, pr_url, context, log_sealed";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let status: String = r.get(4)?;
@@ -472,7 +602,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
             .map(|a| parse_name(a, AgentName::new))
             .transpose()?,
         attempt: r.get(6)?,
-        fencing: r.get::<_, i64>(7)? as u64,
+        fencing: id_of(r.get(7)?)?,
         claims: r.get(8)?,
         lease_expires_at: opt_from_ms(r.get(9)?)?,
         created_at: from_ms(r.get(10)?)?,
@@ -488,6 +618,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
             None => TaskContext::default(),
             Some(j) => serde_json::from_str(&j).map_err(|e| corrupt(format!("context: {e}")))?,
         },
+        log_sealed: r.get(19)?,
     })
 }
 
@@ -518,7 +649,8 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE tasks SET status=?2, agent=?3, attempt=?4, fencing=?5, claims=?6, \
          lease_expires_at=?7, updated_at=?8, started_at=?9, finished_at=?10, exit_code=?11, \
-         reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16 WHERE id=?1",
+         reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16, log_sealed=?17 \
+         WHERE id=?1",
         params![
             t.id.as_str(),
             t.status.as_str(),
@@ -536,6 +668,7 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
             t.pr_url,
             t.agent_hint,
             t.task,
+            t.log_sealed,
         ],
     )
     .map_err(db("update task"))?;
@@ -561,7 +694,7 @@ fn insert_events(conn: &Connection, events: &[NewEvent], now: i64) -> Result<u64
             e.message,
         ])
         .map_err(db("insert event"))?;
-        last = conn.last_insert_rowid() as u64;
+        last = id_of(conn.last_insert_rowid()).map_err(db("event id"))?;
     }
     Ok(last)
 }
@@ -602,10 +735,10 @@ const AGENT_COLS: &str =
 fn log_from_row(r: &Row<'_>) -> rusqlite::Result<LogLine> {
     let stream: String = r.get(4)?;
     Ok(LogLine {
-        id: r.get::<_, i64>(0)? as u64,
+        id: id_of(r.get(0)?)?,
         task_id: parse_name(r.get(1)?, TaskId::new)?,
         agent: parse_name(r.get(2)?, AgentName::new)?,
-        seq: r.get::<_, i64>(3)? as u64,
+        seq: id_of(r.get(3)?)?,
         stream: LogStream::parse(&stream).ok_or_else(|| corrupt(format!("stream {stream}")))?,
         line: r.get(5)?,
         ts: from_ms(r.get(6)?)?,
@@ -617,7 +750,7 @@ const LOG_COLS: &str = "id, task_id, agent, seq, stream, line, ts";
 fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     let status: Option<String> = r.get(6)?;
     Ok(Event {
-        id: r.get::<_, i64>(0)? as u64,
+        id: id_of(r.get(0)?)?,
         ts: from_ms(r.get(1)?)?,
         kind: r.get(2)?,
         task_id: r
@@ -703,7 +836,7 @@ impl StateStore for SqliteStore {
                     })
                 })
                 .map_err(db("list orgs"))?;
-            rows.collect::<Result<_, _>>().map_err(db("list orgs"))
+            collect_rows("list orgs", rows)
         })
         .await
     }
@@ -722,7 +855,7 @@ impl StateStore for SqliteStore {
                     &format!(
                         "INSERT OR IGNORE INTO tasks ({TASK_COLS}, token_hash) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                         ?17, ?18, ?19, ?20)"
+                         ?17, ?18, ?19, ?20, ?21)"
                     ),
                     params![
                         t.id.as_str(),
@@ -744,6 +877,7 @@ impl StateStore for SqliteStore {
                         artifacts_json(&t.artifacts)?,
                         t.pr_url,
                         context_json(&t.context)?,
+                        t.log_sealed,
                         token_hash,
                     ],
                 )
@@ -796,6 +930,17 @@ impl StateStore for SqliteStore {
                 args.push(org.as_str().to_owned().into());
                 sql.push_str(&format!(" AND org = ?{}", args.len()));
             }
+            if !q.exclude_orgs.is_empty() {
+                let marks: Vec<String> = q
+                    .exclude_orgs
+                    .iter()
+                    .map(|o| {
+                        args.push(o.as_str().to_owned().into());
+                        format!("?{}", args.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND org NOT IN ({})", marks.join(",")));
+            }
             if let Some(t) = q.lease_expired_before {
                 args.push(ms(t).into());
                 sql.push_str(&format!(
@@ -818,7 +963,7 @@ impl StateStore for SqliteStore {
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args), task_from_row)
                 .map_err(db("list tasks"))?;
-            rows.collect::<Result<_, _>>().map_err(db("list tasks"))
+            collect_rows("list tasks", rows)
         })
         .await
     }
@@ -899,18 +1044,20 @@ impl StateStore for SqliteStore {
     async fn touch_agent(
         &self,
         name: &AgentName,
+        task: &TaskId,
         at: DateTime<Utc>,
         state: serde_json::Value,
     ) -> Result<bool, StoreError> {
         let name = name.clone();
+        let task = task.clone();
         // Liveness only: a soft write (no fsync wait on the heartbeat path).
         self.write_soft(move |tx| {
             let state = serde_json::to_string(&state)
                 .map_err(|e| StoreError::Corrupt(format!("agent state: {e}")))?;
             let n = tx
                 .execute(
-                    "UPDATE agents SET last_seen_at = ?2, state = ?3 WHERE name = ?1",
-                    params![name.as_str(), ms(at), state],
+                    "UPDATE agents SET last_seen_at = ?2, state = ?3 WHERE name = ?1 AND task_id = ?4",
+                    params![name.as_str(), ms(at), state, task.as_str()],
                 )
                 .map_err(db("touch agent"))?;
             Ok(n > 0)
@@ -942,7 +1089,7 @@ impl StateStore for SqliteStore {
             let rows = stmt
                 .query_map([], agent_from_row)
                 .map_err(db("list agents"))?;
-            rows.collect::<Result<_, _>>().map_err(db("list agents"))
+            collect_rows("list agents", rows)
         })
         .await
     }
@@ -992,7 +1139,7 @@ impl StateStore for SqliteStore {
                 ],
             )
             .map_err(db("insert note"))?;
-            Ok(Some(seq as u64))
+            Ok(Some(id_of(seq).map_err(db("next note seq"))?))
         })
         .await
     }
@@ -1000,51 +1147,97 @@ impl StateStore for SqliteStore {
     async fn append_logs(
         &self,
         task: &TaskId,
-        agent: &AgentName,
-        lines: Vec<NewLogLine>,
+        batch: LogBatch,
     ) -> Result<AppendedLogs, StoreError> {
         let task = task.clone();
-        let agent = agent.clone();
         self.write(move |tx| {
-            // Checked in the same transaction as the insert: once a task is requeued, its old
-            // agent can no longer write, so sequence numbers handed to the new agent stay free.
-            let current: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT agent FROM tasks WHERE id = ?1",
-                    [task.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db("check log writer"))?;
-            match current {
-                None => return Err(StoreError::NotFound(format!("task {task}"))),
-                Some(a) if a.as_deref() != Some(agent.as_str()) => {
-                    return Err(StoreError::Rejected(super::Rejection::stale(format!(
-                        "agent {agent} is no longer the agent of task {task}"
-                    ))))
-                }
-                Some(_) => {}
+            // Every check runs in the same transaction as the insert: once a task is requeued,
+            // its old agent can no longer write, so sequence numbers handed to the new agent
+            // stay free, and nothing lands after the log was sealed.
+            let t = load_task(tx, &task)?.ok_or_else(|| StoreError::NotFound(format!("task {task}")))?;
+            if !t.claimed_by(&batch.agent, batch.fencing) {
+                return Err(StoreError::Rejected(Rejection::stale(format!(
+                    "agent {} does not hold the claim of task {task} with fencing token {}",
+                    batch.agent, batch.fencing
+                ))));
             }
+            if t.log_complete(Utc::now()) {
+                return Err(StoreError::Rejected(Rejection {
+                    kind: RejectionKind::LogSealed,
+                    message: format!("the log of task {task} is complete; no more lines are taken"),
+                    field: None,
+                }));
+            }
+            let (max_seq, stored_bytes): (i64, i64) = tx
+                .query_row(
+                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id = ?1), \
+                     log_bytes FROM tasks WHERE id = ?1",
+                    [task.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db("log position"))?;
+            let quota = cursor(batch.quota_bytes);
+            let mut bytes = stored_bytes;
+            let was_over = bytes > quota;
             let mut inserted = 0;
             {
-                let mut stmt = tx
+                let mut exists = tx
+                    .prepare_cached("SELECT 1 FROM logs WHERE task_id = ?1 AND seq = ?2")
+                    .map_err(db("prepare log lookup"))?;
+                let mut insert = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO logs (task_id, agent, seq, stream, line, ts) \
+                        "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )
                     .map_err(db("prepare log insert"))?;
-                for l in &lines {
-                    inserted += stmt
+                for (i, l) in batch.lines.iter().enumerate() {
+                    let seq = cursor(l.seq);
+                    if seq <= max_seq {
+                        let stored = exists
+                            .exists(params![task.as_str(), seq])
+                            .map_err(db("log lookup"))?;
+                        if stored {
+                            continue; // a re-send
+                        }
+                        return Err(StoreError::Rejected(Rejection {
+                            kind: RejectionKind::LogOutOfOrder,
+                            message: format!(
+                                "line {seq} of task {task} comes after line {max_seq} was stored; \
+                                 sequence numbers must grow"
+                            ),
+                            field: Some(format!("lines[{i}].seq")),
+                        }));
+                    }
+                    if bytes > quota {
+                        continue; // over the quota: dropped
+                    }
+                    let len = i64::try_from(l.line.len()).unwrap_or(i64::MAX);
+                    let (stream, line) = if bytes.saturating_add(len) > quota {
+                        bytes = quota.saturating_add(1);
+                        (LogStream::System, super::quota_note(batch.quota_bytes))
+                    } else {
+                        bytes += len;
+                        (l.stream, l.line.clone())
+                    };
+                    insert
                         .execute(params![
                             task.as_str(),
-                            agent.as_str(),
-                            l.seq as i64,
-                            l.stream.as_str(),
-                            l.line,
+                            batch.agent.as_str(),
+                            seq,
+                            stream.as_str(),
+                            line,
                             ms(l.ts),
                         ])
                         .map_err(db("insert log"))?;
+                    inserted += 1;
                 }
+            }
+            if bytes != stored_bytes || batch.seal {
+                tx.execute(
+                    "UPDATE tasks SET log_bytes = ?2, log_sealed = (log_sealed OR ?3) WHERE id = ?1",
+                    params![task.as_str(), bytes, batch.seal],
+                )
+                .map_err(db("record log size"))?;
             }
             let max_seq: i64 = tx
                 .query_row(
@@ -1055,7 +1248,8 @@ impl StateStore for SqliteStore {
                 .map_err(db("max log seq"))?;
             Ok(AppendedLogs {
                 inserted,
-                max_seq: max_seq as u64,
+                max_seq: id_of(max_seq).map_err(db("max log seq"))?,
+                quota_exceeded: was_over || bytes > quota,
             })
         })
         .await
@@ -1076,11 +1270,11 @@ impl StateStore for SqliteStore {
                 .map_err(db("task logs"))?;
             let rows = stmt
                 .query_map(
-                    params![task.as_str(), after_seq as i64, limit_sql(limit)],
+                    params![task.as_str(), cursor(after_seq), limit_sql(limit)],
                     log_from_row,
                 )
                 .map_err(db("task logs"))?;
-            rows.collect::<Result<_, _>>().map_err(db("task logs"))
+            collect_rows("task logs", rows)
         })
         .await
     }
@@ -1100,11 +1294,11 @@ impl StateStore for SqliteStore {
                 .map_err(db("agent logs"))?;
             let rows = stmt
                 .query_map(
-                    params![agent.as_str(), after_id as i64, limit_sql(limit)],
+                    params![agent.as_str(), cursor(after_id), limit_sql(limit)],
                     log_from_row,
                 )
                 .map_err(db("agent logs"))?;
-            rows.collect::<Result<_, _>>().map_err(db("agent logs"))
+            collect_rows("agent logs", rows)
         })
         .await
     }
@@ -1117,7 +1311,7 @@ impl StateStore for SqliteStore {
                 [task.as_str()],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|v| v as u64)
+            .and_then(id_of)
             .map_err(db("max log seq"))
         })
         .await
@@ -1128,7 +1322,7 @@ impl StateStore for SqliteStore {
             c.query_row("SELECT COALESCE(MAX(id), 0) FROM logs", [], |r| {
                 r.get::<_, i64>(0)
             })
-            .map(|v| v as u64)
+            .and_then(id_of)
             .map_err(db("last log id"))
         })
         .await
@@ -1156,9 +1350,9 @@ impl StateStore for SqliteStore {
                 )
                 .map_err(db("events"))?;
             let rows = stmt
-                .query_map(params![after as i64, limit_sql(limit)], event_from_row)
+                .query_map(params![cursor(after), limit_sql(limit)], event_from_row)
                 .map_err(db("events"))?;
-            rows.collect::<Result<_, _>>().map_err(db("events"))
+            collect_rows("events", rows)
         })
         .await
     }
@@ -1168,7 +1362,7 @@ impl StateStore for SqliteStore {
             c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| {
                 r.get::<_, i64>(0)
             })
-            .map(|v| v as u64)
+            .and_then(id_of)
             .map_err(db("last event id"))
         })
         .await
@@ -1183,9 +1377,9 @@ impl StateStore for SqliteStore {
                 )
                 .map_err(db("audit"))?;
             let rows = stmt
-                .query_map(params![after as i64, limit_sql(limit)], |r| {
+                .query_map(params![cursor(after), limit_sql(limit)], |r| {
                     Ok(AuditEntry {
-                        id: r.get::<_, i64>(0)? as u64,
+                        id: id_of(r.get(0)?)?,
                         ts: from_ms(r.get(1)?)?,
                         actor: r.get(2)?,
                         action: r.get(3)?,
@@ -1194,7 +1388,7 @@ impl StateStore for SqliteStore {
                     })
                 })
                 .map_err(db("audit"))?;
-            rows.collect::<Result<_, _>>().map_err(db("audit"))
+            collect_rows("audit", rows)
         })
         .await
     }
@@ -1233,13 +1427,14 @@ mod tests {
             .await
             .expect("org");
         let agent = AgentName::new("agent-1").expect("agent");
+        let task = TaskId::new("t1").expect("task id");
         let now = Utc::now();
         store
             .upsert_agent(
                 Agent {
                     name: agent.clone(),
                     org: org.clone(),
-                    task_id: None,
+                    task_id: Some(task.clone()),
                     version: None,
                     editor_address: None,
                     registered_at: now,
@@ -1259,7 +1454,12 @@ mod tests {
             .expect("register");
         let later = now + chrono::Duration::seconds(5);
         assert!(store
-            .touch_agent(&agent, later, serde_json::json!({"phase": "running"}))
+            .touch_agent(
+                &agent,
+                &task,
+                later,
+                serde_json::json!({"phase": "running"})
+            )
             .await
             .expect("touch"));
         drop(store);
