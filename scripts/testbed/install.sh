@@ -373,6 +373,7 @@ oci_archive() {
   jq --arg n "$name:$tag" '.manifests[0].annotations["io.containerd.image.name"] = $n' \
     "$layout/index.json" >"$layout/index.json.tmp"
   mv -f "$layout/index.json.tmp" "$layout/index.json"
+  umoci gc --layout "$layout"   # drop the blobs of the intermediate manifests
   mkdir -p "${out%/*}"
   tar -C "$layout" -cf "$out.tmp" .
   mv -f "$out.tmp" "$out"

@@ -27,6 +27,9 @@ pub const CNI_NETWORK: &str = "guildnet-testbed";
 /// The kubelet's `cgroupRoot`: `kubepods` lives under `/<CGROUP_ROOT>` in every hierarchy,
 /// never at the top, so nothing of another kubelet on the machine is ever touched.
 pub const CGROUP_ROOT: &str = "guildnet-testbed";
+/// The kubelet's device-plugin socket goes to `/var/lib/kubelet/device-plugins` whatever its
+/// root dir is (a constant in the kubelet).
+pub const VAR_LIB_KUBELET: &str = "/var/lib/kubelet";
 /// Where containerd puts shim sockets whatever its config says (`defaults.DefaultStateDir/s`).
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// libcni's default cache dir (containerd's CRI plugin does not change it).
@@ -361,6 +364,10 @@ pub fn leftovers(dir: &Path, address: &Path) -> Leftovers {
     for c in kubelet_chains() {
         items.push(format!("iptables chain {c}"));
     }
+    let socket = Path::new(VAR_LIB_KUBELET).join("device-plugins/kubelet.sock");
+    if socket.exists() {
+        items.push(format!("kubelet socket {}", socket.display()));
+    }
     Leftovers { items }
 }
 
@@ -466,6 +473,8 @@ pub fn clean(dir: &Path, address: &Path) -> Vec<String> {
         Path::new(CNI_CACHE_DIR).join("results"),
         PathBuf::from(CNI_CACHE_DIR),
         PathBuf::from(CONTAINER_LOG_LINKS),
+        PathBuf::from(SHIM_SOCKET_DIR),
+        PathBuf::from("/run/containerd"),
     ] {
         let _ = std::fs::remove_dir(d);
     }

@@ -370,6 +370,8 @@ impl KubeCluster {
                 format!("--secure-port={kcm_port}"),
                 format!("--service-account-private-key-file={}", sa_key.display()),
                 "--controllers=*,-nodeipam,-serviceaccount-token".to_owned(),
+                // Its default, /usr/libexec/kubernetes/kubelet-plugins/volume/exec, is created.
+                format!("--flex-volume-plugin-dir={}", d.join("flexvolume").display()),
                 "--leader-elect=false".to_owned(),
                 "--v=1".to_owned(),
             ],

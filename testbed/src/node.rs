@@ -130,6 +130,9 @@ impl NodeLock {
 struct NodeState {
     dir: PathBuf,
     ip_forward: Option<String>,
+    /// The kubelet puts its device-plugin socket in /var/lib/kubelet/device-plugins whatever
+    /// its root dir is; the dir is removed at teardown only if this node created it.
+    created_var_lib_kubelet: bool,
 }
 
 impl NodeState {
@@ -139,9 +142,10 @@ impl NodeState {
 
     fn write(&self) -> Result<()> {
         let text = format!(
-            "dir={}\nip_forward={}\n",
+            "dir={}\nip_forward={}\ncreated_var_lib_kubelet={}\n",
             self.dir.display(),
-            self.ip_forward.as_deref().unwrap_or("")
+            self.ip_forward.as_deref().unwrap_or(""),
+            self.created_var_lib_kubelet
         );
         std::fs::write(Self::path(), text).map_err(TestbedError::io(format!(
             "write {}",
@@ -159,6 +163,7 @@ impl NodeState {
         Some(NodeState {
             dir: PathBuf::from(field("dir")?),
             ip_forward: field("ip_forward").filter(|v| !v.is_empty()),
+            created_var_lib_kubelet: field("created_var_lib_kubelet").as_deref() == Some("true"),
         })
     }
 
@@ -246,9 +251,15 @@ impl RealNode {
             if !errors.is_empty() {
                 tracing::warn!(?errors, "stale node cleanup was incomplete");
             }
-            let _ = std::fs::remove_dir_all(&stale.dir);
+            // Never recurse into a dir that still has mounts: that would delete through them.
+            if host::mounts_under(&stale.dir).is_empty() {
+                let _ = std::fs::remove_dir_all(&stale.dir);
+            }
             if let Some(v) = &stale.ip_forward {
                 let _ = host::set_ip_forward(v);
+            }
+            if stale.created_var_lib_kubelet {
+                let _ = std::fs::remove_dir_all(host::VAR_LIB_KUBELET);
             }
             NodeState::clear();
         }
@@ -263,6 +274,7 @@ impl RealNode {
         let state = NodeState {
             dir: d.clone(),
             ip_forward: host::ip_forward(),
+            created_var_lib_kubelet: !Path::new(host::VAR_LIB_KUBELET).exists(),
         };
         state.write()?;
         let mut node = RealNode {
@@ -334,6 +346,21 @@ impl RealNode {
             || async { sock.exists().then_some(()) },
         )
         .await?;
+        // The CRI plugin is what the kubelet talks to; when its config is wrong containerd still
+        // starts, without it.
+        let plugins = node
+            .ctr(&[OsStr::new("plugins"), OsStr::new("ls")])
+            .await?;
+        let cri_ok = plugins.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&"io.containerd.grpc.v1") && w.get(1) == Some(&"cri") && w.last() == Some(&"ok")
+        });
+        if !cri_ok {
+            return Err(TestbedError::Unexpected(format!(
+                "containerd's CRI plugin did not load:\n{plugins}\ncontainerd log:\n{}",
+                node.containerd.as_ref().map(Proc::log_tail).unwrap_or_default()
+            )));
+        }
         // The sandbox image: no registry serves pause, so it is imported (and pinned by the
         // config's pinned_images.sandbox, so nothing garbage-collects it).
         node.ctr(&[
@@ -482,8 +509,24 @@ impl RealNode {
         drop(self.containerd.take());
         errors.extend(host::clean(&self.state.dir, &self.socket));
         if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                errors.push(format!("remove {}: {e}", self.state.dir.display()));
+            if host::mounts_under(&self.state.dir).is_empty() {
+                if let Err(e) = dir.close() {
+                    errors.push(format!("remove {}: {e}", self.state.dir.display()));
+                }
+            } else {
+                // Removing it would delete through the mounts: leave it for the next node.
+                let _ = dir.keep();
+                errors.push(format!(
+                    "kept {}: it still has mounts",
+                    self.state.dir.display()
+                ));
+            }
+        }
+        if self.state.created_var_lib_kubelet {
+            if let Err(e) = std::fs::remove_dir_all(host::VAR_LIB_KUBELET) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    errors.push(format!("remove {}: {e}", host::VAR_LIB_KUBELET));
+                }
             }
         }
         if let Some(v) = &self.state.ip_forward {
@@ -555,6 +598,8 @@ fn containerd_config(d: &Path, socket: &Path, runc: &Path) -> String {
         r#"version = 3
 root = "{root}"
 state = "{state}"
+# Not /etc/containerd/conf.d/*.toml: nothing of the host's containerd config applies.
+imports = []
 # Plugins that would write outside the node dir (NRI's socket under /var/run/nri, the opt
 # plugin's /opt/containerd) or that this machine cannot use.
 disabled_plugins = [
@@ -582,6 +627,10 @@ disabled_plugins = [
   address = ""
 
 [plugins]
+  # The transfer service needs it; it only looks in this dir.
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = "{verifiers}"
+
   [plugins.'io.containerd.grpc.v1.cri']
     disable_tcp_service = true
     stream_server_address = "127.0.0.1"
@@ -601,6 +650,7 @@ disabled_plugins = [
     disable_hugetlb_controller = true
     tolerate_missing_hugetlb_controller = true
     netns_mounts_under_state_dir = true
+    enable_cdi = false
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -613,6 +663,9 @@ disabled_plugins = [
       bin_dirs = ["{cni_bin}"]
       conf_dir = "{cni_conf}"
       max_conf_num = 1
+      # containerd brings up the pods' lo itself: the loopback plugin would leave a libcni
+      # cache entry (cni-loopback-*) for every pod killed without CNI DEL.
+      use_internal_loopback = true
 "#,
         root = p("containerd/root"),
         state = p("containerd/state"),
@@ -623,6 +676,7 @@ disabled_plugins = [
         runc_root = p("runc"),
         cni_bin = CNI_BIN_DIR,
         cni_conf = p("cni/net.d"),
+        verifiers = p("containerd/image-verifiers"),
     )
 }
 

@@ -217,11 +217,19 @@ async fn real_node_runs_a_pulled_image_with_logs_exec_port_forward_and_host_acce
     let pod_ip = status.pod_ip.expect("pod IP");
     assert!(pod_ip.starts_with("10.217.0."), "pod IP {pod_ip}");
 
-    // kubectl logs
-    let log = pods
-        .logs(&name, &LogParams::default())
-        .await
-        .expect("pod logs");
+    // kubectl logs. The shim copies the container's output to the log file on its own
+    // schedule, so a Ready pod's first line can take a moment to appear.
+    let t = Instant::now();
+    let log = loop {
+        let log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .expect("pod logs");
+        if log.contains("web-started") || t.elapsed() > Duration::from_secs(10) {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(log.contains("web-started"), "log: {log:?}");
 
     // kubectl exec
@@ -252,7 +260,11 @@ async fn real_node_runs_a_pulled_image_with_logs_exec_port_forward_and_host_acce
         );
         got.extend_from_slice(&buf[..n]);
     }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.0 200 OK"));
+    let reply = String::from_utf8_lossy(&got);
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.lines().next().is_some_and(|l| l.ends_with(" 200 OK")),
+        "{reply}"
+    );
     drop(stream);
     let _ = pf.join().await;
 
