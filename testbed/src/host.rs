@@ -334,7 +334,9 @@ impl Leftovers {
 pub fn leftovers(dir: &Path, address: &Path) -> Leftovers {
     let mut items = Vec::new();
     for s in shims(Some(address)) {
-        items.push(format!("shim pid {} (id {})", s.pid, s.id));
+        if process_alive(s.pid) {
+            items.push(format!("shim pid {} (id {})", s.pid, s.id));
+        }
     }
     for m in mounts_under(dir) {
         items.push(format!("mount {}", m.display()));
@@ -502,18 +504,19 @@ pub fn set_ip_forward(value: &str) -> Result<(), String> {
         .map_err(|e| format!("write /proc/sys/net/ipv4/ip_forward: {e}"))
 }
 
+/// Whether `pid` is a live process: it exists and is not a zombie. (A killed shim is not this
+/// process's child; it stays a zombie until init reaps it.)
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
 fn wait_gone(pid: u32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        // A zombie whose parent is gone is reaped by init; ours are not children of this
-        // process, so only wait.
-        if std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        }) {
-            return;
-        }
+    while process_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

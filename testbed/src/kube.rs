@@ -371,7 +371,10 @@ impl KubeCluster {
                 format!("--service-account-private-key-file={}", sa_key.display()),
                 "--controllers=*,-nodeipam,-serviceaccount-token".to_owned(),
                 // Its default, /usr/libexec/kubernetes/kubelet-plugins/volume/exec, is created.
-                format!("--flex-volume-plugin-dir={}", d.join("flexvolume").display()),
+                format!(
+                    "--flex-volume-plugin-dir={}",
+                    d.join("flexvolume").display()
+                ),
                 "--leader-elect=false".to_owned(),
                 "--v=1".to_owned(),
             ],

@@ -348,17 +348,20 @@ impl RealNode {
         .await?;
         // The CRI plugin is what the kubelet talks to; when its config is wrong containerd still
         // starts, without it.
-        let plugins = node
-            .ctr(&[OsStr::new("plugins"), OsStr::new("ls")])
-            .await?;
+        let plugins = node.ctr(&[OsStr::new("plugins"), OsStr::new("ls")]).await?;
         let cri_ok = plugins.lines().any(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            w.first() == Some(&"io.containerd.grpc.v1") && w.get(1) == Some(&"cri") && w.last() == Some(&"ok")
+            w.first() == Some(&"io.containerd.grpc.v1")
+                && w.get(1) == Some(&"cri")
+                && w.last() == Some(&"ok")
         });
         if !cri_ok {
             return Err(TestbedError::Unexpected(format!(
                 "containerd's CRI plugin did not load:\n{plugins}\ncontainerd log:\n{}",
-                node.containerd.as_ref().map(Proc::log_tail).unwrap_or_default()
+                node.containerd
+                    .as_ref()
+                    .map(Proc::log_tail)
+                    .unwrap_or_default()
             )));
         }
         // The sandbox image: no registry serves pause, so it is imported (and pinned by the

@@ -262,7 +262,8 @@ async fn real_node_runs_a_pulled_image_with_logs_exec_port_forward_and_host_acce
     }
     let reply = String::from_utf8_lossy(&got);
     assert!(
-        reply.starts_with("HTTP/1.") && reply.lines().next().is_some_and(|l| l.ends_with(" 200 OK")),
+        reply.starts_with("HTTP/1.")
+            && reply.lines().next().is_some_and(|l| l.ends_with(" 200 OK")),
         "{reply}"
     );
     drop(stream);
@@ -393,11 +394,7 @@ async fn dropping_the_node_leaves_the_host_clean() {
             "shim socket {} left",
             s.socket().display()
         );
-        assert!(
-            !std::path::Path::new(&format!("/proc/{}", s.pid)).exists(),
-            "shim {} still running",
-            s.pid
-        );
+        assert!(!host::process_alive(s.pid), "shim {} still running", s.pid);
     }
     drop(lock);
 }
