@@ -504,6 +504,33 @@ pub fn set_ip_forward(value: &str) -> Result<(), String> {
         .map_err(|e| format!("write /proc/sys/net/ipv4/ip_forward: {e}"))
 }
 
+/// Kills (SIGKILL) every process whose command line names a path under `dir`: the kubelet,
+/// containerd and the shims of a node whose owner died without stopping them. Returns how many.
+pub fn kill_processes_using(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let own = std::process::id();
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Whether `pid` is a live process: it exists and is not a zombie. (A killed shim is not this
 /// process's child; it stays a zombie until init reaps it.)
 pub fn process_alive(pid: u32) -> bool {

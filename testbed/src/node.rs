@@ -247,6 +247,12 @@ impl RealNode {
         // A node whose process was killed before its drop ran left its things behind.
         if let Some(stale) = NodeState::read() {
             tracing::warn!(dir = %stale.dir.display(), "cleaning up after a testbed node that did not stop");
+            // Its kubelet, containerd and shims may still run (their owner was killed).
+            let killed = host::kill_processes_using(&stale.dir);
+            if killed > 0 {
+                tracing::warn!(killed, "killed the processes of a testbed node that did not stop");
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let errors = host::clean(&stale.dir, &containerd_socket(&stale.dir));
             if !errors.is_empty() {
                 tracing::warn!(?errors, "stale node cleanup was incomplete");
