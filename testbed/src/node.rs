@@ -250,7 +250,10 @@ impl RealNode {
             // Its kubelet, containerd and shims may still run (their owner was killed).
             let killed = host::kill_processes_using(&stale.dir);
             if killed > 0 {
-                tracing::warn!(killed, "killed the processes of a testbed node that did not stop");
+                tracing::warn!(
+                    killed,
+                    "killed the processes of a testbed node that did not stop"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
             let errors = host::clean(&stale.dir, &containerd_socket(&stale.dir));
