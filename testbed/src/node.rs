@@ -14,7 +14,7 @@
 
 use crate::host;
 use crate::process::{Proc, TestbedError};
-use crate::{bin, free_port, probe_client, wait_for, Result};
+use crate::{bin, free_port, wait_for, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use nix::fcntl::{Flock, FlockArg};
@@ -447,11 +447,6 @@ impl RealNode {
         )
         .await?;
         node.ready_after = started.elapsed();
-        // The kubelet's health endpoint answers too (checked once, for the log).
-        let healthz = format!("http://127.0.0.1:{healthz_port}/healthz");
-        if let Ok(r) = probe_client().get(&healthz).send().await {
-            tracing::debug!(status = %r.status(), "kubelet healthz");
-        }
         Ok(node)
     }
 
