@@ -254,7 +254,7 @@ impl RealNode {
                     killed,
                     "killed the processes of a testbed node that did not stop"
                 );
-                std::thread::sleep(Duration::from_millis(200));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let errors = host::clean(&stale.dir, &containerd_socket(&stale.dir));
             if !errors.is_empty() {
