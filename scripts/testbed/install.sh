@@ -9,6 +9,7 @@
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
 # Items: etcd kube kwok headscale tailscale talosctl code-server chromium
+#        containerd kubelet node-deps registry pause busybox-image (the real node)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -24,10 +25,12 @@ STAMPS="$TESTBED_DIR/stamps"
 SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
-ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium)
+ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium
+  containerd kubelet node-deps registry pause busybox-image)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
-declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1)
+declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -50,6 +53,12 @@ item_version() {
     talosctl) echo "$TALOS_VERSION" ;;
     code-server) echo "$CODE_SERVER_VERSION" ;;
     chromium) echo "debian" ;;
+    containerd) echo "$CONTAINERD_VERSION" ;;
+    kubelet) echo "$K8S_VERSION" ;;
+    node-deps) echo "debian" ;;
+    registry) echo "$REGISTRY_VERSION" ;;
+    pause) echo "$PAUSE_VERSION" ;;
+    busybox-image) echo "debian" ;;
     *) return 1 ;;
   esac
 }
@@ -65,6 +74,20 @@ item_outputs() {
     talosctl) echo "talosctl" ;;
     code-server) echo "code-server" ;;
     chromium) echo "chromium chromedriver" ;;
+    containerd) echo "containerd containerd-shim-runc-v2 ctr" ;;
+    kubelet) echo "kubelet kubectl" ;;
+    node-deps) echo "runc skopeo" ;;
+    registry) echo "registry" ;;
+  esac
+}
+
+# Files other than binaries (relative to the cache dir) that must exist for an item to count
+# as installed.
+item_files() {
+  case "$1" in
+    kwok) echo "share/kwok/stages-fast.yaml" ;;
+    pause) echo "share/images/pause.oci.tar" ;;
+    busybox-image) echo "share/images/busybox.oci.tar" ;;
   esac
 }
 
@@ -74,7 +97,7 @@ is_installed() {
   local item=$1 f
   [[ -f "$STAMPS/$item" && "$(cat "$STAMPS/$item")" == "$(stamp_value "$item")" ]] || return 1
   for f in $(item_outputs "$item"); do [[ -x "$BIN/$f" ]] || return 1; done
-  [[ $item != kwok || -f "$TESTBED_DIR/share/kwok/stages-fast.yaml" ]]
+  for f in $(item_files "$item"); do [[ -f "$TESTBED_DIR/$f" ]] || return 1; done
 }
 
 # go build into a temp name, then rename, so an interrupted build never leaves a binary behind.
@@ -195,9 +218,11 @@ EOF
 # staging modules (k8s.io/api, apimachinery, ...) at v0.0.0 and replaces them with
 # ./staging/src/..., so `go install` fails. The wrapper replaces every staging module with its
 # published tag v0.<minor>.<patch>; the list is read from k8s.io/kubernetes's own go.mod.
-install_kube() {
-  local v=$K8S_VERSION dir gomod staging_ver minor major ldflags repl kv pkg cmd
-  dir="$SRC/kube-$v"
+# kube_build DIR CMD... writes that wrapper in DIR with a `tool` line per CMD (k8s.io/kubernetes/
+# cmd/CMD) and builds each CMD into bin/, version-stamped. The kube and kubelet items share it.
+kube_build() { # kube_build DIR CMD...
+  local v=$K8S_VERSION dir=$1 gomod staging_ver minor major ldflags repl kv pkg cmd tools=()
+  shift
   gomod="$(go_mod_field "k8s.io/kubernetes@$v" GoMod)"
   [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$v"
   IFS=. read -r major minor _ <<<"${v#v}"
@@ -208,8 +233,8 @@ install_kube() {
   if go_mod_replaces "$gomod" | grep -v '=> \./staging/' | grep -q .; then
     die "k8s.io/kubernetes@$v has replace lines this script does not handle: $(go_mod_replaces "$gomod" | grep -v '=> \./staging/')"
   fi
-  go_wrapper "$dir" k8s.io/kubernetes "$v" "$repl" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  for cmd in "$@"; do tools+=("k8s.io/kubernetes/cmd/$cmd"); done
+  go_wrapper "$dir" k8s.io/kubernetes "$v" "$repl" "${tools[@]}"
   # Same -X values as kubernetes' hack/lib/version.sh, so /version and --version report v1.x.y.
   ldflags="$GO_LDFLAGS_BASE"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
@@ -217,12 +242,25 @@ install_kube() {
       ldflags+=" -X $pkg.$kv"
     done
   done
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in "$@"; do
     (cd "$dir" && go_build_to "$BIN/$cmd" "$ldflags" "k8s.io/kubernetes/cmd/$cmd")
   done
+}
+
+install_kube() {
+  local cmd
+  kube_build "$SRC/kube-$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler
   for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-    verify "Kubernetes $v" "$BIN/$cmd" --version
+    verify "Kubernetes $K8S_VERSION" "$BIN/$cmd" --version
   done
+}
+
+# kubelet + kubectl for the real testbed node (testbed/src/node.rs). Its own item and wrapper
+# dir, so machines that have the kube item do not rebuild the control plane.
+install_kubelet() {
+  kube_build "$SRC/kubelet-$K8S_VERSION" kubelet kubectl
+  verify "Kubernetes $K8S_VERSION" "$BIN/kubelet" --version
+  verify "Client Version: $K8S_VERSION" "$BIN/kubectl" version --client
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +322,130 @@ install_talosctl() {
   go_wrapper "$dir" github.com/siderolabs/talos "$v" "$repl" github.com/siderolabs/talos/cmd/talosctl
   (cd "$dir" && go_build_to "$BIN/talosctl" "$GO_LDFLAGS_BASE" github.com/siderolabs/talos/cmd/talosctl)
   verify "Tag:         $v" "$BIN/talosctl" version --client
+}
+
+# ---------------------------------------------------------------------------------------------
+# The real testbed node (testbed/src/node.rs, docs/TESTBED.md "A real node"): containerd, its
+# runc shim and ctr. The module has no replace directives, so plain go install. CGO off and the
+# same tags as containerd's Makefile minus what needs C (btrfs); version stamped like the Makefile.
+install_containerd() {
+  local v=$CONTAINERD_VERSION pkg=github.com/containerd/containerd/v2 ldflags
+  ldflags="$GO_LDFLAGS_BASE -X $pkg/version.Version=$v -X $pkg/version.Package=$pkg"
+  CGO_ENABLED=0 GOFLAGS="$GOFLAGS -tags=no_btrfs,urfave_cli_no_docs" \
+    go_install_pinned "$pkg" "$v" "$ldflags" \
+    "$pkg/cmd/containerd" "$pkg/cmd/containerd-shim-runc-v2" "$pkg/cmd/ctr"
+  verify "containerd $pkg $v" "$BIN/containerd" --version
+  verify "ctr $pkg $v" "$BIN/ctr" --version
+  verify "$v" "$BIN/containerd-shim-runc-v2" -v
+}
+
+# Debian packages the node uses: runc (containerd's runtime; 1.1.5 works), the CNI plugins
+# (/usr/lib/cni: bridge, host-local, loopback), iptables (the kubelet looks for it), skopeo
+# (pushes OCI archives to the testbed registry), and, for the image items, umoci, jq and
+# busybox-static. Not pinned: whatever bookworm ships.
+install_node_deps() {
+  local p
+  apt_install runc containernetworking-plugins iptables skopeo umoci jq busybox-static
+  for p in /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+    [[ -x $p ]] || die "node-deps: $p is missing after installing containernetworking-plugins"
+  done
+  ln -sfn /usr/sbin/runc "$BIN/runc"
+  ln -sfn /usr/bin/skopeo "$BIN/skopeo"
+  verify "runc version" "$BIN/runc" --version
+  verify "skopeo version" "$BIN/skopeo" --version
+}
+
+# distribution's registry (the OCI registry that Docker Hub and most private registries run).
+# No replace directives; version stamped like its Makefile.
+install_registry() {
+  local v=$REGISTRY_VERSION pkg=github.com/distribution/distribution/v3
+  go_install_pinned "$pkg" "$v" \
+    "$GO_LDFLAGS_BASE -X $pkg/version.version=$v -X $pkg/version.mainpkg=$pkg" \
+    "$pkg/cmd/registry"
+  verify "$v" "$BIN/registry" --version
+}
+
+# oci_archive LAYOUT NAME TAG OUT: names the image in an umoci layout for containerd
+# (io.containerd.image.name) and tars the layout into OUT: an OCI archive for
+# `ctr images import` and for `skopeo copy oci-archive:OUT`.
+oci_archive() {
+  local layout=$1 name=$2 tag=$3 out=$4
+  jq --arg n "$name:$tag" '.manifests[0].annotations["io.containerd.image.name"] = $n' \
+    "$layout/index.json" >"$layout/index.json.tmp"
+  mv -f "$layout/index.json.tmp" "$layout/index.json"
+  umoci gc --layout "$layout"   # drop the blobs of the intermediate manifests
+  mkdir -p "${out%/*}"
+  tar -C "$layout" -cf "$out.tmp" .
+  mv -f "$out.tmp" "$out"
+  tar -tf "$out" | grep -q '^\./index\.json$' || die "no index.json in $out"
+}
+
+# The pod sandbox ("pause") image. There is no registry.k8s.io here, so: a static Go program that
+# sleeps until SIGTERM/SIGINT and reaps children (what a pause container does), packed as an OCI
+# image with umoci. testbed/src/node.rs imports it into containerd and pins it as the sandbox.
+install_pause() {
+  local dir="$SRC/pause-$PAUSE_VERSION" tmp="$TESTBED_DIR/.tmp-pause" ref
+  ref="$tmp/oci:$PAUSE_VERSION"
+  apt_install umoci jq
+  rm -rf "$dir" && mkdir -p "$dir"
+  printf '// Generated by scripts/testbed/install.sh; do not edit.\nmodule guildnet.local/testbed/pause\n\ngo 1.26\n' >"$dir/go.mod"
+  cat >"$dir/main.go" <<'GO'
+// Generated by scripts/testbed/install.sh: the testbed's pod sandbox ("pause") process. It holds
+// the pod's namespaces open, exits on SIGTERM or SIGINT, and reaps the zombies it inherits when
+// the pod shares its PID namespace.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws syscall.WaitStatus
+			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+  (cd "$dir" && CGO_ENABLED=0 go_build_to "$dir/pause" "$GO_LDFLAGS_BASE" .)
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  umoci init --layout "$tmp/oci"
+  umoci new --image "$ref"
+  umoci insert --image "$ref" "$dir/pause" /pause
+  umoci config --image "$ref" --os linux --architecture "$(go env GOARCH)" \
+    --config.entrypoint /pause --config.user 65535:65535
+  oci_archive "$tmp/oci" "$PAUSE_IMAGE" "$PAUSE_VERSION" "$TESTBED_DIR/share/images/pause.oci.tar"
+  rm -rf "$tmp"
+}
+
+# A tiny image for the node smoke tests: Debian's static busybox (sh, httpd, wget, ...) as the
+# only layer, /bin/sh -> busybox. The tests push it to the testbed registry, so pods pull it.
+install_busybox_image() {
+  local tmp="$TESTBED_DIR/.tmp-busybox-image" tag=1 ref
+  ref="$tmp/oci:$tag"
+  apt_install busybox-static umoci jq
+  rm -rf "$tmp" && mkdir -p "$tmp/root/bin" "$tmp/root/www" "$tmp/root/tmp"
+  cp /bin/busybox "$tmp/root/bin/busybox"
+  ln -s busybox "$tmp/root/bin/sh"
+  echo "hello from the testbed busybox image" >"$tmp/root/www/index.html"
+  umoci init --layout "$tmp/oci"
+  umoci new --image "$ref"
+  umoci insert --image "$ref" "$tmp/root" /
+  umoci config --image "$ref" --os linux --architecture "$(go env GOARCH)" \
+    --config.entrypoint /bin/sh --config.env PATH=/bin
+  oci_archive "$tmp/oci" guildnet.local/testbed/busybox "$tag" "$TESTBED_DIR/share/images/busybox.oci.tar"
+  rm -rf "$tmp"
 }
 
 # Installs Debian packages that are not installed yet (apt-get update at most once per run).

@@ -1,10 +1,12 @@
 //! A real Kubernetes control plane on loopback: etcd and kube-apiserver, optionally with
-//! kube-controller-manager, kube-scheduler and kwok (simulated nodes whose pods become Ready).
+//! kube-controller-manager, kube-scheduler and either kwok (simulated nodes whose pods become
+//! Ready) or a real node ([`crate::node::RealNode`]: containerd + kubelet, pods really run).
 
+use crate::node::{ApiAccess, NodeLock, NodeOptions, RealNode};
 use crate::process::{Proc, TestbedError};
 use crate::{bin, free_port, probe_client, wait_for, Result};
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::ffi::OsStr;
@@ -30,11 +32,13 @@ pub struct KubeOptions {
     pub pod_port_forwards: Vec<(u16, std::net::SocketAddr)>,
 }
 
-/// A running control plane. Dropping it stops kwok, the scheduler, the controller-manager, the
-/// API server and etcd, in that order, and removes its temp dir.
+/// A running control plane. Dropping it stops the real node (if any, cleaning the machine),
+/// kwok, the scheduler, the controller-manager, the API server and etcd, in that order, and
+/// removes its temp dir.
 #[derive(Debug)]
 pub struct KubeCluster {
     // Stopped in this order by Drop (see there).
+    node: Option<RealNode>,
     kwok: Option<Proc>,
     scheduler: Option<Proc>,
     controller_manager: Option<Proc>,
@@ -89,6 +93,19 @@ impl KubeCluster {
 
     /// Starts a control plane with the given options.
     pub async fn start_with(opts: KubeOptions) -> Result<KubeCluster> {
+        Self::start_inner(opts, None).await
+    }
+
+    /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a real node
+    /// (containerd + kubelet on this machine), and waits until the node is Ready and the
+    /// `default` ServiceAccount exists, so pods can be created at once. Only one real node runs
+    /// on a machine at a time: this waits for another one to be dropped (see
+    /// [`crate::node::NodeLock`]).
+    pub async fn start_with_node(node: NodeOptions) -> Result<KubeCluster> {
+        Self::start_inner(KubeOptions::default(), Some(node)).await
+    }
+
+    async fn start_inner(opts: KubeOptions, node: Option<NodeOptions>) -> Result<KubeCluster> {
         let etcd_bin = bin("etcd")?;
         let apiserver_bin = bin("kube-apiserver")?;
         let dir = tempfile::Builder::new()
@@ -97,6 +114,7 @@ impl KubeCluster {
             .map_err(TestbedError::io("create temp dir"))?;
         let d = dir.path();
         let mut cluster = KubeCluster {
+            node: None,
             kwok: None,
             scheduler: None,
             controller_manager: None,
@@ -150,33 +168,56 @@ impl KubeCluster {
             &[],
         )
         .await?;
-        write(
-            &d.join("tokens.csv"),
-            format!("{},admin,admin-uid,system:masters\n", cluster.token),
-        )?;
+        let mut tokens = format!("{},admin,admin-uid,system:masters\n", cluster.token);
+        // A real node: the kubelet's identity (system:node:<name>, authorized by the Node
+        // authorizer) and the client certificate the API server shows the kubelet API.
+        let mut node_flags = Vec::new();
+        let mut node_access = None;
+        if let Some(n) = &node {
+            let node_token = random_hex(24)?;
+            tokens.push_str(&format!(
+                "{node_token},system:node:{},node-uid,system:nodes\n",
+                n.name
+            ));
+            let (ca, cert, key) = kubelet_client_cert(&d).await?;
+            node_flags = vec![
+                "--authorization-mode=Node,RBAC".to_owned(),
+                format!("--kubelet-client-certificate={}", cert.display()),
+                format!("--kubelet-client-key={}", key.display()),
+                // Logs, exec and port-forward dial the node's InternalIP; the node's name does
+                // not resolve.
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+            ];
+            node_access = Some((node_token, ca));
+        }
+        write(&d.join("tokens.csv"), tokens)?;
 
         // kube-apiserver
         let port = free_port()?;
         cluster.server = format!("https://127.0.0.1:{port}");
         let pki = d.join("pki");
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--cert-dir={}", pki.display()),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            format!("--service-account-key-file={}", sa_key.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+            "--profiling=false".to_owned(),
+            "--v=1".to_owned(),
+        ];
+        if node_flags.is_empty() {
+            apiserver_args.push("--authorization-mode=RBAC".to_owned());
+        }
+        apiserver_args.extend(node_flags);
         let apiserver = Proc::spawn(
             "kube-apiserver",
             &apiserver_bin,
-            [
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
-                format!("--cert-dir={}", pki.display()),
-                format!("--token-auth-file={}", d.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".to_owned(),
-                format!("--service-account-key-file={}", sa_key.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
-                "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-                "--profiling=false".to_owned(),
-                "--v=1".to_owned(),
-            ],
+            apiserver_args,
             &[],
             &d.join("kube-apiserver.log"),
         )?
@@ -207,6 +248,27 @@ impl KubeCluster {
                 .start_workloads(&sa_key, &opts.pod_port_forwards)
                 .await?;
         }
+        if let (Some(n), Some((node_token, kubelet_client_ca))) = (node, node_access) {
+            cluster.start_controllers(&sa_key).await?;
+            let access = ApiAccess {
+                server: cluster.server.clone(),
+                ca_pem: cluster.ca_pem.clone(),
+                node_token,
+                kubelet_client_ca,
+            };
+            let client = cluster.client().await?;
+            cluster.node = Some(RealNode::start(&access, &n, client.clone()).await?);
+            // Without the default ServiceAccount (the controller-manager makes it) pods are
+            // rejected.
+            let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
+            wait_for(
+                "ServiceAccount default/default",
+                READY_TIMEOUT,
+                cluster.controller_manager.as_mut(),
+                || async { sas.get_opt("default").await.ok().flatten().map(|_| ()) },
+            )
+            .await?;
+        }
         Ok(cluster)
     }
 
@@ -215,8 +277,6 @@ impl KubeCluster {
         sa_key: &Path,
         forwards: &[(u16, std::net::SocketAddr)],
     ) -> Result<()> {
-        let kcm_bin = bin("kube-controller-manager")?;
-        let sched_bin = bin("kube-scheduler")?;
         let kwok_bin = bin("kwok")?;
         let stages = crate::testbed_dir().join("share/kwok/stages-fast.yaml");
         if !stages.exists() {
@@ -226,69 +286,9 @@ impl KubeCluster {
                 item: "kwok".into(),
             });
         }
+        self.start_controllers(sa_key).await?;
         let d = self.dir.path().to_owned();
         let kc = self.kubeconfig.display().to_string();
-        let http = probe_client();
-
-        let kcm_port = free_port()?;
-        let kcm = Proc::spawn(
-            "kube-controller-manager",
-            &kcm_bin,
-            [
-                format!("--kubeconfig={kc}"),
-                format!("--authentication-kubeconfig={kc}"),
-                format!("--authorization-kubeconfig={kc}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--secure-port={kcm_port}"),
-                format!("--service-account-private-key-file={}", sa_key.display()),
-                "--controllers=*,-nodeipam,-serviceaccount-token".to_owned(),
-                "--leader-elect=false".to_owned(),
-                "--v=1".to_owned(),
-            ],
-            &[],
-            &d.join("kube-controller-manager.log"),
-        )?;
-        let kcm = self.controller_manager.insert(kcm);
-        let url = format!("https://127.0.0.1:{kcm_port}/healthz");
-        wait_for(
-            "kube-controller-manager /healthz",
-            READY_TIMEOUT,
-            Some(kcm),
-            || async {
-                let r = http.get(&url).send().await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await?;
-
-        let sched_port = free_port()?;
-        let sched = Proc::spawn(
-            "kube-scheduler",
-            &sched_bin,
-            [
-                format!("--kubeconfig={kc}"),
-                format!("--authentication-kubeconfig={kc}"),
-                format!("--authorization-kubeconfig={kc}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--secure-port={sched_port}"),
-                "--leader-elect=false".to_owned(),
-                "--v=1".to_owned(),
-            ],
-            &[],
-            &d.join("kube-scheduler.log"),
-        )?;
-        let sched = self.scheduler.insert(sched);
-        let url = format!("https://127.0.0.1:{sched_port}/healthz");
-        wait_for(
-            "kube-scheduler /healthz",
-            READY_TIMEOUT,
-            Some(sched),
-            || async {
-                let r = http.get(&url).send().await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await?;
 
         // kwok's config: the stages, plus the port-forward rules.
         let mut config = std::fs::read_to_string(&stages)
@@ -348,6 +348,80 @@ impl KubeCluster {
         )?;
         self.kwok = Some(kwok);
         self.add_node("kwok-node-0").await
+    }
+
+    /// Starts kube-controller-manager and kube-scheduler and waits for their /healthz.
+    async fn start_controllers(&mut self, sa_key: &Path) -> Result<()> {
+        let kcm_bin = bin("kube-controller-manager")?;
+        let sched_bin = bin("kube-scheduler")?;
+        let d = self.dir.path().to_owned();
+        let kc = self.kubeconfig.display().to_string();
+        let http = probe_client();
+
+        let kcm_port = free_port()?;
+        let kcm = Proc::spawn(
+            "kube-controller-manager",
+            &kcm_bin,
+            [
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={kcm_port}"),
+                format!("--service-account-private-key-file={}", sa_key.display()),
+                "--controllers=*,-nodeipam,-serviceaccount-token".to_owned(),
+                // Its default, /usr/libexec/kubernetes/kubelet-plugins/volume/exec, is created.
+                format!(
+                    "--flex-volume-plugin-dir={}",
+                    d.join("flexvolume").display()
+                ),
+                "--leader-elect=false".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            &[],
+            &d.join("kube-controller-manager.log"),
+        )?;
+        let kcm = self.controller_manager.insert(kcm);
+        let url = format!("https://127.0.0.1:{kcm_port}/healthz");
+        wait_for(
+            "kube-controller-manager /healthz",
+            READY_TIMEOUT,
+            Some(kcm),
+            || async {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await?;
+
+        let sched_port = free_port()?;
+        let sched = Proc::spawn(
+            "kube-scheduler",
+            &sched_bin,
+            [
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={sched_port}"),
+                "--leader-elect=false".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            &[],
+            &d.join("kube-scheduler.log"),
+        )?;
+        let sched = self.scheduler.insert(sched);
+        let url = format!("https://127.0.0.1:{sched_port}/healthz");
+        wait_for(
+            "kube-scheduler /healthz",
+            READY_TIMEOUT,
+            Some(sched),
+            || async {
+                let r = http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await
     }
 
     /// Registers a simulated node (kwok must be running) and waits until it is Ready.
@@ -431,6 +505,88 @@ impl KubeCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The real node, if the cluster was started with one.
+    pub fn node(&self) -> Option<&RealNode> {
+        self.node.as_ref()
+    }
+
+    /// Stops the real node now (kubelet, containerd, every container and shim) and cleans the
+    /// machine, keeping the control plane. Returns the machine-wide node lock, still held, so
+    /// the caller can look at the host before another node starts, and what could not be
+    /// removed. `None` if there is no node.
+    pub fn stop_node(&mut self) -> Option<(Option<NodeLock>, Vec<String>)> {
+        self.node.take().map(RealNode::stop)
+    }
+}
+
+/// A CA and a client certificate signed by it (CN kube-apiserver-kubelet-client): the API
+/// server shows the certificate to the kubelet, and the kubelet trusts only that CA, so only the
+/// API server can use the kubelet API (logs, exec, port-forward). Returns (CA, cert, key).
+async fn kubelet_client_cert(d: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let pki = d.join("kubelet-client");
+    std::fs::create_dir_all(&pki).map_err(TestbedError::io("create kubelet-client dir"))?;
+    let f = |n: &str| pki.join(n);
+    let openssl = Path::new("openssl");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca_args: Vec<&OsStr> = vec![os("req"), os("-x509")];
+    ca_args.extend(ec.iter().map(|a| os(a)));
+    let (ca_key, ca, key, csr, cert) = (
+        f("ca.key"),
+        f("ca.crt"),
+        f("client.key"),
+        f("client.csr"),
+        f("client.crt"),
+    );
+    ca_args.extend([
+        os("-days"),
+        os("2"),
+        os("-subj"),
+        os("/CN=testbed-kubelet-client-ca"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    crate::process::run(openssl, ca_args, &[]).await?;
+    let mut req_args: Vec<&OsStr> = vec![os("req")];
+    req_args.extend(ec.iter().map(|a| os(a)));
+    req_args.extend([
+        os("-subj"),
+        os("/O=system:masters/CN=kube-apiserver-kubelet-client"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        csr.as_os_str(),
+    ]);
+    crate::process::run(openssl, req_args, &[]).await?;
+    crate::process::run(
+        openssl,
+        [
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("2"),
+            os("-out"),
+            cert.as_os_str(),
+        ],
+        &[],
+    )
+    .await?;
+    Ok((ca, cert, key))
 }
 
 /// A kube-rs client from kubeconfig YAML (its current context).
@@ -447,6 +603,8 @@ impl Drop for KubeCluster {
     fn drop(&mut self) {
         // Clients of the API server first, then the API server, and etcd last: an API server
         // whose etcd is gone can take more than 30 s to exit.
+        // The real node first: its teardown cleans the machine and needs nothing else.
+        drop(self.node.take());
         for p in [
             self.kwok.take(),
             self.scheduler.take(),

@@ -6,7 +6,10 @@
 //! when the handle is dropped (SIGTERM to the process group, then SIGKILL).
 //!
 //! - [`kube::KubeCluster`]: etcd + kube-apiserver (token auth, RBAC, service-account signing),
-//!   optionally kube-controller-manager + kube-scheduler + kwok with simulated nodes.
+//!   optionally kube-controller-manager + kube-scheduler + kwok with simulated nodes, or a real
+//!   node ([`node::RealNode`]: containerd + kubelet on this machine, pods really run; one per
+//!   machine at a time, and [`host`] undoes what it changes on the machine).
+//! - [`registry::Registry`]: distribution's OCI registry on loopback, and a skopeo push helper.
 //! - [`mesh::Headscale`] and [`mesh::Tailscaled`]: a control server with an API key, and
 //!   userspace-networking tailscale nodes with their own state dirs, sockets and HTTP proxies.
 //! - [`editor::CodeServer`]: code-server with password auth.
@@ -19,10 +22,13 @@
 pub mod bench;
 pub mod browser;
 pub mod editor;
+pub mod host;
 pub mod image;
 pub mod kube;
 pub mod mesh;
+pub mod node;
 pub mod process;
+pub mod registry;
 pub mod talos;
 
 pub use process::{Proc, TestbedError};
@@ -60,6 +66,9 @@ fn install_item(bin: &str) -> &str {
     match bin {
         "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" => "kube",
         "tailscaled" => "tailscale",
+        "containerd-shim-runc-v2" | "ctr" => "containerd",
+        "kubectl" => "kubelet",
+        "runc" | "skopeo" => "node-deps",
         "chromedriver" => "chromium",
         other => other,
     }
