@@ -142,6 +142,9 @@ async fn a_runner_finds_no_secret_and_cannot_read_the_orchestrator_state() {
     let dir = tempfile::tempdir().unwrap();
     let orch = orchestrator(dir.path(), &[], &[]).await;
     let state = orch.state.clone();
+    // The harness passes the admin token in the environment; put it where `guildnet up` keeps
+    // it, so the runner has something to try.
+    std::fs::write(state.join("orchestrator.token"), TOKEN).unwrap();
     let c = orch.client();
     // The hostile runner: waits for the test to read the token, then tries every place.
     let script = format!(
@@ -316,7 +319,27 @@ async fn a_repository_symlink_cannot_take_a_context_file_outside() {
     git(&work, &["commit", "-q", "-m", "a link"]);
     git(&work, &["push", "-q", remote.to_str().unwrap(), "main"]);
 
-    let orch = orchestrator(dir.path(), &[], &[]).await;
+    // git, wrapped to record the environment the agent gives it.
+    let git_env = dir.path().join("git-env.txt");
+    // Created beforehand: its directory holds the denied state dir, so the sandbox only covers
+    // the entries that exist when git starts (see docs/AGENT.md, Sandbox).
+    std::fs::write(&git_env, "").unwrap();
+    let wrapper = dir.path().join("git-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nenv >> {}\nexec git \"$@\"\n",
+            git_env.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let wrapper_s = wrapper.display().to_string();
+    let orch = orchestrator(dir.path(), &[], &[("GUILDNET_GIT", &wrapper_s)]).await;
     let c = orch.client();
     let mut req = ScheduleRequest::new(acme(), "echo ran");
     req.repo = Some(RepoSpec {
@@ -333,6 +356,13 @@ async fn a_repository_symlink_cannot_take_a_context_file_outside() {
     assert_eq!(done[0].status, TaskStatus::Failed);
     let reason = done[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("context files") && reason.contains("link"), "{reason}");
+    // git ran (it cloned) and never saw the agent's credentials.
+    let env = std::fs::read_to_string(&git_env).unwrap();
+    assert!(env.contains("GIT_ALLOW_PROTOCOL="), "git did not run through the wrapper");
+    for var in ["GUILDNET_AGENT_TOKEN=", "ORCHESTRATOR_TOKEN=", "CODE_SERVER_PASSWORD="] {
+        assert!(!env.lines().any(|l| l.starts_with(var)), "{var} in git's env");
+    }
+    assert!(!env.contains(TOKEN));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,19 +345,20 @@ struct Delivery {
     pr_url: Option<String>,
 }
 
-/// A stop request (SIGTERM) seen by every phase, and how long the agent may still take after it.
+/// A stop request (SIGTERM) seen by every phase, and the deadline it sets: everything after
+/// it (the runner's grace, the last log lines, the completion) must be done `budget` after it.
 #[derive(Clone)]
 struct Stopper {
-    rx: watch::Receiver<bool>,
+    rx: watch::Receiver<Option<tokio::time::Instant>>,
     budget: Duration,
 }
 
 impl Stopper {
     fn new(stop: impl Future<Output = ()> + Send + 'static, budget: Duration) -> Self {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             stop.await;
-            let _ = tx.send(true);
+            let _ = tx.send(Some(tokio::time::Instant::now()));
         });
         Self { rx, budget }
     }
@@ -365,21 +366,29 @@ impl Stopper {
     /// Resolves once a stop was requested.
     async fn stopped(&self) {
         let mut rx = self.rx.clone();
-        if rx.wait_for(|s| *s).await.is_err() {
+        if rx.wait_for(|s| s.is_some()).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 
     fn is_stopped(&self) -> bool {
-        *self.rx.borrow()
+        self.rx.borrow().is_some()
     }
 
-    /// Runs `fut` to its end, but once a stop is requested it gets at most the budget more.
+    /// Time left before the stop deadline (the whole budget while no stop was requested).
+    fn remaining(&self) -> Duration {
+        match *self.rx.borrow() {
+            None => self.budget,
+            Some(at) => (at + self.budget).saturating_duration_since(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Runs `fut` to its end, but once a stop is requested only until the stop deadline.
     async fn bounded<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
         tokio::pin!(fut);
         tokio::select! {
             v = &mut fut => Some(v),
-            _ = self.stopped() => tokio::time::timeout(self.budget, fut).await.ok(),
+            _ = self.stopped() => tokio::time::timeout(self.remaining(), fut).await.ok(),
         }
     }
 }
@@ -419,7 +428,8 @@ pub async fn run(
 ) -> Result<AgentOutcome, AgentError> {
     let client = AgentClient::new(&cfg.orchestrator_url, cfg.token.clone())
         .map_err(|e| AgentError::Config(e.to_string()))?;
-    let stopper = Stopper::new(stop, cfg.shutdown_budget);
+    // After a stop: the runner's grace, then the shutdown budget for the log and the report.
+    let stopper = Stopper::new(stop, cfg.kill_grace + cfg.shutdown_budget);
     let _ = crate::state_dir::create_private_dir(&cfg.state_dir);
     // The editor comes up first: a person can watch the workspace while the task is prepared.
     let mut editor_tmp = None;
@@ -521,7 +531,7 @@ async fn run_task(
     .await;
     let (shipper, done) = outcome;
     let finish_limit = if stopper.is_stopped() {
-        stopper.budget
+        stopper.remaining()
     } else {
         patience
     };

@@ -49,9 +49,9 @@ pub fn harden_self(extra: &[&str]) -> Hardening {
         }
     }
     // SAFETY: prctl with integer arguments only.
-    let non_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    let non_dumpable = unsafe { super::sandbox::prctl(libc::PR_SET_DUMPABLE, 0, 0) } == 0;
     // SAFETY: as above.
-    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0;
+    let subreaper = unsafe { super::sandbox::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0) } == 0;
     if !non_dumpable || !subreaper {
         tracing::warn!(
             non_dumpable,

@@ -107,8 +107,8 @@ pub fn landlock_support() -> &'static LandlockSupport {
             libc::syscall(
                 libc::SYS_landlock_create_ruleset,
                 std::ptr::null::<u8>(),
-                0usize,
-                1u32,
+                0 as libc::c_long,
+                1 as libc::c_long,
             )
         };
         let support = if v > 0 {
@@ -402,6 +402,21 @@ fn os_err() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// prctl(2) with every argument as the `unsigned long` the kernel reads (prctl is variadic: a
+/// plain integer literal would leave the upper half of the register undefined).
+///
+/// # Safety
+/// Only for options whose arguments are plain integers.
+pub(crate) unsafe fn prctl(op: libc::c_int, a2: u64, a3: u64) -> libc::c_int {
+    libc::prctl(
+        op,
+        a2 as libc::c_ulong,
+        a3 as libc::c_ulong,
+        0 as libc::c_ulong,
+        0 as libc::c_ulong,
+    )
+}
+
 /// Runs in the child between fork and exec: raw system calls only.
 fn confine_child(
     ruleset_fd: i32,
@@ -411,26 +426,24 @@ fn confine_child(
 ) -> std::io::Result<()> {
     // SAFETY (whole function): plain system calls on integers and on stack memory owned here.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0) != 0 {
             return Err(os_err());
         }
-        if opts.subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+        if opts.subreaper && prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0) != 0 {
             return Err(os_err());
         }
         if drop_caps {
             for cap in 0..=last_cap {
-                if libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) == 1
-                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                if prctl(libc::PR_CAPBSET_READ, cap as u64, 0) == 1
+                    && prctl(libc::PR_CAPBSET_DROP, cap as u64, 0) != 0
                 {
                     return Err(os_err());
                 }
             }
             // Ambient capabilities exist since Linux 4.3; EINVAL before that means none.
-            if libc::prctl(
+            if prctl(
                 libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
                 0,
             ) != 0
                 && *libc::__errno_location() != libc::EINVAL
@@ -455,10 +468,15 @@ fn confine_child(
                 return Err(os_err());
             }
         }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        if prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0) != 0 {
             return Err(os_err());
         }
-        if ruleset_fd >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, ruleset_fd, 0u32) != 0
+        if ruleset_fd >= 0
+            && libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                ruleset_fd as libc::c_long,
+                0 as libc::c_long,
+            ) != 0
         {
             return Err(os_err());
         }
