@@ -180,7 +180,10 @@ echo finished
         assert!(Instant::now() < deadline, "no sandbox in {}", a.state);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(agent_state["sandbox"]["landlock"], "available", "{agent_state}");
+    assert_eq!(
+        agent_state["sandbox"]["landlock"], "available",
+        "{agent_state}"
+    );
     let ws = workspace(&state, &t.id);
     std::fs::write(ws.join("go"), "").unwrap();
     let done = wait_terminal(&c, std::slice::from_ref(&t.id), 60).await;
@@ -198,10 +201,16 @@ echo finished
         assert!(text.contains(&want), "{want} not in {text:#?}");
     }
     assert!(
-        text.iter().filter(|l| l.contains("Permission denied")).count() >= 2,
+        text.iter()
+            .filter(|l| l.contains("Permission denied"))
+            .count()
+            >= 2,
         "{text:#?}"
     );
-    assert_eq!(std::fs::read_to_string(ws.join("written.txt")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("written.txt")).unwrap(),
+        "hello\n"
+    );
     // Nothing the runner could read holds the agent token or the admin token.
     let hits = files_containing(&ws.join("out"), &[&token, TOKEN]);
     assert!(hits.is_empty(), "the runner found secrets: {hits:?}");
@@ -236,7 +245,13 @@ async fn code_server_gets_no_agent_secret_and_no_privileges() {
     let pid = orch.agent_pid(&t.id);
     let token = env_of(pid, "GUILDNET_AGENT_TOKEN").expect("agent token");
     let editor: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(orch.state.join("agents").join(t.id.as_str()).join("editor.json")).unwrap(),
+        &std::fs::read(
+            orch.state
+                .join("agents")
+                .join(t.id.as_str())
+                .join("editor.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let password = editor["password"].as_str().unwrap().to_owned();
@@ -256,9 +271,16 @@ async fn code_server_gets_no_agent_secret_and_no_privileges() {
         ("editor password", password.as_str()),
         ("admin token", TOKEN),
     ] {
-        assert!(!env.contains(secret), "code-server's environment holds the {what}");
+        assert!(
+            !env.contains(secret),
+            "code-server's environment holds the {what}"
+        );
     }
-    for var in ["PASSWORD=", "GUILDNET_AGENT_TOKEN=", "CODE_SERVER_PASSWORD="] {
+    for var in [
+        "PASSWORD=",
+        "GUILDNET_AGENT_TOKEN=",
+        "CODE_SERVER_PASSWORD=",
+    ] {
         assert!(
             !env.split('\0').any(|kv| kv.starts_with(var)),
             "{var} in code-server's environment"
@@ -327,10 +349,7 @@ async fn a_repository_symlink_cannot_take_a_context_file_outside() {
     let wrapper = dir.path().join("git-wrapper");
     std::fs::write(
         &wrapper,
-        format!(
-            "#!/bin/sh\nenv >> {}\nexec git \"$@\"\n",
-            git_env.display()
-        ),
+        format!("#!/bin/sh\nenv >> {}\nexec git \"$@\"\n", git_env.display()),
     )
     .unwrap();
     std::fs::set_permissions(
@@ -355,12 +374,25 @@ async fn a_repository_symlink_cannot_take_a_context_file_outside() {
     assert!(!outside.join("pwned.txt").exists(), "written outside");
     assert_eq!(done[0].status, TaskStatus::Failed);
     let reason = done[0].reason.clone().unwrap_or_default();
-    assert!(reason.contains("context files") && reason.contains("link"), "{reason}");
+    assert!(
+        reason.contains("context files") && reason.contains("link"),
+        "{reason}"
+    );
     // git ran (it cloned) and never saw the agent's credentials.
     let env = std::fs::read_to_string(&git_env).unwrap();
-    assert!(env.contains("GIT_ALLOW_PROTOCOL="), "git did not run through the wrapper");
-    for var in ["GUILDNET_AGENT_TOKEN=", "ORCHESTRATOR_TOKEN=", "CODE_SERVER_PASSWORD="] {
-        assert!(!env.lines().any(|l| l.starts_with(var)), "{var} in git's env");
+    assert!(
+        env.contains("GIT_ALLOW_PROTOCOL="),
+        "git did not run through the wrapper"
+    );
+    for var in [
+        "GUILDNET_AGENT_TOKEN=",
+        "ORCHESTRATOR_TOKEN=",
+        "CODE_SERVER_PASSWORD=",
+    ] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(var)),
+            "{var} in git's env"
+        );
     }
     assert!(!env.contains(TOKEN));
 }

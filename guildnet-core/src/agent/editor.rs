@@ -460,20 +460,32 @@ mod tests {
         });
         let config = d.path().join("fake-code-server.config");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&config).map(|c| c.is_empty()).unwrap_or(true) {
-            assert!(std::time::Instant::now() < deadline, "the stand-in never ran");
+        while std::fs::read_to_string(&config)
+            .map(|c| c.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never ran"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let env = std::fs::read_to_string(d.path().join("fake-code-server.env")).unwrap();
         assert!(!env.contains("secret"), "{env}");
         assert!(!env.lines().any(|l| l.starts_with("PASSWORD=")), "{env}");
         let yaml = std::fs::read_to_string(&config).unwrap();
-        assert!(yaml.contains(r#"password: "pw-\"quoted\"\n-secret""#), "{yaml}");
+        assert!(
+            yaml.contains(r#"password: "pw-\"quoted\"\n-secret""#),
+            "{yaml}"
+        );
         assert!(yaml.contains("auth: password"));
         let mode = std::fs::metadata(d.path().join("data/config/config.yaml"))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         sup.shutdown().await;
     }
 }

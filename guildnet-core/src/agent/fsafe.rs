@@ -150,7 +150,14 @@ pub fn write_beneath(root: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<
     drop(f);
     let target = cstr(file_name).map_err(io)?;
     // SAFETY: renameat within one directory fd; replaces the entry (a link is not followed).
-    let r = unsafe { libc::renameat(dir.as_raw_fd(), tmp.as_ptr(), dir.as_raw_fd(), target.as_ptr()) };
+    let r = unsafe {
+        libc::renameat(
+            dir.as_raw_fd(),
+            tmp.as_ptr(),
+            dir.as_raw_fd(),
+            target.as_ptr(),
+        )
+    };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         unlink_tmp(&dir);

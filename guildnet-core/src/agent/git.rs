@@ -168,20 +168,25 @@ impl GitWork {
     ) -> Result<String, GitError> {
         let mut cmd = tokio::process::Command::new(&self.cfg.git);
         // Hooks and fsmonitor are commands the working copy can plant: never run them.
-        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", &self.cfg.author_name)
-            .env("GIT_AUTHOR_EMAIL", &self.cfg.author_email)
-            .env("GIT_COMMITTER_NAME", &self.cfg.author_name)
-            .env("GIT_COMMITTER_EMAIL", &self.cfg.author_email)
-            // Never run remote-helper transports that execute commands.
-            .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
+        cmd.args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", &self.cfg.author_name)
+        .env("GIT_AUTHOR_EMAIL", &self.cfg.author_email)
+        .env("GIT_COMMITTER_NAME", &self.cfg.author_name)
+        .env("GIT_COMMITTER_EMAIL", &self.cfg.author_email)
+        // Never run remote-helper transports that execute commands.
+        .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
         for k in super::process::SECRET_ENV {
             cmd.env_remove(k);
         }

@@ -124,7 +124,10 @@ mod tests {
     fn splits_on_bytes_and_keeps_invalid_utf8_as_replacement() {
         let mut s = LineSplitter::default();
         assert_eq!(s.feed(b"a\xffb\nsecond"), vec!["a\u{FFFD}b".to_owned()]);
-        assert_eq!(s.feed(b" half\r\n\n"), vec!["second half".to_owned(), String::new()]);
+        assert_eq!(
+            s.feed(b" half\r\n\n"),
+            vec!["second half".to_owned(), String::new()]
+        );
         assert_eq!(s.finish(), None);
         assert_eq!(s.feed(b"tail"), Vec::<String>::new());
         assert_eq!(s.finish().as_deref(), Some("tail"));
@@ -159,7 +162,11 @@ mod tests {
         line.push(b'\n');
         let out = s.feed(&line);
         assert!(out[0].len() <= MAX_LINE_BYTES);
-        assert!(out[0].ends_with("bytes]"), "{}", &out[0][out[0].len() - 40..]);
+        assert!(
+            out[0].ends_with("bytes]"),
+            "{}",
+            &out[0][out[0].len() - 40..]
+        );
         let shown = out[0].find(" …[cut ").unwrap();
         assert!(out[0].ends_with(&format!("[cut {} bytes]", MAX_LINE_BYTES + 10 - shown)));
         // Invalid bytes triple in size as U+FFFD: still within the limit.

@@ -364,8 +364,7 @@ fn take_batch(st: &State, limits: &ShipLimits) -> (Vec<NewLogLine>, bool) {
     let mut bytes = 0;
     let mut lines = Vec::new();
     for q in st.queue.iter() {
-        if lines.len() >= max_lines || (!lines.is_empty() && bytes + q.size > limits.batch_bytes)
-        {
+        if lines.len() >= max_lines || (!lines.is_empty() && bytes + q.size > limits.batch_bytes) {
             break;
         }
         bytes += q.size;
@@ -592,7 +591,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_orchestrator_bounds_finish_and_memory() {
-        let (c, bodies) = mock(Arc::new(|_, _| err(StatusCode::SERVICE_UNAVAILABLE, "down"))).await;
+        let (c, bodies) = mock(Arc::new(|_, _| {
+            err(StatusCode::SERVICE_UNAVAILABLE, "down")
+        }))
+        .await;
         let limits = ShipLimits {
             batch_lines: 10,
             batch_bytes: 64 * 1024,
@@ -606,7 +608,10 @@ mod tests {
             let st = s.shared.lock();
             assert!(st.queued_bytes <= 2 * limits.max_queued_bytes);
             assert!(st.dropped > 800, "{}", st.dropped);
-            assert!(st.queue.iter().any(|q| q.line.line.starts_with("log buffer full")));
+            assert!(st
+                .queue
+                .iter()
+                .any(|q| q.line.line.starts_with("log buffer full")));
         }
         let t = std::time::Instant::now();
         let report = s.finish(Duration::from_millis(500)).await;

@@ -180,9 +180,10 @@ impl AgentConfig {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("."));
         // Never inside the workspace: the runner controls that tree.
-        let state_dir = crate::state_dir::resolve_state_dir_with(|k: &str| get(k)).map_err(|e| {
-            AgentError::Config(format!("the agent's state dir (GUILDNET_STATE_DIR): {e}"))
-        })?;
+        let state_dir =
+            crate::state_dir::resolve_state_dir_with(|k: &str| get(k)).map_err(|e| {
+                AgentError::Config(format!("the agent's state dir (GUILDNET_STATE_DIR): {e}"))
+            })?;
         let editor = match opt(agent_env::CODE_SERVER) {
             None => None,
             Some(bin) => {
@@ -400,7 +401,8 @@ struct PrivateTmp(PathBuf);
 impl PrivateTmp {
     fn create(what: &str) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!("gn-{what}-{:012x}", rand::random::<u64>() >> 16));
+        let dir =
+            std::env::temp_dir().join(format!("gn-{what}-{:012x}", rand::random::<u64>() >> 16));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         Ok(Self(dir))
     }
@@ -439,7 +441,10 @@ pub async fn run(
             let tmp = PrivateTmp::create("editor")
                 .map_err(|err| AgentError::Config(format!("editor temp dir: {err}")))?;
             let _ = std::fs::create_dir_all(&e.data_dir);
-            e.sandbox = Some(cfg.sandbox.editor(&cfg.state_dir, &e.workspace, &e.data_dir, &tmp.0));
+            e.sandbox = Some(
+                cfg.sandbox
+                    .editor(&cfg.state_dir, &e.workspace, &e.data_dir, &tmp.0),
+            );
             e.tmp_dir = Some(tmp.0.clone());
             editor_tmp = Some(tmp);
             EditorSupervisor::start(e)
@@ -614,7 +619,12 @@ async fn work(
     shipper: LogShipper,
 ) -> (LogShipper, Done) {
     let mut git_policy = cfg.sandbox.git(&cfg.state_dir, &cfg.workspace);
-    if let Some(p) = task.context.repo.as_ref().and_then(|r| local_remote(&r.url)) {
+    if let Some(p) = task
+        .context
+        .repo
+        .as_ref()
+        .and_then(|r| local_remote(&r.url))
+    {
         git_policy.write.push(p);
     }
     let gitw = GitWork::new(cfg.git.clone()).with_sandbox(git_policy);
@@ -662,7 +672,8 @@ async fn work(
                         ))),
                         Ok(tmp) => {
                             spec.cwd = checkout_dir.clone();
-                            spec.env.push(("TMPDIR".into(), tmp.0.display().to_string()));
+                            spec.env
+                                .push(("TMPDIR".into(), tmp.0.display().to_string()));
                             spec.sandbox =
                                 Some(cfg.sandbox.runner(&cfg.state_dir, &cfg.workspace, &tmp.0));
                             let _ = runner_tx.send("running");

@@ -178,7 +178,10 @@ impl RunnerSpec {
         }
         // Drain its output; a descendant that escaped even the sweep cannot hold us here.
         for mut r in readers {
-            if tokio::time::timeout(Duration::from_secs(2), &mut r).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut r)
+                .await
+                .is_err()
+            {
                 r.abort();
             }
         }

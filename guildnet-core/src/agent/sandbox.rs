@@ -251,7 +251,10 @@ fn real_path(p: &Path) -> PathBuf {
             }
             return out;
         }
-        match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
             (Some(n), Some(parent)) => {
                 rest.push(n);
                 existing = parent.to_path_buf();
@@ -323,10 +326,7 @@ fn expand(dir: &Path, write: bool, deny: &[PathBuf], out: &mut Vec<PlannedRule>,
         if meta.is_dir() {
             expand(&child, write, deny, out, depth + 1);
         } else {
-            out.push(PlannedRule {
-                path: child,
-                write,
-            });
+            out.push(PlannedRule { path: child, write });
         }
     }
 }
@@ -620,8 +620,12 @@ mod tests {
             deny: vec![root.join("alias/state"), root.join("home/u/.kube")],
         };
         let rules = rules_of(&policy);
-        assert!(!rules.iter().any(|(p, _)| p.starts_with(root.join("real/state"))));
-        assert!(!rules.iter().any(|(p, _)| *p == root || *p == root.join("home/u")));
+        assert!(!rules
+            .iter()
+            .any(|(p, _)| p.starts_with(root.join("real/state"))));
+        assert!(!rules
+            .iter()
+            .any(|(p, _)| *p == root || *p == root.join("home/u")));
         assert!(rules.contains(&(root.join("home/u/.cache"), false)));
         // The allow path equal to a deny path is dropped.
         let same = SandboxPolicy {
@@ -665,7 +669,10 @@ mod tests {
     #[tokio::test]
     async fn a_sandboxed_child_cannot_read_a_denied_dir_but_works_in_its_workspace() {
         if matches!(landlock_support(), LandlockSupport::Unavailable { .. }) {
-            panic!("Landlock is required for this test: {:?}", landlock_support());
+            panic!(
+                "Landlock is required for this test: {:?}",
+                landlock_support()
+            );
         }
         let d = tempfile::tempdir().unwrap();
         let state = d.path().join("state");
@@ -719,7 +726,8 @@ mod tests {
             deny: vec![],
         };
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg("grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status");
+        cmd.arg("-c")
+            .arg("grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status");
         policy
             .prepare()
             .unwrap()
