@@ -294,7 +294,7 @@ pub fn plan(policy: &SandboxPolicy) -> Vec<PlannedRule> {
         }
         // A path equal to a deny path stays denied; one strictly beneath a deny path is an
         // explicit exception and keeps its rule.
-        if deny.iter().any(|d| *d == p) {
+        if deny.contains(&p) {
             continue;
         }
         expand(&p, write, &deny, &mut rules, 0);
