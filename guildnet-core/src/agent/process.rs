@@ -191,4 +191,18 @@ mod tests {
         assert!(state == 'R' || state == 'S');
         assert_eq!(ppid, nix::unistd::getppid().as_raw());
     }
+
+    #[test]
+    fn hardening_removes_secrets_and_makes_the_process_non_dumpable() {
+        std::env::set_var("GUILDNET_TEST_ONLY_SECRET", "s3cret");
+        let h = harden_self(&["GUILDNET_TEST_ONLY_SECRET"]);
+        assert!(h.removed.contains(&"GUILDNET_TEST_ONLY_SECRET".to_owned()));
+        assert!(std::env::var_os("GUILDNET_TEST_ONLY_SECRET").is_none());
+        assert!(h.non_dumpable && h.subreaper);
+        // SAFETY: PR_GET_DUMPABLE takes no arguments.
+        assert_eq!(unsafe { super::super::sandbox::prctl(libc::PR_GET_DUMPABLE, 0, 0) }, 0);
+        // A child inherits none of it.
+        let out = std::process::Command::new("env").output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+    }
 }
