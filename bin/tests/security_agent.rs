@@ -493,8 +493,9 @@ async fn sigterm_with_the_orchestrator_gone_ends_the_agent_in_bounded_time() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    // Runner grace (3 s, unused: `sh` and `sleep` end on SIGTERM) + shutdown budget (2 s).
-    let bound = Duration::from_secs(7);
+    // The runner ends at once on SIGTERM (`sh` and `sleep`), then the shutdown budget (2 s)
+    // for the last log lines; the bound leaves room for a loaded machine.
+    let bound = Duration::from_secs(6);
     while !is_gone(pid) {
         assert!(
             t0.elapsed() < bound,

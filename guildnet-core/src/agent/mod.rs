@@ -41,6 +41,7 @@ use git::{GitConfig, GitWork};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -346,12 +347,13 @@ struct Delivery {
     pr_url: Option<String>,
 }
 
-/// A stop request (SIGTERM) seen by every phase, and the deadline it sets: everything after
-/// it (the runner's grace, the last log lines, the completion) must be done `budget` after it.
+/// A stop request (SIGTERM) seen by every phase, and the deadline it sets: once the runner is
+/// stopped (its grace) everything left (the last log lines, the completion) gets `budget`.
 #[derive(Clone)]
 struct Stopper {
     rx: watch::Receiver<Option<tokio::time::Instant>>,
     budget: Duration,
+    runner_ended: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Stopper {
@@ -361,7 +363,11 @@ impl Stopper {
             stop.await;
             let _ = tx.send(Some(tokio::time::Instant::now()));
         });
-        Self { rx, budget }
+        Self {
+            rx,
+            budget,
+            runner_ended: Arc::default(),
+        }
     }
 
     /// Resolves once a stop was requested.
@@ -376,12 +382,21 @@ impl Stopper {
         self.rx.borrow().is_some()
     }
 
+    /// The runner is over (ended, or stopped within its grace): the budget counts from here.
+    fn runner_ended(&self) {
+        if let Ok(mut r) = self.runner_ended.lock() {
+            *r = Some(tokio::time::Instant::now());
+        }
+    }
+
     /// Time left before the stop deadline (the whole budget while no stop was requested).
     fn remaining(&self) -> Duration {
-        match *self.rx.borrow() {
-            None => self.budget,
-            Some(at) => (at + self.budget).saturating_duration_since(tokio::time::Instant::now()),
-        }
+        let Some(stop_at) = *self.rx.borrow() else {
+            return self.budget;
+        };
+        let ended = self.runner_ended.lock().ok().and_then(|r| *r);
+        let from = ended.map_or(stop_at, |e| e.max(stop_at));
+        (from + self.budget).saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// Runs `fut` to its end, but once a stop is requested only until the stop deadline.
@@ -431,7 +446,7 @@ pub async fn run(
     let client = AgentClient::new(&cfg.orchestrator_url, cfg.token.clone())
         .map_err(|e| AgentError::Config(e.to_string()))?;
     // After a stop: the runner's grace, then the shutdown budget for the log and the report.
-    let stopper = Stopper::new(stop, cfg.kill_grace + cfg.shutdown_budget);
+    let stopper = Stopper::new(stop, cfg.shutdown_budget);
     let _ = crate::state_dir::create_private_dir(&cfg.state_dir);
     // The editor comes up first: a person can watch the workspace while the task is prepared.
     let mut editor_tmp = None;
@@ -690,6 +705,7 @@ async fn work(
             (outcome, checkout)
         }
     };
+    stopper.runner_ended();
     let _ = runner_tx.send("finished");
     let (mut status, exit_code, mut reason) = match outcome {
         None => return (shipper, Done::Stopped),

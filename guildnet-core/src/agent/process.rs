@@ -200,7 +200,10 @@ mod tests {
         assert!(std::env::var_os("GUILDNET_TEST_ONLY_SECRET").is_none());
         assert!(h.non_dumpable && h.subreaper);
         // SAFETY: PR_GET_DUMPABLE takes no arguments.
-        assert_eq!(unsafe { super::super::sandbox::prctl(libc::PR_GET_DUMPABLE, 0, 0) }, 0);
+        assert_eq!(
+            unsafe { super::super::sandbox::prctl(libc::PR_GET_DUMPABLE, 0, 0) },
+            0
+        );
         // A child inherits none of it.
         let out = std::process::Command::new("env").output().unwrap();
         assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
