@@ -1,11 +1,13 @@
-//! `guildnet-agent`: runs in a task's pod (or as a local child process). Reads its environment
-//! and runs the agent runtime from guildnet-core until the task is done.
+//! `guildnet-agent`: runs in a task's pod (or as a local child process). Reads its environment,
+//! hardens its own process before any thread starts (secrets out of the environment, not
+//! dumpable, child subreaper), and runs the agent runtime from guildnet-core until the task is
+//! done or SIGTERM.
 
 use clap::Parser;
-use guildnet_bin::{init_tracing, run_agent};
+use guildnet_bin::{agent_config, init_tracing, run_agent_with};
 
 /// Agent environment, documented for `--help`.
-const ENV_HELP: &str = "Configured by environment: ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER (command template), GUILDNET_WORKSPACE.";
+const ENV_HELP: &str = "Configured by environment: ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER (command template), GUILDNET_WORKSPACE, GUILDNET_STATE_DIR; sandbox: GUILDNET_DENY_PATHS, GUILDNET_SANDBOX_WRITE_PATHS; GUILDNET_SHUTDOWN_SECS (see docs/AGENT.md).";
 
 #[derive(Parser)]
 #[command(
@@ -16,9 +18,22 @@ const ENV_HELP: &str = "Configured by environment: ORCHESTRATOR_URL, GUILDNET_AG
 )]
 struct Cli {}
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     init_tracing();
     let _ = Cli::parse();
-    run_agent().await
+    // Before the runtime starts its threads: the environment is changed here.
+    let cfg = match agent_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_agent_with(cfg)),
+        Err(e) => {
+            eprintln!("guildnet-agent: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -323,18 +323,46 @@ pub async fn run_orchestrator(
     Ok(())
 }
 
+/// Reads the agent's configuration from the environment, then hardens the process: the
+/// secrets leave the environment (no child inherits them), the process becomes non-dumpable
+/// (its `/proc/<pid>/environ` and memory need `CAP_SYS_PTRACE`) and a child subreaper. Call it
+/// before starting threads (the `guildnet-agent` binary does; `guildnet agent` calls it from
+/// its runtime's first task, before anything else runs).
+pub fn agent_config() -> Result<guildnet_core::agent::AgentConfig, std::process::ExitCode> {
+    let cfg = guildnet_core::agent::AgentConfig::from_env().map_err(|e| {
+        eprintln!("guildnet-agent: {e}");
+        std::process::ExitCode::from(2)
+    })?;
+    let h = guildnet_core::agent::process::harden_self(&[]);
+    tracing::debug!(removed = ?h.removed, h.non_dumpable, h.subreaper, "agent process hardened");
+    Ok(cfg)
+}
+
 /// Runs the agent runtime from the environment until its task is done (what `guildnet-agent`
 /// and `guildnet agent` do).
 pub async fn run_agent() -> std::process::ExitCode {
-    use guildnet_core::agent::{run, AgentConfig, AgentOutcome};
-    let cfg = match AgentConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("guildnet-agent: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    match agent_config() {
+        Ok(cfg) => run_agent_with(cfg).await,
+        Err(code) => code,
+    }
+}
+
+/// Runs the agent with `cfg` until its task is done or SIGTERM/SIGINT. After the signal the
+/// agent has the runner's grace plus its shutdown budget to finish; a backstop exits the process
+/// (code 143) a few seconds after that, whatever is still pending.
+pub async fn run_agent_with(cfg: guildnet_core::agent::AgentConfig) -> std::process::ExitCode {
+    use guildnet_core::agent::{run, AgentOutcome};
+    let backstop = cfg.kill_grace + cfg.shutdown_budget + std::time::Duration::from_secs(5);
+    let stop = async move {
+        shutdown_signal().await;
+        tracing::info!(?backstop, "stop requested: shutting down");
+        std::thread::spawn(move || {
+            std::thread::sleep(backstop);
+            eprintln!("guildnet-agent: shutdown took longer than {backstop:?}; exiting");
+            std::process::exit(143);
+        });
     };
-    match run(cfg, shutdown_signal()).await {
+    match run(cfg, stop).await {
         Ok(AgentOutcome::Completed(t)) => {
             tracing::info!(task = %t.id, status = %t.status, "task completed");
             std::process::ExitCode::SUCCESS

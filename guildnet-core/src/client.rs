@@ -57,6 +57,15 @@ impl ClientError {
         }
     }
 
+    /// The error code, for API errors (`stale_fencing`, `log_sealed`, `log_out_of_order`, ...;
+    /// `http_<status>` when the body was not a JSON error).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// The field at fault, for API errors that name one (`repo.url`, `files[0].path`).
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -80,6 +89,8 @@ struct Http {
     base: String,
     http: reqwest::Client,
     token: Secret,
+    /// Longest reply body read; `None` reads any (the admin client lists may be large).
+    max_reply: Option<usize>,
 }
 
 impl Http {
@@ -96,7 +107,12 @@ impl Http {
             url: base.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Self { base, http, token })
+        Ok(Self {
+            base,
+            http,
+            token,
+            max_reply: None,
+        })
     }
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
@@ -118,10 +134,25 @@ impl Http {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = rb.send().await.map_err(|e| self.transport(e))?;
+        let mut resp = rb.send().await.map_err(|e| self.transport(e))?;
         let url = resp.url().path().to_owned();
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let bytes = match self.max_reply {
+            None => resp.bytes().await.map_err(|e| self.transport(e))?.to_vec(),
+            Some(max) => {
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+                    if body.len() + chunk.len() > max {
+                        return Err(ClientError::Decode {
+                            url,
+                            reason: format!("reply larger than {max} bytes"),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                body
+            }
+        };
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -516,6 +547,10 @@ pub const ADMIN_POOL_IDLE: Duration = Duration::from_secs(20);
 /// one connection.
 pub const AGENT_POOL_IDLE: Duration = Duration::from_millis(500);
 
+/// Longest reply the agent reads from the orchestrator (a claim holds the task: at most 64 KiB
+/// of text and 1 MiB of context files, in a body the orchestrator keeps under 2 MiB).
+pub const AGENT_MAX_REPLY: usize = 8 * 1024 * 1024;
+
 /// Client of the agent protocol, holding one task's agent token.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -523,11 +558,12 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client for `base_url` with the per-task agent token.
+    /// A client for `base_url` with the per-task agent token. Replies are read up to
+    /// [`AGENT_MAX_REPLY`] bytes.
     pub fn new(base_url: &str, agent_token: Secret) -> Result<Self, ClientError> {
-        Ok(Self {
-            http: Http::new(base_url, agent_token, Some(AGENT_POOL_IDLE))?,
-        })
+        let mut http = Http::new(base_url, agent_token, Some(AGENT_POOL_IDLE))?;
+        http.max_reply = Some(AGENT_MAX_REPLY);
+        Ok(Self { http })
     }
 
     /// `POST /agent/register`.

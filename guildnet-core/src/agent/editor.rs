@@ -1,5 +1,14 @@
 //! Supervises the agent's editor: code-server on the workspace, password auth, restarted with
 //! capped exponential backoff when it dies. Its state goes into heartbeats and `/healthz`.
+//!
+//! code-server gets its password from a config file (`<data dir>/config/config.yaml`, 0600,
+//! written without following links), never from its environment or command line: its
+//! environment is inherited by everything started in the editor (terminals, extensions, the
+//! repository's code) and is readable in `/proc`. It runs in its own sandbox
+//! ([`super::sandbox`]): it cannot read the agent's state (apart from its data dir) nor the
+//! orchestrator's, and a runner, in another Landlock domain, cannot read its memory,
+//! environment or data dir. Without Landlock a runner of the same uid can read that file
+//! (code-server is an ordinary, dumpable process of that uid).
 
 use crate::token::Secret;
 use nix::sys::signal::{killpg, Signal};
@@ -27,6 +36,20 @@ pub struct EditorConfig {
     pub data_dir: PathBuf,
     /// Where code-server's own output goes.
     pub log_file: PathBuf,
+    /// What code-server may touch; `None` runs it unconfined (tests only).
+    pub sandbox: Option<super::sandbox::SandboxPolicy>,
+    /// Its private temp dir (`TMPDIR`, `XDG_RUNTIME_DIR`), if any.
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// The config file code-server reads its password from.
+fn config_yaml(cfg: &EditorConfig) -> String {
+    // A JSON string is a valid YAML double-quoted scalar: any password is quoted safely.
+    let quoted = serde_json::to_string(cfg.password.expose()).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "bind-addr: {}\nauth: password\npassword: {quoted}\ncert: false\n",
+        cfg.bind
+    )
 }
 
 /// The editor's state, as heartbeats and `/healthz` report it.
@@ -110,10 +133,18 @@ impl EditorSupervisor {
     }
 
     /// Stops code-server and waits for it to exit.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(4)).await
+    }
+
+    /// Stops code-server, waiting at most `limit` (it gets SIGTERM, then SIGKILL).
+    pub async fn shutdown_within(mut self, limit: Duration) {
         self.stop.notify_one();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        if let Some(mut t) = self.task.take() {
+            if tokio::time::timeout(limit, &mut t).await.is_err() {
+                // Aborting drops the child: kill_on_drop sends SIGKILL to code-server itself.
+                t.abort();
+            }
         }
     }
 }
@@ -133,6 +164,19 @@ async fn supervise(
     let mut delay = Duration::from_millis(500);
     loop {
         let _ = std::fs::create_dir_all(&cfg.data_dir);
+        let config = cfg.data_dir.join("config").join("config.yaml");
+        if let Err(e) = super::fsafe::write_beneath(
+            &cfg.data_dir,
+            "config/config.yaml",
+            config_yaml(&cfg).as_bytes(),
+            0o600,
+        ) {
+            let last_exit = format!("cannot write its config: {e}");
+            tracing::error!(%last_exit, "editor cannot start");
+            let _ = tx.send(EditorState::Failed { reason: last_exit });
+            stop.notified().await;
+            return;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,35 +204,53 @@ async fn supervise(
                 "--ignore-last-opened",
             ])
             .arg(&cfg.workspace)
-            .env("PASSWORD", cfg.password.expose())
             .env("XDG_CONFIG_HOME", cfg.data_dir.join("config"))
             .env("XDG_DATA_HOME", cfg.data_dir.join("data"))
-            .env(
-                "CODE_SERVER_CONFIG",
-                cfg.data_dir.join("config").join("config.yaml"),
-            )
-            // Inherited values of these would override the flags above (bind address, password)
-            // or hand the folder to another running instance.
+            .env("XDG_CACHE_HOME", cfg.data_dir.join("cache"))
+            .env("CODE_SERVER_CONFIG", &config)
+            // Inherited values of these would override the config file (bind address,
+            // password) or hand the folder to another running instance.
+            .env_remove("PASSWORD")
+            .env_remove("HASHED_PASSWORD")
             .env_remove("PORT")
             .env_remove("CODE_SERVER_HOST")
-            .env_remove("HASHED_PASSWORD")
             .env_remove("VSCODE_IPC_HOOK_CLI")
             .env_remove("VSCODE_PROXY_URI")
-            .env_remove("ORCHESTRATOR_TOKEN")
-            .env_remove(crate::agent::agent_env::FORGE_TOKEN)
-            .env_remove(crate::seams::env::AGENT_TOKEN)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
+        for k in super::process::SECRET_ENV {
+            cmd.env_remove(k);
         }
-        let mut child = match cmd.spawn() {
+        if let Some(t) = &cfg.tmp_dir {
+            cmd.env("TMPDIR", t).env("XDG_RUNTIME_DIR", t);
+        }
+        let opts = super::sandbox::ChildOptions { subreaper: true };
+        match &cfg.sandbox {
+            Some(policy) => match policy.prepare() {
+                Ok(p) => p.install(&mut cmd, opts),
+                Err(e) => {
+                    let reason = format!("cannot sandbox code-server: {e}");
+                    tracing::error!(%reason, "editor cannot start");
+                    let _ = tx.send(EditorState::Failed { reason });
+                    stop.notified().await;
+                    return;
+                }
+            },
+            None => {
+                // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                            .map_err(std::io::Error::from)?;
+                        nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+                    });
+                }
+            }
+        }
+        let (mut child, _tracked) = match super::process::spawn_tracked(&mut cmd) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let reason = format!("{} not found", cfg.code_server.display());
@@ -318,6 +380,8 @@ mod tests {
             workspace: d.path().to_path_buf(),
             data_dir: d.path().join("data"),
             log_file: d.path().join("cs.log"),
+            sandbox: None,
+            tmp_dir: None,
         });
         let mut w = sup.watch();
         let restarted = tokio::time::timeout(Duration::from_secs(5), async {
@@ -352,6 +416,8 @@ mod tests {
             workspace: d.path().to_path_buf(),
             data_dir: d.path().join("data"),
             log_file: d.path().join("cs.log"),
+            sandbox: None,
+            tmp_dir: None,
         });
         let mut w = sup.watch();
         let st = tokio::time::timeout(Duration::from_secs(5), async {
@@ -366,5 +432,60 @@ mod tests {
         .await
         .unwrap();
         assert!(!st.healthy());
+    }
+
+    #[tokio::test]
+    async fn the_password_reaches_code_server_in_a_private_file_not_its_environment() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in that records its environment and the config it was pointed at.
+        let script = d.path().join("fake-code-server");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nenv > \"$0.env\"\ncat \"$CODE_SERVER_CONFIG\" > \"$0.config\"\nsleep 30\n",
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let pw = "pw-\"quoted\"\n-secret";
+        let sup = EditorSupervisor::start(EditorConfig {
+            code_server: script.clone(),
+            bind: "127.0.0.1:1".parse().unwrap(),
+            password: Secret::new(pw),
+            workspace: d.path().to_path_buf(),
+            data_dir: d.path().join("data"),
+            log_file: d.path().join("cs.log"),
+            sandbox: None,
+            tmp_dir: None,
+        });
+        let config = d.path().join("fake-code-server.config");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&config)
+            .map(|c| c.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let env = std::fs::read_to_string(d.path().join("fake-code-server.env")).unwrap();
+        assert!(!env.contains("secret"), "{env}");
+        assert!(!env.lines().any(|l| l.starts_with("PASSWORD=")), "{env}");
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            yaml.contains(r#"password: "pw-\"quoted\"\n-secret""#),
+            "{yaml}"
+        );
+        assert!(yaml.contains("auth: password"));
+        let mode = std::fs::metadata(d.path().join("data/config/config.yaml"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        sup.shutdown().await;
     }
 }

@@ -4,6 +4,13 @@
 //! Git runs as a child process with argument vectors (no shell), `--` before user-supplied
 //! values, no terminal prompts and a timeout. Credentials embedded in a URL never reach the
 //! log: URLs are shown with their user-info removed.
+//!
+//! The working copy is untrusted: the repository chose its content and the runner (of this or
+//! an earlier attempt) could change anything in it, `.git` included. So git runs in the same
+//! kind of sandbox as the runner ([`super::sandbox`]), with hooks and fsmonitor off, its output
+//! read up to a bound; `.git/config` is restored to what the clone left before the agent
+//! commits and pushes; the checkout dir and `.git` must be real directories; and context files
+//! are written without following links ([`super::fsafe`]).
 
 use crate::context::{ContextFile, RepoSpec, TaskContext};
 use crate::model::LogStream;
@@ -45,6 +52,8 @@ impl Default for GitConfig {
 /// A prepared working copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
+    /// `.git/config` right after the clone: restored before the agent commits and pushes.
+    pub config_snapshot: Option<Vec<u8>>,
     /// Directory of the working copy.
     pub dir: PathBuf,
     /// The repository (for the log and the PR).
@@ -107,16 +116,47 @@ pub fn redact_url(s: &str) -> String {
     out
 }
 
+/// Most bytes of git's stdout kept (the rest is read and discarded).
+const MAX_GIT_STDOUT: usize = 1024 * 1024;
+/// Most bytes of git's stderr kept.
+const MAX_GIT_STDERR: usize = 64 * 1024;
+
+/// Reads `r` to its end, keeping at most `cap` bytes.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = r else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
 /// Runs git steps for one task.
 #[derive(Debug, Clone)]
 pub struct GitWork {
     cfg: GitConfig,
+    sandbox: Option<super::sandbox::SandboxPolicy>,
 }
 
 impl GitWork {
-    /// Git work with `cfg`.
+    /// Git work with `cfg`, unconfined (tests and embedders; the agent adds a sandbox).
     pub fn new(cfg: GitConfig) -> Self {
-        Self { cfg }
+        Self { cfg, sandbox: None }
+    }
+
+    /// Runs every git command inside `policy`.
+    pub fn with_sandbox(mut self, policy: super::sandbox::SandboxPolicy) -> Self {
+        self.sandbox = Some(policy);
+        self
     }
 
     async fn git(
@@ -127,21 +167,49 @@ impl GitWork {
         shipper: Option<&LogShipper>,
     ) -> Result<String, GitError> {
         let mut cmd = tokio::process::Command::new(&self.cfg.git);
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", &self.cfg.author_name)
-            .env("GIT_AUTHOR_EMAIL", &self.cfg.author_email)
-            .env("GIT_COMMITTER_NAME", &self.cfg.author_name)
-            .env("GIT_COMMITTER_EMAIL", &self.cfg.author_email)
-            // Never run remote-helper transports that execute commands.
-            .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file")
-            .env_remove(crate::seams::env::AGENT_TOKEN);
-        let out = match tokio::time::timeout(self.cfg.timeout, cmd.output()).await {
+        // Hooks and fsmonitor are commands the working copy can plant: never run them.
+        cmd.args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", &self.cfg.author_name)
+        .env("GIT_AUTHOR_EMAIL", &self.cfg.author_email)
+        .env("GIT_COMMITTER_NAME", &self.cfg.author_name)
+        .env("GIT_COMMITTER_EMAIL", &self.cfg.author_email)
+        // Never run remote-helper transports that execute commands.
+        .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
+        for k in super::process::SECRET_ENV {
+            cmd.env_remove(k);
+        }
+        if let Some(policy) = &self.sandbox {
+            policy
+                .prepare()
+                .map_err(|e| GitError::new(step, format!("cannot sandbox git: {e}")))?
+                .install(&mut cmd, super::sandbox::ChildOptions::default());
+        }
+        let run = async {
+            let (mut child, _tracked) = super::process::spawn_tracked(&mut cmd)?;
+            let (stdout, stderr) = tokio::join!(
+                read_capped(child.stdout.take(), MAX_GIT_STDOUT),
+                read_capped(child.stderr.take(), MAX_GIT_STDERR)
+            );
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>(std::process::Output {
+                status,
+                stdout,
+                stderr,
+            })
+        };
+        let out = match tokio::time::timeout(self.cfg.timeout, run).await {
             Err(_) => {
                 return Err(GitError::new(
                     step,
@@ -215,7 +283,17 @@ impl GitWork {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(|e| GitError::new("clone", format!("create {}: {e}", parent.display())))?;
-        let reuse = dir.join(".git").is_dir()
+        // A link where the checkout belongs (planted by an earlier runner) is removed, never
+        // followed.
+        if std::fs::symlink_metadata(dir)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            std::fs::remove_file(dir)
+                .map_err(|e| GitError::new("clone", format!("remove {}: {e}", dir.display())))?;
+        }
+        let reuse = super::fsafe::is_real_dir(dir)
+            && super::fsafe::is_real_dir(&dir.join(".git"))
             && self
                 .git(
                     "clone",
@@ -310,10 +388,11 @@ impl GitWork {
             format!(
                 "checked out {} at {}",
                 base_branch.as_deref().unwrap_or("(detached)"),
-                &base_commit[..base_commit.len().min(12)]
+                base_commit.chars().take(12).collect::<String>()
             ),
         );
         Ok(Checkout {
+            config_snapshot: read_git_config(dir),
             dir: dir.to_path_buf(),
             repo: repo.clone(),
             base_commit,
@@ -332,6 +411,7 @@ impl GitWork {
         shipper: &LogShipper,
     ) -> Result<Option<Pushed>, GitError> {
         let dir = &co.dir;
+        restore_git_dir(co)?;
         let dirty = !self
             .git("commit", dir, &["status", "--porcelain"], None)
             .await?
@@ -383,25 +463,71 @@ impl GitWork {
         })?;
         shipper.push(
             LogStream::System,
-            format!("pushed {branch} at {}", &commit[..commit.len().min(12)]),
+            format!(
+                "pushed {branch} at {}",
+                commit.chars().take(12).collect::<String>()
+            ),
         );
         Ok(Some(Pushed { branch, commit }))
     }
 }
 
+/// `.git/config` of a checkout, read without following links.
+fn read_git_config(dir: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !super::fsafe::is_real_dir(dir) || !super::fsafe::is_real_dir(&dir.join(".git")) {
+        return None;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(".git").join("config"))
+        .ok()?;
+    let mut bytes = Vec::new();
+    f.take(1024 * 1024).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Before the agent's own git steps: `.git` must still be a real directory, its config is put
+/// back to what the clone left (a runner could have added a remote URL, a credential helper,
+/// `url.*.insteadOf`, filters or includes), and `commondir` (which would point git at another
+/// repository's config) must not exist.
+fn restore_git_dir(co: &Checkout) -> Result<(), GitError> {
+    let err = |m: String| GitError::new("commit", m);
+    if !super::fsafe::is_real_dir(&co.dir) || !super::fsafe::is_real_dir(&co.dir.join(".git")) {
+        return Err(err(format!(
+            "{} or its .git is no longer a directory",
+            co.dir.display()
+        )));
+    }
+    let commondir = co.dir.join(".git").join("commondir");
+    if std::fs::symlink_metadata(&commondir).is_ok() {
+        std::fs::remove_file(&commondir).map_err(|e| err(format!(".git/commondir: {e}")))?;
+    }
+    if let Some(snapshot) = &co.config_snapshot {
+        if read_git_config(&co.dir).as_ref() != Some(snapshot) {
+            super::fsafe::write_beneath(&co.dir, ".git/config", snapshot, 0o644)
+                .map_err(|e| err(format!("cannot restore .git/config: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes context files under `dir` (paths were validated when the task was scheduled; they are
-/// checked again here so a hand-made claim cannot escape the workspace).
+/// checked again here so a hand-made claim cannot escape the workspace). No component of a
+/// path may be a symlink or a non-directory: a repository's `link -> /tmp/x` cannot take
+/// `link/pwned.txt` outside.
 pub fn write_context_files(dir: &Path, files: &[ContextFile]) -> Result<(), GitError> {
+    if !files.is_empty() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GitError::new("context files", format!("{}: {e}", dir.display())))?;
+    }
     for f in files {
         crate::context::validate_rel_path(&f.path)
             .map_err(|why| GitError::new("context files", format!("{}: {why}", f.path)))?;
-        let path = dir.join(&f.path);
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)
-                .map_err(|e| GitError::new("context files", format!("{}: {e}", f.path)))?;
-        }
-        std::fs::write(&path, &f.content)
-            .map_err(|e| GitError::new("context files", format!("{}: {e}", f.path)))?;
+        super::fsafe::write_beneath(dir, &f.path, f.content.as_bytes(), 0o644)
+            .map_err(|e| GitError::new("context files", e.to_string()))?;
     }
     Ok(())
 }
@@ -463,5 +589,38 @@ mod tests {
         };
         assert!(write_context_files(d.path(), &[bad]).is_err());
         assert!(!d.path().parent().unwrap().join("x").exists());
+    }
+
+    #[test]
+    fn context_files_do_not_follow_symlinks_out_of_the_workspace() {
+        let ws = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // What a repository can contain: a link to a directory outside.
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("link")).unwrap();
+        let f = ContextFile {
+            path: "link/pwned.txt".into(),
+            content: "pwned".into(),
+        };
+        let err = write_context_files(ws.path(), &[f]).unwrap_err();
+        assert_eq!(err.step, "context files");
+        assert!(err.message.contains("link"), "{err}");
+        assert!(!outside.path().join("pwned.txt").exists());
+        // A link at the file's own name is replaced, its target untouched.
+        std::fs::write(outside.path().join("victim"), "keep").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), ws.path().join("notes.md"))
+            .unwrap();
+        let f = ContextFile {
+            path: "notes.md".into(),
+            content: "mine".into(),
+        };
+        write_context_files(ws.path(), &[f]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("victim")).unwrap(),
+            "keep"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("notes.md")).unwrap(),
+            "mine"
+        );
     }
 }

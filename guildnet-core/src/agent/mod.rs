@@ -8,15 +8,25 @@
 //! The runner is a command template (`GUILDNET_RUNNER`, split like a shell would but never run
 //! through one). Placeholders `{task_id}`, `{org}`, `{agent}` and `{workspace}` are replaced in
 //! each argument; the task text reaches the runner as `GUILDNET_TASK` and on stdin.
+//!
+//! The runner, git and code-server are untrusted: they run sandboxed ([`sandbox`]), the agent
+//! keeps its secrets out of their reach ([`process`]), never follows links in the trees they
+//! control ([`fsafe`]), and reads their output with bounded memory ([`lines`]). On SIGTERM the
+//! agent stops the runner, ships what it can and exits within a bounded time
+//! ([`AgentConfig::shutdown_budget`]).
 
 pub mod editor;
 pub mod forge;
+pub mod fsafe;
 pub mod git;
 mod health;
+pub mod lines;
 mod logship;
+pub mod process;
 mod runner;
+pub mod sandbox;
 
-pub use logship::LogShipper;
+pub use logship::{LogShipper, ShipLimits, ShipReport};
 pub use runner::{RunOutcome, RunnerSpec};
 
 use crate::client::{AgentClient, ClientError};
@@ -31,6 +41,7 @@ use git::{GitConfig, GitWork};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -58,9 +69,18 @@ pub mod agent_env {
     pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
     /// `owner/name` on the forge (default: from the clone URL).
     pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
-    /// Paths (`:`-separated) the runner and the editor must not read: the local backend sets
-    /// the orchestrator's state dir, the other agents' directories and the user's kubeconfigs.
+    /// Paths (colon-separated, absolute) that the runner, git and code-server may not read or
+    /// write: the local backend sets the orchestrator's state dir, the other agents' directories
+    /// (the agent's own workspace stays allowed) and the user's kubeconfigs here. `~/.kube`,
+    /// `~/.guildnet`, `~/.guildnetdev`, the files of `KUBECONFIG` and the agent's own state dir
+    /// are always denied.
     pub const DENY_PATHS: &str = "GUILDNET_DENY_PATHS";
+    /// Extra paths (colon-separated, absolute) that the runner, git and code-server may write
+    /// (e.g. the pod's home directory for tools that keep caches there).
+    pub const SANDBOX_WRITE_PATHS: &str = "GUILDNET_SANDBOX_WRITE_PATHS";
+    /// Seconds the agent may spend after SIGTERM (and the runner's grace) shipping its last log
+    /// lines before it exits (default 5).
+    pub const SHUTDOWN_SECS: &str = "GUILDNET_SHUTDOWN_SECS";
 }
 
 /// Errors that end an agent.
@@ -121,6 +141,11 @@ pub struct AgentConfig {
     pub patience: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping the runner.
     pub kill_grace: Duration,
+    /// After a stop (SIGTERM), the most time spent shipping the last log lines or completing,
+    /// on top of the runner's grace.
+    pub shutdown_budget: Duration,
+    /// What the runner, git and code-server may touch.
+    pub sandbox: sandbox::SandboxConfig,
 }
 
 impl AgentConfig {
@@ -146,12 +171,21 @@ impl AgentConfig {
                     .map_err(|_| AgentError::Config(format!("{k}: {v:?} is not an ip:port"))),
             }
         };
+        // The launch contract first: its errors are the ones to report.
+        let orchestrator_url = req(env::ORCHESTRATOR_URL)?;
+        let token = Secret::new(req(env::AGENT_TOKEN)?);
+        let task_id = TaskId::new(req(env::TASK_ID)?).map_err(|e| bad(env::TASK_ID, e))?;
+        let org = OrgName::new(req(env::ORG_NAME)?).map_err(|e| bad(env::ORG_NAME, e))?;
+        let agent = AgentName::new(req(env::AGENT_NAME)?).map_err(|e| bad(env::AGENT_NAME, e))?;
         let workspace = opt(crate::local::WORKSPACE_ENV)
             .map(PathBuf::from)
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("."));
-        let state_dir = crate::state_dir::resolve_state_dir_with(|k: &str| get(k))
-            .unwrap_or_else(|_| workspace.join(".guildnet"));
+        // Never inside the workspace: the runner controls that tree.
+        let state_dir =
+            crate::state_dir::resolve_state_dir_with(|k: &str| get(k)).map_err(|e| {
+                AgentError::Config(format!("the agent's state dir (GUILDNET_STATE_DIR): {e}"))
+            })?;
         let editor = match opt(agent_env::CODE_SERVER) {
             None => None,
             Some(bin) => {
@@ -170,6 +204,8 @@ impl AgentConfig {
                     workspace: workspace.clone(),
                     data_dir: state_dir.join("code-server"),
                     log_file: state_dir.join("code-server.log"),
+                    sandbox: None,
+                    tmp_dir: None,
                 })
             }
         };
@@ -198,12 +234,34 @@ impl AgentConfig {
         if let Some(e) = opt(agent_env::GIT_AUTHOR_EMAIL) {
             git.author_email = e;
         }
+        let shutdown_budget = match opt(agent_env::SHUTDOWN_SECS) {
+            None => Duration::from_secs(5),
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "{}: {v:?} is not a number of seconds (0 to 3600)",
+                        agent_env::SHUTDOWN_SECS
+                    ))
+                })?,
+        };
+        let home = get("HOME").map(PathBuf::from);
+        let sandbox = sandbox::SandboxConfig::new(
+            opt(agent_env::DENY_PATHS).as_deref(),
+            opt(agent_env::SANDBOX_WRITE_PATHS).as_deref(),
+            home.as_deref(),
+            opt("KUBECONFIG").as_deref(),
+        );
         Ok(Self {
-            orchestrator_url: req(env::ORCHESTRATOR_URL)?,
-            token: Secret::new(req(env::AGENT_TOKEN)?),
-            task_id: TaskId::new(req(env::TASK_ID)?).map_err(|e| bad(env::TASK_ID, e))?,
-            org: OrgName::new(req(env::ORG_NAME)?).map_err(|e| bad(env::ORG_NAME, e))?,
-            agent: AgentName::new(req(env::AGENT_NAME)?).map_err(|e| bad(env::AGENT_NAME, e))?,
+            orchestrator_url,
+            token,
+            task_id,
+            org,
+            agent,
             runner: opt(crate::local::RUNNER_ENV),
             editor_advertise: opt(agent_env::EDITOR_ADVERTISE),
             health_addr: addr(agent_env::HEALTH_ADDR, None)?,
@@ -214,6 +272,8 @@ impl AgentConfig {
             forge,
             patience: Duration::from_secs(600),
             kill_grace: Duration::from_secs(3),
+            shutdown_budget,
+            sandbox,
         })
     }
 }
@@ -259,6 +319,7 @@ where
 pub(crate) struct StateView {
     runner: watch::Receiver<&'static str>,
     editor: watch::Receiver<EditorState>,
+    sandbox: serde_json::Value,
 }
 
 impl StateView {
@@ -266,6 +327,7 @@ impl StateView {
         serde_json::json!({
             "runner": *self.runner.borrow(),
             "editor": *self.editor.borrow(),
+            "sandbox": self.sandbox,
         })
     }
 
@@ -274,30 +336,142 @@ impl StateView {
     }
 }
 
+/// The sandbox as heartbeats report it: `{"landlock": "available", "abi": 6}` or
+/// `{"landlock": "unavailable", "reason": "..."}`.
+fn sandbox_state() -> serde_json::Value {
+    serde_json::to_value(sandbox::landlock_support()).unwrap_or_default()
+}
+
 /// The result of the work after the runner: artifacts, PR URL, or why it failed.
 struct Delivery {
     artifacts: Vec<Artifact>,
     pr_url: Option<String>,
 }
 
-/// Runs the agent to the end. `stop` resolving (e.g. on SIGTERM) stops the runner and returns
-/// [`AgentOutcome::Stopped`] without completing the task (its lease then expires and the task is
-/// requeued).
+/// A stop request (SIGTERM) seen by every phase, and the deadline it sets: once the runner is
+/// stopped (its grace) everything left (the last log lines, the completion) gets `budget`.
+#[derive(Clone)]
+struct Stopper {
+    rx: watch::Receiver<Option<tokio::time::Instant>>,
+    budget: Duration,
+    runner_ended: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Stopper {
+    fn new(stop: impl Future<Output = ()> + Send + 'static, budget: Duration) -> Self {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = tx.send(Some(tokio::time::Instant::now()));
+        });
+        Self {
+            rx,
+            budget,
+            runner_ended: Arc::default(),
+        }
+    }
+
+    /// Resolves once a stop was requested.
+    async fn stopped(&self) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|s| s.is_some()).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.rx.borrow().is_some()
+    }
+
+    /// The runner is over (ended, or stopped within its grace): the budget counts from here.
+    fn runner_ended(&self) {
+        if let Ok(mut r) = self.runner_ended.lock() {
+            *r = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Time left before the stop deadline (the whole budget while no stop was requested).
+    fn remaining(&self) -> Duration {
+        let Some(stop_at) = *self.rx.borrow() else {
+            return self.budget;
+        };
+        let ended = self.runner_ended.lock().ok().and_then(|r| *r);
+        let from = ended.map_or(stop_at, |e| e.max(stop_at));
+        (from + self.budget).saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Runs `fut` to its end, but once a stop is requested only until the stop deadline.
+    async fn bounded<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
+        tokio::pin!(fut);
+        tokio::select! {
+            v = &mut fut => Some(v),
+            _ = self.stopped() => tokio::time::timeout(self.remaining(), fut).await.ok(),
+        }
+    }
+}
+
+/// A directory for one child's temporary files (`TMPDIR`), private (0700) and short (UNIX
+/// socket paths are limited to 108 bytes), removed when dropped.
+struct PrivateTmp(PathBuf);
+
+impl PrivateTmp {
+    fn create(what: &str) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir =
+            std::env::temp_dir().join(format!("gn-{what}-{:012x}", rand::random::<u64>() >> 16));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where git may write besides the workspace: a local remote (`file://` URL or path) the task
+/// names, since pushing writes to it.
+fn local_remote(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+/// Runs the agent to the end. `stop` resolving (e.g. on SIGTERM) stops the runner, ships what
+/// it can within [`AgentConfig::shutdown_budget`] and returns [`AgentOutcome::Stopped`] without
+/// completing the task (its lease then expires and the task is requeued).
 pub async fn run(
     cfg: AgentConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<AgentOutcome, AgentError> {
     let client = AgentClient::new(&cfg.orchestrator_url, cfg.token.clone())
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // After a stop: the runner's grace, then the shutdown budget for the log and the report.
+    let stopper = Stopper::new(stop, cfg.shutdown_budget);
+    let _ = crate::state_dir::create_private_dir(&cfg.state_dir);
     // The editor comes up first: a person can watch the workspace while the task is prepared.
+    let mut editor_tmp = None;
     let editor = match &cfg.editor {
-        Some(e) => EditorSupervisor::start(e.clone()),
+        Some(e) => {
+            let mut e = e.clone();
+            let tmp = PrivateTmp::create("editor")
+                .map_err(|err| AgentError::Config(format!("editor temp dir: {err}")))?;
+            let _ = std::fs::create_dir_all(&e.data_dir);
+            e.sandbox = Some(
+                cfg.sandbox
+                    .editor(&cfg.state_dir, &e.workspace, &e.data_dir, &tmp.0),
+            );
+            e.tmp_dir = Some(tmp.0.clone());
+            editor_tmp = Some(tmp);
+            EditorSupervisor::start(e)
+        }
         None => EditorSupervisor::disabled(),
     };
     let (runner_tx, runner_rx) = watch::channel("starting");
     let view = StateView {
         runner: runner_rx,
         editor: editor.watch(),
+        sandbox: sandbox_state(),
     };
     let health = match cfg.health_addr {
         Some(addr) => Some(
@@ -307,8 +481,16 @@ pub async fn run(
         ),
         None => None,
     };
-    let result = run_task(&cfg, &client, view, runner_tx, stop).await;
-    editor.shutdown().await;
+    let result = run_task(&cfg, &client, view, runner_tx, &stopper).await;
+    // Whatever the runner or git left behind goes now (code-server's tree is not ours).
+    process::kill_orphans(Duration::from_secs(1)).await;
+    let editor_grace = if stopper.is_stopped() {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(4)
+    };
+    editor.shutdown_within(editor_grace).await;
+    drop(editor_tmp);
     if let Some(h) = health {
         h.abort();
     }
@@ -320,7 +502,7 @@ async fn run_task(
     client: &AgentClient,
     view: StateView,
     runner_tx: watch::Sender<&'static str>,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stopper: &Stopper,
 ) -> Result<AgentOutcome, AgentError> {
     let patience = cfg.patience;
     let register = RegisterRequest {
@@ -328,7 +510,10 @@ async fn run_task(
         version: Some(env!("CARGO_PKG_VERSION").into()),
         editor_address: cfg.editor_advertise.clone(),
     };
-    let reg = retry("register", patience, || client.register(&register)).await?;
+    let reg = tokio::select! {
+        r = retry("register", patience, || client.register(&register)) => r?,
+        _ = stopper.stopped() => return Ok(AgentOutcome::Stopped),
+    };
     tracing::info!(task = %cfg.task_id, agent = %cfg.agent, "registered");
     if reg.task.status == TaskStatus::Cancelled {
         return Ok(AgentOutcome::Cancelled);
@@ -336,36 +521,143 @@ async fn run_task(
     let claim_req = ClaimRequest {
         agent: cfg.agent.clone(),
     };
-    let claim = retry("claim", patience, || client.claim(&claim_req)).await?;
+    let claim = tokio::select! {
+        r = retry("claim", patience, || client.claim(&claim_req)) => r?,
+        _ = stopper.stopped() => return Ok(AgentOutcome::Stopped),
+    };
     let fencing = claim.fencing;
     let task = claim.task;
     tracing::info!(task = %task.id, fencing, "claimed");
 
     // cancel_tx: set when the orchestrator says stop (cancelled, or our claim went stale).
     let (cancel_tx, cancel_rx) = watch::channel(false);
+    // The interval comes from the orchestrator: keep it within sane bounds.
+    let every = Duration::from_millis(claim.timings.heartbeat_interval_ms.clamp(100, 60_000));
     let hb = tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.agent.clone(),
         fencing,
-        Duration::from_millis(claim.timings.heartbeat_interval_ms.max(100)),
+        every,
         cancel_tx,
         view,
     ));
+    let outcome = work(cfg, &task, stopper, cancel_rx, runner_tx, {
+        LogShipper::start(
+            client.clone(),
+            cfg.agent.clone(),
+            fencing,
+            claim.next_log_seq.max(1),
+        )
+    })
+    .await;
+    let (shipper, done) = outcome;
+    let finish_limit = if stopper.is_stopped() {
+        stopper.remaining()
+    } else {
+        patience
+    };
+    let report = match stopper.bounded(shipper.finish(finish_limit)).await {
+        Some(r) => r,
+        None => ShipReport {
+            sealed: false,
+            dropped: 0,
+            problem: Some("stopped while shipping the log".into()),
+        },
+    };
+    if !report.sealed || report.dropped > 0 {
+        tracing::warn!(
+            sealed = report.sealed,
+            dropped = report.dropped,
+            problem = report.problem.as_deref().unwrap_or(""),
+            "the log was not shipped completely"
+        );
+    }
+    let req = match done {
+        Done::Stopped => {
+            hb.abort();
+            return Ok(AgentOutcome::Stopped);
+        }
+        Done::Cancelled => {
+            hb.abort();
+            return Ok(AgentOutcome::Cancelled);
+        }
+        Done::Complete {
+            status,
+            exit_code,
+            reason,
+            delivery,
+        } => CompleteRequest {
+            agent: cfg.agent.clone(),
+            fencing,
+            status,
+            exit_code,
+            reason,
+            artifacts: delivery.artifacts,
+            pr_url: delivery.pr_url,
+        },
+    };
+    // Heartbeats keep the lease while completing.
+    let completed = stopper
+        .bounded(retry("complete", patience, || client.complete(&req)))
+        .await;
+    hb.abort();
+    match completed {
+        None => Ok(AgentOutcome::Stopped),
+        Some(Ok(t)) => Ok(AgentOutcome::Completed(Box::new(t))),
+        Some(Err(AgentError::Refused(e))) if e.status() == Some(409) => Ok(AgentOutcome::Cancelled),
+        Some(Err(e)) => Err(e),
+    }
+}
 
-    let shipper = LogShipper::start(
-        client.clone(),
-        cfg.agent.clone(),
-        fencing,
-        claim.next_log_seq.max(1),
-    );
-    let gitw = GitWork::new(cfg.git.clone());
+/// How the work on a claimed task ended.
+enum Done {
+    /// Stopped (SIGTERM) before it finished.
+    Stopped,
+    /// Cancelled by the orchestrator.
+    Cancelled,
+    /// Finished: report this.
+    Complete {
+        status: TaskStatus,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        delivery: Delivery,
+    },
+}
+
+/// Prepares the workspace, runs the runner and delivers its changes; every phase gives way to
+/// a stop request.
+async fn work(
+    cfg: &AgentConfig,
+    task: &Task,
+    stopper: &Stopper,
+    cancel_rx: watch::Receiver<bool>,
+    runner_tx: watch::Sender<&'static str>,
+    shipper: LogShipper,
+) -> (LogShipper, Done) {
+    let mut git_policy = cfg.sandbox.git(&cfg.state_dir, &cfg.workspace);
+    if let Some(p) = task
+        .context
+        .repo
+        .as_ref()
+        .and_then(|r| local_remote(&r.url))
+    {
+        git_policy.write.push(p);
+    }
+    let gitw = GitWork::new(cfg.git.clone()).with_sandbox(git_policy);
     let _ = runner_tx.send("preparing");
+    let _ = std::fs::create_dir_all(&cfg.workspace);
     let checkout_dir = if task.context.repo.is_some() {
         cfg.workspace.join("repo")
     } else {
         cfg.workspace.clone()
     };
-    let prepared = gitw.prepare(&task.context, &checkout_dir, &shipper).await;
+    let prepared = tokio::select! {
+        p = gitw.prepare(&task.context, &checkout_dir, &shipper) => p,
+        _ = stopper.stopped() => {
+            shipper.push(LogStream::System, "agent stopping: the task did not start".into());
+            return (shipper, Done::Stopped);
+        }
+    };
     let (outcome, checkout) = match prepared {
         Err(e) => {
             shipper.push(
@@ -385,34 +677,40 @@ async fn run_task(
                         "no runner configured (GUILDNET_RUNNER is empty)".into(),
                     ))
                 }
-                Some(template) => match RunnerSpec::parse(template, &task, cfg) {
+                Some(template) => match RunnerSpec::parse(template, task, cfg) {
                     Err(e) => {
                         shipper.push(LogStream::System, format!("invalid runner: {e}"));
                         Some(RunOutcome::NotStarted(format!("invalid runner: {e}")))
                     }
-                    Ok(mut spec) => {
-                        spec.cwd = checkout_dir.clone();
-                        let _ = runner_tx.send("running");
-                        spec.run(&task.task, &shipper, cancel_rx, stop, cfg.kill_grace)
-                            .await
-                    }
+                    Ok(mut spec) => match PrivateTmp::create("runner") {
+                        Err(e) => Some(RunOutcome::NotStarted(format!(
+                            "cannot create the runner's temp dir: {e}"
+                        ))),
+                        Ok(tmp) => {
+                            spec.cwd = checkout_dir.clone();
+                            spec.env
+                                .push(("TMPDIR".into(), tmp.0.display().to_string()));
+                            spec.sandbox =
+                                Some(cfg.sandbox.runner(&cfg.state_dir, &cfg.workspace, &tmp.0));
+                            let _ = runner_tx.send("running");
+                            let stop = {
+                                let s = stopper.clone();
+                                async move { s.stopped().await }
+                            };
+                            spec.run(&task.task, &shipper, cancel_rx, stop, cfg.kill_grace)
+                                .await
+                        }
+                    },
                 },
             };
             (outcome, checkout)
         }
     };
+    stopper.runner_ended();
     let _ = runner_tx.send("finished");
     let (mut status, exit_code, mut reason) = match outcome {
-        None => {
-            let _ = shipper.finish(patience).await;
-            hb.abort();
-            return Ok(AgentOutcome::Stopped);
-        }
-        Some(RunOutcome::Cancelled) => {
-            let _ = shipper.finish(patience).await;
-            hb.abort();
-            return Ok(AgentOutcome::Cancelled);
-        }
+        None => return (shipper, Done::Stopped),
+        Some(RunOutcome::Cancelled) => return (shipper, Done::Cancelled),
         Some(RunOutcome::Exited(0)) => (TaskStatus::Succeeded, Some(0), None),
         Some(RunOutcome::Exited(code)) => (
             TaskStatus::Failed,
@@ -433,7 +731,14 @@ async fn run_task(
     if status == TaskStatus::Succeeded {
         if let Some(co) = &checkout {
             let _ = runner_tx.send("delivering");
-            match deliver(cfg, &gitw, co, &task, &shipper).await {
+            let delivered = tokio::select! {
+                d = deliver(cfg, &gitw, co, task, &shipper) => d,
+                _ = stopper.stopped() => {
+                    shipper.push(LogStream::System, "agent stopping: delivery abandoned".into());
+                    return (shipper, Done::Stopped);
+                }
+            };
+            match delivered {
                 Ok(d) => delivery = d,
                 Err(why) => {
                     shipper.push(LogStream::System, format!("delivery failed: {why}"));
@@ -443,24 +748,15 @@ async fn run_task(
             }
         }
     }
-    // Every line must be stored before completion is reported.
-    let flushed = shipper.finish(patience).await;
-    hb.abort();
-    flushed?;
-    let req = CompleteRequest {
-        agent: cfg.agent.clone(),
-        fencing,
-        status,
-        exit_code,
-        reason,
-        artifacts: delivery.artifacts,
-        pr_url: delivery.pr_url,
-    };
-    match retry("complete", patience, || client.complete(&req)).await {
-        Ok(t) => Ok(AgentOutcome::Completed(Box::new(t))),
-        Err(AgentError::Refused(e)) if e.status() == Some(409) => Ok(AgentOutcome::Cancelled),
-        Err(e) => Err(e),
-    }
+    (
+        shipper,
+        Done::Complete {
+            status,
+            exit_code,
+            reason,
+            delivery,
+        },
+    )
 }
 
 /// `last_pr.json`: what the task delivered.

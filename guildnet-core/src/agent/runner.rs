@@ -1,5 +1,7 @@
-//! Running the task's command: template expansion (no shell), its own process group, output
-//! lines to the log shipper, cancellation.
+//! Running the task's command: template expansion (no shell), its own process group and
+//! sandbox ([`super::sandbox`]), output lines to the log shipper (split on bytes, bounded per
+//! line: [`super::lines`]), cancellation, and the sweep of whatever it left behind (its
+//! process group, then every orphan re-parented to the agent).
 
 use super::{AgentConfig, LogShipper};
 use crate::model::{LogStream, Task};
@@ -10,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Environment variable carrying the task text to the runner.
@@ -38,6 +40,8 @@ pub struct RunnerSpec {
     pub cwd: PathBuf,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// What the runner may touch; `None` runs it unconfined (tests only).
+    pub sandbox: Option<super::sandbox::SandboxPolicy>,
 }
 
 impl RunnerSpec {
@@ -62,6 +66,7 @@ impl RunnerSpec {
                 ("TASK_ID".into(), task.id.to_string()),
                 ("ORG_NAME".into(), task.org.to_string()),
             ],
+            sandbox: None,
         })
     }
 
@@ -83,22 +88,35 @@ impl RunnerSpec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // The runner must not see the agent's credentials.
-        cmd.env_remove(crate::seams::env::AGENT_TOKEN)
-            .env_remove(super::agent_env::FORGE_TOKEN)
-            .env_remove(super::agent_env::CODE_SERVER_PASSWORD)
-            .env_remove("ORCHESTRATOR_TOKEN");
-        // If the agent dies (even by SIGKILL), the kernel kills the runner too.
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
+        // The agent removed its secrets from its own environment at start
+        // (process::harden_self); these stay as a second line for embedders that did not.
+        for k in super::process::SECRET_ENV {
+            cmd.env_remove(k);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = match cmd.spawn() {
+        match &self.sandbox {
+            Some(policy) => match policy.prepare() {
+                Ok(p) => p.install(&mut cmd, super::sandbox::ChildOptions::default()),
+                Err(e) => {
+                    let msg = format!("cannot sandbox the runner: {e}");
+                    shipper.push(LogStream::System, msg.clone());
+                    return Some(RunOutcome::NotStarted(msg));
+                }
+            },
+            None => {
+                // If the agent dies (even by SIGKILL), the kernel kills the runner too.
+                // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                            .map_err(std::io::Error::from)
+                    });
+                }
+            }
+        }
+        let (mut child, _tracked) = match super::process::spawn_tracked(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start runner {:?}: {e}", self.argv[0]);
@@ -146,12 +164,26 @@ impl RunnerSpec {
                 None
             }
         };
-        // Stop any children the runner left behind, then drain its output.
+        // Stop any children the runner left behind: its process group, then every orphan
+        // re-parented to the agent (`setsid`, double forks), which may hold its pipes open.
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGKILL);
         }
-        for r in readers {
-            let _ = r.await;
+        let swept = super::process::kill_orphans(Duration::from_secs(2)).await;
+        if swept > 0 {
+            shipper.push(
+                LogStream::System,
+                format!("stopped {swept} process(es) the runner left behind"),
+            );
+        }
+        // Drain its output; a descendant that escaped even the sweep cannot hold us here.
+        for mut r in readers {
+            if tokio::time::timeout(Duration::from_secs(2), &mut r)
+                .await
+                .is_err()
+            {
+                r.abort();
+            }
         }
         if let Some(RunOutcome::Exited(c)) = &outcome {
             shipper.push(LogStream::System, format!("runner exited with code {c}"));
@@ -180,14 +212,20 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: 
     }
 }
 
-async fn pump<R: tokio::io::AsyncRead + Unpin>(r: R, stream: LogStream, shipper: LogShipper) {
-    let mut lines = BufReader::new(r).lines();
+/// Reads a runner stream to its end: any bytes, split on newlines, each line bounded.
+async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: LogStream, shipper: LogShipper) {
+    let mut split = super::lines::LineSplitter::default();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match lines.next_line().await {
-            Ok(Some(l)) => shipper.push(stream, l),
-            Ok(None) => break,
+        match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                for line in split.feed(&buf[..n]) {
+                    shipper.push(stream, line);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                // Non-UTF-8 output: report once and stop reading this stream.
                 shipper.push(
                     LogStream::System,
                     format!("cannot read runner {}: {e}", stream.as_str()),
@@ -195,6 +233,9 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(r: R, stream: LogStream, shipper:
                 break;
             }
         }
+    }
+    if let Some(last) = split.finish() {
+        shipper.push(stream, last);
     }
 }
 
@@ -241,6 +282,7 @@ mod tests {
                     "ORG_NAME" => "acme",
                     "AGENT_NAME" => "agent-1",
                     "GUILDNET_WORKSPACE" => "/ws",
+                    "GUILDNET_STATE_DIR" => "/st",
                     _ => return None,
                 }
                 .to_owned(),
