@@ -104,7 +104,9 @@ fn children_of(pid: i32) -> Vec<i32> {
 }
 
 fn workspace(state: &Path, id: &TaskId) -> PathBuf {
-    state.join("agents").join(id.as_str()).join("workspace")
+    guildnet_core::state_dir::StatePaths::new(state)
+        .local_agent_dir(id)
+        .join("workspace")
 }
 
 /// Every file under `dir` contains none of `needles` (returns the offenders).
@@ -150,10 +152,9 @@ async fn log_text(orch: &Orchestrator, id: &TaskId) -> Vec<(LogStream, String)> 
 async fn orchestrator(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Orchestrator {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let deny = state.display().to_string();
-    let mut all: Vec<(&str, &str)> = vec![("GUILDNET_DENY_PATHS", &deny)];
-    all.extend_from_slice(envs);
-    let orch = Orchestrator::start_with(&state, free_port(), args, &all);
+    // The local backend itself tells each agent what to keep its runner out of (the state
+    // dir, the other agents' directories, kubeconfigs): nothing is set here.
+    let orch = Orchestrator::start_with(&state, free_port(), args, envs);
     orch.wait_ready().await;
     orch
 }
@@ -268,9 +269,8 @@ async fn code_server_gets_no_agent_secret_and_no_privileges() {
     let token = env_of(pid, "GUILDNET_AGENT_TOKEN").expect("agent token");
     let editor: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            orch.state
-                .join("agents")
-                .join(t.id.as_str())
+            guildnet_core::state_dir::StatePaths::new(&orch.state)
+                .local_agent_dir(&t.id)
                 .join("editor.json"),
         )
         .unwrap(),

@@ -136,12 +136,19 @@ pub struct Task {
 pub const LOG_SEAL_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
 impl Task {
-    /// Whether no more log lines can arrive at `now`: the log is sealed, or the task finished
-    /// more than [`LOG_SEAL_GRACE`] ago.
+    /// Whether the task has finished and no more log lines can arrive at `now`: its log is
+    /// sealed (the agent's final batch, or an end no agent can write after), or it finished
+    /// more than [`LOG_SEAL_GRACE`] ago. A sealed log of a task that still runs (the agent sent
+    /// its final batch and is reporting) is not complete yet.
     pub fn log_complete(&self, now: DateTime<Utc>) -> bool {
-        self.log_sealed
-            || (self.status.is_terminal()
-                && self.finished_at.is_none_or(|f| f + LOG_SEAL_GRACE <= now))
+        self.status.is_terminal()
+            && (self.log_sealed || self.finished_at.is_none_or(|f| f + LOG_SEAL_GRACE <= now))
+    }
+
+    /// Whether the agent holding the claim may still add log lines at `now`: not after its
+    /// final batch, and not once the log is complete.
+    pub fn log_open(&self, now: DateTime<Utc>) -> bool {
+        !self.log_sealed && !self.log_complete(now)
     }
 
     /// Whether the current agent holds (or held, for a finished task) the claim whose fencing

@@ -1260,8 +1260,10 @@ impl Orchestrator {
                     t.attempt += 1;
                     t.status = TaskStatus::Scheduled;
                     t.agent = None;
-                    // The next attempt has not started: its agent must claim before it writes.
+                    // The next attempt has not started: its agent must claim before it writes,
+                    // and its log is open again (the lost agent may have sealed it).
                     t.started_at = None;
+                    t.log_sealed = false;
                     t.reason = Some(why.to_owned());
                     Ok(TaskChange {
                         events: vec![NewEvent::for_task("task.requeued", t, Some(why.to_owned()))],

@@ -261,7 +261,7 @@ pub trait StateStore: Send + Sync {
 
     /// Stores an agent's log lines, atomically with these checks: the agent holds the task's
     /// claim with the batch's fencing token ([`Task::claimed_by`], else
-    /// [`RejectionKind::StaleFencing`]); the log is not complete ([`Task::log_complete`], else
+    /// [`RejectionKind::StaleFencing`]); the log is open ([`Task::log_open`], else
     /// [`RejectionKind::LogSealed`]); each line is new (its `seq` above every stored one) or a
     /// re-send of a stored line, which is skipped (else [`RejectionKind::LogOutOfOrder`]).
     /// Lines past the task's byte quota are dropped; the first one dropped is replaced by

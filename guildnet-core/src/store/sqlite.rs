@@ -1161,7 +1161,7 @@ impl StateStore for SqliteStore {
                     batch.agent, batch.fencing
                 ))));
             }
-            if t.log_complete(Utc::now()) {
+            if !t.log_open(Utc::now()) {
                 return Err(StoreError::Rejected(Rejection {
                     kind: RejectionKind::LogSealed,
                     message: format!("the log of task {task} is complete; no more lines are taken"),
