@@ -8,7 +8,7 @@
 #   scripts/testbed/install.sh --force kwok    # rebuild even if the stamp matches
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
-# Items: etcd kube kwok headscale tailscale talosctl code-server chromium
+# Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -25,9 +25,11 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium)
+ALL_ITEMS+=(gitea)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1)
+RECIPE+=([gitea]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -50,6 +52,7 @@ item_version() {
     talosctl) echo "$TALOS_VERSION" ;;
     code-server) echo "$CODE_SERVER_VERSION" ;;
     chromium) echo "debian" ;;
+    gitea) echo "$GITEA_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -65,6 +68,7 @@ item_outputs() {
     talosctl) echo "talosctl" ;;
     code-server) echo "code-server" ;;
     chromium) echo "chromium chromedriver" ;;
+    gitea) echo "gitea" ;;
   esac
 }
 
@@ -74,7 +78,8 @@ is_installed() {
   local item=$1 f
   [[ -f "$STAMPS/$item" && "$(cat "$STAMPS/$item")" == "$(stamp_value "$item")" ]] || return 1
   for f in $(item_outputs "$item"); do [[ -x "$BIN/$f" ]] || return 1; done
-  [[ $item != kwok || -f "$TESTBED_DIR/share/kwok/stages-fast.yaml" ]]
+  [[ $item != kwok || -f "$TESTBED_DIR/share/kwok/stages-fast.yaml" ]] || return 1
+  [[ $item != gitea || -d "$TESTBED_DIR/share/gitea/options" ]]
 }
 
 # go build into a temp name, then rename, so an interrupted build never leaves a binary behind.
@@ -368,6 +373,37 @@ install_chromium() {
   ln -sfn /usr/bin/chromedriver "$BIN/chromedriver"
   verify "Chromium" "$BIN/chromium" --version
   verify "ChromeDriver" "$BIN/chromedriver" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# gitea: a real git forge (HTTP git + the REST API for pull requests) for the agent's delivery
+# tests. code.gitea.io/gitea's go.mod has replace directives, so a wrapper module (like
+# talosctl's) builds its root package (main.go) with the tags of its Makefile's release build
+# minus `bindata`: `sqlite sqlite_unlock_notify` (mattn/go-sqlite3, cgo). `bindata` embeds
+# public/, templates/ and options/ after `go generate` in a writable source tree, and public/
+# would still lack the frontend (built with pnpm + vite, not part of the module zip). Without
+# it Gitea reads templates/, options/ and public/ from STATIC_ROOT_PATH, so those directories
+# are copied from the module to share/gitea/ (the REST API and git over HTTP need only options/
+# for repository init and locales; templates/ for mail and a few API answers).
+# v1.27.3 on the proxy declares its module path as gitea.dev (not code.gitea.io/gitea), so it
+# cannot be required under the path it is served at; v1.26.0 is the newest usable tag.
+install_gitea() {
+  local v=$GITEA_VERSION dir gomod srcdir repl share="$TESTBED_DIR/share/gitea" d
+  dir="$SRC/gitea-$v"
+  gomod="$(go_mod_field "code.gitea.io/gitea@$v" GoMod)"
+  srcdir="$(go_mod_field "code.gitea.io/gitea@$v" Dir)"
+  [[ -f "$gomod" && -d "$srcdir" ]] || die "could not download code.gitea.io/gitea@$v"
+  repl="$(go_mod_replaces "$gomod")"
+  if grep -q '=> \.' <<<"$repl"; then die "unhandled local replace in $gomod: $repl"; fi
+  go_wrapper "$dir" code.gitea.io/gitea "$v" "$repl" code.gitea.io/gitea
+  (cd "$dir" && CGO_ENABLED=1 go build -trimpath -tags 'sqlite sqlite_unlock_notify' \
+    -ldflags="$GO_LDFLAGS_BASE -X main.Version=${v#v} -X 'main.Tags=sqlite sqlite_unlock_notify'" \
+    -o "$BIN/gitea.tmp" code.gitea.io/gitea && mv -f "$BIN/gitea.tmp" "$BIN/gitea")
+  rm -rf "$share.tmp" && mkdir -p "$share.tmp"
+  for d in options templates public; do cp -r "$srcdir/$d" "$share.tmp/$d"; done
+  chmod -R u+w "$share.tmp"
+  rm -rf "$share" && mv "$share.tmp" "$share"
+  verify "Gitea version ${v#v}" "$BIN/gitea" --version
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ pub struct GitConfig {
     pub author_email: String,
     /// Longest a single git command may take.
     pub timeout: Duration,
+    /// An `Authorization` header for HTTP(S) URLs under the forge's web root, passed to git
+    /// in its environment (`GIT_CONFIG_*`), never on a command line or in `.git/config`.
+    pub http_auth: Option<super::forge::GitHttpAuth>,
 }
 
 impl Default for GitConfig {
@@ -38,6 +41,7 @@ impl Default for GitConfig {
             author_name: "GuildNet Agent".into(),
             author_email: "agent@guildnet.invalid".into(),
             timeout: Duration::from_secs(600),
+            http_auth: None,
         }
     }
 }
@@ -83,29 +87,7 @@ impl GitError {
     }
 }
 
-/// Removes `user[:password]@` from URLs so credentials never reach a log line.
-pub fn redact_url(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                out.push_str(&authority[at + 1..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::redact::redact_url;
 
 /// Runs git steps for one task.
 #[derive(Debug, Clone)]
@@ -141,6 +123,9 @@ impl GitWork {
             // Never run remote-helper transports that execute commands.
             .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file")
             .env_remove(crate::seams::env::AGENT_TOKEN);
+        if let Some(auth) = &self.cfg.http_auth {
+            cmd.envs(auth.git_env());
+        }
         let out = match tokio::time::timeout(self.cfg.timeout, cmd.output()).await {
             Err(_) => {
                 return Err(GitError::new(

@@ -26,6 +26,7 @@ pub struct LogShipper {
     tx: mpsc::UnboundedSender<Msg>,
     next_seq: Arc<AtomicU64>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
+    redactor: Arc<crate::redact::Redactor>,
 }
 
 impl LogShipper {
@@ -38,11 +39,13 @@ impl LogShipper {
             tx,
             next_seq: Arc::new(AtomicU64::new(first_seq)),
             failed,
+            redactor: Arc::default(),
         }
     }
 
     /// Queues a line (never blocks; lines are kept in memory until acknowledged).
     pub fn push(&self, stream: LogStream, line: String) {
+        let line = self.redactor.apply_owned(line);
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(Msg::Line(NewLogLine {
             seq,
@@ -50,6 +53,12 @@ impl LogShipper {
             line,
             ts: Utc::now(),
         }));
+    }
+
+    /// Removes `redactor`'s secrets from every line pushed from now on.
+    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Self {
+        self.redactor = Arc::new(redactor);
+        self
     }
 
     /// Waits until every queued line is acknowledged, for at most `patience`.

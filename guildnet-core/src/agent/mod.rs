@@ -26,7 +26,8 @@ use crate::orchestrator::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, 
 use crate::seams::env;
 use crate::token::Secret;
 use editor::{EditorConfig, EditorState, EditorSupervisor};
-use forge::{Forge, GitHubForge, PullRequest};
+use crate::redact::Redactor;
+use forge::{ForgeKind, ForgeSettings, PullRequest};
 use git::{GitConfig, GitWork};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,12 +53,24 @@ pub mod agent_env {
     pub const GIT_AUTHOR_NAME: &str = "GUILDNET_GIT_AUTHOR_NAME";
     /// Commit author email.
     pub const GIT_AUTHOR_EMAIL: &str = "GUILDNET_GIT_AUTHOR_EMAIL";
-    /// GitHub-compatible forge API base URL (e.g. `https://api.github.com`); PRs are off when unset.
+    /// The forge's URL: its web root or API base (`https://github.com`,
+    /// `https://ghe.example/api/v3`, `https://gitea.example`, `https://gitlab.example/api/v4`);
+    /// pushes go unauthenticated and no pull request is opened when unset.
     pub const FORGE_API: &str = "GUILDNET_FORGE_API";
-    /// Forge token (secret).
+    /// The forge's API: `github`, `gitea` (also Forgejo) or `gitlab` (default: guessed from
+    /// the URL, else `github`).
+    pub const FORGE_KIND: &str = "GUILDNET_FORGE_KIND";
+    /// Forge token (secret): git over HTTPS to the forge and its API.
     pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
-    /// `owner/name` on the forge (default: from the clone URL).
+    /// A file holding the forge token (instead of [`FORGE_TOKEN`]).
+    pub const FORGE_TOKEN_FILE: &str = "GUILDNET_FORGE_TOKEN_FILE";
+    /// The repository's path on the forge (`owner/name`; default: from the clone URL).
     pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
+    /// Comma-separated names of the variables that hold secrets (set by the orchestrator): their
+    /// values are removed from every log line and reason the agent sends.
+    pub const SECRET_ENV: &str = "GUILDNET_SECRET_ENV";
+    /// The name of the runner the orchestrator chose (for the log).
+    pub const RUNNER_NAME: &str = "GUILDNET_RUNNER_NAME";
 }
 
 /// Errors that end an agent.
@@ -77,11 +90,9 @@ pub enum AgentError {
 /// Where pull requests are opened.
 #[derive(Debug, Clone)]
 pub struct ForgeConfig {
-    /// API base URL.
-    pub api: String,
-    /// Token.
-    pub token: Secret,
-    /// `owner/name`, if not derived from the clone URL.
+    /// The forge: kind, URL and token.
+    pub settings: ForgeSettings,
+    /// The repository's path on the forge, if not derived from the clone URL.
     pub repo: Option<String>,
 }
 
@@ -114,6 +125,10 @@ pub struct AgentConfig {
     pub git: GitConfig,
     /// Forge for pull requests.
     pub forge: Option<ForgeConfig>,
+    /// The name of the runner the orchestrator chose, for the log.
+    pub runner_name: Option<String>,
+    /// Removes this agent's secrets from log lines and reasons.
+    pub redactor: Redactor,
     /// How long to keep retrying an unreachable orchestrator before giving up.
     pub patience: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping the runner.
@@ -170,21 +185,54 @@ impl AgentConfig {
                 })
             }
         };
-        let forge = match (opt(agent_env::FORGE_API), opt(agent_env::FORGE_TOKEN)) {
-            (Some(api), Some(token)) => Some(ForgeConfig {
-                api,
-                token: Secret::new(token),
-                repo: opt(agent_env::FORGE_REPO),
-            }),
+        let forge_token = match (opt(agent_env::FORGE_TOKEN), opt(agent_env::FORGE_TOKEN_FILE)) {
+            (Some(t), _) => Some(Secret::new(t)),
+            (None, Some(path)) => Some(
+                crate::agent_settings::read_secret_file(std::path::Path::new(&path))
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_TOKEN_FILE)))?,
+            ),
+            (None, None) => None,
+        };
+        let forge = match (opt(agent_env::FORGE_API), forge_token.clone()) {
+            (Some(url), Some(token)) => {
+                let kind = match opt(agent_env::FORGE_KIND) {
+                    Some(k) => ForgeKind::parse(&k).ok_or_else(|| {
+                        AgentError::Config(format!(
+                            "{}: {k:?} is not github, gitea, forgejo or gitlab",
+                            agent_env::FORGE_KIND
+                        ))
+                    })?,
+                    None => ForgeKind::guess(&url).unwrap_or(ForgeKind::GitHub),
+                };
+                let settings = ForgeSettings { kind, url, token };
+                settings
+                    .endpoints()
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_API)))?;
+                Some(ForgeConfig {
+                    settings,
+                    repo: opt(agent_env::FORGE_REPO),
+                })
+            }
             (Some(_), None) => {
                 return Err(AgentError::Config(format!(
-                    "{} is set but {} is not",
+                    "{} is set but neither {} nor {} is",
                     agent_env::FORGE_API,
-                    agent_env::FORGE_TOKEN
+                    agent_env::FORGE_TOKEN,
+                    agent_env::FORGE_TOKEN_FILE
                 )))
             }
             _ => None,
         };
+        // Every secret this agent holds, so none of them reaches a log line.
+        let mut secrets: Vec<Secret> = forge_token.into_iter().collect();
+        secrets.extend(opt(env::AGENT_TOKEN).map(Secret::new));
+        secrets.extend(opt(agent_env::CODE_SERVER_PASSWORD).map(Secret::new));
+        for name in opt(agent_env::SECRET_ENV).unwrap_or_default().split(',') {
+            if let Some(v) = opt(name.trim()) {
+                secrets.push(Secret::new(v));
+            }
+        }
+        let redactor = Redactor::new(secrets.iter());
         let mut git = GitConfig::default();
         if let Some(g) = opt(agent_env::GIT) {
             git.git = PathBuf::from(g);
@@ -194,6 +242,13 @@ impl AgentConfig {
         }
         if let Some(e) = opt(agent_env::GIT_AUTHOR_EMAIL) {
             git.author_email = e;
+        }
+        if let Some(f) = &forge {
+            git.http_auth = Some(
+                f.settings
+                    .git_http_auth()
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_API)))?,
+            );
         }
         Ok(Self {
             orchestrator_url: req(env::ORCHESTRATOR_URL)?,
@@ -209,6 +264,8 @@ impl AgentConfig {
             editor,
             git,
             forge,
+            runner_name: opt(agent_env::RUNNER_NAME),
+            redactor,
             patience: Duration::from_secs(600),
             kill_grace: Duration::from_secs(3),
         })
@@ -354,7 +411,8 @@ async fn run_task(
         cfg.agent.clone(),
         fencing,
         claim.next_log_seq.max(1),
-    );
+    )
+    .with_redactor(cfg.redactor.clone());
     let gitw = GitWork::new(cfg.git.clone());
     let _ = runner_tx.send("preparing");
     let checkout_dir = if task.context.repo.is_some() {
@@ -389,6 +447,9 @@ async fn run_task(
                     }
                     Ok(mut spec) => {
                         spec.cwd = checkout_dir.clone();
+                        if let Some(name) = &cfg.runner_name {
+                            shipper.push(LogStream::System, format!("runner: {name}"));
+                        }
                         let _ = runner_tx.send("running");
                         spec.run(&task.task, &shipper, cancel_rx, stop, cfg.kill_grace)
                             .await
@@ -449,7 +510,7 @@ async fn run_task(
         fencing,
         status,
         exit_code,
-        reason,
+        reason: reason.map(|r| cfg.redactor.apply_owned(r)),
         artifacts: delivery.artifacts,
         pr_url: delivery.pr_url,
     };
@@ -516,39 +577,53 @@ async fn deliver(
         let repo = fc
             .repo
             .clone()
-            .or_else(|| forge::owner_repo_from_url(&co.repo.url))
-            .ok_or_else(|| {
+            .or_else(|| fc.settings.repo_path(&co.repo.url));
+        match repo {
+            None => shipper.push(
+                LogStream::System,
                 format!(
-                    "cannot tell the forge repository from the clone URL; set {}",
+                    "{} is not on the configured forge ({}); no pull request (set {} to name it)",
+                    git::redact_url(&co.repo.url),
+                    fc.settings.url,
                     agent_env::FORGE_REPO
-                )
-            })?;
-        let f = GitHubForge::new(&fc.api, &repo, fc.token.clone())?;
-        let base = co
-            .repo
-            .git_ref
-            .clone()
-            .or_else(|| co.base_branch.clone())
-            .unwrap_or_else(|| "main".into());
-        let pr = PullRequest {
-            title: message.lines().next().unwrap_or("GuildNet task").to_owned(),
-            head: pushed.branch.clone(),
-            base,
-            body: format!(
-                "Opened by GuildNet agent {} for task {}.\n\n{}",
-                cfg.agent,
-                task.id,
-                task.task.chars().take(4000).collect::<String>()
+                ),
             ),
-        };
-        let opened = f.open_pull_request(&pr).await.map_err(|e| e.to_string())?;
-        shipper.push(LogStream::System, format!("pull request: {}", opened.url));
-        artifacts.push(Artifact {
-            name: "pr".into(),
-            kind: "pr".into(),
-            uri: opened.url.clone(),
-        });
-        pr_url = Some(opened.url);
+            Some(repo) => {
+                let f = fc.settings.connect(&repo).map_err(|e| e.to_string())?;
+                // The branch that was checked out; a tag or commit leaves HEAD detached, and
+                // then the pull request goes to `main`.
+                let base = co.base_branch.clone().unwrap_or_else(|| "main".into());
+                let pr = PullRequest {
+                    title: message.lines().next().unwrap_or("GuildNet task").to_owned(),
+                    head: pushed.branch.clone(),
+                    base,
+                    body: format!(
+                        "Opened by GuildNet agent {} for task {}.\n\n{}",
+                        cfg.agent,
+                        task.id,
+                        task.task.chars().take(4000).collect::<String>()
+                    ),
+                };
+                let opened = f
+                    .open_pull_request(&pr)
+                    .await
+                    .map_err(|e| format!("cannot open the pull request on {repo}: {e}"))?;
+                shipper.push(
+                    LogStream::System,
+                    format!(
+                        "pull request{}: {}",
+                        if opened.reused { " (already open, reused)" } else { "" },
+                        opened.url
+                    ),
+                );
+                artifacts.push(Artifact {
+                    name: "pr".into(),
+                    kind: "pr".into(),
+                    uri: opened.url.clone(),
+                });
+                pr_url = Some(opened.url);
+            }
+        }
     }
     let record = LastPr {
         url: pr_url.clone(),

@@ -86,6 +86,7 @@ impl RunnerSpec {
         // The runner must not see the agent's credentials.
         cmd.env_remove(crate::seams::env::AGENT_TOKEN)
             .env_remove(super::agent_env::FORGE_TOKEN)
+            .env_remove(super::agent_env::FORGE_TOKEN_FILE)
             .env_remove(super::agent_env::CODE_SERVER_PASSWORD)
             .env_remove("ORCHESTRATOR_TOKEN");
         // If the agent dies (even by SIGKILL), the kernel kills the runner too.
