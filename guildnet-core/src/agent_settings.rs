@@ -103,8 +103,8 @@ pub fn check_env_name(name: &str) -> Result<(), SettingsError> {
 /// Reads a secret from a file (trailing newline removed). Refuses files other users can read.
 pub fn read_secret_file(path: &Path) -> Result<Secret, SettingsError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(err(format!(
             "{} is readable by other users (mode {:o}); chmod 600 it",
@@ -218,9 +218,11 @@ impl AgentSettingsConfig {
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<(), SettingsError> {
         check_env_name(name)?;
-        let v = get(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| err(format!("{name} is not set in the orchestrator's environment")))?;
+        let v = get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            err(format!(
+                "{name} is not set in the orchestrator's environment"
+            ))
+        })?;
         self.secret_env.push((name.to_owned(), Secret::new(v)));
         Ok(())
     }
@@ -425,7 +427,10 @@ mod tests {
         assert!(s.has_secret("GUILDNET_FORGE_TOKEN") && s.has_secret("OPENAI_API_KEY"));
         // No secret value in the plain half.
         for (_, v) in &s.env {
-            assert!(!v.contains("forge-secret-1") && !v.contains("sk-test-1"), "{v}");
+            assert!(
+                !v.contains("forge-secret-1") && !v.contains("sk-test-1"),
+                "{v}"
+            );
         }
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         let mut c2 = AgentSettingsConfig::default();

@@ -117,10 +117,7 @@ mod tests {
     fn secrets_and_their_base64_are_masked() {
         let tok = Secret::new("ghp_0123456789abcdef");
         let r = Redactor::new([&tok]);
-        assert_eq!(
-            r.apply("token=ghp_0123456789abcdef end"),
-            "token=*** end"
-        );
+        assert_eq!(r.apply("token=ghp_0123456789abcdef end"), "token=*** end");
         let b64 = base64::engine::general_purpose::STANDARD.encode("ghp_0123456789abcdef");
         assert_eq!(r.apply(&format!("Basic {b64}")), "Basic ***");
         assert_eq!(r.apply("nothing here"), "nothing here");

@@ -34,7 +34,8 @@ pub const PRESETS: &[RunnerPreset] = &[
         template: "claude -p --permission-mode acceptEdits --output-format text",
         input: "stdin (print mode `-p` without a prompt argument reads the prompt from stdin)",
         needs: &[&["ANTHROPIC_API_KEY"]],
-        notes: "acceptEdits lets it edit files without asking; shell commands stay denied in print \
+        notes:
+            "acceptEdits lets it edit files without asking; shell commands stay denied in print \
                 mode unless allowed with --allowedTools. It refuses \
                 --dangerously-skip-permissions as root: run the agent as a normal user.",
     },
@@ -72,7 +73,12 @@ pub const PRESETS: &[RunnerPreset] = &[
                    --no-gitignore --no-check-update --no-analytics --no-pretty \
                    --no-show-model-warnings --no-suggest-shell-commands",
         input: "stdin (read as the message file)",
-        needs: &[&["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"]],
+        needs: &[&[
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "OPENROUTER_API_KEY",
+        ]],
         notes: "The model comes from AIDER_MODEL (aider reads every option from AIDER_* \
                 variables); an OpenAI-compatible endpoint from OPENAI_API_BASE. The agent \
                 commits aider's edits itself, hence --no-auto-commits.",
@@ -102,7 +108,11 @@ pub fn preset(name: &str) -> Option<&'static RunnerPreset> {
 
 /// Names of every preset, comma-separated (for error messages).
 pub fn preset_names() -> String {
-    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl RunnerPreset {

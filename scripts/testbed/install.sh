@@ -8,7 +8,7 @@
 #   scripts/testbed/install.sh --force kwok    # rebuild even if the stamp matches
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
-# Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea
+# Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -25,11 +25,11 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium)
-ALL_ITEMS+=(gitea)
+ALL_ITEMS+=(gitea aider)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1)
-RECIPE+=([gitea]=1)
+RECIPE+=([gitea]=1 [aider]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -53,6 +53,7 @@ item_version() {
     code-server) echo "$CODE_SERVER_VERSION" ;;
     chromium) echo "debian" ;;
     gitea) echo "$GITEA_VERSION" ;;
+    aider) echo "$AIDER_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -69,6 +70,7 @@ item_outputs() {
     code-server) echo "code-server" ;;
     chromium) echo "chromium chromedriver" ;;
     gitea) echo "gitea" ;;
+    aider) echo "aider" ;;
   esac
 }
 
@@ -403,7 +405,28 @@ install_gitea() {
   for d in options templates public; do cp -r "$srcdir/$d" "$share.tmp/$d"; done
   chmod -R u+w "$share.tmp"
   rm -rf "$share" && mv "$share.tmp" "$share"
-  verify "Gitea version ${v#v}" "$BIN/gitea" --version
+  verify "gitea version ${v#v} " "$BIN/gitea" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# aider: a real open-source coding CLI (PyPI aider-chat) that the agent runs as its runner in
+# the tests, against a local OpenAI-compatible endpoint the test serves. Installed with pip into
+# its own virtualenv (aider-chat pins its whole dependency tree; it supports Python 3.10-3.12).
+# pip's cache (~/.cache/pip) makes a reinstall cheap.
+install_aider() {
+  local venv="$TESTBED_DIR/aider" py="" c
+  for c in python3 python3.12 python3.11 python3.10; do
+    if command -v "$c" >/dev/null 2>&1 &&
+      "$c" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; then
+      py="$c"; break
+    fi
+  done
+  [[ -n "$py" ]] || die "aider: needs Python 3.10, 3.11 or 3.12 (aider-chat's requires-python)"
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install --no-input --disable-pip-version-check --quiet "aider-chat==$AIDER_VERSION"
+  ln -sfn ../aider/bin/aider "$BIN/aider"
+  verify "aider ${AIDER_VERSION}" env HOME="$TESTBED_DIR" "$BIN/aider" --version
 }
 
 # ---------------------------------------------------------------------------------------------

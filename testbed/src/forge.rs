@@ -154,7 +154,10 @@ impl Gitea {
             .map_err(TestbedError::io("write app.ini"))?;
         let home = dir.path().join("home");
         let env: [(&str, &OsStr); 3] = [
-            ("GITEA_I_AM_BEING_UNSAFE_RUNNING_AS_ROOT", OsStr::new("true")),
+            (
+                "GITEA_I_AM_BEING_UNSAFE_RUNNING_AS_ROOT",
+                OsStr::new("true"),
+            ),
             ("GITEA_WORK_DIR", dir.path().as_os_str()),
             // Gitea runs git with HOME set to its own; keep the user's ~/.gitconfig out of it.
             ("HOME", home.as_os_str()),
@@ -223,14 +226,19 @@ impl Gitea {
         let url = format!("http://127.0.0.1:{port}");
         let probe = probe_client();
         let version_url = format!("{url}/api/v1/version");
-        wait_for("gitea /api/v1/version", START_TIMEOUT, Some(&mut proc), || {
-            let probe = probe.clone();
-            let u = version_url.clone();
-            async move {
-                let r = probe.get(&u).send().await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
+        wait_for(
+            "gitea /api/v1/version",
+            START_TIMEOUT,
+            Some(&mut proc),
+            || {
+                let probe = probe.clone();
+                let u = version_url.clone();
+                async move {
+                    let r = probe.get(&u).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
         .await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -292,7 +300,12 @@ impl Gitea {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.api()))

@@ -18,7 +18,10 @@ fn git(dir: &Path, auth: Option<(&str, &str)>, args: &[&str]) -> std::process::O
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("guildnet:{token}"));
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", format!("http.{url}/.extraHeader"))
-            .env("GIT_CONFIG_VALUE_0", format!("Authorization: Basic {basic}"));
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Basic {basic}"),
+            );
     }
     cmd.output().expect("run git")
 }
@@ -60,16 +63,35 @@ async fn gitea_serves_git_over_http_and_pull_requests() {
         Some((g.url(), g.token())),
         &["clone", "-q", &repo.clone_url, "co"],
     );
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let co = work.path().join("co");
     assert!(co.join("README.md").is_file());
     std::fs::write(co.join("new.txt"), "hello\n").unwrap();
-    assert!(git(&co, None, &["checkout", "-q", "-b", "feature/x"]).status.success());
+    assert!(git(&co, None, &["checkout", "-q", "-b", "feature/x"])
+        .status
+        .success());
     assert!(git(&co, None, &["add", "new.txt"]).status.success());
-    assert!(git(&co, None, &["commit", "-q", "-m", "add new.txt"]).status.success());
-    let push = git(&co, Some((g.url(), g.token())), &["push", "-q", "origin", "feature/x"]);
-    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
-    assert_eq!(g.raw_file(&repo, "new.txt", "feature/x").await.unwrap(), "hello\n");
+    assert!(git(&co, None, &["commit", "-q", "-m", "add new.txt"])
+        .status
+        .success());
+    let push = git(
+        &co,
+        Some((g.url(), g.token())),
+        &["push", "-q", "origin", "feature/x"],
+    );
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    assert_eq!(
+        g.raw_file(&repo, "new.txt", "feature/x").await.unwrap(),
+        "hello\n"
+    );
 
     // A pull request; the same again is a 409.
     let path = format!("/repos/{}/{}/pulls", repo.owner, repo.name);

@@ -23,10 +23,10 @@ use crate::client::{AgentClient, ClientError};
 use crate::model::{Artifact, LogStream, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::orchestrator::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
+use crate::redact::Redactor;
 use crate::seams::env;
 use crate::token::Secret;
 use editor::{EditorConfig, EditorState, EditorSupervisor};
-use crate::redact::Redactor;
 use forge::{ForgeKind, ForgeSettings, PullRequest};
 use git::{GitConfig, GitWork};
 use std::future::Future;
@@ -185,11 +185,15 @@ impl AgentConfig {
                 })
             }
         };
-        let forge_token = match (opt(agent_env::FORGE_TOKEN), opt(agent_env::FORGE_TOKEN_FILE)) {
+        let forge_token = match (
+            opt(agent_env::FORGE_TOKEN),
+            opt(agent_env::FORGE_TOKEN_FILE),
+        ) {
             (Some(t), _) => Some(Secret::new(t)),
             (None, Some(path)) => Some(
-                crate::agent_settings::read_secret_file(std::path::Path::new(&path))
-                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_TOKEN_FILE)))?,
+                crate::agent_settings::read_secret_file(std::path::Path::new(&path)).map_err(
+                    |e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_TOKEN_FILE)),
+                )?,
             ),
             (None, None) => None,
         };
@@ -423,11 +427,12 @@ async fn run_task(
     let prepared = gitw.prepare(&task.context, &checkout_dir, &shipper).await;
     let (outcome, checkout) = match prepared {
         Err(e) => {
+            let why = explain_git_failure(cfg, &task, e.to_string()).await;
             shipper.push(
                 LogStream::System,
-                format!("cannot prepare the workspace: {e}"),
+                format!("cannot prepare the workspace: {why}"),
             );
-            (Some(RunOutcome::NotStarted(e.to_string())), None)
+            (Some(RunOutcome::NotStarted(why)), None)
         }
         Ok(checkout) => {
             let outcome = match &cfg.runner {
@@ -521,6 +526,29 @@ async fn run_task(
     }
 }
 
+/// After a git step failed on a repository of the configured forge: asks the forge whether it
+/// accepts the token at all, and if it does not, says so in front of git's own message (git
+/// only reports that it could not read a user name, since it may not prompt).
+async fn explain_git_failure(cfg: &AgentConfig, task: &Task, why: String) -> String {
+    let Some(fc) = &cfg.forge else {
+        return why;
+    };
+    let on_forge = task
+        .context
+        .repo
+        .as_ref()
+        .is_some_and(|r| fc.settings.repo_path(&r.url).is_some());
+    if !on_forge {
+        return why;
+    }
+    match fc.settings.whoami().await {
+        Err(e @ forge::ForgeError::Auth { .. }) => {
+            format!("the forge token was refused: {e}; {why}")
+        }
+        _ => why,
+    }
+}
+
 /// `last_pr.json`: what the task delivered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -550,11 +578,14 @@ async fn deliver(
     shipper: &LogShipper,
 ) -> Result<Delivery, String> {
     let message = git::commit_message(task.id.as_str(), &task.task);
-    let Some(pushed) = gitw
+    let pushed = match gitw
         .commit_and_push(co, task.id.as_str(), &message, shipper)
         .await
-        .map_err(|e| e.to_string())?
-    else {
+    {
+        Ok(p) => p,
+        Err(e) => return Err(explain_git_failure(cfg, task, e.to_string()).await),
+    };
+    let Some(pushed) = pushed else {
         return Ok(Delivery {
             artifacts: Vec::new(),
             pr_url: None,
@@ -612,7 +643,11 @@ async fn deliver(
                     LogStream::System,
                     format!(
                         "pull request{}: {}",
-                        if opened.reused { " (already open, reused)" } else { "" },
+                        if opened.reused {
+                            " (already open, reused)"
+                        } else {
+                            ""
+                        },
                         opened.url
                     ),
                 );

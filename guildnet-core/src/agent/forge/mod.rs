@@ -254,9 +254,13 @@ impl ForgeSettings {
     pub fn connect(&self, repo_path: &str) -> Result<Box<dyn Forge>, ForgeError> {
         let ep = self.endpoints()?;
         Ok(match self.kind {
-            ForgeKind::GitHub => Box::new(GitHubForge::new(&ep.api, repo_path, self.token.clone())?),
+            ForgeKind::GitHub => {
+                Box::new(GitHubForge::new(&ep.api, repo_path, self.token.clone())?)
+            }
             ForgeKind::Gitea => Box::new(GiteaForge::new(&ep.api, repo_path, self.token.clone())?),
-            ForgeKind::GitLab => Box::new(GitLabForge::new(&ep.api, repo_path, self.token.clone())?),
+            ForgeKind::GitLab => {
+                Box::new(GitLabForge::new(&ep.api, repo_path, self.token.clone())?)
+            }
         })
     }
 
@@ -293,6 +297,37 @@ impl ForgeSettings {
     }
 }
 
+impl ForgeSettings {
+    /// Who the token belongs to (`GET /user` on every forge): the login name, or
+    /// [`ForgeError::Auth`] when the forge refuses the token. The agent asks this after a clone
+    /// or push over HTTP(S) failed, to tell a refused token from other failures by the forge's
+    /// status code rather than by git's message.
+    pub async fn whoami(&self) -> Result<String, ForgeError> {
+        let ep = self.endpoints()?;
+        let http = http_client()?;
+        let req = http.get(format!("{}/user", ep.api));
+        let req = match self.kind {
+            ForgeKind::GitHub => req
+                .bearer_auth(self.token.expose())
+                .header("Accept", "application/vnd.github+json"),
+            ForgeKind::Gitea => {
+                req.header("Authorization", format!("token {}", self.token.expose()))
+            }
+            ForgeKind::GitLab => req.header("PRIVATE-TOKEN", self.token.expose()),
+        };
+        let reply = send(&ep.api, req).await?;
+        if reply.status != 200 {
+            return Err(reply_error(&ep.api, &reply));
+        }
+        let v: serde_json::Value = decode(&ep.api, "user", &reply.body)?;
+        Ok(v.get("login")
+            .or_else(|| v.get("username"))
+            .and_then(|l| l.as_str())
+            .unwrap_or("")
+            .to_owned())
+    }
+}
+
 /// An HTTP header git sends to URLs under `url` (see [`ForgeSettings::git_http_auth`]).
 #[derive(Debug, Clone)]
 pub struct GitHttpAuth {
@@ -311,10 +346,7 @@ impl GitHttpAuth {
                 "GIT_CONFIG_KEY_0".into(),
                 format!("http.{}.extraHeader", self.url),
             ),
-            (
-                "GIT_CONFIG_VALUE_0".into(),
-                self.header.expose().to_owned(),
-            ),
+            ("GIT_CONFIG_VALUE_0".into(), self.header.expose().to_owned()),
         ]
     }
 }
@@ -349,12 +381,14 @@ pub fn endpoints(kind: ForgeKind, url: &str) -> Result<ForgeEndpoints, ForgeErro
     };
     let path = u.path().trim_end_matches('/');
     let (web, api) = match kind {
-        ForgeKind::GitHub if host.eq_ignore_ascii_case("api.github.com") => {
-            ("https://github.com/".to_owned(), "https://api.github.com".to_owned())
-        }
-        ForgeKind::GitHub if host.eq_ignore_ascii_case("github.com") => {
-            ("https://github.com/".to_owned(), "https://api.github.com".to_owned())
-        }
+        ForgeKind::GitHub if host.eq_ignore_ascii_case("api.github.com") => (
+            "https://github.com/".to_owned(),
+            "https://api.github.com".to_owned(),
+        ),
+        ForgeKind::GitHub if host.eq_ignore_ascii_case("github.com") => (
+            "https://github.com/".to_owned(),
+            "https://api.github.com".to_owned(),
+        ),
         // GitHub Enterprise Server: https://HOST/api/v3 (the web root is the host).
         ForgeKind::GitHub => {
             let root = path.strip_suffix("/api/v3").unwrap_or(path);
@@ -422,7 +456,9 @@ pub(crate) fn http_client() -> Result<reqwest::Client, ForgeError> {
 pub(crate) fn check_api(api: &str) -> Result<String, ForgeError> {
     let u = Url::parse(api).map_err(|e| ForgeError::Config(format!("forge API {api:?}: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") {
-        return Err(ForgeError::Config(format!("forge API URL {api:?} must be http(s)")));
+        return Err(ForgeError::Config(format!(
+            "forge API URL {api:?} must be http(s)"
+        )));
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(ForgeError::Config(
@@ -455,7 +491,11 @@ pub(crate) async fn send(api: &str, req: reqwest::RequestBuilder) -> Result<Repl
 pub(crate) fn error_message(body: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
         let t: String = body.trim().chars().take(200).collect();
-        return if t.is_empty() { "(empty reply)".into() } else { t };
+        return if t.is_empty() {
+            "(empty reply)".into()
+        } else {
+            t
+        };
     };
     let mut parts = Vec::new();
     match v.get("message") {
@@ -545,7 +585,11 @@ mod tests {
     #[test]
     fn endpoints_of_each_forge() {
         let e = |k, u| endpoints(k, u).unwrap();
-        for u in ["https://github.com", "https://api.github.com/", "https://github.com/acme"] {
+        for u in [
+            "https://github.com",
+            "https://api.github.com/",
+            "https://github.com/acme",
+        ] {
             assert_eq!(
                 e(ForgeKind::GitHub, u),
                 ForgeEndpoints {
@@ -595,12 +639,14 @@ mod tests {
         assert_eq!(gh.repo_path("https://github.com/a/b/c"), None);
         let gl = settings(ForgeKind::GitLab, "https://gitlab.com");
         assert_eq!(
-            gl.repo_path("https://gitlab.com/grp/sub/app.git").as_deref(),
+            gl.repo_path("https://gitlab.com/grp/sub/app.git")
+                .as_deref(),
             Some("grp/sub/app")
         );
         let gt = settings(ForgeKind::Gitea, "http://127.0.0.1:3000/api/v1");
         assert_eq!(
-            gt.repo_path("http://127.0.0.1:3000/acme/app.git").as_deref(),
+            gt.repo_path("http://127.0.0.1:3000/acme/app.git")
+                .as_deref(),
             Some("acme/app")
         );
         assert_eq!(gt.repo_path("http://127.0.0.1:3001/acme/app.git"), None);
@@ -623,24 +669,43 @@ mod tests {
         assert_eq!(ForgeKind::parse("Forgejo"), Some(ForgeKind::Gitea));
         assert_eq!(ForgeKind::parse("gitlab"), Some(ForgeKind::GitLab));
         assert_eq!(ForgeKind::parse("bitbucket"), None);
-        assert_eq!(ForgeKind::guess("https://api.github.com"), Some(ForgeKind::GitHub));
-        assert_eq!(ForgeKind::guess("https://ghe.x/api/v3"), Some(ForgeKind::GitHub));
-        assert_eq!(ForgeKind::guess("https://gitlab.com"), Some(ForgeKind::GitLab));
-        assert_eq!(ForgeKind::guess("http://h:3000/api/v1"), Some(ForgeKind::Gitea));
+        assert_eq!(
+            ForgeKind::guess("https://api.github.com"),
+            Some(ForgeKind::GitHub)
+        );
+        assert_eq!(
+            ForgeKind::guess("https://ghe.x/api/v3"),
+            Some(ForgeKind::GitHub)
+        );
+        assert_eq!(
+            ForgeKind::guess("https://gitlab.com"),
+            Some(ForgeKind::GitLab)
+        );
+        assert_eq!(
+            ForgeKind::guess("http://h:3000/api/v1"),
+            Some(ForgeKind::Gitea)
+        );
         assert_eq!(ForgeKind::guess("http://h:3000"), None);
     }
 
     #[test]
     fn error_messages_of_each_forge() {
         assert_eq!(
-            error_message(r#"{"message":"Validation Failed","errors":[{"resource":"PullRequest","code":"custom","message":"A pull request already exists for acme:x."}]}"#),
+            error_message(
+                r#"{"message":"Validation Failed","errors":[{"resource":"PullRequest","code":"custom","message":"A pull request already exists for acme:x."}]}"#
+            ),
             "Validation Failed; A pull request already exists for acme:x."
         );
         assert_eq!(
-            error_message(r#"{"message":["Another open merge request already exists for this source branch: !3"]}"#),
+            error_message(
+                r#"{"message":["Another open merge request already exists for this source branch: !3"]}"#
+            ),
             "Another open merge request already exists for this source branch: !3"
         );
-        assert_eq!(error_message("<html>bad gateway</html>"), "<html>bad gateway</html>");
+        assert_eq!(
+            error_message("<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
         assert_eq!(error_message(""), "(empty reply)");
     }
 }
