@@ -1,7 +1,8 @@
 //! Gitea and Forgejo (`/api/v1`): `POST /repos/{owner}/{repo}/pulls` to create (a duplicate
-//! answers 409 Conflict), `GET /repos/{owner}/{repo}/pulls/{base}/{head}` to find (any state, so
-//! the state is checked), and for a base branch with `/` in it (which that route cannot carry)
-//! the list of open pull requests, page by page.
+//! answers 409 Conflict), `GET /repos/{owner}/{repo}/pulls/{base}/{head}` to find (it answers
+//! any one pull request for the branches, closed ones too), and the list of open pull requests,
+//! page by page, when that one is closed or the base branch has a `/` in it (which that route
+//! cannot carry).
 
 use super::{
     check_api, decode, http_client, reply_error, send, split_owner_repo, Created, Forge,
@@ -142,7 +143,12 @@ impl Forge for GiteaForge {
         match reply.status {
             200 => {
                 let p: PrReply = decode(&self.api, "pull request", &reply.body)?;
-                Ok((p.state.as_deref().unwrap_or("open") == "open").then(|| Self::opened(p)))
+                if p.state.as_deref().unwrap_or("open") == "open" {
+                    return Ok(Some(Self::opened(p)));
+                }
+                // That route answers any one pull request for the branches, a closed one too,
+                // while an open one may also exist: look through the open ones.
+                self.find_in_list(head, base).await
             }
             404 => Ok(None),
             _ => Err(reply_error(&self.api, &reply)),
