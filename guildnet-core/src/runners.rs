@@ -70,8 +70,10 @@ pub const PRESETS: &[RunnerPreset] = &[
         name: "aider",
         package: "PyPI aider-chat (command `aider`)",
         template: "aider --message-file /dev/stdin --yes-always --no-auto-commits \
-                   --no-gitignore --no-check-update --no-analytics --no-pretty \
-                   --no-show-model-warnings --no-suggest-shell-commands",
+                   --no-check-update --no-analytics --no-pretty --no-show-model-warnings \
+                   --no-suggest-shell-commands \
+                   --chat-history-file {workspace}/.aider.chat.history.md \
+                   --input-history-file {workspace}/.aider.input.history",
         input: "stdin (read as the message file)",
         needs: &[&[
             "OPENAI_API_KEY",
@@ -81,7 +83,9 @@ pub const PRESETS: &[RunnerPreset] = &[
         ]],
         notes: "The model comes from AIDER_MODEL (aider reads every option from AIDER_* \
                 variables); an OpenAI-compatible endpoint from OPENAI_API_BASE. The agent \
-                commits aider's edits itself, hence --no-auto-commits.",
+                commits aider's edits itself, hence --no-auto-commits. Its chat histories go \
+                to the workspace, outside the checkout; aider adds `.aider*` to .gitignore (its \
+                repo-map cache lives in the checkout), which then is part of the change.",
     },
     RunnerPreset {
         name: "script",
