@@ -145,7 +145,7 @@ pub fn validate_repo_url(url: &str) -> Result<(), String> {
             let has_password = userinfo.contains(':');
             if matches!(scheme, "https" | "http" | "git") || has_password {
                 return Err(
-                    "must not contain credentials (user:token@): give the forge token to the \
+                    "repo.url must not contain credentials (user:token@): give the forge token to the \
                      orchestrator (--forge-token-file), which hands it to agents as a secret"
                         .into(),
                 );
