@@ -62,7 +62,8 @@ pub struct OrchestratorArgs {
     /// https://gitlab.example). Needs a token (--forge-token-file or GUILDNET_FORGE_TOKEN).
     #[arg(long, env = "GUILDNET_FORGE_API")]
     pub forge_api: Option<String>,
-    /// The forge's API: github, gitea (also Forgejo) or gitlab (default: guessed from the URL).
+    /// The forge's API: github, gitea (also Forgejo) or gitlab (default: guessed from the URL,
+    /// else github).
     #[arg(long, env = "GUILDNET_FORGE_KIND")]
     pub forge_kind: Option<String>,
     /// A file (mode 0600) holding the forge token; GUILDNET_FORGE_TOKEN in the environment
@@ -237,12 +238,15 @@ impl OrchestratorArgs {
                 Some(k) => ForgeKind::parse(k).ok_or_else(|| {
                     anyhow::anyhow!("--forge-kind {k:?}: one of github, gitea, forgejo, gitlab")
                 })?,
-                None => ForgeKind::guess(url).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--forge-api {url}: cannot tell which forge this is; pass --forge-kind \
-                         github, gitea or gitlab"
-                    )
-                })?,
+                // The agent's own rule: guessed from the URL, else the GitHub API (which is
+                // what GUILDNET_FORGE_API meant before there were kinds).
+                None => ForgeKind::guess(url).unwrap_or_else(|| {
+                    tracing::warn!(
+                        url = %url,
+                        "cannot tell which forge --forge-api is; assuming github (pass --forge-kind)"
+                    );
+                    ForgeKind::GitHub
+                }),
             };
             let token = match &self.forge_token_file {
                 Some(p) => read_secret_file(p)?,
