@@ -452,7 +452,8 @@ async fn run_task(
                     }
                     Ok(mut spec) => {
                         spec.cwd = checkout_dir.clone();
-                        if let Some(name) = &cfg.runner_name {
+                        // A named runner says which one ran (the default says nothing more).
+                        if let Some(name) = cfg.runner_name.as_deref().filter(|n| *n != "default") {
                             shipper.push(LogStream::System, format!("runner: {name}"));
                         }
                         let _ = runner_tx.send("running");
