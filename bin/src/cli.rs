@@ -5,9 +5,10 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use guildnet_bin::{init_tracing, run_up, shutdown_signal, OrchestratorArgs, UpDashboardArgs};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
+use guildnet_core::context::{ContextFile, RepoSpec};
 use guildnet_core::model::{LogStream, Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
-use guildnet_core::orchestrator::api::TaskListQuery;
+use guildnet_core::orchestrator::api::{ScheduleRequest, TaskListQuery};
 use guildnet_core::state_dir::StatePaths;
 use guildnet_core::token::Secret;
 use std::io::{Read, Write};
@@ -66,9 +67,22 @@ enum Cmd {
         /// The task text; `-` reads it from stdin.
         #[arg(long)]
         task: String,
-        /// Optional agent hint recorded with the task.
+        /// Optional agent hint recorded with the task; when the orchestrator has named
+        /// runners, it chooses one of them.
         #[arg(long)]
         agent_hint: Option<String>,
+        /// Repository the agent clones before running the task: URL[@REF] (the ref after the
+        /// last '@' in the URL's path: a branch, tag or commit).
+        #[arg(long)]
+        repo: Option<String>,
+        /// The ref to check out (instead of URL@REF).
+        #[arg(long = "ref", requires = "repo")]
+        git_ref: Option<String>,
+        /// A local file the agent writes into its workspace before the task: PATH[=DEST] (DEST
+        /// relative to the checkout; default PATH when it is relative, else its file name).
+        /// Repeat for more files.
+        #[arg(long = "file")]
+        files: Vec<String>,
         /// Follow the task's log until it finishes; exit non-zero if it did not succeed.
         #[arg(long, short)]
         follow: bool,
@@ -159,6 +173,31 @@ fn admin_token(explicit: Option<String>) -> anyhow::Result<Secret> {
     }
 }
 
+/// Reads `PATH[=DEST]` into a context file.
+fn context_file(spec: &str) -> anyhow::Result<ContextFile> {
+    let (path, dest) = match spec.split_once('=') {
+        Some((p, d)) => (p, d.to_owned()),
+        None => {
+            let p = std::path::Path::new(spec);
+            let dest = if guildnet_core::context::validate_rel_path(spec).is_ok() {
+                spec.to_owned()
+            } else {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow::anyhow!("--file {spec}: no file name; give PATH=DEST"))?
+                    .to_owned()
+            };
+            (spec, dest)
+        }
+    };
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--file {spec}: cannot read {path}: {e}"))?;
+    Ok(ContextFile {
+        path: dest,
+        content,
+    })
+}
+
 fn print_tasks(tasks: &[Task]) {
     println!(
         "{:<34} {:<10} {:<16} {:<22} TASK",
@@ -230,7 +269,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         if args.orgs.is_empty() {
             args.orgs.push(OrgName::new("default")?);
         }
-        if args.runner.is_none() {
+        if args.runner.is_none() && args.runner_preset.is_none() {
             // Echo runner: shows the pipeline end to end; plug in an AI CLI with --runner.
             args.runner = Some("cat".into());
         }
@@ -290,6 +329,9 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             org,
             task,
             agent_hint,
+            repo,
+            git_ref,
+            files,
             follow: f,
         } => {
             let text = if task == "-" {
@@ -299,7 +341,23 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             } else {
                 task
             };
-            let t = client.schedule(&org, &text, agent_hint.as_deref()).await?;
+            let mut req = ScheduleRequest::new(org, text);
+            req.agent_hint = agent_hint;
+            req.repo = repo.map(|r| {
+                let mut spec = RepoSpec::parse(&r);
+                if git_ref.is_some() {
+                    spec = RepoSpec {
+                        url: r.clone(),
+                        git_ref: git_ref.clone(),
+                    };
+                }
+                spec
+            });
+            req.files = files
+                .iter()
+                .map(|f| context_file(f))
+                .collect::<anyhow::Result<_>>()?;
+            let t = client.schedule_request(&req).await?;
             if cli.json && !f {
                 print_json(&t)?;
             } else {

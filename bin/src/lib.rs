@@ -1,6 +1,8 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
 use clap::Args;
+use guildnet_core::agent::forge::ForgeKind;
+use guildnet_core::agent_settings::{read_secret_file, AgentSettingsConfig, ForgeAccess};
 use guildnet_core::launch::{start_local, BackendOverride, BootstrapOverride, LocalOptions};
 use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::AdminTokenSource;
@@ -35,6 +37,57 @@ pub struct OrchestratorArgs {
     /// {agent}, {workspace} are replaced; the task text is on stdin and in GUILDNET_TASK).
     #[arg(long, env = "GUILDNET_RUNNER")]
     pub runner: Option<String>,
+    /// Default runner from a preset instead of --runner: claude-code, codex, gemini, opencode,
+    /// aider, script, echo (see docs/AGENT.md for each one's invocation and environment).
+    #[arg(long, env = "GUILDNET_RUNNER_PRESET", conflicts_with = "runner")]
+    pub runner_preset: Option<String>,
+    /// A named runner a task can choose with its agentHint, or an org with --org-runner:
+    /// NAME=TEMPLATE, NAME=preset:PRESET, or a preset name alone (repeat; in the environment
+    /// separate them with ';'). While any is configured, a task's agentHint must name one.
+    #[arg(
+        long = "named-runner",
+        env = "GUILDNET_NAMED_RUNNERS",
+        value_delimiter = ';'
+    )]
+    pub named_runners: Vec<String>,
+    /// An org's runner: ORG=NAME, NAME a named runner (repeat or comma-separate).
+    #[arg(
+        long = "org-runner",
+        env = "GUILDNET_ORG_RUNNERS",
+        value_delimiter = ','
+    )]
+    pub org_runners: Vec<String>,
+    /// The forge agents push to and open pull requests on: its web root or API base URL
+    /// (https://github.com, https://ghe.example/api/v3, https://gitea.example,
+    /// https://gitlab.example). Needs a token (--forge-token-file or GUILDNET_FORGE_TOKEN).
+    #[arg(long, env = "GUILDNET_FORGE_API")]
+    pub forge_api: Option<String>,
+    /// The forge's API: github, gitea (also Forgejo) or gitlab (default: guessed from the URL,
+    /// else github).
+    #[arg(long, env = "GUILDNET_FORGE_KIND")]
+    pub forge_kind: Option<String>,
+    /// A file (mode 0600) holding the forge token; GUILDNET_FORGE_TOKEN in the environment
+    /// works too. Agents get it as a secret; it is never put in a URL or on a command line.
+    #[arg(long, env = "GUILDNET_FORGE_TOKEN_FILE")]
+    pub forge_token_file: Option<PathBuf>,
+    /// Author name of the agents' commits.
+    #[arg(long, env = "GUILDNET_GIT_AUTHOR_NAME")]
+    pub git_author_name: Option<String>,
+    /// Author email of the agents' commits.
+    #[arg(long, env = "GUILDNET_GIT_AUTHOR_EMAIL")]
+    pub git_author_email: Option<String>,
+    /// Extra environment for every agent and its runner: NAME=VALUE (repeat), e.g.
+    /// OPENAI_API_BASE=https://llm.internal/v1 or AIDER_MODEL=openai/gpt-4.1. Not secret.
+    #[arg(long = "agent-env")]
+    pub agent_env: Vec<String>,
+    /// A secret for every agent's runner, read from a file (mode 0600): NAME=PATH (repeat),
+    /// e.g. ANTHROPIC_API_KEY=/run/secrets/anthropic. Kept out of logs and task records.
+    #[arg(long = "agent-secret-file")]
+    pub agent_secret_files: Vec<String>,
+    /// A secret for every agent's runner, taken from this process's variable of the same name
+    /// (repeat), e.g. --agent-secret-env OPENAI_API_KEY.
+    #[arg(long = "agent-secret-env")]
+    pub agent_secret_env: Vec<String>,
     /// Orgs to register at start (repeat or comma-separate).
     #[arg(long = "org", env = "GUILDNET_ORGS", value_delimiter = ',')]
     pub orgs: Vec<OrgName>,
@@ -127,6 +180,7 @@ impl OrchestratorArgs {
         o.runner = self.runner.clone();
         o.pass_env = self.pass_env.clone();
         o.log_quota_bytes = self.log_quota_bytes;
+        o.agents = self.agent_settings()?;
         o.orgs = self.orgs.clone();
         o.code_server = self.code_server.clone();
         for a in &self.frame_ancestors {
@@ -174,6 +228,67 @@ impl OrchestratorArgs {
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
         }
         Ok(o)
+    }
+}
+
+impl OrchestratorArgs {
+    /// The agent settings from the runner, forge and agent-environment flags.
+    pub fn agent_settings(&self) -> anyhow::Result<AgentSettingsConfig> {
+        let mut a = AgentSettingsConfig::default();
+        if let Some(p) = &self.runner_preset {
+            a.use_preset(p)?;
+        }
+        for spec in self.named_runners.iter().filter(|s| !s.trim().is_empty()) {
+            a.add_named_runner(spec)?;
+        }
+        for spec in &self.org_runners {
+            a.set_org_runner(spec)?;
+        }
+        if let Some(url) = &self.forge_api {
+            let kind = match &self.forge_kind {
+                Some(k) => ForgeKind::parse(k).ok_or_else(|| {
+                    anyhow::anyhow!("--forge-kind {k:?}: one of github, gitea, forgejo, gitlab")
+                })?,
+                // The agent's own rule: guessed from the URL, else the GitHub API (which is
+                // what GUILDNET_FORGE_API meant before there were kinds).
+                None => ForgeKind::guess(url).unwrap_or_else(|| {
+                    tracing::warn!(
+                        url = %url,
+                        "cannot tell which forge --forge-api is; assuming github (pass --forge-kind)"
+                    );
+                    ForgeKind::GitHub
+                }),
+            };
+            let token = match &self.forge_token_file {
+                Some(p) => read_secret_file(p)?,
+                None => match std::env::var("GUILDNET_FORGE_TOKEN") {
+                    Ok(t) if !t.trim().is_empty() => Secret::new(t.trim()),
+                    _ => anyhow::bail!(
+                        "--forge-api needs a token: --forge-token-file PATH or GUILDNET_FORGE_TOKEN"
+                    ),
+                },
+            };
+            a.forge = Some(ForgeAccess {
+                kind,
+                url: url.clone(),
+                token,
+            });
+        } else if self.forge_token_file.is_some() || self.forge_kind.is_some() {
+            anyhow::bail!("--forge-kind and --forge-token-file need --forge-api");
+        }
+        a.git_author_name = self.git_author_name.clone();
+        a.git_author_email = self.git_author_email.clone();
+        for spec in &self.agent_env {
+            a.add_env(spec)?;
+        }
+        for spec in &self.agent_secret_files {
+            a.add_secret_file(spec)?;
+        }
+        for name in &self.agent_secret_env {
+            a.add_secret_from_env(name, |k| std::env::var(k).ok())?;
+        }
+        a.validate()?;
+        Ok(a)
     }
 }
 
@@ -333,7 +448,14 @@ pub fn agent_config() -> Result<guildnet_core::agent::AgentConfig, std::process:
         eprintln!("guildnet-agent: {e}");
         std::process::ExitCode::from(2)
     })?;
-    let h = guildnet_core::agent::process::harden_self(&[]);
+    // The orchestrator names the other secret variables it set (model provider keys...).
+    let listed = std::env::var(guildnet_core::agent::agent_env::SECRET_ENV).unwrap_or_default();
+    let extra: Vec<&str> = listed
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let h = guildnet_core::agent::process::harden_self(&extra);
     tracing::debug!(removed = ?h.removed, h.non_dumpable, h.subreaper, "agent process hardened");
     Ok(cfg)
 }

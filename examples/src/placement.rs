@@ -321,6 +321,7 @@ mod tests {
             agent_hint: None,
             orchestrator_url: "http://127.0.0.1:1".into(),
             agent_token: Secret::new("gnt.x.y"),
+            settings: Default::default(),
         }
     }
 

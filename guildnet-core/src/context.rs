@@ -68,6 +68,34 @@ pub struct RepoSpec {
     pub git_ref: Option<String>,
 }
 
+impl RepoSpec {
+    /// Parses `URL[@REF]`, the form the CLI and the Python client accept: the ref follows the
+    /// last `@` in the URL's path (so `git@host:o/r.git` keeps its user, and
+    /// `https://host/o/r.git@release/1.2` checks out `release/1.2`). Nothing is validated here:
+    /// the orchestrator checks both when the task is scheduled.
+    pub fn parse(spec: &str) -> RepoSpec {
+        let path_start = match spec.split_once("://") {
+            Some((scheme, rest)) => rest.find('/').map(|i| scheme.len() + 3 + i),
+            None => spec.find(':').map(|i| i + 1),
+        };
+        if let Some(start) = path_start {
+            if let Some(at) = spec[start..].rfind('@') {
+                let (url, r) = (&spec[..start + at], &spec[start + at + 1..]);
+                if !r.is_empty() {
+                    return RepoSpec {
+                        url: url.to_owned(),
+                        git_ref: Some(r.to_owned()),
+                    };
+                }
+            }
+        }
+        RepoSpec {
+            url: spec.to_owned(),
+            git_ref: None,
+        }
+    }
+}
+
 /// A file the agent writes into its workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -110,6 +138,19 @@ pub fn validate_repo_url(url: &str) -> Result<(), String> {
         return Err("must not contain spaces or control characters".into());
     }
     if let Some((scheme, rest)) = url.split_once("://") {
+        // Credentials in the URL would be stored with the task and shown to everyone who can
+        // list tasks: give the forge token to the orchestrator instead (--forge-token-file).
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            let has_password = userinfo.contains(':');
+            if matches!(scheme, "https" | "http" | "git") || has_password {
+                return Err(
+                    "repo.url must not contain credentials (user:token@): give the forge token to the \
+                     orchestrator (--forge-token-file), which hands it to agents as a secret"
+                        .into(),
+                );
+            }
+        }
         return match scheme {
             "https" | "http" | "ssh" | "git" | "file" if !rest.is_empty() => Ok(()),
             "https" | "http" | "ssh" | "git" | "file" => Err("has no host or path".into()),
@@ -121,7 +162,7 @@ pub fn validate_repo_url(url: &str) -> Result<(), String> {
     if url.contains("::") {
         return Err("remote-helper transports (`<helper>::<address>`) are not allowed".into());
     }
-    // scp-like `user@host:path`.
+    // scp-like `user@host:path` (ssh: the user is a login name, never a password).
     match url.split_once(':') {
         Some((host, path)) if !host.is_empty() && !path.is_empty() && !host.contains('/') => Ok(()),
         _ => Err("must be a URL (https://, ssh://, git://, file://) or user@host:path".into()),
@@ -175,6 +216,7 @@ mod tests {
             "https://github.com/acme/app.git",
             "ssh://git@host/x.git",
             "file:///srv/git/app.git",
+            "https://github.com/acme/app@v2.git",
             "git@github.com:acme/app.git",
         ] {
             assert_eq!(validate_repo_url(ok), Ok(()), "{ok}");
@@ -188,9 +230,32 @@ mod tests {
             "https://",
             "/srv/git/app.git",
             "https://host/a b",
+            "https://bot:ghp_secret@github.com/acme/app.git",
+            "https://ghp_secret@github.com/acme/app.git",
+            "ssh://git:pw@host/x.git",
         ] {
             assert!(validate_repo_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repo_specs_with_refs() {
+        let p = |s: &str| {
+            let r = RepoSpec::parse(s);
+            (r.url, r.git_ref)
+        };
+        assert_eq!(
+            p("https://host/o/r.git@release/1.2"),
+            ("https://host/o/r.git".into(), Some("release/1.2".into()))
+        );
+        assert_eq!(p("git@host:o/r.git"), ("git@host:o/r.git".into(), None));
+        assert_eq!(
+            p("git@host:o/r.git@main"),
+            ("git@host:o/r.git".into(), Some("main".into()))
+        );
+        assert_eq!(p("https://host/o/r"), ("https://host/o/r".into(), None));
+        assert_eq!(p("https://host"), ("https://host".into(), None));
+        assert_eq!(p("https://host/o/r@"), ("https://host/o/r@".into(), None));
     }
 
     #[test]

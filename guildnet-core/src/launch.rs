@@ -81,6 +81,9 @@ pub struct LocalOptions {
     /// Proxy to any editor address agents advertise (see
     /// [`crate::orchestrator::OrchestratorConfig::trust_advertised_editors`]).
     pub trust_advertised_editors: bool,
+    /// What agents are told besides the launch contract: named runners, the forge, keys. Its
+    /// default runner is [`LocalOptions::runner`] when it has none of its own.
+    pub agents: crate::agent_settings::AgentSettingsConfig,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -125,6 +128,7 @@ impl LocalOptions {
             bootstrap: None,
             editor_dialer: None,
             trust_advertised_editors: false,
+            agents: Default::default(),
         }
     }
 }
@@ -209,6 +213,16 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     cfg.heartbeat_interval = opts.heartbeat_interval;
     cfg.log_quota_bytes = opts.log_quota_bytes;
     cfg.trust_advertised_editors = opts.trust_advertised_editors;
+    cfg.agents = opts.agents.clone();
+    if cfg.agents.default_runner.is_none() {
+        cfg.agents.default_runner = opts.runner.clone();
+    }
+    cfg.agents
+        .validate()
+        .map_err(|e| LaunchError::Other(e.to_string()))?;
+    for w in cfg.agents.warnings() {
+        tracing::warn!("{w}");
+    }
     cfg.editor_frame_ancestors = std::iter::once("'self'".to_owned())
         .chain(opts.frame_ancestors.iter().cloned())
         .collect::<Vec<_>>()

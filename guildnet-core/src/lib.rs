@@ -15,6 +15,7 @@
 //! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
 
 pub mod agent;
+pub mod agent_settings;
 pub mod client;
 pub mod context;
 pub mod http_server;
@@ -25,6 +26,8 @@ pub mod model;
 pub mod names;
 pub mod orchestrator;
 pub mod proxy;
+pub mod redact;
+pub mod runners;
 pub mod seams;
 pub mod state_dir;
 pub mod store;

@@ -332,6 +332,14 @@ impl ClusterBackend for LocalBackend {
         if let Some(r) = &self.cfg.runner {
             cmd.env(RUNNER_ENV, r);
         }
+        // The orchestrator's settings (runner, forge, keys). A local agent's environment is
+        // readable only by its own user, like the backend's own, so the secret half goes there.
+        for (k, v) in &launch.settings.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in &launch.settings.secret_env {
+            cmd.env(k, v.expose());
+        }
         for (k, v) in &self.cfg.extra_env {
             cmd.env(k, v);
         }

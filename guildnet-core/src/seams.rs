@@ -73,6 +73,41 @@ pub struct AgentLaunch {
     pub orchestrator_url: String,
     /// The per-task agent token (the orchestrator keeps only its hash).
     pub agent_token: Secret,
+    /// Settings for the agent computed by the orchestrator from its configuration (runner,
+    /// forge, git author, model provider keys), split into plain and secret environment.
+    pub settings: AgentSettings,
+}
+
+/// Agent settings the orchestrator computed for one task, as environment for the agent.
+///
+/// A backend passes [`AgentSettings::env`] where workload specs are visible (the Kubernetes
+/// backend: the AgentTask spec) and [`AgentSettings::secret_env`] only where secrets are kept
+/// (the Kubernetes backend: the per-task credentials Secret; the local backend: the agent
+/// process's environment, readable only by its user). The plain half includes
+/// `GUILDNET_SECRET_ENV`, the names of the secret variables, so the agent can redact their
+/// values from every log line it ships.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    /// Plain environment: the runner template, forge API URL and kind, git author, ...
+    pub env: Vec<(String, String)>,
+    /// Secret environment: the forge token, model provider API keys.
+    pub secret_env: Vec<(String, Secret)>,
+}
+
+impl AgentSettings {
+    /// The value of a plain variable, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when a secret variable of this name is set.
+    pub fn has_secret(&self, name: &str) -> bool {
+        self.secret_env.iter().any(|(k, _)| k == name)
+    }
 }
 
 /// Environment variable names of the agent contract.

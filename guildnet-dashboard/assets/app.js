@@ -293,8 +293,20 @@ $("schedule-form").addEventListener("submit", async (ev) => {
   if (!org) { setError("schedule-error", "Create an org first (Orgs page)."); return; }
   $("schedule-submit").disabled = true;
   try {
-    const t = await api("POST", "/api/schedule", { org, task });
+    const body = { org, task };
+    const url = $("schedule-repo").value.trim(), ref = $("schedule-ref").value.trim();
+    const hint = $("schedule-hint").value.trim();
+    if (url) body.repo = ref ? { url, ref } : { url };
+    else if (ref) throw new ApiError(422, "A ref needs a repository URL.", "repo.ref");
+    if (hint) body.agentHint = hint;
+    const dir = $("schedule-files-dir").value.trim().replace(/^\/+|\/+$/g, "");
+    const picked = Array.from($("schedule-files").files || []);
+    if (picked.length) {
+      body.files = await Promise.all(picked.map(async (f) => ({ path: dir ? `${dir}/${f.name}` : f.name, content: await f.text() })));
+    }
+    const t = await api("POST", "/api/schedule", body);
     $("schedule-task").value = "";
+    $("schedule-files").value = "";
     state.tasks.set(t.id, t);
     renderTasks();
   } catch (e) { setError("schedule-error", e.message); }

@@ -387,9 +387,15 @@ pub struct ScheduleBody {
     pub org: String,
     /// What to do.
     pub task: String,
-    /// Optional agent hint.
+    /// Optional agent hint (a runner name when the orchestrator has named runners).
     #[serde(default)]
     pub agent_hint: Option<String>,
+    /// Repository the agent clones before the task (checked by the orchestrator).
+    #[serde(default)]
+    pub repo: Option<guildnet_core::context::RepoSpec>,
+    /// Files the agent writes into the checkout before the task.
+    #[serde(default)]
+    pub files: Vec<guildnet_core::context::ContextFile>,
 }
 
 /// `POST /api/schedule`.
@@ -401,8 +407,11 @@ pub async fn schedule(
     if body.task.trim().is_empty() {
         return Err(ApiError::invalid("task", "task must not be empty"));
     }
-    let hint = body.agent_hint.as_deref().filter(|h| !h.trim().is_empty());
-    let t = s.orchestrator.schedule(&org, &body.task, hint).await?;
+    let mut req = guildnet_core::orchestrator::api::ScheduleRequest::new(org, body.task);
+    req.agent_hint = body.agent_hint.filter(|h| !h.trim().is_empty());
+    req.repo = body.repo.filter(|r| !r.url.trim().is_empty());
+    req.files = body.files;
+    let t = s.orchestrator.schedule_request(&req).await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 

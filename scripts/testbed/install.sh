@@ -8,7 +8,7 @@
 #   scripts/testbed/install.sh --force kwok    # rebuild even if the stamp matches
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
-# Items: etcd kube kwok headscale tailscale talosctl code-server chromium
+# Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
 #        containerd kubelet node-deps registry pause busybox-image (the real node)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
@@ -25,11 +25,12 @@ STAMPS="$TESTBED_DIR/stamps"
 SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
-ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium
+ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
   containerd kubelet node-deps registry pause busybox-image)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1
+  [gitea]=1 [aider]=1
   [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
@@ -53,6 +54,8 @@ item_version() {
     talosctl) echo "$TALOS_VERSION" ;;
     code-server) echo "$CODE_SERVER_VERSION" ;;
     chromium) echo "debian" ;;
+    gitea) echo "$GITEA_VERSION" ;;
+    aider) echo "$AIDER_VERSION" ;;
     containerd) echo "$CONTAINERD_VERSION" ;;
     kubelet) echo "$K8S_VERSION" ;;
     node-deps) echo "debian" ;;
@@ -74,6 +77,8 @@ item_outputs() {
     talosctl) echo "talosctl" ;;
     code-server) echo "code-server" ;;
     chromium) echo "chromium chromedriver" ;;
+    gitea) echo "gitea" ;;
+    aider) echo "aider" ;;
     containerd) echo "containerd containerd-shim-runc-v2 ctr" ;;
     kubelet) echo "kubelet kubectl" ;;
     node-deps) echo "runc skopeo" ;;
@@ -86,6 +91,7 @@ item_outputs() {
 item_files() {
   case "$1" in
     kwok) echo "share/kwok/stages-fast.yaml" ;;
+    gitea) echo "share/gitea/options" ;;
     pause) echo "share/images/pause.oci.tar" ;;
     busybox-image) echo "share/images/busybox.oci.tar" ;;
   esac
@@ -97,7 +103,7 @@ is_installed() {
   local item=$1 f
   [[ -f "$STAMPS/$item" && "$(cat "$STAMPS/$item")" == "$(stamp_value "$item")" ]] || return 1
   for f in $(item_outputs "$item"); do [[ -x "$BIN/$f" ]] || return 1; done
-  for f in $(item_files "$item"); do [[ -f "$TESTBED_DIR/$f" ]] || return 1; done
+  for f in $(item_files "$item"); do [[ -e "$TESTBED_DIR/$f" ]] || return 1; done
 }
 
 # go build into a temp name, then rename, so an interrupted build never leaves a binary behind.
@@ -530,6 +536,58 @@ install_chromium() {
   ln -sfn /usr/bin/chromedriver "$BIN/chromedriver"
   verify "Chromium" "$BIN/chromium" --version
   verify "ChromeDriver" "$BIN/chromedriver" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# gitea: a real git forge (HTTP git + the REST API for pull requests) for the agent's delivery
+# tests. code.gitea.io/gitea's go.mod has replace directives, so a wrapper module (like
+# talosctl's) builds its root package (main.go) with the tags of its Makefile's release build
+# minus `bindata`: `sqlite sqlite_unlock_notify` (mattn/go-sqlite3, cgo). `bindata` embeds
+# public/, templates/ and options/ after `go generate` in a writable source tree, and public/
+# would still lack the frontend (built with pnpm + vite, not part of the module zip). Without
+# it Gitea reads templates/, options/ and public/ from STATIC_ROOT_PATH, so those directories
+# are copied from the module to share/gitea/ (the REST API and git over HTTP need only options/
+# for repository init and locales; templates/ for mail and a few API answers).
+# v1.27.3 on the proxy declares its module path as gitea.dev (not code.gitea.io/gitea), so it
+# cannot be required under the path it is served at; v1.26.0 is the newest usable tag.
+install_gitea() {
+  local v=$GITEA_VERSION dir gomod srcdir repl share="$TESTBED_DIR/share/gitea" d
+  dir="$SRC/gitea-$v"
+  gomod="$(go_mod_field "code.gitea.io/gitea@$v" GoMod)"
+  srcdir="$(go_mod_field "code.gitea.io/gitea@$v" Dir)"
+  [[ -f "$gomod" && -d "$srcdir" ]] || die "could not download code.gitea.io/gitea@$v"
+  repl="$(go_mod_replaces "$gomod")"
+  if grep -q '=> \.' <<<"$repl"; then die "unhandled local replace in $gomod: $repl"; fi
+  go_wrapper "$dir" code.gitea.io/gitea "$v" "$repl" code.gitea.io/gitea
+  (cd "$dir" && CGO_ENABLED=1 go build -trimpath -tags 'sqlite sqlite_unlock_notify' \
+    -ldflags="$GO_LDFLAGS_BASE -X main.Version=${v#v} -X 'main.Tags=sqlite sqlite_unlock_notify'" \
+    -o "$BIN/gitea.tmp" code.gitea.io/gitea && mv -f "$BIN/gitea.tmp" "$BIN/gitea")
+  rm -rf "$share.tmp" && mkdir -p "$share.tmp"
+  for d in options templates public; do cp -r "$srcdir/$d" "$share.tmp/$d"; done
+  chmod -R u+w "$share.tmp"
+  rm -rf "$share" && mv "$share.tmp" "$share"
+  verify "gitea version ${v#v} " "$BIN/gitea" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# aider: a real open-source coding CLI (PyPI aider-chat) that the agent runs as its runner in
+# the tests, against a local OpenAI-compatible endpoint the test serves. Installed with pip into
+# its own virtualenv (aider-chat pins its whole dependency tree; it supports Python 3.10-3.12).
+# pip's cache (~/.cache/pip) makes a reinstall cheap.
+install_aider() {
+  local venv="$TESTBED_DIR/aider" py="" c
+  for c in python3 python3.12 python3.11 python3.10; do
+    if command -v "$c" >/dev/null 2>&1 &&
+      "$c" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; then
+      py="$c"; break
+    fi
+  done
+  [[ -n "$py" ]] || die "aider: needs Python 3.10, 3.11 or 3.12 (aider-chat's requires-python)"
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install --no-input --disable-pip-version-check --quiet "aider-chat==$AIDER_VERSION"
+  ln -sfn ../aider/bin/aider "$BIN/aider"
+  verify "aider ${AIDER_VERSION}" env HOME="$TESTBED_DIR" "$BIN/aider" --version
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@
 //! - [`browser::ChromeDriver`] with a minimal W3C WebDriver session for headless Chromium.
 //! - [`bench`]: percentiles and the table-row format of the bench binaries.
 //! - [`talos::Talosctl`]: the client-side talosctl commands (no Talos node runs here).
+//! - [`forge::Gitea`]: a real git forge with an admin token, repositories and pull requests.
 //!
 //! A missing binary is an error that names the install command; nothing is skipped silently.
 
 pub mod bench;
 pub mod browser;
 pub mod editor;
+pub mod forge;
 pub mod host;
 pub mod image;
 pub mod kube;

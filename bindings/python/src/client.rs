@@ -7,7 +7,9 @@ use crate::types::{dict_of, Agent, LogLine, Org, Task};
 use guildnet_core::client as core;
 use guildnet_core::model::TaskStatus;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
-use guildnet_core::orchestrator::api::TaskListQuery;
+use guildnet_core::context::{ContextFile, RepoSpec};
+use guildnet_core::orchestrator::api::{ScheduleRequest, TaskListQuery};
+use std::collections::BTreeMap;
 use guildnet_core::token::Secret;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -102,24 +104,44 @@ impl OrchestratorClient {
 
     /// Schedules `task` (the text handed to the agent's runner) for `org`. Returns the task as
     /// recorded (`Scheduled`); the orchestrator dispatches it right after.
-    #[pyo3(signature = (org, task, agent_hint = None))]
+    ///
+    /// `repo` is a clone URL the agent checks out before the task (`URL@REF` names the ref
+    /// after the last `@` in the URL's path; or pass `ref`); `files` maps paths inside the
+    /// checkout to contents the agent writes there first. The orchestrator refuses a URL with
+    /// credentials in it (`InvalidFieldError` naming `repo.url`): the forge token belongs to the
+    /// orchestrator's configuration.
+    #[pyo3(signature = (org, task, agent_hint = None, repo = None, r#ref = None, files = None))]
+    #[allow(clippy::too_many_arguments)]
     fn schedule(
         &self,
         py: Python<'_>,
         org: &str,
         task: &str,
         agent_hint: Option<&str>,
+        repo: Option<&str>,
+        r#ref: Option<&str>,
+        files: Option<BTreeMap<String, String>>,
     ) -> PyResult<Task> {
         let org = OrgName::new(org).map_err(|e| Error::from(e).into_py_err(py))?;
-        let (c, task, hint) = (
-            self.inner.clone(),
-            task.to_owned(),
-            agent_hint.map(str::to_owned),
-        );
-        block_on(py, async move {
-            Ok(c.schedule(&org, &task, hint.as_deref()).await?)
-        })
-        .map(Task::from)
+        if r#ref.is_some() && repo.is_none() {
+            return Err(invalid("ref", "ref needs repo").into_py_err(py));
+        }
+        let mut req = ScheduleRequest::new(org, task);
+        req.agent_hint = agent_hint.map(str::to_owned);
+        req.repo = repo.map(|r| match r#ref {
+            Some(git_ref) => RepoSpec {
+                url: r.to_owned(),
+                git_ref: Some(git_ref.to_owned()),
+            },
+            None => RepoSpec::parse(r),
+        });
+        req.files = files
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(path, content)| ContextFile { path, content })
+            .collect();
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.schedule_request(&req).await?) }).map(Task::from)
     }
 
     /// Lists tasks, newest first: optionally only one `status` (`"Running"`, ...) or `org`,

@@ -124,6 +124,15 @@ pub struct Task {
     /// Pull request URL, when the task opened one.
     #[pyo3(get)]
     pub pr_url: Option<String>,
+    /// Clone URL of the task's repository, if it has one.
+    #[pyo3(get)]
+    pub repo: Option<String>,
+    /// The ref checked out (branch, tag or commit), if one was given.
+    #[pyo3(get, name = "ref")]
+    pub git_ref: Option<String>,
+    /// Paths of the context files written into the workspace.
+    #[pyo3(get)]
+    pub files: Vec<String>,
 }
 
 impl From<model::Task> for Task {
@@ -155,6 +164,9 @@ impl From<model::Task> for Task {
                 })
                 .collect(),
             pr_url: t.pr_url.clone(),
+            repo: t.context.repo.as_ref().map(|r| r.url.clone()),
+            git_ref: t.context.repo.as_ref().and_then(|r| r.git_ref.clone()),
+            files: t.context.files.iter().map(|f| f.path.clone()).collect(),
             raw: t,
         }
     }

@@ -220,3 +220,59 @@ def test_concurrent_waits_overlap(client):
         th.join()
     assert set(results.values()) == {"Succeeded"}
     assert time.monotonic() - start < 2 * 1.5 + 1.0
+
+
+def _bare_repo(root) -> str:
+    """A bare git repository with one commit on main (README.md), as a file:// URL."""
+    import subprocess
+
+    def git(cwd, *args):
+        subprocess.run(
+            ["git", "-c", "user.name=T", "-c", "user.email=t@example.invalid", *args],
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+        )
+
+    bare, seed = root / "app.git", root / "seed"
+    bare.mkdir()
+    seed.mkdir()
+    git(bare, "init", "-q", "--bare", "-b", "main")
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "README.md").write_text("# app from the repo\n")
+    git(seed, "add", "README.md")
+    git(seed, "commit", "-q", "-m", "initial")
+    git(seed, "push", "-q", str(bare), "main:refs/heads/main")
+    return f"file://{bare}"
+
+
+def test_schedule_with_repo_ref_and_files(client, tmp_path):
+    url = _bare_repo(tmp_path)
+    task = client.schedule(
+        ORG,
+        ": read the context\ncat README.md\ncat notes/ctx.md\n",
+        repo=f"{url}@main",
+        files={"notes/ctx.md": "context from python\n"},
+    )
+    assert (task.repo, task.ref, task.files) == (url, "main", ["notes/ctx.md"])
+    assert task.to_dict()["context"]["repo"] == {"url": url, "ref": "main"}
+    done = client.wait(task.id, timeout=60)
+    assert done.status == "Succeeded", done.reason
+    out = [l.line for l in client.logs(task.id, follow=False) if l.stream == "stdout"]
+    assert out == ["# app from the repo", "context from python"], out
+
+    same = client.schedule(ORG, "true", repo=url, ref="main")
+    assert (same.repo, same.ref) == (url, "main")
+    with pytest.raises(guildnet.InvalidInputError) as err:
+        client.schedule(ORG, "x", ref="main")
+    assert err.value.field == "ref"
+
+
+def test_credentials_in_repo_urls_are_refused(client):
+    with pytest.raises(guildnet.InvalidInputError) as err:
+        client.schedule(ORG, "x", repo="https://bot:ghp_secret123@forge.example/acme/app.git")
+    assert (err.value.status, err.value.field) == (422, "repo.url")
+    assert "ghp_secret123" not in str(err.value)
+    with pytest.raises(guildnet.InvalidInputError) as err:
+        client.schedule(ORG, "x", files={"../escape": "x"})
+    assert err.value.field == "files[0].path"

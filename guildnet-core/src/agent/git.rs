@@ -36,6 +36,9 @@ pub struct GitConfig {
     pub author_email: String,
     /// Longest a single git command may take.
     pub timeout: Duration,
+    /// An `Authorization` header for HTTP(S) URLs under the forge's web root, passed to git
+    /// in its environment (`GIT_CONFIG_*`), never on a command line or in `.git/config`.
+    pub http_auth: Option<super::forge::GitHttpAuth>,
 }
 
 impl Default for GitConfig {
@@ -45,6 +48,7 @@ impl Default for GitConfig {
             author_name: "GuildNet Agent".into(),
             author_email: "agent@guildnet.invalid".into(),
             timeout: Duration::from_secs(600),
+            http_auth: None,
         }
     }
 }
@@ -92,29 +96,7 @@ impl GitError {
     }
 }
 
-/// Removes `user[:password]@` from URLs so credentials never reach a log line.
-pub fn redact_url(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                out.push_str(&authority[at + 1..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::redact::redact_url;
 
 /// Most bytes of git's stdout kept (the rest is read and discarded).
 const MAX_GIT_STDOUT: usize = 1024 * 1024;
@@ -189,6 +171,11 @@ impl GitWork {
         .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
         for k in super::process::SECRET_ENV {
             cmd.env_remove(k);
+        }
+        // The forge credentials, scoped to the forge's URL (GIT_CONFIG_* entries, never on a
+        // command line or in .git/config).
+        if let Some(auth) = &self.cfg.http_auth {
+            cmd.envs(auth.git_env());
         }
         if let Some(policy) = &self.sandbox {
             policy

@@ -118,6 +118,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct LogShipper {
     shared: Arc<Shared>,
+    /// Secrets removed from every line before it is queued.
+    redactor: Arc<crate::redact::Redactor>,
 }
 
 fn is_output(s: LogStream) -> bool {
@@ -149,12 +151,21 @@ impl LogShipper {
             limits,
         });
         tokio::spawn(ship_loop(client, agent, fencing, shared.clone()));
-        Self { shared }
+        Self {
+            shared,
+            redactor: Arc::default(),
+        }
+    }
+
+    /// Removes `redactor`'s secrets from every line pushed from now on.
+    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Self {
+        self.redactor = Arc::new(redactor);
+        self
     }
 
     /// Queues a line (never blocks; memory is bounded: see the module doc).
     pub fn push(&self, stream: LogStream, line: String) {
-        let line = super::lines::clip(line);
+        let line = super::lines::clip(self.redactor.apply_owned(line));
         let limits = self.shared.limits;
         let mut st = self.shared.lock();
         if st.ended.is_some() || (st.final_requested && st.queue.is_empty()) {

@@ -33,10 +33,11 @@ use crate::client::{AgentClient, ClientError};
 use crate::model::{Artifact, LogStream, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::orchestrator::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
+use crate::redact::Redactor;
 use crate::seams::env;
 use crate::token::Secret;
 use editor::{EditorConfig, EditorState, EditorSupervisor};
-use forge::{Forge, GitHubForge, PullRequest};
+use forge::{ForgeKind, ForgeSettings, PullRequest};
 use git::{GitConfig, GitWork};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,11 +64,18 @@ pub mod agent_env {
     pub const GIT_AUTHOR_NAME: &str = "GUILDNET_GIT_AUTHOR_NAME";
     /// Commit author email.
     pub const GIT_AUTHOR_EMAIL: &str = "GUILDNET_GIT_AUTHOR_EMAIL";
-    /// GitHub-compatible forge API base URL (e.g. `https://api.github.com`); PRs are off when unset.
+    /// The forge's URL: its web root or API base (`https://github.com`,
+    /// `https://ghe.example/api/v3`, `https://gitea.example`, `https://gitlab.example/api/v4`);
+    /// pushes go unauthenticated and no pull request is opened when unset.
     pub const FORGE_API: &str = "GUILDNET_FORGE_API";
-    /// Forge token (secret).
+    /// The forge's API: `github`, `gitea` (also Forgejo) or `gitlab` (default: guessed from
+    /// the URL, else `github`).
+    pub const FORGE_KIND: &str = "GUILDNET_FORGE_KIND";
+    /// Forge token (secret): git over HTTPS to the forge and its API.
     pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
-    /// `owner/name` on the forge (default: from the clone URL).
+    /// A file holding the forge token (instead of [`FORGE_TOKEN`]).
+    pub const FORGE_TOKEN_FILE: &str = "GUILDNET_FORGE_TOKEN_FILE";
+    /// The repository's path on the forge (`owner/name`; default: from the clone URL).
     pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
     /// Paths (colon-separated, absolute) that the runner, git and code-server may not read or
     /// write: the local backend sets the orchestrator's state dir, the other agents' directories
@@ -81,6 +89,11 @@ pub mod agent_env {
     /// Seconds the agent may spend after SIGTERM (and the runner's grace) shipping its last log
     /// lines before it exits (default 5).
     pub const SHUTDOWN_SECS: &str = "GUILDNET_SHUTDOWN_SECS";
+    /// Comma-separated names of the variables that hold secrets (set by the orchestrator): their
+    /// values are removed from every log line and reason the agent sends.
+    pub const SECRET_ENV: &str = "GUILDNET_SECRET_ENV";
+    /// The name of the runner the orchestrator chose (for the log).
+    pub const RUNNER_NAME: &str = "GUILDNET_RUNNER_NAME";
 }
 
 /// Errors that end an agent.
@@ -100,11 +113,9 @@ pub enum AgentError {
 /// Where pull requests are opened.
 #[derive(Debug, Clone)]
 pub struct ForgeConfig {
-    /// API base URL.
-    pub api: String,
-    /// Token.
-    pub token: Secret,
-    /// `owner/name`, if not derived from the clone URL.
+    /// The forge: kind, URL and token.
+    pub settings: ForgeSettings,
+    /// The repository's path on the forge, if not derived from the clone URL.
     pub repo: Option<String>,
 }
 
@@ -137,6 +148,10 @@ pub struct AgentConfig {
     pub git: GitConfig,
     /// Forge for pull requests.
     pub forge: Option<ForgeConfig>,
+    /// The name of the runner the orchestrator chose, for the log.
+    pub runner_name: Option<String>,
+    /// Removes this agent's secrets from log lines and reasons.
+    pub redactor: Redactor,
     /// How long to keep retrying an unreachable orchestrator before giving up.
     pub patience: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping the runner.
@@ -209,21 +224,58 @@ impl AgentConfig {
                 })
             }
         };
-        let forge = match (opt(agent_env::FORGE_API), opt(agent_env::FORGE_TOKEN)) {
-            (Some(api), Some(token)) => Some(ForgeConfig {
-                api,
-                token: Secret::new(token),
-                repo: opt(agent_env::FORGE_REPO),
-            }),
+        let forge_token = match (
+            opt(agent_env::FORGE_TOKEN),
+            opt(agent_env::FORGE_TOKEN_FILE),
+        ) {
+            (Some(t), _) => Some(Secret::new(t)),
+            (None, Some(path)) => Some(
+                crate::agent_settings::read_secret_file(std::path::Path::new(&path)).map_err(
+                    |e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_TOKEN_FILE)),
+                )?,
+            ),
+            (None, None) => None,
+        };
+        let forge = match (opt(agent_env::FORGE_API), forge_token.clone()) {
+            (Some(url), Some(token)) => {
+                let kind = match opt(agent_env::FORGE_KIND) {
+                    Some(k) => ForgeKind::parse(&k).ok_or_else(|| {
+                        AgentError::Config(format!(
+                            "{}: {k:?} is not github, gitea, forgejo or gitlab",
+                            agent_env::FORGE_KIND
+                        ))
+                    })?,
+                    None => ForgeKind::guess(&url).unwrap_or(ForgeKind::GitHub),
+                };
+                let settings = ForgeSettings { kind, url, token };
+                settings
+                    .endpoints()
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_API)))?;
+                Some(ForgeConfig {
+                    settings,
+                    repo: opt(agent_env::FORGE_REPO),
+                })
+            }
             (Some(_), None) => {
                 return Err(AgentError::Config(format!(
-                    "{} is set but {} is not",
+                    "{} is set but neither {} nor {} is",
                     agent_env::FORGE_API,
-                    agent_env::FORGE_TOKEN
+                    agent_env::FORGE_TOKEN,
+                    agent_env::FORGE_TOKEN_FILE
                 )))
             }
             _ => None,
         };
+        // Every secret this agent holds, so none of them reaches a log line.
+        let mut secrets: Vec<Secret> = forge_token.into_iter().collect();
+        secrets.extend(opt(env::AGENT_TOKEN).map(Secret::new));
+        secrets.extend(opt(agent_env::CODE_SERVER_PASSWORD).map(Secret::new));
+        for name in opt(agent_env::SECRET_ENV).unwrap_or_default().split(',') {
+            if let Some(v) = opt(name.trim()) {
+                secrets.push(Secret::new(v));
+            }
+        }
+        let redactor = Redactor::new(secrets.iter());
         let mut git = GitConfig::default();
         if let Some(g) = opt(agent_env::GIT) {
             git.git = PathBuf::from(g);
@@ -256,6 +308,13 @@ impl AgentConfig {
             home.as_deref(),
             opt("KUBECONFIG").as_deref(),
         );
+        if let Some(f) = &forge {
+            git.http_auth = Some(
+                f.settings
+                    .git_http_auth()
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::FORGE_API)))?,
+            );
+        }
         Ok(Self {
             orchestrator_url,
             token,
@@ -270,6 +329,8 @@ impl AgentConfig {
             editor,
             git,
             forge,
+            runner_name: opt(agent_env::RUNNER_NAME),
+            redactor,
             patience: Duration::from_secs(600),
             kill_grace: Duration::from_secs(3),
             shutdown_budget,
@@ -548,6 +609,7 @@ async fn run_task(
             fencing,
             claim.next_log_seq.max(1),
         )
+        .with_redactor(cfg.redactor.clone())
     })
     .await;
     let (shipper, done) = outcome;
@@ -591,7 +653,7 @@ async fn run_task(
             fencing,
             status,
             exit_code,
-            reason,
+            reason: reason.map(|r| cfg.redactor.apply_owned(r)),
             artifacts: delivery.artifacts,
             pr_url: delivery.pr_url,
         },
@@ -660,11 +722,12 @@ async fn work(
     };
     let (outcome, checkout) = match prepared {
         Err(e) => {
+            let why = explain_git_failure(cfg, &task, e.to_string()).await;
             shipper.push(
                 LogStream::System,
-                format!("cannot prepare the workspace: {e}"),
+                format!("cannot prepare the workspace: {why}"),
             );
-            (Some(RunOutcome::NotStarted(e.to_string())), None)
+            (Some(RunOutcome::NotStarted(why)), None)
         }
         Ok(checkout) => {
             let outcome = match &cfg.runner {
@@ -688,6 +751,12 @@ async fn work(
                         ))),
                         Ok(tmp) => {
                             spec.cwd = checkout_dir.clone();
+                            // A named runner says which one ran (the default says nothing).
+                            if let Some(name) =
+                                cfg.runner_name.as_deref().filter(|n| *n != "default")
+                            {
+                                shipper.push(LogStream::System, format!("runner: {name}"));
+                            }
                             spec.env
                                 .push(("TMPDIR".into(), tmp.0.display().to_string()));
                             spec.sandbox =
@@ -759,6 +828,29 @@ async fn work(
     )
 }
 
+/// After a git step failed on a repository of the configured forge: asks the forge whether it
+/// accepts the token at all, and if it does not, says so in front of git's own message (git
+/// only reports that it could not read a user name, since it may not prompt).
+async fn explain_git_failure(cfg: &AgentConfig, task: &Task, why: String) -> String {
+    let Some(fc) = &cfg.forge else {
+        return why;
+    };
+    let on_forge = task
+        .context
+        .repo
+        .as_ref()
+        .is_some_and(|r| fc.settings.repo_path(&r.url).is_some());
+    if !on_forge {
+        return why;
+    }
+    match fc.settings.whoami().await {
+        Err(e @ forge::ForgeError::Auth { .. }) => {
+            format!("the forge token was refused: {e}; {why}")
+        }
+        _ => why,
+    }
+}
+
 /// `last_pr.json`: what the task delivered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -788,11 +880,14 @@ async fn deliver(
     shipper: &LogShipper,
 ) -> Result<Delivery, String> {
     let message = git::commit_message(task.id.as_str(), &task.task);
-    let Some(pushed) = gitw
+    let pushed = match gitw
         .commit_and_push(co, task.id.as_str(), &message, shipper)
         .await
-        .map_err(|e| e.to_string())?
-    else {
+    {
+        Ok(p) => p,
+        Err(e) => return Err(explain_git_failure(cfg, task, e.to_string()).await),
+    };
+    let Some(pushed) = pushed else {
         return Ok(Delivery {
             artifacts: Vec::new(),
             pr_url: None,
@@ -815,39 +910,57 @@ async fn deliver(
         let repo = fc
             .repo
             .clone()
-            .or_else(|| forge::owner_repo_from_url(&co.repo.url))
-            .ok_or_else(|| {
+            .or_else(|| fc.settings.repo_path(&co.repo.url));
+        match repo {
+            None => shipper.push(
+                LogStream::System,
                 format!(
-                    "cannot tell the forge repository from the clone URL; set {}",
+                    "{} is not on the configured forge ({}); no pull request (set {} to name it)",
+                    git::redact_url(&co.repo.url),
+                    fc.settings.url,
                     agent_env::FORGE_REPO
-                )
-            })?;
-        let f = GitHubForge::new(&fc.api, &repo, fc.token.clone())?;
-        let base = co
-            .repo
-            .git_ref
-            .clone()
-            .or_else(|| co.base_branch.clone())
-            .unwrap_or_else(|| "main".into());
-        let pr = PullRequest {
-            title: message.lines().next().unwrap_or("GuildNet task").to_owned(),
-            head: pushed.branch.clone(),
-            base,
-            body: format!(
-                "Opened by GuildNet agent {} for task {}.\n\n{}",
-                cfg.agent,
-                task.id,
-                task.task.chars().take(4000).collect::<String>()
+                ),
             ),
-        };
-        let opened = f.open_pull_request(&pr).await.map_err(|e| e.to_string())?;
-        shipper.push(LogStream::System, format!("pull request: {}", opened.url));
-        artifacts.push(Artifact {
-            name: "pr".into(),
-            kind: "pr".into(),
-            uri: opened.url.clone(),
-        });
-        pr_url = Some(opened.url);
+            Some(repo) => {
+                let f = fc.settings.connect(&repo).map_err(|e| e.to_string())?;
+                // The branch that was checked out; a tag or commit leaves HEAD detached, and
+                // then the pull request goes to `main`.
+                let base = co.base_branch.clone().unwrap_or_else(|| "main".into());
+                let pr = PullRequest {
+                    title: message.lines().next().unwrap_or("GuildNet task").to_owned(),
+                    head: pushed.branch.clone(),
+                    base,
+                    body: format!(
+                        "Opened by GuildNet agent {} for task {}.\n\n{}",
+                        cfg.agent,
+                        task.id,
+                        task.task.chars().take(4000).collect::<String>()
+                    ),
+                };
+                let opened = f
+                    .open_pull_request(&pr)
+                    .await
+                    .map_err(|e| format!("cannot open the pull request on {repo}: {e}"))?;
+                shipper.push(
+                    LogStream::System,
+                    format!(
+                        "pull request{}: {}",
+                        if opened.reused {
+                            " (already open, reused)"
+                        } else {
+                            ""
+                        },
+                        opened.url
+                    ),
+                );
+                artifacts.push(Artifact {
+                    name: "pr".into(),
+                    kind: "pr".into(),
+                    uri: opened.url.clone(),
+                });
+                pr_url = Some(opened.url);
+            }
+        }
     }
     let record = LastPr {
         url: pr_url.clone(),

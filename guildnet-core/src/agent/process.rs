@@ -21,6 +21,7 @@ use std::time::Duration;
 pub const SECRET_ENV: &[&str] = &[
     crate::seams::env::AGENT_TOKEN,
     super::agent_env::FORGE_TOKEN,
+    super::agent_env::FORGE_TOKEN_FILE,
     super::agent_env::CODE_SERVER_PASSWORD,
     "ORCHESTRATOR_TOKEN",
 ];

@@ -35,10 +35,12 @@ pub struct ScheduleRequest {
     pub org: OrgName,
     /// The task text for the agent's runner (1 byte to 64 KiB).
     pub task: String,
-    /// Optional hint recorded with the task (e.g. an agent profile), up to 63 characters.
+    /// Optional hint recorded with the task (e.g. an agent profile), up to 63 characters. When
+    /// the orchestrator has named runners, it must name one, and that runner runs the task.
     #[serde(default)]
     pub agent_hint: Option<String>,
-    /// Repository the agent clones into its workspace before running the task.
+    /// Repository the agent clones into its workspace before running the task. The URL must
+    /// not carry credentials (422 `repo.url`): the forge token is the orchestrator's.
     #[serde(default)]
     pub repo: Option<RepoSpec>,
     /// Files the agent writes into its workspace (after the clone).

@@ -61,6 +61,8 @@ pub struct OrchestratorConfig {
     /// credentials could otherwise point the proxy anywhere. Without it, only tailnet addresses
     /// (100.64.0.0/10, fd7a:115c:a1e0::/48) dialed through the tailnet dialer are accepted.
     pub trust_advertised_editors: bool,
+    /// What agents are told besides the launch contract: runners, forge, keys.
+    pub agents: crate::agent_settings::AgentSettingsConfig,
 }
 
 impl OrchestratorConfig {
@@ -80,6 +82,7 @@ impl OrchestratorConfig {
             sse_keepalive: Duration::from_secs(15),
             editor_frame_ancestors: "'self'".into(),
             trust_advertised_editors: false,
+            agents: Default::default(),
         }
     }
 
@@ -299,6 +302,9 @@ impl Orchestrator {
                 ));
             }
         }
+        (self.inner.cfg.agents)
+            .check_hint(req.agent_hint.as_deref())
+            .map_err(|m| ApiError::invalid("agentHint", m))?;
         let context = TaskContext {
             repo: req.repo,
             files: req.files,
@@ -433,6 +439,7 @@ impl Orchestrator {
             agent_hint: task.agent_hint.clone(),
             orchestrator_url: self.inner.cfg.public_url.clone(),
             agent_token: tok,
+            settings: (self.inner.cfg.agents).for_task(&task.org, task.agent_hint.as_deref()),
         };
         let submitted = self.inner.backend.submit(launch).await;
         if submitted.is_ok() {

@@ -62,6 +62,12 @@ class Task:
     @property
     def pr_url(self) -> Optional[str]: ...
     @property
+    def repo(self) -> Optional[str]: ...
+    @property
+    def ref(self) -> Optional[str]: ...
+    @property
+    def files(self) -> List[str]: ...
+    @property
     def done(self) -> bool:
         """True once Succeeded, Failed or Cancelled."""
     @property
@@ -152,8 +158,20 @@ class OrchestratorClient:
     @property
     def url(self) -> str: ...
     def health(self) -> Dict[str, str]: ...
-    def schedule(self, org: str, task: str, agent_hint: Optional[str] = None) -> Task:
-        """Schedules a task; returns it as recorded (Scheduled)."""
+    def schedule(
+        self,
+        org: str,
+        task: str,
+        agent_hint: Optional[str] = None,
+        repo: Optional[str] = None,
+        ref: Optional[str] = None,
+        files: Optional[Dict[str, str]] = None,
+    ) -> Task:
+        """Schedules a task; returns it as recorded (Scheduled).
+
+        ``repo`` is a clone URL (``URL@REF`` or ``ref=`` names the ref to check out); ``files``
+        maps paths inside the checkout to contents written there before the task runs.
+        """
     def tasks(
         self,
         status: Optional[str] = None,
