@@ -722,7 +722,7 @@ async fn work(
     };
     let (outcome, checkout) = match prepared {
         Err(e) => {
-            let why = explain_git_failure(cfg, &task, e.to_string()).await;
+            let why = explain_git_failure(cfg, task, e.to_string()).await;
             shipper.push(
                 LogStream::System,
                 format!("cannot prepare the workspace: {why}"),
