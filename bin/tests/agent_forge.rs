@@ -184,9 +184,8 @@ async fn agent_clones_pushes_and_opens_a_pr_on_gitea_and_a_retry_reuses_it() {
     assert!(kinds.contains(&("branch", branch.as_str())), "{kinds:?}");
     assert!(kinds.contains(&("commit", sha.as_str())), "{kinds:?}");
     assert!(kinds.contains(&("pr", pr_url.as_str())), "{kinds:?}");
-    let last = state
-        .join("agents")
-        .join(t.id.as_str())
+    let last = guildnet_core::state_dir::StatePaths::new(&state)
+        .local_agent_dir(&t.id)
         .join("state")
         .join("last_pr.json");
     let rec: Value = serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();
@@ -207,7 +206,9 @@ async fn agent_clones_pushes_and_opens_a_pr_on_gitea_and_a_retry_reuses_it() {
         .unwrap();
     assert_no_secret("GET /tasks", &listed, &secrets);
     assert_no_secret("the log", &logs.join("\n"), &secrets);
-    for (p, text) in all_text(&state.join("agents").join(t.id.as_str())) {
+    for (p, text) in
+        all_text(&guildnet_core::state_dir::StatePaths::new(&state).local_agent_dir(&t.id))
+    {
         assert_no_secret(&p.display().to_string(), &text, &secrets);
     }
 
@@ -322,7 +323,9 @@ async fn a_wrong_forge_token_fails_clearly_without_showing_it() {
     assert!(!logs.iter().any(|l| l == "never runs"), "{logs:#?}");
     assert_no_secret("the reason", &reason, &[wrong]);
     assert_no_secret("the log", &logs.join("\n"), &[wrong]);
-    for (p, text) in all_text(&state.join("agents").join(t.id.as_str())) {
+    for (p, text) in
+        all_text(&guildnet_core::state_dir::StatePaths::new(&state).local_agent_dir(&t.id))
+    {
         assert_no_secret(&p.display().to_string(), &text, &[wrong]);
     }
     assert!(gitea.pulls(&repo).await.unwrap().is_empty());

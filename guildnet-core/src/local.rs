@@ -2,10 +2,11 @@
 //! the same environment a pod would get. It needs no cluster, so `guildnet up` works anywhere.
 //!
 //! Agents run in their own process group, with their files under `<workspaces>/<task id>/`
-//! ([`StatePaths::workspaces_root`], outside the state dir):
-//! the runner's working directory `workspace/`, the agent's state dir `state/`, its output in
-//! `agent.log`, its pid in `agent.pid` and, with an editor, `editor.json` (port and password,
-//! 0600; outside the workspace the editor shows). Like pods, they outlive an orchestrator restart and reconnect to it.
+//! ([`StatePaths::workspaces_root`], outside the state dir): the runner's working directory
+//! `workspace/`, a private `home/` that is the agent's (and runner's) `HOME`, the agent's state
+//! dir `state/`, its output in `agent.log`, its pid in `agent.pid` and, with an editor,
+//! `editor.json` (port and password, 0600; outside the workspace the editor shows). Like pods,
+//! they outlive an orchestrator restart and reconnect to it.
 
 use crate::agent::agent_env;
 use crate::names::{AgentName, OrgName, TaskId};
@@ -294,6 +295,10 @@ impl ClusterBackend for LocalBackend {
         let err = |reason: String| workload_err("submit", &launch.task_id, &launch.agent, reason);
         crate::state_dir::create_private_dir(&ws.join("workspace"))
             .map_err(|e| err(e.to_string()))?;
+        // A home of its own, like a pod's: tools that keep caches and settings under $HOME work,
+        // and nothing a runner writes there lands in the user's real home.
+        let home = ws.join("home");
+        crate::state_dir::create_private_dir(&home).map_err(|e| err(e.to_string()))?;
         let log_path = ws.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -321,6 +326,8 @@ impl ClusterBackend for LocalBackend {
             .env(WORKSPACE_ENV, ws.join("workspace"))
             .env("GUILDNET_STATE_DIR", ws.join("state"))
             .env(agent_env::DENY_PATHS, self.deny_paths())
+            .env("HOME", &home)
+            .env(agent_env::SANDBOX_WRITE_PATHS, &home)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)

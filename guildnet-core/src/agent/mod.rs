@@ -152,6 +152,10 @@ pub struct AgentConfig {
     pub runner_name: Option<String>,
     /// Removes this agent's secrets from log lines and reasons.
     pub redactor: Redactor,
+    /// The secret variables the orchestrator set for the runner (`GUILDNET_SECRET_ENV`, e.g. a
+    /// model provider's API key), read once: the agent removes them from its own environment
+    /// and hands them to the runner alone (not to code-server or git).
+    pub runner_secrets: Vec<(String, Secret)>,
     /// How long to keep retrying an unreachable orchestrator before giving up.
     pub patience: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping the runner.
@@ -270,9 +274,15 @@ impl AgentConfig {
         let mut secrets: Vec<Secret> = forge_token.into_iter().collect();
         secrets.extend(opt(env::AGENT_TOKEN).map(Secret::new));
         secrets.extend(opt(agent_env::CODE_SERVER_PASSWORD).map(Secret::new));
+        let mut runner_secrets = Vec::new();
         for name in opt(agent_env::SECRET_ENV).unwrap_or_default().split(',') {
-            if let Some(v) = opt(name.trim()) {
-                secrets.push(Secret::new(v));
+            let name = name.trim();
+            if let Some(v) = opt(name) {
+                secrets.push(Secret::new(v.clone()));
+                // The agent's own credentials never go to the runner.
+                if !process::SECRET_ENV.contains(&name) {
+                    runner_secrets.push((name.to_owned(), Secret::new(v)));
+                }
             }
         }
         let redactor = Redactor::new(secrets.iter());
@@ -331,6 +341,7 @@ impl AgentConfig {
             forge,
             runner_name: opt(agent_env::RUNNER_NAME),
             redactor,
+            runner_secrets,
             patience: Duration::from_secs(600),
             kill_grace: Duration::from_secs(3),
             shutdown_budget,
@@ -759,6 +770,11 @@ async fn work(
                             }
                             spec.env
                                 .push(("TMPDIR".into(), tmp.0.display().to_string()));
+                            spec.env.extend(
+                                cfg.runner_secrets
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+                            );
                             spec.sandbox =
                                 Some(cfg.sandbox.runner(&cfg.state_dir, &cfg.workspace, &tmp.0));
                             let _ = runner_tx.send("running");
