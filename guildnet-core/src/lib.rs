@@ -4,6 +4,7 @@
 //! clusters and follow them, as a library.
 //!
 //! - [`names`] and [`model`]: validated names and the domain types.
+//! - [`lifecycle`]: the task state machine, one pure function per transition.
 //! - [`state_dir`]: the one state-directory resolver and the paths inside it.
 //! - [`store`]: the durable [`store::StateStore`] seam and its SQLite implementation.
 //! - [`seams`]: the traits at the other real seams: [`seams::ClusterBackend`], [`seams::Mesh`],
@@ -21,6 +22,7 @@ pub mod context;
 pub mod http_server;
 pub mod jobs;
 pub mod launch;
+pub mod lifecycle;
 pub mod local;
 pub mod model;
 pub mod names;

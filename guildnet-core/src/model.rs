@@ -303,10 +303,11 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// A task event carrying the task's current org, agent and status.
-    pub fn for_task(kind: &str, task: &Task, message: Option<String>) -> Self {
+    /// A task event carrying the task's current org, agent and status. `kind` is usually a
+    /// [`crate::lifecycle::EventKind`].
+    pub fn for_task(kind: impl AsRef<str>, task: &Task, message: Option<String>) -> Self {
         Self {
-            kind: kind.to_owned(),
+            kind: kind.as_ref().to_owned(),
             task_id: Some(task.id.clone()),
             agent: task.agent.clone(),
             org: Some(task.org.clone()),

@@ -5,10 +5,11 @@
 use super::api::*;
 use super::error::ApiError;
 use crate::context::TaskContext;
+use crate::lifecycle::{self, EventKind};
 use crate::model::{Agent, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, ClusterBackend, WorkloadState};
-use crate::store::{LogBatch, Rejection, StateStore, TaskChange, TaskQuery};
+use crate::store::{LogBatch, StateStore, TaskQuery};
 use crate::token::{self, Secret};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -359,7 +360,7 @@ impl Orchestrator {
         // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
         // only its hash is stored); nobody ever sees this one.
         let placeholder = token::hash(agent_token_for(&id).expose());
-        let event = NewEvent::for_task("task.scheduled", &task, None);
+        let event = NewEvent::for_task(EventKind::TaskScheduled, &task, None);
         let audit = NewAudit::new(
             "admin",
             "task.schedule",
@@ -402,19 +403,7 @@ impl Orchestrator {
             .update_task_with_token(
                 &task.id,
                 Some(token::hash(tok.expose())),
-                Box::new(move |t| {
-                    if t.status != TaskStatus::Scheduled || t.attempt != expected_attempt {
-                        return Err(Rejection::conflict("already dispatched"));
-                    }
-                    t.status = TaskStatus::Submitted;
-                    t.agent = Some(t.id.agent_name(t.attempt));
-                    t.updated_at = Utc::now();
-                    t.reason = None;
-                    Ok(TaskChange {
-                        events: vec![NewEvent::for_task("task.submitted", t, None)],
-                        audit: vec![],
-                    })
-                }),
+                Box::new(move |t| lifecycle::dispatch(t, expected_attempt, Utc::now())),
             )
             .await;
         let task = match upd {
@@ -471,22 +460,7 @@ impl Orchestrator {
                 .store
                 .update_task(
                     &task.id,
-                    Box::new(move |t| {
-                        if t.status != TaskStatus::Submitted || t.attempt != attempt {
-                            return Err(Rejection::conflict("moved on"));
-                        }
-                        t.status = TaskStatus::Scheduled;
-                        t.updated_at = Utc::now();
-                        t.reason = Some(format!("submit failed: {reason}"));
-                        Ok(TaskChange {
-                            events: vec![NewEvent::for_task(
-                                "task.submit_failed",
-                                t,
-                                t.reason.clone(),
-                            )],
-                            audit: vec![],
-                        })
-                    }),
+                    Box::new(move |t| lifecycle::submit_failed(t, attempt, &reason, Utc::now())),
                 )
                 .await;
             if let Ok(u) = res {
@@ -527,33 +501,7 @@ impl Orchestrator {
         let u = self
             .inner
             .store
-            .update_task(
-                id,
-                Box::new(|t| {
-                    if t.status == TaskStatus::Cancelled {
-                        return Ok(TaskChange::default());
-                    }
-                    if t.status.is_terminal() {
-                        return Err(Rejection::conflict(format!(
-                            "task {} already finished ({})",
-                            t.id, t.status
-                        )));
-                    }
-                    let now = Utc::now();
-                    // A running agent still sends its runner's last lines (then a final batch);
-                    // otherwise no agent can write to this log any more.
-                    t.log_sealed = t.status != TaskStatus::Running;
-                    t.status = TaskStatus::Cancelled;
-                    t.updated_at = now;
-                    t.finished_at = Some(now);
-                    t.lease_expires_at = None;
-                    t.reason = Some("cancelled by admin".into());
-                    Ok(TaskChange {
-                        events: vec![NewEvent::for_task("task.cancelled", t, t.reason.clone())],
-                        audit: vec![NewAudit::new("admin", "task.cancel", t.id.as_str(), None)],
-                    })
-                }),
-            )
+            .update_task(id, Box::new(|t| lifecycle::cancel(t, Utc::now())))
             .await?;
         self.notify_event(u.last_event_id);
         if u.changed {
@@ -780,7 +728,7 @@ impl Orchestrator {
             state: serde_json::json!({}),
         };
         let event = NewEvent {
-            kind: "agent.registered".into(),
+            kind: EventKind::AgentRegistered.as_str().into(),
             task_id: Some(task.id.clone()),
             agent: Some(req.agent),
             org: Some(task.org.clone()),
@@ -810,42 +758,7 @@ impl Orchestrator {
             .store
             .update_task(
                 task_id,
-                Box::new(move |t| {
-                    if t.agent.as_ref() != Some(&a) {
-                        return Err(Rejection::stale(format!(
-                            "agent {a} is not the current agent of task {}",
-                            t.id
-                        )));
-                    }
-                    let now = Utc::now();
-                    match t.status {
-                        TaskStatus::Submitted => {
-                            t.status = TaskStatus::Running;
-                            t.fencing += 1;
-                            t.claims += 1;
-                            t.lease_expires_at = Some(now + ttl);
-                            t.started_at = Some(now);
-                            t.updated_at = now;
-                            Ok(TaskChange {
-                                events: vec![NewEvent::for_task("task.claimed", t, None)],
-                                audit: vec![NewAudit::new(
-                                    &format!("agent:{a}"),
-                                    "task.claim",
-                                    t.id.as_str(),
-                                    Some(format!("fencing={}", t.fencing)),
-                                )],
-                            })
-                        }
-                        TaskStatus::Running => {
-                            t.lease_expires_at = Some(now + ttl);
-                            Ok(TaskChange::default())
-                        }
-                        other => Err(Rejection::conflict(format!(
-                            "task {} is {other} and cannot be claimed",
-                            t.id
-                        ))),
-                    }
-                }),
+                Box::new(move |t| lifecycle::claim(t, &a, ttl, Utc::now())),
             )
             .await?;
         self.notify_event(u.last_event_id);
@@ -891,13 +804,7 @@ impl Orchestrator {
                     .store
                     .update_task(
                         task_id,
-                        Box::new(move |t| {
-                            check_fencing(t, &a, fencing)?;
-                            if t.status == TaskStatus::Running {
-                                t.lease_expires_at = Some(Utc::now() + ttl);
-                            }
-                            Ok(TaskChange::default())
-                        }),
+                        Box::new(move |t| lifecycle::renew(t, &a, fencing, ttl, Utc::now())),
                     )
                     .await?
                     .task
@@ -1030,41 +937,19 @@ impl Orchestrator {
             .update_task(
                 task_id,
                 Box::new(move |t| {
-                    check_fencing(t, &agent, req.fencing)?;
-                    if t.status == req.status {
-                        return Ok(TaskChange::default());
-                    }
-                    if t.status != TaskStatus::Running {
-                        return Err(Rejection::conflict(format!(
-                            "task {} is {} and cannot complete",
-                            t.id, t.status
-                        )));
-                    }
-                    let now = Utc::now();
-                    // The agent ships every line before it reports completion.
-                    t.log_sealed = true;
-                    t.status = req.status;
-                    t.finished_at = Some(now);
-                    t.updated_at = now;
-                    t.lease_expires_at = None;
-                    t.exit_code = req.exit_code;
-                    t.reason = req.reason;
-                    t.artifacts = req.artifacts;
-                    t.pr_url = req.pr_url;
-                    let kind = if t.status == TaskStatus::Succeeded {
-                        "task.succeeded"
-                    } else {
-                        "task.failed"
-                    };
-                    Ok(TaskChange {
-                        events: vec![NewEvent::for_task(kind, t, t.reason.clone())],
-                        audit: vec![NewAudit::new(
-                            &format!("agent:{agent}"),
-                            "task.complete",
-                            t.id.as_str(),
-                            Some(format!("status={} exit={:?}", t.status, t.exit_code)),
-                        )],
-                    })
+                    lifecycle::complete(
+                        t,
+                        &agent,
+                        req.fencing,
+                        lifecycle::Outcome {
+                            status: req.status,
+                            exit_code: req.exit_code,
+                            reason: req.reason,
+                            artifacts: req.artifacts,
+                            pr_url: req.pr_url,
+                        },
+                        Utc::now(),
+                    )
                 }),
             )
             .await?;
@@ -1238,49 +1123,7 @@ impl Orchestrator {
             .update_task(
                 &task.id,
                 Box::new(move |t| {
-                    if t.status != expected_status || t.attempt != expected_attempt {
-                        return Err(Rejection::conflict("moved on"));
-                    }
-                    if t.status == TaskStatus::Running
-                        && t.lease_expires_at.is_some_and(|l| l >= now)
-                    {
-                        return Err(Rejection::conflict("lease was renewed"));
-                    }
-                    t.updated_at = Utc::now();
-                    t.lease_expires_at = None;
-                    if t.attempt >= max {
-                        // The agent lost its lease: nothing it sends is taken any more.
-                        t.log_sealed = true;
-                        t.status = TaskStatus::Failed;
-                        t.finished_at = Some(t.updated_at);
-                        t.reason = Some(format!("{why}; gave up after {max} attempts"));
-                        return Ok(TaskChange {
-                            events: vec![NewEvent::for_task("task.failed", t, t.reason.clone())],
-                            audit: vec![NewAudit::new(
-                                "system",
-                                "task.fail",
-                                t.id.as_str(),
-                                t.reason.clone(),
-                            )],
-                        });
-                    }
-                    t.attempt += 1;
-                    t.status = TaskStatus::Scheduled;
-                    t.agent = None;
-                    // The next attempt has not started: its agent must claim before it writes,
-                    // and its log is open again (the lost agent may have sealed it).
-                    t.started_at = None;
-                    t.log_sealed = false;
-                    t.reason = Some(why.to_owned());
-                    Ok(TaskChange {
-                        events: vec![NewEvent::for_task("task.requeued", t, Some(why.to_owned()))],
-                        audit: vec![NewAudit::new(
-                            "system",
-                            "task.requeue",
-                            t.id.as_str(),
-                            Some(format!("{why}; attempt {}", t.attempt)),
-                        )],
-                    })
+                    lifecycle::requeue(t, (expected_status, expected_attempt), max, why, now)
                 }),
             )
             .await;
@@ -1323,22 +1166,6 @@ fn task_finished(t: &Task) -> ApiError {
         "task_finished",
         format!("task {} has finished ({})", t.id, t.status),
     )
-}
-
-fn check_fencing(t: &Task, agent: &AgentName, fencing: u64) -> Result<(), Rejection> {
-    if t.agent.as_ref() != Some(agent) {
-        return Err(Rejection::stale(format!(
-            "agent {agent} is not the current agent of task {}",
-            t.id
-        )));
-    }
-    if t.fencing != fencing || fencing == 0 {
-        return Err(Rejection::stale(format!(
-            "fencing token {fencing} is not current for task {} (current {})",
-            t.id, t.fencing
-        )));
-    }
-    Ok(())
 }
 
 /// Whether `host` is an IP address in Tailscale's ranges (CGNAT 100.64.0.0/10 or the

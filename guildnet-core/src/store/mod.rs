@@ -58,74 +58,7 @@ pub enum StoreError {
     },
 }
 
-/// Why a conditional task update refused to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// The category, which maps to an HTTP status.
-    pub kind: RejectionKind,
-    /// A message for the caller.
-    pub message: String,
-    /// The request field at fault, when there is one (e.g. `lines[3].seq`).
-    pub field: Option<String>,
-}
-
-/// Categories of [`Rejection`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectionKind {
-    /// The task is in a state that does not allow the change.
-    Conflict,
-    /// The caller's fencing token is not the current one.
-    StaleFencing,
-    /// The caller may not change this task.
-    Forbidden,
-    /// A log line's sequence number is at or below the task's highest stored one, and not a
-    /// re-send of a stored line (live followers would never see it).
-    LogOutOfOrder,
-    /// The task's log is complete; no more lines are taken.
-    LogSealed,
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl Rejection {
-    /// A conflict rejection.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::Conflict,
-            message: message.into(),
-            field: None,
-        }
-    }
-    /// A stale-fencing rejection.
-    pub fn stale(message: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::StaleFencing,
-            message: message.into(),
-            field: None,
-        }
-    }
-    /// A forbidden rejection.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::Forbidden,
-            message: message.into(),
-            field: None,
-        }
-    }
-}
-
-/// What a task update records besides the new task row.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TaskChange {
-    /// Events to append (streamed over SSE).
-    pub events: Vec<NewEvent>,
-    /// Audit rows to append.
-    pub audit: Vec<NewAudit>,
-}
+pub use crate::lifecycle::{Rejection, RejectionKind, TaskChange};
 
 /// A conditional mutation applied atomically to one task. Returning an error leaves the task as
 /// it was. If the task is unchanged and no events are returned, nothing is written.
