@@ -259,7 +259,7 @@ async fn code_server_in_the_agent_is_served_through_the_proxy_and_rendered_in_ch
     s.close().await.unwrap();
 
     // Kill code-server: the agent restarts it and says so.
-    let needle = format!("agents/{task}/state/code-server");
+    let needle = format!("workspaces/{task}/state/code-server");
     let pids = pids_with_cmdline(&needle);
     assert!(!pids.is_empty(), "no code-server process for {needle}");
     for pid in &pids {

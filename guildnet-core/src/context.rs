@@ -44,10 +44,13 @@ impl TaskContext {
         }
         let total: usize = self.files.iter().map(|f| f.content.len()).sum();
         if total > MAX_CONTEXT_BYTES {
-            return Err(ContextError::new(
-                "files",
-                format!("{total} bytes of content; the limit is {MAX_CONTEXT_BYTES}"),
-            ));
+            return Err(ContextError {
+                too_large: true,
+                ..ContextError::new(
+                    "files",
+                    format!("{total} bytes of content; the limit is {MAX_CONTEXT_BYTES}"),
+                )
+            });
         }
         for (i, f) in self.files.iter().enumerate() {
             validate_rel_path(&f.path)
@@ -114,6 +117,8 @@ pub struct ContextError {
     pub field: String,
     /// Why.
     pub message: String,
+    /// The files are too large in total (the API answers 413 rather than 422).
+    pub too_large: bool,
 }
 
 impl ContextError {
@@ -121,6 +126,7 @@ impl ContextError {
         Self {
             field: field.to_owned(),
             message: message.into(),
+            too_large: false,
         }
     }
 }

@@ -161,7 +161,7 @@ async fn supervise(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let mut restarts = 0u32;
-    let mut delay = Duration::from_millis(500);
+    let mut delays = restart_delays();
     loop {
         let _ = std::fs::create_dir_all(&cfg.data_dir);
         let config = cfg.data_dir.join("config").join("config.yaml");
@@ -265,12 +265,12 @@ async fn supervise(
                     restarts,
                     last_exit,
                 });
+                let delay = delays.next().unwrap_or(MAX_RESTART_DELAY);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.notified() => return,
                 }
                 restarts += 1;
-                delay = (delay * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
@@ -308,19 +308,33 @@ async fn supervise(
         tracing::warn!(%last_exit, restarts, "code-server exited; restarting");
         // A run that stayed up a while resets the backoff.
         if started.elapsed() > Duration::from_secs(60) {
-            delay = Duration::from_millis(500);
+            delays = restart_delays();
         }
         let _ = tx.send(EditorState::Restarting {
             restarts,
             last_exit,
         });
+        let delay = delays.next().unwrap_or(MAX_RESTART_DELAY);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.notified() => return,
         }
         restarts += 1;
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Longest wait before restarting code-server.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// The waits between restarts: 0.5 s doubling up to [`MAX_RESTART_DELAY`], for ever.
+fn restart_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(MAX_RESTART_DELAY)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 /// Polls code-server's `/healthz` until it answers, then reports Running (and stays pending).

@@ -363,27 +363,32 @@ pub enum AgentOutcome {
 
 /// Retries `op` while it fails with transient errors, with capped exponential backoff, for at
 /// most `patience`.
-pub async fn retry<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<T, AgentError>
+pub async fn retry<T, F, Fut>(what: &str, patience: Duration, op: F) -> Result<T, AgentError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
+    use backon::Retryable;
     let start = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() => {
-                if start.elapsed() > patience {
-                    return Err(AgentError::Unreachable(e));
-                }
-                tracing::warn!(what, error = %e, "retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times();
+    op.retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(|e: &ClientError| e.is_transient() && start.elapsed() <= patience)
+        .notify(|e: &ClientError, wait: Duration| {
+            tracing::warn!(what, error = %e, ?wait, "retrying");
+        })
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                AgentError::Unreachable(e)
+            } else {
+                AgentError::Refused(e)
             }
-            Err(e) => return Err(AgentError::Refused(e)),
-        }
-    }
+        })
 }
 
 /// What the agent reports about itself in heartbeats and on `/healthz`.

@@ -2,7 +2,7 @@
 
 use super::api::*;
 use super::error::{ApiError, ErrorBody, ErrorDetail};
-use super::service::{Orchestrator, MAX_LOG_LINES};
+use super::service::Orchestrator;
 use super::sse::{poll_stream, Batch};
 use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewLogLine, Org, Task, TaskStatus,
@@ -829,6 +829,3 @@ impl utoipa::Modify for SecurityAddon {
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
-
-/// Keeps `MAX_LOG_LINES` visible in the docs of this module.
-pub const LOG_LINES_PER_CALL: usize = MAX_LOG_LINES;

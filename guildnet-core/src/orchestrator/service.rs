@@ -95,15 +95,6 @@ impl OrchestratorConfig {
     }
 }
 
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// The admin token holder.
-    Admin,
-    /// An agent holding the token of this task.
-    Agent(TaskId),
-}
-
 /// The orchestrator. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -311,7 +302,7 @@ impl Orchestrator {
             files: req.files,
         };
         context.validate().map_err(|e| {
-            if e.field == "files" && e.message.contains("bytes") {
+            if e.too_large {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "context_too_large",

@@ -137,97 +137,172 @@ impl HeadscaleSettings {
 }
 
 /// A YAML double-quoted scalar (a JSON string is one).
-fn q(s: impl AsRef<str>) -> String {
-    serde_json::to_string(s.as_ref()).unwrap_or_else(|_| "\"\"".to_owned())
+/// Headscale's `config.yaml`, typed: only the keys GuildNet sets (Headscale's defaults cover the
+/// rest). Serialized with serde, so values are always quoted and escaped correctly.
+#[derive(serde::Serialize)]
+struct HeadscaleConfig<'a> {
+    server_url: &'a str,
+    listen_addr: String,
+    metrics_listen_addr: String,
+    grpc_listen_addr: String,
+    grpc_allow_insecure: bool,
+    noise: Noise<'a>,
+    prefixes: Prefixes<'a>,
+    derp: Derp<'a>,
+    disable_check_updates: bool,
+    node: Node<'a>,
+    database: Database<'a>,
+    log: Log,
+    dns: Dns<'a>,
+    unix_socket: &'a std::path::Path,
+    unix_socket_permission: &'static str,
+    logtail: Enabled,
 }
 
-fn qp(p: &std::path::Path) -> String {
-    q(p.to_string_lossy())
+#[derive(serde::Serialize)]
+struct Noise<'a> {
+    private_key_path: &'a std::path::Path,
+}
+
+#[derive(serde::Serialize)]
+struct Prefixes<'a> {
+    v4: &'a str,
+    v6: &'a str,
+    allocation: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct Derp<'a> {
+    server: DerpServer<'a>,
+    urls: [&'static str; 0],
+    paths: [&'static str; 0],
+    auto_update_enabled: bool,
+}
+
+#[derive(serde::Serialize)]
+struct DerpServer<'a> {
+    enabled: bool,
+    region_id: u32,
+    region_code: &'static str,
+    region_name: &'static str,
+    stun_listen_addr: String,
+    private_key_path: &'a std::path::Path,
+    automatically_add_embedded_derp_region: bool,
+    ipv4: String,
+}
+
+#[derive(serde::Serialize)]
+struct Node<'a> {
+    ephemeral: Ephemeral<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Ephemeral<'a> {
+    inactivity_timeout: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Database<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sqlite: Sqlite<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Sqlite<'a> {
+    path: &'a std::path::Path,
+    write_ahead_log: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Log {
+    level: &'static str,
+    format: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct Dns<'a> {
+    magic_dns: bool,
+    base_domain: &'a str,
+    override_local_dns: bool,
+    nameservers: Nameservers<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Nameservers<'a> {
+    global: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct Enabled {
+    enabled: bool,
 }
 
 /// Renders Headscale's `config.yaml` for `settings` with its files under `files`: SQLite (WAL),
 /// the embedded DERP relay as the only region (no DERP map download), no update checks, a unix
-/// socket for the CLI (mode 0770), logtail off.
+/// socket for the CLI (mode 0770), logtail off. Same input, same output (byte for byte).
 pub fn render_config(settings: &HeadscaleSettings, files: &ServerFiles) -> String {
-    let ns = if settings.nameservers.is_empty() {
-        "[]".to_owned()
-    } else {
-        format!(
-            "[{}]",
-            settings
-                .nameservers
-                .iter()
-                .map(q)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+    let cfg = HeadscaleConfig {
+        server_url: &settings.server_url,
+        listen_addr: settings.listen_addr.to_string(),
+        metrics_listen_addr: settings.metrics_listen_addr.to_string(),
+        grpc_listen_addr: settings.grpc_listen_addr.to_string(),
+        grpc_allow_insecure: false,
+        noise: Noise {
+            private_key_path: &files.noise_key,
+        },
+        prefixes: Prefixes {
+            v4: &settings.ipv4_prefix,
+            v6: &settings.ipv6_prefix,
+            allocation: "sequential",
+        },
+        derp: Derp {
+            server: DerpServer {
+                enabled: true,
+                region_id: 999,
+                region_code: "guildnet",
+                region_name: "GuildNet embedded DERP",
+                stun_listen_addr: settings.stun_listen_addr.to_string(),
+                private_key_path: &files.derp_key,
+                automatically_add_embedded_derp_region: true,
+                ipv4: settings.derp_ipv4.to_string(),
+            },
+            urls: [],
+            paths: [],
+            auto_update_enabled: false,
+        },
+        disable_check_updates: true,
+        node: Node {
+            ephemeral: Ephemeral {
+                inactivity_timeout: &settings.ephemeral_inactivity_timeout,
+            },
+        },
+        database: Database {
+            kind: "sqlite",
+            sqlite: Sqlite {
+                path: &files.database,
+                write_ahead_log: true,
+            },
+        },
+        log: Log {
+            level: "info",
+            format: "text",
+        },
+        dns: Dns {
+            magic_dns: settings.magic_dns,
+            base_domain: &settings.base_domain,
+            override_local_dns: !settings.nameservers.is_empty(),
+            nameservers: Nameservers {
+                global: &settings.nameservers,
+            },
+        },
+        unix_socket: &files.socket,
+        unix_socket_permission: "0770",
+        logtail: Enabled { enabled: false },
     };
-    format!(
-        r#"# Generated by guildnet-mesh; edit settings.json beside it instead.
-server_url: {server_url}
-listen_addr: {listen}
-metrics_listen_addr: {metrics}
-grpc_listen_addr: {grpc}
-grpc_allow_insecure: false
-noise:
-  private_key_path: {noise}
-prefixes:
-  v4: {v4}
-  v6: {v6}
-  allocation: sequential
-derp:
-  server:
-    enabled: true
-    region_id: 999
-    region_code: guildnet
-    region_name: GuildNet embedded DERP
-    stun_listen_addr: {stun}
-    private_key_path: {derp}
-    automatically_add_embedded_derp_region: true
-    ipv4: {derp_ipv4}
-  urls: []
-  paths: []
-  auto_update_enabled: false
-disable_check_updates: true
-node:
-  ephemeral:
-    inactivity_timeout: {eph}
-database:
-  type: sqlite
-  sqlite:
-    path: {db}
-    write_ahead_log: true
-log:
-  level: info
-  format: text
-dns:
-  magic_dns: {magic}
-  base_domain: {domain}
-  override_local_dns: {override_dns}
-  nameservers:
-    global: {ns}
-unix_socket: {sock}
-unix_socket_permission: "0770"
-logtail:
-  enabled: false
-"#,
-        server_url = q(&settings.server_url),
-        listen = q(settings.listen_addr.to_string()),
-        metrics = q(settings.metrics_listen_addr.to_string()),
-        grpc = q(settings.grpc_listen_addr.to_string()),
-        noise = qp(&files.noise_key),
-        v4 = q(&settings.ipv4_prefix),
-        v6 = q(&settings.ipv6_prefix),
-        stun = q(settings.stun_listen_addr.to_string()),
-        derp = qp(&files.derp_key),
-        derp_ipv4 = q(settings.derp_ipv4.to_string()),
-        eph = q(&settings.ephemeral_inactivity_timeout),
-        db = qp(&files.database),
-        magic = settings.magic_dns,
-        domain = q(&settings.base_domain),
-        override_dns = !settings.nameservers.is_empty(),
-        sock = qp(&files.socket),
-    )
+    // Serializing plain structs of strings, numbers and booleans cannot fail.
+    let body = serde_saphyr::to_string(&cfg).unwrap_or_default();
+    format!("# Generated by guildnet-mesh; edit settings.json beside it instead.\n{body}")
 }
 
 #[cfg(test)]
@@ -235,41 +310,58 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn parse(y: &str) -> serde_json::Value {
+        serde_saphyr::from_str(y).expect("the config is valid YAML")
+    }
+
     #[test]
     fn renders_loopback_config_with_state_paths() {
         let files = ServerFiles::under(Path::new("/var/lib/gn/state"));
         let s = HeadscaleSettings::on_loopback(18080, 19090, 15443, 13478);
         s.validate().expect("valid");
         let y = render_config(&s, &files);
-        assert!(y.contains("server_url: \"http://127.0.0.1:18080\""), "{y}");
-        assert!(y.contains("listen_addr: \"127.0.0.1:18080\""));
-        assert!(y.contains("path: \"/var/lib/gn/state/headscale/db.sqlite\""));
-        assert!(y.contains("v4: \"100.64.0.0/10\""));
-        assert!(y.contains("v6: \"fd7a:115c:a1e0::/48\""));
-        assert!(y.contains("enabled: true"));
-        assert!(y.contains("stun_listen_addr: \"127.0.0.1:13478\""));
-        assert!(y.contains("global: []"));
-        assert!(y.contains("override_local_dns: false"));
-        assert!(y.contains("base_domain: \"guildnet.internal\""));
-        assert!(y.contains("unix_socket: \"/var/lib/gn/state/headscale/headscale.sock\""));
+        let v = parse(&y);
+        assert_eq!(v["server_url"], "http://127.0.0.1:18080", "{y}");
+        assert_eq!(v["listen_addr"], "127.0.0.1:18080");
+        assert_eq!(
+            v["database"]["sqlite"]["path"],
+            "/var/lib/gn/state/headscale/db.sqlite"
+        );
+        assert_eq!(v["database"]["type"], "sqlite");
+        assert_eq!(v["prefixes"]["v4"], "100.64.0.0/10");
+        assert_eq!(v["prefixes"]["v6"], "fd7a:115c:a1e0::/48");
+        assert_eq!(v["derp"]["server"]["enabled"], true);
+        assert_eq!(v["derp"]["server"]["stun_listen_addr"], "127.0.0.1:13478");
+        assert_eq!(v["dns"]["nameservers"]["global"], serde_json::json!([]));
+        assert_eq!(v["dns"]["override_local_dns"], false);
+        assert_eq!(v["dns"]["base_domain"], "guildnet.internal");
+        assert_eq!(
+            v["unix_socket"],
+            "/var/lib/gn/state/headscale/headscale.sock"
+        );
+        assert_eq!(v["unix_socket_permission"], "0770");
         // Same input, same output: re-runs reuse the config byte for byte.
         assert_eq!(y, render_config(&s, &files));
     }
 
     #[test]
-    fn nameservers_override_local_dns() {
-        let files = ServerFiles::under(Path::new("/s"));
+    fn nameservers_override_local_dns_and_odd_values_stay_values() {
+        let files = ServerFiles::under(Path::new("/s: x #y"));
         let s = HeadscaleSettings {
             nameservers: vec!["1.1.1.1".into(), "2606:4700:4700::1111".into()],
             ..HeadscaleSettings::default()
         };
         s.validate().expect("valid");
-        let y = render_config(&s, &files);
-        assert!(
-            y.contains("global: [\"1.1.1.1\", \"2606:4700:4700::1111\"]"),
-            "{y}"
+        let v = parse(&render_config(&s, &files));
+        assert_eq!(
+            v["dns"]["nameservers"]["global"],
+            serde_json::json!(["1.1.1.1", "2606:4700:4700::1111"])
         );
-        assert!(y.contains("override_local_dns: true"));
+        assert_eq!(v["dns"]["override_local_dns"], true);
+        assert_eq!(
+            v["database"]["sqlite"]["path"],
+            "/s: x #y/headscale/db.sqlite"
+        );
     }
 
     #[test]

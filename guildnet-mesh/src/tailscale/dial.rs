@@ -3,7 +3,6 @@
 use super::TailscaleError;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Dials `host:port` on the tailnet (a tailnet IP or a MagicDNS name) through a tailscaled's
@@ -50,62 +49,19 @@ impl TailnetDialer {
         }
     }
 
+    /// The SOCKS5 handshake (RFC 1928, no authentication) through `tokio-socks`.
     async fn handshake(&self, host: &str, port: u16) -> Result<TcpStream, String> {
-        let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-        let mut s = TcpStream::connect(self.socks5)
-            .await
-            .map_err(io("connect to the proxy"))?;
-        s.write_all(&[5, 1, 0]).await.map_err(io("greeting"))?;
-        let mut reply = [0u8; 2];
-        s.read_exact(&mut reply)
-            .await
-            .map_err(io("greeting reply"))?;
-        if reply != [5, 0] {
-            return Err(format!("proxy refused no-auth (reply {reply:?})"));
-        }
-        let mut req = vec![5, 1, 0];
-        match host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                req.push(1);
-                req.extend_from_slice(&ip.octets());
-            }
-            Ok(IpAddr::V6(ip)) => {
-                req.push(4);
-                req.extend_from_slice(&ip.octets());
-            }
-            Err(_) => {
-                let len = u8::try_from(host.len())
-                    .ok()
-                    .filter(|l| *l > 0)
-                    .ok_or_else(|| "host name must be 1-255 bytes".to_owned())?;
-                req.push(3);
-                req.push(len);
-                req.extend_from_slice(host.as_bytes());
-            }
-        }
-        req.extend_from_slice(&port.to_be_bytes());
-        s.write_all(&req).await.map_err(io("CONNECT"))?;
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).await.map_err(io("CONNECT reply"))?;
-        if head[0] != 5 {
-            return Err(format!("not a SOCKS5 reply (version {})", head[0]));
-        }
-        if head[1] != 0 {
-            return Err(format!("proxy answered {}", reply_text(head[1])));
-        }
-        let rest = match head[3] {
-            1 => 4 + 2,
-            4 => 16 + 2,
-            3 => {
-                let mut len = [0u8; 1];
-                s.read_exact(&mut len).await.map_err(io("CONNECT reply"))?;
-                usize::from(len[0]) + 2
-            }
-            other => return Err(format!("reply with address type {other}")),
+        let target: tokio_socks::TargetAddr<'_> = match host.parse::<IpAddr>() {
+            Ok(ip) => tokio_socks::TargetAddr::Ip(SocketAddr::new(ip, port)),
+            Err(_) => tokio_socks::TargetAddr::Domain(host.into(), port),
         };
-        let mut skip = vec![0u8; rest];
-        s.read_exact(&mut skip).await.map_err(io("CONNECT reply"))?;
-        Ok(s)
+        tokio_socks::tcp::Socks5Stream::connect(self.socks5, target)
+            .await
+            .map(tokio_socks::tcp::Socks5Stream::into_inner)
+            .map_err(|e| match e {
+                tokio_socks::Error::Io(e) => format!("proxy connection: {e}"),
+                other => format!("proxy answered: {other}"),
+            })
     }
 }
 
@@ -119,23 +75,10 @@ impl guildnet_core::proxy::Dialer for TailnetDialer {
     }
 }
 
-fn reply_text(code: u8) -> &'static str {
-    match code {
-        1 => "general failure",
-        2 => "connection not allowed",
-        3 => "network unreachable",
-        4 => "host unreachable",
-        5 => "connection refused",
-        6 => "TTL expired",
-        7 => "command not supported",
-        8 => "address type not supported",
-        _ => "an unknown error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A one-shot SOCKS5 server answering CONNECT with `code`, then echoing.
@@ -183,7 +126,7 @@ mod tests {
             .expect_err("refused");
         let text = e.to_string();
         assert!(
-            text.contains("node-b:8443") && text.contains("connection refused"),
+            text.contains("node-b:8443") && text.to_lowercase().contains("refused"),
             "{text}"
         );
     }
