@@ -79,6 +79,14 @@ impl ClusterBackend for InProcessAgents {
             guildnet_core::local::WORKSPACE_ENV.into(),
             workspace.display().to_string(),
         );
+        // The agent's own state dir, outside its workspace, like a pod's or a local agent's.
+        env.insert(
+            "GUILDNET_STATE_DIR".into(),
+            self.root
+                .join(format!("{}.state", l.task_id))
+                .display()
+                .to_string(),
+        );
         let mut cfg = AgentConfig::from_lookup(|k| env.get(k).cloned()).map_err(|e| {
             BackendError::Workload {
                 action: "submit",
