@@ -194,26 +194,41 @@ impl StatePaths {
     }
 }
 
-/// Kubeconfig lookup for an org: `$KUBECONFIG` (first existing entry), then the state path, then
-/// `~/.kube/<org>.config`. Returns the first that exists.
+/// Kubeconfig lookup for an org. The org's own files come first, so one org's tasks can never
+/// be sent to another org's cluster because of the environment:
+///
+/// 1. `<state>/kube/<org>.config` (written by `guildnet org add` / the bootstrap);
+/// 2. `~/.kube/<org>.config`;
+/// 3. only when the org has neither: `$KUBECONFIG` (first existing entry), then
+///    `~/.kube/config`, a shared kubeconfig every such org uses (one cluster for them all).
+///
+/// Returns the first that exists. `$KUBECONFIG` never overrides a per-org file.
 pub fn find_kubeconfig_with(
     paths: &StatePaths,
     org: &OrgName,
     get: impl Fn(&str) -> Option<String>,
 ) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
+    let home = get("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".kube"));
+    let mut candidates: Vec<PathBuf> = vec![paths.kubeconfig(org)];
+    if let Some(kube) = &home {
+        candidates.push(kube.join(format!("{org}.config")));
+    }
     if let Some(kc) = get("KUBECONFIG").filter(|v| !v.is_empty()) {
         candidates.extend(std::env::split_paths(&kc));
     }
-    candidates.push(paths.kubeconfig(org));
-    if let Some(home) = get("HOME").filter(|v| !v.is_empty()) {
-        candidates.push(
-            PathBuf::from(home)
-                .join(".kube")
-                .join(format!("{org}.config")),
-        );
+    if let Some(kube) = &home {
+        candidates.push(kube.join("config"));
     }
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Whether `path` (from [`find_kubeconfig_with`]) is the org's own kubeconfig rather than the
+/// shared fallback (`$KUBECONFIG`, `~/.kube/config`).
+pub fn is_org_kubeconfig(path: &Path, org: &OrgName) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy() == format!("{org}.config"))
 }
 
 /// [`find_kubeconfig_with`] over the process environment.
@@ -396,7 +411,7 @@ mod tests {
             find_kubeconfig_with(&paths, &org, env(&[("HOME", &h)])),
             Some(paths.kubeconfig(&org))
         );
-        // $KUBECONFIG wins when it exists; a missing entry is skipped.
+        // $KUBECONFIG never overrides the org's own file.
         let explicit = dir.path().join("explicit.config");
         std::fs::write(&explicit, "x").unwrap();
         let kc = format!(
@@ -406,7 +421,23 @@ mod tests {
         );
         assert_eq!(
             find_kubeconfig_with(&paths, &org, env(&[("HOME", &h), ("KUBECONFIG", &kc)])),
-            Some(explicit)
+            Some(paths.kubeconfig(&org))
+        );
+        // An org with no file of its own falls back to $KUBECONFIG (a missing entry is
+        // skipped), then to ~/.kube/config.
+        let other = OrgName::new("globex").unwrap();
+        let found = find_kubeconfig_with(&paths, &other, env(&[("HOME", &h), ("KUBECONFIG", &kc)]));
+        assert_eq!(found.as_deref(), Some(explicit.as_path()));
+        assert!(!is_org_kubeconfig(&explicit, &other));
+        assert!(is_org_kubeconfig(&paths.kubeconfig(&other), &other));
+        assert_eq!(
+            find_kubeconfig_with(&paths, &other, env(&[("HOME", &h)])),
+            None
+        );
+        std::fs::write(home.join(".kube/config"), "shared").unwrap();
+        assert_eq!(
+            find_kubeconfig_with(&paths, &other, env(&[("HOME", &h)])),
+            Some(home.join(".kube/config"))
         );
     }
 

@@ -126,7 +126,8 @@ impl KubeBackend {
         };
         let path = find_kubeconfig(&self.cfg.state, org).ok_or_else(|| {
             unavailable(format!(
-                "no kubeconfig (looked for $KUBECONFIG and {})",
+                "no kubeconfig (looked for {}, ~/.kube/{org}.config, $KUBECONFIG and \
+                 ~/.kube/config)",
                 self.cfg.state.kubeconfig(org).display()
             ))
         })?;
@@ -139,6 +140,13 @@ impl KubeBackend {
             if *p == path {
                 return Ok(c.clone());
             }
+        }
+        if !guildnet_core::state_dir::is_org_kubeconfig(&path, org) {
+            tracing::warn!(
+                org = %org,
+                kubeconfig = %path.display(),
+                "org has no kubeconfig of its own: using the shared one"
+            );
         }
         let client = client_from_path(&path)
             .await
