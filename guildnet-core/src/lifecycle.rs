@@ -12,6 +12,7 @@
 //! Scheduled --dispatch--> Submitted --claim--> Running --complete--> Succeeded | Failed
 //!     ^  <--submit_failed--'   |                  |
 //!     '-------------------requeue (lost lease / never claimed; Failed after max attempts)
+//! Submitted --fail_start (the backend says its agent cannot start)--> Failed
 //! any non-terminal --cancel--> Cancelled
 //! ```
 //!
@@ -366,6 +367,35 @@ pub fn complete(
     Ok(change(kind, t, t.reason.clone(), vec![audit]))
 }
 
+/// The backend reports that attempt `attempt`'s agent will never start (its start deadline
+/// passed: an image that cannot be pulled, an unschedulable pod): `Submitted` -> `Failed` with
+/// the backend's reason. No retry: another attempt would meet the same cause. A task that moved
+/// on (claimed meanwhile, or a newer attempt) is left alone.
+pub fn fail_start(
+    t: &mut Task,
+    attempt: u32,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<TaskChange, Rejection> {
+    if t.status != TaskStatus::Submitted || t.attempt != attempt {
+        return Err(Rejection::conflict("moved on"));
+    }
+    // No agent ever claimed: nobody can write to the log any more.
+    t.log_sealed = true;
+    t.status = TaskStatus::Failed;
+    t.finished_at = Some(now);
+    t.updated_at = now;
+    t.lease_expires_at = None;
+    t.reason = Some(format!("agent did not start: {reason}"));
+    let audit = NewAudit::new("system", "task.fail", t.id.as_str(), t.reason.clone());
+    Ok(change(
+        EventKind::TaskFailed,
+        t,
+        t.reason.clone(),
+        vec![audit],
+    ))
+}
+
 /// The attempt is lost (its lease expired, or its agent never claimed): back to `Scheduled`
 /// with a new attempt, or `Failed` once `max_attempts` were used. `expected` is the status and
 /// attempt the caller saw; a task that moved on (or whose lease was renewed meanwhile) is left
@@ -527,6 +557,33 @@ mod tests {
             .is_some_and(|r| r.contains("gave up after 3")));
     }
 
+    #[test]
+    fn an_agent_that_cannot_start_fails_the_submitted_attempt_only() {
+        let now = Utc::now();
+        let mut t = fresh(now);
+        assert!(
+            fail_start(&mut t, 1, "x", now).is_err(),
+            "not dispatched yet"
+        );
+        dispatch(&mut t, 1, now).expect("dispatch");
+        assert!(fail_start(&mut t, 2, "x", now).is_err(), "another attempt");
+        let c = fail_start(&mut t, 1, "image pull failed: ImagePullBackOff", now).expect("fail");
+        assert_eq!(c.events[0].kind, "task.failed");
+        assert_eq!(t.status, TaskStatus::Failed);
+        assert_eq!(
+            t.reason.as_deref(),
+            Some("agent did not start: image pull failed: ImagePullBackOff")
+        );
+        assert!(t.log_sealed && t.finished_at.is_some());
+        // A claimed task is not failed by a late report.
+        let mut t = fresh(now);
+        dispatch(&mut t, 1, now).expect("dispatch");
+        let agent = t.agent.clone().expect("agent");
+        claim(&mut t, &agent, Duration::seconds(30), now).expect("claim");
+        assert!(fail_start(&mut t, 1, "x", now).is_err());
+        assert_eq!(t.status, TaskStatus::Running);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Dispatch,
@@ -536,6 +593,7 @@ mod tests {
         Complete { ok: bool, stale_token: bool },
         Cancel,
         Requeue { advance_secs: i64 },
+        FailStart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -551,6 +609,7 @@ mod tests {
                 .prop_map(|(ok, stale_token)| Op::Complete { ok, stale_token }),
             Just(Op::Cancel),
             (0i64..120).prop_map(|advance_secs| Op::Requeue { advance_secs }),
+            Just(Op::FailStart),
         ]
     }
 
@@ -588,6 +647,7 @@ mod tests {
                         now += Duration::seconds(advance_secs);
                         requeue(&mut t, (before.status, before.attempt), 3, "lost", now)
                     }
+                    Op::FailStart => fail_start(&mut t, before.attempt, "ImagePullBackOff", now),
                 };
                 if res.is_err() {
                     prop_assert_eq!(&t, &before, "a rejection changes nothing");
