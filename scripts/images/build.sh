@@ -47,7 +47,7 @@ SECURITY_MIRROR="${GUILDNET_IMAGES_SECURITY_MIRROR:-http://deb.debian.org/debian
 # roots, and the C++ runtime Node.js needs. The operator's: only the C library and libgcc (for
 # unwinding), unpacked without maintainer scripts; it talks to nothing but the API server.
 AGENT_PACKAGES="git,ca-certificates,libstdc++6,openssh-client,procps"
-OPERATOR_PACKAGES="libc6,libgcc-s1,base-files,netbase,tzdata"
+OPERATOR_PACKAGES="libc6,libgcc-s1,base-files,netbase"
 AGENT_UID=1000
 OPERATOR_UID=65532
 
@@ -141,7 +141,6 @@ build_base() {
   case "$kind" in
     agent)
       mmdebstrap --quiet --variant=essential --include="$AGENT_PACKAGES" "${dpkg_slim[@]}" \
-        --skip=output/dev \
         --customize-hook='echo "coder:x:'"$AGENT_UID:$AGENT_UID"':GuildNet agent:/home/coder:/bin/bash" >>"$1/etc/passwd"' \
         --customize-hook='echo "coder:x:'"$AGENT_UID"':" >>"$1/etc/group"' \
         --customize-hook='echo "coder:*:19000:0:99999:7:::" >>"$1/etc/shadow"' \
@@ -153,7 +152,6 @@ build_base() {
       # extract: packages unpacked, no maintainer scripts, no dpkg database; the users the
       # image runs as are written here (base-passwd's postinst does not run).
       mmdebstrap --quiet --variant=extract --include="$OPERATOR_PACKAGES" "${dpkg_slim[@]}" \
-        --skip=output/dev \
         --customize-hook='printf "root:x:0:0:root:/root:/usr/sbin/nologin\nnonroot:x:'"$OPERATOR_UID:$OPERATOR_UID"':nonroot:/home/nonroot:/usr/sbin/nologin\n" >"$1/etc/passwd"' \
         --customize-hook='printf "root:x:0:\nnonroot:x:'"$OPERATOR_UID"':\n" >"$1/etc/group"' \
         --customize-hook='mkdir -p "$1/home/nonroot" "$1/tmp" && chown '"$OPERATOR_UID:$OPERATOR_UID"' "$1/home/nonroot" && chmod 1777 "$1/tmp"' \
@@ -161,6 +159,8 @@ build_base() {
         --format=tar "$SUITE" "$tmp" "${sources[@]}"
       ;;
   esac
+  # The runtime mounts /dev: no device nodes in the image.
+  tar --delete -f "$tmp" --wildcards './dev/?*'
   mv -f "$tmp" "$out"
   log "$kind base: $(human "$(stat -c %s "$out")") uncompressed, $(secs_since "$t0") s"
 }
