@@ -12,17 +12,25 @@
 //! Stand-in: the runner is `sh -s` (the task text is a shell script), not an AI coding CLI. It
 //! exists in the image and lets each task choose its output, duration and exit code.
 //!
+//! The first task has a repository on the testbed's Gitea (listening on the node's address, so
+//! pods reach it): the agent in the pod clones it, the runner changes a file, the agent commits,
+//! pushes and opens a pull request.
+//!
 //! One test: a node takes the machine-wide lock, and one cluster serves every scenario (real
-//! pods, a pulled image, a secret that must stay secret, cancel, a pod deleted mid-task, an
-//! image that does not exist). Figures are printed as `POD-E2E <what> <value>` lines.
+//! pods, a pulled image, a repository and a pull request, the editor through a port-forward, a
+//! secret that must stay secret, cancel, a pod deleted mid-task, an image that does not exist).
+//! Figures are printed as `POD-E2E <what> <value>` lines.
 
 use guildnet_core::client::OrchestratorClient;
+use guildnet_core::context::RepoSpec;
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
+use guildnet_core::orchestrator::api::ScheduleRequest;
 use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::agenttask_name;
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_kube::TASK_LABEL;
+use guildnet_testbed::forge::Gitea;
 use guildnet_testbed::images::{build_and_push, BuiltImage};
 use guildnet_testbed::kube::KubeCluster;
 use guildnet_testbed::node::NodeOptions;
@@ -351,6 +359,21 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     let tasks: Api<AgentTask> = Api::namespaced(admin.clone(), NS);
 
+    // A forge the pods can reach: Gitea on the node's address, a private repository.
+    let gitea = Gitea::start_on(ip).await.expect("gitea");
+    let repo = gitea.create_repo("app", true).await.expect("repo");
+    let token_file = dir.path().join("forge.token");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .expect("token file");
+        std::io::Write::write_all(&mut f, gitea.token().as_bytes()).expect("write token");
+    }
+
     // The orchestrator first: the operator is installed with its public URL.
     let secret = secret_value();
     let orch = start_orchestrator(
@@ -366,6 +389,16 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
             "GN_E2E_SECRET",
             "--agent-start-deadline-secs",
             "90",
+            "--forge-api",
+            gitea.url(),
+            "--forge-kind",
+            "gitea",
+            "--forge-token-file",
+            token_file.to_str().expect("utf8 path"),
+            "--git-author-name",
+            "GuildNet Pod Agent",
+            "--git-author-email",
+            "pod-agent@guildnet.invalid",
         ],
         &[("GN_E2E_SECRET", OsStr::new(&secret))],
     )
@@ -434,10 +467,15 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         "the operator pod runs the pushed image"
     );
 
-    // 1. A task in a real pod (cold: the agent image is only in the registry). Live log lines,
-    //    the settings (plain and secret) in the runner's environment, Succeeded, AgentTask status.
-    let script = "echo stand-in runner: sh -s in the agent image\n\
+    // 1. A task with a repository in a real pod (cold: the agent image is only in the
+    //    registry): clone from Gitea, live log lines, the settings (plain and secret) in the
+    //    runner's environment, the editor, commit, push and pull request, Succeeded, the
+    //    AgentTask's status with the PR URL.
+    let script = ": Add a line from a real pod\n\
+                  echo stand-in runner: sh -s in the agent image\n\
                   echo first-line\n\
+                  echo \"forge token visible: ${GUILDNET_FORGE_TOKEN:-no}\"\n\
+                  echo 'written in a pod' >> README.md\n\
                   sleep 8\n\
                   echo \"plain=$GN_E2E_PLAIN\"\n\
                   echo \"secret=$GN_E2E_SECRET\"\n\
@@ -445,7 +483,15 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
                   echo \"uid=$(id -u) home=$HOME pwd=$(pwd)\"\n\
                   echo 42 > result.txt && echo \"wrote result.txt\"\n\
                   echo last-line\n";
-    let task = orch.schedule(script).await;
+    let req = ScheduleRequest {
+        repo: Some(RepoSpec::parse(&format!("{}@main", repo.clone_url))),
+        ..ScheduleRequest::new(OrgName::new("acme").expect("org"), script)
+    };
+    let task = orch
+        .client
+        .schedule_request(&req)
+        .await
+        .expect("schedule with a repository");
     let name = agenttask_name(&task.id);
     let running = orch
         .wait(&task.id, "claimed", Duration::from_secs(180), |t| {
@@ -519,6 +565,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     let lines = orch.log_text(&task.id).await;
     for want in [
         "first-line",
+        "forge token visible: no",
         "plain=plain-value",
         "uid=1000 home=/home/coder pwd=/home/coder/workspace",
         "wrote result.txt",
@@ -553,6 +600,30 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     })
     .await;
     assert_eq!(at.status.as_ref().and_then(|s| s.exit_code), Some(0));
+    // Delivered: the branch, the commit by the configured author, the pull request, and its
+    // URL on the task and in the AgentTask's status.
+    let branch = format!("guildnet/{}", task.id);
+    let prs = gitea.pulls(&repo).await.expect("pulls");
+    assert_eq!(prs.len(), 1, "{prs:#?}");
+    assert_eq!(prs[0]["head"]["ref"], branch.as_str());
+    assert_eq!(prs[0]["title"], ": Add a line from a real pod");
+    let pr_url = prs[0]["html_url"].as_str().expect("PR url").to_owned();
+    assert_eq!(done.pr_url.as_deref(), Some(pr_url.as_str()));
+    assert_eq!(
+        at.status.as_ref().and_then(|s| s.pr_url.as_deref()),
+        Some(pr_url.as_str())
+    );
+    let readme = gitea
+        .raw_file(&repo, "README.md", &branch)
+        .await
+        .expect("README on the branch");
+    assert!(readme.ends_with("written in a pod\n"), "{readme:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("pull request: {pr_url}")),
+        "{lines:?}"
+    );
     // The secret is nowhere but in Secrets: not in the AgentTask, GET /tasks, the log, events.
     let at_json = serde_json::to_string(&at).expect("json");
     assert!(
@@ -560,6 +631,14 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         "plain settings are in spec.env"
     );
     assert!(!at_json.contains(&secret), "secret in the AgentTask");
+    assert!(
+        !at_json.contains(gitea.token()),
+        "forge token in the AgentTask"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(gitea.token())),
+        "forge token in the log"
+    );
     for path in [
         "/tasks".to_owned(),
         format!("/tasks/{}", task.id),
@@ -567,6 +646,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     ] {
         let body = orch.get_raw(&path).await;
         assert!(!body.contains(&secret), "secret in GET {path}");
+        assert!(!body.contains(gitea.token()), "forge token in GET {path}");
     }
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), NS)
         .list(&ListParams::default())
@@ -574,6 +654,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         .expect("events");
     let events = serde_json::to_string(&events.items).expect("json");
     assert!(!events.contains(&secret), "secret in an Event");
+    assert!(!events.contains(gitea.token()), "forge token in an Event");
     // The workload goes once the task is over, Secrets included.
     eventually("agent pod gone", Duration::from_secs(90), || async {
         task_pods(&pods, &task.id).await.is_empty().then_some(())
