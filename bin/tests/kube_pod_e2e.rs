@@ -72,6 +72,25 @@ fn secret_value() -> String {
     )
 }
 
+/// A temp dir that is kept (and named on stderr) when the test panics.
+struct KeepOnPanic(Option<tempfile::TempDir>);
+
+impl KeepOnPanic {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map(|d| d.path()).expect("dir")
+    }
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("kube_pod_e2e: logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
 struct Orch {
     _proc: Proc,
     url: String,
@@ -203,14 +222,14 @@ impl Orch {
         rows.as_array()
             .expect("audit rows")
             .iter()
-            .filter(|r| r["action"] == action && r["target"] == id.as_str())
+            .filter(|r| r["action"] == action && r["subject"] == id.as_str())
             .count()
     }
 }
 
 /// `POST /agents/editor/open`, then the proxied editor page with the session cookie (following
 /// code-server's redirect to `./?folder=...`); returns the page's HTML.
-async fn open_workbench(orch_url: &str, agent: &str) -> String {
+async fn open_workbench(orch_url: &str, agent: &str) -> Result<String, String> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -222,8 +241,10 @@ async fn open_workbench(orch_url: &str, agent: &str) -> String {
         .json(&serde_json::json!({"name": agent, "org": "acme"}))
         .send()
         .await
-        .expect("editor open");
-    assert_eq!(resp.status(), 200, "editor open");
+        .map_err(|e| format!("editor open: {e}"))?;
+    if resp.status() != 200 {
+        return Err(format!("editor open: {}", resp.status()));
+    }
     let cookie = resp
         .headers()
         .get("set-cookie")
@@ -239,7 +260,7 @@ async fn open_workbench(orch_url: &str, agent: &str) -> String {
         .header("cookie", &session)
         .send()
         .await
-        .expect("editor page");
+        .map_err(|e| format!("editor page: {e}"))?;
     if r.status().is_redirection() {
         let loc = r.headers()["location"]
             .to_str()
@@ -255,10 +276,59 @@ async fn open_workbench(orch_url: &str, agent: &str) -> String {
             .header("cookie", &session)
             .send()
             .await
-            .expect("workbench");
+            .map_err(|e| format!("workbench: {e}"))?;
     }
-    assert_eq!(r.status(), 200, "proxied editor page");
-    r.text().await.expect("html")
+    if r.status() != 200 {
+        return Err(format!("proxied editor page: {}", r.status()));
+    }
+    r.text().await.map_err(|e| format!("workbench body: {e}"))
+}
+
+/// What the namespace's pods say (phase, waiting reasons, warning events, the last log lines),
+/// for a failure message.
+async fn report(admin: &kube::Client) -> String {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let mut out = String::new();
+    for p in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "pod {}\n",
+            guildnet_kube::backend::describe_pod(&p)
+        ));
+        let log = pods
+            .logs(
+                &name,
+                &LogParams {
+                    tail_lines: Some(30),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e})"));
+        out.push_str(&format!("--- log of {name}:\n{log}\n"));
+    }
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for e in events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+    {
+        out.push_str(&format!(
+            "event {} {}: {}\n",
+            e.involved_object.name.clone().unwrap_or_default(),
+            e.reason.clone().unwrap_or_default(),
+            e.message.clone().unwrap_or_default()
+        ));
+    }
+    out
 }
 
 fn claimed_after(t: &Task) -> Duration {
@@ -297,7 +367,12 @@ async fn exec_stdout(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> String {
 #[tokio::test]
 async fn agents_run_in_real_pods_from_images_built_without_docker() {
     let t_all = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Kept on failure (the orchestrators' logs are in it), removed at the end of a passing run.
+    let dir = tempfile::Builder::new()
+        .prefix("gn-pod-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = KeepOnPanic(Some(dir));
     let registry = Registry::start().await.expect("registry");
 
     // Images: built from this build's binaries, pushed to the registry.
@@ -423,15 +498,26 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     .expect("guildnet-operator install");
     assert!(out.contains("installed"), "{out}");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
-    eventually(
-        "operator Deployment available",
-        Duration::from_secs(120),
-        || async {
-            let d = deployments.get_opt("guildnet-operator").await.ok()??;
-            (d.status?.available_replicas? >= 1).then_some(())
-        },
-    )
-    .await;
+    let start = Instant::now();
+    loop {
+        let d = deployments
+            .get_opt("guildnet-operator")
+            .await
+            .ok()
+            .flatten();
+        if d.and_then(|d| d.status?.available_replicas)
+            .is_some_and(|n| n >= 1)
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            panic!(
+                "operator Deployment not available after 120 s\n{}",
+                report(&admin).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     figure(
         "operator_pod_available_s",
         format!("{:.1}", t.elapsed().as_secs_f64()),
@@ -476,7 +562,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
                   echo first-line\n\
                   echo \"forge token visible: ${GUILDNET_FORGE_TOKEN:-no}\"\n\
                   echo 'written in a pod' >> README.md\n\
-                  sleep 8\n\
+                  while [ ! -e /home/coder/gate ]; do sleep 0.2; done\n\
                   echo \"plain=$GN_E2E_PLAIN\"\n\
                   echo \"secret=$GN_E2E_SECRET\"\n\
                   echo \"secret-sha=$(printf %s \"$GN_E2E_SECRET\" | sha256sum | cut -c1-16)\"\n\
@@ -548,14 +634,27 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     // The editor: POST /agents/editor/open port-forwards (through the API server and the
     // kubelet) to code-server in the pod; the proxy serves the workbench, already logged in.
     let agent = running.agent.clone().expect("agent name");
+    // code-server may still be starting (the agent is ready, and claims, before its editor is):
+    // the proxy answers 502 until it listens.
     let t = Instant::now();
-    let html = open_workbench(&orch.url, agent.as_str()).await;
+    let html = loop {
+        match open_workbench(&orch.url, agent.as_str()).await {
+            Ok(html) => break html,
+            Err(why) if t.elapsed() < Duration::from_secs(90) => {
+                eprintln!("editor not there yet: {why}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(why) => panic!("no workbench after 90 s: {why}"),
+        }
+    };
     figure("editor_open_to_workbench_ms", t.elapsed().as_millis());
     assert!(html.contains("workbench"), "not the workbench: {html:.400}");
     assert!(
         !html.contains("type=\"password\""),
         "login page: {html:.400}"
     );
+    // Let the runner finish.
+    exec_stdout(&pods, &pod_name, &["touch", "/home/coder/gate"]).await;
     let done = orch
         .wait(&task.id, "finished", Duration::from_secs(60), |t| {
             t.status.is_terminal()
@@ -567,7 +666,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         "first-line",
         "forge token visible: no",
         "plain=plain-value",
-        "uid=1000 home=/home/coder pwd=/home/coder/workspace",
+        "uid=1000 home=/home/coder pwd=/home/coder/workspace/repo",
         "wrote result.txt",
         "last-line",
     ] {
@@ -743,6 +842,16 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         .await;
     figure("pod_deleted_task_status", format!("{:?}", finished.status));
     figure("pod_deleted_task_claims", finished.claims);
+    let flaky_log = orch.log_text(&flaky.id).await;
+    figure("pod_deleted_task_log", format!("{flaky_log:?}"));
+    // The replacement's runner ran the script again to its end. (The two agents of one claim
+    // write to one log: lines of the replacement whose sequence numbers the stopping agent used
+    // first are refused, so the log holds one "begin" or two.)
+    assert!(flaky_log.iter().any(|l| l == "end"), "{flaky_log:?}");
+    assert!(
+        flaky_log.iter().any(|l| l == "runner exited with code 0"),
+        "{flaky_log:?}"
+    );
     assert_eq!(
         orch.audit_count(&flaky.id, "task.complete").await,
         1,

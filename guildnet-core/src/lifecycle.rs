@@ -221,8 +221,9 @@ pub fn submit_failed(
 }
 
 /// The task's own agent claims it: `Submitted` -> `Running` with a new fencing token and a
-/// lease until `now + ttl`. Claiming a task the agent already holds renews the lease and keeps
-/// the token (idempotent after a lost reply).
+/// lease until `now + ttl`. Claiming a task the agent already holds renews the lease, keeps
+/// the token (idempotent after a lost reply) and reopens the log (a new process of the agent
+/// may be taking the work over).
 pub fn claim(
     t: &mut Task,
     agent: &AgentName,
@@ -253,6 +254,10 @@ pub fn claim(
         }
         TaskStatus::Running => {
             t.lease_expires_at = Some(now + ttl);
+            // A claim again by the holder: a lost reply, or a new process of the same agent
+            // (the Deployment's next pod after the first was deleted) taking the work over.
+            // Whatever the old process sealed, more of the log is coming.
+            t.log_sealed = false;
             Ok(TaskChange::default())
         }
         other => Err(Rejection::conflict(format!(
@@ -509,9 +514,11 @@ mod tests {
         let c = claim(&mut t, &agent, ttl, now).expect("claim");
         assert_eq!((t.status, t.fencing, t.claims), (TaskStatus::Running, 1, 1));
         assert_eq!(c.events[0].kind, EventKind::TaskClaimed.as_str());
-        // A repeated claim renews and records nothing.
+        // A repeated claim renews and records nothing; a log the old process sealed reopens.
+        t.log_sealed = true;
         assert_eq!(claim(&mut t, &agent, ttl, now), Ok(TaskChange::default()));
         assert_eq!(t.fencing, 1);
+        assert!(!t.log_sealed);
         renew(&mut t, &agent, 1, ttl, now + ttl).expect("renew");
         assert_eq!(t.lease_expires_at, Some(now + ttl + ttl));
         assert!(renew(&mut t, &agent, 2, ttl, now).is_err(), "wrong token");

@@ -39,7 +39,7 @@ CACHE="${GUILDNET_IMAGES_CACHE:-$HOME/.cache/guildnet/images}"
 TESTBED_DIR="${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}"
 
 # Bump when the steps that make a cached base or stage change, so the caches are rebuilt.
-RECIPE=1
+RECIPE=2
 SUITE="${GUILDNET_IMAGES_SUITE:-bookworm}"
 MIRROR="${GUILDNET_IMAGES_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${GUILDNET_IMAGES_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
@@ -133,11 +133,14 @@ base_key() { # base_key agent|operator
   printf '%s\n' "recipe=$RECIPE" "$SUITE" "${sources[@]}" "$pk" "${dpkg_slim[@]}" | sha
 }
 
-# build_base agent|operator OUT.tar: a root filesystem tar from the Debian archive.
+# build_base agent|operator DIR: DIR/oci is a one-layer OCI layout (tag "stage") holding a root
+# filesystem from the Debian archive; DIR/bytes its uncompressed size. mmdebstrap writes a
+# directory and umoci makes the layer from it (umoci's tar is what containerd expects).
 build_base() {
-  local kind=$1 out=$2 t0 tmp=${2%.tar}.tmp.tar
+  local kind=$1 dir=$2 t0 rootfs=$WORK/rootfs-$1
   t0=$(now_s)
   log "building the $kind base with mmdebstrap ($SUITE) ..."
+  rm -rf "$rootfs" "$dir"
   case "$kind" in
     agent)
       mmdebstrap --quiet --variant=essential --include="$AGENT_PACKAGES" "${dpkg_slim[@]}" \
@@ -146,7 +149,7 @@ build_base() {
         --customize-hook='echo "coder:*:19000:0:99999:7:::" >>"$1/etc/shadow"' \
         --customize-hook='mkdir -p "$1/home/coder/workspace" "$1/home/coder/.guildnet/state" && chown -R '"$AGENT_UID:$AGENT_UID"' "$1/home/coder" && chmod 0755 "$1/home/coder"' \
         --customize-hook='rm -rf "$1"/var/log/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old' \
-        --format=tar "$SUITE" "$tmp" "${sources[@]}"
+        --format=directory "$SUITE" "$rootfs" "${sources[@]}"
       ;;
     operator)
       # extract: packages unpacked, no maintainer scripts, no dpkg database; the users the
@@ -156,25 +159,32 @@ build_base() {
         --customize-hook='printf "root:x:0:\nnonroot:x:'"$OPERATOR_UID"':\n" >"$1/etc/group"' \
         --customize-hook='mkdir -p "$1/home/nonroot" "$1/tmp" && chown '"$OPERATOR_UID:$OPERATOR_UID"' "$1/home/nonroot" && chmod 1777 "$1/tmp"' \
         --customize-hook='rm -rf "$1"/var/lib/dpkg "$1"/var/log/* "$1"/var/cache/*' \
-        --format=tar "$SUITE" "$tmp" "${sources[@]}"
+        --format=directory "$SUITE" "$rootfs" "${sources[@]}"
       ;;
   esac
   # The runtime mounts /dev: no device nodes in the image.
-  tar --delete -f "$tmp" --wildcards './dev/?*'
-  mv -f "$tmp" "$out"
-  log "$kind base: $(human "$(stat -c %s "$out")") uncompressed, $(secs_since "$t0") s"
+  find "$rootfs/dev" -mindepth 1 -delete
+  mkdir -p "$dir"
+  umoci init --layout "$dir/oci"
+  umoci new --image "$dir/oci:stage"
+  umoci insert --image "$dir/oci:stage" "$rootfs" /
+  umoci gc --layout "$dir/oci"
+  du -sb --apparent-size "$rootfs" | cut -f1 >"$dir/bytes"
+  rm -rf "$rootfs"
+  log "$kind base: $(human "$(cat "$dir/bytes")") uncompressed, $(secs_since "$t0") s"
 }
 
-# base_tar agent|operator: prints the cached base tar's path, building it if needed.
-base_tar() {
-  local kind=$1 key out
+# base_dir agent|operator: prints the cached base's dir, building it if needed.
+base_dir() {
+  local kind=$1 key dir
   key=$(base_key "$kind")
-  out="$CACHE/base-$kind-$key.tar"
-  if [[ $REFRESH -eq 1 || ! -s $out ]]; then
-    rm -f "$CACHE/base-$kind-"*.tar
-    build_base "$kind" "$out"
+  dir="$CACHE/base-$kind-$key"
+  if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
+    rm -rf "$CACHE/base-$kind-"*
+    build_base "$kind" "$dir.tmp" >&2
+    mv "$dir.tmp" "$dir"
   fi
-  echo "$out"
+  echo "$dir"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -192,62 +202,59 @@ code_server_version() {
     die "no code-server under $CODE_SERVER_PREFIX (run scripts/testbed/install.sh code-server, or pass --code-server)"
 }
 
-stage_key() { # stage_key agent|operator
-  local kind=$1
-  if [[ $kind == agent ]]; then
-    local node
-    node=$(node_bin)
-    printf '%s\n' "recipe=$RECIPE" "$(base_key agent)" "$(sha256sum <"$node" | cut -c1-16)" \
-      "$(code_server_version)" "$(sha256sum <"$CODE_SERVER_PREFIX/package-lock.json" | cut -c1-16)" | sha
-  else
-    printf '%s\n' "recipe=$RECIPE" "$(base_key "$kind")" | sha
-  fi
+stage_key() { # stage_key agent
+  local node
+  node=$(node_bin)
+  printf '%s\n' "recipe=$RECIPE" "$(base_key agent)" "$(sha256sum <"$node" | cut -c1-16)" \
+    "$(code_server_version)" "$(sha256sum <"$CODE_SERVER_PREFIX/package-lock.json" | cut -c1-16)" | sha
 }
 
-# build_stage KIND DIR: DIR/oci is a one-image OCI layout (tag "stage") with KIND's base and
-# extras; DIR/bytes its layers' uncompressed size.
+# build_stage agent DIR: the agent's base with Node.js and code-server added (DIR/oci, tag
+# "stage"; DIR/bytes the uncompressed size of its layers).
 build_stage() {
-  local kind=$1 dir=$2 base t0 root layout=$2/oci bytes
-  base=$(base_tar "$kind")
+  local dir=$1 base t0 root layout=$1/oci bytes node cs_major node_major
+  base=$(base_dir agent)
   t0=$(now_s)
   rm -rf "$dir"
   mkdir -p "$dir"
-  umoci init --layout "$layout"
-  umoci new --image "$layout:stage"
-  umoci raw add-layer --image "$layout:stage" "$base"
-  bytes=$(stat -c %s "$base")
-  if [[ $kind == agent ]]; then
-    local node cs_major node_major
-    node=$(node_bin)
-    node_major=$("$node" --version | sed 's/^v\([0-9]*\).*/\1/')
-    cs_major=$(jq -r '.engines.node' "$CODE_SERVER_PREFIX/node_modules/code-server/package.json" | tr -dc '0-9' | cut -c1-2)
-    [[ $node_major == "$cs_major" ]] || die "code-server $(code_server_version) wants Node $cs_major, $node is $node_major"
-    root="$WORK/stage-root"
-    mkdir -p "$root/usr/local/bin" "$root/usr/local/lib"
-    cp "$node" "$root/usr/local/bin/node"
-    cp -a "$CODE_SERVER_PREFIX" "$root/usr/local/lib/code-server"
-    ln -s ../lib/code-server/node_modules/.bin/code-server "$root/usr/local/bin/code-server"
-    # Owned by root, readable by the agent's user whatever umask the install ran with.
-    chown -R 0:0 "$root"
-    chmod -R a+rX,go-w "$root"
-    bytes=$((bytes + $(du -sb --apparent-size "$root" | cut -f1)))
-    umoci insert --image "$layout:stage" "$root" /
-    rm -rf "$root"
-  fi
+  # Hard links (blobs are content-addressed and never rewritten); index.json is rewritten by
+  # umoci, so it gets a copy of its own.
+  cp -al "$base/oci" "$layout" 2>/dev/null || cp -a "$base/oci" "$layout"
+  rm -f "$layout/index.json" && cp "$base/oci/index.json" "$layout/index.json"
+  bytes=$(cat "$base/bytes")
+  node=$(node_bin)
+  node_major=$("$node" --version | sed 's/^v\([0-9]*\).*/\1/')
+  cs_major=$(jq -r '.engines.node' "$CODE_SERVER_PREFIX/node_modules/code-server/package.json" | tr -dc '0-9' | cut -c1-2)
+  [[ $node_major == "$cs_major" ]] || die "code-server $(code_server_version) wants Node $cs_major, $node is $node_major"
+  root="$WORK/stage-root"
+  mkdir -p "$root/usr/local/bin" "$root/usr/local/lib"
+  cp "$node" "$root/usr/local/bin/node"
+  cp -a "$CODE_SERVER_PREFIX" "$root/usr/local/lib/code-server"
+  ln -s ../lib/code-server/node_modules/.bin/code-server "$root/usr/local/bin/code-server"
+  # Owned by root, readable by the agent's user whatever umask the install ran with.
+  chown -R 0:0 "$root"
+  chmod -R a+rX,go-w "$root"
+  bytes=$((bytes + $(du -sb --apparent-size "$root" | cut -f1)))
+  umoci insert --image "$layout:stage" "$root" /
+  rm -rf "$root"
   umoci gc --layout "$layout"
   echo "$bytes" >"$dir/bytes"
-  log "$kind stage: $(human "$bytes") uncompressed, $(secs_since "$t0") s"
+  log "agent stage (Node.js + code-server): $(human "$bytes") uncompressed, $(secs_since "$t0") s"
 }
 
-# stage_dir KIND: prints the cached stage's dir, building it if needed. The orchestrator image
-# shares the operator's base.
+# stage_dir KIND: prints the dir of the cached layout an image of KIND starts from: the agent's
+# stage, or the operator's base (which the orchestrator image shares).
 stage_dir() {
   local kind=${1/orchestrator/operator} key dir
-  key=$(stage_key "$kind")
-  dir="$CACHE/stage-$kind-$key"
+  if [[ $kind == operator ]]; then
+    base_dir operator
+    return
+  fi
+  key=$(stage_key agent)
+  dir="$CACHE/stage-agent-$key"
   if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
-    rm -rf "$CACHE/stage-$kind-"*
-    build_stage "$kind" "$dir.tmp" >&2
+    rm -rf "$CACHE/stage-agent-"*
+    build_stage "$dir.tmp" >&2
     mv "$dir.tmp" "$dir"
   fi
   echo "$dir"
