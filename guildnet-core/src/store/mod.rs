@@ -2,7 +2,7 @@
 
 mod sqlite;
 
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{CommitStats, Durability, SqliteStore};
 
 use crate::model::{
     Agent, AuditEntry, Event, LogLine, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus,

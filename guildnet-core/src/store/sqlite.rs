@@ -161,6 +161,27 @@ struct Inner {
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping it stops the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
+    /// Group commit counters, for [`SqliteStore::commit_stats`].
+    stats: Arc<CommitCounters>,
+}
+
+#[derive(Default)]
+struct CommitCounters {
+    batches: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    largest: std::sync::atomic::AtomicU64,
+}
+
+/// How the writer has grouped writes into commits since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (each one fsync with [`Durability::Full`], when it holds a
+    /// durable write).
+    pub batches: u64,
+    /// Writes they held.
+    pub writes: u64,
+    /// Most writes in one commit.
+    pub largest: u64,
 }
 
 impl Drop for Inner {
@@ -401,9 +422,13 @@ impl SqliteStore {
                 reason: format!("cannot start checkpoint thread: {e}"),
             })?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let stats = Arc::new(CommitCounters::default());
         let worker = std::thread::Builder::new()
             .name("guildnet-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, durability))
+            .spawn({
+                let stats = stats.clone();
+                move || writer_loop(writer, rx, durability, &stats)
+            })
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 reason: format!("cannot start writer thread: {e}"),
@@ -417,6 +442,7 @@ impl SqliteStore {
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
                 _stop_checkpoints: stop_tx,
+                stats,
             }),
         })
     }
@@ -424,6 +450,17 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How writes were grouped into commits so far (group commit batch sizes).
+    pub fn commit_stats(&self) -> CommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.stats;
+        CommitStats {
+            batches: c.batches.load(Relaxed),
+            writes: c.writes.load(Relaxed),
+            largest: c.largest.load(Relaxed),
+        }
     }
 
     async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -538,7 +575,12 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: Durability) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<WriteJob>,
+    durability: Durability,
+    stats: &CommitCounters,
+) {
     const MAX_BATCH: usize = 256;
     let mut synced = durability == Durability::Full;
     while let Ok(first) = rx.recv() {
@@ -573,7 +615,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: D
                 continue;
             }
         };
+        let n = jobs.len() as u64;
         let finishers: Vec<Finish> = jobs.into_iter().map(|job| (job.run)(&mut txn)).collect();
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.batches.fetch_add(1, Relaxed);
+            stats.writes.fetch_add(n, Relaxed);
+            stats.largest.fetch_max(n, Relaxed);
+        }
         let commit_err = txn.commit().err().map(|e| e.to_string());
         if let Some(msg) = &commit_err {
             tracing::error!(error = %msg, "sqlite: commit failed");
