@@ -867,9 +867,9 @@ fn fmt_num(v: f64) -> String {
 
 /// Lists every task page by page with the `next` cursor; returns (pages, tasks, ms per page of
 /// the first tenth, ms per page of the last tenth).
-async fn page_through(addr: &str, expected: u64) -> (usize, u64, f64, f64) {
+async fn page_through(addr: &str, expected: u64, per_page: u64) -> (usize, u64, f64, f64) {
     let mut c = Conn::open(addr).await.expect("connect");
-    let mut path = "/tasks?limit=1000".to_owned();
+    let mut path = format!("/tasks?limit={per_page}");
     let mut times = Vec::new();
     let mut seen = 0u64;
     loop {
@@ -903,7 +903,7 @@ async fn page_through(addr: &str, expected: u64) -> (usize, u64, f64, f64) {
                 })
             });
         match next {
-            Some(n) if items > 0 => path = format!("/tasks?limit=1000&cursor={n}"),
+            Some(n) if items > 0 => path = format!("/tasks?limit={per_page}&cursor={n}"),
             _ => break,
         }
         if seen > expected * 2 {
@@ -920,12 +920,19 @@ async fn pages(s: &Settings, exe: &Path, label: &str) {
     let srv = Server::start_exe(Kind::GuildNet, exe).await;
     let fill = closed_loop(&srv.addr, 32, 0.0, Some(s.page_tasks), schedule_maker()).await;
     check(&fill, "fill for paging");
-    let (pages, seen, first, last) = page_through(&srv.addr, s.page_tasks).await;
+    let per_page = (s.page_tasks / 5).clamp(1, 1000);
+    let (pages, seen, first, last) = page_through(&srv.addr, s.page_tasks, per_page).await;
     println!(
-        "{label}: paging: {seen} of {} tasks in {pages} pages of 1,000; first tenth {first:.2} \
-         ms/page, last tenth {last:.2} ms/page",
+        "{label}: paging: {seen} of {} tasks in {pages} pages of {per_page}; first tenth \
+         {first:.2} ms/page, last tenth {last:.2} ms/page",
         s.page_tasks
     );
+    if s.smoke && label == "guildnet" {
+        assert!(
+            pages > 1 && seen >= s.page_tasks,
+            "paging: {pages} pages, {seen} tasks"
+        );
+    }
     if label == "guildnet" {
         row(
             "list page by page: last / first page time",
