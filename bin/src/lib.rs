@@ -311,6 +311,14 @@ pub struct UpDashboardArgs {
     /// Serve the dashboard over HTTPS with a self-signed certificate kept in the state dir.
     #[arg(long)]
     pub dashboard_tls: bool,
+    /// Where agents' editors are served: a second origin, never the dashboard's own (default:
+    /// the dashboard's IP and a free port).
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_LISTEN")]
+    pub dashboard_editor_listen: Option<SocketAddr>,
+    /// The editor origin as browsers reach it (e.g. https://editors.example.com behind a
+    /// reverse proxy); it must be same-site with the dashboard.
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
+    pub dashboard_editor_url: Option<String>,
 }
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
@@ -335,6 +343,10 @@ pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::Sha
 pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
     use guildnet_dashboard::auth::PasswordSource;
     println!("GuildNet dashboard: {}", dash.url());
+    println!(
+        "Agents' editors are served from a separate origin on {}",
+        dash.editor_addr()
+    );
     match dash.password_source() {
         PasswordSource::Configured => println!("Log in with the configured dashboard password"),
         PasswordSource::File(p) | PasswordSource::Generated(p) => {
@@ -368,6 +380,8 @@ pub async fn run_up(
         cfg.listen = dash.dashboard_listen;
         cfg.password = dash.dashboard_password.map(Secret::new);
         cfg.tls = dash.dashboard_tls;
+        cfg.editor_listen = dash.dashboard_editor_listen;
+        cfg.editor_url = dash.dashboard_editor_url;
         cfg.setup_flow = Some(mesh_setup(started.paths.root()));
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),

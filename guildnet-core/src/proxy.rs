@@ -20,6 +20,20 @@ pub fn parse_port(raw: &str) -> Option<u16> {
     raw.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
+/// Splits a request's raw (still percent-encoded) path `{mount}{port}{rest}` into the port
+/// segment and the rest (`/` when empty). Proxies forward `rest` byte for byte: decoding it
+/// first would turn `%2F` into a path separator, `%3F` into a query and refuse `%20`, so
+/// handlers take the path from here, never from a decoded `Path` extractor. `None` when `path`
+/// is not under `mount`.
+pub fn split_mounted_path<'a>(path: &'a str, mount: &str) -> Option<(&'a str, &'a str)> {
+    let after = path.strip_prefix(mount)?;
+    let (port, rest) = match after.find('/') {
+        Some(i) => after.split_at(i),
+        None => (after, "/"),
+    };
+    Some((port, rest))
+}
+
 /// Where and how one request is forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -35,7 +49,8 @@ pub struct Upstream {
     /// A cookie added to the upstream request (e.g. code-server's session, logged in by the
     /// proxy).
     pub cookie: Option<String>,
-    /// Cookie names the browser sent for the proxy itself; they are not forwarded.
+    /// Cookie names the browser sent for the proxy itself; they are not forwarded. `"*"`
+    /// drops every browser cookie (a relay whose upstream logs in by itself).
     pub strip_cookies: Vec<String>,
     /// `frame-ancestors` sources for the response (`'self' https://dash.example`); `None` leaves
     /// framing headers as the upstream sent them.
@@ -246,7 +261,7 @@ fn rewrite_request_headers(h: &mut HeaderMap, up: &Upstream, upgrade: bool) {
         .filter(|c| !c.is_empty())
         .filter(|c| {
             let name = c.split('=').next().unwrap_or("");
-            !up.strip_cookies.iter().any(|s| s == name)
+            !up.strip_cookies.iter().any(|s| s == name || s == "*")
         })
         .collect();
     if let Some(c) = &up.cookie {
@@ -430,6 +445,23 @@ mod tests {
         );
         assert_eq!(rewrite_location("/editor/proxy/90001/x", &d), None);
         assert_eq!(rewrite_location("/embed/orchestrator/9000/login", &d), None);
+    }
+
+    #[test]
+    fn mounted_paths_keep_their_encoding() {
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443/a%2Fb%3Fc%20d", "/editor/proxy/"),
+            Some(("8443", "/a%2Fb%3Fc%20d"))
+        );
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443", "/editor/proxy/"),
+            Some(("8443", "/"))
+        );
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443/", "/editor/proxy/"),
+            Some(("8443", "/"))
+        );
+        assert_eq!(split_mounted_path("/other/8443/x", "/editor/proxy/"), None);
     }
 
     #[test]

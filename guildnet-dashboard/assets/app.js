@@ -410,7 +410,8 @@ async function openEditor(name) {
     const r = await api("POST", `/api/agents/${encodeURIComponent(name)}/editor`);
     state.editorAgent = name;
     $("editor-agent").textContent = name;
-    $("editor-frame").src = r.path;
+    // The editor comes from its own origin (a one-time ticket URL), never from this one.
+    $("editor-frame").src = r.url;
     show("editor-panel", true);
   } catch (e) { setError("agents-error", e.message); }
 }

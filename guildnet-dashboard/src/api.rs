@@ -5,11 +5,12 @@ use crate::configs::{self, ConfigKind};
 use crate::error::ApiError;
 use crate::flows::{run_flow, FlowSender};
 use crate::json::ApiJson;
+use crate::json::ApiPath;
 use crate::validate;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +24,6 @@ use guildnet_core::token;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::time::Duration;
 
 /// Settings key of the mesh setup summary.
 pub const MESH_SETTING: &str = "mesh";
@@ -104,14 +104,28 @@ pub struct LoginBody {
 /// `POST /api/login`.
 pub async fn login(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
+    let ip = peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
+    if let Err(wait) = s.login_throttle.check(ip) {
+        let secs = wait.as_secs().max(1);
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many wrong passwords; try again in {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(resp);
+    }
     if !token::equals(&body.password, s.password.expose()) {
-        // Slow down guessing.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        tracing::warn!("dashboard login with a wrong password");
+        s.login_throttle.failed(ip);
+        tracing::warn!(client = ?ip, "dashboard login with a wrong password");
         return Err(ApiError::unauthorized("wrong password"));
     }
+    s.login_throttle.succeeded(ip);
     let id = s.sessions.create();
     let mut resp = Json(json!({"authenticated": true})).into_response();
     if let Some(c) = auth::set_cookie(&id, s.sessions.ttl(), s.tls) {
@@ -124,6 +138,7 @@ pub async fn login(
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = auth::session_cookie(&headers) {
         s.sessions.remove(&id);
+        s.editor.gate.end_for(&id);
     }
     let mut resp = Json(json!({"authenticated": false})).into_response();
     resp.headers_mut()
@@ -222,7 +237,7 @@ pub async fn list_orgs(State(s): State<AppState>) -> Result<Json<Vec<OrgView>>, 
 /// `GET /api/orgs/{name}`.
 pub async fn get_org(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<OrgView>, ApiError> {
     let row = existing_org(&s, &name).await?;
     Ok(Json(org_view(&s, row)))
@@ -270,7 +285,7 @@ pub struct DeleteOrgBody {
 /// must confirm the name. (The orchestrator keeps its own record and history.)
 pub async fn delete_org(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<DeleteOrgBody>,
 ) -> Result<Json<Value>, ApiError> {
     let row = existing_org(&s, &name).await?;
@@ -321,7 +336,7 @@ async fn put_config(
 /// `PUT /api/orgs/{name}/kubeconfig`.
 pub async fn put_kubeconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ConfigBody>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     put_config(s, name, ConfigKind::Kubeconfig, body).await
@@ -330,7 +345,7 @@ pub async fn put_kubeconfig(
 /// `PUT /api/orgs/{name}/talosconfig`.
 pub async fn put_talosconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ConfigBody>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     put_config(s, name, ConfigKind::Talosconfig, body).await
@@ -339,7 +354,7 @@ pub async fn put_talosconfig(
 /// `GET /api/orgs/{name}/kubeconfig`: status only, never the content.
 pub async fn get_kubeconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     let row = existing_org(&s, &name).await?;
     Ok(Json(configs::status(
@@ -352,7 +367,7 @@ pub async fn get_kubeconfig(
 /// `GET /api/orgs/{name}/talosconfig`: status only, never the content.
 pub async fn get_talosconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     let row = existing_org(&s, &name).await?;
     Ok(Json(configs::status(
@@ -365,7 +380,7 @@ pub async fn get_talosconfig(
 /// `POST /api/orgs/{name}/provision/stream`: bootstrap + operator install, as SSE.
 pub async fn provision_stream(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<validate::ProvisionBody>,
 ) -> Result<Response, ApiError> {
     let row = existing_org(&s, &name).await?;
@@ -463,7 +478,7 @@ pub async fn list_tasks(
 /// `GET /api/tasks/{id}`: the task and its workload details.
 pub async fn get_task(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<guildnet_core::orchestrator::api::TaskDetail>, ApiError> {
     Ok(Json(s.orchestrator.task_detail(&task_param(&id)?).await?))
 }
@@ -480,7 +495,7 @@ pub struct AfterQuery {
 /// `GET /api/tasks/{id}/logs`.
 pub async fn task_logs(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     q: Result<Query<AfterQuery>, QueryRejection>,
 ) -> Result<Json<Vec<guildnet_core::model::LogLine>>, ApiError> {
     let q = query(q)?;
@@ -521,7 +536,7 @@ async fn relay(s: &AppState, path: String, headers: &HeaderMap) -> Result<Respon
 /// `GET /api/tasks/{id}/logs/stream`: the orchestrator's log stream, relayed (resumable).
 pub async fn task_log_stream(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = task_param(&id)?;
@@ -531,7 +546,7 @@ pub async fn task_log_stream(
 /// `POST /api/tasks/{id}/cancel`.
 pub async fn cancel_task(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(s.orchestrator.cancel(&task_param(&id)?).await?))
 }
@@ -591,7 +606,7 @@ pub async fn list_agents(
 /// `GET /api/agents/{name}`.
 pub async fn get_agent(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<guildnet_core::model::Agent>, ApiError> {
     Ok(Json(s.orchestrator.agent(&agent_param(&name)?).await?))
 }
@@ -599,7 +614,7 @@ pub async fn get_agent(
 /// `GET /api/agents/{name}/logs/stream`.
 pub async fn agent_log_stream(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = agent_param(&name)?;
@@ -643,11 +658,13 @@ async fn orchestrator_post(s: &AppState, path: &str, body: Value) -> Result<Valu
     .into())
 }
 
-/// `POST /api/agents/{name}/editor`: opens the agent's editor through the orchestrator; the
-/// page embeds `path` (`/embed/orchestrator/{port}/`).
+/// `POST /api/agents/{name}/editor`: opens the agent's editor through the orchestrator and
+/// answers `{name, port, url}`; the page loads `url`, on the editor origin, in its iframe
+/// ([`crate::editor_origin`]).
 pub async fn open_editor(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
     let v = orchestrator_post(
@@ -659,7 +676,8 @@ pub async fn open_editor(
     let port = v
         .get("port")
         .and_then(Value::as_u64)
-        .filter(|p| *p > 0 && *p <= u16::MAX as u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -667,17 +685,18 @@ pub async fn open_editor(
                 "the orchestrator's editor reply has no port",
             )
         })?;
+    let url = crate::editor_origin::open_url(&s, &headers, port)?;
     Ok(Json(json!({
         "name": agent.name,
         "port": port,
-        "path": format!("/embed/orchestrator/{port}/"),
+        "url": url,
     })))
 }
 
 /// `POST /api/agents/{name}/editor/close`.
 pub async fn close_editor(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
     let v = orchestrator_post(

@@ -778,7 +778,7 @@ pub fn router(o: Orchestrator) -> Router {
         )
         .route(
             "/editor/proxy/{port}/",
-            any(super::editor_proxy::editor_proxy_index),
+            any(super::editor_proxy::editor_proxy),
         )
         .route(
             "/editor/proxy/{port}/{*rest}",
