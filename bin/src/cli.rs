@@ -134,6 +134,11 @@ enum OrgCmd {
     },
     /// List orgs.
     List,
+    /// Remove an org that has no unfinished task (its task history stays).
+    Delete {
+        /// Name.
+        name: OrgName,
+    },
     /// Bootstrap the org's Talos cluster through the orchestrator (gen config, apply-config,
     /// bootstrap, health, kubeconfig), following its progress.
     Bootstrap {
@@ -279,6 +284,16 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
     match cli.cmd {
         Cmd::Up { .. } | Cmd::Agent => anyhow::bail!("internal error: command handled above"),
+        Cmd::Org {
+            cmd: OrgCmd::Delete { name },
+        } => {
+            client.delete_org(&name).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                println!("org {name} deleted");
+            }
+        }
         Cmd::Org {
             cmd: OrgCmd::Create { name },
         } => {

@@ -295,6 +295,15 @@ impl OrchestratorClient {
             .await
     }
 
+    /// `DELETE /orgs/{org}`: removes an org with no unfinished task.
+    pub async fn delete_org(&self, name: &OrgName) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .http
+            .send(self.http.request(Method::DELETE, &format!("/orgs/{name}")))
+            .await?;
+        Ok(())
+    }
+
     /// `GET /orgs`.
     pub async fn orgs(&self) -> Result<Vec<Org>, ClientError> {
         self.http.get("/orgs").await

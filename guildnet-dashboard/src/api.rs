@@ -212,26 +212,31 @@ pub struct OrgView {
     pub talosconfig: configs::ConfigStatus,
 }
 
-fn org_view(s: &AppState, row: crate::db::OrgRow) -> OrgView {
+fn org_view(s: &AppState, org: guildnet_core::model::Org) -> OrgView {
     OrgView {
-        kubeconfig: configs::status(ConfigKind::Kubeconfig, &s.paths, &row.name),
-        talosconfig: configs::status(ConfigKind::Talosconfig, &s.paths, &row.name),
-        name: row.name,
-        created_at: row.created_at,
+        kubeconfig: configs::status(ConfigKind::Kubeconfig, &s.paths, &org.name),
+        talosconfig: configs::status(ConfigKind::Talosconfig, &s.paths, &org.name),
+        name: org.name,
+        created_at: org.created_at,
     }
 }
 
-async fn existing_org(s: &AppState, name: &str) -> Result<crate::db::OrgRow, ApiError> {
+/// The org named `name`, from the orchestrator's registry (the one list of orgs: the CLI,
+/// the API, Python and this dashboard all see the same).
+async fn existing_org(s: &AppState, name: &str) -> Result<guildnet_core::model::Org, ApiError> {
     let org = org_param(name)?;
-    s.db.org(&org)
+    s.orchestrator
+        .orgs()
         .await?
+        .into_iter()
+        .find(|o| o.name == org)
         .ok_or_else(|| ApiError::not_found(format!("org {org} does not exist")))
 }
 
-/// `GET /api/orgs`.
+/// `GET /api/orgs`: the orchestrator's orgs, with this dashboard's config files' status.
 pub async fn list_orgs(State(s): State<AppState>) -> Result<Json<Vec<OrgView>>, ApiError> {
-    let rows = s.db.orgs().await?;
-    Ok(Json(rows.into_iter().map(|r| org_view(&s, r)).collect()))
+    let orgs = s.orchestrator.orgs().await?;
+    Ok(Json(orgs.into_iter().map(|o| org_view(&s, o)).collect()))
 }
 
 /// `GET /api/orgs/{name}`.
@@ -239,8 +244,8 @@ pub async fn get_org(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<OrgView>, ApiError> {
-    let row = existing_org(&s, &name).await?;
-    Ok(Json(org_view(&s, row)))
+    let org = existing_org(&s, &name).await?;
+    Ok(Json(org_view(&s, org)))
 }
 
 /// `POST /api/orgs` body.
@@ -251,26 +256,15 @@ pub struct CreateOrgBody {
     pub name: String,
 }
 
-/// `POST /api/orgs`: records the org and registers it with the orchestrator.
+/// `POST /api/orgs`: registers the org with the orchestrator.
 pub async fn create_org(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateOrgBody>,
 ) -> Result<(StatusCode, Json<OrgView>), ApiError> {
     let org = org_param(&body.name)?;
-    let row = s.db.create_org(&org).await?;
-    match s.orchestrator.create_org(&org).await {
-        Ok(_) => {}
-        Err(e) if e.status() == Some(409) => {}
-        Err(e) => {
-            // Keep the two in step: undo the local record.
-            if let Err(db) = s.db.delete_org(&org).await {
-                tracing::error!(org = %org, error = %db, "cannot undo the org record");
-            }
-            return Err(e.into());
-        }
-    }
+    let created = s.orchestrator.create_org(&org).await?;
     tracing::info!(org = %org, "org created");
-    Ok((StatusCode::CREATED, Json(org_view(&s, row))))
+    Ok((StatusCode::CREATED, Json(org_view(&s, created))))
 }
 
 /// `DELETE /api/orgs/{name}` body.
@@ -281,26 +275,27 @@ pub struct DeleteOrgBody {
     pub confirm: String,
 }
 
-/// `DELETE /api/orgs/{name}`: removes the org and its kubeconfig and talosconfig. The body
-/// must confirm the name. (The orchestrator keeps its own record and history.)
+/// `DELETE /api/orgs/{name}`: removes the org from the orchestrator (409 while it has
+/// unfinished tasks; its history stays), then its kubeconfig and talosconfig here. The body
+/// must confirm the name.
 pub async fn delete_org(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<DeleteOrgBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = existing_org(&s, &name).await?;
-    if body.confirm != row.name.as_str() {
+    let org = existing_org(&s, &name).await?;
+    if body.confirm != org.name.as_str() {
         return Err(ApiError::invalid(
             "confirm",
-            format!("type the org's name ({}) to confirm", row.name),
+            format!("type the org's name ({}) to confirm", org.name),
         ));
     }
-    configs::remove_all(&s.paths, &row.name).map_err(|e| {
-        ApiError::internal(format!("cannot remove config files of {}: {e}", row.name))
+    s.orchestrator.delete_org(&org.name).await?;
+    configs::remove_all(&s.paths, &org.name).map_err(|e| {
+        ApiError::internal(format!("cannot remove config files of {}: {e}", org.name))
     })?;
-    s.db.delete_org(&row.name).await?;
-    tracing::info!(org = %row.name, "org deleted");
-    Ok(Json(json!({"deleted": row.name})))
+    tracing::info!(org = %org.name, "org deleted");
+    Ok(Json(json!({"deleted": org.name})))
 }
 
 /// Upload body for kubeconfigs and talosconfigs.

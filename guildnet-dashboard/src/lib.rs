@@ -317,6 +317,7 @@ impl Dashboard {
                 .clone()
                 .run_upstream(self.state.orchestrator.clone()),
         );
+        tokio::spawn(migrate_orgs(self.state.clone()));
         tracing::info!(url = %self.url(), editor_origin = %self.editor_addr, "dashboard listening");
         // Both listeners stop on the same shutdown.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -360,6 +361,46 @@ impl Dashboard {
         let r = main.and(editor);
         upstream.abort();
         r
+    }
+}
+
+/// Moves orgs that an older dashboard kept in its own `dashboard.db` into the orchestrator's
+/// registry (the one list of orgs), then forgets them here. Retries while the orchestrator is
+/// not reachable yet (it may start after the dashboard).
+async fn migrate_orgs(state: AppState) {
+    let rows = match state.db.orgs().await {
+        Ok(r) if r.is_empty() => return,
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dashboard's old org list");
+            return;
+        }
+    };
+    for row in rows {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match state.orchestrator.create_org(&row.name).await {
+                Ok(_) => break,
+                Err(e) if e.status() == Some(409) => break,
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(org = %row.name, error = %e, "cannot move org to the orchestrator");
+                    return;
+                }
+                Err(_) if delay < Duration::from_secs(60) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(org = %row.name, error = %e, "orchestrator unreachable; org not moved");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = state.db.delete_org(&row.name).await {
+            tracing::warn!(org = %row.name, error = %e, "cannot forget the moved org");
+        } else {
+            tracing::info!(org = %row.name, "org moved from dashboard.db to the orchestrator");
+        }
     }
 }
 

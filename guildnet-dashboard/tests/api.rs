@@ -199,6 +199,26 @@ async fn orgs_configs_and_input_errors() {
     .unwrap();
     let orch_orgs = orch.orgs().await.unwrap();
     assert!(orch_orgs.iter().any(|o| o.name.as_str() == "acme"));
+    // One registry: an org made elsewhere (CLI, API, Python) is the dashboard's org too, and
+    // an org deleted here is gone from the orchestrator.
+    let globex = guildnet_core::names::OrgName::new("globex").unwrap();
+    orch.create_org(&globex).await.unwrap();
+    let (st, v) = me.json(Method::GET, "/api/orgs/globex", None).await;
+    assert_eq!((st, v["name"].clone()), (200, json!("globex")), "{v}");
+    let (st, _) = me
+        .json(
+            Method::DELETE,
+            "/api/orgs/globex",
+            Some(json!({"confirm": "globex"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(orch
+        .orgs()
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| o.name.as_str() != "globex"));
 
     // Bad JSON, unknown fields, wrong content type.
     let resp = me

@@ -290,6 +290,13 @@ impl OrchestratorClient {
         block_on(py, async move { Ok(c.create_org(&name).await?) }).map(Org::from)
     }
 
+    /// Removes an org that has no unfinished task (its task history stays).
+    fn delete_org(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let name = OrgName::new(name).map_err(|e| Error::from(e).into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.delete_org(&name).await?) })
+    }
+
     /// All registered orgs.
     fn orgs(&self, py: Python<'_>) -> PyResult<Vec<Org>> {
         let c = self.inner.clone();

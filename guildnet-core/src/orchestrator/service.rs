@@ -261,6 +261,12 @@ impl Orchestrator {
         Ok(self.inner.store.create_org(&name, audit).await?)
     }
 
+    /// Removes an org that has no unfinished task (409 `in_use` otherwise); its history stays.
+    pub async fn delete_org(&self, name: OrgName) -> Result<(), ApiError> {
+        let audit = NewAudit::new("admin", "org.delete", name.as_str(), None);
+        Ok(self.inner.store.delete_org(&name, audit).await?)
+    }
+
     /// Lists orgs.
     pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {
         Ok(self.inner.store.list_orgs().await?)
