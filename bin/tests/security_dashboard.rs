@@ -192,6 +192,15 @@ Promise.all([
     .await
     .unwrap();
     s.click(&skip).await.unwrap();
+    // The setup gate fades out: wait until the navigation takes clicks.
+    s.wait_until(
+        "navigation shown",
+        "const n = document.getElementById('nav-agents'); const g = document.getElementById('setup-skip'); \
+         return !!n && n.offsetParent !== null && (!g || g.offsetParent === null);",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     s.click(&s.find_css("#nav-agents").await.unwrap())
         .await
         .unwrap();
