@@ -447,6 +447,37 @@ mod tests {
         assert_eq!(rewrite_location("/embed/orchestrator/9000/login", &d), None);
     }
 
+    /// End to end through [`ReverseProxy::forward`]: the upstream sees the path bytes the
+    /// client sent (`%2F`, `%3F`, `%20` stay encoded) and the query apart.
+    #[tokio::test]
+    async fn forwarded_paths_arrive_as_sent() {
+        let app =
+            axum::Router::new().fallback(|req: Request<Body>| async move { req.uri().to_string() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut u = up("", "/editor/proxy/1");
+        u.authority = addr.to_string();
+        let proxy = ReverseProxy::new();
+        for (sent, want) in [
+            ("/editor/proxy/1/a%2Fb%3Fc%20d?x=1", "/a%2Fb%3Fc%20d?x=1"),
+            ("/editor/proxy/1/", "/"),
+            (
+                "/editor/proxy/1/static/%E2%9C%93.js",
+                "/static/%E2%9C%93.js",
+            ),
+        ] {
+            let req = Request::builder().uri(sent).body(Body::empty()).unwrap();
+            let path = req.uri().path().to_owned();
+            let (_, rest) = split_mounted_path(&path, "/editor/proxy/").unwrap();
+            let resp = proxy.forward(req, rest, &u).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&body), want, "{sent}");
+        }
+    }
+
     #[test]
     fn mounted_paths_keep_their_encoding() {
         assert_eq!(
