@@ -65,8 +65,11 @@ enum Cmd {
         #[arg(long, env = "GUILDNET_ORG", default_value = "default")]
         org: OrgName,
         /// The task text; `-` reads it from stdin.
-        #[arg(long)]
-        task: String,
+        #[arg(value_name = "TASK", required_unless_present = "task")]
+        text: Option<String>,
+        /// The task text (same as the positional TASK).
+        #[arg(long, conflicts_with = "text")]
+        task: Option<String>,
         /// Optional agent hint recorded with the task; when the orchestrator has named
         /// runners, it chooses one of them.
         #[arg(long)]
@@ -258,6 +261,14 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guildnet: {e:#}");
+            if let Some(guildnet_core::client::ClientError::Transport { url, .. }) =
+                e.downcast_ref::<guildnet_core::client::ClientError>()
+            {
+                eprintln!(
+                    "hint: is an orchestrator running at {url}? Start one with `guildnet up`, \
+                     or point --url (GUILDNET_URL) at yours."
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -342,6 +353,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Schedule {
             org,
+            text: positional,
             task,
             agent_hint,
             repo,
@@ -349,6 +361,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             files,
             follow: f,
         } => {
+            let task = positional.or(task).unwrap_or_default();
             let text = if task == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -388,7 +401,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Tasks { status, org, limit } => {
             let status = match status {
-                Some(s) => Some(TaskStatus::parse(&s).ok_or_else(|| {
+                Some(s) => Some(TaskStatus::parse_any_case(&s).ok_or_else(|| {
                     anyhow::anyhow!("unknown status {s:?}; one of Scheduled, Submitted, Running, Succeeded, Failed, Cancelled")
                 })?),
                 None => None,
@@ -409,8 +422,12 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Cmd::Task { id } => print_json(&client.task_detail(&id).await?)?,
         Cmd::Logs { id, follow: f } => {
             if f {
+                // Like `schedule -f`: the exit code says whether the task succeeded.
                 let done = follow(&client, &id, cli.json).await?;
                 eprintln!("task {} {}", done.id, done.status);
+                if done.status != TaskStatus::Succeeded {
+                    return Ok(std::process::ExitCode::FAILURE);
+                }
             } else {
                 for l in client.logs(&id, 0).await? {
                     if cli.json {

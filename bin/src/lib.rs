@@ -364,8 +364,20 @@ pub async fn run_up(
 ) -> anyhow::Result<()> {
     use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
     let server = args.server_options()?;
+    let runner_line = match (&args.runner, &args.runner_preset) {
+        (_, Some(p)) => format!("Runner: the {p} preset"),
+        (Some(r), None) if r == "cat" => "Runner: `cat` (echoes the task: a demo that changes \
+             nothing). Use an AI coding CLI with --runner-preset claude-code|codex|gemini|opencode|aider \
+             or --runner \"<command>\""
+            .to_owned(),
+        (Some(r), None) => format!("Runner: {r}"),
+        (None, None) => "Runner: none (tasks fail until you pass --runner)".to_owned(),
+    };
+    let orgs: Vec<String> = args.orgs.iter().map(|o| o.to_string()).collect();
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
+    println!("{runner_line}");
+    println!("Orgs: {}", orgs.join(", "));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -389,6 +401,12 @@ pub async fn run_up(
         };
         let d = Dashboard::bind(cfg, handle).await?;
         print_dashboard_login(&d);
+        if let Some(org) = orgs.first() {
+            println!(
+                "Next: open the dashboard, or run `guildnet schedule --org {org} \"your task\" -f` \
+                 (token from the state dir)"
+            );
+        }
         Some(tokio::spawn(d.serve(stopped())))
     };
     let orchestrator = tokio::spawn(async move {

@@ -73,6 +73,33 @@ fn quickstart_with_the_cli_alone() {
     assert_eq!(tasks[0]["status"], "Succeeded");
     assert_eq!(tasks[0]["org"], "default");
 
+    // The task text can be positional; statuses are accepted in any case.
+    let out = cli(&["schedule", "second, positional", "-f"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["tasks", "--status", "succeeded", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tasks.as_array().map(|a| a.len()), Some(2));
+    // An unregistered org names the command that creates it.
+    let out = cli(&["schedule", "--org", "nowhere", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guildnet org create"), "{err}");
+
     // A bad org is refused with a clear message and a non-zero exit.
     let out = cli(&["schedule", "--org", "Bad_Org", "--task", "x"])
         .output()
@@ -90,4 +117,17 @@ fn quickstart_with_the_cli_alone() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ORCHESTRATOR_TOKEN"));
+
+    // With no orchestrator there, the CLI says why and what to do.
+    let out = Command::new(&bin)
+        .args(["tasks", "--url", "http://127.0.0.1:9", "--token", "x"])
+        .env_remove("ORCHESTRATOR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused") && err.contains("guildnet up"),
+        "{err}"
+    );
 }
