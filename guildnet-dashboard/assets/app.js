@@ -190,17 +190,19 @@ async function runFlow(title, path, body, errorId) {
     if (!steps.has(name)) { const li = el("li", { "data-step": name, text: name }); steps.set(name, li); $("progress-steps").append(li); }
     return steps.get(name);
   };
-  let ok = false, finished = false;
+  let ok = false, finished = false, lastError = null;
+  // An error is shown once: on its step. Log lines and the final line that only repeat it
+  // are not shown again.
   const onEvent = (name, d) => {
     if (name === "begin") for (const s of d.steps || []) stepEl(s);
     else if (name === "step") { const li = stepEl(d.step); li.className = "running"; li.textContent = `${d.step}: ${d.message || ""}`; }
     else if (name === "stepDone") { const li = stepEl(d.step); li.className = "done"; li.textContent = `${d.step}: ${d.message || "done"}`; }
-    else if (name === "stepError") { const li = stepEl(d.step); li.className = "failed"; li.textContent = `${d.step}: ${d.message}`; }
-    else if (name === "log") { $("progress-log").textContent += (d.step ? `[${d.step}] ` : "") + (d.line || "") + "\n"; }
+    else if (name === "stepError") { const li = stepEl(d.step); li.className = "failed"; li.textContent = `${d.step}: ${d.message}`; lastError = d.message; }
+    else if (name === "log") { if (!lastError || !(d.line || "").includes(lastError)) $("progress-log").textContent += (d.step ? `[${d.step}] ` : "") + (d.line || "") + "\n"; }
     else if (name === "hint") { $("progress-hint").textContent = d.message; show("progress-hint", true); }
     else if (name === "done") {
       finished = true; ok = !!d.ok;
-      $("progress-done").textContent = ok ? "Done." : `Failed: ${d.message}`;
+      $("progress-done").textContent = ok ? "Done." : (lastError && (d.message || "").includes(lastError) ? "Failed (see the step above)." : `Failed: ${d.message}`);
       $("progress-done").className = ok ? "" : "error";
     }
   };
@@ -379,16 +381,25 @@ async function loadAgents() {
   renderAgents();
 }
 
+function agentState(a) {
+  if (!a.active) return `exited (task ${a.taskStatus})`;
+  return a.state && a.state.runner ? a.state.runner : "–";
+}
+
 function renderAgents() {
-  show("agents-empty", state.agents.length === 0);
-  $("agents-list").replaceChildren(...state.agents.map((a) => el("tr", { "data-testid": "agent-row", "data-agent": a.name, onclick: () => openAgentLog(a.name) },
+  const all = $("agents-show-finished").checked;
+  const shown = state.agents.filter((a) => all || a.active);
+  show("agents-empty", shown.length === 0);
+  $("agents-list").replaceChildren(...shown.map((a) => el("tr", { "data-testid": "agent-row", "data-agent": a.name, "data-active": String(a.active), onclick: () => openAgentLog(a.name) },
     el("td", { text: a.name }),
     el("td", { text: a.org }),
     el("td", { text: a.taskId || "–" }),
-    el("td", { text: a.state && a.state.runner ? a.state.runner : "–" }),
-    el("td", { class: "heartbeat", "data-ts": a.lastSeenAt, text: ago(a.lastSeenAt) }),
-    el("td", {}, el("button", { type: "button", class: "secondary", "data-testid": "open-editor", onclick: (ev) => { ev.stopPropagation(); openEditor(a.name); }, text: "Open editor" })))));
+    el("td", { "data-testid": "agent-state", text: agentState(a) }),
+    // A finished agent's last heartbeat is a fixed time, not a counter.
+    a.active ? el("td", { class: "heartbeat", "data-ts": a.lastSeenAt, text: ago(a.lastSeenAt) }) : el("td", { text: `last seen ${new Date(a.lastSeenAt).toLocaleString()}` }),
+    el("td", {}, a.editor ? el("button", { type: "button", class: "secondary", "data-testid": "open-editor", onclick: (ev) => { ev.stopPropagation(); openEditor(a.name); }, text: "Open editor" }) : el("span", { class: "muted", text: a.active ? "no editor" : "" })))));
 }
+$("agents-show-finished").addEventListener("change", renderAgents);
 
 setInterval(() => { for (const td of document.querySelectorAll("td.heartbeat")) td.textContent = ago(td.dataset.ts); }, 1000);
 

@@ -592,10 +592,64 @@ pub async fn artifacts(State(s): State<AppState>) -> Result<Json<Vec<ArtifactsVi
 // ---- agents --------------------------------------------------------------------------------
 
 /// `GET /api/agents`.
-pub async fn list_agents(
-    State(s): State<AppState>,
-) -> Result<Json<Vec<guildnet_core::model::Agent>>, ApiError> {
-    Ok(Json(s.orchestrator.agents().await?))
+pub async fn list_agents(State(s): State<AppState>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    let agents = s.orchestrator.agents().await?;
+    // The status of each agent's task: recent tasks in one call, the rest one by one.
+    let recent = s
+        .orchestrator
+        .tasks(&TaskListQuery {
+            limit: Some(1000),
+            ..TaskListQuery::default()
+        })
+        .await?;
+    let mut status: std::collections::HashMap<TaskId, TaskStatus> =
+        recent.into_iter().map(|t| (t.id, t.status)).collect();
+    for id in agents.iter().filter_map(|a| a.task_id.clone()).take(200) {
+        if let std::collections::hash_map::Entry::Vacant(e) = status.entry(id) {
+            if let Ok(t) = s.orchestrator.task(e.key()).await {
+                e.insert(t.status);
+            }
+        }
+    }
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|a| {
+                let task_status = a.task_id.as_ref().and_then(|t| status.get(t)).copied();
+                AgentView::new(a, task_status)
+            })
+            .collect(),
+    ))
+}
+
+/// An agent as the agents page shows it: whether it is still at work, and whether it has an
+/// editor to open.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    /// The orchestrator's record.
+    #[serde(flatten)]
+    pub agent: guildnet_core::model::Agent,
+    /// Its task's status, when known.
+    pub task_status: Option<TaskStatus>,
+    /// False once its task finished (the agent has exited or is exiting).
+    pub active: bool,
+    /// Whether an editor is running for it now.
+    pub editor: bool,
+}
+
+impl AgentView {
+    /// Derives the page's view from the record and the task's status.
+    pub fn new(agent: guildnet_core::model::Agent, task_status: Option<TaskStatus>) -> Self {
+        let active = !task_status.is_some_and(TaskStatus::is_terminal);
+        let editor = active && agent.state["editor"]["state"] == "running";
+        Self {
+            agent,
+            task_status,
+            active,
+            editor,
+        }
+    }
 }
 
 /// `GET /api/agents/{name}`.

@@ -204,12 +204,24 @@ async fn login_org_kubeconfig_error_and_live_task() {
     .await;
     shot(&s, "tasks").await;
 
-    // Agents page lists the task's agent.
+    // Agents page: active agents by default; the finished task's agent shows with "Show
+    // finished agents", as exited, with no editor to open.
     click(&s, "#nav-agents").await;
+    visible(&s, "page-agents", 5).await;
+    click(&s, "#agents-show-finished").await;
     s.wait_for_css("[data-testid=agent-row]", Duration::from_secs(10))
         .await
         .expect("agent row");
-    visible(&s, "page-agents", 5).await;
+    wait_js(
+        &s,
+        "the finished agent shown as exited",
+        "const r = document.querySelector('[data-testid=agent-row]'); \
+         return r.dataset.active === 'false' \
+           && r.querySelector('[data-testid=agent-state]').textContent.startsWith('exited') \
+           && !r.querySelector('[data-testid=open-editor]');",
+        20,
+    )
+    .await;
     shot(&s, "agents").await;
 
     // Artifacts page: empty state.
