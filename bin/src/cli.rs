@@ -1,7 +1,7 @@
 //! `guildnet`: the command-line front end. `up` runs an orchestrator on SQLite with the local
 //! backend; the other commands talk to an orchestrator over its API.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use guildnet_bin::{init_tracing, run_up, shutdown_signal, OrchestratorArgs, UpDashboardArgs};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
@@ -18,7 +18,16 @@ use std::time::Duration;
 #[command(
     name = "guildnet",
     version,
-    about = "GuildNet: run AI coding agents on your own clusters"
+    about = "GuildNet: run AI coding agents on your own clusters",
+    after_help = "Examples:
+  guildnet up                                   orchestrator + dashboard on this machine
+  guildnet up --runner-preset claude-code       ... with an AI coding CLI as the runner
+  guildnet schedule \"Add a CONTRIBUTING.md\" -f  schedule in org `default`, follow the log
+  guildnet schedule --org acme --repo https://git.example/acme/app.git@main \"Fix the build\"
+  guildnet tasks --status running -o yaml
+  guildnet logs <task id> -f
+  guildnet org create acme
+  guildnet completion bash > ~/.local/share/bash-completion/completions/guildnet"
 )]
 struct Cli {
     /// Orchestrator URL.
@@ -37,12 +46,29 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (same as `-o json`).
     #[arg(long, global = true)]
     json: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    output: Option<Output>,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// Output formats (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable tables and lines.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// The output format chosen for this run (set once in `real_main`).
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -126,6 +152,13 @@ enum Cmd {
     /// ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER,
     /// GUILDNET_WORKSPACE.
     Agent,
+    /// Print a shell completion script: `guildnet completion bash > /etc/bash_completion.d/guildnet`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Show the client's and the orchestrator's versions.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -229,8 +262,13 @@ fn print_tasks(tasks: &[Task]) {
     }
 }
 
+/// Prints `v` in the chosen structured format (JSON unless `-o yaml`).
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    if OUTPUT.get() == Some(&Output::Yaml) {
+        print!("{}", serde_saphyr::to_string(v)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    }
     Ok(())
 }
 
@@ -275,7 +313,43 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main() -> anyhow::Result<std::process::ExitCode> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let output = match (cli.output, cli.json) {
+        (Some(o), _) => o,
+        (None, true) => Output::Json,
+        (None, false) => Output::Table,
+    };
+    let _ = OUTPUT.set(output);
+    cli.json = output != Output::Table;
+    if let Cmd::Completion { shell } = cli.cmd {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "guildnet",
+            &mut std::io::stdout(),
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Cmd::Version = cli.cmd {
+        let client = OrchestratorClient::new(&cli.url, Secret::new(""))?;
+        let server = client.health().await;
+        let v = serde_json::json!({
+            "client": env!("CARGO_PKG_VERSION"),
+            "server": server.as_ref().ok().map(|h| h.version.clone()),
+            "serverUrl": cli.url,
+            "serverError": server.as_ref().err().map(|e| e.to_string()),
+        });
+        if cli.json {
+            print_json(&v)?;
+        } else {
+            println!("client: guildnet {}", env!("CARGO_PKG_VERSION"));
+            match server {
+                Ok(h) => println!("server: {} ({}, {} backend)", h.version, cli.url, h.backend),
+                Err(e) => println!("server: unreachable ({e})"),
+            }
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Cmd::Agent = cli.cmd {
         return Ok(guildnet_bin::run_agent().await);
     }
@@ -294,7 +368,9 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     }
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Agent => anyhow::bail!("internal error: command handled above"),
+        Cmd::Up { .. } | Cmd::Agent | Cmd::Completion { .. } | Cmd::Version => {
+            anyhow::bail!("internal error: command handled above")
+        }
         Cmd::Org {
             cmd: OrgCmd::Delete { name },
         } => {

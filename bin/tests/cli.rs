@@ -92,6 +92,19 @@ fn quickstart_with_the_cli_alone() {
     );
     let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tasks.as_array().map(|a| a.len()), Some(2));
+    let out = cli(&["tasks", "-o", "yaml"]).output().unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(yaml.contains("status: Succeeded"), "{yaml}");
+    let out = cli(&["version", "-o", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["server"], env!("CARGO_PKG_VERSION"));
+    let out = cli(&["completion", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_guildnet()"));
+    let out = cli(&["--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
     // An unregistered org names the command that creates it.
     let out = cli(&["schedule", "--org", "nowhere", "x"])
         .output()
