@@ -536,14 +536,23 @@ pub async fn run_agent_with(cfg: guildnet_core::agent::AgentConfig) -> std::proc
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr for the binaries: `RUST_LOG` filters (default `info`), `GUILDNET_LOG_FORMAT=json`
+/// switches to JSON lines, and colour codes are only written to a terminal.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // GUILDNET_LOG_FORMAT=json: one JSON object per line, for log collectors. Colours only on
+    // a terminal.
+    let _ = match std::env::var("GUILDNET_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(false).try_init(),
+        _ => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -105,6 +105,25 @@ fn quickstart_with_the_cli_alone() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("_guildnet()"));
     let out = cli(&["--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
+    // JSON logs on request (one object per line); no colour codes when stderr is a pipe.
+    let mut json_up = Up(Command::new(&bin)
+        .args(["up", "--listen", "127.0.0.1:0", "--no-dashboard"])
+        .env("GUILDNET_STATE_DIR", dir.path().join("json-logs"))
+        .env("GUILDNET_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let stderr = json_up.0.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|l| l.contains("orchestrator listening"))
+        .expect("a log line");
+    assert!(!line.contains('\u{1b}'), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{line}");
+    drop(json_up);
     // An unregistered org names the command that creates it.
     let out = cli(&["schedule", "--org", "nowhere", "x"])
         .output()
