@@ -117,9 +117,22 @@ impl Http {
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
         // reqwest errors carry the URL, which never holds secrets here (tokens go in headers).
+        // The whole cause chain ("error sending request" alone does not say "connection
+        // refused").
+        let e = e.without_url();
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !reason.contains(&text) {
+                reason.push_str(": ");
+                reason.push_str(&text);
+            }
+            source = s.source();
+        }
         ClientError::Transport {
             url: self.base.clone(),
-            reason: e.without_url().to_string(),
+            reason,
         }
     }
 
@@ -303,6 +316,15 @@ impl OrchestratorClient {
         self.http
             .post("/orgs", &CreateOrgRequest { name: name.clone() })
             .await
+    }
+
+    /// `DELETE /orgs/{org}`: removes an org with no unfinished task.
+    pub async fn delete_org(&self, name: &OrgName) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .http
+            .send(self.http.request(Method::DELETE, &format!("/orgs/{name}")))
+            .await?;
+        Ok(())
     }
 
     /// `GET /orgs`.

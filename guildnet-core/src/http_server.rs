@@ -73,7 +73,7 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L::Addr: std::fmt::Debug + Clone + Send + Sync + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -91,8 +91,11 @@ where
             a = listener.accept() => a,
         };
         let (grace, rate) = (opts.idle_timeout, opts.min_body_rate);
+        // Handlers can see who is calling (`ConnectInfo<L::Addr>`), e.g. to throttle logins.
+        let info = axum::extract::ConnectInfo(peer.clone());
         let service = TowerToHyperService::new(app.clone().map_request(
-            move |req: axum::http::Request<hyper::body::Incoming>| {
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
                 req.map(|b| axum::body::Body::new(MinRateBody::new(b, grace, rate)))
             },
         ));

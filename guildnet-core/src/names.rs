@@ -228,6 +228,9 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
         let names: std::collections::HashSet<_> = ids.iter().map(|i| i.agent_name(1)).collect();
         assert_eq!(names.len(), ids.len());
-        assert_eq!(TaskId::new("t1").unwrap().agent_name(1).as_str(), "agent-1-1");
+        assert_eq!(
+            TaskId::new("t1").unwrap().agent_name(1).as_str(),
+            "agent-1-1"
+        );
     }
 }

@@ -942,3 +942,52 @@ async fn task_list_pages_with_the_next_cursor() {
     assert_eq!(r.json().as_array().map(Vec::len), Some(7));
     assert!(r.headers.get("x-next-cursor").is_none());
 }
+
+#[tokio::test]
+async fn orgs_are_deleted_only_without_unfinished_tasks() {
+    let mut h = harness().await;
+    let (task, _launch) = h.schedule("keeps acme busy").await;
+    let del = |org: &str| empty(Method::DELETE, &format!("/orgs/{org}"), Some(ADMIN));
+    h.send(del("acme"))
+        .await
+        .error(StatusCode::CONFLICT, "in_use");
+    h.send(del("nope"))
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    h.send(del("Bad_Name"))
+        .await
+        .field(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "org");
+    let r = h
+        .send(empty(
+            Method::POST,
+            &format!("/tasks/{}/cancel", task.id),
+            Some(ADMIN),
+        ))
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let r = h.send(del("acme")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let orgs = h.send(empty(Method::GET, "/orgs", Some(ADMIN))).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&orgs.body).unwrap(),
+        json!([])
+    );
+    // The task's history stays.
+    let r = h
+        .send(empty(
+            Method::GET,
+            &format!("/tasks/{}", task.id),
+            Some(ADMIN),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A deleted org takes no new task (the orchestrator forgets the org it had seen).
+    h.send(json_req(
+        Method::POST,
+        "/schedule",
+        Some(ADMIN),
+        json!({"org": "acme", "task": "after the delete"}).to_string(),
+    ))
+    .await
+    .field(StatusCode::UNPROCESSABLE_ENTITY, "unknown_org", "org");
+}

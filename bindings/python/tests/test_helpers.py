@@ -65,5 +65,18 @@ def test_client_from_state_dir_reads_the_token_file(orchestrator, tmp_path):
     assert TOKEN not in repr(c)
 
 
+def test_client_from_env_like_the_cli(orchestrator, tmp_path, monkeypatch):
+    monkeypatch.setenv("GUILDNET_URL", orchestrator.url)
+    monkeypatch.setenv("ORCHESTRATOR_TOKEN", TOKEN)
+    assert "acme" in [o.name for o in guildnet.OrchestratorClient.from_env().orgs()]
+    # Without ORCHESTRATOR_TOKEN: the state dir's token file.
+    monkeypatch.delenv("ORCHESTRATOR_TOKEN")
+    monkeypatch.setenv("GUILDNET_STATE_DIR", str(tmp_path))
+    guildnet.admin_token_path(tmp_path).write_text(TOKEN + "\n")
+    c = guildnet.OrchestratorClient.from_env()
+    assert c.url.startswith(orchestrator.url)
+    assert "acme" in [o.name for o in c.orgs()]
+
+
 def test_version():
     assert guildnet.__version__ == "0.1.0"

@@ -301,3 +301,10 @@ pub struct TaskDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
 }
+
+/// `DELETE /orgs/{org}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedOrg {
+    /// The removed org.
+    pub deleted: OrgName,
+}

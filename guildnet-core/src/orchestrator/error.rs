@@ -104,6 +104,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::InUse(why) => ApiError::new(StatusCode::CONFLICT, "in_use", why),
             StoreError::AlreadyExists(what) => ApiError::new(
                 StatusCode::CONFLICT,
                 "already_exists",

@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -362,6 +362,21 @@ pub async fn create_org(
     ApiJson(req): ApiJson<CreateOrgRequest>,
 ) -> Result<(StatusCode, Json<Org>), ApiError> {
     Ok((StatusCode::CREATED, Json(o.create_org(req.name).await?)))
+}
+
+/// Removes an org that has no unfinished task; its finished tasks, events and audit rows stay.
+#[utoipa::path(delete, path = "/orgs/{org}", tag = "orgs", security(("admin" = [])),
+    params(("org" = String, Path, description = "Org name")),
+    responses((status = 200, body = DeletedOrg), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn delete_org(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiPath(org): ApiPath<String>,
+) -> Result<Json<DeletedOrg>, ApiError> {
+    let org = OrgName::new(&org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
+    o.delete_org(org.clone()).await?;
+    Ok(Json(DeletedOrg { deleted: org }))
 }
 
 /// Lists orgs.
@@ -745,6 +760,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("post", "/orgs"),
     ("get", "/orgs"),
+    ("delete", "/orgs/{org}"),
     ("post", "/orgs/bootstrap"),
     ("get", "/orgs/{org}/bootstrap"),
     ("get", "/orgs/{org}/bootstrap/stream"),
@@ -775,6 +791,7 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi_json))
         .route("/orgs", post(create_org).get(list_orgs))
+        .route("/orgs/{org}", delete(delete_org))
         .route("/orgs/bootstrap", post(super::bootstrap::start_bootstrap))
         .route(
             "/orgs/{org}/bootstrap",
@@ -812,7 +829,7 @@ pub fn router(o: Orchestrator) -> Router {
         )
         .route(
             "/editor/proxy/{port}/",
-            any(super::editor_proxy::editor_proxy_index),
+            any(super::editor_proxy::editor_proxy),
         )
         .route(
             "/editor/proxy/{port}/{*rest}",
@@ -849,12 +866,12 @@ impl utoipa::Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
-    paths(health, openapi_json, create_org, list_orgs, super::bootstrap::start_bootstrap,
+    paths(health, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
-    components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
+    components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
         NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,

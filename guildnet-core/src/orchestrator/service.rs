@@ -108,8 +108,8 @@ struct Inner {
     /// SHA-256 of the admin token, computed once (requests are checked against it in
     /// constant time).
     admin_digest: token::TokenDigest,
-    /// Orgs known to exist. Orgs are never deleted, so a name found once stays valid; a name
-    /// not in here is looked up in the store (and added when found).
+    /// Orgs known to exist, so a schedule needs no store read: a name not in here is looked up
+    /// in the store (and added when found); deleting an org removes it.
     known_orgs: std::sync::RwLock<std::collections::HashSet<OrgName>>,
     /// Bumped after every stored event or log line; SSE streams wait on it.
     changes: watch::Sender<u64>,
@@ -294,6 +294,19 @@ impl Orchestrator {
         Ok(self.inner.store.create_org(&name, audit).await?)
     }
 
+    /// Removes an org that has no unfinished task (409 `in_use` otherwise); its history stays.
+    pub async fn delete_org(&self, name: OrgName) -> Result<(), ApiError> {
+        let audit = NewAudit::new("admin", "org.delete", name.as_str(), None);
+        let deleted = self.inner.store.delete_org(&name, audit).await;
+        // Forget the org whatever the outcome: the next schedule for it asks the store.
+        self.inner
+            .known_orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(deleted?)
+    }
+
     /// Lists orgs.
     pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {
         Ok(self.inner.store.list_orgs().await?)
@@ -351,7 +364,7 @@ impl Orchestrator {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_org",
                 format!(
-                    "org {:?} is not registered; create it first with POST /orgs",
+                    "org {:?} is not registered; create it first (`guildnet org create <name>`, the dashboard's Orgs page, or POST /orgs)",
                     req.org.as_str()
                 ),
             )

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The record does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// The record cannot be removed while something still uses it.
+    #[error("{0}")]
+    InUse(String),
     /// A conditional update refused the change.
     #[error("{0}")]
     Rejected(Rejection),
@@ -197,6 +200,9 @@ pub trait StateStore: Send + Sync {
     async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError>;
     /// All orgs by name.
     async fn list_orgs(&self) -> Result<Vec<Org>, StoreError>;
+    /// Removes an org: `NotFound` if absent, `InUse` while any of its tasks is not finished.
+    /// Its finished tasks, events and audit rows stay (history).
+    async fn delete_org(&self, name: &OrgName, audit: NewAudit) -> Result<(), StoreError>;
 
     /// Stores a new task with the hash of its agent token, its first event and an audit row.
     /// Returns the event id.

@@ -1062,6 +1062,35 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn delete_org(&self, name: &OrgName, audit: NewAudit) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.write(move |tx| {
+            let active: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM tasks WHERE org = ?1 AND status NOT IN \
+                     ('Succeeded', 'Failed', 'Cancelled')",
+                    [name.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db("count org tasks"))?;
+            if active > 0 {
+                return Err(StoreError::InUse(format!(
+                    "org {name} has {active} unfinished task(s); cancel them or wait for them \
+                     to finish first"
+                )));
+            }
+            let n = tx
+                .execute("DELETE FROM orgs WHERE name = ?1", [name.as_str()])
+                .map_err(db("delete org"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("org {name}")));
+            }
+            insert_audit(tx, &[audit], ms(Utc::now()))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_orgs(&self) -> Result<Vec<Org>, StoreError> {
         self.read(|c| {
             let mut stmt = c
