@@ -45,7 +45,9 @@ def test_find_kubeconfig(monkeypatch, tmp_path):
     explicit = tmp_path / "explicit.config"
     explicit.write_text("x")
     monkeypatch.setenv("KUBECONFIG", str(explicit))
-    assert guildnet.find_kubeconfig("acme", state) == explicit
+    # KUBECONFIG never overrides an org's own file; it is the fallback for orgs without one.
+    assert guildnet.find_kubeconfig("acme", state) == kc
+    assert guildnet.find_kubeconfig("globex", state) == explicit
 
 
 def test_agenttask_crd_yaml():

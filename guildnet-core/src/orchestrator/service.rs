@@ -1101,6 +1101,11 @@ impl Orchestrator {
                             .await;
                     }
                     Ok(WorkloadState::Pending) => self.post_workload_notes(&t, agent).await,
+                    Ok(WorkloadState::FailedToStart(reason)) => {
+                        // The log gets the backend's last view first (image pull errors, ...).
+                        self.post_workload_notes(&t, agent).await;
+                        self.fail_start(&t, agent, &reason, now).await;
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(task = %t.id, error = %e, "backend status failed"),
                 }
@@ -1173,6 +1178,36 @@ impl Orchestrator {
                     return;
                 }
             }
+        }
+    }
+
+    /// Fails a Submitted task whose agent the backend says will never start, records it on the
+    /// backend (the Kubernetes backend writes the AgentTask's status, and the operator removes
+    /// the stuck workload), and stops the workload.
+    async fn fail_start(&self, task: &Task, agent: &AgentName, reason: &str, now: DateTime<Utc>) {
+        let attempt = task.attempt;
+        let why = reason.to_owned();
+        let res = self
+            .inner
+            .store
+            .update_task(
+                &task.id,
+                Box::new(move |t| lifecycle::fail_start(t, attempt, &why, now)),
+            )
+            .await;
+        match res {
+            Ok(u) => {
+                self.notify_event(u.last_event_id);
+                tracing::warn!(task = %task.id, %agent, reason, "agent did not start: task failed");
+                self.inner.editors.close(&task.org, agent);
+                if let Err(e) = self.inner.backend.task_finished(&u.task).await {
+                    tracing::warn!(task = %task.id, error = %e, "backend could not record the failure");
+                }
+                if let Err(e) = self.inner.backend.cancel(&task.org, &task.id, agent).await {
+                    tracing::warn!(task = %task.id, error = %e, "cancel of the stuck agent failed");
+                }
+            }
+            Err(e) => tracing::debug!(task = %task.id, error = %e, "start failure not recorded"),
         }
     }
 
