@@ -186,7 +186,12 @@ impl OrchestratorClient {
                 None => None,
             };
             let org = org.map(OrgName::new).transpose()?;
-            Ok(TaskListQuery { status, org, limit })
+            Ok(TaskListQuery {
+                status,
+                org,
+                limit,
+                ..Default::default()
+            })
         })()
         .map_err(|e| e.into_py_err(py))?;
         let c = self.inner.clone();
