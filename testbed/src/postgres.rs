@@ -192,10 +192,11 @@ impl Postgres {
         let (Some(proc), Some(dir)) = (&self.proc, &self.dir) else {
             return Ok(());
         };
+        // SIGINT: PostgreSQL's fast shutdown; then SIGKILL to the group after 10 s.
         let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
-             kill -TERM -- -\"$2\" 2>/dev/null; \
+             kill -INT -\"$2\" 2>/dev/null; \
              i=0; while kill -0 \"$2\" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done; \
-             kill -KILL -- -\"$2\" 2>/dev/null; rm -rf -- \"$3\"";
+             kill -KILL -\"$2\" 2>/dev/null; rm -rf -- \"$3\"";
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(script)

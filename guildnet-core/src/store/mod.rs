@@ -1,7 +1,12 @@
-//! Durable state: the [`StateStore`] seam and its SQLite implementation.
+//! Durable state: the [`StateStore`] seam, its SQLite implementation (the embedded default)
+//! and, with the `postgres` feature, its PostgreSQL implementation (several replicas).
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{is_postgres_url, redact_url, PostgresOptions, PostgresStore};
 pub use sqlite::{Durability, SqliteStore};
 
 use crate::model::{
@@ -28,6 +33,25 @@ pub enum StoreError {
     Open {
         /// Database file.
         path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database server reported an error (PostgreSQL).
+    #[error("database error during {op}: {reason}")]
+    Backend {
+        /// What the store was doing.
+        op: &'static str,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database server cannot be reached now (connection refused or lost, no free
+    /// connection in time, server shutting down); the request may succeed when retried.
+    #[error("database {db} is unavailable during {op}: {reason}")]
+    Unavailable {
+        /// What the store was doing.
+        op: &'static str,
+        /// The database, without its password.
+        db: String,
         /// Why.
         reason: String,
     },
