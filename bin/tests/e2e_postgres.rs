@@ -3,8 +3,11 @@
 //! `guildnet-agent` processes. Schedule -> claim -> logs -> Succeeded; the state lives in the
 //! database (no SQLite file; a second orchestrator with another state dir sees it); an
 //! unreachable database fails the start of `guildnet-orchestrator` and of `guildnet up` with
-//! the URL named without its password.
+//! the URL named without its password. Two replicas: a task scheduled and run through one
+//! is followed live (SSE) on the other, and one of them runs the reaper.
 
+use futures_util::StreamExt;
+use guildnet_core::client::LogFollow;
 use guildnet_core::model::TaskStatus;
 use guildnet_core::names::OrgName;
 use guildnet_testbed::postgres::Postgres;
@@ -135,4 +138,60 @@ fn an_unreachable_postgres_fails_the_start_naming_the_url_without_its_password()
             "{program} printed the password:\n{out}"
         );
     }
+}
+
+/// Two orchestrator replicas on one database: a task scheduled through A (its agent talks to
+/// A) is followed over SSE on B, live, line by line, to its end: B learns of A's writes from
+/// PostgreSQL's NOTIFY (it has no other wake-up while a task runs). Exactly one replica says
+/// it runs the reaper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_run_through_one_replica_is_followed_live_on_the_other() {
+    let pg = Postgres::start().await.expect("testbed postgres");
+    let url = pg.create_database("guildnet").await.expect("database");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Orchestrator::start_with(&dir.path().join("a"), free_port(), &["--store", &url], &[]);
+    a.wait_ready().await;
+    let b = Orchestrator::start_with(&dir.path().join("b"), free_port(), &["--store", &url], &[]);
+    b.wait_ready().await;
+    let acme = OrgName::new("acme").unwrap();
+
+    let t = a
+        .client()
+        .schedule(
+            &acme,
+            "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done",
+            None,
+        )
+        .await
+        .unwrap();
+    let mut stream = Box::pin(b.client().follow_logs(&t.id, 0, Duration::from_secs(10)));
+    let mut lines = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(item) = stream.next().await {
+            match item.expect("stream item") {
+                LogFollow::Line(l) => lines.push(l.line),
+                LogFollow::End(t) => return *t,
+            }
+        }
+        panic!("stream ended without an end event");
+    })
+    .await
+    .expect("B followed the task to its end");
+    assert_eq!(end.status, TaskStatus::Succeeded, "{end:?}");
+    let out: Vec<&String> = lines.iter().filter(|l| l.starts_with("line-")).collect();
+    let expected: Vec<String> = (1..=40).map(|i| format!("line-{i}")).collect();
+    assert_eq!(
+        out,
+        expected.iter().collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+
+    // One reaper among the two.
+    let log_a = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    let log_b = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    let leads = |log: &str| log.contains("this orchestrator runs the reaper");
+    assert!(
+        leads(&log_a) != leads(&log_b),
+        "exactly one replica runs the reaper:\nA: {log_a}\nB: {log_b}"
+    );
 }

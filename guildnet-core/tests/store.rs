@@ -1364,3 +1364,90 @@ async fn postgres_event_cursors_skip_nothing_under_concurrent_writers() {
     assert_eq!(all.len(), WRITERS * EACH);
     assert_eq!(seen, all);
 }
+
+/// Cluster-wide jobs: one replica leads a job at a time; when it goes (its connections close,
+/// as when its process dies), another one takes over. Jobs are independent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_replica_leads_a_job_and_hands_it_over() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    assert!(a.lead("reaper").await.unwrap());
+    assert!(!b.lead("reaper").await.unwrap());
+    assert!(a.lead("reaper").await.unwrap(), "the leader stays leader");
+    assert!(!b.lead("reaper").await.unwrap());
+    assert!(
+        b.lead("other-job").await.unwrap(),
+        "another job, another lock"
+    );
+    assert!(!a.lead("other-job").await.unwrap());
+    drop(a);
+    let start = std::time::Instant::now();
+    guildnet_testbed::eventually(
+        "b leads the reaper",
+        std::time::Duration::from_secs(10),
+        || {
+            let b = b.clone();
+            async move { b.lead("reaper").await.unwrap().then_some(()) }
+        },
+    )
+    .await;
+    eprintln!("handover after {:?}", start.elapsed());
+    // On SQLite (one process) the answer is always yes.
+    let sqlite = Db::sqlite().open().await;
+    assert!(sqlite.lead("reaper").await.unwrap());
+    assert!(sqlite.external_changes().is_none());
+}
+
+/// Events and log lines stored through one replica wake readers of the other (LISTEN/NOTIFY);
+/// a write that stores nothing new does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_of_one_replica_wake_the_other() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut rx = b
+        .external_changes()
+        .expect("postgres follows other replicas");
+    let wait = std::time::Duration::from_secs(5);
+    // The first bump says the LISTEN connection is up.
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("listening")
+        .unwrap();
+    rx.borrow_and_update();
+
+    a.append_events(vec![event("from-a")], vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("an event through a wakes b")
+        .unwrap();
+    rx.borrow_and_update();
+
+    let t = running_task(&*a, "agent-a").await;
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("a scheduled task's event wakes b")
+        .unwrap();
+    rx.borrow_and_update();
+    a.append_logs(&t.id, batch(&agent("agent-a"), lines(1..=2)))
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("log lines through a wake b")
+        .unwrap();
+    rx.borrow_and_update();
+    // A re-send stores nothing: no wake-up.
+    a.append_logs(&t.id, batch(&agent("agent-a"), lines(1..=2)))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), rx.changed())
+            .await
+            .is_err(),
+        "nothing new, no wake-up"
+    );
+}

@@ -273,4 +273,20 @@ pub trait StateStore: Send + Sync {
     async fn last_event_id(&self) -> Result<u64, StoreError>;
     /// Audit rows with `id > after`, in order.
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Whether this process runs the cluster-wide job `job` (e.g. the reaper) now: true for
+    /// one process at a time among all that share the store. A store used by one process
+    /// only (SQLite) always says true. Call it before every run of the job: leadership moves
+    /// when its holder dies.
+    async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
+        let _ = job;
+        Ok(true)
+    }
+
+    /// A counter that moves when another process sharing the store (another replica) stored
+    /// events or log lines, so waiting readers (SSE streams) look again; `None` when only
+    /// this process writes. Call it from within a tokio runtime.
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -27,6 +27,14 @@
 //!   default: durable when acknowledged), except agent heartbeats ([`StateStore::touch_agent`]),
 //!   which are liveness only and commit with `synchronous_commit = off` (the SQLite store's
 //!   "soft" writes).
+//! - Cluster-wide jobs ([`StateStore::lead`], the reaper): a session advisory lock per job,
+//!   held on a connection of its own; when its holder dies, the server ends the session and
+//!   the next replica that asks gets it. Every reaper action is a conditional update anyway,
+//!   so a moment of overlap after a lost connection does no harm.
+//! - Other replicas' writes wake this one's readers: writers of events and log lines
+//!   `NOTIFY guildnet_changes` (delivered at commit), and [`StateStore::external_changes`]
+//!   follows it with `LISTEN` on a connection of its own, reconnecting when lost. The table
+//!   stays the source; a notification only says "look again".
 //! - Migrations are numbered; `guildnet_schema` records each one applied. Replicas starting
 //!   together migrate under an advisory lock, once. A database whose schema is newer than this
 //!   build is refused with [`StoreError::Corrupt`] naming both versions.
@@ -181,6 +189,95 @@ struct PgInner {
     pool: Pool,
     /// The database, without its password.
     display: String,
+    /// Connection settings, for the LISTEN connection.
+    config: tokio_postgres::Config,
+    /// Connections holding a job's session advisory lock ([`StateStore::lead`]).
+    leaders: tokio::sync::Mutex<std::collections::HashMap<&'static str, deadpool_postgres::Object>>,
+    /// The change counter fed by LISTEN (started on first use).
+    changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
+    /// The LISTEN task, stopped with the store.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for PgInner {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(h) = l.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// The NOTIFY channel of stored events and log lines.
+const CHANGES_CHANNEL: &str = "guildnet_changes";
+
+/// Advisory lock key of a cluster-wide job.
+fn job_key(job: &str) -> i64 {
+    // FNV-1a, folded into the store's key namespace.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    0x6775_696c_646e_1000 + i64::try_from(h & 0xfff).unwrap_or(0)
+}
+
+/// Follows NOTIFYs on [`CHANGES_CHANNEL`] on a connection of its own, bumping `tx` for each
+/// (and once after every (re)connect, for what it may have missed). Reconnects forever.
+async fn listen_loop(cfg: tokio_postgres::Config, db: String, tx: tokio::sync::watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|v| *v = v.wrapping_add(1));
+    let mut warned = false;
+    loop {
+        match cfg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                if ntx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                    .await
+                {
+                    Ok(()) => {
+                        if warned {
+                            tracing::info!(db = %db, "postgres: change notifications back");
+                            warned = false;
+                        }
+                        bump(&tx);
+                        while nrx.recv().await.is_some() {
+                            bump(&tx);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(db = %db, error = %reason(&e), "postgres: LISTEN failed")
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(db = %db, error = %reason(&e),
+                        "postgres: change notifications lost; reconnecting");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -485,7 +582,7 @@ impl PostgresStore {
         }
         let display = describe(&cfg);
         let mgr = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -503,7 +600,14 @@ impl PostgresStore {
                 reason: format!("cannot build the connection pool: {e}"),
             })?;
         let store = Self {
-            inner: Arc::new(PgInner { pool, display }),
+            inner: Arc::new(PgInner {
+                pool,
+                display,
+                config: cfg,
+                leaders: Default::default(),
+                changes: std::sync::OnceLock::new(),
+                listener: std::sync::Mutex::new(None),
+            }),
         };
         let mut client = store.client_for_open().await?;
         migrate(&mut client, &store.inner.display).await?;
@@ -705,7 +809,21 @@ async fn journal(
     lock(tx, LOCK_JOURNAL, err).await?;
     let now = ms(Utc::now());
     insert_audit(tx, audit, now, err).await?;
+    if !events.is_empty() {
+        notify(tx, err).await?;
+    }
     insert_events(tx, events, now, err).await
+}
+
+/// Wakes other replicas' readers at commit (NOTIFYs of one transaction are delivered once).
+async fn notify(
+    tx: &impl GenericClient,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    tx.execute(&format!("NOTIFY {CHANGES_CHANNEL}"), &[])
+        .await
+        .map_err(err)?;
+    Ok(())
 }
 
 async fn load_task(
@@ -1188,6 +1306,7 @@ impl StateStore for PostgresStore {
         let mut inserted = 0;
         if !rows.is_empty() {
             lock(&tx, LOCK_LOGS, &e).await?;
+            notify(&tx, &e).await?;
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
@@ -1263,6 +1382,7 @@ impl StateStore for PostgresStore {
             return Ok(None);
         }
         lock(&tx, LOCK_LOGS, &e).await?;
+        notify(&tx, &e).await?;
         let seq: i64 = tx
             .query_one(
                 "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
@@ -1416,6 +1536,45 @@ impl StateStore for PostgresStore {
                 detail: get(r, 5)?,
             })
         }))
+    }
+
+    async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
+        let op = "lead";
+        let mut held = self.inner.leaders.lock().await;
+        if let Some(c) = held.get(job) {
+            // The lock lives as long as its session: check the session is still there.
+            if !c.is_closed() && c.simple_query("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            held.remove(job);
+            tracing::warn!(job, db = %self.inner.display, "lost the connection holding the lead");
+        }
+        let c = self.client(op).await?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&job_key(job)])
+            .await
+            .map_err(self.err(op))
+            .and_then(|r| get(&r, 0))?;
+        if got {
+            held.insert(job, c);
+        }
+        Ok(got)
+    }
+
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let rx = self.inner.changes.get_or_init(|| {
+            let (tx, rx) = tokio::sync::watch::channel(0);
+            let task = tokio::spawn(listen_loop(
+                self.inner.config.clone(),
+                self.inner.display.clone(),
+                tx,
+            ));
+            if let Ok(mut l) = self.inner.listener.lock() {
+                *l = Some(task);
+            }
+            rx
+        });
+        Some(rx.clone())
     }
 }
 
