@@ -19,7 +19,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_on_postgres_runs_tasks_to_succeeded() {
-    let pg = Postgres::start().await.expect(
+    let mut pg = Postgres::start().await.expect(
         "the testbed's PostgreSQL must start (install it: scripts/testbed/install.sh postgres)",
     );
     let url = pg.create_database("guildnet").await.expect("database");
@@ -78,6 +78,30 @@ async fn orchestrator_on_postgres_runs_tasks_to_succeeded() {
     let seen = orch2.client().task(&ok.id).await.unwrap();
     assert_eq!(seen.status, TaskStatus::Succeeded);
     assert_eq!(seen.exit_code, Some(0));
+    drop(orch2);
+
+    // The database goes away: requests fail with 503 store_unavailable, and succeed again
+    // once it is back, without restarting the orchestrator.
+    pg.stop();
+    match c.schedule(&acme, "echo during-outage", None).await {
+        Err(guildnet_core::client::ClientError::Api { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (503, "store_unavailable"));
+        }
+        other => panic!("expected 503 while the database is down, got {other:?}"),
+    }
+    pg.start_again().await.expect("restart postgres");
+    let after = guildnet_testbed::eventually(
+        "schedule works again after the database is back",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            let acme = acme.clone();
+            async move { c.schedule(&acme, "echo after-outage", None).await.ok() }
+        },
+    )
+    .await;
+    let done = wait_terminal(&c, &[after.id.clone()], 60).await;
+    assert_eq!(done[0].status, TaskStatus::Succeeded, "{:?}", done[0]);
 }
 
 /// Runs `program args` (expected to fail at start); returns its exit success and output.

@@ -101,63 +101,7 @@ impl Postgres {
         let _ = std::fs::remove_file(&pwfile);
 
         let port = free_port()?;
-        let postgres = server_bin("postgres")?;
-        let port_s = port.to_string();
-        let (prog, args) = as_user(
-            run_as,
-            &postgres,
-            [
-                OsStr::new("-D"),
-                data.as_os_str(),
-                OsStr::new("-p"),
-                OsStr::new(&port_s),
-                OsStr::new("-k"),
-                dir.path().as_os_str(),
-                OsStr::new("-c"),
-                OsStr::new("listen_addresses=127.0.0.1"),
-                OsStr::new("-c"),
-                OsStr::new("max_connections=300"),
-            ],
-        );
-        let log = dir.path().join("postgres.log");
-        // Written by this process (as root), so the server's user need not own it.
-        let mut proc = Proc::spawn(
-            "postgres",
-            &prog,
-            &args,
-            &[("LC_ALL", OsStr::new("C"))],
-            &log,
-        )?
-        .with_stop_timeout(Duration::from_secs(10));
-        let pg_isready = bin("pg_isready")?;
-        wait_for(
-            &format!("postgres on 127.0.0.1:{port} to accept connections"),
-            START_TIMEOUT,
-            Some(&mut proc),
-            || {
-                let pg_isready = pg_isready.clone();
-                let port_s = port_s.clone();
-                async move {
-                    run(
-                        &pg_isready,
-                        [
-                            "-h",
-                            "127.0.0.1",
-                            "-p",
-                            &port_s,
-                            "-U",
-                            SUPERUSER,
-                            "-d",
-                            "postgres",
-                        ],
-                        &[],
-                    )
-                    .await
-                    .ok()
-                }
-            },
-        )
-        .await?;
+        let proc = spawn_server(run_as, dir.path(), port).await?;
         tracing::debug!(port, dir = %dir.path().display(), "testbed postgres ready");
         Ok(Postgres {
             proc: Some(proc),
@@ -166,6 +110,17 @@ impl Postgres {
             password,
             run_as,
         })
+    }
+
+    /// Starts the server again after [`Postgres::stop`] or [`Postgres::kill`], on the same
+    /// port and data (a restart: what it committed is still there).
+    pub async fn start_again(&mut self) -> Result<()> {
+        if self.proc.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir().to_owned();
+        self.proc = Some(spawn_server(self.run_as, &dir, self.port).await?);
+        Ok(())
     }
 
     /// One server for the whole test process, started on first use (see the module docs).
@@ -339,6 +294,71 @@ impl Drop for Postgres {
             let _ = d.close();
         }
     }
+}
+
+/// Starts `postgres` on `port` with the data in `dir/data` and its socket in `dir`, and waits
+/// until it accepts connections.
+async fn spawn_server(run_as: Option<(u32, u32)>, dir: &Path, port: u16) -> Result<Proc> {
+    let data = dir.join("data");
+    let postgres = server_bin("postgres")?;
+    let port_s = port.to_string();
+    let (prog, args) = as_user(
+        run_as,
+        &postgres,
+        [
+            OsStr::new("-D"),
+            data.as_os_str(),
+            OsStr::new("-p"),
+            OsStr::new(&port_s),
+            OsStr::new("-k"),
+            dir.as_os_str(),
+            OsStr::new("-c"),
+            OsStr::new("listen_addresses=127.0.0.1"),
+            OsStr::new("-c"),
+            OsStr::new("max_connections=300"),
+        ],
+    );
+    // Written by this process (as root), so the server's user need not own it; a restart
+    // starts it anew.
+    let log = dir.join("postgres.log");
+    let mut proc = Proc::spawn(
+        "postgres",
+        &prog,
+        &args,
+        &[("LC_ALL", OsStr::new("C"))],
+        &log,
+    )?
+    .with_stop_timeout(Duration::from_secs(10));
+    let pg_isready = bin("pg_isready")?;
+    wait_for(
+        &format!("postgres on 127.0.0.1:{port} to accept connections"),
+        START_TIMEOUT,
+        Some(&mut proc),
+        || {
+            let pg_isready = pg_isready.clone();
+            let port_s = port_s.clone();
+            async move {
+                run(
+                    &pg_isready,
+                    [
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port_s,
+                        "-U",
+                        SUPERUSER,
+                        "-d",
+                        "postgres",
+                    ],
+                    &[],
+                )
+                .await
+                .ok()
+            }
+        },
+    )
+    .await?;
+    Ok(proc)
 }
 
 /// A server binary by its real path: the testbed's `bin/` links into Debian's
