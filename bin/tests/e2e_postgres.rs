@@ -100,7 +100,7 @@ async fn orchestrator_on_postgres_runs_tasks_to_succeeded() {
         },
     )
     .await;
-    let done = wait_terminal(&c, &[after.id.clone()], 60).await;
+    let done = wait_terminal(&c, std::slice::from_ref(&after.id), 60).await;
     assert_eq!(done[0].status, TaskStatus::Succeeded, "{:?}", done[0]);
 }
 
