@@ -488,6 +488,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     status,
                     org,
                     limit: Some(limit),
+                    ..Default::default()
                 })
                 .await?;
             if cli.json {

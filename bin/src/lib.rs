@@ -114,6 +114,11 @@ pub struct OrchestratorArgs {
     /// Kubernetes backend: agent image.
     #[arg(long, env = "GUILDNET_AGENT_IMAGE")]
     pub agent_image: Option<String>,
+    /// Kubernetes backend: fail a task whose agent pod has not come up this many seconds after
+    /// submit (image not pullable, pod unschedulable, ...), with the cause the pod shows; 0
+    /// waits for the claim timeout (120 s) to requeue it instead. Keep it below 120.
+    #[arg(long, env = "GUILDNET_AGENT_START_DEADLINE_SECS", default_value_t = guildnet_kube::backend::DEFAULT_START_DEADLINE.as_secs())]
+    pub agent_start_deadline_secs: u64,
     /// Local backend: the code-server executable; each agent then serves its workspace in an
     /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
     #[arg(long, env = "GUILDNET_CODE_SERVER")]
@@ -230,6 +235,8 @@ impl OrchestratorArgs {
             if let Some(image) = &self.agent_image {
                 cfg.image = image.clone();
             }
+            cfg.start_deadline = (self.agent_start_deadline_secs > 0)
+                .then(|| Duration::from_secs(self.agent_start_deadline_secs));
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
         }
         Ok(o)

@@ -51,6 +51,14 @@ enum Cmd {
         /// Reconcile only while holding the Lease `guildnet-operator` (run several replicas).
         #[arg(long)]
         leader_elect: bool,
+        /// A Secret in the namespace that agent pods pull their image with (a private
+        /// registry's dockerconfigjson); repeat or comma-separate.
+        #[arg(
+            long = "image-pull-secret",
+            env = "GUILDNET_IMAGE_PULL_SECRETS",
+            value_delimiter = ','
+        )]
+        image_pull_secrets: Vec<String>,
     },
 }
 
@@ -65,6 +73,11 @@ struct InstallArgs {
     /// URL agents use to reach the orchestrator.
     #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
     public_orchestrator_url: Option<String>,
+    /// A Secret in the namespace for a private registry (dockerconfigjson): the operator's pod
+    /// and every agent pod pull with it. Repeat or comma-separate. Create it first, e.g.
+    /// `kubectl -n mvp-agents create secret docker-registry regcred --docker-server=...`.
+    #[arg(long = "image-pull-secret", value_delimiter = ',')]
+    image_pull_secrets: Vec<String>,
 }
 
 impl InstallArgs {
@@ -74,6 +87,7 @@ impl InstallArgs {
             namespace: self.namespace,
             image: self.image.unwrap_or(d.image),
             public_orchestrator_url: self.public_orchestrator_url,
+            image_pull_secrets: self.image_pull_secrets,
         }
     }
 }
@@ -119,9 +133,11 @@ async fn main() -> anyhow::Result<()> {
             public_orchestrator_url,
             metrics_addr,
             leader_elect,
+            image_pull_secrets,
         } => {
             let mut cfg = OperatorConfig::new(namespace.clone());
             cfg.public_orchestrator_url = public_orchestrator_url;
+            cfg.image_pull_secrets = image_pull_secrets;
             cfg.instance = std::env::var("POD_NAME").ok();
             if leader_elect {
                 let identity = cfg

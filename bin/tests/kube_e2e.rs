@@ -1,3 +1,7 @@
+//! SIMULATION (kwok): the pods are simulated, so this test starts the agent itself. The same path
+//! with real pods, a real node and images built from this repository is
+//! `kube_pod_e2e.rs`; this one stays because kwok needs no node lock and runs in seconds.
+//!
 //! End to end on Kubernetes, with the real binaries and the testbed's real control plane:
 //! `guildnet-operator install` + `run`, `guildnet-orchestrator --backend kubernetes`; a scheduled
 //! task becomes an AgentTask whose Deployment gets Available on a kwok node. kwok pods run no

@@ -12,6 +12,7 @@
 //! Scheduled --dispatch--> Submitted --claim--> Running --complete--> Succeeded | Failed
 //!     ^  <--submit_failed--'   |                  |
 //!     '-------------------requeue (lost lease / never claimed; Failed after max attempts)
+//! Submitted --fail_start (the backend says its agent cannot start)--> Failed
 //! any non-terminal --cancel--> Cancelled
 //! ```
 //!
@@ -220,8 +221,9 @@ pub fn submit_failed(
 }
 
 /// The task's own agent claims it: `Submitted` -> `Running` with a new fencing token and a
-/// lease until `now + ttl`. Claiming a task the agent already holds renews the lease and keeps
-/// the token (idempotent after a lost reply).
+/// lease until `now + ttl`. Claiming a task the agent already holds renews the lease, keeps
+/// the token (idempotent after a lost reply) and reopens the log (a new process of the agent
+/// may be taking the work over).
 pub fn claim(
     t: &mut Task,
     agent: &AgentName,
@@ -252,6 +254,10 @@ pub fn claim(
         }
         TaskStatus::Running => {
             t.lease_expires_at = Some(now + ttl);
+            // A claim again by the holder: a lost reply, or a new process of the same agent
+            // (the Deployment's next pod after the first was deleted) taking the work over.
+            // Whatever the old process sealed, more of the log is coming.
+            t.log_sealed = false;
             Ok(TaskChange::default())
         }
         other => Err(Rejection::conflict(format!(
@@ -364,6 +370,35 @@ pub fn complete(
         Some(format!("status={} exit={:?}", t.status, t.exit_code)),
     );
     Ok(change(kind, t, t.reason.clone(), vec![audit]))
+}
+
+/// The backend reports that attempt `attempt`'s agent will never start (its start deadline
+/// passed: an image that cannot be pulled, an unschedulable pod): `Submitted` -> `Failed` with
+/// the backend's reason. No retry: another attempt would meet the same cause. A task that moved
+/// on (claimed meanwhile, or a newer attempt) is left alone.
+pub fn fail_start(
+    t: &mut Task,
+    attempt: u32,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<TaskChange, Rejection> {
+    if t.status != TaskStatus::Submitted || t.attempt != attempt {
+        return Err(Rejection::conflict("moved on"));
+    }
+    // No agent ever claimed: nobody can write to the log any more.
+    t.log_sealed = true;
+    t.status = TaskStatus::Failed;
+    t.finished_at = Some(now);
+    t.updated_at = now;
+    t.lease_expires_at = None;
+    t.reason = Some(format!("agent did not start: {reason}"));
+    let audit = NewAudit::new("system", "task.fail", t.id.as_str(), t.reason.clone());
+    Ok(change(
+        EventKind::TaskFailed,
+        t,
+        t.reason.clone(),
+        vec![audit],
+    ))
 }
 
 /// The attempt is lost (its lease expired, or its agent never claimed): back to `Scheduled`
@@ -479,9 +514,11 @@ mod tests {
         let c = claim(&mut t, &agent, ttl, now).expect("claim");
         assert_eq!((t.status, t.fencing, t.claims), (TaskStatus::Running, 1, 1));
         assert_eq!(c.events[0].kind, EventKind::TaskClaimed.as_str());
-        // A repeated claim renews and records nothing.
+        // A repeated claim renews and records nothing; a log the old process sealed reopens.
+        t.log_sealed = true;
         assert_eq!(claim(&mut t, &agent, ttl, now), Ok(TaskChange::default()));
         assert_eq!(t.fencing, 1);
+        assert!(!t.log_sealed);
         renew(&mut t, &agent, 1, ttl, now + ttl).expect("renew");
         assert_eq!(t.lease_expires_at, Some(now + ttl + ttl));
         assert!(renew(&mut t, &agent, 2, ttl, now).is_err(), "wrong token");
@@ -527,6 +564,33 @@ mod tests {
             .is_some_and(|r| r.contains("gave up after 3")));
     }
 
+    #[test]
+    fn an_agent_that_cannot_start_fails_the_submitted_attempt_only() {
+        let now = Utc::now();
+        let mut t = fresh(now);
+        assert!(
+            fail_start(&mut t, 1, "x", now).is_err(),
+            "not dispatched yet"
+        );
+        dispatch(&mut t, 1, now).expect("dispatch");
+        assert!(fail_start(&mut t, 2, "x", now).is_err(), "another attempt");
+        let c = fail_start(&mut t, 1, "image pull failed: ImagePullBackOff", now).expect("fail");
+        assert_eq!(c.events[0].kind, "task.failed");
+        assert_eq!(t.status, TaskStatus::Failed);
+        assert_eq!(
+            t.reason.as_deref(),
+            Some("agent did not start: image pull failed: ImagePullBackOff")
+        );
+        assert!(t.log_sealed && t.finished_at.is_some());
+        // A claimed task is not failed by a late report.
+        let mut t = fresh(now);
+        dispatch(&mut t, 1, now).expect("dispatch");
+        let agent = t.agent.clone().expect("agent");
+        claim(&mut t, &agent, Duration::seconds(30), now).expect("claim");
+        assert!(fail_start(&mut t, 1, "x", now).is_err());
+        assert_eq!(t.status, TaskStatus::Running);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Dispatch,
@@ -536,6 +600,7 @@ mod tests {
         Complete { ok: bool, stale_token: bool },
         Cancel,
         Requeue { advance_secs: i64 },
+        FailStart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -551,6 +616,7 @@ mod tests {
                 .prop_map(|(ok, stale_token)| Op::Complete { ok, stale_token }),
             Just(Op::Cancel),
             (0i64..120).prop_map(|advance_secs| Op::Requeue { advance_secs }),
+            Just(Op::FailStart),
         ]
     }
 
@@ -588,6 +654,7 @@ mod tests {
                         now += Duration::seconds(advance_secs);
                         requeue(&mut t, (before.status, before.attempt), 3, "lost", now)
                     }
+                    Op::FailStart => fail_start(&mut t, before.attempt, "ImagePullBackOff", now),
                 };
                 if res.is_err() {
                     prop_assert_eq!(&t, &before, "a rejection changes nothing");

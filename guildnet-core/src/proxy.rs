@@ -319,33 +319,24 @@ pub fn rewrite_location(loc: &str, up: &Upstream) -> Option<String> {
 /// Rewrites a `Set-Cookie` value: `Path` moves under the external prefix, `Domain` is dropped
 /// (the browser talks to the proxy's host).
 pub fn rewrite_set_cookie(v: &str, up: &Upstream) -> String {
-    let mut saw_path = false;
-    let mut parts: Vec<String> = Vec::new();
-    for (i, attr) in v.split(';').enumerate() {
-        let a = attr.trim();
-        if i == 0 {
-            parts.push(a.to_owned());
-            continue;
+    match cookie::Cookie::parse(v.to_owned()) {
+        Ok(mut c) => {
+            // The proxy's host is the browser's only host for this cookie.
+            c.unset_domain();
+            let path = match c.path() {
+                Some(p) => rebase_path(p, up).unwrap_or_else(|| p.to_owned()),
+                None => format!("{}/", up.external_prefix),
+            };
+            c.set_path(path);
+            c.to_string()
         }
-        let lower = a.to_ascii_lowercase();
-        if lower.starts_with("domain=") {
-            continue;
-        }
-        if lower.starts_with("path=") {
-            saw_path = true;
-            let p = &a[5..];
-            parts.push(format!(
-                "Path={}",
-                rebase_path(p, up).unwrap_or_else(|| p.to_owned())
-            ));
-            continue;
-        }
-        parts.push(a.to_owned());
+        // Not a cookie the browser would take either: pass it on confined to the prefix.
+        Err(_) => format!(
+            "{}; Path={}/",
+            v.split(';').next().unwrap_or("").trim(),
+            up.external_prefix
+        ),
     }
-    if !saw_path {
-        parts.push(format!("Path={}/", up.external_prefix));
-    }
-    parts.join("; ")
 }
 
 /// Removes the `frame-ancestors` directive from a CSP value (the proxy adds its own).
@@ -503,7 +494,15 @@ mod tests {
                 "code-server-session=abc; Path=/; Domain=127.0.0.1; HttpOnly",
                 &u
             ),
-            "code-server-session=abc; Path=/editor/proxy/9000/; HttpOnly"
+            "code-server-session=abc; HttpOnly; Path=/editor/proxy/9000/"
+        );
+        assert_eq!(
+            rewrite_set_cookie("k=v; Path=/static; SameSite=Lax; Max-Age=60", &u),
+            "k=v; SameSite=Lax; Path=/editor/proxy/9000/static; Max-Age=60"
+        );
+        assert_eq!(
+            rewrite_set_cookie("=;;garbage", &u),
+            "=; Path=/editor/proxy/9000/"
         );
         assert_eq!(
             rewrite_set_cookie("a=b", &u),

@@ -148,6 +148,9 @@ pub enum WorkloadState {
     Exited(Option<i32>),
     /// Not present (never started, or removed).
     Absent,
+    /// It did not start and will not: its start deadline passed while it was stuck (an image
+    /// that cannot be pulled, an unschedulable pod, a crash loop). The text names the cause.
+    FailedToStart(String),
 }
 
 /// What a backend can tell about a task's workload beyond its state, so a person can see why a

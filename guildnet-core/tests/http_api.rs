@@ -482,6 +482,13 @@ async fn bad_input_gets_precise_json_errors() {
     h.send(empty(Method::GET, "/tasks?status=Sleeping", Some(ADMIN)))
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_query");
+    h.send(empty(
+        Method::GET,
+        "/tasks?cursor=not-a-cursor",
+        Some(ADMIN),
+    ))
+    .await
+    .field(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "cursor");
     h.send(
         request(Method::GET, "/events", Some(ADMIN))
             .header("last-event-id", "abc")
@@ -890,6 +897,53 @@ fn json_errors_name_the_field_at_fault() {
 }
 
 #[tokio::test]
+async fn task_list_pages_with_the_next_cursor() {
+    let mut h = harness().await;
+    let mut scheduled = Vec::new();
+    for i in 0..7 {
+        let t = h.schedule(&format!("task {i}")).await.0;
+        scheduled.push((t.created_at.timestamp_millis(), t.id.to_string()));
+    }
+    // Newest first; ties within a millisecond by id.
+    scheduled.sort_by(|a, b| b.cmp(a));
+    let mut seen = Vec::new();
+    let mut uri = "/tasks?limit=3&org=acme".to_owned();
+    let mut pages = 0;
+    loop {
+        let r = h.send(empty(Method::GET, &uri, Some(ADMIN))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        pages += 1;
+        let items = r.json();
+        let items = items.as_array().expect("a page is a JSON array");
+        seen.extend(
+            items
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        let Some(next) = r.headers.get("x-next-cursor") else {
+            assert!(items.len() < 3, "a full page carries a cursor");
+            break;
+        };
+        let next = next.to_str().unwrap();
+        let link = r.headers[header::LINK].to_str().unwrap();
+        assert_eq!(
+            link,
+            format!("</tasks?org=acme&limit=3&cursor={next}>; rel=\"next\""),
+            "Link keeps the filters"
+        );
+        uri = format!("/tasks?limit=3&org=acme&cursor={next}");
+        assert!(pages < 10, "paging must end");
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = scheduled.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(seen, expected, "every task once, newest first");
+    // Without a limit the old behaviour holds: the newest 100, no cursor for a short list.
+    let r = h.send(empty(Method::GET, "/tasks", Some(ADMIN))).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(7));
+    assert!(r.headers.get("x-next-cursor").is_none());
+}
+
+#[tokio::test]
 async fn orgs_are_deleted_only_without_unfinished_tasks() {
     let mut h = harness().await;
     let (task, _launch) = h.schedule("keeps acme busy").await;
@@ -927,4 +981,13 @@ async fn orgs_are_deleted_only_without_unfinished_tasks() {
         ))
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    // A deleted org takes no new task (the orchestrator forgets the org it had seen).
+    h.send(json_req(
+        Method::POST,
+        "/schedule",
+        Some(ADMIN),
+        json!({"org": "acme", "task": "after the delete"}).to_string(),
+    ))
+    .await
+    .field(StatusCode::UNPROCESSABLE_ENTITY, "unknown_org", "org");
 }

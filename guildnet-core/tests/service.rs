@@ -28,6 +28,10 @@ struct Harness {
     launches: mpsc::UnboundedReceiver<AgentLaunch>,
     submits: Arc<AtomicUsize>,
     cancels: Cancels,
+    /// What the backend answers for every workload's status (Running unless a test changes it).
+    status: Arc<Mutex<WorkloadState>>,
+    /// Tasks the backend was told had finished.
+    finished: Arc<Mutex<Vec<Task>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -44,7 +48,12 @@ async fn harness_with(
 
     let mut mock = MockClusterBackend::new();
     mock.expect_name().return_const("mock");
-    mock.expect_task_finished().returning(|_| Ok(()));
+    let finished: Arc<Mutex<Vec<Task>>> = Arc::default();
+    let f = finished.clone();
+    mock.expect_task_finished().returning(move |t| {
+        f.lock().unwrap().push(t.clone());
+        Ok(())
+    });
     mock.expect_describe().returning(|_, _, _| Ok(None));
     let n = submits.clone();
     mock.expect_submit().returning(move |launch: AgentLaunch| {
@@ -68,8 +77,10 @@ async fn harness_with(
             .push((org.clone(), task.clone(), agent.clone()));
         Ok(())
     });
+    let status = Arc::new(Mutex::new(WorkloadState::Running));
+    let st = status.clone();
     mock.expect_status()
-        .returning(|_, _, _| Ok(WorkloadState::Running));
+        .returning(move |_, _, _| Ok(st.lock().unwrap().clone()));
     mock.expect_editor_endpoint().returning(|_, _| Ok(None));
 
     let mut cfg = OrchestratorConfig::new(Secret::new("admin"), "http://127.0.0.1:1");
@@ -84,6 +95,8 @@ async fn harness_with(
         launches,
         submits,
         cancels,
+        status,
+        finished,
         _dir: dir,
     }
 }
@@ -1050,4 +1063,44 @@ async fn a_refusing_backend_puts_the_org_on_hold_instead_of_retrying_every_task(
     for id in &ids {
         assert_eq!(h.get(id).await.status, TaskStatus::Scheduled);
     }
+}
+
+#[tokio::test]
+async fn an_agent_the_backend_says_cannot_start_fails_its_task_with_the_cause() {
+    let mut h = harness().await;
+    let (t, launch) = h.scheduled("never starts").await;
+    let cause = "start deadline of 20 s passed: pod atask-x Pending: container agent waiting: \
+                 ImagePullBackOff";
+    *h.status.lock().unwrap() = WorkloadState::FailedToStart(cause.into());
+    // The liveness probe runs every few seconds and looks at tasks not updated for 2 s.
+    h.o.reap_once(Utc::now() + chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    let done = h.get(&t.id).await;
+    assert_eq!(done.status, TaskStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.reason.as_deref(),
+        Some(format!("agent did not start: {cause}").as_str())
+    );
+    assert_eq!(
+        done.attempt, 1,
+        "no retry: the next attempt would meet the same cause"
+    );
+    // The backend is told (the Kubernetes backend writes the AgentTask's status) and the stuck
+    // workload is stopped.
+    let finished = h.finished.lock().unwrap().clone();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].status, TaskStatus::Failed);
+    assert!(h
+        .cancels
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, id, agent)| *id == t.id && *agent == launch.agent));
+    // Nothing more can be written by the agent that never started.
+    assert_api_err(
+        h.claim(&t.id, &launch.agent).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
 }

@@ -131,7 +131,7 @@ impl Db {
     /// The schema version this build migrates to.
     fn current_version(&self) -> i64 {
         match self {
-            Db::Sqlite { .. } => 4,
+            Db::Sqlite { .. } => 5,
             Db::Postgres { .. } => PostgresStore::schema_version() as i64,
         }
     }
@@ -173,6 +173,7 @@ both_stores!(
     cursors_past_every_id_return_nothing_instead_of_wrapping,
     one_corrupt_row_does_not_hide_the_others,
     unclaimed_notes_only_while_submitted_to_that_agent,
+    task_pages_are_the_listing_serialized_and_page_by_keyset,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -899,6 +900,7 @@ async fn everything_survives_reopen_and_migrations_are_idempotent(db: Db) {
         "{objects:?}"
     );
     assert!(objects.contains("tasks_lease"), "{objects:?}");
+    assert!(objects.contains("tasks_created_id"), "{objects:?}");
 
     for round in 0..2 {
         let store = db.open().await;
@@ -1556,4 +1558,158 @@ async fn postgres_a_crash_under_load_loses_no_acknowledged_write() {
         acked.len(),
         failures.len()
     );
+}
+
+/// Pages every task of `q` with the keyset cursor, `per_page` at a time.
+async fn all_pages(store: &dyn StateStore, q: TaskQuery, per_page: usize) -> Vec<Task> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .task_page(TaskQuery {
+                limit: per_page,
+                after: after.clone(),
+                ..q.clone()
+            })
+            .await
+            .expect("page");
+        let tasks: Vec<Task> = serde_json::from_slice(&page.to_vec()).expect("page is JSON tasks");
+        assert_eq!(tasks.len(), page.count);
+        assert!(page.count <= per_page);
+        out.extend(tasks);
+        if page.count < per_page {
+            return out;
+        }
+        after = page.last;
+        assert!(after.is_some(), "a full page names its last task");
+    }
+}
+
+async fn task_pages_are_the_listing_serialized_and_page_by_keyset(db: Db) {
+    let store = db.open().await;
+    // Ties on created_at (same millisecond) are ordered by id; timestamps with nanoseconds
+    // are stored (and listed) at millisecond resolution.
+    let base = now_ms();
+    for i in 0..25 {
+        let created = base + Duration::milliseconds(i / 4);
+        let mut t = task(
+            if i % 3 == 0 { "acme" } else { "umbrella" },
+            TaskStatus::Scheduled,
+            created + Duration::nanoseconds(123_456),
+        );
+        if i == 7 {
+            // Larger than one piece of a page: the pieces join into the same bytes.
+            t.task = "x".repeat(40_000);
+        }
+        if i % 5 == 0 {
+            t.context.files = vec![guildnet_core::context::ContextFile {
+                path: "notes.md".into(),
+                content: "hi".into(),
+            }];
+        }
+        insert(&*store, &t, "h").await;
+    }
+    // Some tasks change after insert (the stored JSON follows every write).
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    for t in listed.iter().step_by(4) {
+        store
+            .update_task(
+                &t.id,
+                Box::new(|t| {
+                    t.status = TaskStatus::Running;
+                    t.agent = Some(agent("agent-x"));
+                    t.fencing = 1;
+                    t.lease_expires_at = Some(Utc::now() + Duration::seconds(30));
+                    t.started_at = Some(Utc::now());
+                    Ok(TaskChange::default())
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    assert_eq!(listed.len(), 25);
+
+    let whole = store.task_page(TaskQuery::default()).await.unwrap();
+    assert_eq!(
+        String::from_utf8(whole.to_vec()).unwrap(),
+        serde_json::to_string(&listed).unwrap(),
+        "the page is byte for byte what serializing the decoded listing gives"
+    );
+    assert_eq!(whole.count, 25);
+
+    for per_page in [1, 4, 7, 25, 100] {
+        let paged = all_pages(&*store, TaskQuery::default(), per_page).await;
+        assert_eq!(ids(&paged), ids(&listed), "{per_page} per page");
+    }
+    let running = TaskQuery {
+        statuses: vec![TaskStatus::Running],
+        ..Default::default()
+    };
+    let paged = all_pages(&*store, running.clone(), 2).await;
+    assert_eq!(
+        ids(&paged),
+        ids(&store.list_tasks(running).await.unwrap()),
+        "filters and the cursor combine"
+    );
+    assert!(!paged.is_empty());
+    let acme = TaskQuery {
+        org: Some(org("acme")),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&all_pages(&*store, acme.clone(), 3).await),
+        ids(&store.list_tasks(acme).await.unwrap())
+    );
+}
+
+// ---- SQLite only (continued) ----
+
+#[tokio::test]
+async fn stored_task_json_is_filled_at_open_for_rows_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let listed = {
+        let store = open(&path);
+        for _ in 0..5 {
+            insert(&store, &task("acme", TaskStatus::Scheduled, now_ms()), "h").await;
+        }
+        store.list_tasks(TaskQuery::default()).await.unwrap()
+    };
+    // As a database from before the column, and one whose JSON is of another version.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("UPDATE tasks SET json = NULL", []).unwrap();
+    c.execute("UPDATE meta SET value = '0' WHERE key = 'task_json'", [])
+        .unwrap();
+    drop(c);
+    let store = open(&path);
+    let page = store.task_page(TaskQuery::default()).await.unwrap();
+    assert_eq!(page.to_vec(), serde_json::to_vec(&listed).unwrap());
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("UPDATE tasks SET json = '{\"stale\":true}'", [])
+        .unwrap();
+    c.execute("UPDATE meta SET value = '0' WHERE key = 'task_json'", [])
+        .unwrap();
+    drop(c);
+    let store = open(&path);
+    let page = store.task_page(TaskQuery::default()).await.unwrap();
+    assert_eq!(
+        page.to_vec(),
+        serde_json::to_vec(&listed).unwrap(),
+        "another version's JSON is written anew"
+    );
+}
+
+#[test]
+fn task_cursors_round_trip_and_refuse_garbage() {
+    use guildnet_core::store::TaskKey;
+    let k = TaskKey {
+        created_at_ms: 1_764_669_600_123,
+        id: TaskId::generate(),
+    };
+    assert_eq!(TaskKey::from_cursor(&k.to_cursor()), Some(k));
+    for bad in ["", "123", "abc.t1", "12.", ".t1", "12.not a task id"] {
+        assert_eq!(TaskKey::from_cursor(bad), None, "{bad:?}");
+    }
 }

@@ -88,14 +88,15 @@ async function boot() {
   route();
 }
 
+// Deep links: #/tasks/<id> opens that task, #/agents/<name> that agent's log.
 function route() {
-  const page = (location.hash.replace(/^#\//, "") || "tasks").split("/")[0];
+  const [page, item] = (location.hash.replace(/^#\//, "") || "tasks").split("/").map(decodeURIComponent);
   const known = ["tasks", "agents", "orgs", "artifacts"];
   const p = known.includes(page) ? page : "tasks";
   showOnly("page-" + p);
   for (const k of known) $("nav-" + k).classList.toggle("active", k === p);
-  if (p === "tasks") { loadOrgs().then(fillOrgSelect); loadTasks(); }
-  if (p === "agents") loadAgents();
+  if (p === "tasks") { loadOrgs().then(fillOrgSelect); loadTasks(); if (item && item !== state.openTask) openTask(item); }
+  if (p === "agents") { loadAgents(); if (item) openAgentLog(item); }
   if (p === "orgs") loadOrgs();
   if (p === "artifacts") loadArtifacts();
 }
@@ -270,14 +271,18 @@ function fillOrgSelect() {
 
 async function loadTasks() {
   try {
-    const list = await api("GET", "/api/tasks?limit=200");
+    const status = $("tasks-filter-status").value;
+    const list = await api("GET", "/api/tasks?limit=200" + (status ? `&status=${encodeURIComponent(status)}` : ""));
     state.tasks = new Map(list.map((t) => [t.id, t]));
     renderTasks();
   } catch (e) { setError("global-error", e.message); }
 }
 
 function renderTasks() {
-  const rows = [...state.tasks.values()].sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
+  const status = $("tasks-filter-status").value, org = $("tasks-filter-org").value.trim(), text = $("tasks-filter-text").value.trim().toLowerCase();
+  const rows = [...state.tasks.values()]
+    .filter((t) => (!status || t.status === status) && (!org || t.org === org) && (!text || t.task.toLowerCase().includes(text) || t.id.includes(text)))
+    .sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
   show("tasks-empty", rows.length === 0);
   show("tasks-table", rows.length > 0);
   $("tasks-list").replaceChildren(...rows.map((t) => el("tr", { "data-testid": "task-row", "data-task-id": t.id, onclick: () => openTask(t.id) },
@@ -319,6 +324,7 @@ function closeTaskLog() { if (state.taskLog) { state.taskLog.close(); state.task
 
 async function openTask(id) {
   state.openTask = id;
+  history.replaceState(null, "", `#/tasks/${encodeURIComponent(id)}`);
   closeTaskLog();
   $("task-log").textContent = "";
   setError("task-error", "");
@@ -368,7 +374,10 @@ function artifactLinks(t) {
   return out;
 }
 
-$("task-detail-close").addEventListener("click", () => { state.openTask = null; closeTaskLog(); show("task-detail", false); });
+$("task-detail-close").addEventListener("click", () => { state.openTask = null; closeTaskLog(); show("task-detail", false); history.replaceState(null, "", "#/tasks"); });
+$("tasks-filter-status").addEventListener("change", loadTasks);
+$("tasks-filter-org").addEventListener("input", renderTasks);
+$("tasks-filter-text").addEventListener("input", renderTasks);
 $("task-cancel").addEventListener("click", async () => {
   setError("task-error", "");
   try { await api("POST", `/api/tasks/${encodeURIComponent(state.openTask)}/cancel`); await refreshTaskDetail(); } catch (e) { setError("task-error", e.message); }
@@ -405,6 +414,7 @@ setInterval(() => { for (const td of document.querySelectorAll("td.heartbeat")) 
 
 function openAgentLog(name) {
   if (state.agentLog) state.agentLog.close();
+  history.replaceState(null, "", `#/agents/${encodeURIComponent(name)}`);
   $("agent-detail-name").textContent = name;
   $("agent-log").textContent = "";
   show("agent-detail", true);
@@ -413,7 +423,7 @@ function openAgentLog(name) {
   es.onmessage = (m) => { let l; try { l = JSON.parse(m.data); } catch (_) { return; } $("agent-log").append(el("span", { class: l.stream, text: l.line + "\n" })); };
   es.addEventListener("end", () => { es.close(); });
 }
-$("agent-detail-close").addEventListener("click", () => { if (state.agentLog) state.agentLog.close(); show("agent-detail", false); });
+$("agent-detail-close").addEventListener("click", () => { if (state.agentLog) state.agentLog.close(); show("agent-detail", false); history.replaceState(null, "", "#/agents"); });
 
 async function openEditor(name) {
   setError("agents-error", "");

@@ -39,7 +39,23 @@ pub struct KubeBackendConfig {
     pub image: String,
     /// TTL after finish set on new AgentTasks.
     pub ttl_seconds_after_finished: Option<i64>,
+    /// How long an attempt's workload may stay Pending (pod not scheduled, image not pulled,
+    /// agent not ready) before the task fails with the cause the pods show. `None`: wait until
+    /// the orchestrator's claim timeout requeues it. Keep it below the claim timeout (120 s).
+    pub start_deadline: Option<std::time::Duration>,
 }
+
+/// Default [`KubeBackendConfig::start_deadline`]: below the orchestrator's 120 s claim timeout,
+/// so a workload that cannot start fails with its cause instead of being retried blindly.
+pub const DEFAULT_START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(100);
+
+/// Annotation on an AgentTask: when the orchestrator submitted the current attempt (RFC 3339,
+/// the orchestrator's clock). The start deadline counts from it.
+pub const SUBMITTED_AT_ANNOTATION: &str = "guildnet.io/submitted-at";
+
+/// Prefix of the credentials Secret's keys that carry the agent's secret environment
+/// (`env.<NAME>`); the operator copies them into the pod's env Secret as `<NAME>`.
+pub const SECRET_ENV_KEY_PREFIX: &str = "env.";
 
 impl KubeBackendConfig {
     /// Defaults over a state dir.
@@ -52,6 +68,7 @@ impl KubeBackendConfig {
                 env!("CARGO_PKG_VERSION")
             ),
             ttl_seconds_after_finished: Some(3600),
+            start_deadline: Some(DEFAULT_START_DEADLINE),
         }
     }
 }
@@ -221,6 +238,63 @@ impl KubeBackend {
     }
 }
 
+impl KubeBackend {
+    /// How long the current attempt has waited, if that is past the start deadline.
+    fn start_deadline_passed(&self, at: &AgentTask) -> Option<std::time::Duration> {
+        let deadline = self.cfg.start_deadline?;
+        let submitted = at
+            .annotations()
+            .get(SUBMITTED_AT_ANNOTATION)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+        let waited = (chrono::Utc::now() - submitted.with_timezone(&chrono::Utc))
+            .to_std()
+            .ok()?;
+        (waited > deadline).then_some(waited)
+    }
+
+    /// Why a Pending AgentTask's workload is not up, from its pods (waiting reasons such as
+    /// ImagePullBackOff, unschedulable) and their latest warning event, or its conditions.
+    async fn why_not_started(&self, org: &OrgName, task: &TaskId, at: &AgentTask) -> String {
+        let info = match self.describe(org, task, None).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return "the AgentTask is gone".into(),
+            Err(e) => return format!("its pods could not be read: {e}"),
+        };
+        let mut parts: Vec<String> = info.pods.clone();
+        if let Some(ev) = info.events.last() {
+            parts.push(format!("last warning: {ev}"));
+        }
+        if parts.is_empty() {
+            let conds: Vec<&String> = info
+                .conditions
+                .iter()
+                .filter(|c| c.contains("=False"))
+                .collect();
+            if conds.is_empty() {
+                return format!(
+                    "no pod was created for AgentTask {} (is guildnet-operator running?)",
+                    at.name_any()
+                );
+            }
+            return conds
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+        let mut why = parts.join("; ");
+        if why.len() > 1500 {
+            let mut end = 1500;
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            why.truncate(end);
+            why.push('…');
+        }
+        why
+    }
+}
+
 /// One line about a pod: its phase and why it is not running (unschedulable, waiting container
 /// reasons such as ImagePullBackOff, terminated containers).
 pub fn describe_pod(pod: &Pod) -> String {
@@ -296,7 +370,9 @@ impl ClusterBackend for KubeBackend {
             task_id: launch.task_id.to_string(),
             task: launch.task.clone(),
             image: self.cfg.image.clone(),
-            env: Default::default(),
+            // The plain half of the settings (runner template, forge URL, secret names). Later
+            // entries win, as in the agent's own environment.
+            env: launch.settings.env.iter().cloned().collect(),
             repo: None,
             cancel: false,
             ttl_seconds_after_finished: self.cfg.ttl_seconds_after_finished,
@@ -317,6 +393,10 @@ impl ClusterBackend for KubeBackend {
                     "guildnet.io/org": launch.org.to_string(),
                     AGENT_LABEL: launch.agent.to_string(),
                 },
+                "annotations": {
+                    SUBMITTED_AT_ANNOTATION: chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                },
             },
             "spec": spec,
         });
@@ -331,6 +411,23 @@ impl ClusterBackend for KubeBackend {
             o
         });
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        // The secret half of the settings (forge token, model keys) lives only here: the
+        // operator copies it into the pod's env Secret, never into a spec.
+        let mut data = serde_json::Map::new();
+        data.insert(
+            CREDENTIALS_TOKEN_KEY.into(),
+            b64(launch.agent_token.expose()).into(),
+        );
+        data.insert(
+            CREDENTIALS_PASSWORD_KEY.into(),
+            b64(&random_secret()).into(),
+        );
+        for (k, v) in &launch.settings.secret_env {
+            data.insert(
+                format!("{SECRET_ENV_KEY_PREFIX}{k}"),
+                b64(v.expose()).into(),
+            );
+        }
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -341,10 +438,7 @@ impl ClusterBackend for KubeBackend {
                 "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
             },
             "type": "Opaque",
-            "data": {
-                CREDENTIALS_TOKEN_KEY: b64(launch.agent_token.expose()),
-                CREDENTIALS_PASSWORD_KEY: b64(&random_secret()),
-            },
+            "data": data,
         });
         Api::<Secret>::namespaced(client, ns)
             .patch(
@@ -401,9 +495,19 @@ impl ClusterBackend for KubeBackend {
         if at.spec.agent_name != agent.as_str() {
             return Ok(WorkloadState::Absent);
         }
-        let st = at.status.unwrap_or_default();
+        let st = at.status.clone().unwrap_or_default();
         Ok(match st.phase {
-            Phase::Pending => WorkloadState::Pending,
+            Phase::Pending => match self.start_deadline_passed(&at) {
+                Some(waited) => {
+                    let cause = self.why_not_started(org, task, &at).await;
+                    WorkloadState::FailedToStart(format!(
+                        "not started {} s after submit (start deadline {} s): {cause}",
+                        waited.as_secs(),
+                        self.cfg.start_deadline.unwrap_or_default().as_secs()
+                    ))
+                }
+                None => WorkloadState::Pending,
+            },
             Phase::Running => WorkloadState::Running,
             Phase::Succeeded => WorkloadState::Exited(Some(st.exit_code.unwrap_or(0))),
             Phase::Failed => WorkloadState::Exited(st.exit_code),

@@ -26,6 +26,9 @@ pub struct InstallOptions {
     pub image: String,
     /// URL agents use to reach the orchestrator (the operator's PUBLIC_ORCHESTRATOR_URL).
     pub public_orchestrator_url: Option<String>,
+    /// Secrets (`kubernetes.io/dockerconfigjson`, in `namespace`) for a private registry: the
+    /// operator's own pod pulls with them, and the operator gives them to every agent pod.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for InstallOptions {
@@ -37,6 +40,7 @@ impl Default for InstallOptions {
                 env!("CARGO_PKG_VERSION")
             ),
             public_orchestrator_url: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -76,6 +80,21 @@ pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
     );
     let probe = json!({"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10});
+    let mut args = vec![
+        "run".to_owned(),
+        "--namespace".to_owned(),
+        ns.clone(),
+        "--leader-elect".to_owned(),
+    ];
+    for s in &opts.image_pull_secrets {
+        args.push("--image-pull-secret".to_owned());
+        args.push(s.clone());
+    }
+    let pull_secrets: Vec<Value> = opts
+        .image_pull_secrets
+        .iter()
+        .map(|n| json!({"name": n}))
+        .collect();
     vec![
         json!({
             "apiVersion": "v1", "kind": "Namespace",
@@ -106,6 +125,7 @@ pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
                     "metadata": {"labels": labels()},
                     "spec": {
                         "serviceAccountName": OPERATOR_NAME,
+                        "imagePullSecrets": pull_secrets,
                         "securityContext": {
                             "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"},
@@ -113,7 +133,7 @@ pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
                         "containers": [{
                             "name": "operator",
                             "image": opts.image,
-                            "args": ["run", "--namespace", ns, "--leader-elect"],
+                            "args": args,
                             "env": env,
                             "ports": [{"name": "metrics", "containerPort": OPERATOR_METRICS_PORT}],
                             "readinessProbe": probe,

@@ -61,6 +61,9 @@ pub struct OperatorConfig {
     pub concurrency: u16,
     /// Run only while holding this Lease (several replicas, one active).
     pub leader_election: Option<crate::leader::LeaseConfig>,
+    /// Secrets (in the watched namespace) the agent pods pull their image with: a private
+    /// registry's `kubernetes.io/dockerconfigjson` Secrets.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl OperatorConfig {
@@ -73,6 +76,7 @@ impl OperatorConfig {
             instance: None,
             concurrency: 16,
             leader_election: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -537,14 +541,21 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
     let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
     let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
     let uid = oref.uid.clone();
-    let mut env = env_secret(at, ctx, &workload, &ns, &oref, &creds);
+    let mut env = env_secret(
+        at,
+        ctx.cfg.public_orchestrator_url.as_deref(),
+        &workload,
+        &ns,
+        &oref,
+        &creds,
+    );
     if unchanged(&ctx.secrets, &mut env, &ns, &uid).is_none() {
         Api::<Secret>::namespaced(ctx.client.clone(), &ns)
             .patch(&env_secret_name(&workload), &pp, &Patch::Apply(&env))
             .await?;
         ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
     }
-    let mut dep = deployment(at, &workload, &ns, &oref);
+    let mut dep = deployment(at, &workload, &ns, &oref, &ctx.cfg.image_pull_secrets);
     let applied = match unchanged(&ctx.deployments, &mut dep, &ns, &uid) {
         Some(cached) => (*cached).clone(),
         None => {
@@ -600,8 +611,27 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// Reads the agent token and code-server password from the credentials Secret.
-async fn credentials(at: &AgentTask, ctx: &Context) -> Result<Option<(String, String)>, Error> {
+/// What the orchestrator's credentials Secret holds for one attempt.
+#[derive(Debug, Clone)]
+struct Credentials {
+    token: String,
+    password: String,
+    /// The agent's secret environment (`env.<NAME>` keys), as raw bytes.
+    secret_env: BTreeMap<String, Vec<u8>>,
+}
+
+/// Whether `name` may be copied from the credentials Secret into the pod's environment: a
+/// variable name that is not one the operator sets itself.
+fn secret_env_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !reserved_env().contains(&name)
+}
+
+/// Reads the agent token, the code-server password and the secret environment from the
+/// credentials Secret.
+async fn credentials(at: &AgentTask, ctx: &Context) -> Result<Option<Credentials>, Error> {
     let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
     let name = credentials_secret_name(at);
     let cached = ctx.secrets.get(&ObjectRef::new(&name).within(&ns));
@@ -621,7 +651,27 @@ async fn credentials(at: &AgentTask, ctx: &Context) -> Result<Option<(String, St
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
             .filter(|v| !v.is_empty())
     };
-    Ok(get(CREDENTIALS_TOKEN_KEY).zip(get(CREDENTIALS_PASSWORD_KEY)))
+    let Some((token, password)) = get(CREDENTIALS_TOKEN_KEY).zip(get(CREDENTIALS_PASSWORD_KEY))
+    else {
+        return Ok(None);
+    };
+    let mut secret_env = BTreeMap::new();
+    for (k, v) in &data {
+        let Some(name) = k.strip_prefix(crate::backend::SECRET_ENV_KEY_PREFIX) else {
+            continue;
+        };
+        if secret_env_name_ok(name) {
+            secret_env.insert(name.to_owned(), v.0.clone());
+        } else {
+            // The name only, never the value.
+            tracing::warn!(agenttask = %at.name_any(), key = %k, "credentials key skipped: not a usable variable name");
+        }
+    }
+    Ok(Some(Credentials {
+        token,
+        password,
+        secret_env,
+    }))
 }
 
 fn labels(workload: &str) -> Value {
@@ -638,18 +688,34 @@ fn b64(s: &str) -> String {
 
 fn env_secret(
     at: &AgentTask,
-    ctx: &Context,
+    public_orchestrator_url: Option<&str>,
     workload: &str,
     ns: &str,
     oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    (token, password): &(String, String),
+    creds: &Credentials,
 ) -> Value {
-    let url = ctx
-        .cfg
-        .public_orchestrator_url
-        .clone()
+    let url = public_orchestrator_url
+        .map(str::to_owned)
         .or_else(|| at.spec.orchestrator_url.clone())
         .unwrap_or_default();
+    let mut data = serde_json::Map::new();
+    // The secret settings first: the launch contract below always wins.
+    for (k, v) in &creds.secret_env {
+        data.insert(
+            k.clone(),
+            base64::engine::general_purpose::STANDARD.encode(v).into(),
+        );
+    }
+    for (k, v) in [
+        (agent_env::ORCHESTRATOR_URL, url.as_str()),
+        (agent_env::AGENT_TOKEN, creds.token.as_str()),
+        (agent_env::TASK_ID, at.spec.task_id.as_str()),
+        (agent_env::ORG_NAME, at.spec.org_id.as_str()),
+        (agent_env::AGENT_NAME, at.spec.agent_name.as_str()),
+        (CODE_SERVER_PASSWORD_ENV, creds.password.as_str()),
+    ] {
+        data.insert(k.to_owned(), b64(v).into());
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -660,14 +726,7 @@ fn env_secret(
             "ownerReferences": [oref],
         },
         "type": "Opaque",
-        "data": {
-            agent_env::ORCHESTRATOR_URL: b64(&url),
-            agent_env::AGENT_TOKEN: b64(token),
-            agent_env::TASK_ID: b64(&at.spec.task_id),
-            agent_env::ORG_NAME: b64(&at.spec.org_id),
-            agent_env::AGENT_NAME: b64(&at.spec.agent_name),
-            CODE_SERVER_PASSWORD_ENV: b64(password),
-        },
+        "data": data,
     })
 }
 
@@ -676,6 +735,7 @@ fn deployment(
     workload: &str,
     ns: &str,
     oref: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    image_pull_secrets: &[String],
 ) -> Value {
     // The agent image's defaults (code-server on :8443, /healthz on :8081); spec.env comes after
     // them and so can override any of these.
@@ -743,6 +803,10 @@ fn deployment(
                 "spec": {
                     "automountServiceAccountToken": false,
                     "enableServiceLinks": false,
+                    "imagePullSecrets": image_pull_secrets
+                        .iter()
+                        .map(|n| json!({"name": n}))
+                        .collect::<Vec<_>>(),
                     "securityContext": {
                         "runAsNonRoot": true,
                         "runAsUser": 1000,
@@ -1006,16 +1070,53 @@ mod tests {
     }
 
     #[test]
+    fn the_env_secret_carries_the_secret_settings_and_the_contract_wins() {
+        let mut t = at(&[]);
+        t.metadata.uid = Some("uid-1".into());
+        let oref = t.controller_owner_ref(&()).expect("owner ref");
+        let creds = Credentials {
+            token: "tok".into(),
+            password: "pw".into(),
+            secret_env: [
+                ("GUILDNET_FORGE_TOKEN".to_owned(), b"forge-secret".to_vec()),
+                ("OPENAI_API_KEY".to_owned(), b"sk-1".to_vec()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let s = env_secret(&t, Some("http://o:1"), "atask-t1", "ns", &oref, &creds);
+        let get = |k: &str| {
+            let v = s["data"][k].as_str().unwrap_or_default();
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .expect("base64"),
+            )
+            .expect("utf8")
+        };
+        assert_eq!(get("GUILDNET_FORGE_TOKEN"), "forge-secret");
+        assert_eq!(get("OPENAI_API_KEY"), "sk-1");
+        assert_eq!(get("GUILDNET_AGENT_TOKEN"), "tok");
+        assert_eq!(get("ORCHESTRATOR_URL"), "http://o:1");
+        // Names the operator sets itself are never taken from the credentials.
+        assert!(!secret_env_name_ok("GUILDNET_AGENT_TOKEN"));
+        assert!(!secret_env_name_ok("1X"));
+        assert!(!secret_env_name_ok("A-B"));
+        assert!(secret_env_name_ok("ANTHROPIC_API_KEY"));
+    }
+
+    #[test]
     fn children_are_owned_hardened_and_named_after_the_agenttask() {
         let mut t = at(&[]);
         t.metadata.uid = Some("uid-1".into());
         let oref = t.controller_owner_ref(&()).expect("owner ref");
-        let d = deployment(&t, "atask-t1", "ns", &oref);
+        let d = deployment(&t, "atask-t1", "ns", &oref, &["regcred".to_owned()]);
         assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
         let pod = &d["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
         let c = &pod["containers"][0];
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "atask-t1-env");

@@ -10,6 +10,7 @@
 #
 # Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
 #        containerd kubelet node-deps registry pause busybox-image (the real node)
+#        images (the cached bases of GuildNet's own images, scripts/images/build.sh --prepare)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -26,12 +27,12 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
-  containerd kubelet node-deps registry pause busybox-image postgres)
+  containerd kubelet node-deps registry pause busybox-image images postgres)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [postgres]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -62,6 +63,7 @@ item_version() {
     registry) echo "$REGISTRY_VERSION" ;;
     pause) echo "$PAUSE_VERSION" ;;
     busybox-image) echo "debian" ;;
+    images) echo "debian-$CODE_SERVER_VERSION" ;;
     postgres) echo "$POSTGRES_MAJOR" ;;
     *) return 1 ;;
   esac
@@ -386,6 +388,16 @@ oci_archive() {
   tar -C "$layout" -cf "$out.tmp" .
   mv -f "$out.tmp" "$out"
   tar -tf "$out" | grep -q '^\./index\.json$' || die "no index.json in $out"
+}
+
+# The Debian bases of GuildNet's own images (agent: git, TLS roots, Node.js and code-server;
+# operator: glibc only), cached by scripts/images/build.sh under ~/.cache/guildnet/images keyed
+# by their inputs, so the tests that build the images only add the binary layer. Needs the
+# code-server item (its npm prefix goes into the agent image).
+install_images() {
+  [[ -d "$TESTBED_DIR/code-server/node_modules/code-server" ]] ||
+    die "images: code-server is not installed (install.sh code-server)"
+  GUILDNET_TESTBED_DIR="$TESTBED_DIR" bash "$REPO_ROOT/scripts/images/build.sh" --prepare --images agent,operator
 }
 
 # The pod sandbox ("pause") image. There is no registry.k8s.io here, so: a static Go program that

@@ -14,7 +14,7 @@
 //! `GITEA_I_AM_BEING_UNSAFE_RUNNING_AS_ROOT=true`; the test machine runs tests as root, so it is set.
 
 use crate::process::{run, Proc};
-use crate::{bin, free_port, probe_client, testbed_dir, wait_for, Result, TestbedError};
+use crate::{bin, probe_client, testbed_dir, wait_for, Result, TestbedError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::ffi::OsStr;
@@ -34,7 +34,7 @@ pub struct GiteaRepo {
     pub owner: String,
     /// Name.
     pub name: String,
-    /// HTTP clone URL (`http://127.0.0.1:<port>/<owner>/<name>.git`), no credentials.
+    /// HTTP clone URL (`http://<ip>:<port>/<owner>/<name>.git`), no credentials.
     pub clone_url: String,
     /// Web URL.
     pub html_url: String,
@@ -70,7 +70,7 @@ pub struct Gitea {
     dir: tempfile::TempDir,
 }
 
-fn ini(dir: &Path, port: u16, static_root: &Path) -> String {
+fn ini(dir: &Path, ip: std::net::Ipv4Addr, port: u16, static_root: &Path) -> String {
     let d = dir.display();
     format!(
         "APP_NAME = GuildNet testbed\n\
@@ -79,9 +79,9 @@ fn ini(dir: &Path, port: u16, static_root: &Path) -> String {
          \n\
          [server]\n\
          PROTOCOL = http\n\
-         HTTP_ADDR = 127.0.0.1\n\
+         HTTP_ADDR = {ip}\n\
          HTTP_PORT = {port}\n\
-         ROOT_URL = http://127.0.0.1:{port}/\n\
+         ROOT_URL = http://{ip}:{port}/\n\
          DISABLE_SSH = true\n\
          START_SSH_SERVER = false\n\
          OFFLINE_MODE = true\n\
@@ -131,6 +131,12 @@ impl Gitea {
     /// Starts Gitea on `127.0.0.1:<free port>` and returns once its API answers, with an admin
     /// user ([`ADMIN_USER`]) and an API token with every scope.
     pub async fn start() -> Result<Gitea> {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`Gitea::start`], listening on `ip` (and with clone URLs on it): pods of a real
+    /// testbed node reach the host at [`crate::node::RealNode::ip`], not at 127.0.0.1.
+    pub async fn start_on(ip: std::net::Ipv4Addr) -> Result<Gitea> {
         let program = bin("gitea")?;
         let static_root = testbed_dir().join("share").join("gitea");
         if !static_root.join("options").is_dir() {
@@ -148,9 +154,9 @@ impl Gitea {
             std::fs::create_dir_all(dir.path().join(sub))
                 .map_err(TestbedError::io(format!("create gitea {sub}")))?;
         }
-        let port = free_port()?;
+        let port = crate::node::free_port_on(ip)?;
         let config = dir.path().join("custom/conf/app.ini");
-        std::fs::write(&config, ini(dir.path(), port, &static_root))
+        std::fs::write(&config, ini(dir.path(), ip, port, &static_root))
             .map_err(TestbedError::io("write app.ini"))?;
         let home = dir.path().join("home");
         let env: [(&str, &OsStr); 3] = [
@@ -223,7 +229,7 @@ impl Gitea {
             &log,
         )?
         .with_stop_timeout(Duration::from_secs(10));
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{ip}:{port}");
         let probe = probe_client();
         let version_url = format!("{url}/api/v1/version");
         wait_for(
@@ -255,12 +261,12 @@ impl Gitea {
         })
     }
 
-    /// The web root, `http://127.0.0.1:<port>` (no trailing `/`).
+    /// The web root, `http://<ip>:<port>` (no trailing `/`).
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The API base, `http://127.0.0.1:<port>/api/v1`.
+    /// The API base, `http://<ip>:<port>/api/v1`.
     pub fn api(&self) -> String {
         format!("{}/api/v1", self.url)
     }

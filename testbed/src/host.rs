@@ -6,7 +6,8 @@
 //! and removed after a crash too: the CNI bridge [`BRIDGE`] and its veths, the cgroup tree
 //! [`CGROUP_ROOT`] in every cgroup hierarchy, the container shims (they outlive containerd) and
 //! their sockets under `/run/containerd/s`, libcni's result cache for [`CNI_NETWORK`], the
-//! kubelet's symlinks in `/var/log/containers`, iptables chains the kubelet may add, and
+//! kubelet's symlinks in `/var/log/containers`, iptables chains the kubelet may add, the nat
+//! chain [`SERVICE_CHAIN`] that routes the `kubernetes` Service to the API server, and
 //! `net.ipv4.ip_forward`, which the bridge plugin turns on.
 //!
 //! This module only looks at and removes those things; starting the node is `node.rs`'s job.
@@ -44,6 +45,13 @@ const KUBELET_CHAINS: [(&str, &str); 5] = [
     ("mangle", "KUBE-KUBELET-CANARY"),
     ("mangle", "KUBE-IPTABLES-HINT"),
 ];
+
+/// The nat chain of the node's stand-in for kube-proxy: pods reach the `kubernetes` Service
+/// (the API server) at its ClusterIP through a DNAT to the API server's address.
+pub const SERVICE_CHAIN: &str = "GN-TESTBED-SERVICES";
+/// The `kubernetes` Service's ClusterIP (the first address of the testbed's service range
+/// 10.96.0.0/16) and port, which the kubelet gives every pod as `KUBERNETES_SERVICE_HOST/PORT`.
+pub const API_SERVICE: (std::net::Ipv4Addr, u16) = (std::net::Ipv4Addr::new(10, 96, 0, 1), 443);
 
 /// A container shim process (`containerd-shim-runc-v2 -namespace NS -id ID -address SOCK`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +321,73 @@ pub fn kubelet_chains() -> Vec<String> {
     out
 }
 
+/// Whether the node's service chain ([`SERVICE_CHAIN`]) exists.
+pub fn service_chain_exists() -> bool {
+    std::process::Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", SERVICE_CHAIN])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Routes pod traffic for the `kubernetes` Service ([`API_SERVICE`]) to `target` (the API
+/// server, listening on the node's address): a DNAT in [`SERVICE_CHAIN`], jumped to from
+/// `PREROUTING` for packets coming in on the pods' bridge. What kube-proxy would do for this one
+/// Service; nothing else is proxied. [`clean`] removes it.
+pub fn add_api_service_nat(target: std::net::SocketAddrV4) -> Result<(), String> {
+    let (ip, port) = API_SERVICE;
+    let dest = format!("{ip}/32");
+    let dport = port.to_string();
+    let to = target.to_string();
+    iptables(&["-t", "nat", "-N", SERVICE_CHAIN])?;
+    iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        SERVICE_CHAIN,
+        "-d",
+        &dest,
+        "-p",
+        "tcp",
+        "--dport",
+        &dport,
+        "-m",
+        "comment",
+        "--comment",
+        "guildnet testbed: default/kubernetes",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ])?;
+    iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        BRIDGE,
+        "-j",
+        SERVICE_CHAIN,
+    ])
+}
+
+fn remove_service_chain() -> Result<(), String> {
+    while iptables(&[
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-i",
+        BRIDGE,
+        "-j",
+        SERVICE_CHAIN,
+    ])
+    .is_ok()
+    {}
+    iptables(&["-t", "nat", "-F", SERVICE_CHAIN])?;
+    iptables(&["-t", "nat", "-X", SERVICE_CHAIN])
+}
+
 /// What a node left on the machine; empty means clean. Built by [`leftovers`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Leftovers {
@@ -365,6 +440,9 @@ pub fn leftovers(dir: &Path, address: &Path) -> Leftovers {
     }
     for c in kubelet_chains() {
         items.push(format!("iptables chain {c}"));
+    }
+    if service_chain_exists() {
+        items.push(format!("iptables chain nat/{SERVICE_CHAIN}"));
     }
     let socket = Path::new(VAR_LIB_KUBELET).join("device-plugins/kubelet.sock");
     if socket.exists() {
@@ -492,6 +570,12 @@ pub fn clean(dir: &Path, address: &Path) -> Vec<String> {
         if let Err(e) =
             iptables(&["-t", table, "-F", name]).and_then(|()| iptables(&["-t", table, "-X", name]))
         {
+            errors.push(e);
+        }
+    }
+    // 7. The node's service chain (the API server's ClusterIP).
+    if service_chain_exists() {
+        if let Err(e) = remove_service_chain() {
             errors.push(e);
         }
     }

@@ -2,7 +2,8 @@
 //! kube-controller-manager, kube-scheduler and either kwok (simulated nodes whose pods become
 //! Ready) or a real node ([`crate::node::RealNode`]: containerd + kubelet, pods really run).
 
-use crate::node::{ApiAccess, NodeLock, NodeOptions, RealNode};
+use crate::host;
+use crate::node::{free_port_on, ApiAccess, NodeLock, NodeOptions, RealNode};
 use crate::process::{Proc, TestbedError};
 use crate::{bin, free_port, probe_client, wait_for, Result};
 use base64::Engine as _;
@@ -192,15 +193,22 @@ impl KubeCluster {
         }
         write(&d.join("tokens.csv"), tokens)?;
 
-        // kube-apiserver
-        let port = free_port()?;
-        cluster.server = format!("https://127.0.0.1:{port}");
+        // kube-apiserver. With a real node it listens on the node's address (eth0): pods reach
+        // it there, through the `kubernetes` Service's DNAT (the node sets it up). Its
+        // self-signed certificate then names that address and the Service's ClusterIP.
+        let api_ip = if node.is_some() {
+            host::host_ip().map_err(TestbedError::Unexpected)?
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
+        };
+        let port = free_port_on(api_ip)?;
+        cluster.server = format!("https://{api_ip}:{port}");
         let pki = d.join("pki");
         let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--bind-address={api_ip}"),
+            format!("--advertise-address={api_ip}"),
             format!("--cert-dir={}", pki.display()),
             format!("--token-auth-file={}", d.join("tokens.csv").display()),
             format!("--service-account-key-file={}", sa_key.display()),
@@ -255,6 +263,7 @@ impl KubeCluster {
                 ca_pem: cluster.ca_pem.clone(),
                 node_token,
                 kubelet_client_ca,
+                service_target: std::net::SocketAddrV4::new(api_ip, port),
             };
             let client = cluster.client().await?;
             cluster.node = Some(RealNode::start(&access, &n, client.clone()).await?);
@@ -469,7 +478,7 @@ impl KubeCluster {
         .await
     }
 
-    /// The API server's URL (`https://127.0.0.1:<port>`).
+    /// The API server's URL (`https://127.0.0.1:<port>`; with a real node, the node's address).
     pub fn server_url(&self) -> &str {
         &self.server
     }

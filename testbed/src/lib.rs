@@ -10,6 +10,7 @@
 //!   node ([`node::RealNode`]: containerd + kubelet on this machine, pods really run; one per
 //!   machine at a time, and [`host`] undoes what it changes on the machine).
 //! - [`registry::Registry`]: distribution's OCI registry on loopback, and a skopeo push helper.
+//! - [`images`]: GuildNet's own images built by `scripts/images/build.sh` and pushed there.
 //! - [`mesh::Headscale`] and [`mesh::Tailscaled`]: a control server with an API key, and
 //!   userspace-networking tailscale nodes with their own state dirs, sockets and HTTP proxies.
 //! - [`editor::CodeServer`]: code-server with password auth.
@@ -28,6 +29,7 @@ pub mod editor;
 pub mod forge;
 pub mod host;
 pub mod image;
+pub mod images;
 pub mod kube;
 pub mod mesh;
 pub mod node;

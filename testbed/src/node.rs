@@ -183,6 +183,9 @@ pub(crate) struct ApiAccess {
     pub node_token: String,
     /// CA of the client certificate the API server presents to the kubelet.
     pub kubelet_client_ca: PathBuf,
+    /// The API server's address on the node's IP: pods reach it at the `kubernetes` Service's
+    /// ClusterIP through a DNAT to here (see [`host::add_api_service_nat`]).
+    pub service_target: std::net::SocketAddrV4,
 }
 
 /// A running node: containerd and a kubelet. Dropping it stops both, kills every container and
@@ -280,6 +283,8 @@ impl RealNode {
             .path()
             .canonicalize()
             .map_err(TestbedError::io("canonicalize the node dir"))?;
+        // The state file is written before anything machine-wide is changed, so a killed test
+        // leaves enough for the next node to clean up.
         let state = NodeState {
             dir: d.clone(),
             ip_forward: host::ip_forward(),
@@ -312,6 +317,13 @@ impl RealNode {
             mkdir(&d.join(sub))?;
         }
         host::create_node_cgroups().map_err(TestbedError::Unexpected)?;
+        // Pods reach the API server at the `kubernetes` Service (in-cluster clients such as an
+        // operator pod use KUBERNETES_SERVICE_HOST); there is no kube-proxy to route it.
+        host::add_api_service_nat(api.service_target).map_err(|e| {
+            TestbedError::Unexpected(format!(
+                "route the kubernetes Service to the API server: {e}"
+            ))
+        })?;
         for r in &opts.insecure_registries {
             node.trust_insecure_registry(r)?;
         }
@@ -566,7 +578,7 @@ fn containerd_socket(dir: &Path) -> PathBuf {
 }
 
 /// A port on `ip` that was free a moment ago.
-fn free_port_on(ip: Ipv4Addr) -> Result<u16> {
+pub(crate) fn free_port_on(ip: Ipv4Addr) -> Result<u16> {
     let l =
         std::net::TcpListener::bind((ip, 0)).map_err(TestbedError::io(format!("bind {ip}:0")))?;
     Ok(l.local_addr()
@@ -575,7 +587,7 @@ fn free_port_on(ip: Ipv4Addr) -> Result<u16> {
 }
 
 /// The CNI network: a bridge with host-local IPAM whose state stays in the node dir. No
-/// masquerading and no portmap: pods only talk to the host, so the node adds no iptables rules.
+/// masquerading and no portmap: pods only talk to the host, so CNI adds no iptables rules.
 fn cni_config(d: &Path) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",

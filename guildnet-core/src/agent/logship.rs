@@ -74,6 +74,9 @@ struct State {
     overflow: Option<(u64, u64)>,
     dropped: u64,
     final_requested: bool,
+    /// With `final_requested`: the last batch seals the log (`final: true`). Without it the
+    /// queue is only drained (see [`LogShipper::flush`]).
+    seal: bool,
     /// Set when shipping is over: `None` inside = sealed, `Some(why)` = stopped early.
     ended: Option<Option<String>>,
     /// Smaller batches after a 413/422.
@@ -209,7 +212,23 @@ impl LogShipper {
     /// Sends every queued line, then the final batch (`final: true`), waiting at most `limit`.
     /// Never fails: the report says what could not be done. Later pushes are dropped.
     pub async fn finish(&self, limit: Duration) -> ShipReport {
-        self.shared.lock().final_requested = true;
+        self.end(limit, true).await
+    }
+
+    /// Sends every queued line without sealing the log, waiting at most `limit`, then stops
+    /// (later pushes are dropped). For an agent stopped before its task ended: another agent
+    /// (the replacement pod of the same attempt, or the next attempt) goes on writing the log.
+    /// `sealed` in the report is false; `problem` says what could not be sent.
+    pub async fn flush(&self, limit: Duration) -> ShipReport {
+        self.end(limit, false).await
+    }
+
+    async fn end(&self, limit: Duration, seal: bool) -> ShipReport {
+        {
+            let mut st = self.shared.lock();
+            st.final_requested = true;
+            st.seal = seal;
+        }
         self.shared.wake.notify_one();
         let mut ended = self.shared.ended.subscribe();
         let timed_out = tokio::time::timeout(limit, ended.wait_for(|e| *e))
@@ -218,7 +237,7 @@ impl LogShipper {
         let st = self.shared.lock();
         match &st.ended {
             Some(None) => ShipReport {
-                sealed: true,
+                sealed: seal,
                 dropped: st.dropped,
                 problem: None,
             },
@@ -270,8 +289,15 @@ async fn ship_loop(client: AgentClient, agent: AgentName, fencing: u64, shared: 
         // Wait for something to send.
         let (lines, is_final) = loop {
             {
-                let st = shared.lock();
+                let mut st = shared.lock();
                 if st.ended.is_some() {
+                    return;
+                }
+                if st.final_requested && !st.seal && st.queue.is_empty() {
+                    // Drained, not sealed: done.
+                    st.ended = Some(None);
+                    drop(st);
+                    let _ = shared.ended.send(true);
                     return;
                 }
                 if !st.queue.is_empty() || st.final_requested {
@@ -381,7 +407,7 @@ fn take_batch(st: &State, limits: &ShipLimits) -> (Vec<NewLogLine>, bool) {
         bytes += q.size;
         lines.push(q.line.clone());
     }
-    let is_final = st.final_requested && lines.len() == st.queue.len();
+    let is_final = st.final_requested && st.seal && lines.len() == st.queue.len();
     (lines, is_final)
 }
 
@@ -503,6 +529,38 @@ mod tests {
         s.push(LogStream::Stdout, "late".into());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(bodies.lock().unwrap().len(), b.len());
+    }
+
+    #[tokio::test]
+    async fn flush_sends_every_line_without_sealing_and_then_stops() {
+        let (c, bodies) = mock(Arc::new(|_, v| ok(v))).await;
+        let s = LogShipper::start(c, agent(), 1, 1);
+        for i in 0..5 {
+            s.push(LogStream::Stdout, format!("line {i}"));
+        }
+        let report = s.flush(Duration::from_secs(10)).await;
+        assert_eq!(
+            report,
+            ShipReport {
+                sealed: false,
+                dropped: 0,
+                problem: None
+            }
+        );
+        let b = bodies.lock().unwrap().clone();
+        assert_eq!(lines_of(&b).len(), 5);
+        assert!(
+            b.iter()
+                .all(|(_, v)| !v["final"].as_bool().unwrap_or(false)),
+            "no final batch"
+        );
+        s.push(LogStream::Stdout, "late".into());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            bodies.lock().unwrap().len(),
+            b.len(),
+            "nothing after the flush"
+        );
     }
 
     #[tokio::test]

@@ -634,7 +634,18 @@ async fn run_task(
     } else {
         patience
     };
-    let report = match stopper.bounded(shipper.finish(finish_limit)).await {
+    // Stopped (SIGTERM) before the task ended: the log is not complete, so it is not sealed.
+    // Whoever goes on with the task writes the rest: the replacement pod of this attempt (its
+    // agent takes the same claim over) or the next attempt.
+    let seal = !matches!(done, Done::Stopped);
+    let end = async {
+        if seal {
+            shipper.finish(finish_limit).await
+        } else {
+            shipper.flush(finish_limit).await
+        }
+    };
+    let report = match stopper.bounded(end).await {
         Some(r) => r,
         None => ShipReport {
             sealed: false,
@@ -642,7 +653,7 @@ async fn run_task(
             problem: Some("stopped while shipping the log".into()),
         },
     };
-    if !report.sealed || report.dropped > 0 {
+    if (seal && !report.sealed) || report.dropped > 0 || report.problem.is_some() {
         tracing::warn!(
             sealed = report.sealed,
             dropped = report.dropped,

@@ -61,6 +61,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "expected a JSON object, found an array",
         ));
     }
+    // The common case, a valid body, needs no path tracking; a body that fails is parsed once
+    // more with it, to name the field.
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -397,15 +402,44 @@ pub async fn schedule(
     Ok((StatusCode::ACCEPTED, Json(o.schedule(req).await?)))
 }
 
-/// Lists tasks, newest first.
+/// Lists tasks, newest first, a page at a time: when a page is full, `X-Next-Cursor` gives the
+/// `cursor` of the next one (and `Link` the next page's URL, `rel="next"`).
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(TaskListQuery), security(("admin" = [])),
-    responses((status = 200, body = Vec<Task>)))]
+    responses((status = 200, body = Vec<Task>, headers(
+        ("X-Next-Cursor" = String, description = "Present when the page is full: pass it as `cursor` for the next page"),
+        ("Link" = String, description = "Present with X-Next-Cursor: the next page's URL, `rel=\"next\"`"))),
+        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list_tasks(
     State(o): State<Orchestrator>,
     _: AdminAuth,
     ApiQuery(q): ApiQuery<TaskListQuery>,
-) -> Result<Json<Vec<Task>>, ApiError> {
-    Ok(Json(o.tasks(q).await?))
+) -> Result<Response, ApiError> {
+    let mut next_url = String::from("/tasks?");
+    if let Some(s) = q.status {
+        next_url.push_str(&format!("status={s}&"));
+    }
+    if let Some(org) = &q.org {
+        next_url.push_str(&format!("org={org}&"));
+    }
+    if let Some(l) = q.limit {
+        next_url.push_str(&format!("limit={l}&"));
+    }
+    let (json, next) = o.task_page(q).await?;
+    let body = axum::body::Body::new(crate::http_server::ChunksBody::new(json));
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(next) = next {
+        // Cursors are `<digits>.<task id>`: valid header text and URL query text as they are.
+        let link = format!("<{next_url}cursor={next}>; rel=\"next\"");
+        let h = resp.headers_mut();
+        if let (Ok(c), Ok(l)) = (
+            axum::http::HeaderValue::from_str(&next),
+            axum::http::HeaderValue::from_str(&link),
+        ) {
+            h.insert("x-next-cursor", c);
+            h.insert(header::LINK, l);
+        }
+    }
+    Ok(resp)
 }
 
 /// One task.

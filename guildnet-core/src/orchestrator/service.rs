@@ -105,6 +105,12 @@ struct Inner {
     store: Arc<dyn StateStore>,
     backend: Arc<dyn ClusterBackend>,
     cfg: OrchestratorConfig,
+    /// SHA-256 of the admin token, computed once (requests are checked against it in
+    /// constant time).
+    admin_digest: token::TokenDigest,
+    /// Orgs known to exist, so a schedule needs no store read: a name not in here is looked up
+    /// in the store (and added when found); deleting an org removes it.
+    known_orgs: std::sync::RwLock<std::collections::HashSet<OrgName>>,
     /// Bumped after every stored event or log line; SSE streams wait on it.
     changes: watch::Sender<u64>,
     /// When this process started: leases are not reaped until one lease period later, so agents
@@ -134,6 +140,9 @@ struct Inner {
         crate::seams::BootstrapOutcome,
     >,
 }
+
+/// The stored token hash of a task not dispatched yet: not hex, so no token's hash equals it.
+const NO_TOKEN_YET: &str = "-";
 
 /// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
 const LIVENESS_EVERY_SECS: i64 = 5;
@@ -175,6 +184,8 @@ impl Orchestrator {
             inner: Arc::new(Inner {
                 store,
                 backend,
+                admin_digest: token::TokenDigest::of(cfg.admin_token.expose()),
+                known_orgs: Default::default(),
                 cfg,
                 changes: watch::channel(0).0,
                 started_at: Utc::now(),
@@ -245,7 +256,29 @@ impl Orchestrator {
 
     /// Checks an admin bearer token.
     pub fn is_admin_token(&self, presented: &str) -> bool {
-        token::equals(presented, self.inner.cfg.admin_token.expose())
+        self.inner.admin_digest.matches(presented)
+    }
+
+    /// Whether `org` is registered: from memory once seen, else from the store.
+    async fn org_exists(&self, org: &OrgName) -> Result<bool, ApiError> {
+        let known = self
+            .inner
+            .known_orgs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(org);
+        if known {
+            return Ok(true);
+        }
+        if self.inner.store.get_org(org).await?.is_none() {
+            return Ok(false);
+        }
+        self.inner
+            .known_orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone());
+        Ok(true)
     }
 
     /// Authenticates an agent bearer token; returns the task it is valid for.
@@ -276,7 +309,14 @@ impl Orchestrator {
     /// Removes an org that has no unfinished task (409 `in_use` otherwise); its history stays.
     pub async fn delete_org(&self, name: OrgName) -> Result<(), ApiError> {
         let audit = NewAudit::new("admin", "org.delete", name.as_str(), None);
-        Ok(self.inner.store.delete_org(&name, audit).await?)
+        let deleted = self.inner.store.delete_org(&name, audit).await;
+        // Forget the org whatever the outcome: the next schedule for it asks the store.
+        self.inner
+            .known_orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(deleted?)
     }
 
     /// Lists orgs.
@@ -331,7 +371,7 @@ impl Orchestrator {
                 ApiError::invalid(&e.field, e.message)
             }
         })?;
-        if self.inner.store.get_org(&req.org).await?.is_none() {
+        if !self.org_exists(&req.org).await? {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_org",
@@ -366,27 +406,43 @@ impl Orchestrator {
             context,
             log_sealed: false,
         };
-        // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
-        // only its hash is stored); nobody ever sees this one.
-        let placeholder = token::hash(agent_token_for(&id).expose());
-        let event = NewEvent::for_task(EventKind::TaskScheduled, &task, None);
-        let audit = NewAudit::new(
+        // The task is recorded and, unless its org is on hold, dispatched in the same
+        // transaction (Scheduled -> Submitted with a fresh agent token, of which only the hash
+        // is stored): one durable write per schedule. The backend is asked right after the
+        // commit; if the process dies in between, the reaper finds the Submitted task whose
+        // agent does not exist and requeues it. Until dispatch the stored hash is a
+        // placeholder that is not a SHA-256 hex digest, so no token ever matches it.
+        let mut events = vec![NewEvent::for_task(EventKind::TaskScheduled, &task, None)];
+        let mut audit = vec![NewAudit::new(
             "admin",
             "task.schedule",
             id.as_str(),
             Some(format!("org={}", task.org)),
-        );
+        )];
+        let mut stored = task.clone();
+        let mut token_hash = NO_TOKEN_YET.to_owned();
+        let mut launch_token = None;
+        if self.inner.backoff.ready(&task.org, now) {
+            if let Ok(change) = lifecycle::dispatch(&mut stored, task.attempt, now) {
+                let tok = agent_token_for(&id);
+                token_hash = token::hash(tok.expose());
+                launch_token = Some(tok);
+                events.extend(change.events);
+                audit.extend(change.audit);
+            }
+        }
         let ev = self
             .inner
             .store
-            .insert_task(task.clone(), placeholder, event, audit)
+            .insert_task_with_events(stored.clone(), token_hash, events, audit)
             .await?;
         self.notify_event(Some(ev));
-        let me = self.clone();
-        let t = task.clone();
-        tokio::spawn(async move {
-            me.dispatch(t).await;
-        });
+        if let Some(tok) = launch_token {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.submit(stored, tok, now).await;
+            });
+        }
         Ok(task)
     }
 
@@ -425,6 +481,13 @@ impl Orchestrator {
                 return;
             }
         };
+        self.submit(task, tok, now).await;
+    }
+
+    /// Asks the backend to start the agent of a task just marked Submitted with the agent
+    /// token `tok`. A refusal puts the task back to Scheduled and, unless the org is only at
+    /// capacity, the org on hold from `now` (one warning per hold).
+    async fn submit(&self, task: Task, tok: Secret, now: DateTime<Utc>) {
         let Some(agent) = task.agent.clone() else {
             return;
         };
@@ -478,22 +541,24 @@ impl Orchestrator {
         }
     }
 
-    /// Lists tasks.
+    /// Lists tasks, newest first.
     pub async fn tasks(&self, q: TaskListQuery) -> Result<Vec<Task>, ApiError> {
-        let limit = q.limit.unwrap_or(100);
-        if limit == 0 || limit > 1000 {
-            return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
-        }
-        Ok(self
-            .inner
-            .store
-            .list_tasks(TaskQuery {
-                statuses: q.status.into_iter().collect(),
-                org: q.org,
-                limit,
-                ..Default::default()
-            })
-            .await?)
+        Ok(self.inner.store.list_tasks(task_query(q)?).await?)
+    }
+
+    /// `GET /tasks`: one page of tasks, newest first, as a JSON array, and the cursor of the
+    /// next page when this one is full (the next page may still be empty).
+    pub async fn task_page(
+        &self,
+        q: TaskListQuery,
+    ) -> Result<(Vec<bytes::Bytes>, Option<String>), ApiError> {
+        let query = task_query(q)?;
+        let limit = query.limit;
+        let page = self.inner.store.task_page(query).await?;
+        let next = (page.count >= limit)
+            .then(|| page.last.map(|k| k.to_cursor()))
+            .flatten();
+        Ok((page.json, next))
     }
 
     /// One task.
@@ -1068,6 +1133,11 @@ impl Orchestrator {
                             .await;
                     }
                     Ok(WorkloadState::Pending) => self.post_workload_notes(&t, agent).await,
+                    Ok(WorkloadState::FailedToStart(reason)) => {
+                        // The log gets the backend's last view first (image pull errors, ...).
+                        self.post_workload_notes(&t, agent).await;
+                        self.fail_start(&t, agent, &reason, now).await;
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(task = %t.id, error = %e, "backend status failed"),
                 }
@@ -1143,6 +1213,36 @@ impl Orchestrator {
         }
     }
 
+    /// Fails a Submitted task whose agent the backend says will never start, records it on the
+    /// backend (the Kubernetes backend writes the AgentTask's status, and the operator removes
+    /// the stuck workload), and stops the workload.
+    async fn fail_start(&self, task: &Task, agent: &AgentName, reason: &str, now: DateTime<Utc>) {
+        let attempt = task.attempt;
+        let why = reason.to_owned();
+        let res = self
+            .inner
+            .store
+            .update_task(
+                &task.id,
+                Box::new(move |t| lifecycle::fail_start(t, attempt, &why, now)),
+            )
+            .await;
+        match res {
+            Ok(u) => {
+                self.notify_event(u.last_event_id);
+                tracing::warn!(task = %task.id, %agent, reason, "agent did not start: task failed");
+                self.inner.editors.close(&task.org, agent);
+                if let Err(e) = self.inner.backend.task_finished(&u.task).await {
+                    tracing::warn!(task = %task.id, error = %e, "backend could not record the failure");
+                }
+                if let Err(e) = self.inner.backend.cancel(&task.org, &task.id, agent).await {
+                    tracing::warn!(task = %task.id, error = %e, "cancel of the stuck agent failed");
+                }
+            }
+            Err(e) => tracing::debug!(task = %task.id, error = %e, "start failure not recorded"),
+        }
+    }
+
     async fn requeue(&self, task: &Task, now: DateTime<Utc>, why: &'static str) {
         let max = self.inner.cfg.max_attempts;
         let (expected_status, expected_attempt) = (task.status, task.attempt);
@@ -1173,6 +1273,32 @@ impl Orchestrator {
             Err(e) => tracing::debug!(task = %task.id, error = %e, "requeue skipped"),
         }
     }
+}
+
+/// The store query of a `GET /tasks` query (limit 1 to 1000, default 100; a valid cursor).
+fn task_query(q: TaskListQuery) -> Result<TaskQuery, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let after = q
+        .cursor
+        .map(|c| {
+            crate::store::TaskKey::from_cursor(&c).ok_or_else(|| {
+                ApiError::invalid(
+                    "cursor",
+                    "not a cursor of this API (pass the X-Next-Cursor header of the previous page)",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(TaskQuery {
+        statuses: q.status.into_iter().collect(),
+        org: q.org,
+        limit,
+        after,
+        ..Default::default()
+    })
 }
 
 /// Refuses NUL in a text field: it cannot travel in an environment variable or a C string,

@@ -7,7 +7,7 @@ mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use postgres::{is_postgres_url, redact_url, PostgresOptions, PostgresStore};
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{CommitStats, Durability, SqliteStore};
 
 use crate::model::{
     Agent, AuditEntry, Event, LogLine, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus,
@@ -119,6 +119,61 @@ pub struct TaskQuery {
     pub limit: usize,
     /// Order by last update, oldest first (default: newest created first).
     pub oldest_first: bool,
+    /// Newest-first order only: only tasks after this one in that order (keyset pagination:
+    /// the key of the previous page's last task).
+    pub after: Option<TaskKey>,
+}
+
+/// A task's place in the newest-first order: creation time (milliseconds, as stored), then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskKey {
+    /// `created_at` in milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// The task id (ties on `created_at` are ordered by id, descending).
+    pub id: TaskId,
+}
+
+impl TaskPage {
+    /// The JSON array in one piece.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.json.concat()
+    }
+}
+
+impl TaskKey {
+    /// The key of `t`.
+    pub fn of(t: &Task) -> Self {
+        Self {
+            created_at_ms: t.created_at.timestamp_millis(),
+            id: t.id.clone(),
+        }
+    }
+
+    /// The opaque cursor form (`<ms>.<id>`), safe in a URL query.
+    pub fn to_cursor(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.id)
+    }
+
+    /// Parses [`TaskKey::to_cursor`]'s form.
+    pub fn from_cursor(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('.')?;
+        Some(Self {
+            created_at_ms: ms.parse().ok()?,
+            id: TaskId::new(id).ok()?,
+        })
+    }
+}
+
+/// One page of tasks as the API serializes them ([`StateStore::task_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskPage {
+    /// A JSON array of the tasks, each exactly as `serde_json` serializes a [`Task`], in
+    /// pieces (concatenated, they are the array).
+    pub json: Vec<bytes::Bytes>,
+    /// How many tasks it holds.
+    pub count: usize,
+    /// The key of its last task (for the next page), when it holds any.
+    pub last: Option<TaskKey>,
 }
 
 /// A batch of log lines from a task's agent, for [`StateStore::append_logs`].
@@ -181,6 +236,19 @@ pub trait StateStore: Send + Sync {
         token_hash: String,
         event: NewEvent,
         audit: NewAudit,
+    ) -> Result<u64, StoreError> {
+        self.insert_task_with_events(task, token_hash, vec![event], vec![audit])
+            .await
+    }
+    /// Stores a new task, in whatever state it is given (e.g. already dispatched), with the
+    /// hash of its agent token, its events (in order) and its audit rows, in one transaction.
+    /// Returns the last event id.
+    async fn insert_task_with_events(
+        &self,
+        task: Task,
+        token_hash: String,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError>;
     /// Looks up a task.
     async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
@@ -188,6 +256,18 @@ pub trait StateStore: Send + Sync {
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError>;
     /// Tasks matching `query`, newest first.
     async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// Like [`StateStore::list_tasks`], already serialized as a JSON array (what `GET /tasks`
+    /// answers): a store that keeps each task's JSON serves a page without decoding rows.
+    async fn task_page(&self, query: TaskQuery) -> Result<TaskPage, StoreError> {
+        let tasks = self.list_tasks(query).await?;
+        let json = serde_json::to_vec(&tasks)
+            .map_err(|e| StoreError::Corrupt(format!("task page: {e}")))?;
+        Ok(TaskPage {
+            json: vec![json.into()],
+            count: tasks.len(),
+            last: tasks.last().map(TaskKey::of),
+        })
+    }
     /// Applies `update` to the task atomically (see [`TaskUpdateFn`]).
     async fn update_task(
         &self,

@@ -16,7 +16,8 @@
 //! - Every method is one transaction. Conditional task updates lock the task's row
 //!   (`SELECT ... FOR UPDATE`), apply the pure [`TaskUpdateFn`] and write back, so claims and
 //!   fencing tokens are atomic across replicas, not only across tasks of one process.
-//! - Times are stored as milliseconds since the epoch (`BIGINT`), as in SQLite.
+//! - Times are stored as milliseconds since the epoch (`BIGINT`), as in SQLite; names and ids
+//!   compare bytewise (`COLLATE "C"`), as in SQLite, whatever the database's locale.
 //! - Event, audit and log ids are identity columns used as resume cursors (`Last-Event-ID`).
 //!   A sequence hands out ids before commit, so two concurrent transactions could commit ids
 //!   out of order and a reader that saw the later one would skip the earlier one forever.
@@ -65,11 +66,11 @@ use tokio_postgres::{NoTls, Row};
 /// Schema migrations, applied in order; `guildnet_schema` holds one row per applied version.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE orgs (
-    name        TEXT PRIMARY KEY,
+    name        TEXT COLLATE "C" PRIMARY KEY,
     created_at  BIGINT NOT NULL
 );
 CREATE TABLE tasks (
-    id               TEXT PRIMARY KEY,
+    id               TEXT COLLATE "C" PRIMARY KEY,
     org              TEXT NOT NULL,
     task             TEXT NOT NULL,
     agent_hint       TEXT,
@@ -93,11 +94,11 @@ CREATE TABLE tasks (
     token_hash       TEXT NOT NULL
 );
 CREATE INDEX tasks_status ON tasks(status, updated_at);
-CREATE INDEX tasks_created ON tasks(created_at);
+CREATE INDEX tasks_created_id ON tasks(created_at, id);
 CREATE INDEX tasks_lease ON tasks(status, lease_expires_at);
 CREATE INDEX tasks_org ON tasks(org, status);
 CREATE TABLE agents (
-    name           TEXT PRIMARY KEY,
+    name           TEXT COLLATE "C" PRIMARY KEY,
     org            TEXT NOT NULL,
     task_id        TEXT,
     version        TEXT,
@@ -932,12 +933,12 @@ impl StateStore for PostgresStore {
         Ok(())
     }
 
-    async fn insert_task(
+    async fn insert_task_with_events(
         &self,
         task: Task,
         token_hash: String,
-        event: NewEvent,
-        audit: NewAudit,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError> {
         let op = "insert task";
         let e = self.err(op);
@@ -982,7 +983,7 @@ impl StateStore for PostgresStore {
         if n == 0 {
             return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
         }
-        let last = journal(&tx, std::slice::from_ref(&event), &[audit], &e).await?;
+        let last = journal(&tx, &events, &audit, &e).await?;
         tx.commit().await.map_err(&e)?;
         Ok(last)
     }
@@ -1038,6 +1039,17 @@ impl StateStore for PostgresStore {
         if let Some(t) = q.updated_before {
             args.push(Box::new(ms(t)));
             sql.push_str(&format!(" AND updated_at < ${}", args.len()));
+        }
+        if let (Some(k), false) = (&q.after, q.oldest_first) {
+            // Keyset: strictly after the given task in newest-first order (a range on the
+            // (created_at, id) index, however deep the page).
+            args.push(Box::new(k.created_at_ms));
+            args.push(Box::new(k.id.as_str().to_owned()));
+            sql.push_str(&format!(
+                " AND (created_at, id) < (${}, ${})",
+                args.len() - 1,
+                args.len()
+            ));
         }
         args.push(Box::new(limit_sql(q.limit)));
         let order = if q.oldest_first {

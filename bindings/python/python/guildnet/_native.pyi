@@ -157,6 +157,11 @@ class OrchestratorClient:
         """A client using the admin token stored in the state dir."""
     @property
     def url(self) -> str: ...
+    @staticmethod
+    def from_env() -> "OrchestratorClient":
+        """URL from GUILDNET_URL (default http://127.0.0.1:8080); token from ORCHESTRATOR_TOKEN,
+        else the state dir's token file, like the guildnet CLI."""
+        ...
     def health(self) -> Dict[str, str]: ...
     def schedule(
         self,

@@ -1,0 +1,281 @@
+//! Schedule -> claimed on real pods: how long from `POST /schedule` until the agent in its pod
+//! has claimed the task (the task's `startedAt - createdAt`, both the orchestrator's clock).
+//!
+//! The testbed's control plane with a real node (containerd + kubelet), the registry, the
+//! images built by `scripts/images/build.sh` from this build's binaries, the operator as a pod
+//! (`guildnet-operator install`), the orchestrator with `--backend kubernetes` on the node's
+//! address. Tasks run one at a time (the stand-in runner `sh -s` with `exit 0`):
+//!
+//! - cold: before each task the agent image is removed from the node (`ctr images rm --sync`),
+//!   so the kubelet pulls it from the registry (on loopback: no network in the figure);
+//! - warm: the image is on the node.
+//!
+//! Also the agent's RSS (PID 1 of the pod: guildnet-agent, code-server being its child).
+//! Targets (issue 15): warm p50 < 3 s, cold p50 < 10 s, agent RSS < 15 MB.
+//! `cargo bench -p guildnet-bin --bench pod_start [-- --tasks N]` (default 20 of each).
+
+use guildnet_core::client::OrchestratorClient;
+use guildnet_core::model::{Task, TaskStatus};
+use guildnet_core::names::{OrgName, TaskId};
+use guildnet_core::token::Secret as Token;
+use guildnet_kube::backend::agenttask_name;
+use guildnet_kube::TASK_LABEL;
+use guildnet_testbed::bench::{pct_duration, row};
+use guildnet_testbed::images::build_and_push;
+use guildnet_testbed::kube::KubeCluster;
+use guildnet_testbed::node::NodeOptions;
+use guildnet_testbed::registry::Registry;
+use guildnet_testbed::{eventually, process, Proc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, ListParams};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+const TOKEN: &str = "pod-start-bench-admin-token-0123456789";
+const NS: &str = "mvp-agents";
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn task_pods(pods: &Api<Pod>, id: &TaskId) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("{TASK_LABEL}={}", agenttask_name(id))))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+async fn wait_task(c: &OrchestratorClient, id: &TaskId, ok: fn(&Task) -> bool) -> Task {
+    let start = Instant::now();
+    loop {
+        if let Ok(t) = c.task(id).await {
+            if ok(&t) {
+                return t;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "task {id} stuck: {t:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn agent_rss_kib(pods: &Api<Pod>, pod: &str) -> Option<u64> {
+    let mut attached = pods
+        .exec(
+            pod,
+            ["cat", "/proc/1/status"],
+            &AttachParams::default().stdout(true).stderr(false),
+        )
+        .await
+        .ok()?;
+    let mut out = String::new();
+    attached.stdout()?.read_to_string(&mut out).await.ok()?;
+    let _ = attached.join().await;
+    out.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Runs one task to the end and returns its schedule -> claimed time (and the agent's RSS,
+/// read while it runs, if asked).
+async fn one(
+    c: &OrchestratorClient,
+    pods: &Api<Pod>,
+    script: &str,
+    measure_rss: bool,
+) -> (Duration, Option<u64>) {
+    let acme = OrgName::new("acme").expect("org");
+    let t = c.schedule(&acme, script, None).await.expect("schedule");
+    let claimed = wait_task(c, &t.id, |t| t.started_at.is_some()).await;
+    let took = claimed
+        .started_at
+        .and_then(|s| (s - claimed.created_at).to_std().ok())
+        .unwrap_or_default();
+    let mut rss = None;
+    if measure_rss {
+        if let Some(name) = task_pods(pods, &t.id)
+            .await
+            .into_iter()
+            .next()
+            .and_then(|p| p.metadata.name)
+        {
+            rss = agent_rss_kib(pods, &name).await;
+        }
+    }
+    let done = wait_task(c, &t.id, |t| t.status.is_terminal()).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    // The pod must be gone before the next cold round removes the image.
+    let start = Instant::now();
+    while !task_pods(pods, &t.id).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "pod of {} stays",
+            t.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (took, rss)
+}
+
+fn report(name: &str, mut v: Vec<Duration>, target_ms: f64) {
+    v.sort();
+    let p50 = pct_duration(&v, 0.5).as_secs_f64() * 1000.0;
+    let p95 = pct_duration(&v, 0.95).as_secs_f64() * 1000.0;
+    println!(
+        "{name}: n={} min={:?} p50={:.0} ms p95={:.0} ms max={:?}",
+        v.len(),
+        v.first().copied().unwrap_or_default(),
+        p50,
+        p95,
+        v.last().copied().unwrap_or_default()
+    );
+    row(&format!("{name} p50"), p50, "ms", target_ms, true);
+    println!("{:<44} {:>10.2} ms", format!("{name} p95"), p95);
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = arg("--tasks").and_then(|s| s.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start().await.expect("registry");
+    let tag = format!("bench-{}", std::process::id());
+    let built = build_and_push(
+        &[
+            ("agent", Path::new(env!("CARGO_BIN_EXE_guildnet-agent"))),
+            (
+                "operator",
+                Path::new(env!("CARGO_BIN_EXE_guildnet-operator")),
+            ),
+        ],
+        &registry,
+        &tag,
+    )
+    .await
+    .expect("build images");
+    let agent = built.get("agent").expect("agent").clone();
+    let operator = built.get("operator").expect("operator").clone();
+    println!(
+        "images: agent {} MB compressed ({} MB uncompressed), operator {} MB, built and pushed in {:.1} s",
+        agent.compressed_bytes / 1_000_000,
+        agent.uncompressed_bytes / 1_000_000,
+        operator.compressed_bytes / 1_000_000,
+        built.elapsed.as_secs_f64()
+    );
+    let cluster = KubeCluster::start_with_node(NodeOptions {
+        insecure_registries: vec![registry.host().to_owned()],
+        ..NodeOptions::default()
+    })
+    .await
+    .expect("cluster with a real node");
+    let node = cluster.node().expect("node");
+    let ip = node.ip();
+    let admin = cluster.client().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("kube")).expect("mkdir");
+    std::fs::copy(cluster.kubeconfig_path(), state.join("kube/acme.config")).expect("kubeconfig");
+    let port = std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("http://{ip}:{port}");
+    let _orch = Proc::spawn(
+        "guildnet-orchestrator",
+        Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
+        [
+            "--listen",
+            &format!("{ip}:{port}"),
+            "--public-url",
+            &url,
+            "--org",
+            "acme",
+            "--backend",
+            "kubernetes",
+            "--agent-image",
+            &agent.reference,
+            "--runner",
+            "sh -s",
+        ],
+        &[
+            ("GUILDNET_STATE_DIR", state.as_os_str()),
+            ("ORCHESTRATOR_TOKEN", OsStr::new(TOKEN)),
+        ],
+        &dir.path().join("orchestrator.log"),
+    )
+    .expect("orchestrator");
+    let c = OrchestratorClient::new(&url, Token::new(TOKEN)).expect("client");
+    eventually("orchestrator", Duration::from_secs(30), || async {
+        c.health().await.ok()
+    })
+    .await;
+    process::run(
+        Path::new(env!("CARGO_BIN_EXE_guildnet-operator")),
+        [
+            OsStr::new("install"),
+            OsStr::new("--kubeconfig"),
+            cluster.kubeconfig_path().as_os_str(),
+            OsStr::new("--image"),
+            OsStr::new(&operator.reference),
+            OsStr::new("--public-orchestrator-url"),
+            OsStr::new(&url),
+        ],
+        &[],
+    )
+    .await
+    .expect("install");
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    eventually("operator pod", Duration::from_secs(120), || async {
+        let d = deployments.get_opt("guildnet-operator").await.ok()??;
+        (d.status?.available_replicas? >= 1).then_some(())
+    })
+    .await;
+
+    let script = "exit 0";
+    let mut cold = Vec::new();
+    for i in 0..n {
+        node.ctr(&[
+            OsStr::new("images"),
+            OsStr::new("rm"),
+            OsStr::new("--sync"),
+            OsStr::new(&agent.reference),
+        ])
+        .await
+        .ok();
+        let (d, _) = one(&c, &pods, script, false).await;
+        println!("cold {i}: {d:?}");
+        cold.push(d);
+    }
+    let mut warm = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..n {
+        let (d, r) = one(&c, &pods, "sleep 1", i < 5).await;
+        println!("warm {i}: {d:?}");
+        warm.push(d);
+        rss.extend(r);
+    }
+    println!();
+    report("pod schedule->claimed cold (image pulled)", cold, 10_000.0);
+    report("pod schedule->claimed warm (image on node)", warm, 3_000.0);
+    if let Some(max) = rss.iter().max() {
+        row(
+            "agent RSS in its pod (PID 1, max of 5)",
+            *max as f64 / 1024.0,
+            "MiB",
+            15.0,
+            true,
+        );
+    }
+}
