@@ -4,8 +4,11 @@
 # the mesh timings; optionally the operator bench. Prints one table of figures and their ratio
 # to the targets (ratio <= 1 meets it). See docs/BENCHMARKS.md.
 #
-#   bash scripts/bench.sh                  # default: about 6 minutes after the release build
-#   bash scripts/bench.sh --full           # schedule bench at full length
+#   bash scripts/bench.sh                  # default: about 8 minutes after the release build
+#   bash scripts/bench.sh --quick          # the same (the schedule bench's short mode)
+#   bash scripts/bench.sh --full           # schedule bench at full length (3 rounds of 5 s)
+#   bash scripts/bench.sh --only schedule  # GuildNet beside the in-memory reference handler
+#   bash scripts/bench.sh --baseline-exe P # also another build of the schedule bench (before/after)
 #   bash scripts/bench.sh --operator       # also the operator bench (1,000 AgentTasks, ~10 min)
 #   bash scripts/bench.sh --pods           # also schedule -> claimed on real pods (real node, ~5 min)
 #   bash scripts/bench.sh --only suite     # one bench: schedule, suite, sse, editor, mesh, pods
@@ -25,9 +28,12 @@ pods=0
 only=""
 keep_alive=()
 suite_args=()
+schedule_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) quick="" ;;
+    --quick) quick="--quick" ;;
+    --baseline-exe) schedule_args+=(--baseline-exe "$2"); shift ;;
     --operator) operator=1 ;;
     --pods) pods=1 ;;
     --only) only="$2"; shift ;;
@@ -38,7 +44,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
-bash scripts/testbed/install.sh >/dev/null
+# The schedule bench needs no upstream server; the others need the testbed's.
+if [ "$only" != schedule ]; then bash scripts/testbed/install.sh >/dev/null; fi
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
@@ -49,7 +56,7 @@ echo "date: $(date -u +%Y-%m-%dT%H:%MZ), commit: $(git rev-parse --short HEAD 2>
 # One feature set for every bench (as CI's tests use), so nothing is rebuilt between them.
 bench() { cargo bench --workspace --all-features --locked --bench "$@"; }
 touch "$out/schedule.txt" "$out/suite.txt" "$out/sse.txt" "$out/editor.txt" "$out/mesh.txt" "$out/pods.txt"
-if want schedule; then bench schedule -- $quick | tee "$out/schedule.txt"; fi
+if want schedule; then bench schedule -- $quick "${schedule_args[@]}" | tee "$out/schedule.txt"; fi
 agent_args=()
 for ((i = 0; i < ${#suite_args[@]}; i += 2)); do
   [ "${suite_args[i]}" = "--tasks" ] || agent_args+=("${suite_args[i]}" "${suite_args[i+1]}")
@@ -75,6 +82,8 @@ fi
 
 echo
 echo "================================ GuildNet benchmarks ================================"
+# The schedule bench's side-by-side table (reference handler | GuildNet | ratio).
+awk '/^figure +reference/ {on=1} on && /^$/ {exit} on' "$out/schedule.txt"
 printf '%-44s %10s %-6s %14s %s\n' "figure" "value" "unit" "target" "ratio"
 cat "$out"/schedule.txt "$out"/suite.txt "$out"/sse.txt "$out"/editor.txt "$out"/pods.txt |
   grep -E ' ratio +[0-9.]+ \(' || true

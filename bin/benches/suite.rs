@@ -91,6 +91,7 @@ async fn serve_orchestrator(dir: &Path) {
                 );
                 let _ = o.flush();
             })),
+            ..Default::default()
         }),
         cfg,
     )

@@ -1,7 +1,7 @@
 //! `guildnet`: the command-line front end. `up` runs an orchestrator on SQLite with the local
 //! backend; the other commands talk to an orchestrator over its API.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use guildnet_bin::{init_tracing, run_up, shutdown_signal, OrchestratorArgs, UpDashboardArgs};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
@@ -18,7 +18,16 @@ use std::time::Duration;
 #[command(
     name = "guildnet",
     version,
-    about = "GuildNet: run AI coding agents on your own clusters"
+    about = "GuildNet: run AI coding agents on your own clusters",
+    after_help = "Examples:
+  guildnet up                                   orchestrator + dashboard on this machine
+  guildnet up --runner-preset claude-code       ... with an AI coding CLI as the runner
+  guildnet schedule \"Add a CONTRIBUTING.md\" -f  schedule in org `default`, follow the log
+  guildnet schedule --org acme --repo https://git.example/acme/app.git@main \"Fix the build\"
+  guildnet tasks --status running -o yaml
+  guildnet logs <task id> -f
+  guildnet org create acme
+  guildnet completion bash > ~/.local/share/bash-completion/completions/guildnet"
 )]
 struct Cli {
     /// Orchestrator URL.
@@ -37,17 +46,35 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (same as `-o json`).
     #[arg(long, global = true)]
     json: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    output: Option<Output>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// Output formats (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable tables and lines.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// The output format chosen for this run (set once in `real_main`).
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the orchestrator on the embedded SQLite store, by default with the local backend
-    /// (agents run as local processes). Registers org `default` unless --org is given.
+    /// Run the orchestrator on the embedded SQLite store (or PostgreSQL with --store), by
+    /// default with the local backend (agents run as local processes). Registers org `default`
+    /// unless --org is given.
     Up {
         #[command(flatten)]
         args: Box<OrchestratorArgs>,
@@ -65,8 +92,11 @@ enum Cmd {
         #[arg(long, env = "GUILDNET_ORG", default_value = "default")]
         org: OrgName,
         /// The task text; `-` reads it from stdin.
-        #[arg(long)]
-        task: String,
+        #[arg(value_name = "TASK", required_unless_present = "task")]
+        text: Option<String>,
+        /// The task text (same as the positional TASK).
+        #[arg(long, conflicts_with = "text")]
+        task: Option<String>,
         /// Optional agent hint recorded with the task; when the orchestrator has named
         /// runners, it chooses one of them.
         #[arg(long)]
@@ -123,6 +153,13 @@ enum Cmd {
     /// ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER,
     /// GUILDNET_WORKSPACE.
     Agent,
+    /// Print a shell completion script: `guildnet completion bash > /etc/bash_completion.d/guildnet`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Show the client's and the orchestrator's versions.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +171,11 @@ enum OrgCmd {
     },
     /// List orgs.
     List,
+    /// Remove an org that has no unfinished task (its task history stays).
+    Delete {
+        /// Name.
+        name: OrgName,
+    },
     /// Bootstrap the org's Talos cluster through the orchestrator (gen config, apply-config,
     /// bootstrap, health, kubeconfig), following its progress.
     Bootstrap {
@@ -221,8 +263,13 @@ fn print_tasks(tasks: &[Task]) {
     }
 }
 
+/// Prints `v` in the chosen structured format (JSON unless `-o yaml`).
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    if OUTPUT.get() == Some(&Output::Yaml) {
+        print!("{}", serde_saphyr::to_string(v)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    }
     Ok(())
 }
 
@@ -253,13 +300,57 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guildnet: {e:#}");
+            if let Some(guildnet_core::client::ClientError::Transport { url, .. }) =
+                e.downcast_ref::<guildnet_core::client::ClientError>()
+            {
+                eprintln!(
+                    "hint: is an orchestrator running at {url}? Start one with `guildnet up`, \
+                     or point --url (GUILDNET_URL) at yours."
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn real_main() -> anyhow::Result<std::process::ExitCode> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let output = match (cli.output, cli.json) {
+        (Some(o), _) => o,
+        (None, true) => Output::Json,
+        (None, false) => Output::Table,
+    };
+    let _ = OUTPUT.set(output);
+    cli.json = output != Output::Table;
+    if let Cmd::Completion { shell } = cli.cmd {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "guildnet",
+            &mut std::io::stdout(),
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Cmd::Version = cli.cmd {
+        let client = OrchestratorClient::new(&cli.url, Secret::new(""))?;
+        let server = client.health().await;
+        let v = serde_json::json!({
+            "client": env!("CARGO_PKG_VERSION"),
+            "server": server.as_ref().ok().map(|h| h.version.clone()),
+            "serverUrl": cli.url,
+            "serverError": server.as_ref().err().map(|e| e.to_string()),
+        });
+        if cli.json {
+            print_json(&v)?;
+        } else {
+            println!("client: guildnet {}", env!("CARGO_PKG_VERSION"));
+            match server {
+                Ok(h) => println!("server: {} ({}, {} backend)", h.version, cli.url, h.backend),
+                Err(e) => println!("server: unreachable ({e})"),
+            }
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Cmd::Agent = cli.cmd {
         return Ok(guildnet_bin::run_agent().await);
     }
@@ -278,7 +369,19 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
     }
     let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Agent => anyhow::bail!("internal error: command handled above"),
+        Cmd::Up { .. } | Cmd::Agent | Cmd::Completion { .. } | Cmd::Version => {
+            anyhow::bail!("internal error: command handled above")
+        }
+        Cmd::Org {
+            cmd: OrgCmd::Delete { name },
+        } => {
+            client.delete_org(&name).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                println!("org {name} deleted");
+            }
+        }
         Cmd::Org {
             cmd: OrgCmd::Create { name },
         } => {
@@ -327,6 +430,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Schedule {
             org,
+            text: positional,
             task,
             agent_hint,
             repo,
@@ -334,6 +438,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             files,
             follow: f,
         } => {
+            let task = positional.or(task).unwrap_or_default();
             let text = if task == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -373,7 +478,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Tasks { status, org, limit } => {
             let status = match status {
-                Some(s) => Some(TaskStatus::parse(&s).ok_or_else(|| {
+                Some(s) => Some(TaskStatus::parse_any_case(&s).ok_or_else(|| {
                     anyhow::anyhow!("unknown status {s:?}; one of Scheduled, Submitted, Running, Succeeded, Failed, Cancelled")
                 })?),
                 None => None,
@@ -383,6 +488,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     status,
                     org,
                     limit: Some(limit),
+                    ..Default::default()
                 })
                 .await?;
             if cli.json {
@@ -394,8 +500,12 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Cmd::Task { id } => print_json(&client.task_detail(&id).await?)?,
         Cmd::Logs { id, follow: f } => {
             if f {
+                // Like `schedule -f`: the exit code says whether the task succeeded.
                 let done = follow(&client, &id, cli.json).await?;
                 eprintln!("task {} {}", done.id, done.status);
+                if done.status != TaskStatus::Succeeded {
+                    return Ok(std::process::ExitCode::FAILURE);
+                }
             } else {
                 for l in client.logs(&id, 0).await? {
                     if cli.json {

@@ -42,6 +42,14 @@ struct Cli {
     /// Serve HTTPS with a self-signed certificate kept in the state dir.
     #[arg(long)]
     tls: bool,
+    /// Where agents' editors are served: a second origin, never the dashboard's own (default:
+    /// the dashboard's IP and a free port).
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_LISTEN")]
+    editor_listen: Option<SocketAddr>,
+    /// The editor origin as browsers reach it (e.g. https://editors.example.com behind a
+    /// reverse proxy); it must be same-site with the dashboard.
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
+    editor_url: Option<String>,
 }
 
 #[tokio::main]
@@ -73,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.listen = cli.listen;
     cfg.password = cli.password.map(Secret::new);
     cfg.tls = cli.tls;
+    cfg.editor_listen = cli.editor_listen;
+    cfg.editor_url = cli.editor_url;
     cfg.setup_flow = Some(guildnet_bin::mesh_setup(paths.root()));
     let dash = Dashboard::bind(
         cfg,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Flags of an orchestrator (SQLite store; local or Kubernetes backend).
+/// Flags of an orchestrator (SQLite or PostgreSQL store; local or Kubernetes backend).
 #[derive(Args, Debug, Clone)]
 pub struct OrchestratorArgs {
     /// Address to listen on.
@@ -24,6 +24,10 @@ pub struct OrchestratorArgs {
     /// State directory (default: GUILDNET_STATE_DIR, GUILDNET_HOME/state, ~/.guildnet/state).
     #[arg(long, env = "GUILDNET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// State store: a PostgreSQL URL (postgres://user:password@host:port/db) for several
+    /// replicas on one database; unset: the SQLite file in the state dir.
+    #[arg(long, env = "GUILDNET_STORE", hide_env_values = true)]
+    pub store: Option<guildnet_core::launch::StoreUrl>,
     /// URL agents use to reach the orchestrator (default: http://<listen>).
     #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
     pub public_url: Option<String>,
@@ -179,6 +183,7 @@ impl OrchestratorArgs {
         let mut o = LocalOptions::new();
         o.listen = self.listen;
         o.state_dir = self.state_dir.clone();
+        o.store = self.store.clone();
         o.public_url = self.public_url.clone();
         o.admin_token = self.token.clone();
         o.agent_bin = self.agent_bin.clone();
@@ -318,6 +323,14 @@ pub struct UpDashboardArgs {
     /// Serve the dashboard over HTTPS with a self-signed certificate kept in the state dir.
     #[arg(long)]
     pub dashboard_tls: bool,
+    /// Where agents' editors are served: a second origin, never the dashboard's own (default:
+    /// the dashboard's IP and a free port).
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_LISTEN")]
+    pub dashboard_editor_listen: Option<SocketAddr>,
+    /// The editor origin as browsers reach it (e.g. https://editors.example.com behind a
+    /// reverse proxy); it must be same-site with the dashboard.
+    #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
+    pub dashboard_editor_url: Option<String>,
 }
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
@@ -342,6 +355,10 @@ pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::Sha
 pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
     use guildnet_dashboard::auth::PasswordSource;
     println!("GuildNet dashboard: {}", dash.url());
+    println!(
+        "Agents' editors are served from a separate origin on {}",
+        dash.editor_addr()
+    );
     match dash.password_source() {
         PasswordSource::Configured => println!("Log in with the configured dashboard password"),
         PasswordSource::File(p) | PasswordSource::Generated(p) => {
@@ -359,8 +376,20 @@ pub async fn run_up(
 ) -> anyhow::Result<()> {
     use guildnet_dashboard::{Dashboard, DashboardConfig, OrchestratorHandle};
     let server = args.server_options()?;
+    let runner_line = match (&args.runner, &args.runner_preset) {
+        (_, Some(p)) => format!("Runner: the {p} preset"),
+        (Some(r), None) if r == "cat" => "Runner: `cat` (echoes the task: a demo that changes \
+             nothing). Use an AI coding CLI with --runner-preset claude-code|codex|gemini|opencode|aider \
+             or --runner \"<command>\""
+            .to_owned(),
+        (Some(r), None) => format!("Runner: {r}"),
+        (None, None) => "Runner: none (tasks fail until you pass --runner)".to_owned(),
+    };
+    let orgs: Vec<String> = args.orgs.iter().map(|o| o.to_string()).collect();
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
+    println!("{runner_line}");
+    println!("Orgs: {}", orgs.join(", "));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -375,6 +404,8 @@ pub async fn run_up(
         cfg.listen = dash.dashboard_listen;
         cfg.password = dash.dashboard_password.map(Secret::new);
         cfg.tls = dash.dashboard_tls;
+        cfg.editor_listen = dash.dashboard_editor_listen;
+        cfg.editor_url = dash.dashboard_editor_url;
         cfg.setup_flow = Some(mesh_setup(started.paths.root()));
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),
@@ -382,6 +413,12 @@ pub async fn run_up(
         };
         let d = Dashboard::bind(cfg, handle).await?;
         print_dashboard_login(&d);
+        if let Some(org) = orgs.first() {
+            println!(
+                "Next: open the dashboard, or run `guildnet schedule --org {org} \"your task\" -f` \
+                 (token from the state dir)"
+            );
+        }
         Some(tokio::spawn(d.serve(stopped())))
     };
     let orchestrator = tokio::spawn(async move {
@@ -415,12 +452,14 @@ fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
         addr = %started.addr,
         state = %started.paths.root().display(),
         backend = started.orchestrator.backend_name(),
+        store = %started.store,
         "orchestrator listening"
     );
     println!(
-        "GuildNet orchestrator listening on http://{} (state: {})",
+        "GuildNet orchestrator listening on http://{} (state: {}, store: {})",
         started.addr,
-        started.paths.root().display()
+        started.paths.root().display(),
+        started.store
     );
     if let AdminTokenSource::Generated(p) | AdminTokenSource::File(p) = &started.token_source {
         println!("Admin token: in {} (mode 0600)", p.display());
@@ -511,14 +550,23 @@ pub async fn run_agent_with(cfg: guildnet_core::agent::AgentConfig) -> std::proc
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr for the binaries: `RUST_LOG` filters (default `info`), `GUILDNET_LOG_FORMAT=json`
+/// switches to JSON lines, and colour codes are only written to a terminal.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // GUILDNET_LOG_FORMAT=json: one JSON object per line, for log collectors. Colours only on
+    // a terminal.
+    let _ = match std::env::var("GUILDNET_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(false).try_init(),
+        _ => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM.

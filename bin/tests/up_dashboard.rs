@@ -1,9 +1,10 @@
 //! `guildnet up` as a person runs it: the real CLI starts the orchestrator (SQLite, local
 //! backend) and the dashboard in one process and prints the URL and how to log in. An agent
 //! runs the testbed's real code-server; headless Chromium logs in to the dashboard, opens the
-//! agent's editor in the iframe (through `/embed/orchestrator/<port>/`, the dashboard's relay to
-//! the orchestrator's editor proxy) and sees the workbench and its explorer, which needs the
-//! WebSocket to code-server through both proxies. The relay's rules are checked over HTTP too.
+//! agent's editor in the iframe (served from the dashboard's separate editor origin, which
+//! relays to the orchestrator's editor proxy) and sees the workbench and its explorer, which
+//! needs the WebSocket to code-server through both proxies. The editor origin's rules (one-time
+//! tickets, its own cookie, no dashboard cookie forwarded) are checked over HTTP too.
 
 mod common;
 
@@ -139,13 +140,7 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     )
     .await;
 
-    // The relay over HTTP: a session is needed; the port must be one the orchestrator opened.
-    let r = http()
-        .get(format!("{dash_url}/embed/orchestrator/{orch_port}/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "no session");
+    // The dashboard's own origin serves no editor content any more.
     let login = http()
         .post(format!("{dash_url}/api/login"))
         .json(&json!({"password": password}))
@@ -160,18 +155,15 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
         .next()
         .unwrap()
         .to_owned();
-    // (The dashboard answers invalid fields with 400, naming the field.)
-    for (port, want) in [(orch_port.to_string(), 404), ("0".to_owned(), 400)] {
-        let r = http()
-            .get(format!("{dash_url}/embed/orchestrator/{port}/"))
-            .header("cookie", &session)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), want, "port {port}");
-        let v: Value = r.json().await.unwrap();
-        assert!(v["error"]["message"].is_string(), "{v}");
-    }
+    let r = http()
+        .get(format!("{dash_url}/embed/orchestrator/{orch_port}/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "editor content on the dashboard origin");
+
+    // Opening an editor answers a one-time ticket URL on the editor origin (another port).
     let opened: Value = http()
         .post(format!("{dash_url}/api/agents/{agent}/editor"))
         .header("cookie", &session)
@@ -182,14 +174,57 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
         .json()
         .await
         .unwrap();
-    let path = opened["path"].as_str().expect("path").to_owned();
+    let url = opened["url"].as_str().expect("url").to_owned();
     let port = opened["port"].as_u64().unwrap();
-    assert_eq!(path, format!("/embed/orchestrator/{port}/"));
-    // The page comes back logged in to code-server, framed only by the dashboard itself, and
-    // its redirect stays under the relay's prefix.
+    let editor_origin = url.split("/_guildnet/").next().unwrap().to_owned();
+    assert!(
+        editor_origin.starts_with("http://127.0.0.1:") && editor_origin != dash_url,
+        "{url}"
+    );
+    let path = format!("/e/{port}/");
+    // Without the editor origin's own session, nothing is relayed: neither with no cookie nor
+    // with the dashboard's session cookie (browsers send it to every port of the host).
+    for cookie in [None, Some(session.as_str())] {
+        let mut req = http().get(format!("{editor_origin}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "cookie {cookie:?}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    let bad = http()
+        .get(format!("{editor_origin}/_guildnet/enter?ticket=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    // The ticket gives the editor origin's own cookie and sends the browser to the editor.
+    let entered = http().get(&url).send().await.unwrap();
+    assert_eq!(entered.status(), 303);
+    assert_eq!(entered.headers()["location"], path.as_str());
+    let editor_cookie = entered.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        editor_cookie.starts_with("guildnet_editor=") && editor_cookie.contains("HttpOnly"),
+        "{editor_cookie}"
+    );
+    let editor_cookie = editor_cookie.split(';').next().unwrap().to_owned();
+    let again = http().get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 401, "a ticket works once");
+    // Another port than the ticket's is refused.
+    let r = http()
+        .get(format!("{editor_origin}/e/{orch_port}/"))
+        .header("cookie", &editor_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The page comes back logged in to code-server, framed only by the dashboard, and its
+    // redirect stays under the relay's prefix.
     let mut r = http()
-        .get(format!("{dash_url}{path}"))
-        .header("cookie", &session)
+        .get(format!("{editor_origin}{path}"))
+        .header("cookie", format!("{editor_cookie}; {session}"))
         .send()
         .await
         .unwrap();
@@ -197,13 +232,13 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
         let loc = r.headers()["location"].to_str().unwrap().to_owned();
         assert!(!loc.contains("login"), "{loc}");
         assert!(!loc.starts_with('/') || loc.starts_with(&path), "{loc}");
-        let next = reqwest::Url::parse(&format!("{dash_url}{path}"))
+        let next = reqwest::Url::parse(&format!("{editor_origin}{path}"))
             .unwrap()
             .join(&loc)
             .unwrap();
         r = http()
             .get(next)
-            .header("cookie", &session)
+            .header("cookie", &editor_cookie)
             .send()
             .await
             .unwrap();
@@ -215,31 +250,37 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    assert!(csp.iter().any(|c| c == "frame-ancestors 'self'"), "{csp:?}");
+    assert!(
+        csp.iter()
+            .any(|c| c == &format!("frame-ancestors {dash_url}")),
+        "{csp:?}"
+    );
     assert!(
         !csp.iter()
-            .any(|c| c.contains("default-src 'self'; frame-src")),
+            .any(|c| c.contains("object-src 'none'; base-uri 'none'")),
         "the dashboard's own policy would break code-server: {csp:?}"
     );
     let html = r.text().await.unwrap();
     assert!(html.contains("workbench"), "{html:.300}");
 
-    // A WebSocket upgrade through the dashboard relay and the orchestrator's proxy.
+    // A WebSocket upgrade through the editor origin and the orchestrator's proxy.
     let ws_url = format!(
-        "ws://127.0.0.1:{dash_port}{path}?reconnectionToken=0b8f1c2e-4a2b-4c1d-9e3f-5a6b7c8d9e0f&reconnection=false&skipWebSocketFrames=false"
+        "{}{path}?reconnectionToken=0b8f1c2e-4a2b-4c1d-9e3f-5a6b7c8d9e0f&reconnection=false&skipWebSocketFrames=false",
+        editor_origin.replacen("http://", "ws://", 1)
     );
     let mut req = ws_url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert("cookie", session.parse().unwrap());
     req.headers_mut()
-        .insert("origin", dash_url.parse().unwrap());
+        .insert("cookie", editor_cookie.parse().unwrap());
+    req.headers_mut()
+        .insert("origin", editor_origin.parse().unwrap());
     let (ws, resp) = tokio_tungstenite::connect_async(req)
         .await
-        .expect("websocket through the dashboard relay");
+        .expect("websocket through the editor origin");
     assert_eq!(resp.status(), 101);
     drop(ws);
     let err = tokio_tungstenite::connect_async(ws_url.as_str())
         .await
-        .expect_err("an upgrade without a session");
+        .expect_err("an upgrade without an editor session");
     assert!(err.to_string().contains("401"), "{err}");
 
     // Chromium: log in, skip the mesh, open the editor from the agents page.
@@ -265,6 +306,15 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     )
     .await;
     s.click(&skip).await.unwrap();
+    // The setup gate fades out: wait until the navigation takes clicks.
+    wait_js(
+        &s,
+        "navigation shown",
+        "const n = document.getElementById('nav-agents'); const g = document.getElementById('setup-skip'); \
+         return !!n && n.offsetParent !== null && (!g || g.offsetParent === null);",
+        20,
+    )
+    .await;
     let nav = s.find_css("#nav-agents").await.unwrap();
     s.click(&nav).await.unwrap();
     let button = s
@@ -282,23 +332,39 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
         30,
     )
     .await;
-    assert_eq!(src, json!(path));
+    let src = src.as_str().unwrap_or_default().to_owned();
+    assert!(
+        src.starts_with(&format!("{editor_origin}/_guildnet/enter?ticket=")),
+        "{src}"
+    );
+    // Once the editor loads, the frame is cross-origin: the dashboard's script cannot reach
+    // into it (`contentDocument` is null).
+    wait_js(
+        &s,
+        "a cross-origin editor frame",
+        "return document.getElementById('editor-frame').contentDocument === null;",
+        60,
+    )
+    .await;
+    let frame = s.find_css("#editor-frame").await.unwrap();
+    s.switch_to_frame(&frame).await.unwrap();
     wait_js(
         &s,
         "workbench in the iframe",
-        "const d = document.getElementById('editor-frame').contentDocument; \
-         return !!d && !!d.querySelector('.monaco-workbench');",
+        "return !!document.querySelector('.monaco-workbench');",
         120,
     )
     .await;
     wait_js(
         &s,
         "explorer in the iframe (needs the WebSocket to code-server)",
-        "const d = document.getElementById('editor-frame').contentDocument; \
-         return !!d && !!d.querySelector('.explorer-folders-view, .explorer-viewlet');",
+        "return !!document.querySelector('.explorer-folders-view, .explorer-viewlet');",
         90,
     )
     .await;
+    let frame_origin = s.execute("return location.origin;", vec![]).await.unwrap();
+    assert_eq!(frame_origin, json!(editor_origin));
+    s.switch_to_top().await.unwrap();
     // Give the workbench a moment to paint before the screenshot.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let shot = artifact_dir("dashboard").join("editor-iframe.png");

@@ -117,9 +117,22 @@ impl Http {
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
         // reqwest errors carry the URL, which never holds secrets here (tokens go in headers).
+        // The whole cause chain ("error sending request" alone does not say "connection
+        // refused").
+        let e = e.without_url();
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !reason.contains(&text) {
+                reason.push_str(": ");
+                reason.push_str(&text);
+            }
+            source = s.source();
+        }
         ClientError::Transport {
             url: self.base.clone(),
-            reason: e.without_url().to_string(),
+            reason,
         }
     }
 
@@ -134,7 +147,16 @@ impl Http {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        Ok(self.send_with_headers(rb).await?.0)
+    }
+
+    /// [`Http::send`], also returning the response headers.
+    async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
         let mut resp = rb.send().await.map_err(|e| self.transport(e))?;
+        let headers = resp.headers().clone();
         let url = resp.url().path().to_owned();
         let status = resp.status();
         let bytes = match self.max_reply {
@@ -156,10 +178,11 @@ impl Http {
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
             reason: e.to_string(),
-        })
+        })?;
+        Ok((value, headers))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -295,6 +318,15 @@ impl OrchestratorClient {
             .await
     }
 
+    /// `DELETE /orgs/{org}`: removes an org with no unfinished task.
+    pub async fn delete_org(&self, name: &OrgName) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .http
+            .send(self.http.request(Method::DELETE, &format!("/orgs/{name}")))
+            .await?;
+        Ok(())
+    }
+
     /// `GET /orgs`.
     pub async fn orgs(&self) -> Result<Vec<Org>, ClientError> {
         self.http.get("/orgs").await
@@ -325,6 +357,15 @@ impl OrchestratorClient {
 
     /// `GET /tasks`.
     pub async fn tasks(&self, q: &TaskListQuery) -> Result<Vec<Task>, ClientError> {
+        Ok(self.tasks_page(q).await?.0)
+    }
+
+    /// `GET /tasks`, one page: the tasks and the cursor of the next page (set `q.cursor` to it
+    /// for that page), `None` once a page was not full.
+    pub async fn tasks_page(
+        &self,
+        q: &TaskListQuery,
+    ) -> Result<(Vec<Task>, Option<String>), ClientError> {
         let mut path = String::from("/tasks?");
         if let Some(s) = q.status {
             path.push_str(&format!("status={s}&"));
@@ -335,7 +376,20 @@ impl OrchestratorClient {
         if let Some(l) = q.limit {
             path.push_str(&format!("limit={l}&"));
         }
-        self.http.get(path.trim_end_matches(['&', '?'])).await
+        if let Some(c) = &q.cursor {
+            // Cursors are digits, a dot and a task id: nothing to escape in a query.
+            path.push_str(&format!("cursor={c}&"));
+        }
+        let path = path.trim_end_matches(['&', '?']);
+        let (tasks, headers) = self
+            .http
+            .send_with_headers(self.http.request(Method::GET, path))
+            .await?;
+        let next = headers
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((tasks, next))
     }
 
     /// `GET /tasks/{id}`.

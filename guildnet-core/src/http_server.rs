@@ -73,7 +73,7 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L::Addr: std::fmt::Debug + Clone + Send + Sync + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -91,8 +91,11 @@ where
             a = listener.accept() => a,
         };
         let (grace, rate) = (opts.idle_timeout, opts.min_body_rate);
+        // Handlers can see who is calling (`ConnectInfo<L::Addr>`), e.g. to throttle logins.
+        let info = axum::extract::ConnectInfo(peer.clone());
         let service = TowerToHyperService::new(app.clone().map_request(
-            move |req: axum::http::Request<hyper::body::Incoming>| {
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
                 req.map(|b| axum::body::Body::new(MinRateBody::new(b, grace, rate)))
             },
         ));
@@ -133,6 +136,48 @@ where
     Ok(())
 }
 
+/// A response body already in memory, in pieces: written as they are (no copy into one
+/// buffer), with its exact length (so the response carries `Content-Length`).
+pub struct ChunksBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl ChunksBody {
+    /// The body made of `chunks`, in order.
+    pub fn new(chunks: Vec<Bytes>) -> Self {
+        let left = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+            left,
+        }
+    }
+}
+
+impl HttpBody for ChunksBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.left -= c.len() as u64;
+        }
+        Poll::Ready(next.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
 /// A request body with a deadline that grows with the data: it must be complete within
 /// `grace + received / min_rate`. A normal upload never notices; a client that trickles a body
 /// to hold a connection (and a task, and memory) open is cut after `grace`, and the handler
@@ -146,7 +191,9 @@ pub struct MinRateBody<B> {
     grace: Duration,
     min_rate: u64,
     received: u64,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline's timer, armed the first time the body is not ready at once (a body that
+    /// arrived with its head, the common case, never registers a timer).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> MinRateBody<B> {
@@ -159,7 +206,7 @@ impl<B> MinRateBody<B> {
             grace,
             min_rate: min_rate.max(1),
             received: 0,
-            sleep: Box::pin(tokio::time::sleep_until(start + grace)),
+            sleep: None,
         }
     }
 
@@ -197,21 +244,29 @@ where
                 if let Some(d) = frame.data_ref() {
                     this.received = this.received.saturating_add(d.len() as u64);
                     let deadline = this.deadline();
-                    this.sleep.as_mut().reset(deadline);
+                    if let Some(sleep) = this.sleep.as_mut() {
+                        sleep.as_mut().reset(deadline);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow {
-                    received: this.received,
-                    elapsed: this.start.elapsed(),
-                    min_rate: this.min_rate,
-                    grace: this.grace,
-                })))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = this.deadline();
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow {
+                        received: this.received,
+                        elapsed: this.start.elapsed(),
+                        min_rate: this.min_rate,
+                        grace: this.grace,
+                    })))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

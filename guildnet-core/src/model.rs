@@ -55,6 +55,13 @@ impl TaskStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// Like [`TaskStatus::parse`], in any letter case (`running`, `RUNNING`), for people typing.
+    pub fn parse_any_case(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
     /// True for Succeeded, Failed and Cancelled.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -20,6 +20,20 @@ pub fn parse_port(raw: &str) -> Option<u16> {
     raw.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
+/// Splits a request's raw (still percent-encoded) path `{mount}{port}{rest}` into the port
+/// segment and the rest (`/` when empty). Proxies forward `rest` byte for byte: decoding it
+/// first would turn `%2F` into a path separator, `%3F` into a query and refuse `%20`, so
+/// handlers take the path from here, never from a decoded `Path` extractor. `None` when `path`
+/// is not under `mount`.
+pub fn split_mounted_path<'a>(path: &'a str, mount: &str) -> Option<(&'a str, &'a str)> {
+    let after = path.strip_prefix(mount)?;
+    let (port, rest) = match after.find('/') {
+        Some(i) => after.split_at(i),
+        None => (after, "/"),
+    };
+    Some((port, rest))
+}
+
 /// Where and how one request is forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -35,7 +49,8 @@ pub struct Upstream {
     /// A cookie added to the upstream request (e.g. code-server's session, logged in by the
     /// proxy).
     pub cookie: Option<String>,
-    /// Cookie names the browser sent for the proxy itself; they are not forwarded.
+    /// Cookie names the browser sent for the proxy itself; they are not forwarded. `"*"`
+    /// drops every browser cookie (a relay whose upstream logs in by itself).
     pub strip_cookies: Vec<String>,
     /// `frame-ancestors` sources for the response (`'self' https://dash.example`); `None` leaves
     /// framing headers as the upstream sent them.
@@ -246,7 +261,7 @@ fn rewrite_request_headers(h: &mut HeaderMap, up: &Upstream, upgrade: bool) {
         .filter(|c| !c.is_empty())
         .filter(|c| {
             let name = c.split('=').next().unwrap_or("");
-            !up.strip_cookies.iter().any(|s| s == name)
+            !up.strip_cookies.iter().any(|s| s == name || s == "*")
         })
         .collect();
     if let Some(c) = &up.cookie {
@@ -304,33 +319,24 @@ pub fn rewrite_location(loc: &str, up: &Upstream) -> Option<String> {
 /// Rewrites a `Set-Cookie` value: `Path` moves under the external prefix, `Domain` is dropped
 /// (the browser talks to the proxy's host).
 pub fn rewrite_set_cookie(v: &str, up: &Upstream) -> String {
-    let mut saw_path = false;
-    let mut parts: Vec<String> = Vec::new();
-    for (i, attr) in v.split(';').enumerate() {
-        let a = attr.trim();
-        if i == 0 {
-            parts.push(a.to_owned());
-            continue;
+    match cookie::Cookie::parse(v.to_owned()) {
+        Ok(mut c) => {
+            // The proxy's host is the browser's only host for this cookie.
+            c.unset_domain();
+            let path = match c.path() {
+                Some(p) => rebase_path(p, up).unwrap_or_else(|| p.to_owned()),
+                None => format!("{}/", up.external_prefix),
+            };
+            c.set_path(path);
+            c.to_string()
         }
-        let lower = a.to_ascii_lowercase();
-        if lower.starts_with("domain=") {
-            continue;
-        }
-        if lower.starts_with("path=") {
-            saw_path = true;
-            let p = &a[5..];
-            parts.push(format!(
-                "Path={}",
-                rebase_path(p, up).unwrap_or_else(|| p.to_owned())
-            ));
-            continue;
-        }
-        parts.push(a.to_owned());
+        // Not a cookie the browser would take either: pass it on confined to the prefix.
+        Err(_) => format!(
+            "{}; Path={}/",
+            v.split(';').next().unwrap_or("").trim(),
+            up.external_prefix
+        ),
     }
-    if !saw_path {
-        parts.push(format!("Path={}/", up.external_prefix));
-    }
-    parts.join("; ")
 }
 
 /// Removes the `frame-ancestors` directive from a CSP value (the proxy adds its own).
@@ -432,6 +438,54 @@ mod tests {
         assert_eq!(rewrite_location("/embed/orchestrator/9000/login", &d), None);
     }
 
+    /// End to end through [`ReverseProxy::forward`]: the upstream sees the path bytes the
+    /// client sent (`%2F`, `%3F`, `%20` stay encoded) and the query apart.
+    #[tokio::test]
+    async fn forwarded_paths_arrive_as_sent() {
+        let app =
+            axum::Router::new().fallback(|req: Request<Body>| async move { req.uri().to_string() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut u = up("", "/editor/proxy/1");
+        u.authority = addr.to_string();
+        let proxy = ReverseProxy::new();
+        for (sent, want) in [
+            ("/editor/proxy/1/a%2Fb%3Fc%20d?x=1", "/a%2Fb%3Fc%20d?x=1"),
+            ("/editor/proxy/1/", "/"),
+            (
+                "/editor/proxy/1/static/%E2%9C%93.js",
+                "/static/%E2%9C%93.js",
+            ),
+        ] {
+            let req = Request::builder().uri(sent).body(Body::empty()).unwrap();
+            let path = req.uri().path().to_owned();
+            let (_, rest) = split_mounted_path(&path, "/editor/proxy/").unwrap();
+            let resp = proxy.forward(req, rest, &u).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&body), want, "{sent}");
+        }
+    }
+
+    #[test]
+    fn mounted_paths_keep_their_encoding() {
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443/a%2Fb%3Fc%20d", "/editor/proxy/"),
+            Some(("8443", "/a%2Fb%3Fc%20d"))
+        );
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443", "/editor/proxy/"),
+            Some(("8443", "/"))
+        );
+        assert_eq!(
+            split_mounted_path("/editor/proxy/8443/", "/editor/proxy/"),
+            Some(("8443", "/"))
+        );
+        assert_eq!(split_mounted_path("/other/8443/x", "/editor/proxy/"), None);
+    }
+
     #[test]
     fn cookies_are_scoped_to_the_prefix() {
         let u = up("", "/editor/proxy/9000");
@@ -440,7 +494,15 @@ mod tests {
                 "code-server-session=abc; Path=/; Domain=127.0.0.1; HttpOnly",
                 &u
             ),
-            "code-server-session=abc; Path=/editor/proxy/9000/; HttpOnly"
+            "code-server-session=abc; HttpOnly; Path=/editor/proxy/9000/"
+        );
+        assert_eq!(
+            rewrite_set_cookie("k=v; Path=/static; SameSite=Lax; Max-Age=60", &u),
+            "k=v; SameSite=Lax; Path=/editor/proxy/9000/static; Max-Age=60"
+        );
+        assert_eq!(
+            rewrite_set_cookie("=;;garbage", &u),
+            "=; Path=/editor/proxy/9000/"
         );
         assert_eq!(
             rewrite_set_cookie("a=b", &u),

@@ -32,10 +32,11 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// A fresh random token: `prefix` + 64 hex digits (256 bits from the OS RNG).
+/// A fresh random token: `prefix` + 64 hex digits (256 bits from the thread's CSPRNG: ChaCha
+/// seeded and periodically reseeded from the OS, without a system call per token).
 pub fn generate(prefix: &str) -> Secret {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     Secret(format!("{prefix}{}", hex::encode(bytes)))
 }
 
@@ -55,6 +56,31 @@ pub fn equals(presented: &str, expected: &str) -> bool {
     verify_hash(presented, &hash(expected))
 }
 
+/// A secret's SHA-256, computed once, to check presented tokens against without hashing the
+/// expected one again on every request ([`TokenDigest::matches`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `secret`.
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the secret: compares the SHA-256 of `presented` with the stored
+    /// digest in constant time (neither the secret's length nor a matching prefix leaks).
+    pub fn matches(&self, presented: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        h.ct_eq(&self.0).into()
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +98,11 @@ mod tests {
         assert!(!verify_hash("", &h));
         assert!(equals("x", "x"));
         assert!(!equals("x", "y"));
+        let d = TokenDigest::of(a.expose());
+        assert!(d.matches(a.expose()));
+        assert!(!d.matches(b.expose()));
+        assert!(!d.matches(""));
+        assert!(!d.matches(&a.expose()[..10]));
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn method(m: &str) -> Method {
 }
 
 fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/openapi.json"
+    path == "/health" || path == "/openapi.json" || path == "/metrics"
 }
 
 #[tokio::test]
@@ -313,7 +313,11 @@ async fn auth_matrix() {
             checked += 1;
         }
     }
-    assert_eq!(checked, (ROUTES.len() - 2) * 5);
+    assert_eq!(
+        checked,
+        (ROUTES.len() - 3) * 5,
+        "every route but the 3 public ones"
+    );
 
     // The right tokens get through.
     let r = h.send(empty(Method::GET, "/orgs", Some(ADMIN))).await;
@@ -482,6 +486,13 @@ async fn bad_input_gets_precise_json_errors() {
     h.send(empty(Method::GET, "/tasks?status=Sleeping", Some(ADMIN)))
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_query");
+    h.send(empty(
+        Method::GET,
+        "/tasks?cursor=not-a-cursor",
+        Some(ADMIN),
+    ))
+    .await
+    .field(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "cursor");
     h.send(
         request(Method::GET, "/events", Some(ADMIN))
             .header("last-event-id", "abc")
@@ -887,4 +898,133 @@ fn json_errors_name_the_field_at_fault() {
         );
     }
     assert!(parse_json::<LogRequest>(with_line(line.clone()).to_string().as_bytes()).is_ok());
+}
+
+#[tokio::test]
+async fn task_list_pages_with_the_next_cursor() {
+    let mut h = harness().await;
+    let mut scheduled = Vec::new();
+    for i in 0..7 {
+        let t = h.schedule(&format!("task {i}")).await.0;
+        scheduled.push((t.created_at.timestamp_millis(), t.id.to_string()));
+    }
+    // Newest first; ties within a millisecond by id.
+    scheduled.sort_by(|a, b| b.cmp(a));
+    let mut seen = Vec::new();
+    let mut uri = "/tasks?limit=3&org=acme".to_owned();
+    let mut pages = 0;
+    loop {
+        let r = h.send(empty(Method::GET, &uri, Some(ADMIN))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        pages += 1;
+        let items = r.json();
+        let items = items.as_array().expect("a page is a JSON array");
+        seen.extend(
+            items
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        let Some(next) = r.headers.get("x-next-cursor") else {
+            assert!(items.len() < 3, "a full page carries a cursor");
+            break;
+        };
+        let next = next.to_str().unwrap();
+        let link = r.headers[header::LINK].to_str().unwrap();
+        assert_eq!(
+            link,
+            format!("</tasks?org=acme&limit=3&cursor={next}>; rel=\"next\""),
+            "Link keeps the filters"
+        );
+        uri = format!("/tasks?limit=3&org=acme&cursor={next}");
+        assert!(pages < 10, "paging must end");
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = scheduled.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(seen, expected, "every task once, newest first");
+    // Without a limit the old behaviour holds: the newest 100, no cursor for a short list.
+    let r = h.send(empty(Method::GET, "/tasks", Some(ADMIN))).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(7));
+    assert!(r.headers.get("x-next-cursor").is_none());
+}
+
+#[tokio::test]
+async fn orgs_are_deleted_only_without_unfinished_tasks() {
+    let mut h = harness().await;
+    let (task, _launch) = h.schedule("keeps acme busy").await;
+    let del = |org: &str| empty(Method::DELETE, &format!("/orgs/{org}"), Some(ADMIN));
+    h.send(del("acme"))
+        .await
+        .error(StatusCode::CONFLICT, "in_use");
+    h.send(del("nope"))
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    h.send(del("Bad_Name"))
+        .await
+        .field(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "org");
+    let r = h
+        .send(empty(
+            Method::POST,
+            &format!("/tasks/{}/cancel", task.id),
+            Some(ADMIN),
+        ))
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let r = h.send(del("acme")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let orgs = h.send(empty(Method::GET, "/orgs", Some(ADMIN))).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&orgs.body).unwrap(),
+        json!([])
+    );
+    // The task's history stays.
+    let r = h
+        .send(empty(
+            Method::GET,
+            &format!("/tasks/{}", task.id),
+            Some(ADMIN),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A deleted org takes no new task (the orchestrator forgets the org it had seen).
+    h.send(json_req(
+        Method::POST,
+        "/schedule",
+        Some(ADMIN),
+        json!({"org": "acme", "task": "after the delete"}).to_string(),
+    ))
+    .await
+    .field(StatusCode::UNPROCESSABLE_ENTITY, "unknown_org", "org");
+}
+
+#[tokio::test]
+async fn metrics_count_tasks_and_requests_without_ids() {
+    let mut h = harness().await;
+    let (task, _launch) = h.schedule("measure me").await;
+    h.send(empty(
+        Method::GET,
+        &format!("/tasks/{}", task.id),
+        Some(ADMIN),
+    ))
+    .await;
+    let r = h.send(empty(Method::GET, "/metrics", None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&r.body);
+    let submitted = text
+        .lines()
+        .find(|l| l.starts_with(r#"guildnet_orchestrator_tasks{status="Submitted"}"#))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(submitted.ends_with(" 1"), "{submitted}");
+    assert!(
+        text.contains(
+            r#"guildnet_orchestrator_http_requests_total{method="POST",route="/schedule",status="202"} 1"#
+        ),
+        "{text}"
+    );
+    // Routes are labelled by template: no task id in the metrics.
+    assert!(text.contains(r#"route="/tasks/{id}""#), "{text}");
+    assert!(!text.contains(task.id.as_str()), "{text}");
 }

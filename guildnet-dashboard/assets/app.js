@@ -88,14 +88,15 @@ async function boot() {
   route();
 }
 
+// Deep links: #/tasks/<id> opens that task, #/agents/<name> that agent's log.
 function route() {
-  const page = (location.hash.replace(/^#\//, "") || "tasks").split("/")[0];
+  const [page, item] = (location.hash.replace(/^#\//, "") || "tasks").split("/").map(decodeURIComponent);
   const known = ["tasks", "agents", "orgs", "artifacts"];
   const p = known.includes(page) ? page : "tasks";
   showOnly("page-" + p);
   for (const k of known) $("nav-" + k).classList.toggle("active", k === p);
-  if (p === "tasks") { loadOrgs().then(fillOrgSelect); loadTasks(); }
-  if (p === "agents") loadAgents();
+  if (p === "tasks") { loadOrgs().then(fillOrgSelect); loadTasks(); if (item && item !== state.openTask) openTask(item); }
+  if (p === "agents") { loadAgents(); if (item) openAgentLog(item); }
   if (p === "orgs") loadOrgs();
   if (p === "artifacts") loadArtifacts();
 }
@@ -190,17 +191,19 @@ async function runFlow(title, path, body, errorId) {
     if (!steps.has(name)) { const li = el("li", { "data-step": name, text: name }); steps.set(name, li); $("progress-steps").append(li); }
     return steps.get(name);
   };
-  let ok = false, finished = false;
+  let ok = false, finished = false, lastError = null;
+  // An error is shown once: on its step. Log lines and the final line that only repeat it
+  // are not shown again.
   const onEvent = (name, d) => {
     if (name === "begin") for (const s of d.steps || []) stepEl(s);
     else if (name === "step") { const li = stepEl(d.step); li.className = "running"; li.textContent = `${d.step}: ${d.message || ""}`; }
     else if (name === "stepDone") { const li = stepEl(d.step); li.className = "done"; li.textContent = `${d.step}: ${d.message || "done"}`; }
-    else if (name === "stepError") { const li = stepEl(d.step); li.className = "failed"; li.textContent = `${d.step}: ${d.message}`; }
-    else if (name === "log") { $("progress-log").textContent += (d.step ? `[${d.step}] ` : "") + (d.line || "") + "\n"; }
+    else if (name === "stepError") { const li = stepEl(d.step); li.className = "failed"; li.textContent = `${d.step}: ${d.message}`; lastError = d.message; }
+    else if (name === "log") { if (!lastError || !(d.line || "").includes(lastError)) $("progress-log").textContent += (d.step ? `[${d.step}] ` : "") + (d.line || "") + "\n"; }
     else if (name === "hint") { $("progress-hint").textContent = d.message; show("progress-hint", true); }
     else if (name === "done") {
       finished = true; ok = !!d.ok;
-      $("progress-done").textContent = ok ? "Done." : `Failed: ${d.message}`;
+      $("progress-done").textContent = ok ? "Done." : (lastError && (d.message || "").includes(lastError) ? "Failed (see the step above)." : `Failed: ${d.message}`);
       $("progress-done").className = ok ? "" : "error";
     }
   };
@@ -268,14 +271,18 @@ function fillOrgSelect() {
 
 async function loadTasks() {
   try {
-    const list = await api("GET", "/api/tasks?limit=200");
+    const status = $("tasks-filter-status").value;
+    const list = await api("GET", "/api/tasks?limit=200" + (status ? `&status=${encodeURIComponent(status)}` : ""));
     state.tasks = new Map(list.map((t) => [t.id, t]));
     renderTasks();
   } catch (e) { setError("global-error", e.message); }
 }
 
 function renderTasks() {
-  const rows = [...state.tasks.values()].sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
+  const status = $("tasks-filter-status").value, org = $("tasks-filter-org").value.trim(), text = $("tasks-filter-text").value.trim().toLowerCase();
+  const rows = [...state.tasks.values()]
+    .filter((t) => (!status || t.status === status) && (!org || t.org === org) && (!text || t.task.toLowerCase().includes(text) || t.id.includes(text)))
+    .sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
   show("tasks-empty", rows.length === 0);
   show("tasks-table", rows.length > 0);
   $("tasks-list").replaceChildren(...rows.map((t) => el("tr", { "data-testid": "task-row", "data-task-id": t.id, onclick: () => openTask(t.id) },
@@ -317,6 +324,7 @@ function closeTaskLog() { if (state.taskLog) { state.taskLog.close(); state.task
 
 async function openTask(id) {
   state.openTask = id;
+  history.replaceState(null, "", `#/tasks/${encodeURIComponent(id)}`);
   closeTaskLog();
   $("task-log").textContent = "";
   setError("task-error", "");
@@ -366,7 +374,10 @@ function artifactLinks(t) {
   return out;
 }
 
-$("task-detail-close").addEventListener("click", () => { state.openTask = null; closeTaskLog(); show("task-detail", false); });
+$("task-detail-close").addEventListener("click", () => { state.openTask = null; closeTaskLog(); show("task-detail", false); history.replaceState(null, "", "#/tasks"); });
+$("tasks-filter-status").addEventListener("change", loadTasks);
+$("tasks-filter-org").addEventListener("input", renderTasks);
+$("tasks-filter-text").addEventListener("input", renderTasks);
 $("task-cancel").addEventListener("click", async () => {
   setError("task-error", "");
   try { await api("POST", `/api/tasks/${encodeURIComponent(state.openTask)}/cancel`); await refreshTaskDetail(); } catch (e) { setError("task-error", e.message); }
@@ -379,21 +390,31 @@ async function loadAgents() {
   renderAgents();
 }
 
+function agentState(a) {
+  if (!a.active) return `exited (task ${a.taskStatus})`;
+  return a.state && a.state.runner ? a.state.runner : "–";
+}
+
 function renderAgents() {
-  show("agents-empty", state.agents.length === 0);
-  $("agents-list").replaceChildren(...state.agents.map((a) => el("tr", { "data-testid": "agent-row", "data-agent": a.name, onclick: () => openAgentLog(a.name) },
+  const all = $("agents-show-finished").checked;
+  const shown = state.agents.filter((a) => all || a.active);
+  show("agents-empty", shown.length === 0);
+  $("agents-list").replaceChildren(...shown.map((a) => el("tr", { "data-testid": "agent-row", "data-agent": a.name, "data-active": String(a.active), onclick: () => openAgentLog(a.name) },
     el("td", { text: a.name }),
     el("td", { text: a.org }),
     el("td", { text: a.taskId || "–" }),
-    el("td", { text: a.state && a.state.runner ? a.state.runner : "–" }),
-    el("td", { class: "heartbeat", "data-ts": a.lastSeenAt, text: ago(a.lastSeenAt) }),
-    el("td", {}, el("button", { type: "button", class: "secondary", "data-testid": "open-editor", onclick: (ev) => { ev.stopPropagation(); openEditor(a.name); }, text: "Open editor" })))));
+    el("td", { "data-testid": "agent-state", text: agentState(a) }),
+    // A finished agent's last heartbeat is a fixed time, not a counter.
+    a.active ? el("td", { class: "heartbeat", "data-ts": a.lastSeenAt, text: ago(a.lastSeenAt) }) : el("td", { text: `last seen ${new Date(a.lastSeenAt).toLocaleString()}` }),
+    el("td", {}, a.editor ? el("button", { type: "button", class: "secondary", "data-testid": "open-editor", onclick: (ev) => { ev.stopPropagation(); openEditor(a.name); }, text: "Open editor" }) : el("span", { class: "muted", text: a.active ? "no editor" : "" })))));
 }
+$("agents-show-finished").addEventListener("change", renderAgents);
 
 setInterval(() => { for (const td of document.querySelectorAll("td.heartbeat")) td.textContent = ago(td.dataset.ts); }, 1000);
 
 function openAgentLog(name) {
   if (state.agentLog) state.agentLog.close();
+  history.replaceState(null, "", `#/agents/${encodeURIComponent(name)}`);
   $("agent-detail-name").textContent = name;
   $("agent-log").textContent = "";
   show("agent-detail", true);
@@ -402,7 +423,7 @@ function openAgentLog(name) {
   es.onmessage = (m) => { let l; try { l = JSON.parse(m.data); } catch (_) { return; } $("agent-log").append(el("span", { class: l.stream, text: l.line + "\n" })); };
   es.addEventListener("end", () => { es.close(); });
 }
-$("agent-detail-close").addEventListener("click", () => { if (state.agentLog) state.agentLog.close(); show("agent-detail", false); });
+$("agent-detail-close").addEventListener("click", () => { if (state.agentLog) state.agentLog.close(); show("agent-detail", false); history.replaceState(null, "", "#/agents"); });
 
 async function openEditor(name) {
   setError("agents-error", "");
@@ -410,7 +431,8 @@ async function openEditor(name) {
     const r = await api("POST", `/api/agents/${encodeURIComponent(name)}/editor`);
     state.editorAgent = name;
     $("editor-agent").textContent = name;
-    $("editor-frame").src = r.path;
+    // The editor comes from its own origin (a one-time ticket URL), never from this one.
+    $("editor-frame").src = r.url;
     show("editor-panel", true);
   } catch (e) { setError("agents-error", e.message); }
 }

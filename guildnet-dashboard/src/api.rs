@@ -5,11 +5,12 @@ use crate::configs::{self, ConfigKind};
 use crate::error::ApiError;
 use crate::flows::{run_flow, FlowSender};
 use crate::json::ApiJson;
+use crate::json::ApiPath;
 use crate::validate;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +24,6 @@ use guildnet_core::token;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::time::Duration;
 
 /// Settings key of the mesh setup summary.
 pub const MESH_SETTING: &str = "mesh";
@@ -104,14 +104,28 @@ pub struct LoginBody {
 /// `POST /api/login`.
 pub async fn login(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
+    let ip = peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
+    if let Err(wait) = s.login_throttle.check(ip) {
+        let secs = wait.as_secs().max(1);
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many wrong passwords; try again in {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(resp);
+    }
     if !token::equals(&body.password, s.password.expose()) {
-        // Slow down guessing.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        tracing::warn!("dashboard login with a wrong password");
+        s.login_throttle.failed(ip);
+        tracing::warn!(client = ?ip, "dashboard login with a wrong password");
         return Err(ApiError::unauthorized("wrong password"));
     }
+    s.login_throttle.succeeded(ip);
     let id = s.sessions.create();
     let mut resp = Json(json!({"authenticated": true})).into_response();
     if let Some(c) = auth::set_cookie(&id, s.sessions.ttl(), s.tls) {
@@ -124,6 +138,7 @@ pub async fn login(
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = auth::session_cookie(&headers) {
         s.sessions.remove(&id);
+        s.editor.gate.end_for(&id);
     }
     let mut resp = Json(json!({"authenticated": false})).into_response();
     resp.headers_mut()
@@ -197,35 +212,40 @@ pub struct OrgView {
     pub talosconfig: configs::ConfigStatus,
 }
 
-fn org_view(s: &AppState, row: crate::db::OrgRow) -> OrgView {
+fn org_view(s: &AppState, org: guildnet_core::model::Org) -> OrgView {
     OrgView {
-        kubeconfig: configs::status(ConfigKind::Kubeconfig, &s.paths, &row.name),
-        talosconfig: configs::status(ConfigKind::Talosconfig, &s.paths, &row.name),
-        name: row.name,
-        created_at: row.created_at,
+        kubeconfig: configs::status(ConfigKind::Kubeconfig, &s.paths, &org.name),
+        talosconfig: configs::status(ConfigKind::Talosconfig, &s.paths, &org.name),
+        name: org.name,
+        created_at: org.created_at,
     }
 }
 
-async fn existing_org(s: &AppState, name: &str) -> Result<crate::db::OrgRow, ApiError> {
+/// The org named `name`, from the orchestrator's registry (the one list of orgs: the CLI,
+/// the API, Python and this dashboard all see the same).
+async fn existing_org(s: &AppState, name: &str) -> Result<guildnet_core::model::Org, ApiError> {
     let org = org_param(name)?;
-    s.db.org(&org)
+    s.orchestrator
+        .orgs()
         .await?
+        .into_iter()
+        .find(|o| o.name == org)
         .ok_or_else(|| ApiError::not_found(format!("org {org} does not exist")))
 }
 
-/// `GET /api/orgs`.
+/// `GET /api/orgs`: the orchestrator's orgs, with this dashboard's config files' status.
 pub async fn list_orgs(State(s): State<AppState>) -> Result<Json<Vec<OrgView>>, ApiError> {
-    let rows = s.db.orgs().await?;
-    Ok(Json(rows.into_iter().map(|r| org_view(&s, r)).collect()))
+    let orgs = s.orchestrator.orgs().await?;
+    Ok(Json(orgs.into_iter().map(|o| org_view(&s, o)).collect()))
 }
 
 /// `GET /api/orgs/{name}`.
 pub async fn get_org(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<OrgView>, ApiError> {
-    let row = existing_org(&s, &name).await?;
-    Ok(Json(org_view(&s, row)))
+    let org = existing_org(&s, &name).await?;
+    Ok(Json(org_view(&s, org)))
 }
 
 /// `POST /api/orgs` body.
@@ -236,26 +256,15 @@ pub struct CreateOrgBody {
     pub name: String,
 }
 
-/// `POST /api/orgs`: records the org and registers it with the orchestrator.
+/// `POST /api/orgs`: registers the org with the orchestrator.
 pub async fn create_org(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateOrgBody>,
 ) -> Result<(StatusCode, Json<OrgView>), ApiError> {
     let org = org_param(&body.name)?;
-    let row = s.db.create_org(&org).await?;
-    match s.orchestrator.create_org(&org).await {
-        Ok(_) => {}
-        Err(e) if e.status() == Some(409) => {}
-        Err(e) => {
-            // Keep the two in step: undo the local record.
-            if let Err(db) = s.db.delete_org(&org).await {
-                tracing::error!(org = %org, error = %db, "cannot undo the org record");
-            }
-            return Err(e.into());
-        }
-    }
+    let created = s.orchestrator.create_org(&org).await?;
     tracing::info!(org = %org, "org created");
-    Ok((StatusCode::CREATED, Json(org_view(&s, row))))
+    Ok((StatusCode::CREATED, Json(org_view(&s, created))))
 }
 
 /// `DELETE /api/orgs/{name}` body.
@@ -266,26 +275,27 @@ pub struct DeleteOrgBody {
     pub confirm: String,
 }
 
-/// `DELETE /api/orgs/{name}`: removes the org and its kubeconfig and talosconfig. The body
-/// must confirm the name. (The orchestrator keeps its own record and history.)
+/// `DELETE /api/orgs/{name}`: removes the org from the orchestrator (409 while it has
+/// unfinished tasks; its history stays), then its kubeconfig and talosconfig here. The body
+/// must confirm the name.
 pub async fn delete_org(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<DeleteOrgBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = existing_org(&s, &name).await?;
-    if body.confirm != row.name.as_str() {
+    let org = existing_org(&s, &name).await?;
+    if body.confirm != org.name.as_str() {
         return Err(ApiError::invalid(
             "confirm",
-            format!("type the org's name ({}) to confirm", row.name),
+            format!("type the org's name ({}) to confirm", org.name),
         ));
     }
-    configs::remove_all(&s.paths, &row.name).map_err(|e| {
-        ApiError::internal(format!("cannot remove config files of {}: {e}", row.name))
+    s.orchestrator.delete_org(&org.name).await?;
+    configs::remove_all(&s.paths, &org.name).map_err(|e| {
+        ApiError::internal(format!("cannot remove config files of {}: {e}", org.name))
     })?;
-    s.db.delete_org(&row.name).await?;
-    tracing::info!(org = %row.name, "org deleted");
-    Ok(Json(json!({"deleted": row.name})))
+    tracing::info!(org = %org.name, "org deleted");
+    Ok(Json(json!({"deleted": org.name})))
 }
 
 /// Upload body for kubeconfigs and talosconfigs.
@@ -321,7 +331,7 @@ async fn put_config(
 /// `PUT /api/orgs/{name}/kubeconfig`.
 pub async fn put_kubeconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ConfigBody>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     put_config(s, name, ConfigKind::Kubeconfig, body).await
@@ -330,7 +340,7 @@ pub async fn put_kubeconfig(
 /// `PUT /api/orgs/{name}/talosconfig`.
 pub async fn put_talosconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ConfigBody>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     put_config(s, name, ConfigKind::Talosconfig, body).await
@@ -339,7 +349,7 @@ pub async fn put_talosconfig(
 /// `GET /api/orgs/{name}/kubeconfig`: status only, never the content.
 pub async fn get_kubeconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     let row = existing_org(&s, &name).await?;
     Ok(Json(configs::status(
@@ -352,7 +362,7 @@ pub async fn get_kubeconfig(
 /// `GET /api/orgs/{name}/talosconfig`: status only, never the content.
 pub async fn get_talosconfig(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<configs::ConfigStatus>, ApiError> {
     let row = existing_org(&s, &name).await?;
     Ok(Json(configs::status(
@@ -365,7 +375,7 @@ pub async fn get_talosconfig(
 /// `POST /api/orgs/{name}/provision/stream`: bootstrap + operator install, as SSE.
 pub async fn provision_stream(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<validate::ProvisionBody>,
 ) -> Result<Response, ApiError> {
     let row = existing_org(&s, &name).await?;
@@ -463,7 +473,7 @@ pub async fn list_tasks(
 /// `GET /api/tasks/{id}`: the task and its workload details.
 pub async fn get_task(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<guildnet_core::orchestrator::api::TaskDetail>, ApiError> {
     Ok(Json(s.orchestrator.task_detail(&task_param(&id)?).await?))
 }
@@ -480,7 +490,7 @@ pub struct AfterQuery {
 /// `GET /api/tasks/{id}/logs`.
 pub async fn task_logs(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     q: Result<Query<AfterQuery>, QueryRejection>,
 ) -> Result<Json<Vec<guildnet_core::model::LogLine>>, ApiError> {
     let q = query(q)?;
@@ -521,7 +531,7 @@ async fn relay(s: &AppState, path: String, headers: &HeaderMap) -> Result<Respon
 /// `GET /api/tasks/{id}/logs/stream`: the orchestrator's log stream, relayed (resumable).
 pub async fn task_log_stream(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = task_param(&id)?;
@@ -531,7 +541,7 @@ pub async fn task_log_stream(
 /// `POST /api/tasks/{id}/cancel`.
 pub async fn cancel_task(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(s.orchestrator.cancel(&task_param(&id)?).await?))
 }
@@ -582,16 +592,70 @@ pub async fn artifacts(State(s): State<AppState>) -> Result<Json<Vec<ArtifactsVi
 // ---- agents --------------------------------------------------------------------------------
 
 /// `GET /api/agents`.
-pub async fn list_agents(
-    State(s): State<AppState>,
-) -> Result<Json<Vec<guildnet_core::model::Agent>>, ApiError> {
-    Ok(Json(s.orchestrator.agents().await?))
+pub async fn list_agents(State(s): State<AppState>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    let agents = s.orchestrator.agents().await?;
+    // The status of each agent's task: recent tasks in one call, the rest one by one.
+    let recent = s
+        .orchestrator
+        .tasks(&TaskListQuery {
+            limit: Some(1000),
+            ..TaskListQuery::default()
+        })
+        .await?;
+    let mut status: std::collections::HashMap<TaskId, TaskStatus> =
+        recent.into_iter().map(|t| (t.id, t.status)).collect();
+    for id in agents.iter().filter_map(|a| a.task_id.clone()).take(200) {
+        if let std::collections::hash_map::Entry::Vacant(e) = status.entry(id) {
+            if let Ok(t) = s.orchestrator.task(e.key()).await {
+                e.insert(t.status);
+            }
+        }
+    }
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|a| {
+                let task_status = a.task_id.as_ref().and_then(|t| status.get(t)).copied();
+                AgentView::new(a, task_status)
+            })
+            .collect(),
+    ))
+}
+
+/// An agent as the agents page shows it: whether it is still at work, and whether it has an
+/// editor to open.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    /// The orchestrator's record.
+    #[serde(flatten)]
+    pub agent: guildnet_core::model::Agent,
+    /// Its task's status, when known.
+    pub task_status: Option<TaskStatus>,
+    /// False once its task finished (the agent has exited or is exiting).
+    pub active: bool,
+    /// Whether an editor is running for it now.
+    pub editor: bool,
+}
+
+impl AgentView {
+    /// Derives the page's view from the record and the task's status.
+    pub fn new(agent: guildnet_core::model::Agent, task_status: Option<TaskStatus>) -> Self {
+        let active = !task_status.is_some_and(TaskStatus::is_terminal);
+        let editor = active && agent.state["editor"]["state"] == "running";
+        Self {
+            agent,
+            task_status,
+            active,
+            editor,
+        }
+    }
 }
 
 /// `GET /api/agents/{name}`.
 pub async fn get_agent(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<guildnet_core::model::Agent>, ApiError> {
     Ok(Json(s.orchestrator.agent(&agent_param(&name)?).await?))
 }
@@ -599,7 +663,7 @@ pub async fn get_agent(
 /// `GET /api/agents/{name}/logs/stream`.
 pub async fn agent_log_stream(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = agent_param(&name)?;
@@ -643,11 +707,13 @@ async fn orchestrator_post(s: &AppState, path: &str, body: Value) -> Result<Valu
     .into())
 }
 
-/// `POST /api/agents/{name}/editor`: opens the agent's editor through the orchestrator; the
-/// page embeds `path` (`/embed/orchestrator/{port}/`).
+/// `POST /api/agents/{name}/editor`: opens the agent's editor through the orchestrator and
+/// answers `{name, port, url}`; the page loads `url`, on the editor origin, in its iframe
+/// ([`crate::editor_origin`]).
 pub async fn open_editor(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
     let v = orchestrator_post(
@@ -659,7 +725,8 @@ pub async fn open_editor(
     let port = v
         .get("port")
         .and_then(Value::as_u64)
-        .filter(|p| *p > 0 && *p <= u16::MAX as u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -667,17 +734,18 @@ pub async fn open_editor(
                 "the orchestrator's editor reply has no port",
             )
         })?;
+    let url = crate::editor_origin::open_url(&s, &headers, port)?;
     Ok(Json(json!({
         "name": agent.name,
         "port": port,
-        "path": format!("/embed/orchestrator/{port}/"),
+        "url": url,
     })))
 }
 
 /// `POST /api/agents/{name}/editor/close`.
 pub async fn close_editor(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
     let v = orchestrator_post(

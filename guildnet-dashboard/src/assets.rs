@@ -1,6 +1,6 @@
 //! The page and its static assets, embedded in the binary (no build step).
 
-use axum::extract::Path;
+use crate::json::ApiPath;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -26,7 +26,7 @@ pub async fn index() -> Response {
 }
 
 /// `GET /assets/{file}`.
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub async fn asset(ApiPath(file): ApiPath<String>) -> Response {
     match file.as_str() {
         "app.js" => with_type(APP_JS, "text/javascript; charset=utf-8"),
         "app.css" => with_type(APP_CSS, "text/css; charset=utf-8"),

@@ -8,6 +8,10 @@
 //! - State-changing requests (anything but GET/HEAD/OPTIONS) from a browser must be same-origin:
 //!   `Sec-Fetch-Site` must be `same-origin` (or `none`) and `Origin`, when sent, must match
 //!   `Host`; otherwise 403. Together with `SameSite=Strict` this stops cross-site requests.
+//! - Password guessing is throttled ([`LoginThrottle`]): after a few wrong passwords from one
+//!   IP address, that address waits (doubling up to 15 min) and gets 429 with `Retry-After`;
+//!   and across all addresses at most [`GLOBAL_FAILURES_PER_SEC`] wrong passwords per second
+//!   are even checked. Sessions live only in memory: a restart logs everyone out.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -60,6 +64,79 @@ pub fn admin_password(
     Ok((p, PasswordSource::Generated(file)))
 }
 
+/// Wrong passwords one IP address may send before it has to wait.
+pub const FREE_FAILURES: u32 = 5;
+/// Longest wait imposed on one address.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Wrong passwords accepted for checking per second, all addresses together.
+pub const GLOBAL_FAILURES_PER_SEC: u32 = 10;
+
+/// Throttles password guessing per client IP and globally (see the module docs).
+#[derive(Default)]
+pub struct LoginThrottle {
+    per_ip: Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>,
+    global: Mutex<(Option<Instant>, u32)>,
+}
+
+impl LoginThrottle {
+    /// Whether `ip` may try a password now; `Err(wait)` when it must wait.
+    pub fn check(&self, ip: Option<std::net::IpAddr>) -> Result<(), Duration> {
+        let now = Instant::now();
+        if let Some(ip) = ip {
+            let m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, until)) = m.get(&ip) {
+                if *until > now {
+                    return Err(*until - now);
+                }
+            }
+        }
+        let g = self.global.lock().unwrap_or_else(|p| p.into_inner());
+        match g.0 {
+            Some(start)
+                if now.duration_since(start) < Duration::from_secs(1)
+                    && g.1 >= GLOBAL_FAILURES_PER_SEC =>
+            {
+                Err(Duration::from_secs(1) - now.duration_since(start))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a wrong password from `ip`.
+    pub fn failed(&self, ip: Option<std::net::IpAddr>) {
+        let now = Instant::now();
+        {
+            let mut g = self.global.lock().unwrap_or_else(|p| p.into_inner());
+            match g.0 {
+                Some(start) if now.duration_since(start) < Duration::from_secs(1) => g.1 += 1,
+                _ => *g = (Some(now), 1),
+            }
+        }
+        let Some(ip) = ip else { return };
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 100_000 {
+            m.retain(|_, (_, until)| *until > now);
+        }
+        let e = m.entry(ip).or_insert((0, now));
+        e.0 = e.0.saturating_add(1);
+        if e.0 >= FREE_FAILURES {
+            let doublings = (e.0 - FREE_FAILURES).min(10);
+            let wait = Duration::from_secs(1 << doublings).min(MAX_LOCKOUT);
+            e.1 = now + wait;
+        }
+    }
+
+    /// Forgets `ip`'s failures (after a right password).
+    pub fn succeeded(&self, ip: Option<std::net::IpAddr>) {
+        if let Some(ip) = ip {
+            self.per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ip);
+        }
+    }
+}
+
 /// Server-side sessions, keyed by the hash of the cookie value.
 pub struct Sessions {
     ttl: Duration,
@@ -98,6 +175,14 @@ impl Sessions {
                 }
                 None => false,
             },
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the session whose id hashes to `key` ([`token::hash`]) is live.
+    pub fn check_key(&self, key: &str) -> bool {
+        match self.map.lock() {
+            Ok(m) => m.get(key).is_some_and(|exp| *exp > Instant::now()),
             Err(_) => false,
         }
     }
@@ -185,14 +270,13 @@ fn is_public_api(path: &str) -> bool {
     matches!(path, "/api/health" | "/api/login" | "/api/session")
 }
 
-/// Middleware: CSRF check on every request, session check on `/api` and `/embed`.
+/// Middleware: CSRF check on every request, session check on `/api`.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Err(e) = check_same_origin(req.method(), req.headers()) {
         return e.into_response();
     }
     let path = req.uri().path();
-    let protected =
-        (path.starts_with("/api/") && !is_public_api(path)) || path.starts_with("/embed/");
+    let protected = path.starts_with("/api/") && !is_public_api(path);
     if protected && !has_session(&state, req.headers()) {
         return ApiError::unauthorized("log in first (no valid session)").into_response();
     }
@@ -202,6 +286,35 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_throttle_per_ip_and_global() {
+        let t = LoginThrottle::default();
+        let a = Some("10.0.0.1".parse().unwrap());
+        let b = Some("10.0.0.2".parse().unwrap());
+        for _ in 0..FREE_FAILURES - 1 {
+            assert!(t.check(a).is_ok());
+            t.failed(a);
+        }
+        assert!(t.check(a).is_ok());
+        t.failed(a);
+        let wait = t.check(a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(t.check(b).is_ok(), "another address is not locked out");
+        t.succeeded(a);
+        assert!(t.check(a).is_ok());
+        // Many addresses together: at most GLOBAL_FAILURES_PER_SEC checks a second.
+        let t = LoginThrottle::default();
+        for i in 0..GLOBAL_FAILURES_PER_SEC {
+            let ip = Some(std::net::IpAddr::from([10, 1, 0, i as u8]));
+            assert!(t.check(ip).is_ok());
+            t.failed(ip);
+        }
+        assert!(t.check(Some("10.2.0.1".parse().unwrap())).is_err());
+    }
 
     #[test]
     fn sessions_expire_and_are_removed() {

@@ -185,6 +185,9 @@ pub enum DashboardError {
     /// The orchestrator handle is unusable (bad URL).
     #[error("orchestrator client: {0}")]
     Orchestrator(#[from] ClientError),
+    /// A setting that cannot work.
+    #[error("configuration: {0}")]
+    Config(String),
     /// TLS setup failed (certificate generation or loading).
     #[error("TLS: {0}")]
     Tls(String),

@@ -1,10 +1,29 @@
 //! Strict JSON request bodies: `application/json` only, unknown fields refused, every failure a
-//! 400 JSON error naming the field.
+//! 400 JSON error naming the field. Path parameters too ([`ApiPath`]): a rejected path (bad
+//! percent-encoding, invalid UTF-8) is a JSON error, never axum's plain-text one.
 
 use crate::error::ApiError;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+
+/// Path parameters whose rejection is a JSON [`ApiError`] naming `path`.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::invalid("path", e.body_text()))
+    }
+}
 
 /// Largest JSON body accepted (kubeconfigs included).
 pub const MAX_JSON_BYTES: usize = 1024 * 1024;

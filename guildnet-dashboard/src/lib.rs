@@ -12,13 +12,15 @@
 //! - Long flows (mesh setup, org provisioning) stream [`flows::FlowEvent`]s; plug real
 //!   implementations in through [`flows::SetupFlow`] and [`flows::ProvisionFlow`].
 //! - Live task and agent events: one upstream subscription fanned out to browsers ([`live`]).
+//! - Agents' editors are served from a second listener, the editor origin, never from the
+//!   dashboard's own origin ([`editor_origin`]).
 
 pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod configs;
 pub mod db;
-pub mod embed;
+pub mod editor_origin;
 pub mod error;
 pub mod flows;
 pub mod json;
@@ -55,6 +57,11 @@ pub struct OrchestratorHandle {
 pub struct DashboardConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the editor origin's listener (default: the dashboard's IP, a free port).
+    pub editor_listen: Option<SocketAddr>,
+    /// The editor origin as browsers reach it (`https://editors.example.com`), when it is not
+    /// the dashboard's host with the editor listener's port (e.g. behind a reverse proxy).
+    pub editor_url: Option<String>,
     /// State dir (`dashboard.db`, `kube/`, `talos/`, the generated password and certificate).
     pub state_dir: PathBuf,
     /// Admin password; read from or generated into `${state}/dashboard.password` when `None`.
@@ -74,6 +81,8 @@ impl DashboardConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            editor_listen: None,
+            editor_url: None,
             state_dir: state_dir.into(),
             password: None,
             tls: false,
@@ -123,6 +132,10 @@ pub struct AppState {
     pub orchestrator_authority: Arc<Result<String, String>>,
     /// The editor relay's pooled reverse proxy.
     pub embed_proxy: guildnet_core::proxy::ReverseProxy,
+    /// Password guessing throttle.
+    pub login_throttle: Arc<auth::LoginThrottle>,
+    /// The editor origin: its port, public URL, tickets and sessions.
+    pub editor: Arc<editor_origin::EditorOrigin>,
 }
 
 /// A bound, not yet serving dashboard.
@@ -130,6 +143,8 @@ pub struct Dashboard {
     state: AppState,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    editor_listener: tokio::net::TcpListener,
+    editor_addr: SocketAddr,
     password_source: auth::PasswordSource,
     tls: Option<tls::TlsFiles>,
 }
@@ -187,6 +202,36 @@ impl Dashboard {
                 addr: cfg.listen,
                 source,
             })?;
+        let editor_bind = cfg
+            .editor_listen
+            .unwrap_or_else(|| SocketAddr::new(addr.ip(), 0));
+        if let Some(u) = &cfg.editor_url {
+            if !editor_origin::is_origin(u.trim_end_matches('/')) {
+                return Err(DashboardError::Config(format!(
+                    "--editor-url {u:?}: must be an origin like https://editors.example.com \
+                     (scheme, host and optional port, no path)"
+                )));
+            }
+        }
+        let editor_listener =
+            tokio::net::TcpListener::bind(editor_bind)
+                .await
+                .map_err(|source| DashboardError::Listen {
+                    addr: editor_bind,
+                    source,
+                })?;
+        let editor_addr =
+            editor_listener
+                .local_addr()
+                .map_err(|source| DashboardError::Listen {
+                    addr: editor_bind,
+                    source,
+                })?;
+        if editor_addr.port() == addr.port() && editor_addr.ip() == addr.ip() {
+            return Err(DashboardError::Config(
+                "the editor origin must listen on another port than the dashboard".into(),
+            ));
+        }
         let state = AppState {
             orchestrator,
             orchestrator_token: orch.token,
@@ -202,13 +247,24 @@ impl Dashboard {
                 .unwrap_or_else(|| Arc::new(flows::NoMeshSetup)),
             provision_flow,
             tls: cfg.tls,
-            orchestrator_authority: Arc::new(embed::orchestrator_authority(&orch.url)),
+            orchestrator_authority: Arc::new(editor_origin::orchestrator_authority(&orch.url)),
             embed_proxy: guildnet_core::proxy::ReverseProxy::new(),
+            login_throttle: Arc::new(auth::LoginThrottle::default()),
+            editor: Arc::new(editor_origin::EditorOrigin {
+                port: editor_addr.port(),
+                public_url: cfg
+                    .editor_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                gate: editor_origin::EditorGate::default(),
+            }),
         };
         Ok(Self {
             state,
             listener,
             addr,
+            editor_listener,
+            editor_addr,
             password_source,
             tls,
         })
@@ -223,6 +279,11 @@ impl Dashboard {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// The editor origin listener's bound address.
+    pub fn editor_addr(&self) -> SocketAddr {
+        self.editor_addr
     }
 
     /// Where the password came from (to tell people how to log in).
@@ -256,20 +317,90 @@ impl Dashboard {
                 .clone()
                 .run_upstream(self.state.orchestrator.clone()),
         );
-        tracing::info!(url = %self.url(), "dashboard listening");
-        let r = match self.tls {
-            None => guildnet_core::http_server::serve(
-                self.listener,
-                app,
-                &guildnet_core::http_server::ServerOptions::default(),
-                shutdown,
-            )
-            .await
-            .map_err(DashboardError::Serve),
-            Some(files) => tls::serve(self.listener, app, &files, shutdown).await,
+        tokio::spawn(migrate_orgs(self.state.clone()));
+        tracing::info!(url = %self.url(), editor_origin = %self.editor_addr, "dashboard listening");
+        // Both listeners stop on the same shutdown.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
         };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let editor_app = editor_origin::router(self.state.clone());
+        let (main, editor) = match self.tls {
+            None => {
+                let opts = guildnet_core::http_server::ServerOptions::default();
+                tokio::join!(
+                    async {
+                        guildnet_core::http_server::serve(self.listener, app, &opts, stopped())
+                            .await
+                            .map_err(DashboardError::Serve)
+                    },
+                    async {
+                        guildnet_core::http_server::serve(
+                            self.editor_listener,
+                            editor_app,
+                            &opts,
+                            stopped(),
+                        )
+                        .await
+                        .map_err(DashboardError::Serve)
+                    }
+                )
+            }
+            Some(files) => tokio::join!(
+                tls::serve(self.listener, app, &files, stopped()),
+                tls::serve(self.editor_listener, editor_app, &files, stopped())
+            ),
+        };
+        let r = main.and(editor);
         upstream.abort();
         r
+    }
+}
+
+/// Moves orgs that an older dashboard kept in its own `dashboard.db` into the orchestrator's
+/// registry (the one list of orgs), then forgets them here. Retries while the orchestrator is
+/// not reachable yet (it may start after the dashboard).
+async fn migrate_orgs(state: AppState) {
+    let rows = match state.db.orgs().await {
+        Ok(r) if r.is_empty() => return,
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dashboard's old org list");
+            return;
+        }
+    };
+    for row in rows {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match state.orchestrator.create_org(&row.name).await {
+                Ok(_) => break,
+                Err(e) if e.status() == Some(409) => break,
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(org = %row.name, error = %e, "cannot move org to the orchestrator");
+                    return;
+                }
+                Err(_) if delay < Duration::from_secs(60) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(org = %row.name, error = %e, "orchestrator unreachable; org not moved");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = state.db.delete_org(&row.name).await {
+            tracing::warn!(org = %row.name, error = %e, "cannot forget the moved org");
+        } else {
+            tracing::info!(org = %row.name, "org moved from dashboard.db to the orchestrator");
+        }
     }
 }
 

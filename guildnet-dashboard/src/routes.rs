@@ -3,30 +3,31 @@
 use crate::api;
 use crate::assets;
 use crate::auth;
-use crate::embed;
 use crate::AppState;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get, post, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 
-/// Content-Security-Policy of every response.
-pub const CSP: &str = "default-src 'self'; frame-src 'self'; img-src 'self' data:; \
+/// Content-Security-Policy of every dashboard response, but for `frame-src`, which names the
+/// editor origin (see [`csp`]).
+pub const CSP: &str = "default-src 'self'; img-src 'self' data:; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'";
 
-async fn security_headers(req: Request, next: Next) -> Response {
-    // The relayed editor keeps its own policy (code-server needs its scripts and workers); the
-    // relay has already limited its framing to this origin (`frame-ancestors 'self'`).
-    let relayed = req.uri().path().starts_with("/embed/");
+/// The dashboard's policy for a request: [`CSP`] plus `frame-src` the editor origin only (the
+/// dashboard itself serves nothing to frame).
+pub fn csp(editor_origin: Option<&str>) -> String {
+    format!("{CSP}; frame-src {}", editor_origin.unwrap_or("'none'"))
+}
+
+async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let editor = crate::editor_origin::editor_origin_for(&state, req.headers());
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    if !relayed || !h.contains_key(header::CONTENT_SECURITY_POLICY) {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        );
+    if let Ok(v) = HeaderValue::from_str(&csp(editor.as_deref())) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -41,6 +42,12 @@ async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("SAMEORIGIN"),
     );
     resp
+}
+
+async fn dashboard_metrics(
+    axum::Extension(m): axum::Extension<std::sync::Arc<guildnet_core::metrics::HttpMetrics>>,
+) -> Response {
+    guildnet_core::metrics::response(m.encode())
 }
 
 /// The `/api` routes (relative paths, nested under `/api`).
@@ -87,21 +94,31 @@ fn api_routes() -> Router<AppState> {
         })
 }
 
-/// The whole dashboard app: `/api`, the page and its assets, and the editor relay
-/// `/embed/orchestrator/{port}/*` ([`embed`]). Add routes with `router(state.clone()).merge(...)`
-/// or by extending this function; the session guard covers `/api/*` and `/embed/*` for any route
-/// added before the layers below.
+/// The whole dashboard app: `/api`, the page and its assets. Editors are not served here but
+/// from the editor origin ([`crate::editor_origin::router`]). Add routes with
+/// `router(state.clone()).merge(...)` or by extending this function; the session guard covers
+/// `/api/*` for any route added before the layers below.
 pub fn router(state: AppState) -> Router {
+    let metrics = std::sync::Arc::new(guildnet_core::metrics::HttpMetrics::new(
+        "guildnet_dashboard",
+    ));
     Router::new()
         .nest("/api", api_routes())
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
-        .route("/embed/orchestrator/{port}", any(embed::embed_root))
-        .route("/embed/orchestrator/{port}/", any(embed::embed_index))
-        .route("/embed/orchestrator/{port}/{*rest}", any(embed::embed))
+        // Request counts and times by route (no ids, no secrets), public like /api/health.
+        .route("/metrics", get(dashboard_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            metrics.clone(),
+            guildnet_core::metrics::track,
+        ))
+        .layer(axum::Extension(metrics))
         .fallback(assets::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(crate::json::MAX_JSON_BYTES))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }

@@ -104,18 +104,62 @@ async fn auth_sessions_csrf_and_headers() {
         assert_eq!(resp.status(), 200, "{path}");
         let h = resp.headers();
         let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("default-src 'self'") && csp.contains("frame-src 'self'"));
+        // Frames come only from the editor origin, never from the dashboard's own.
+        assert!(
+            csp.contains("default-src 'self'")
+                && csp.contains(&format!("frame-src {}", env.editor_url))
+                && !csp.contains("frame-src 'self'"),
+            "{csp}"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert!(h.contains_key("referrer-policy"));
         let body = resp.text().await.unwrap();
         assert!(!body.contains(ORCH_TOKEN) && !body.contains(PASSWORD));
     }
 
+    // Prometheus metrics: requests by route template, no secrets.
+    let resp = anon.req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("guildnet_dashboard_http_requests_total{")
+            && text.contains(r#"route="/api/orgs""#),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD) && !text.contains(ORCH_TOKEN));
+
     // Logout ends the session server-side.
     let (st, _) = me.json(Method::POST, "/api/logout", None).await;
     assert_eq!(st, 200);
     let (st, _) = me.json(Method::GET, "/api/orgs", None).await;
     assert_eq!(st, 401);
+
+    // Password guessing from one address is throttled: after a few wrong passwords it gets
+    // 429 with Retry-After, and even the right password waits.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = anon
+            .req(Method::POST, "/api/login")
+            .json(&json!({"password": "guess"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "too_many_attempts", "{v}");
+        }
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert_eq!(statuses[7], 429, "{statuses:?}");
+    let r = anon
+        .req(Method::POST, "/api/login")
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "locked out for now");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +187,20 @@ async fn orgs_configs_and_input_errors() {
         .await;
     assert_eq!(st, 400);
     assert_eq!(v["error"]["field"], "name");
+    // A path that does not decode is a JSON error naming the path, like every other input error.
+    for path in ["/api/orgs/%FF", "/api/tasks/%FF/logs", "/api/agents/%C3%28"] {
+        let resp = me.req(Method::GET, path).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["field"], "path", "{path}: {v}");
+    }
     let (_, list) = me.json(Method::GET, "/api/orgs", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     let orch = guildnet_core::client::OrchestratorClient::new(
@@ -152,6 +210,26 @@ async fn orgs_configs_and_input_errors() {
     .unwrap();
     let orch_orgs = orch.orgs().await.unwrap();
     assert!(orch_orgs.iter().any(|o| o.name.as_str() == "acme"));
+    // One registry: an org made elsewhere (CLI, API, Python) is the dashboard's org too, and
+    // an org deleted here is gone from the orchestrator.
+    let globex = guildnet_core::names::OrgName::new("globex").unwrap();
+    orch.create_org(&globex).await.unwrap();
+    let (st, v) = me.json(Method::GET, "/api/orgs/globex", None).await;
+    assert_eq!((st, v["name"].clone()), (200, json!("globex")), "{v}");
+    let (st, _) = me
+        .json(
+            Method::DELETE,
+            "/api/orgs/globex",
+            Some(json!({"confirm": "globex"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(orch
+        .orgs()
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| o.name.as_str() != "globex"));
 
     // Bad JSON, unknown fields, wrong content type.
     let resp = me

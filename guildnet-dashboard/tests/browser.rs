@@ -204,12 +204,63 @@ async fn login_org_kubeconfig_error_and_live_task() {
     .await;
     shot(&s, "tasks").await;
 
-    // Agents page lists the task's agent.
+    // The open task is in the address (a deep link), and the list filters by status.
+    let id = s
+        .execute(
+            "return document.querySelector('[data-testid=task-row]').dataset.taskId",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let id = id.as_str().unwrap().to_owned();
+    let url = s.current_url().await.unwrap();
+    assert!(url.ends_with(&format!("#/tasks/{id}")), "{url}");
+    let filter = |status: &str| {
+        format!(
+            "const f = document.getElementById('tasks-filter-status'); f.value = '{status}'; \
+             f.dispatchEvent(new Event('change'));"
+        )
+    };
+    s.execute(&filter("Failed"), vec![]).await.unwrap();
+    visible(&s, "tasks-empty", 10).await;
+    s.execute(&filter("Succeeded"), vec![]).await.unwrap();
+    s.wait_for_css("[data-testid=task-row]", Duration::from_secs(10))
+        .await
+        .expect("the succeeded task listed");
+    s.execute(&filter(""), vec![]).await.unwrap();
+    // Opening the deep link in a fresh page shows that task and its log.
+    s.goto("about:blank").await.unwrap();
+    s.goto(&format!("{}/#/tasks/{id}", env.dash_url))
+        .await
+        .unwrap();
+    visible(&s, "task-detail", 20).await;
+    wait_js(
+        &s,
+        "the linked task's log",
+        "return document.getElementById('task-log').textContent.includes('write the release notes')",
+        20,
+    )
+    .await;
+    click(&s, "#task-detail-close").await;
+
+    // Agents page: active agents by default; the finished task's agent shows with "Show
+    // finished agents", as exited, with no editor to open.
     click(&s, "#nav-agents").await;
+    visible(&s, "page-agents", 5).await;
+    click(&s, "#agents-show-finished").await;
     s.wait_for_css("[data-testid=agent-row]", Duration::from_secs(10))
         .await
         .expect("agent row");
-    visible(&s, "page-agents", 5).await;
+    wait_js(
+        &s,
+        "the finished agent shown as exited",
+        "const r = document.querySelector('[data-testid=agent-row]'); \
+         return r.dataset.active === 'false' \
+           && r.querySelector('[data-testid=agent-state]').textContent.startsWith('exited') \
+           && !r.querySelector('[data-testid=open-editor]');",
+        20,
+    )
+    .await;
     shot(&s, "agents").await;
 
     // Artifacts page: empty state.

@@ -423,6 +423,25 @@ impl Session {
         Ok(())
     }
 
+    /// Makes `element` (an `<iframe>`) the browsing context later commands run in: scripts and
+    /// searches then see the frame's document, even when it comes from another origin.
+    pub async fn switch_to_frame(&self, element: &Element) -> Result<()> {
+        self.cmd(
+            reqwest::Method::POST,
+            "/frame",
+            Some(json!({ "id": element.to_json() })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Back to the top-level document after [`Session::switch_to_frame`].
+    pub async fn switch_to_top(&self) -> Result<()> {
+        self.cmd(reqwest::Method::POST, "/frame", Some(json!({ "id": null })))
+            .await?;
+        Ok(())
+    }
+
     /// Runs `script` as the body of a function with `args` (`arguments[0]`, …) and returns
     /// what it returns (a returned Promise is awaited). Elements are passed with
     /// [`Element::to_json`].

@@ -11,9 +11,11 @@ pub type OnSubmit = Box<dyn Fn(&AgentLaunch) + Send + Sync>;
 
 /// Accepts every submission and starts nothing, so a bench measures the orchestrator's own
 /// cost; `on_submit` (if any) sees each launch, e.g. to hand its credentials to the bench.
+/// With `refuse`, it refuses every submission instead (a cluster that is down).
 #[derive(Default)]
 pub struct NullBackend {
     pub on_submit: Option<OnSubmit>,
+    pub refuse: Option<String>,
 }
 
 #[async_trait]
@@ -22,6 +24,12 @@ impl ClusterBackend for NullBackend {
         "null"
     }
     async fn submit(&self, l: AgentLaunch) -> Result<(), BackendError> {
+        if let Some(reason) = &self.refuse {
+            return Err(BackendError::OrgUnavailable {
+                org: l.org,
+                reason: reason.clone(),
+            });
+        }
         if let Some(f) = &self.on_submit {
             f(&l);
         }

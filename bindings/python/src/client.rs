@@ -5,14 +5,14 @@ use crate::logs::LogStream;
 use crate::runtime::block_on;
 use crate::types::{dict_of, Agent, LogLine, Org, Task};
 use guildnet_core::client as core;
+use guildnet_core::context::{ContextFile, RepoSpec};
 use guildnet_core::model::TaskStatus;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
-use guildnet_core::context::{ContextFile, RepoSpec};
 use guildnet_core::orchestrator::api::{ScheduleRequest, TaskListQuery};
-use std::collections::BTreeMap;
 use guildnet_core::token::Secret;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,24 @@ impl OrchestratorClient {
         let inner = core::OrchestratorClient::new(url, Secret::new(token))
             .map_err(|e| Error::from(e).into_py_err(py))?;
         Ok(Self { inner })
+    }
+
+    /// A client configured like the `guildnet` CLI: the URL from `GUILDNET_URL` (default
+    /// `http://127.0.0.1:8080`), the token from `ORCHESTRATOR_TOKEN`, else from the state dir's
+    /// token file (`GUILDNET_STATE_DIR`, `~/.guildnet/state`).
+    #[staticmethod]
+    fn from_env(py: Python<'_>) -> PyResult<Self> {
+        let url = std::env::var("GUILDNET_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+        match std::env::var("ORCHESTRATOR_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            Some(t) => Self::new(py, &url, &t),
+            None => Self::from_state_dir(py, &url, None),
+        }
     }
 
     /// The orchestrator's base URL.
@@ -168,7 +186,12 @@ impl OrchestratorClient {
                 None => None,
             };
             let org = org.map(OrgName::new).transpose()?;
-            Ok(TaskListQuery { status, org, limit })
+            Ok(TaskListQuery {
+                status,
+                org,
+                limit,
+                ..Default::default()
+            })
         })()
         .map_err(|e| e.into_py_err(py))?;
         let c = self.inner.clone();
@@ -288,6 +311,13 @@ impl OrchestratorClient {
         let name = OrgName::new(name).map_err(|e| Error::from(e).into_py_err(py))?;
         let c = self.inner.clone();
         block_on(py, async move { Ok(c.create_org(&name).await?) }).map(Org::from)
+    }
+
+    /// Removes an org that has no unfinished task (its task history stays).
+    fn delete_org(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let name = OrgName::new(name).map_err(|e| Error::from(e).into_py_err(py))?;
+        let c = self.inner.clone();
+        block_on(py, async move { Ok(c.delete_org(&name).await?) })
     }
 
     /// All registered orgs.

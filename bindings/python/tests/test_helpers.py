@@ -45,7 +45,9 @@ def test_find_kubeconfig(monkeypatch, tmp_path):
     explicit = tmp_path / "explicit.config"
     explicit.write_text("x")
     monkeypatch.setenv("KUBECONFIG", str(explicit))
-    assert guildnet.find_kubeconfig("acme", state) == explicit
+    # KUBECONFIG never overrides an org's own file; it is the fallback for orgs without one.
+    assert guildnet.find_kubeconfig("acme", state) == kc
+    assert guildnet.find_kubeconfig("globex", state) == explicit
 
 
 def test_agenttask_crd_yaml():
@@ -63,6 +65,19 @@ def test_client_from_state_dir_reads_the_token_file(orchestrator, tmp_path):
     c = guildnet.OrchestratorClient.from_state_dir(orchestrator.url, tmp_path)
     assert "acme" in [o.name for o in c.orgs()]
     assert TOKEN not in repr(c)
+
+
+def test_client_from_env_like_the_cli(orchestrator, tmp_path, monkeypatch):
+    monkeypatch.setenv("GUILDNET_URL", orchestrator.url)
+    monkeypatch.setenv("ORCHESTRATOR_TOKEN", TOKEN)
+    assert "acme" in [o.name for o in guildnet.OrchestratorClient.from_env().orgs()]
+    # Without ORCHESTRATOR_TOKEN: the state dir's token file.
+    monkeypatch.delenv("ORCHESTRATOR_TOKEN")
+    monkeypatch.setenv("GUILDNET_STATE_DIR", str(tmp_path))
+    guildnet.admin_token_path(tmp_path).write_text(TOKEN + "\n")
+    c = guildnet.OrchestratorClient.from_env()
+    assert c.url.startswith(orchestrator.url)
+    assert "acme" in [o.name for o in c.orgs()]
 
 
 def test_version():

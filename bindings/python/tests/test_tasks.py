@@ -179,6 +179,12 @@ def test_orgs(client):
     t = client.schedule("beta", "echo in beta")
     assert client.wait(t.id, timeout=30).status == "Succeeded"
     assert [x.id for x in client.tasks(org="beta")] == [t.id]
+    # Deleting keeps the history; an org with an unfinished task cannot go.
+    client.delete_org("beta")
+    assert "beta" not in [o.name for o in client.orgs()]
+    assert [x.id for x in client.tasks(org="beta")] == [t.id]
+    with pytest.raises(guildnet.NotFoundError):
+        client.delete_org("beta")
 
 
 def test_calls_release_the_gil(client):

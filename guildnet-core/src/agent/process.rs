@@ -53,6 +53,7 @@ pub fn harden_self(extra: &[&str]) -> Hardening {
     let non_dumpable = unsafe { super::sandbox::prctl(libc::PR_SET_DUMPABLE, 0, 0) } == 0;
     // SAFETY: as above.
     let subreaper = unsafe { super::sandbox::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0) } == 0;
+    OWNS_PROCESS.store(subreaper, std::sync::atomic::Ordering::SeqCst);
     if !non_dumpable || !subreaper {
         tracing::warn!(
             non_dumpable,
@@ -66,6 +67,11 @@ pub fn harden_self(extra: &[&str]) -> Hardening {
         subreaper,
     }
 }
+
+/// Whether the agent owns this process ([`harden_self`] made it a subreaper): only then are
+/// untracked children orphans of the runner. An agent embedded in another program (a custom
+/// orchestrator, a test) must never touch that program's own children.
+static OWNS_PROCESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Pids of the children the agent started itself and still waits for.
 static TRACKED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
@@ -127,6 +133,9 @@ fn stat(pid: i32) -> Option<(char, i32, i32)> {
 /// Children of this process that it did not start through [`spawn_tracked`]: orphans
 /// re-parented to the agent (a subreaper). `(pid, pgid, zombie)`.
 fn orphans() -> Vec<(i32, i32, bool)> {
+    if !OWNS_PROCESS.load(std::sync::atomic::Ordering::SeqCst) {
+        return Vec::new();
+    }
     let me = std::process::id() as i32;
     let tracked = TRACKED.lock().map(|s| s.clone()).unwrap_or_default();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -143,7 +152,9 @@ fn orphans() -> Vec<(i32, i32, bool)> {
 }
 
 /// Kills (SIGKILL) and reaps every orphan re-parented to the agent, repeating while killing
-/// one re-parents its own children, for at most `limit`. Returns how many were killed.
+/// one re-parents its own children, for at most `limit`. Returns how many were killed. Does
+/// nothing unless the agent owns its process ([`harden_self`] ran): an embedded agent leaves
+/// its host's children alone.
 pub async fn kill_orphans(limit: Duration) -> usize {
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag};

@@ -72,6 +72,10 @@ pub struct TaskListQuery {
     pub org: Option<OrgName>,
     /// At most this many, newest first (default 100, at most 1000).
     pub limit: Option<usize>,
+    /// Continue after the previous page: the `X-Next-Cursor` header of that page's response
+    /// (an opaque string). Pages are keyset-paginated, so each costs the same however deep
+    /// the listing goes, and tasks scheduled meanwhile never shift a page.
+    pub cursor: Option<String>,
 }
 
 /// Query of `GET /tasks/{id}/logs` and the log streams.
@@ -296,4 +300,11 @@ pub struct TaskDetail {
     /// refused the last submit and the next try is later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+}
+
+/// `DELETE /orgs/{org}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedOrg {
+    /// The removed org.
+    pub deleted: OrgName,
 }

@@ -130,7 +130,7 @@ impl Orchestrator {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_org",
                 format!(
-                    "org {:?} is not registered; create it first with POST /orgs",
+                    "org {:?} is not registered; create it first (`guildnet org create <name>`, the dashboard's Orgs page, or POST /orgs)",
                     org.as_str()
                 ),
             )

@@ -179,22 +179,21 @@ pub async fn editor_proxy_root(ApiPath(port): ApiPath<String>) -> Result<Respons
         .into_response())
 }
 
-/// `ANY /editor/proxy/{port}/`.
-pub async fn editor_proxy_index(
-    State(o): State<Orchestrator>,
-    ApiPath(port): ApiPath<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    proxy(o, &port, "/", req).await
-}
+/// The mount of the editor proxy routes.
+const MOUNT: &str = "/editor/proxy/";
 
-/// `ANY /editor/proxy/{port}/{*rest}`.
+/// `ANY /editor/proxy/{port}/` and `ANY /editor/proxy/{port}/{*rest}`. The rest of the path is
+/// forwarded as the client sent it, still percent-encoded
+/// ([`crate::proxy::split_mounted_path`]).
 pub async fn editor_proxy(
     State(o): State<Orchestrator>,
-    ApiPath((port, rest)): ApiPath<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    proxy(o, &port, &format!("/{rest}"), req).await
+    let path = req.uri().path().to_owned();
+    let (port, rest) = crate::proxy::split_mounted_path(&path, MOUNT)
+        .ok_or_else(|| ApiError::not_found("not an editor proxy path"))?;
+    let rest = rest.to_owned();
+    proxy(o, port, &rest, req).await
 }
 
 async fn proxy(

@@ -104,6 +104,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::InUse(why) => ApiError::new(StatusCode::CONFLICT, "in_use", why),
             StoreError::AlreadyExists(what) => ApiError::new(
                 StatusCode::CONFLICT,
                 "already_exists",
@@ -127,6 +128,14 @@ impl From<StoreError> for ApiError {
                     Some(f) => e.with_field(f),
                     None => e,
                 }
+            }
+            e @ StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "state store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the orchestrator's database is unavailable; retry shortly",
+                )
             }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -14,10 +14,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 /// Largest request body accepted (bytes).
@@ -60,6 +61,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "body",
             "expected a JSON object, found an array",
         ));
+    }
+    // The common case, a valid body, needs no path tracking; a body that fails is parsed once
+    // more with it, to name the field.
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        return Ok(v);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -327,6 +333,47 @@ const SSE_PAGE: usize = 500;
 
 // ---- handlers -----------------------------------------------------------------------------------
 
+/// The orchestrator's Prometheus metrics: HTTP requests by route and status, request times,
+/// and tasks by status (counted when scraped).
+pub struct OrchestratorMetrics {
+    http: Arc<crate::metrics::HttpMetrics>,
+    tasks: prometheus_client::metrics::family::Family<
+        crate::metrics::StatusLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl OrchestratorMetrics {
+    fn new() -> Self {
+        let mut http = crate::metrics::HttpMetrics::new("guildnet_orchestrator");
+        let tasks = prometheus_client::metrics::family::Family::default();
+        http.registry_mut()
+            .register("tasks", "Tasks by status", tasks.clone());
+        Self {
+            http: Arc::new(http),
+            tasks,
+        }
+    }
+}
+
+/// Prometheus metrics in the text format. Aggregate numbers only (no org names, ids or
+/// secrets), so it needs no token, like `/health`.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(
+    State(o): State<Orchestrator>,
+    axum::Extension(m): axum::Extension<Arc<OrchestratorMetrics>>,
+) -> Result<Response, ApiError> {
+    for (status, n) in o.task_counts().await? {
+        m.tasks
+            .get_or_create(&crate::metrics::StatusLabels {
+                status: status.as_str().to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    Ok(crate::metrics::response(m.http.encode()))
+}
+
 /// Liveness and basic facts.
 #[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Health)))]
 pub async fn health(State(o): State<Orchestrator>) -> Json<Health> {
@@ -359,6 +406,21 @@ pub async fn create_org(
     Ok((StatusCode::CREATED, Json(o.create_org(req.name).await?)))
 }
 
+/// Removes an org that has no unfinished task; its finished tasks, events and audit rows stay.
+#[utoipa::path(delete, path = "/orgs/{org}", tag = "orgs", security(("admin" = [])),
+    params(("org" = String, Path, description = "Org name")),
+    responses((status = 200, body = DeletedOrg), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn delete_org(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiPath(org): ApiPath<String>,
+) -> Result<Json<DeletedOrg>, ApiError> {
+    let org = OrgName::new(&org).map_err(|e| ApiError::invalid("org", e.to_string()))?;
+    o.delete_org(org.clone()).await?;
+    Ok(Json(DeletedOrg { deleted: org }))
+}
+
 /// Lists orgs.
 #[utoipa::path(get, path = "/orgs", tag = "orgs", security(("admin" = [])),
     responses((status = 200, body = Vec<Org>)))]
@@ -382,15 +444,44 @@ pub async fn schedule(
     Ok((StatusCode::ACCEPTED, Json(o.schedule(req).await?)))
 }
 
-/// Lists tasks, newest first.
+/// Lists tasks, newest first, a page at a time: when a page is full, `X-Next-Cursor` gives the
+/// `cursor` of the next one (and `Link` the next page's URL, `rel="next"`).
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(TaskListQuery), security(("admin" = [])),
-    responses((status = 200, body = Vec<Task>)))]
+    responses((status = 200, body = Vec<Task>, headers(
+        ("X-Next-Cursor" = String, description = "Present when the page is full: pass it as `cursor` for the next page"),
+        ("Link" = String, description = "Present with X-Next-Cursor: the next page's URL, `rel=\"next\"`"))),
+        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list_tasks(
     State(o): State<Orchestrator>,
     _: AdminAuth,
     ApiQuery(q): ApiQuery<TaskListQuery>,
-) -> Result<Json<Vec<Task>>, ApiError> {
-    Ok(Json(o.tasks(q).await?))
+) -> Result<Response, ApiError> {
+    let mut next_url = String::from("/tasks?");
+    if let Some(s) = q.status {
+        next_url.push_str(&format!("status={s}&"));
+    }
+    if let Some(org) = &q.org {
+        next_url.push_str(&format!("org={org}&"));
+    }
+    if let Some(l) = q.limit {
+        next_url.push_str(&format!("limit={l}&"));
+    }
+    let (json, next) = o.task_page(q).await?;
+    let body = axum::body::Body::new(crate::http_server::ChunksBody::new(json));
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(next) = next {
+        // Cursors are `<digits>.<task id>`: valid header text and URL query text as they are.
+        let link = format!("<{next_url}cursor={next}>; rel=\"next\"");
+        let h = resp.headers_mut();
+        if let (Ok(c), Ok(l)) = (
+            axum::http::HeaderValue::from_str(&next),
+            axum::http::HeaderValue::from_str(&link),
+        ) {
+            h.insert("x-next-cursor", c);
+            h.insert(header::LINK, l);
+        }
+    }
+    Ok(resp)
 }
 
 /// One task.
@@ -709,8 +800,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/openapi.json"),
+    ("get", "/metrics"),
     ("post", "/orgs"),
     ("get", "/orgs"),
+    ("delete", "/orgs/{org}"),
     ("post", "/orgs/bootstrap"),
     ("get", "/orgs/{org}/bootstrap"),
     ("get", "/orgs/{org}/bootstrap/stream"),
@@ -737,10 +830,13 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The orchestrator's router.
 pub fn router(o: Orchestrator) -> Router {
+    let metrics = Arc::new(OrchestratorMetrics::new());
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(self::metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/orgs", post(create_org).get(list_orgs))
+        .route("/orgs/{org}", delete(delete_org))
         .route("/orgs/bootstrap", post(super::bootstrap::start_bootstrap))
         .route(
             "/orgs/{org}/bootstrap",
@@ -778,14 +874,19 @@ pub fn router(o: Orchestrator) -> Router {
         )
         .route(
             "/editor/proxy/{port}/",
-            any(super::editor_proxy::editor_proxy_index),
+            any(super::editor_proxy::editor_proxy),
         )
         .route(
             "/editor/proxy/{port}/{*rest}",
             any(super::editor_proxy::editor_proxy),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.http.clone(),
+            crate::metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -815,12 +916,12 @@ impl utoipa::Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
-    paths(health, openapi_json, create_org, list_orgs, super::bootstrap::start_bootstrap,
+    paths(health, metrics, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
-    components(schemas(Health, CreateOrgRequest, ScheduleRequest, RegisterRequest, RegisterResponse,
+    components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
         NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,

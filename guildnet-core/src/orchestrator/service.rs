@@ -105,6 +105,12 @@ struct Inner {
     store: Arc<dyn StateStore>,
     backend: Arc<dyn ClusterBackend>,
     cfg: OrchestratorConfig,
+    /// SHA-256 of the admin token, computed once (requests are checked against it in
+    /// constant time).
+    admin_digest: token::TokenDigest,
+    /// Orgs known to exist, so a schedule needs no store read: a name not in here is looked up
+    /// in the store (and added when found); deleting an org removes it.
+    known_orgs: std::sync::RwLock<std::collections::HashSet<OrgName>>,
     /// Bumped after every stored event or log line; SSE streams wait on it.
     changes: watch::Sender<u64>,
     /// When this process started: leases are not reaped until one lease period later, so agents
@@ -134,6 +140,9 @@ struct Inner {
         crate::seams::BootstrapOutcome,
     >,
 }
+
+/// The stored token hash of a task not dispatched yet: not hex, so no token's hash equals it.
+const NO_TOKEN_YET: &str = "-";
 
 /// How often (seconds) the reaper asks the backend about agents that have not claimed yet.
 const LIVENESS_EVERY_SECS: i64 = 5;
@@ -170,10 +179,13 @@ impl Orchestrator {
         backend: Arc<dyn ClusterBackend>,
         cfg: OrchestratorConfig,
     ) -> Result<Self, ApiError> {
-        Ok(Self {
+        let external = store.external_changes();
+        let me = Self {
             inner: Arc::new(Inner {
                 store,
                 backend,
+                admin_digest: token::TokenDigest::of(cfg.admin_token.expose()),
+                known_orgs: Default::default(),
                 cfg,
                 changes: watch::channel(0).0,
                 started_at: Utc::now(),
@@ -187,7 +199,18 @@ impl Orchestrator {
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
                 backoff: Default::default(),
             }),
-        })
+        };
+        // Writes of other replicas (PostgreSQL NOTIFY) wake this replica's SSE streams too.
+        if let Some(mut rx) = external {
+            let weak = Arc::downgrade(&me.inner);
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+                }
+            });
+        }
+        Ok(me)
     }
 
     /// Settings.
@@ -233,7 +256,29 @@ impl Orchestrator {
 
     /// Checks an admin bearer token.
     pub fn is_admin_token(&self, presented: &str) -> bool {
-        token::equals(presented, self.inner.cfg.admin_token.expose())
+        self.inner.admin_digest.matches(presented)
+    }
+
+    /// Whether `org` is registered: from memory once seen, else from the store.
+    async fn org_exists(&self, org: &OrgName) -> Result<bool, ApiError> {
+        let known = self
+            .inner
+            .known_orgs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(org);
+        if known {
+            return Ok(true);
+        }
+        if self.inner.store.get_org(org).await?.is_none() {
+            return Ok(false);
+        }
+        self.inner
+            .known_orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone());
+        Ok(true)
     }
 
     /// Authenticates an agent bearer token; returns the task it is valid for.
@@ -259,6 +304,24 @@ impl Orchestrator {
     pub async fn create_org(&self, name: OrgName) -> Result<Org, ApiError> {
         let audit = NewAudit::new("admin", "org.create", name.as_str(), None);
         Ok(self.inner.store.create_org(&name, audit).await?)
+    }
+
+    /// Removes an org that has no unfinished task (409 `in_use` otherwise); its history stays.
+    pub async fn delete_org(&self, name: OrgName) -> Result<(), ApiError> {
+        let audit = NewAudit::new("admin", "org.delete", name.as_str(), None);
+        let deleted = self.inner.store.delete_org(&name, audit).await;
+        // Forget the org whatever the outcome: the next schedule for it asks the store.
+        self.inner
+            .known_orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(deleted?)
+    }
+
+    /// How many tasks have each status.
+    pub async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, ApiError> {
+        Ok(self.inner.store.task_counts().await?)
     }
 
     /// Lists orgs.
@@ -313,12 +376,12 @@ impl Orchestrator {
                 ApiError::invalid(&e.field, e.message)
             }
         })?;
-        if self.inner.store.get_org(&req.org).await?.is_none() {
+        if !self.org_exists(&req.org).await? {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_org",
                 format!(
-                    "org {:?} is not registered; create it first with POST /orgs",
+                    "org {:?} is not registered; create it first (`guildnet org create <name>`, the dashboard's Orgs page, or POST /orgs)",
                     req.org.as_str()
                 ),
             )
@@ -348,27 +411,43 @@ impl Orchestrator {
             context,
             log_sealed: false,
         };
-        // The token minted here is replaced at dispatch (every attempt gets a fresh one, and
-        // only its hash is stored); nobody ever sees this one.
-        let placeholder = token::hash(agent_token_for(&id).expose());
-        let event = NewEvent::for_task(EventKind::TaskScheduled, &task, None);
-        let audit = NewAudit::new(
+        // The task is recorded and, unless its org is on hold, dispatched in the same
+        // transaction (Scheduled -> Submitted with a fresh agent token, of which only the hash
+        // is stored): one durable write per schedule. The backend is asked right after the
+        // commit; if the process dies in between, the reaper finds the Submitted task whose
+        // agent does not exist and requeues it. Until dispatch the stored hash is a
+        // placeholder that is not a SHA-256 hex digest, so no token ever matches it.
+        let mut events = vec![NewEvent::for_task(EventKind::TaskScheduled, &task, None)];
+        let mut audit = vec![NewAudit::new(
             "admin",
             "task.schedule",
             id.as_str(),
             Some(format!("org={}", task.org)),
-        );
+        )];
+        let mut stored = task.clone();
+        let mut token_hash = NO_TOKEN_YET.to_owned();
+        let mut launch_token = None;
+        if self.inner.backoff.ready(&task.org, now) {
+            if let Ok(change) = lifecycle::dispatch(&mut stored, task.attempt, now) {
+                let tok = agent_token_for(&id);
+                token_hash = token::hash(tok.expose());
+                launch_token = Some(tok);
+                events.extend(change.events);
+                audit.extend(change.audit);
+            }
+        }
         let ev = self
             .inner
             .store
-            .insert_task(task.clone(), placeholder, event, audit)
+            .insert_task_with_events(stored.clone(), token_hash, events, audit)
             .await?;
         self.notify_event(Some(ev));
-        let me = self.clone();
-        let t = task.clone();
-        tokio::spawn(async move {
-            me.dispatch(t).await;
-        });
+        if let Some(tok) = launch_token {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.submit(stored, tok, now).await;
+            });
+        }
         Ok(task)
     }
 
@@ -407,6 +486,13 @@ impl Orchestrator {
                 return;
             }
         };
+        self.submit(task, tok, now).await;
+    }
+
+    /// Asks the backend to start the agent of a task just marked Submitted with the agent
+    /// token `tok`. A refusal puts the task back to Scheduled and, unless the org is only at
+    /// capacity, the org on hold from `now` (one warning per hold).
+    async fn submit(&self, task: Task, tok: Secret, now: DateTime<Utc>) {
         let Some(agent) = task.agent.clone() else {
             return;
         };
@@ -460,22 +546,24 @@ impl Orchestrator {
         }
     }
 
-    /// Lists tasks.
+    /// Lists tasks, newest first.
     pub async fn tasks(&self, q: TaskListQuery) -> Result<Vec<Task>, ApiError> {
-        let limit = q.limit.unwrap_or(100);
-        if limit == 0 || limit > 1000 {
-            return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
-        }
-        Ok(self
-            .inner
-            .store
-            .list_tasks(TaskQuery {
-                statuses: q.status.into_iter().collect(),
-                org: q.org,
-                limit,
-                ..Default::default()
-            })
-            .await?)
+        Ok(self.inner.store.list_tasks(task_query(q)?).await?)
+    }
+
+    /// `GET /tasks`: one page of tasks, newest first, as a JSON array, and the cursor of the
+    /// next page when this one is full (the next page may still be empty).
+    pub async fn task_page(
+        &self,
+        q: TaskListQuery,
+    ) -> Result<(Vec<bytes::Bytes>, Option<String>), ApiError> {
+        let query = task_query(q)?;
+        let limit = query.limit;
+        let page = self.inner.store.task_page(query).await?;
+        let next = (page.count >= limit)
+            .then(|| page.last.map(|k| k.to_cursor()))
+            .flatten();
+        Ok((page.json, next))
     }
 
     /// One task.
@@ -963,8 +1051,28 @@ impl Orchestrator {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.inner.cfg.reaper_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut leading = None;
             loop {
                 tick.tick().await;
+                // One replica reaps at a time (the store decides; always this one on SQLite).
+                let lead = match me.inner.store.lead("reaper").await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaper: cannot tell which replica leads");
+                        false
+                    }
+                };
+                if leading != Some(lead) {
+                    if lead {
+                        tracing::info!("reaper: this orchestrator runs the reaper");
+                    } else {
+                        tracing::info!("reaper: another replica runs the reaper");
+                    }
+                    leading = Some(lead);
+                }
+                if !lead {
+                    continue;
+                }
                 if let Err(e) = me.reap_once(Utc::now()).await {
                     tracing::warn!(error = %e, "reaper pass failed");
                 }
@@ -1170,6 +1278,32 @@ impl Orchestrator {
             Err(e) => tracing::debug!(task = %task.id, error = %e, "requeue skipped"),
         }
     }
+}
+
+/// The store query of a `GET /tasks` query (limit 1 to 1000, default 100; a valid cursor).
+fn task_query(q: TaskListQuery) -> Result<TaskQuery, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let after = q
+        .cursor
+        .map(|c| {
+            crate::store::TaskKey::from_cursor(&c).ok_or_else(|| {
+                ApiError::invalid(
+                    "cursor",
+                    "not a cursor of this API (pass the X-Next-Cursor header of the previous page)",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(TaskQuery {
+        statuses: q.status.into_iter().collect(),
+        org: q.org,
+        limit,
+        after,
+        ..Default::default()
+    })
 }
 
 /// Refuses NUL in a text field: it cannot travel in an environment variable or a C string,

@@ -1,8 +1,13 @@
-//! Durable state: the [`StateStore`] seam and its SQLite implementation.
+//! Durable state: the [`StateStore`] seam, its SQLite implementation (the embedded default)
+//! and, with the `postgres` feature, its PostgreSQL implementation (several replicas).
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
-pub use sqlite::{Durability, SqliteStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{is_postgres_url, redact_url, PostgresOptions, PostgresStore};
+pub use sqlite::{CommitStats, Durability, SqliteStore};
 
 use crate::model::{
     Agent, AuditEntry, Event, LogLine, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus,
@@ -31,12 +36,34 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The database server reported an error (PostgreSQL).
+    #[error("database error during {op}: {reason}")]
+    Backend {
+        /// What the store was doing.
+        op: &'static str,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database server cannot be reached now (connection refused or lost, no free
+    /// connection in time, server shutting down); the request may succeed when retried.
+    #[error("database {db} is unavailable during {op}: {reason}")]
+    Unavailable {
+        /// What the store was doing.
+        op: &'static str,
+        /// The database, without its password.
+        db: String,
+        /// Why.
+        reason: String,
+    },
     /// The record already exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
     /// The record does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// The record cannot be removed while something still uses it.
+    #[error("{0}")]
+    InUse(String),
     /// A conditional update refused the change.
     #[error("{0}")]
     Rejected(Rejection),
@@ -92,6 +119,61 @@ pub struct TaskQuery {
     pub limit: usize,
     /// Order by last update, oldest first (default: newest created first).
     pub oldest_first: bool,
+    /// Newest-first order only: only tasks after this one in that order (keyset pagination:
+    /// the key of the previous page's last task).
+    pub after: Option<TaskKey>,
+}
+
+/// A task's place in the newest-first order: creation time (milliseconds, as stored), then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskKey {
+    /// `created_at` in milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// The task id (ties on `created_at` are ordered by id, descending).
+    pub id: TaskId,
+}
+
+impl TaskPage {
+    /// The JSON array in one piece.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.json.concat()
+    }
+}
+
+impl TaskKey {
+    /// The key of `t`.
+    pub fn of(t: &Task) -> Self {
+        Self {
+            created_at_ms: t.created_at.timestamp_millis(),
+            id: t.id.clone(),
+        }
+    }
+
+    /// The opaque cursor form (`<ms>.<id>`), safe in a URL query.
+    pub fn to_cursor(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.id)
+    }
+
+    /// Parses [`TaskKey::to_cursor`]'s form.
+    pub fn from_cursor(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('.')?;
+        Some(Self {
+            created_at_ms: ms.parse().ok()?,
+            id: TaskId::new(id).ok()?,
+        })
+    }
+}
+
+/// One page of tasks as the API serializes them ([`StateStore::task_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskPage {
+    /// A JSON array of the tasks, each exactly as `serde_json` serializes a [`Task`], in
+    /// pieces (concatenated, they are the array).
+    pub json: Vec<bytes::Bytes>,
+    /// How many tasks it holds.
+    pub count: usize,
+    /// The key of its last task (for the next page), when it holds any.
+    pub last: Option<TaskKey>,
 }
 
 /// A batch of log lines from a task's agent, for [`StateStore::append_logs`].
@@ -142,6 +224,9 @@ pub trait StateStore: Send + Sync {
     async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError>;
     /// All orgs by name.
     async fn list_orgs(&self) -> Result<Vec<Org>, StoreError>;
+    /// Removes an org: `NotFound` if absent, `InUse` while any of its tasks is not finished.
+    /// Its finished tasks, events and audit rows stay (history).
+    async fn delete_org(&self, name: &OrgName, audit: NewAudit) -> Result<(), StoreError>;
 
     /// Stores a new task with the hash of its agent token, its first event and an audit row.
     /// Returns the event id.
@@ -151,6 +236,19 @@ pub trait StateStore: Send + Sync {
         token_hash: String,
         event: NewEvent,
         audit: NewAudit,
+    ) -> Result<u64, StoreError> {
+        self.insert_task_with_events(task, token_hash, vec![event], vec![audit])
+            .await
+    }
+    /// Stores a new task, in whatever state it is given (e.g. already dispatched), with the
+    /// hash of its agent token, its events (in order) and its audit rows, in one transaction.
+    /// Returns the last event id.
+    async fn insert_task_with_events(
+        &self,
+        task: Task,
+        token_hash: String,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError>;
     /// Looks up a task.
     async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError>;
@@ -158,6 +256,27 @@ pub trait StateStore: Send + Sync {
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError>;
     /// Tasks matching `query`, newest first.
     async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// How many tasks have each status (for metrics). The default lists the tasks and counts
+    /// them; stores override it with an aggregate query.
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let tasks = self.list_tasks(TaskQuery::default()).await?;
+        Ok(TaskStatus::ALL
+            .into_iter()
+            .map(|s| (s, tasks.iter().filter(|t| t.status == s).count() as u64))
+            .collect())
+    }
+    /// Like [`StateStore::list_tasks`], already serialized as a JSON array (what `GET /tasks`
+    /// answers): a store that keeps each task's JSON serves a page without decoding rows.
+    async fn task_page(&self, query: TaskQuery) -> Result<TaskPage, StoreError> {
+        let tasks = self.list_tasks(query).await?;
+        let json = serde_json::to_vec(&tasks)
+            .map_err(|e| StoreError::Corrupt(format!("task page: {e}")))?;
+        Ok(TaskPage {
+            json: vec![json.into()],
+            count: tasks.len(),
+            last: tasks.last().map(TaskKey::of),
+        })
+    }
     /// Applies `update` to the task atomically (see [`TaskUpdateFn`]).
     async fn update_task(
         &self,
@@ -243,4 +362,20 @@ pub trait StateStore: Send + Sync {
     async fn last_event_id(&self) -> Result<u64, StoreError>;
     /// Audit rows with `id > after`, in order.
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Whether this process runs the cluster-wide job `job` (e.g. the reaper) now: true for
+    /// one process at a time among all that share the store. A store used by one process
+    /// only (SQLite) always says true. Call it before every run of the job: leadership moves
+    /// when its holder dies.
+    async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
+        let _ = job;
+        Ok(true)
+    }
+
+    /// A counter that moves when another process sharing the store (another replica) stored
+    /// events or log lines, so waiting readers (SSE streams) look again; `None` when only
+    /// this process writes. Call it from within a tokio runtime.
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

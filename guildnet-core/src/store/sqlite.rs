@@ -6,8 +6,8 @@
 //! beside the writer) on tokio's blocking pool, so no SQLite work runs on the async runtime.
 
 use super::{
-    AppendedLogs, LogBatch, Rejection, RejectionKind, StateStore, StoreError, TaskChange,
-    TaskQuery, TaskUpdateFn, TaskUpdated,
+    AppendedLogs, LogBatch, Rejection, RejectionKind, StateStore, StoreError, TaskChange, TaskKey,
+    TaskPage, TaskQuery, TaskUpdateFn, TaskUpdated,
 };
 use crate::context::TaskContext;
 use crate::model::{
@@ -125,10 +125,29 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 "#,
+    // 5: each task's API JSON, kept with every write, so a listing serves stored bytes
+    //    (filled for existing rows at open, see `fill_task_json`); the newest-first listing's
+    //    keyset (created_at, id) as one index.
+    r#"
+ALTER TABLE tasks ADD COLUMN json TEXT;
+CREATE INDEX tasks_created_id ON tasks(created_at, id);
+DROP INDEX tasks_created;
+"#,
 ];
+
+/// Version of the stored task JSON (the `json` column): bump it when [`Task`]'s serialized
+/// form changes, and every row's JSON is written anew at the next open.
+const TASK_JSON_VERSION: &str = "1";
 
 /// Number of read connections.
 const READERS: usize = 4;
+
+/// How much of the database file the readers map (SQLite's `mmap_size`).
+const READER_MMAP_BYTES: i64 = 128 * 1024 * 1024;
+
+/// Size of the pieces a task page is written in: under glibc's mmap threshold, so the buffers
+/// of one listing are reused by the next instead of being mapped and faulted in afresh.
+const PAGE_CHUNK: usize = 32 * 1024;
 
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
@@ -161,6 +180,27 @@ struct Inner {
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping it stops the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
+    /// Group commit counters, for [`SqliteStore::commit_stats`].
+    stats: Arc<CommitCounters>,
+}
+
+#[derive(Default)]
+struct CommitCounters {
+    batches: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    largest: std::sync::atomic::AtomicU64,
+}
+
+/// How the writer has grouped writes into commits since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (each one fsync with [`Durability::Full`], when it holds a
+    /// durable write).
+    pub batches: u64,
+    /// Writes they held.
+    pub writes: u64,
+    /// Most writes in one commit.
+    pub largest: u64,
 }
 
 impl Drop for Inner {
@@ -259,6 +299,8 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
         })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(open_err)?;
+    // Every statement of the hot paths stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -361,6 +403,90 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A task's API JSON as stored: exactly what `serde_json` makes of the task as it reads back
+/// from the database (timestamps are stored in milliseconds).
+fn task_json(t: &Task) -> Result<String, StoreError> {
+    let whole_ms = |d: &DateTime<Utc>| d.timestamp_subsec_nanos() % 1_000_000 == 0;
+    let aligned = [t.lease_expires_at, t.started_at, t.finished_at]
+        .iter()
+        .flatten()
+        .chain([&t.created_at, &t.updated_at])
+        .all(whole_ms);
+    let out = if aligned {
+        serde_json::to_string(t)
+    } else {
+        let to_ms =
+            |d: DateTime<Utc>| DateTime::from_timestamp_millis(d.timestamp_millis()).unwrap_or(d);
+        let mut c = t.clone();
+        c.created_at = to_ms(c.created_at);
+        c.updated_at = to_ms(c.updated_at);
+        c.lease_expires_at = c.lease_expires_at.map(to_ms);
+        c.started_at = c.started_at.map(to_ms);
+        c.finished_at = c.finished_at.map(to_ms);
+        serde_json::to_string(&c)
+    };
+    out.map_err(|e| StoreError::Corrupt(format!("task json: {e}")))
+}
+
+/// Writes the JSON of every task that has none (rows from before the column, or all rows
+/// after [`TASK_JSON_VERSION`] changed), in batches.
+fn fill_task_json(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'task_json'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db("read task json version"))?;
+    if version.as_deref() != Some(TASK_JSON_VERSION) {
+        conn.execute("UPDATE tasks SET json = NULL", [])
+            .map_err(db("reset task json"))?;
+    }
+    let mut after = i64::MIN;
+    loop {
+        let tx = conn.transaction().map_err(db("begin task json fill"))?;
+        let ids: Vec<(i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT rowid, id FROM tasks WHERE rowid > ?1 AND json IS NULL \
+                     ORDER BY rowid LIMIT 1000",
+                )
+                .map_err(db("find tasks without json"))?;
+            let rows = st
+                .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db("find tasks without json"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("find tasks without json"))?
+        };
+        let Some((last, _)) = ids.last() else {
+            tx.commit().map_err(db("commit task json fill"))?;
+            break;
+        };
+        after = *last;
+        for (_, id) in &ids {
+            let Ok(id) = TaskId::new(id.as_str()) else {
+                continue;
+            };
+            // A row that does not decode keeps NULL; listings skip it, as they did before.
+            let Ok(Some(t)) = load_task(&tx, &id) else {
+                continue;
+            };
+            tx.execute(
+                "UPDATE tasks SET json = ?2 WHERE id = ?1",
+                params![id.as_str(), task_json(&t)?],
+            )
+            .map_err(db("fill task json"))?;
+        }
+        tx.commit().map_err(db("commit task json fill"))?;
+    }
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('task_json', ?1) \
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [TASK_JSON_VERSION],
+    )
+    .map_err(db("record task json version"))?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
@@ -374,6 +500,7 @@ impl SqliteStore {
         create_private_db_file(&path)?;
         let mut writer = open_conn(&path, durability)?;
         migrate(&mut writer).map_err(|e| read_only_or(e, &path))?;
+        fill_task_json(&mut writer).map_err(|e| read_only_or(e, &path))?;
         // A real write at every open: a read-only file, directory or file system fails here,
         // at start, rather than as a 500 on the first request.
         writer
@@ -390,8 +517,16 @@ impl SqliteStore {
             .map_err(db("disable auto-checkpoint"))?;
         let checkpointer = open_conn(&path, durability)?;
         let readers = (0..READERS)
-            .map(|_| open_conn(&path, durability).map(|c| Arc::new(Mutex::new(c))))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|_| {
+                let c = open_conn(&path, durability)?;
+                // Readers map the database file instead of copying every page they read out
+                // of the OS page cache (a listing reads hundreds of pages); the mapping is
+                // file-backed, shared by the readers and reclaimable.
+                c.pragma_update(None, "mmap_size", READER_MMAP_BYTES)
+                    .map_err(db("map database"))?;
+                Ok(Arc::new(Mutex::new(c)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("guildnet-sqlite-checkpoint".into())
@@ -401,9 +536,13 @@ impl SqliteStore {
                 reason: format!("cannot start checkpoint thread: {e}"),
             })?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let stats = Arc::new(CommitCounters::default());
         let worker = std::thread::Builder::new()
             .name("guildnet-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, durability))
+            .spawn({
+                let stats = stats.clone();
+                move || writer_loop(writer, rx, durability, &stats)
+            })
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 reason: format!("cannot start writer thread: {e}"),
@@ -417,6 +556,7 @@ impl SqliteStore {
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
                 _stop_checkpoints: stop_tx,
+                stats,
             }),
         })
     }
@@ -424,6 +564,17 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How writes were grouped into commits so far (group commit batch sizes).
+    pub fn commit_stats(&self) -> CommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.stats;
+        CommitStats {
+            batches: c.batches.load(Relaxed),
+            writes: c.writes.load(Relaxed),
+            largest: c.largest.load(Relaxed),
+        }
     }
 
     async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -450,27 +601,33 @@ impl SqliteStore {
     {
         let (tx, rx) = oneshot::channel::<Result<R, StoreError>>();
         let run = Box::new(move |txn: &mut Transaction<'_>| {
-            let result = match txn.savepoint() {
-                Ok(mut sp) => {
-                    let r = f(&sp);
+            // Each job in its own savepoint (statements cached: they run for every write), so a
+            // failing job rolls back alone.
+            let conn: &Connection = txn;
+            let sp = |sql: &'static str| -> Result<(), StoreError> {
+                conn.prepare_cached(sql)
+                    .and_then(|mut st| st.execute([]))
+                    .map(|_| ())
+                    .map_err(|e| StoreError::Db {
+                        op: "savepoint",
+                        source: e,
+                    })
+            };
+            let result = match sp("SAVEPOINT job") {
+                Ok(()) => {
+                    let r = f(conn);
                     match &r {
-                        Ok(_) => match sp.commit() {
+                        Ok(_) => match sp("RELEASE job") {
                             Ok(()) => r,
-                            Err(e) => Err(StoreError::Db {
-                                op: "release savepoint",
-                                source: e,
-                            }),
+                            Err(e) => Err(e),
                         },
                         Err(_) => {
-                            let _ = sp.rollback();
+                            let _ = sp("ROLLBACK TO job").and_then(|()| sp("RELEASE job"));
                             r
                         }
                     }
                 }
-                Err(e) => Err(StoreError::Db {
-                    op: "savepoint",
-                    source: e,
-                }),
+                Err(e) => Err(e),
             };
             Box::new(move |commit_err: Option<String>| {
                 let out = match commit_err {
@@ -538,7 +695,12 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: Durability) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<WriteJob>,
+    durability: Durability,
+    stats: &CommitCounters,
+) {
     const MAX_BATCH: usize = 256;
     let mut synced = durability == Durability::Full;
     while let Ok(first) = rx.recv() {
@@ -573,7 +735,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: D
                 continue;
             }
         };
+        let n = jobs.len() as u64;
         let finishers: Vec<Finish> = jobs.into_iter().map(|job| (job.run)(&mut txn)).collect();
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.batches.fetch_add(1, Relaxed);
+            stats.writes.fetch_add(n, Relaxed);
+            stats.largest.fetch_max(n, Relaxed);
+        }
         let commit_err = txn.commit().err().map(|e| e.to_string());
         if let Some(msg) = &commit_err {
             tracing::error!(error = %msg, "sqlite: commit failed");
@@ -584,9 +753,15 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, durability: D
     }
 }
 
-const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
-    lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-    artifacts, pr_url, context, log_sealed";
+/// The task columns [`task_from_row`] reads, as a literal for `concat!`.
+macro_rules! task_cols {
+    () => {
+        "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
+         lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
+         artifacts, pr_url, context, log_sealed"
+    };
+}
+const TASK_COLS: &str = task_cols!();
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let status: String = r.get(4)?;
@@ -636,41 +811,45 @@ fn artifacts_json(a: &[Artifact]) -> Result<String, StoreError> {
 }
 
 fn load_task(conn: &Connection, id: &TaskId) -> Result<Option<Task>, StoreError> {
-    conn.query_row(
-        &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
-        [id.as_str()],
-        task_from_row,
-    )
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        task_cols!(),
+        " FROM tasks WHERE id = ?1"
+    ))
+    .map_err(db("load task"))?
+    .query_row([id.as_str()], task_from_row)
     .optional()
     .map_err(db("load task"))
 }
 
 fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE tasks SET status=?2, agent=?3, attempt=?4, fencing=?5, claims=?6, \
          lease_expires_at=?7, updated_at=?8, started_at=?9, finished_at=?10, exit_code=?11, \
-         reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16, log_sealed=?17 \
-         WHERE id=?1",
-        params![
-            t.id.as_str(),
-            t.status.as_str(),
-            t.agent.as_ref().map(|a| a.as_str()),
-            t.attempt,
-            t.fencing as i64,
-            t.claims,
-            t.lease_expires_at.map(ms),
-            ms(t.updated_at),
-            t.started_at.map(ms),
-            t.finished_at.map(ms),
-            t.exit_code,
-            t.reason,
-            artifacts_json(&t.artifacts)?,
-            t.pr_url,
-            t.agent_hint,
-            t.task,
-            t.log_sealed,
-        ],
+         reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16, log_sealed=?17, \
+         json=?18 WHERE id=?1",
     )
+    .map_err(db("update task"))?
+    .execute(params![
+        t.id.as_str(),
+        t.status.as_str(),
+        t.agent.as_ref().map(|a| a.as_str()),
+        t.attempt,
+        t.fencing as i64,
+        t.claims,
+        t.lease_expires_at.map(ms),
+        ms(t.updated_at),
+        t.started_at.map(ms),
+        t.finished_at.map(ms),
+        t.exit_code,
+        t.reason,
+        artifacts_json(&t.artifacts)?,
+        t.pr_url,
+        t.agent_hint,
+        t.task,
+        t.log_sealed,
+        task_json(t)?,
+    ])
     .map_err(db("update task"))?;
     Ok(())
 }
@@ -780,6 +959,68 @@ fn limit_sql(limit: usize) -> i64 {
     }
 }
 
+/// The SQL (selecting `cols`) and arguments of a task query.
+fn task_query_sql(cols: &str, q: &TaskQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = format!("SELECT {cols} FROM tasks WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if !q.statuses.is_empty() {
+        let marks: Vec<String> = q
+            .statuses
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_owned().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND status IN ({})", marks.join(",")));
+    }
+    if let Some(org) = &q.org {
+        args.push(org.as_str().to_owned().into());
+        sql.push_str(&format!(" AND org = ?{}", args.len()));
+    }
+    if !q.exclude_orgs.is_empty() {
+        let marks: Vec<String> = q
+            .exclude_orgs
+            .iter()
+            .map(|o| {
+                args.push(o.as_str().to_owned().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND org NOT IN ({})", marks.join(",")));
+    }
+    if let Some(t) = q.lease_expired_before {
+        args.push(ms(t).into());
+        sql.push_str(&format!(
+            " AND lease_expires_at IS NOT NULL AND lease_expires_at < ?{}",
+            args.len()
+        ));
+    }
+    if let Some(t) = q.updated_before {
+        args.push(ms(t).into());
+        sql.push_str(&format!(" AND updated_at < ?{}", args.len()));
+    }
+    if let (Some(k), false) = (&q.after, q.oldest_first) {
+        // Keyset: strictly after the given task in newest-first order (a range on the
+        // (created_at, id) index, however deep the page).
+        args.push(k.created_at_ms.into());
+        args.push(k.id.as_str().to_owned().into());
+        sql.push_str(&format!(
+            " AND (created_at, id) < (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    args.push(limit_sql(q.limit).into());
+    let order = if q.oldest_first {
+        "updated_at ASC, id ASC"
+    } else {
+        "created_at DESC, id DESC"
+    };
+    sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn create_org(&self, name: &OrgName, audit: NewAudit) -> Result<Org, StoreError> {
@@ -807,18 +1048,45 @@ impl StateStore for SqliteStore {
     async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError> {
         let name = name.clone();
         self.read(move |c| {
-            c.query_row(
-                "SELECT name, created_at FROM orgs WHERE name = ?1",
-                [name.as_str()],
-                |r| {
+            c.prepare_cached("SELECT name, created_at FROM orgs WHERE name = ?1")
+                .map_err(db("get org"))?
+                .query_row([name.as_str()], |r| {
                     Ok(Org {
                         name: parse_name(r.get(0)?, OrgName::new)?,
                         created_at: from_ms(r.get(1)?)?,
                     })
-                },
-            )
-            .optional()
-            .map_err(db("get org"))
+                })
+                .optional()
+                .map_err(db("get org"))
+        })
+        .await
+    }
+
+    async fn delete_org(&self, name: &OrgName, audit: NewAudit) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.write(move |tx| {
+            let active: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM tasks WHERE org = ?1 AND status NOT IN \
+                     ('Succeeded', 'Failed', 'Cancelled')",
+                    [name.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db("count org tasks"))?;
+            if active > 0 {
+                return Err(StoreError::InUse(format!(
+                    "org {name} has {active} unfinished task(s); cancel them or wait for them \
+                     to finish first"
+                )));
+            }
+            let n = tx
+                .execute("DELETE FROM orgs WHERE name = ?1", [name.as_str()])
+                .map_err(db("delete org"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("org {name}")));
+            }
+            insert_audit(tx, &[audit], ms(Utc::now()))?;
+            Ok(())
         })
         .await
     }
@@ -841,53 +1109,54 @@ impl StateStore for SqliteStore {
         .await
     }
 
-    async fn insert_task(
+    async fn insert_task_with_events(
         &self,
         task: Task,
         token_hash: String,
-        event: NewEvent,
-        audit: NewAudit,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError> {
         self.write(move |tx| {
             let t = &task;
             let n = tx
-                .execute(
-                    &format!(
-                        "INSERT OR IGNORE INTO tasks ({TASK_COLS}, token_hash) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                         ?17, ?18, ?19, ?20, ?21)"
-                    ),
-                    params![
-                        t.id.as_str(),
-                        t.org.as_str(),
-                        t.task,
-                        t.agent_hint,
-                        t.status.as_str(),
-                        t.agent.as_ref().map(|a| a.as_str()),
-                        t.attempt,
-                        t.fencing as i64,
-                        t.claims,
-                        t.lease_expires_at.map(ms),
-                        ms(t.created_at),
-                        ms(t.updated_at),
-                        t.started_at.map(ms),
-                        t.finished_at.map(ms),
-                        t.exit_code,
-                        t.reason,
-                        artifacts_json(&t.artifacts)?,
-                        t.pr_url,
-                        context_json(&t.context)?,
-                        t.log_sealed,
-                        token_hash,
-                    ],
-                )
+                .prepare_cached(concat!(
+                    "INSERT OR IGNORE INTO tasks (",
+                    task_cols!(),
+                    ", token_hash, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                ))
+                .map_err(db("insert task"))?
+                .execute(params![
+                    t.id.as_str(),
+                    t.org.as_str(),
+                    t.task,
+                    t.agent_hint,
+                    t.status.as_str(),
+                    t.agent.as_ref().map(|a| a.as_str()),
+                    t.attempt,
+                    t.fencing as i64,
+                    t.claims,
+                    t.lease_expires_at.map(ms),
+                    ms(t.created_at),
+                    ms(t.updated_at),
+                    t.started_at.map(ms),
+                    t.finished_at.map(ms),
+                    t.exit_code,
+                    t.reason,
+                    artifacts_json(&t.artifacts)?,
+                    t.pr_url,
+                    context_json(&t.context)?,
+                    t.log_sealed,
+                    token_hash,
+                    task_json(t)?,
+                ])
                 .map_err(db("insert task"))?;
             if n == 0 {
                 return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
             }
             let now = ms(Utc::now());
-            insert_audit(tx, &[audit], now)?;
-            insert_events(tx, &[event], now)
+            insert_audit(tx, &audit, now)?;
+            insert_events(tx, &events, now)
         })
         .await
     }
@@ -900,70 +1169,108 @@ impl StateStore for SqliteStore {
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
         let id = id.clone();
         self.read(move |c| {
-            c.query_row(
-                "SELECT token_hash FROM tasks WHERE id = ?1",
-                [id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("get token hash"))
+            c.prepare_cached("SELECT token_hash FROM tasks WHERE id = ?1")
+                .map_err(db("get token hash"))?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(db("get token hash"))
+        })
+        .await
+    }
+
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .map_err(db("count tasks"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db("count tasks"))?;
+            let mut counts: Vec<(TaskStatus, u64)> =
+                TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+            for row in rows {
+                let (status, n) = row.map_err(db("count tasks"))?;
+                if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                    c.1 = u64::try_from(n).unwrap_or(0);
+                }
+            }
+            Ok(counts)
         })
         .await
     }
 
     async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
         self.read(move |c| {
-            let mut sql = format!("SELECT {TASK_COLS} FROM tasks WHERE 1=1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if !q.statuses.is_empty() {
-                let marks: Vec<String> = q
-                    .statuses
-                    .iter()
-                    .map(|s| {
-                        args.push(s.as_str().to_owned().into());
-                        format!("?{}", args.len())
-                    })
-                    .collect();
-                sql.push_str(&format!(" AND status IN ({})", marks.join(",")));
-            }
-            if let Some(org) = &q.org {
-                args.push(org.as_str().to_owned().into());
-                sql.push_str(&format!(" AND org = ?{}", args.len()));
-            }
-            if !q.exclude_orgs.is_empty() {
-                let marks: Vec<String> = q
-                    .exclude_orgs
-                    .iter()
-                    .map(|o| {
-                        args.push(o.as_str().to_owned().into());
-                        format!("?{}", args.len())
-                    })
-                    .collect();
-                sql.push_str(&format!(" AND org NOT IN ({})", marks.join(",")));
-            }
-            if let Some(t) = q.lease_expired_before {
-                args.push(ms(t).into());
-                sql.push_str(&format!(
-                    " AND lease_expires_at IS NOT NULL AND lease_expires_at < ?{}",
-                    args.len()
-                ));
-            }
-            if let Some(t) = q.updated_before {
-                args.push(ms(t).into());
-                sql.push_str(&format!(" AND updated_at < ?{}", args.len()));
-            }
-            args.push(limit_sql(q.limit).into());
-            let order = if q.oldest_first {
-                "updated_at ASC, id ASC"
-            } else {
-                "created_at DESC, id DESC"
-            };
-            sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", args.len()));
-            let mut stmt = c.prepare(&sql).map_err(db("list tasks"))?;
+            let (sql, args) = task_query_sql(TASK_COLS, &q);
+            let mut stmt = c.prepare_cached(&sql).map_err(db("list tasks"))?;
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args), task_from_row)
                 .map_err(db("list tasks"))?;
             collect_rows("list tasks", rows)
+        })
+        .await
+    }
+
+    async fn task_page(&self, q: TaskQuery) -> Result<TaskPage, StoreError> {
+        self.read(move |c| {
+            let (sql, args) = task_query_sql("json, created_at, id", &q);
+            let mut stmt = c.prepare_cached(&sql).map_err(db("list tasks"))?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(args))
+                .map_err(db("list tasks"))?;
+            let mut page = TaskPage::default();
+            let mut buf = Vec::with_capacity(PAGE_CHUNK);
+            buf.push(b'[');
+            let mut last: Option<(i64, String)> = None;
+            while let Some(r) = rows.next().map_err(db("list tasks"))? {
+                let id = match r.get_ref(2).map_err(db("list tasks"))? {
+                    rusqlite::types::ValueRef::Text(b) => std::str::from_utf8(b).unwrap_or(""),
+                    _ => "",
+                };
+                let stored;
+                let json = match r.get_ref(0).map_err(db("list tasks"))? {
+                    rusqlite::types::ValueRef::Text(j) => j,
+                    _ => {
+                        // No stored JSON (a row that did not decode when it was filled):
+                        // decode it now, or skip it, as listings always did.
+                        let t = TaskId::new(id)
+                            .ok()
+                            .and_then(|id| load_task(c, &id).ok().flatten());
+                        let Some(t) = t else { continue };
+                        stored = task_json(&t)?;
+                        stored.as_bytes()
+                    }
+                };
+                if buf.len() + json.len() + 1 > PAGE_CHUNK && !buf.is_empty() {
+                    page.json.push(bytes::Bytes::from(std::mem::replace(
+                        &mut buf,
+                        Vec::with_capacity(PAGE_CHUNK),
+                    )));
+                }
+                if page.count > 0 {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(json);
+                page.count += 1;
+                let created: i64 = r.get(1).map_err(db("list tasks"))?;
+                match &mut last {
+                    Some((ms, last_id)) => {
+                        *ms = created;
+                        last_id.clear();
+                        last_id.push_str(id);
+                    }
+                    None => last = Some((created, id.to_owned())),
+                }
+            }
+            buf.push(b']');
+            page.json.push(bytes::Bytes::from(buf));
+            page.last = last.and_then(|(created_at_ms, id)| {
+                Some(TaskKey {
+                    created_at_ms,
+                    id: TaskId::new(id).ok()?,
+                })
+            });
+            Ok(page)
         })
         .await
     }
@@ -990,11 +1297,10 @@ impl StateStore for SqliteStore {
             }
             save_task(tx, &after)?;
             if let Some(h) = &token_hash {
-                tx.execute(
-                    "UPDATE tasks SET token_hash = ?2 WHERE id = ?1",
-                    params![id.as_str(), h],
-                )
-                .map_err(db("update token hash"))?;
+                tx.prepare_cached("UPDATE tasks SET token_hash = ?2 WHERE id = ?1")
+                    .map_err(db("update token hash"))?
+                    .execute(params![id.as_str(), h])
+                    .map_err(db("update token hash"))?;
             }
             let now = ms(Utc::now());
             insert_audit(tx, &change.audit, now)?;
@@ -1154,7 +1460,8 @@ impl StateStore for SqliteStore {
             // Every check runs in the same transaction as the insert: once a task is requeued,
             // its old agent can no longer write, so sequence numbers handed to the new agent
             // stay free, and nothing lands after the log was sealed.
-            let t = load_task(tx, &task)?.ok_or_else(|| StoreError::NotFound(format!("task {task}")))?;
+            let t = load_task(tx, &task)?
+                .ok_or_else(|| StoreError::NotFound(format!("task {task}")))?;
             if !t.claimed_by(&batch.agent, batch.fencing) {
                 return Err(StoreError::Rejected(Rejection::stale(format!(
                     "agent {} does not hold the claim of task {task} with fencing token {}",
@@ -1233,9 +1540,11 @@ impl StateStore for SqliteStore {
                 }
             }
             if bytes != stored_bytes || batch.seal {
+                let mut sealed = t.clone();
+                sealed.log_sealed |= batch.seal;
                 tx.execute(
-                    "UPDATE tasks SET log_bytes = ?2, log_sealed = (log_sealed OR ?3) WHERE id = ?1",
-                    params![task.as_str(), bytes, batch.seal],
+                    "UPDATE tasks SET log_bytes = ?2, log_sealed = ?3, json = ?4 WHERE id = ?1",
+                    params![task.as_str(), bytes, sealed.log_sealed, task_json(&sealed)?],
                 )
                 .map_err(db("record log size"))?;
             }

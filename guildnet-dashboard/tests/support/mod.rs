@@ -164,6 +164,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub orch_url: String,
     pub dash_url: String,
+    /// The editor origin (`http://127.0.0.1:<port>`).
+    pub editor_url: String,
     pub dash_state: PathBuf,
     pub orch_state: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -231,6 +233,7 @@ pub async fn start_with(
     .await
     .expect("bind dashboard");
     let dash_url = dash.url();
+    let editor_url = format!("http://{}", dash.editor_addr());
     let (stop_dash, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(dash.serve(async move {
         let _ = rx.await;
@@ -239,6 +242,7 @@ pub async fn start_with(
         dir,
         orch_url,
         dash_url,
+        editor_url,
         dash_state,
         orch_state,
         stop: Some(stop),
