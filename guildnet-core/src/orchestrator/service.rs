@@ -319,6 +319,11 @@ impl Orchestrator {
         Ok(deleted?)
     }
 
+    /// How many tasks have each status.
+    pub async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, ApiError> {
+        Ok(self.inner.store.task_counts().await?)
+    }
+
     /// Lists orgs.
     pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {
         Ok(self.inner.store.list_orgs().await?)

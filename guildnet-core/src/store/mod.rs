@@ -256,6 +256,15 @@ pub trait StateStore: Send + Sync {
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError>;
     /// Tasks matching `query`, newest first.
     async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// How many tasks have each status (for metrics). The default lists the tasks and counts
+    /// them; stores override it with an aggregate query.
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let tasks = self.list_tasks(TaskQuery::default()).await?;
+        Ok(TaskStatus::ALL
+            .into_iter()
+            .map(|s| (s, tasks.iter().filter(|t| t.status == s).count() as u64))
+            .collect())
+    }
     /// Like [`StateStore::list_tasks`], already serialized as a JSON array (what `GET /tasks`
     /// answers): a store that keeps each task's JSON serves a page without decoding rows.
     async fn task_page(&self, query: TaskQuery) -> Result<TaskPage, StoreError> {
