@@ -108,12 +108,15 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     let acme = OrgName::new("acme").unwrap();
 
     let accepted: Arc<Mutex<Vec<TaskId>>> = Arc::default();
+    // When each schedule was accepted (for the failover figure).
+    let accepted_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let refused = Arc::new(AtomicUsize::new(0));
     let next = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..SCHEDULERS {
         let (c, acme) = (c.clone(), acme.clone());
+        let accepted_at = accepted_at.clone();
         let (accepted, refused, next, in_flight) = (
             accepted.clone(),
             refused.clone(),
@@ -133,6 +136,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
                         Ok(t) => {
                             in_flight.fetch_add(1, Ordering::SeqCst);
                             accepted.lock().unwrap().push(t.id);
+                            accepted_at.lock().unwrap().push(Instant::now());
                             break;
                         }
                         Err(_) => {
@@ -149,6 +153,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     let mut follower = None;
     let mut killed_at = None;
     let mut lines_at_kill = 0;
+    let mut killed_utc = None;
     let mut restarted = false;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -189,6 +194,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         if killed_at.is_none() && n >= KILL_AT && mid_log {
             a.kill9();
             killed_at = Some(Instant::now());
+            killed_utc = Some(chrono::Utc::now());
             lines_at_kill = followed_lines.load(Ordering::SeqCst);
         }
         if let Some(k) = killed_at {
@@ -221,12 +227,17 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     let ids = accepted.lock().unwrap().clone();
     assert_eq!(ids.len(), FLOW_TASKS);
     let mut requeued = 0;
+    let killed_utc = killed_utc.unwrap();
+    let mut first_claim_after_kill: Option<chrono::DateTime<chrono::Utc>> = None;
     for id in &ids {
         let t: Task = c
             .task(id)
             .await
             .unwrap_or_else(|e| panic!("accepted task {id} lost: {e}"));
         assert_eq!(t.status, TaskStatus::Succeeded, "{t:?}");
+        if let Some(s) = t.started_at.filter(|s| *s > killed_utc) {
+            first_claim_after_kill = Some(first_claim_after_kill.map_or(s, |f| f.min(s)));
+        }
         if t.attempt == 1 {
             assert_eq!((t.claims, t.fencing), (1, 1), "claimed twice: {t:?}");
         } else {
@@ -295,6 +306,28 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "no gap"
     );
+    let killed_at = killed_at.unwrap();
+    let first_schedule = accepted_at
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > killed_at)
+        .min()
+        .map(|t| t.duration_since(killed_at))
+        .expect("schedules accepted after the kill");
+    let first_claim = (first_claim_after_kill.expect("claims after the kill") - killed_utc)
+        .to_std()
+        .unwrap_or_default();
+    eprintln!(
+        "failover: first schedule accepted {:.0} ms after the kill, first claim {:.0} ms after",
+        first_schedule.as_secs_f64() * 1000.0,
+        first_claim.as_secs_f64() * 1000.0
+    );
+    assert!(
+        first_schedule < Duration::from_secs(5),
+        "{first_schedule:?}"
+    );
+    assert!(first_claim < Duration::from_secs(5), "{first_claim:?}");
     eprintln!(
         "two replicas, kill -9 of one: {} tasks in {flow_secs:.1} s, {requeued} requeued, \
          {} schedule attempts refused; followed log: {} lines, attempt {}, {} before the kill",
