@@ -44,10 +44,27 @@ async fn security_headers(State(state): State<AppState>, req: Request, next: Nex
     resp
 }
 
+/// `GET /metrics`: needs `Authorization: Bearer <the orchestrator's admin token>` (what a
+/// Prometheus scraping the orchestrator already holds); browsers' sessions do not count.
 async fn dashboard_metrics(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
     axum::Extension(m): axum::Extension<std::sync::Arc<guildnet_core::metrics::HttpMetrics>>,
 ) -> Response {
-    guildnet_core::metrics::response(m.encode())
+    use axum::response::IntoResponse;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match bearer {
+        Some(t) if guildnet_core::token::equals(t.trim(), s.orchestrator_token.expose()) => {
+            guildnet_core::metrics::response(m.encode())
+        }
+        _ => crate::ApiError::unauthorized(
+            "metrics need Authorization: Bearer <the orchestrator's admin token>",
+        )
+        .into_response(),
+    }
 }
 
 /// The `/api` routes (relative paths, nested under `/api`).
@@ -106,7 +123,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api_routes())
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
-        // Request counts and times by route (no ids, no secrets), public like /api/health.
+        // Request counts and times by route (no ids, no secrets), for the admin token.
         .route("/metrics", get(dashboard_metrics))
         .route_layer(middleware::from_fn_with_state(
             metrics.clone(),

@@ -119,6 +119,13 @@ async fn auth_sessions_csrf_and_headers() {
 
     // Prometheus metrics: requests by route template, no secrets.
     let resp = anon.req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(resp.status(), 401, "metrics need the admin token");
+    let resp = anon
+        .req(Method::GET, "/metrics")
+        .bearer_auth(ORCH_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(

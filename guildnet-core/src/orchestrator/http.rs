@@ -356,12 +356,15 @@ impl OrchestratorMetrics {
     }
 }
 
-/// Prometheus metrics in the text format. Aggregate numbers only (no org names, ids or
-/// secrets), so it needs no token, like `/health`.
-#[utoipa::path(get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+/// Prometheus metrics in the text format (aggregate numbers only: no org names, ids or
+/// secrets). Needs the admin token, like every route but `/health` and `/openapi.json`
+/// (Prometheus: `authorization: {credentials_file: ...}`).
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(("admin" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, body = ErrorBody)))]
 pub async fn metrics(
     State(o): State<Orchestrator>,
+    _: AdminAuth,
     axum::Extension(m): axum::Extension<Arc<OrchestratorMetrics>>,
 ) -> Result<Response, ApiError> {
     for (status, n) in o.task_counts().await? {
