@@ -345,3 +345,37 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         lock,
     })
 }
+
+#[cfg(all(test, feature = "postgres"))]
+mod store_url_tests {
+    use super::StoreUrl;
+
+    #[test]
+    fn store_urls_never_show_their_password() {
+        let u: StoreUrl = "postgres://guildnet:hunter2-pw@db.internal:5432/guildnet"
+            .parse()
+            .unwrap();
+        for shown in [format!("{u:?}"), u.to_string(), u.redacted()] {
+            assert!(!shown.contains("hunter2-pw"), "{shown}");
+            assert!(
+                shown.contains("guildnet@db.internal:5432/guildnet"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            u.expose(),
+            "postgres://guildnet:hunter2-pw@db.internal:5432/guildnet"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_store_url_is_refused_without_showing_it() {
+        let u = StoreUrl::new("mysql://root:hunter2-pw@db/guildnet");
+        let err = match super::open_store_url(&u).await {
+            Ok(_) => panic!("a mysql URL opened a store"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("not a supported store URL"), "{err}");
+        assert!(!err.contains("hunter2-pw"), "{err}");
+    }
+}

@@ -174,6 +174,7 @@ both_stores!(
     one_corrupt_row_does_not_hide_the_others,
     unclaimed_notes_only_while_submitted_to_that_agent,
     task_pages_are_the_listing_serialized_and_page_by_keyset,
+    task_counts_count_every_status,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -1712,4 +1713,27 @@ fn task_cursors_round_trip_and_refuse_garbage() {
     for bad in ["", "123", "abc.t1", "12.", ".t1", "12.not a task id"] {
         assert_eq!(TaskKey::from_cursor(bad), None, "{bad:?}");
     }
+}
+
+async fn task_counts_count_every_status(db: Db) {
+    let store = db.open().await;
+    for status in [
+        TaskStatus::Scheduled,
+        TaskStatus::Scheduled,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+    ] {
+        insert(&*store, &task("acme", status, now_ms()), "h").await;
+    }
+    let counts = store.task_counts().await.unwrap();
+    assert_eq!(
+        counts.len(),
+        TaskStatus::ALL.len(),
+        "every status, zeros too"
+    );
+    let of = |s: TaskStatus| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n);
+    assert_eq!(of(TaskStatus::Scheduled), Some(2));
+    assert_eq!(of(TaskStatus::Running), Some(1));
+    assert_eq!(of(TaskStatus::Succeeded), Some(1));
+    assert_eq!(of(TaskStatus::Failed), Some(0));
 }

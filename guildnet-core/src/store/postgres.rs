@@ -1550,6 +1550,25 @@ impl StateStore for PostgresStore {
         }))
     }
 
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let op = "count tasks";
+        let c = self.client(op).await?;
+        let rows = c
+            .query("SELECT status, COUNT(*) FROM tasks GROUP BY status", &[])
+            .await
+            .map_err(self.err(op))?;
+        let mut counts: Vec<(TaskStatus, u64)> =
+            TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in &rows {
+            let status: String = get(r, 0)?;
+            let n: i64 = get(r, 1)?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                c.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(counts)
+    }
+
     async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
         let op = "lead";
         let mut held = self.inner.leaders.lock().await;
