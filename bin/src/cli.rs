@@ -72,8 +72,9 @@ static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the orchestrator on the embedded SQLite store, by default with the local backend
-    /// (agents run as local processes). Registers org `default` unless --org is given.
+    /// Run the orchestrator on the embedded SQLite store (or PostgreSQL with --store), by
+    /// default with the local backend (agents run as local processes). Registers org `default`
+    /// unless --org is given.
     Up {
         #[command(flatten)]
         args: Box<OrchestratorArgs>,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Flags of an orchestrator (SQLite store; local or Kubernetes backend).
+/// Flags of an orchestrator (SQLite or PostgreSQL store; local or Kubernetes backend).
 #[derive(Args, Debug, Clone)]
 pub struct OrchestratorArgs {
     /// Address to listen on.
@@ -24,6 +24,10 @@ pub struct OrchestratorArgs {
     /// State directory (default: GUILDNET_STATE_DIR, GUILDNET_HOME/state, ~/.guildnet/state).
     #[arg(long, env = "GUILDNET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// State store: a PostgreSQL URL (postgres://user:password@host:port/db) for several
+    /// replicas on one database; unset: the SQLite file in the state dir.
+    #[arg(long, env = "GUILDNET_STORE", hide_env_values = true)]
+    pub store: Option<guildnet_core::launch::StoreUrl>,
     /// URL agents use to reach the orchestrator (default: http://<listen>).
     #[arg(long, env = "PUBLIC_ORCHESTRATOR_URL")]
     pub public_url: Option<String>,
@@ -179,6 +183,7 @@ impl OrchestratorArgs {
         let mut o = LocalOptions::new();
         o.listen = self.listen;
         o.state_dir = self.state_dir.clone();
+        o.store = self.store.clone();
         o.public_url = self.public_url.clone();
         o.admin_token = self.token.clone();
         o.agent_bin = self.agent_bin.clone();
@@ -447,12 +452,14 @@ fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
         addr = %started.addr,
         state = %started.paths.root().display(),
         backend = started.orchestrator.backend_name(),
+        store = %started.store,
         "orchestrator listening"
     );
     println!(
-        "GuildNet orchestrator listening on http://{} (state: {})",
+        "GuildNet orchestrator listening on http://{} (state: {}, store: {})",
         started.addr,
-        started.paths.root().display()
+        started.paths.root().display(),
+        started.store
     );
     if let AdminTokenSource::Generated(p) | AdminTokenSource::File(p) = &started.token_source {
         println!("Admin token: in {} (mode 0600)", p.display());

@@ -7,7 +7,7 @@ use guildnet_bin::{init_tracing, shutdown_signal, OrchestratorArgs};
 #[command(
     name = "guildnet-orchestrator",
     version,
-    about = "GuildNet orchestrator: REST API, durable task state (SQLite), agent protocol, local backend"
+    about = "GuildNet orchestrator: REST API, durable task state (SQLite, or PostgreSQL with --store), agent protocol, local backend"
 )]
 struct Cli {
     #[command(flatten)]

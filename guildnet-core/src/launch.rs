@@ -1,5 +1,6 @@
-//! Wiring of a complete orchestrator from options: state dir, SQLite store, admin token, local
-//! backend, orgs, listener. The binaries (`guildnet-orchestrator`, `guildnet up`) call this.
+//! Wiring of a complete orchestrator from options: state dir, state store (the SQLite file in
+//! the state dir, or PostgreSQL by URL), admin token, local backend, orgs, listener. The
+//! binaries (`guildnet-orchestrator`, `guildnet up`) call this.
 
 use crate::local::{LocalBackend, LocalBackendConfig};
 use crate::names::OrgName;
@@ -37,9 +38,86 @@ pub enum LaunchError {
     Other(String),
 }
 
-/// Options of a local orchestrator (SQLite + local backend).
+/// Where the orchestrator keeps its state, when not in the SQLite file of its state dir: a
+/// `postgres://user:password@host:port/db` URL. Its `Debug` and `Display` never show the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its password.
+    pub fn redacted(&self) -> String {
+        #[cfg(feature = "postgres")]
+        {
+            crate::store::redact_url(&self.0)
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            match self.0.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://(not shown)"),
+                None => "(not shown)".into(),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Opens the store a [`StoreUrl`] names.
+pub async fn open_store_url(url: &StoreUrl) -> Result<Arc<dyn StateStore>, LaunchError> {
+    let lower = url.expose().trim_start().to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        {
+            let store = crate::store::PostgresStore::connect(url.expose()).await?;
+            tracing::info!(store = %store.display_url(), "state store: PostgreSQL");
+            return Ok(Arc::new(store));
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            return Err(LaunchError::Other(format!(
+                "--store {url}: this build has no PostgreSQL support (cargo feature `postgres`)"
+            )));
+        }
+    }
+    Err(LaunchError::Other(format!(
+        "--store {url}: not a supported store URL; use postgres://user:password@host:port/db, \
+         or leave --store unset for the SQLite file in the state dir"
+    )))
+}
+
+/// Options of a local orchestrator (SQLite or PostgreSQL store + local backend).
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
+    /// The state store: `None` for the SQLite file in the state dir.
+    pub store: Option<StoreUrl>,
     /// State dir (resolved with the standard rules when `None`).
     pub state_dir: Option<PathBuf>,
     /// Address to listen on.
@@ -110,6 +188,7 @@ impl LocalOptions {
     /// Defaults: listen on 127.0.0.1:8080, durable commits, 30 s leases, 5 s heartbeats.
     pub fn new() -> Self {
         Self {
+            store: None,
             state_dir: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
@@ -149,6 +228,8 @@ pub struct LocalOrchestrator {
     pub addr: SocketAddr,
     /// State paths.
     pub paths: StatePaths,
+    /// The state store, for messages: the SQLite file, or the PostgreSQL URL without password.
+    pub store: String,
     /// Where the admin token came from.
     pub token_source: AdminTokenSource,
     /// The state dir's exclusive lock, held as long as this value (and the orchestrator) lives.
@@ -172,11 +253,22 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     );
     let lock = paths.lock(&holder)?;
     let (token, token_source) = admin_token(opts.admin_token.clone(), &paths)?;
-    let db_path = paths.orchestrator_db();
-    let durability = opts.durability;
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(db_path, durability))
-        .await
-        .map_err(|e| LaunchError::Other(format!("store open task failed: {e}")))??;
+    let store_desc = match &opts.store {
+        Some(url) => url.redacted(),
+        None => paths.orchestrator_db().display().to_string(),
+    };
+    let store: Arc<dyn StateStore> = match &opts.store {
+        Some(url) => open_store_url(url).await?,
+        None => {
+            let db_path = paths.orchestrator_db();
+            let durability = opts.durability;
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStore::open(db_path, durability))
+                    .await
+                    .map_err(|e| LaunchError::Other(format!("store open task failed: {e}")))??,
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| LaunchError::Listen {
@@ -227,7 +319,6 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         .chain(opts.frame_ancestors.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let store: Arc<dyn StateStore> = Arc::new(store);
     for org in &opts.orgs {
         let audit = crate::model::NewAudit::new("system", "org.create", org.as_str(), None);
         match store.create_org(org, audit).await {
@@ -249,7 +340,42 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
         listener,
         addr,
         paths,
+        store: store_desc,
         token_source,
         lock,
     })
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod store_url_tests {
+    use super::StoreUrl;
+
+    #[test]
+    fn store_urls_never_show_their_password() {
+        let u: StoreUrl = "postgres://guildnet:hunter2-pw@db.internal:5432/guildnet"
+            .parse()
+            .unwrap();
+        for shown in [format!("{u:?}"), u.to_string(), u.redacted()] {
+            assert!(!shown.contains("hunter2-pw"), "{shown}");
+            assert!(
+                shown.contains("guildnet@db.internal:5432/guildnet"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            u.expose(),
+            "postgres://guildnet:hunter2-pw@db.internal:5432/guildnet"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_store_url_is_refused_without_showing_it() {
+        let u = StoreUrl::new("mysql://root:hunter2-pw@db/guildnet");
+        let err = match super::open_store_url(&u).await {
+            Ok(_) => panic!("a mysql URL opened a store"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("not a supported store URL"), "{err}");
+        assert!(!err.contains("hunter2-pw"), "{err}");
+    }
 }

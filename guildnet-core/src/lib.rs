@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod launch;
 pub mod lifecycle;
 pub mod local;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod orchestrator;

@@ -212,7 +212,7 @@ fn method(m: &str) -> Method {
 }
 
 fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/openapi.json"
+    path == "/health" || path == "/openapi.json" || path == "/metrics"
 }
 
 #[tokio::test]
@@ -313,7 +313,11 @@ async fn auth_matrix() {
             checked += 1;
         }
     }
-    assert_eq!(checked, (ROUTES.len() - 2) * 5);
+    assert_eq!(
+        checked,
+        (ROUTES.len() - 3) * 5,
+        "every route but the 3 public ones"
+    );
 
     // The right tokens get through.
     let r = h.send(empty(Method::GET, "/orgs", Some(ADMIN))).await;
@@ -990,4 +994,37 @@ async fn orgs_are_deleted_only_without_unfinished_tasks() {
     ))
     .await
     .field(StatusCode::UNPROCESSABLE_ENTITY, "unknown_org", "org");
+}
+
+#[tokio::test]
+async fn metrics_count_tasks_and_requests_without_ids() {
+    let mut h = harness().await;
+    let (task, _launch) = h.schedule("measure me").await;
+    h.send(empty(
+        Method::GET,
+        &format!("/tasks/{}", task.id),
+        Some(ADMIN),
+    ))
+    .await;
+    let r = h.send(empty(Method::GET, "/metrics", None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&r.body);
+    let submitted = text
+        .lines()
+        .find(|l| l.starts_with(r#"guildnet_orchestrator_tasks{status="Submitted"}"#))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(submitted.ends_with(" 1"), "{submitted}");
+    assert!(
+        text.contains(
+            r#"guildnet_orchestrator_http_requests_total{method="POST",route="/schedule",status="202"} 1"#
+        ),
+        "{text}"
+    );
+    // Routes are labelled by template: no task id in the metrics.
+    assert!(text.contains(r#"route="/tasks/{id}""#), "{text}");
+    assert!(!text.contains(task.id.as_str()), "{text}");
 }

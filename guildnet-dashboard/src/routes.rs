@@ -44,6 +44,12 @@ async fn security_headers(State(state): State<AppState>, req: Request, next: Nex
     resp
 }
 
+async fn dashboard_metrics(
+    axum::Extension(m): axum::Extension<std::sync::Arc<guildnet_core::metrics::HttpMetrics>>,
+) -> Response {
+    guildnet_core::metrics::response(m.encode())
+}
+
 /// The `/api` routes (relative paths, nested under `/api`).
 fn api_routes() -> Router<AppState> {
     Router::new()
@@ -93,10 +99,20 @@ fn api_routes() -> Router<AppState> {
 /// `router(state.clone()).merge(...)` or by extending this function; the session guard covers
 /// `/api/*` for any route added before the layers below.
 pub fn router(state: AppState) -> Router {
+    let metrics = std::sync::Arc::new(guildnet_core::metrics::HttpMetrics::new(
+        "guildnet_dashboard",
+    ));
     Router::new()
         .nest("/api", api_routes())
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
+        // Request counts and times by route (no ids, no secrets), public like /api/health.
+        .route("/metrics", get(dashboard_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            metrics.clone(),
+            guildnet_core::metrics::track,
+        ))
+        .layer(axum::Extension(metrics))
         .fallback(assets::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(crate::json::MAX_JSON_BYTES))

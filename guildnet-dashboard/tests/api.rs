@@ -117,6 +117,17 @@ async fn auth_sessions_csrf_and_headers() {
         assert!(!body.contains(ORCH_TOKEN) && !body.contains(PASSWORD));
     }
 
+    // Prometheus metrics: requests by route template, no secrets.
+    let resp = anon.req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("guildnet_dashboard_http_requests_total{")
+            && text.contains(r#"route="/api/orgs""#),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD) && !text.contains(ORCH_TOKEN));
+
     // Logout ends the session server-side.
     let (st, _) = me.json(Method::POST, "/api/logout", None).await;
     assert_eq!(st, 200);

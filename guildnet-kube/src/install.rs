@@ -239,3 +239,51 @@ pub async fn apply_value(
     api.patch(&name, pp, &Patch::Apply(obj)).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_secrets_reach_the_operator_pod_and_its_agent_pods() {
+        let opts = InstallOptions {
+            image: "registry.example/guildnet-operator:1".into(),
+            image_pull_secrets: vec!["regcred".into()],
+            ..InstallOptions::default()
+        };
+        let objs = operator_manifests(&opts);
+        let dep = objs
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("operator Deployment");
+        let pod = &dep["spec"]["template"]["spec"];
+        // The operator's own pod pulls its image with the Secret...
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(
+            pod["containers"][0]["image"],
+            "registry.example/guildnet-operator:1"
+        );
+        // ...and gives it to every agent pod it creates.
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let i = args
+            .iter()
+            .position(|a| *a == "--image-pull-secret")
+            .expect("--image-pull-secret");
+        assert_eq!(args[i + 1], "regcred");
+        // Without any, the list is empty.
+        let plain = operator_manifests(&InstallOptions::default());
+        let dep = plain
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("operator Deployment");
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["imagePullSecrets"],
+            json!([])
+        );
+    }
+}

@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const NS: &str = "mvp-agents";
+/// A model provider key the orchestrator hands agents as a secret setting.
+const MODEL_KEY: &str = "sk-test-model-key-0123456789";
 
 /// Answers every HTTP request with a fixed page.
 async fn serve_fake_editor(listener: tokio::net::TcpListener) {
@@ -439,7 +441,9 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
     install(&admin, &InstallOptions::default())
         .await
         .expect("install");
-    let op = start_operator(operator_sa_client(&cluster, &admin).await);
+    let op = start_operator_with(operator_sa_client(&cluster, &admin).await, |c| {
+        c.image_pull_secrets = vec!["regcred".into()];
+    });
 
     // The orchestrator, durable on SQLite, with the Kubernetes backend over a state dir whose
     // kube/acme.config is the test cluster's kubeconfig.
@@ -458,13 +462,17 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
         .starts_with("v1.36"));
     let store =
         SqliteStore::open(dir.path().join("orchestrator.db"), Durability::Full).expect("store");
-    let o = Orchestrator::new(
-        Arc::new(store),
-        backend.clone(),
-        OrchestratorConfig::new(Token::new("admin-token-for-test"), "http://orch.test:8080"),
-    )
-    .await
-    .expect("orchestrator");
+    // Agent settings with a plain and a secret half, as the orchestrator's flags make them.
+    let mut ocfg =
+        OrchestratorConfig::new(Token::new("admin-token-for-test"), "http://orch.test:8080");
+    ocfg.agents.default_runner = Some("my-ai-cli --task-file -".into());
+    ocfg.agents.add_env("MODEL=big-model").expect("env");
+    ocfg.agents
+        .secret_env
+        .push(("MODEL_API_KEY".into(), Token::new(MODEL_KEY)));
+    let o = Orchestrator::new(Arc::new(store), backend.clone(), ocfg)
+        .await
+        .expect("orchestrator");
     o.create_org(acme.clone()).await.expect("org");
     let req: ScheduleRequest =
         serde_json::from_value(json!({"org": "acme", "task": "open a PR"})).expect("req");
@@ -482,6 +490,64 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
     assert!(st.started_at.is_some());
     let at = tasks.get(&name).await.expect("AgentTask");
     assert_eq!(at.spec.task, "open a PR");
+    // The settings: the plain half in spec.env, the secret half only in Secrets; the pod pulls
+    // with the operator's pull secret.
+    assert_eq!(
+        at.spec.env.get("GUILDNET_RUNNER").map(String::as_str),
+        Some("my-ai-cli --task-file -")
+    );
+    assert_eq!(
+        at.spec.env.get("MODEL").map(String::as_str),
+        Some("big-model")
+    );
+    assert_eq!(
+        at.spec.env.get("GUILDNET_SECRET_ENV").map(String::as_str),
+        Some("MODEL_API_KEY")
+    );
+    assert!(!serde_json::to_string(&at)
+        .expect("json")
+        .contains(MODEL_KEY));
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let secret_value = |s: &Secret, k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let creds = secrets
+        .get(&format!("{name}-credentials"))
+        .await
+        .expect("credentials");
+    assert_eq!(
+        secret_value(&creds, "env.MODEL_API_KEY").as_deref(),
+        Some(MODEL_KEY)
+    );
+    let env_secret = secrets.get(&format!("{name}-env")).await.expect("env");
+    assert_eq!(
+        secret_value(&env_secret, "MODEL_API_KEY").as_deref(),
+        Some(MODEL_KEY)
+    );
+    let dep = Api::<Deployment>::namespaced(admin.clone(), NS)
+        .get(&name)
+        .await
+        .expect("Deployment");
+    let pod_spec = dep.spec.expect("spec").template.spec.expect("pod spec");
+    let pulls: Vec<String> = pod_spec
+        .image_pull_secrets
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(pulls, ["regcred"]);
+    assert!(
+        pod_spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.value.as_deref() != Some(MODEL_KEY)),
+        "the secret is not a plain env value"
+    );
     let agent = guildnet_core::names::AgentName::new(&at.spec.agent_name).expect("agent name");
     assert_eq!(
         backend

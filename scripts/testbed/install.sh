@@ -27,12 +27,12 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
-  containerd kubelet node-deps registry pause busybox-image images)
+  containerd kubelet node-deps registry pause busybox-image images postgres)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -64,6 +64,7 @@ item_version() {
     pause) echo "$PAUSE_VERSION" ;;
     busybox-image) echo "debian" ;;
     images) echo "debian-$CODE_SERVER_VERSION" ;;
+    postgres) echo "$POSTGRES_MAJOR" ;;
     *) return 1 ;;
   esac
 }
@@ -85,6 +86,7 @@ item_outputs() {
     kubelet) echo "kubelet kubectl" ;;
     node-deps) echo "runc skopeo" ;;
     registry) echo "registry" ;;
+    postgres) echo "initdb postgres pg_isready psql" ;;
   esac
 }
 
@@ -534,6 +536,27 @@ install_code_server() {
   mkdir -p "$tmp"
   verify "$CODE_SERVER_VERSION" env XDG_CONFIG_HOME="$tmp" XDG_DATA_HOME="$tmp" "$BIN/code-server" --version
   rm -rf "$tmp"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL server from Debian (postgresql-$POSTGRES_MAJOR), for the PostgreSQL state store's
+# tests. Only the binaries are used: guildnet-testbed runs initdb in a temp dir and starts its
+# own server on a loopback port as an unprivileged system user (PostgreSQL refuses root), so the
+# package's own cluster (if Debian created one) is stopped and left alone.
+install_postgres() {
+  local v=$POSTGRES_MAJOR pgbin
+  pgbin="/usr/lib/postgresql/$v/bin"
+  if [[ ! -x "$pgbin/postgres" ]]; then
+    apt_install "postgresql-$v"
+  fi
+  # Debian's postinst may start a cluster on port 5432; the testbed does not need it.
+  if command -v pg_ctlcluster >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q "^$v main .* online"; then
+    pg_ctlcluster "$v" main stop || true
+  fi
+  for b in initdb postgres pg_isready psql pg_ctl; do
+    ln -sfn "$pgbin/$b" "$BIN/$b"
+  done
+  verify "(PostgreSQL) $v" "$BIN/postgres" --version
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ pub struct KubeOptions {
 pub struct KubeCluster {
     // Stopped in this order by Drop (see there).
     node: Option<RealNode>,
+    /// How the node was started, to start it again ([`KubeCluster::restart_node`]).
+    node_start: Option<(ApiAccess, NodeOptions)>,
     kwok: Option<Proc>,
     scheduler: Option<Proc>,
     controller_manager: Option<Proc>,
@@ -116,6 +118,7 @@ impl KubeCluster {
         let d = dir.path();
         let mut cluster = KubeCluster {
             node: None,
+            node_start: None,
             kwok: None,
             scheduler: None,
             controller_manager: None,
@@ -267,6 +270,7 @@ impl KubeCluster {
             };
             let client = cluster.client().await?;
             cluster.node = Some(RealNode::start(&access, &n, client.clone()).await?);
+            cluster.node_start = Some((access, n));
             // Without the default ServiceAccount (the controller-manager makes it) pods are
             // rejected.
             let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
@@ -526,6 +530,53 @@ impl KubeCluster {
     /// removed. `None` if there is no node.
     pub fn stop_node(&mut self) -> Option<(Option<NodeLock>, Vec<String>)> {
         self.node.take().map(RealNode::stop)
+    }
+
+    /// Replaces the real node with a fresh one of the same name: containerd with an empty
+    /// image and content store, a new kubelet. Pods still bound to the node are started again
+    /// by the new kubelet, with their images pulled again. For cold-start measurements: after
+    /// this, the next pod pulls its image from the registry. Returns how long the new node took
+    /// from the old one's stop to Ready.
+    pub async fn restart_node(&mut self) -> Result<Duration> {
+        let Some((access, opts)) = self.node_start.clone() else {
+            return Err(TestbedError::Unexpected(
+                "restart_node: this cluster has no real node".into(),
+            ));
+        };
+        let started = std::time::Instant::now();
+        if let Some((lock, errors)) = self.stop_node() {
+            if !errors.is_empty() {
+                return Err(TestbedError::Unexpected(format!(
+                    "restart_node: the old node was not removed cleanly: {errors:?}"
+                )));
+            }
+            // Released here: the new node takes it again.
+            drop(lock);
+        }
+        // The Node object goes too, so "Ready" is the new kubelet's, not the old one's status.
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        match nodes.delete(&opts.name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_for(
+            &format!("Node {} deleted", opts.name),
+            READY_TIMEOUT,
+            None,
+            || async {
+                nodes
+                    .get_opt(&opts.name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await?;
+        self.node = Some(RealNode::start(&access, &opts, client).await?);
+        Ok(started.elapsed())
     }
 }
 

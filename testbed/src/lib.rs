@@ -18,6 +18,8 @@
 //! - [`bench`]: percentiles and the table-row format of the bench binaries.
 //! - [`talos::Talosctl`]: the client-side talosctl commands (no Talos node runs here).
 //! - [`forge::Gitea`]: a real git forge with an admin token, repositories and pull requests.
+//! - [`postgres::Postgres`]: PostgreSQL from Debian, initialised in a temp dir, run as an
+//!   unprivileged system user.
 //!
 //! A missing binary is an error that names the install command; nothing is skipped silently.
 
@@ -31,6 +33,7 @@ pub mod images;
 pub mod kube;
 pub mod mesh;
 pub mod node;
+pub mod postgres;
 pub mod process;
 pub mod registry;
 pub mod talos;
@@ -74,6 +77,7 @@ fn install_item(bin: &str) -> &str {
         "kubectl" => "kubelet",
         "runc" | "skopeo" => "node-deps",
         "chromedriver" => "chromium",
+        "initdb" | "pg_isready" | "psql" => "postgres",
         other => other,
     }
 }

@@ -129,6 +129,14 @@ impl From<StoreError> for ApiError {
                     None => e,
                 }
             }
+            e @ StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "state store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the orchestrator's database is unavailable; retry shortly",
+                )
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

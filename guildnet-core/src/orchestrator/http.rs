@@ -18,6 +18,7 @@ use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 /// Largest request body accepted (bytes).
@@ -331,6 +332,47 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 const SSE_PAGE: usize = 500;
 
 // ---- handlers -----------------------------------------------------------------------------------
+
+/// The orchestrator's Prometheus metrics: HTTP requests by route and status, request times,
+/// and tasks by status (counted when scraped).
+pub struct OrchestratorMetrics {
+    http: Arc<crate::metrics::HttpMetrics>,
+    tasks: prometheus_client::metrics::family::Family<
+        crate::metrics::StatusLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl OrchestratorMetrics {
+    fn new() -> Self {
+        let mut http = crate::metrics::HttpMetrics::new("guildnet_orchestrator");
+        let tasks = prometheus_client::metrics::family::Family::default();
+        http.registry_mut()
+            .register("tasks", "Tasks by status", tasks.clone());
+        Self {
+            http: Arc::new(http),
+            tasks,
+        }
+    }
+}
+
+/// Prometheus metrics in the text format. Aggregate numbers only (no org names, ids or
+/// secrets), so it needs no token, like `/health`.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(
+    State(o): State<Orchestrator>,
+    axum::Extension(m): axum::Extension<Arc<OrchestratorMetrics>>,
+) -> Result<Response, ApiError> {
+    for (status, n) in o.task_counts().await? {
+        m.tasks
+            .get_or_create(&crate::metrics::StatusLabels {
+                status: status.as_str().to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    Ok(crate::metrics::response(m.http.encode()))
+}
 
 /// Liveness and basic facts.
 #[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Health)))]
@@ -758,6 +800,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/openapi.json"),
+    ("get", "/metrics"),
     ("post", "/orgs"),
     ("get", "/orgs"),
     ("delete", "/orgs/{org}"),
@@ -787,8 +830,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The orchestrator's router.
 pub fn router(o: Orchestrator) -> Router {
+    let metrics = Arc::new(OrchestratorMetrics::new());
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(self::metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/orgs", post(create_org).get(list_orgs))
         .route("/orgs/{org}", delete(delete_org))
@@ -835,8 +880,13 @@ pub fn router(o: Orchestrator) -> Router {
             "/editor/proxy/{port}/{*rest}",
             any(super::editor_proxy::editor_proxy),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.http.clone(),
+            crate::metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -866,7 +916,7 @@ impl utoipa::Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
-    paths(health, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
+    paths(health, metrics, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,

@@ -179,7 +179,8 @@ impl Orchestrator {
         backend: Arc<dyn ClusterBackend>,
         cfg: OrchestratorConfig,
     ) -> Result<Self, ApiError> {
-        Ok(Self {
+        let external = store.external_changes();
+        let me = Self {
             inner: Arc::new(Inner {
                 store,
                 backend,
@@ -198,7 +199,18 @@ impl Orchestrator {
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
                 backoff: Default::default(),
             }),
-        })
+        };
+        // Writes of other replicas (PostgreSQL NOTIFY) wake this replica's SSE streams too.
+        if let Some(mut rx) = external {
+            let weak = Arc::downgrade(&me.inner);
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+                }
+            });
+        }
+        Ok(me)
     }
 
     /// Settings.
@@ -305,6 +317,11 @@ impl Orchestrator {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
         Ok(deleted?)
+    }
+
+    /// How many tasks have each status.
+    pub async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, ApiError> {
+        Ok(self.inner.store.task_counts().await?)
     }
 
     /// Lists orgs.
@@ -1034,8 +1051,28 @@ impl Orchestrator {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.inner.cfg.reaper_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut leading = None;
             loop {
                 tick.tick().await;
+                // One replica reaps at a time (the store decides; always this one on SQLite).
+                let lead = match me.inner.store.lead("reaper").await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaper: cannot tell which replica leads");
+                        false
+                    }
+                };
+                if leading != Some(lead) {
+                    if lead {
+                        tracing::info!("reaper: this orchestrator runs the reaper");
+                    } else {
+                        tracing::info!("reaper: another replica runs the reaper");
+                    }
+                    leading = Some(lead);
+                }
+                if !lead {
+                    continue;
+                }
                 if let Err(e) = me.reap_once(Utc::now()).await {
                     tracing::warn!(error = %e, "reaper pass failed");
                 }

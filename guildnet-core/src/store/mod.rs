@@ -1,7 +1,12 @@
-//! Durable state: the [`StateStore`] seam and its SQLite implementation.
+//! Durable state: the [`StateStore`] seam, its SQLite implementation (the embedded default)
+//! and, with the `postgres` feature, its PostgreSQL implementation (several replicas).
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{is_postgres_url, redact_url, PostgresOptions, PostgresStore};
 pub use sqlite::{CommitStats, Durability, SqliteStore};
 
 use crate::model::{
@@ -28,6 +33,25 @@ pub enum StoreError {
     Open {
         /// Database file.
         path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database server reported an error (PostgreSQL).
+    #[error("database error during {op}: {reason}")]
+    Backend {
+        /// What the store was doing.
+        op: &'static str,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database server cannot be reached now (connection refused or lost, no free
+    /// connection in time, server shutting down); the request may succeed when retried.
+    #[error("database {db} is unavailable during {op}: {reason}")]
+    Unavailable {
+        /// What the store was doing.
+        op: &'static str,
+        /// The database, without its password.
+        db: String,
         /// Why.
         reason: String,
     },
@@ -232,6 +256,15 @@ pub trait StateStore: Send + Sync {
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError>;
     /// Tasks matching `query`, newest first.
     async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// How many tasks have each status (for metrics). The default lists the tasks and counts
+    /// them; stores override it with an aggregate query.
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let tasks = self.list_tasks(TaskQuery::default()).await?;
+        Ok(TaskStatus::ALL
+            .into_iter()
+            .map(|s| (s, tasks.iter().filter(|t| t.status == s).count() as u64))
+            .collect())
+    }
     /// Like [`StateStore::list_tasks`], already serialized as a JSON array (what `GET /tasks`
     /// answers): a store that keeps each task's JSON serves a page without decoding rows.
     async fn task_page(&self, query: TaskQuery) -> Result<TaskPage, StoreError> {
@@ -329,4 +362,20 @@ pub trait StateStore: Send + Sync {
     async fn last_event_id(&self) -> Result<u64, StoreError>;
     /// Audit rows with `id > after`, in order.
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Whether this process runs the cluster-wide job `job` (e.g. the reaper) now: true for
+    /// one process at a time among all that share the store. A store used by one process
+    /// only (SQLite) always says true. Call it before every run of the job: leadership moves
+    /// when its holder dies.
+    async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
+        let _ = job;
+        Ok(true)
+    }
+
+    /// A counter that moves when another process sharing the store (another replica) stored
+    /// events or log lines, so waiting readers (SSE streams) look again; `None` when only
+    /// this process writes. Call it from within a tokio runtime.
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -1178,6 +1178,27 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .map_err(db("count tasks"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db("count tasks"))?;
+            let mut counts: Vec<(TaskStatus, u64)> =
+                TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+            for row in rows {
+                let (status, n) = row.map_err(db("count tasks"))?;
+                if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                    c.1 = u64::try_from(n).unwrap_or(0);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
         self.read(move |c| {
             let (sql, args) = task_query_sql(TASK_COLS, &q);

@@ -1,16 +1,181 @@
-//! The SQLite state store against a real database file: orgs, tasks and their conditional
-//! updates, logs, events, the append-only audit log, durability across reopen, and atomic
-//! read-modify-write under concurrent writers (group commit).
+//! The state stores against real databases: every test of the suite runs against SQLite (a
+//! real database file) and against a real PostgreSQL from the testbed
+//! (`scripts/testbed/install.sh postgres`; missing, the PostgreSQL tests fail, they do not
+//! skip), so the two implementations cannot drift. Covered: orgs, tasks and their conditional
+//! updates, logs, events, the append-only audit log, durability across reopen, a newer schema
+//! refused, and atomic read-modify-write under concurrent writers. Tests of one store only
+//! (file modes and read-only files of SQLite; unreachable servers, passwords in messages and
+//! two replicas on one database for PostgreSQL) follow the suite.
+
+#![cfg(feature = "postgres")]
 
 use chrono::{DateTime, Duration, Utc};
 use guildnet_core::model::{Agent, LogStream, NewAudit, NewEvent, NewLogLine, Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::store::{
-    Durability, LogBatch, Rejection, RejectionKind, SqliteStore, StateStore, StoreError,
-    TaskChange, TaskQuery,
+    Durability, LogBatch, PostgresStore, Rejection, RejectionKind, SqliteStore, StateStore,
+    StoreError, TaskChange, TaskQuery,
 };
+use guildnet_testbed::postgres::Postgres;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One database of either kind, opened (and reopened) as a [`StateStore`].
+enum Db {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+    Postgres {
+        server: &'static Postgres,
+        name: String,
+        url: String,
+    },
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        Db::Sqlite { _dir: dir, path }
+    }
+
+    /// A fresh database on the test process's PostgreSQL server.
+    async fn postgres() -> Db {
+        let server = Postgres::shared().await.expect(
+            "the testbed's PostgreSQL must start (install it: scripts/testbed/install.sh postgres)",
+        );
+        let url = server.fresh_database().await.expect("create database");
+        let name = url.rsplit('/').next().expect("db name").to_owned();
+        Db::Postgres { server, name, url }
+    }
+
+    async fn try_open(&self) -> Result<Arc<dyn StateStore>, StoreError> {
+        Ok(match self {
+            Db::Sqlite { path, .. } => Arc::new(SqliteStore::open(path, Durability::Full)?),
+            Db::Postgres { url, .. } => Arc::new(PostgresStore::connect(url).await?),
+        })
+    }
+
+    async fn open(&self) -> Arc<dyn StateStore> {
+        self.try_open().await.expect("open store")
+    }
+
+    /// Runs SQL behind the store's back (as another connection); returns the first column of
+    /// the first row, if any, as text.
+    async fn raw(&self, sql: &str) -> Result<String, String> {
+        match self {
+            Db::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+                c.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                let mut stmt = c.prepare(sql).map_err(|e| e.to_string())?;
+                if stmt.column_count() == 0 {
+                    stmt.execute([]).map_err(|e| e.to_string())?;
+                    return Ok(String::new());
+                }
+                let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+                match rows.next().map_err(|e| e.to_string())? {
+                    None => Ok(String::new()),
+                    Some(r) => {
+                        let v: rusqlite::types::Value = r.get(0).map_err(|e| e.to_string())?;
+                        Ok(match v {
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                    }
+                }
+            }
+            Db::Postgres { server, name, .. } => server
+                .psql(name, sql)
+                .await
+                .map(|out| out.trim().to_owned())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The schema version recorded in the database, and the names of its tables, indexes and
+    /// triggers.
+    async fn schema(&self) -> (i64, BTreeSet<String>) {
+        let (version, objects) = match self {
+            Db::Sqlite { .. } => (
+                "PRAGMA user_version",
+                "SELECT group_concat(name, ',') FROM sqlite_master",
+            ),
+            Db::Postgres { .. } => (
+                "SELECT MAX(version) FROM guildnet_schema",
+                "SELECT string_agg(n, ',') FROM (SELECT relname::text AS n FROM pg_class c                  JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'public'                  UNION ALL SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal) o",
+            ),
+        };
+        let v = self.raw(version).await.expect("schema version");
+        let objs = self.raw(objects).await.expect("schema objects");
+        (
+            v.parse().expect("version number"),
+            objs.split(',').map(str::to_owned).collect(),
+        )
+    }
+
+    /// Makes the database claim schema version `v`.
+    async fn set_schema_version(&self, v: i64) {
+        let sql = match self {
+            Db::Sqlite { .. } => format!("PRAGMA user_version = {v}"),
+            Db::Postgres { .. } => {
+                format!("INSERT INTO guildnet_schema (version, applied_at) VALUES ({v}, 0)")
+            }
+        };
+        self.raw(&sql).await.expect("set schema version");
+    }
+
+    /// The schema version this build migrates to.
+    fn current_version(&self) -> i64 {
+        match self {
+            Db::Sqlite { .. } => 5,
+            Db::Postgres { .. } => PostgresStore::schema_version() as i64,
+        }
+    }
+}
+
+/// Runs each listed `async fn(Db)` once per store: `sqlite::<name>` and `postgres::<name>`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Db::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Db::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+both_stores!(
+    orgs_create_duplicate_list_get,
+    tasks_insert_get_list_and_token_hash,
+    update_task_applies_rejects_and_skips,
+    append_logs_is_idempotent_and_pages_in_order,
+    events_have_increasing_ids_and_page,
+    audit_log_is_append_only,
+    everything_survives_reopen_and_migrations_are_idempotent,
+    refuses_a_newer_schema,
+    concurrent_updates_are_atomic,
+    log_lines_only_go_forward_stop_at_the_seal_and_respect_the_quota,
+    cursors_past_every_id_return_nothing_instead_of_wrapping,
+    one_corrupt_row_does_not_hide_the_others,
+    unclaimed_notes_only_while_submitted_to_that_agent,
+    task_pages_are_the_listing_serialized_and_page_by_keyset,
+    task_counts_count_every_status,
+);
 
 fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path, Durability::Full).expect("open store")
@@ -66,7 +231,7 @@ fn audit(action: &str, subject: &str) -> NewAudit {
     NewAudit::new("admin", action, subject, None)
 }
 
-async fn insert(store: &SqliteStore, t: &Task, token_hash: &str) -> u64 {
+async fn insert(store: &dyn StateStore, t: &Task, token_hash: &str) -> u64 {
     store
         .insert_task(
             t.clone(),
@@ -113,7 +278,7 @@ fn batch(agent: &AgentName, lines: Vec<NewLogLine>) -> LogBatch {
 }
 
 /// A task that has an agent holding its claim (so it may send log lines).
-async fn running_task(store: &SqliteStore, agent_name: &str) -> Task {
+async fn running_task(store: &dyn StateStore, agent_name: &str) -> Task {
     let mut t = task("acme", TaskStatus::Running, now_ms());
     t.agent = Some(agent(agent_name));
     t.fencing = 1;
@@ -123,10 +288,8 @@ async fn running_task(store: &SqliteStore, agent_name: &str) -> Task {
     t
 }
 
-#[tokio::test]
-async fn orgs_create_duplicate_list_get() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn orgs_create_duplicate_list_get(db: Db) {
+    let store = db.open().await;
 
     let before = now_ms();
     let zeta = store
@@ -162,10 +325,8 @@ async fn orgs_create_duplicate_list_get() {
     assert_eq!(subjects, vec!["zeta", "acme"]);
 }
 
-#[tokio::test]
-async fn tasks_insert_get_list_and_token_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn tasks_insert_get_list_and_token_hash(db: Db) {
+    let store = db.open().await;
     let t0 = now_ms();
 
     let t1 = task("aaa", TaskStatus::Scheduled, t0);
@@ -186,7 +347,7 @@ async fn tasks_insert_get_list_and_token_hash() {
 
     let mut last_event = 0;
     for (t, h) in [(&t1, "h1"), (&t2, "h2"), (&t3, "h3"), (&t4, "h4")] {
-        let ev = insert(&store, t, h).await;
+        let ev = insert(&*store, t, h).await;
         assert!(
             ev > last_event,
             "event ids increase: {ev} after {last_event}"
@@ -306,12 +467,10 @@ async fn tasks_insert_get_list_and_token_hash() {
     assert_eq!(ids(&updated_before), ids_of(&[&t1, &t2]));
 }
 
-#[tokio::test]
-async fn update_task_applies_rejects_and_skips() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn update_task_applies_rejects_and_skips(db: Db) {
+    let store = db.open().await;
     let t = task("acme", TaskStatus::Submitted, now_ms());
-    insert(&store, &t, "old-hash").await;
+    insert(&*store, &t, "old-hash").await;
     let audits_before = store.audit_after(0, 0).await.unwrap().len();
 
     // A mutation with an event persists, and reports the event id.
@@ -443,11 +602,9 @@ async fn update_task_applies_rejects_and_skips() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
-#[tokio::test]
-async fn append_logs_is_idempotent_and_pages_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
-    let t = running_task(&store, "agent-a").await;
+async fn append_logs_is_idempotent_and_pages_in_order(db: Db) {
+    let store = db.open().await;
+    let t = running_task(&*store, "agent-a").await;
     let a = agent("agent-a");
 
     assert_eq!(store.max_log_seq(&t.id).await.unwrap(), 0);
@@ -562,10 +719,8 @@ fn event(kind: &str) -> NewEvent {
     }
 }
 
-#[tokio::test]
-async fn events_have_increasing_ids_and_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn events_have_increasing_ids_and_page(db: Db) {
+    let store = db.open().await;
     assert_eq!(store.last_event_id().await.unwrap(), 0);
     assert!(store.events_after(0, 0).await.unwrap().is_empty());
 
@@ -618,11 +773,8 @@ async fn events_have_increasing_ids_and_page() {
     assert!(store.events_after(lasts[4], 0).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn audit_log_is_append_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    let store = open(&path);
+async fn audit_log_is_append_only(db: Db) {
+    let store = db.open().await;
     store
         .create_org(&org("acme"), audit("org.create", "acme"))
         .await
@@ -634,49 +786,41 @@ async fn audit_log_is_append_only() {
     let rows = store.audit_after(0, 0).await.unwrap();
     assert_eq!(rows.len(), 2);
 
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-    let upd = conn
-        .execute("UPDATE audit SET actor = 'mallory'", [])
+    let upd = db
+        .raw("UPDATE audit SET actor = 'mallory'")
+        .await
         .expect_err("UPDATE on audit must fail");
-    assert!(upd.to_string().contains("append-only"), "{upd}");
-    let del = conn
-        .execute("DELETE FROM audit", [])
+    assert!(upd.contains("append-only"), "{upd}");
+    let del = db
+        .raw("DELETE FROM audit")
+        .await
         .expect_err("DELETE on audit must fail");
-    assert!(del.to_string().contains("append-only"), "{del}");
-    let del_one = conn
-        .execute("DELETE FROM audit WHERE id = ?1", [rows[0].id as i64])
+    assert!(del.contains("append-only"), "{del}");
+    let del_one = db
+        .raw(&format!("DELETE FROM audit WHERE id = {}", rows[0].id))
+        .await
         .expect_err("DELETE of one row must fail");
-    assert!(del_one.to_string().contains("append-only"), "{del_one}");
+    assert!(del_one.contains("append-only"), "{del_one}");
     // Appending through another connection still works (the log is append-only, not read-only).
-    conn.execute(
-        "INSERT INTO audit (ts, actor, action, subject) VALUES (0, 'system', 'x', 'y')",
-        [],
-    )
-    .unwrap();
-
-    let count: i64 = conn
-        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+    db.raw("INSERT INTO audit (ts, actor, action, subject) VALUES (0, 'system', 'x', 'y')")
+        .await
         .unwrap();
-    assert_eq!(count, 3);
+
+    let count = db.raw("SELECT COUNT(*) FROM audit").await.unwrap();
+    assert_eq!(count, "3");
     let after = store.audit_after(0, 0).await.unwrap();
     assert_eq!(&after[..2], &rows[..]);
     assert_eq!(after[0].actor, "admin");
 }
 
-#[tokio::test]
-async fn everything_survives_reopen_and_migrations_are_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-
+async fn everything_survives_reopen_and_migrations_are_idempotent(db: Db) {
     let (t, mut events, audits, logs, agent_row) = {
-        let store = open(&path);
+        let store = db.open().await;
         store
             .create_org(&org("acme"), audit("org.create", "acme"))
             .await
             .unwrap();
-        let t = running_task(&store, "agent-a").await;
+        let t = running_task(&*store, "agent-a").await;
         let a = agent("agent-a");
         store
             .append_logs(&t.id, batch(&a, lines(1..=3)))
@@ -750,29 +894,17 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         // `store` is dropped here: its writer thread is joined.
     };
 
-    let schema = |path: &Path| -> (i64, Vec<(String, String)>) {
-        let c = rusqlite::Connection::open(path).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        let mut stmt = c
-            .prepare("SELECT type, name FROM sqlite_master ORDER BY type, name")
-            .unwrap();
-        let objs = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        (v, objs)
-    };
-    let (version, objects) = schema(&path);
-    assert_eq!(version, 5, "all migrations applied");
-    assert!(objects.contains(&("trigger".into(), "audit_no_update".into())));
-    assert!(objects.contains(&("index".into(), "tasks_lease".into())));
-    assert!(objects.contains(&("index".into(), "tasks_created_id".into())));
+    let (version, objects) = db.schema().await;
+    assert_eq!(version, db.current_version(), "all migrations applied");
+    assert!(
+        objects.iter().any(|o| o.starts_with("audit_no_")),
+        "{objects:?}"
+    );
+    assert!(objects.contains("tasks_lease"), "{objects:?}");
+    assert!(objects.contains("tasks_created_id"), "{objects:?}");
 
     for round in 0..2 {
-        let store = open(&path);
+        let store = db.open().await;
         assert_eq!(store.get_task(&t.id).await.unwrap().as_ref(), Some(&t));
         assert_eq!(
             store.task_token_hash(&t.id).await.unwrap().as_deref(),
@@ -802,32 +934,28 @@ async fn everything_survives_reopen_and_migrations_are_idempotent() {
         events = store.events_after(0, 0).await.unwrap();
         assert_eq!(events.last().map(|e| e.id), Some(next));
         drop(store);
-        assert_eq!(schema(&path), (version, objects.clone()), "round {round}");
+        assert_eq!(
+            db.schema().await,
+            (version, objects.clone()),
+            "round {round}"
+        );
     }
 }
 
-#[tokio::test]
-async fn refuses_a_newer_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    drop(open(&path));
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.pragma_update(None, "user_version", 99).unwrap();
-    }
-    match SqliteStore::open(&path, Durability::Full) {
+async fn refuses_a_newer_schema(db: Db) {
+    drop(db.open().await);
+    db.set_schema_version(99).await;
+    match db.try_open().await {
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("99"), "{msg}"),
         Err(other) => panic!("expected Corrupt, got {other:?}"),
         Ok(_) => panic!("a newer schema must be refused"),
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_updates_are_atomic() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn concurrent_updates_are_atomic(db: Db) {
+    let store = db.open().await;
     let t = task("acme", TaskStatus::Running, now_ms());
-    insert(&store, &t, "h").await;
+    insert(&*store, &t, "h").await;
 
     const N: u32 = 200;
     let handles: Vec<_> = (0..N)
@@ -862,11 +990,9 @@ async fn concurrent_updates_are_atomic() {
     assert_eq!(store.get_task(&t.id).await.unwrap().unwrap().claims, N);
 }
 
-#[tokio::test]
-async fn log_lines_only_go_forward_stop_at_the_seal_and_respect_the_quota() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
-    let t = running_task(&store, "agent-a").await;
+async fn log_lines_only_go_forward_stop_at_the_seal_and_respect_the_quota(db: Db) {
+    let store = db.open().await;
+    let t = running_task(&*store, "agent-a").await;
     let a = agent("agent-a");
 
     // Gaps are fine; going back to a number never stored is refused (followers past it would
@@ -931,11 +1057,9 @@ async fn log_lines_only_go_forward_stop_at_the_seal_and_respect_the_quota() {
     ));
 }
 
-#[tokio::test]
-async fn cursors_past_every_id_return_nothing_instead_of_wrapping() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
-    let t = running_task(&store, "agent-a").await;
+async fn cursors_past_every_id_return_nothing_instead_of_wrapping(db: Db) {
+    let store = db.open().await;
+    let t = running_task(&*store, "agent-a").await;
     store
         .append_logs(&t.id, batch(&agent("agent-a"), lines(1..=3)))
         .await
@@ -956,20 +1080,17 @@ async fn cursors_past_every_id_return_nothing_instead_of_wrapping() {
     assert_eq!(store.task_logs(&t.id, 0, 0).await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn one_corrupt_row_does_not_hide_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    let store = open(&path);
+async fn one_corrupt_row_does_not_hide_the_others(db: Db) {
+    let store = db.open().await;
     let good = task("acme", TaskStatus::Scheduled, now_ms());
     let bad = task("acme", TaskStatus::Scheduled, now_ms());
-    insert(&store, &good, "h").await;
-    insert(&store, &bad, "h").await;
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute(
-        "UPDATE tasks SET status = 'Bogus', artifacts = 'not json' WHERE id = ?1",
-        [bad.id.as_str()],
-    )
+    insert(&*store, &good, "h").await;
+    insert(&*store, &bad, "h").await;
+    db.raw(&format!(
+        "UPDATE tasks SET status = 'Bogus', artifacts = 'not json' WHERE id = '{}'",
+        bad.id
+    ))
+    .await
     .unwrap();
     let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
     assert_eq!(ids(&listed), vec![good.id.clone()]);
@@ -1033,8 +1154,415 @@ async fn a_read_only_database_is_refused_at_open() {
     assert!(err.to_string().contains("read-only"), "{err}");
 }
 
+async fn unclaimed_notes_only_while_submitted_to_that_agent(db: Db) {
+    let store = db.open().await;
+    let mut t = task("acme", TaskStatus::Submitted, now_ms());
+    t.agent = Some(agent("agent-a"));
+    insert(&*store, &t, "h").await;
+    let first = store
+        .append_unclaimed_note(&t.id, &agent("agent-a"), "pod Pending".into())
+        .await
+        .unwrap();
+    let second = store
+        .append_unclaimed_note(&t.id, &agent("agent-a"), "still Pending".into())
+        .await
+        .unwrap();
+    assert_eq!((first, second), (Some(1), Some(2)));
+    // Another agent, or the task no longer Submitted: nothing written.
+    assert_eq!(
+        store
+            .append_unclaimed_note(&t.id, &agent("agent-b"), "x".into())
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .update_task(
+            &t.id,
+            Box::new(|t: &mut Task| {
+                t.status = TaskStatus::Running;
+                t.fencing = 1;
+                Ok(TaskChange::default())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .append_unclaimed_note(&t.id, &agent("agent-a"), "late".into())
+            .await
+            .unwrap(),
+        None
+    );
+    let logs = store.task_logs(&t.id, 0, 0).await.unwrap();
+    assert_eq!(
+        logs.iter()
+            .map(|l| (l.seq, l.stream, l.line.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, LogStream::System, "pod Pending"),
+            (2, LogStream::System, "still Pending")
+        ]
+    );
+    let err = store
+        .append_unclaimed_note(&TaskId::generate(), &agent("agent-a"), "x".into())
+        .await
+        .expect_err("unknown task");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+// ---- PostgreSQL only ----------------------------------------------------------------------
+
+/// A URL's password never appears in the error when the server is unreachable (nothing
+/// listens on the port) or refuses the login; the error names the host, port and database.
+#[tokio::test]
+async fn postgres_connect_errors_name_the_database_without_its_password() {
+    let port = guildnet_testbed::free_port().unwrap();
+    let url = format!("postgres://guildnet:Sup3rSecretPw@127.0.0.1:{port}/guildnet");
+    let err = PostgresStore::connect(&url)
+        .await
+        .expect_err("nothing listens there");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(
+        msg.contains(&format!("postgres://guildnet@127.0.0.1:{port}/guildnet")),
+        "{msg}"
+    );
+    assert!(msg.contains("cannot connect"), "{msg}");
+    assert!(!msg.contains("Sup3rSecretPw"), "{msg}");
+    assert!(!format!("{err:?}").contains("Sup3rSecretPw"), "{err:?}");
+
+    let server = Postgres::shared().await.expect("testbed postgres");
+    let url = format!(
+        "postgres://guildnet:Sup3rSecretPw@127.0.0.1:{}/postgres",
+        server.port()
+    );
+    let err = PostgresStore::connect(&url)
+        .await
+        .expect_err("wrong password");
+    let msg = err.to_string();
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(!msg.contains("Sup3rSecretPw"), "{msg}");
+}
+
+/// Two stores on one database stand for two orchestrator replicas: read-modify-writes of one
+/// task from both are serialized (every update sees a distinct predecessor), and a claim
+/// (fencing token bump) conditional on the token it read succeeds on exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_replicas_update_one_task_atomically() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let t = task("acme", TaskStatus::Running, now_ms());
+    insert(&*a, &t, "h").await;
+
+    const N: u32 = 100;
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = t.id.clone();
+            tokio::spawn(async move {
+                store
+                    .update_task(
+                        &id,
+                        Box::new(|t: &mut Task| {
+                            t.claims += 1;
+                            Ok(TaskChange::default())
+                        }),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for h in handles {
+        let u = h.await.expect("join").expect("update");
+        assert!(seen.insert(u.task.claims), "claims {} twice", u.task.claims);
+    }
+    assert_eq!(seen, (1..=N).collect::<BTreeSet<_>>());
+
+    // Both replicas try to claim with the fencing token they read: exactly one wins.
+    let fencing = a.get_task(&t.id).await.unwrap().unwrap().fencing;
+    let claim = |store: Arc<dyn StateStore>, who: &'static str| {
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            store
+                .update_task(
+                    &id,
+                    Box::new(move |t: &mut Task| {
+                        if t.fencing != fencing {
+                            return Err(Rejection::stale("already claimed"));
+                        }
+                        t.fencing += 1;
+                        t.agent = Some(AgentName::new(who).unwrap());
+                        Ok(TaskChange::default())
+                    }),
+                )
+                .await
+        })
+    };
+    let (r1, r2) = (claim(a.clone(), "agent-a"), claim(b.clone(), "agent-b"));
+    let results = [r1.await.unwrap(), r2.await.unwrap()];
+    let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let stored = b.get_task(&t.id).await.unwrap().unwrap();
+    assert_eq!(stored.fencing, fencing + 1);
+    assert_eq!(stored.agent, won[0].as_ref().unwrap().task.agent);
+}
+
+/// Events written concurrently through two replicas: a follower paging with its cursor (as
+/// SSE does with `Last-Event-ID`) while they are written sees every event exactly once, in
+/// id order (ids become visible in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_event_cursors_skip_nothing_under_concurrent_writers() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    store
+                        .append_events(vec![event(&format!("w{w}.{i}"))], vec![])
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    let follower = {
+        let store = b.clone();
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            while seen.len() < WRITERS * EACH {
+                let page = store.events_after(cursor, 7).await.expect("page");
+                if page.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    continue;
+                }
+                cursor = page.last().unwrap().id;
+                seen.extend(page.into_iter().map(|e| (e.id, e.kind)));
+            }
+            seen
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), follower)
+        .await
+        .expect("the follower saw every event")
+        .unwrap();
+    let all: Vec<_> = a
+        .events_after(0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.kind))
+        .collect();
+    assert_eq!(all.len(), WRITERS * EACH);
+    assert_eq!(seen, all);
+}
+
+/// Cluster-wide jobs: one replica leads a job at a time; when it goes (its connections close,
+/// as when its process dies), another one takes over. Jobs are independent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_replica_leads_a_job_and_hands_it_over() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    assert!(a.lead("reaper").await.unwrap());
+    assert!(!b.lead("reaper").await.unwrap());
+    assert!(a.lead("reaper").await.unwrap(), "the leader stays leader");
+    assert!(!b.lead("reaper").await.unwrap());
+    assert!(
+        b.lead("other-job").await.unwrap(),
+        "another job, another lock"
+    );
+    assert!(!a.lead("other-job").await.unwrap());
+    drop(a);
+    let start = std::time::Instant::now();
+    guildnet_testbed::eventually(
+        "b leads the reaper",
+        std::time::Duration::from_secs(10),
+        || {
+            let b = b.clone();
+            async move { b.lead("reaper").await.unwrap().then_some(()) }
+        },
+    )
+    .await;
+    eprintln!("handover after {:?}", start.elapsed());
+    // On SQLite (one process) the answer is always yes.
+    let sqlite = Db::sqlite().open().await;
+    assert!(sqlite.lead("reaper").await.unwrap());
+    assert!(sqlite.external_changes().is_none());
+}
+
+/// Events and log lines stored through one replica wake readers of the other (LISTEN/NOTIFY);
+/// a write that stores nothing new does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_of_one_replica_wake_the_other() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut rx = b
+        .external_changes()
+        .expect("postgres follows other replicas");
+    let wait = std::time::Duration::from_secs(5);
+    // The first bump says the LISTEN connection is up.
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("listening")
+        .unwrap();
+    rx.borrow_and_update();
+
+    a.append_events(vec![event("from-a")], vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("an event through a wakes b")
+        .unwrap();
+    rx.borrow_and_update();
+
+    let t = running_task(&*a, "agent-a").await;
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("a scheduled task's event wakes b")
+        .unwrap();
+    rx.borrow_and_update();
+    a.append_logs(&t.id, batch(&agent("agent-a"), lines(1..=2)))
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("log lines through a wake b")
+        .unwrap();
+    rx.borrow_and_update();
+    // A re-send stores nothing: no wake-up.
+    a.append_logs(&t.id, batch(&agent("agent-a"), lines(1..=2)))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), rx.changed())
+            .await
+            .is_err(),
+        "nothing new, no wake-up"
+    );
+}
+
+/// PostgreSQL crashes (SIGKILL) under a stream of writes and comes back: writes during the
+/// outage fail with `Unavailable` (HTTP 503; the message names the database without its
+/// password), writes succeed again after the restart without reopening the store, and every
+/// acknowledged write is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_crash_under_load_loses_no_acknowledged_write() {
+    let mut pg = Postgres::start().await.expect("testbed postgres");
+    let url = pg.create_database("outage").await.unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut failures = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = task("acme", TaskStatus::Scheduled, now_ms());
+                    let r = store
+                        .insert_task(
+                            t.clone(),
+                            "h".into(),
+                            scheduled_event(&t),
+                            audit("task.schedule", t.id.as_str()),
+                        )
+                        .await;
+                    match r {
+                        Ok(_) => acked.push((t.id, std::time::Instant::now())),
+                        Err(e) => {
+                            failures.push(e);
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (acked, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    pg.kill();
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let during = store.get_task(&TaskId::generate()).await.expect_err("down");
+    pg.start_again().await.expect("restart postgres");
+    let restarted = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let msg = during.to_string();
+    assert!(
+        matches!(during, StoreError::Unavailable { .. }),
+        "{during:?}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "postgres://guildnet@127.0.0.1:{}/outage",
+            pg.port()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains(pg.password()), "{msg}");
+
+    let (mut acked, mut failures) = (Vec::new(), Vec::new());
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked.extend(a);
+        failures.extend(f);
+    }
+    assert!(
+        !failures.is_empty(),
+        "writes failed while postgres was down"
+    );
+    for f in &failures {
+        assert!(
+            matches!(f, StoreError::Unavailable { .. }),
+            "an outage is Unavailable, not {f:?}"
+        );
+    }
+    assert!(
+        acked.iter().any(|(_, at)| *at < killed),
+        "writes were acknowledged before the crash"
+    );
+    assert!(
+        acked.iter().any(|(_, at)| *at > restarted),
+        "writes succeed again after the restart"
+    );
+    let stored: BTreeSet<TaskId> = store
+        .list_tasks(TaskQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(id, _)| !stored.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    eprintln!(
+        "acknowledged {} writes, {} failed during the outage",
+        acked.len(),
+        failures.len()
+    );
+}
+
 /// Pages every task of `q` with the keyset cursor, `per_page` at a time.
-async fn all_pages(store: &SqliteStore, q: TaskQuery, per_page: usize) -> Vec<Task> {
+async fn all_pages(store: &dyn StateStore, q: TaskQuery, per_page: usize) -> Vec<Task> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
@@ -1058,10 +1586,8 @@ async fn all_pages(store: &SqliteStore, q: TaskQuery, per_page: usize) -> Vec<Ta
     }
 }
 
-#[tokio::test]
-async fn task_pages_are_the_listing_serialized_and_page_by_keyset() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db_path(&dir));
+async fn task_pages_are_the_listing_serialized_and_page_by_keyset(db: Db) {
+    let store = db.open().await;
     // Ties on created_at (same millisecond) are ordered by id; timestamps with nanoseconds
     // are stored (and listed) at millisecond resolution.
     let base = now_ms();
@@ -1082,7 +1608,7 @@ async fn task_pages_are_the_listing_serialized_and_page_by_keyset() {
                 content: "hi".into(),
             }];
         }
-        insert(&store, &t, "h").await;
+        insert(&*store, &t, "h").await;
     }
     // Some tasks change after insert (the stored JSON follows every write).
     let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
@@ -1114,14 +1640,14 @@ async fn task_pages_are_the_listing_serialized_and_page_by_keyset() {
     assert_eq!(whole.count, 25);
 
     for per_page in [1, 4, 7, 25, 100] {
-        let paged = all_pages(&store, TaskQuery::default(), per_page).await;
+        let paged = all_pages(&*store, TaskQuery::default(), per_page).await;
         assert_eq!(ids(&paged), ids(&listed), "{per_page} per page");
     }
     let running = TaskQuery {
         statuses: vec![TaskStatus::Running],
         ..Default::default()
     };
-    let paged = all_pages(&store, running.clone(), 2).await;
+    let paged = all_pages(&*store, running.clone(), 2).await;
     assert_eq!(
         ids(&paged),
         ids(&store.list_tasks(running).await.unwrap()),
@@ -1133,10 +1659,12 @@ async fn task_pages_are_the_listing_serialized_and_page_by_keyset() {
         ..Default::default()
     };
     assert_eq!(
-        ids(&all_pages(&store, acme.clone(), 3).await),
+        ids(&all_pages(&*store, acme.clone(), 3).await),
         ids(&store.list_tasks(acme).await.unwrap())
     );
 }
+
+// ---- SQLite only (continued) ----
 
 #[tokio::test]
 async fn stored_task_json_is_filled_at_open_for_rows_without_it() {
@@ -1185,4 +1713,27 @@ fn task_cursors_round_trip_and_refuse_garbage() {
     for bad in ["", "123", "abc.t1", "12.", ".t1", "12.not a task id"] {
         assert_eq!(TaskKey::from_cursor(bad), None, "{bad:?}");
     }
+}
+
+async fn task_counts_count_every_status(db: Db) {
+    let store = db.open().await;
+    for status in [
+        TaskStatus::Scheduled,
+        TaskStatus::Scheduled,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+    ] {
+        insert(&*store, &task("acme", status, now_ms()), "h").await;
+    }
+    let counts = store.task_counts().await.unwrap();
+    assert_eq!(
+        counts.len(),
+        TaskStatus::ALL.len(),
+        "every status, zeros too"
+    );
+    let of = |s: TaskStatus| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n);
+    assert_eq!(of(TaskStatus::Scheduled), Some(2));
+    assert_eq!(of(TaskStatus::Running), Some(1));
+    assert_eq!(of(TaskStatus::Succeeded), Some(1));
+    assert_eq!(of(TaskStatus::Failed), Some(0));
 }

@@ -1,0 +1,1636 @@
+//! PostgreSQL implementation of [`StateStore`], for several orchestrator replicas on one
+//! database (feature `postgres`).
+//!
+//! **Driver.** `tokio-postgres` with a `deadpool-postgres` pool. tokio-postgres is the
+//! maintained, pure-Rust, async PostgreSQL client of the rust-postgres project (the protocol,
+//! SCRAM authentication and types crates under it are shared with the sync `postgres` crate);
+//! it runs on the tokio runtime this service already uses and brings no macros, no compile-time
+//! database checks and no ORM, so the build stays small. deadpool-postgres is the small pool
+//! around it with per-connection statement caches, wait/create timeouts and health checks on
+//! recycle. sqlx would also do, but its query macros want a database (or offline metadata) at
+//! build time, and its runtime and TLS feature matrix is far larger than what this store uses.
+//! TLS is not built in (`NoTls`): run PostgreSQL on a private network or a loopback sidecar.
+//!
+//! **Semantics** are the SQLite store's, method by method, and the same test suite runs against
+//! both (`guildnet-core/tests/store.rs`):
+//! - Every method is one transaction. Conditional task updates lock the task's row
+//!   (`SELECT ... FOR UPDATE`), apply the pure [`TaskUpdateFn`] and write back, so claims and
+//!   fencing tokens are atomic across replicas, not only across tasks of one process.
+//! - Times are stored as milliseconds since the epoch (`BIGINT`), as in SQLite; names and ids
+//!   compare bytewise (`COLLATE "C"`), as in SQLite, whatever the database's locale.
+//! - Event, audit and log ids are identity columns used as resume cursors (`Last-Event-ID`).
+//!   A sequence hands out ids before commit, so two concurrent transactions could commit ids
+//!   out of order and a reader that saw the later one would skip the earlier one forever.
+//!   Writers of events and audit rows, and writers of log lines, therefore take a transaction
+//!   advisory lock (one for the journal, one for logs) just before inserting: ids become
+//!   visible in order, on every replica.
+//! - Every write is committed with `synchronous_commit` as configured on the server (on by
+//!   default: durable when acknowledged), except agent heartbeats ([`StateStore::touch_agent`]),
+//!   which are liveness only and commit with `synchronous_commit = off` (the SQLite store's
+//!   "soft" writes).
+//! - Cluster-wide jobs ([`StateStore::lead`], the reaper): a session advisory lock per job,
+//!   held on a connection of its own; when its holder dies, the server ends the session and
+//!   the next replica that asks gets it. Every reaper action is a conditional update anyway,
+//!   so a moment of overlap after a lost connection does no harm.
+//! - Other replicas' writes wake this one's readers: writers of events and log lines
+//!   `NOTIFY guildnet_changes` (delivered at commit), and [`StateStore::external_changes`]
+//!   follows it with `LISTEN` on a connection of its own, reconnecting when lost. The table
+//!   stays the source; a notification only says "look again".
+//! - Migrations are numbered; `guildnet_schema` records each one applied. Replicas starting
+//!   together migrate under an advisory lock, once. A database whose schema is newer than this
+//!   build is refused with [`StoreError::Corrupt`] naming both versions.
+//! - Errors: connection failures (refused, lost, pool wait timeout, server shutting down) are
+//!   [`StoreError::Unavailable`] (HTTP 503); other server errors [`StoreError::Backend`].
+//!   Messages name the database as `postgres://user@host:port/db`, never with its password.
+
+use super::{
+    AppendedLogs, LogBatch, Rejection, RejectionKind, StateStore, StoreError, TaskChange,
+    TaskQuery, TaskUpdateFn, TaskUpdated,
+};
+use crate::context::TaskContext;
+use crate::model::{
+    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, Org, Task,
+    TaskStatus,
+};
+use crate::names::{AgentName, OrgName, TaskId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+/// Schema migrations, applied in order; `guildnet_schema` holds one row per applied version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE orgs (
+    name        TEXT COLLATE "C" PRIMARY KEY,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE tasks (
+    id               TEXT COLLATE "C" PRIMARY KEY,
+    org              TEXT NOT NULL,
+    task             TEXT NOT NULL,
+    agent_hint       TEXT,
+    status           TEXT NOT NULL,
+    agent            TEXT,
+    attempt          BIGINT NOT NULL,
+    fencing          BIGINT NOT NULL,
+    claims           BIGINT NOT NULL,
+    lease_expires_at BIGINT,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT,
+    exit_code        INTEGER,
+    reason           TEXT,
+    artifacts        TEXT NOT NULL,
+    pr_url           TEXT,
+    context          TEXT,
+    log_sealed       BOOLEAN NOT NULL DEFAULT false,
+    log_bytes        BIGINT NOT NULL DEFAULT 0,
+    token_hash       TEXT NOT NULL
+);
+CREATE INDEX tasks_status ON tasks(status, updated_at);
+CREATE INDEX tasks_created_id ON tasks(created_at, id);
+CREATE INDEX tasks_lease ON tasks(status, lease_expires_at);
+CREATE INDEX tasks_org ON tasks(org, status);
+CREATE TABLE agents (
+    name           TEXT COLLATE "C" PRIMARY KEY,
+    org            TEXT NOT NULL,
+    task_id        TEXT,
+    version        TEXT,
+    editor_address TEXT,
+    registered_at  BIGINT NOT NULL,
+    last_seen_at   BIGINT NOT NULL,
+    state          TEXT NOT NULL
+);
+CREATE TABLE logs (
+    id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    agent   TEXT NOT NULL,
+    seq     BIGINT NOT NULL,
+    stream  TEXT NOT NULL,
+    line    TEXT NOT NULL,
+    ts      BIGINT NOT NULL,
+    UNIQUE (task_id, seq)
+);
+CREATE INDEX logs_agent ON logs(agent, id);
+CREATE TABLE events (
+    id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts      BIGINT NOT NULL,
+    kind    TEXT NOT NULL,
+    task_id TEXT,
+    agent   TEXT,
+    org     TEXT,
+    status  TEXT,
+    message TEXT
+);
+CREATE TABLE audit (
+    id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts      BIGINT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT
+);
+CREATE FUNCTION guildnet_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION guildnet_audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION guildnet_audit_append_only();
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// Advisory lock keys (one namespace: "guildnet" in ASCII, then a number).
+const LOCK_MIGRATE: i64 = 0x6775_696c_646e_0001;
+/// Held while inserting events or audit rows, until commit (see the module docs).
+const LOCK_JOURNAL: i64 = 0x6775_696c_646e_0002;
+/// Held while inserting log lines, until commit.
+const LOCK_LOGS: i64 = 0x6775_696c_646e_0003;
+
+/// Options of [`PostgresStore::connect_with`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most connections this process holds.
+    pub max_connections: usize,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// How long a request waits for a free connection before it fails with
+    /// [`StoreError::Unavailable`].
+    pub wait_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// PostgreSQL-backed [`StateStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<PgInner>,
+}
+
+struct PgInner {
+    pool: Pool,
+    /// The database, without its password.
+    display: String,
+    /// Connection settings, for the LISTEN connection.
+    config: tokio_postgres::Config,
+    /// Connections holding a job's session advisory lock ([`StateStore::lead`]).
+    leaders: tokio::sync::Mutex<std::collections::HashMap<&'static str, deadpool_postgres::Object>>,
+    /// The change counter fed by LISTEN (started on first use).
+    changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
+    /// The LISTEN task, stopped with the store.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for PgInner {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(h) = l.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// The NOTIFY channel of stored events and log lines.
+const CHANGES_CHANNEL: &str = "guildnet_changes";
+
+/// Advisory lock key of a cluster-wide job.
+fn job_key(job: &str) -> i64 {
+    // FNV-1a, folded into the store's key namespace.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    0x6775_696c_646e_1000 + i64::try_from(h & 0xfff).unwrap_or(0)
+}
+
+/// Follows NOTIFYs on [`CHANGES_CHANNEL`] on a connection of its own, bumping `tx` for each
+/// (and once after every (re)connect, for what it may have missed). Reconnects forever.
+async fn listen_loop(cfg: tokio_postgres::Config, db: String, tx: tokio::sync::watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|v| *v = v.wrapping_add(1));
+    let mut warned = false;
+    loop {
+        match cfg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                if ntx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                    .await
+                {
+                    Ok(()) => {
+                        if warned {
+                            tracing::info!(db = %db, "postgres: change notifications back");
+                            warned = false;
+                        }
+                        bump(&tx);
+                        while nrx.recv().await.is_some() {
+                            bump(&tx);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(db = %db, error = %reason(&e), "postgres: LISTEN failed")
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(db = %db, error = %reason(&e),
+                        "postgres: change notifications lost; reconnecting");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresStore({})", self.inner.display)
+    }
+}
+
+/// Whether `url` selects the PostgreSQL store (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// `postgres://user@host:port/db` for a parsed config: what messages show of a database URL
+/// (never its password).
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let user = cfg.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            match cfg.get_ports().get(i).or(cfg.get_ports().first()) {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            }
+        })
+        .collect();
+    let db = cfg.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{db}", hosts.join(","))
+}
+
+/// A database URL with its password (in the user info or a `password=` parameter) replaced
+/// by `***`, for messages about URLs that may not parse.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(cfg) = tokio_postgres::Config::from_str(url) {
+        return describe(&cfg);
+    }
+    match url.find("://") {
+        Some(i) => format!("{}://(not shown: it does not parse)", &url[..i]),
+        None => "(a database URL that does not parse; not shown)".into(),
+    }
+}
+
+/// The text of a driver error with its cause (tokio-postgres shows only "db error" on its own).
+fn reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        return s;
+    }
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// Whether the error means the server cannot be used right now (as opposed to a bad query).
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") // connection exception
+                || c == "57P01" // admin shutdown
+                || c == "57P02" // crash shutdown
+                || c == "57P03" // cannot connect now (starting up, recovering)
+                || c == "53300" // too many connections
+        }
+        // No SQLSTATE: an I/O, connect or timeout error of the client.
+        None => e.as_db_error().is_none() && !matches_client_bug(e),
+    }
+}
+
+/// Client-side errors that are the program's fault, not the server's availability.
+fn matches_client_bug(e: &tokio_postgres::Error) -> bool {
+    let s = e.to_string();
+    s.starts_with("error serializing")
+        || s.starts_with("error deserializing")
+        || s.starts_with("invalid column")
+        || s.starts_with("expected ")
+        || s.starts_with("query returned")
+}
+
+fn corrupt(msg: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(msg.into())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A resume cursor as PostgreSQL's BIGINT: saturates instead of wrapping (see the SQLite store).
+fn cursor(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn id_of(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(format!("negative id {v}")))
+}
+
+fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
+}
+
+fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    v.map(from_ms).transpose()
+}
+
+fn limit_sql(limit: usize) -> Option<i64> {
+    (limit != 0).then(|| i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+fn parse_name<T>(
+    v: String,
+    f: impl Fn(String) -> Result<T, crate::names::ValidationError>,
+) -> Result<T, StoreError> {
+    f(v).map_err(|e| corrupt(e.to_string()))
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| corrupt(format!("column {i}: {}", reason(&e))))
+}
+
+fn u32_of(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{what} {v} out of range")))
+}
+
+/// Collects decoded rows, skipping (and logging) rows that cannot be decoded, so one corrupt
+/// row does not make a whole listing fail.
+fn collect_rows<T>(
+    what: &'static str,
+    rows: Vec<Row>,
+    decode: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Vec<T> {
+    rows.iter()
+        .filter_map(|r| match decode(r) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, what, "postgres: skipping a row that cannot be decoded");
+                None
+            }
+        })
+        .collect()
+}
+
+const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
+    lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
+    artifacts, pr_url, context, log_sealed";
+
+fn task_from_row(r: &Row) -> Result<Task, StoreError> {
+    let id: String = get(r, 0)?;
+    let status: String = get(r, 4)?;
+    let artifacts: String = get(r, 16)?;
+    let ctx = |e: StoreError| match e {
+        StoreError::Corrupt(m) => corrupt(format!("task {id}: {m}")),
+        other => other,
+    };
+    (|| {
+        Ok(Task {
+            id: parse_name(id.clone(), TaskId::new)?,
+            org: parse_name(get(r, 1)?, OrgName::new)?,
+            task: get(r, 2)?,
+            agent_hint: get(r, 3)?,
+            status: TaskStatus::parse(&status)
+                .ok_or_else(|| corrupt(format!("status {status}")))?,
+            agent: get::<Option<String>>(r, 5)?
+                .map(|a| parse_name(a, AgentName::new))
+                .transpose()?,
+            attempt: u32_of(get(r, 6)?, "attempt")?,
+            fencing: id_of(get(r, 7)?)?,
+            claims: u32_of(get(r, 8)?, "claims")?,
+            lease_expires_at: opt_from_ms(get(r, 9)?)?,
+            created_at: from_ms(get(r, 10)?)?,
+            updated_at: from_ms(get(r, 11)?)?,
+            started_at: opt_from_ms(get(r, 12)?)?,
+            finished_at: opt_from_ms(get(r, 13)?)?,
+            exit_code: get(r, 14)?,
+            reason: get(r, 15)?,
+            artifacts: serde_json::from_str::<Vec<Artifact>>(&artifacts)
+                .map_err(|e| corrupt(format!("artifacts: {e}")))?,
+            pr_url: get(r, 17)?,
+            context: match get::<Option<String>>(r, 18)? {
+                None => TaskContext::default(),
+                Some(j) => {
+                    serde_json::from_str(&j).map_err(|e| corrupt(format!("context: {e}")))?
+                }
+            },
+            log_sealed: get(r, 19)?,
+        })
+    })()
+    .map_err(ctx)
+}
+
+const AGENT_COLS: &str =
+    "name, org, task_id, version, editor_address, registered_at, last_seen_at, state";
+
+fn agent_from_row(r: &Row) -> Result<Agent, StoreError> {
+    let state: String = get(r, 7)?;
+    Ok(Agent {
+        name: parse_name(get(r, 0)?, AgentName::new)?,
+        org: parse_name(get(r, 1)?, OrgName::new)?,
+        task_id: get::<Option<String>>(r, 2)?
+            .map(|t| parse_name(t, TaskId::new))
+            .transpose()?,
+        version: get(r, 3)?,
+        editor_address: get(r, 4)?,
+        registered_at: from_ms(get(r, 5)?)?,
+        last_seen_at: from_ms(get(r, 6)?)?,
+        state: serde_json::from_str(&state).map_err(|e| corrupt(format!("agent state: {e}")))?,
+    })
+}
+
+const LOG_COLS: &str = "id, task_id, agent, seq, stream, line, ts";
+
+fn log_from_row(r: &Row) -> Result<LogLine, StoreError> {
+    let stream: String = get(r, 4)?;
+    Ok(LogLine {
+        id: id_of(get(r, 0)?)?,
+        task_id: parse_name(get(r, 1)?, TaskId::new)?,
+        agent: parse_name(get(r, 2)?, AgentName::new)?,
+        seq: id_of(get(r, 3)?)?,
+        stream: LogStream::parse(&stream).ok_or_else(|| corrupt(format!("stream {stream}")))?,
+        line: get(r, 5)?,
+        ts: from_ms(get(r, 6)?)?,
+    })
+}
+
+fn event_from_row(r: &Row) -> Result<Event, StoreError> {
+    let status: Option<String> = get(r, 6)?;
+    Ok(Event {
+        id: id_of(get(r, 0)?)?,
+        ts: from_ms(get(r, 1)?)?,
+        kind: get(r, 2)?,
+        task_id: get::<Option<String>>(r, 3)?
+            .map(|v| parse_name(v, TaskId::new))
+            .transpose()?,
+        agent: get::<Option<String>>(r, 4)?
+            .map(|v| parse_name(v, AgentName::new))
+            .transpose()?,
+        org: get::<Option<String>>(r, 5)?
+            .map(|v| parse_name(v, OrgName::new))
+            .transpose()?,
+        status: status
+            .map(|s| TaskStatus::parse(&s).ok_or_else(|| corrupt(format!("status {s}"))))
+            .transpose()?,
+        message: get(r, 7)?,
+    })
+}
+
+fn org_from_row(r: &Row) -> Result<Org, StoreError> {
+    Ok(Org {
+        name: parse_name(get(r, 0)?, OrgName::new)?,
+        created_at: from_ms(get(r, 1)?)?,
+    })
+}
+
+fn artifacts_json(a: &[Artifact]) -> Result<String, StoreError> {
+    serde_json::to_string(a).map_err(|e| corrupt(format!("artifacts: {e}")))
+}
+
+fn context_json(c: &TaskContext) -> Result<Option<String>, StoreError> {
+    if c.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(c)
+        .map(Some)
+        .map_err(|e| corrupt(format!("context: {e}")))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) with default options,
+    /// migrating the schema if needed.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with `opts` (see [`PostgresStore::connect`]). Fails with
+    /// [`StoreError::Open`] (naming the database without its password) when the server cannot
+    /// be reached or refuses the login, and with [`StoreError::Corrupt`] when the database's
+    /// schema is newer than this build.
+    pub async fn connect_with(url: &str, opts: PostgresOptions) -> Result<Self, StoreError> {
+        let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Open {
+            path: redact_url(url),
+            reason: format!("invalid PostgreSQL URL: {}", reason(&e)),
+        })?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(opts.connect_timeout);
+        }
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("guildnet-orchestrator");
+        }
+        let display = describe(&cfg);
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(opts.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.wait_timeout))
+            .create_timeout(Some(opts.connect_timeout))
+            .recycle_timeout(Some(opts.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: display.clone(),
+                reason: format!("cannot build the connection pool: {e}"),
+            })?;
+        let store = Self {
+            inner: Arc::new(PgInner {
+                pool,
+                display,
+                config: cfg,
+                leaders: Default::default(),
+                changes: std::sync::OnceLock::new(),
+                listener: std::sync::Mutex::new(None),
+            }),
+        };
+        let mut client = store.client_for_open().await?;
+        migrate(&mut client, &store.inner.display).await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('opened_at', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&Utc::now().to_rfc3339()],
+            )
+            .await
+            .map_err(|e| StoreError::Open {
+                path: store.inner.display.clone(),
+                reason: format!("cannot write: {}", reason(&e)),
+            })?;
+        Ok(store)
+    }
+
+    /// The database, as `postgres://user@host:port/db` (no password).
+    pub fn display_url(&self) -> &str {
+        &self.inner.display
+    }
+
+    /// The schema version this build migrates to.
+    pub fn schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
+    async fn client_for_open(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(|e| StoreError::Open {
+            path: self.inner.display.clone(),
+            reason: format!("cannot connect: {}", pool_reason(&e)),
+        })
+    }
+
+    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Closed => StoreError::Closed,
+            deadpool_postgres::PoolError::Backend(b) if !is_unavailable(&b) => {
+                StoreError::Backend {
+                    op,
+                    reason: reason(&b),
+                }
+            }
+            other => StoreError::Unavailable {
+                op,
+                db: self.inner.display.clone(),
+                reason: pool_reason(&other),
+            },
+        })
+    }
+
+    /// Maps a driver error of `op`.
+    fn err(&self, op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+        move |e| {
+            if is_unavailable(&e) {
+                StoreError::Unavailable {
+                    op,
+                    db: self.inner.display.clone(),
+                    reason: reason(&e),
+                }
+            } else {
+                StoreError::Backend {
+                    op,
+                    reason: reason(&e),
+                }
+            }
+        }
+    }
+}
+
+fn pool_reason(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(b) => reason(b),
+        deadpool_postgres::PoolError::Timeout(t) => {
+            format!("timed out ({t:?}) waiting for a database connection")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object, db: &str) -> Result<(), StoreError> {
+    let fail = |what: &str, e: tokio_postgres::Error| StoreError::Open {
+        path: db.to_owned(),
+        reason: format!("{what}: {}", reason(&e)),
+    };
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| fail("begin migration", e))?;
+    tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
+        .await
+        .map_err(|e| fail("lock for migration", e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS guildnet_schema (\
+             version    INTEGER PRIMARY KEY, \
+             applied_at BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(|e| fail("create the schema version table", e))?;
+    let version: i32 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM guildnet_schema", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| fail("read schema version", e))?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database {db}: schema version {version} is newer than this build supports ({}); \
+             run a newer guildnet",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| fail("apply migration", e))?;
+        let v = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO guildnet_schema (version, applied_at) VALUES ($1, $2)",
+            &[&v, &ms(Utc::now())],
+        )
+        .await
+        .map_err(|e| fail("record schema version", e))?;
+        tracing::info!(version = v, db, "postgres: schema migrated");
+    }
+    tx.commit().await.map_err(|e| fail("commit migration", e))?;
+    Ok(())
+}
+
+async fn lock(
+    tx: &impl GenericClient,
+    key: i64,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&key])
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Inserts events under the journal lock; returns the last id (0 when none).
+async fn insert_events(
+    tx: &impl GenericClient,
+    events: &[NewEvent],
+    now: i64,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<u64, StoreError> {
+    let mut last = 0;
+    for e in events {
+        let status = e.status.map(|s| s.as_str());
+        let row = tx
+            .query_one(
+                "INSERT INTO events (ts, kind, task_id, agent, org, status, message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    &now,
+                    &e.kind,
+                    &e.task_id.as_ref().map(|v| v.as_str()),
+                    &e.agent.as_ref().map(|v| v.as_str()),
+                    &e.org.as_ref().map(|v| v.as_str()),
+                    &status,
+                    &e.message,
+                ],
+            )
+            .await
+            .map_err(&err)?;
+        last = id_of(get(&row, 0)?)?;
+    }
+    Ok(last)
+}
+
+async fn insert_audit(
+    tx: &impl GenericClient,
+    rows: &[NewAudit],
+    now: i64,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    for a in rows {
+        tx.execute(
+            "INSERT INTO audit (ts, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&now, &a.actor, &a.action, &a.subject, &a.detail],
+        )
+        .await
+        .map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// Takes the journal lock and appends `audit` and `events` (see the module docs on id order).
+async fn journal(
+    tx: &impl GenericClient,
+    events: &[NewEvent],
+    audit: &[NewAudit],
+    err: impl Fn(tokio_postgres::Error) -> StoreError + Copy,
+) -> Result<u64, StoreError> {
+    if events.is_empty() && audit.is_empty() {
+        return Ok(0);
+    }
+    lock(tx, LOCK_JOURNAL, err).await?;
+    let now = ms(Utc::now());
+    insert_audit(tx, audit, now, err).await?;
+    if !events.is_empty() {
+        notify(tx, err).await?;
+    }
+    insert_events(tx, events, now, err).await
+}
+
+/// Wakes other replicas' readers at commit (NOTIFYs of one transaction are delivered once).
+async fn notify(
+    tx: &impl GenericClient,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    tx.execute(&format!("NOTIFY {CHANGES_CHANNEL}"), &[])
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+async fn load_task(
+    c: &impl GenericClient,
+    id: &TaskId,
+    for_update: bool,
+    err: impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<Option<Task>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let row = c
+        .query_opt(
+            &format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1{lock}"),
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(err)?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn create_org(&self, name: &OrgName, audit: NewAudit) -> Result<Org, StoreError> {
+        let op = "insert org";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        let now = ms(Utc::now());
+        let n = tx
+            .execute(
+                "INSERT INTO orgs (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name.as_str(), &now],
+            )
+            .await
+            .map_err(&e)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("org {name}")));
+        }
+        journal(&tx, &[], &[audit], &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(Org {
+            name: name.clone(),
+            created_at: from_ms(now)?,
+        })
+    }
+
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Org>, StoreError> {
+        let op = "get org";
+        let c = self.client(op).await?;
+        let row = c
+            .query_opt(
+                "SELECT name, created_at FROM orgs WHERE name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(self.err(op))?;
+        row.as_ref().map(org_from_row).transpose()
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Org>, StoreError> {
+        let op = "list orgs";
+        let c = self.client(op).await?;
+        let rows = c
+            .query("SELECT name, created_at FROM orgs ORDER BY name", &[])
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, org_from_row))
+    }
+
+    async fn delete_org(&self, name: &OrgName, audit: NewAudit) -> Result<(), StoreError> {
+        let op = "delete org";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        // Lock the org row first: a task scheduled into it concurrently is either counted here
+        // or sees the org gone.
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM orgs WHERE name = $1 FOR UPDATE",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(&e)?;
+        let active: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM tasks WHERE org = $1 AND status NOT IN \
+                 ('Succeeded', 'Failed', 'Cancelled')",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(&e)
+            .and_then(|r| get(&r, 0))?;
+        if active > 0 {
+            return Err(StoreError::InUse(format!(
+                "org {name} has {active} unfinished task(s); cancel them or wait for them \
+                 to finish first"
+            )));
+        }
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("org {name}")));
+        }
+        tx.execute("DELETE FROM orgs WHERE name = $1", &[&name.as_str()])
+            .await
+            .map_err(&e)?;
+        journal(&tx, &[], &[audit], &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    async fn insert_task_with_events(
+        &self,
+        task: Task,
+        token_hash: String,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
+    ) -> Result<u64, StoreError> {
+        let op = "insert task";
+        let e = self.err(op);
+        let t = &task;
+        let artifacts = artifacts_json(&t.artifacts)?;
+        let context = context_json(&t.context)?;
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO tasks ({TASK_COLS}, token_hash) VALUES ($1, $2, $3, $4, $5, \
+                     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+                     $21) ON CONFLICT (id) DO NOTHING"
+                ),
+                &[
+                    &t.id.as_str(),
+                    &t.org.as_str(),
+                    &t.task,
+                    &t.agent_hint,
+                    &t.status.as_str(),
+                    &t.agent.as_ref().map(|a| a.as_str()),
+                    &i64::from(t.attempt),
+                    &cursor(t.fencing),
+                    &i64::from(t.claims),
+                    &t.lease_expires_at.map(ms),
+                    &ms(t.created_at),
+                    &ms(t.updated_at),
+                    &t.started_at.map(ms),
+                    &t.finished_at.map(ms),
+                    &t.exit_code,
+                    &t.reason,
+                    &artifacts,
+                    &t.pr_url,
+                    &context,
+                    &t.log_sealed,
+                    &token_hash,
+                ],
+            )
+            .await
+            .map_err(&e)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
+        }
+        let last = journal(&tx, &events, &audit, &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(last)
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
+        let op = "load task";
+        let c = self.client(op).await?;
+        load_task(&c, id, false, self.err(op)).await
+    }
+
+    async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
+        let op = "get token hash";
+        let c = self.client(op).await?;
+        let row = c
+            .query_opt(
+                "SELECT token_hash FROM tasks WHERE id = $1",
+                &[&id.as_str()],
+            )
+            .await
+            .map_err(self.err(op))?;
+        row.as_ref().map(|r| get(r, 0)).transpose()
+    }
+
+    async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
+        let op = "list tasks";
+        let mut sql = format!("SELECT {TASK_COLS} FROM tasks WHERE true");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if !q.statuses.is_empty() {
+            let v: Vec<String> = q.statuses.iter().map(|s| s.as_str().to_owned()).collect();
+            args.push(Box::new(v));
+            sql.push_str(&format!(" AND status = ANY(${})", args.len()));
+        }
+        if let Some(org) = &q.org {
+            args.push(Box::new(org.as_str().to_owned()));
+            sql.push_str(&format!(" AND org = ${}", args.len()));
+        }
+        if !q.exclude_orgs.is_empty() {
+            let v: Vec<String> = q
+                .exclude_orgs
+                .iter()
+                .map(|o| o.as_str().to_owned())
+                .collect();
+            args.push(Box::new(v));
+            sql.push_str(&format!(" AND NOT (org = ANY(${}))", args.len()));
+        }
+        if let Some(t) = q.lease_expired_before {
+            args.push(Box::new(ms(t)));
+            sql.push_str(&format!(
+                " AND lease_expires_at IS NOT NULL AND lease_expires_at < ${}",
+                args.len()
+            ));
+        }
+        if let Some(t) = q.updated_before {
+            args.push(Box::new(ms(t)));
+            sql.push_str(&format!(" AND updated_at < ${}", args.len()));
+        }
+        if let (Some(k), false) = (&q.after, q.oldest_first) {
+            // Keyset: strictly after the given task in newest-first order (a range on the
+            // (created_at, id) index, however deep the page).
+            args.push(Box::new(k.created_at_ms));
+            args.push(Box::new(k.id.as_str().to_owned()));
+            sql.push_str(&format!(
+                " AND (created_at, id) < (${}, ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        args.push(Box::new(limit_sql(q.limit)));
+        let order = if q.oldest_first {
+            "updated_at ASC, id ASC"
+        } else {
+            "created_at DESC, id DESC"
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT ${}", args.len()));
+        let params: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let c = self.client(op).await?;
+        let rows = c.query(&sql, &params).await.map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, task_from_row))
+    }
+
+    async fn update_task_with_token(
+        &self,
+        id: &TaskId,
+        token_hash: Option<String>,
+        update: TaskUpdateFn,
+    ) -> Result<TaskUpdated, StoreError> {
+        let op = "update task";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        // The row lock makes the read-modify-write atomic across every replica.
+        let before = load_task(&tx, id, true, &e)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        let mut after = before.clone();
+        let change: TaskChange = update(&mut after).map_err(StoreError::Rejected)?;
+        let changed = after != before || !change.events.is_empty() || token_hash.is_some();
+        if !changed {
+            // Ends the transaction (a rollback: nothing was written).
+            drop(tx);
+            return Ok(TaskUpdated {
+                task: after,
+                changed: false,
+                last_event_id: None,
+            });
+        }
+        let t = &after;
+        let artifacts = artifacts_json(&t.artifacts)?;
+        tx.execute(
+            "UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, claims=$6, \
+             lease_expires_at=$7, updated_at=$8, started_at=$9, finished_at=$10, exit_code=$11, \
+             reason=$12, artifacts=$13, pr_url=$14, agent_hint=$15, task=$16, log_sealed=$17, \
+             token_hash=COALESCE($18, token_hash) WHERE id=$1",
+            &[
+                &t.id.as_str(),
+                &t.status.as_str(),
+                &t.agent.as_ref().map(|a| a.as_str()),
+                &i64::from(t.attempt),
+                &cursor(t.fencing),
+                &i64::from(t.claims),
+                &t.lease_expires_at.map(ms),
+                &ms(t.updated_at),
+                &t.started_at.map(ms),
+                &t.finished_at.map(ms),
+                &t.exit_code,
+                &t.reason,
+                &artifacts,
+                &t.pr_url,
+                &t.agent_hint,
+                &t.task,
+                &t.log_sealed,
+                &token_hash,
+            ],
+        )
+        .await
+        .map_err(&e)?;
+        let last = journal(&tx, &change.events, &change.audit, &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(TaskUpdated {
+            task: after,
+            changed: true,
+            last_event_id: (!change.events.is_empty()).then_some(last),
+        })
+    }
+
+    async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError> {
+        let op = "upsert agent";
+        let e = self.err(op);
+        let state = serde_json::to_string(&agent.state)
+            .map_err(|e| corrupt(format!("agent state: {e}")))?;
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO agents (name, org, task_id, version, editor_address, \
+                     registered_at, last_seen_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (name) DO UPDATE SET org=excluded.org, task_id=excluded.task_id, \
+                     version=excluded.version, editor_address=excluded.editor_address, \
+                     last_seen_at=excluded.last_seen_at, state=excluded.state \
+                     RETURNING {AGENT_COLS}"
+                ),
+                &[
+                    &agent.name.as_str(),
+                    &agent.org.as_str(),
+                    &agent.task_id.as_ref().map(|t| t.as_str()),
+                    &agent.version,
+                    &agent.editor_address,
+                    &ms(agent.registered_at),
+                    &ms(agent.last_seen_at),
+                    &state,
+                ],
+            )
+            .await
+            .map_err(&e)?;
+        let stored = agent_from_row(&row)?;
+        journal(&tx, std::slice::from_ref(&event), &[], &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(stored)
+    }
+
+    async fn touch_agent(
+        &self,
+        name: &AgentName,
+        task: &TaskId,
+        at: DateTime<Utc>,
+        state: serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let op = "touch agent";
+        let e = self.err(op);
+        let state =
+            serde_json::to_string(&state).map_err(|e| corrupt(format!("agent state: {e}")))?;
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        // Liveness only: no wait for the WAL flush (the SQLite store's soft write).
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(&e)?;
+        let n = tx
+            .execute(
+                "UPDATE agents SET last_seen_at = $2, state = $3 WHERE name = $1 AND task_id = $4",
+                &[&name.as_str(), &ms(at), &state, &task.as_str()],
+            )
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(n > 0)
+    }
+
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        let op = "get agent";
+        let c = self.client(op).await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = $1"),
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(self.err(op))?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let op = "list agents";
+        let c = self.client(op).await?;
+        let rows = c
+            .query(
+                &format!("SELECT {AGENT_COLS} FROM agents ORDER BY last_seen_at DESC, name"),
+                &[],
+            )
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, agent_from_row))
+    }
+
+    async fn append_logs(
+        &self,
+        task: &TaskId,
+        batch: LogBatch,
+    ) -> Result<AppendedLogs, StoreError> {
+        let op = "append logs";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        // The task's row lock orders this batch against claims, requeues and other batches of
+        // the same task on every replica: once a task is requeued its old agent can no longer
+        // write, and nothing lands after the log was sealed.
+        let t = load_task(&tx, task, true, &e)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {task}")))?;
+        if !t.claimed_by(&batch.agent, batch.fencing) {
+            return Err(StoreError::Rejected(Rejection::stale(format!(
+                "agent {} does not hold the claim of task {task} with fencing token {}",
+                batch.agent, batch.fencing
+            ))));
+        }
+        if !t.log_open(Utc::now()) {
+            return Err(StoreError::Rejected(Rejection {
+                kind: RejectionKind::LogSealed,
+                message: format!("the log of task {task} is complete; no more lines are taken"),
+                field: None,
+            }));
+        }
+        let row = tx
+            .query_one(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id = $1)::BIGINT, \
+                 log_bytes FROM tasks WHERE id = $1",
+                &[&task.as_str()],
+            )
+            .await
+            .map_err(&e)?;
+        let max_seq: i64 = get(&row, 0)?;
+        let stored_bytes: i64 = get(&row, 1)?;
+        let quota = cursor(batch.quota_bytes);
+        let mut bytes = stored_bytes;
+        let was_over = bytes > quota;
+        // Decide every line first (rejections write nothing), then insert.
+        let mut rows: Vec<(i64, LogStream, String, i64)> = Vec::new();
+        let mut resent: Vec<i64> = Vec::new();
+        for l in &batch.lines {
+            let seq = cursor(l.seq);
+            if seq <= max_seq {
+                resent.push(seq);
+            }
+        }
+        let known: std::collections::HashSet<i64> = if resent.is_empty() {
+            Default::default()
+        } else {
+            tx.query(
+                "SELECT seq FROM logs WHERE task_id = $1 AND seq = ANY($2)",
+                &[&task.as_str(), &resent],
+            )
+            .await
+            .map_err(&e)?
+            .iter()
+            .map(|r| get::<i64>(r, 0))
+            .collect::<Result<_, _>>()?
+        };
+        for (i, l) in batch.lines.iter().enumerate() {
+            let seq = cursor(l.seq);
+            if seq <= max_seq {
+                if known.contains(&seq) {
+                    continue; // a re-send
+                }
+                return Err(StoreError::Rejected(Rejection {
+                    kind: RejectionKind::LogOutOfOrder,
+                    message: format!(
+                        "line {seq} of task {task} comes after line {max_seq} was stored; \
+                         sequence numbers must grow"
+                    ),
+                    field: Some(format!("lines[{i}].seq")),
+                }));
+            }
+            if bytes > quota {
+                continue; // over the quota: dropped
+            }
+            let len = i64::try_from(l.line.len()).unwrap_or(i64::MAX);
+            let (stream, line) = if bytes.saturating_add(len) > quota {
+                bytes = quota.saturating_add(1);
+                (LogStream::System, super::quota_note(batch.quota_bytes))
+            } else {
+                bytes += len;
+                (l.stream, l.line.clone())
+            };
+            rows.push((seq, stream, line, ms(l.ts)));
+        }
+        // Within a batch, seqs after the stored maximum must also be new to each other (a
+        // batch repeating a new seq is a re-send of its own line).
+        let mut inserted = 0;
+        if !rows.is_empty() {
+            lock(&tx, LOCK_LOGS, &e).await?;
+            notify(&tx, &e).await?;
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, seq) DO NOTHING",
+                )
+                .await
+                .map_err(&e)?;
+            for (seq, stream, line, ts) in &rows {
+                let n = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            &task.as_str(),
+                            &batch.agent.as_str(),
+                            seq,
+                            &stream.as_str(),
+                            line,
+                            ts,
+                        ],
+                    )
+                    .await
+                    .map_err(&e)?;
+                inserted += usize::try_from(n).unwrap_or(0);
+            }
+        }
+        if bytes != stored_bytes || batch.seal {
+            tx.execute(
+                "UPDATE tasks SET log_bytes = $2, log_sealed = (log_sealed OR $3) WHERE id = $1",
+                &[&task.as_str(), &bytes, &batch.seal],
+            )
+            .await
+            .map_err(&e)?;
+        }
+        let max_seq: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM logs WHERE task_id = $1",
+                &[&task.as_str()],
+            )
+            .await
+            .map_err(&e)
+            .and_then(|r| get(&r, 0))?;
+        tx.commit().await.map_err(&e)?;
+        Ok(AppendedLogs {
+            inserted,
+            max_seq: id_of(max_seq)?,
+            quota_exceeded: was_over || bytes > quota,
+        })
+    }
+
+    async fn append_unclaimed_note(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        line: String,
+    ) -> Result<Option<u64>, StoreError> {
+        let op = "append note";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        let row = tx
+            .query_opt(
+                "SELECT agent, status FROM tasks WHERE id = $1 FOR UPDATE",
+                &[&task.as_str()],
+            )
+            .await
+            .map_err(&e)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("task {task}")));
+        };
+        let current: Option<String> = get(&row, 0)?;
+        let status: String = get(&row, 1)?;
+        if current.as_deref() != Some(agent.as_str()) || status != TaskStatus::Submitted.as_str() {
+            return Ok(None);
+        }
+        lock(&tx, LOCK_LOGS, &e).await?;
+        notify(&tx, &e).await?;
+        let seq: i64 = tx
+            .query_one(
+                "INSERT INTO logs (task_id, agent, seq, stream, line, ts) \
+                 SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5 FROM logs WHERE task_id = $1 \
+                 RETURNING seq",
+                &[
+                    &task.as_str(),
+                    &agent.as_str(),
+                    &LogStream::System.as_str(),
+                    &line,
+                    &ms(Utc::now()),
+                ],
+            )
+            .await
+            .map_err(&e)
+            .and_then(|r| get(&r, 0))?;
+        tx.commit().await.map_err(&e)?;
+        Ok(Some(id_of(seq)?))
+    }
+
+    async fn task_logs(
+        &self,
+        task: &TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let op = "task logs";
+        let c = self.client(op).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLS} FROM logs WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .await
+            .map_err(self.err(op))?;
+        let rows = c
+            .query(
+                &stmt,
+                &[&task.as_str(), &cursor(after_seq), &limit_sql(limit)],
+            )
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, log_from_row))
+    }
+
+    async fn agent_logs(
+        &self,
+        agent: &AgentName,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let op = "agent logs";
+        let c = self.client(op).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLS} FROM logs WHERE agent = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ))
+            .await
+            .map_err(self.err(op))?;
+        let rows = c
+            .query(
+                &stmt,
+                &[&agent.as_str(), &cursor(after_id), &limit_sql(limit)],
+            )
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, log_from_row))
+    }
+
+    async fn max_log_seq(&self, task: &TaskId) -> Result<u64, StoreError> {
+        let op = "max log seq";
+        let c = self.client(op).await?;
+        let row = c
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM logs WHERE task_id = $1",
+                &[&task.as_str()],
+            )
+            .await
+            .map_err(self.err(op))?;
+        id_of(get(&row, 0)?)
+    }
+
+    async fn last_log_id(&self) -> Result<u64, StoreError> {
+        let op = "last log id";
+        let c = self.client(op).await?;
+        let row = c
+            .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM logs", &[])
+            .await
+            .map_err(self.err(op))?;
+        id_of(get(&row, 0)?)
+    }
+
+    async fn append_events(
+        &self,
+        events: Vec<NewEvent>,
+        audit: Vec<NewAudit>,
+    ) -> Result<u64, StoreError> {
+        let op = "append events";
+        let e = self.err(op);
+        let mut c = self.client(op).await?;
+        let tx = c.transaction().await.map_err(&e)?;
+        let last = journal(&tx, &events, &audit, &e).await?;
+        tx.commit().await.map_err(&e)?;
+        Ok(last)
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let op = "events";
+        let c = self.client(op).await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT id, ts, kind, task_id, agent, org, status, message FROM events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .await
+            .map_err(self.err(op))?;
+        let rows = c
+            .query(&stmt, &[&cursor(after), &limit_sql(limit)])
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, event_from_row))
+    }
+
+    async fn last_event_id(&self) -> Result<u64, StoreError> {
+        let op = "last event id";
+        let c = self.client(op).await?;
+        let row = c
+            .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM events", &[])
+            .await
+            .map_err(self.err(op))?;
+        id_of(get(&row, 0)?)
+    }
+
+    async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let op = "audit";
+        let c = self.client(op).await?;
+        let rows = c
+            .query(
+                "SELECT id, ts, actor, action, subject, detail FROM audit WHERE id > $1 \
+                 ORDER BY id LIMIT $2",
+                &[&cursor(after), &limit_sql(limit)],
+            )
+            .await
+            .map_err(self.err(op))?;
+        Ok(collect_rows(op, rows, |r| {
+            Ok(AuditEntry {
+                id: id_of(get(r, 0)?)?,
+                ts: from_ms(get(r, 1)?)?,
+                actor: get(r, 2)?,
+                action: get(r, 3)?,
+                subject: get(r, 4)?,
+                detail: get(r, 5)?,
+            })
+        }))
+    }
+
+    async fn task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let op = "count tasks";
+        let c = self.client(op).await?;
+        let rows = c
+            .query("SELECT status, COUNT(*) FROM tasks GROUP BY status", &[])
+            .await
+            .map_err(self.err(op))?;
+        let mut counts: Vec<(TaskStatus, u64)> =
+            TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in &rows {
+            let status: String = get(r, 0)?;
+            let n: i64 = get(r, 1)?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                c.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
+        let op = "lead";
+        let mut held = self.inner.leaders.lock().await;
+        if let Some(c) = held.get(job) {
+            // The lock lives as long as its session: check the session is still there.
+            if !c.is_closed() && c.simple_query("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            held.remove(job);
+            tracing::warn!(job, db = %self.inner.display, "lost the connection holding the lead");
+        }
+        let c = self.client(op).await?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&job_key(job)])
+            .await
+            .map_err(self.err(op))
+            .and_then(|r| get(&r, 0))?;
+        if got {
+            held.insert(job, c);
+        }
+        Ok(got)
+    }
+
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let rx = self.inner.changes.get_or_init(|| {
+            let (tx, rx) = tokio::sync::watch::channel(0);
+            let task = tokio::spawn(listen_loop(
+                self.inner.config.clone(),
+                self.inner.display.clone(),
+                tx,
+            ));
+            if let Ok(mut l) = self.inner.listener.lock() {
+                *l = Some(task);
+            }
+            rx
+        });
+        Some(rx.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_show_the_password() {
+        for url in [
+            "postgres://guildnet:s3cret-pw@db.example:5433/guildnet",
+            "postgresql://guildnet:s3cret-pw@db.example/guildnet?sslmode=disable",
+            "postgres://guildnet@db.example/guildnet?password=s3cret-pw",
+            "host=db.example user=guildnet password=s3cret-pw dbname=guildnet",
+            "postgres://guildnet:s3cret-pw@db.example:notaport/guildnet",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cret-pw"), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("postgres://guildnet:s3cret-pw@db.example:5433/guildnet"),
+            "postgres://guildnet@db.example:5433/guildnet"
+        );
+        assert!(is_postgres_url("postgres://x@y/z"));
+        assert!(is_postgres_url("PostgreSQL://x@y/z"));
+        assert!(!is_postgres_url("/var/lib/guildnet/orchestrator.db"));
+    }
+}
