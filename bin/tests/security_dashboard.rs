@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, GuildnetUp};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::api::TaskListQuery;
@@ -19,27 +19,7 @@ use guildnet_core::token::Secret;
 use guildnet_testbed::browser::ChromeDriver;
 use guildnet_testbed::eventually;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::time::Duration;
 
 /// The hostile editor: serves `page` on the address code-server would bind.
 fn hostile_editor(dir: &std::path::Path, page: &str) -> std::path::PathBuf {
@@ -110,38 +90,7 @@ Promise.all([
 </script>"#
     );
     let code_server = hostile_editor(dir.path(), &page);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guildnet"))
-        .arg("up")
-        .args(["--listen", &format!("127.0.0.1:{orch_port}")])
-        .args(["--dashboard-listen", &format!("127.0.0.1:{dash_port}")])
-        .args(["--org", "acme", "--runner", "sleep 300"])
-        .args(["--code-server", code_server.to_str().unwrap()])
-        .env("GUILDNET_STATE_DIR", &state)
-        .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
-        .env_remove("ORCHESTRATOR_TOKEN")
-        .env_remove("GUILDNET_DASHBOARD_PASSWORD")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn guildnet up");
-    let stdout = child.stdout.take().unwrap();
-    let _up = Up(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains("Log in with") => break,
-            Ok(_) => {}
-            Err(_) => panic!("guildnet up printed no login line"),
-        }
-    }
+    let _up = GuildnetUp::start(&state, orch_port, dash_port, &code_server);
     let password = std::fs::read_to_string(state.join("dashboard.password")).unwrap();
     let token = std::fs::read_to_string(state.join("orchestrator.token")).unwrap();
     let c = OrchestratorClient::new(

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, GuildnetUp};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret;
@@ -16,32 +16,8 @@ use guildnet_testbed::browser::{ChromeDriver, Session};
 use guildnet_testbed::eventually;
 use guildnet_testbed::image::{artifact_dir, decode_png};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-struct Up {
-    child: Child,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -64,40 +40,10 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let (orch_port, dash_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guildnet"))
-        .arg("up")
-        .args(["--listen", &format!("127.0.0.1:{orch_port}")])
-        .args(["--dashboard-listen", &format!("127.0.0.1:{dash_port}")])
-        .args(["--org", "acme", "--runner", "sleep 300"])
-        .args(["--code-server", code_server.to_str().unwrap()])
-        .env("GUILDNET_STATE_DIR", &state)
-        .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
-        .env_remove("ORCHESTRATOR_TOKEN")
-        .env_remove("GUILDNET_DASHBOARD_PASSWORD")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn guildnet up");
     // What `guildnet up` prints: both URLs, where the token and the password are.
-    let stdout = child.stdout.take().unwrap();
-    let up = Up { child };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let up = GuildnetUp::start(&state, orch_port, dash_port, &code_server);
     let dash_url = format!("http://127.0.0.1:{dash_port}");
-    let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !printed.iter().any(|l: &String| l.contains("Log in with")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => printed.push(l),
-            Err(_) => panic!("guildnet up printed no login line: {printed:?}"),
-        }
-    }
+    let printed = up.printed.clone();
     let text = printed.join("\n");
     assert!(
         text.contains(&format!("GuildNet dashboard: {dash_url}")),

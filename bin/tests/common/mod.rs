@@ -202,3 +202,70 @@ pub async fn wait_terminal(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `guildnet up` (orchestrator + dashboard in one process) as a person runs it: org `acme`, the
+/// runner `sleep 300`, the given code-server. Stopped with SIGTERM (then SIGKILL) on drop.
+pub struct GuildnetUp {
+    child: Child,
+    /// What it printed up to and including its login line.
+    pub printed: Vec<String>,
+}
+
+impl GuildnetUp {
+    /// Starts it and waits (60 s at most) for its "Log in with" line.
+    pub fn start(state: &Path, orch_port: u16, dash_port: u16, code_server: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_guildnet"))
+            .arg("up")
+            .args(["--listen", &format!("127.0.0.1:{orch_port}")])
+            .args(["--dashboard-listen", &format!("127.0.0.1:{dash_port}")])
+            .args(["--org", "acme", "--runner", "sleep 300"])
+            .arg("--code-server")
+            .arg(code_server)
+            .env("GUILDNET_STATE_DIR", state)
+            .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
+            .env_remove("ORCHESTRATOR_TOKEN")
+            .env_remove("GUILDNET_DASHBOARD_PASSWORD")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn guildnet up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut up = Self {
+            child,
+            printed: Vec::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !up.printed.iter().any(|l| l.contains("Log in with")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => up.printed.push(l),
+                Err(_) => panic!("guildnet up printed no login line: {:?}", up.printed),
+            }
+        }
+        up
+    }
+}
+
+impl Drop for GuildnetUp {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
