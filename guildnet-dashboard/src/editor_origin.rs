@@ -27,7 +27,6 @@
 //! dashboard (another port, or a sibling subdomain via `--editor-url`), or the browser will not
 //! send its `SameSite=Strict` cookie inside the dashboard's iframe.
 
-use crate::auth::SESSION_COOKIE;
 use crate::{ApiError, AppState};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -239,25 +238,9 @@ pub struct EditorOrigin {
     pub gate: EditorGate,
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// The dashboard session cookie of a request to the dashboard origin (for minting tickets).
-pub fn dashboard_session(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, SESSION_COOKIE)
-}
-
 /// The editor URL for a new ticket on `port`, answered by `POST /api/agents/{name}/editor`.
 pub fn open_url(state: &AppState, headers: &HeaderMap, port: u16) -> Result<String, ApiError> {
-    let session = dashboard_session(headers)
+    let session = crate::auth::session_cookie(headers)
         .ok_or_else(|| ApiError::unauthorized("log in first (no valid session)"))?;
     let origin = editor_origin_for(state, headers).ok_or_else(|| {
         ApiError::invalid("Host", "the request's Host header names no usable host")
@@ -287,7 +270,7 @@ async fn enter(
         .ok_or_else(|| {
             ApiError::invalid("ticket", "missing; open the editor from the dashboard")
         })?;
-    let existing = cookie(&headers, EDITOR_COOKIE);
+    let existing = crate::auth::cookie_value(&headers, EDITOR_COOKIE);
     let (new, port) = s
         .editor
         .gate
@@ -324,7 +307,7 @@ async fn relay(State(s): State<AppState>, req: Request) -> Result<Response, ApiE
         )
             .into_response());
     }
-    let frame_ancestor = cookie(req.headers(), EDITOR_COOKIE)
+    let frame_ancestor = crate::auth::cookie_value(req.headers(), EDITOR_COOKIE)
         .and_then(|id| {
             s.editor
                 .gate
