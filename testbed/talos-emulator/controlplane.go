@@ -143,11 +143,25 @@ type kubeNode struct {
 		Unschedulable bool `json:"unschedulable"`
 	} `json:"spec"`
 	Status struct {
+		Addresses []struct {
+			Type    string `json:"type"`
+			Address string `json:"address"`
+		} `json:"addresses"`
 		Conditions []struct {
 			Type   string `json:"type"`
 			Status string `json:"status"`
 		} `json:"conditions"`
 	} `json:"status"`
+}
+
+func (n kubeNode) internalIPs() []string {
+	var ips []string
+	for _, a := range n.Status.Addresses {
+		if a.Type == "InternalIP" {
+			ips = append(ips, a.Address)
+		}
+	}
+	return ips
 }
 
 func (n kubeNode) ready() bool {

@@ -51,3 +51,9 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20250715232539-7130f93afb79 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
+
+// The same forks as github.com/siderolabs/talos/pkg/machinery v1.11.5's go.mod (and talosctl's).
+replace (
+	github.com/mdlayher/ethtool => github.com/siderolabs/ethtool v0.4.0-sidero
+	gopkg.in/yaml.v3 => github.com/unix4ever/yaml v0.0.0-20220527175918-f17b0f05cf2c
+)

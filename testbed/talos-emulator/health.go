@@ -85,8 +85,23 @@ var healthChecks = []healthCheck{
 		if err != nil {
 			return err
 		}
-		if want := len(h.all()); len(nodes) < want {
-			return fmt.Errorf("expected %d nodes, got %d", want, len(nodes))
+		// As Talos: every node's address must be some Kubernetes node's InternalIP.
+		reported := map[string]bool{}
+		for _, n := range nodes {
+			for _, ip := range n.internalIPs() {
+				if parsed := net.ParseIP(ip); parsed != nil {
+					reported[parsed.String()] = true
+				}
+			}
+		}
+		var missing []string
+		for _, addr := range h.all() {
+			if !reported[net.ParseIP(addr).String()] {
+				missing = append(missing, addr)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("some nodes are not reported by Kubernetes: %q", missing)
 		}
 		return nil
 	}},

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // metalMode is the runtime mode the configs are validated against (bare metal, as
@@ -355,7 +356,13 @@ func (s *machineServer) ServiceList(ctx context.Context, _ *emptypb.Empty) (*mac
 
 func (em *emulator) services(ctx context.Context, n *node) []*machine.ServiceInfo {
 	svc := func(id, state string, healthy bool, msg string) *machine.ServiceInfo {
-		return &machine.ServiceInfo{Id: id, State: state, Health: &machine.ServiceHealth{Healthy: healthy, LastMessage: msg}}
+		now := timestamppb.Now()
+		return &machine.ServiceInfo{
+			Id:     id,
+			State:  state,
+			Events: &machine.ServiceEvents{Events: []*machine.ServiceEvent{{Msg: msg, State: state, Ts: now}}},
+			Health: &machine.ServiceHealth{Healthy: healthy, LastMessage: msg, LastChange: now},
+		}
 	}
 	out := []*machine.ServiceInfo{svc("apid", "Running", true, "")}
 	if n.isControlPlane() {
