@@ -181,9 +181,25 @@ impl TalosEmulator {
         Ok(())
     }
 
+    /// The calls the emulator served, one line per target node and attempt (injected failures
+    /// included): `apply-config --insecure <node>`, `apply-config <node>` (over mTLS),
+    /// `bootstrap <node>`, `health <node> control-plane=<a,b> workers=<c>`, `kubeconfig <node>`.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state_dir().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Forgets the calls recorded so far.
+    pub fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.state_dir().join("calls.log"));
+    }
+
     /// What the emulator recorded for the bootstrap, if one succeeded.
     pub fn bootstrap_record(&self) -> Option<BootstrapRecord> {
-        read_record(&self.state_dir())
+        read_record(&self.state_dir()).and_then(|r| r.ok())
     }
 
     /// The control plane started on bootstrap (None in the slot until then).
@@ -194,6 +210,17 @@ impl TalosEmulator {
     /// The tail of the emulator's log (each call it served, for failure messages).
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
+    }
+
+    /// For failure messages: the emulator's log tail and the control plane's state.
+    pub async fn diagnostics(&self) -> String {
+        let slot = self.control_plane.lock().await;
+        let cp = match (&slot.cluster, &slot.error) {
+            (Some(c), _) => format!("control plane running ({})", c.server_url()),
+            (None, Some(e)) => format!("control plane failed to start: {e}"),
+            (None, None) => "control plane not started (yet)".to_owned(),
+        };
+        format!("{cp}\nemulator log:\n{}", self.proc.log_tail())
     }
 }
 
@@ -208,9 +235,13 @@ impl Drop for TalosEmulator {
     }
 }
 
-fn read_record(state: &Path) -> Option<BootstrapRecord> {
+/// `bootstrap.json`: None while there is none, an error if it does not parse.
+fn read_record(state: &Path) -> Option<Result<BootstrapRecord>> {
     let data = std::fs::read(state.join("bootstrap.json")).ok()?;
-    serde_json::from_slice(&data).ok()
+    Some(
+        serde_json::from_slice(&data)
+            .map_err(|e| TestbedError::Unexpected(format!("bootstrap.json: {e}"))),
+    )
 }
 
 /// Waits for `bootstrap.json`, starts the control plane, and publishes it to the emulator.
@@ -220,14 +251,19 @@ async fn watch_bootstrap(
     starter: ControlPlaneStarter,
 ) {
     let record = loop {
-        if let Some(r) = read_record(&state) {
-            break r;
+        match read_record(&state) {
+            Some(Ok(r)) => break r,
+            Some(Err(e)) => {
+                slot.lock().await.error = Some(e.to_string());
+                return;
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tracing::info!(node = %record.node, cluster = %record.cluster, "Talos emulator bootstrapped; starting the control plane");
+    let name = record.cluster.clone();
     let result = match starter(record).await {
-        Ok(cluster) => publish_control_plane(&state, &cluster).map(|()| cluster),
+        Ok(cluster) => publish_control_plane(&state, &cluster, &name).map(|()| cluster),
         Err(e) => Err(e),
     };
     let mut slot = slot.lock().await;
@@ -250,13 +286,24 @@ struct ControlPlaneFile<'a> {
     etcd: &'a str,
 }
 
+/// The admin kubeconfig of `cluster` in the shape Talos gives it for cluster `name`: cluster
+/// `name`, user and context `admin@name` (the testbed's bearer token stands in for Talos'
+/// admin client certificate).
+pub fn talos_kubeconfig(cluster: &KubeCluster, name: &str) -> String {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(cluster.ca_pem());
+    let (server, token) = (cluster.server_url(), cluster.admin_token());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n    - name: {name}\n      cluster:\n        server: {server}\n        certificate-authority-data: {ca}\nusers:\n    - name: admin@{name}\n      user:\n        token: {token}\ncontexts:\n    - context:\n        cluster: {name}\n        namespace: default\n        user: admin@{name}\n      name: admin@{name}\ncurrent-context: admin@{name}\n"
+    )
+}
+
 /// Writes `control-plane.json` for the emulator: the admin kubeconfig it returns from
-/// `kubeconfig`, and the API server and etcd its health checks query.
-pub fn publish_control_plane(state: &Path, cluster: &KubeCluster) -> Result<()> {
-    let kubeconfig = std::fs::read_to_string(cluster.kubeconfig_path())
-        .map_err(TestbedError::io("read the testbed kubeconfig"))?;
+/// `kubeconfig` (for Talos cluster `name`, see [`talos_kubeconfig`]), and the API server and
+/// etcd its health checks query.
+pub fn publish_control_plane(state: &Path, cluster: &KubeCluster, name: &str) -> Result<()> {
     let file = ControlPlaneFile {
-        kubeconfig,
+        kubeconfig: talos_kubeconfig(cluster, name),
         server: cluster.server_url(),
         ca_pem: String::from_utf8_lossy(cluster.ca_pem()).into_owned(),
         token: cluster.admin_token(),

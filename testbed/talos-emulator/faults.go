@@ -11,6 +11,19 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// record appends one line to calls.log, the emulator's record of the calls it served (one per
+// target node and attempt, injected failures included), for tests to assert on.
+func (em *emulator) record(format string, args ...any) {
+	em.faultMu.Lock()
+	defer em.faultMu.Unlock()
+	f, err := os.OpenFile(filepath.Join(em.dir, "calls.log"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close() //nolint:errcheck
+	_, _ = fmt.Fprintf(f, format+"\n", args...)
+}
+
 // fault applies the test's fault injection for cmd on node (not Talos behaviour): a file
 // fail/<cmd>@<node> or fail/<cmd> holding "transient N" fails the next N calls with
 // Unavailable, "permanent" fails every call with InvalidArgument.

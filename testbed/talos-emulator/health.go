@@ -210,6 +210,8 @@ func (em *emulator) healthCheck(ctx context.Context, addr string, in *cluster.He
 	if err != nil {
 		return err
 	}
+	em.record("health %s control-plane=%s workers=%s", n.addr,
+		strings.Join(in.GetClusterInfo().GetControlPlaneNodes(), ","), strings.Join(in.GetClusterInfo().GetWorkerNodes(), ","))
 	if err := em.fault("health", n.addr); err != nil {
 		return err
 	}

@@ -67,6 +67,7 @@ func parseConfig(data []byte) (config.Provider, []string, error) {
 // apid, admin role, per target node.
 func (s *machineServer) ApplyConfiguration(ctx context.Context, in *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
 	if s.maintenance() {
+		s.n.em.record("apply-config --insecure %s", s.n.addr)
 		if err := s.n.em.fault("apply-config", s.n.addr); err != nil {
 			return nil, err
 		}
@@ -117,6 +118,7 @@ func (em *emulator) applyConfigured(addr string, in *machine.ApplyConfigurationR
 	if err != nil {
 		return nil, err
 	}
+	em.record("apply-config %s", n.addr)
 	if err := em.fault("apply-config", n.addr); err != nil {
 		return nil, err
 	}
@@ -229,6 +231,7 @@ func (em *emulator) bootstrap(addr string, in *machine.BootstrapRequest) error {
 	if err != nil {
 		return err
 	}
+	em.record("bootstrap %s", n.addr)
 	if err := em.fault("bootstrap", n.addr); err != nil {
 		return err
 	}
@@ -248,6 +251,9 @@ func (em *emulator) bootstrap(addr string, in *machine.BootstrapRequest) error {
 	em.bootstrapped[id] = n.addr
 	em.mu.Unlock()
 	cps, workers := em.clusterNodes(id)
+	if workers == nil {
+		workers = []string{}
+	}
 	record, err := json.Marshal(map[string]any{
 		"node":              n.addr,
 		"cluster":           cfg.Cluster().Name(),
@@ -296,6 +302,7 @@ func (em *emulator) kubeconfig(addr string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	em.record("kubeconfig %s", n.addr)
 	if err := em.fault("kubeconfig", n.addr); err != nil {
 		return nil, err
 	}

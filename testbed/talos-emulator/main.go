@@ -12,6 +12,7 @@
 //
 //	ready                written once every node listens (JSON: {"nodes": [...]})
 //	bootstrap.json       written when a bootstrap succeeds (JSON: node, cluster, nodes)
+//	calls.log            one line per call served (per target node and attempt)
 //	control-plane.json   written by the test: {"kubeconfig", "server", "caPem", "token", "etcd"}
 //	fail/<cmd>[@<node>]  fault injection: "transient N" or "permanent" (cmd: apply-config,
 //	                     bootstrap, health, kubeconfig)
