@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod agent_settings;
+pub mod agent_user;
 pub mod client;
 pub mod context;
 pub mod http_server;
