@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -143,13 +144,33 @@ func (n *node) tlsConfig(*tls.ClientHelloInfo) (*tls.Config, error) {
 	for _, ca := range sec.AcceptedCAs() {
 		pool.AppendCertsFromPEM(ca.Crt)
 	}
+	// As apid (siderolabs/crypto tls.New with Mutual auth): TLS 1.2 at least (Go clients get
+	// 1.3), a verified client certificate, and apid's extended key usage check.
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{"h2"},
-		Certificates: []tls.Certificate{*cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
+		MinVersion:            tls.VersionTLS12,
+		NextProtos:            []string{"h2"},
+		Certificates:          []tls.Certificate{*cert},
+		ClientAuth:            tls.RequireAndVerifyClientCert,
+		ClientCAs:             pool,
+		VerifyPeerCertificate: verifyExtKeyUsage,
 	}, nil
+}
+
+// verifyExtKeyUsage is apid's check (internal/app/apid/main.go): every non-CA certificate of
+// the verified chain has exactly the client-auth extended key usage.
+func verifyExtKeyUsage(_ [][]byte, verifiedChains [][]*stdx509.Certificate) error {
+	if len(verifiedChains) == 0 {
+		return errors.New("no verified chains")
+	}
+	for _, cert := range verifiedChains[0] {
+		if cert.IsCA {
+			continue
+		}
+		if !slices.Equal(cert.ExtKeyUsage, []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageClientAuth}) {
+			return fmt.Errorf("certificate %q is missing the client auth extended key usage", cert.Subject)
+		}
+	}
+	return nil
 }
 
 // apidCertificate issues (once per config) the node's apid serving certificate from the OS
