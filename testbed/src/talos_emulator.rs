@@ -317,20 +317,38 @@ pub fn publish_control_plane(state: &Path, cluster: &KubeCluster, name: &str) ->
         .map_err(TestbedError::io("rename control-plane.json"))
 }
 
-/// The default control plane: etcd + kube-apiserver ([`KubeCluster::start`]), and one Node
-/// object per Talos node (`talos-<ip with dashes>`, InternalIP = the node's address) whose
-/// status says Ready. These nodes are registered, not run: no kubelet or kwok backs them
-/// (nothing in this control plane schedules pods or marks nodes NotReady). For pods that
-/// really run, pass a starter that uses [`KubeCluster::start_with_node`].
+/// The default control plane: etcd + kube-apiserver ([`KubeCluster::start`]) and
+/// [`register_talos_nodes`] without a taint.
 pub async fn start_registered_nodes(record: BootstrapRecord) -> Result<KubeCluster> {
     let cluster = KubeCluster::start().await?;
+    register_talos_nodes(&cluster, &record, false).await?;
+    Ok(cluster)
+}
+
+/// Registers one Node object per Talos node of `record` (`talos-<ip with dashes>`, InternalIP =
+/// the node's address, status Ready), so the emulator's health checks find the nodes Talos
+/// would. These nodes are registered, not run: no kubelet or kwok backs them, and nothing marks
+/// them NotReady. With `no_schedule` they get a `guildnet.dev/talos-emulator=registered:NoSchedule`
+/// taint, for a starter that also runs a real node ([`KubeCluster::start_with_node`]) on which
+/// pods must land.
+pub async fn register_talos_nodes(
+    cluster: &KubeCluster,
+    record: &BootstrapRecord,
+    no_schedule: bool,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(cluster.client().await?);
     for ip in record.nodes() {
         let name = format!("talos-{}", ip.replace(['.', ':'], "-"));
+        let taints = if no_schedule {
+            serde_json::json!([{"key": "guildnet.dev/talos-emulator", "value": "registered", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
         let node: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "guildnet.dev/talos-emulator": "registered"}},
+            "spec": {"taints": taints},
         }))
         .map_err(|e| TestbedError::Unexpected(format!("node manifest: {e}")))?;
         nodes.create(&PostParams::default(), &node).await?;
@@ -345,7 +363,7 @@ pub async fn start_registered_nodes(record: BootstrapRecord) -> Result<KubeClust
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
             .await?;
     }
-    Ok(cluster)
+    Ok(())
 }
 
 /// `count` loopback addresses (127.x.y.z, not 127.0.0.1) whose apid port is free now.
