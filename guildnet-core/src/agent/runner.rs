@@ -119,7 +119,18 @@ impl RunnerSpec {
         let (mut child, _tracked) = match super::process::spawn_tracked(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
-                let msg = format!("cannot start runner {:?}: {e}", self.argv[0]);
+                let mut msg = format!("cannot start runner {:?}: {e}", self.argv[0]);
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) {
+                    // Under a root orchestrator the agent runs as `nobody`: a CLI installed
+                    // under /root is out of its reach. Say whose reach it has to be in.
+                    msg.push_str(&format!(
+                        " (the agent runs as uid {}; the runner must be on a PATH that user can                          read: install coding CLIs system-wide, see docs/SECURITY.md)",
+                        nix::unistd::geteuid()
+                    ));
+                }
                 shipper.push(LogStream::System, msg.clone());
                 return Some(RunOutcome::NotStarted(msg));
             }
