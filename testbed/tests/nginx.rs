@@ -52,9 +52,9 @@ async fn who(http: &reqwest::Client, url: &str) -> String {
 async fn round_robin_skips_a_dead_server_and_backup_serves_only_when_primary_is_down() {
     let (a, ha, _) = server("a").await;
     let (b, _hb, _) = server("b").await;
-    let rr = Nginx::round_robin(&[a, b]).await.expect(
-        "the testbed's nginx must start (install it: scripts/testbed/install.sh nginx)",
-    );
+    let rr = Nginx::round_robin(&[a, b])
+        .await
+        .expect("the testbed's nginx must start (install it: scripts/testbed/install.sh nginx)");
     let pb = Nginx::primary_backup(a, b).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -62,7 +62,10 @@ async fn round_robin_skips_a_dead_server_and_backup_serves_only_when_primary_is_
     for _ in 0..6 {
         seen.push(who(&http, &rr.url()).await);
     }
-    assert!(seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()),
+        "{seen:?}"
+    );
     for _ in 0..4 {
         assert_eq!(who(&http, &pb.url()).await, "a");
     }
@@ -82,9 +85,17 @@ async fn a_streamed_response_passes_chunk_by_chunk() {
     let (a, _ha, slot) = server("a").await;
     let lb = Nginx::round_robin(&[a]).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut resp = http.get(format!("{}/stream", lb.url())).send().await.unwrap();
+    let mut resp = http
+        .get(format!("{}/stream", lb.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let tx = slot.lock().unwrap().take().expect("the stream reached the server");
+    let tx = slot
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the stream reached the server");
     // Each chunk must arrive before the next is sent: a buffering proxy would hold the first
     // one back and this would time out.
     for i in 0..3 {
