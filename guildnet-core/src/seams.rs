@@ -148,6 +148,10 @@ pub enum WorkloadState {
     Exited(Option<i32>),
     /// Not present (never started, or removed).
     Absent,
+    /// This backend cannot tell: it did not start the workload itself, and can only see its
+    /// own (the local backend of another orchestrator replica started it). The reaper leaves
+    /// such a task to the claim timeout instead of requeueing it at once.
+    Unknown,
     /// It did not start and will not: its start deadline passed while it was stuck (an image
     /// that cannot be pulled, an unschedulable pod, a crash loop). The text names the cause.
     FailedToStart(String),

@@ -1138,6 +1138,8 @@ impl Orchestrator {
                             .await;
                     }
                     Ok(WorkloadState::Pending) => self.post_workload_notes(&t, agent).await,
+                    // Another replica's local agent: the claim timeout (step 2) decides.
+                    Ok(WorkloadState::Unknown) => {}
                     Ok(WorkloadState::FailedToStart(reason)) => {
                         // The log gets the backend's last view first (image pull errors, ...).
                         self.post_workload_notes(&t, agent).await;
