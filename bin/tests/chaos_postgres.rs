@@ -379,6 +379,16 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "no gap"
     );
+    // Why tasks were requeued (for the report: a lost lease, an agent that never claimed).
+    let reasons = pg
+        .psql(
+            "guildnet",
+            "SELECT coalesce(message, '') || ' x' || count(*) FROM events \
+             WHERE kind = 'task.requeued' GROUP BY message",
+        )
+        .await
+        .unwrap_or_default();
+    eprintln!("requeue reasons: {}", reasons.trim().replace('\n', "; "));
     let killed_at = killed_at.unwrap();
     let first_schedule = accepted_at
         .lock()
