@@ -382,7 +382,23 @@ struct Setup {
     stores: Vec<String>,
 }
 
-async fn run_setup(setup: &Setup, agents: usize, secs: u64, ramp: u64, schedule_secs: u64) {
+/// What one setup measured.
+#[derive(Default)]
+struct Figures {
+    schedule_per_sec: f64,
+    heartbeat_p99: f64,
+    claim_p99: f64,
+    /// Kill -> first claim, kill -> first heartbeat (pg-2).
+    failover: Option<(Option<Duration>, Option<Duration>)>,
+}
+
+async fn run_setup(
+    setup: &Setup,
+    agents: usize,
+    secs: u64,
+    ramp: u64,
+    schedule_secs: u64,
+) -> Figures {
     println!(
         "\n== {}: {} replica(s) on {} ==",
         setup.name,
@@ -424,8 +440,10 @@ async fn run_setup(setup: &Setup, agents: usize, secs: u64, ramp: u64, schedule_
         "schedule: {:.0} tasks/s over {schedule_secs} s ({SCHEDULERS} clients), p50 {:.2} ms, p99 {:.2} ms, {} errors",
         s.per_sec, s.p50, s.p99, s.errors
     );
-    row(&format!("schedule throughput ({})", setup.name), s.per_sec, "/s", 1.0, false);
-    row(&format!("schedule p99 ({})", setup.name), s.p99, "ms", 30.0, true);
+    let mut figures = Figures {
+        schedule_per_sec: s.per_sec,
+        ..Figures::default()
+    };
 
     // More tasks if the schedule phase made fewer than the agents need.
     let want = agents + RESERVE;
@@ -569,20 +587,8 @@ async fn run_setup(setup: &Setup, agents: usize, secs: u64, ramp: u64, schedule_
         pct(&s.heartbeat, 0.5),
         pct(&s.heartbeat, 0.99)
     );
-    row(
-        &format!("claim p99 ({n} agents, {})", setup.name),
-        pct(&s.claim, 0.99),
-        "ms",
-        30.0,
-        true,
-    );
-    row(
-        &format!("heartbeat p99 ({n} agents, {})", setup.name),
-        pct(&s.heartbeat, 0.99),
-        "ms",
-        30.0,
-        true,
-    );
+    figures.claim_p99 = pct(&s.claim, 0.99);
+    figures.heartbeat_p99 = pct(&s.heartbeat, 0.99);
     if let Some((claim, heartbeat)) = failover {
         let ms = |d: Option<Duration>| d.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0);
         println!(
@@ -590,19 +596,13 @@ async fn run_setup(setup: &Setup, agents: usize, secs: u64, ramp: u64, schedule_
             ms(claim),
             ms(heartbeat)
         );
-        row("failover: kill -> first claim (pg-2)", ms(claim), "ms", 5000.0, true);
-        row(
-            "failover: kill -> first heartbeat (pg-2)",
-            ms(heartbeat),
-            "ms",
-            5000.0,
-            true,
-        );
     }
+    figures.failover = failover;
     drop(nginx);
     for (mut c, _) in replicas {
         let _ = c.kill().await;
     }
+    figures
 }
 
 #[tokio::main]
@@ -634,6 +634,7 @@ async fn main() {
     } else {
         None
     };
+    let mut results: Vec<(&str, Figures)> = Vec::new();
     for name in ["sqlite-1", "pg-1", "pg-2"] {
         if !only.split(',').any(|o| o == name) {
             continue;
@@ -651,6 +652,68 @@ async fn main() {
                 }
             }
         };
-        run_setup(&Setup { name, stores }, agents, secs, ramp, schedule_secs).await;
+        let f = run_setup(&Setup { name, stores }, agents, secs, ramp, schedule_secs).await;
+        results.push((name, f));
+    }
+
+    println!("\n== replicas: figures and targets ==");
+    let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, f)| f);
+    for (name, f) in &results {
+        println!(
+            "{name}: schedule {:.0}/s; claim p99 {:.2} ms, heartbeat p99 {:.2} ms ({agents} agents)",
+            f.schedule_per_sec, f.claim_p99, f.heartbeat_p99
+        );
+    }
+    if let (Some(sq), Some(p1)) = (get("sqlite-1"), get("pg-1")) {
+        row(
+            "schedule throughput pg-1 / sqlite-1",
+            p1.schedule_per_sec / sq.schedule_per_sec.max(f64::MIN_POSITIVE),
+            "x",
+            0.5,
+            false,
+        );
+    }
+    if let Some(p2) = get("pg-2") {
+        row(
+            &format!(
+                "schedule throughput pg-2 / sqlite-1 ({:.0}/s)",
+                p2.schedule_per_sec
+            ),
+            p2.schedule_per_sec / get("sqlite-1").map_or(f64::NAN, |s| s.schedule_per_sec),
+            "x",
+            0.5,
+            false,
+        );
+        row(
+            &format!("claim p99 ({agents} agents, pg-2)"),
+            p2.claim_p99,
+            "ms",
+            30.0,
+            true,
+        );
+        row(
+            &format!("heartbeat p99 ({agents} agents, pg-2)"),
+            p2.heartbeat_p99,
+            "ms",
+            30.0,
+            true,
+        );
+        if let Some((claim, heartbeat)) = p2.failover {
+            let ms = |d: Option<Duration>| d.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0);
+            row(
+                "failover: kill -> first claim (pg-2)",
+                ms(claim),
+                "ms",
+                5000.0,
+                true,
+            );
+            row(
+                "failover: kill -> first heartbeat (pg-2)",
+                ms(heartbeat),
+                "ms",
+                5000.0,
+                true,
+            );
+        }
     }
 }
