@@ -216,7 +216,7 @@ async fn timed(c: &mut Conn, path: &str, body: &str) -> Result<(f64, String), St
     let t0 = Instant::now();
     let (status, body) = c.post(path, body).await.map_err(|e| e.to_string())?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    if status == 200 || status == 201 {
+    if (200..300).contains(&status) {
         Ok((ms, body))
     } else {
         Err(format!("{path}: HTTP {status} {body:.200}"))
