@@ -27,6 +27,7 @@ pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod pool;
 pub mod orchestrator;
 pub mod proxy;
 pub mod redact;
