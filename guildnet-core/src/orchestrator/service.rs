@@ -534,6 +534,15 @@ impl Orchestrator {
                     if let Err(e) = self.inner.backend.submit(launch).await {
                         tracing::warn!(task = %task.id, error = %e, "backend could not record the pooled task's workload");
                     }
+                    // A fast task can finish before its workload was recorded: tell the backend
+                    // again, now that it knows the workload.
+                    if let Ok(Some(t)) = self.inner.store.get_task(&task.id).await {
+                        if matches!(t.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+                            if let Err(e) = self.inner.backend.task_finished(&t).await {
+                                tracing::warn!(task = %t.id, error = %e, "backend could not record completion");
+                            }
+                        }
+                    }
                     return;
                 }
                 Err(waiting) => {
