@@ -320,8 +320,18 @@ async fn main() {
         "node replacement (stop, clean, new containerd + kubelet, Ready): p50 {:?}",
         pct_duration(&restarts, 0.5)
     );
-    report("pod schedule->claimed cold (image pulled)", cold, 10_000.0, None);
-    report("pod schedule->claimed warm (image on node)", warm, 3_000.0, None);
+    report(
+        "pod schedule->claimed cold (image pulled)",
+        cold,
+        10_000.0,
+        None,
+    );
+    report(
+        "pod schedule->claimed warm (image on node)",
+        warm,
+        3_000.0,
+        None,
+    );
     report(
         "pod schedule->claimed warm pool (agent waiting)",
         pooled,

@@ -521,7 +521,10 @@ pub fn agent_start() -> Result<AgentStart, std::process::ExitCode> {
     if !PoolAgentConfig::wanted(|k| std::env::var(k).ok()) {
         return agent_config().map(|c| AgentStart::Task(Box::new(c)));
     }
-    let cfg = PoolAgentConfig::from_vars(std::env::vars()).map_err(|e| {
+    // Variables that are not UTF-8 cannot be agent settings; they are left out.
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let cfg = PoolAgentConfig::from_vars(vars).map_err(|e| {
         eprintln!("guildnet-agent: {e}");
         std::process::ExitCode::from(2)
     })?;

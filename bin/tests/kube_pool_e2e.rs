@@ -109,7 +109,10 @@ async fn report(admin: &kube::Client) -> String {
         .unwrap_or_default()
     {
         let name = p.metadata.name.clone().unwrap_or_default();
-        out.push_str(&format!("pod {}\n", guildnet_kube::backend::describe_pod(&p)));
+        out.push_str(&format!(
+            "pod {}\n",
+            guildnet_kube::backend::describe_pod(&p)
+        ));
         let log = pods
             .logs(
                 &name,
@@ -229,12 +232,21 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
     let start = Instant::now();
     loop {
-        let d = deployments.get_opt("guildnet-operator").await.ok().flatten();
-        if d.and_then(|d| d.status?.available_replicas).is_some_and(|n| n >= 1) {
+        let d = deployments
+            .get_opt("guildnet-operator")
+            .await
+            .ok()
+            .flatten();
+        if d.and_then(|d| d.status?.available_replicas)
+            .is_some_and(|n| n >= 1)
+        {
             break;
         }
         if start.elapsed() > Duration::from_secs(120) {
-            panic!("operator not available after 120 s\n{}", report(&admin).await);
+            panic!(
+                "operator not available after 120 s\n{}",
+                report(&admin).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -246,7 +258,9 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
     assert_eq!(t0.status, TaskStatus::Succeeded, "{t0:?}");
     figure(
         "cold_image_pulled_claim_ms",
-        ms((t0.started_at.expect("claimed") - t0.created_at).to_std().unwrap_or_default()),
+        ms((t0.started_at.expect("claimed") - t0.created_at)
+            .to_std()
+            .unwrap_or_default()),
     );
 
     // 1. The pool: 3 warm agents waiting on the orchestrator.
@@ -255,7 +269,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
     assert_eq!(st.org, acme());
     let pool = pools.get("acme").await.expect("AgentPool acme");
     assert_eq!(pool.spec.size, 3);
-    assert_eq!(pool.spec.image, agent_image.reference, "the default agent image");
+    assert_eq!(
+        pool.spec.image, agent_image.reference,
+        "the default agent image"
+    );
     let start = Instant::now();
     while waiting(&c).await < 3 {
         if start.elapsed() > Duration::from_secs(120) {
@@ -263,7 +280,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    figure("pool_of_3_warm_s", format!("{:.1}", t.elapsed().as_secs_f64()));
+    figure(
+        "pool_of_3_warm_s",
+        format!("{:.1}", t.elapsed().as_secs_f64()),
+    );
     // Warm pods hold the pool token (from its Secret) and no task credentials.
     let warm_pods = pods
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}=acme,{POOL_STATE_LABEL}=warm")))
@@ -281,7 +301,9 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         for forbidden in ["GUILDNET_AGENT_TOKEN", "TASK_ID", "CODE_SERVER_PASSWORD"] {
             assert!(!names.contains(&forbidden), "{forbidden} in a warm pod");
         }
-        assert!(p.spec.as_ref().expect("spec").containers[0].env_from.is_none());
+        assert!(p.spec.as_ref().expect("spec").containers[0]
+            .env_from
+            .is_none());
     }
 
     // 2. 20 tasks, 5 rounds of 4 at once against the pool of 3.
@@ -293,7 +315,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         let start = Instant::now();
         while waiting(&c).await < 3 {
             if start.elapsed() > Duration::from_secs(120) {
-                panic!("pool not back to 3 before round {round}\n{}", report(&admin).await);
+                panic!(
+                    "pool not back to 3 before round {round}\n{}",
+                    report(&admin).await
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -303,16 +328,25 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         let scheds = (0..4).map(|i| {
             let c = c.clone();
             async move {
-                c.schedule(&acme(), &format!("echo round {round} task {i}; sleep 0.3"), None)
-                    .await
-                    .expect("schedule")
+                c.schedule(
+                    &acme(),
+                    &format!("echo round {round} task {i}; sleep 0.3"),
+                    None,
+                )
+                .await
+                .expect("schedule")
             }
         });
         let round_tasks = futures_util::future::join_all(scheds).await;
         let (mut warm, mut cold) = (0, 0);
         for t in &round_tasks {
             let done = wait_task(&c, &t.id, "finished", |t| t.status.is_terminal()).await;
-            assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}\n{}", report(&admin).await);
+            assert_eq!(
+                done.status,
+                TaskStatus::Succeeded,
+                "{done:?}\n{}",
+                report(&admin).await
+            );
             assert_eq!(done.claims, 1, "{done:?}");
             let claim = (done.started_at.expect("claimed") - done.created_at)
                 .to_std()
@@ -320,7 +354,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
             let lines = log_lines(&c, &t.id).await;
             let is_warm = lines.iter().any(|l| l.contains("[pool] warm start"));
             let is_cold = lines.iter().any(|l| l.contains("[pool] cold start"));
-            assert!(is_warm ^ is_cold, "the log says warm or cold, once: {lines:?}");
+            assert!(
+                is_warm ^ is_cold,
+                "the log says warm or cold, once: {lines:?}"
+            );
             if is_warm {
                 warm += 1;
                 warm_claims.push(claim);
@@ -366,16 +403,23 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         figure("pool_refill_p50_ms", ms(pct(&refills, 0.5)));
     }
     // The pool is back to 3 and the used pods are gone with their tasks.
-    eventually("pool back to 3, used pods gone", Duration::from_secs(120), || async {
-        let st = c.pool(&acme()).await.ok()?;
-        let b = st.backend?;
-        let taken = pods
-            .list(&ListParams::default().labels(&format!("{POOL_LABEL}=acme,{POOL_STATE_LABEL}=taken")))
-            .await
-            .ok()?
-            .items;
-        (st.waiting == 3 && b.warm == 3 && taken.is_empty()).then_some(())
-    })
+    eventually(
+        "pool back to 3, used pods gone",
+        Duration::from_secs(120),
+        || async {
+            let st = c.pool(&acme()).await.ok()?;
+            let b = st.backend?;
+            let taken = pods
+                .list(
+                    &ListParams::default()
+                        .labels(&format!("{POOL_LABEL}=acme,{POOL_STATE_LABEL}=taken")),
+                )
+                .await
+                .ok()?
+                .items;
+            (st.waiting == 3 && b.warm == 3 && taken.is_empty()).then_some(())
+        },
+    )
     .await;
     assert_eq!(c.pool(&acme()).await.expect("pool").warm_starts, 15);
 
@@ -400,7 +444,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
     let t = c.schedule(&acme(), "exit 0", None).await.expect("schedule");
     let t = wait_task(&c, &t.id, "finished", |t| t.status.is_terminal()).await;
     assert_eq!(t.status, TaskStatus::Succeeded, "{t:?}");
-    assert!(log_lines(&c, &t.id).await.iter().any(|l| l.contains("[pool] cold start")));
+    assert!(log_lines(&c, &t.id)
+        .await
+        .iter()
+        .any(|l| l.contains("[pool] cold start")));
 
     // 4. Scale to zero after 3 idle seconds; a task brings the pool back.
     let idle = PoolSpec {
@@ -418,15 +465,25 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         (b.scaled_to_zero && b.warm == 0 && waiting(&c).await == 0).then_some(())
     })
     .await;
-    figure("scaled_to_zero_after_s", format!("{:.1}", t.elapsed().as_secs_f64()));
+    figure(
+        "scaled_to_zero_after_s",
+        format!("{:.1}", t.elapsed().as_secs_f64()),
+    );
     let t = c.schedule(&acme(), "exit 0", None).await.expect("schedule");
     let t = wait_task(&c, &t.id, "finished", |t| t.status.is_terminal()).await;
     assert_eq!(t.status, TaskStatus::Succeeded);
-    assert!(log_lines(&c, &t.id).await.iter().any(|l| l.contains("[pool] cold start")));
-    eventually("pool back up after a task", Duration::from_secs(90), || async {
-        let b = c.pool(&acme()).await.ok()?.backend?;
-        (!b.scaled_to_zero && waiting(&c).await == 2).then_some(())
-    })
+    assert!(log_lines(&c, &t.id)
+        .await
+        .iter()
+        .any(|l| l.contains("[pool] cold start")));
+    eventually(
+        "pool back up after a task",
+        Duration::from_secs(90),
+        || async {
+            let b = c.pool(&acme()).await.ok()?.backend?;
+            (!b.scaled_to_zero && waiting(&c).await == 2).then_some(())
+        },
+    )
     .await;
 
     // 5. Deleting the org removes its pool.

@@ -328,7 +328,11 @@ impl OrchestratorClient {
     }
 
     /// `PUT /orgs/{org}/pool`: sets the org's warm agent pool.
-    pub async fn set_pool(&self, org: &OrgName, spec: &PoolSpec) -> Result<PoolStatus, ClientError> {
+    pub async fn set_pool(
+        &self,
+        org: &OrgName,
+        spec: &PoolSpec,
+    ) -> Result<PoolStatus, ClientError> {
         self.http
             .send(
                 self.http

@@ -79,8 +79,14 @@ async fn server() -> Server {
         std::future::pending(),
     ));
     let admin = OrchestratorClient::new(&url, Secret::new(ADMIN)).unwrap();
-    admin.create_org(&OrgName::new("acme").unwrap()).await.unwrap();
-    admin.create_org(&OrgName::new("other").unwrap()).await.unwrap();
+    admin
+        .create_org(&OrgName::new("acme").unwrap())
+        .await
+        .unwrap();
+    admin
+        .create_org(&OrgName::new("other").unwrap())
+        .await
+        .unwrap();
     Server {
         url,
         admin,
@@ -167,7 +173,12 @@ async fn hundred_tasks_against_a_pool_of_ten_each_handed_once() {
     };
     let st = s.admin.set_pool(&acme(), &spec).await.expect("set pool");
     assert_eq!(st.org, acme());
-    let token = s.pool_token.lock().unwrap().clone().expect("the backend got a pool token");
+    let token = s
+        .pool_token
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the backend got a pool token");
     assert!(token.expose().starts_with("gnp.acme."));
 
     // The pool: 10 warm agents, refilled (as the operator does) while tasks keep coming.
@@ -244,7 +255,10 @@ async fn hundred_tasks_against_a_pool_of_ten_each_handed_once() {
         if finished == 100 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {finished} of 100 tasks finished");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {finished} of 100 tasks finished"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -260,9 +274,16 @@ async fn hundred_tasks_against_a_pool_of_ten_each_handed_once() {
     }
     // Warm and cold together are exactly the 100 tasks, each one way only.
     let cold: BTreeSet<_> = cold_seen.lock().unwrap().iter().cloned().collect();
-    assert!(cold.is_disjoint(&warm_tasks), "a task started both warm and cold");
+    assert!(
+        cold.is_disjoint(&warm_tasks),
+        "a task started both warm and cold"
+    );
     assert_eq!(cold.len() + warm_tasks.len(), 100);
-    assert!(warm_tasks.len() >= 10, "the first 10 at least go warm: {}", warm_tasks.len());
+    assert!(
+        warm_tasks.len() >= 10,
+        "the first 10 at least go warm: {}",
+        warm_tasks.len()
+    );
     eprintln!(
         "POOL-HANDOFF warm {} cold {} (pool of 10, refilled {} times)",
         warm_tasks.len(),
@@ -280,7 +301,12 @@ async fn hundred_tasks_against_a_pool_of_ten_each_handed_once() {
     for t in &tasks {
         let t = s.admin.task(&t.id).await.unwrap();
         assert_eq!(t.claims, 1, "task {} claims", t.id);
-        assert_eq!(completions.get(t.id.as_str()), Some(&1), "task {} completions", t.id);
+        assert_eq!(
+            completions.get(t.id.as_str()),
+            Some(&1),
+            "task {} completions",
+            t.id
+        );
     }
     // A cold task's log says why it started cold.
     if let Some(c) = cold.iter().next() {
@@ -301,7 +327,10 @@ async fn pool_tokens_and_bad_input_are_refused_with_named_fields() {
     // Bad pool specs: 422 naming the field.
     for (body, field) in [
         (serde_json::json!({"size": 1000}), "size"),
-        (serde_json::json!({"size": 1, "idleSeconds": 0}), "idleSeconds"),
+        (
+            serde_json::json!({"size": 1, "idleSeconds": 0}),
+            "idleSeconds",
+        ),
         (serde_json::json!({"size": 1, "image": "a b"}), "image"),
         (serde_json::json!({"size": 1, "bogus": 1}), "bogus"),
     ] {

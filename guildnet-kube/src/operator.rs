@@ -326,11 +326,7 @@ async fn run_pool_controller(
     .await;
 }
 
-fn pool_error_policy(
-    pool: Arc<crate::pool::AgentPool>,
-    err: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+fn pool_error_policy(pool: Arc<crate::pool::AgentPool>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(agentpool = %pool.name_any(), error = %err, "pool reconcile failed; retrying");
     Action::requeue(ctx.cfg.error_backoff)
@@ -412,8 +408,7 @@ pub fn validate(at: &AgentTask) -> Result<(), String> {
     if let Some(p) = &s.pool_pod {
         let ok = !p.is_empty()
             && p.len() <= 253
-            && p
-                .chars()
+            && p.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
         if !ok {
             return Err("spec.poolPod: must be a pod name (DNS-1123 subdomain)".into());
@@ -719,8 +714,20 @@ async fn reconcile_pooled(
     };
     let from = old.phase;
     if write_status(at, ctx, old, &st).await? && from != st.phase {
-        let note = format!("{} -> {} (warm pool pod {pod})", from.as_str(), st.phase.as_str());
-        publish(ctx, at, EventType::Normal, st.phase.as_str(), "Reconcile", &note).await;
+        let note = format!(
+            "{} -> {} (warm pool pod {pod})",
+            from.as_str(),
+            st.phase.as_str()
+        );
+        publish(
+            ctx,
+            at,
+            EventType::Normal,
+            st.phase.as_str(),
+            "Reconcile",
+            &note,
+        )
+        .await;
     }
     Ok(requeue)
 }

@@ -259,7 +259,9 @@ pub async fn reconcile_pool(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<A
     if pool.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let ns = pool.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let ns = pool
+        .namespace()
+        .unwrap_or_else(|| ctx.cfg.namespace.clone());
     let old = pool.status.clone().unwrap_or_default();
     let mut st = old.clone();
     if let Err(why) = validate(&pool) {
@@ -353,7 +355,10 @@ pub async fn reconcile_pool(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<A
             "ImageReady",
             false,
             "ImagePullFailed",
-            &format!("warm pods cannot pull {}; tasks start cold: {msg}", pool.spec.image),
+            &format!(
+                "warm pods cannot pull {}; tasks start cold: {msg}",
+                pool.spec.image
+            ),
         ),
         None => set_condition(&mut st.conditions, "ImageReady", true, "Pulled", ""),
     }
@@ -481,11 +486,22 @@ mod tests {
         let env = v["spec"]["containers"][0]["env"].as_array().unwrap();
         let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"GUILDNET_POOL_TOKEN"));
-        for forbidden in ["GUILDNET_AGENT_TOKEN", "TASK_ID", "AGENT_NAME", "CODE_SERVER_PASSWORD"] {
+        for forbidden in [
+            "GUILDNET_AGENT_TOKEN",
+            "TASK_ID",
+            "AGENT_NAME",
+            "CODE_SERVER_PASSWORD",
+        ] {
             assert!(!names.contains(&forbidden), "{forbidden} in a warm pod");
         }
-        let tok = env.iter().find(|e| e["name"] == "GUILDNET_POOL_TOKEN").unwrap();
-        assert!(tok.get("value").is_none(), "the token comes from the Secret");
+        let tok = env
+            .iter()
+            .find(|e| e["name"] == "GUILDNET_POOL_TOKEN")
+            .unwrap();
+        assert!(
+            tok.get("value").is_none(),
+            "the token comes from the Secret"
+        );
         assert_eq!(tok["valueFrom"]["secretKeyRef"]["name"], "acme-pool-token");
         assert_eq!(v["spec"]["restartPolicy"], "Never");
         assert_eq!(v["spec"]["automountServiceAccountToken"], false);
@@ -493,12 +509,18 @@ mod tests {
         assert_eq!(v["metadata"]["labels"][POOL_STATE_LABEL], "warm");
         assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "AgentPool");
         assert_eq!(v["spec"]["imagePullSecrets"][0]["name"], "regcred");
-        let runner = env.iter().find(|e| e["name"] == "GUILDNET_POOL_RUNNER").unwrap();
+        let runner = env
+            .iter()
+            .find(|e| e["name"] == "GUILDNET_POOL_RUNNER")
+            .unwrap();
         assert_eq!(runner["value"], "claude");
         // The operator's URL wins over the spec's.
         let v = warm_pod(&pool(1), "ns", Some("http://op:1"), &[]);
         let env = v["spec"]["containers"][0]["env"].as_array().unwrap();
-        let url = env.iter().find(|e| e["name"] == "ORCHESTRATOR_URL").unwrap();
+        let url = env
+            .iter()
+            .find(|e| e["name"] == "ORCHESTRATOR_URL")
+            .unwrap();
         assert_eq!(url["value"], "http://op:1");
     }
 
@@ -526,6 +548,9 @@ mod tests {
         }))
         .unwrap();
         let msg = image_problem(&pod).unwrap();
-        assert!(msg.contains("ImagePullBackOff") && msg.contains("pool-acme-x"), "{msg}");
+        assert!(
+            msg.contains("ImagePullBackOff") && msg.contains("pool-acme-x"),
+            "{msg}"
+        );
     }
 }

@@ -236,9 +236,16 @@ mod tests {
         assert_eq!(cfg.task_id.as_str(), "t-1");
         assert_eq!(cfg.agent.as_str(), "agent-t-1-1");
         assert_eq!(cfg.token.expose(), "gnt.t-1.secret");
-        assert_eq!(cfg.runner.as_deref(), Some("sh -s"), "the task's runner wins");
+        assert_eq!(
+            cfg.runner.as_deref(),
+            Some("sh -s"),
+            "the task's runner wins"
+        );
         assert_eq!(cfg.warm_pod.as_deref(), Some("pool-acme-abcde"));
-        assert!(cfg.runner_secrets.iter().any(|(k, v)| k == "MODEL_KEY" && v.expose() == "sk-123"));
+        assert!(cfg
+            .runner_secrets
+            .iter()
+            .any(|(k, v)| k == "MODEL_KEY" && v.expose() == "sk-123"));
         // The pool token never reaches the task's configuration.
         assert!(!format!("{:?}", p.base).contains("gnp."));
         // A task of another org is refused.

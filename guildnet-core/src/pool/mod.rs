@@ -227,7 +227,13 @@ mod tests {
         };
         assert!(ok.validate().is_ok());
         let bad = |s: PoolSpec| s.validate().unwrap_err().0;
-        assert_eq!(bad(PoolSpec { size: 101, ..ok.clone() }), "size");
+        assert_eq!(
+            bad(PoolSpec {
+                size: 101,
+                ..ok.clone()
+            }),
+            "size"
+        );
         assert_eq!(
             bad(PoolSpec {
                 image: Some("a b".into()),

@@ -160,9 +160,9 @@ impl WarmRegistry {
     /// Agents of `org` waiting now.
     pub fn waiting(&self, org: &OrgName) -> u32 {
         let st = self.lock();
-        st.waiting.get(org).map_or(0, |q| {
-            q.iter().filter(|w| !w.tx.is_closed()).count() as u32
-        })
+        st.waiting
+            .get(org)
+            .map_or(0, |q| q.iter().filter(|w| !w.tx.is_closed()).count() as u32)
     }
 
     /// (warm starts, cold starts) of `org` since this registry was made. Cold starts count only
@@ -244,7 +244,11 @@ mod tests {
         let _a = r.wait(&org("acme"), "aider", Some("aider".into())).unwrap();
         let _b1 = r.wait(&org("acme"), "any", None).unwrap();
         let mut b2 = r.wait(&org("acme"), "any", None).unwrap();
-        assert_eq!(r.waiting(&org("acme")), 2, "the second wait of a pod replaces the first");
+        assert_eq!(
+            r.waiting(&org("acme")),
+            2,
+            "the second wait of a pod replaces the first"
+        );
         assert_eq!(r.hand_off("claude", h(1, "acme")), Ok("any".into()));
         assert!(b2.rx.try_recv().is_ok());
         assert!(r.hand_off("claude", h(2, "acme")).is_err());

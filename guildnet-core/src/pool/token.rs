@@ -107,9 +107,19 @@ mod tests {
         let mut bad = tok.expose().to_owned();
         let last = bad.pop().unwrap();
         bad.push(if last == '0' { '1' } else { '0' });
-        for t in [bad.as_str(), "gnp.acme", "", "gnt.acme.x.y", &format!("{}.x", tok.expose())] {
+        for t in [
+            bad.as_str(),
+            "gnp.acme",
+            "",
+            "gnt.acme.x.y",
+            &format!("{}.x", tok.expose()),
+        ] {
             assert_eq!(keys.verify(t), None, "{t}");
         }
-        assert_ne!(keys.mint(&acme).expose(), tok.expose(), "a fresh nonce each time");
+        assert_ne!(
+            keys.mint(&acme).expose(),
+            tok.expose(),
+            "a fresh nonce each time"
+        );
     }
 }
