@@ -121,8 +121,8 @@ impl WarmRegistry {
 
     /// Hands `handoff` to the longest-waiting agent of its org that takes tasks of `runner`
     /// (the task's runner name; agents without a runner take any). Returns the agent's pod, or
-    /// the handoff back when no agent waits.
-    pub fn hand_off(&self, runner: &str, handoff: Handoff) -> Result<String, Handoff> {
+    /// `None` when no agent waits (the handoff, and its token, are dropped).
+    pub fn hand_off(&self, runner: &str, handoff: Handoff) -> Option<String> {
         let org = handoff.org.clone();
         let mut st = self.lock();
         let mut handoff = handoff;
@@ -135,7 +135,7 @@ impl WarmRegistry {
             });
             let Some(w) = next else {
                 *st.cold_starts.entry(org).or_default() += 1;
-                return Err(handoff);
+                return None;
             };
             match w.tx.send(handoff) {
                 Ok(()) => {
@@ -149,7 +149,7 @@ impl WarmRegistry {
                         }
                     }
                     *st.warm_starts.entry(org).or_default() += 1;
-                    return Ok(w.pod);
+                    return Some(w.pod);
                 }
                 // That request is gone (the agent disconnected): try the next one.
                 Err(back) => handoff = back,
@@ -207,10 +207,10 @@ mod tests {
         let mut w1 = r.wait(&org("acme"), "p1", None).unwrap();
         let mut w2 = r.wait(&org("acme"), "p2", None).unwrap();
         assert_eq!(r.waiting(&org("acme")), 2);
-        assert_eq!(r.hand_off("default", h(1, "acme")), Ok("p1".into()));
-        assert_eq!(r.hand_off("default", h(2, "acme")), Ok("p2".into()));
+        assert_eq!(r.hand_off("default", h(1, "acme")), Some("p1".into()));
+        assert_eq!(r.hand_off("default", h(2, "acme")), Some("p2".into()));
         // Nobody left: the third task comes back (cold start).
-        assert!(r.hand_off("default", h(3, "acme")).is_err());
+        assert!(r.hand_off("default", h(3, "acme")).is_none());
         assert_eq!(w1.rx.try_recv().unwrap().task_id.as_str(), "t-1");
         assert_eq!(w2.rx.try_recv().unwrap().task_id.as_str(), "t-2");
         assert_eq!(r.starts(&org("acme")), (2, 1));
@@ -221,7 +221,7 @@ mod tests {
         ));
         // Another org's agent never gets acme's task.
         let _other = r.wait(&org("other"), "p9", None).unwrap();
-        assert!(r.hand_off("default", h(4, "acme")).is_err());
+        assert!(r.hand_off("default", h(4, "acme")).is_none());
     }
 
     #[test]
@@ -230,7 +230,7 @@ mod tests {
         let gone = r.wait(&org("acme"), "p1", None).unwrap();
         drop(gone);
         let w = r.wait(&org("acme"), "p2", None).unwrap();
-        assert_eq!(r.hand_off("default", h(1, "acme")), Ok("p2".into()));
+        assert_eq!(r.hand_off("default", h(1, "acme")), Some("p2".into()));
         // The wait was taken before it timed out: finishing it returns the task.
         assert_eq!(r.finish_wait(w).unwrap().task_id.as_str(), "t-1");
         let w3 = r.wait(&org("acme"), "p3", None).unwrap();
@@ -249,9 +249,9 @@ mod tests {
             2,
             "the second wait of a pod replaces the first"
         );
-        assert_eq!(r.hand_off("claude", h(1, "acme")), Ok("any".into()));
+        assert_eq!(r.hand_off("claude", h(1, "acme")), Some("any".into()));
         assert!(b2.rx.try_recv().is_ok());
-        assert!(r.hand_off("claude", h(2, "acme")).is_err());
-        assert_eq!(r.hand_off("aider", h(3, "acme")), Ok("aider".into()));
+        assert!(r.hand_off("claude", h(2, "acme")).is_none());
+        assert_eq!(r.hand_off("aider", h(3, "acme")), Some("aider".into()));
     }
 }

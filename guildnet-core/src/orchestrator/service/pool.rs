@@ -65,14 +65,14 @@ impl Orchestrator {
             secret_env,
         };
         match self.inner.pool.hand_off(&runner, handoff) {
-            Ok(pod) => {
+            Some(pod) => {
                 tracing::info!(task = %launch.task_id, org = %launch.org, %pod, "task handed to a warm pool agent");
                 Ok(PoolPlacement {
                     pod,
                     editor_password,
                 })
             }
-            Err(_) => Err(self.inner.pool.waiting(&launch.org)),
+            None => Err(self.inner.pool.waiting(&launch.org)),
         }
     }
 
