@@ -6,9 +6,9 @@
 //!
 //! Shown: `PUT /orgs/acme/pool` -> AgentPool + token Secret -> 3 warm pods; a task handed to a
 //! waiting agent -> AgentTask with `spec.poolPod` -> the operator adopts that pod (taken, owned
-//! by the AgentTask) and the pool creates a replacement; the task's end removes the pod; a
-//! task with no agent waiting starts cold (a Deployment) and its log says so; idle scale to
-//! zero; deleting the org removes the pool. On real pods: `bin/tests/kube_pool_e2e.rs`.
+//! by the AgentTask) and the pool creates a replacement; the task's end removes the pod; a warm
+//! pod that dies is replaced; a task with no agent waiting starts cold (a Deployment) and its log
+//! says so; idle scale to zero; deleting the org removes the pool. On real pods: `bin/tests/kube_pool_e2e.rs`.
 
 use guildnet_core::client::{OrchestratorClient, PoolClient};
 use guildnet_core::model::TaskStatus;
@@ -288,6 +288,17 @@ async fn pools_on_kwok_hand_over_adopt_refill_scale_to_zero_and_go_with_the_org(
         .await
         .unwrap_err();
     assert_eq!(again.code(), Some("pool_agent_used"));
+
+    // A warm pod that dies is replaced.
+    let victim = pool_pods(&pods, "warm").await[0].name_any();
+    pods.delete(&victim, &Default::default())
+        .await
+        .expect("delete a warm pod");
+    eventually("dead warm pod replaced", Duration::from_secs(30), || async {
+        let w = pool_pods(&pods, "warm").await;
+        (w.len() == 3 && w.iter().all(|p| p.name_any() != victim)).then_some(())
+    })
+    .await;
 
     // No agent waits: the next task starts cold (a Deployment), and its log says so.
     let cold = c
