@@ -37,6 +37,17 @@ pub const POOL_UPDATED_ANNOTATION: &str = "guildnet.io/pool-updated-at";
 pub const POOL_TOKEN_KEY: &str = "pool-token";
 /// Label on AgentTasks: their org (set by the orchestrator's backend).
 pub const ORG_LABEL: &str = "guildnet.io/org";
+/// Annotation on each warm pod: a hash of the pool settings it was made from. A warm pod whose
+/// hash differs (new image, runner or URL) is replaced.
+pub const POOL_HASH_ANNOTATION: &str = "guildnet.io/pool-spec-hash";
+
+/// The hash of the settings that shape a warm pod.
+pub fn pod_hash(spec: &AgentPoolSpec, url: &str) -> String {
+    use sha2::Digest;
+    let key = serde_json::to_vec(&json!([spec.image, spec.runner, url, spec.token_secret]))
+        .unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&key)[..8])
+}
 
 /// An org's warm agent pool. Created by the orchestrator's Kubernetes backend
 /// (`PUT /orgs/{org}/pool`); reconciled by the operator into warm agent pods.
@@ -171,6 +182,7 @@ pub fn warm_pod(pool: &AgentPool, ns: &str, ctx_url: Option<&str>, pull: &[Strin
         .or_else(|| s.orchestrator_url.clone())
         .unwrap_or_default();
     let oref = pool.controller_owner_ref(&());
+    let hash = pod_hash(s, &url);
     let mut env = vec![
         json!({"name": "GUILDNET_CODE_SERVER", "value": "code-server"}),
         json!({"name": "GUILDNET_EDITOR_ADDR", "value": format!("0.0.0.0:{EDITOR_PORT}")}),
@@ -197,6 +209,7 @@ pub fn warm_pod(pool: &AgentPool, ns: &str, ctx_url: Option<&str>, pull: &[Strin
                 POOL_STATE_LABEL: "warm",
                 "app.kubernetes.io/name": "guildnet-agent",
             },
+            "annotations": {POOL_HASH_ANNOTATION: hash},
             "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
         },
         "spec": {
@@ -278,8 +291,21 @@ pub async fn reconcile_pool(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<A
     let dp = DeleteParams::background();
     let mut warm = Vec::new();
     let mut problem = None;
+    let url = ctx
+        .cfg
+        .public_orchestrator_url
+        .clone()
+        .or_else(|| pool.spec.orchestrator_url.clone())
+        .unwrap_or_default();
+    let want_hash = pod_hash(&pool.spec, &url);
     for p in pods {
         if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if p.annotations().get(POOL_HASH_ANNOTATION) != Some(&want_hash) {
+            // Made from older settings (another image, runner or URL): replace it.
+            tracing::info!(pod = %p.name_any(), %org, "pool: warm pod outdated; replacing it");
+            crate::operator::ignore_404(pods_api.delete(&p.name_any(), &dp).await)?;
             continue;
         }
         if matches!(phase(&p), "Succeeded" | "Failed") {
@@ -522,6 +548,23 @@ mod tests {
             .find(|e| e["name"] == "ORCHESTRATOR_URL")
             .unwrap();
         assert_eq!(url["value"], "http://op:1");
+    }
+
+    #[test]
+    fn a_new_image_or_runner_changes_the_pod_hash() {
+        let p = pool(3);
+        let h = pod_hash(&p.spec, "http://u");
+        let v = warm_pod(&p, "ns", Some("http://u"), &[]);
+        assert_eq!(v["metadata"]["annotations"][POOL_HASH_ANNOTATION], h.as_str());
+        let mut q = p.clone();
+        q.spec.size = 7;
+        assert_eq!(pod_hash(&q.spec, "http://u"), h, "size does not reshape a pod");
+        q.spec.image = "reg/agent:2".into();
+        assert_ne!(pod_hash(&q.spec, "http://u"), h);
+        let mut r = p.clone();
+        r.spec.runner = None;
+        assert_ne!(pod_hash(&r.spec, "http://u"), h);
+        assert_ne!(pod_hash(&p.spec, "http://other"), h);
     }
 
     #[test]
