@@ -555,10 +555,17 @@ mod tests {
         let p = pool(3);
         let h = pod_hash(&p.spec, "http://u");
         let v = warm_pod(&p, "ns", Some("http://u"), &[]);
-        assert_eq!(v["metadata"]["annotations"][POOL_HASH_ANNOTATION], h.as_str());
+        assert_eq!(
+            v["metadata"]["annotations"][POOL_HASH_ANNOTATION],
+            h.as_str()
+        );
         let mut q = p.clone();
         q.spec.size = 7;
-        assert_eq!(pod_hash(&q.spec, "http://u"), h, "size does not reshape a pod");
+        assert_eq!(
+            pod_hash(&q.spec, "http://u"),
+            h,
+            "size does not reshape a pod"
+        );
         q.spec.image = "reg/agent:2".into();
         assert_ne!(pod_hash(&q.spec, "http://u"), h);
         let mut r = p.clone();

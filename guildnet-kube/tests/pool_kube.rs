@@ -294,10 +294,14 @@ async fn pools_on_kwok_hand_over_adopt_refill_scale_to_zero_and_go_with_the_org(
     pods.delete(&victim, &Default::default())
         .await
         .expect("delete a warm pod");
-    eventually("dead warm pod replaced", Duration::from_secs(30), || async {
-        let w = pool_pods(&pods, "warm").await;
-        (w.len() == 3 && w.iter().all(|p| p.name_any() != victim)).then_some(())
-    })
+    eventually(
+        "dead warm pod replaced",
+        Duration::from_secs(30),
+        || async {
+            let w = pool_pods(&pods, "warm").await;
+            (w.len() == 3 && w.iter().all(|p| p.name_any() != victim)).then_some(())
+        },
+    )
     .await;
 
     // No agent waits: the next task starts cold (a Deployment), and its log says so.
