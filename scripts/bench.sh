@@ -10,7 +10,9 @@
 #   bash scripts/bench.sh --only schedule  # GuildNet beside the in-memory reference handler
 #   bash scripts/bench.sh --baseline-exe P # also another build of the schedule bench (before/after)
 #   bash scripts/bench.sh --operator       # also the operator bench (1,000 AgentTasks, ~10 min)
-#   bash scripts/bench.sh --pods           # also schedule -> claimed on real pods (real node, ~5 min)
+#   bash scripts/bench.sh --pods           # also schedule -> claimed on real pods (real node, ~6 min):
+#                                          # cold (image pulled), image cached, warm pool
+#   bash scripts/bench.sh --only pods --cold 0 --pool 50   # only image cached + warm pool
 #   bash scripts/bench.sh --only replicas  # SQLite 1 replica vs PostgreSQL 1 and 2 replicas (behind
 #                                          # nginx): schedule, 10,000-agent claim/heartbeat, failover
 #   bash scripts/bench.sh --only suite     # one bench: schedule, suite, replicas, sse, editor, mesh, pods
@@ -31,6 +33,7 @@ only=""
 keep_alive=()
 suite_args=()
 schedule_args=()
+pod_extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) quick="" ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift ;;
     --keep-alive) keep_alive=(--keep-alive) ;;
     --agents|--secs|--ramp-secs|--tasks) suite_args+=("$1" "$2"); shift ;;
+    --cold|--pool) pod_extra+=("$1" "$2"); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,7 +77,7 @@ if [ "$pods" = 1 ] || [ "$only" = pods ]; then
   for ((i = 0; i < ${#suite_args[@]}; i += 2)); do
     [ "${suite_args[i]}" = "--tasks" ] && pod_args+=(--tasks "${suite_args[i+1]}")
   done
-  bench pod_start -- "${pod_args[@]}" | tee "$out/pods.txt"
+  bench pod_start -- "${pod_args[@]}" "${pod_extra[@]}" | tee "$out/pods.txt"
 fi
 if [ "$operator" = 1 ]; then
   op_args=()
@@ -92,7 +96,7 @@ cat "$out"/schedule.txt "$out"/suite.txt "$out"/replicas.txt "$out"/sse.txt "$ou
   grep -E ' ratio +[0-9.]+ \(' || true
 grep -E 'create -> first node online|node start -> its HTTP service' "$out/mesh.txt" | sed 's/^/mesh: /' || true
 if [ "$pods" = 0 ] && [ "$only" != pods ]; then
-  echo "pods (schedule -> claimed on real pods, cold and warm): not run; bash scripts/bench.sh --pods (docs/BENCHMARKS.md has the last figures)"
+  echo "pods (schedule -> claimed on real pods: cold, image cached, warm pool): not run; bash scripts/bench.sh --pods (docs/BENCHMARKS.md has the last figures)"
 fi
 if [ "$operator" = 1 ]; then
   grep -iE 'ratio|RSS|Running|children' "$out/operator.txt" | sed 's/^/operator: /' || true

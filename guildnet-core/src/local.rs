@@ -355,6 +355,10 @@ impl ClusterBackend for LocalBackend {
     }
 
     async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError> {
+        if launch.pool.is_some() {
+            // A warm agent (started by whoever runs the pool) already took the task.
+            return Ok(());
+        }
         if self.live_pid(&launch.task_id, &launch.agent).is_some() {
             return Ok(());
         }
