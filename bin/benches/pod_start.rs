@@ -11,10 +11,15 @@
 //!   registry (on loopback: no network in the figure, but the whole download, decompression and
 //!   unpacking of 177 MB);
 //! - warm: the image is on the node.
+//! - pool: a warm pool of 3 (`PUT /orgs/acme/pool`): an agent already waits in its pod, and the
+//!   task is handed to it over its open `POST /pool/wait` (issue 21). Before each task the bench
+//!   waits until the pool is back to 3 waiting agents.
 //!
 //! Also the agent's RSS (PID 1 of the pod: guildnet-agent, code-server being its child).
-//! Targets (issue 15): warm p50 < 3 s, cold p50 < 10 s, agent RSS < 15 MB.
-//! `cargo bench -p guildnet-bin --bench pod_start [-- --tasks N]` (default 20 of each).
+//! Targets (issue 15): warm p50 < 3 s, cold p50 < 10 s, agent RSS < 15 MB; (issue 21) pool
+//! p50 < 100 ms, p99 < 300 ms.
+//! `cargo bench -p guildnet-bin --bench pod_start [-- --tasks N] [--cold N] [--pool N]`
+//! (default 20 of each; `--cold 0` skips the cold rounds).
 
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::{Task, TaskStatus};
@@ -130,25 +135,36 @@ async fn one(
     (took, rss)
 }
 
-fn report(name: &str, mut v: Vec<Duration>, target_ms: f64) {
+fn report(name: &str, mut v: Vec<Duration>, target_ms: f64, p99_target_ms: Option<f64>) {
+    if v.is_empty() {
+        return;
+    }
     v.sort();
     let p50 = pct_duration(&v, 0.5).as_secs_f64() * 1000.0;
     let p95 = pct_duration(&v, 0.95).as_secs_f64() * 1000.0;
+    let p99 = pct_duration(&v, 0.99).as_secs_f64() * 1000.0;
     println!(
-        "{name}: n={} min={:?} p50={:.0} ms p95={:.0} ms max={:?}",
+        "{name}: n={} min={:?} p50={:.0} ms p95={:.0} ms p99={:.0} ms max={:?}",
         v.len(),
         v.first().copied().unwrap_or_default(),
         p50,
         p95,
+        p99,
         v.last().copied().unwrap_or_default()
     );
     row(&format!("{name} p50"), p50, "ms", target_ms, true);
     println!("{:<44} {:>10.2} ms", format!("{name} p95"), p95);
+    match p99_target_ms {
+        Some(t) => row(&format!("{name} p99"), p99, "ms", t, true),
+        None => println!("{:<44} {:>10.2} ms", format!("{name} p99"), p99),
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let n: usize = arg("--tasks").and_then(|s| s.parse().ok()).unwrap_or(20);
+    let n_cold: usize = arg("--cold").and_then(|s| s.parse().ok()).unwrap_or(n);
+    let n_pool: usize = arg("--pool").and_then(|s| s.parse().ok()).unwrap_or(n);
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start().await.expect("registry");
     let tag = format!("bench-{}", std::process::id());
@@ -252,7 +268,7 @@ async fn main() {
     let script = "exit 0";
     let mut cold = Vec::new();
     let mut restarts = Vec::new();
-    for i in 0..n {
+    for i in 0..n_cold {
         let r = cluster.restart_node().await.expect("restart node");
         restarts.push(r);
         let (d, _) = one(&c, &pods, script, false).await;
@@ -267,14 +283,61 @@ async fn main() {
         warm.push(d);
         rss.extend(r);
     }
+    // Pool: 3 warm agents waiting in their pods; each task is handed to one of them.
+    let acme = OrgName::new("acme").expect("org");
+    let mut pooled = Vec::new();
+    if n_pool > 0 {
+        let spec = guildnet_core::orchestrator::api::PoolSpec {
+            size: 3,
+            image: None,
+            runner: None,
+            idle_seconds: None,
+        };
+        c.set_pool(&acme, &spec).await.expect("set pool");
+        let t = Instant::now();
+        for i in 0..n_pool {
+            let start = Instant::now();
+            while c.pool(&acme).await.map(|p| p.waiting).unwrap_or(0) < 3 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "pool not back to 3 waiting agents"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if i == 0 {
+                println!("pool of 3 warm in {:?}", t.elapsed());
+            }
+            let (d, _) = one(&c, &pods, "exit 0", false).await;
+            println!("pool {i}: {d:?} (pool refilled in {:?})", start.elapsed());
+            pooled.push(d);
+        }
+        let st = c.pool(&acme).await.expect("pool");
+        assert_eq!(st.warm_starts as usize, n_pool, "every pool task went warm");
+    }
     println!();
     restarts.sort();
     println!(
         "node replacement (stop, clean, new containerd + kubelet, Ready): p50 {:?}",
         pct_duration(&restarts, 0.5)
     );
-    report("pod schedule->claimed cold (image pulled)", cold, 10_000.0);
-    report("pod schedule->claimed warm (image on node)", warm, 3_000.0);
+    report(
+        "pod schedule->claimed cold (image pulled)",
+        cold,
+        10_000.0,
+        None,
+    );
+    report(
+        "pod schedule->claimed warm (image on node)",
+        warm,
+        3_000.0,
+        None,
+    );
+    report(
+        "pod schedule->claimed warm pool (agent waiting)",
+        pooled,
+        100.0,
+        Some(300.0),
+    );
     if let Some(max) = rss.iter().max() {
         row(
             "agent RSS in its pod (PID 1, max of 5)",

@@ -86,6 +86,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: OrgCmd,
     },
+    /// Manage an org's warm agent pool (agents waiting in the org's cluster; see
+    /// docs/KUBERNETES.md#warm-agent-pools).
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+    },
     /// Schedule a task.
     Schedule {
         /// Org whose cluster runs it.
@@ -160,6 +166,65 @@ enum Cmd {
     },
     /// Show the client's and the orchestrator's versions.
     Version,
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    /// Set the org's pool (created or updated).
+    Set {
+        /// The org.
+        #[arg(long, env = "GUILDNET_ORG")]
+        org: OrgName,
+        /// Warm agents to keep (0 to 100).
+        #[arg(long)]
+        size: u32,
+        /// Agent image of the pool (default: the orchestrator's agent image).
+        #[arg(long)]
+        image: Option<String>,
+        /// The named runner the pool's agents take tasks for (default: any).
+        #[arg(long)]
+        runner: Option<String>,
+        /// Scale to zero after this many seconds without a task (default: never).
+        #[arg(long)]
+        idle_secs: Option<u64>,
+    },
+    /// Show the org's pool: agents waiting, warm and cold starts, the backend's view.
+    Show {
+        /// The org.
+        #[arg(long, env = "GUILDNET_ORG")]
+        org: OrgName,
+    },
+    /// Remove the org's pool.
+    Delete {
+        /// The org.
+        #[arg(long, env = "GUILDNET_ORG")]
+        org: OrgName,
+    },
+}
+
+fn print_pool(st: &guildnet_core::orchestrator::api::PoolStatus) {
+    println!(
+        "pool of org {}: {} waiting, {} warm starts, {} cold starts",
+        st.org, st.waiting, st.warm_starts, st.cold_starts
+    );
+    if let Some(b) = &st.backend {
+        let size = b.spec.as_ref().map_or(0, |s| s.size);
+        println!(
+            "{}: size {size}, desired {}, warm pods {} ({} running){}",
+            b.resource,
+            b.desired,
+            b.warm,
+            b.running,
+            if b.scaled_to_zero {
+                ", scaled to zero (idle)"
+            } else {
+                ""
+            }
+        );
+        for c in &b.conditions {
+            println!("  {c}");
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -416,6 +481,44 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 print_json(&r)?;
             } else {
                 println!("kubeconfig of org {} written to {}", r.org, r.path);
+            }
+        }
+        Cmd::Pool { cmd } => {
+            let st = match cmd {
+                PoolCmd::Set {
+                    org,
+                    size,
+                    image,
+                    runner,
+                    idle_secs,
+                } => {
+                    let spec = guildnet_core::orchestrator::api::PoolSpec {
+                        size,
+                        image,
+                        runner,
+                        idle_seconds: idle_secs,
+                    };
+                    Some(client.set_pool(&org, &spec).await?)
+                }
+                PoolCmd::Show { org } => Some(client.pool(&org).await?),
+                PoolCmd::Delete { org } => {
+                    let d = client.delete_pool(&org).await?;
+                    if cli.json {
+                        print_json(&d)?;
+                    } else if d.removed {
+                        println!("pool of org {} removed", d.org);
+                    } else {
+                        println!("org {} had no pool", d.org);
+                    }
+                    None
+                }
+            };
+            if let Some(st) = st {
+                if cli.json {
+                    print_json(&st)?;
+                } else {
+                    print_pool(&st);
+                }
             }
         }
         Cmd::Org { cmd: OrgCmd::List } => {

@@ -513,11 +513,59 @@ pub fn agent_config() -> Result<guildnet_core::agent::AgentConfig, std::process:
     Ok(cfg)
 }
 
+/// How the agent starts: with its task, or warm in a pool (waiting for one).
+pub enum AgentStart {
+    /// A task's agent (its environment carries the task and its token).
+    Task(Box<guildnet_core::agent::AgentConfig>),
+    /// A warm pool agent (its environment carries only its org's pool token).
+    Pool(Box<guildnet_core::agent::pool::PoolAgentConfig>),
+}
+
+/// Like [`agent_config`], also for warm pool agents (a pool token and no `TASK_ID`): reads the
+/// configuration, then hardens the process (the pool token leaves the environment too).
+pub fn agent_start() -> Result<AgentStart, std::process::ExitCode> {
+    use guildnet_core::agent::pool::PoolAgentConfig;
+    if !PoolAgentConfig::wanted(|k| std::env::var(k).ok()) {
+        return agent_config().map(|c| AgentStart::Task(Box::new(c)));
+    }
+    // Variables that are not UTF-8 cannot be agent settings; they are left out.
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let cfg = PoolAgentConfig::from_vars(vars).map_err(|e| {
+        eprintln!("guildnet-agent: {e}");
+        std::process::ExitCode::from(2)
+    })?;
+    let h = guildnet_core::agent::process::harden_self(&[]);
+    tracing::debug!(removed = ?h.removed, h.non_dumpable, h.subreaper, "warm agent process hardened");
+    Ok(AgentStart::Pool(Box::new(cfg)))
+}
+
+/// Runs an agent as [`agent_start`] read it: a warm one first waits for its task (SIGTERM while
+/// waiting exits at once, code 0), then runs it like any agent and exits.
+pub async fn run_agent_start(start: AgentStart) -> std::process::ExitCode {
+    match start {
+        AgentStart::Task(cfg) => run_agent_with(*cfg).await,
+        AgentStart::Pool(pool) => {
+            match guildnet_core::agent::pool::wait_for_task(&pool, shutdown_signal()).await {
+                Ok(Some((cfg, client))) => run_agent_with_client(cfg, Some(client)).await,
+                Ok(None) => {
+                    tracing::info!("warm agent stopped while waiting");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "warm agent could not get a task");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 /// Runs the agent runtime from the environment until its task is done (what `guildnet-agent`
-/// and `guildnet agent` do).
+/// and `guildnet agent` do); a warm pool agent first waits for its task.
 pub async fn run_agent() -> std::process::ExitCode {
-    match agent_config() {
-        Ok(cfg) => run_agent_with(cfg).await,
+    match agent_start() {
+        Ok(start) => run_agent_start(start).await,
         Err(code) => code,
     }
 }
@@ -526,7 +574,15 @@ pub async fn run_agent() -> std::process::ExitCode {
 /// agent has the runner's grace plus its shutdown budget to finish; a backstop exits the process
 /// (code 143) a few seconds after that, whatever is still pending.
 pub async fn run_agent_with(cfg: guildnet_core::agent::AgentConfig) -> std::process::ExitCode {
-    use guildnet_core::agent::{run, AgentOutcome};
+    run_agent_with_client(cfg, None).await
+}
+
+/// [`run_agent_with`] over a given client (a warm agent's), or a new one.
+pub async fn run_agent_with_client(
+    cfg: guildnet_core::agent::AgentConfig,
+    client: Option<guildnet_core::client::AgentClient>,
+) -> std::process::ExitCode {
+    use guildnet_core::agent::{run, run_with_client, AgentOutcome};
     let backstop = cfg.kill_grace + cfg.shutdown_budget + std::time::Duration::from_secs(5);
     let stop = async move {
         shutdown_signal().await;
@@ -537,7 +593,11 @@ pub async fn run_agent_with(cfg: guildnet_core::agent::AgentConfig) -> std::proc
             std::process::exit(143);
         });
     };
-    match run(cfg, stop).await {
+    let outcome = match client {
+        Some(c) => run_with_client(cfg, c, stop).await,
+        None => run(cfg, stop).await,
+    };
+    match outcome {
         Ok(AgentOutcome::Completed(t)) => {
             tracing::info!(task = %t.id, status = %t.status, "task completed");
             std::process::ExitCode::SUCCESS

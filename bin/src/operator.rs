@@ -110,10 +110,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Crd => print!("{}", guildnet_kube::crd::crd_yaml()?),
         Cmd::Manifests(args) => {
-            print!(
-                "{}",
-                guildnet_kube::crd::crd_yaml().map(|y| format!("---\n{y}"))?
-            );
+            print!("{}", guildnet_kube::crd::crd_yaml()?);
             print!(
                 "{}",
                 guildnet_kube::install::operator_yaml(&args.options())?

@@ -5,9 +5,10 @@
 //! exactly once (one `task.complete` audit row), and a task log followed on A when A is killed
 //! resumes on B (`Last-Event-ID`) with no gap and no duplicate.
 //!
-//! The load balancer is a small TCP round-robin proxy in this test (a connection goes to the
-//! next replica that accepts it), not nginx: it is what agents (`--public-url`), the schedulers
-//! and the log follower talk to.
+//! The load balancer is the testbed's nginx (Debian's binary, [`Nginx`]): round-robin over both
+//! replicas for agents (`--public-url`) and the schedulers; a second nginx with A as primary and
+//! B as backup for the two followers (the task log and `GET /events`), so they are on A when it
+//! dies and must resume on B through the load balancer.
 
 mod common;
 
@@ -18,6 +19,7 @@ use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
 use guildnet_core::orchestrator::api::TaskListQuery;
 use guildnet_core::token::Secret;
+use guildnet_testbed::nginx::Nginx;
 use guildnet_testbed::postgres::Postgres;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,37 +32,47 @@ const SCHEDULERS: usize = 8;
 const KILL_AT: usize = 400;
 const WINDOW: usize = 96;
 
-/// A TCP proxy on a free port: each connection goes to the next upstream that accepts it (a
-/// dead replica refuses, so the other one gets it), round-robin, or always trying the first
-/// upstream first.
-async fn load_balancer(upstreams: Vec<SocketAddr>, round_robin: bool) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let next = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = l.accept().await else {
+/// Follows `GET /events` through `base` from the start, reconnecting with `Last-Event-ID` when
+/// the connection drops (as a browser's EventSource does), until `stop` is set. Returns every
+/// event id received, in order of arrival, and how many times it had to reconnect.
+async fn follow_events(
+    c: OrchestratorClient,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<AtomicUsize>,
+) -> (Vec<u64>, usize) {
+    let mut ids: Vec<u64> = Vec::new();
+    let mut reconnects = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let last = ids.last().map(|l| l.to_string());
+        let stream = match c.open_sse("/events", last.as_deref()).await {
+            Ok(s) => s,
+            Err(_) => {
+                reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
-            };
-            let upstreams = upstreams.clone();
-            let next = next.clone();
-            tokio::spawn(async move {
-                let start = if round_robin {
-                    next.fetch_add(1, Ordering::Relaxed)
-                } else {
-                    0
-                };
-                for i in 0..upstreams.len() {
-                    let up = upstreams[(start + i) % upstreams.len()];
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(up).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        return;
+            }
+        };
+        let mut stream = Box::pin(stream);
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+            match next {
+                Ok(Some(Ok(m))) => {
+                    if let Some(id) = m.id.as_deref().and_then(|i| i.parse::<u64>().ok()) {
+                        ids.push(id);
+                        seen.store(ids.len(), Ordering::SeqCst);
                     }
                 }
-            });
+                // The connection dropped (the replica died): reconnect from the last id.
+                Ok(Some(Err(_))) | Ok(None) => {
+                    reconnects += 1;
+                    break;
+                }
+                Err(_) if stop.load(Ordering::SeqCst) => return (ids, reconnects),
+                Err(_) => {}
+            }
         }
-    });
-    addr
+    }
+    (ids, reconnects)
 }
 
 async fn unfinished(c: &OrchestratorClient) -> Result<usize, String> {
@@ -93,11 +105,14 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         SocketAddr::from(([127, 0, 0, 1], port_a)),
         SocketAddr::from(([127, 0, 0, 1], port_b)),
     ];
-    let lb = load_balancer(replicas.clone(), true).await;
-    // The log follower's own entrance prefers A: it follows on A until the kill, then
-    // resumes on B.
-    let follow_lb = load_balancer(replicas, false).await;
-    let lb_url = format!("http://{lb}");
+    let lb = Nginx::round_robin(&replicas)
+        .await
+        .expect("the testbed's nginx must start (install it: scripts/testbed/install.sh nginx)");
+    // The followers' own entrance prefers A: they follow on A until the kill, then resume on B.
+    let follow_lb = Nginx::primary_backup(replicas[0], replicas[1])
+        .await
+        .unwrap();
+    let lb_url = lb.url();
     let args = ["--store", url.as_str(), "--public-url", lb_url.as_str()];
     let quiet = [("RUST_LOG", "warn")];
     let mut a = Orchestrator::start_with(&dir.path().join("a"), port_a, &args, &quiet);
@@ -106,6 +121,15 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     b.wait_ready().await;
     let c = OrchestratorClient::new(&lb_url, Secret::new(TOKEN)).unwrap();
     let acme = OrgName::new("acme").unwrap();
+
+    // `GET /events` followed from the start through the followers' nginx (on A until the kill).
+    let events_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let events_seen = Arc::new(AtomicUsize::new(0));
+    let events_follower = tokio::spawn(follow_events(
+        OrchestratorClient::new(&follow_lb.url(), Secret::new(TOKEN)).unwrap(),
+        events_stop.clone(),
+        events_seen.clone(),
+    ));
 
     let accepted: Arc<Mutex<Vec<TaskId>>> = Arc::default();
     // When each schedule was accepted (for the failover figure).
@@ -153,6 +177,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     let mut follower = None;
     let mut killed_at = None;
     let mut lines_at_kill = 0;
+    let mut events_at_kill = 0;
     let mut killed_utc = None;
     let mut restarted = false;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -169,8 +194,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
                 .await
                 .unwrap();
             follower = Some({
-                let c = OrchestratorClient::new(&format!("http://{follow_lb}"), Secret::new(TOKEN))
-                    .unwrap();
+                let c = OrchestratorClient::new(&follow_lb.url(), Secret::new(TOKEN)).unwrap();
                 let id = followed.id.clone();
                 let count = followed_lines.clone();
                 tokio::spawn(async move {
@@ -196,6 +220,7 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
             killed_at = Some(Instant::now());
             killed_utc = Some(chrono::Utc::now());
             lines_at_kill = followed_lines.load(Ordering::SeqCst);
+            events_at_kill = events_seen.load(Ordering::SeqCst);
         }
         if let Some(k) = killed_at {
             if !restarted && k.elapsed() >= Duration::from_secs(2) {
@@ -281,6 +306,54 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         );
     }
 
+    // The followed `/events`: every event once and in id order, the same ids as the store's,
+    // across the kill (the follower reconnected through nginx and resumed on B).
+    let stored: Vec<u64> = pg
+        .psql("guildnet", "SELECT id FROM events ORDER BY id")
+        .await
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let last_stored = *stored.last().expect("events were written");
+    guildnet_testbed::eventually(
+        "the events follower to catch up",
+        Duration::from_secs(60),
+        || {
+            let n = events_seen.load(Ordering::SeqCst);
+            let want = stored.len();
+            async move { (n >= want).then_some(()) }
+        },
+    )
+    .await;
+    events_stop.store(true, Ordering::SeqCst);
+    let (event_ids, event_reconnects) =
+        tokio::time::timeout(Duration::from_secs(10), events_follower)
+            .await
+            .expect("the events follower stopped")
+            .unwrap();
+    assert!(
+        events_at_kill > 0,
+        "the events follower was following at the kill"
+    );
+    assert!(
+        event_reconnects >= 1,
+        "the events follower lost its connection at the kill"
+    );
+    assert!(
+        event_ids.windows(2).all(|w| w[0] < w[1]),
+        "events: no duplicate, in order"
+    );
+    let upto: Vec<u64> = event_ids
+        .iter()
+        .copied()
+        .filter(|i| *i <= last_stored)
+        .collect();
+    assert_eq!(
+        upto, stored,
+        "events: the follower saw exactly the stored events, no gap"
+    );
+
     // The followed log: every line once, in order, whichever replica served it.
     let (lines, end) = tokio::time::timeout(Duration::from_secs(60), follower.unwrap())
         .await
@@ -306,6 +379,16 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "no gap"
     );
+    // Why tasks were requeued (for the report: a lost lease, an agent that never claimed).
+    let reasons = pg
+        .psql(
+            "guildnet",
+            "SELECT coalesce(message, '') || ' x' || count(*) FROM events \
+             WHERE kind = 'task.requeued' GROUP BY message",
+        )
+        .await
+        .unwrap_or_default();
+    eprintln!("requeue reasons: {}", reasons.trim().replace('\n', "; "));
     let killed_at = killed_at.unwrap();
     let first_schedule = accepted_at
         .lock()
@@ -329,12 +412,15 @@ async fn two_replicas_kill9_one_while_1000_tasks_flow_loses_none_and_claims_none
     );
     assert!(first_claim < Duration::from_secs(5), "{first_claim:?}");
     eprintln!(
-        "two replicas, kill -9 of one: {} tasks in {flow_secs:.1} s, {requeued} requeued, \
-         {} schedule attempts refused; followed log: {} lines, attempt {}, {} before the kill",
+        "two replicas behind nginx, kill -9 of one: {} tasks in {flow_secs:.1} s, {requeued} \
+         requeued, {} schedule attempts refused; followed log: {} lines, attempt {}, {} before \
+         the kill; followed /events: {} events, {} before the kill, {event_reconnects} reconnects",
         ids.len(),
         refused.load(Ordering::SeqCst),
         lines.len(),
         end.attempt,
-        lines_at_kill
+        lines_at_kill,
+        event_ids.len(),
+        events_at_kill
     );
 }

@@ -322,6 +322,7 @@ mod tests {
             orchestrator_url: "http://127.0.0.1:1".into(),
             agent_token: Secret::new("gnt.x.y"),
             settings: Default::default(),
+            pool: None,
         }
     }
 

@@ -30,6 +30,20 @@ pub struct CreateOrgRequest {
     pub name: OrgName,
 }
 
+pub use crate::pool::{
+    Handoff, PoolBackendStatus, PoolSpec, PoolStatus, PoolWaitRequest, PoolWaitResponse,
+};
+
+/// `DELETE /orgs/{org}/pool`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletedPool {
+    /// The org.
+    pub org: OrgName,
+    /// Whether the backend had a pool for it.
+    pub removed: bool,
+}
+
 /// `POST /schedule`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -326,6 +326,36 @@ impl OrchestratorClient {
         Ok(())
     }
 
+    /// `PUT /orgs/{org}/pool`: sets the org's warm agent pool.
+    pub async fn set_pool(
+        &self,
+        org: &OrgName,
+        spec: &PoolSpec,
+    ) -> Result<PoolStatus, ClientError> {
+        self.http
+            .send(
+                self.http
+                    .request(Method::PUT, &format!("/orgs/{org}/pool"))
+                    .json(spec),
+            )
+            .await
+    }
+
+    /// `GET /orgs/{org}/pool`.
+    pub async fn pool(&self, org: &OrgName) -> Result<PoolStatus, ClientError> {
+        self.http.get(&format!("/orgs/{org}/pool")).await
+    }
+
+    /// `DELETE /orgs/{org}/pool`: removes the org's warm pool.
+    pub async fn delete_pool(&self, org: &OrgName) -> Result<DeletedPool, ClientError> {
+        self.http
+            .send(
+                self.http
+                    .request(Method::DELETE, &format!("/orgs/{org}/pool")),
+            )
+            .await
+    }
+
     /// `GET /orgs`.
     pub async fn orgs(&self) -> Result<Vec<Org>, ClientError> {
         self.http.get("/orgs").await
@@ -642,6 +672,46 @@ impl AgentClient {
     /// `POST /agent/complete`.
     pub async fn complete(&self, req: &CompleteRequest) -> Result<Task, ClientError> {
         self.http.post("/agent/complete", req).await
+    }
+}
+
+/// The client of a warm pool agent: waits for a task of its org with the pool token.
+#[derive(Clone)]
+pub struct PoolClient {
+    http: Http,
+}
+
+impl PoolClient {
+    /// A client for `base_url` with the pool token.
+    pub fn new(base_url: &str, pool_token: Secret) -> Result<Self, ClientError> {
+        let mut http = Http::new(base_url, pool_token, Some(AGENT_POOL_IDLE))?;
+        http.max_reply = Some(AGENT_MAX_REPLY);
+        Ok(Self { http })
+    }
+
+    /// `POST /pool/wait`: holds the request open until a task is handed over or the wait ends
+    /// (`handoff: null`; ask again).
+    pub async fn wait(&self, req: &PoolWaitRequest) -> Result<PoolWaitResponse, ClientError> {
+        let secs = req
+            .wait_secs
+            .unwrap_or(crate::pool::DEFAULT_WAIT_SECS)
+            .saturating_add(10);
+        self.http
+            .send(
+                self.http
+                    .request(Method::POST, "/pool/wait")
+                    .timeout(Duration::from_secs(secs))
+                    .json(req),
+            )
+            .await
+    }
+
+    /// An agent client with a task's token over this client's connections: the connection the
+    /// wait used carries the register and the claim (no new connection on the hot path).
+    pub fn agent_client(&self, agent_token: Secret) -> AgentClient {
+        let mut http = self.http.clone();
+        http.token = agent_token;
+        AgentClient { http }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod orchestrator;
+pub mod pool;
 pub mod proxy;
 pub mod redact;
 pub mod runners;

@@ -355,6 +355,10 @@ impl ClusterBackend for LocalBackend {
     }
 
     async fn submit(&self, launch: AgentLaunch) -> Result<(), BackendError> {
+        if launch.pool.is_some() {
+            // A warm agent (started by whoever runs the pool) already took the task.
+            return Ok(());
+        }
         if self.live_pid(&launch.task_id, &launch.agent).is_some() {
             return Ok(());
         }
@@ -505,7 +509,10 @@ impl ClusterBackend for LocalBackend {
             Some(ChildState::Exited(code)) => WorkloadState::Exited(code),
             None => match read_agent_pid(&self.workspace(task), agent) {
                 Some(_) => WorkloadState::Running,
-                None => WorkloadState::Absent,
+                // Started here (its workspace is in this state dir) and gone.
+                None if self.workspace(task).exists() => WorkloadState::Absent,
+                // Never started here: another replica's agent, which this process cannot see.
+                None => WorkloadState::Unknown,
             },
         })
     }
@@ -542,5 +549,30 @@ impl ClusterBackend for LocalBackend {
     async fn task_finished(&self, _task: &crate::model::Task) -> Result<(), BackendError> {
         // The agent process exits by itself once it has reported completion.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent another replica started (no workspace in this state dir) is Unknown, not
+    /// Absent: the reaper must not requeue its task as if its agent had died.
+    #[tokio::test]
+    async fn a_workload_started_elsewhere_is_unknown_and_one_started_here_and_gone_is_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(LocalBackendConfig::new(StatePaths::new(dir.path())));
+        let org = OrgName::new("acme").unwrap();
+        let agent = AgentName::new("agent-1").unwrap();
+        let task = TaskId::generate();
+        assert_eq!(
+            b.status(&org, &task, &agent).await.unwrap(),
+            WorkloadState::Unknown
+        );
+        std::fs::create_dir_all(b.workspace(&task)).unwrap();
+        assert_eq!(
+            b.status(&org, &task, &agent).await.unwrap(),
+            WorkloadState::Absent
+        );
     }
 }

@@ -76,6 +76,29 @@ pub struct AgentLaunch {
     /// Settings for the agent computed by the orchestrator from its configuration (runner,
     /// forge, git author, model provider keys), split into plain and secret environment.
     pub settings: AgentSettings,
+    /// Set when a warm pool agent already took this task (it got the token and settings over
+    /// its open wait): the backend starts nothing, it only records the task's workload as that
+    /// agent's pod.
+    pub pool: Option<PoolPlacement>,
+}
+
+/// Where a pooled task runs: the warm agent that took it.
+#[derive(Debug, Clone)]
+pub struct PoolPlacement {
+    /// The agent's pod (or process) name, as it gave it when it started waiting.
+    pub pod: String,
+    /// The code-server password the agent was handed for this task (the editor proxy logs in
+    /// with it).
+    pub editor_password: Secret,
+}
+
+/// What a backend needs to run an org's warm pool.
+#[derive(Debug, Clone)]
+pub struct PoolLaunch {
+    /// URL at which the pool's agents reach the orchestrator.
+    pub orchestrator_url: String,
+    /// The pool token the agents wait with (see [`crate::pool::token`]).
+    pub pool_token: Secret,
 }
 
 /// Agent settings the orchestrator computed for one task, as environment for the agent.
@@ -148,6 +171,10 @@ pub enum WorkloadState {
     Exited(Option<i32>),
     /// Not present (never started, or removed).
     Absent,
+    /// This backend cannot tell: it did not start the workload itself, and can only see its
+    /// own (the local backend of another orchestrator replica started it). The reaper leaves
+    /// such a task to the claim timeout instead of requeueing it at once.
+    Unknown,
     /// It did not start and will not: its start deadline passed while it was stuck (an image
     /// that cannot be pulled, an unschedulable pod, a crash loop). The text names the cause.
     FailedToStart(String),
@@ -231,6 +258,36 @@ pub trait ClusterBackend: Send + Sync {
     /// so the backend can reflect it where the workload lives (the Kubernetes backend patches
     /// the AgentTask's status). Failures are logged by the caller, never returned to the agent.
     async fn task_finished(&self, task: &crate::model::Task) -> Result<(), BackendError>;
+
+    /// Creates or updates the warm pool of `org` (see [`crate::pool`]). Backends without pools
+    /// answer [`BackendError::Unsupported`].
+    async fn set_pool(
+        &self,
+        org: &OrgName,
+        spec: &crate::pool::PoolSpec,
+        launch: PoolLaunch,
+    ) -> Result<(), BackendError> {
+        let _ = (org, spec, launch);
+        Err(BackendError::Unsupported {
+            backend: self.name(),
+            what: "warm pools",
+        })
+    }
+
+    /// Removes the warm pool of `org` and its idle agents. Returns whether there was one.
+    async fn delete_pool(&self, org: &OrgName) -> Result<bool, BackendError> {
+        let _ = org;
+        Ok(false)
+    }
+
+    /// The backend's view of the warm pool of `org`, if it has one.
+    async fn pool_status(
+        &self,
+        org: &OrgName,
+    ) -> Result<Option<crate::pool::PoolBackendStatus>, BackendError> {
+        let _ = org;
+        Ok(None)
+    }
 }
 
 /// Errors from a mesh implementation.

@@ -36,6 +36,8 @@ async fn harness() -> Harness {
     let (tx, launches) = mpsc::unbounded_channel();
     let mut mock = MockClusterBackend::new();
     mock.expect_name().return_const("mock");
+    // Deleting an org removes its warm pool (none here).
+    mock.expect_delete_pool().returning(|_| Ok(false));
     mock.expect_task_finished().returning(|_| Ok(()));
     mock.expect_describe().returning(|_, _, _| Ok(None));
     mock.expect_submit().returning(move |launch| {

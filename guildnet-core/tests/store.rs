@@ -1402,6 +1402,136 @@ async fn postgres_one_replica_leads_a_job_and_hands_it_over() {
     assert!(sqlite.external_changes().is_none());
 }
 
+/// TLS to PostgreSQL: a server whose certificate a fresh self-signed CA signed.
+/// `sslmode=require&sslrootcert=<CA>` connects over TLS (the server lists the store's sessions
+/// as TLS in `pg_stat_ssl`); `sslmode=verify-full` without the CA (the Mozilla roots) refuses the
+/// certificate, with an error that names the database without its password; a plain URL still
+/// connects without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_verifies_the_server_certificate() {
+    let pg = Postgres::start_with_tls()
+        .await
+        .expect("the testbed's PostgreSQL with TLS must start");
+    let url = pg.create_database("tls").await.unwrap();
+    let ca = pg.tls_ca().expect("CA file").display().to_string();
+    let store = PostgresStore::connect(&format!("{url}?sslmode=require&sslrootcert={ca}"))
+        .await
+        .expect("connect over TLS");
+    let acme = OrgName::new("acme").unwrap();
+    store
+        .create_org(&acme, audit("org.create", "acme"))
+        .await
+        .unwrap();
+    assert!(store.get_org(&acme).await.unwrap().is_some());
+    let sessions = |ssl: bool| {
+        format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl = {ssl} AND a.datname = 'tls' \
+             AND a.application_name = 'guildnet-orchestrator'"
+        )
+    };
+    let tls_sessions: u32 = pg
+        .psql("tls", &sessions(true))
+        .await
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(tls_sessions >= 1, "the store's sessions use TLS");
+    let plain: u32 = pg
+        .psql("tls", &sessions(false))
+        .await
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(plain, 0);
+
+    let err = PostgresStore::connect(&format!("{url}?sslmode=verify-full"))
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains(pg.password()), "{err}");
+    assert!(err.contains("127.0.0.1"), "{err}");
+    let err = PostgresStore::connect(&format!(
+        "{url}?sslmode=require&sslrootcert=/nonexistent/ca.pem"
+    ))
+    .await
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+
+    drop(store);
+    PostgresStore::connect(&url)
+        .await
+        .expect("a plain URL connects without TLS");
+}
+
+/// Cluster-wide locks (an org's bootstrap): one replica holds a key at a time; dropping the
+/// guard releases it, and so does the holder's database session ending (what the death of its
+/// process does; here the server terminates the session). On SQLite the lock is always granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cluster_lock_is_held_once_and_released_on_drop_or_session_end() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let held = a
+        .try_lock("bootstrap:acme")
+        .await
+        .unwrap()
+        .expect("a gets it");
+    assert!(held.is_shared());
+    assert!(b.try_lock("bootstrap:acme").await.unwrap().is_none());
+    assert!(
+        a.try_lock("bootstrap:acme").await.unwrap().is_none(),
+        "not re-entrant"
+    );
+    let other = b.try_lock("bootstrap:globex").await.unwrap();
+    assert!(other.is_some(), "another key, another lock");
+    drop(held);
+    let held_b = guildnet_testbed::eventually(
+        "b takes the lock a dropped",
+        std::time::Duration::from_secs(10),
+        || {
+            let b = b.clone();
+            async move { b.try_lock("bootstrap:acme").await.unwrap() }
+        },
+    )
+    .await;
+    assert!(a.try_lock("bootstrap:acme").await.unwrap().is_none());
+    // The holder's session ends (as when its process is killed): the lock is free again.
+    let Db::Postgres { server, name, .. } = &db else {
+        unreachable!()
+    };
+    let ended = server
+        .psql(
+            name,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.trim(), "2", "both held locks' sessions ended");
+    guildnet_testbed::eventually(
+        "a takes the lock whose holder's session ended",
+        std::time::Duration::from_secs(10),
+        || {
+            let a = a.clone();
+            async move { a.try_lock("bootstrap:acme").await.ok().flatten() }
+        },
+    )
+    .await;
+    drop((held_b, other));
+    let sqlite = Db::sqlite().open().await;
+    let l = sqlite.try_lock("bootstrap:acme").await.unwrap().unwrap();
+    assert!(!l.is_shared());
+    assert!(sqlite.try_lock("bootstrap:acme").await.unwrap().is_some());
+}
+
 /// Events and log lines stored through one replica wake readers of the other (LISTEN/NOTIFY);
 /// a write that stores nothing new does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,7 @@ impl KubeBackendConfig {
 
 /// AgentTasks in each org's cluster.
 pub struct KubeBackend {
-    cfg: KubeBackendConfig,
+    pub(crate) cfg: KubeBackendConfig,
     clients: Mutex<HashMap<OrgName, (PathBuf, kube::Client)>>,
     forwards: portforward::Forwards,
     editor_passwords: Mutex<HashMap<String, TokenSecret>>,
@@ -381,6 +381,7 @@ impl ClusterBackend for KubeBackend {
             agent_name: launch.agent.to_string(),
             orchestrator_url: Some(launch.orchestrator_url.clone()),
             credentials_secret: None,
+            pool_pod: launch.pool.as_ref().map(|p| p.pod.clone()),
         };
         let at = json!({
             "apiVersion": "guildnet.io/v1alpha1",
@@ -418,10 +419,13 @@ impl ClusterBackend for KubeBackend {
             CREDENTIALS_TOKEN_KEY.into(),
             b64(launch.agent_token.expose()).into(),
         );
-        data.insert(
-            CREDENTIALS_PASSWORD_KEY.into(),
-            b64(&random_secret()).into(),
-        );
+        // A warm agent was handed its code-server password with the task; a cold one gets a
+        // new one through the pod's env Secret.
+        let password = match &launch.pool {
+            Some(p) => p.editor_password.expose().to_owned(),
+            None => random_secret(),
+        };
+        data.insert(CREDENTIALS_PASSWORD_KEY.into(), b64(&password).into());
         for (k, v) in &launch.settings.secret_env {
             data.insert(
                 format!("{SECRET_ENV_KEY_PREFIX}{k}"),
@@ -643,6 +647,26 @@ impl ClusterBackend for KubeBackend {
                 .extend(evs.into_iter().rev().take(5).rev().map(|(_, l)| l));
         }
         Ok(Some(info))
+    }
+
+    async fn set_pool(
+        &self,
+        org: &OrgName,
+        spec: &guildnet_core::pool::PoolSpec,
+        launch: guildnet_core::seams::PoolLaunch,
+    ) -> Result<(), BackendError> {
+        crate::pool_backend::set_pool(self, org, spec, launch).await
+    }
+
+    async fn delete_pool(&self, org: &OrgName) -> Result<bool, BackendError> {
+        crate::pool_backend::delete_pool(self, org).await
+    }
+
+    async fn pool_status(
+        &self,
+        org: &OrgName,
+    ) -> Result<Option<guildnet_core::pool::PoolBackendStatus>, BackendError> {
+        crate::pool_backend::pool_status(self, org).await
     }
 
     async fn close_editor(&self, org: &OrgName, agent: &AgentName) -> Result<bool, BackendError> {

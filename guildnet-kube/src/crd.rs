@@ -68,6 +68,10 @@ pub struct AgentTaskSpec {
     /// Defaults to `<name>-credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Set when a warm pool agent took the task: its pod, which the operator adopts as the
+    /// task's workload instead of creating a Deployment (see [`crate::pool`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_pod: Option<String>,
 }
 
 fn one() -> u32 {
@@ -181,7 +185,21 @@ pub fn crd() -> CustomResourceDefinition {
     AgentTask::crd()
 }
 
-/// The CRD as YAML (what `guildnet-operator crd` prints and `deploy/crd.yaml` holds).
+/// Every CustomResourceDefinition of GuildNet: AgentTask and AgentPool.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![AgentTask::crd(), crate::pool::AgentPool::crd()]
+}
+
+/// The CRDs as YAML (what `guildnet-operator crd` prints and `deploy/crd.yaml` holds).
 pub fn crd_yaml() -> Result<String, crate::Error> {
-    crate::yaml::to_yaml(&crd())
+    let values = crds()
+        .iter()
+        .map(|c| {
+            serde_json::to_value(c).map_err(|e| crate::Error::Serialize {
+                what: "CRD",
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::yaml::to_multi_yaml(&values)
 }

@@ -2,13 +2,12 @@
 //! and RoleBinding limited to that namespace and to what the operator does, and the operator's
 //! Deployment. Applied server-side (idempotent); the same objects are checked in under `deploy/`.
 
-use crate::crd::{crd, AgentTask};
 use crate::{Error, FIELD_MANAGER, MANAGED_BY};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
-use kube::{CustomResourceExt, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -56,6 +55,12 @@ pub fn operator_rules() -> Value {
          "verbs": ["get", "list", "watch", "delete"]},
         {"apiGroups": ["guildnet.io"], "resources": ["agenttasks/status"],
          "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["guildnet.io"], "resources": ["agentpools"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["guildnet.io"], "resources": ["agentpools/status"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["apps"], "resources": ["deployments"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["services"],
@@ -176,31 +181,34 @@ pub async fn install(client: &kube::Client, opts: &InstallOptions) -> Result<(),
     Ok(())
 }
 
-/// Applies the AgentTask CRD and waits until the API server serves it.
+/// Applies the CRDs (AgentTask, AgentPool) and waits until the API server serves them.
 pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let name = AgentTask::crd_name();
-    crds.patch(name, &pp, &Patch::Apply(crd())).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = crds.get(name).await?;
-        let established = c
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
+    for crd in crate::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = crds.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Invalid(format!(
+                    "CRD {name} not established after 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::Invalid(format!(
-                "CRD {name} not established after 30 s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// Server-side applies one manifest given as JSON (apiVersion/kind decide the endpoint).

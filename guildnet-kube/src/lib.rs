@@ -15,10 +15,13 @@ pub mod crd;
 pub mod install;
 pub mod leader;
 pub mod operator;
+pub mod pool;
+mod pool_backend;
 pub mod portforward;
 pub mod yaml;
 
 pub use crd::{AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};
+pub use pool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 
 /// The field manager of every server-side apply GuildNet makes.
 pub const FIELD_MANAGER: &str = "guildnet";

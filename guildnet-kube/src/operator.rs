@@ -119,8 +119,8 @@ type Writers = (Writer<Deployment>, Writer<Service>, Writer<Secret>);
 
 /// Shared state of the reconciler.
 pub struct Context {
-    client: kube::Client,
-    cfg: OperatorConfig,
+    pub(crate) client: kube::Client,
+    pub(crate) cfg: OperatorConfig,
     recorder: Recorder,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -258,6 +258,8 @@ async fn run_controller(
             tracing::warn!("watch caches not ready after 60 s; reconciling without them");
         }
     }
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let pools = tokio::spawn(run_pool_controller(ctx.clone(), shutdown.clone()));
     Controller::new(tasks, watcher::Config::default())
         // Bounded: each reconcile in flight holds request and response buffers; unbounded, a
         // thousand new AgentTasks meant a thousand at once (memory peak, API server overload).
@@ -276,9 +278,58 @@ async fn run_controller(
             }
         })
         .await;
+    let _ = pools.await;
     for c in caches {
         c.abort();
     }
+}
+
+/// The AgentPool controller: reconciles each org's pool when it changes, when one of its pods
+/// changes (also when a pod is adopted by a task), and when an AgentTask of its org changes (a
+/// new task ends an idle period).
+async fn run_pool_controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use crate::pool::{AgentPool, POOL_LABEL};
+    let ns = ctx.cfg.namespace.clone();
+    let c = &ctx.client;
+    let ns2 = ns.clone();
+    let ns3 = ns.clone();
+    Controller::new(
+        Api::<AgentPool>::namespaced(c.clone(), &ns),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().concurrency(4))
+    .watches(
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns),
+        watcher::Config::default().labels(POOL_LABEL),
+        move |pod| {
+            pod.labels()
+                .get(POOL_LABEL)
+                .map(|org| ObjectRef::<AgentPool>::new(org).within(&ns2))
+        },
+    )
+    .watches(
+        Api::<AgentTask>::namespaced(c.clone(), &ns),
+        watcher::Config::default(),
+        move |at| Some(ObjectRef::<AgentPool>::new(&at.spec.org_id).within(&ns3)),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(crate::pool::reconcile_pool, pool_error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(agentpool = %obj.name, "reconciled"),
+            Err(e) => tracing::debug!(error = %e, "pool reconcile error"),
+        }
+    })
+    .await;
+}
+
+fn pool_error_policy(pool: Arc<crate::pool::AgentPool>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(agentpool = %pool.name_any(), error = %err, "pool reconcile failed; retrying");
+    Action::requeue(ctx.cfg.error_backoff)
 }
 
 async fn drain<S: futures_util::Stream + Send>(s: S) {
@@ -353,6 +404,15 @@ pub fn validate(at: &AgentTask) -> Result<(), String> {
     }
     if !s.agent_name.is_empty() {
         AgentName::new(&s.agent_name).map_err(|e| format!("spec.agentName: {e}"))?;
+    }
+    if let Some(p) = &s.pool_pod {
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !ok {
+            return Err("spec.poolPod: must be a pod name (DNS-1123 subdomain)".into());
+        }
     }
     if s.task.len() > 256 * 1024 {
         return Err("spec.task: at most 256 KiB".into());
@@ -512,6 +572,10 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         return ttl_delete(at, ctx, &st).await;
     }
 
+    if let Some(pod) = at.spec.pool_pod.clone() {
+        return reconcile_pooled(at, ctx, &old, st, &workload, &pod).await;
+    }
+
     // Credentials come from the orchestrator's Secret.
     let creds = credentials(at, ctx).await?;
     let Some(creds) = creds else {
@@ -609,6 +673,63 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         .await;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A task a warm pool agent took: its pod becomes the workload (no Deployment, Service or env
+/// Secret: the agent got its token and settings from the orchestrator directly).
+async fn reconcile_pooled(
+    at: &AgentTask,
+    ctx: &Context,
+    old: &AgentTaskStatus,
+    mut st: AgentTaskStatus,
+    workload: &str,
+    pod: &str,
+) -> Result<Action, Error> {
+    use crate::pool::{adopt_pool_pod, Adopted};
+    let ns = at.namespace().unwrap_or_else(|| ctx.cfg.namespace.clone());
+    let adopted = adopt_pool_pod(at, ctx, &ns, workload, pod).await?;
+    let requeue = match &adopted {
+        Adopted::Running => {
+            st.phase = Phase::Running;
+            if st.started_at.is_none() {
+                st.started_at = Some(now_rfc3339());
+            }
+            set_condition(&mut st.conditions, "Ready", true, "PoolPodRunning", pod);
+            Action::requeue(Duration::from_secs(300))
+        }
+        Adopted::NotRunning(why) => {
+            set_condition(&mut st.conditions, "Ready", false, "PoolPodNotRunning", why);
+            Action::requeue(Duration::from_secs(5))
+        }
+        Adopted::Gone => {
+            let msg = format!("pool pod {pod} does not exist");
+            set_condition(&mut st.conditions, "Ready", false, "PoolPodGone", &msg);
+            Action::requeue(Duration::from_secs(30))
+        }
+        Adopted::Refused(why) => {
+            set_condition(&mut st.conditions, "Valid", false, "InvalidPoolPod", why);
+            set_condition(&mut st.conditions, "Ready", false, "InvalidPoolPod", why);
+            Action::await_change()
+        }
+    };
+    let from = old.phase;
+    if write_status(at, ctx, old, &st).await? && from != st.phase {
+        let note = format!(
+            "{} -> {} (warm pool pod {pod})",
+            from.as_str(),
+            st.phase.as_str()
+        );
+        publish(
+            ctx,
+            at,
+            EventType::Normal,
+            st.phase.as_str(),
+            "Reconcile",
+            &note,
+        )
+        .await;
+    }
+    Ok(requeue)
 }
 
 /// What the orchestrator's credentials Secret holds for one attempt.
@@ -876,10 +997,18 @@ async fn delete_workload(at: &AgentTask, ctx: &Context, workload: &str) -> Resul
     ignore_404(secrets.delete(&env_secret_name(workload), &dp).await)?;
     // The agent token is worthless once the task is over; do not leave it lying around.
     ignore_404(secrets.delete(&credentials_secret_name(at), &dp).await)?;
+    // A warm pool agent's pod that took the task goes with it (it never takes another).
+    if let Some(pod) = &at.spec.pool_pod {
+        ignore_404(
+            Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns)
+                .delete(pod, &dp)
+                .await,
+        )?;
+    }
     Ok(())
 }
 
-fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+pub(crate) fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
     match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

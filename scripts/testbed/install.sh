@@ -11,6 +11,7 @@
 # Items: etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
 #        containerd kubelet node-deps registry pause busybox-image (the real node)
 #        images (the cached bases of GuildNet's own images, scripts/images/build.sh --prepare)
+#        postgres nginx (the PostgreSQL store, and a load balancer in front of its replicas)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -27,12 +28,12 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
-  containerd kubelet node-deps registry pause busybox-image images postgres)
+  containerd kubelet node-deps registry pause busybox-image images postgres nginx)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [talos-emulator]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1 [nginx]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -43,7 +44,7 @@ GO_LDFLAGS_BASE="-s -w"
 log() { printf '[testbed] %s\n' "$*"; }
 die() { printf '[testbed] ERROR: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 item_version() {
   case "$1" in
@@ -66,6 +67,7 @@ item_version() {
     busybox-image) echo "debian" ;;
     images) echo "debian-$CODE_SERVER_VERSION" ;;
     postgres) echo "$POSTGRES_MAJOR" ;;
+    nginx) echo "debian" ;;
     *) return 1 ;;
   esac
 }
@@ -89,6 +91,7 @@ item_outputs() {
     node-deps) echo "runc skopeo" ;;
     registry) echo "registry" ;;
     postgres) echo "initdb postgres pg_isready psql" ;;
+    nginx) echo "nginx" ;;
   esac
 }
 
@@ -582,6 +585,29 @@ install_postgres() {
     ln -sfn "$pgbin/$b" "$BIN/$b"
   done
   verify "(PostgreSQL) $v" "$BIN/postgres" --version
+}
+
+# ---------------------------------------------------------------------------------------------
+# nginx from Debian (package `nginx`: /usr/sbin/nginx), the load balancer in front of several
+# orchestrator replicas in the chaos test. The .deb is downloaded with `apt-get download` and
+# unpacked with `dpkg-deb -x` into the cache: no root-only step (no dpkg install, no postinst,
+# no service, nothing under /etc or /var). guildnet-testbed writes its own config and starts it
+# with -p/-c/-e on loopback. Runtime libraries (libc, libcrypt, libpcre2, libssl3, zlib) are the
+# base system's; `nginx -v` below fails if one is missing. Not pinned: whatever bookworm ships.
+install_nginx() {
+  local dir="$TESTBED_DIR/nginx" tmp
+  tmp="$(mktemp -d "$TESTBED_DIR/.tmp-nginx.XXXXXX")"
+  if [[ $(id -u) -eq 0 && ! -e "$APT_UPDATED_MARK" ]]; then
+    apt-get update && touch "$APT_UPDATED_MARK"
+  fi
+  # apt-get download writes into the current dir (as root, _apt may not enter a private
+  # temp dir: the download then runs unsandboxed, which apt warns about and allows).
+  (cd "$tmp" && apt-get download nginx)
+  rm -rf "$dir" && mkdir -p "$dir"
+  dpkg-deb -x "$tmp"/nginx_*.deb "$dir"
+  rm -rf "$tmp"
+  ln -sfn "$dir/usr/sbin/nginx" "$BIN/nginx"
+  verify "nginx/" "$BIN/nginx" -v
 }
 
 # ---------------------------------------------------------------------------------------------

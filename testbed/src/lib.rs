@@ -22,6 +22,8 @@
 //! - [`forge::Gitea`]: a real git forge with an admin token, repositories and pull requests.
 //! - [`postgres::Postgres`]: PostgreSQL from Debian, initialised in a temp dir, run as an
 //!   unprivileged system user.
+//! - [`nginx::Nginx`]: nginx from Debian as an HTTP load balancer in front of several
+//!   orchestrator replicas (round-robin, or primary and backup), SSE-friendly.
 //!
 //! A missing binary is an error that names the install command; nothing is skipped silently.
 
@@ -34,6 +36,7 @@ pub mod image;
 pub mod images;
 pub mod kube;
 pub mod mesh;
+pub mod nginx;
 pub mod node;
 pub mod postgres;
 pub mod process;

@@ -43,6 +43,8 @@ pub struct Postgres {
     password: String,
     /// `(uid, gid)` the server runs as, when not the current user.
     run_as: Option<(u32, u32)>,
+    /// With TLS: the CA certificate (PEM) that signed the server's certificate.
+    tls_ca: Option<PathBuf>,
 }
 
 static SHARED: Mutex<Option<&'static Postgres>> = Mutex::new(None);
@@ -50,6 +52,18 @@ static SHARED: Mutex<Option<&'static Postgres>> = Mutex::new(None);
 impl Postgres {
     /// Initialises a cluster in a temp dir and starts it on a free loopback port.
     pub async fn start() -> Result<Postgres> {
+        Self::start_inner(false).await
+    }
+
+    /// Like [`Postgres::start`], with TLS on (`ssl=on`): a fresh self-signed CA signs the
+    /// server's certificate for `127.0.0.1` and `localhost` (made with `openssl`);
+    /// [`Postgres::tls_ca`] is the CA's PEM file, for `sslrootcert`. Plain connections are
+    /// still accepted (what `sslmode` a client uses is the client's choice).
+    pub async fn start_with_tls() -> Result<Postgres> {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(tls: bool) -> Result<Postgres> {
         let run_as = if nix::unistd::geteuid().is_root() {
             Some(
                 tokio::task::spawn_blocking(ensure_os_user)
@@ -100,8 +114,13 @@ impl Postgres {
         run(&prog, &args, &[("LC_ALL", OsStr::new("C"))]).await?;
         let _ = std::fs::remove_file(&pwfile);
 
+        let tls_ca = if tls {
+            Some(make_certs(dir.path(), run_as).await?)
+        } else {
+            None
+        };
         let port = free_port()?;
-        let proc = spawn_server(run_as, dir.path(), port).await?;
+        let proc = spawn_server(run_as, dir.path(), port, tls).await?;
         tracing::debug!(port, dir = %dir.path().display(), "testbed postgres ready");
         Ok(Postgres {
             proc: Some(proc),
@@ -109,6 +128,7 @@ impl Postgres {
             port,
             password,
             run_as,
+            tls_ca,
         })
     }
 
@@ -119,7 +139,7 @@ impl Postgres {
             return Ok(());
         }
         let dir = self.dir().to_owned();
-        self.proc = Some(spawn_server(self.run_as, &dir, self.port).await?);
+        self.proc = Some(spawn_server(self.run_as, &dir, self.port, self.tls_ca.is_some()).await?);
         Ok(())
     }
 
@@ -166,6 +186,11 @@ impl Postgres {
         cmd.spawn()
             .map_err(TestbedError::io("start the postgres watchdog"))?;
         Ok(())
+    }
+
+    /// The CA certificate (PEM) of a server started with [`Postgres::start_with_tls`].
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     /// The server's TCP port on 127.0.0.1.
@@ -298,10 +323,29 @@ impl Drop for Postgres {
 
 /// Starts `postgres` on `port` with the data in `dir/data` and its socket in `dir`, and waits
 /// until it accepts connections.
-async fn spawn_server(run_as: Option<(u32, u32)>, dir: &Path, port: u16) -> Result<Proc> {
+async fn spawn_server(
+    run_as: Option<(u32, u32)>,
+    dir: &Path,
+    port: u16,
+    tls: bool,
+) -> Result<Proc> {
     let data = dir.join("data");
     let postgres = server_bin("postgres")?;
     let port_s = port.to_string();
+    let cert = format!("ssl_cert_file={}", dir.join("server.crt").display());
+    let key = format!("ssl_key_file={}", dir.join("server.key").display());
+    let tls_args: Vec<&OsStr> = if tls {
+        vec![
+            OsStr::new("-c"),
+            OsStr::new("ssl=on"),
+            OsStr::new("-c"),
+            OsStr::new(&cert),
+            OsStr::new("-c"),
+            OsStr::new(&key),
+        ]
+    } else {
+        Vec::new()
+    };
     let (prog, args) = as_user(
         run_as,
         &postgres,
@@ -316,7 +360,9 @@ async fn spawn_server(run_as: Option<(u32, u32)>, dir: &Path, port: u16) -> Resu
             OsStr::new("listen_addresses=127.0.0.1"),
             OsStr::new("-c"),
             OsStr::new("max_connections=300"),
-        ],
+        ]
+        .into_iter()
+        .chain(tls_args),
     );
     // Written by this process (as root), so the server's user need not own it; a restart
     // starts it anew.
@@ -359,6 +405,86 @@ async fn spawn_server(run_as: Option<(u32, u32)>, dir: &Path, port: u16) -> Resu
     )
     .await?;
     Ok(proc)
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1/localhost in `dir` with `openssl`
+/// (`server.key` belongs to the server's user, mode 0600, as PostgreSQL demands); returns the
+/// CA certificate's path.
+async fn make_certs(dir: &Path, run_as: Option<(u32, u32)>) -> Result<PathBuf> {
+    let openssl = Path::new("openssl");
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ext = dir.join("server.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .map_err(TestbedError::io("write server.ext"))?;
+    run(
+        openssl,
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=guildnet-testbed-postgres-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ],
+        &[],
+    )
+    .await?;
+    run(
+        openssl,
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ],
+        &[],
+    )
+    .await?;
+    run(
+        openssl,
+        [
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("server.ext"),
+            "-out",
+            &p("server.crt"),
+        ],
+        &[],
+    )
+    .await?;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(TestbedError::io("chmod server.key"))?;
+    if let Some((uid, gid)) = run_as {
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid))
+                .map_err(TestbedError::io(format!("chown {f} to {OS_USER}")))?;
+        }
+    }
+    Ok(dir.join("ca.crt"))
 }
 
 /// A server binary by its real path: the testbed's `bin/` links into Debian's

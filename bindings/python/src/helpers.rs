@@ -82,7 +82,8 @@ fn admin_token_path(py: Python<'_>, state_dir: Option<PathBuf>) -> PyResult<Path
         .map_err(|e| e.into_py_err(py))
 }
 
-/// The AgentTask CustomResourceDefinition as YAML (what `guildnet-operator crd` prints), ready
+/// GuildNet's CustomResourceDefinitions (AgentTask, AgentPool) as YAML (what
+/// `guildnet-operator crd` prints), ready
 /// for `kubectl apply -f -`.
 #[pyfunction]
 fn agenttask_crd_yaml() -> &'static str {

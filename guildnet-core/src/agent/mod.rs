@@ -22,6 +22,7 @@ pub mod git;
 mod health;
 pub mod lines;
 mod logship;
+pub mod pool;
 pub mod process;
 mod runner;
 pub mod sandbox;
@@ -165,6 +166,9 @@ pub struct AgentConfig {
     pub shutdown_budget: Duration,
     /// What the runner, git and code-server may touch.
     pub sandbox: sandbox::SandboxConfig,
+    /// Set when this agent waited in a warm pool and was handed the task: its pod name (the
+    /// task's log then says it started warm).
+    pub warm_pod: Option<String>,
 }
 
 impl AgentConfig {
@@ -346,6 +350,7 @@ impl AgentConfig {
             kill_grace: Duration::from_secs(3),
             shutdown_budget,
             sandbox,
+            warm_pod: None,
         })
     }
 }
@@ -523,6 +528,15 @@ pub async fn run(
 ) -> Result<AgentOutcome, AgentError> {
     let client = AgentClient::new(&cfg.orchestrator_url, cfg.token.clone())
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    run_with_client(cfg, client, stop).await
+}
+
+/// [`run`] over a given client (a warm pool agent's, which reuses the connection it waited on).
+pub async fn run_with_client(
+    cfg: AgentConfig,
+    client: AgentClient,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<AgentOutcome, AgentError> {
     // After a stop: the runner's grace, then the shutdown budget for the log and the report.
     let stopper = Stopper::new(stop, cfg.shutdown_budget);
     let _ = crate::state_dir::create_private_dir(&cfg.state_dir);
@@ -618,16 +632,20 @@ async fn run_task(
         cancel_tx,
         view,
     ));
-    let outcome = work(cfg, &task, stopper, cancel_rx, runner_tx, {
-        LogShipper::start(
-            client.clone(),
-            cfg.agent.clone(),
-            fencing,
-            claim.next_log_seq.max(1),
-        )
-        .with_redactor(cfg.redactor.clone())
-    })
-    .await;
+    let shipper = LogShipper::start(
+        client.clone(),
+        cfg.agent.clone(),
+        fencing,
+        claim.next_log_seq.max(1),
+    )
+    .with_redactor(cfg.redactor.clone());
+    if let Some(pod) = &cfg.warm_pod {
+        shipper.push(
+            LogStream::System,
+            format!("[pool] warm start: pool agent {pod} was handed the task and claimed it"),
+        );
+    }
+    let outcome = work(cfg, &task, stopper, cancel_rx, runner_tx, shipper).await;
     let (shipper, done) = outcome;
     let finish_limit = if stopper.is_stopped() {
         stopper.remaining()

@@ -23,6 +23,7 @@ pub const SECRET_ENV: &[&str] = &[
     super::agent_env::FORGE_TOKEN,
     super::agent_env::FORGE_TOKEN_FILE,
     super::agent_env::CODE_SERVER_PASSWORD,
+    crate::pool::pool_env::POOL_TOKEN,
     "ORCHESTRATOR_TOKEN",
 ];
 

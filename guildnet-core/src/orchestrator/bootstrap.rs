@@ -3,6 +3,14 @@
 //! /orgs/{org}/bootstrap/stream` replays its progress and follows it live (SSE), and `POST
 //! /kubeconfig/generate` runs the kubeconfig step alone. The work itself is a
 //! [`ClusterBootstrap`] (guildnet-talos drives talosctl).
+//!
+//! **Several replicas.** A bootstrap of an org runs once cluster-wide: the replica that starts
+//! it takes the store's cluster-wide lock `bootstrap:<org>` ([`crate::store::StateStore::try_lock`],
+//! a PostgreSQL session advisory lock) and holds it until the job ends. A start on another
+//! replica meanwhile is refused with 409 `bootstrap_running_elsewhere`. If the holding replica
+//! dies, PostgreSQL ends its session and so releases the lock: the next start, on any replica,
+//! runs the bootstrap again (the steps are re-runnable). The job's status and progress stream
+//! live in the replica that runs it; another replica answers 404 for them.
 
 use super::error::ApiError;
 use super::http::{AdminAuth, ApiJson, ApiPath};
@@ -101,15 +109,40 @@ impl Orchestrator {
         };
         b.validate(&request).map_err(bootstrap_err)?;
         let org = req.org.clone();
+        let already_here = || {
+            ApiError::conflict(format!(
+                "a bootstrap of org {org} is already running; follow it at \
+                 /orgs/{org}/bootstrap/stream"
+            ))
+        };
+        if self.bootstrap_jobs().is_running(&org) {
+            return Err(already_here());
+        }
+        // Once cluster-wide: the lock lives as long as the job (it moves into it), and a
+        // replica that dies mid-run releases it with its database session.
+        let lock = self
+            .store()
+            .try_lock(&format!("bootstrap:{org}"))
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "bootstrap_running_elsewhere",
+                    format!(
+                        "a bootstrap of org {org} is running on another orchestrator replica; \
+                         its status and progress are served by that replica (or start again \
+                         once it has finished or died)"
+                    ),
+                )
+            })?;
         self.bootstrap_jobs()
             .start(org.clone(), move |tx| async move {
-                b.bootstrap(request, tx).await
+                let out = b.bootstrap(request, tx).await;
+                drop(lock);
+                out
             })
             .map_err(|e| match e {
-                JobError::AlreadyRunning { .. } => ApiError::conflict(format!(
-                    "a bootstrap of org {org} is already running; follow it at \
-                     /orgs/{org}/bootstrap/stream"
-                )),
+                JobError::AlreadyRunning { .. } => already_here(),
             })?;
         tracing::info!(org = %req.org, "org bootstrap started");
         Ok(status_of(&req.org, &JobState::Running))

@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -57,6 +57,24 @@ impl FromRequestParts<Orchestrator> for AgentAuth {
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <agent token>"))?;
         o.authenticate_agent(tok).await.map(AgentAuth)
     }
+}
+
+/// The org whose pool token the caller presented (a warm pool agent).
+#[derive(Debug, Clone)]
+pub struct PoolAuth(pub OrgName);
+
+impl FromRequestParts<Orchestrator> for PoolAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+        let tok = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <pool token>"))?;
+        o.authenticate_pool(tok).map(PoolAuth)
+    }
+}
+
+fn org_param(raw: &str) -> Result<OrgName, ApiError> {
+    OrgName::new(raw).map_err(|e| ApiError::invalid("org", e.to_string()))
 }
 
 fn task_id_param(raw: &str) -> Result<TaskId, ApiError> {
@@ -606,6 +624,60 @@ pub async fn agent_complete(
     Ok(Json(o.complete(&task, req).await?))
 }
 
+/// Sets an org's warm agent pool (size, image, runner, idle time); the backend keeps it.
+#[utoipa::path(put, path = "/orgs/{org}/pool", tag = "pools", request_body = PoolSpec,
+    security(("admin" = [])), params(("org" = String, Path, description = "Org name")),
+    responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 501, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn put_pool(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiPath(org): ApiPath<String>,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> Result<Json<PoolStatus>, ApiError> {
+    Ok(Json(o.set_pool(org_param(&org)?, spec).await?))
+}
+
+/// An org's warm pool: agents waiting now, warm and cold starts, and the backend's view.
+#[utoipa::path(get, path = "/orgs/{org}/pool", tag = "pools", security(("admin" = [])),
+    params(("org" = String, Path, description = "Org name")),
+    responses((status = 200, body = PoolStatus), (status = 404, body = ErrorBody)))]
+pub async fn get_pool(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiPath(org): ApiPath<String>,
+) -> Result<Json<PoolStatus>, ApiError> {
+    Ok(Json(o.pool_status(org_param(&org)?).await?))
+}
+
+/// Removes an org's warm pool and its idle agents.
+#[utoipa::path(delete, path = "/orgs/{org}/pool", tag = "pools", security(("admin" = [])),
+    params(("org" = String, Path, description = "Org name")),
+    responses((status = 200, body = DeletedPool), (status = 422, body = ErrorBody)))]
+pub async fn delete_pool(
+    State(o): State<Orchestrator>,
+    _: AdminAuth,
+    ApiPath(org): ApiPath<String>,
+) -> Result<Json<DeletedPool>, ApiError> {
+    let org = org_param(&org)?;
+    let removed = o.delete_pool(org.clone()).await?;
+    Ok(Json(DeletedPool { org, removed }))
+}
+
+/// Warm pool agents: wait (long poll, pool token) for a task of the token's org. The reply
+/// carries the task's id, agent name, per-task token and settings, or no task (ask again).
+#[utoipa::path(post, path = "/pool/wait", tag = "agent protocol", request_body = PoolWaitRequest,
+    security(("pool" = [])),
+    responses((status = 200, body = PoolWaitResponse), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn pool_wait(
+    State(o): State<Orchestrator>,
+    PoolAuth(org): PoolAuth,
+    ApiJson(req): ApiJson<PoolWaitRequest>,
+) -> Result<Json<PoolWaitResponse>, ApiError> {
+    Ok(Json(o.pool_wait(org, req).await?))
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see GET /openapi.json")
 }
@@ -630,6 +702,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/orgs"),
     ("get", "/orgs"),
     ("delete", "/orgs/{org}"),
+    ("put", "/orgs/{org}/pool"),
+    ("get", "/orgs/{org}/pool"),
+    ("delete", "/orgs/{org}/pool"),
+    ("post", "/pool/wait"),
     ("post", "/orgs/bootstrap"),
     ("get", "/orgs/{org}/bootstrap"),
     ("get", "/orgs/{org}/bootstrap/stream"),
@@ -663,6 +739,11 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/orgs", post(create_org).get(list_orgs))
         .route("/orgs/{org}", delete(delete_org))
+        .route(
+            "/orgs/{org}/pool",
+            put(put_pool).get(get_pool).delete(self::delete_pool),
+        )
+        .route("/pool/wait", post(pool_wait))
         .route("/orgs/bootstrap", post(super::bootstrap::start_bootstrap))
         .route(
             "/orgs/{org}/bootstrap",
@@ -735,24 +816,30 @@ impl utoipa::Modify for SecurityAddon {
             "agent",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        components.add_security_scheme(
+            "pool",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
 /// The OpenAPI description of the whole API, generated from the Rust types.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
+    info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token; /pool/wait takes a pool token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
     paths(health, metrics, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
-        agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
+        agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete,
+        put_pool, get_pool, delete_pool, pool_wait),
     components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
         NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,
         super::bootstrap::OrgBootstrapRequest, super::bootstrap::BootstrapStatus,
-        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse,
+        PoolSpec, PoolStatus, PoolBackendStatus, PoolWaitRequest, PoolWaitResponse, Handoff, DeletedPool, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

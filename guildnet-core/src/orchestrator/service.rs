@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+mod pool;
+
 /// Largest task text accepted.
 pub const MAX_TASK_BYTES: usize = 64 * 1024;
 /// Most log lines in one `POST /agent/log`.
@@ -133,6 +135,13 @@ struct Inner {
     bootstrap: std::sync::OnceLock<Arc<dyn crate::seams::ClusterBootstrap>>,
     /// Orgs whose backend refused submits, on hold.
     backoff: super::backoff::OrgBackoff,
+    /// Warm pool agents waiting for a task, by org.
+    pool: crate::pool::registry::WarmRegistry,
+    /// Mints and checks pool tokens.
+    pool_keys: crate::pool::token::PoolKeys,
+    /// Orgs with a warm pool (set through the API, or an agent of theirs waited): their
+    /// dispatches look for a warm agent and log a cold start when none waits.
+    pool_orgs: std::sync::RwLock<std::collections::HashSet<OrgName>>,
     /// Bootstrap jobs by org.
     bootstrap_jobs: crate::jobs::JobRegistry<
         OrgName,
@@ -185,6 +194,9 @@ impl Orchestrator {
                 store,
                 backend,
                 admin_digest: token::TokenDigest::of(cfg.admin_token.expose()),
+                pool: Default::default(),
+                pool_keys: crate::pool::token::PoolKeys::from_admin_token(&cfg.admin_token),
+                pool_orgs: Default::default(),
                 known_orgs: Default::default(),
                 cfg,
                 changes: watch::channel(0).0,
@@ -316,7 +328,12 @@ impl Orchestrator {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
-        Ok(deleted?)
+        deleted?;
+        // Its warm pool goes with it.
+        if let Err(e) = self.delete_pool(name.clone()).await {
+            tracing::warn!(org = %name, error = %e, "could not remove the deleted org's pool");
+        }
+        Ok(())
     }
 
     /// How many tasks have each status.
@@ -496,7 +513,7 @@ impl Orchestrator {
         let Some(agent) = task.agent.clone() else {
             return;
         };
-        let launch = AgentLaunch {
+        let mut launch = AgentLaunch {
             task_id: task.id.clone(),
             org: task.org.clone(),
             agent: agent.clone(),
@@ -506,7 +523,48 @@ impl Orchestrator {
             orchestrator_url: self.inner.cfg.public_url.clone(),
             agent_token: tok,
             settings: (self.inner.cfg.agents).for_task(&task.org, task.agent_hint.as_deref()),
+            pool: None,
         };
+        if self.has_pool(&task.org) {
+            match self.hand_to_warm_agent(&launch) {
+                Ok(placement) => {
+                    // The agent has the task already; the backend only records where it runs.
+                    // A refusal here does not take the task back: the agent claims it anyway.
+                    launch.pool = Some(placement);
+                    if let Err(e) = self.inner.backend.submit(launch).await {
+                        tracing::warn!(task = %task.id, error = %e, "backend could not record the pooled task's workload");
+                    }
+                    // A fast task can finish before its workload was recorded: tell the backend
+                    // again, now that it knows the workload.
+                    if let Ok(Some(t)) = self.inner.store.get_task(&task.id).await {
+                        if matches!(t.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+                            if let Err(e) = self.inner.backend.task_finished(&t).await {
+                                tracing::warn!(task = %t.id, error = %e, "backend could not record completion");
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(waiting) => {
+                    let line = format!(
+                        "[pool] cold start: no warm agent of org {}'s pool was free ({waiting} waiting for another runner); starting a new agent",
+                        task.org
+                    );
+                    match self
+                        .inner
+                        .store
+                        .append_unclaimed_note(&task.id, &agent, line)
+                        .await
+                    {
+                        Ok(Some(_)) => self.notify_change(),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(task = %task.id, error = %e, "could not log the cold start")
+                        }
+                    }
+                }
+            }
+        }
         let submitted = self.inner.backend.submit(launch).await;
         if submitted.is_ok() {
             self.inner.backoff.succeeded(&task.org);
@@ -1138,6 +1196,8 @@ impl Orchestrator {
                             .await;
                     }
                     Ok(WorkloadState::Pending) => self.post_workload_notes(&t, agent).await,
+                    // Another replica's local agent: the claim timeout (step 2) decides.
+                    Ok(WorkloadState::Unknown) => {}
                     Ok(WorkloadState::FailedToStart(reason)) => {
                         // The log gets the backend's last view first (image pull errors, ...).
                         self.post_workload_notes(&t, agent).await;

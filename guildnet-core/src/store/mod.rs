@@ -2,6 +2,8 @@
 //! and, with the `postgres` feature, its PostgreSQL implementation (several replicas).
 
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
@@ -86,6 +88,38 @@ pub enum StoreError {
 }
 
 pub use crate::lifecycle::{Rejection, RejectionKind, TaskChange};
+
+/// A cluster-wide lock from [`StateStore::try_lock`], released when dropped.
+pub struct ClusterLock {
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl ClusterLock {
+    /// The lock of a store that one process uses alone: nothing to hold.
+    pub fn in_process() -> Self {
+        Self { _held: None }
+    }
+
+    /// A lock that `guard` holds until it is dropped (a database session, say).
+    pub fn held_by(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Some(Box::new(guard)),
+        }
+    }
+
+    /// Whether another process could hold the same lock (false for [`ClusterLock::in_process`]).
+    pub fn is_shared(&self) -> bool {
+        self._held.is_some()
+    }
+}
+
+impl std::fmt::Debug for ClusterLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLock")
+            .field("shared", &self.is_shared())
+            .finish()
+    }
+}
 
 /// A conditional mutation applied atomically to one task. Returning an error leaves the task as
 /// it was. If the task is unchanged and no events are returned, nothing is written.
@@ -370,6 +404,16 @@ pub trait StateStore: Send + Sync {
     async fn lead(&self, job: &'static str) -> Result<bool, StoreError> {
         let _ = job;
         Ok(true)
+    }
+
+    /// Takes the cluster-wide lock `key` (an org's bootstrap, say) for as long as the returned
+    /// guard lives; `None` while another process sharing the store holds it. When the holder
+    /// dies the lock is released (PostgreSQL ends its session), so another replica can take
+    /// it. A store used by one process only (SQLite) always grants it: exclusion inside the
+    /// process is the caller's.
+    async fn try_lock(&self, key: &str) -> Result<Option<ClusterLock>, StoreError> {
+        let _ = key;
+        Ok(Some(ClusterLock::in_process()))
     }
 
     /// A counter that moves when another process sharing the store (another replica) stored

@@ -9,7 +9,9 @@
 //! around it with per-connection statement caches, wait/create timeouts and health checks on
 //! recycle. sqlx would also do, but its query macros want a database (or offline metadata) at
 //! build time, and its runtime and TLS feature matrix is far larger than what this store uses.
-//! TLS is not built in (`NoTls`): run PostgreSQL on a private network or a loopback sidecar.
+//! TLS: `sslmode=require` (or `verify-ca`, `verify-full`) in the URL connects over rustls and
+//! always verifies the server's certificate and host name, against `sslrootcert=<PEM file>` or
+//! the Mozilla roots; without it the connection is plain (see [`super::pg_tls`]).
 //!
 //! **Semantics** are the SQLite store's, method by method, and the same test suite runs against
 //! both (`guildnet-core/tests/store.rs`):
@@ -32,6 +34,9 @@
 //!   held on a connection of its own; when its holder dies, the server ends the session and
 //!   the next replica that asks gets it. Every reaper action is a conditional update anyway,
 //!   so a moment of overlap after a lost connection does no harm.
+//! - Cluster-wide locks ([`StateStore::try_lock`], an org's bootstrap): the same kind of session
+//!   advisory lock, on a connection taken out of the pool for as long as the guard lives;
+//!   dropping the guard closes that connection, which releases the lock.
 //! - Other replicas' writes wake this one's readers: writers of events and log lines
 //!   `NOTIFY guildnet_changes` (delivered at commit), and [`StateStore::external_changes`]
 //!   follows it with `LISTEN` on a connection of its own, reconnecting when lost. The table
@@ -192,6 +197,8 @@ struct PgInner {
     display: String,
     /// Connection settings, for the LISTEN connection.
     config: tokio_postgres::Config,
+    /// The TLS connector, when the URL asked for TLS.
+    tls: Option<super::pg_tls::RustlsConnect>,
     /// Connections holding a job's session advisory lock ([`StateStore::lead`]).
     leaders: tokio::sync::Mutex<std::collections::HashMap<&'static str, deadpool_postgres::Object>>,
     /// The change counter fed by LISTEN (started on first use).
@@ -213,6 +220,19 @@ impl Drop for PgInner {
 /// The NOTIFY channel of stored events and log lines.
 const CHANGES_CHANNEL: &str = "guildnet_changes";
 
+/// A session advisory lock: the connection that holds it, out of the pool. Dropping it closes
+/// the connection (not returned to the pool, where the lock would stay held), which ends the
+/// session and so releases the lock, as the death of the process does.
+struct SessionLock(Option<deadpool_postgres::Object>);
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+}
+
 /// Advisory lock key of a cluster-wide job.
 fn job_key(job: &str) -> i64 {
     // FNV-1a, folded into the store's key namespace.
@@ -226,12 +246,22 @@ fn job_key(job: &str) -> i64 {
 
 /// Follows NOTIFYs on [`CHANGES_CHANNEL`] on a connection of its own, bumping `tx` for each
 /// (and once after every (re)connect, for what it may have missed). Reconnects forever.
-async fn listen_loop(cfg: tokio_postgres::Config, db: String, tx: tokio::sync::watch::Sender<u64>) {
+async fn listen_loop<T>(
+    cfg: tokio_postgres::Config,
+    db: String,
+    tx: tokio::sync::watch::Sender<u64>,
+    tls: T,
+) where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
     use futures_util::StreamExt;
     let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|v| *v = v.wrapping_add(1));
     let mut warned = false;
     loop {
-        match cfg.connect(NoTls).await {
+        match cfg.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
                 let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let driver = tokio::spawn(async move {
@@ -571,10 +601,22 @@ impl PostgresStore {
     /// be reached or refuses the login, and with [`StoreError::Corrupt`] when the database's
     /// schema is newer than this build.
     pub async fn connect_with(url: &str, opts: PostgresOptions) -> Result<Self, StoreError> {
-        let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Open {
+        let tls = super::pg_tls::settings(url);
+        let mut cfg = tokio_postgres::Config::from_str(&tls.url).map_err(|e| StoreError::Open {
             path: redact_url(url),
             reason: format!("invalid PostgreSQL URL: {}", reason(&e)),
         })?;
+        let connector = if tls.tls {
+            let config = super::pg_tls::client_config(tls.root_cert.as_deref()).map_err(|e| {
+                StoreError::Open {
+                    path: redact_url(url),
+                    reason: e.to_string(),
+                }
+            })?;
+            Some(super::pg_tls::RustlsConnect::new(config))
+        } else {
+            None
+        };
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(opts.connect_timeout);
         }
@@ -582,13 +624,13 @@ impl PostgresStore {
             cfg.application_name("guildnet-orchestrator");
         }
         let display = describe(&cfg);
-        let mgr = Manager::from_config(
-            cfg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mc = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match &connector {
+            Some(c) => Manager::from_config(cfg.clone(), c.clone(), mc()),
+            None => Manager::from_config(cfg.clone(), NoTls, mc()),
+        };
         let pool = Pool::builder(mgr)
             .max_size(opts.max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -605,6 +647,7 @@ impl PostgresStore {
                 pool,
                 display,
                 config: cfg,
+                tls: connector,
                 leaders: Default::default(),
                 changes: std::sync::OnceLock::new(),
                 listener: std::sync::Mutex::new(None),
@@ -1592,14 +1635,29 @@ impl StateStore for PostgresStore {
         Ok(got)
     }
 
+    async fn try_lock(&self, key: &str) -> Result<Option<super::ClusterLock>, StoreError> {
+        let op = "try_lock";
+        let c = self.client(op).await?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&job_key(key)])
+            .await
+            .map_err(self.err(op))
+            .and_then(|r| get(&r, 0))?;
+        if !got {
+            // This session holds nothing: back to the pool.
+            return Ok(None);
+        }
+        Ok(Some(super::ClusterLock::held_by(SessionLock(Some(c)))))
+    }
+
     fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         let rx = self.inner.changes.get_or_init(|| {
             let (tx, rx) = tokio::sync::watch::channel(0);
-            let task = tokio::spawn(listen_loop(
-                self.inner.config.clone(),
-                self.inner.display.clone(),
-                tx,
-            ));
+            let (cfg, db) = (self.inner.config.clone(), self.inner.display.clone());
+            let task = match self.inner.tls.clone() {
+                Some(t) => tokio::spawn(listen_loop(cfg, db, tx, t)),
+                None => tokio::spawn(listen_loop(cfg, db, tx, NoTls)),
+            };
             if let Ok(mut l) = self.inner.listener.lock() {
                 *l = Some(task);
             }

@@ -1,0 +1,158 @@
+//! The Kubernetes backend's side of warm pools: writes an org's `AgentPool` and its token
+//! Secret, removes them, and reads the pool's status for `GET /orgs/{org}/pool`.
+
+use crate::backend::{KubeBackend, ORCHESTRATOR_FIELD_MANAGER};
+use crate::pool::{AgentPool, AgentPoolSpec, POOL_TOKEN_KEY, POOL_UPDATED_ANNOTATION};
+use crate::MANAGED_BY;
+use base64::Engine as _;
+use guildnet_core::names::OrgName;
+use guildnet_core::pool::{PoolBackendStatus, PoolSpec};
+use guildnet_core::seams::{BackendError, PoolLaunch};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::Resource;
+use serde_json::json;
+
+/// Name of the Secret holding an org's pool token.
+pub fn token_secret_name(org: &OrgName) -> String {
+    format!("{org}-pool-token")
+}
+
+fn err(org: &OrgName, what: &str) -> impl FnOnce(kube::Error) -> BackendError {
+    let (org, what) = (org.clone(), what.to_owned());
+    move |e| BackendError::OrgUnavailable {
+        org,
+        reason: format!("{what}: {e}"),
+    }
+}
+
+pub(crate) async fn set_pool(
+    b: &KubeBackend,
+    org: &OrgName,
+    spec: &PoolSpec,
+    launch: PoolLaunch,
+) -> Result<(), BackendError> {
+    let client = b.client(org).await?;
+    b.prepare_namespace(&client)
+        .await
+        .map_err(err(org, "namespace"))?;
+    let ns = &b.cfg.namespace;
+    let pp = PatchParams::apply(ORCHESTRATOR_FIELD_MANAGER).force();
+    let pool_spec = AgentPoolSpec {
+        org_id: org.to_string(),
+        size: spec.size,
+        image: spec.image.clone().unwrap_or_else(|| b.cfg.image.clone()),
+        runner: spec.runner.clone(),
+        idle_seconds: spec.idle_seconds,
+        orchestrator_url: Some(launch.orchestrator_url.clone()),
+        token_secret: token_secret_name(org),
+    };
+    let obj = json!({
+        "apiVersion": "guildnet.io/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {
+            "name": org.to_string(),
+            "namespace": ns,
+            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::pool::ORG_LABEL: org.to_string()},
+            "annotations": {
+                POOL_UPDATED_ANNOTATION: chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
+        },
+        "spec": pool_spec,
+    });
+    let pool = Api::<AgentPool>::namespaced(client.clone(), ns)
+        .patch(org.as_str(), &pp, &Patch::Apply(&obj))
+        .await
+        .map_err(err(org, "apply AgentPool"))?;
+    // The token Secret goes with its pool (owner reference).
+    let oref = pool.controller_owner_ref(&()).map(|mut o| {
+        o.controller = Some(false);
+        o
+    });
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": token_secret_name(org),
+            "namespace": ns,
+            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::pool::POOL_LABEL: org.to_string()},
+            "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
+        },
+        "type": "Opaque",
+        "data": {
+            POOL_TOKEN_KEY: base64::engine::general_purpose::STANDARD
+                .encode(launch.pool_token.expose()),
+        },
+    });
+    Api::<Secret>::namespaced(client, ns)
+        .patch(&token_secret_name(org), &pp, &Patch::Apply(&secret))
+        .await
+        .map_err(err(org, "apply the pool token Secret"))?;
+    tracing::info!(%org, size = spec.size, "AgentPool applied");
+    Ok(())
+}
+
+pub(crate) async fn delete_pool(b: &KubeBackend, org: &OrgName) -> Result<bool, BackendError> {
+    let client = b.client(org).await?;
+    let ns = &b.cfg.namespace;
+    let dp = DeleteParams::background();
+    let removed = match Api::<AgentPool>::namespaced(client.clone(), ns)
+        .delete(org.as_str(), &dp)
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(e) => return Err(err(org, "delete AgentPool")(e)),
+    };
+    match Api::<Secret>::namespaced(client, ns)
+        .delete(&token_secret_name(org), &dp)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(err(org, "delete the pool token Secret")(e)),
+    }
+    Ok(removed)
+}
+
+pub(crate) async fn pool_status(
+    b: &KubeBackend,
+    org: &OrgName,
+) -> Result<Option<PoolBackendStatus>, BackendError> {
+    let client = b.client(org).await?;
+    let ns = &b.cfg.namespace;
+    let Some(pool) = Api::<AgentPool>::namespaced(client, ns)
+        .get_opt(org.as_str())
+        .await
+        .map_err(err(org, "read AgentPool"))?
+    else {
+        return Ok(None);
+    };
+    let st = pool.status.clone().unwrap_or_default();
+    Ok(Some(PoolBackendStatus {
+        resource: format!("AgentPool {ns}/{org}"),
+        spec: Some(PoolSpec {
+            size: pool.spec.size,
+            image: Some(pool.spec.image.clone()),
+            runner: pool.spec.runner.clone(),
+            idle_seconds: pool.spec.idle_seconds,
+        }),
+        desired: st.desired,
+        warm: st.warm,
+        running: st.running,
+        scaled_to_zero: st.scaled_to_zero,
+        conditions: st
+            .conditions
+            .iter()
+            .map(|c| {
+                let msg = if c.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.message)
+                };
+                format!("{}={} {}{msg}", c.type_, c.status, c.reason)
+            })
+            .collect(),
+    }))
+}
