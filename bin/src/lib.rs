@@ -1,5 +1,8 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
+pub mod cli_args;
+pub mod usage;
+
 use clap::Args;
 use guildnet_core::agent::forge::ForgeKind;
 use guildnet_core::agent_settings::{read_secret_file, AgentSettingsConfig, ForgeAccess};
