@@ -359,6 +359,28 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 println!("task {} {}", t.id, t.status);
             }
         }
+        Cmd::Disk => {
+            let d = client.disk().await?;
+            if cli.json {
+                print_json(&d)?;
+            } else {
+                print!("{}", view::disk_view(&d));
+            }
+        }
+        Cmd::Prune { older_than } => {
+            let r = client.prune(older_than).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "removed {} finished task(s) and {} workspace(s) ({}) that finished before {}",
+                    r.tasks,
+                    r.workspaces,
+                    view::human_bytes(r.workspace_bytes),
+                    r.before.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+        }
         Cmd::Agents => {
             let agents = client.agents().await?;
             if cli.json {

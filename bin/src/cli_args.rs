@@ -136,6 +136,16 @@ pub enum Cmd {
     },
     /// List agents.
     Agents,
+    /// Show the disk use of the orchestrator's state dir, database and local workspaces, and
+    /// its retention.
+    Disk,
+    /// Remove finished tasks (with their logs and local workspaces) that finished more than
+    /// --older-than ago; `guildnet up --retention AGE` does it continuously.
+    Prune {
+        /// Age: 30d, 12h, 90m, 0s (every finished task).
+        #[arg(long, value_parser = guildnet_core::orchestrator::retention::parse_age)]
+        older_than: std::time::Duration,
+    },
     /// Save an orchestrator as a context in the config file and make it the current one,
     /// after checking the token against it (like `kubectl config` + `coder login`).
     #[command(after_help = "Examples:

@@ -162,6 +162,9 @@ pub struct LocalOptions {
     /// What agents are told besides the launch contract: named runners, the forge, keys. Its
     /// default runner is [`LocalOptions::runner`] when it has none of its own.
     pub agents: crate::agent_settings::AgentSettingsConfig,
+    /// Finished tasks older than this are removed with their logs and workspaces; `None`
+    /// keeps them.
+    pub retention: Option<Duration>,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -208,6 +211,7 @@ impl LocalOptions {
             editor_dialer: None,
             trust_advertised_editors: false,
             agents: Default::default(),
+            retention: None,
         }
     }
 }
@@ -306,6 +310,8 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     cfg.log_quota_bytes = opts.log_quota_bytes;
     cfg.trust_advertised_editors = opts.trust_advertised_editors;
     cfg.agents = opts.agents.clone();
+    cfg.retention = opts.retention;
+    cfg.state_paths = Some(paths.clone());
     if cfg.agents.default_runner.is_none() {
         cfg.agents.default_runner = opts.runner.clone();
     }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use guildnet_core::model::{Agent, Task};
 use guildnet_core::orchestrator::api::TaskDetail;
+use guildnet_core::orchestrator::retention::DiskUsage;
 use std::fmt::Write as _;
 
 /// A duration as kubectl prints ages: `45s`, `3m12s`, `2h5m`, `3d4h`, `400d`.
@@ -170,6 +171,60 @@ pub fn task_view(d: &TaskDetail, now: DateTime<Utc>) -> String {
     out
 }
 
+/// Bytes as `512 B`, `3.4 KiB`, `12.0 MiB`, `1.2 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}
+
+/// `guildnet disk`.
+pub fn disk_view(d: &DiskUsage) -> String {
+    let mut out = String::new();
+    let dir = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "{:<11} {:>10}  {}",
+        "state dir:",
+        human_bytes(d.state_dir_bytes),
+        dir(&d.state_dir)
+    );
+    let _ = writeln!(
+        out,
+        "{:<11} {:>10}",
+        "database:",
+        human_bytes(d.database_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "{:<11} {:>10}  {} ({} workspaces)",
+        "workspaces:",
+        human_bytes(d.workspaces_bytes),
+        dir(&d.workspaces_dir),
+        d.workspaces
+    );
+    let _ = match d.retention_secs {
+        Some(s) => writeln!(
+            out,
+            "retention:  finished tasks are removed {} after they finish",
+            human_duration(s as i64)
+        ),
+        None => writeln!(
+            out,
+            "retention:  off (finished tasks are kept; `guildnet up --retention 30d` or `guildnet prune --older-than 30d`)"
+        ),
+    };
+    out
+}
+
 fn stamp(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     format!(
         "{} ({} ago)",
@@ -211,6 +266,14 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(human_duration(s), want, "{s}");
         }
+    }
+
+    #[test]
+    fn bytes_read_like_du_h() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 + 400), "3.4 KiB");
+        assert_eq!(human_bytes(12 * 1024 * 1024), "12.0 MiB");
+        assert_eq!(human_bytes(5 << 40), "5.0 TiB");
     }
 
     #[test]

@@ -824,6 +824,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/agents/editor/close"),
     ("get", "/events"),
     ("get", "/audit"),
+    ("get", "/admin/disk"),
+    ("post", "/admin/prune"),
     ("post", "/agent/register"),
     ("post", "/agent/heartbeat"),
     ("post", "/agent/claim"),
@@ -866,6 +868,8 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/agents/editor/close", post(editor_close))
         .route("/events", get(events_stream))
         .route("/audit", get(audit))
+        .route("/admin/disk", get(super::retention::disk))
+        .route("/admin/prune", post(super::retention::prune))
         .route("/agent/register", post(agent_register))
         .route("/agent/heartbeat", post(agent_heartbeat))
         .route("/agent/claim", post(agent_claim))
@@ -923,13 +927,15 @@ impl utoipa::Modify for SecurityAddon {
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
+        super::retention::disk, super::retention::prune,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete),
     components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
         ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
         LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
         NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,
         super::bootstrap::OrgBootstrapRequest, super::bootstrap::BootstrapStatus,
-        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse,
+        super::retention::DiskUsage, super::retention::PruneRequest, super::retention::PruneReport, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

@@ -64,6 +64,12 @@ pub struct OrchestratorConfig {
     pub trust_advertised_editors: bool,
     /// What agents are told besides the launch contract: runners, forge, keys.
     pub agents: crate::agent_settings::AgentSettingsConfig,
+    /// Finished tasks older than this are removed with their logs and workspaces (see
+    /// [`super::retention`]); `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// The state dir, for disk use and the local backend's workspaces (`None`: not reported,
+    /// workspaces not removed).
+    pub state_paths: Option<crate::state_dir::StatePaths>,
 }
 
 impl OrchestratorConfig {
@@ -84,6 +90,8 @@ impl OrchestratorConfig {
             editor_frame_ancestors: "'self'".into(),
             trust_advertised_editors: false,
             agents: Default::default(),
+            retention: None,
+            state_paths: None,
         }
     }
 
