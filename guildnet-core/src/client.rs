@@ -610,6 +610,50 @@ impl OrchestratorClient {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
+    /// Waits until task `id` is Succeeded, Failed or Cancelled and returns it, driven by the
+    /// event stream (`GET /events?tail=true`: the task's status events), not by polling: the
+    /// stream is open before the task is read, so no change is missed; it reconnects after the
+    /// last event seen when the connection drops. No time limit: wrap it in a timeout.
+    pub async fn wait_finished(&self, id: &TaskId) -> Result<Task, ClientError> {
+        let mut last: Option<String> = None;
+        loop {
+            let stream = match &last {
+                None => self.open_sse("/events?tail=true", None).await,
+                Some(l) => self.open_sse("/events", Some(l)).await,
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            futures_util::pin_mut!(stream);
+            // Connected (the cursor is fixed): a status reached before now is in the task.
+            let t = self.task(id).await?;
+            if t.status.is_terminal() {
+                return Ok(t);
+            }
+            while let Some(msg) = stream.next().await {
+                let Ok(msg) = msg else { break };
+                if let Some(i) = &msg.id {
+                    last = Some(i.clone());
+                }
+                let Ok(ev) = serde_json::from_str::<crate::model::Event>(&msg.data) else {
+                    continue;
+                };
+                if ev.task_id.as_ref() == Some(id) && ev.status.is_some_and(|s| s.is_terminal()) {
+                    return self.task(id).await;
+                }
+            }
+            if last.is_none() {
+                // Dropped before any event: the tail cursor again (the task read covers the gap).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
     /// Follows the event stream (`GET /events`: task and agent events, in id order) from event
     /// id `after` (0: from the start), reconnecting with the last id seen when the connection
     /// drops; gives up after `max_retry` of consecutive failed reconnects. It never ends by

@@ -691,7 +691,12 @@ pub async fn events_stream(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
-    let cursor = resume_cursor(&headers, q.after)?;
+    let cursor =
+        if q.tail == Some(true) && q.after.is_none() && !headers.contains_key("last-event-id") {
+            o.store().last_event_id().await?
+        } else {
+            resume_cursor(&headers, q.after)?
+        };
     let keepalive = o.config().sse_keepalive;
     let changes = o.subscribe_changes();
     let closing = o.subscribe_closing();
