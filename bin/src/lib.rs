@@ -126,6 +126,12 @@ pub struct OrchestratorArgs {
     /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
     #[arg(long, env = "GUILDNET_CODE_SERVER")]
     pub code_server: Option<PathBuf>,
+    /// Local backend: the user agents and their runners run as: `auto` (`nobody` when this
+    /// process runs as root, else this process's user), `current`, a user name, or UID[:GID].
+    /// A root orchestrator then keeps agent directories in /var/lib/guildnet/workspaces-*
+    /// when its state dir's parent is closed to that user.
+    #[arg(long, env = guildnet_core::agent_user::AGENT_USER_ENV, default_value = "auto")]
+    pub agent_user: guildnet_core::agent_user::AgentUserSpec,
     /// Origins allowed to embed proxied editors in a frame (the dashboard's origin, e.g.
     /// http://127.0.0.1:8090); repeat or comma-separate.
     #[arg(
@@ -201,6 +207,7 @@ impl OrchestratorArgs {
         o.agents = self.agent_settings()?;
         o.orgs = self.orgs.clone();
         o.code_server = self.code_server.clone();
+        o.agent_user = self.agent_user.clone();
         for a in &self.frame_ancestors {
             let ok = (a.starts_with("http://") || a.starts_with("https://"))
                 && !a.contains(|c: char| c.is_whitespace() || c == ';' || c == ',' || c == '\'');

@@ -126,6 +126,8 @@ async fn aider_edits_the_checkout_and_its_change_becomes_a_pull_request() {
         "AIDER_MODEL=openai/guildnet-scripted".to_owned(),
         "--agent-secret-file".to_owned(),
         format!("OPENAI_API_KEY={}", key_file.display()),
+        AGENTS_AS_ME[0].to_owned(),
+        AGENTS_AS_ME[1].to_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let home_s = home.display().to_string();

@@ -64,7 +64,9 @@ async fn agent_pushes_the_task_branch_and_writes_last_pr_json() {
     let remote = seed_remote(dir.path());
     let remote_url = format!("file://{}", remote.display());
     let state = dir.path().join("state");
-    let orch = Orchestrator::start(&state, free_port());
+    // The `file://` remote belongs to the test's user: an agent run as `nobody` may not push
+    // to it (git refuses a repository of another owner: "detected dubious ownership").
+    let orch = Orchestrator::start_with(&state, free_port(), &AGENTS_AS_ME, &[]);
     orch.wait_ready().await;
     let c = orch.client();
     let acme = OrgName::new("acme").unwrap();

@@ -48,6 +48,8 @@ fn schedule_with_repo_ref_and_files() {
             .env("GUILDNET_STATE_DIR", &state)
             .env("GUILDNET_URL", &url)
             .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
+            // The `file://` remote is the test user's; as `nobody` git would refuse it.
+            .env(guildnet_core::agent_user::AGENT_USER_ENV, "current")
             .env_remove("ORCHESTRATOR_TOKEN")
             .env_remove("GUILDNET_RUNNER");
         c

@@ -120,6 +120,8 @@ async fn code_server_in_the_agent_is_served_through_the_proxy_and_rendered_in_ch
             code_server.to_str().unwrap(),
             "--frame-ancestor",
             DASHBOARD_ORIGIN,
+            AGENTS_AS_ME[0],
+            AGENTS_AS_ME[1],
         ],
         &[("GUILDNET_HEALTH_ADDR", health.as_str())],
     );

@@ -498,7 +498,12 @@ async fn with_editor(dir: &Path, envs: &[(&str, &str)]) -> (Orchestrator, Runnin
     let orch = Orchestrator::start_with(
         &dir.join("state"),
         free_port(),
-        &["--code-server", code_server.to_str().unwrap()],
+        &[
+            "--code-server",
+            code_server.to_str().unwrap(),
+            AGENTS_AS_ME[0],
+            AGENTS_AS_ME[1],
+        ],
         envs,
     );
     orch.wait_ready().await;

@@ -247,7 +247,12 @@ async fn code_server_gets_no_agent_secret_and_no_privileges() {
     let dir = tempfile::tempdir().unwrap();
     let orch = orchestrator(
         dir.path(),
-        &["--code-server", code_server.to_str().unwrap()],
+        &[
+            "--code-server",
+            code_server.to_str().unwrap(),
+            AGENTS_AS_ME[0],
+            AGENTS_AS_ME[1],
+        ],
         &[],
     )
     .await;
@@ -380,7 +385,9 @@ async fn a_repository_symlink_cannot_take_a_context_file_outside() {
     )
     .unwrap();
     let wrapper_s = wrapper.display().to_string();
-    let orch = orchestrator(dir.path(), &[], &[("GUILDNET_GIT", &wrapper_s)]).await;
+    // The `file://` remote and the wrapper's record file are the test user's: the agent runs as
+    // that user (as `nobody`, git refuses a repository of another owner).
+    let orch = orchestrator(dir.path(), &AGENTS_AS_ME, &[("GUILDNET_GIT", &wrapper_s)]).await;
     let c = orch.client();
     let mut req = ScheduleRequest::new(acme(), "echo ran");
     req.repo = Some(RepoSpec {

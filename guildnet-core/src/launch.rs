@@ -33,6 +33,9 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The local agents' user cannot be used (see [`crate::agent_user`]).
+    #[error(transparent)]
+    AgentUser(#[from] crate::agent_user::AgentUserError),
     /// Startup failed otherwise.
     #[error("{0}")]
     Other(String),
@@ -148,6 +151,8 @@ pub struct LocalOptions {
     pub backend: Option<BackendOverride>,
     /// Local backend: the code-server executable; every agent then runs an editor.
     pub code_server: Option<PathBuf>,
+    /// Local backend: the user agents run as (default: `nobody` when run as root).
+    pub agent_user: crate::agent_user::AgentUserSpec,
     /// Origins (besides the orchestrator's own) allowed to embed proxied editors in a frame,
     /// e.g. the dashboard's `https://dash.example:8090`.
     pub frame_ancestors: Vec<String>,
@@ -206,6 +211,7 @@ impl LocalOptions {
             heartbeat_interval: Duration::from_secs(5),
             backend: None,
             code_server: None,
+            agent_user: Default::default(),
             frame_ancestors: Vec::new(),
             bootstrap: None,
             editor_dialer: None,
@@ -300,9 +306,14 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
     }
+    let mut workspaces_root = None;
     let backend: Arc<dyn crate::seams::ClusterBackend> = match &opts.backend {
         Some(b) => b.0.clone(),
-        None => Arc::new(LocalBackend::new(backend_cfg)),
+        None => {
+            backend_cfg.run_agents_as(&opts.agent_user)?;
+            workspaces_root = Some(backend_cfg.workspaces_root.clone());
+            Arc::new(LocalBackend::new(backend_cfg))
+        }
     };
     let mut cfg = OrchestratorConfig::new(token, public_url);
     cfg.lease_ttl = opts.lease_ttl;
@@ -312,6 +323,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     cfg.agents = opts.agents.clone();
     cfg.retention = opts.retention;
     cfg.state_paths = Some(paths.clone());
+    cfg.workspaces_root = workspaces_root;
     if cfg.agents.default_runner.is_none() {
         cfg.agents.default_runner = opts.runner.clone();
     }

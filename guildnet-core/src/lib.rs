@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod agent_settings;
+pub mod agent_user;
 pub mod client;
 pub mod client_config;
 pub mod context;

@@ -9,6 +9,7 @@
 //! they outlive an orchestrator restart and reconnect to it.
 
 use crate::agent::agent_env;
+use crate::agent_user::AgentUser;
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState};
 use crate::state_dir::StatePaths;
@@ -32,7 +33,7 @@ pub struct LocalBackendConfig {
     pub agent_bin: PathBuf,
     /// Arguments before any others (e.g. `["agent"]` for the `guildnet` CLI).
     pub agent_args: Vec<String>,
-    /// State dir; workspaces go to [`StatePaths::local_agent_dir`], outside it.
+    /// State dir; workspaces go to [`LocalBackendConfig::workspaces_root`], outside it.
     pub state: StatePaths,
     /// Environment variables of the orchestrator passed on to agents (and so to runners), on
     /// top of a small base set (`PATH`, `HOME`, locale, proxies, certificates): agents start
@@ -47,6 +48,12 @@ pub struct LocalBackendConfig {
     /// code-server executable: when set, every agent runs an editor on a free loopback port
     /// with a fresh password, which the orchestrator's editor proxy uses to log in.
     pub code_server: Option<PathBuf>,
+    /// Run agents as this user instead of the orchestrator's own (see [`crate::agent_user`]):
+    /// their directories become theirs, everything else in the agent dir stays the
+    /// orchestrator's. `None`: agents run as the orchestrator's user.
+    pub agent_user: Option<AgentUser>,
+    /// Where the agents' directories go (default [`StatePaths::workspaces_root`]).
+    pub workspaces_root: PathBuf,
 }
 
 impl LocalBackendConfig {
@@ -66,13 +73,73 @@ impl LocalBackendConfig {
         Self {
             agent_bin,
             agent_args,
-            state,
             runner: None,
             pass_env: Vec::new(),
             extra_env: Vec::new(),
             kill_grace: Duration::from_secs(10),
             code_server: None,
+            agent_user: None,
+            workspaces_root: state.workspaces_root(),
+            state,
         }
+    }
+
+    /// Chooses the agents' user from `spec` (see [`crate::agent_user`]) and makes the setup
+    /// work for it, or says why it cannot: the agents' directories move to
+    /// [`crate::agent_user::system_workspaces_root`] when the default place is out of the
+    /// user's reach, the agent executable is copied where the user can run it, and
+    /// code-server must be runnable by the user. Call it after setting `agent_bin` and
+    /// `code_server`. Returns the user, `None` when agents run as the orchestrator's own.
+    pub fn run_agents_as(
+        &mut self,
+        spec: &crate::agent_user::AgentUserSpec,
+    ) -> Result<Option<AgentUser>, crate::agent_user::AgentUserError> {
+        use crate::agent_user as au;
+        let Some(user) = spec.resolve()? else {
+            self.agent_user = None;
+            return Ok(None);
+        };
+        let parent_blocked = self
+            .workspaces_root
+            .parent()
+            .is_some_and(|p| au::reachable_by(p, &user, 0o1).is_some());
+        if parent_blocked {
+            self.workspaces_root = au::system_workspaces_root(self.state.root());
+            // `/var/lib/guildnet` is GuildNet's own: passable, whatever the umask made it.
+            if let Some(base) = self.workspaces_root.parent() {
+                au::create_passable_dir(base)?;
+            }
+        }
+        au::create_passable_dir(&self.workspaces_root)?;
+        au::check_reachable(
+            "the agents' directory",
+            &self.workspaces_root,
+            &user,
+            0o1,
+            "choose a state dir whose parent directories others may search (mode o+x)",
+        )?;
+        if self.agent_bin.components().count() > 1 {
+            self.agent_bin =
+                au::reachable_agent_bin(&self.agent_bin, &self.workspaces_root, &user)?;
+        }
+        if let Some(cs) = &self.code_server {
+            au::check_reachable(
+                "code-server",
+                cs,
+                &user,
+                0o5,
+                "install code-server where every user can run it (e.g. npm install -g), or pass \
+                 --agent-user",
+            )?;
+        }
+        tracing::info!(
+            user = %user.name,
+            uid = user.uid,
+            workspaces = %self.workspaces_root.display(),
+            "local agents run as an unprivileged user"
+        );
+        self.agent_user = Some(user.clone());
+        Ok(Some(user))
     }
 }
 
@@ -144,7 +211,7 @@ impl LocalBackend {
     }
 
     fn editor_from_disk(&self, agent: &AgentName) -> Option<EditorEndpoint> {
-        let dir = self.cfg.state.workspaces_root();
+        let dir = &self.cfg.workspaces_root;
         for entry in std::fs::read_dir(dir).ok()?.flatten() {
             let Ok(bytes) = std::fs::read(entry.path().join(EDITOR_FILE)) else {
                 continue;
@@ -165,7 +232,7 @@ impl LocalBackend {
     }
 
     fn workspace(&self, task: &TaskId) -> PathBuf {
-        self.cfg.state.local_agent_dir(task)
+        self.cfg.workspaces_root.join(task.as_str())
     }
 
     fn set_child(&self, agent: &AgentName, st: ChildState) {
@@ -228,7 +295,7 @@ impl LocalBackend {
     fn deny_paths(&self) -> std::ffi::OsString {
         let mut paths = vec![
             self.cfg.state.root().to_owned(),
-            self.cfg.state.workspaces_root(),
+            self.cfg.workspaces_root.clone(),
         ];
         if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
             paths.push(PathBuf::from(home).join(".kube"));
@@ -299,6 +366,16 @@ impl ClusterBackend for LocalBackend {
         // and nothing a runner writes there lands in the user's real home.
         let home = ws.join("home");
         crate::state_dir::create_private_dir(&home).map_err(|e| err(e.to_string()))?;
+        let agent_state = ws.join("state");
+        crate::state_dir::create_private_dir(&agent_state).map_err(|e| err(e.to_string()))?;
+        if let Some(user) = &self.cfg.agent_user {
+            // The agent user passes through the agent dir (0711: its log, pid and editor
+            // record stay the orchestrator's, unreadable) into the three directories it owns.
+            crate::agent_user::create_passable_dir(&ws).map_err(|e| err(e.to_string()))?;
+            for dir in [ws.join("workspace"), home.clone(), agent_state.clone()] {
+                crate::agent_user::give_to(&dir, user).map_err(|e| err(e.to_string()))?;
+            }
+        }
         let log_path = ws.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -324,7 +401,7 @@ impl ClusterBackend for LocalBackend {
         cmd.args(&self.cfg.agent_args)
             .current_dir(&ws)
             .env(WORKSPACE_ENV, ws.join("workspace"))
-            .env("GUILDNET_STATE_DIR", ws.join("state"))
+            .env("GUILDNET_STATE_DIR", &agent_state)
             .env(agent_env::DENY_PATHS, self.deny_paths())
             .env("HOME", &home)
             .env(agent_env::SANDBOX_WRITE_PATHS, &home)
@@ -362,6 +439,10 @@ impl ClusterBackend for LocalBackend {
             if let Ok(mut m) = self.editors.lock() {
                 m.insert(launch.agent.clone(), ep);
             }
+        }
+        if let Some(user) = &self.cfg.agent_user {
+            // std drops supplementary groups when it switches the uid.
+            cmd.uid(user.uid).gid(user.gid).env("USER", &user.name);
         }
         let mut child = cmd
             .spawn()

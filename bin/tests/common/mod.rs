@@ -35,6 +35,7 @@ impl Orchestrator {
     /// Like [`Orchestrator::start`] with extra flags and environment (for the orchestrator and,
     /// through `--pass-env`, its agents).
     pub fn start_with(state: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        open_for_agents(state);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -159,6 +160,30 @@ impl Orchestrator {
     }
 }
 
+/// Lets agents that a root orchestrator runs as `nobody` (its default) pass through the test's
+/// temp dir (mode 0711: search, no listing) to their directory beside the state dir, as they
+/// pass through `/home/<user>` on a normal machine; the state dir itself stays 0700.
+pub fn open_for_agents(state: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(parent) = state.parent() else { return };
+    let _ = std::fs::create_dir_all(parent);
+    // Only a private dir of the test's own (a temp dir is 0700), never /tmp or a home.
+    let private = std::fs::metadata(parent).is_ok_and(|m| m.permissions().mode() & 0o7777 == 0o700);
+    if private {
+        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711));
+    }
+}
+
+/// The testbed's tools (code-server, aider) live under the test user's home, which is closed to
+/// `nobody`: tests that run them in agents keep the agents as the test's own user (a real
+/// install puts them where every user can run them, see docs/SECURITY.md).
+pub const AGENTS_AS_ME: [&str; 2] = ["--agent-user", "current"];
+
+/// Whether this test process runs as root (agents then run as `nobody` by default).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Waits until a task is Running and returns it.
 pub async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::TaskId) -> Task {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -222,6 +247,7 @@ impl GuildnetUp {
             .args(["--org", "acme", "--runner", "sleep 300"])
             .arg("--code-server")
             .arg(code_server)
+            .args(AGENTS_AS_ME)
             .env("GUILDNET_STATE_DIR", state)
             .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
             .env_remove("ORCHESTRATOR_TOKEN")

@@ -81,6 +81,9 @@ def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestra
             "GUILDNET_STATE_DIR": str(state),
             "ORCHESTRATOR_TOKEN": TOKEN,
             "GUILDNET_AGENT_BIN": str(agent_bin),
+            # The tests' file:// repositories belong to the test user; as `nobody` (the
+            # default under root) git would refuse them ("dubious ownership").
+            "GUILDNET_AGENT_USER": "current",
             "RUST_LOG": "info",
         }
     )

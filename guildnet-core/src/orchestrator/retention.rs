@@ -110,8 +110,13 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Disk use of `paths` (walks the directories: call it off the async threads).
-pub fn disk_usage(paths: &StatePaths, retention: Option<Duration>) -> DiskUsage {
+/// Disk use of `paths` and the workspaces under `workspaces` (walks the directories: call it
+/// off the async threads).
+pub fn disk_usage(
+    paths: &StatePaths,
+    workspaces: Option<&Path>,
+    retention: Option<Duration>,
+) -> DiskUsage {
     let db = paths.orchestrator_db();
     let database_bytes = ["", "-wal", "-shm"]
         .iter()
@@ -121,26 +126,26 @@ pub fn disk_usage(paths: &StatePaths, retention: Option<Duration>) -> DiskUsage 
             std::fs::metadata(p).ok().map(|m| m.len())
         })
         .sum();
-    let ws = paths.workspaces_root();
-    let workspaces = std::fs::read_dir(&ws)
+    let workspaces = workspaces
+        .and_then(|ws| std::fs::read_dir(ws).ok())
         .map(|r| r.flatten().filter(|e| e.path().is_dir()).count() as u64)
         .unwrap_or(0);
     DiskUsage {
         state_dir: Some(paths.root().display().to_string()),
         state_dir_bytes: dir_bytes(paths.root()),
         database_bytes,
-        workspaces_dir: Some(ws.display().to_string()),
-        workspaces_bytes: dir_bytes(&ws),
+        workspaces_dir: workspaces.map(|w| w.display().to_string()),
+        workspaces_bytes: workspaces.map(dir_bytes).unwrap_or(0),
         workspaces,
         retention_secs: retention.map(|r| r.as_secs()),
     }
 }
 
-/// Removes the local workspace of each task (if any); returns (removed, bytes).
-fn remove_workspaces(paths: &StatePaths, ids: &[TaskId]) -> (u64, u64) {
+/// Removes the local workspace of each task (if any) under `root`; returns (removed, bytes).
+fn remove_workspaces(root: &Path, ids: &[TaskId]) -> (u64, u64) {
     let (mut n, mut bytes) = (0, 0);
     for id in ids {
-        let dir = paths.local_agent_dir(id);
+        let dir = root.join(id.as_str());
         if !dir.is_dir() {
             continue;
         }
@@ -169,9 +174,9 @@ impl Orchestrator {
         loop {
             let ids = self.store().prune_finished(before, PRUNE_BATCH).await?;
             report.tasks += ids.len() as u64;
-            if let Some(paths) = self.config().state_paths.clone() {
+            if let Some(root) = self.config().workspaces_root.clone() {
                 let batch = ids.clone();
-                let (n, b) = tokio::task::spawn_blocking(move || remove_workspaces(&paths, &batch))
+                let (n, b) = tokio::task::spawn_blocking(move || remove_workspaces(&root, &batch))
                     .await
                     .unwrap_or_default();
                 report.workspaces += n;
@@ -252,7 +257,8 @@ pub async fn disk(
             ..Default::default()
         }));
     };
-    let usage = tokio::task::spawn_blocking(move || disk_usage(&paths, retention))
+    let ws = o.config().workspaces_root.clone();
+    let usage = tokio::task::spawn_blocking(move || disk_usage(&paths, ws.as_deref(), retention))
         .await
         .map_err(|e| ApiError::internal(format!("disk usage task failed: {e}")))?;
     Ok(Json(usage))

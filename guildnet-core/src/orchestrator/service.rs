@@ -70,6 +70,9 @@ pub struct OrchestratorConfig {
     /// The state dir, for disk use and the local backend's workspaces (`None`: not reported,
     /// workspaces not removed).
     pub state_paths: Option<crate::state_dir::StatePaths>,
+    /// Where the local backend keeps its agents' directories (`None`: no local backend, no
+    /// workspaces to remove or measure).
+    pub workspaces_root: Option<std::path::PathBuf>,
 }
 
 impl OrchestratorConfig {
@@ -92,6 +95,7 @@ impl OrchestratorConfig {
             agents: Default::default(),
             retention: None,
             state_paths: None,
+            workspaces_root: None,
         }
     }
 
