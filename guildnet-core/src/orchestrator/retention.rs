@@ -126,7 +126,7 @@ pub fn disk_usage(
             std::fs::metadata(p).ok().map(|m| m.len())
         })
         .sum();
-    let workspaces = workspaces
+    let count = workspaces
         .and_then(|ws| std::fs::read_dir(ws).ok())
         .map(|r| r.flatten().filter(|e| e.path().is_dir()).count() as u64)
         .unwrap_or(0);
@@ -136,7 +136,7 @@ pub fn disk_usage(
         database_bytes,
         workspaces_dir: workspaces.map(|w| w.display().to_string()),
         workspaces_bytes: workspaces.map(dir_bytes).unwrap_or(0),
-        workspaces,
+        workspaces: count,
         retention_secs: retention.map(|r| r.as_secs()),
     }
 }
