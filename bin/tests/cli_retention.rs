@@ -123,13 +123,13 @@ fn prune_and_disk_use() {
     let a = s.schedule("echo one; head -c 100000 /dev/zero > blob", true);
     let b = s.schedule("echo two", true);
     let running = s.schedule("sleep 30", false);
-    let workspaces = s.state.parent().unwrap().join("workspaces");
+    let d = s.json(&["disk"]);
+    // Next to the state dir, or under /var/lib/guildnet when agents run as another user.
+    let workspaces = std::path::PathBuf::from(d["workspacesDir"].as_str().unwrap());
     assert!(
         workspaces.join(&a).is_dir(),
         "the local backend keeps a workspace per task"
     );
-
-    let d = s.json(&["disk"]);
     assert!(d["stateDirBytes"].as_u64().unwrap() > 0, "{d}");
     assert!(d["databaseBytes"].as_u64().unwrap() > 0, "{d}");
     assert!(d["workspacesBytes"].as_u64().unwrap() >= 100_000, "{d}");
@@ -176,8 +176,9 @@ fn up_with_retention_removes_finished_tasks_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let s = up(dir.path(), "auto", &["--retention", "2s"]);
     let id = s.schedule("echo soon gone", true);
-    assert_eq!(s.json(&["disk"])["retentionSecs"], 2);
-    let workspace = s.state.parent().unwrap().join("workspaces").join(&id);
+    let d = s.json(&["disk"]);
+    assert_eq!(d["retentionSecs"], 2);
+    let workspace = Path::new(d["workspacesDir"].as_str().unwrap()).join(&id);
     assert!(workspace.is_dir());
     // The row goes first, then the workspace (in the same pass).
     let deadline = Instant::now() + Duration::from_secs(30);
