@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/guildnet/target}"
 # The real upstream servers the integration tests start (kube-apiserver, etcd, kwok, headscale,
-# tailscaled, code-server, chromium, talosctl, and for the real node containerd, kubelet, the
+# tailscaled, code-server, chromium, talosctl and the Talos node emulator, and for the real node containerd, kubelet, the
 # registry and the pause and busybox images). Skips what is installed: about 0.2 s when warm,
 # about 17 min on a fresh machine. See docs/TESTBED.md.
 bash scripts/testbed/install.sh

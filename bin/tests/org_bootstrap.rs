@@ -1,28 +1,17 @@
 //! Org cluster bootstrap through the real orchestrator and CLI: `guildnet org bootstrap` starts
 //! the job, follows its progress stream to the end and prints where the configs went; a second
 //! start while one runs gets 409; bad requests get 422 naming the field; `org kubeconfig` runs
-//! the last step alone. Node operations go to guildnet-talos's stand-in talosctl (no Talos nodes
-//! here); `gen` and `config` run the real testbed talosctl.
+//! the last step alone. The orchestrator runs the testbed's real talosctl against emulated Talos
+//! nodes (guildnet_testbed::talos_emulator), whose bootstrap starts a real control plane.
 
 mod common;
 
 use common::*;
 use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::bootstrap::OrgBootstrapRequest;
+use guildnet_testbed::talos_emulator::TalosEmulator;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
-
-const STANDIN_TOKEN: &str = "standin-secret-token-9c1d";
-
-fn standin(dir: &Path) -> std::path::PathBuf {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../guildnet-talos/tests/fixtures/talosctl");
-    let dst = dir.join("talosctl");
-    std::fs::copy(&src, &dst).expect("copy the stand-in talosctl");
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dst
-}
 
 fn cli(orch: &Orchestrator, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_guildnet"))
@@ -35,24 +24,17 @@ fn cli(orch: &Orchestrator, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
     let dir = tempfile::tempdir().unwrap();
-    let talosctl = standin(dir.path());
-    let standin_dir = dir.path().join("standin");
-    std::fs::create_dir_all(standin_dir.join("fail")).unwrap();
-    let real = guildnet_testbed::bin("talosctl").expect("testbed talosctl");
+    let talosctl = guildnet_testbed::bin("talosctl").expect("testbed talosctl");
+    let emu = TalosEmulator::start(2)
+        .await
+        .expect("talos emulator (scripts/testbed/install.sh talos-emulator)");
+    let (cp, worker) = (emu.nodes()[0].clone(), emu.nodes()[1].clone());
     let state = dir.path().join("state");
     let orch = Orchestrator::start_with(
         &state,
         free_port(),
         &["--talosctl", talosctl.to_str().unwrap()],
-        &[
-            ("STANDIN_DIR", standin_dir.to_str().unwrap()),
-            ("STANDIN_REAL_TALOSCTL", real.to_str().unwrap()),
-            ("STANDIN_TOKEN", STANDIN_TOKEN),
-            (
-                "STANDIN_KEY",
-                "c3RhbmRpbi1rZXktbWF0ZXJpYWwtMDEyMzQ1Njc4OQ==",
-            ),
-        ],
+        &[],
     );
     orch.wait_ready().await;
     let c = orch.client();
@@ -65,33 +47,58 @@ async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
             "--org",
             "acme",
             "--cp",
-            "10.0.0.2",
+            &cp,
             "--worker",
-            "10.0.0.3",
+            &worker,
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(
+        out.status.success(),
+        "{stderr}\n{stdout}\n{}",
+        emu.diagnostics().await
+    );
     // 1 gen-config + 2 apply-config + talosconfig + bootstrap + health + kubeconfig.
     assert!(stderr.contains("[####################] 7/7"), "{stderr}");
     for step in [
-        "gen-config",
-        "apply-config 10.0.0.2",
-        "apply-config 10.0.0.3",
-        "bootstrap",
-        "health",
-        "kubeconfig",
+        "gen-config".to_owned(),
+        format!("apply-config {cp}"),
+        format!("apply-config {worker}"),
+        "bootstrap".to_owned(),
+        "health".to_owned(),
+        "kubeconfig".to_owned(),
     ] {
-        assert!(stderr.contains(step), "{step} missing: {stderr}");
+        assert!(stderr.contains(&step), "{step} missing: {stderr}");
     }
+    assert_eq!(
+        emu.calls(),
+        vec![
+            format!("apply-config --insecure {cp}"),
+            format!("apply-config --insecure {worker}"),
+            format!("bootstrap {cp}"),
+            format!("health {cp} control-plane={cp} workers={worker}"),
+            format!("kubeconfig {cp}"),
+        ]
+    );
+    // The kubeconfig reaches the real API server the bootstrap started; its bearer token
+    // never reached the progress stream.
+    let kubeconfig = state.join("kube").join("acme.config");
+    let kc_text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let api = guildnet_testbed::kube::client_from_kubeconfig(&kc_text)
+        .await
+        .expect("org kubeconfig");
+    api.apiserver_version().await.expect("API server answers");
+    let token = {
+        let slot = emu.control_plane().await;
+        slot.cluster.as_ref().unwrap().admin_token().to_owned()
+    };
     let leaks: Vec<&str> = stderr
         .lines()
         .chain(stdout.lines())
-        .filter(|l| l.contains(STANDIN_TOKEN))
+        .filter(|l| l.contains(&token))
         .collect();
     assert!(leaks.is_empty(), "token leaked: {leaks:#?}");
-    let kubeconfig = state.join("kube").join("acme.config");
     assert!(
         stdout.contains(&format!("kubeconfig: {}", kubeconfig.display())),
         "{stdout}"
@@ -105,10 +112,10 @@ async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
     assert_eq!(st.state, "succeeded", "{st:?}");
 
     // A slow run (health fails twice, transiently): a second start is refused while it runs.
-    std::fs::write(standin_dir.join("fail").join("health"), "transient 2\n").unwrap();
+    emu.fail("health", "transient 2").unwrap();
     let req = OrgBootstrapRequest {
         org: acme.clone(),
-        cp_nodes: vec!["10.0.0.2".into()],
+        cp_nodes: vec![cp.clone()],
         worker_nodes: vec![],
     };
     let first = c.start_bootstrap(&req).await.unwrap();
@@ -123,7 +130,7 @@ async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
         let mut last = None;
         while let Some(m) = s.next().await {
             let m = m.unwrap();
-            assert!(!m.data.contains(STANDIN_TOKEN), "{}", m.data);
+            assert!(!m.data.contains(&token), "{}", m.data);
             last = Some(m);
         }
         last.unwrap()
@@ -139,12 +146,12 @@ async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
     let e = c.start_bootstrap(&bad(vec![], "acme")).await.unwrap_err();
     assert_eq!((e.status(), e.field()), (Some(422), Some("cpNodes")), "{e}");
     let e = c
-        .start_bootstrap(&bad(vec!["10.0.0.2; rm -rf /"], "acme"))
+        .start_bootstrap(&bad(vec!["127.0.0.2; rm -rf /"], "acme"))
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(422), "{e}");
     let e = c
-        .start_bootstrap(&bad(vec!["10.0.0.2"], "nobody"))
+        .start_bootstrap(&bad(vec![&cp], "nobody"))
         .await
         .unwrap_err();
     assert_eq!((e.status(), e.field()), (Some(422), Some("org")), "{e}");
@@ -153,14 +160,7 @@ async fn cli_bootstraps_an_org_cluster_through_the_orchestrator() {
     std::fs::remove_file(&kubeconfig).unwrap();
     let out = cli(
         &orch,
-        &[
-            "org",
-            "kubeconfig",
-            "--org",
-            "acme",
-            "--endpoint",
-            "10.0.0.2",
-        ],
+        &["org", "kubeconfig", "--org", "acme", "--endpoint", &cp],
     );
     assert!(
         out.status.success(),

@@ -310,6 +310,12 @@ pub fn reachable_agent_bin(
     if reachable_by(agent_bin, user, 0o5).is_none() {
         return Ok(agent_bin.to_owned());
     }
+    if !agent_bin.is_file() {
+        // Missing: the backend reports it on every submit (and holds the org back), exactly
+        // as when agents run as the orchestrator's own user.
+        tracing::warn!(agent = %agent_bin.display(), "the agent executable does not exist");
+        return Ok(agent_bin.to_owned());
+    }
     let io = |op, path: &Path, source| AgentUserError::Io {
         op,
         path: path.to_owned(),

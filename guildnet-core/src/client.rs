@@ -1,10 +1,9 @@
 //! Typed HTTP clients: [`OrchestratorClient`] for the admin API (used by the CLI and the Python
 //! bindings) and [`AgentClient`] for the agent protocol (used by the agent).
 
+use crate::api::*;
 use crate::model::{Agent, LogLine, Org, Task};
 use crate::names::{AgentName, OrgName, TaskId};
-use crate::orchestrator::api::*;
-use crate::orchestrator::error::ErrorBody;
 use crate::token::Secret;
 use futures_util::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -419,10 +418,7 @@ impl OrchestratorClient {
     }
 
     /// `GET /tasks/{id}` with the backend's view of the workload (why a pod does not start...).
-    pub async fn task_detail(
-        &self,
-        id: &TaskId,
-    ) -> Result<crate::orchestrator::api::TaskDetail, ClientError> {
+    pub async fn task_detail(&self, id: &TaskId) -> Result<crate::api::TaskDetail, ClientError> {
         self.http.get(&format!("/tasks/{id}")).await
     }
 
@@ -494,8 +490,8 @@ impl OrchestratorClient {
     /// `POST /orgs/bootstrap`: starts an org's cluster bootstrap.
     pub async fn start_bootstrap(
         &self,
-        req: &crate::orchestrator::bootstrap::OrgBootstrapRequest,
-    ) -> Result<crate::orchestrator::bootstrap::BootstrapStatus, ClientError> {
+        req: &crate::api::OrgBootstrapRequest,
+    ) -> Result<crate::api::BootstrapStatus, ClientError> {
         self.http.post("/orgs/bootstrap", req).await
     }
 
@@ -503,13 +499,13 @@ impl OrchestratorClient {
     pub async fn bootstrap_status(
         &self,
         org: &OrgName,
-    ) -> Result<crate::orchestrator::bootstrap::BootstrapStatus, ClientError> {
+    ) -> Result<crate::api::BootstrapStatus, ClientError> {
         self.http.get(&format!("/orgs/{org}/bootstrap")).await
     }
 
     /// `GET /orgs/{org}/bootstrap/stream`: `progress` messages (data: a
     /// [`crate::seams::BootstrapProgress`]), then one `done` or `error` (data: the final
-    /// [`crate::orchestrator::bootstrap::BootstrapStatus`]).
+    /// [`crate::api::BootstrapStatus`]).
     pub async fn follow_bootstrap(
         &self,
         org: &OrgName,
@@ -524,11 +520,11 @@ impl OrchestratorClient {
         &self,
         org: &OrgName,
         endpoint: &str,
-    ) -> Result<crate::orchestrator::bootstrap::KubeconfigResponse, ClientError> {
+    ) -> Result<crate::api::KubeconfigResponse, ClientError> {
         self.http
             .post(
                 "/kubeconfig/generate",
-                &crate::orchestrator::bootstrap::KubeconfigRequest {
+                &crate::api::KubeconfigRequest {
                     org: org.clone(),
                     endpoint: endpoint.to_owned(),
                 },

@@ -20,10 +20,12 @@
 pub mod agent;
 pub mod agent_settings;
 pub mod agent_user;
+pub mod api;
 pub mod client;
 pub mod client_config;
 pub mod context;
 pub mod http_server;
+pub mod httpapi;
 pub mod jobs;
 pub mod launch;
 pub mod lifecycle;

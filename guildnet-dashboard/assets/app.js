@@ -165,7 +165,7 @@ function parseSse(buffer, onEvent) {
 }
 
 // Runs a flow stream in the progress overlay. Resolves true on success. Validation errors
-// (400 JSON) are shown in `errorId` and the overlay is not opened.
+// (a 4xx JSON error) are shown in `errorId` and the overlay is not opened.
 async function runFlow(title, path, body, errorId) {
   let resp;
   try {

@@ -4,22 +4,21 @@ use crate::auth::{self, has_session};
 use crate::configs::{self, ConfigKind};
 use crate::error::ApiError;
 use crate::flows::{run_flow, FlowSender};
-use crate::json::ApiJson;
-use crate::json::ApiPath;
 use crate::validate;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use guildnet_core::api::TaskListQuery;
 use guildnet_core::client::SseMessage;
+use guildnet_core::httpapi::ApiJson;
+use guildnet_core::httpapi::{ApiPath, ApiQuery};
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
-use guildnet_core::orchestrator::api::TaskListQuery;
 use guildnet_core::token;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -58,11 +57,6 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
                 )
             }),
     }
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::invalid("query", format!("invalid query string: {}", e.body_text())))
 }
 
 fn org_param(name: &str) -> Result<OrgName, ApiError> {
@@ -417,7 +411,7 @@ pub async fn schedule(
     if body.task.trim().is_empty() {
         return Err(ApiError::invalid("task", "task must not be empty"));
     }
-    let mut req = guildnet_core::orchestrator::api::ScheduleRequest::new(org, body.task);
+    let mut req = guildnet_core::api::ScheduleRequest::new(org, body.task);
     req.agent_hint = body.agent_hint.filter(|h| !h.trim().is_empty());
     req.repo = body.repo.filter(|r| !r.url.trim().is_empty());
     req.files = body.files;
@@ -445,9 +439,8 @@ pub struct TasksQuery {
 #[allow(clippy::needless_update)]
 pub async fn list_tasks(
     State(s): State<AppState>,
-    q: Result<Query<TasksQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<TasksQuery>,
 ) -> Result<Json<Vec<Task>>, ApiError> {
-    let q = query(q)?;
     let status = q
         .status
         .filter(|v| !v.is_empty())
@@ -474,7 +467,7 @@ pub async fn list_tasks(
 pub async fn get_task(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<guildnet_core::orchestrator::api::TaskDetail>, ApiError> {
+) -> Result<Json<guildnet_core::api::TaskDetail>, ApiError> {
     Ok(Json(s.orchestrator.task_detail(&task_param(&id)?).await?))
 }
 
@@ -491,9 +484,8 @@ pub struct AfterQuery {
 pub async fn task_logs(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    q: Result<Query<AfterQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Json<Vec<guildnet_core::model::LogLine>>, ApiError> {
-    let q = query(q)?;
     Ok(Json(
         s.orchestrator
             .logs(&task_param(&id)?, q.after.unwrap_or(0))
@@ -764,9 +756,8 @@ pub async fn close_editor(
 pub async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<AfterQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     let after = last_event_id(&headers)?.or(q.after);
     Ok(sse_response(s.live.browser_stream(after)))
 }

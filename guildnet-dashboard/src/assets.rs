@@ -1,8 +1,8 @@
 //! The page and its static assets, embedded in the binary (no build step).
 
-use crate::json::ApiPath;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use guildnet_core::httpapi::ApiPath;
 
 /// The single page.
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");

@@ -23,7 +23,6 @@ pub mod db;
 pub mod editor_origin;
 pub mod error;
 pub mod flows;
-pub mod json;
 pub mod live;
 pub mod mesh;
 pub mod provision;

@@ -132,7 +132,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(metrics))
         .fallback(assets::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .layer(DefaultBodyLimit::max(crate::json::MAX_JSON_BYTES))
+        .layer(DefaultBodyLimit::max(
+            guildnet_core::httpapi::MAX_BODY_BYTES,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security_headers,

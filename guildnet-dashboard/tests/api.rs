@@ -192,12 +192,12 @@ async fn orgs_configs_and_input_errors() {
     let (st, v) = me
         .json(Method::POST, "/api/orgs", Some(json!({"name": "Bad_Name"})))
         .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 422);
     assert_eq!(v["error"]["field"], "name");
     // A path that does not decode is a JSON error naming the path, like every other input error.
     for path in ["/api/orgs/%FF", "/api/tasks/%FF/logs", "/api/agents/%C3%28"] {
         let resp = me.req(Method::GET, path).send().await.unwrap();
-        assert_eq!(resp.status(), 400, "{path}");
+        assert_eq!(resp.status(), 422, "{path}");
         assert!(
             resp.headers()["content-type"]
                 .to_str()
@@ -256,7 +256,7 @@ async fn orgs_configs_and_input_errors() {
             Some(json!({"name": "x", "admin": true})),
         )
         .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 422);
     assert_eq!(v["error"]["field"], "admin", "{v}");
     let resp = me
         .req(Method::POST, "/api/orgs")
@@ -268,7 +268,11 @@ async fn orgs_configs_and_input_errors() {
     let (st, v) = me.json(Method::GET, "/api/nope", None).await;
     assert_eq!((st, v["error"]["code"].clone()), (404, json!("not_found")));
     let (st, v) = me.json(Method::GET, "/api/tasks?bogus=1", None).await;
-    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (400, json!("invalid_query")),
+        "{v}"
+    );
 
     // Kubeconfig: good upload -> 0600 file and status; bad uploads -> 422, file untouched.
     let kc_path = env.dash_state.join("kube/acme.config");
@@ -357,7 +361,7 @@ async fn orgs_configs_and_input_errors() {
             Some(json!({"cpNodes": ["not a host"]})),
         )
         .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 422);
     assert_eq!(v["error"]["field"], "cpNodes");
 
     // Delete needs the confirmation and removes the config files.
@@ -368,7 +372,7 @@ async fn orgs_configs_and_input_errors() {
             Some(json!({"confirm": "wrong"})),
         )
         .await;
-    assert_eq!((st, v["error"]["field"].clone()), (400, json!("confirm")));
+    assert_eq!((st, v["error"]["field"].clone()), (422, json!("confirm")));
     assert!(kc_path.is_file());
     let (st, _) = me
         .json(
@@ -455,7 +459,7 @@ async fn schedule_runs_to_succeeded_and_live_events_resume() {
     let (st, _) = me
         .json(Method::GET, "/api/tasks/not_an_id/logs/stream", None)
         .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 422);
 
     // Resume: a new stream from the first event's id replays every later event of the task.
     let first = seen[0].0;
@@ -541,7 +545,7 @@ async fn setup_stream_validates_then_streams_and_records() {
     let (_, v) = me.json(Method::GET, "/api/setup", None).await;
     assert_eq!(v["configured"], false);
 
-    // Invalid input: 400 JSON, not a stream.
+    // Invalid input: 422 JSON, not a stream.
     for (body, field) in [
         (
             json!({"mode": "connect", "hostname": "laptop", "loginServer": "nope", "authKey": "k"}),
@@ -563,7 +567,7 @@ async fn setup_stream_validates_then_streams_and_records() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 400, "{body}");
+        assert_eq!(resp.status(), 422, "{body}");
         assert!(resp.headers()["content-type"]
             .to_str()
             .unwrap()

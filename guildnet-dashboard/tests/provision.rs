@@ -146,7 +146,7 @@ async fn provision_relays_the_bootstrap_then_installs_the_operator() {
         .expect("operator deployment");
     assert_eq!(d.metadata.name.as_deref(), Some("guildnet-operator"));
 
-    // A second bootstrap request while none runs works again; bad input is 400 before streaming.
+    // A second bootstrap request while none runs works again; bad input is 422 before streaming.
     let (st, v) = me
         .json(
             Method::POST,
@@ -154,5 +154,5 @@ async fn provision_relays_the_bootstrap_then_installs_the_operator() {
             Some(json!({"cpNodes": ["10.5.0.2", "10.5.0.2"]})),
         )
         .await;
-    assert_eq!(st, 400, "{v}");
+    assert_eq!(st, 422, "{v}");
 }

@@ -8,7 +8,7 @@
 #   scripts/testbed/install.sh --force kwok    # rebuild even if the stamp matches
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
-# Items: etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
+# Items: etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
 #        containerd kubelet node-deps registry pause busybox-image (the real node)
 #        images (the cached bases of GuildNet's own images, scripts/images/build.sh --prepare)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
@@ -26,11 +26,11 @@ STAMPS="$TESTBED_DIR/stamps"
 SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
-ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl code-server chromium gitea aider
+ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
   containerd kubelet node-deps registry pause busybox-image images postgres)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
-declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [code-server]=1 [chromium]=1
+declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [talos-emulator]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
   [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1)
 
@@ -53,6 +53,7 @@ item_version() {
     headscale) echo "$HEADSCALE_VERSION" ;;
     tailscale) echo "$TAILSCALE_VERSION" ;;
     talosctl) echo "$TALOS_VERSION" ;;
+    talos-emulator) echo "$TALOS_VERSION-src.$(talos_emulator_hash)" ;;
     code-server) echo "$CODE_SERVER_VERSION" ;;
     chromium) echo "debian" ;;
     gitea) echo "$GITEA_VERSION" ;;
@@ -78,6 +79,7 @@ item_outputs() {
     headscale) echo "headscale" ;;
     tailscale) echo "tailscale tailscaled" ;;
     talosctl) echo "talosctl" ;;
+    talos-emulator) echo "talos-emulator" ;;
     code-server) echo "code-server" ;;
     chromium) echo "chromium chromedriver" ;;
     gitea) echo "gitea" ;;
@@ -332,6 +334,29 @@ install_talosctl() {
   go_wrapper "$dir" github.com/siderolabs/talos "$v" "$repl" github.com/siderolabs/talos/cmd/talosctl
   (cd "$dir" && go_build_to "$BIN/talosctl" "$GO_LDFLAGS_BASE" github.com/siderolabs/talos/cmd/talosctl)
   verify "Tag:         $v" "$BIN/talosctl" version --client
+}
+
+# ---------------------------------------------------------------------------------------------
+# talos-emulator: GuildNet's own Talos node emulator (testbed/talos-emulator, a Go module in this
+# repository) for the tests that drive the real talosctl. It uses the API types of
+# github.com/siderolabs/talos/pkg/machinery at TALOS_VERSION (the talosctl's version; go.mod pins
+# it and carries machinery's own replace lines). Its stamp records a hash of its sources, so an
+# edit rebuilds it. See testbed/talos-emulator/README.md.
+TALOS_EMULATOR_SRC="$REPO_ROOT/testbed/talos-emulator"
+talos_emulator_hash() {
+  (cd "$TALOS_EMULATOR_SRC" && cat go.mod go.sum ./*.go) | sha256sum | cut -c1-12
+}
+
+install_talos_emulator() {
+  local want
+  want="$(sed -n 's#^[[:space:]]*github.com/siderolabs/talos/pkg/machinery \(v[^ ]*\).*#\1#p' "$TALOS_EMULATOR_SRC/go.mod" | head -n1)"
+  [[ "$want" == "$TALOS_VERSION" ]] ||
+    die "talos-emulator: go.mod requires machinery $want, versions.env has TALOS_VERSION=$TALOS_VERSION"
+  (cd "$TALOS_EMULATOR_SRC" && CGO_ENABLED=0 go_build_to "$BIN/talos-emulator" "$GO_LDFLAGS_BASE" .)
+  [[ -x "$BIN/talos-emulator" ]] || die "talos-emulator: the build wrote no binary"
+  local out
+  out="$("$BIN/talos-emulator" 2>&1 || true)" # no flags: prints its usage and exits 2
+  grep -q "usage: talos-emulator" <<<"$out" || die "talos-emulator: the binary does not run: $out"
 }
 
 # ---------------------------------------------------------------------------------------------

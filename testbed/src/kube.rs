@@ -48,6 +48,7 @@ pub struct KubeCluster {
     apiserver: Option<Proc>,
     etcd: Option<Proc>,
     server: String,
+    etcd_url: String,
     token: String,
     ca_pem: Vec<u8>,
     kubeconfig: PathBuf,
@@ -125,6 +126,7 @@ impl KubeCluster {
             apiserver: None,
             etcd: None,
             server: String::new(),
+            etcd_url: String::new(),
             token: random_hex(24)?,
             ca_pem: Vec::new(),
             kubeconfig: d.join("kubeconfig"),
@@ -136,6 +138,7 @@ impl KubeCluster {
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
+        cluster.etcd_url = etcd_url.clone();
         let etcd = Proc::spawn(
             "etcd",
             &etcd_bin,
@@ -485,6 +488,11 @@ impl KubeCluster {
     /// The API server's URL (`https://127.0.0.1:<port>`; with a real node, the node's address).
     pub fn server_url(&self) -> &str {
         &self.server
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`, plain HTTP on loopback).
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The admin bearer token (group system:masters).

@@ -16,7 +16,9 @@
 //! - [`editor::CodeServer`]: code-server with password auth.
 //! - [`browser::ChromeDriver`] with a minimal W3C WebDriver session for headless Chromium.
 //! - [`bench`]: percentiles and the table-row format of the bench binaries.
-//! - [`talos::Talosctl`]: the client-side talosctl commands (no Talos node runs here).
+//! - [`talos::Talosctl`]: the client-side talosctl commands; [`talos_emulator::TalosEmulator`]:
+//!   emulated Talos nodes (the real machine API over mTLS) that the real talosctl drives, whose
+//!   bootstrap starts a real control plane.
 //! - [`forge::Gitea`]: a real git forge with an admin token, repositories and pull requests.
 //! - [`postgres::Postgres`]: PostgreSQL from Debian, initialised in a temp dir, run as an
 //!   unprivileged system user.
@@ -37,6 +39,7 @@ pub mod postgres;
 pub mod process;
 pub mod registry;
 pub mod talos;
+pub mod talos_emulator;
 
 pub use process::{Proc, TestbedError};
 

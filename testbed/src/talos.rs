@@ -1,7 +1,8 @@
 //! talosctl, client side only: generating and validating machine configs.
 //!
 //! No Talos node can run on the test machine, so only the commands that work offline are
-//! wrapped here (`gen config`, `validate`, `version --client`). Each one is a one-shot
+//! wrapped here (`gen config`, `validate`, `version --client`); node commands go to emulated
+//! nodes ([`crate::talos_emulator`]). Each one is a one-shot
 //! [`crate::process::run`], whose error quotes talosctl's stdout and stderr.
 
 use crate::process::run;

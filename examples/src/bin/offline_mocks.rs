@@ -9,12 +9,12 @@
 //! the SDK promises.
 
 use futures_util::StreamExt;
+use guildnet_core::api::{
+    ClaimRequest, CompleteRequest, HeartbeatRequest, LogRequest, RegisterRequest,
+};
 use guildnet_core::client::{AgentClient, ClientError, LogFollow, OrchestratorClient};
 use guildnet_core::model::{Artifact, LogStream, NewLogLine, TaskStatus};
 use guildnet_core::names::OrgName;
-use guildnet_core::orchestrator::api::{
-    ClaimRequest, CompleteRequest, HeartbeatRequest, LogRequest, RegisterRequest,
-};
 use guildnet_core::orchestrator::{serve, Orchestrator, OrchestratorConfig};
 use guildnet_core::seams::{AgentLaunch, BackendError, MockClusterBackend, WorkloadState};
 use guildnet_core::store::{Durability, SqliteStore, StateStore};

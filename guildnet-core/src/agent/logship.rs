@@ -16,10 +16,10 @@
 //! - [`LogShipper::finish`] sends everything left and then a batch with `final: true`, so the
 //!   orchestrator can seal the log, and returns after at most the time it is given.
 
+use crate::api::LogRequest;
 use crate::client::{AgentClient, ClientError};
 use crate::model::{LogStream, NewLogLine};
 use crate::names::AgentName;
-use crate::orchestrator::api::LogRequest;
 use chrono::Utc;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

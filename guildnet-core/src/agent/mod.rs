@@ -29,10 +29,10 @@ pub mod sandbox;
 pub use logship::{LogShipper, ShipLimits, ShipReport};
 pub use runner::{RunOutcome, RunnerSpec};
 
+use crate::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
 use crate::client::{AgentClient, ClientError};
 use crate::model::{Artifact, LogStream, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
-use crate::orchestrator::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
 use crate::redact::Redactor;
 use crate::seams::env;
 use crate::token::Secret;

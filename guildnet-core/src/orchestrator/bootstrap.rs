@@ -16,61 +16,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use utoipa::ToSchema;
 
-/// `POST /orgs/bootstrap`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OrgBootstrapRequest {
-    /// The org (also the cluster name); must be registered.
-    pub org: OrgName,
-    /// Control-plane node addresses (IPs or host names; at least one).
-    pub cp_nodes: Vec<String>,
-    /// Worker node addresses.
-    #[serde(default)]
-    pub worker_nodes: Vec<String>,
-}
-
-/// Where a bootstrap job stands (`GET /orgs/{org}/bootstrap`, and the reply to the start).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BootstrapStatus {
-    /// The org.
-    pub org: OrgName,
-    /// `running`, `succeeded` or `failed`.
-    pub state: String,
-    /// Files written, once succeeded (`kubeconfig`, `talosconfig` paths).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Progress stream (SSE).
-    pub stream: String,
-}
-
-/// `POST /kubeconfig/generate`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KubeconfigRequest {
-    /// The org.
-    pub org: OrgName,
-    /// A control-plane node address.
-    pub endpoint: String,
-}
-
-/// Reply to `POST /kubeconfig/generate`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KubeconfigResponse {
-    /// The org.
-    pub org: OrgName,
-    /// Where the kubeconfig was written (mode 0600).
-    pub path: String,
-}
+pub use crate::api::{BootstrapStatus, KubeconfigRequest, KubeconfigResponse, OrgBootstrapRequest};
 
 fn status_of(org: &OrgName, st: &JobState<crate::seams::BootstrapOutcome>) -> BootstrapStatus {
     let (state, result, error) = match st {

@@ -1,0 +1,391 @@
+//! The wire contract: every request and response body of the orchestrator API (also the
+//! OpenAPI schemas), including the error body and the org-bootstrap bodies. The ground floor:
+//! it imports only the model and names, so the client, the agent, the dashboard, the Python
+//! bindings and the server all share it without importing a server module.
+
+use crate::context::{ContextFile, RepoSpec};
+use crate::model::{Artifact, NewLogLine, Task, TaskStatus};
+use crate::names::{AgentName, OrgName};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always `ok` when the orchestrator answers.
+    pub status: String,
+    /// Orchestrator version.
+    pub version: String,
+    /// Cluster backend in use.
+    pub backend: String,
+}
+
+/// `POST /orgs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    /// The org name (DNS-1123 label).
+    pub name: OrgName,
+}
+
+/// `POST /schedule`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// Org whose cluster runs the task (must be registered).
+    pub org: OrgName,
+    /// The task text for the agent's runner (1 byte to 64 KiB).
+    pub task: String,
+    /// Optional hint recorded with the task (e.g. an agent profile), up to 63 characters. When
+    /// the orchestrator has named runners, it must name one, and that runner runs the task.
+    #[serde(default)]
+    pub agent_hint: Option<String>,
+    /// Repository the agent clones into its workspace before running the task. The URL must
+    /// not carry credentials (422 `repo.url`): the forge token is the orchestrator's.
+    #[serde(default)]
+    pub repo: Option<RepoSpec>,
+    /// Files the agent writes into its workspace (after the clone).
+    #[serde(default)]
+    pub files: Vec<ContextFile>,
+}
+
+impl ScheduleRequest {
+    /// A request with only the org and the task text.
+    pub fn new(org: OrgName, task: impl Into<String>) -> Self {
+        Self {
+            org,
+            task: task.into(),
+            agent_hint: None,
+            repo: None,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// Query of `GET /tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TaskListQuery {
+    /// Only tasks with this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this org.
+    pub org: Option<OrgName>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Continue after the previous page: the `X-Next-Cursor` header of that page's response
+    /// (an opaque string). Pages are keyset-paginated, so each costs the same however deep
+    /// the listing goes, and tasks scheduled meanwhile never shift a page.
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /tasks/{id}/logs` and the log streams.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines after this sequence number (task logs) or id (agent logs). `Last-Event-ID`
+    /// takes precedence on streams.
+    pub after: Option<u64>,
+    /// At most this many lines (default 1000, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /events` and `GET /audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AfterQuery {
+    /// Only entries with a greater id. `Last-Event-ID` takes precedence on streams.
+    pub after: Option<u64>,
+    /// At most this many (default 1000, at most 10000).
+    pub limit: Option<usize>,
+    /// `GET /events` only, without `after` or `Last-Event-ID`: start after the newest event
+    /// (only events recorded from now on), e.g. to wait for a task's end.
+    pub tail: Option<bool>,
+}
+
+/// `POST /agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The agent's name (as given in `AGENT_NAME`).
+    pub agent: AgentName,
+    /// Agent version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where its editor listens (`host:port`), if it serves one.
+    #[serde(default)]
+    pub editor_address: Option<String>,
+}
+
+/// Protocol timings an agent must follow.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolTimings {
+    /// Send a heartbeat at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// A claim lease lasts this long unless renewed by a heartbeat.
+    pub lease_ttl_ms: u64,
+}
+
+/// Reply to `POST /agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    /// The task this agent was started for.
+    pub task: Task,
+    /// Timings to follow.
+    pub timings: ProtocolTimings,
+}
+
+/// `POST /agent/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The claiming agent.
+    pub agent: AgentName,
+}
+
+/// Reply to `POST /agent/claim`: the task and the lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimResponse {
+    /// The claimed task.
+    pub task: Task,
+    /// Fencing token: send it with every later call; a newer claim makes it stale (409).
+    pub fencing: u64,
+    /// When the lease expires unless renewed.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Sequence number of this agent's first log line: a task's log is one sequence across
+    /// attempts, so a requeued task's new agent continues after the old one's lines.
+    pub next_log_seq: u64,
+    /// Timings to follow.
+    pub timings: ProtocolTimings,
+}
+
+/// `POST /agent/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// The fencing token of its claim, once it holds one: renews the lease.
+    #[serde(default)]
+    pub fencing: Option<u64>,
+    /// Free-form state (runner, editor), shown in `GET /agents`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub state: Option<serde_json::Value>,
+}
+
+/// Reply to `POST /agent/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    /// The task's status now.
+    pub task_status: TaskStatus,
+    /// True when the agent must stop its runner (the task was cancelled or taken away).
+    pub cancel: bool,
+    /// When the lease now expires, if the agent holds it.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /agent/log`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// Fencing token of its claim.
+    pub fencing: u64,
+    /// Lines, each with a per-task sequence number (at most 1000 per call). Sequence numbers
+    /// grow strictly within a batch; a new line must come after every stored line of the task
+    /// (gaps are allowed, going back is refused with 409 `log_out_of_order`); a line whose
+    /// number is already stored is a re-send and is skipped.
+    pub lines: Vec<NewLogLine>,
+    /// This is the agent's last batch for the task: the log is sealed after it, later writes
+    /// get 409 `log_sealed`, and log streams end once the task is finished and its log sealed.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
+}
+
+/// Reply to `POST /agent/log`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogResponse {
+    /// Lines newly stored (re-sent lines are skipped).
+    pub inserted: usize,
+    /// Highest sequence number stored for the task.
+    pub max_seq: u64,
+    /// The task's log quota is used up: output lines past it were dropped (a system line says
+    /// so). The agent should stop sending output lines; the task itself goes on.
+    #[serde(default)]
+    pub quota_exceeded: bool,
+}
+
+/// `POST /agent/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The agent.
+    pub agent: AgentName,
+    /// Fencing token of its claim.
+    pub fencing: u64,
+    /// `Succeeded` or `Failed`.
+    pub status: TaskStatus,
+    /// Runner exit code.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Artifacts produced.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    /// Pull request opened, if any.
+    #[serde(default)]
+    pub pr_url: Option<String>,
+}
+
+/// `POST /tasks/{id}/cancel`: no fields; the body may be left out or be `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {}
+
+/// `POST /agents/editor/open` and `POST /agents/editor/close`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EditorRequest {
+    /// The agent.
+    pub name: AgentName,
+    /// Its org.
+    pub org: OrgName,
+}
+
+/// Reply to `POST /agents/editor/open`: where the orchestrator reaches the agent's editor
+/// (for the Kubernetes backend, a port-forward on 127.0.0.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditorOpenResponse {
+    /// The agent.
+    pub name: AgentName,
+    /// Host or IP address.
+    pub host: String,
+    /// The port the orchestrator serves the editor under (`/editor/proxy/<port>/`): the local
+    /// end of a port-forward, the editor's own port, or a free number for an editor reached
+    /// over the tailnet.
+    pub port: u16,
+    /// Where the orchestrator serves the editor (`/editor/proxy/<port>/`); the reply also sets
+    /// an HttpOnly session cookie for that path.
+    pub path: String,
+}
+
+/// Reply to `POST /agents/editor/close`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditorCloseResponse {
+    /// Whether an open editor connection was closed.
+    pub closed: bool,
+}
+
+/// Reply to `GET /tasks/{id}`: the task, and what its backend says about its workload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDetail {
+    /// The task.
+    #[serde(flatten)]
+    pub task: Task,
+    /// The backend's view of the workload (Kubernetes: AgentTask phase and conditions, pods,
+    /// warning events); absent when the backend has nothing to say or could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::seams::WorkloadInfo>,
+    /// Why a `Scheduled` task is waiting, when the orchestrator knows (e.g. its org's backend
+    /// refused the last submit and the next try is later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// `DELETE /orgs/{org}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedOrg {
+    /// The removed org.
+    pub deleted: OrgName,
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Detail of an error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_field`, `not_found`, `stale_fencing`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+// ---- org bootstrap ---------------------------------------------------------------------------
+
+/// `POST /orgs/bootstrap`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrgBootstrapRequest {
+    /// The org (also the cluster name); must be registered.
+    pub org: OrgName,
+    /// Control-plane node addresses (IPs or host names; at least one).
+    pub cp_nodes: Vec<String>,
+    /// Worker node addresses.
+    #[serde(default)]
+    pub worker_nodes: Vec<String>,
+}
+
+/// Where a bootstrap job stands (`GET /orgs/{org}/bootstrap`, and the reply to the start).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapStatus {
+    /// The org.
+    pub org: OrgName,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// Files written, once succeeded (`kubeconfig`, `talosconfig` paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Progress stream (SSE).
+    pub stream: String,
+}
+
+/// `POST /kubeconfig/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeconfigRequest {
+    /// The org.
+    pub org: OrgName,
+    /// A control-plane node address.
+    pub endpoint: String,
+}
+
+/// Reply to `POST /kubeconfig/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigResponse {
+    /// The org.
+    pub org: OrgName,
+    /// Where the kubeconfig was written (mode 0600).
+    pub path: String,
+}
