@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Python bindings and the Python example: a virtualenv with maturin + pytest, `pip install
-# ./bindings/python`, the orchestrator and agent binaries, then pytest (bindings/python/tests,
+# Python bindings and the Python example: a virtualenv with maturin + pytest, one abi3 wheel
+# built with `maturin build` and installed from the file, the orchestrator and agent binaries, then pytest (bindings/python/tests,
 # which also runs examples/python/batch.py) against a real orchestrator on loopback.
 # Idempotent; fast when warm: the venv, pip's cache and the extension's build dir live under
 # ~/.cache/guildnet, and the package is reinstalled only when its sources changed.
@@ -38,9 +38,12 @@ if ! "$py" -c 'import maturin, pytest' >/dev/null 2>&1 || ! "$venv/bin/maturin" 
   "$py" -m pip install --quiet 'maturin>=1.9.4,<2' 'pytest>=7,<10'
 fi
 
-# 2. The package. Its build depends on the bindings and on guildnet-core (and the CRD YAML);
-#    skip the reinstall when none of them changed since the last install into this venv.
+# 2. The package, as a user without a Rust toolchain gets it: one abi3 wheel (CPython >= 3.9,
+#    any minor version) built by maturin, installed with pip from the file, and tested below.
+#    Its build depends on the bindings and on guildnet-core (and the CRD YAML); skip it when
+#    none of them changed since the last install into this venv.
 stamp="$venv/.guildnet-sources"
+wheels="$cache/wheels"
 sources_hash=$(
   find bindings/python/src bindings/python/python bindings/python/Cargo.toml \
        bindings/python/Cargo.lock bindings/python/pyproject.toml guildnet-core/src \
@@ -48,15 +51,25 @@ sources_hash=$(
     | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1
 )
 if [ "$(cat "$stamp" 2>/dev/null)" != "$sources_hash" ] || ! "$py" -c 'import guildnet' >/dev/null 2>&1; then
-  step "pip install ./bindings/python"
+  step "maturin build: the abi3 wheel"
+  rm -rf "$wheels" && mkdir -p "$wheels"
   # The extension's own cargo target dir (it is not a workspace member), outside the clone so
-  # a fresh clone reuses it. --no-build-isolation: use the venv's maturin, no download.
+  # a fresh clone reuses it and leaves no target/ behind.
   CARGO_TARGET_DIR="$cache/target-python" \
-    "$py" -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./bindings/python
+    "$venv/bin/maturin" build --quiet --release --locked -m bindings/python/Cargo.toml --out "$wheels"
+  wheel=$(ls "$wheels"/guildnet-*.whl)
+  case "$(basename "$wheel")" in
+    *-cp39-abi3-*) ;;
+    *) echo "python-test: $wheel is not an abi3 (cp39-abi3) wheel" >&2; exit 1 ;;
+  esac
+  step "pip install $(basename "$wheel")"
+  "$py" -m pip install --quiet --force-reinstall --no-deps "$wheel"
   echo "$sources_hash" > "$stamp"
 else
-  step "guildnet is up to date in $venv"
+  step "guildnet is up to date in $venv ($(ls "$wheels"/guildnet-*.whl 2>/dev/null | xargs -r basename))"
 fi
+# The tests must run against the installed wheel, not the source tree.
+"$py" -c 'import guildnet, sys; p = guildnet.__file__; sys.exit(0 if "site-packages" in p else "guildnet imported from " + p)'
 
 # 3. The binaries the tests start. Built with the workspace's feature set (what `cargo test
 #    --workspace --all-features` builds), so after scripts/test.sh's Rust tests nothing rebuilds.

@@ -1,208 +1,29 @@
 //! `guildnet`: the command-line front end. `up` runs an orchestrator on SQLite with the local
 //! backend; the other commands talk to an orchestrator over its API.
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+#[path = "cli/contexts.rs"]
+mod contexts;
+#[path = "cli/view.rs"]
+mod view;
+
+use clap::{CommandFactory, Parser};
 use futures_util::StreamExt;
-use guildnet_bin::{init_tracing, run_up, shutdown_signal, OrchestratorArgs, UpDashboardArgs};
+use guildnet_bin::cli_args::{Cli, Cmd, OrgCmd, Output, PoolCmd};
+use guildnet_bin::{init_tracing, run_up, shutdown_signal};
+use guildnet_core::api::{ScheduleRequest, TaskListQuery};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
+use guildnet_core::client_config::{self, Overrides};
 use guildnet_core::context::{ContextFile, RepoSpec};
 use guildnet_core::model::{LogStream, Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
-use guildnet_core::orchestrator::api::{ScheduleRequest, TaskListQuery};
-use guildnet_core::state_dir::StatePaths;
 use guildnet_core::token::Secret;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-#[derive(Parser)]
-#[command(
-    name = "guildnet",
-    version,
-    about = "GuildNet: run AI coding agents on your own clusters",
-    after_help = "Examples:
-  guildnet up                                   orchestrator + dashboard on this machine
-  guildnet up --runner-preset claude-code       ... with an AI coding CLI as the runner
-  guildnet schedule \"Add a CONTRIBUTING.md\" -f  schedule in org `default`, follow the log
-  guildnet schedule --org acme --repo https://git.example/acme/app.git@main \"Fix the build\"
-  guildnet tasks --status running -o yaml
-  guildnet logs <task id> -f
-  guildnet org create acme
-  guildnet completion bash > ~/.local/share/bash-completion/completions/guildnet"
-)]
-struct Cli {
-    /// Orchestrator URL.
-    #[arg(
-        long,
-        global = true,
-        env = "GUILDNET_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    url: String,
-    /// Admin token (default: the token file in the state dir, as written by `guildnet up`).
-    #[arg(
-        long,
-        global = true,
-        env = "ORCHESTRATOR_TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-    /// Print JSON instead of tables (same as `-o json`).
-    #[arg(long, global = true)]
-    json: bool,
-    /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum)]
-    output: Option<Output>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-/// Output formats (`-o`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Output {
-    /// Human-readable tables and lines.
-    Table,
-    /// JSON.
-    Json,
-    /// YAML.
-    Yaml,
-}
-
 /// The output format chosen for this run (set once in `real_main`).
 static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the orchestrator on the embedded SQLite store (or PostgreSQL with --store), by
-    /// default with the local backend (agents run as local processes). Registers org `default`
-    /// unless --org is given.
-    Up {
-        #[command(flatten)]
-        args: Box<OrchestratorArgs>,
-        #[command(flatten)]
-        dashboard: UpDashboardArgs,
-    },
-    /// Manage orgs.
-    Org {
-        #[command(subcommand)]
-        cmd: OrgCmd,
-    },
-    /// Manage an org's warm agent pool (agents waiting in the org's cluster; see
-    /// docs/KUBERNETES.md#warm-agent-pools).
-    Pool {
-        #[command(subcommand)]
-        cmd: PoolCmd,
-    },
-    /// Schedule a task.
-    Schedule {
-        /// Org whose cluster runs it.
-        #[arg(long, env = "GUILDNET_ORG", default_value = "default")]
-        org: OrgName,
-        /// The task text; `-` reads it from stdin.
-        #[arg(value_name = "TASK", required_unless_present = "task")]
-        text: Option<String>,
-        /// The task text (same as the positional TASK).
-        #[arg(long, conflicts_with = "text")]
-        task: Option<String>,
-        /// Optional agent hint recorded with the task; when the orchestrator has named
-        /// runners, it chooses one of them.
-        #[arg(long)]
-        agent_hint: Option<String>,
-        /// Repository the agent clones before running the task: URL[@REF] (the ref after the
-        /// last '@' in the URL's path: a branch, tag or commit).
-        #[arg(long)]
-        repo: Option<String>,
-        /// The ref to check out (instead of URL@REF).
-        #[arg(long = "ref", requires = "repo")]
-        git_ref: Option<String>,
-        /// A local file the agent writes into its workspace before the task: PATH[=DEST] (DEST
-        /// relative to the checkout; default PATH when it is relative, else its file name).
-        /// Repeat for more files.
-        #[arg(long = "file")]
-        files: Vec<String>,
-        /// Follow the task's log until it finishes; exit non-zero if it did not succeed.
-        #[arg(long, short)]
-        follow: bool,
-    },
-    /// List tasks.
-    Tasks {
-        /// Only this status (Scheduled, Submitted, Running, Succeeded, Failed, Cancelled).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this org.
-        #[arg(long)]
-        org: Option<OrgName>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-    },
-    /// Show one task.
-    Task {
-        /// Task id.
-        id: TaskId,
-    },
-    /// Print a task's log.
-    Logs {
-        /// Task id.
-        id: TaskId,
-        /// Follow until the task finishes (reconnects if the orchestrator restarts).
-        #[arg(long, short)]
-        follow: bool,
-    },
-    /// Cancel a task.
-    Cancel {
-        /// Task id.
-        id: TaskId,
-    },
-    /// List agents.
-    Agents,
-    /// Run the agent runtime (what a task's pod runs), configured by environment:
-    /// ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER,
-    /// GUILDNET_WORKSPACE.
-    Agent,
-    /// Print a shell completion script: `guildnet completion bash > /etc/bash_completion.d/guildnet`.
-    Completion {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Show the client's and the orchestrator's versions.
-    Version,
-}
-
-#[derive(Subcommand)]
-enum PoolCmd {
-    /// Set the org's pool (created or updated).
-    Set {
-        /// The org.
-        #[arg(long, env = "GUILDNET_ORG")]
-        org: OrgName,
-        /// Warm agents to keep (0 to 100).
-        #[arg(long)]
-        size: u32,
-        /// Agent image of the pool (default: the orchestrator's agent image).
-        #[arg(long)]
-        image: Option<String>,
-        /// The named runner the pool's agents take tasks for (default: any).
-        #[arg(long)]
-        runner: Option<String>,
-        /// Scale to zero after this many seconds without a task (default: never).
-        #[arg(long)]
-        idle_secs: Option<u64>,
-    },
-    /// Show the org's pool: agents waiting, warm and cold starts, the backend's view.
-    Show {
-        /// The org.
-        #[arg(long, env = "GUILDNET_ORG")]
-        org: OrgName,
-    },
-    /// Remove the org's pool.
-    Delete {
-        /// The org.
-        #[arg(long, env = "GUILDNET_ORG")]
-        org: OrgName,
-    },
-}
-
-fn print_pool(st: &guildnet_core::orchestrator::api::PoolStatus) {
+fn print_pool(st: &guildnet_core::api::PoolStatus) {
     println!(
         "pool of org {}: {} waiting, {} warm starts, {} cold starts",
         st.org, st.waiting, st.warm_starts, st.cold_starts
@@ -227,57 +48,31 @@ fn print_pool(st: &guildnet_core::orchestrator::api::PoolStatus) {
     }
 }
 
-#[derive(Subcommand)]
-enum OrgCmd {
-    /// Register an org.
-    Create {
-        /// Name (DNS-1123 label).
-        name: OrgName,
-    },
-    /// List orgs.
-    List,
-    /// Remove an org that has no unfinished task (its task history stays).
-    Delete {
-        /// Name.
-        name: OrgName,
-    },
-    /// Bootstrap the org's Talos cluster through the orchestrator (gen config, apply-config,
-    /// bootstrap, health, kubeconfig), following its progress.
-    Bootstrap {
-        /// The org (must be registered).
-        #[arg(long)]
-        org: OrgName,
-        /// Control-plane node address (repeat or comma-separate; at least one).
-        #[arg(long = "cp", value_delimiter = ',', required = true)]
-        cp: Vec<String>,
-        /// Worker node address (repeat or comma-separate).
-        #[arg(long = "worker", value_delimiter = ',')]
-        worker: Vec<String>,
-    },
-    /// Fetch the org cluster's kubeconfig again (the bootstrap's last step alone).
-    Kubeconfig {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// A control-plane node address.
-        #[arg(long)]
-        endpoint: String,
-    },
+/// The orchestrator to talk to: flags > env > context > state dir (see
+/// guildnet_core::client_config).
+fn endpoint(cli: &Cli) -> anyhow::Result<client_config::Endpoint> {
+    Ok(client_config::resolve(&Overrides {
+        url: cli.url.clone(),
+        token: cli.token.clone().map(Secret::new),
+        context: cli.context.clone(),
+    })?)
 }
 
-fn admin_token(explicit: Option<String>) -> anyhow::Result<Secret> {
-    if let Some(t) = explicit.filter(|t| !t.is_empty()) {
-        return Ok(Secret::new(t));
-    }
-    let paths = StatePaths::resolve()?;
-    let file = paths.admin_token_file();
-    match std::fs::read_to_string(&file) {
-        Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
-        _ => anyhow::bail!(
-            "no admin token: set ORCHESTRATOR_TOKEN or pass --token (no token file at {})",
-            file.display()
-        ),
-    }
+/// A client for the resolved endpoint; without a token, an error that says where to get one.
+fn admin_client(ep: &client_config::Endpoint) -> anyhow::Result<OrchestratorClient> {
+    let Some(token) = ep.token.clone() else {
+        let file = ep
+            .token_file
+            .as_ref()
+            .map(|f| format!(" (no token file at {})", f.display()))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "no admin token for {}: pass --token, set ORCHESTRATOR_TOKEN, save one with \
+             `guildnet login URL --token-file PATH`, or run `guildnet up` here{file}",
+            ep.url
+        );
+    };
+    Ok(OrchestratorClient::new(&ep.url, token)?)
 }
 
 /// Reads `PATH[=DEST]` into a context file.
@@ -305,31 +100,8 @@ fn context_file(spec: &str) -> anyhow::Result<ContextFile> {
     })
 }
 
-fn print_tasks(tasks: &[Task]) {
-    println!(
-        "{:<34} {:<10} {:<16} {:<22} TASK",
-        "ID", "STATUS", "ORG", "AGENT"
-    );
-    for t in tasks {
-        let text: String = t
-            .task
-            .chars()
-            .take(40)
-            .collect::<String>()
-            .replace('\n', " ");
-        println!(
-            "{:<34} {:<10} {:<16} {:<22} {}",
-            t.id,
-            t.status,
-            t.org,
-            t.agent.as_ref().map(|a| a.as_str()).unwrap_or("-"),
-            text
-        );
-    }
-}
-
 /// Prints `v` in the chosen structured format (JSON unless `-o yaml`).
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     if OUTPUT.get() == Some(&Output::Yaml) {
         print!("{}", serde_saphyr::to_string(v)?);
     } else {
@@ -370,7 +142,7 @@ async fn main() -> std::process::ExitCode {
             {
                 eprintln!(
                     "hint: is an orchestrator running at {url}? Start one with `guildnet up`, \
-                     or point --url (GUILDNET_URL) at yours."
+                     or point --url (GUILDNET_URL) or a context (`guildnet context use`) at yours."
                 );
             }
             std::process::ExitCode::FAILURE
@@ -396,13 +168,23 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         );
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Cmd::Login { url, name, token } = &cli.cmd {
+        contexts::login(url, name.clone(), token, cli.token.clone(), cli.json).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Cmd::Context { cmd } = cli.cmd {
+        contexts::context(cmd, cli.json)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Cmd::Version = cli.cmd {
-        let client = OrchestratorClient::new(&cli.url, Secret::new(""))?;
+        let ep = endpoint(&cli)?;
+        let url = ep.url.clone();
+        let client = OrchestratorClient::new(&url, Secret::new(""))?;
         let server = client.health().await;
         let v = serde_json::json!({
             "client": env!("CARGO_PKG_VERSION"),
             "server": server.as_ref().ok().map(|h| h.version.clone()),
-            "serverUrl": cli.url,
+            "serverUrl": url,
             "serverError": server.as_ref().err().map(|e| e.to_string()),
         });
         if cli.json {
@@ -410,7 +192,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         } else {
             println!("client: guildnet {}", env!("CARGO_PKG_VERSION"));
             match server {
-                Ok(h) => println!("server: {} ({}, {} backend)", h.version, cli.url, h.backend),
+                Ok(h) => println!("server: {} ({url}, {} backend)", h.version, h.backend),
                 Err(e) => println!("server: unreachable ({e})"),
             }
         }
@@ -432,9 +214,15 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
         run_up(args, dashboard, shutdown_signal()).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let client = OrchestratorClient::new(&cli.url, admin_token(cli.token)?)?;
+    let client = admin_client(&endpoint(&cli)?)?;
+    let now = chrono::Utc::now;
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Agent | Cmd::Completion { .. } | Cmd::Version => {
+        Cmd::Up { .. }
+        | Cmd::Agent
+        | Cmd::Completion { .. }
+        | Cmd::Version
+        | Cmd::Login { .. }
+        | Cmd::Context { .. } => {
             anyhow::bail!("internal error: command handled above")
         }
         Cmd::Org {
@@ -492,7 +280,7 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     runner,
                     idle_secs,
                 } => {
-                    let spec = guildnet_core::orchestrator::api::PoolSpec {
+                    let spec = guildnet_core::api::PoolSpec {
                         size,
                         image,
                         runner,
@@ -597,10 +385,17 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
             if cli.json {
                 print_json(&tasks)?;
             } else {
-                print_tasks(&tasks);
+                print!("{}", view::tasks_table(&tasks, now()));
             }
         }
-        Cmd::Task { id } => print_json(&client.task_detail(&id).await?)?,
+        Cmd::Task { id } => {
+            let d = client.task_detail(&id).await?;
+            if cli.json {
+                print_json(&d)?;
+            } else {
+                print!("{}", view::task_view(&d, now()));
+            }
+        }
         Cmd::Logs { id, follow: f } => {
             if f {
                 // Like `schedule -f`: the exit code says whether the task succeeded.
@@ -627,21 +422,34 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 println!("task {} {}", t.id, t.status);
             }
         }
+        Cmd::Disk => {
+            let d = client.disk().await?;
+            if cli.json {
+                print_json(&d)?;
+            } else {
+                print!("{}", view::disk_view(&d));
+            }
+        }
+        Cmd::Prune { older_than } => {
+            let r = client.prune(older_than).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "removed {} finished task(s) and {} workspace(s) ({}) that finished before {}",
+                    r.tasks,
+                    r.workspaces,
+                    view::human_bytes(r.workspace_bytes),
+                    r.before.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+        }
         Cmd::Agents => {
             let agents = client.agents().await?;
             if cli.json {
                 print_json(&agents)?;
             } else {
-                println!("{:<22} {:<16} {:<34} LAST SEEN", "NAME", "ORG", "TASK");
-                for a in agents {
-                    println!(
-                        "{:<22} {:<16} {:<34} {}",
-                        a.name,
-                        a.org,
-                        a.task_id.as_ref().map(|t| t.as_str()).unwrap_or("-"),
-                        a.last_seen_at.to_rfc3339()
-                    );
-                }
+                print!("{}", view::agents_table(&agents, now()));
             }
         }
     }

@@ -1,5 +1,8 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
+pub mod cli_args;
+pub mod usage;
+
 use clap::Args;
 use guildnet_core::agent::forge::ForgeKind;
 use guildnet_core::agent_settings::{read_secret_file, AgentSettingsConfig, ForgeAccess};
@@ -163,6 +166,10 @@ pub struct OrchestratorArgs {
     /// otherwise start from a clean environment (PATH, HOME, locale, proxies, certificates).
     #[arg(long = "pass-env", env = "GUILDNET_PASS_ENV", value_delimiter = ',')]
     pub pass_env: Vec<String>,
+    /// Remove finished tasks (with their logs and local workspaces) this long after they
+    /// finished: 30d, 12h, 90m (default: keep them). `guildnet disk` shows the disk use.
+    #[arg(long, env = "GUILDNET_RETENTION", value_parser = guildnet_core::orchestrator::retention::parse_age)]
+    pub retention: Option<std::time::Duration>,
 }
 
 impl OrchestratorArgs {
@@ -196,6 +203,7 @@ impl OrchestratorArgs {
         o.runner = self.runner.clone();
         o.pass_env = self.pass_env.clone();
         o.log_quota_bytes = self.log_quota_bytes;
+        o.retention = self.retention;
         o.agents = self.agent_settings()?;
         o.orgs = self.orgs.clone();
         o.code_server = self.code_server.clone();

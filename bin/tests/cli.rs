@@ -33,6 +33,8 @@ fn quickstart_with_the_cli_alone() {
             .env("GUILDNET_STATE_DIR", &state)
             .env("GUILDNET_URL", &url)
             .env_remove("ORCHESTRATOR_TOKEN")
+            .env_remove("GUILDNET_CONTEXT")
+            .env("GUILDNET_CONFIG", dir.path().join("absent-config.toml"))
             .env_remove("GUILDNET_RUNNER");
         c
     };
@@ -145,6 +147,8 @@ fn quickstart_with_the_cli_alone() {
         .env("GUILDNET_STATE_DIR", dir.path().join("elsewhere"))
         .env("GUILDNET_URL", &url)
         .env_remove("ORCHESTRATOR_TOKEN")
+        .env_remove("GUILDNET_CONTEXT")
+        .env("GUILDNET_CONFIG", dir.path().join("absent-config.toml"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -154,6 +158,8 @@ fn quickstart_with_the_cli_alone() {
     let out = Command::new(&bin)
         .args(["tasks", "--url", "http://127.0.0.1:9", "--token", "x"])
         .env_remove("ORCHESTRATOR_TOKEN")
+        .env_remove("GUILDNET_CONTEXT")
+        .env("GUILDNET_CONFIG", dir.path().join("absent-config.toml"))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -116,6 +116,9 @@ pub struct AfterQuery {
     pub after: Option<u64>,
     /// At most this many (default 1000, at most 10000).
     pub limit: Option<usize>,
+    /// `GET /events` only, without `after` or `Last-Event-ID`: start after the newest event
+    /// (only events recorded from now on), e.g. to wait for a task's end.
+    pub tail: Option<bool>,
 }
 
 /// `POST /agent/register`.

@@ -361,6 +361,27 @@ impl OrchestratorClient {
         self.http.get("/orgs").await
     }
 
+    /// `GET /admin/disk`: disk use of the state dir, database and workspaces.
+    pub async fn disk(&self) -> Result<crate::orchestrator::retention::DiskUsage, ClientError> {
+        self.http.get("/admin/disk").await
+    }
+
+    /// `POST /admin/prune`: removes the tasks that finished more than `older_than` ago, with
+    /// their logs and workspaces.
+    pub async fn prune(
+        &self,
+        older_than: Duration,
+    ) -> Result<crate::orchestrator::retention::PruneReport, ClientError> {
+        self.http
+            .post(
+                "/admin/prune",
+                &crate::orchestrator::retention::PruneRequest {
+                    older_than_secs: older_than.as_secs(),
+                },
+            )
+            .await
+    }
+
     /// `POST /schedule`.
     pub async fn schedule(
         &self,
@@ -609,6 +630,106 @@ impl OrchestratorClient {
                     }
                 }
                 // The connection dropped: reconnect from the last line seen.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// Waits until task `id` is Succeeded, Failed or Cancelled and returns it, driven by the
+    /// event stream (`GET /events?tail=true`: the task's status events), not by polling: the
+    /// stream is open before the task is read, so no change is missed; it reconnects after the
+    /// last event seen when the connection drops. No time limit: wrap it in a timeout.
+    pub async fn wait_finished(&self, id: &TaskId) -> Result<Task, ClientError> {
+        let mut last: Option<String> = None;
+        loop {
+            let stream = match &last {
+                None => self.open_sse("/events?tail=true", None).await,
+                Some(l) => self.open_sse("/events", Some(l)).await,
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            futures_util::pin_mut!(stream);
+            // Connected (the cursor is fixed): a status reached before now is in the task.
+            let t = self.task(id).await?;
+            if t.status.is_terminal() {
+                return Ok(t);
+            }
+            while let Some(msg) = stream.next().await {
+                let Ok(msg) = msg else { break };
+                if let Some(i) = &msg.id {
+                    last = Some(i.clone());
+                }
+                let Ok(ev) = serde_json::from_str::<crate::model::Event>(&msg.data) else {
+                    continue;
+                };
+                if ev.task_id.as_ref() == Some(id) && ev.status.is_some_and(|s| s.is_terminal()) {
+                    return self.task(id).await;
+                }
+            }
+            if last.is_none() {
+                // Dropped before any event: the tail cursor again (the task read covers the gap).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Follows the event stream (`GET /events`: task and agent events, in id order) from event
+    /// id `after` (0: from the start), reconnecting with the last id seen when the connection
+    /// drops; gives up after `max_retry` of consecutive failed reconnects. It never ends by
+    /// itself: drop it to stop.
+    pub fn follow_events(
+        &self,
+        after: u64,
+        max_retry: Duration,
+    ) -> impl Stream<Item = Result<crate::model::Event, ClientError>> + Send + 'static {
+        let client = self.clone();
+        let path = "/events".to_owned();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = after;
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            loop {
+                let mut stream = match client.open_sse(&path, Some(&last.to_string())).await {
+                    Ok(s) => Box::pin(s),
+                    Err(e) if e.is_transient() => {
+                        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > max_retry {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                failing_since = None;
+                while let Some(msg) = stream.next().await {
+                    let Ok(msg) = msg else { break };
+                    let item =
+                        serde_json::from_str::<crate::model::Event>(&msg.data).map_err(|e| {
+                            ClientError::Decode {
+                                url: path.clone(),
+                                reason: e.to_string(),
+                            }
+                        });
+                    if let Ok(ev) = &item {
+                        last = ev.id;
+                    }
+                    let fatal = item.is_err();
+                    if tx.send(item).await.is_err() || fatal {
+                        return;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });

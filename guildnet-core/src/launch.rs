@@ -167,6 +167,9 @@ pub struct LocalOptions {
     /// What agents are told besides the launch contract: named runners, the forge, keys. Its
     /// default runner is [`LocalOptions::runner`] when it has none of its own.
     pub agents: crate::agent_settings::AgentSettingsConfig,
+    /// Finished tasks older than this are removed with their logs and workspaces; `None`
+    /// keeps them.
+    pub retention: Option<Duration>,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -214,6 +217,7 @@ impl LocalOptions {
             editor_dialer: None,
             trust_advertised_editors: false,
             agents: Default::default(),
+            retention: None,
         }
     }
 }
@@ -302,10 +306,12 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
     }
+    let mut workspaces_root = None;
     let backend: Arc<dyn crate::seams::ClusterBackend> = match &opts.backend {
         Some(b) => b.0.clone(),
         None => {
             backend_cfg.run_agents_as(&opts.agent_user)?;
+            workspaces_root = Some(backend_cfg.workspaces_root.clone());
             Arc::new(LocalBackend::new(backend_cfg))
         }
     };
@@ -315,6 +321,9 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     cfg.log_quota_bytes = opts.log_quota_bytes;
     cfg.trust_advertised_editors = opts.trust_advertised_editors;
     cfg.agents = opts.agents.clone();
+    cfg.retention = opts.retention;
+    cfg.state_paths = Some(paths.clone());
+    cfg.workspaces_root = workspaces_root;
     if cfg.agents.default_runner.is_none() {
         cfg.agents.default_runner = opts.runner.clone();
     }

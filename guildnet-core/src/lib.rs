@@ -13,6 +13,8 @@
 //! - [`orchestrator`]: the orchestrator service and its axum HTTP API, served by
 //!   [`http_server::serve`] (HTTP/1.1 with an idle timeout and graceful drain).
 //! - [`client`]: typed HTTP clients for the admin API and the agent protocol.
+//! - [`client_config`]: the client's config file (named contexts: URL and token) and the
+//!   precedence of flags, environment, context and state dir.
 //! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
 
 pub mod agent;
@@ -20,6 +22,7 @@ pub mod agent_settings;
 pub mod agent_user;
 pub mod api;
 pub mod client;
+pub mod client_config;
 pub mod context;
 pub mod http_server;
 pub mod httpapi;

@@ -8,7 +8,7 @@ use guildnet_core::client as core;
 use guildnet_core::context::{ContextFile, RepoSpec};
 use guildnet_core::model::TaskStatus;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
-use guildnet_core::orchestrator::api::{ScheduleRequest, TaskListQuery};
+use guildnet_core::api::{ScheduleRequest, TaskListQuery};
 use guildnet_core::token::Secret;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -82,22 +82,34 @@ impl OrchestratorClient {
         Ok(Self { inner })
     }
 
-    /// A client configured like the `guildnet` CLI: the URL from `GUILDNET_URL` (default
-    /// `http://127.0.0.1:8080`), the token from `ORCHESTRATOR_TOKEN`, else from the state dir's
-    /// token file (`GUILDNET_STATE_DIR`, `~/.guildnet/state`).
+    /// A client configured like the `guildnet` CLI: the URL from `GUILDNET_URL`, else the
+    /// context's (`GUILDNET_CONTEXT` or the config file's current context, as saved by
+    /// `guildnet login`), else `http://127.0.0.1:8080`; the token from `ORCHESTRATOR_TOKEN`,
+    /// else the context's (only for the context's own URL), else the state dir's token file.
     #[staticmethod]
-    fn from_env(py: Python<'_>) -> PyResult<Self> {
-        let url = std::env::var("GUILDNET_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
-        match std::env::var("ORCHESTRATOR_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-        {
-            Some(t) => Self::new(py, &url, &t),
-            None => Self::from_state_dir(py, &url, None),
-        }
+    #[pyo3(signature = (context = None))]
+    fn from_env(py: Python<'_>, context: Option<String>) -> PyResult<Self> {
+        use guildnet_core::client_config::{resolve, Overrides};
+        let ep = resolve(&Overrides {
+            context,
+            ..Default::default()
+        })
+        .map_err(|e| Error::Other(e.to_string()).into_py_err(py))?;
+        let Some(token) = ep.token else {
+            let file = ep
+                .token_file
+                .map(|f| format!(" (no token file at {})", f.display()))
+                .unwrap_or_default();
+            return Err(Error::Other(format!(
+                "no admin token for {}: set ORCHESTRATOR_TOKEN, run `guildnet login URL`, or \
+                 start `guildnet up` here{file}",
+                ep.url
+            ))
+            .into_py_err(py));
+        };
+        let inner = core::OrchestratorClient::new(&ep.url, token)
+            .map_err(|e| Error::from(e).into_py_err(py))?;
+        Ok(Self { inner })
     }
 
     /// The orchestrator's base URL.
@@ -247,49 +259,38 @@ impl OrchestratorClient {
         block_on(py, async move { Ok(c.cancel(&id).await?) }).map(Task::from)
     }
 
-    /// Waits until the task is `Succeeded`, `Failed` or `Cancelled` and returns it. Raises
-    /// `GuildNetTimeoutError` (also a builtin `TimeoutError`) after `timeout` seconds
-    /// (`None`: wait forever). Polls every `poll_interval` seconds.
-    #[pyo3(signature = (id, timeout = None, poll_interval = 0.2))]
+    /// Waits until the task is `Succeeded`, `Failed` or `Cancelled` and returns it. Driven by
+    /// the orchestrator's server-sent events (the task's terminal status event), not by
+    /// polling: it returns as soon as the orchestrator records the end. Raises `GuildNetTimeoutError` (also
+    /// a builtin `TimeoutError`) after `timeout` seconds (`None`: wait forever).
+    /// `poll_interval` is accepted for compatibility and ignored.
+    #[pyo3(signature = (id, timeout = None, poll_interval = None))]
     fn wait(
         &self,
         py: Python<'_>,
         id: &str,
         timeout: Option<f64>,
-        poll_interval: f64,
+        poll_interval: Option<f64>,
     ) -> PyResult<Task> {
+        let _ = poll_interval;
         let args = (|| -> Result<_, Error> {
             let id = task_id(id)?;
             let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-            let poll = seconds("poll_interval", poll_interval)?.max(Duration::from_millis(10));
-            Ok((id, timeout, poll))
+            Ok((id, timeout))
         })()
         .map_err(|e| e.into_py_err(py))?;
-        let (id, timeout, poll) = args;
+        let (id, timeout) = args;
         let c = self.inner.clone();
-        block_on(py, async move {
-            let start = Instant::now();
-            loop {
-                let t = c.task(&id).await?;
-                if t.status.is_terminal() {
-                    return Ok(t);
-                }
-                if let Some(limit) = timeout {
-                    let elapsed = start.elapsed();
-                    if elapsed >= limit {
-                        return Err(Error::Timeout(format!(
-                            "task {id} is still {} after {:.1} s",
-                            t.status,
-                            elapsed.as_secs_f64()
-                        )));
-                    }
-                    tokio::time::sleep(poll.min(limit - elapsed)).await;
-                } else {
-                    tokio::time::sleep(poll).await;
-                }
-            }
-        })
-        .map(Task::from)
+        block_on(py, async move { wait_for_end(&c, &id, timeout).await }).map(Task::from)
+    }
+
+    /// Follows the orchestrator's events (task and agent events) live, from event id `after`
+    /// (0: from the first one recorded). Returns an `EventStream`: iterate it; it does not end
+    /// by itself (`close()`, `with`, or `break`).
+    #[pyo3(signature = (after = 0))]
+    fn events(&self, py: Python<'_>, after: u64) -> PyResult<crate::events::EventStream> {
+        crate::events::EventStream::open(&self.inner, after, Duration::from_secs(120))
+            .map_err(|e| e.into_py_err(py))
     }
 
     /// All agents the orchestrator knows, with their last heartbeat.
@@ -330,5 +331,32 @@ impl OrchestratorClient {
     fn __repr__(&self) -> String {
         // Never the token.
         format!("OrchestratorClient(url='{}')", self.inner.base_url())
+    }
+}
+
+/// Waits for the task's terminal status event on the orchestrator's event stream (no polling),
+/// with an optional time limit.
+pub(crate) async fn wait_for_end(
+    c: &core::OrchestratorClient,
+    id: &TaskId,
+    timeout: Option<Duration>,
+) -> Result<guildnet_core::model::Task, Error> {
+    let start = Instant::now();
+    match timeout {
+        None => Ok(c.wait_finished(id).await?),
+        Some(limit) => match tokio::time::timeout(limit, c.wait_finished(id)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                let status = c
+                    .task(id)
+                    .await
+                    .map(|t| t.status.to_string())
+                    .unwrap_or_else(|_| "unfinished".into());
+                Err(Error::Timeout(format!(
+                    "task {id} is still {status} after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                )))
+            }
+        },
     }
 }

@@ -6,6 +6,7 @@
 
 mod client;
 mod errors;
+mod events;
 mod helpers;
 mod logs;
 mod runtime;
@@ -19,6 +20,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<client::OrchestratorClient>()?;
     m.add_class::<logs::LogStream>()?;
+    m.add_class::<events::EventStream>()?;
+    m.add_class::<types::Event>()?;
     m.add_class::<types::Task>()?;
     m.add_class::<types::Agent>()?;
     m.add_class::<types::LogLine>()?;

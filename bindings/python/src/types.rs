@@ -408,3 +408,53 @@ mod tests {
         assert_eq!(pyrepr("a\\b\u{1b}"), "'a\\\\b\\x1b'");
     }
 }
+
+/// One event of the orchestrator's event stream.
+#[pyclass(frozen, get_all, module = "guildnet")]
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Increasing id (resume with `events(after=id)`).
+    pub id: u64,
+    /// When it happened.
+    pub ts: DateTime<Utc>,
+    /// Kind, e.g. `task.scheduled`, `task.claimed`, `agent.registered`.
+    pub kind: String,
+    /// Task concerned, if any.
+    pub task_id: Option<String>,
+    /// Agent concerned, if any.
+    pub agent: Option<String>,
+    /// Org concerned, if any.
+    pub org: Option<String>,
+    /// The task's status after the event, for task events.
+    pub status: Option<String>,
+    /// Human-readable detail.
+    pub message: Option<String>,
+}
+
+impl From<model::Event> for Event {
+    fn from(e: model::Event) -> Self {
+        Self {
+            id: e.id,
+            ts: e.ts,
+            kind: e.kind,
+            task_id: e.task_id.map(|t| t.to_string()),
+            agent: e.agent.map(|a| a.to_string()),
+            org: e.org.map(|o| o.to_string()),
+            status: e.status.map(|s| s.to_string()),
+            message: e.message,
+        }
+    }
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self) -> String {
+        format!(
+            "Event(id={}, kind={}, task_id={}, status={})",
+            self.id,
+            pyrepr(&self.kind),
+            opt_repr(&self.task_id),
+            opt_repr(&self.status)
+        )
+    }
+}

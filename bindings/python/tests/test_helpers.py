@@ -80,5 +80,34 @@ def test_client_from_env_like_the_cli(orchestrator, tmp_path, monkeypatch):
     assert "acme" in [o.name for o in c.orgs()]
 
 
+def test_client_from_env_reads_the_context_file(orchestrator, tmp_path, monkeypatch):
+    for k in ("GUILDNET_URL", "ORCHESTRATOR_TOKEN", "GUILDNET_CONTEXT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("GUILDNET_STATE_DIR", str(tmp_path / "empty-state"))
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("GUILDNET_CONFIG", str(config))
+    config.write_text(
+        'current-context = "dead"\n'
+        '[contexts.dead]\nurl = "http://127.0.0.1:9"\ntoken = "nope"\n'
+        f'[contexts.here]\nurl = "{orchestrator.url}"\ntoken = "{TOKEN}"\n'
+    )
+    assert guildnet.OrchestratorClient.from_env().url.startswith("http://127.0.0.1:9")
+    # A context by name (argument, then GUILDNET_CONTEXT) beats the current one.
+    c = guildnet.OrchestratorClient.from_env("here")
+    assert "acme" in [o.name for o in c.orgs()]
+    monkeypatch.setenv("GUILDNET_CONTEXT", "here")
+    assert "acme" in [o.name for o in guildnet.OrchestratorClient.from_env().orgs()]
+    # GUILDNET_URL beats the context, whose token is then not sent: no token, a clear error.
+    monkeypatch.setenv("GUILDNET_URL", "http://127.0.0.1:9")
+    with pytest.raises(guildnet.GuildNetError) as err:
+        guildnet.OrchestratorClient.from_env()
+    assert "guildnet login" in err.value.message
+    assert TOKEN not in err.value.message
+    # An unknown context names the known ones.
+    with pytest.raises(guildnet.GuildNetError) as err:
+        guildnet.OrchestratorClient.from_env("nope")
+    assert "dead, here" in err.value.message
+
+
 def test_version():
     assert guildnet.__version__ == "0.1.0"

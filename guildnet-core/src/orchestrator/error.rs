@@ -50,6 +50,9 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the orchestrator is shutting down",
             ),
+            e @ StoreError::Unsupported(_) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

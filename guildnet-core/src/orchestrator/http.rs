@@ -532,7 +532,12 @@ pub async fn events_stream(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
-    let cursor = resume_cursor(&headers, q.after)?;
+    let cursor =
+        if q.tail == Some(true) && q.after.is_none() && !headers.contains_key("last-event-id") {
+            o.store().last_event_id().await?
+        } else {
+            resume_cursor(&headers, q.after)?
+        };
     let keepalive = o.config().sse_keepalive;
     let changes = o.subscribe_changes();
     let closing = o.subscribe_closing();
@@ -723,6 +728,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/agents/editor/close"),
     ("get", "/events"),
     ("get", "/audit"),
+    ("get", "/admin/disk"),
+    ("post", "/admin/prune"),
     ("post", "/agent/register"),
     ("post", "/agent/heartbeat"),
     ("post", "/agent/claim"),
@@ -770,6 +777,8 @@ pub fn router(o: Orchestrator) -> Router {
         .route("/agents/editor/close", post(editor_close))
         .route("/events", get(events_stream))
         .route("/audit", get(audit))
+        .route("/admin/disk", get(super::retention::disk))
+        .route("/admin/prune", post(super::retention::prune))
         .route("/agent/register", post(agent_register))
         .route("/agent/heartbeat", post(agent_heartbeat))
         .route("/agent/claim", post(agent_claim))
@@ -831,6 +840,7 @@ impl utoipa::Modify for SecurityAddon {
         super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
         super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
         task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
+        super::retention::disk, super::retention::prune,
         agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete,
         put_pool, get_pool, delete_pool, pool_wait),
     components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
@@ -839,7 +849,8 @@ impl utoipa::Modify for SecurityAddon {
         NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,
         super::bootstrap::OrgBootstrapRequest, super::bootstrap::BootstrapStatus,
         super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse,
-        PoolSpec, PoolStatus, PoolBackendStatus, PoolWaitRequest, PoolWaitResponse, Handoff, DeletedPool, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+        PoolSpec, PoolStatus, PoolBackendStatus, PoolWaitRequest, PoolWaitResponse, Handoff, DeletedPool,
+        super::retention::DiskUsage, super::retention::PruneRequest, super::retention::PruneReport, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

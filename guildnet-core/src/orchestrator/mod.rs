@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod editor_proxy;
 pub mod error;
 pub mod http;
+pub mod retention;
 mod service;
 pub mod sse;
 
@@ -76,6 +77,7 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let bg = o.spawn_background();
+    let retention = o.spawn_retention();
     let closer = o.clone();
     let app = http::router(o);
     use axum::serve::ListenerExt;
@@ -90,5 +92,8 @@ pub async fn serve_with(
     })
     .await;
     bg.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     res
 }

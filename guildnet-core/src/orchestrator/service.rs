@@ -66,6 +66,15 @@ pub struct OrchestratorConfig {
     pub trust_advertised_editors: bool,
     /// What agents are told besides the launch contract: runners, forge, keys.
     pub agents: crate::agent_settings::AgentSettingsConfig,
+    /// Finished tasks older than this are removed with their logs and workspaces (see
+    /// [`super::retention`]); `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// The state dir, for disk use and the local backend's workspaces (`None`: not reported,
+    /// workspaces not removed).
+    pub state_paths: Option<crate::state_dir::StatePaths>,
+    /// Where the local backend keeps its agents' directories (`None`: no local backend, no
+    /// workspaces to remove or measure).
+    pub workspaces_root: Option<std::path::PathBuf>,
 }
 
 impl OrchestratorConfig {
@@ -86,6 +95,9 @@ impl OrchestratorConfig {
             editor_frame_ancestors: "'self'".into(),
             trust_advertised_editors: false,
             agents: Default::default(),
+            retention: None,
+            state_paths: None,
+            workspaces_root: None,
         }
     }
 

@@ -85,6 +85,9 @@ pub enum StoreError {
         /// What SQLite said.
         reason: String,
     },
+    /// This store does not implement the operation (HTTP 501).
+    #[error("{0} is not supported by this state store")]
+    Unsupported(&'static str),
 }
 
 pub use crate::lifecycle::{Rejection, RejectionKind, TaskChange};
@@ -396,6 +399,21 @@ pub trait StateStore: Send + Sync {
     async fn last_event_id(&self) -> Result<u64, StoreError>;
     /// Audit rows with `id > after`, in order.
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Retention: removes at most `limit` finished tasks (Succeeded, Failed, Cancelled) whose
+    /// `finished_at` is before `before`, oldest first, with their log lines and their agents'
+    /// records, in one transaction, and records one audit row. Events and the audit log stay.
+    /// Returns the ids removed (fewer than `limit`: none left).
+    async fn prune_finished(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let _ = (before, limit);
+        Err(StoreError::Unsupported(
+            "removing finished tasks (retention)",
+        ))
+    }
 
     /// Whether this process runs the cluster-wide job `job` (e.g. the reaper) now: true for
     /// one process at a time among all that share the store. A store used by one process

@@ -1091,6 +1091,61 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn prune_finished(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let before = ms(before);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            let ids: Vec<String> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id FROM tasks WHERE status IN ('Succeeded', 'Failed', 'Cancelled') \
+                         AND finished_at IS NOT NULL AND finished_at < ?1 \
+                         ORDER BY finished_at LIMIT ?2",
+                    )
+                    .map_err(db("prepare prune select"))?;
+                let rows = stmt
+                    .query_map(rusqlite::params![before, limit], |r| r.get(0))
+                    .map_err(db("select tasks to prune"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(db("read tasks to prune"))?
+            };
+            for id in &ids {
+                for sql in [
+                    "DELETE FROM logs WHERE task_id = ?1",
+                    "DELETE FROM agents WHERE task_id = ?1",
+                    "DELETE FROM tasks WHERE id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut st| st.execute([id]))
+                        .map_err(db("prune a task"))?;
+                }
+            }
+            if !ids.is_empty() {
+                let audit = NewAudit::new(
+                    "system",
+                    "retention.prune",
+                    &format!("{} task(s)", ids.len()),
+                    Some(format!(
+                        "finished before {}",
+                        from_ms(before).map(|t| t.to_rfc3339()).unwrap_or_default()
+                    )),
+                );
+                insert_audit(tx, &[audit], ms(Utc::now()))?;
+            }
+            ids.into_iter()
+                .map(|id| {
+                    TaskId::parse_field("id", &id)
+                        .map_err(|e| StoreError::Corrupt(format!("task id {id:?}: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn list_orgs(&self) -> Result<Vec<Org>, StoreError> {
         self.read(|c| {
             let mut stmt = c

@@ -9,6 +9,10 @@ logs and wait for their outcomes.
 >>> client.wait(task.id, timeout=600).status
 'Succeeded'
 
+``guildnet.aio.AsyncOrchestratorClient`` is the asyncio twin; ``client.events()`` follows the
+orchestrator's events; ``OrchestratorClient.from_env()`` reads GUILDNET_URL/ORCHESTRATOR_TOKEN or
+the context saved by ``guildnet login``.
+
 The client is implemented in Rust (``guildnet._native``, on the ``guildnet-core`` SDK). Calls
 block the calling thread with the GIL released, so other Python threads keep running.
 """
@@ -16,6 +20,8 @@ block the calling thread with the GIL released, so other Python threads keep run
 from ._native import (
     Agent,
     Artifact,
+    Event,
+    EventStream,
     LogLine,
     LogStream,
     OrchestratorClient,
@@ -39,14 +45,19 @@ from .errors import (
     NotFoundError,
 )
 
+from .aio import AsyncOrchestratorClient
+
 #: Task statuses, in lifecycle order.
 TASK_STATUSES = ("Scheduled", "Submitted", "Running", "Succeeded", "Failed", "Cancelled")
 
 __all__ = [
     "Agent",
     "Artifact",
+    "AsyncOrchestratorClient",
     "AuthError",
     "ConflictError",
+    "Event",
+    "EventStream",
     "GuildNetConnectionError",
     "GuildNetError",
     "GuildNetTimeoutError",

@@ -158,9 +158,11 @@ class OrchestratorClient:
     @property
     def url(self) -> str: ...
     @staticmethod
-    def from_env() -> "OrchestratorClient":
-        """URL from GUILDNET_URL (default http://127.0.0.1:8080); token from ORCHESTRATOR_TOKEN,
-        else the state dir's token file, like the guildnet CLI."""
+    def from_env(context: Optional[str] = None) -> "OrchestratorClient":
+        """Configured like the guildnet CLI. URL: GUILDNET_URL, else the context's (``context``,
+        GUILDNET_CONTEXT, or the current context of ~/.config/guildnet/config.toml as saved by
+        ``guildnet login``), else http://127.0.0.1:8080. Token: ORCHESTRATOR_TOKEN, else the
+        context's (only for its own URL), else the state dir's token file."""
         ...
     def health(self) -> Dict[str, str]: ...
     def schedule(
@@ -191,9 +193,12 @@ class OrchestratorClient:
     def logs(self, id: str, follow: Literal[False], after: int = 0) -> List[LogLine]: ...
     def cancel(self, id: str) -> Task: ...
     def wait(
-        self, id: str, timeout: Optional[float] = None, poll_interval: float = 0.2
+        self, id: str, timeout: Optional[float] = None, poll_interval: Optional[float] = None
     ) -> Task:
-        """Waits until the task finishes; raises GuildNetTimeoutError after ``timeout`` s."""
+        """Waits until the task finishes (its terminal server-sent event, no polling); raises
+        GuildNetTimeoutError after ``timeout`` s. ``poll_interval`` is ignored."""
+    def events(self, after: int = 0) -> EventStream:
+        """Follows the orchestrator's task and agent events live, from event id ``after``."""
     def agents(self) -> List[Agent]: ...
     def agent(self, name: str) -> Agent: ...
     def create_org(self, name: str) -> Org: ...
@@ -201,6 +206,44 @@ class OrchestratorClient:
         """Removes an org that has no unfinished task (its task history stays)."""
         ...
     def orgs(self) -> List[Org]: ...
+
+class Event:
+    """One event of the orchestrator's event stream."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def ts(self) -> datetime.datetime: ...
+    @property
+    def kind(self) -> str:
+        """E.g. ``task.scheduled``, ``task.claimed``, ``agent.registered``."""
+    @property
+    def task_id(self) -> Optional[str]: ...
+    @property
+    def agent(self) -> Optional[str]: ...
+    @property
+    def org(self) -> Optional[str]: ...
+    @property
+    def status(self) -> Optional[str]: ...
+    @property
+    def message(self) -> Optional[str]: ...
+
+class EventStream(Iterator[Event]):
+    """Iterator over live events; does not end by itself (close it, or leave a ``with``)."""
+
+    def __iter__(self) -> Iterator[Event]: ...
+    def __next__(self) -> Event: ...
+    @property
+    def last_id(self) -> int:
+        """The id of the last event yielded (resume with ``events(after=last_id)``)."""
+    def close(self) -> None: ...
+    def __enter__(self) -> "EventStream": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
 
 def state_dir() -> Path:
     """The GuildNet state directory (GUILDNET_STATE_DIR, GUILDNET_HOME/state, ...)."""
