@@ -244,8 +244,17 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
     let mut failures: Vec<String> = Vec::new();
     let mut checked = 0usize;
 
+    // A warm pool agent's token for org acme (what the operator puts in a pool's Secret).
+    let pool_token = guildnet_core::pool::token::PoolKeys::from_admin_token(
+        &guildnet_core::token::Secret::new(TOKEN),
+    )
+    .mint(&OrgName::new("acme").unwrap())
+    .expose()
+    .to_owned();
     let token_for = |path: &str| -> Option<String> {
-        if path.starts_with("/agent/") {
+        if path.starts_with("/pool/") {
+            Some(pool_token.clone())
+        } else if path.starts_with("/agent/") {
             Some(r.token.clone())
         } else if admin_route(path) {
             Some(TOKEN.to_owned())
@@ -282,8 +291,15 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
             None => b,
         };
 
-        // Wrong methods: 405 with a JSON error.
-        let other = if *m == "get" { "DELETE" } else { "PUT" };
+        // Wrong methods: 405 with a JSON error (a method no route of this path has).
+        let other = ["DELETE", "PUT", "PATCH"]
+            .into_iter()
+            .find(|o| {
+                !ROUTES
+                    .iter()
+                    .any(|(rm, rp)| rp == p && rm.eq_ignore_ascii_case(o))
+            })
+            .unwrap_or("PATCH");
         check!(
             format!("{other} {p}"),
             with_auth(h.request(reqwest::Method::from_bytes(other.as_bytes()).unwrap(), &url)),
