@@ -303,6 +303,7 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     backend_cfg.runner = opts.runner.clone();
     backend_cfg.pass_env = opts.pass_env.clone();
     backend_cfg.code_server = opts.code_server.clone();
+    backend_cfg.shared_store = opts.store.is_some();
     if let Ok(rl) = std::env::var("RUST_LOG") {
         backend_cfg.extra_env.push(("RUST_LOG".into(), rl));
     }

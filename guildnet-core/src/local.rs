@@ -54,6 +54,11 @@ pub struct LocalBackendConfig {
     pub agent_user: Option<AgentUser>,
     /// Where the agents' directories go (default [`StatePaths::workspaces_root`]).
     pub workspaces_root: PathBuf,
+    /// Other orchestrator replicas share the store (PostgreSQL): an agent with no directory
+    /// here may be another replica's, so its state is unknown rather than gone. With a store of
+    /// its own (SQLite, the default) every agent was started here, and one with no directory
+    /// (e.g. its orchestrator was killed between dispatch and spawn) is gone.
+    pub shared_store: bool,
 }
 
 impl LocalBackendConfig {
@@ -79,6 +84,7 @@ impl LocalBackendConfig {
             kill_grace: Duration::from_secs(10),
             code_server: None,
             agent_user: None,
+            shared_store: false,
             workspaces_root: state.workspaces_root(),
             state,
         }
@@ -509,8 +515,11 @@ impl ClusterBackend for LocalBackend {
             Some(ChildState::Exited(code)) => WorkloadState::Exited(code),
             None => match read_agent_pid(&self.workspace(task), agent) {
                 Some(_) => WorkloadState::Running,
-                // Started here (its workspace is in this state dir) and gone.
-                None if self.workspace(task).exists() => WorkloadState::Absent,
+                // Started here (its workspace is in this state dir) and gone, or, with a store
+                // of its own, never started (the orchestrator died before the spawn).
+                None if !self.cfg.shared_store || self.workspace(task).exists() => {
+                    WorkloadState::Absent
+                }
                 // Never started here: another replica's agent, which this process cannot see.
                 None => WorkloadState::Unknown,
             },
@@ -561,10 +570,18 @@ mod tests {
     #[tokio::test]
     async fn a_workload_started_elsewhere_is_unknown_and_one_started_here_and_gone_is_absent() {
         let dir = tempfile::tempdir().unwrap();
-        let b = LocalBackend::new(LocalBackendConfig::new(StatePaths::new(dir.path())));
+        let mut cfg = LocalBackendConfig::new(StatePaths::new(dir.path()));
         let org = OrgName::new("acme").unwrap();
         let agent = AgentName::new("agent-1").unwrap();
         let task = TaskId::generate();
+        // Alone on its store (SQLite): no directory means never started, i.e. gone.
+        let alone = LocalBackend::new(cfg.clone());
+        assert_eq!(
+            alone.status(&org, &task, &agent).await.unwrap(),
+            WorkloadState::Absent
+        );
+        cfg.shared_store = true;
+        let b = LocalBackend::new(cfg);
         assert_eq!(
             b.status(&org, &task, &agent).await.unwrap(),
             WorkloadState::Unknown
