@@ -30,6 +30,10 @@ pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 pub const MAX_LOG_SEQ: u64 = (1 << 53) - 1;
 /// Default per-task log quota in bytes of text.
 pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+/// Default claim lease: a claim not renewed by a heartbeat for this long expires.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Default interval between an agent's heartbeats (must stay well below the lease).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Orchestrator settings.
 #[derive(Debug, Clone)]
@@ -83,8 +87,8 @@ impl OrchestratorConfig {
         Self {
             admin_token,
             public_url: public_url.into(),
-            lease_ttl: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             claim_timeout: Duration::from_secs(120),
             reaper_interval: Duration::from_secs(1),
             submit_retry: Duration::from_secs(5),
