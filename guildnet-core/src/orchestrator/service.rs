@@ -604,6 +604,28 @@ impl Orchestrator {
                         "backend refused a submit; the org's tasks wait"
                     );
                 }
+                // The task's own log says why it waits (the line is written while the task is
+                // still Submitted to this agent, so it cannot collide with an agent's lines).
+                // Only the task that was tried gets it: while the org is on hold the others
+                // are not tried, and `GET /tasks/{id}` gives each its reason.
+                let line = format!(
+                    "[orchestrator] waiting: the backend could not start an agent: {reason}; \
+                     org {}'s tasks are retried in {} s",
+                    task.org,
+                    hold.delay.as_secs().max(1)
+                );
+                match self
+                    .inner
+                    .store
+                    .append_unclaimed_note(&task.id, &agent, line)
+                    .await
+                {
+                    Ok(Some(_)) => self.notify_change(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(task = %task.id, error = %e, "could not log the refusal")
+                    }
+                }
             }
             let attempt = task.attempt;
             let res = self
