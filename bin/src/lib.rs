@@ -351,6 +351,9 @@ pub struct UpDashboardArgs {
     /// reverse proxy); it must be same-site with the dashboard.
     #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
     pub dashboard_editor_url: Option<String>,
+    /// Print a one-time dashboard login link: auto (when output is a terminal), always, never.
+    #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = LoginLinkMode::Auto)]
+    pub login_link: LoginLinkMode,
 }
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
@@ -371,9 +374,23 @@ pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::Sha
     ))
 }
 
-/// Prints where the dashboard is and how to log in.
-pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
+/// When to print a one-time dashboard login link (`--login-link`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginLinkMode {
+    /// Only when standard output is a terminal (not into a service's journal or a log file).
+    #[default]
+    Auto,
+    /// Always (e.g. to capture it from a script).
+    Always,
+    /// Never: log in with the password.
+    Never,
+}
+
+/// Prints where the dashboard is and how to log in: the password's file and, per `link`, a
+/// one-time login link (a secret that works once, for 15 minutes).
+pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard, link: LoginLinkMode) {
     use guildnet_dashboard::auth::PasswordSource;
+    use std::io::IsTerminal;
     println!("GuildNet dashboard: {}", dash.url());
     println!(
         "Agents' editors are served from a separate origin on {}",
@@ -384,6 +401,17 @@ pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
         PasswordSource::File(p) | PasswordSource::Generated(p) => {
             println!("Log in with the password in {}", p.display())
         }
+    }
+    let print_link = match link {
+        LoginLinkMode::Auto => std::io::stdout().is_terminal(),
+        LoginLinkMode::Always => true,
+        LoginLinkMode::Never => false,
+    };
+    if print_link {
+        println!(
+            "Or open this one-time login link (works once, for 15 minutes): {}",
+            dash.login_link()
+        );
     }
 }
 
@@ -432,7 +460,7 @@ pub async fn run_up(
             token: started.orchestrator.config().admin_token.clone(),
         };
         let d = Dashboard::bind(cfg, handle).await?;
-        print_dashboard_login(&d);
+        print_dashboard_login(&d, dash.login_link);
         if let Some(org) = orgs.first() {
             println!(
                 "Next: open the dashboard, or run `guildnet schedule --org {org} \"your task\" -f` \
