@@ -424,7 +424,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
             None
         );
         // Wrong content type.
-        if p != &"/tasks/{id}/cancel" {
+        if p != "/tasks/{id}/cancel" {
             check!(
                 format!("POST {p} as text/plain"),
                 with_auth(h.post(&url))
@@ -470,7 +470,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
                 || v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
             // The task text is free text (only size-limited); everything else is a name or an
             // address.
-            if !strings || (p == &"/schedule" && k == "task") {
+            if !strings || (p == "/schedule" && k == "task") {
                 continue;
             }
             for (what, s) in hostile_names() {
