@@ -6,8 +6,8 @@
 //! message naming the field; and `helm install`, `upgrade` and `uninstall` against the testbed's
 //! real kube-apiserver, which validates every object (the objects are read back from it).
 //!
-//! The pods are not run: like deploy_orchestrator.rs, this checks what the API server accepts
-//! and stores. The chart's images are built by scripts/images/build.sh.
+//! The pods are not run here: like deploy_orchestrator.rs, this checks what the API server
+//! accepts and stores. `helm_node.rs` runs the chart's pods on the testbed's real node.
 
 use base64::Engine as _;
 use guildnet_testbed::kube::KubeCluster;
