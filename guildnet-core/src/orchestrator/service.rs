@@ -566,18 +566,7 @@ impl Orchestrator {
                         "[pool] cold start: no warm agent of org {}'s pool was free ({waiting} waiting for another runner); starting a new agent",
                         task.org
                     );
-                    match self
-                        .inner
-                        .store
-                        .append_unclaimed_note(&task.id, &agent, line)
-                        .await
-                    {
-                        Ok(Some(_)) => self.notify_change(),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::debug!(task = %task.id, error = %e, "could not log the cold start")
-                        }
-                    }
+                    self.note_unclaimed(&task.id, &agent, line).await;
                 }
             }
         }
@@ -614,18 +603,7 @@ impl Orchestrator {
                     task.org,
                     hold.delay.as_secs().max(1)
                 );
-                match self
-                    .inner
-                    .store
-                    .append_unclaimed_note(&task.id, &agent, line)
-                    .await
-                {
-                    Ok(Some(_)) => self.notify_change(),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(task = %task.id, error = %e, "could not log the refusal")
-                    }
-                }
+                self.note_unclaimed(&task.id, &agent, line).await;
             }
             let attempt = task.attempt;
             let res = self
@@ -638,6 +616,28 @@ impl Orchestrator {
                 .await;
             if let Ok(u) = res {
                 self.notify_event(u.last_event_id);
+            }
+        }
+    }
+
+    /// Writes an orchestrator line into the log of a task still Submitted to `agent` (see
+    /// [`StateStore::append_unclaimed_note`]); a task that moved on gets none. Best effort: a
+    /// store error is only traced. Returns whether the line was written.
+    async fn note_unclaimed(&self, task: &TaskId, agent: &AgentName, line: String) -> bool {
+        match self
+            .inner
+            .store
+            .append_unclaimed_note(task, agent, line)
+            .await
+        {
+            Ok(Some(_)) => {
+                self.notify_change();
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(task = %task, error = %e, "could not write a note to the task log");
+                false
             }
         }
     }
@@ -1300,18 +1300,8 @@ impl Orchestrator {
             if !fresh {
                 continue;
             }
-            match self
-                .inner
-                .store
-                .append_unclaimed_note(&task.id, agent, line)
-                .await
-            {
-                Ok(Some(_)) => self.notify_change(),
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(task = %task.id, error = %e, "could not log workload note");
-                    return;
-                }
+            if !self.note_unclaimed(&task.id, agent, line).await {
+                return;
             }
         }
     }
