@@ -18,6 +18,7 @@
 //! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
 
 pub mod agent;
+pub mod agent_env;
 pub mod agent_settings;
 pub mod agent_user;
 pub mod api;
