@@ -60,8 +60,8 @@ impl RunnerSpec {
             cwd: cfg.workspace.clone(),
             env: vec![
                 (crate::agent_env::TASK_TEXT.into(), task.task.clone()),
-                ("TASK_ID".into(), task.id.to_string()),
-                ("ORG_NAME".into(), task.org.to_string()),
+                (crate::agent_env::TASK_ID.into(), task.id.to_string()),
+                (crate::agent_env::ORG_NAME.into(), task.org.to_string()),
             ],
             sandbox: None,
         })
