@@ -1,7 +1,7 @@
 //! Every environment variable name of the agent, declared once. The agent reads them
-//! ([`crate::agent`]); the local backend ([`crate::local`]), the Kubernetes operator
-//! (`guildnet-kube`), the orchestrator's settings ([`crate::agent_settings`]) and the warm pool
-//! set them. Nothing else spells these names: a new variable is added here and used from here.
+//! (`agent`); the local backend (`local`), the Kubernetes operator (`guildnet-kube`), the
+//! orchestrator's settings (`agent_settings`) and the warm pool set them. Names only, so the
+//! module is in the client-only build too. Nothing else spells these names: a new variable is added here and used from here.
 //!
 //! This module owns names and the lists built from them, nothing else: no parsing, no I/O.
 
