@@ -6,15 +6,36 @@
 use clap::Parser;
 use guildnet_bin::{agent_start, init_tracing, run_agent_start};
 
-/// Agent environment, documented for `--help`.
-const ENV_HELP: &str = "Configured by environment: ORCHESTRATOR_URL, GUILDNET_AGENT_TOKEN, TASK_ID, ORG_NAME, AGENT_NAME, GUILDNET_RUNNER (command template), GUILDNET_WORKSPACE, GUILDNET_STATE_DIR; sandbox: GUILDNET_DENY_PATHS, GUILDNET_SANDBOX_WRITE_PATHS; GUILDNET_SHUTDOWN_SECS; warm pool mode: GUILDNET_POOL_TOKEN, GUILDNET_POOL_POD, GUILDNET_POOL_RUNNER without TASK_ID (see docs/AGENT.md).";
+/// Agent environment, documented for `--help` (the names from `guildnet_core::agent_env`).
+fn env_help() -> String {
+    use guildnet_core::agent_env as e;
+    format!(
+        "Configured by environment: {}, {}, {}, {}, {}, {} (command template), {}, {}; sandbox: \
+         {}, {}; {}; warm pool mode: {}, {}, {} without {} (see docs/AGENT.md).",
+        e::ORCHESTRATOR_URL,
+        e::AGENT_TOKEN,
+        e::TASK_ID,
+        e::ORG_NAME,
+        e::AGENT_NAME,
+        e::RUNNER,
+        e::WORKSPACE,
+        e::STATE_DIR,
+        e::DENY_PATHS,
+        e::SANDBOX_WRITE_PATHS,
+        e::SHUTDOWN_SECS,
+        e::POOL_TOKEN,
+        e::POOL_POD,
+        e::POOL_RUNNER,
+        e::TASK_ID,
+    )
+}
 
 #[derive(Parser)]
 #[command(
     name = "guildnet-agent",
     version,
     about = "GuildNet agent: registers, claims its task, runs it, streams logs, reports completion",
-    long_about = ENV_HELP
+    long_about = env_help()
 )]
 struct Cli {}
 

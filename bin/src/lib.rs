@@ -25,7 +25,7 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "GUILDNET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// State directory (default: GUILDNET_STATE_DIR, GUILDNET_HOME/state, ~/.guildnet/state).
-    #[arg(long, env = "GUILDNET_STATE_DIR")]
+    #[arg(long, env = guildnet_core::agent_env::STATE_DIR)]
     pub state_dir: Option<PathBuf>,
     /// State store: a PostgreSQL URL (postgres://user:password@host:port/db) for several
     /// replicas on one database; unset: the SQLite file in the state dir.
@@ -42,7 +42,7 @@ pub struct OrchestratorArgs {
     pub agent_bin: Option<PathBuf>,
     /// Runner command template for agents, e.g. "my-ai-cli --task-file -" ({task_id}, {org},
     /// {agent}, {workspace} are replaced; the task text is on stdin and in GUILDNET_TASK).
-    #[arg(long, env = "GUILDNET_RUNNER")]
+    #[arg(long, env = guildnet_core::agent_env::RUNNER)]
     pub runner: Option<String>,
     /// Default runner from a preset instead of --runner: claude-code, codex, gemini, opencode,
     /// aider, script, echo (see docs/AGENT.md for each one's invocation and environment).
@@ -67,21 +67,21 @@ pub struct OrchestratorArgs {
     /// The forge agents push to and open pull requests on: its web root or API base URL
     /// (https://github.com, https://ghe.example/api/v3, https://gitea.example,
     /// https://gitlab.example). Needs a token (--forge-token-file or GUILDNET_FORGE_TOKEN).
-    #[arg(long, env = "GUILDNET_FORGE_API")]
+    #[arg(long, env = guildnet_core::agent_env::FORGE_API)]
     pub forge_api: Option<String>,
     /// The forge's API: github, gitea (also Forgejo) or gitlab (default: guessed from the URL,
     /// else github).
-    #[arg(long, env = "GUILDNET_FORGE_KIND")]
+    #[arg(long, env = guildnet_core::agent_env::FORGE_KIND)]
     pub forge_kind: Option<String>,
     /// A file (mode 0600) holding the forge token; GUILDNET_FORGE_TOKEN in the environment
     /// works too. Agents get it as a secret; it is never put in a URL or on a command line.
-    #[arg(long, env = "GUILDNET_FORGE_TOKEN_FILE")]
+    #[arg(long, env = guildnet_core::agent_env::FORGE_TOKEN_FILE)]
     pub forge_token_file: Option<PathBuf>,
     /// Author name of the agents' commits.
-    #[arg(long, env = "GUILDNET_GIT_AUTHOR_NAME")]
+    #[arg(long, env = guildnet_core::agent_env::GIT_AUTHOR_NAME)]
     pub git_author_name: Option<String>,
     /// Author email of the agents' commits.
-    #[arg(long, env = "GUILDNET_GIT_AUTHOR_EMAIL")]
+    #[arg(long, env = guildnet_core::agent_env::GIT_AUTHOR_EMAIL)]
     pub git_author_email: Option<String>,
     /// Extra environment for every agent and its runner: NAME=VALUE (repeat), e.g.
     /// OPENAI_API_BASE=https://llm.internal/v1 or AIDER_MODEL=openai/gpt-4.1. Not secret.
@@ -124,7 +124,7 @@ pub struct OrchestratorArgs {
     pub agent_start_deadline_secs: u64,
     /// Local backend: the code-server executable; each agent then serves its workspace in an
     /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
-    #[arg(long, env = "GUILDNET_CODE_SERVER")]
+    #[arg(long, env = guildnet_core::agent_env::CODE_SERVER)]
     pub code_server: Option<PathBuf>,
     /// Local backend: the user agents and their runners run as: `auto` (`nobody` when this
     /// process runs as root, else this process's user), `current`, a user name, or UID[:GID].
@@ -293,7 +293,7 @@ impl OrchestratorArgs {
             };
             let token = match &self.forge_token_file {
                 Some(p) => read_secret_file(p)?,
-                None => match std::env::var("GUILDNET_FORGE_TOKEN") {
+                None => match std::env::var(guildnet_core::agent_env::FORGE_TOKEN) {
                     Ok(t) if !t.trim().is_empty() => Secret::new(t.trim()),
                     _ => anyhow::bail!(
                         "--forge-api needs a token: --forge-token-file PATH or GUILDNET_FORGE_TOKEN"
@@ -543,7 +543,7 @@ pub fn agent_config() -> Result<guildnet_core::agent::AgentConfig, std::process:
         std::process::ExitCode::from(2)
     })?;
     // The orchestrator names the other secret variables it set (model provider keys...).
-    let listed = std::env::var(guildnet_core::agent::agent_env::SECRET_ENV).unwrap_or_default();
+    let listed = std::env::var(guildnet_core::agent_env::SECRET_ENV).unwrap_or_default();
     let extra: Vec<&str> = listed
         .split(',')
         .map(str::trim)

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use guildnet_kube::install::{install, InstallOptions};
 use guildnet_kube::leader::LeaseConfig;
-use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_kube::operator::{self, Operator, OperatorConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| format!("guildnet-operator-{}", std::process::id()));
                 cfg.leader_election = Some(LeaseConfig::new(namespace, identity));
             }
-            let ctx = Arc::new(Context::new(client(kubeconfig).await?, cfg));
+            let ctx = Arc::new(Operator::new(client(kubeconfig).await?, cfg));
             let listener = tokio::net::TcpListener::bind(&metrics_addr)
                 .await
                 .with_context(|| format!("bind {metrics_addr}"))?;

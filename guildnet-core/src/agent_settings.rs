@@ -11,32 +11,14 @@
 //!
 //! This module owns no I/O except reading secret files when the configuration is built.
 
-use crate::agent::agent_env;
 use crate::agent::forge::{endpoints, ForgeKind};
+use crate::agent_env;
 use crate::names::OrgName;
 use crate::runners;
 use crate::seams::AgentSettings;
 use crate::token::Secret;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Variables of the launch contract and the backend's own, which settings must not override.
-pub const RESERVED_ENV: &[&str] = &[
-    crate::seams::env::ORCHESTRATOR_URL,
-    crate::seams::env::AGENT_TOKEN,
-    crate::seams::env::TASK_ID,
-    crate::seams::env::ORG_NAME,
-    crate::seams::env::AGENT_NAME,
-    crate::local::WORKSPACE_ENV,
-    "GUILDNET_STATE_DIR",
-    agent_env::CODE_SERVER,
-    agent_env::CODE_SERVER_PASSWORD,
-    agent_env::EDITOR_ADDR,
-    agent_env::EDITOR_ADVERTISE,
-    agent_env::HEALTH_ADDR,
-    agent_env::SECRET_ENV,
-    "ORCHESTRATOR_TOKEN",
-];
 
 /// Why the agent settings are unusable (reported at start, naming the flag's value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,7 +74,7 @@ pub fn check_env_name(name: &str) -> Result<(), SettingsError> {
             "{name:?} is not an environment variable name (letters, digits, _)"
         )));
     }
-    if RESERVED_ENV.contains(&name) {
+    if agent_env::RESERVED.contains(&name) {
         return Err(err(format!(
             "{name} is set by GuildNet itself and cannot be configured"
         )));
@@ -296,7 +278,7 @@ impl AgentSettingsConfig {
         let mut env = Vec::new();
         let mut secret_env: Vec<(String, Secret)> = Vec::new();
         if let Some((name, template)) = self.runner_for(org, hint) {
-            env.push((crate::local::RUNNER_ENV.to_owned(), template));
+            env.push((agent_env::RUNNER.to_owned(), template));
             env.push((agent_env::RUNNER_NAME.to_owned(), name));
         }
         if let Some(f) = &self.forge {

@@ -16,6 +16,7 @@
 //! - [`client_config`]: the client's config file (named contexts: URL and token) and the
 //!   precedence of flags, environment, context and state dir.
 //! - [`agent`]: the agent runtime (register, heartbeat, claim, run, stream logs, complete).
+//! - [`agent_env`]: every environment variable name of the agent, declared once.
 //!
 //! # Features
 //! - `server` (default): everything beyond the client (the orchestrator and its HTTP API, the
@@ -27,10 +28,11 @@
 //!
 //! With `default-features = false` the crate is the client SDK only: [`names`], [`model`],
 //! [`api`], [`client`], [`client_config`], [`context`], [`lifecycle`], [`pool`]'s types,
-//! [`state_dir`] and [`token`], without axum, SQLite, hyper's server or utoipa.
+//! [`agent_env`], [`state_dir`] and [`token`], without axum, SQLite, hyper's server or utoipa.
 
 #[cfg(feature = "server")]
 pub mod agent;
+pub mod agent_env;
 #[cfg(feature = "server")]
 pub mod agent_settings;
 #[cfg(feature = "server")]

@@ -8,7 +8,7 @@
 //! `editor.json` (port and password, 0600; outside the workspace the editor shows). Like pods,
 //! they outlive an orchestrator restart and reconnect to it.
 
-use crate::agent::agent_env;
+use crate::agent_env;
 use crate::agent_user::AgentUser;
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, BackendError, ClusterBackend, EditorEndpoint, WorkloadState};
@@ -20,11 +20,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Environment variable: the runner command template handed to local agents.
-pub const RUNNER_ENV: &str = "GUILDNET_RUNNER";
-/// Environment variable: the agent's workspace directory.
-pub const WORKSPACE_ENV: &str = "GUILDNET_WORKSPACE";
 
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
@@ -410,8 +405,8 @@ impl ClusterBackend for LocalBackend {
         }
         cmd.args(&self.cfg.agent_args)
             .current_dir(&ws)
-            .env(WORKSPACE_ENV, ws.join("workspace"))
-            .env("GUILDNET_STATE_DIR", &agent_state)
+            .env(agent_env::WORKSPACE, ws.join("workspace"))
+            .env(agent_env::STATE_DIR, &agent_state)
             .env(agent_env::DENY_PATHS, self.deny_paths())
             .env("HOME", &home)
             .env(agent_env::SANDBOX_WRITE_PATHS, &home)
@@ -424,7 +419,7 @@ impl ClusterBackend for LocalBackend {
             cmd.env(k, v);
         }
         if let Some(r) = &self.cfg.runner {
-            cmd.env(RUNNER_ENV, r);
+            cmd.env(agent_env::RUNNER, r);
         }
         // The orchestrator's settings (runner, forge, keys). A local agent's environment is
         // readable only by its own user, like the backend's own, so the secret half goes there.

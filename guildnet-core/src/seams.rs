@@ -134,29 +134,21 @@ impl AgentSettings {
     }
 }
 
-/// Environment variable names of the agent contract.
-pub mod env {
-    /// Orchestrator base URL.
-    pub const ORCHESTRATOR_URL: &str = "ORCHESTRATOR_URL";
-    /// Per-task agent token.
-    pub const AGENT_TOKEN: &str = "GUILDNET_AGENT_TOKEN";
-    /// Task id.
-    pub const TASK_ID: &str = "TASK_ID";
-    /// Org name.
-    pub const ORG_NAME: &str = "ORG_NAME";
-    /// Agent name.
-    pub const AGENT_NAME: &str = "AGENT_NAME";
-}
-
 impl AgentLaunch {
     /// The environment the agent gets. Contains the token: never log it.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            (env::ORCHESTRATOR_URL, self.orchestrator_url.clone()),
-            (env::AGENT_TOKEN, self.agent_token.expose().to_owned()),
-            (env::TASK_ID, self.task_id.to_string()),
-            (env::ORG_NAME, self.org.to_string()),
-            (env::AGENT_NAME, self.agent.to_string()),
+            (
+                crate::agent_env::ORCHESTRATOR_URL,
+                self.orchestrator_url.clone(),
+            ),
+            (
+                crate::agent_env::AGENT_TOKEN,
+                self.agent_token.expose().to_owned(),
+            ),
+            (crate::agent_env::TASK_ID, self.task_id.to_string()),
+            (crate::agent_env::ORG_NAME, self.org.to_string()),
+            (crate::agent_env::AGENT_NAME, self.agent.to_string()),
         ]
     }
 }

@@ -40,7 +40,7 @@ pub fn resolve_state_dir_with(
     get: impl Fn(&str) -> Option<String>,
 ) -> Result<PathBuf, StateDirError> {
     let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("GUILDNET_STATE_DIR") {
+    if let Some(dir) = non_empty(crate::agent_env::STATE_DIR) {
         return Ok(PathBuf::from(dir));
     }
     if let Some(home) = non_empty("GUILDNET_HOME") {

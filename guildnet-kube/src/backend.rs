@@ -3,11 +3,13 @@
 //! sets `spec.cancel`; completion is written to the AgentTask's status; the workload state is read
 //! back from the status phase.
 
+use crate::crd::{
+    credentials_secret_name, AGENT_LABEL, CREDENTIALS_PASSWORD_KEY, CREDENTIALS_TOKEN_KEY,
+    ORG_LABEL, SECRET_ENV_KEY_PREFIX,
+};
 use crate::crd::{AgentTask, AgentTaskSpec, Phase};
-use crate::operator::{CREDENTIALS_PASSWORD_KEY, CREDENTIALS_TOKEN_KEY};
 use crate::{portforward, Error, DEFAULT_NAMESPACE, EDITOR_PORT, MANAGED_BY, TASK_LABEL};
 use async_trait::async_trait;
-use base64::Engine as _;
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::seams::{
@@ -16,12 +18,14 @@ use guildnet_core::seams::{
 use guildnet_core::state_dir::{find_kubeconfig, StatePaths};
 use guildnet_core::token::Secret as TokenSecret;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Resource, ResourceExt};
 use rand::RngCore;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -53,10 +57,6 @@ pub const DEFAULT_START_DEADLINE: std::time::Duration = std::time::Duration::fro
 /// the orchestrator's clock). The start deadline counts from it.
 pub const SUBMITTED_AT_ANNOTATION: &str = "guildnet.io/submitted-at";
 
-/// Prefix of the credentials Secret's keys that carry the agent's secret environment
-/// (`env.<NAME>`); the operator copies them into the pod's env Secret as `<NAME>`.
-pub const SECRET_ENV_KEY_PREFIX: &str = "env.";
-
 impl KubeBackendConfig {
     /// Defaults over a state dir.
     pub fn new(state: StatePaths) -> Self {
@@ -80,9 +80,6 @@ pub struct KubeBackend {
     forwards: portforward::Forwards,
     editor_passwords: Mutex<HashMap<String, TokenSecret>>,
 }
-
-/// Label on an AgentTask with its current agent's name.
-pub const AGENT_LABEL: &str = "guildnet.io/agent";
 
 fn loopback(addr: std::net::SocketAddr, password: Option<TokenSecret>) -> EditorEndpoint {
     EditorEndpoint {
@@ -115,7 +112,7 @@ impl KubeBackend {
         client: kube::Client,
         at: &AgentTask,
     ) -> Option<TokenSecret> {
-        let name = crate::operator::credentials_secret_name(at);
+        let name = credentials_secret_name(at);
         let secret = Api::<Secret>::namespaced(client, &self.cfg.namespace)
             .get_opt(&name)
             .await
@@ -391,7 +388,7 @@ impl ClusterBackend for KubeBackend {
                 "namespace": ns,
                 "labels": {
                     MANAGED_BY.0: MANAGED_BY.1,
-                    "guildnet.io/org": launch.org.to_string(),
+                    ORG_LABEL: launch.org.to_string(),
                     AGENT_LABEL: launch.agent.to_string(),
                 },
                 "annotations": {
@@ -411,13 +408,13 @@ impl ClusterBackend for KubeBackend {
             o.controller = Some(false);
             o
         });
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
         // The secret half of the settings (forge token, model keys) lives only here: the
         // operator copies it into the pod's env Secret, never into a spec.
-        let mut data = serde_json::Map::new();
+        let mut data = BTreeMap::new();
         data.insert(
-            CREDENTIALS_TOKEN_KEY.into(),
-            b64(launch.agent_token.expose()).into(),
+            CREDENTIALS_TOKEN_KEY.to_owned(),
+            bytes(launch.agent_token.expose()),
         );
         // A warm agent was handed its code-server password with the task; a cold one gets a
         // new one through the pod's env Secret.
@@ -425,28 +422,28 @@ impl ClusterBackend for KubeBackend {
             Some(p) => p.editor_password.expose().to_owned(),
             None => random_secret(),
         };
-        data.insert(CREDENTIALS_PASSWORD_KEY.into(), b64(&password).into());
+        data.insert(CREDENTIALS_PASSWORD_KEY.to_owned(), bytes(&password));
         for (k, v) in &launch.settings.secret_env {
-            data.insert(
-                format!("{SECRET_ENV_KEY_PREFIX}{k}"),
-                b64(v.expose()).into(),
-            );
+            data.insert(format!("{SECRET_ENV_KEY_PREFIX}{k}"), bytes(v.expose()));
         }
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": crate::operator::credentials_secret_name(&created),
-                "namespace": ns,
-                "labels": {MANAGED_BY.0: MANAGED_BY.1, TASK_LABEL: created.name_any()},
-                "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(credentials_secret_name(&created)),
+                namespace: Some(ns.to_owned()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    (TASK_LABEL.to_owned(), created.name_any()),
+                ])),
+                owner_references: Some(oref.into_iter().collect()),
+                ..ObjectMeta::default()
             },
-            "type": "Opaque",
-            "data": data,
-        });
+            type_: Some("Opaque".to_owned()),
+            data: Some(data),
+            ..Secret::default()
+        };
         Api::<Secret>::namespaced(client, ns)
             .patch(
-                &crate::operator::credentials_secret_name(&created),
+                &credentials_secret_name(&created),
                 &pp,
                 &Patch::Apply(&secret),
             )

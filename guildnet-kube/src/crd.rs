@@ -1,5 +1,9 @@
-//! The `AgentTask` custom resource (guildnet.io/v1alpha1). The Rust type is the source of truth;
-//! the CRD YAML (see [`crd_yaml`]) is generated from it.
+//! The `AgentTask` custom resource (guildnet.io/v1alpha1), and the names the orchestrator's
+//! backend ([`crate::backend`]) and the operator ([`crate::operator`]) share about it: labels,
+//! the credentials Secret and its keys. The Rust type is the source of truth; the CRD YAML (see
+//! [`crd_yaml`]) is generated from it.
+//!
+//! This module owns types and names only: no API calls.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -7,6 +11,35 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Label on every object GuildNet creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "guildnet");
+/// Label with the AgentTask a child object belongs to (on its Deployment, Service, Secrets and
+/// pods, and on an adopted warm pool pod).
+pub const TASK_LABEL: &str = "guildnet.io/agenttask";
+/// Label on an AgentTask (and an adopted pool pod) with its current agent's name.
+pub const AGENT_LABEL: &str = "guildnet.io/agent";
+/// Label on AgentTasks: their org (set by the orchestrator's backend).
+pub const ORG_LABEL: &str = "guildnet.io/org";
+/// The agent's code-server port (the Service's and the port-forward's target).
+pub const EDITOR_PORT: u16 = 8443;
+/// Key of the agent token in the credentials Secret.
+pub const CREDENTIALS_TOKEN_KEY: &str = "agent-token";
+/// Key of the code-server password in the credentials Secret.
+pub const CREDENTIALS_PASSWORD_KEY: &str = "code-server-password";
+/// Prefix of the credentials Secret's keys that carry the agent's secret environment
+/// (`env.<NAME>`); the operator copies them into the pod's env Secret as `<NAME>`.
+pub const SECRET_ENV_KEY_PREFIX: &str = "env.";
+
+/// Name of an AgentTask's credentials Secret (written by the backend, read by the operator):
+/// `spec.credentialsSecret`, else `<name>-credentials`.
+pub fn credentials_secret_name(at: &AgentTask) -> String {
+    use kube::ResourceExt;
+    at.spec
+        .credentials_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}-credentials", at.name_any()))
+}
 
 /// API group of GuildNet's resources.
 pub const GROUP: &str = "guildnet.io";

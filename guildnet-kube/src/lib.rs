@@ -1,10 +1,13 @@
 //! Kubernetes integration for GuildNet.
 //!
 //! - [`crd`]: the `AgentTask` custom resource (guildnet.io/v1alpha1), its YAML generated from the
-//!   Rust type.
-//! - [`operator`]: the reconciler that turns an AgentTask into a Secret, a Deployment and a
-//!   Service (server-side apply, one field manager, controller owner references), tracks its
-//!   phase, honours cancel and TTL, and emits Kubernetes Events.
+//!   Rust type, and the names the backend and the operator share (labels, the credentials
+//!   Secret and its keys).
+//! - [`pool`]: the `AgentPool` custom resource and its names.
+//! - [`operator`]: the reconcilers that turn an AgentTask into a Secret, a Deployment and a
+//!   Service (typed manifests in [`operator::manifests`], server-side apply, one field manager,
+//!   controller owner references) and an AgentPool into warm pods; they track phases, honour
+//!   cancel and TTL, and emit Kubernetes Events.
 //! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
 //!   Role/RoleBinding, operator Deployment) and an idempotent installer.
 //! - [`backend`]: [`backend::KubeBackend`], core's `ClusterBackend` over AgentTasks in each
@@ -20,19 +23,15 @@ mod pool_backend;
 pub mod portforward;
 pub mod yaml;
 
-pub use crd::{AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};
+pub use crd::{
+    AgentTask, AgentTaskSpec, AgentTaskStatus, Phase, EDITOR_PORT, MANAGED_BY, TASK_LABEL,
+};
 pub use pool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 
 /// The field manager of every server-side apply GuildNet makes.
 pub const FIELD_MANAGER: &str = "guildnet";
 /// Namespace the operator watches and the backend creates AgentTasks in, by default.
 pub const DEFAULT_NAMESPACE: &str = "mvp-agents";
-/// Label on every object GuildNet creates.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "guildnet");
-/// Label with the AgentTask a child object belongs to.
-pub const TASK_LABEL: &str = "guildnet.io/agenttask";
-/// The agent's code-server port.
-pub const EDITOR_PORT: u16 = 8443;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -53,7 +53,7 @@ pub(crate) async fn set_pool(
         "metadata": {
             "name": org.to_string(),
             "namespace": ns,
-            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::pool::ORG_LABEL: org.to_string()},
+            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::crd::ORG_LABEL: org.to_string()},
             "annotations": {
                 POOL_UPDATED_ANNOTATION: chrono::Utc::now()
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -9,7 +9,7 @@
 use futures_util::{stream, StreamExt};
 use guildnet_kube::crd::AgentTask;
 use guildnet_kube::install::{install, InstallOptions};
-use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_kube::operator::{self, Operator, OperatorConfig};
 use guildnet_kube::TASK_LABEL;
 use guildnet_testbed::kube::KubeCluster;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,7 +29,7 @@ fn start(client: kube::Client) -> tokio::task::JoinHandle<operator::RunOutcome> 
     let mut cfg = OperatorConfig::new(NS);
     cfg.public_orchestrator_url = Some("http://orchestrator.chaos:8080".into());
     cfg.error_backoff = Duration::from_millis(200);
-    let ctx = Arc::new(Context::new(client, cfg));
+    let ctx = Arc::new(Operator::new(client, cfg));
     tokio::spawn(operator::run(ctx, std::future::pending()))
 }
 

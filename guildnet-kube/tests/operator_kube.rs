@@ -13,7 +13,7 @@ use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::{agenttask_name, KubeBackend, KubeBackendConfig};
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_kube::install::{install, InstallOptions, OPERATOR_NAME};
-use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_kube::operator::{self, Operator, OperatorConfig};
 use guildnet_testbed::eventually;
 use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster, KubeOptions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -90,7 +90,7 @@ async fn operator_sa_client(cluster: &KubeCluster, admin: &kube::Client) -> kube
 struct RunningOperator {
     stop: tokio::sync::watch::Sender<bool>,
     handle: tokio::task::JoinHandle<operator::RunOutcome>,
-    ctx: Arc<Context>,
+    ctx: Arc<Operator>,
 }
 
 fn start_operator(client: kube::Client) -> RunningOperator {
@@ -105,7 +105,7 @@ fn start_operator_with(
     cfg.public_orchestrator_url = Some("http://orchestrator.test:8080".into());
     cfg.error_backoff = Duration::from_millis(200);
     tweak(&mut cfg);
-    let ctx = Arc::new(Context::new(client, cfg));
+    let ctx = Arc::new(Operator::new(client, cfg));
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(operator::run(ctx.clone(), async move {
         let _ = rx.wait_for(|v| *v).await;

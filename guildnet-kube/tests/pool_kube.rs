@@ -23,7 +23,7 @@ use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::{agenttask_name, KubeBackend, KubeBackendConfig};
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_kube::install::{install, InstallOptions, OPERATOR_NAME};
-use guildnet_kube::operator::{self, Context, OperatorConfig};
+use guildnet_kube::operator::{self, Operator, OperatorConfig};
 use guildnet_kube::pool::{AgentPool, POOL_LABEL, POOL_STATE_LABEL, POOL_TOKEN_KEY};
 use guildnet_testbed::eventually;
 use guildnet_testbed::kube::{client_from_kubeconfig, KubeCluster};
@@ -79,7 +79,7 @@ async fn pools_on_kwok_hand_over_adopt_refill_scale_to_zero_and_go_with_the_org(
     let mut cfg = OperatorConfig::new(NS);
     cfg.public_orchestrator_url = Some("http://orchestrator.test:8080".into());
     cfg.error_backoff = Duration::from_millis(200);
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(Operator::new(
         operator_sa_client(&cluster, &admin).await,
         cfg,
     ));

@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long, env = "GUILDNET_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
     /// Runner command template for agents (the task text is on its stdin).
-    #[arg(long, env = "GUILDNET_RUNNER")]
+    #[arg(long, env = guildnet_core::agent_env::RUNNER)]
     runner: Option<String>,
     /// A pool: `NAME:CAPACITY[:SELECTOR]`, e.g. `gpu:2:tier=gpu` (repeat; first wins ties).
     #[arg(long = "pool", default_value = "default:4")]

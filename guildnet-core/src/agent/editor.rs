@@ -221,7 +221,7 @@ async fn supervise(
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
-        for k in super::process::SECRET_ENV {
+        for k in crate::agent_env::SECRETS {
             cmd.env_remove(k);
         }
         if let Some(t) = &cfg.tmp_dir {

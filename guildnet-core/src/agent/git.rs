@@ -169,7 +169,7 @@ impl GitWork {
         .env("GIT_COMMITTER_EMAIL", &self.cfg.author_email)
         // Never run remote-helper transports that execute commands.
         .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file");
-        for k in super::process::SECRET_ENV {
+        for k in crate::agent_env::SECRETS {
             cmd.env_remove(k);
         }
         // The forge credentials, scoped to the forge's URL (GIT_CONFIG_* entries, never on a

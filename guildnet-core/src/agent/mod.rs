@@ -30,12 +30,12 @@ pub mod sandbox;
 pub use logship::{LogShipper, ShipLimits, ShipReport};
 pub use runner::{RunOutcome, RunnerSpec};
 
+use crate::agent_env;
 use crate::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
 use crate::client::{AgentClient, ClientError};
 use crate::model::{Artifact, LogStream, Task, TaskStatus};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::redact::Redactor;
-use crate::seams::env;
 use crate::token::Secret;
 use editor::{EditorConfig, EditorState, EditorSupervisor};
 use forge::{ForgeKind, ForgeSettings, PullRequest};
@@ -46,56 +46,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Environment variable names the agent reads besides the launch contract ([`env`](mod@env)).
-pub mod agent_env {
-    /// The code-server executable; the editor is off when unset.
-    pub const CODE_SERVER: &str = "GUILDNET_CODE_SERVER";
-    /// Address code-server binds (default `0.0.0.0:8443`).
-    pub const EDITOR_ADDR: &str = "GUILDNET_EDITOR_ADDR";
-    /// The code-server password.
-    pub const CODE_SERVER_PASSWORD: &str = "CODE_SERVER_PASSWORD";
-    /// `host:port` at which others reach the editor (sent at register).
-    pub const EDITOR_ADVERTISE: &str = "GUILDNET_EDITOR_ADVERTISE";
-    /// Address of the agent's own `/healthz` (off when unset; `0.0.0.0:8081` in a pod).
-    pub const HEALTH_ADDR: &str = "GUILDNET_HEALTH_ADDR";
-    /// The git executable (default `git`).
-    pub const GIT: &str = "GUILDNET_GIT";
-    /// Commit author name.
-    pub const GIT_AUTHOR_NAME: &str = "GUILDNET_GIT_AUTHOR_NAME";
-    /// Commit author email.
-    pub const GIT_AUTHOR_EMAIL: &str = "GUILDNET_GIT_AUTHOR_EMAIL";
-    /// The forge's URL: its web root or API base (`https://github.com`,
-    /// `https://ghe.example/api/v3`, `https://gitea.example`, `https://gitlab.example/api/v4`);
-    /// pushes go unauthenticated and no pull request is opened when unset.
-    pub const FORGE_API: &str = "GUILDNET_FORGE_API";
-    /// The forge's API: `github`, `gitea` (also Forgejo) or `gitlab` (default: guessed from
-    /// the URL, else `github`).
-    pub const FORGE_KIND: &str = "GUILDNET_FORGE_KIND";
-    /// Forge token (secret): git over HTTPS to the forge and its API.
-    pub const FORGE_TOKEN: &str = "GUILDNET_FORGE_TOKEN";
-    /// A file holding the forge token (instead of [`FORGE_TOKEN`]).
-    pub const FORGE_TOKEN_FILE: &str = "GUILDNET_FORGE_TOKEN_FILE";
-    /// The repository's path on the forge (`owner/name`; default: from the clone URL).
-    pub const FORGE_REPO: &str = "GUILDNET_FORGE_REPO";
-    /// Paths (colon-separated, absolute) that the runner, git and code-server may not read or
-    /// write: the local backend sets the orchestrator's state dir, the other agents' directories
-    /// (the agent's own workspace stays allowed) and the user's kubeconfigs here. `~/.kube`,
-    /// `~/.guildnet`, `~/.guildnetdev`, the files of `KUBECONFIG` and the agent's own state dir
-    /// are always denied.
-    pub const DENY_PATHS: &str = "GUILDNET_DENY_PATHS";
-    /// Extra paths (colon-separated, absolute) that the runner, git and code-server may write
-    /// (e.g. the pod's home directory for tools that keep caches there).
-    pub const SANDBOX_WRITE_PATHS: &str = "GUILDNET_SANDBOX_WRITE_PATHS";
-    /// Seconds the agent may spend after SIGTERM (and the runner's grace) shipping its last log
-    /// lines before it exits (default 5).
-    pub const SHUTDOWN_SECS: &str = "GUILDNET_SHUTDOWN_SECS";
-    /// Comma-separated names of the variables that hold secrets (set by the orchestrator): their
-    /// values are removed from every log line and reason the agent sends.
-    pub const SECRET_ENV: &str = "GUILDNET_SECRET_ENV";
-    /// The name of the runner the orchestrator chose (for the log).
-    pub const RUNNER_NAME: &str = "GUILDNET_RUNNER_NAME";
-}
 
 /// Errors that end an agent.
 #[derive(Debug, thiserror::Error)]
@@ -195,19 +145,25 @@ impl AgentConfig {
             }
         };
         // The launch contract first: its errors are the ones to report.
-        let orchestrator_url = req(env::ORCHESTRATOR_URL)?;
-        let token = Secret::new(req(env::AGENT_TOKEN)?);
-        let task_id = TaskId::new(req(env::TASK_ID)?).map_err(|e| bad(env::TASK_ID, e))?;
-        let org = OrgName::new(req(env::ORG_NAME)?).map_err(|e| bad(env::ORG_NAME, e))?;
-        let agent = AgentName::new(req(env::AGENT_NAME)?).map_err(|e| bad(env::AGENT_NAME, e))?;
-        let workspace = opt(crate::local::WORKSPACE_ENV)
+        let orchestrator_url = req(agent_env::ORCHESTRATOR_URL)?;
+        let token = Secret::new(req(agent_env::AGENT_TOKEN)?);
+        let task_id =
+            TaskId::new(req(agent_env::TASK_ID)?).map_err(|e| bad(agent_env::TASK_ID, e))?;
+        let org =
+            OrgName::new(req(agent_env::ORG_NAME)?).map_err(|e| bad(agent_env::ORG_NAME, e))?;
+        let agent = AgentName::new(req(agent_env::AGENT_NAME)?)
+            .map_err(|e| bad(agent_env::AGENT_NAME, e))?;
+        let workspace = opt(agent_env::WORKSPACE)
             .map(PathBuf::from)
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("."));
         // Never inside the workspace: the runner controls that tree.
         let state_dir =
             crate::state_dir::resolve_state_dir_with(|k: &str| get(k)).map_err(|e| {
-                AgentError::Config(format!("the agent's state dir (GUILDNET_STATE_DIR): {e}"))
+                AgentError::Config(format!(
+                    "the agent's state dir ({}): {e}",
+                    agent_env::STATE_DIR
+                ))
             })?;
         let editor = match opt(agent_env::CODE_SERVER) {
             None => None,
@@ -276,7 +232,7 @@ impl AgentConfig {
         };
         // Every secret this agent holds, so none of them reaches a log line.
         let mut secrets: Vec<Secret> = forge_token.into_iter().collect();
-        secrets.extend(opt(env::AGENT_TOKEN).map(Secret::new));
+        secrets.extend(opt(agent_env::AGENT_TOKEN).map(Secret::new));
         secrets.extend(opt(agent_env::CODE_SERVER_PASSWORD).map(Secret::new));
         let mut runner_secrets = Vec::new();
         for name in opt(agent_env::SECRET_ENV).unwrap_or_default().split(',') {
@@ -284,7 +240,7 @@ impl AgentConfig {
             if let Some(v) = opt(name) {
                 secrets.push(Secret::new(v.clone()));
                 // The agent's own credentials never go to the runner.
-                if !process::SECRET_ENV.contains(&name) {
+                if !agent_env::SECRETS.contains(&name) {
                     runner_secrets.push((name.to_owned(), Secret::new(v)));
                 }
             }
@@ -335,7 +291,7 @@ impl AgentConfig {
             task_id,
             org,
             agent,
-            runner: opt(crate::local::RUNNER_ENV),
+            runner: opt(agent_env::RUNNER),
             editor_advertise: opt(agent_env::EDITOR_ADVERTISE),
             health_addr: addr(agent_env::HEALTH_ADDR, None)?,
             workspace,

@@ -7,10 +7,10 @@
 //! `ORG_NAME`, `ORCHESTRATOR_URL` and optionally `GUILDNET_POOL_RUNNER`; no `TASK_ID`.
 
 use super::{AgentConfig, AgentError};
+use crate::agent_env;
 use crate::client::{AgentClient, ClientError, PoolClient};
 use crate::names::OrgName;
-use crate::pool::{pool_env, Handoff, PoolWaitRequest};
-use crate::seams::env;
+use crate::pool::{Handoff, PoolWaitRequest};
 use crate::token::Secret;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,7 +52,7 @@ impl PoolAgentConfig {
     /// Whether an environment asks for pool mode: a pool token and no task.
     pub fn wanted(get: impl Fn(&str) -> Option<String>) -> bool {
         let set = |k: &str| get(k).is_some_and(|v| !v.trim().is_empty());
-        set(pool_env::POOL_TOKEN) && !set(env::TASK_ID)
+        set(agent_env::POOL_TOKEN) && !set(agent_env::TASK_ID)
     }
 
     /// Reads the pool settings from an environment (all its variables).
@@ -64,15 +64,15 @@ impl PoolAgentConfig {
         let req = |m: &BTreeMap<String, String>, k: &str| {
             opt(m, k).ok_or_else(|| AgentError::Config(format!("{k} is not set (pool mode)")))
         };
-        let orchestrator_url = req(&base, env::ORCHESTRATOR_URL)?;
-        let org = OrgName::new(req(&base, env::ORG_NAME)?)
-            .map_err(|e| AgentError::Config(format!("{}: {e}", env::ORG_NAME)))?;
-        let pod = opt(&base, pool_env::POOL_POD)
+        let orchestrator_url = req(&base, agent_env::ORCHESTRATOR_URL)?;
+        let org = OrgName::new(req(&base, agent_env::ORG_NAME)?)
+            .map_err(|e| AgentError::Config(format!("{}: {e}", agent_env::ORG_NAME)))?;
+        let pod = opt(&base, agent_env::POOL_POD)
             .or_else(|| opt(&base, "HOSTNAME"))
             .ok_or_else(|| {
-                AgentError::Config(format!("{} is not set (pool mode)", pool_env::POOL_POD))
+                AgentError::Config(format!("{} is not set (pool mode)", agent_env::POOL_POD))
             })?;
-        let runner = opt(&base, pool_env::POOL_RUNNER);
+        let runner = opt(&base, agent_env::POOL_RUNNER);
         let probe = PoolWaitRequest {
             pod: pod.clone(),
             runner: runner.clone(),
@@ -81,13 +81,13 @@ impl PoolAgentConfig {
         probe
             .validate()
             .map_err(|(f, m)| AgentError::Config(format!("pool {f}: {m}")))?;
-        let pool_token = Secret::new(req(&base, pool_env::POOL_TOKEN)?);
+        let pool_token = Secret::new(req(&base, agent_env::POOL_TOKEN)?);
         // The task's launch contract comes from the handoff alone.
         for k in [
-            pool_env::POOL_TOKEN,
-            env::AGENT_TOKEN,
-            env::TASK_ID,
-            env::AGENT_NAME,
+            agent_env::POOL_TOKEN,
+            agent_env::AGENT_TOKEN,
+            agent_env::TASK_ID,
+            agent_env::AGENT_NAME,
         ] {
             base.remove(k);
         }
@@ -116,11 +116,11 @@ impl PoolAgentConfig {
         vars.extend(h.env.iter().cloned());
         vars.extend(h.secret_env.iter().cloned());
         for (k, v) in [
-            (env::ORCHESTRATOR_URL, self.orchestrator_url.clone()),
-            (env::AGENT_TOKEN, h.agent_token.clone()),
-            (env::TASK_ID, h.task_id.to_string()),
-            (env::ORG_NAME, h.org.to_string()),
-            (env::AGENT_NAME, h.agent.to_string()),
+            (agent_env::ORCHESTRATOR_URL, self.orchestrator_url.clone()),
+            (agent_env::AGENT_TOKEN, h.agent_token.clone()),
+            (agent_env::TASK_ID, h.task_id.to_string()),
+            (agent_env::ORG_NAME, h.org.to_string()),
+            (agent_env::AGENT_NAME, h.agent.to_string()),
         ] {
             vars.insert(k.to_owned(), v);
         }

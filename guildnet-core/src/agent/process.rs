@@ -17,16 +17,6 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Environment variables that hold the agent's secrets: read once, then removed.
-pub const SECRET_ENV: &[&str] = &[
-    crate::seams::env::AGENT_TOKEN,
-    super::agent_env::FORGE_TOKEN,
-    super::agent_env::FORGE_TOKEN_FILE,
-    super::agent_env::CODE_SERVER_PASSWORD,
-    crate::pool::pool_env::POOL_TOKEN,
-    "ORCHESTRATOR_TOKEN",
-];
-
 /// What [`harden_self`] achieved (each step can fail on exotic kernels; the agent goes on).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,12 +29,12 @@ pub struct Hardening {
     pub subreaper: bool,
 }
 
-/// Removes [`SECRET_ENV`] and `extra` from the environment, makes the process non-dumpable
+/// Removes [`crate::agent_env::SECRETS`] and `extra` from the environment, makes the process non-dumpable
 /// and a child subreaper. Call it after the configuration was read and before any other thread
 /// is started (changing the environment races with threads reading it).
 pub fn harden_self(extra: &[&str]) -> Hardening {
     let mut removed = Vec::new();
-    for k in SECRET_ENV.iter().chain(extra) {
+    for k in crate::agent_env::SECRETS.iter().chain(extra) {
         if std::env::var_os(k).is_some() {
             std::env::remove_var(k);
             removed.push((*k).to_owned());

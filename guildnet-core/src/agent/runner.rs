@@ -15,9 +15,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-/// Environment variable carrying the task text to the runner.
-pub const TASK_TEXT_ENV: &str = "GUILDNET_TASK";
-
 /// How a runner ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -62,9 +59,9 @@ impl RunnerSpec {
             argv: words.iter().map(|w| fill(w)).collect(),
             cwd: cfg.workspace.clone(),
             env: vec![
-                (TASK_TEXT_ENV.into(), task.task.clone()),
-                ("TASK_ID".into(), task.id.to_string()),
-                ("ORG_NAME".into(), task.org.to_string()),
+                (crate::agent_env::TASK_TEXT.into(), task.task.clone()),
+                (crate::agent_env::TASK_ID.into(), task.id.to_string()),
+                (crate::agent_env::ORG_NAME.into(), task.org.to_string()),
             ],
             sandbox: None,
         })
@@ -90,7 +87,7 @@ impl RunnerSpec {
             .kill_on_drop(true);
         // The agent removed its secrets from its own environment at start
         // (process::harden_self); these stay as a second line for embedders that did not.
-        for k in super::process::SECRET_ENV {
+        for k in crate::agent_env::SECRETS {
             cmd.env_remove(k);
         }
         for (k, v) in &self.env {
@@ -323,9 +320,10 @@ mod tests {
         );
         // The task text never becomes part of the command line, only env (and stdin).
         assert!(!spec.argv.iter().any(|a| a.contains("rm -rf")));
-        assert!(spec
-            .env
-            .contains(&(TASK_TEXT_ENV.to_owned(), "do it; rm -rf /".to_owned())));
+        assert!(spec.env.contains(&(
+            crate::agent_env::TASK_TEXT.to_owned(),
+            "do it; rm -rf /".to_owned()
+        )));
         assert_eq!(spec.cwd, std::path::PathBuf::from("/ws"));
     }
 

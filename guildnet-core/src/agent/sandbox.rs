@@ -133,7 +133,7 @@ pub fn landlock_support() -> &'static LandlockSupport {
     })
 }
 
-/// Environment the sandboxes are built from (see [`super::agent_env`]).
+/// Environment the sandboxes are built from (see [`crate::agent_env`]).
 #[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
     /// Paths no child may read or write (`GUILDNET_DENY_PATHS` plus the defaults).

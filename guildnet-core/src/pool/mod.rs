@@ -208,16 +208,6 @@ pub struct PoolWaitResponse {
     pub handoff: Option<Handoff>,
 }
 
-/// Environment variables of a warm agent (set on the pool's pods by the operator).
-pub mod pool_env {
-    /// The pool token (secret): lets the agent wait for a task of its org, nothing else.
-    pub const POOL_TOKEN: &str = "GUILDNET_POOL_TOKEN";
-    /// The agent's pod name (the downward API's `metadata.name`).
-    pub const POOL_POD: &str = "GUILDNET_POOL_POD";
-    /// The named runner the pool's agents take tasks for.
-    pub const POOL_RUNNER: &str = "GUILDNET_POOL_RUNNER";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

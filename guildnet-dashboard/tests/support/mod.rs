@@ -74,9 +74,9 @@ impl ClusterBackend for InProcessAgents {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-        env.insert(guildnet_core::local::RUNNER_ENV.into(), self.runner.clone());
+        env.insert(guildnet_core::agent_env::RUNNER.into(), self.runner.clone());
         env.insert(
-            guildnet_core::local::WORKSPACE_ENV.into(),
+            guildnet_core::agent_env::WORKSPACE.into(),
             workspace.display().to_string(),
         );
         // The agent's own state dir, outside its workspace, like a pod's or a local agent's.

@@ -42,7 +42,7 @@ impl Orchestrator {
     pub(super) fn hand_to_warm_agent(&self, launch: &AgentLaunch) -> Result<PoolPlacement, u32> {
         let runner = launch
             .settings
-            .get(crate::agent::agent_env::RUNNER_NAME)
+            .get(crate::agent_env::RUNNER_NAME)
             .unwrap_or("default")
             .to_owned();
         let editor_password = token::generate("");
@@ -53,7 +53,7 @@ impl Orchestrator {
             .map(|(k, v)| (k.clone(), v.expose().to_owned()))
             .collect();
         secret_env.push((
-            crate::agent::agent_env::CODE_SERVER_PASSWORD.to_owned(),
+            crate::agent_env::CODE_SERVER_PASSWORD.to_owned(),
             editor_password.expose().to_owned(),
         ));
         let handoff = Handoff {
