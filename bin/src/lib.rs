@@ -1,6 +1,7 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
 pub mod cli_args;
+pub mod mesh_args;
 pub mod usage;
 
 use clap::Args;
@@ -170,6 +171,9 @@ pub struct OrchestratorArgs {
     /// finished: 30d, 12h, 90m (default: keep them). `guildnet disk` shows the disk use.
     #[arg(long, env = "GUILDNET_RETENTION", value_parser = guildnet_core::orchestrator::retention::parse_age)]
     pub retention: Option<std::time::Duration>,
+    /// Agents on the tailnet (Kubernetes backend).
+    #[command(flatten)]
+    pub mesh: mesh_args::MeshArgs,
 }
 
 impl OrchestratorArgs {
@@ -252,7 +256,10 @@ impl OrchestratorArgs {
             }
             cfg.start_deadline = (self.agent_start_deadline_secs > 0)
                 .then(|| Duration::from_secs(self.agent_start_deadline_secs));
+            cfg.mesh = self.mesh.kube_mesh()?;
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
+        } else if self.mesh.enabled() {
+            anyhow::bail!("--mesh-headscale-url needs --backend kubernetes");
         }
         Ok(o)
     }

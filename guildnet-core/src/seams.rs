@@ -212,6 +212,10 @@ pub struct EditorEndpoint {
     /// logs in with it so the person never needs it. Never serialized.
     #[serde(skip)]
     pub password: Option<crate::token::Secret>,
+    /// The host is a tailnet address: the orchestrator dials it through its node's SOCKS5
+    /// proxy (`--tailnet-socks5`), never directly.
+    #[serde(skip)]
+    pub via_tailnet: bool,
 }
 
 /// Runs task agents for orgs: a local process, a Kubernetes AgentTask, ...

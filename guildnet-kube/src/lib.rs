@@ -7,20 +7,24 @@
 //!   phase, honours cancel and TTL, and emits Kubernetes Events.
 //! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
 //!   Role/RoleBinding, operator Deployment) and an idempotent installer.
+//! - [`mesh_sidecar`]: the agent pod's userspace tailscale sidecar when the AgentTask has
+//!   `spec.mesh` (the agent on the tailnet, issue 22).
 //! - [`backend`]: [`backend::KubeBackend`], core's `ClusterBackend` over AgentTasks in each
 //!   org's cluster, including the editor port-forward ([`portforward`]).
 
 pub mod backend;
+pub mod backend_mesh;
 pub mod crd;
 pub mod install;
 pub mod leader;
+pub mod mesh_sidecar;
 pub mod operator;
 pub mod pool;
 mod pool_backend;
 pub mod portforward;
 pub mod yaml;
 
-pub use crd::{AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};
+pub use crd::{AgentMeshSpec, AgentTask, AgentTaskSpec, AgentTaskStatus, Phase};
 pub use pool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 
 /// The field manager of every server-side apply GuildNet makes.

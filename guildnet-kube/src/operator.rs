@@ -64,6 +64,8 @@ pub struct OperatorConfig {
     /// Secrets (in the watched namespace) the agent pods pull their image with: a private
     /// registry's `kubernetes.io/dockerconfigjson` Secrets.
     pub image_pull_secrets: Vec<String>,
+    /// The tailscale sidecar of agents whose AgentTask has `spec.mesh`.
+    pub mesh_sidecar: crate::mesh_sidecar::SidecarConfig,
 }
 
 impl OperatorConfig {
@@ -77,6 +79,7 @@ impl OperatorConfig {
             concurrency: 16,
             leader_election: None,
             image_pull_secrets: Vec::new(),
+            mesh_sidecar: Default::default(),
         }
     }
 }
@@ -405,6 +408,9 @@ pub fn validate(at: &AgentTask) -> Result<(), String> {
     if !s.agent_name.is_empty() {
         AgentName::new(&s.agent_name).map_err(|e| format!("spec.agentName: {e}"))?;
     }
+    if let Some(m) = &s.mesh {
+        crate::mesh_sidecar::validate(m)?;
+    }
     if let Some(p) = &s.pool_pod {
         let ok = !p.is_empty()
             && p.len() <= 253
@@ -620,6 +626,12 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         ctx.metrics.applies.fetch_add(1, Ordering::Relaxed);
     }
     let mut dep = deployment(at, &workload, &ns, &oref, &ctx.cfg.image_pull_secrets);
+    // On the tailnet: the tailscale sidecar (issue 22).
+    if let Some(m) =
+        crate::mesh_sidecar::pod_parts(at, &credentials_secret_name(at), &ctx.cfg.mesh_sidecar)
+    {
+        m.apply_to_deployment_json(&mut dep, "agent")?;
+    }
     let applied = match unchanged(&ctx.deployments, &mut dep, &ns, &uid) {
         Some(cached) => (*cached).clone(),
         None => {
@@ -1251,5 +1263,67 @@ mod tests {
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "atask-t1-env");
         let s = service("atask-t1", "ns", &oref);
         assert_eq!(s["spec"]["ports"][0]["port"], EDITOR_PORT);
+    }
+
+    #[test]
+    fn a_mesh_task_gets_the_tailscale_sidecar_and_the_pod_stays_hardened() {
+        let mut t = at(&[]);
+        t.metadata.uid = Some("uid-1".into());
+        let oref = t.controller_owner_ref(&()).expect("owner ref");
+        let plain = deployment(&t, "atask-t1", "ns", &oref, &[]);
+        assert!(crate::mesh_sidecar::pod_parts(&t, "c", &Default::default()).is_none());
+        assert!(plain["spec"]["template"]["spec"]["initContainers"].is_null());
+        t.spec.mesh = Some(crate::crd::AgentMeshSpec {
+            login_server: "http://100.64.0.9:8080".into(),
+            hostname: "t1-a1".into(),
+            orchestrator_url: Some("http://100.64.0.1:8080".into()),
+        });
+        assert_eq!(validate(&t), Ok(()));
+        let mut d = deployment(&t, "atask-t1", "ns", &oref, &[]);
+        crate::mesh_sidecar::pod_parts(&t, &credentials_secret_name(&t), &Default::default())
+            .expect("parts")
+            .apply_to_deployment_json(&mut d, "agent")
+            .expect("apply");
+        let pod = &d["spec"]["template"]["spec"];
+        // What the operator had built is still there.
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let agent = &pod["containers"][0];
+        assert_eq!(agent["name"], "agent");
+        assert_eq!(agent["envFrom"][0]["secretRef"]["name"], "atask-t1-env");
+        assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/healthz");
+        let env = agent["env"].as_array().expect("env");
+        let get = |k: &str| {
+            env.iter()
+                .find(|e| e["name"] == k)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(get("GUILDNET_EDITOR_ADDR"), Some(json!("0.0.0.0:8443")));
+        assert_eq!(get("HTTPS_PROXY"), Some(json!("http://127.0.0.1:1056")));
+        assert_eq!(
+            get("ORCHESTRATOR_URL"),
+            Some(json!("http://100.64.0.1:8080"))
+        );
+        let side = &pod["initContainers"][0];
+        assert_eq!(side["name"], "tailscale");
+        assert_eq!(side["restartPolicy"], "Always");
+        assert_eq!(side["securityContext"]["privileged"], false);
+        assert!(side["securityContext"]["capabilities"]["add"].is_null());
+        let key = side["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "TS_AUTHKEY")
+            .expect("TS_AUTHKEY");
+        assert_eq!(
+            key["valueFrom"]["secretKeyRef"]["name"],
+            "atask-t1-credentials"
+        );
+        assert!(key["value"].is_null());
+        assert_eq!(pod["volumes"].as_array().map(Vec::len), Some(2));
+        t.spec.mesh.as_mut().expect("mesh").hostname = "No Label".into();
+        assert!(validate(&t)
+            .expect_err("bad")
+            .starts_with("spec.mesh.hostname"));
     }
 }
