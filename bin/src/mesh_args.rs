@@ -102,7 +102,6 @@ impl MeshArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guildnet_core::seams::AgentMesh;
 
     fn args(url: &str) -> MeshArgs {
         MeshArgs {
