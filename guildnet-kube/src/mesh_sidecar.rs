@@ -55,12 +55,16 @@ const TMP_VOLUME: &str = "tailscale-tmp";
 pub struct SidecarConfig {
     /// The image (a `tailscale/tailscale` image, or one with the same `containerboot`).
     pub image: String,
+    /// Speak plain HTTP to DERP relays (`TS_DEBUG_USE_DERP_HTTP=1`): only for a plain-HTTP
+    /// Headscale with its embedded DERP (a local test or dev setup), never over the internet.
+    pub plain_http_derp: bool,
 }
 
 impl Default for SidecarConfig {
     fn default() -> Self {
         SidecarConfig {
             image: DEFAULT_SIDECAR_IMAGE.into(),
+            plain_http_derp: false,
         }
     }
 }
@@ -126,30 +130,41 @@ pub fn pod_parts(
             ..Default::default()
         }),
     };
+    let mut sidecar_env = vec![
+        authkey,
+        env("TS_HOSTNAME", m.hostname.clone()),
+        env(
+            "TS_EXTRA_ARGS",
+            format!("--login-server={}", m.login_server),
+        ),
+        env("TS_USERSPACE", "true"),
+        // State on the emptyDir, not in a Kubernetes Secret (that would need RBAC).
+        env("TS_KUBE_SECRET", ""),
+        // A directory tailscaled creates itself: it must own it (it chmods it to 0700), and
+        // the emptyDir's root belongs to root.
+        env("TS_STATE_DIR", format!("{STATE_DIR}/state")),
+        env("TS_SOCKET", format!("{STATE_DIR}/tailscaled.sock")),
+        // `tailscale up --login-server=...` at every start: with TS_AUTH_ONCE containerboot
+        // waits for NeedsLogin, which tailscaled never reaches without a control URL. A node
+        // whose state survived a restart stays logged in and does not use the (spent) key.
+        env("TS_AUTH_ONCE", "false"),
+        // No log upload to log.tailscale.com.
+        env("TS_NO_LOGS_NO_SUPPORT", "true"),
+        env("TS_ACCEPT_DNS", "false"),
+        env("TS_SOCKS5_SERVER", SOCKS5_ADDR),
+        env("TS_OUTBOUND_HTTP_PROXY_LISTEN", HTTP_PROXY_ADDR),
+        env("TS_ENABLE_HEALTH_CHECK", "true"),
+        env("TS_LOCAL_ADDR_PORT", format!("[::]:{HEALTH_PORT}")),
+    ];
+    if cfg.plain_http_derp {
+        sidecar_env.push(env("TS_DEBUG_USE_DERP_HTTP", "1"));
+    }
     let sidecar = Container {
         name: SIDECAR_NAME.into(),
         image: Some(cfg.image.clone()),
         // A native sidecar: started before the agent, kept running beside it.
         restart_policy: Some("Always".into()),
-        env: Some(vec![
-            authkey,
-            env("TS_HOSTNAME", m.hostname.clone()),
-            env(
-                "TS_EXTRA_ARGS",
-                format!("--login-server={}", m.login_server),
-            ),
-            env("TS_USERSPACE", "true"),
-            // State on the emptyDir, not in a Kubernetes Secret (that would need RBAC).
-            env("TS_KUBE_SECRET", ""),
-            env("TS_STATE_DIR", STATE_DIR),
-            env("TS_SOCKET", format!("{STATE_DIR}/tailscaled.sock")),
-            env("TS_AUTH_ONCE", "true"),
-            env("TS_ACCEPT_DNS", "false"),
-            env("TS_SOCKS5_SERVER", SOCKS5_ADDR),
-            env("TS_OUTBOUND_HTTP_PROXY_LISTEN", HTTP_PROXY_ADDR),
-            env("TS_ENABLE_HEALTH_CHECK", "true"),
-            env("TS_LOCAL_ADDR_PORT", format!("[::]:{HEALTH_PORT}")),
-        ]),
+        env: Some(sidecar_env),
         startup_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz".into()),
