@@ -125,3 +125,122 @@ pub(crate) async fn remove_or_err(
             reason: e.to_string(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use guildnet_core::names::OrgName;
+    use guildnet_core::seams::{AgentSettings, MeshError, PoolPlacement};
+    use std::sync::Mutex;
+
+    /// A mesh that records calls and fails minting when told to.
+    #[derive(Debug, Default)]
+    struct Fake {
+        fail: bool,
+        calls: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl AgentMesh for Fake {
+        fn login_server(&self) -> String {
+            "https://hs.example".into()
+        }
+        async fn agent_key(&self, hostname: &str) -> Result<Secret, MeshError> {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(format!("key {hostname}"));
+            if self.fail {
+                return Err(MeshError::Unreachable {
+                    target: "https://hs.example".into(),
+                    reason: "connection refused".into(),
+                });
+            }
+            Ok(Secret::new("hskey-auth-k"))
+        }
+        async fn node_address(&self, _: &str) -> Result<Option<String>, MeshError> {
+            Ok(None)
+        }
+        async fn remove_node(&self, hostname: &str) -> Result<usize, MeshError> {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(format!("remove {hostname}"));
+            Ok(1)
+        }
+    }
+
+    fn launch(attempt: u32) -> AgentLaunch {
+        let task_id = TaskId::new("t1abc").expect("id");
+        AgentLaunch {
+            agent: task_id.agent_name(attempt),
+            task_id,
+            org: OrgName::new("acme").expect("org"),
+            attempt,
+            task: "x".into(),
+            agent_hint: None,
+            orchestrator_url: "http://100.64.0.1:8080".into(),
+            agent_token: Secret::new("tok"),
+            settings: AgentSettings::default(),
+            pool: None,
+        }
+    }
+
+    fn mesh(fail: bool, allow_off_mesh: bool) -> (KubeMesh, Arc<Fake>) {
+        let fake = Arc::new(Fake {
+            fail,
+            ..Default::default()
+        });
+        let m = KubeMesh {
+            keys: fake.clone(),
+            allow_off_mesh,
+        };
+        (m, fake)
+    }
+
+    #[tokio::test]
+    async fn a_key_per_attempt_and_the_previous_node_goes() {
+        assert!(mint(None, &launch(1)).await.expect("no mesh").is_none());
+        let (m, fake) = mesh(false, false);
+        let l = launch(2);
+        let (spec, key) = mint(Some(&m), &l).await.expect("ok").expect("mesh");
+        assert_eq!(spec.hostname, l.agent.as_str());
+        assert_eq!(spec.login_server, "https://hs.example");
+        assert_eq!(
+            spec.orchestrator_url.as_deref(),
+            Some("http://100.64.0.1:8080")
+        );
+        assert_eq!(key.expose(), "hskey-auth-k");
+        let prev = l.task_id.agent_name(1);
+        assert_eq!(
+            *fake.calls.lock().expect("lock"),
+            vec![format!("remove {prev}"), format!("key {}", l.agent)]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_key_fails_the_submit_unless_off_mesh_is_allowed() {
+        let (m, _) = mesh(true, false);
+        let e = mint(Some(&m), &launch(1)).await.expect_err("no key");
+        let text = e.to_string();
+        assert!(
+            text.contains("tailnet") && text.contains("connection refused"),
+            "{text}"
+        );
+        let (m, _) = mesh(true, true);
+        assert!(mint(Some(&m), &launch(1)).await.expect("allowed").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_task_is_not_put_on_the_mesh() {
+        let (m, fake) = mesh(false, false);
+        let mut l = launch(1);
+        l.pool = Some(PoolPlacement {
+            pod: "pool-1".into(),
+            editor_password: Secret::new("pw"),
+        });
+        assert!(mint(Some(&m), &l).await.expect("ok").is_none());
+        assert!(fake.calls.lock().expect("lock").is_empty());
+    }
+}
