@@ -224,11 +224,13 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
                 "-c".into(),
                 // The editor on :8443; the agent calls the orchestrator through the HTTP proxy
                 // its env names (an absolute-form request, as an HTTP client with HTTP_PROXY
-                // sends it; busybox wget segfaults in this image, so nc).
+                // sends it; busybox wget segfaults in this image, so nc, which must keep its
+                // side open until the answer came: the proxy cancels a request whose client
+                // hung up).
                 "busybox httpd -p 8443 -h /www; \
                  proxy=${HTTP_PROXY#http://}; \
                  while true; do \
-                   out=$(printf 'GET %s/ HTTP/1.0\\r\\n\\r\\n' \"$ORCHESTRATOR_URL\" | busybox nc ${proxy%:*} ${proxy##*:} 2>&1 | tail -n 1); \
+                   out=$({ printf 'GET %s/ HTTP/1.0\\r\\n\\r\\n' \"$ORCHESTRATOR_URL\"; sleep 4; } | busybox nc -w 5 ${proxy%:*} ${proxy##*:} 2>&1 | tail -n 1); \
                    echo \"REACHED? $out\"; \
                    sleep 2; \
                  done"
