@@ -336,3 +336,246 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
     let _ = pods.delete("agent", &DeleteParams::default()).await;
     drop(orch_node);
 }
+
+/// The whole path on the real node: the real agent image (built by scripts/images/build.sh) in
+/// a pod the real operator built, with the sidecar, claiming at the orchestrator's tailnet URL
+/// (reachable only over the tailnet), Succeeded, its node gone from Headscale once it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
+    use guildnet_core::client::OrchestratorClient;
+    use guildnet_core::model::TaskStatus;
+    use guildnet_core::names::OrgName;
+    use guildnet_core::token::Secret as Token;
+    use guildnet_testbed::images::build_and_push;
+    use guildnet_testbed::{eventually, Proc};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use std::ffi::OsStr;
+    use std::path::Path;
+    const TOKEN: &str = "kube-mesh-pod-e2e-admin-token-0123456789";
+
+    let registry = Registry::start().await.expect("registry");
+    let tag = format!("m{}", std::process::id());
+    let built = build_and_push(
+        &[("agent", Path::new(env!("CARGO_BIN_EXE_guildnet-agent")))],
+        &registry,
+        &tag,
+    )
+    .await
+    .expect("scripts/images/build.sh");
+    let agent_image = built.get("agent").expect("agent").reference.clone();
+    let sidecar_image = registry
+        .push_oci_archive(
+            &testbed_image("tailscale").expect("scripts/testbed/install.sh tailscale-image"),
+            "testbed/tailscale",
+            &tag,
+        )
+        .await
+        .expect("push tailscale");
+    let cluster = KubeCluster::start_with_node(NodeOptions {
+        insecure_registries: vec![registry.host().to_owned()],
+        ..NodeOptions::default()
+    })
+    .await
+    .expect("control plane + real node");
+    let node_ip = cluster.node().expect("node").ip();
+    let admin = cluster.client().await.expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in guildnet_kube::crd::crds() {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("crd");
+    }
+
+    let dir = tempfile::Builder::new()
+        .prefix("gkma")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let mut opts = CreateOptions::new(dir.path().join("headscale"));
+    opts.headscale_bin = Some(testbed("headscale"));
+    let mut s = HeadscaleSettings::on_loopback(
+        free_port_on(node_ip),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_udp_on(node_ip),
+    );
+    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
+    s.listen_addr = (node_ip, s.listen_addr.port()).into();
+    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
+    s.derp_ipv4 = node_ip;
+    opts.settings = s;
+    let created = setup::create(&opts, None).await.expect("headscale");
+    let hs = created.client.clone();
+    let mut c = TailscaledConfig::new(dir.path().join("on"));
+    c.tailscaled_bin = Some(testbed("tailscaled"));
+    c.tailscale_bin = Some(testbed("tailscale"));
+    c.plain_http_derp = true;
+    let orch_node = Tailscaled::start(&c).await.expect("tailscaled");
+    orch_node
+        .cli()
+        .up(
+            created.url(),
+            &created.preauth_key.key,
+            "orchestrator",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("host node joins");
+    let orch_ip = orch_node
+        .cli()
+        .status()
+        .await
+        .expect("status")
+        .ipv4()
+        .expect("ip")
+        .to_string();
+    let key_file = dir.path().join("hs.key");
+    std::fs::write(&key_file, hs.api_key().expose()).expect("key file");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("kube")).expect("mkdir");
+    std::fs::copy(cluster.kubeconfig_path(), state.join("kube/acme.config")).expect("kubeconfig");
+    let _operator = Proc::spawn(
+        "guildnet-operator",
+        Path::new(env!("CARGO_BIN_EXE_guildnet-operator")),
+        [
+            "run".to_owned(),
+            "--kubeconfig".to_owned(),
+            cluster.kubeconfig_path().display().to_string(),
+            "--metrics-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--mesh-sidecar-image".to_owned(),
+            sidecar_image.clone(),
+            "--mesh-plain-http-derp".to_owned(),
+        ],
+        &[],
+        &dir.path().join("operator.log"),
+    )
+    .expect("operator");
+    let orch_port = free_port_on(Ipv4Addr::LOCALHOST);
+    let loopback_url = format!("http://127.0.0.1:{orch_port}");
+    let tailnet_url = format!("http://{orch_ip}:{orch_port}");
+    let socks = orch_node.socks5_addr().to_string();
+    let _orch = Proc::spawn(
+        "guildnet-orchestrator",
+        Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
+        [
+            "--listen",
+            &format!("127.0.0.1:{orch_port}"),
+            "--public-url",
+            &tailnet_url,
+            "--org",
+            "acme",
+            "--backend",
+            "kubernetes",
+            "--agent-image",
+            &agent_image,
+            "--runner",
+            "sh -s",
+            "--tailnet-socks5",
+            &socks,
+            "--mesh-headscale-url",
+            created.url(),
+            "--mesh-api-key-file",
+            &key_file.display().to_string(),
+            "--agent-start-deadline-secs",
+            "110",
+        ],
+        &[
+            ("GUILDNET_STATE_DIR", state.as_os_str()),
+            ("ORCHESTRATOR_TOKEN", OsStr::new(TOKEN)),
+            ("RUST_LOG", OsStr::new("info")),
+        ],
+        &dir.path().join("orchestrator.log"),
+    )
+    .expect("orchestrator");
+    let client = OrchestratorClient::new(&loopback_url, Token::new(TOKEN)).expect("client");
+    eventually("orchestrator ready", Duration::from_secs(30), || async {
+        client.health().await.ok()
+    })
+    .await;
+    let t = Instant::now();
+    let task = client
+        .schedule(
+            &OrgName::new("acme").expect("org"),
+            "echo hello from a pod on the tailnet; sleep 2",
+            None,
+        )
+        .await
+        .expect("schedule");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "mvp-agents");
+    let running = loop {
+        let tk = client.task(&task.id).await.expect("task");
+        if tk.status == TaskStatus::Running {
+            break tk;
+        }
+        if tk.status.is_terminal() || t.elapsed() > Duration::from_secs(200) {
+            let list = pods.list(&Default::default()).await.expect("pods");
+            let mut why = String::new();
+            for p in &list.items {
+                why.push_str(&format!("{:?}\n", p.status));
+                let name = p.metadata.name.clone().unwrap_or_default();
+                for c in ["tailscale", "agent"] {
+                    let l = pods
+                        .logs(
+                            &name,
+                            &LogParams {
+                                container: Some(c.into()),
+                                tail_lines: Some(30),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .unwrap_or_default();
+                    why.push_str(&format!("--- {name}/{c}:\n{l}\n"));
+                }
+            }
+            panic!("task not Running over the tailnet: {tk:?}\n{why}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "MESH-POD agent_pod_schedule_to_running_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    let agent = running.agent.clone().expect("agent");
+    let node = keys_node(&hs, agent.as_str()).await;
+    assert!(node.is_some(), "the agent's node is in headscale");
+
+    // Not checked here: the editor through the orchestrator. On this node it answered 404
+    // (see the report of issue 22's mesh work); kube_mesh_e2e covers the orchestrator's side
+    // and the first test the pod's :8443 over the tailnet.
+    let done = eventually("task Succeeded", Duration::from_secs(200), || async {
+        let tk = client.task(&task.id).await.ok()?;
+        tk.status.is_terminal().then_some(tk)
+    })
+    .await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    let logs = client.logs(&task.id, 0).await.expect("logs");
+    assert!(
+        logs.iter()
+            .any(|l| l.line == "hello from a pod on the tailnet"),
+        "{logs:?}"
+    );
+    eventually(
+        "agent node gone from headscale",
+        Duration::from_secs(30),
+        || async { keys_node(&hs, agent.as_str()).await.is_none().then_some(()) },
+    )
+    .await;
+}
+
+async fn keys_node(
+    hs: &guildnet_mesh::headscale::HeadscaleClient,
+    name: &str,
+) -> Option<guildnet_mesh::headscale::Node> {
+    hs.list_nodes(None)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|n| n.name == name)
+}
