@@ -57,6 +57,7 @@ pub mod names;
 #[cfg(feature = "server")]
 pub mod orchestrator;
 pub mod pool;
+pub mod progress;
 #[cfg(feature = "server")]
 pub mod proxy;
 pub mod redact;

@@ -3,7 +3,8 @@
 //!
 //! Implementations live in their own crates (`guildnet-kube`, `guildnet-mesh`, `guildnet-talos`)
 //! and in [`crate::local`]. With the `mocks` feature, mockall automocks (`MockClusterBackend`,
-//! `MockMesh`, `MockClusterBootstrap`) let downstream code test offline.
+//! `MockMesh`, `MockClusterBootstrap`, and `store::MockStateStore`) let downstream code test
+//! offline; `tests/mocks_downstream.rs` uses each of the four that way.
 
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::token::Secret;

@@ -3,7 +3,7 @@
 use crate::auth::{self, has_session};
 use crate::configs::{self, ConfigKind};
 use crate::error::ApiError;
-use crate::flows::{run_flow, FlowSender};
+use crate::flows::{run_flow, ProgressSender};
 use crate::validate;
 use crate::AppState;
 use axum::body::Body;
@@ -204,7 +204,7 @@ pub async fn setup_stream(
     let req = validate::setup(body)?;
     let summary = req.summary();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let sender = FlowSender::new(tx.clone());
+    let sender = ProgressSender::new(tx.clone());
     let flow = s.setup_flow.clone();
     let db = s.db.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
@@ -223,7 +223,7 @@ pub async fn setup_stream(
             let _ = done_tx.send(r.is_ok());
         },
     );
-    Ok(sse_response(stream))
+    Ok(stream)
 }
 
 // ---- orgs ----------------------------------------------------------------------------------
@@ -411,10 +411,14 @@ pub async fn provision_stream(
     let row = existing_org(&s, &name).await?;
     let req = validate::provision(row.name, body)?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let sender = FlowSender::new(tx.clone());
+    let sender = ProgressSender::new(tx.clone());
     let flow = s.provision_flow.clone();
-    let stream = run_flow(async move { flow.run(req, sender).await }, tx, rx, |_| {});
-    Ok(sse_response(stream))
+    Ok(run_flow(
+        async move { flow.run(req, sender).await },
+        tx,
+        rx,
+        |_| {},
+    ))
 }
 
 // ---- tasks ---------------------------------------------------------------------------------

@@ -1,199 +1,20 @@
 //! Long-running flows reported as server-sent events: mesh setup (`/api/setup/stream`) and org
 //! provisioning (`/api/orgs/{name}/provision/stream`).
 //!
-//! # Event format
-//! Every event has a name and JSON data:
-//!
-//! | event      | data                                                   |
-//! |------------|--------------------------------------------------------|
-//! | `begin`    | `{"flow": "setup"|"provision", "steps": [step names]}` |
-//! | `step`     | `{"step", "message"}`: a step started                  |
-//! | `stepDone` | `{"step", "message"?}`: a step finished                |
-//! | `stepError`| `{"step", "message"}`: a step failed                   |
-//! | `log`      | `{"step"?, "line"}`: detail output                     |
-//! | `hint`     | `{"message"}`: advice for the person watching          |
-//! | `done`     | `{"ok": bool, "message", "result"?}`: always the last  |
-//!
-//! A flow is a [`SetupFlow`] or [`ProvisionFlow`]: given the validated request and a
-//! [`FlowSender`], it runs to completion and returns its result; the dashboard sends `done`
-//! (and `stepError` on failure) itself, so every stream ends with exactly one `done`.
+//! Events are [`Progress`], GuildNet's one progress type (its module documents the wire
+//! format); the SSE event name is its `kind`. A flow is a [`SetupFlow`] or [`ProvisionFlow`]:
+//! given the validated request and a [`ProgressSender`], it runs to completion and returns its
+//! result; the dashboard sends `done` (and `stepError` on failure) itself, so every stream ends
+//! with exactly one `done`.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use guildnet_core::names::OrgName;
+pub use guildnet_core::progress::{Progress, ProgressSender};
 use guildnet_core::token::Secret;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// One flow event (see the module docs for the wire format).
-#[derive(Debug, Clone, PartialEq)]
-pub enum FlowEvent {
-    /// The flow started; the steps it plans.
-    Begin {
-        /// `setup` or `provision`.
-        flow: String,
-        /// Step names in order.
-        steps: Vec<String>,
-    },
-    /// A step started.
-    Step {
-        /// Step name.
-        step: String,
-        /// What is happening.
-        message: String,
-    },
-    /// A step finished.
-    StepDone {
-        /// Step name.
-        step: String,
-        /// Outcome detail.
-        message: Option<String>,
-    },
-    /// A step failed.
-    StepError {
-        /// Step name.
-        step: String,
-        /// Why.
-        message: String,
-    },
-    /// Output line.
-    Log {
-        /// Step it belongs to.
-        step: Option<String>,
-        /// The line.
-        line: String,
-    },
-    /// Advice.
-    Hint {
-        /// The advice.
-        message: String,
-    },
-    /// The end.
-    Done {
-        /// Success.
-        ok: bool,
-        /// Summary.
-        message: String,
-        /// Flow-specific result.
-        result: Option<Value>,
-    },
-}
-
-impl FlowEvent {
-    /// The SSE event name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            FlowEvent::Begin { .. } => "begin",
-            FlowEvent::Step { .. } => "step",
-            FlowEvent::StepDone { .. } => "stepDone",
-            FlowEvent::StepError { .. } => "stepError",
-            FlowEvent::Log { .. } => "log",
-            FlowEvent::Hint { .. } => "hint",
-            FlowEvent::Done { .. } => "done",
-        }
-    }
-
-    /// The JSON data.
-    pub fn data(&self) -> Value {
-        match self {
-            FlowEvent::Begin { flow, steps } => json!({"flow": flow, "steps": steps}),
-            FlowEvent::Step { step, message } => json!({"step": step, "message": message}),
-            FlowEvent::StepDone { step, message } => match message {
-                Some(m) => json!({"step": step, "message": m}),
-                None => json!({"step": step}),
-            },
-            FlowEvent::StepError { step, message } => json!({"step": step, "message": message}),
-            FlowEvent::Log { step, line } => match step {
-                Some(s) => json!({"step": s, "line": line}),
-                None => json!({"line": line}),
-            },
-            FlowEvent::Hint { message } => json!({"message": message}),
-            FlowEvent::Done {
-                ok,
-                message,
-                result,
-            } => match result {
-                Some(r) => json!({"ok": ok, "message": message, "result": r}),
-                None => json!({"ok": ok, "message": message}),
-            },
-        }
-    }
-
-    /// The SSE frame.
-    pub fn frame(&self) -> Bytes {
-        Bytes::from(format!("event: {}\ndata: {}\n\n", self.name(), self.data()))
-    }
-}
-
-/// The sending half handed to a flow. Sends fail quietly once the browser went away; flows may
-/// check [`FlowSender::is_closed`] to stop early.
-#[derive(Clone)]
-pub struct FlowSender {
-    tx: mpsc::Sender<FlowEvent>,
-}
-
-impl FlowSender {
-    /// Wraps a channel.
-    pub fn new(tx: mpsc::Sender<FlowEvent>) -> Self {
-        Self { tx }
-    }
-
-    /// Sends any event.
-    pub async fn send(&self, ev: FlowEvent) {
-        let _ = self.tx.send(ev).await;
-    }
-
-    /// `begin`.
-    pub async fn begin(&self, flow: &str, steps: &[&str]) {
-        self.send(FlowEvent::Begin {
-            flow: flow.into(),
-            steps: steps.iter().map(|s| (*s).to_owned()).collect(),
-        })
-        .await
-    }
-
-    /// `step`.
-    pub async fn step(&self, step: &str, message: impl Into<String>) {
-        self.send(FlowEvent::Step {
-            step: step.into(),
-            message: message.into(),
-        })
-        .await
-    }
-
-    /// `stepDone`.
-    pub async fn step_done(&self, step: &str, message: Option<String>) {
-        self.send(FlowEvent::StepDone {
-            step: step.into(),
-            message,
-        })
-        .await
-    }
-
-    /// `log`.
-    pub async fn log(&self, step: Option<&str>, line: impl Into<String>) {
-        self.send(FlowEvent::Log {
-            step: step.map(str::to_owned),
-            line: line.into(),
-        })
-        .await
-    }
-
-    /// `hint`.
-    pub async fn hint(&self, message: impl Into<String>) {
-        self.send(FlowEvent::Hint {
-            message: message.into(),
-        })
-        .await
-    }
-
-    /// Whether the receiver is gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
 
 /// How a flow failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,7 +89,7 @@ impl SetupRequest {
 #[async_trait]
 pub trait SetupFlow: Send + Sync {
     /// Runs the setup, reporting progress on `events`.
-    async fn run(&self, req: SetupRequest, events: FlowSender) -> FlowResult;
+    async fn run(&self, req: SetupRequest, events: ProgressSender) -> FlowResult;
 }
 
 /// A validated provisioning request for one org.
@@ -291,7 +112,7 @@ pub struct ProvisionRequest {
 #[async_trait]
 pub trait ProvisionFlow: Send + Sync {
     /// Runs the provisioning, reporting progress on `events`.
-    async fn run(&self, req: ProvisionRequest, events: FlowSender) -> FlowResult;
+    async fn run(&self, req: ProvisionRequest, events: ProgressSender) -> FlowResult;
 }
 
 /// The setup flow of a build without mesh support: fails with a clear message.
@@ -299,7 +120,7 @@ pub struct NoMeshSetup;
 
 #[async_trait]
 impl SetupFlow for NoMeshSetup {
-    async fn run(&self, req: SetupRequest, events: FlowSender) -> FlowResult {
+    async fn run(&self, req: SetupRequest, events: ProgressSender) -> FlowResult {
         events.begin("setup", &["mesh"]).await;
         events
             .step("mesh", format!("{} the network", req.mode()))
@@ -314,23 +135,52 @@ impl SetupFlow for NoMeshSetup {
     }
 }
 
-/// Runs `fut` (a flow) and forwards its events, then `stepError` (on failure) and `done`.
-/// Returns the SSE byte stream and a handle on the final result.
+/// Runs `fut` (a flow) and forwards its events as server-sent events (axum's `Sse`, with
+/// keep-alive comments), then `stepError` (on failure) and `done`.
 pub fn run_flow<F>(
     fut: F,
-    tx: mpsc::Sender<FlowEvent>,
-    rx: mpsc::Receiver<FlowEvent>,
+    tx: mpsc::Sender<Progress>,
+    rx: mpsc::Receiver<Progress>,
     on_result: impl FnOnce(&FlowResult) + Send + 'static,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static
+) -> axum::response::Response
 where
     F: std::future::Future<Output = FlowResult> + Send + 'static,
 {
+    use axum::response::IntoResponse;
     use futures_util::StreamExt;
+    let events = flow_events(fut, tx, rx, on_result).map(|ev| {
+        Ok::<_, std::convert::Infallible>(
+            axum::response::sse::Event::default()
+                .event(ev.kind())
+                .data(ev.to_json()),
+        )
+    });
+    let mut resp = axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response();
+    // No proxy buffering (nginx), so each step shows when it happens.
+    resp.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    resp
+}
+
+/// The events of a flow run: its own, then `stepError` (on failure) and one `done`.
+fn flow_events<F>(
+    fut: F,
+    tx: mpsc::Sender<Progress>,
+    rx: mpsc::Receiver<Progress>,
+    on_result: impl FnOnce(&FlowResult) + Send + 'static,
+) -> impl futures_util::Stream<Item = Progress> + Send + 'static
+where
+    F: std::future::Future<Output = FlowResult> + Send + 'static,
+{
     tokio::spawn(async move {
         let result = fut.await;
         on_result(&result);
         let last = match result {
-            Ok(v) => FlowEvent::Done {
+            Ok(v) => Progress::Done {
                 ok: true,
                 message: "finished".into(),
                 result: Some(v),
@@ -338,13 +188,13 @@ where
             Err(f) => {
                 if let Some(step) = &f.step {
                     let _ = tx
-                        .send(FlowEvent::StepError {
+                        .send(Progress::StepError {
                             step: step.clone(),
                             message: f.message.clone(),
                         })
                         .await;
                 }
-                FlowEvent::Done {
+                Progress::Done {
                     ok: false,
                     message: f.message,
                     result: None,
@@ -353,7 +203,7 @@ where
         };
         let _ = tx.send(last).await;
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(|ev| Ok(ev.frame()))
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// A shared setup flow.
@@ -366,23 +216,10 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    #[test]
-    fn wire_names_and_data() {
-        let e = FlowEvent::StepDone {
-            step: "a".into(),
-            message: None,
-        };
-        assert_eq!(e.name(), "stepDone");
-        assert_eq!(
-            std::str::from_utf8(&e.frame()).unwrap(),
-            "event: stepDone\ndata: {\"step\":\"a\"}\n\n"
-        );
-    }
-
     #[tokio::test]
     async fn failures_end_with_step_error_then_done() {
         let (tx, rx) = mpsc::channel(16);
-        let sender = FlowSender::new(tx.clone());
+        let sender = ProgressSender::new(tx.clone());
         let fut = async move {
             NoMeshSetup
                 .run(
@@ -394,15 +231,9 @@ mod tests {
                 )
                 .await
         };
-        let frames: Vec<String> = run_flow(fut, tx, rx, |_| {})
-            .map(|b| String::from_utf8(b.unwrap().to_vec()).unwrap())
-            .collect()
-            .await;
-        let names: Vec<&str> = frames
-            .iter()
-            .map(|f| f.lines().next().unwrap().trim_start_matches("event: "))
-            .collect();
+        let events: Vec<Progress> = flow_events(fut, tx, rx, |_| {}).collect().await;
+        let names: Vec<&str> = events.iter().map(|e| e.kind()).collect();
         assert_eq!(names, ["begin", "step", "hint", "stepError", "done"]);
-        assert!(frames[4].contains("\"ok\":false"));
+        assert!(matches!(events[4], Progress::Done { ok: false, .. }));
     }
 }

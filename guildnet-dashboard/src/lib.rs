@@ -9,7 +9,7 @@
 //! - [`router`] builds the whole app from an [`AppState`], for callers adding routes.
 //! - Orgs live in `${state}/dashboard.db` ([`db`]); kubeconfigs and talosconfigs in
 //!   `${state}/kube/<org>.config` and `${state}/talos/<org>.talosconfig` ([`configs`]).
-//! - Long flows (mesh setup, org provisioning) stream [`flows::FlowEvent`]s; plug real
+//! - Long flows (mesh setup, org provisioning) stream [`flows::Progress`] events; plug real
 //!   implementations in through [`flows::SetupFlow`] and [`flows::ProvisionFlow`].
 //! - Live task and agent events: one upstream subscription fanned out to browsers ([`live`]).
 //! - Agents' editors are served from a second listener, the editor origin, never from the

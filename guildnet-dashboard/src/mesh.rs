@@ -7,11 +7,11 @@
 //! The processes live as long as this value (the dashboard): both flows are idempotent, so a
 //! re-run after a restart reuses the stored settings, API key and node state.
 
-use crate::flows::{FlowEvent, FlowFailure, FlowResult, FlowSender, SetupFlow, SetupRequest};
+use crate::flows::{FlowFailure, FlowResult, Progress, ProgressSender, SetupFlow, SetupRequest};
 use async_trait::async_trait;
 use guildnet_core::token::Secret;
 use guildnet_mesh::headscale::{HeadscaleProcess, HeadscaleSettings};
-use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions, SetupEvent};
+use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions};
 use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -72,7 +72,7 @@ impl MeshSetup {
         login_server: &str,
         key: &Secret,
         hostname: &str,
-        events: &FlowSender,
+        events: &ProgressSender,
     ) -> Result<Value, FlowFailure> {
         events
             .step("join", "Join this machine to the tailnet")
@@ -141,30 +141,14 @@ impl MeshSetup {
 /// Relays guildnet-mesh's events as flow events and returns the step that failed, if one did.
 /// `begin`, `stepError` and `done` are left out: this flow sends its own `begin`, and the
 /// dashboard sends `stepError` and `done` from the returned failure.
-async fn relay(mut rx: mpsc::Receiver<SetupEvent>, events: FlowSender) -> Option<String> {
+async fn relay(mut rx: mpsc::Receiver<Progress>, events: ProgressSender) -> Option<String> {
     let mut failed = None;
     while let Some(ev) = rx.recv().await {
-        let out = match ev {
-            SetupEvent::Step { step, title } => FlowEvent::Step {
-                step,
-                message: title,
-            },
-            SetupEvent::StepDone { step, detail } => FlowEvent::StepDone {
-                step,
-                message: detail,
-            },
-            SetupEvent::Log { message, .. } => FlowEvent::Log {
-                step: None,
-                line: message,
-            },
-            SetupEvent::Hint { message } => FlowEvent::Hint { message },
-            SetupEvent::StepError { step, .. } => {
-                failed = Some(step);
-                continue;
-            }
-            SetupEvent::Begin { .. } | SetupEvent::Done { .. } => continue,
-        };
-        events.send(out).await;
+        match ev {
+            Progress::StepError { step, .. } => failed = Some(step),
+            Progress::Begin { .. } | Progress::Done { .. } => {}
+            other => events.send(other).await,
+        }
     }
     failed
 }
@@ -204,7 +188,7 @@ pub fn settings_for(server_url: &str) -> Result<HeadscaleSettings, FlowFailure> 
 
 #[async_trait]
 impl SetupFlow for MeshSetup {
-    async fn run(&self, req: SetupRequest, events: FlowSender) -> FlowResult {
+    async fn run(&self, req: SetupRequest, events: ProgressSender) -> FlowResult {
         let mut running = self.running.lock().await;
         match req {
             SetupRequest::Create {

@@ -2,13 +2,15 @@
 //! (`POST /orgs/bootstrap`), relays its progress (`GET /orgs/{org}/bootstrap/stream`), then
 //! installs the GuildNet operator with the org's kubeconfig (`guildnet_kube::install`).
 
-use crate::flows::{FlowFailure, FlowResult, FlowSender, ProvisionFlow, ProvisionRequest};
+use crate::flows::{
+    FlowFailure, FlowResult, Progress, ProgressSender, ProvisionFlow, ProvisionRequest,
+};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use guildnet_core::api::BootstrapProgress;
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::state_dir::StatePaths;
 use guildnet_core::token::Secret;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -81,7 +83,7 @@ impl OrchestratorProvision {
     async fn relay_bootstrap(
         &self,
         req: &ProvisionRequest,
-        events: &FlowSender,
+        events: &ProgressSender,
     ) -> Result<Value, FlowFailure> {
         let fail = |m: String| FlowFailure::at("bootstrap", m);
         let path = format!("/orgs/{}/bootstrap/stream", req.org);
@@ -137,7 +139,12 @@ impl OrchestratorProvision {
 
     /// When the orchestrator wrote the configs elsewhere (its own state dir), copies them into
     /// the dashboard's (validated, 0600) unless the dashboard already has valid ones.
-    async fn adopt_configs(&self, req: &ProvisionRequest, outcome: &Value, events: &FlowSender) {
+    async fn adopt_configs(
+        &self,
+        req: &ProvisionRequest,
+        outcome: &Value,
+        events: &ProgressSender,
+    ) {
         use crate::configs::{status, store, ConfigKind};
         for (key, kind) in [
             ("kubeconfig", ConfigKind::Kubeconfig),
@@ -172,45 +179,37 @@ impl OrchestratorProvision {
     }
 }
 
-#[derive(Deserialize)]
-struct Progress {
-    #[serde(default)]
-    step: Option<String>,
-    #[serde(default)]
-    phase: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// Maps one orchestrator bootstrap event `{step, phase, message}` onto flow events.
-async fn relay_progress(data: &Value, events: &FlowSender) {
-    let Ok(p) = serde_json::from_value::<Progress>(data.clone()) else {
+/// Relays one orchestrator bootstrap event (`{step, phase, message}`) as a flow event, its
+/// step under `bootstrap/`.
+async fn relay_progress(data: &Value, events: &ProgressSender) {
+    let Ok(p) = serde_json::from_value::<BootstrapProgress>(data.clone()) else {
         return;
     };
-    let step = p
-        .step
-        .map(|s| format!("bootstrap/{s}"))
-        .unwrap_or_else(|| "bootstrap".into());
-    let message = p.message.unwrap_or_default();
-    match p.phase.as_deref().unwrap_or("") {
-        "start" | "begin" | "started" | "running" => events.step(&step, message).await,
-        "done" | "ok" | "succeeded" | "finished" => {
-            events
-                .step_done(&step, (!message.is_empty()).then_some(message))
-                .await
-        }
-        "error" | "failed" => {
-            events
-                .send(crate::flows::FlowEvent::StepError { step, message })
-                .await
-        }
-        _ => events.log(Some(&step), message).await,
-    }
+    let ev = match Progress::from(p) {
+        Progress::Step { step, message } => Progress::Step {
+            step: format!("bootstrap/{step}"),
+            message,
+        },
+        Progress::StepDone { step, message } => Progress::StepDone {
+            step: format!("bootstrap/{step}"),
+            message,
+        },
+        Progress::StepError { step, message } => Progress::StepError {
+            step: format!("bootstrap/{step}"),
+            message,
+        },
+        Progress::Log { step, line } => Progress::Log {
+            step: Some(format!("bootstrap/{}", step.unwrap_or_default())),
+            line,
+        },
+        other => other,
+    };
+    events.send(ev).await;
 }
 
 #[async_trait]
 impl ProvisionFlow for OrchestratorProvision {
-    async fn run(&self, req: ProvisionRequest, events: FlowSender) -> FlowResult {
+    async fn run(&self, req: ProvisionRequest, events: ProgressSender) -> FlowResult {
         let steps: Vec<&str> = if req.install_operator {
             STEPS.to_vec()
         } else {

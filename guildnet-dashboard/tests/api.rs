@@ -4,7 +4,7 @@
 mod support;
 
 use async_trait::async_trait;
-use guildnet_dashboard::flows::{FlowResult, FlowSender, SetupFlow, SetupRequest};
+use guildnet_dashboard::flows::{FlowResult, ProgressSender, SetupFlow, SetupRequest};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -522,7 +522,7 @@ struct FakeMesh {
 
 #[async_trait]
 impl SetupFlow for FakeMesh {
-    async fn run(&self, req: SetupRequest, events: FlowSender) -> FlowResult {
+    async fn run(&self, req: SetupRequest, events: ProgressSender) -> FlowResult {
         events.begin("setup", &["headscale", "join"]).await;
         events.step("headscale", "starting").await;
         events.log(Some("headscale"), "listening").await;

@@ -7,7 +7,7 @@
 //!   the generated server config ([`headscale::HeadscaleSettings`]) and a managed local
 //!   `headscale serve` process ([`headscale::HeadscaleProcess`]).
 //! - [`setup`]: the two ways to get a mesh, both idempotent and reporting progress as
-//!   [`setup::SetupEvent`]s (SSE-ready JSON): [`setup::create`] runs a local Headscale and mints an
+//!   [`setup::Progress`] events (SSE-ready JSON): [`setup::create`] runs a local Headscale and mints an
 //!   API key, a user and a pre-auth key; [`setup::connect`] validates `HEADSCALE_URL`,
 //!   `TS_AUTHKEY` and `TS_HOSTNAME`, probes the server and optionally joins a node.
 //! - [`tailscale`]: a managed userspace `tailscaled` ([`tailscale::Tailscaled`]) with SOCKS5 and

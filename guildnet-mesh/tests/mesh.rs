@@ -4,7 +4,7 @@
 use guildnet_core::seams::{Mesh, MeshError, MeshJoin};
 use guildnet_core::token::Secret;
 use guildnet_mesh::headscale::{HeadscaleClient, HeadscaleError, HeadscaleSettings};
-use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions, SetupError, SetupEvent};
+use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions, Progress, SetupError};
 use guildnet_mesh::tailscale::{TailscaleError, Tailscaled, TailscaledConfig};
 use guildnet_mesh::TailscaleMesh;
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +30,7 @@ fn create_options(state: &Path) -> CreateOptions {
 /// Runs `create`, returning its outcome and every event it sent.
 async fn run_create(
     opts: &CreateOptions,
-) -> (Result<setup::CreateOutcome, SetupError>, Vec<SetupEvent>) {
+) -> (Result<setup::CreateOutcome, SetupError>, Vec<Progress>) {
     let (tx, mut rx) = mpsc::channel(64);
     let res = setup::create(opts, Some(tx)).await;
     let mut events = Vec::new();
@@ -96,18 +96,18 @@ async fn create_join_reach_over_the_tailnet_and_rerun() {
     let api_key = first.client.api_key().clone();
     assert!(key.expose().starts_with("hskey-auth-"));
     assert!(
-        matches!(events.first(), Some(SetupEvent::Begin { .. })),
+        matches!(events.first(), Some(Progress::Begin { .. })),
         "{events:?}"
     );
     assert!(
-        matches!(events.last(), Some(SetupEvent::Done { ok: true, .. })),
+        matches!(events.last(), Some(Progress::Done { ok: true, .. })),
         "{events:?}"
     );
     for step in ["config", "start", "apiKey", "user", "preauthKey"] {
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, SetupEvent::StepDone { step: s, .. } if s == step)),
+                .any(|e| matches!(e, Progress::StepDone { step: s, .. } if s == step)),
             "no stepDone for {step}: {events:?}"
         );
     }
@@ -162,7 +162,7 @@ async fn create_join_reach_over_the_tailnet_and_rerun() {
         conn_events.push(e);
     }
     assert!(
-        matches!(conn_events.last(), Some(SetupEvent::Done { ok: true, .. })),
+        matches!(conn_events.last(), Some(Progress::Done { ok: true, .. })),
         "{conn_events:?}"
     );
     assert_eq!(conn.server_version.as_deref(), Some("v0.29.1"));
@@ -195,8 +195,8 @@ async fn create_join_reach_over_the_tailnet_and_rerun() {
     assert!(
         again_events
             .iter()
-            .any(|e| matches!(e, SetupEvent::Log { message, .. }
-            if message.contains("already on this tailnet"))),
+            .any(|e| matches!(e, Progress::Log { line, .. }
+            if line.contains("already on this tailnet"))),
         "{again_events:?}"
     );
     let prefs = b.cli().prefs().await.expect("prefs");
@@ -407,11 +407,11 @@ async fn wrong_keys_and_unreachable_servers_fail_clearly() {
     }
     assert!(
         ev.iter()
-            .any(|x| matches!(x, SetupEvent::StepError { step, .. } if step == "probe")),
+            .any(|x| matches!(x, Progress::StepError { step, .. } if step == "probe")),
         "{ev:?}"
     );
     assert!(
-        matches!(ev.last(), Some(SetupEvent::Done { ok: false, .. })),
+        matches!(ev.last(), Some(Progress::Done { ok: false, .. })),
         "{ev:?}"
     );
 

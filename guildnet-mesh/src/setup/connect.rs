@@ -1,11 +1,12 @@
 //! The connect flow: an existing Headscale (`HEADSCALE_URL`), a pre-auth key (`TS_AUTHKEY`) and
 //! this node's name (`TS_HOSTNAME`), validated, probed, and optionally joined.
 
-use super::events::{Flow, LogLevel, Reporter, SetupEvent};
+use super::events::{Flow, Reporter};
 use super::SetupError;
 use crate::headscale::probe;
 use crate::redact::display_url;
 use crate::tailscale::{NodeStatus, TailscaleCli};
+use guildnet_core::progress::Progress;
 use guildnet_core::seams::MeshJoin;
 use guildnet_core::token::Secret;
 use std::time::Duration;
@@ -132,7 +133,7 @@ pub async fn connect(
     req: &ConnectRequest,
     node: Option<&TailscaleCli>,
     join_timeout: Duration,
-    events: Option<mpsc::Sender<SetupEvent>>,
+    events: Option<mpsc::Sender<Progress>>,
 ) -> Result<ConnectOutcome, SetupError> {
     let rep = Reporter::new(events);
     let steps = if node.is_some() { STEPS } else { &STEPS[..2] };
@@ -180,13 +181,10 @@ pub async fn connect(
             )
             .await;
         if matches!(joined, Ok(crate::tailscale::Joined::Already)) {
-            rep.log(
-                LogLevel::Info,
-                format!(
-                    "already on this tailnet as {}: left as it is (the key was not used)",
-                    valid.hostname
-                ),
-            )
+            rep.log(format!(
+                "already on this tailnet as {}: left as it is (the key was not used)",
+                valid.hostname
+            ))
             .await;
         }
         let st = match joined {
@@ -211,7 +209,7 @@ pub async fn connect(
             }
         }
     }
-    rep.log(LogLevel::Info, "connect flow finished").await;
+    rep.log("connect flow finished").await;
     rep.done(true, "connected", url).await;
     Ok(ConnectOutcome {
         request: valid,

@@ -1,6 +1,6 @@
 //! The create flow: a local Headscale with an API key, a user and a pre-auth key.
 
-use super::events::{Flow, LogLevel, Reporter, SetupEvent};
+use super::events::{Flow, Reporter};
 use super::SetupError;
 use crate::binary::find_binary;
 use crate::headscale::server_probe_url;
@@ -8,6 +8,7 @@ use crate::headscale::{
     create_api_key_via_cli, CreatedPreAuthKey, HeadscaleClient, HeadscaleError, HeadscaleProcess,
     HeadscaleSettings, PreAuthKeyRequest, ServerFiles, User,
 };
+use guildnet_core::progress::Progress;
 use guildnet_core::token::Secret;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -140,7 +141,7 @@ fn io(what: String) -> impl FnOnce(guildnet_core::state_dir::StateDirError) -> S
 /// `events` (begin, a step/stepDone pair per step, hints, done).
 pub async fn create(
     opts: &CreateOptions,
-    events: Option<mpsc::Sender<SetupEvent>>,
+    events: Option<mpsc::Sender<Progress>>,
 ) -> Result<CreateOutcome, SetupError> {
     let rep = Reporter::new(events);
     rep.begin(Flow::Create, STEPS).await;
@@ -178,11 +179,8 @@ pub async fn create(
     let probe = server_probe_url(&settings);
     let mut bin = None;
     let server = if local_health(&probe).await {
-        rep.log(
-            LogLevel::Info,
-            format!("headscale already serves at {probe}; reusing it"),
-        )
-        .await;
+        rep.log(format!("headscale already serves at {probe}; reusing it"))
+            .await;
         rep.step_done("start", format!("already running at {probe}"))
             .await;
         None

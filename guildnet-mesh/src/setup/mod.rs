@@ -1,5 +1,5 @@
 //! Getting a mesh: [`create`] a local Headscale, or [`connect`] to an existing one. Both are
-//! idempotent and report progress as [`SetupEvent`]s on a tokio mpsc channel.
+//! idempotent and report progress as [`Progress`] events on a tokio mpsc channel.
 
 mod connect;
 mod create;
@@ -9,4 +9,4 @@ mod events;
 pub use connect::{connect, ConnectOutcome, ConnectRequest, ValidConnect};
 pub use create::{create, CreateOptions, CreateOutcome, PreAuthKeyOptions};
 pub use error::SetupError;
-pub use events::{Flow, LogLevel, SetupEvent, StepInfo};
+pub use guildnet_core::progress::Progress;
