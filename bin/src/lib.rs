@@ -1,6 +1,7 @@
 //! Shared flag definitions and small helpers of the GuildNet binaries (no business logic).
 
 pub mod cli_args;
+pub mod mesh_args;
 pub mod usage;
 
 use clap::Args;
@@ -145,7 +146,7 @@ pub struct OrchestratorArgs {
     pub talosctl: PathBuf,
     /// SOCKS5 proxy of this host's (userspace) tailscaled: editors that agents advertise on the
     /// tailnet are reached through it, instead of a port-forward.
-    #[arg(long, env = "GUILDNET_TAILNET_SOCKS5")]
+    #[arg(long, env = guildnet_core::agent_env::TAILNET_SOCKS5)]
     pub tailnet_socks5: Option<SocketAddr>,
     /// Proxy to any editor address an agent advertises at register (e.g. an editor sidecar on
     /// a pod network). Off by default: without it only tailnet addresses dialed through
@@ -170,6 +171,9 @@ pub struct OrchestratorArgs {
     /// finished: 30d, 12h, 90m (default: keep them). `guildnet disk` shows the disk use.
     #[arg(long, env = "GUILDNET_RETENTION", value_parser = guildnet_core::orchestrator::retention::parse_age)]
     pub retention: Option<std::time::Duration>,
+    /// Agents on the tailnet (Kubernetes backend).
+    #[command(flatten)]
+    pub mesh: mesh_args::MeshArgs,
 }
 
 /// Where an orchestrator runs its agents (`--backend`).
@@ -257,7 +261,10 @@ impl OrchestratorArgs {
             }
             cfg.start_deadline = (self.agent_start_deadline_secs > 0)
                 .then(|| Duration::from_secs(self.agent_start_deadline_secs));
+            cfg.mesh = self.mesh.kube_mesh()?;
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
+        } else if self.mesh.enabled() {
+            anyhow::bail!("--mesh-headscale-url needs --backend kubernetes");
         }
         Ok(o)
     }

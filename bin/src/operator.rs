@@ -59,6 +59,14 @@ enum Cmd {
             value_delimiter = ','
         )]
         image_pull_secrets: Vec<String>,
+        /// Image of the tailscale sidecar added to agents on the tailnet (AgentTasks with
+        /// spec.mesh): tailscale/tailscale or an image with the same containerboot.
+        #[arg(long, env = "GUILDNET_MESH_SIDECAR_IMAGE", default_value = guildnet_kube::mesh_sidecar::DEFAULT_SIDECAR_IMAGE)]
+        mesh_sidecar_image: String,
+        /// The sidecar speaks plain HTTP to DERP relays: only for a plain-HTTP Headscale with
+        /// its embedded DERP (a local or test setup).
+        #[arg(long, env = "GUILDNET_MESH_PLAIN_HTTP_DERP")]
+        mesh_plain_http_derp: bool,
     },
 }
 
@@ -131,10 +139,14 @@ async fn main() -> anyhow::Result<()> {
             metrics_addr,
             leader_elect,
             image_pull_secrets,
+            mesh_sidecar_image,
+            mesh_plain_http_derp,
         } => {
             let mut cfg = OperatorConfig::new(namespace.clone());
             cfg.public_orchestrator_url = public_orchestrator_url;
             cfg.image_pull_secrets = image_pull_secrets;
+            cfg.mesh_sidecar.image = mesh_sidecar_image;
+            cfg.mesh_sidecar.plain_http_derp = mesh_plain_http_derp;
             cfg.instance = std::env::var("POD_NAME").ok();
             if leader_elect {
                 let identity = cfg

@@ -16,6 +16,11 @@ pub const ORG_NAME: &str = "ORG_NAME";
 /// Agent name (launch contract).
 pub const AGENT_NAME: &str = "AGENT_NAME";
 
+/// In a pod on the tailnet: the tailscale sidecar's SOCKS5 proxy (`host:port`), for a runner
+/// that dials tailnet addresses itself (HTTP clients use `HTTP(S)_PROXY`). The orchestrator's
+/// `--tailnet-socks5` reads the same name for its own tailscaled.
+pub const TAILNET_SOCKS5: &str = "GUILDNET_TAILNET_SOCKS5";
+
 /// The agent's workspace directory (default: its working directory).
 pub const WORKSPACE: &str = "GUILDNET_WORKSPACE";
 /// The agent's own state dir, outside the workspace (also the orchestrator's and the CLI's

@@ -190,6 +190,7 @@ impl LocalBackend {
             host: "127.0.0.1".into(),
             port,
             password: Some(crate::token::generate("cs")),
+            via_tailnet: false,
         };
         self.save_editor(ws, agent, &ep)?;
         Ok(ep)
@@ -226,6 +227,7 @@ impl LocalBackend {
                     port: rec.port,
                     password: (!rec.password.is_empty())
                         .then(|| crate::token::Secret::new(rec.password)),
+                    via_tailnet: false,
                 });
             }
         }

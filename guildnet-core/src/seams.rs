@@ -186,6 +186,10 @@ pub struct EditorEndpoint {
     /// logs in with it so the person never needs it. Never serialized.
     #[serde(skip)]
     pub password: Option<crate::token::Secret>,
+    /// The host is a tailnet address: the orchestrator dials it through its node's SOCKS5
+    /// proxy (`--tailnet-socks5`), never directly.
+    #[serde(skip)]
+    pub via_tailnet: bool,
 }
 
 /// Runs task agents for orgs: a local process, a Kubernetes AgentTask, ...
@@ -336,6 +340,24 @@ pub trait Mesh: Send + Sync {
     async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError>;
     /// This node's mesh status.
     async fn status(&self) -> Result<MeshStatus, MeshError>;
+}
+
+/// What a cluster backend needs to put each task's agent on the mesh (issue 22): a
+/// single-use, ephemeral pre-auth key per agent, the node's tailnet address (the editor is
+/// reached there), and removing the node when the task ends. Implemented over the Headscale API
+/// by `guildnet_mesh::AgentMeshKeys`; the agent's tailnet host name is its [`AgentName`].
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait AgentMesh: Send + Sync + std::fmt::Debug {
+    /// The control server's URL agents log in to (`--login-server`).
+    fn login_server(&self) -> String;
+    /// Mints a single-use, ephemeral pre-auth key for the agent node `hostname`.
+    async fn agent_key(&self, hostname: &str) -> Result<Secret, MeshError>;
+    /// The tailnet IPv4 (else IPv6) address of the node registered as `hostname`, if any.
+    async fn node_address(&self, hostname: &str) -> Result<Option<String>, MeshError>;
+    /// Removes every node registered as `hostname` from the control server and returns how
+    /// many there were (0 when it never joined or is already gone).
+    async fn remove_node(&self, hostname: &str) -> Result<usize, MeshError>;
 }
 
 /// Errors from a cluster bootstrap.

@@ -47,6 +47,9 @@ pub struct KubeBackendConfig {
     /// agent not ready) before the task fails with the cause the pods show. `None`: wait until
     /// the orchestrator's claim timeout requeues it. Keep it below the claim timeout (120 s).
     pub start_deadline: Option<std::time::Duration>,
+    /// Puts each agent on the tailnet (see [`crate::backend_mesh`]); `None`: agents reach the
+    /// orchestrator on the pod network and the editor is port-forwarded.
+    pub mesh: Option<crate::backend_mesh::KubeMesh>,
 }
 
 /// Default [`KubeBackendConfig::start_deadline`]: below the orchestrator's 120 s claim timeout,
@@ -69,6 +72,7 @@ impl KubeBackendConfig {
             ),
             ttl_seconds_after_finished: Some(3600),
             start_deadline: Some(DEFAULT_START_DEADLINE),
+            mesh: None,
         }
     }
 }
@@ -86,6 +90,7 @@ fn loopback(addr: std::net::SocketAddr, password: Option<TokenSecret>) -> Editor
         host: addr.ip().to_string(),
         port: addr.port(),
         password,
+        via_tailnet: false,
     }
 }
 
@@ -360,6 +365,8 @@ impl ClusterBackend for KubeBackend {
         let client = self.client(&launch.org).await?;
         let err = || Self::workload_err("submit", &launch.task_id, &launch.agent);
         self.prepare_namespace(&client).await.map_err(err())?;
+        // Minted before anything is applied: no key, no AgentTask (unless off-mesh is allowed).
+        let mesh = crate::backend_mesh::mint(self.cfg.mesh.as_ref(), &launch).await?;
         let name = agenttask_name(&launch.task_id);
         let ns = &self.cfg.namespace;
         let spec = AgentTaskSpec {
@@ -379,6 +386,7 @@ impl ClusterBackend for KubeBackend {
             orchestrator_url: Some(launch.orchestrator_url.clone()),
             credentials_secret: None,
             pool_pod: launch.pool.as_ref().map(|p| p.pod.clone()),
+            mesh: mesh.as_ref().map(|(m, _)| m.clone()),
         };
         let at = json!({
             "apiVersion": "guildnet.io/v1alpha1",
@@ -423,6 +431,12 @@ impl ClusterBackend for KubeBackend {
             None => random_secret(),
         };
         data.insert(CREDENTIALS_PASSWORD_KEY.to_owned(), bytes(&password));
+        if let Some((_, key)) = &mesh {
+            data.insert(
+                crate::mesh_sidecar::CREDENTIALS_AUTHKEY_KEY.to_owned(),
+                bytes(key.expose()),
+            );
+        }
         for (k, v) in &launch.settings.secret_env {
             data.insert(format!("{SECRET_ENV_KEY_PREFIX}{k}"), bytes(v.expose()));
         }
@@ -474,14 +488,18 @@ impl ClusterBackend for KubeBackend {
             return Ok(());
         }
         let patch = json!({"spec": {"cancel": true}});
-        match api
+        let res = match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Self::workload_err("cancel", task, agent)(e)),
+        };
+        if let (Some(mesh), Some(_)) = (&self.cfg.mesh, &at.spec.mesh) {
+            crate::backend_mesh::remove(mesh, task, agent).await;
         }
+        res
     }
 
     async fn status(
@@ -545,6 +563,21 @@ impl ClusterBackend for KubeBackend {
             return Ok(None);
         };
         let password = self.read_editor_password(client.clone(), &at).await;
+        if let (Some(mesh), Some(m)) = (&self.cfg.mesh, &at.spec.mesh) {
+            // On the tailnet: the node's address, dialed through the orchestrator's own node.
+            let addr = mesh.keys.node_address(&m.hostname).await.map_err(|e| {
+                BackendError::OrgUnavailable {
+                    org: org.clone(),
+                    reason: format!("cannot look up the agent's tailnet node: {e}"),
+                }
+            })?;
+            return Ok(addr.map(|host| EditorEndpoint {
+                host,
+                port: EDITOR_PORT,
+                password,
+                via_tailnet: true,
+            }));
+        }
         let workload = at
             .status
             .and_then(|s| s.workload_name)
@@ -694,7 +727,7 @@ impl ClusterBackend for KubeBackend {
             "exitCode": task.exit_code,
             "artifactPath": artifact_path,
         }});
-        match Api::<AgentTask>::namespaced(client, &self.cfg.namespace)
+        let recorded = match Api::<AgentTask>::namespaced(client, &self.cfg.namespace)
             .patch_status(
                 &agenttask_name(&task.id),
                 &PatchParams::default(),
@@ -705,6 +738,11 @@ impl ClusterBackend for KubeBackend {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Self::workload_err("record completion of", &task.id, &agent)(e)),
+        };
+        // The task is over: its node leaves the tailnet now.
+        if let Some(mesh) = &self.cfg.mesh {
+            crate::backend_mesh::remove_or_err(mesh, &task.id, &agent).await?;
         }
+        recorded
     }
 }

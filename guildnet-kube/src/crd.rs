@@ -105,6 +105,26 @@ pub struct AgentTaskSpec {
     /// task's workload instead of creating a Deployment (see [`crate::pool`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_pod: Option<String>,
+    /// Set when the orchestrator has a mesh: the operator adds a userspace tailscale sidecar
+    /// that joins the tailnet with the single-use pre-auth key from the credentials Secret
+    /// (see [`crate::mesh_sidecar`]). The key itself is never in the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<AgentMeshSpec>,
+}
+
+/// How an agent joins the tailnet (no secret: the pre-auth key is in the credentials Secret
+/// under [`crate::mesh_sidecar::CREDENTIALS_AUTHKEY_KEY`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentMeshSpec {
+    /// The Headscale URL the sidecar logs in to (`--login-server`).
+    pub login_server: String,
+    /// The node's host name on the tailnet (the agent's name; unique per attempt).
+    pub hostname: String,
+    /// The orchestrator's URL on the tailnet: the agent reaches it through the sidecar's proxy.
+    /// Overrides the operator's `--public-orchestrator-url` (a pod-network address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator_url: Option<String>,
 }
 
 fn one() -> u32 {

@@ -10,13 +10,17 @@
 //!   cancel and TTL, and emit Kubernetes Events.
 //! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
 //!   Role/RoleBinding, operator Deployment) and an idempotent installer.
+//! - [`mesh_sidecar`]: the agent pod's userspace tailscale sidecar when the AgentTask has
+//!   `spec.mesh` (the agent on the tailnet, issue 22).
 //! - [`backend`]: [`backend::KubeBackend`], core's `ClusterBackend` over AgentTasks in each
 //!   org's cluster, including the editor port-forward ([`portforward`]).
 
 pub mod backend;
+pub mod backend_mesh;
 pub mod crd;
 pub mod install;
 pub mod leader;
+pub mod mesh_sidecar;
 pub mod operator;
 pub mod pool;
 mod pool_backend;
@@ -24,7 +28,8 @@ pub mod portforward;
 pub mod yaml;
 
 pub use crd::{
-    AgentTask, AgentTaskSpec, AgentTaskStatus, Phase, EDITOR_PORT, MANAGED_BY, TASK_LABEL,
+    AgentMeshSpec, AgentTask, AgentTaskSpec, AgentTaskStatus, Phase, EDITOR_PORT, MANAGED_BY,
+    TASK_LABEL,
 };
 pub use pool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 

@@ -1,7 +1,7 @@
 //! # guildnet-mesh
 //!
 //! How people reach agents without opening ports: a [Headscale](https://headscale.net) control
-//! server plus `tailscaled` nodes. This crate has four parts:
+//! server plus `tailscaled` nodes. This crate has these parts:
 //!
 //! - [`headscale`]: a typed REST client for Headscale's `/api/v1` ([`headscale::HeadscaleClient`]),
 //!   the generated server config ([`headscale::HeadscaleSettings`]) and a managed local
@@ -15,10 +15,13 @@
 //!   and [`tailscale::TailnetDialer`], which opens a [`tokio::net::TcpStream`] to a tailnet
 //!   `host:port` through a node's SOCKS5 proxy.
 //! - [`TailscaleMesh`]: guildnet-core's [`guildnet_core::seams::Mesh`] over those pieces.
+//! - [`AgentMeshKeys`]: guildnet-core's [`guildnet_core::seams::AgentMesh`]: a single-use,
+//!   ephemeral pre-auth key per agent and removing its node when the task ends (issue 22).
 //!
 //! Secrets (API keys, pre-auth keys) are [`guildnet_core::token::Secret`]s: they never appear in
 //! `Debug` output, logs, URLs, command lines or error messages. Files holding them are 0600.
 
+pub mod agent_keys;
 pub mod binary;
 pub mod headscale;
 mod mesh_impl;
@@ -27,5 +30,6 @@ mod redact;
 pub mod setup;
 pub mod tailscale;
 
+pub use agent_keys::AgentMeshKeys;
 pub use mesh_impl::TailscaleMesh;
 pub use redact::display_url;

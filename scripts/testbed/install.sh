@@ -9,7 +9,7 @@
 #   scripts/testbed/install.sh --list          # print the items and their versions
 #
 # Items: etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
-#        containerd kubelet node-deps registry pause busybox-image (the real node)
+#        containerd kubelet node-deps registry pause busybox-image tailscale-image (the real node)
 #        images (the cached bases of GuildNet's own images, scripts/images/build.sh --prepare)
 #        postgres nginx (the PostgreSQL store, and a load balancer in front of its replicas)
 #        helm (checks deploy/helm/guildnet: lint, template, install into the testbed's apiserver)
@@ -29,12 +29,12 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
-  containerd kubelet node-deps registry pause busybox-image images postgres nginx helm)
+  containerd kubelet node-deps registry pause busybox-image tailscale-image images postgres nginx helm)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [talos-emulator]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1 [nginx]=1 [helm]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [tailscale-image]=2 [images]=1 [postgres]=1 [nginx]=1 [helm]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -66,6 +66,7 @@ item_version() {
     registry) echo "$REGISTRY_VERSION" ;;
     pause) echo "$PAUSE_VERSION" ;;
     busybox-image) echo "debian" ;;
+    tailscale-image) echo "$TAILSCALE_VERSION" ;;
     images) echo "debian-$CODE_SERVER_VERSION" ;;
     postgres) echo "$POSTGRES_MAJOR" ;;
     nginx) echo "debian" ;;
@@ -94,6 +95,7 @@ item_outputs() {
     registry) echo "registry" ;;
     postgres) echo "initdb postgres pg_isready psql" ;;
     nginx) echo "nginx" ;;
+    tailscale-image) echo "containerboot" ;;
     helm) echo "helm" ;;
   esac
 }
@@ -106,6 +108,7 @@ item_files() {
     gitea) echo "share/gitea/options" ;;
     pause) echo "share/images/pause.oci.tar" ;;
     busybox-image) echo "share/images/busybox.oci.tar" ;;
+    tailscale-image) echo "share/images/tailscale.oci.tar" ;;
   esac
 }
 
@@ -515,6 +518,37 @@ install_busybox_image() {
   umoci config --image "$ref" --os linux --architecture "$(go env GOARCH)" \
     --config.entrypoint /bin/sh --config.env PATH=/bin
   oci_archive "$tmp/oci" guildnet.local/testbed/busybox "$tag" "$TESTBED_DIR/share/images/busybox.oci.tar"
+  rm -rf "$tmp"
+}
+
+# The agents' tailscale sidecar image for the real node (issue 22): what tailscale/tailscale is
+# (containerboot as the entrypoint, tailscale and tailscaled on PATH), built from the pinned
+# tailscale source (the Docker Hub image cannot be pulled here). Static Go binaries only.
+install_tailscale_image() {
+  local tmp="$TESTBED_DIR/.tmp-tailscale-image" ref short ldflags
+  ref="$tmp/oci:$TAILSCALE_VERSION"
+  short="${TAILSCALE_VERSION#v}"
+  ldflags="$GO_LDFLAGS_BASE -X tailscale.com/version.shortStamp=$short -X tailscale.com/version.longStamp=$short-guildnet-testbed"
+  apt_install umoci jq file
+  CGO_ENABLED=0 go_install_pinned tailscale.com "$TAILSCALE_VERSION" "$ldflags" tailscale.com/cmd/containerboot
+  rm -rf "$tmp" && mkdir -p "$tmp/root/usr/local/bin" "$tmp/root/tmp" "$tmp/root/var/lib/tailscale"
+  # Static builds for the image (the testbed's own tailscale/tailscaled link glibc, which the
+  # image does not have); they are not installed into bin/.
+  local p proxy
+  proxy="file://$(go env GOMODCACHE)/cache/download,$(go env GOPROXY)"
+  for p in tailscale tailscaled; do
+    CGO_ENABLED=0 GOPROXY="$proxy" GOSUMDB="$(go env GOSUMDB)" GOBIN="$tmp/root/usr/local/bin" \
+      go install -trimpath -ldflags="$ldflags" "tailscale.com/cmd/$p@$TAILSCALE_VERSION"
+  done
+  cp "$BIN/containerboot" "$tmp/root/usr/local/bin/"
+  file "$tmp/root/usr/local/bin/"* | grep -v 'statically linked' && die "a binary of the tailscale image is not static"
+  chmod 1777 "$tmp/root/tmp"
+  umoci init --layout "$tmp/oci"
+  umoci new --image "$ref"
+  umoci insert --image "$ref" "$tmp/root" /
+  umoci config --image "$ref" --os linux --architecture "$(go env GOARCH)" \
+    --config.entrypoint /usr/local/bin/containerboot --config.env PATH=/usr/local/bin:/bin
+  oci_archive "$tmp/oci" guildnet.local/testbed/tailscale "$TAILSCALE_VERSION" "$TESTBED_DIR/share/images/tailscale.oci.tar"
   rm -rf "$tmp"
 }
 

@@ -799,13 +799,25 @@ impl Orchestrator {
             .backend
             .editor_endpoint(&req.org, &req.name)
             .await?;
-        let (host, port, password, advertised) = match found {
-            Some(ep) => (ep.host, ep.port, ep.password, false),
+        let (host, port, password, advertised, backend_tailnet) = match found {
+            // A backend's tailnet address (an agent pod's sidecar) needs the tailnet dialer.
+            Some(ep) if ep.via_tailnet && self.inner.editor_dialer.get().is_none() => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "editor_unavailable",
+                    format!(
+                        "the editor of agent {} is on the tailnet at {}:{}: run the orchestrator \
+                         with --tailnet-socks5 (its node's SOCKS5 proxy) to reach it",
+                        req.name, ep.host, ep.port
+                    ),
+                ))
+            }
+            Some(ep) => (ep.host, ep.port, ep.password, false, ep.via_tailnet),
             None => agent
                 .editor_address
                 .as_deref()
                 .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None, true)))
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None, true, false)))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::CONFLICT,
@@ -816,7 +828,8 @@ impl Orchestrator {
         };
         // An address the agent advertised is dialed over the tailnet when a dialer is set, and
         // only a tailnet address is accepted then, unless advertised addresses are trusted.
-        let via_tailnet = advertised && self.inner.editor_dialer.get().is_some();
+        let via_tailnet =
+            (advertised || backend_tailnet) && self.inner.editor_dialer.get().is_some();
         if advertised && !self.inner.cfg.trust_advertised_editors {
             let on_tailnet = via_tailnet && is_tailnet_ip(&host);
             if !on_tailnet {

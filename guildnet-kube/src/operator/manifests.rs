@@ -271,7 +271,16 @@ pub fn agent_pod_spec(at: &AgentTask, workload: &str, cfg: &OperatorConfig) -> P
             .clone()
             .unwrap_or_else(|| resources(("250m", "512Mi"), ("2", "4Gi"))),
     );
-    hardened_pod_spec(vec![agent], cfg)
+    let mut pod = hardened_pod_spec(vec![agent], cfg);
+    // On the tailnet: the tailscale sidecar (issue 22).
+    if let Some(m) = crate::mesh_sidecar::pod_parts(
+        at,
+        &crate::crd::credentials_secret_name(at),
+        &cfg.mesh_sidecar,
+    ) {
+        m.apply(&mut pod, AGENT_CONTAINER);
+    }
+    pod
 }
 
 /// The Deployment `<workload>`: one replica of [`agent_pod_spec`], recreated (never two agents of
@@ -803,5 +812,56 @@ mod tests {
             .expect("json");
             hex::encode(&sha2::Sha256::digest(&key)[..8])
         });
+    }
+
+    #[test]
+    fn a_mesh_task_gets_the_tailscale_sidecar_and_the_pod_stays_hardened() {
+        let mut t = task(&[]);
+        let plain = agent_pod_spec(&t, "atask-t1", &cfg());
+        assert!(plain.init_containers.is_none(), "no mesh, no sidecar");
+        t.spec.mesh = Some(crate::crd::AgentMeshSpec {
+            login_server: "http://100.64.0.9:8080".into(),
+            hostname: "t1-a1".into(),
+            orchestrator_url: Some("http://100.64.0.1:8080".into()),
+        });
+        assert_eq!(crate::operator::reconcile::validate(&t), Ok(()));
+        let pod = agent_pod_spec(&t, "atask-t1", &cfg());
+        // What the operator had built is still there.
+        assert_hardened(&pod);
+        let agent = &pod.containers[0];
+        let env = env_of(agent);
+        assert_eq!(value(&env, "HTTPS_PROXY"), Some("http://127.0.0.1:1056"));
+        assert_eq!(
+            value(&env, "ORCHESTRATOR_URL"),
+            Some("http://100.64.0.1:8080")
+        );
+        let side = &pod.init_containers.as_ref().expect("sidecar")[0];
+        assert_eq!(side.name, "tailscale");
+        assert_eq!(side.restart_policy.as_deref(), Some("Always"));
+        let sc = side.security_context.as_ref().expect("security context");
+        assert_eq!(sc.privileged, Some(false));
+        assert!(sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.add.as_ref())
+            .is_none());
+        let key = side
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "TS_AUTHKEY")
+            .expect("TS_AUTHKEY");
+        assert!(key.value.is_none(), "the key is never inline");
+        assert_eq!(
+            key.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|r| r.name.as_str()),
+            Some("atask-t1-credentials")
+        );
+        t.spec.mesh.as_mut().expect("mesh").hostname = "No Label".into();
+        assert!(crate::operator::reconcile::validate(&t)
+            .expect_err("bad")
+            .starts_with("spec.mesh.hostname"));
     }
 }

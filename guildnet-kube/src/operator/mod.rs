@@ -61,6 +61,8 @@ pub struct OperatorConfig {
     /// Secrets (in the watched namespace) the agent pods pull their image with: a private
     /// registry's `kubernetes.io/dockerconfigjson` Secrets.
     pub image_pull_secrets: Vec<String>,
+    /// The tailscale sidecar of agents whose AgentTask has `spec.mesh`.
+    pub mesh_sidecar: crate::mesh_sidecar::SidecarConfig,
 }
 
 impl OperatorConfig {
@@ -74,6 +76,7 @@ impl OperatorConfig {
             concurrency: 16,
             leader_election: None,
             image_pull_secrets: Vec::new(),
+            mesh_sidecar: Default::default(),
         }
     }
 }

@@ -78,6 +78,9 @@ pub fn validate(at: &AgentTask) -> Result<(), String> {
     if s.attempt == 0 {
         return Err("spec.attempt: must be at least 1".into());
     }
+    if let Some(m) = &s.mesh {
+        crate::mesh_sidecar::validate(m)?;
+    }
     if !s.agent_name.is_empty() {
         AgentName::new(&s.agent_name).map_err(|e| format!("spec.agentName: {e}"))?;
     }
