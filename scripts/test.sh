@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/guildnet/target}"
 # The real upstream servers the integration tests start (kube-apiserver, etcd, kwok, headscale,
 # tailscaled, code-server, chromium, talosctl and the Talos node emulator, and for the real node containerd, kubelet, the
-# registry and the pause and busybox images). Skips what is installed: about 0.2 s when warm,
+# registry and the pause and busybox images; helm for the Helm chart). Skips what is installed: about 0.2 s when warm,
 # 17 to 91 min on a fresh machine (2 cores; the high end shared with other builds). See docs/TESTBED.md.
 bash scripts/testbed/install.sh
 cargo test --workspace --all-features --locked "$@"

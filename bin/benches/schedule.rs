@@ -1024,8 +1024,8 @@ async fn schedule_to_claimed(n: usize) -> Vec<f64> {
     opts.agent_bin = Some(env!("CARGO_BIN_EXE_guildnet-agent").into());
     opts.runner = Some("true".into());
     opts.orgs = vec![OrgName::new(ORG).unwrap()];
-    opts.heartbeat_interval = Duration::from_secs(1);
-    opts.lease_ttl = Duration::from_secs(10);
+    opts.service.heartbeat_interval = Duration::from_secs(1);
+    opts.service.lease_ttl = Duration::from_secs(10);
     let started = start_local(opts).await.expect("start");
     let o = started.orchestrator.clone();
     tokio::spawn(guildnet_core::orchestrator::serve(

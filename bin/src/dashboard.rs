@@ -50,6 +50,9 @@ struct Cli {
     /// reverse proxy); it must be same-site with the dashboard.
     #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
     editor_url: Option<String>,
+    /// Print a one-time login link: auto (when output is a terminal), always, never.
+    #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = guildnet_bin::LoginLinkMode::Auto)]
+    login_link: guildnet_bin::LoginLinkMode,
 }
 
 #[tokio::main]
@@ -92,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    guildnet_bin::print_dashboard_login(&dash);
+    guildnet_bin::print_dashboard_login(&dash, cli.login_link);
     dash.serve(shutdown_signal()).await?;
     Ok(())
 }

@@ -99,18 +99,18 @@ pub struct OrchestratorArgs {
     #[arg(long = "org", env = "GUILDNET_ORGS", value_delimiter = ',')]
     pub orgs: Vec<OrgName>,
     /// Commit durability: full (fsync every commit) or normal (survives process crashes).
-    #[arg(long, env = "GUILDNET_DURABILITY", default_value = "full", value_parser = ["full", "normal"])]
-    pub durability: String,
+    #[arg(long, env = "GUILDNET_DURABILITY", value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
     /// Claim lease duration in seconds.
-    #[arg(long, env = "GUILDNET_LEASE_TTL_SECS", default_value_t = 30)]
+    #[arg(long, env = "GUILDNET_LEASE_TTL_SECS", default_value_t = guildnet_core::orchestrator::DEFAULT_LEASE_TTL.as_secs())]
     pub lease_ttl_secs: u64,
     /// Agent heartbeat interval in seconds.
-    #[arg(long, env = "GUILDNET_HEARTBEAT_SECS", default_value_t = 5)]
+    #[arg(long, env = "GUILDNET_HEARTBEAT_SECS", default_value_t = guildnet_core::orchestrator::DEFAULT_HEARTBEAT_INTERVAL.as_secs())]
     pub heartbeat_secs: u64,
     /// Where agents run: `local` (child processes) or `kubernetes` (an AgentTask in each org's
     /// cluster, reconciled by guildnet-operator; kubeconfig at <state>/kube/<org>.config).
-    #[arg(long, env = "GUILDNET_BACKEND", default_value = "local", value_parser = ["local", "kubernetes"])]
-    pub backend: String,
+    #[arg(long, env = "GUILDNET_BACKEND", value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
     /// Kubernetes backend: namespace of the AgentTasks (the operator's namespace).
     #[arg(long, env = "GUILDNET_NAMESPACE", default_value = guildnet_kube::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -172,6 +172,15 @@ pub struct OrchestratorArgs {
     pub retention: Option<std::time::Duration>,
 }
 
+/// Where an orchestrator runs its agents (`--backend`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Child processes of the orchestrator, on its machine.
+    Local,
+    /// An AgentTask in each org's cluster, reconciled by guildnet-operator.
+    Kubernetes,
+}
+
 impl OrchestratorArgs {
     /// The HTTP server's connection options (`--http-idle-secs`).
     pub fn server_options(&self) -> anyhow::Result<guildnet_core::http_server::ServerOptions> {
@@ -202,9 +211,9 @@ impl OrchestratorArgs {
         o.agent_bin = self.agent_bin.clone();
         o.runner = self.runner.clone();
         o.pass_env = self.pass_env.clone();
-        o.log_quota_bytes = self.log_quota_bytes;
-        o.retention = self.retention;
-        o.agents = self.agent_settings()?;
+        o.service.log_quota_bytes = self.log_quota_bytes;
+        o.service.retention = self.retention;
+        o.service.agents = self.agent_settings()?;
         o.orgs = self.orgs.clone();
         o.code_server = self.code_server.clone();
         o.agent_user = self.agent_user.clone();
@@ -218,7 +227,7 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
-        o.trust_advertised_editors = self.trust_advertised_editors;
+        o.service.trust_advertised_editors = self.trust_advertised_editors;
         if let Some(socks) = self.tailnet_socks5 {
             o.editor_dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
                 socks,
@@ -233,14 +242,10 @@ impl OrchestratorArgs {
         o.bootstrap = Some(BootstrapOverride(Arc::new(
             guildnet_talos::TalosctlBootstrap::new(talos),
         )));
-        o.durability = if self.durability == "normal" {
-            Durability::Normal
-        } else {
-            Durability::Full
-        };
-        o.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
-        o.heartbeat_interval = Duration::from_secs(self.heartbeat_secs);
-        if self.backend == "kubernetes" {
+        o.durability = self.durability;
+        o.service.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
+        o.service.heartbeat_interval = Duration::from_secs(self.heartbeat_secs);
+        if self.backend == BackendKind::Kubernetes {
             let paths = match &self.state_dir {
                 Some(d) => StatePaths::new(d.clone()),
                 None => StatePaths::resolve()?,
@@ -346,6 +351,9 @@ pub struct UpDashboardArgs {
     /// reverse proxy); it must be same-site with the dashboard.
     #[arg(long, env = "GUILDNET_DASHBOARD_EDITOR_URL")]
     pub dashboard_editor_url: Option<String>,
+    /// Print a one-time dashboard login link: auto (when output is a terminal), always, never.
+    #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = LoginLinkMode::Auto)]
+    pub login_link: LoginLinkMode,
 }
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
@@ -366,9 +374,23 @@ pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::Sha
     ))
 }
 
-/// Prints where the dashboard is and how to log in.
-pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
+/// When to print a one-time dashboard login link (`--login-link`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginLinkMode {
+    /// Only when standard output is a terminal (not into a service's journal or a log file).
+    #[default]
+    Auto,
+    /// Always (e.g. to capture it from a script).
+    Always,
+    /// Never: log in with the password.
+    Never,
+}
+
+/// Prints where the dashboard is and how to log in: the password's file and, per `link`, a
+/// one-time login link (a secret that works once, for 15 minutes).
+pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard, link: LoginLinkMode) {
     use guildnet_dashboard::auth::PasswordSource;
+    use std::io::IsTerminal;
     println!("GuildNet dashboard: {}", dash.url());
     println!(
         "Agents' editors are served from a separate origin on {}",
@@ -379,6 +401,17 @@ pub fn print_dashboard_login(dash: &guildnet_dashboard::Dashboard) {
         PasswordSource::File(p) | PasswordSource::Generated(p) => {
             println!("Log in with the password in {}", p.display())
         }
+    }
+    let print_link = match link {
+        LoginLinkMode::Auto => std::io::stdout().is_terminal(),
+        LoginLinkMode::Always => true,
+        LoginLinkMode::Never => false,
+    };
+    if print_link {
+        println!(
+            "Or open this one-time login link (works once, for 15 minutes): {}",
+            dash.login_link()
+        );
     }
 }
 
@@ -427,7 +460,7 @@ pub async fn run_up(
             token: started.orchestrator.config().admin_token.clone(),
         };
         let d = Dashboard::bind(cfg, handle).await?;
-        print_dashboard_login(&d);
+        print_dashboard_login(&d, dash.login_link);
         if let Some(org) = orgs.first() {
             println!(
                 "Next: open the dashboard, or run `guildnet schedule --org {org} \"your task\" -f` \

@@ -1,7 +1,7 @@
 //! Bad input and security against the real `guildnet-orchestrator` binary over HTTP (local
 //! backend, real agents, the testbed's real code-server for editors):
 //!
-//! - every route of `ROUTES` x malformed JSON, oversized bodies, wrong types, unknown fields,
+//! - every route of `routes()` x malformed JSON, oversized bodies, wrong types, unknown fields,
 //!   hostile names (`../x`, very long, unicode, NUL) in bodies, paths and queries: a 4xx with a
 //!   JSON error naming the field or the problem, never a 5xx;
 //! - the auth matrix: every route x {no token, wrong token, another task's agent token, an
@@ -16,7 +16,7 @@ mod common;
 
 use common::*;
 use guildnet_core::names::{AgentName, OrgName, TaskId};
-use guildnet_core::orchestrator::http::{MAX_BODY_BYTES, ROUTES};
+use guildnet_core::orchestrator::http::{routes, MAX_BODY_BYTES};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -282,7 +282,8 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
         }};
     }
 
-    for (m, p) in ROUTES {
+    let all_routes = routes();
+    for (m, p) in &all_routes {
         let path = concrete(p);
         let url = format!("{base}{path}");
         let tok = token_for(p);
@@ -295,7 +296,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
         let other = ["DELETE", "PUT", "PATCH"]
             .into_iter()
             .find(|o| {
-                !ROUTES
+                !all_routes
                     .iter()
                     .any(|(rm, rp)| rp == p && rm.eq_ignore_ascii_case(o))
             })
@@ -327,7 +328,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
         }
 
         // Hostile and malformed query strings on the routes that read one.
-        let query_fields: &[&str] = match *p {
+        let query_fields: &[&str] = match p.as_str() {
             "/tasks" => &["limit", "status", "org"],
             "/tasks/{id}/logs" | "/tasks/{id}/logs/stream" | "/agents/{name}/logs/stream" => {
                 &["after", "limit"]
@@ -423,7 +424,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
             None
         );
         // Wrong content type.
-        if p != &"/tasks/{id}/cancel" {
+        if p != "/tasks/{id}/cancel" {
             check!(
                 format!("POST {p} as text/plain"),
                 with_auth(h.post(&url))
@@ -469,7 +470,7 @@ async fn every_route_refuses_bad_input_with_a_json_4xx() {
                 || v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
             // The task text is free text (only size-limited); everything else is a name or an
             // address.
-            if !strings || (p == &"/schedule" && k == "task") {
+            if !strings || (p == "/schedule" && k == "task") {
                 continue;
             }
             for (what, s) in hostile_names() {
@@ -679,11 +680,11 @@ async fn auth_matrix_and_editor_proxy_confinement() {
     assert_eq!(closed.status(), 200);
 
     // --- the auth matrix ---
-    let mut routes: Vec<(String, String)> = ROUTES
-        .iter()
+    let mut routes: Vec<(String, String)> = routes()
+        .into_iter()
         .map(|(m, p)| {
             (
-                m.to_string(),
+                m,
                 p.replace("{id}", a.id.as_str())
                     .replace("{name}", a.agent.as_str())
                     .replace("{org}", "acme"),

@@ -59,6 +59,49 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     );
     let password = std::fs::read_to_string(&password_file).unwrap();
     let password = password.trim();
+    // The one-time login link: one line, the dashboard's /login/link with a token.
+    let link_prefix = format!("{dash_url}/login/link?token=");
+    let links: Vec<&str> = printed
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with(&link_prefix)))
+        .collect();
+    assert_eq!(links.len(), 1, "{text}");
+    let login_link = links[0].to_owned();
+    // It works once (303 to the dashboard with a session cookie), then never again.
+    let r = http().get(&login_link).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let link_session = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let who: Value = http()
+        .get(format!("{dash_url}/api/session"))
+        .header("cookie", &link_session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["authenticated"], true, "{who}");
+    let again = http().get(&login_link).send().await.unwrap();
+    assert_eq!(again.status(), 401, "a login link works once");
+    assert!(again.headers().get("set-cookie").is_none());
+    assert!(again
+        .text()
+        .await
+        .unwrap()
+        .contains("already used or has expired"));
+    let forged = http()
+        .get(format!("{link_prefix}{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
     let token = std::fs::read_to_string(state.join("orchestrator.token")).unwrap();
     assert!(
         !text.contains(password) && !text.contains(token.trim()),

@@ -1,5 +1,5 @@
 # GuildNet orchestrator image for Docker users (deploy/orchestrator/ runs 2+ replicas of it on
-# one PostgreSQL). scripts/images/build.sh does not build this one yet. Build from the
+# one PostgreSQL). `scripts/images/build.sh --images orchestrator` builds it without Docker. Build from the
 # repository root:
 #
 #   docker build -f deploy/images/orchestrator.Dockerfile -t ghcr.io/guildnet/guildnet-orchestrator:0.1.0 .

@@ -8,10 +8,10 @@ use crate::model::{Artifact, NewLogLine, Task, TaskStatus};
 use crate::names::{AgentName, OrgName};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 
 /// `GET /health`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Always `ok` when the orchestrator answers.
@@ -23,7 +23,8 @@ pub struct Health {
 }
 
 /// `POST /orgs`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrgRequest {
     /// The org name (DNS-1123 label).
@@ -35,7 +36,8 @@ pub use crate::pool::{
 };
 
 /// `DELETE /orgs/{org}/pool`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeletedPool {
     /// The org.
@@ -45,7 +47,8 @@ pub struct DeletedPool {
 }
 
 /// `POST /schedule`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleRequest {
     /// Org whose cluster runs the task (must be registered).
@@ -79,9 +82,10 @@ impl ScheduleRequest {
 }
 
 /// Query of `GET /tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct TaskListQuery {
     /// Only tasks with this status.
     pub status: Option<TaskStatus>,
@@ -96,9 +100,10 @@ pub struct TaskListQuery {
 }
 
 /// Query of `GET /tasks/{id}/logs` and the log streams.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct LogQuery {
     /// Only lines after this sequence number (task logs) or id (agent logs). `Last-Event-ID`
     /// takes precedence on streams.
@@ -108,9 +113,10 @@ pub struct LogQuery {
 }
 
 /// Query of `GET /events` and `GET /audit`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct AfterQuery {
     /// Only entries with a greater id. `Last-Event-ID` takes precedence on streams.
     pub after: Option<u64>,
@@ -122,7 +128,8 @@ pub struct AfterQuery {
 }
 
 /// `POST /agent/register`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The agent's name (as given in `AGENT_NAME`).
@@ -136,7 +143,8 @@ pub struct RegisterRequest {
 }
 
 /// Protocol timings an agent must follow.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProtocolTimings {
     /// Send a heartbeat at least this often.
@@ -146,7 +154,8 @@ pub struct ProtocolTimings {
 }
 
 /// Reply to `POST /agent/register`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterResponse {
     /// The task this agent was started for.
@@ -156,7 +165,8 @@ pub struct RegisterResponse {
 }
 
 /// `POST /agent/claim`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimRequest {
     /// The claiming agent.
@@ -164,7 +174,8 @@ pub struct ClaimRequest {
 }
 
 /// Reply to `POST /agent/claim`: the task and the lease.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimResponse {
     /// The claimed task.
@@ -181,7 +192,8 @@ pub struct ClaimResponse {
 }
 
 /// `POST /agent/heartbeat`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The agent.
@@ -191,12 +203,13 @@ pub struct HeartbeatRequest {
     pub fencing: Option<u64>,
     /// Free-form state (runner, editor), shown in `GET /agents`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub state: Option<serde_json::Value>,
 }
 
 /// Reply to `POST /agent/heartbeat`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
     /// The task's status now.
@@ -208,7 +221,8 @@ pub struct HeartbeatResponse {
 }
 
 /// `POST /agent/log`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogRequest {
     /// The agent.
@@ -227,7 +241,8 @@ pub struct LogRequest {
 }
 
 /// Reply to `POST /agent/log`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogResponse {
     /// Lines newly stored (re-sent lines are skipped).
@@ -241,7 +256,8 @@ pub struct LogResponse {
 }
 
 /// `POST /agent/complete`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The agent.
@@ -265,12 +281,14 @@ pub struct CompleteRequest {
 }
 
 /// `POST /tasks/{id}/cancel`: no fields; the body may be left out or be `{}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {}
 
 /// `POST /agents/editor/open` and `POST /agents/editor/close`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EditorRequest {
     /// The agent.
@@ -281,7 +299,8 @@ pub struct EditorRequest {
 
 /// Reply to `POST /agents/editor/open`: where the orchestrator reaches the agent's editor
 /// (for the Kubernetes backend, a port-forward on 127.0.0.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EditorOpenResponse {
     /// The agent.
@@ -298,7 +317,8 @@ pub struct EditorOpenResponse {
 }
 
 /// Reply to `POST /agents/editor/close`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EditorCloseResponse {
     /// Whether an open editor connection was closed.
@@ -306,7 +326,8 @@ pub struct EditorCloseResponse {
 }
 
 /// Reply to `GET /tasks/{id}`: the task, and what its backend says about its workload.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDetail {
     /// The task.
@@ -315,7 +336,7 @@ pub struct TaskDetail {
     /// The backend's view of the workload (Kubernetes: AgentTask phase and conditions, pods,
     /// warning events); absent when the backend has nothing to say or could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<crate::seams::WorkloadInfo>,
+    pub workload: Option<WorkloadInfo>,
     /// Why a `Scheduled` task is waiting, when the orchestrator knows (e.g. its org's backend
     /// refused the last submit and the next try is later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +344,8 @@ pub struct TaskDetail {
 }
 
 /// `DELETE /orgs/{org}` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeletedOrg {
     /// The removed org.
     pub deleted: OrgName,
@@ -332,14 +354,16 @@ pub struct DeletedOrg {
 // ---- errors ---------------------------------------------------------------------------------
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// Detail of an error response.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `invalid_field`, `not_found`, `stale_fencing`.
     pub code: String,
@@ -353,7 +377,8 @@ pub struct ErrorDetail {
 // ---- org bootstrap ---------------------------------------------------------------------------
 
 /// `POST /orgs/bootstrap`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrgBootstrapRequest {
     /// The org (also the cluster name); must be registered.
@@ -366,7 +391,8 @@ pub struct OrgBootstrapRequest {
 }
 
 /// Where a bootstrap job stands (`GET /orgs/{org}/bootstrap`, and the reply to the start).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BootstrapStatus {
     /// The org.
@@ -375,7 +401,7 @@ pub struct BootstrapStatus {
     pub state: String,
     /// Files written, once succeeded (`kubeconfig`, `talosconfig` paths).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,7 +411,8 @@ pub struct BootstrapStatus {
 }
 
 /// `POST /kubeconfig/generate`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeconfigRequest {
     /// The org.
@@ -395,11 +422,92 @@ pub struct KubeconfigRequest {
 }
 
 /// Reply to `POST /kubeconfig/generate`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigResponse {
     /// The org.
     pub org: OrgName,
     /// Where the kubeconfig was written (mode 0600).
     pub path: String,
+}
+
+/// What a backend can tell about a task's workload beyond its state, so a person can see why a
+/// task does not start (unschedulable pod, image pull errors, an invalid spec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    /// The backend's resource, e.g. `AgentTask mvp-agents/atask-<id>`.
+    pub resource: String,
+    /// The resource's phase, as the backend names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Conditions, one line each (`Ready=False DeploymentUnavailable: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// Pods, one line each (`<pod> Pending: Unschedulable: 0/1 nodes are available ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Recent warning events, newest last (`FailedScheduling: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// A progress event of a long bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapProgress {
+    /// Step name.
+    pub step: String,
+    /// `start`, `output`, `done` or `error`.
+    pub phase: String,
+    /// Detail (secrets redacted).
+    pub message: String,
+}
+
+// ---- retention (`/admin/prune`, `/admin/disk`) ----
+
+/// What one prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Tasks that finished before this time were removed.
+    pub before: DateTime<Utc>,
+    /// Tasks removed (with their log lines and agents).
+    pub tasks: u64,
+    /// Local workspaces removed.
+    pub workspaces: u64,
+    /// Bytes of workspace files removed.
+    pub workspace_bytes: u64,
+}
+
+/// `POST /admin/prune` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Remove tasks that finished more than this many seconds ago (0: every finished task).
+    pub older_than_secs: u64,
+}
+
+/// Disk use of the orchestrator's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DiskUsage {
+    /// The state dir (absent when the orchestrator was started without one).
+    pub state_dir: Option<String>,
+    /// Bytes of every file under the state dir (database included).
+    pub state_dir_bytes: u64,
+    /// Bytes of the SQLite database and its WAL (0 on PostgreSQL).
+    pub database_bytes: u64,
+    /// Where the local backend keeps workspaces.
+    pub workspaces_dir: Option<String>,
+    /// Bytes of every file under it.
+    pub workspaces_bytes: u64,
+    /// Workspaces (one per task the local backend ran).
+    pub workspaces: u64,
+    /// Finished tasks older than this many seconds are removed (absent: kept forever).
+    pub retention_secs: Option<u64>,
 }

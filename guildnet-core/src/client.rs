@@ -362,7 +362,7 @@ impl OrchestratorClient {
     }
 
     /// `GET /admin/disk`: disk use of the state dir, database and workspaces.
-    pub async fn disk(&self) -> Result<crate::orchestrator::retention::DiskUsage, ClientError> {
+    pub async fn disk(&self) -> Result<crate::api::DiskUsage, ClientError> {
         self.http.get("/admin/disk").await
     }
 
@@ -371,11 +371,11 @@ impl OrchestratorClient {
     pub async fn prune(
         &self,
         older_than: Duration,
-    ) -> Result<crate::orchestrator::retention::PruneReport, ClientError> {
+    ) -> Result<crate::api::PruneReport, ClientError> {
         self.http
             .post(
                 "/admin/prune",
-                &crate::orchestrator::retention::PruneRequest {
+                &crate::api::PruneRequest {
                     older_than_secs: older_than.as_secs(),
                 },
             )

@@ -3,7 +3,6 @@
 //! scheduled, so an agent never sees a URL or path it would have to refuse.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// At most this many context files per task.
 pub const MAX_CONTEXT_FILES: usize = 64;
@@ -11,7 +10,8 @@ pub const MAX_CONTEXT_FILES: usize = 64;
 pub const MAX_CONTEXT_BYTES: usize = 1024 * 1024;
 
 /// What the agent prepares before running the task.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskContext {
     /// Repository to clone into the workspace.
@@ -61,7 +61,8 @@ impl TaskContext {
 }
 
 /// A git repository and the ref to check out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RepoSpec {
     /// Clone URL: `https://`, `http://`, `ssh://`, `git://`, `file://` or `user@host:path`.
@@ -100,7 +101,8 @@ impl RepoSpec {
 }
 
 /// A file the agent writes into its workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContextFile {
     /// Relative path inside the workspace (no `..`, not absolute).

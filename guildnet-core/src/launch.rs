@@ -7,10 +7,10 @@ use crate::names::OrgName;
 use crate::orchestrator::{admin_token, AdminTokenSource, Orchestrator, OrchestratorConfig};
 use crate::state_dir::StatePaths;
 use crate::store::{Durability, SqliteStore, StateStore, StoreError};
+use crate::token::Secret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Errors while starting an orchestrator.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +136,18 @@ pub struct LocalOptions {
     /// Local backend: variables of this process's environment passed on to agents (see
     /// [`LocalBackendConfig::pass_env`]).
     pub pass_env: Vec<String>,
-    /// Most bytes of log text stored per task.
-    pub log_quota_bytes: u64,
     /// Orgs to register at start (existing ones are kept).
     pub orgs: Vec<OrgName>,
-    /// Commit durability.
+    /// Commit durability (SQLite).
     pub durability: Durability,
-    /// Claim lease duration.
-    pub lease_ttl: Duration,
-    /// Agent heartbeat interval.
-    pub heartbeat_interval: Duration,
+    /// The service's settings: leases, heartbeats, log quota, retention, what agents are told
+    /// (runners, forge, keys), which editors the proxy trusts. Their defaults are
+    /// [`OrchestratorConfig::new`]'s. Its `admin_token`, `public_url`, `state_paths`,
+    /// `workspaces_root` and `editor_frame_ancestors` are not read: [`start_local`] sets them
+    /// from [`LocalOptions::admin_token`] (generated when unset), [`LocalOptions::public_url`]
+    /// (`http://<listen>` when unset), the state dir and [`LocalOptions::frame_ancestors`]. The
+    /// agents' default runner is [`LocalOptions::runner`] when `service.agents` has none.
+    pub service: OrchestratorConfig,
     /// Run agents through this backend instead of as local processes (e.g. the Kubernetes
     /// backend of `guildnet-kube`).
     pub backend: Option<BackendOverride>,
@@ -161,15 +163,6 @@ pub struct LocalOptions {
     /// How the editor proxy reaches editors that agents advertise on the tailnet (e.g.
     /// guildnet-mesh's `TailnetDialer` through a userspace tailscaled's SOCKS5 proxy).
     pub editor_dialer: Option<Arc<dyn crate::proxy::Dialer>>,
-    /// Proxy to any editor address agents advertise (see
-    /// [`crate::orchestrator::OrchestratorConfig::trust_advertised_editors`]).
-    pub trust_advertised_editors: bool,
-    /// What agents are told besides the launch contract: named runners, the forge, keys. Its
-    /// default runner is [`LocalOptions::runner`] when it has none of its own.
-    pub agents: crate::agent_settings::AgentSettingsConfig,
-    /// Finished tasks older than this are removed with their logs and workspaces; `None`
-    /// keeps them.
-    pub retention: Option<Duration>,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -193,7 +186,7 @@ impl std::fmt::Debug for BackendOverride {
 }
 
 impl LocalOptions {
-    /// Defaults: listen on 127.0.0.1:8080, durable commits, 30 s leases, 5 s heartbeats.
+    /// Defaults: listen on 127.0.0.1:8080, durable commits, the service's defaults.
     pub fn new() -> Self {
         Self {
             store: None,
@@ -204,20 +197,15 @@ impl LocalOptions {
             agent_bin: None,
             runner: None,
             pass_env: Vec::new(),
-            log_quota_bytes: crate::orchestrator::DEFAULT_LOG_QUOTA_BYTES,
             orgs: Vec::new(),
             durability: Durability::Full,
-            lease_ttl: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(5),
+            service: OrchestratorConfig::new(Secret::new(String::new()), String::new()),
             backend: None,
             code_server: None,
             agent_user: Default::default(),
             frame_ancestors: Vec::new(),
             bootstrap: None,
             editor_dialer: None,
-            trust_advertised_editors: false,
-            agents: Default::default(),
-            retention: None,
         }
     }
 }
@@ -316,13 +304,9 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
             Arc::new(LocalBackend::new(backend_cfg))
         }
     };
-    let mut cfg = OrchestratorConfig::new(token, public_url);
-    cfg.lease_ttl = opts.lease_ttl;
-    cfg.heartbeat_interval = opts.heartbeat_interval;
-    cfg.log_quota_bytes = opts.log_quota_bytes;
-    cfg.trust_advertised_editors = opts.trust_advertised_editors;
-    cfg.agents = opts.agents.clone();
-    cfg.retention = opts.retention;
+    let mut cfg = opts.service.clone();
+    cfg.admin_token = token;
+    cfg.public_url = public_url;
     cfg.state_paths = Some(paths.clone());
     cfg.workspaces_root = workspaces_root;
     if cfg.agents.default_runner.is_none() {

@@ -4,14 +4,14 @@ use crate::context::TaskContext;
 use crate::names::{AgentName, OrgName, TaskId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Lifecycle of a task.
 ///
 /// `Scheduled` (recorded, waiting for a backend) -> `Submitted` (the backend started an agent for
 /// it) -> `Running` (that agent holds the claim lease) -> `Succeeded` | `Failed` | `Cancelled`.
 /// A `Running` task whose lease expires goes back to `Scheduled` with a new attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskStatus {
     /// Recorded durably; not yet handed to a cluster backend.
     Scheduled,
@@ -78,7 +78,8 @@ impl std::fmt::Display for TaskStatus {
 }
 
 /// Something a task produced: a pull request, a file, a link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Artifact {
     /// Short name, e.g. `pr` or `report.md`.
@@ -90,7 +91,8 @@ pub struct Artifact {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     /// Task id.
@@ -170,7 +172,8 @@ impl Task {
 }
 
 /// An agent as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     /// Agent name.
@@ -188,12 +191,13 @@ pub struct Agent {
     /// Last heartbeat (or registration).
     pub last_seen_at: DateTime<Utc>,
     /// Free-form state reported in the last heartbeat (runner state, code-server state).
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub state: serde_json::Value,
 }
 
 /// Which output a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// Runner stdout.
@@ -226,7 +230,8 @@ impl LogStream {
 }
 
 /// A stored log line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Global, increasing id (the SSE event id of the agent log stream).
@@ -247,7 +252,8 @@ pub struct LogLine {
 }
 
 /// A log line as an agent sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewLogLine {
     /// Per-task sequence number, starting at 1, never reused.
@@ -261,7 +267,8 @@ pub struct NewLogLine {
 }
 
 /// An organization known to the orchestrator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Org {
     /// Its name.
@@ -271,7 +278,8 @@ pub struct Org {
 }
 
 /// A recorded event, streamed over SSE with its id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Increasing id (the SSE event id).
@@ -325,7 +333,8 @@ impl NewEvent {
 }
 
 /// One row of the append-only audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Increasing id.

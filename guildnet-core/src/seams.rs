@@ -3,7 +3,8 @@
 //!
 //! Implementations live in their own crates (`guildnet-kube`, `guildnet-mesh`, `guildnet-talos`)
 //! and in [`crate::local`]. With the `mocks` feature, mockall automocks (`MockClusterBackend`,
-//! `MockMesh`, `MockClusterBootstrap`) let downstream code test offline.
+//! `MockMesh`, `MockClusterBootstrap`, and `store::MockStateStore`) let downstream code test
+//! offline; `tests/mocks_downstream.rs` uses each of the four that way.
 
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::token::Secret;
@@ -180,26 +181,7 @@ pub enum WorkloadState {
     FailedToStart(String),
 }
 
-/// What a backend can tell about a task's workload beyond its state, so a person can see why a
-/// task does not start (unschedulable pod, image pull errors, an invalid spec).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadInfo {
-    /// The backend's resource, e.g. `AgentTask mvp-agents/atask-<id>`.
-    pub resource: String,
-    /// The resource's phase, as the backend names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    /// Conditions, one line each (`Ready=False DeploymentUnavailable: ...`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<String>,
-    /// Pods, one line each (`<pod> Pending: Unschedulable: 0/1 nodes are available ...`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pods: Vec<String>,
-    /// Recent warning events, newest last (`FailedScheduling: ...`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<String>,
-}
+pub use crate::api::WorkloadInfo;
 
 /// Where an agent's editor (code-server) listens, as seen from the orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,16 +383,7 @@ pub struct BootstrapRequest {
     pub workers: Vec<String>,
 }
 
-/// A progress event of a long bootstrap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootstrapProgress {
-    /// Step name.
-    pub step: String,
-    /// `start`, `output`, `done` or `error`.
-    pub phase: String,
-    /// Detail (secrets redacted).
-    pub message: String,
-}
+pub use crate::api::BootstrapProgress;
 
 /// Where a finished bootstrap left its configs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

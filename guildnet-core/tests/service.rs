@@ -1041,6 +1041,16 @@ async fn a_refusing_backend_puts_the_org_on_hold_instead_of_retrying_every_task(
     tokio::time::sleep(Duration::from_millis(200)).await;
     // One submit: the org went on hold after the first refusal.
     assert_eq!(h.submits.load(Ordering::SeqCst), 1);
+    // The task that was tried says why in its own log.
+    let lines = h.store.task_logs(&first.id, 0, 100).await.unwrap();
+    assert!(
+        lines.iter().any(|l| l
+            .line
+            .contains("waiting: the backend could not start an agent")
+            && l.line.contains("cluster said no")
+            && l.line.contains("retried in 5 s")),
+        "{lines:?}"
+    );
     let d = h.o.task_detail(&ids[7]).await.unwrap();
     let why = d.waiting.expect("a waiting task says why");
     assert!(

@@ -128,6 +128,42 @@ pub async fn login(
     Ok(resp)
 }
 
+/// Query of `GET /login/link`.
+#[derive(Debug, serde::Deserialize)]
+pub struct LoginLinkQuery {
+    token: String,
+}
+
+/// `GET /login/link?token=…`: redeems a one-time login link ([`crate::Dashboard::login_link`]),
+/// starts a session and sends the browser to the dashboard (303). A used, expired or unknown
+/// link gets 401 and a page that says how to log in instead.
+pub async fn login_link(
+    State(s): State<AppState>,
+    query: Result<axum::extract::Query<LoginLinkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let ok = query.is_ok_and(|q| s.login_links.redeem(&q.token));
+    if !ok {
+        tracing::warn!("a used, expired or unknown dashboard login link was opened");
+        let page = "<!doctype html><meta charset=utf-8><title>GuildNet: login link</title>\
+            <p>This login link was already used or has expired (links work once, for 15 \
+            minutes).</p><p><a href=\"/\">Log in with the dashboard password</a> (in \
+            <code>dashboard.password</code> in the state dir), or restart <code>guildnet up</code> \
+            for a new link.</p>";
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            page,
+        )
+            .into_response();
+    }
+    let id = s.sessions.create();
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    if let Some(c) = auth::set_cookie(&id, s.sessions.ttl(), s.tls) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp
+}
+
 /// `POST /api/logout`.
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = auth::session_cookie(&headers) {

@@ -217,6 +217,36 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     cookie_value(headers, SESSION_COOKIE)
 }
 
+/// How long a login link printed by `guildnet up` stays valid.
+pub const LOGIN_LINK_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// One-time login links: a random token that, opened once within [`LOGIN_LINK_TTL`], starts a
+/// session without the password (what `guildnet up` prints, like Jupyter's token URL). Only the
+/// tokens' hashes are kept; a redeemed or expired token is gone.
+#[derive(Debug, Default)]
+pub struct LoginLinks {
+    map: Mutex<HashMap<String, Instant>>,
+}
+
+impl LoginLinks {
+    /// Mints a token valid for `ttl`.
+    pub fn mint(&self, ttl: Duration) -> Secret {
+        let t = token::generate("");
+        let now = Instant::now();
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, exp| *exp > now);
+        m.insert(token::hash(t.expose()), now + ttl);
+        t
+    }
+
+    /// Whether `t` is a live token; it cannot be used again either way.
+    pub fn redeem(&self, t: &str) -> bool {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(&token::hash(t))
+            .is_some_and(|exp| exp > Instant::now())
+    }
+}
+
 /// `Set-Cookie` for a new session.
 pub fn set_cookie(id: &Secret, ttl: Duration, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
@@ -291,6 +321,17 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_link_works_once_and_not_after_it_expired() {
+        let links = LoginLinks::default();
+        let t = links.mint(Duration::from_secs(60));
+        assert!(!links.redeem("not-a-token"));
+        assert!(links.redeem(t.expose()));
+        assert!(!links.redeem(t.expose()), "a link works once");
+        let old = links.mint(Duration::ZERO);
+        assert!(!links.redeem(old.expose()), "an expired link");
+    }
 
     #[test]
     fn login_throttle_per_ip_and_global() {

@@ -133,6 +133,8 @@ pub struct AppState {
     pub embed_proxy: guildnet_core::proxy::ReverseProxy,
     /// Password guessing throttle.
     pub login_throttle: Arc<auth::LoginThrottle>,
+    /// One-time login links ([`Dashboard::login_link`]).
+    pub login_links: Arc<auth::LoginLinks>,
     /// The editor origin: its port, public URL, tickets and sessions.
     pub editor: Arc<editor_origin::EditorOrigin>,
 }
@@ -249,6 +251,7 @@ impl Dashboard {
             orchestrator_authority: Arc::new(editor_origin::orchestrator_authority(&orch.url)),
             embed_proxy: guildnet_core::proxy::ReverseProxy::new(),
             login_throttle: Arc::new(auth::LoginThrottle::default()),
+            login_links: Arc::new(auth::LoginLinks::default()),
             editor: Arc::new(editor_origin::EditorOrigin {
                 port: editor_addr.port(),
                 public_url: cfg
@@ -283,6 +286,14 @@ impl Dashboard {
     /// The editor origin listener's bound address.
     pub fn editor_addr(&self) -> SocketAddr {
         self.editor_addr
+    }
+
+    /// A one-time login link, valid for [`auth::LOGIN_LINK_TTL`]: opening it starts a session
+    /// without the password. It is a secret: print it only to the person who runs the
+    /// dashboard.
+    pub fn login_link(&self) -> String {
+        let t = self.state.login_links.mint(auth::LOGIN_LINK_TTL);
+        format!("{}/login/link?token={}", self.url(), t.expose())
     }
 
     /// Where the password came from (to tell people how to log in).

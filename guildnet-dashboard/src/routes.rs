@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api_routes())
         .route("/", get(assets::index))
+        .route("/login/link", get(api::login_link))
         .route("/assets/{file}", get(assets::asset))
         // Request counts and times by route (no ids, no secrets), for the admin token.
         .route("/metrics", get(dashboard_metrics))

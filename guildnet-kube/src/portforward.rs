@@ -21,7 +21,7 @@ pub struct LocalForward {
 }
 
 impl LocalForward {
-    /// Where to connect (127.0.0.1:<port>).
+    /// Where to connect (`127.0.0.1:<port>`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

@@ -9,7 +9,8 @@
 #   scripts/images/build.sh --prepare                        # only build the cached bases
 #
 # Options:
-#   --images LIST     comma-separated: agent, operator, orchestrator (default agent,operator)
+#   --images LIST     comma-separated: agent, operator, orchestrator, dashboard (default
+#                     agent,operator)
 #   --binaries DIR    take the guildnet-* binaries from DIR (stripped copies are used) instead of
 #                     `cargo build --release`
 #   --tag TAG         image tag (default: the workspace version)
@@ -77,7 +78,7 @@ done
 [[ $ARCHIVE -eq 1 || -n $PUSH || $PREPARE -eq 1 ]] || die "--no-archive without --push builds nothing"
 IFS=',' read -r -a WANT <<<"$IMAGES"
 for i in "${WANT[@]}"; do
-  case "$i" in agent|operator|orchestrator) ;; *) die "unknown image $i (agent, operator, orchestrator)" ;; esac
+  case "$i" in agent|operator|orchestrator|dashboard) ;; *) die "unknown image $i (agent, operator, orchestrator, dashboard)" ;; esac
 done
 if [[ -z $TAG ]]; then
   TAG="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")"
@@ -243,9 +244,10 @@ build_stage() {
 }
 
 # stage_dir KIND: prints the dir of the cached layout an image of KIND starts from: the agent's
-# stage, or the operator's base (which the orchestrator image shares).
+# stage, or the operator's base (which the orchestrator and dashboard images share).
 stage_dir() {
-  local kind=${1/orchestrator/operator} key dir
+  local kind=$1 key dir
+  [[ $kind == orchestrator || $kind == dashboard ]] && kind=operator
   if [[ $kind == operator ]]; then
     base_dir operator
     return
@@ -353,6 +355,13 @@ for kind in "${WANT[@]}"; do
         --config.user "$OPERATOR_UID:$OPERATOR_UID" --config.workingdir /home/nonroot \
         --config.env HOME=/home/nonroot --config.env GUILDNET_LISTEN=0.0.0.0:8080 \
         --config.exposedports 8080/tcp
+      ;;
+    dashboard)
+      umoci config --image "$ref" "${common[@]}" \
+        --config.label "org.opencontainers.image.description=GuildNet dashboard (web UI over the orchestrator)" \
+        --config.user "$OPERATOR_UID:$OPERATOR_UID" --config.workingdir /home/nonroot \
+        --config.env HOME=/home/nonroot --config.env GUILDNET_DASHBOARD_LISTEN=0.0.0.0:8090 \
+        --config.exposedports 8090/tcp
       ;;
   esac
   umoci tag --image "$ref" "$TAG"

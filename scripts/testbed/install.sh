@@ -12,6 +12,7 @@
 #        containerd kubelet node-deps registry pause busybox-image (the real node)
 #        images (the cached bases of GuildNet's own images, scripts/images/build.sh --prepare)
 #        postgres nginx (the PostgreSQL store, and a load balancer in front of its replicas)
+#        helm (checks deploy/helm/guildnet: lint, template, install into the testbed's apiserver)
 # Cache: ${GUILDNET_TESTBED_DIR:-$HOME/.cache/guildnet/testbed}, binaries in bin/; the repo gets
 # a symlink .cache/testbed -> the cache (.cache/ is git-ignored). Details: docs/TESTBED.md.
 set -euo pipefail
@@ -28,12 +29,12 @@ SRC="$TESTBED_DIR/src"   # generated wrapper Go modules
 LOGS="$TESTBED_DIR/logs"
 
 ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl talos-emulator code-server chromium gitea aider
-  containerd kubelet node-deps registry pause busybox-image images postgres nginx)
+  containerd kubelet node-deps registry pause busybox-image images postgres nginx helm)
 
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [talos-emulator]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1 [nginx]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [images]=1 [postgres]=1 [nginx]=1 [helm]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -68,6 +69,7 @@ item_version() {
     images) echo "debian-$CODE_SERVER_VERSION" ;;
     postgres) echo "$POSTGRES_MAJOR" ;;
     nginx) echo "debian" ;;
+    helm) echo "$HELM_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -92,6 +94,7 @@ item_outputs() {
     registry) echo "registry" ;;
     postgres) echo "initdb postgres pg_isready psql" ;;
     nginx) echo "nginx" ;;
+    helm) echo "helm" ;;
   esac
 }
 
@@ -318,6 +321,25 @@ install_tailscale() {
   go_install_pinned tailscale.com "$TAILSCALE_VERSION" "$ldflags" tailscale.com/cmd/tailscale tailscale.com/cmd/tailscaled
   verify "$short" "$BIN/tailscale" version
   verify "$short" "$BIN/tailscaled" --version
+}
+
+# helm: helm.sh/helm/v3 has no replace directives, so `go install .../cmd/helm@VERSION`. The
+# ldflags are those of helm's Makefile for a release tag: the version (else `helm version` says
+# "v3.21" with no patch), and the Kubernetes version that `helm lint`/`helm template` assume
+# (Capabilities.KubeVersion: client-go's v0.X.Y is Kubernetes 1.X, read from helm's go.mod).
+install_helm() {
+  local gomod k8s_minor ldflags p
+  gomod="$(go_mod_field "helm.sh/helm/v3@$HELM_VERSION" GoMod)"
+  [[ -f "$gomod" ]] || die "could not download helm.sh/helm/v3@$HELM_VERSION"
+  k8s_minor="$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod")"
+  [[ -n "$k8s_minor" ]] || die "helm: no k8s.io/client-go in $gomod"
+  ldflags="$GO_LDFLAGS_BASE -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for p in pkg/lint/rules pkg/chartutil; do
+    ldflags+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=$k8s_minor"
+  done
+  CGO_ENABLED=0 go_install_pinned helm.sh/helm/v3 "$HELM_VERSION" "$ldflags" helm.sh/helm/v3/cmd/helm
+  verify "$HELM_VERSION" "$BIN/helm" version --short
 }
 
 # ---------------------------------------------------------------------------------------------

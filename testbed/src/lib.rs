@@ -15,7 +15,7 @@
 //!   userspace-networking tailscale nodes with their own state dirs, sockets and HTTP proxies.
 //! - [`editor::CodeServer`]: code-server with password auth.
 //! - [`browser::ChromeDriver`] with a minimal W3C WebDriver session for headless Chromium.
-//! - [`bench`]: percentiles and the table-row format of the bench binaries.
+//! - [`bench`](mod@bench): percentiles and the table-row format of the bench binaries.
 //! - [`talos::Talosctl`]: the client-side talosctl commands; [`talos_emulator::TalosEmulator`]:
 //!   emulated Talos nodes (the real machine API over mTLS) that the real talosctl drives, whose
 //!   bootstrap starts a real control plane.

@@ -237,7 +237,8 @@ pub struct GuildnetUp {
 }
 
 impl GuildnetUp {
-    /// Starts it and waits (60 s at most) for its "Log in with" line.
+    /// Starts it (printing a one-time login link) and waits (60 s at most) for that line,
+    /// the last of its banner.
     pub fn start(state: &Path, orch_port: u16, dash_port: u16, code_server: &Path) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(env!("CARGO_BIN_EXE_guildnet"))
@@ -248,6 +249,7 @@ impl GuildnetUp {
             .arg("--code-server")
             .arg(code_server)
             .args(AGENTS_AS_ME)
+            .args(["--login-link", "always"])
             .env("GUILDNET_STATE_DIR", state)
             .env("GUILDNET_AGENT_BIN", env!("CARGO_BIN_EXE_guildnet-agent"))
             .env_remove("ORCHESTRATOR_TOKEN")
@@ -269,7 +271,7 @@ impl GuildnetUp {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !up.printed.iter().any(|l| l.contains("Log in with")) {
+        while !up.printed.iter().any(|l| l.contains("one-time login link")) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(l) => up.printed.push(l),

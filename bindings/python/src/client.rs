@@ -2,6 +2,7 @@
 
 use crate::errors::{invalid, Error};
 use crate::logs::LogStream;
+use crate::pages::TaskPages;
 use crate::runtime::block_on;
 use crate::types::{dict_of, Agent, LogLine, Org, Task};
 use guildnet_core::client as core;
@@ -29,6 +30,33 @@ fn seconds(field: &str, v: f64) -> Result<Duration, Error> {
             field,
             format!("{field} must be a finite number >= 0 (got {v})"),
         )
+    })
+}
+
+/// The query of `GET /tasks` from the Python arguments, each checked and named when refused.
+fn task_query(
+    status: Option<&str>,
+    org: Option<&str>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+) -> Result<TaskListQuery, Error> {
+    let status = match status {
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            invalid(
+                "status",
+                format!(
+                    "unknown status {s:?}; one of Scheduled, Submitted, Running, Succeeded, \
+                     Failed, Cancelled"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    Ok(TaskListQuery {
+        status,
+        org: org.map(OrgName::new).transpose()?,
+        limit,
+        cursor,
     })
 }
 
@@ -175,7 +203,7 @@ impl OrchestratorClient {
     }
 
     /// Lists tasks, newest first: optionally only one `status` (`"Running"`, ...) or `org`,
-    /// at most `limit` (default 100, at most 1000).
+    /// at most `limit` (default 100, at most 1000). For more, `iter_tasks()` or `tasks_page()`.
     #[pyo3(signature = (status = None, org = None, limit = None))]
     fn tasks(
         &self,
@@ -184,31 +212,42 @@ impl OrchestratorClient {
         org: Option<&str>,
         limit: Option<usize>,
     ) -> PyResult<Vec<Task>> {
-        let q = (|| -> Result<TaskListQuery, Error> {
-            let status = match status {
-                Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
-                    invalid(
-                        "status",
-                        format!(
-                            "unknown status {s:?}; one of Scheduled, Submitted, Running, \
-                             Succeeded, Failed, Cancelled"
-                        ),
-                    )
-                })?),
-                None => None,
-            };
-            let org = org.map(OrgName::new).transpose()?;
-            Ok(TaskListQuery {
-                status,
-                org,
-                limit,
-                ..Default::default()
-            })
-        })()
-        .map_err(|e| e.into_py_err(py))?;
+        let q = task_query(status, org, limit, None).map_err(|e| e.into_py_err(py))?;
         let c = self.inner.clone();
         let tasks = block_on(py, async move { Ok(c.tasks(&q).await?) })?;
         Ok(tasks.into_iter().map(Task::from).collect())
+    }
+
+    /// One page of tasks, newest first, and the cursor of the next page: `(tasks, cursor)`.
+    /// Pass `cursor` back for the next page; it is `None` after the last one. Pages follow the
+    /// cursor, not an offset, so tasks scheduled meanwhile neither repeat nor hide others.
+    #[pyo3(signature = (status = None, org = None, limit = None, cursor = None))]
+    fn tasks_page(
+        &self,
+        py: Python<'_>,
+        status: Option<&str>,
+        org: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<String>,
+    ) -> PyResult<(Vec<Task>, Option<String>)> {
+        let q = task_query(status, org, limit, cursor).map_err(|e| e.into_py_err(py))?;
+        let c = self.inner.clone();
+        let (tasks, next) = block_on(py, async move { Ok(c.tasks_page(&q).await?) })?;
+        Ok((tasks.into_iter().map(Task::from).collect(), next))
+    }
+
+    /// Every task (optionally only one `status` or `org`), newest first, fetched `page_size`
+    /// at a time (default 500, at most 1000) as you iterate.
+    #[pyo3(signature = (status = None, org = None, page_size = 500))]
+    fn iter_tasks(
+        &self,
+        py: Python<'_>,
+        status: Option<&str>,
+        org: Option<&str>,
+        page_size: usize,
+    ) -> PyResult<TaskPages> {
+        let q = task_query(status, org, Some(page_size), None).map_err(|e| e.into_py_err(py))?;
+        Ok(TaskPages::new(self.inner.clone(), q))
     }
 
     /// One task by id.

@@ -9,6 +9,7 @@ mod errors;
 mod events;
 mod helpers;
 mod logs;
+mod pages;
 mod runtime;
 mod types;
 
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::Agent>()?;
     m.add_class::<types::LogLine>()?;
     m.add_class::<types::Org>()?;
+    m.add_class::<pages::TaskPages>()?;
     m.add_class::<types::Artifact>()?;
     helpers::register(m)?;
     Ok(())

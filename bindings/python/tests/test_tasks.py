@@ -282,3 +282,43 @@ def test_credentials_in_repo_urls_are_refused(client):
     with pytest.raises(guildnet.InvalidInputError) as err:
         client.schedule(ORG, "x", files={"../escape": "x"})
     assert err.value.field == "files[0].path"
+
+
+def test_iter_tasks_follows_the_cursor_across_pages(client):
+    org = "pages"
+    client.create_org(org)
+    ids = [client.schedule(org, f"echo page-{i}").id for i in range(7)]
+    # Pages of 3: 3 + 3 + 1, newest first, each task exactly once.
+    first, cursor = client.tasks_page(org=org, limit=3)
+    assert [t.id for t in first] == ids[::-1][:3]
+    assert cursor is not None
+    second, cursor2 = client.tasks_page(org=org, limit=3, cursor=cursor)
+    assert [t.id for t in second] == ids[::-1][3:6]
+
+    pages = client.iter_tasks(org=org, page_size=3)
+    # A task scheduled after the iteration started is newer than the cursor: not yielded, and
+    # no page shifts because of it.
+    seen = [next(pages).id]
+    client.schedule(org, "echo late")
+    seen += [t.id for t in pages]
+    assert seen == ids[::-1]
+    assert pages.cursor is None
+
+    with pytest.raises(guildnet.InvalidInputError):
+        client.tasks_page(org=org, cursor="not-a-cursor")
+    with pytest.raises(guildnet.InvalidInputError):
+        client.tasks_page(status="sleeping")
+
+
+def test_async_iter_tasks_matches_the_sync_one(client):
+    import asyncio
+
+    org = "apages"
+    client.create_org(org)
+    ids = [client.schedule(org, f"echo a-{i}").id for i in range(5)]
+
+    async def collect():
+        aclient = guildnet.AsyncOrchestratorClient.wrap(client)
+        return [t.id async for t in aclient.iter_tasks(org=org, page_size=2)]
+
+    assert asyncio.run(collect()) == ids[::-1]

@@ -53,10 +53,10 @@ struct Cli {
     /// Runner command template for agents (the task text is on its stdin).
     #[arg(long, env = "GUILDNET_RUNNER")]
     runner: Option<String>,
-    /// A pool: NAME:CAPACITY[:SELECTOR], e.g. `gpu:2:tier=gpu` (repeat; first wins ties).
+    /// A pool: `NAME:CAPACITY[:SELECTOR]`, e.g. `gpu:2:tier=gpu` (repeat; first wins ties).
     #[arg(long = "pool", default_value = "default:4")]
     pools: Vec<PoolSpec>,
-    /// An org to register, with its labels: NAME[:k=v,...], e.g. `acme:tier=gpu` (repeat).
+    /// An org to register, with its labels: `NAME[:k=v,...]`, e.g. `acme:tier=gpu` (repeat).
     #[arg(long = "org")]
     orgs: Vec<OrgSpec>,
     /// How long a refused (queued) task waits before it is offered again, in milliseconds.

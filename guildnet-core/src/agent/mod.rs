@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Environment variable names the agent reads besides the launch contract ([`env`]).
+/// Environment variable names the agent reads besides the launch contract ([`env`](mod@env)).
 pub mod agent_env {
     /// The code-server executable; the editor is off when unset.
     pub const CODE_SERVER: &str = "GUILDNET_CODE_SERVER";

@@ -2,7 +2,7 @@
 //! org at a time), `GET /orgs/{org}/bootstrap` tells where it stands, `GET
 //! /orgs/{org}/bootstrap/stream` replays its progress and follows it live (SSE), and `POST
 //! /kubeconfig/generate` runs the kubeconfig step alone. The work itself is a
-//! [`ClusterBootstrap`] (guildnet-talos drives talosctl).
+//! [`ClusterBootstrap`](crate::seams::ClusterBootstrap) (guildnet-talos drives talosctl).
 //!
 //! **Several replicas.** A bootstrap of an org runs once cluster-wide: the replica that starts
 //! it takes the store's cluster-wide lock `bootstrap:<org>` ([`crate::store::StateStore::try_lock`],

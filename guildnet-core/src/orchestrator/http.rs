@@ -1,23 +1,22 @@
 //! The orchestrator's HTTP API (axum) and its OpenAPI description.
 
 use super::api::*;
-use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::error::{ApiError, ErrorBody};
 use super::service::Orchestrator;
 use super::sse::{poll_stream, Batch};
-use crate::model::{
-    Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewLogLine, Org, Task, TaskStatus,
-};
+use crate::model::{Agent, AuditEntry, Event, LogLine, Org, Task};
 use crate::names::{AgentName, OrgName, TaskId};
-use crate::seams::WorkloadInfo;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post, put};
+use axum::routing::any;
 use axum::{Json, Router};
 use std::sync::Arc;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use crate::httpapi::{parse_json, ApiJson, ApiPath, ApiQuery, OptionalApiJson, MAX_BODY_BYTES};
 
@@ -233,7 +232,7 @@ pub async fn health(State(o): State<Orchestrator>) -> Json<Health> {
 pub async fn openapi_json() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
+        openapi().to_json().unwrap_or_else(|_| "{}".into()),
     )
         .into_response()
 }
@@ -699,116 +698,100 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal("handler panicked").into_response()
 }
 
-/// Every route of the API as `(method, path)`, as served and as documented.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/health"),
-    ("get", "/openapi.json"),
-    ("get", "/metrics"),
-    ("post", "/orgs"),
-    ("get", "/orgs"),
-    ("delete", "/orgs/{org}"),
-    ("put", "/orgs/{org}/pool"),
-    ("get", "/orgs/{org}/pool"),
-    ("delete", "/orgs/{org}/pool"),
-    ("post", "/pool/wait"),
-    ("post", "/orgs/bootstrap"),
-    ("get", "/orgs/{org}/bootstrap"),
-    ("get", "/orgs/{org}/bootstrap/stream"),
-    ("post", "/kubeconfig/generate"),
-    ("post", "/schedule"),
-    ("get", "/tasks"),
-    ("get", "/tasks/{id}"),
-    ("get", "/tasks/{id}/logs"),
-    ("get", "/tasks/{id}/logs/stream"),
-    ("post", "/tasks/{id}/cancel"),
-    ("get", "/agents"),
-    ("get", "/agents/{name}"),
-    ("get", "/agents/{name}/logs/stream"),
-    ("post", "/agents/editor/open"),
-    ("post", "/agents/editor/close"),
-    ("get", "/events"),
-    ("get", "/audit"),
-    ("get", "/admin/disk"),
-    ("post", "/admin/prune"),
-    ("post", "/agent/register"),
-    ("post", "/agent/heartbeat"),
-    ("post", "/agent/claim"),
-    ("post", "/agent/log"),
-    ("post", "/agent/complete"),
-];
+/// Every documented route, each declared once with its handler: the router serves exactly
+/// these (plus the editor proxy, which is not part of the API), and the OpenAPI document is
+/// built from the same declarations, so the two cannot disagree.
+fn api_routes() -> OpenApiRouter<Orchestrator> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(self::metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(delete_org))
+        .routes(routes!(put_pool, get_pool, self::delete_pool))
+        .routes(routes!(pool_wait))
+        .routes(routes!(super::bootstrap::start_bootstrap))
+        .routes(routes!(super::bootstrap::bootstrap_status))
+        .routes(routes!(super::bootstrap::bootstrap_stream))
+        .routes(routes!(super::bootstrap::generate_kubeconfig))
+        .routes(routes!(schedule))
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
+        .routes(routes!(task_logs))
+        .routes(routes!(task_log_stream))
+        .routes(routes!(cancel_task))
+        .routes(routes!(list_agents))
+        .routes(routes!(get_agent))
+        .routes(routes!(agent_log_stream))
+        .routes(routes!(editor_open))
+        .routes(routes!(editor_close))
+        .routes(routes!(events_stream))
+        .routes(routes!(audit))
+        .routes(routes!(super::retention::disk))
+        .routes(routes!(super::retention::prune))
+        .routes(routes!(agent_register))
+        .routes(routes!(agent_heartbeat))
+        .routes(routes!(agent_claim))
+        .routes(routes!(agent_log))
+        .routes(routes!(agent_complete))
+}
+
+/// The OpenAPI description of the whole API (built once from [`api_routes`]).
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| api_routes().split_for_parts().1)
+}
+
+/// Every route of the API as `(method, path)` (lower-case method, OpenAPI path template), as
+/// served and as documented.
+pub fn routes() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in &openapi().paths.paths {
+        let methods = [
+            ("get", item.get.is_some()),
+            ("put", item.put.is_some()),
+            ("post", item.post.is_some()),
+            ("delete", item.delete.is_some()),
+            ("patch", item.patch.is_some()),
+        ];
+        for (m, present) in methods {
+            if present {
+                out.push((m.to_owned(), path.clone()));
+            }
+        }
+    }
+    out
+}
 
 /// The orchestrator's router.
 pub fn router(o: Orchestrator) -> Router {
     let metrics = Arc::new(OrchestratorMetrics::new());
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(self::metrics))
-        .route("/openapi.json", get(openapi_json))
-        .route("/orgs", post(create_org).get(list_orgs))
-        .route("/orgs/{org}", delete(delete_org))
-        .route(
-            "/orgs/{org}/pool",
-            put(put_pool).get(get_pool).delete(self::delete_pool),
-        )
-        .route("/pool/wait", post(pool_wait))
-        .route("/orgs/bootstrap", post(super::bootstrap::start_bootstrap))
-        .route(
-            "/orgs/{org}/bootstrap",
-            get(super::bootstrap::bootstrap_status),
-        )
-        .route(
-            "/orgs/{org}/bootstrap/stream",
-            get(super::bootstrap::bootstrap_stream),
-        )
-        .route(
-            "/kubeconfig/generate",
-            post(super::bootstrap::generate_kubeconfig),
-        )
-        .route("/schedule", post(schedule))
-        .route("/tasks", get(list_tasks))
-        .route("/tasks/{id}", get(get_task))
-        .route("/tasks/{id}/logs", get(task_logs))
-        .route("/tasks/{id}/logs/stream", get(task_log_stream))
-        .route("/tasks/{id}/cancel", post(cancel_task))
-        .route("/agents", get(list_agents))
-        .route("/agents/{name}", get(get_agent))
-        .route("/agents/{name}/logs/stream", get(agent_log_stream))
-        .route("/agents/editor/open", post(editor_open))
-        .route("/agents/editor/close", post(editor_close))
-        .route("/events", get(events_stream))
-        .route("/audit", get(audit))
-        .route("/admin/disk", get(super::retention::disk))
-        .route("/admin/prune", post(super::retention::prune))
-        .route("/agent/register", post(agent_register))
-        .route("/agent/heartbeat", post(agent_heartbeat))
-        .route("/agent/claim", post(agent_claim))
-        .route("/agent/log", post(agent_log))
-        .route("/agent/complete", post(agent_complete))
-        .route(
-            "/editor/proxy/{port}",
-            any(super::editor_proxy::editor_proxy_root),
-        )
-        .route(
-            "/editor/proxy/{port}/",
-            any(super::editor_proxy::editor_proxy),
-        )
-        .route(
-            "/editor/proxy/{port}/{*rest}",
-            any(super::editor_proxy::editor_proxy),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            metrics.http.clone(),
-            crate::metrics::track,
-        ))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::Extension(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(o)
+    let (api, _doc) = api_routes().split_for_parts();
+    api.route(
+        "/editor/proxy/{port}",
+        any(super::editor_proxy::editor_proxy_root),
+    )
+    .route(
+        "/editor/proxy/{port}/",
+        any(super::editor_proxy::editor_proxy),
+    )
+    .route(
+        "/editor/proxy/{port}/{*rest}",
+        any(super::editor_proxy::editor_proxy),
+    )
+    .route_layer(axum::middleware::from_fn_with_state(
+        metrics.http.clone(),
+        crate::metrics::track,
+    ))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::Extension(metrics))
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .with_state(o)
 }
 
 struct SecurityAddon;
@@ -832,25 +815,14 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
-/// The OpenAPI description of the whole API, generated from the Rust types.
+/// The OpenAPI document's frame: title, security schemes and the schemas no route names; the
+/// paths come from [`api_routes`] ([`openapi`] is the whole document).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token; /pool/wait takes a pool token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
-    paths(health, metrics, openapi_json, create_org, list_orgs, delete_org, super::bootstrap::start_bootstrap,
-        super::bootstrap::bootstrap_status, super::bootstrap::bootstrap_stream,
-        super::bootstrap::generate_kubeconfig, schedule, list_tasks, get_task, task_logs,
-        task_log_stream, cancel_task, list_agents, get_agent, agent_log_stream, editor_open, editor_close, events_stream, audit,
-        super::retention::disk, super::retention::prune,
-        agent_register, agent_heartbeat, agent_claim, agent_log, agent_complete,
-        put_pool, get_pool, delete_pool, pool_wait),
-    components(schemas(Health, CreateOrgRequest, DeletedOrg, ScheduleRequest, RegisterRequest, RegisterResponse,
-        ProtocolTimings, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, LogRequest,
-        LogResponse, CompleteRequest, Task, TaskStatus, Agent, Org, Event, AuditEntry, LogLine, LogStream,
-        NewLogLine, Artifact, TaskDetail, WorkloadInfo, EditorRequest, EditorOpenResponse, EditorCloseResponse,
-        super::bootstrap::OrgBootstrapRequest, super::bootstrap::BootstrapStatus,
-        super::bootstrap::KubeconfigRequest, super::bootstrap::KubeconfigResponse,
-        PoolSpec, PoolStatus, PoolBackendStatus, PoolWaitRequest, PoolWaitResponse, Handoff, DeletedPool,
-        super::retention::DiskUsage, super::retention::PruneRequest, super::retention::PruneReport, ErrorBody, ErrorDetail, OrgName, AgentName, TaskId)),
+    // The data of the SSE events (`GET /events`), which no route's body names; every other
+    // schema is collected from the routes.
+    components(schemas(Event)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

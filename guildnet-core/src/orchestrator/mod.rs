@@ -14,8 +14,9 @@ pub mod sse;
 
 pub use error::ApiError;
 pub use service::{
-    task_of_agent_token, Orchestrator, OrchestratorConfig, DEFAULT_LOG_QUOTA_BYTES, MAX_LOG_LINES,
-    MAX_LOG_LINE_BYTES, MAX_LOG_SEQ, MAX_TASK_BYTES,
+    task_of_agent_token, Orchestrator, OrchestratorConfig, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_LEASE_TTL, DEFAULT_LOG_QUOTA_BYTES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_LOG_SEQ,
+    MAX_TASK_BYTES,
 };
 
 use crate::state_dir::{write_private_file, StatePaths};

@@ -15,55 +15,13 @@ use crate::state_dir::StatePaths;
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
-use utoipa::ToSchema;
 
 /// Tasks removed per store call (each call is one transaction).
 const PRUNE_BATCH: usize = 500;
 
-/// What one prune removed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PruneReport {
-    /// Tasks that finished before this time were removed.
-    pub before: DateTime<Utc>,
-    /// Tasks removed (with their log lines and agents).
-    pub tasks: u64,
-    /// Local workspaces removed.
-    pub workspaces: u64,
-    /// Bytes of workspace files removed.
-    pub workspace_bytes: u64,
-}
-
-/// `POST /admin/prune` body.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PruneRequest {
-    /// Remove tasks that finished more than this many seconds ago (0: every finished task).
-    pub older_than_secs: u64,
-}
-
-/// Disk use of the orchestrator's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DiskUsage {
-    /// The state dir (absent when the orchestrator was started without one).
-    pub state_dir: Option<String>,
-    /// Bytes of every file under the state dir (database included).
-    pub state_dir_bytes: u64,
-    /// Bytes of the SQLite database and its WAL (0 on PostgreSQL).
-    pub database_bytes: u64,
-    /// Where the local backend keeps workspaces.
-    pub workspaces_dir: Option<String>,
-    /// Bytes of every file under it.
-    pub workspaces_bytes: u64,
-    /// Workspaces (one per task the local backend ran).
-    pub workspaces: u64,
-    /// Finished tasks older than this many seconds are removed (absent: kept forever).
-    pub retention_secs: Option<u64>,
-}
+pub use crate::api::{DiskUsage, PruneReport, PruneRequest};
 
 /// Parses an age: a number with a unit, `90s`, `45m`, `12h`, `30d`, `2w` (a bare number is
 /// seconds).

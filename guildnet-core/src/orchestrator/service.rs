@@ -30,6 +30,10 @@ pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 pub const MAX_LOG_SEQ: u64 = (1 << 53) - 1;
 /// Default per-task log quota in bytes of text.
 pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+/// Default claim lease: a claim not renewed by a heartbeat for this long expires.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Default interval between an agent's heartbeats (must stay well below the lease).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Orchestrator settings.
 #[derive(Debug, Clone)]
@@ -83,8 +87,8 @@ impl OrchestratorConfig {
         Self {
             admin_token,
             public_url: public_url.into(),
-            lease_ttl: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             claim_timeout: Duration::from_secs(120),
             reaper_interval: Duration::from_secs(1),
             submit_retry: Duration::from_secs(5),
@@ -599,6 +603,28 @@ impl Orchestrator {
                         retry_in_ms = hold.delay.as_millis() as u64,
                         "backend refused a submit; the org's tasks wait"
                     );
+                }
+                // The task's own log says why it waits (the line is written while the task is
+                // still Submitted to this agent, so it cannot collide with an agent's lines).
+                // Only the task that was tried gets it: while the org is on hold the others
+                // are not tried, and `GET /tasks/{id}` gives each its reason.
+                let line = format!(
+                    "[orchestrator] waiting: the backend could not start an agent: {reason}; \
+                     org {}'s tasks are retried in {} s",
+                    task.org,
+                    hold.delay.as_secs().max(1)
+                );
+                match self
+                    .inner
+                    .store
+                    .append_unclaimed_note(&task.id, &agent, line)
+                    .await
+                {
+                    Ok(Some(_)) => self.notify_change(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(task = %task.id, error = %e, "could not log the refusal")
+                    }
                 }
             }
             let attempt = task.attempt;

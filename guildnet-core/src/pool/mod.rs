@@ -17,7 +17,6 @@ pub mod token;
 
 use crate::names::{AgentName, OrgName, TaskId};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Most warm agents one org's pool may keep.
 pub const MAX_POOL_SIZE: u32 = 100;
@@ -27,7 +26,8 @@ pub const MAX_WAIT_SECS: u64 = 60;
 pub const DEFAULT_WAIT_SECS: u64 = 20;
 
 /// `PUT /orgs/{org}/pool`: the org's warm pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolSpec {
     /// Warm agents to keep (0 to 100; 0 keeps the pool but runs no agent).
@@ -76,7 +76,8 @@ impl PoolSpec {
 }
 
 /// What the backend reports about an org's pool.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolBackendStatus {
     /// The backend's resource, e.g. `AgentPool mvp-agents/acme`.
@@ -98,7 +99,8 @@ pub struct PoolBackendStatus {
 }
 
 /// `GET /orgs/{org}/pool`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
     /// The org.
@@ -115,7 +117,8 @@ pub struct PoolStatus {
 }
 
 /// `POST /pool/wait` (pool token): a warm agent waits for a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolWaitRequest {
     /// The agent's pod (or process) name, unique in the org: a DNS-1123 subdomain.
@@ -162,7 +165,8 @@ impl PoolWaitRequest {
 
 /// One task handed to a warm agent: everything a cold agent gets from its pod's environment.
 /// Holds the per-task token and the task's secret settings: its `Debug` shows neither.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Handoff {
     /// The task.
@@ -196,7 +200,8 @@ impl std::fmt::Debug for Handoff {
 }
 
 /// The reply to `POST /pool/wait`: a task, or none when the wait ended without one (ask again).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolWaitResponse {
     /// The task handed to this agent, if any.

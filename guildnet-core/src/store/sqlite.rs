@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Durability {
     /// `synchronous=FULL`: every commit is on disk before it is acknowledged (survives power loss).
     #[default]

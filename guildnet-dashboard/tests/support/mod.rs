@@ -200,8 +200,8 @@ pub async fn start_with(
     opts.listen = "127.0.0.1:0".parse().unwrap();
     opts.admin_token = Some(ORCH_TOKEN.into());
     opts.durability = Durability::Normal;
-    opts.heartbeat_interval = Duration::from_millis(500);
-    opts.lease_ttl = Duration::from_secs(5);
+    opts.service.heartbeat_interval = Duration::from_millis(500);
+    opts.service.lease_ttl = Duration::from_secs(5);
     opts.backend = Some(BackendOverride(Arc::new(InProcessAgents::new(
         dir.path().join("agents"),
         "cat",

@@ -4,7 +4,7 @@ import datetime
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, Iterator, List, Literal, Optional, Type, Union, overload
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type, Union, overload
 
 __version__: str
 
@@ -146,6 +146,15 @@ class LogStream(Iterator[LogLine]):
         tb: Optional[TracebackType],
     ) -> bool: ...
 
+class TaskPages(Iterator[Task]):
+    """Every task matching a filter, page by page along the orchestrator's cursor."""
+
+    def __iter__(self) -> "TaskPages": ...
+    def __next__(self) -> Task: ...
+    @property
+    def cursor(self) -> Optional[str]:
+        """Where the next page starts (``None`` once the last page was read)."""
+
 class OrchestratorClient:
     """Client of a GuildNet orchestrator's admin API. Raises ``guildnet.errors`` exceptions."""
 
@@ -185,7 +194,23 @@ class OrchestratorClient:
         org: Optional[str] = None,
         limit: Optional[int] = None,
     ) -> List[Task]:
-        """Lists tasks, newest first."""
+        """Lists tasks, newest first (at most ``limit``, default 100, at most 1000)."""
+    def tasks_page(
+        self,
+        status: Optional[str] = None,
+        org: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Tuple[List[Task], Optional[str]]:
+        """One page of tasks, newest first, and the cursor of the next page (``None`` after
+        the last)."""
+    def iter_tasks(
+        self,
+        status: Optional[str] = None,
+        org: Optional[str] = None,
+        page_size: int = 500,
+    ) -> TaskPages:
+        """Every matching task, newest first, fetched a page at a time as you iterate."""
     def task(self, id: str) -> Task: ...
     @overload
     def logs(self, id: str, follow: Literal[True] = True, after: int = 0) -> LogStream: ...

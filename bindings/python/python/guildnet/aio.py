@@ -21,6 +21,7 @@ from typing import (
     Dict,
     List,
     Optional,
+    Tuple,
     Type,
     TypeVar,
     Union,
@@ -137,6 +138,31 @@ class AsyncOrchestratorClient:
         limit: Optional[int] = None,
     ) -> List[Task]:
         return await _call(self._client.tasks, status, org, limit)
+
+    async def tasks_page(
+        self,
+        status: Optional[str] = None,
+        org: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Tuple[List[Task], Optional[str]]:
+        """One page of tasks and the cursor of the next (``None`` after the last)."""
+        return await _call(self._client.tasks_page, status, org, limit, cursor)
+
+    async def iter_tasks(
+        self,
+        status: Optional[str] = None,
+        org: Optional[str] = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[Task]:
+        """Every matching task, newest first, a page at a time along the cursor."""
+        cursor: Optional[str] = None
+        while True:
+            page, cursor = await self.tasks_page(status, org, page_size, cursor)
+            for task in page:
+                yield task
+            if cursor is None:
+                return
 
     async def task(self, id: str) -> Task:
         return await _call(self._client.task, id)

@@ -1,0 +1,217 @@
+//! The Helm chart's pods, for real: `helm install` of deploy/helm/guildnet with its default
+//! values (operator, orchestrator on SQLite on a PersistentVolumeClaim, dashboard) into the
+//! testbed's cluster with a real node (containerd + kubelet on this machine). The operator,
+//! orchestrator and dashboard images are built by `scripts/images/build.sh` from this build's
+//! binaries and pushed to the testbed's registry; the chart pulls them from there
+//! (`image.registry`, `image.tag`). The three Deployments become available (their readiness
+//! probes pass), and the orchestrator's SQLite database is on the claimed volume.
+//!
+//! Stand-in: the testbed has no storage provisioner, so the test creates two hostPath
+//! PersistentVolumes for the chart's claims to bind to (what a cluster's provisioner does).
+//!
+//! One real node runs at a time on a machine: the test waits for the machine-wide node lock.
+
+use guildnet_testbed::eventually;
+use guildnet_testbed::images::build_and_push;
+use guildnet_testbed::kube::KubeCluster;
+use guildnet_testbed::node::NodeOptions;
+use guildnet_testbed::registry::Registry;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NS: &str = "guildnet";
+
+fn helm(home: &Path, args: &[&str]) -> String {
+    let bin = guildnet_testbed::bin("helm").expect("the testbed's helm (install.sh helm)");
+    let out = Command::new(bin)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run helm");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A hostPath PersistentVolume writable by the chart's user (65532): the kubelet applies no
+/// fsGroup to hostPath volumes.
+fn host_volume(dir: &Path, name: &str, size: &str) -> PersistentVolume {
+    let path = dir.join(name);
+    std::fs::create_dir(&path).expect("volume dir");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": path.to_str().unwrap(), "type": "Directory"},
+        }
+    }))
+    .expect("PersistentVolume")
+}
+
+/// Pods of the namespace with their phase and container states, for failure messages.
+async fn pod_report(pods: &Api<Pod>) -> String {
+    let mut out = String::new();
+    for p in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let st = p.status.unwrap_or_default();
+        out += &format!(
+            "{} {:?} {}\n",
+            p.metadata.name.unwrap_or_default(),
+            st.phase,
+            serde_json::to_string(&st.container_statuses).unwrap_or_default()
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_pods_become_ready_on_a_real_node() {
+    let dir = tempfile::Builder::new()
+        .prefix("gn-helm-node-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let registry = Registry::start().await.expect("registry");
+    let tag = format!("helm-{}", std::process::id());
+    let t = Instant::now();
+    let built = build_and_push(
+        &[
+            (
+                "operator",
+                Path::new(env!("CARGO_BIN_EXE_guildnet-operator")),
+            ),
+            (
+                "orchestrator",
+                Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
+            ),
+            (
+                "dashboard",
+                Path::new(env!("CARGO_BIN_EXE_guildnet-dashboard")),
+            ),
+        ],
+        &registry,
+        &tag,
+    )
+    .await
+    .expect("scripts/images/build.sh");
+    println!("HELM-NODE images_s {:.1}", t.elapsed().as_secs_f64());
+    for kind in ["operator", "orchestrator", "dashboard"] {
+        assert_eq!(
+            built.get(kind).unwrap().reference,
+            format!("{}/guildnet-{kind}:{tag}", registry.host())
+        );
+    }
+
+    let cluster = KubeCluster::start_with_node(NodeOptions {
+        insecure_registries: vec![registry.host().to_owned()],
+        ..NodeOptions::default()
+    })
+    .await
+    .expect("control plane + real node");
+    let client = cluster.client().await.expect("admin client");
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for (name, size) in [
+        ("helm-pv-orchestrator", "2Gi"),
+        ("helm-pv-dashboard", "256Mi"),
+    ] {
+        pvs.create(&PostParams::default(), &host_volume(dir.path(), name, size))
+            .await
+            .expect("create PersistentVolume");
+    }
+
+    let home = dir.path().join("helm");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/guildnet");
+    let registry_value = format!("image.registry={}", registry.host());
+    let tag_value = format!("image.tag={tag}");
+    let t = Instant::now();
+    let out = helm(
+        &home,
+        &[
+            "install",
+            "gn",
+            chart.to_str().unwrap(),
+            "--namespace",
+            NS,
+            "--create-namespace",
+            "--kubeconfig",
+            cluster.kubeconfig_path().to_str().unwrap(),
+            "--set",
+            &registry_value,
+            "--set",
+            &tag_value,
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    println!("HELM-NODE install_wait_s {:.1}", t.elapsed().as_secs_f64());
+
+    // helm --wait returned: every Deployment has its replicas available (readiness passed).
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for d in [
+        "gn-guildnet-operator",
+        "gn-guildnet-orchestrator",
+        "gn-guildnet-dashboard",
+    ] {
+        let available = deps
+            .get(d)
+            .await
+            .expect("deployment")
+            .status
+            .and_then(|s| s.available_replicas);
+        assert_eq!(available, Some(1), "{d}:\n{}", pod_report(&pods).await);
+    }
+    // The claims are bound to the volumes, and the orchestrator's database is on its volume.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    let claim = pvcs
+        .get("gn-guildnet-orchestrator-state")
+        .await
+        .expect("pvc");
+    assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    let db = dir.path().join("helm-pv-orchestrator/orchestrator.db");
+    eventually(
+        "orchestrator.db on the volume",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move { db.exists().then_some(()) }
+        },
+    )
+    .await;
+    // The dashboard keeps its own database on its own volume.
+    let dash_db = dir.path().join("helm-pv-dashboard/dashboard.db");
+    eventually(
+        "dashboard.db on the volume",
+        Duration::from_secs(30),
+        || {
+            let db = dash_db.clone();
+            async move { db.exists().then_some(()) }
+        },
+    )
+    .await;
+}
