@@ -175,6 +175,7 @@ both_stores!(
     unclaimed_notes_only_while_submitted_to_that_agent,
     task_pages_are_the_listing_serialized_and_page_by_keyset,
     task_counts_count_every_status,
+    prune_removes_old_finished_tasks_with_their_logs_and_agents,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -1368,6 +1369,131 @@ async fn postgres_event_cursors_skip_nothing_under_concurrent_writers() {
     assert_eq!(seen, all);
 }
 
+/// Log lines written concurrently through two replicas, for many tasks whose agent has one
+/// name: a follower of that agent's lines paging with its id cursor (as the agent log stream
+/// does) while they are written sees every line exactly once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_log_cursors_skip_nothing_under_concurrent_writers() {
+    let db = Db::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    const WRITERS: usize = 8;
+    const EACH: u64 = 30;
+    let who = agent("agent-f");
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        tasks.push(running_task(&*a, "agent-f").await);
+    }
+    let writers: Vec<_> = tasks
+        .iter()
+        .enumerate()
+        .map(|(w, t)| {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            let (id, who) = (t.id.clone(), who.clone());
+            tokio::spawn(async move {
+                for seq in 1..=EACH {
+                    // Some batches of two lines, so one commit carries several ids.
+                    let mut ls = vec![line(seq * 2 - 1, &format!("w{w}.{seq}a"))];
+                    if seq % 3 == 0 {
+                        ls.push(line(seq * 2, &format!("w{w}.{seq}b")));
+                    }
+                    store
+                        .append_logs(&id, batch(&who, ls))
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    let total = WRITERS * (EACH as usize + EACH as usize / 3);
+    let follower = {
+        let (store, who) = (b.clone(), who.clone());
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            while seen.len() < total {
+                let page = store.agent_logs(&who, cursor, 5).await.expect("page");
+                if page.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    continue;
+                }
+                cursor = page.last().unwrap().id;
+                seen.extend(page.into_iter().map(|l| (l.id, l.line)));
+            }
+            seen
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), follower)
+        .await
+        .expect("the follower saw every line")
+        .unwrap();
+    let all: Vec<_> = a
+        .agent_logs(&who, 0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.id, l.line))
+        .collect();
+    assert_eq!(all.len(), total);
+    assert_eq!(seen, all);
+}
+
+/// Writes are committed in groups: a write that fails (here PostgreSQL refuses a NUL byte in
+/// text) rolls back alone, and the writes batched with it are stored and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_failing_write_does_not_fail_its_batch() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    let mut hs = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        hs.push(tokio::spawn(async move {
+            let mut e = event(&format!("e{i}"));
+            if i % 7 == 3 {
+                e.message = Some("bad \0 byte".into());
+            }
+            (i, store.append_events(vec![e], vec![]).await)
+        }));
+    }
+    let mut ok = Vec::new();
+    for h in hs {
+        let (i, r) = h.await.unwrap();
+        match r {
+            Ok(id) => {
+                assert!(i % 7 != 3, "write {i} should have failed");
+                ok.push((id, format!("e{i}")));
+            }
+            Err(e) => {
+                assert!(i % 7 == 3, "write {i} failed: {e}");
+                assert!(matches!(e, StoreError::Backend { .. }), "{e:?}");
+            }
+        }
+    }
+    ok.sort();
+    let stored: Vec<_> = store
+        .events_after(0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.kind))
+        .collect();
+    assert_eq!(stored, ok, "every acknowledged write, and only those");
+    let pg = PostgresStore::connect(match &db {
+        Db::Postgres { url, .. } => url,
+        Db::Sqlite { .. } => unreachable!(),
+    })
+    .await
+    .unwrap();
+    // This process's own store: its writes were grouped.
+    pg.append_events(vec![event("one more")], vec![])
+        .await
+        .unwrap();
+    assert_eq!(pg.commit_stats().writes, 1);
+}
+
 /// Cluster-wide jobs: one replica leads a job at a time; when it goes (its connections close,
 /// as when its process dies), another one takes over. Jobs are independent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1866,4 +1992,111 @@ async fn task_counts_count_every_status(db: Db) {
     assert_eq!(of(TaskStatus::Running), Some(1));
     assert_eq!(of(TaskStatus::Succeeded), Some(1));
     assert_eq!(of(TaskStatus::Failed), Some(0));
+}
+
+async fn prune_removes_old_finished_tasks_with_their_logs_and_agents(db: Db) {
+    let store = db.open().await;
+    let old = now_ms() - Duration::days(30);
+    // Three finished long ago (oldest first: a, b, c), one finished now, one still running.
+    let mut finished = Vec::new();
+    for (i, status) in [
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("agent-old{i}");
+        let mut t = running_task(&*store, &name).await;
+        store
+            .append_logs(&t.id, batch(&agent(&name), lines(1..=3)))
+            .await
+            .unwrap();
+        register(&*store, &t, &name).await;
+        let at = old + Duration::minutes(i as i64);
+        let s = status;
+        let u = store
+            .update_task(
+                &t.id,
+                Box::new(move |t| {
+                    t.status = s;
+                    t.finished_at = Some(at);
+                    t.updated_at = at;
+                    Ok(TaskChange::default())
+                }),
+            )
+            .await
+            .unwrap();
+        t = u.task;
+        finished.push(t);
+    }
+    let recent = running_task(&*store, "agent-new").await;
+    let r = recent.id.clone();
+    store
+        .update_task(
+            &r,
+            Box::new(|t| {
+                t.status = TaskStatus::Succeeded;
+                t.finished_at = Some(now_ms());
+                Ok(TaskChange::default())
+            }),
+        )
+        .await
+        .unwrap();
+    let running = running_task(&*store, "agent-run").await;
+    store
+        .append_logs(&running.id, batch(&agent("agent-run"), lines(1..=2)))
+        .await
+        .unwrap();
+    let events_before = store.events_after(0, 0).await.unwrap().len();
+    let audit_before = store.audit_after(0, 0).await.unwrap().len();
+    let cutoff = now_ms() - Duration::days(1);
+
+    // At most two per call, oldest first.
+    let first = store.prune_finished(cutoff, 2).await.unwrap();
+    assert_eq!(first, vec![finished[0].id.clone(), finished[1].id.clone()]);
+    let second = store.prune_finished(cutoff, 2).await.unwrap();
+    assert_eq!(second, vec![finished[2].id.clone()]);
+    assert!(store.prune_finished(cutoff, 2).await.unwrap().is_empty());
+
+    for (i, t) in finished.iter().enumerate() {
+        assert!(store.get_task(&t.id).await.unwrap().is_none());
+        assert!(store.task_logs(&t.id, 0, 0).await.unwrap().is_empty());
+        let name = agent(&format!("agent-old{i}"));
+        assert!(store.get_agent(&name).await.unwrap().is_none());
+        assert!(store.agent_logs(&name, 0, 0).await.unwrap().is_empty());
+    }
+    // What is recent or unfinished stays, with its lines.
+    assert!(store.get_task(&recent.id).await.unwrap().is_some());
+    assert!(store.get_task(&running.id).await.unwrap().is_some());
+    assert_eq!(store.task_logs(&running.id, 0, 0).await.unwrap().len(), 2);
+    // Events stay; one audit row per call that removed something.
+    assert_eq!(store.events_after(0, 0).await.unwrap().len(), events_before);
+    let audit = store.audit_after(0, 0).await.unwrap();
+    assert_eq!(audit.len(), audit_before + 2);
+    assert!(audit[audit_before..]
+        .iter()
+        .all(|a| a.action == "retention.prune"));
+    assert_eq!(audit[audit_before].subject, "2 task(s)");
+}
+
+async fn register(store: &dyn StateStore, t: &Task, name: &str) {
+    let now = now_ms();
+    store
+        .upsert_agent(
+            Agent {
+                name: agent(name),
+                org: t.org.clone(),
+                task_id: Some(t.id.clone()),
+                version: None,
+                editor_address: None,
+                registered_at: now,
+                last_seen_at: now,
+                state: serde_json::json!({}),
+            },
+            NewEvent::for_task("agent.registered", t, None),
+        )
+        .await
+        .expect("register agent");
 }

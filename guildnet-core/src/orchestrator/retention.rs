@@ -4,8 +4,8 @@
 //! tells how much the state dir, the database and the workspaces take.
 //!
 //! Events and the audit log stay (history). The job runs on one replica at a time
-//! ([`crate::store::StateStore::lead`]). The SQLite store implements the removal; a store that
-//! does not answers 501 to a prune and the job logs a warning.
+//! ([`crate::store::StateStore::lead`]). The SQLite and PostgreSQL stores implement the
+//! removal; a store that does not answers 501 to a prune and the job logs a warning.
 
 use super::error::ApiError;
 use super::http::{AdminAuth, ApiJson};
