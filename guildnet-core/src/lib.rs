@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # guildnet-core
 //!
 //! The GuildNet SDK: everything needed to schedule AI coding-agent tasks onto per-organization

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # guildnet-dashboard
 //!
 //! GuildNet's web dashboard: a small axum server with an embedded vanilla-JS single page, in

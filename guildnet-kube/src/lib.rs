@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Kubernetes integration for GuildNet.
 //!
 //! - [`crd`]: the `AgentTask` custom resource (guildnet.io/v1alpha1), its YAML generated from the

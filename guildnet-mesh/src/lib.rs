@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # guildnet-mesh
 //!
 //! How people reach agents without opening ports: a [Headscale](https://headscale.net) control

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Per-organization Talos cluster bootstrap for GuildNet, behind guildnet-core's
 //! [`ClusterBootstrap`](guildnet_core::seams::ClusterBootstrap) trait (issue #8).
 //!
