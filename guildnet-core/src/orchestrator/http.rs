@@ -736,7 +736,7 @@ fn api_routes() -> OpenApiRouter<Orchestrator> {
         .routes(routes!(agent_complete))
 }
 
-/// The OpenAPI description of the whole API (built once from [`api_routes`]).
+/// The OpenAPI description of the whole API (built once from the route declarations).
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
     DOC.get_or_init(|| api_routes().split_for_parts().1)
@@ -816,7 +816,7 @@ impl utoipa::Modify for SecurityAddon {
 }
 
 /// The OpenAPI document's frame: title, security schemes and the schemas no route names; the
-/// paths come from [`api_routes`] ([`openapi`] is the whole document).
+/// paths come from the route declarations ([`openapi`] is the whole document).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GuildNet orchestrator API", description = "Schedule AI coding-agent tasks onto per-org clusters and follow them. Admin routes take the admin token; /agent/* routes take the per-task agent token; /pool/wait takes a pool token. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."),
