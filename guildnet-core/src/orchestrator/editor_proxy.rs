@@ -140,19 +140,27 @@ fn valid_prefix(p: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
 }
 
-/// Logs in to code-server with the editor's password and returns its session cookie.
-async fn login(authority: &str, password: &Secret) -> Result<String, String> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
+/// Logs in to code-server behind `up` and returns its session cookie (`name=value`). The login
+/// goes through the proxy itself, so it reaches the editor the same way the person's requests
+/// do (through the tailnet dialer for a tailnet editor).
+async fn login(
+    client: &crate::proxy::ReverseProxy,
+    up: &Upstream,
+    password: &Secret,
+) -> Result<String, String> {
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("password", password.expose())
+        .finish();
+    let req = Request::builder()
+        .method(axum::http::Method::POST)
+        .uri("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(form))
         .map_err(|e| e.to_string())?;
-    let resp = http
-        .post(format!("http://{authority}/login"))
-        .form(&[("password", password.expose())])
-        .send()
+    let resp = tokio::time::timeout(LOGIN_TIMEOUT, client.forward(req, "login", up))
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|_| format!("no answer in {} s", LOGIN_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())?;
     resp.headers()
         .get_all(header::SET_COOKIE)
         .iter()
@@ -162,6 +170,9 @@ async fn login(authority: &str, password: &Secret) -> Result<String, String> {
         .map(str::to_owned)
         .ok_or_else(|| format!("editor login refused (HTTP {})", resp.status().as_u16()))
 }
+
+/// How long the proxy waits for code-server's login.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn port_param(raw: &str) -> Result<u16, ApiError> {
     crate::proxy::parse_port(raw)
@@ -239,26 +250,12 @@ async fn proxy(
         }
         _ => format!("/editor/proxy/{port}"),
     };
-    let mut cookie = editor.upstream_cookie.lock().await.clone();
-    if cookie.is_none() {
-        if let Some(pw) = &editor.password {
-            match login(&editor.authority, pw).await {
-                Ok(c) => {
-                    *editor.upstream_cookie.lock().await = Some(c.clone());
-                    cookie = Some(c);
-                }
-                Err(why) => {
-                    tracing::warn!(agent = %editor.agent, port, %why, "editor login failed");
-                }
-            }
-        }
-    }
-    let up = Upstream {
+    let mut up = Upstream {
         authority: editor.authority.clone(),
         path_prefix: String::new(),
         external_prefix,
         add_headers: Vec::new(),
-        cookie: cookie.clone(),
+        cookie: editor.upstream_cookie.lock().await.clone(),
         strip_cookies: vec![SESSION_COOKIE.to_owned()],
         frame_ancestors: Some(o.config().editor_frame_ancestors.clone()),
         dialer: if editor.via_tailnet {
@@ -267,6 +264,20 @@ async fn proxy(
             None
         },
     };
+    if up.cookie.is_none() {
+        if let Some(pw) = &editor.password {
+            match login(o.editor_proxy_client(), &up, pw).await {
+                Ok(c) => {
+                    *editor.upstream_cookie.lock().await = Some(c.clone());
+                    up.cookie = Some(c);
+                }
+                Err(why) => {
+                    tracing::warn!(agent = %editor.agent, port, %why, "editor login failed");
+                }
+            }
+        }
+    }
+    let cookie = up.cookie.clone();
     let resp = o
         .editor_proxy_client()
         .forward(req, rest, &up)
@@ -303,6 +314,73 @@ pub(crate) fn with_session_cookie(mut resp: Response, port: u16, session: &Secre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dials every host to one loopback port and records what it was asked for.
+    #[derive(Debug)]
+    struct ToLoopback {
+        port: u16,
+        asked: Mutex<Vec<(String, u16)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::proxy::Dialer for ToLoopback {
+        async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+            if let Ok(mut a) = self.asked.lock() {
+                a.push((host.to_owned(), port));
+            }
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_editor_login_goes_through_the_tailnet_dialer() {
+        use axum::routing::post;
+        // A code-server stand-in that only answers on its loopback port.
+        let app = axum::Router::new().route(
+            "/login",
+            post(|body: String| async move {
+                if body == "password=p+w%261" {
+                    (
+                        StatusCode::FOUND,
+                        [(
+                            header::SET_COOKIE,
+                            "code-server-session=s3ss; Path=/; HttpOnly",
+                        )],
+                    )
+                        .into_response()
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let dialer = Arc::new(ToLoopback {
+            port,
+            asked: Mutex::new(Vec::new()),
+        });
+        let up = Upstream {
+            authority: "100.64.0.7:8443".into(),
+            path_prefix: String::new(),
+            external_prefix: "/editor/proxy/20000".into(),
+            add_headers: Vec::new(),
+            cookie: None,
+            strip_cookies: Vec::new(),
+            frame_ancestors: None,
+            dialer: Some(dialer.clone()),
+        };
+        let client = crate::proxy::ReverseProxy::new();
+        let c = login(&client, &up, &Secret::new("p w&1")).await;
+        assert_eq!(c.as_deref(), Ok("code-server-session=s3ss"));
+        assert_eq!(
+            dialer.asked.lock().unwrap().as_slice(),
+            [("100.64.0.7".to_owned(), 8443)],
+            "the login dialed the editor's tailnet address"
+        );
+        let refused = login(&client, &up, &Secret::new("wrong")).await;
+        assert_eq!(refused, Err("editor login refused (HTTP 401)".to_owned()));
+    }
 
     #[test]
     fn relay_prefixes_are_checked() {
