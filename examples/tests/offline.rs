@@ -20,8 +20,9 @@ fn offline_example_runs_the_sdk_on_the_mocks() {
         "{stdout}"
     );
     for line in [
-        "log 1: reading the repository",
-        "log 3: opened a pull request",
+        "log 1: [orchestrator] waiting: the backend could not start an agent: org acme has no usable cluster: cluster still starting",
+        "log 2: reading the repository",
+        "log 4: opened a pull request",
     ] {
         assert!(stdout.contains(line), "missing {line:?}:\n{stdout}");
     }
@@ -30,7 +31,7 @@ fn offline_example_runs_the_sdk_on_the_mocks() {
     assert!(
         last.starts_with("offline example OK: task t")
             && last.ends_with(
-                "Succeeded after 2 submits, 3 log lines, pr_url=https://git.example.invalid/acme/docs/pull/7"
+                "Succeeded after 2 submits, 4 log lines, pr_url=https://git.example.invalid/acme/docs/pull/7"
             ),
         "{last}"
     );

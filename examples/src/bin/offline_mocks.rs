@@ -251,7 +251,16 @@ async fn run() -> Result<String, Error> {
         "pr_url not recorded",
     )?;
     check(done.claims == 1, format!("{} claims", done.claims))?;
-    check(lines.len() == 3, format!("{} log lines", lines.len()))?;
+    // The orchestrator's line on the refused submit (why the task waited), then the agent's 3.
+    check(lines.len() == 4, format!("{} log lines", lines.len()))?;
+    check(
+        lines[0].starts_with("[orchestrator] waiting:")
+            && lines[0].contains("cluster still starting"),
+        format!(
+            "the first line does not say why the task waited: {:?}",
+            lines[0]
+        ),
+    )?;
     check(
         submits.load(Ordering::SeqCst) == 2,
         "expected exactly 2 submits",
