@@ -407,12 +407,7 @@ impl TalosctlBootstrap {
             Ok(_) => {}
             // A configured node has left maintenance mode: its API wants a client certificate.
             // The org's talosconfig from an earlier run (same secrets bundle) has one.
-            Err((f, _))
-                if f.output()
-                    .to_ascii_lowercase()
-                    .contains("certificate required")
-                    && talosconfig.is_file() =>
-            {
+            Err((f, _)) if refused_without_client_cert(f.output()) && talosconfig.is_file() => {
                 reporter.output(
                     &step,
                     "node is already configured; applying with the org's talosconfig",
@@ -719,6 +714,17 @@ pub fn cluster_endpoint(node: &str) -> String {
 }
 
 /// Whether talosctl's output says etcd was bootstrapped before.
+/// Whether a node refused an unauthenticated (`--insecure`) call because it has left
+/// maintenance mode and wants a client certificate. Depending on timing, gRPC reports the TLS
+/// alert itself or only the closed connection the request was written to (an earlier attempt
+/// may have been applied although its answer was lost, e.g. under load).
+fn refused_without_client_cert(output: &str) -> bool {
+    let o = output.to_ascii_lowercase();
+    o.contains("certificate required")
+        || o.contains("broken pipe")
+        || o.contains("connection reset by peer")
+}
+
 fn already_bootstrapped(output: &str) -> bool {
     output.contains("AlreadyExists") || output.contains("etcd data directory is not empty")
 }
@@ -750,6 +756,19 @@ mod tests {
         assert_eq!(cluster_endpoint("10.0.0.1"), "https://10.0.0.1:6443");
         assert_eq!(cluster_endpoint("fd00::1"), "https://[fd00::1]:6443");
         assert_eq!(cluster_endpoint("cp.example"), "https://cp.example:6443");
+    }
+
+    #[test]
+    fn a_configured_node_refusing_an_insecure_call_is_recognised() {
+        assert!(refused_without_client_cert(
+            "rpc error: code = Unavailable desc = connection error: remote error: tls: certificate required"
+        ));
+        assert!(refused_without_client_cert(
+            "error applying new configuration: rpc error: code = Unavailable desc = write tcp 127.0.0.1:49730->127.143.71.11:50000: write: broken pipe"
+        ));
+        assert!(!refused_without_client_cert(
+            "rpc error: code = Unavailable desc = connection refused"
+        ));
     }
 
     #[test]
