@@ -319,7 +319,13 @@ fn the_orchestrator_runs_orgs_without_a_kubeconfig_in_its_own_cluster_with_a_nam
     let role = get(&objs, "Role", "gn-guildnet-orchestrator");
     assert_eq!(role["metadata"]["namespace"], "agents");
     let rules = serde_json::to_string(&role["rules"]).unwrap();
-    for r in ["agenttasks", "agentpools", "secrets", "pods/portforward"] {
+    for r in [
+        "agenttasks",
+        "agenttasks/status",
+        "agentpools",
+        "secrets",
+        "pods/portforward",
+    ] {
         assert!(rules.contains(r), "{r} missing from {rules}");
     }
     assert!(
