@@ -164,7 +164,7 @@ impl LiveHub {
     }
 
     /// Follows the orchestrator's `/events` forever, reconnecting with the last id seen after
-    /// a wait of [`reconnect_delays`] (the waits start over once connected).
+    /// a wait of 0.2 s doubling up to 5 s (the waits start over once connected).
     pub async fn run_upstream(self: Arc<Self>, client: OrchestratorClient) {
         let mut backoff = reconnect_delays();
         loop {
