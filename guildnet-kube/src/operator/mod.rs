@@ -200,7 +200,8 @@ mod failure_backoff_tests {
         let secs = |first: Duration, n: usize| -> Vec<u64> {
             failure_backoff(first)
                 .take(n)
-                .map(|d| d.as_millis() as u64)
+                // backon computes in floating point: 10 ms x 256 is 2559.99... ms.
+                .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
                 .collect()
         };
         // 2 s doubling, capped at 300 s.
