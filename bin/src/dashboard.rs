@@ -53,6 +53,10 @@ struct Cli {
     /// Print a one-time login link: auto (when output is a terminal), always, never.
     #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = guildnet_bin::LoginLinkMode::Auto)]
     login_link: guildnet_bin::LoginLinkMode,
+    /// The operator image "provision a Talos cluster" installs into a new org's cluster
+    /// (default: the release image).
+    #[arg(long, env = "GUILDNET_OPERATOR_IMAGE")]
+    operator_image: Option<String>,
 }
 
 #[tokio::main]
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.tls = cli.tls;
     cfg.editor_listen = cli.editor_listen;
     cfg.editor_url = cli.editor_url;
+    cfg.operator_image = cli.operator_image.filter(|i| !i.trim().is_empty());
     cfg.setup_flow = Some(guildnet_bin::mesh_setup(paths.root()));
     let dash = Dashboard::bind(
         cfg,

@@ -74,6 +74,9 @@ pub struct DashboardConfig {
     pub setup_flow: Option<flows::SharedSetup>,
     /// Provisioning implementation (default: [`provision::OrchestratorProvision`]).
     pub provision_flow: Option<flows::SharedProvision>,
+    /// The operator image the default provisioning installs (default: the release image,
+    /// [`guildnet_kube::install::InstallOptions::default`]).
+    pub operator_image: Option<String>,
 }
 
 impl DashboardConfig {
@@ -89,6 +92,7 @@ impl DashboardConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             setup_flow: None,
             provision_flow: None,
+            operator_image: None,
         }
     }
 }
@@ -184,7 +188,8 @@ impl Dashboard {
             Some(f) => f,
             None => Arc::new(
                 provision::OrchestratorProvision::new(&orch.url, orch.token.clone(), paths.clone())
-                    .map_err(|e| DashboardError::Tls(e.to_string()))?,
+                    .map_err(|e| DashboardError::Tls(e.to_string()))?
+                    .with_operator_image(cfg.operator_image.clone()),
             ),
         };
         let tls = if cfg.tls {

@@ -173,12 +173,66 @@ pub fn operator_yaml(opts: &InstallOptions) -> Result<String, Error> {
 /// Applies the CRD (and waits until it is established) and the operator's objects. Idempotent:
 /// a second run changes nothing.
 pub async fn install(client: &kube::Client, opts: &InstallOptions) -> Result<(), Error> {
-    install_crd(client).await?;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    for obj in operator_manifests(opts) {
-        apply_value(client, &obj, &pp).await?;
+    for step in InstallStep::ALL {
+        step.run(client, opts).await?;
     }
     Ok(())
+}
+
+/// One step of [`install`], so a caller can report each on a progress stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallStep {
+    /// The CRDs (AgentTask, AgentPool), applied and established.
+    Crd,
+    /// The namespace, the operator's ServiceAccount, its Role and RoleBinding.
+    Rbac,
+    /// The operator's Deployment.
+    Deployment,
+}
+
+impl InstallStep {
+    /// Every step, in the order [`install`] runs them.
+    pub const ALL: [InstallStep; 3] =
+        [InstallStep::Crd, InstallStep::Rbac, InstallStep::Deployment];
+
+    /// The step's name on progress streams (`crd`, `rbac`, `deployment`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InstallStep::Crd => "crd",
+            InstallStep::Rbac => "rbac",
+            InstallStep::Deployment => "deployment",
+        }
+    }
+
+    /// Applies this step's objects (server-side, idempotent) and returns what it applied, as
+    /// `Kind/name` in apply order.
+    pub async fn run(
+        self,
+        client: &kube::Client,
+        opts: &InstallOptions,
+    ) -> Result<Vec<String>, Error> {
+        if self == InstallStep::Crd {
+            install_crd(client).await?;
+            return Ok(crate::crd::crds()
+                .iter()
+                .map(|c| format!("CustomResourceDefinition/{}", c.name_any()))
+                .collect());
+        }
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let mut applied = Vec::new();
+        for obj in operator_manifests(opts) {
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            if (kind == "Deployment") != (self == InstallStep::Deployment) {
+                continue;
+            }
+            apply_value(client, &obj, &pp).await?;
+            applied.push(format!(
+                "{kind}/{}",
+                obj["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
+        Ok(applied)
+    }
 }
 
 /// Applies the CRDs (AgentTask, AgentPool) and waits until the API server serves them.
