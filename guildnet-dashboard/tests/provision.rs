@@ -271,7 +271,7 @@ async fn provision_with_the_real_talosctl_installs_the_operator_in_the_new_clust
         "stepDone:kubeconfig".to_owned(),
     ] {
         assert!(
-            seq.iter().any(|s| *s == want),
+            seq.contains(&want),
             "missing {want} in {seq:?}\n{}",
             emu.diagnostics().await
         );
