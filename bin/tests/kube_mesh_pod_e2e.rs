@@ -340,7 +340,7 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
 /// The whole path on the real node: the real agent image (built by scripts/images/build.sh) in
 /// a pod the real operator built, with the sidecar, claiming at the orchestrator's tailnet URL
 /// (reachable only over the tailnet), its code-server served by the orchestrator's editor proxy
-/// over the tailnet (workbench page and WebSocket), Succeeded, its node gone from Headscale once
+/// over the tailnet (workbench page and WebSocket, rendered in headless Chromium), Succeeded, its node gone from Headscale once
 /// it ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
@@ -581,6 +581,44 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     );
     let status = websocket_status(orch_port, &path, &session).await;
     assert_eq!(status, 101, "the workbench's WebSocket through the proxy");
+    // Headless Chromium renders that workbench, with the explorer (which needs the WebSocket
+    // through the proxy and the tailnet into the pod).
+    let t = Instant::now();
+    let driver = guildnet_testbed::browser::ChromeDriver::start()
+        .await
+        .expect("chromedriver");
+    let s = driver.new_session(true).await.expect("browser session");
+    s.goto(&format!("{loopback_url}/health"))
+        .await
+        .expect("health");
+    let opened = s
+        .execute(
+            "return fetch('/agents/editor/open', {method: 'POST', headers: {'Authorization': \
+             'Bearer ' + arguments[0], 'Content-Type': 'application/json'}, body: \
+             JSON.stringify({name: arguments[1], org: 'acme'})}).then(r => r.json())",
+            vec![serde_json::json!(TOKEN), serde_json::json!(agent.as_str())],
+        )
+        .await
+        .expect("editor open from the page");
+    let page = opened["path"].as_str().expect("editor path").to_owned();
+    s.goto(&format!("{loopback_url}{page}"))
+        .await
+        .expect("editor page");
+    s.wait_for_css(".monaco-workbench", Duration::from_secs(90))
+        .await
+        .expect("workbench rendered in Chromium over the tailnet");
+    s.wait_for_css(
+        ".explorer-folders-view, .explorer-viewlet",
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("explorer (the WebSocket over the tailnet into the pod)");
+    println!(
+        "MESH-POD editor_rendered_in_chromium_over_tailnet_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = s.close().await;
+    drop(driver);
     let pod = pods
         .list(&Default::default())
         .await
