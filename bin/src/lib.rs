@@ -123,6 +123,11 @@ pub struct OrchestratorArgs {
     /// waits for the claim timeout (120 s) to requeue it instead. Keep it below 120.
     #[arg(long, env = "GUILDNET_AGENT_START_DEADLINE_SECS", default_value_t = guildnet_kube::backend::DEFAULT_START_DEADLINE.as_secs())]
     pub agent_start_deadline_secs: u64,
+    /// Kubernetes backend: an org with no kubeconfig at all runs its agents in the cluster
+    /// this process runs in, with its pod's ServiceAccount (for an orchestrator deployed in
+    /// that cluster, as the Helm chart does).
+    #[arg(long, env = "GUILDNET_KUBE_IN_CLUSTER")]
+    pub kube_in_cluster: bool,
     /// Local backend: the code-server executable; each agent then serves its workspace in an
     /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
     #[arg(long, env = guildnet_core::agent_env::CODE_SERVER)]
@@ -262,9 +267,12 @@ impl OrchestratorArgs {
             cfg.start_deadline = (self.agent_start_deadline_secs > 0)
                 .then(|| Duration::from_secs(self.agent_start_deadline_secs));
             cfg.mesh = self.mesh.kube_mesh()?;
+            cfg.in_cluster = self.kube_in_cluster;
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
         } else if self.mesh.enabled() {
             anyhow::bail!("--mesh-headscale-url needs --backend kubernetes");
+        } else if self.kube_in_cluster {
+            anyhow::bail!("--kube-in-cluster needs --backend kubernetes");
         }
         Ok(o)
     }
