@@ -70,6 +70,8 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
     .await
     .expect("scripts/images/build.sh");
     let operator_image = built.get("operator").expect("operator").reference.clone();
+    // Only named on the operator's command line here: no agent pod runs.
+    let sidecar_image = format!("{}/testbed/tailscale:{tag}", registry.host());
     let insecure = registry.host().to_owned();
     let emu = TalosEmulator::start_with(
         2,
@@ -107,6 +109,8 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
             .arg("--state-dir")
             .arg(dir.path().join("dash"))
             .args(["--operator-image", &operator_image])
+            .args(["--operator-mesh-sidecar-image", &sidecar_image])
+            .arg("--operator-mesh-plain-http-derp")
             .args(["--login-link", "never"])
             .env("ORCHESTRATOR_TOKEN", TOKEN)
             .env("GUILDNET_DASHBOARD_PASSWORD", PASSWORD)
@@ -228,6 +232,16 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
     assert_eq!(
         spec.containers[0].image.as_deref(),
         Some(operator_image.as_str())
+    );
+    let args = spec.containers[0].args.clone().unwrap_or_default();
+    let i = args
+        .iter()
+        .position(|a| a == "--mesh-sidecar-image")
+        .unwrap_or_else(|| panic!("no --mesh-sidecar-image in {args:?}"));
+    assert_eq!(args[i + 1], sidecar_image);
+    assert!(
+        args.iter().any(|a| a == "--mesh-plain-http-derp"),
+        "{args:?}"
     );
     let node = spec.node_name.expect("scheduled");
     assert!(

@@ -74,9 +74,10 @@ pub struct DashboardConfig {
     pub setup_flow: Option<flows::SharedSetup>,
     /// Provisioning implementation (default: [`provision::OrchestratorProvision`]).
     pub provision_flow: Option<flows::SharedProvision>,
-    /// The operator image the default provisioning installs (default: the release image,
-    /// [`guildnet_kube::install::InstallOptions::default`]).
-    pub operator_image: Option<String>,
+    /// What the default provisioning installs as the operator (image, tailnet sidecar
+    /// settings); a provision request's `publicOrchestratorUrl` overrides the URL. Default:
+    /// [`guildnet_kube::install::InstallOptions::default`], the release image.
+    pub operator_install: guildnet_kube::install::InstallOptions,
 }
 
 impl DashboardConfig {
@@ -92,7 +93,7 @@ impl DashboardConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             setup_flow: None,
             provision_flow: None,
-            operator_image: None,
+            operator_install: Default::default(),
         }
     }
 }
@@ -189,7 +190,7 @@ impl Dashboard {
             None => Arc::new(
                 provision::OrchestratorProvision::new(&orch.url, orch.token.clone(), paths.clone())
                     .map_err(|e| DashboardError::Tls(e.to_string()))?
-                    .with_operator_image(cfg.operator_image.clone()),
+                    .with_install_options(cfg.operator_install.clone()),
             ),
         };
         let tls = if cfg.tls {

@@ -25,7 +25,7 @@ pub struct OrchestratorProvision {
     token: Secret,
     http: reqwest::Client,
     paths: StatePaths,
-    operator_image: Option<String>,
+    install: guildnet_kube::install::InstallOptions,
 }
 
 impl OrchestratorProvision {
@@ -45,13 +45,14 @@ impl OrchestratorProvision {
             token,
             http,
             paths,
-            operator_image: None,
+            install: Default::default(),
         })
     }
 
-    /// Installs `image` as the operator (`None`: the release image).
-    pub fn with_operator_image(mut self, image: Option<String>) -> Self {
-        self.operator_image = image;
+    /// Installs the operator with `opts` (image, namespace, tailnet sidecar settings); a
+    /// request's `publicOrchestratorUrl` overrides `opts.public_orchestrator_url`.
+    pub fn with_install_options(mut self, opts: guildnet_kube::install::InstallOptions) -> Self {
+        self.install = opts;
         self
     }
 
@@ -63,16 +64,13 @@ impl OrchestratorProvision {
         kubeconfig: &std::path::Path,
         events: &ProgressSender,
     ) -> Result<String, FlowFailure> {
-        use guildnet_kube::install::{InstallOptions, InstallStep};
+        use guildnet_kube::install::InstallStep;
         let client = guildnet_kube::backend::client_from_path(kubeconfig)
             .await
             .map_err(|e| FlowFailure::at("operator", e.to_string()))?;
-        let mut opts = InstallOptions::default();
+        let mut opts = self.install.clone();
         if let Some(u) = &req.public_orchestrator_url {
             opts.public_orchestrator_url = Some(u.clone());
-        }
-        if let Some(i) = &self.operator_image {
-            opts.image = i.clone();
         }
         for step in InstallStep::ALL {
             let name = format!("operator/{}", step.name());

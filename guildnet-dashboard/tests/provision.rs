@@ -90,7 +90,7 @@ async fn provision_relays_the_bootstrap_then_installs_the_operator() {
                 kubeconfig,
             })));
         },
-        |d| d.operator_image = Some(OPERATOR_IMAGE.into()),
+        |d| d.operator_install.image = OPERATOR_IMAGE.into(),
     )
     .await;
     let me = Browserish::login(&env.dash_url).await;
@@ -248,7 +248,7 @@ async fn provision_with_the_real_talosctl_installs_the_operator_in_the_new_clust
                 guildnet_talos::TalosctlBootstrap::new(talos),
             )));
         },
-        |d| d.operator_image = Some(OPERATOR_IMAGE.into()),
+        |d| d.operator_install.image = OPERATOR_IMAGE.into(),
     )
     .await;
     let me = Browserish::login(&env.dash_url).await;
