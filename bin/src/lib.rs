@@ -236,9 +236,9 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
-        o.service.trust_advertised_editors = self.trust_advertised_editors;
+        o.editors.trust_advertised = self.trust_advertised_editors;
         if let Some(socks) = self.tailnet_socks5 {
-            o.editor_dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
+            o.editors.dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
                 socks,
             )));
         }
@@ -472,7 +472,7 @@ pub async fn run_up(
         cfg.setup_flow = Some(mesh_setup(started.paths.root()));
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),
-            token: started.orchestrator.config().admin_token.clone(),
+            token: started.app.orchestrator.config().admin_token.clone(),
         };
         let d = Dashboard::bind(cfg, handle).await?;
         print_dashboard_login(&d, dash.login_link);
@@ -485,13 +485,8 @@ pub async fn run_up(
         Some(tokio::spawn(d.serve(stopped())))
     };
     let orchestrator = tokio::spawn(async move {
-        guildnet_core::orchestrator::serve_with(
-            started.listener,
-            started.orchestrator,
-            &server,
-            stopped(),
-        )
-        .await
+        guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, stopped())
+            .await
     });
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -514,7 +509,7 @@ fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
     tracing::info!(
         addr = %started.addr,
         state = %started.paths.root().display(),
-        backend = started.orchestrator.backend_name(),
+        backend = started.app.orchestrator.backend_name(),
         store = %started.store,
         "orchestrator listening"
     );
@@ -537,13 +532,8 @@ pub async fn run_orchestrator(
     let server = args.server_options()?;
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
-    guildnet_core::orchestrator::serve_with(
-        started.listener,
-        started.orchestrator,
-        &server,
-        shutdown,
-    )
-    .await?;
+    guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, shutdown)
+        .await?;
     Ok(())
 }
 
