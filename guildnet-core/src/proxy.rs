@@ -160,13 +160,33 @@ impl ReverseProxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         rewrite_request_headers(&mut parts.headers, up, upgrade);
-        parts.uri = uri;
+        let own_connection = upgrade || up.dialer.is_some();
+        if own_connection {
+            // hyper's connection-level client sends the URI and headers as given, unlike the
+            // pooled client: the request-target must be in origin form (`/path?query`) and the
+            // Host header must be there. Node's HTTP server (code-server) refuses a request
+            // without Host (400) and keeps an absolute-form target in `req.url`, which makes
+            // code-server's relative redirects climb out of the proxy's prefix.
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&up.authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            parts.uri = uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/")
+                .parse()
+                .map_err(|e| ProxyError::BadRequest(format!("upstream path: {e}")))?;
+        } else {
+            parts.uri = uri;
+        }
         let out = Request::from_parts(parts, body);
         let unreachable = |e: &dyn std::fmt::Display| ProxyError::Unreachable {
             authority: up.authority.clone(),
             reason: e.to_string(),
         };
-        let resp = if client_upgrade.is_some() || up.dialer.is_some() {
+        let resp = if own_connection {
             // A connection of its own: an upgraded stream is not returned to the pool, and a
             // dialer's connections do not fit the pooled connector.
             let tcp = match &up.dialer {
@@ -411,6 +431,81 @@ mod tests {
             frame_ancestors: Some("'self' https://dash.example".into()),
             dialer: None,
         }
+    }
+
+    /// Dials every host to one loopback port.
+    #[derive(Debug)]
+    struct ToLoopback(u16);
+
+    #[async_trait::async_trait]
+    impl Dialer for ToLoopback {
+        async fn dial(&self, _: &str, _: u16) -> std::io::Result<tokio::net::TcpStream> {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.0)).await
+        }
+    }
+
+    /// An upstream that answers 204 and sends back each request's head (request line and
+    /// headers, as received).
+    async fn recording_upstream() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut b).await.is_ok() {
+                        head.push(b[0]);
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn own_connections_send_an_origin_form_target_and_a_host() {
+        let (port, mut heads) = recording_upstream().await;
+        let mut u = up("", "/editor/proxy/20000");
+        u.authority = "100.64.0.7:8443".into();
+        u.dialer = Some(Arc::new(ToLoopback(port)));
+        let proxy = ReverseProxy::new();
+        // A request the proxy makes itself (the editor login) has no Host: the upstream's.
+        let req = Request::post("/login?x=1").body(Body::empty()).unwrap();
+        let resp = proxy.forward(req, "/login", &u).await.expect("forward");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /login?x=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: 100.64.0.7:8443\r\n"), "{head}");
+        // A browser's request keeps its Host (code-server checks origins against it).
+        let req = Request::get("/editor/proxy/20000/a%2Fb/")
+            .header(header::HOST, "orch.example:8080")
+            .body(Body::empty())
+            .unwrap();
+        proxy.forward(req, "/a%2Fb/", &u).await.expect("forward");
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /a%2fb/ http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: orch.example:8080\r\n"), "{head}");
+        // A WebSocket upgrade (its own connection without a dialer) too.
+        u.dialer = None;
+        u.authority = format!("127.0.0.1:{port}");
+        let req = Request::get("/editor/proxy/20000/?t=1")
+            .header(header::HOST, "orch.example:8080")
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .body(Body::empty())
+            .unwrap();
+        proxy.forward(req, "/", &u).await.expect("forward");
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /?t=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: orch.example:8080\r\n"), "{head}");
     }
 
     #[test]
