@@ -34,6 +34,50 @@ pub fn split_mounted_path<'a>(path: &'a str, mount: &str) -> Option<(&'a str, &'
     Some((port, rest))
 }
 
+/// How long a connection of the proxy's own (a dialer's, a WebSocket's) keeps being retried
+/// while the upstream refuses it. An editor that was just started (its pod Running, its
+/// tailnet node up) may not listen for a second or two yet: the first request then waits
+/// instead of failing with 502. No request byte has been sent when a dial fails, so a retry
+/// cannot repeat one.
+pub const DIAL_PATIENCE: Duration = Duration::from_secs(3);
+
+enum DialError {
+    Authority,
+    Io(std::io::Error),
+}
+
+/// Connects to the upstream (through its dialer if any), retrying failed connects with a
+/// short backoff for at most [`DIAL_PATIENCE`].
+async fn dial_patiently(up: &Upstream) -> Result<tokio::net::TcpStream, DialError> {
+    use backon::Retryable;
+    let start = tokio::time::Instant::now();
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .without_max_times();
+    let once = || async {
+        match &up.dialer {
+            Some(d) => {
+                let (host, port) = split_authority(&up.authority).ok_or(DialError::Authority)?;
+                d.dial(host, port).await.map_err(DialError::Io)
+            }
+            None => tokio::net::TcpStream::connect(&up.authority)
+                .await
+                .map_err(DialError::Io),
+        }
+    };
+    once.retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(|e: &DialError| matches!(e, DialError::Io(_)) && start.elapsed() < DIAL_PATIENCE)
+        .notify(|e: &DialError, wait: Duration| {
+            if let DialError::Io(e) = e {
+                tracing::debug!(upstream = %up.authority, error = %e, ?wait, "upstream refuses: retrying");
+            }
+        })
+        .await
+}
+
 /// Where and how one request is forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -189,17 +233,12 @@ impl ReverseProxy {
         let resp = if own_connection {
             // A connection of its own: an upgraded stream is not returned to the pool, and a
             // dialer's connections do not fit the pooled connector.
-            let tcp = match &up.dialer {
-                Some(d) => {
-                    let (host, port) = split_authority(&up.authority).ok_or_else(|| {
-                        ProxyError::BadRequest(format!("upstream {}", up.authority))
-                    })?;
-                    d.dial(host, port).await.map_err(|e| unreachable(&e))?
+            let tcp = dial_patiently(up).await.map_err(|e| match e {
+                DialError::Authority => {
+                    ProxyError::BadRequest(format!("upstream {}", up.authority))
                 }
-                None => tokio::net::TcpStream::connect(&up.authority)
-                    .await
-                    .map_err(|e| unreachable(&e))?,
-            };
+                DialError::Io(e) => unreachable(&e),
+            })?;
             let _ = tcp.set_nodelay(true);
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
@@ -506,6 +545,70 @@ mod tests {
         let head = heads.recv().await.unwrap().to_ascii_lowercase();
         assert!(head.starts_with("get /?t=1 http/1.1\r\n"), "{head}");
         assert!(head.contains("\r\nhost: orch.example:8080\r\n"), "{head}");
+    }
+
+    /// Refuses the first `refusals` dials, then dials one loopback port (`None`: always
+    /// refuses).
+    #[derive(Debug)]
+    struct LateUpstream {
+        refusals: std::sync::atomic::AtomicU32,
+        port: Option<u16>,
+    }
+
+    #[async_trait::async_trait]
+    impl Dialer for LateUpstream {
+        async fn dial(&self, _: &str, _: u16) -> std::io::Result<tokio::net::TcpStream> {
+            use std::sync::atomic::Ordering;
+            let left = self.refusals.load(Ordering::SeqCst);
+            match self.port {
+                Some(port) if left == 0 => {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                }
+                _ => {
+                    self.refusals
+                        .store(left.saturating_sub(1), Ordering::SeqCst);
+                    Err(std::io::Error::other("general SOCKS server failure"))
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_listens_late_is_waited_for_then_given_up_on() {
+        let (port, mut heads) = recording_upstream().await;
+        let mut u = up("", "/editor/proxy/20000");
+        u.authority = "100.64.0.7:8443".into();
+        // Refused three times (an editor still starting): the request still gets through.
+        let late = Arc::new(LateUpstream {
+            refusals: 3.into(),
+            port: Some(port),
+        });
+        u.dialer = Some(late.clone());
+        let proxy = ReverseProxy::new();
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        let resp = proxy.forward(req, "/", &u).await.expect("forward");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(heads.recv().await.is_some());
+        assert_eq!(late.refusals.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Never listening: unreachable, after about DIAL_PATIENCE, naming the upstream.
+        u.dialer = Some(Arc::new(LateUpstream {
+            refusals: 0.into(),
+            port: None,
+        }));
+        let t = std::time::Instant::now();
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        match proxy.forward(req, "/", &u).await {
+            Err(ProxyError::Unreachable { authority, reason }) => {
+                assert_eq!(authority, "100.64.0.7:8443");
+                assert!(reason.contains("SOCKS"), "{reason}");
+            }
+            other => panic!("expected Unreachable, got {:?}", other.map(|r| r.status())),
+        }
+        let waited = t.elapsed();
+        assert!(
+            waited >= DIAL_PATIENCE && waited < DIAL_PATIENCE * 2,
+            "{waited:?}"
+        );
     }
 
     #[test]
