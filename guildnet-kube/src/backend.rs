@@ -230,10 +230,17 @@ impl KubeBackend {
             }
             Err(e) => return Err(e),
         }
-        let ns = json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": self.cfg.namespace, "labels": {MANAGED_BY.0: MANAGED_BY.1}},
-        });
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(self.cfg.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY.0.to_owned(),
+                    MANAGED_BY.1.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
         nss.patch(
             &self.cfg.namespace,
             &PatchParams::apply(ORCHESTRATOR_FIELD_MANAGER),
@@ -421,24 +428,17 @@ impl ClusterBackend for KubeBackend {
             pool_pod: launch.pool.as_ref().map(|p| p.pod.clone()),
             mesh: mesh.as_ref().map(|(m, _)| m.clone()),
         };
-        let at = json!({
-            "apiVersion": "guildnet.io/v1alpha1",
-            "kind": "AgentTask",
-            "metadata": {
-                "name": name,
-                "namespace": ns,
-                "labels": {
-                    MANAGED_BY.0: MANAGED_BY.1,
-                    ORG_LABEL: launch.org.to_string(),
-                    AGENT_LABEL: launch.agent.to_string(),
-                },
-                "annotations": {
-                    SUBMITTED_AT_ANNOTATION: chrono::Utc::now()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                },
-            },
-            "spec": spec,
-        });
+        let mut at = AgentTask::new(&name, spec);
+        at.metadata.namespace = Some(ns.to_owned());
+        at.metadata.labels = Some(BTreeMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (ORG_LABEL.to_owned(), launch.org.to_string()),
+            (AGENT_LABEL.to_owned(), launch.agent.to_string()),
+        ]));
+        at.metadata.annotations = Some(BTreeMap::from([(
+            SUBMITTED_AT_ANNOTATION.to_owned(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )]));
         let pp = PatchParams::apply(ORCHESTRATOR_FIELD_MANAGER).force();
         let created = Api::<AgentTask>::namespaced(client.clone(), ns)
             .patch(&name, &pp, &Patch::Apply(&at))

@@ -4,14 +4,15 @@
 use crate::backend::{KubeBackend, ORCHESTRATOR_FIELD_MANAGER};
 use crate::pool::{AgentPool, AgentPoolSpec, POOL_TOKEN_KEY, POOL_UPDATED_ANNOTATION};
 use crate::MANAGED_BY;
-use base64::Engine as _;
 use guildnet_core::names::OrgName;
 use guildnet_core::pool::{PoolBackendStatus, PoolSpec};
 use guildnet_core::seams::{BackendError, PoolLaunch};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Resource;
-use serde_json::json;
+use std::collections::BTreeMap;
 
 /// Name of the Secret holding an org's pool token.
 pub fn token_secret_name(org: &OrgName) -> String {
@@ -47,20 +48,16 @@ pub(crate) async fn set_pool(
         orchestrator_url: Some(launch.orchestrator_url.clone()),
         token_secret: token_secret_name(org),
     };
-    let obj = json!({
-        "apiVersion": "guildnet.io/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {
-            "name": org.to_string(),
-            "namespace": ns,
-            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::crd::ORG_LABEL: org.to_string()},
-            "annotations": {
-                POOL_UPDATED_ANNOTATION: chrono::Utc::now()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            },
-        },
-        "spec": pool_spec,
-    });
+    let mut obj = AgentPool::new(org.as_str(), pool_spec);
+    obj.metadata.namespace = Some(ns.clone());
+    obj.metadata.labels = Some(BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (crate::crd::ORG_LABEL.to_owned(), org.to_string()),
+    ]));
+    obj.metadata.annotations = Some(BTreeMap::from([(
+        POOL_UPDATED_ANNOTATION.to_owned(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )]));
     let pool = Api::<AgentPool>::namespaced(client.clone(), ns)
         .patch(org.as_str(), &pp, &Patch::Apply(&obj))
         .await
@@ -70,21 +67,24 @@ pub(crate) async fn set_pool(
         o.controller = Some(false);
         o
     });
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": token_secret_name(org),
-            "namespace": ns,
-            "labels": {MANAGED_BY.0: MANAGED_BY.1, crate::pool::POOL_LABEL: org.to_string()},
-            "ownerReferences": oref.into_iter().collect::<Vec<_>>(),
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(token_secret_name(org)),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (crate::pool::POOL_LABEL.to_owned(), org.to_string()),
+            ])),
+            owner_references: Some(oref.into_iter().collect()),
+            ..ObjectMeta::default()
         },
-        "type": "Opaque",
-        "data": {
-            POOL_TOKEN_KEY: base64::engine::general_purpose::STANDARD
-                .encode(launch.pool_token.expose()),
-        },
-    });
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            POOL_TOKEN_KEY.to_owned(),
+            ByteString(launch.pool_token.expose().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
     Api::<Secret>::namespaced(client, ns)
         .patch(&token_secret_name(org), &pp, &Patch::Apply(&secret))
         .await
