@@ -4,11 +4,11 @@
 //! so two replicas can never both believe they acquired it.
 
 use crate::Error;
-use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::ResourceExt;
-use serde_json::json;
 use std::time::Duration;
 
 /// Settings of the election.
@@ -39,43 +39,53 @@ impl LeaseConfig {
     }
 }
 
-fn micro_now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+fn micro_now() -> MicroTime {
+    MicroTime(Timestamp::now())
 }
 
-fn lease_from_json(v: serde_json::Value) -> Result<Lease, Error> {
-    serde_json::from_value(v).map_err(|e| Error::Serialize {
-        what: "lease",
-        reason: e.to_string(),
-    })
+/// The Lease `cfg` names with `spec`; `resource_version` makes a replace conditional on it.
+fn lease(cfg: &LeaseConfig, resource_version: Option<String>, spec: LeaseSpec) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(cfg.name.clone()),
+            namespace: Some(cfg.namespace.clone()),
+            resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+    }
 }
 
-/// When the lease was last renewed and by whom.
-fn holder(lease: &Lease) -> (Option<String>, Option<DateTime<Utc>>, i64) {
-    let spec = serde_json::to_value(&lease.spec).unwrap_or_default();
-    let who = spec["holderIdentity"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    let renewed = spec["renewTime"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
+/// Who holds the lease (an empty identity is none), when it was last renewed, and how often it
+/// changed hands.
+fn holder(lease: &Lease) -> (Option<String>, Option<Timestamp>, i32) {
+    let spec = lease.spec.as_ref();
+    let who = spec
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|s| !s.is_empty());
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
     (who, renewed, transitions)
 }
 
 /// Tries once to acquire or renew the lease. Returns whether this replica holds it now.
 pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, Error> {
-    let secs = cfg.lease_duration.as_secs() as i64;
+    let secs = i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(current) = api.get_opt(&cfg.name).await? else {
-        let lease = lease_from_json(json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": cfg.name, "namespace": cfg.namespace},
-            "spec": {"holderIdentity": cfg.identity, "leaseDurationSeconds": secs,
-                     "acquireTime": micro_now(), "renewTime": micro_now(), "leaseTransitions": 0},
-        }))?;
-        return match api.create(&PostParams::default(), &lease).await {
+        let now = micro_now();
+        let new = lease(
+            cfg,
+            None,
+            LeaseSpec {
+                holder_identity: Some(cfg.identity.clone()),
+                lease_duration_seconds: Some(secs),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            },
+        );
+        return match api.create(&PostParams::default(), &new).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e.into()),
@@ -84,26 +94,21 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, Er
     let (who, renewed, transitions) = holder(&current);
     let mine = who.as_deref() == Some(cfg.identity.as_str());
     let expired = renewed
-        .map(|r| Utc::now() - r > chrono::Duration::seconds(secs))
+        .map(|r| Timestamp::now().duration_since(r) > SignedDuration::from_secs(i64::from(secs)))
         .unwrap_or(true);
     if !mine && who.is_some() && !expired {
         return Ok(false);
     }
-    let mut spec = serde_json::to_value(&current.spec).unwrap_or_else(|_| json!({}));
-    spec["holderIdentity"] = json!(cfg.identity);
-    spec["leaseDurationSeconds"] = json!(secs);
-    spec["renewTime"] = json!(micro_now());
+    let mut spec = current.spec.clone().unwrap_or_default();
+    spec.holder_identity = Some(cfg.identity.clone());
+    spec.lease_duration_seconds = Some(secs);
+    spec.renew_time = Some(micro_now());
     if !mine {
-        spec["acquireTime"] = json!(micro_now());
-        spec["leaseTransitions"] = json!(transitions + 1);
+        spec.acquire_time = Some(micro_now());
+        spec.lease_transitions = Some(transitions.saturating_add(1));
     }
-    let lease = lease_from_json(json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": cfg.name, "namespace": cfg.namespace,
-                     "resourceVersion": current.resource_version()},
-        "spec": spec,
-    }))?;
-    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+    let new = lease(cfg, current.resource_version(), spec);
+    match api.replace(&cfg.name, &PostParams::default(), &new).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
@@ -155,15 +160,42 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     if holder(&current).0.as_deref() != Some(cfg.identity.as_str()) {
         return;
     }
-    let mut spec = serde_json::to_value(&current.spec).unwrap_or_else(|_| json!({}));
-    spec["holderIdentity"] = json!("");
-    let Ok(lease) = lease_from_json(json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": cfg.name, "namespace": cfg.namespace,
-                     "resourceVersion": current.resource_version()},
-        "spec": spec,
-    })) else {
-        return;
-    };
-    let _ = api.replace(&cfg.name, &PostParams::default(), &lease).await;
+    let mut spec = current.spec.clone().unwrap_or_default();
+    spec.holder_identity = Some(String::new());
+    let released = lease(cfg, current.resource_version(), spec);
+    let _ = api
+        .replace(&cfg.name, &PostParams::default(), &released)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_holder_is_no_holder_and_the_lease_keeps_its_other_fields() {
+        let cfg = LeaseConfig::new("ns", "me");
+        let renewed = micro_now();
+        let l = lease(
+            &cfg,
+            Some("7".into()),
+            LeaseSpec {
+                holder_identity: Some(String::new()),
+                renew_time: Some(renewed.clone()),
+                lease_transitions: Some(4),
+                ..LeaseSpec::default()
+            },
+        );
+        assert_eq!(holder(&l), (None, Some(renewed.0), 4));
+        let v = serde_json::to_value(&l).expect("json");
+        assert_eq!(v["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(v["kind"], "Lease");
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        // Microsecond precision, as the API server stores it.
+        let t = v["spec"]["renewTime"].as_str().expect("renewTime");
+        assert!(
+            t.ends_with('Z') && t.split('.').nth(1).map(str::len) == Some(7),
+            "{t}"
+        );
+    }
 }
