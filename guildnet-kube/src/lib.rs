@@ -9,7 +9,7 @@
 //!   Service (typed manifests in [`operator::manifests`], server-side apply, one field manager,
 //!   controller owner references) and an AgentPool into warm pods; they track phases, honour
 //!   cancel and TTL, and emit Kubernetes Events.
-//! - [`install`]: the per-cluster manifests (namespace, CRD, ServiceAccount, least-privilege
+//! - [`install`]: the per-cluster manifests, typed (namespace, CRD, ServiceAccount, least-privilege
 //!   Role/RoleBinding, operator Deployment) and an idempotent installer.
 //! - [`mesh_sidecar`]: the agent pod's userspace tailscale sidecar when the AgentTask has
 //!   `spec.mesh` (the agent on the tailnet, issue 22).
