@@ -287,6 +287,18 @@ struct Samples {
     first_error: Option<String>,
     /// Failed requests after the kill (failover), by the agents.
     errors_after_kill: usize,
+    /// Failed requests by kind (the error without names and numbers).
+    kinds: HashMap<String, usize>,
+}
+
+/// What kind of failure an error message is: the message with names, numbers and bodies cut
+/// (so that errors of the same cause count together).
+fn error_kind(e: &str) -> String {
+    let e = e.split(" {").next().unwrap_or(e);
+    e.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(80)
+        .collect()
 }
 
 /// One simulated agent: join at `join_at`, heartbeat every 5 s until `end`.
@@ -306,6 +318,7 @@ async fn agent(
             if killed.lock().map(|k| k.is_some()).unwrap_or(false) {
                 s.errors_after_kill += 1;
             }
+            *s.kinds.entry(error_kind(&e)).or_default() += 1;
             s.first_error.get_or_insert(e);
         }
     };
@@ -587,6 +600,25 @@ async fn run_setup(
         pct(&s.heartbeat, 0.5),
         pct(&s.heartbeat, 0.99)
     );
+    let mut kinds: Vec<(String, usize)> = s.kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    for (kind, n) in kinds.iter().take(5) {
+        println!("  {n} failed: {kind}");
+    }
+    if let Some(n) = &nginx {
+        // nginx logs why it dropped or failed a request (worker_connections, upstream errors).
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for l in n.log_tail().lines() {
+            let msg = l.split("] ").nth(1).unwrap_or(l);
+            let msg = msg.split(", client:").next().unwrap_or(msg);
+            *seen.entry(error_kind(msg)).or_default() += 1;
+        }
+        let mut seen: Vec<(String, usize)> = seen.into_iter().collect();
+        seen.sort_by(|a, b| b.1.cmp(&a.1));
+        for (msg, k) in seen.iter().take(5) {
+            println!("  nginx log ({k} lines of its tail): {msg}");
+        }
+    }
     figures.claim_p99 = pct(&s.claim, 0.99);
     figures.heartbeat_p99 = pct(&s.heartbeat, 0.99);
     if let Some((claim, heartbeat)) = failover {
