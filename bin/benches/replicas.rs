@@ -608,7 +608,9 @@ async fn run_setup(
     if let Some(n) = &nginx {
         // nginx logs why it dropped or failed a request (worker_connections, upstream errors).
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for l in n.log_tail().lines() {
+        let log =
+            std::fs::read_to_string(n.dir().join("nginx.log")).unwrap_or_else(|_| n.log_tail());
+        for l in log.lines() {
             let msg = l.split("] ").nth(1).unwrap_or(l);
             let msg = msg.split(", client:").next().unwrap_or(msg);
             *seen.entry(error_kind(msg)).or_default() += 1;
@@ -616,7 +618,7 @@ async fn run_setup(
         let mut seen: Vec<(String, usize)> = seen.into_iter().collect();
         seen.sort_by(|a, b| b.1.cmp(&a.1));
         for (msg, k) in seen.iter().take(5) {
-            println!("  nginx log ({k} lines of its tail): {msg}");
+            println!("  nginx log ({k} lines): {msg}");
         }
     }
     figures.claim_p99 = pct(&s.claim, 0.99);

@@ -1524,11 +1524,11 @@ async fn postgres_mixed_batches_keep_every_acknowledged_write() {
             }));
         }
         for (i, t) in tasks.iter().enumerate() {
-            let (store, t) = (store.clone(), t.clone());
+            let (s1, t1) = (store.clone(), t.clone());
             hs.push(tokio::spawn(async move {
-                let r = store
+                let r = s1
                     .update_task(
-                        &t.id,
+                        &t1.id,
                         Box::new(move |t| {
                             t.claims += 1;
                             Ok(TaskChange {
@@ -1541,9 +1541,9 @@ async fn postgres_mixed_batches_keep_every_acknowledged_write() {
                     .map(|_| ());
                 (true, r)
             }));
-            let (store, t) = (store.clone(), t.clone());
+            let (s2, t2) = (store.clone(), t.clone());
             hs.push(tokio::spawn(async move {
-                register(store.as_ref(), &t, &format!("m-{i}")).await;
+                register(s2.as_ref(), &t2, &format!("m-{i}")).await;
                 (true, Ok(()))
             }));
         }

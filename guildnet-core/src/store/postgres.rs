@@ -28,9 +28,12 @@
 //!   savepoint, so one bad write never fails the others (the statements are data, so they
 //!   can run twice; a statement that answers an error such as "already exists" writes
 //!   nothing). The other writes (conditional task updates, log batches) run one after
-//!   another, each inside its own savepoint (a failing write rolls back alone); a task update
-//!   is two round trips: the row lock and read, then the row with its events and audit rows
-//!   in one statement.
+//!   another, each inside its own savepoint (a failing write rolls back alone). The rows of
+//!   every task a batch updates are read and locked at its start in one statement (`FOR
+//!   UPDATE`, in id order, outside the savepoints, so the locks last until the commit); a task
+//!   update is then one round trip: its row with its events and audit rows, in one statement.
+//!   A job that changes a task row otherwise (a log batch, retention) drops the row read for
+//!   it first, and a second update of the same task in a batch reads it again.
 //! - Conditional task updates lock the task's row (`SELECT ... FOR UPDATE`), apply the pure
 //!   [`TaskUpdateFn`] and write back, so claims and fencing tokens are atomic across replicas,
 //!   not only across tasks of one process.
@@ -64,8 +67,8 @@
 //!   default: durable when acknowledged), except agent heartbeats ([`StateStore::touch_agent`])
 //!   and lease renewals ([`StateStore::renew_lease`]), which are liveness only: they write no
 //!   ids, so they run outside the batches, in autocommit on a small pool of their own whose
-//!   sessions set `synchronous_commit = off` (the SQLite store's "soft" writes; a quarter of
-//!   [`PostgresOptions::max_connections`]).
+//!   sessions set `synchronous_commit = off` (the SQLite store's "soft" writes; half as many
+//!   connections as [`PostgresOptions::max_connections`]).
 //! - **Lease renewals** (a heartbeat with a fencing token) are one conditional `UPDATE`
 //!   (`WHERE id AND agent AND fencing AND status = 'Running'`: [`crate::lifecycle::renew`]'s
 //!   rule; its row lock makes it atomic with claims and completions on every replica) and the
@@ -224,7 +227,8 @@ const MAX_BATCH: usize = 512;
 /// Options of [`PostgresStore::connect_with`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// Most connections this process holds.
+    /// Most connections of the pool for requests and batches of writes; heartbeats and lease
+    /// renewals use a second pool of half as many (at least one).
     pub max_connections: usize,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
@@ -1280,9 +1284,9 @@ impl PostgresStore {
             Some(c) => Manager::from_config(cfg.clone(), c.clone(), mc()),
             None => Manager::from_config(cfg.clone(), NoTls, mc()),
         };
-        // A quarter of the connections (at least one) for heartbeats and lease renewals,
+        // Half as many connections again (at least one) for heartbeats and lease renewals,
         // whose sessions do not wait for the WAL flush at commit.
-        let soft_size = (opts.max_connections / 4).max(1);
+        let soft_size = (opts.max_connections / 2).max(1);
         let mut soft_cfg = cfg.clone();
         soft_cfg.options(match cfg.get_options() {
             Some(o) if !o.trim().is_empty() => format!("{o} -c synchronous_commit=off"),
@@ -1305,7 +1309,7 @@ impl PostgresStore {
                     reason: format!("cannot build the connection pool: {e}"),
                 })
         };
-        let pool = build(mgr, opts.max_connections.saturating_sub(soft_size))?;
+        let pool = build(mgr, opts.max_connections)?;
         let soft = build(soft_mgr, soft_size)?;
         let (writer, jobs) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
