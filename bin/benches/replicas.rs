@@ -599,7 +599,7 @@ async fn run_setup(
         pct(&s.heartbeat, 0.99)
     );
     let mut kinds: Vec<(String, usize)> = s.kinds.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (kind, n) in kinds.iter().take(5) {
         println!("  {n} failed: {kind}");
     }
@@ -614,7 +614,7 @@ async fn run_setup(
             *seen.entry(error_kind(msg)).or_default() += 1;
         }
         let mut seen: Vec<(String, usize)> = seen.into_iter().collect();
-        seen.sort_by(|a, b| b.1.cmp(&a.1));
+        seen.sort_by_key(|k| std::cmp::Reverse(k.1));
         for (msg, k) in seen.iter().take(5) {
             println!("  nginx log ({k} lines): {msg}");
         }
