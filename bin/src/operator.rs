@@ -86,6 +86,14 @@ struct InstallArgs {
     /// `kubectl -n mvp-agents create secret docker-registry regcred --docker-server=...`.
     #[arg(long = "image-pull-secret", value_delimiter = ',')]
     image_pull_secrets: Vec<String>,
+    /// Image of the tailscale sidecar the operator adds to agents on the tailnet (default: the
+    /// operator's, tailscale/tailscale).
+    #[arg(long)]
+    mesh_sidecar_image: Option<String>,
+    /// The sidecar speaks plain HTTP to DERP relays: only for a plain-HTTP Headscale with its
+    /// embedded DERP (a local or test setup).
+    #[arg(long)]
+    mesh_plain_http_derp: bool,
 }
 
 impl InstallArgs {
@@ -96,6 +104,8 @@ impl InstallArgs {
             image: self.image.unwrap_or(d.image),
             public_orchestrator_url: self.public_orchestrator_url,
             image_pull_secrets: self.image_pull_secrets,
+            mesh_sidecar_image: self.mesh_sidecar_image,
+            mesh_plain_http_derp: self.mesh_plain_http_derp,
         }
     }
 }

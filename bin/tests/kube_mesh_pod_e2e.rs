@@ -339,7 +339,9 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
 
 /// The whole path on the real node: the real agent image (built by scripts/images/build.sh) in
 /// a pod the real operator built, with the sidecar, claiming at the orchestrator's tailnet URL
-/// (reachable only over the tailnet), Succeeded, its node gone from Headscale once it ended.
+/// (reachable only over the tailnet), its code-server served by the orchestrator's editor proxy
+/// over the tailnet (workbench page and WebSocket, rendered in headless Chromium), Succeeded, its node gone from Headscale once
+/// it ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     use guildnet_core::client::OrchestratorClient;
@@ -502,7 +504,12 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     let task = client
         .schedule(
             &OrgName::new("acme").expect("org"),
-            "echo hello from a pod on the tailnet; sleep 2",
+            // It ends once the test touched the release file (after the editor checks), or
+            // after 4 minutes.
+            &format!(
+                "echo hello from a pod on the tailnet; i=0; \
+                 while [ ! -e {RELEASE} ] && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done"
+            ),
             None,
         )
         .await
@@ -546,9 +553,82 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     let node = keys_node(&hs, agent.as_str()).await;
     assert!(node.is_some(), "the agent's node is in headscale");
 
-    // Not checked here: the editor through the orchestrator. On this node it answered 404
-    // (see the report of issue 22's mesh work); kube_mesh_e2e covers the orchestrator's side
-    // and the first test the pod's :8443 over the tailnet.
+    // The editor through the orchestrator, over the tailnet (no port-forward): the proxy logs
+    // in to code-server in the pod and serves its workbench, and a WebSocket upgrade goes
+    // through. code-server may still be starting when the task is Running.
+    let t = Instant::now();
+    let (html, session, path) = loop {
+        match open_workbench(&loopback_url, agent.as_str()).await {
+            Ok(w) => break w,
+            Err(why) if t.elapsed() < Duration::from_secs(120) => {
+                eprintln!("editor not there yet: {why}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(why) => panic!(
+                "no workbench over the tailnet after 120 s: {why}\norchestrator log:\n{}",
+                tail(&dir.path().join("orchestrator.log"), 40)
+            ),
+        }
+    };
+    println!(
+        "MESH-POD editor_open_to_workbench_over_tailnet_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(html.contains("workbench"), "not the workbench: {html:.400}");
+    assert!(
+        !html.contains("type=\"password\""),
+        "code-server's login page: {html:.400}"
+    );
+    let status = websocket_status(orch_port, &path, &session).await;
+    assert_eq!(status, 101, "the workbench's WebSocket through the proxy");
+    // Headless Chromium renders that workbench, with the explorer (which needs the WebSocket
+    // through the proxy and the tailnet into the pod).
+    let t = Instant::now();
+    let driver = guildnet_testbed::browser::ChromeDriver::start()
+        .await
+        .expect("chromedriver");
+    let s = driver.new_session(true).await.expect("browser session");
+    s.goto(&format!("{loopback_url}/health"))
+        .await
+        .expect("health");
+    let opened = s
+        .execute(
+            "return fetch('/agents/editor/open', {method: 'POST', headers: {'Authorization': \
+             'Bearer ' + arguments[0], 'Content-Type': 'application/json'}, body: \
+             JSON.stringify({name: arguments[1], org: 'acme'})}).then(r => r.json())",
+            vec![serde_json::json!(TOKEN), serde_json::json!(agent.as_str())],
+        )
+        .await
+        .expect("editor open from the page");
+    let page = opened["path"].as_str().expect("editor path").to_owned();
+    s.goto(&format!("{loopback_url}{page}"))
+        .await
+        .expect("editor page");
+    s.wait_for_css(".monaco-workbench", Duration::from_secs(90))
+        .await
+        .expect("workbench rendered in Chromium over the tailnet");
+    s.wait_for_css(
+        ".explorer-folders-view, .explorer-viewlet",
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("explorer (the WebSocket over the tailnet into the pod)");
+    println!(
+        "MESH-POD editor_rendered_in_chromium_over_tailnet_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = s.close().await;
+    drop(driver);
+    let pod = pods
+        .list(&Default::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .find(|n| n.starts_with("atask-"))
+        .expect("the agent pod");
+    touch_in_agent(&pods, &pod, RELEASE).await;
     let done = eventually("task Succeeded", Duration::from_secs(200), || async {
         let tk = client.task(&task.id).await.ok()?;
         tk.status.is_terminal().then_some(tk)
@@ -567,6 +647,131 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
         || async { keys_node(&hs, agent.as_str()).await.is_none().then_some(()) },
     )
     .await;
+}
+
+/// The file the second test's task waits for (in the agent's workspace).
+const RELEASE: &str = "/home/coder/workspace/.release";
+
+/// The end of a log file, for a failure message.
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `POST /agents/editor/open`, then the proxied editor page with the session cookie (following
+/// code-server's redirect to `./?folder=...`): the page's HTML, the session cookie and the
+/// proxy path.
+async fn open_workbench(base: &str, agent: &str) -> Result<(String, String, String), String> {
+    const TOKEN: &str = "kube-mesh-pod-e2e-admin-token-0123456789";
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = http
+        .post(format!("{base}/agents/editor/open"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": agent, "org": "acme"}))
+        .send()
+        .await
+        .map_err(|e| format!("editor open: {e}"))?;
+    if resp.status() != 200 {
+        let st = resp.status();
+        return Err(format!(
+            "editor open: {st} {}",
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let session = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .ok_or("no session cookie")?
+        .to_owned();
+    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    let path = body["path"].as_str().ok_or("no path")?.to_owned();
+    let page = format!("{base}{path}");
+    let mut r = http
+        .get(&page)
+        .header("cookie", &session)
+        .send()
+        .await
+        .map_err(|e| format!("editor page: {e}"))?;
+    if r.status().is_redirection() {
+        let loc = r.headers()["location"]
+            .to_str()
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        if loc.contains("login") {
+            return Err(format!("sent to code-server's login: {loc}"));
+        }
+        let next = reqwest::Url::parse(&page)
+            .and_then(|u| u.join(&loc))
+            .map_err(|e| e.to_string())?;
+        r = http
+            .get(next)
+            .header("cookie", &session)
+            .send()
+            .await
+            .map_err(|e| format!("workbench: {e}"))?;
+    }
+    let st = r.status();
+    let text = r.text().await.map_err(|e| format!("workbench body: {e}"))?;
+    if st != 200 {
+        return Err(format!("proxied editor page: {st} {text:.300}"));
+    }
+    Ok((text, session, path))
+}
+
+/// The status of a WebSocket upgrade to code-server's remote-extension-host endpoint (what the
+/// workbench opens first), through the proxy, from the page's origin.
+async fn websocket_status(orch_port: u16, path: &str, session: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://127.0.0.1:{orch_port}{path}?reconnectionToken={}&reconnection=false&skipWebSocketFrames=false",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let mut req = url.as_str().into_client_request().expect("ws request");
+    req.headers_mut()
+        .insert("cookie", session.parse().expect("cookie header"));
+    req.headers_mut().insert(
+        "origin",
+        format!("http://127.0.0.1:{orch_port}")
+            .parse()
+            .expect("origin header"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, resp)) => resp.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("websocket through the proxy: {e}"),
+    }
+}
+
+/// Creates `file` in the pod's agent container.
+async fn touch_in_agent(pods: &Api<Pod>, pod: &str, file: &str) {
+    use kube::api::AttachParams;
+    let mut attached = pods
+        .exec(
+            pod,
+            ["touch", file],
+            &AttachParams::default()
+                .container("agent")
+                .stdout(false)
+                .stderr(true),
+        )
+        .await
+        .expect("exec touch");
+    let mut err = String::new();
+    if let Some(mut e) = attached.stderr() {
+        let _ = e.read_to_string(&mut err).await;
+    }
+    attached.join().await.expect("touch finished");
+    assert!(err.is_empty(), "touch {file}: {err}");
 }
 
 async fn keys_node(

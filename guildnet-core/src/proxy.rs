@@ -34,6 +34,50 @@ pub fn split_mounted_path<'a>(path: &'a str, mount: &str) -> Option<(&'a str, &'
     Some((port, rest))
 }
 
+/// How long a connection of the proxy's own (a dialer's, a WebSocket's) keeps being retried
+/// while the upstream refuses it. An editor that was just started (its pod Running, its
+/// tailnet node up) may not listen for a second or two yet: the first request then waits
+/// instead of failing with 502. No request byte has been sent when a dial fails, so a retry
+/// cannot repeat one.
+pub const DIAL_PATIENCE: Duration = Duration::from_secs(3);
+
+enum DialError {
+    Authority,
+    Io(std::io::Error),
+}
+
+/// Connects to the upstream (through its dialer if any), retrying failed connects with a
+/// short backoff for at most [`DIAL_PATIENCE`].
+async fn dial_patiently(up: &Upstream) -> Result<tokio::net::TcpStream, DialError> {
+    use backon::Retryable;
+    let start = tokio::time::Instant::now();
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .without_max_times();
+    let once = || async {
+        match &up.dialer {
+            Some(d) => {
+                let (host, port) = split_authority(&up.authority).ok_or(DialError::Authority)?;
+                d.dial(host, port).await.map_err(DialError::Io)
+            }
+            None => tokio::net::TcpStream::connect(&up.authority)
+                .await
+                .map_err(DialError::Io),
+        }
+    };
+    once.retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(|e: &DialError| matches!(e, DialError::Io(_)) && start.elapsed() < DIAL_PATIENCE)
+        .notify(|e: &DialError, wait: Duration| {
+            if let DialError::Io(e) = e {
+                tracing::debug!(upstream = %up.authority, error = %e, ?wait, "upstream refuses: retrying");
+            }
+        })
+        .await
+}
+
 /// Where and how one request is forwarded.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -160,26 +204,41 @@ impl ReverseProxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         rewrite_request_headers(&mut parts.headers, up, upgrade);
-        parts.uri = uri;
+        let own_connection = upgrade || up.dialer.is_some();
+        if own_connection {
+            // hyper's connection-level client sends the URI and headers as given, unlike the
+            // pooled client: the request-target must be in origin form (`/path?query`) and the
+            // Host header must be there. Node's HTTP server (code-server) refuses a request
+            // without Host (400) and keeps an absolute-form target in `req.url`, which makes
+            // code-server's relative redirects climb out of the proxy's prefix.
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&up.authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            parts.uri = uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/")
+                .parse()
+                .map_err(|e| ProxyError::BadRequest(format!("upstream path: {e}")))?;
+        } else {
+            parts.uri = uri;
+        }
         let out = Request::from_parts(parts, body);
         let unreachable = |e: &dyn std::fmt::Display| ProxyError::Unreachable {
             authority: up.authority.clone(),
             reason: e.to_string(),
         };
-        let resp = if client_upgrade.is_some() || up.dialer.is_some() {
+        let resp = if own_connection {
             // A connection of its own: an upgraded stream is not returned to the pool, and a
             // dialer's connections do not fit the pooled connector.
-            let tcp = match &up.dialer {
-                Some(d) => {
-                    let (host, port) = split_authority(&up.authority).ok_or_else(|| {
-                        ProxyError::BadRequest(format!("upstream {}", up.authority))
-                    })?;
-                    d.dial(host, port).await.map_err(|e| unreachable(&e))?
+            let tcp = dial_patiently(up).await.map_err(|e| match e {
+                DialError::Authority => {
+                    ProxyError::BadRequest(format!("upstream {}", up.authority))
                 }
-                None => tokio::net::TcpStream::connect(&up.authority)
-                    .await
-                    .map_err(|e| unreachable(&e))?,
-            };
+                DialError::Io(e) => unreachable(&e),
+            })?;
             let _ = tcp.set_nodelay(true);
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
@@ -411,6 +470,145 @@ mod tests {
             frame_ancestors: Some("'self' https://dash.example".into()),
             dialer: None,
         }
+    }
+
+    /// Dials every host to one loopback port.
+    #[derive(Debug)]
+    struct ToLoopback(u16);
+
+    #[async_trait::async_trait]
+    impl Dialer for ToLoopback {
+        async fn dial(&self, _: &str, _: u16) -> std::io::Result<tokio::net::TcpStream> {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.0)).await
+        }
+    }
+
+    /// An upstream that answers 204 and sends back each request's head (request line and
+    /// headers, as received).
+    async fn recording_upstream() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut b).await.is_ok() {
+                        head.push(b[0]);
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn own_connections_send_an_origin_form_target_and_a_host() {
+        let (port, mut heads) = recording_upstream().await;
+        let mut u = up("", "/editor/proxy/20000");
+        u.authority = "100.64.0.7:8443".into();
+        u.dialer = Some(Arc::new(ToLoopback(port)));
+        let proxy = ReverseProxy::new();
+        // A request the proxy makes itself (the editor login) has no Host: the upstream's.
+        let req = Request::post("/login?x=1").body(Body::empty()).unwrap();
+        let resp = proxy.forward(req, "/login", &u).await.expect("forward");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /login?x=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: 100.64.0.7:8443\r\n"), "{head}");
+        // A browser's request keeps its Host (code-server checks origins against it).
+        let req = Request::get("/editor/proxy/20000/a%2Fb/")
+            .header(header::HOST, "orch.example:8080")
+            .body(Body::empty())
+            .unwrap();
+        proxy.forward(req, "/a%2Fb/", &u).await.expect("forward");
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /a%2fb/ http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: orch.example:8080\r\n"), "{head}");
+        // A WebSocket upgrade (its own connection without a dialer) too.
+        u.dialer = None;
+        u.authority = format!("127.0.0.1:{port}");
+        let req = Request::get("/editor/proxy/20000/?t=1")
+            .header(header::HOST, "orch.example:8080")
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .body(Body::empty())
+            .unwrap();
+        proxy.forward(req, "/", &u).await.expect("forward");
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /?t=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: orch.example:8080\r\n"), "{head}");
+    }
+
+    /// Refuses the first `refusals` dials, then dials one loopback port (`None`: always
+    /// refuses).
+    #[derive(Debug)]
+    struct LateUpstream {
+        refusals: std::sync::atomic::AtomicU32,
+        port: Option<u16>,
+    }
+
+    #[async_trait::async_trait]
+    impl Dialer for LateUpstream {
+        async fn dial(&self, _: &str, _: u16) -> std::io::Result<tokio::net::TcpStream> {
+            use std::sync::atomic::Ordering;
+            let left = self.refusals.load(Ordering::SeqCst);
+            match self.port {
+                Some(port) if left == 0 => {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                }
+                _ => {
+                    self.refusals
+                        .store(left.saturating_sub(1), Ordering::SeqCst);
+                    Err(std::io::Error::other("general SOCKS server failure"))
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_listens_late_is_waited_for_then_given_up_on() {
+        let (port, mut heads) = recording_upstream().await;
+        let mut u = up("", "/editor/proxy/20000");
+        u.authority = "100.64.0.7:8443".into();
+        // Refused three times (an editor still starting): the request still gets through.
+        let late = Arc::new(LateUpstream {
+            refusals: 3.into(),
+            port: Some(port),
+        });
+        u.dialer = Some(late.clone());
+        let proxy = ReverseProxy::new();
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        let resp = proxy.forward(req, "/", &u).await.expect("forward");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(heads.recv().await.is_some());
+        assert_eq!(late.refusals.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Never listening: unreachable, after about DIAL_PATIENCE, naming the upstream.
+        u.dialer = Some(Arc::new(LateUpstream {
+            refusals: 0.into(),
+            port: None,
+        }));
+        let t = std::time::Instant::now();
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        match proxy.forward(req, "/", &u).await {
+            Err(ProxyError::Unreachable { authority, reason }) => {
+                assert_eq!(authority, "100.64.0.7:8443");
+                assert!(reason.contains("SOCKS"), "{reason}");
+            }
+            other => panic!("expected Unreachable, got {:?}", other.map(|r| r.status())),
+        }
+        let waited = t.elapsed();
+        assert!(
+            waited >= DIAL_PATIENCE && waited < DIAL_PATIENCE * 2,
+            "{waited:?}"
+        );
     }
 
     #[test]

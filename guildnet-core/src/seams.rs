@@ -314,9 +314,14 @@ pub trait AgentMesh: Send + Sync + std::fmt::Debug {
 /// Errors from a cluster bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    /// The request is invalid (which field, why).
-    #[error("invalid bootstrap request: {0}")]
-    Invalid(String),
+    /// The request is invalid: which field, and why.
+    #[error("invalid bootstrap request: {field}: {reason}")]
+    Invalid {
+        /// The field as the bootstrapper names it (`control_plane[0]`, `endpoint`, ...).
+        field: String,
+        /// Why it is refused (never secret material).
+        reason: String,
+    },
     /// The org has not been bootstrapped yet (no talosconfig): nothing to generate from.
     #[error("org {org} is not bootstrapped: {reason}")]
     NotBootstrapped {
@@ -335,6 +340,22 @@ pub enum BootstrapError {
         /// Why (secrets redacted).
         reason: String,
     },
+}
+
+impl BootstrapError {
+    /// An [`BootstrapError::Invalid`] for `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        BootstrapError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<crate::names::ValidationError> for BootstrapError {
+    fn from(e: crate::names::ValidationError) -> Self {
+        BootstrapError::invalid(e.field, e.reason)
+    }
 }
 
 /// Nodes of an org's cluster to bootstrap.

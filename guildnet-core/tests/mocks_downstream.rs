@@ -198,8 +198,9 @@ async fn mock_cluster_bootstrap_runs_as_a_job_behind_the_api() {
     let mut b = MockClusterBootstrap::new();
     b.expect_validate().returning(|r| {
         if r.control_plane.is_empty() {
-            Err(BootstrapError::Invalid(
-                "control_plane: at least one control-plane node".into(),
+            Err(BootstrapError::invalid(
+                "control_plane",
+                "at least one control-plane node",
             ))
         } else {
             Ok(())

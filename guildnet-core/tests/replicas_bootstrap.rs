@@ -91,7 +91,7 @@ impl ClusterBootstrap for StandIn {
         _org: &OrgName,
         _endpoint: &str,
     ) -> Result<PathBuf, BootstrapError> {
-        Err(BootstrapError::Invalid("not in this test".into()))
+        Err(BootstrapError::invalid("endpoint", "not in this test"))
     }
 }
 

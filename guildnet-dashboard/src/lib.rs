@@ -74,6 +74,10 @@ pub struct DashboardConfig {
     pub setup_flow: Option<flows::SharedSetup>,
     /// Provisioning implementation (default: [`provision::OrchestratorProvision`]).
     pub provision_flow: Option<flows::SharedProvision>,
+    /// What the default provisioning installs as the operator (image, tailnet sidecar
+    /// settings); a provision request's `publicOrchestratorUrl` overrides the URL. Default:
+    /// [`guildnet_kube::install::InstallOptions::default`], the release image.
+    pub operator_install: guildnet_kube::install::InstallOptions,
 }
 
 impl DashboardConfig {
@@ -89,6 +93,7 @@ impl DashboardConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             setup_flow: None,
             provision_flow: None,
+            operator_install: Default::default(),
         }
     }
 }
@@ -184,7 +189,8 @@ impl Dashboard {
             Some(f) => f,
             None => Arc::new(
                 provision::OrchestratorProvision::new(&orch.url, orch.token.clone(), paths.clone())
-                    .map_err(|e| DashboardError::Tls(e.to_string()))?,
+                    .map_err(|e| DashboardError::Tls(e.to_string()))?
+                    .with_install_options(cfg.operator_install.clone()),
             ),
         };
         let tls = if cfg.tls {

@@ -1,6 +1,7 @@
 //! The real [`ProvisionFlow`]: asks the orchestrator to bootstrap the org's Talos cluster
 //! (`POST /orgs/bootstrap`), relays its progress (`GET /orgs/{org}/bootstrap/stream`), then
-//! installs the GuildNet operator with the org's kubeconfig (`guildnet_kube::install`).
+//! installs the GuildNet operator with the org's kubeconfig (`guildnet_kube::install`), one
+//! progress step per install step (`operator/crd`, `operator/rbac`, `operator/deployment`).
 
 use crate::flows::{
     FlowFailure, FlowResult, Progress, ProgressSender, ProvisionFlow, ProvisionRequest,
@@ -24,6 +25,7 @@ pub struct OrchestratorProvision {
     token: Secret,
     http: reqwest::Client,
     paths: StatePaths,
+    install: guildnet_kube::install::InstallOptions,
 }
 
 impl OrchestratorProvision {
@@ -43,7 +45,53 @@ impl OrchestratorProvision {
             token,
             http,
             paths,
+            install: Default::default(),
         })
+    }
+
+    /// Installs the operator with `opts` (image, namespace, tailnet sidecar settings); a
+    /// request's `publicOrchestratorUrl` overrides `opts.public_orchestrator_url`.
+    pub fn with_install_options(mut self, opts: guildnet_kube::install::InstallOptions) -> Self {
+        self.install = opts;
+        self
+    }
+
+    /// Installs the operator into the org's cluster, each install step its own progress step
+    /// (`operator/crd`, `operator/rbac`, `operator/deployment`) naming what it applied.
+    async fn install_operator(
+        &self,
+        req: &ProvisionRequest,
+        kubeconfig: &std::path::Path,
+        events: &ProgressSender,
+    ) -> Result<String, FlowFailure> {
+        use guildnet_kube::install::InstallStep;
+        let client = guildnet_kube::backend::client_from_path(kubeconfig)
+            .await
+            .map_err(|e| FlowFailure::at("operator", e.to_string()))?;
+        let mut opts = self.install.clone();
+        if let Some(u) = &req.public_orchestrator_url {
+            opts.public_orchestrator_url = Some(u.clone());
+        }
+        for step in InstallStep::ALL {
+            let name = format!("operator/{}", step.name());
+            let what = match step {
+                InstallStep::Crd => "applying the AgentTask and AgentPool CRDs".to_owned(),
+                InstallStep::Rbac => format!(
+                    "applying the namespace {}, the operator's ServiceAccount, Role and RoleBinding",
+                    opts.namespace
+                ),
+                InstallStep::Deployment => {
+                    format!("applying the operator's Deployment (image {})", opts.image)
+                }
+            };
+            events.step(&name, what).await;
+            let applied = step
+                .run(&client, &opts)
+                .await
+                .map_err(|e| FlowFailure::at(&name, e.to_string()))?;
+            events.step_done(&name, Some(applied.join(", "))).await;
+        }
+        Ok(opts.namespace)
     }
 
     async fn start_bootstrap(&self, req: &ProvisionRequest) -> Result<(), FlowFailure> {
@@ -263,21 +311,9 @@ impl ProvisionFlow for OrchestratorProvision {
             events
                 .step("operator", "installing the GuildNet operator")
                 .await;
-            let client = guildnet_kube::backend::client_from_path(&path)
-                .await
-                .map_err(|e| FlowFailure::at("operator", e.to_string()))?;
-            let mut opts = guildnet_kube::install::InstallOptions::default();
-            if let Some(u) = &req.public_orchestrator_url {
-                opts.public_orchestrator_url = Some(u.clone());
-            }
-            guildnet_kube::install::install(&client, &opts)
-                .await
-                .map_err(|e| FlowFailure::at("operator", e.to_string()))?;
+            let ns = self.install_operator(&req, &path, &events).await?;
             events
-                .step_done(
-                    "operator",
-                    Some(format!("installed into namespace {}", opts.namespace)),
-                )
+                .step_done("operator", Some(format!("installed into namespace {ns}")))
                 .await;
         }
         Ok(json!({"org": req.org, "bootstrap": outcome, "server": status.server}))

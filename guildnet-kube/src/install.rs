@@ -28,6 +28,12 @@ pub struct InstallOptions {
     /// Secrets (`kubernetes.io/dockerconfigjson`, in `namespace`) for a private registry: the
     /// operator's own pod pulls with them, and the operator gives them to every agent pod.
     pub image_pull_secrets: Vec<String>,
+    /// The tailscale sidecar image the operator adds to agent pods on the tailnet (`None`: the
+    /// operator's default, [`crate::mesh_sidecar::DEFAULT_SIDECAR_IMAGE`]).
+    pub mesh_sidecar_image: Option<String>,
+    /// The sidecar speaks plain HTTP to DERP relays: only for a plain-HTTP Headscale with its
+    /// embedded DERP (a local or test setup).
+    pub mesh_plain_http_derp: bool,
 }
 
 impl Default for InstallOptions {
@@ -40,6 +46,8 @@ impl Default for InstallOptions {
             ),
             public_orchestrator_url: None,
             image_pull_secrets: Vec::new(),
+            mesh_sidecar_image: None,
+            mesh_plain_http_derp: false,
         }
     }
 }
@@ -94,6 +102,13 @@ pub fn operator_manifests(opts: &InstallOptions) -> Vec<Value> {
     for s in &opts.image_pull_secrets {
         args.push("--image-pull-secret".to_owned());
         args.push(s.clone());
+    }
+    if let Some(i) = &opts.mesh_sidecar_image {
+        args.push("--mesh-sidecar-image".to_owned());
+        args.push(i.clone());
+    }
+    if opts.mesh_plain_http_derp {
+        args.push("--mesh-plain-http-derp".to_owned());
     }
     let pull_secrets: Vec<Value> = opts
         .image_pull_secrets
@@ -173,12 +188,66 @@ pub fn operator_yaml(opts: &InstallOptions) -> Result<String, Error> {
 /// Applies the CRD (and waits until it is established) and the operator's objects. Idempotent:
 /// a second run changes nothing.
 pub async fn install(client: &kube::Client, opts: &InstallOptions) -> Result<(), Error> {
-    install_crd(client).await?;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    for obj in operator_manifests(opts) {
-        apply_value(client, &obj, &pp).await?;
+    for step in InstallStep::ALL {
+        step.run(client, opts).await?;
     }
     Ok(())
+}
+
+/// One step of [`install`], so a caller can report each on a progress stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallStep {
+    /// The CRDs (AgentTask, AgentPool), applied and established.
+    Crd,
+    /// The namespace, the operator's ServiceAccount, its Role and RoleBinding.
+    Rbac,
+    /// The operator's Deployment.
+    Deployment,
+}
+
+impl InstallStep {
+    /// Every step, in the order [`install`] runs them.
+    pub const ALL: [InstallStep; 3] =
+        [InstallStep::Crd, InstallStep::Rbac, InstallStep::Deployment];
+
+    /// The step's name on progress streams (`crd`, `rbac`, `deployment`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InstallStep::Crd => "crd",
+            InstallStep::Rbac => "rbac",
+            InstallStep::Deployment => "deployment",
+        }
+    }
+
+    /// Applies this step's objects (server-side, idempotent) and returns what it applied, as
+    /// `Kind/name` in apply order.
+    pub async fn run(
+        self,
+        client: &kube::Client,
+        opts: &InstallOptions,
+    ) -> Result<Vec<String>, Error> {
+        if self == InstallStep::Crd {
+            install_crd(client).await?;
+            return Ok(crate::crd::crds()
+                .iter()
+                .map(|c| format!("CustomResourceDefinition/{}", c.name_any()))
+                .collect());
+        }
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let mut applied = Vec::new();
+        for obj in operator_manifests(opts) {
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            if (kind == "Deployment") != (self == InstallStep::Deployment) {
+                continue;
+            }
+            apply_value(client, &obj, &pp).await?;
+            applied.push(format!(
+                "{kind}/{}",
+                obj["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
+        Ok(applied)
+    }
 }
 
 /// Applies the CRDs (AgentTask, AgentPool) and waits until the API server serves them.
@@ -283,6 +352,31 @@ mod tests {
             .position(|a| *a == "--image-pull-secret")
             .expect("--image-pull-secret");
         assert_eq!(args[i + 1], "regcred");
+        assert!(!args.contains(&"--mesh-sidecar-image"));
+        assert!(!args.contains(&"--mesh-plain-http-derp"));
+        // The tailnet sidecar settings reach the operator's command line.
+        let mesh = operator_manifests(&InstallOptions {
+            mesh_sidecar_image: Some("registry.example/tailscale:1".into()),
+            mesh_plain_http_derp: true,
+            ..InstallOptions::default()
+        });
+        let dep = mesh
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("operator Deployment");
+        let args = &dep["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert_eq!(
+            args,
+            &json!([
+                "run",
+                "--namespace",
+                crate::DEFAULT_NAMESPACE,
+                "--leader-elect",
+                "--mesh-sidecar-image",
+                "registry.example/tailscale:1",
+                "--mesh-plain-http-derp"
+            ])
+        );
         // Without any, the list is empty.
         let plain = operator_manifests(&InstallOptions::default());
         let dep = plain

@@ -152,7 +152,7 @@ impl TalosctlBootstrap {
     ) -> Result<PathBuf, BootstrapError> {
         let reporter = Reporter::new(progress);
         let checked = validate_dns_label("org", org.as_str())
-            .map_err(|e| BootstrapError::Invalid(e.to_string()))
+            .map_err(BootstrapError::from)
             .and_then(|()| validate_address("endpoint", endpoint));
         if let Err(e) = checked {
             reporter.error(steps::VALIDATE, &e.to_string());

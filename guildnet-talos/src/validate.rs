@@ -13,7 +13,7 @@ const MAX_HOST_LEN: usize = 253;
 
 /// Checks that `value` is an IP address or a DNS host name; `field` names it in the error.
 pub fn validate_address(field: &str, value: &str) -> Result<(), BootstrapError> {
-    let invalid = |why: &str| BootstrapError::Invalid(format!("{field}: {why}"));
+    let invalid = |why: &str| BootstrapError::invalid(field, why);
     if value.is_empty() {
         return Err(invalid("must not be empty"));
     }
@@ -53,11 +53,11 @@ pub fn validate_request(
     request: &BootstrapRequest,
     options: &TalosOptions,
 ) -> Result<(), BootstrapError> {
-    validate_dns_label("org", request.org.as_str())
-        .map_err(|e| BootstrapError::Invalid(e.to_string()))?;
+    validate_dns_label("org", request.org.as_str())?;
     if request.control_plane.is_empty() {
-        return Err(BootstrapError::Invalid(
-            "control_plane: at least one control-plane node is required".to_owned(),
+        return Err(BootstrapError::invalid(
+            "control_plane",
+            "at least one control-plane node is required",
         ));
     }
     let mut seen = HashSet::new();
@@ -76,9 +76,10 @@ pub fn validate_request(
     for (field, node) in nodes {
         validate_address(&field, node)?;
         if !seen.insert(normalize(node)) {
-            return Err(BootstrapError::Invalid(format!(
-                "{field}: node {node} is listed more than once"
-            )));
+            return Err(BootstrapError::invalid(
+                field,
+                format!("node {node} is listed more than once"),
+            ));
         }
     }
     validate_options(options)
@@ -96,8 +97,9 @@ pub fn validate_options(options: &TalosOptions) -> Result<(), BootstrapError> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/-_.:".contains(c));
         if !ok {
-            return Err(BootstrapError::Invalid(
-                "install_disk: must be a device path like /dev/sda".to_owned(),
+            return Err(BootstrapError::invalid(
+                "install_disk",
+                "must be a device path like /dev/sda",
             ));
         }
     }
@@ -127,7 +129,7 @@ mod tests {
 
     fn msg(r: Result<(), BootstrapError>) -> String {
         match r {
-            Err(BootstrapError::Invalid(m)) => m,
+            Err(BootstrapError::Invalid { field, reason }) => format!("{field}: {reason}"),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }

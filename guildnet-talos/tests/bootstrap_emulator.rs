@@ -295,7 +295,10 @@ async fn validation_errors_name_the_field_and_run_nothing() {
     for (cp, workers, want) in cases {
         let (result, events) = run(&b, request(cp, workers)).await;
         match result {
-            Err(BootstrapError::Invalid(m)) => assert!(m.starts_with(want), "{m} vs {want}"),
+            Err(BootstrapError::Invalid { field, reason }) => {
+                let m = format!("{field}: {reason}");
+                assert!(m.starts_with(want), "{m} vs {want}")
+            }
             other => panic!("expected Invalid for {cp:?} {workers:?}, got {other:?}"),
         }
         assert_eq!(events.len(), 1);
@@ -311,7 +314,9 @@ async fn validation_errors_name_the_field_and_run_nothing() {
         request(&[&node], &[]),
     )
     .await;
-    assert!(matches!(result, Err(BootstrapError::Invalid(m)) if m.starts_with("extra_sans[0]: ")));
+    assert!(
+        matches!(result, Err(BootstrapError::Invalid { field, .. }) if field == "extra_sans[0]")
+    );
     assert!(bed.calls().is_empty(), "no node was called");
     assert!(bed.temp_leftovers().is_empty(), "talosctl never ran");
 }
@@ -334,7 +339,7 @@ async fn generate_kubeconfig_alone() {
         .generate_kubeconfig(&acme, &format!("{cp1} --insecure"))
         .await
     {
-        Err(BootstrapError::Invalid(m)) => assert!(m.starts_with("endpoint: "), "{m}"),
+        Err(BootstrapError::Invalid { field, reason }) => assert_eq!(field, "endpoint", "{reason}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
     if let Err(e) = run(&b, request(&[&cp1, &cp2], &[])).await.0 {

@@ -45,17 +45,17 @@ fn status_of(org: &OrgName, st: &JobState<crate::seams::BootstrapOutcome>) -> Bo
 
 fn bootstrap_err(e: BootstrapError) -> ApiError {
     match e {
-        BootstrapError::Invalid(m) => {
-            let field = m.split(':').next().unwrap_or("").trim().to_owned();
+        BootstrapError::Invalid { field, reason } => {
+            // The bootstrapper's names of the node lists, as the API spells them.
             let field = match field.as_str() {
                 "control_plane" | "controlPlane" => "cpNodes".to_owned(),
                 "workers" => "workerNodes".to_owned(),
-                f if f.starts_with("control_plane[") => f.replace("control_plane", "cpNodes"),
-                f if f.starts_with("workers[") => f.replace("workers", "workerNodes"),
-                f if !f.is_empty() && !f.contains(' ') => f.to_owned(),
-                _ => "request".to_owned(),
+                f if f.starts_with("control_plane[") => f.replacen("control_plane", "cpNodes", 1),
+                f if f.starts_with("workers[") => f.replacen("workers", "workerNodes", 1),
+                "" => "request".to_owned(),
+                f => f.to_owned(),
             };
-            ApiError::invalid(&field, m)
+            ApiError::invalid(&field, format!("{field}: {reason}"))
         }
         e @ BootstrapError::NotBootstrapped { .. } => {
             ApiError::new(StatusCode::CONFLICT, "not_bootstrapped", e.to_string())
@@ -246,7 +246,9 @@ pub async fn generate_kubeconfig(
         .generate_kubeconfig(&req.org, &req.endpoint)
         .await
         .map_err(|e| match e {
-            BootstrapError::Invalid(m) => ApiError::invalid("endpoint", m),
+            BootstrapError::Invalid { reason, .. } => {
+                ApiError::invalid("endpoint", format!("endpoint: {reason}"))
+            }
             other => bootstrap_err(other),
         })?;
     Ok(Json(KubeconfigResponse {
