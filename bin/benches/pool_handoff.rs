@@ -89,9 +89,7 @@ async fn main() {
         Arc::new(store),
         Arc::new(common::NullBackend::default()),
         OrchestratorConfig::new(admin.clone(), url.clone()),
-    )
-    .await
-    .expect("orchestrator");
+    );
     let org = OrgName::new("acme").expect("org");
     o.create_org(org.clone()).await.expect("org");
     let token = o.mint_pool_token(&org);

@@ -101,9 +101,7 @@ async fn serve_orchestrator(dir: &Path, store_arg: &str) {
             ..Default::default()
         }),
         cfg,
-    )
-    .await
-    .expect("orchestrator");
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -401,9 +401,7 @@ async fn serve_guildnet(dir: &Path, dead: bool) {
         Arc::new(store),
         Arc::new(backend),
         OrchestratorConfig::new(Secret::new(ADMIN), "http://127.0.0.1:1"),
-    )
-    .await
-    .expect("orchestrator");
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -1027,10 +1025,10 @@ async fn schedule_to_claimed(n: usize) -> Vec<f64> {
     opts.service.heartbeat_interval = Duration::from_secs(1);
     opts.service.lease_ttl = Duration::from_secs(10);
     let started = start_local(opts).await.expect("start");
-    let o = started.orchestrator.clone();
+    let o = started.app.orchestrator.clone();
     tokio::spawn(guildnet_core::orchestrator::serve(
         started.listener,
-        started.orchestrator,
+        started.app,
         std::future::pending(),
     ));
     let org = OrgName::new(ORG).unwrap();

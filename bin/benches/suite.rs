@@ -94,9 +94,7 @@ async fn serve_orchestrator(dir: &Path) {
             ..Default::default()
         }),
         cfg,
-    )
-    .await
-    .expect("orchestrator");
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

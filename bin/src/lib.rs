@@ -123,6 +123,11 @@ pub struct OrchestratorArgs {
     /// waits for the claim timeout (120 s) to requeue it instead. Keep it below 120.
     #[arg(long, env = "GUILDNET_AGENT_START_DEADLINE_SECS", default_value_t = guildnet_kube::backend::DEFAULT_START_DEADLINE.as_secs())]
     pub agent_start_deadline_secs: u64,
+    /// Kubernetes backend: an org with no kubeconfig at all runs its agents in the cluster
+    /// this process runs in, with its pod's ServiceAccount (for an orchestrator deployed in
+    /// that cluster, as the Helm chart does).
+    #[arg(long, env = "GUILDNET_KUBE_IN_CLUSTER")]
+    pub kube_in_cluster: bool,
     /// Local backend: the code-server executable; each agent then serves its workspace in an
     /// editor, reachable through /editor/proxy/<port>/ after POST /agents/editor/open.
     #[arg(long, env = guildnet_core::agent_env::CODE_SERVER)]
@@ -231,9 +236,9 @@ impl OrchestratorArgs {
             }
         }
         o.frame_ancestors = self.frame_ancestors.clone();
-        o.service.trust_advertised_editors = self.trust_advertised_editors;
+        o.editors.trust_advertised = self.trust_advertised_editors;
         if let Some(socks) = self.tailnet_socks5 {
-            o.editor_dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
+            o.editors.dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
                 socks,
             )));
         }
@@ -262,9 +267,12 @@ impl OrchestratorArgs {
             cfg.start_deadline = (self.agent_start_deadline_secs > 0)
                 .then(|| Duration::from_secs(self.agent_start_deadline_secs));
             cfg.mesh = self.mesh.kube_mesh()?;
+            cfg.in_cluster = self.kube_in_cluster;
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
         } else if self.mesh.enabled() {
             anyhow::bail!("--mesh-headscale-url needs --backend kubernetes");
+        } else if self.kube_in_cluster {
+            anyhow::bail!("--kube-in-cluster needs --backend kubernetes");
         }
         Ok(o)
     }
@@ -464,7 +472,7 @@ pub async fn run_up(
         cfg.setup_flow = Some(mesh_setup(started.paths.root()));
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),
-            token: started.orchestrator.config().admin_token.clone(),
+            token: started.app.orchestrator.config().admin_token.clone(),
         };
         let d = Dashboard::bind(cfg, handle).await?;
         print_dashboard_login(&d, dash.login_link);
@@ -477,13 +485,8 @@ pub async fn run_up(
         Some(tokio::spawn(d.serve(stopped())))
     };
     let orchestrator = tokio::spawn(async move {
-        guildnet_core::orchestrator::serve_with(
-            started.listener,
-            started.orchestrator,
-            &server,
-            stopped(),
-        )
-        .await
+        guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, stopped())
+            .await
     });
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -506,7 +509,7 @@ fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
     tracing::info!(
         addr = %started.addr,
         state = %started.paths.root().display(),
-        backend = started.orchestrator.backend_name(),
+        backend = started.app.orchestrator.backend_name(),
         store = %started.store,
         "orchestrator listening"
     );
@@ -529,13 +532,8 @@ pub async fn run_orchestrator(
     let server = args.server_options()?;
     let started = start_local(args.to_options()?).await?;
     announce_orchestrator(&started);
-    guildnet_core::orchestrator::serve_with(
-        started.listener,
-        started.orchestrator,
-        &server,
-        shutdown,
-    )
-    .await?;
+    guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, shutdown)
+        .await?;
     Ok(())
 }
 

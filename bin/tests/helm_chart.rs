@@ -305,6 +305,59 @@ fn by_default_the_orchestrator_keeps_sqlite_on_a_persistent_volume() {
 }
 
 #[test]
+fn the_orchestrator_runs_orgs_without_a_kubeconfig_in_its_own_cluster_with_a_namespaced_role() {
+    let helm = Helm::new();
+    let objs = helm
+        .template(&["agentNamespace=agents"])
+        .expect("default values render");
+    let dep = get(&objs, "Deployment", "gn-guildnet-orchestrator");
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let c = container(dep, "orchestrator");
+    assert_eq!(env(c, "GUILDNET_KUBE_IN_CLUSTER").unwrap()["value"], "true");
+    // Its rights: a Role in the agents' namespace only, bound to its ServiceAccount.
+    let role = get(&objs, "Role", "gn-guildnet-orchestrator");
+    assert_eq!(role["metadata"]["namespace"], "agents");
+    let rules = serde_json::to_string(&role["rules"]).unwrap();
+    for r in [
+        "agenttasks",
+        "agenttasks/status",
+        "agentpools",
+        "secrets",
+        "pods/portforward",
+    ] {
+        assert!(rules.contains(r), "{r} missing from {rules}");
+    }
+    assert!(
+        !rules.contains("namespaces") && !rules.contains('*'),
+        "{rules}"
+    );
+    let binding = get(&objs, "RoleBinding", "gn-guildnet-orchestrator");
+    assert_eq!(binding["metadata"]["namespace"], "agents");
+    assert_eq!(binding["subjects"][0]["name"], "gn-guildnet-orchestrator");
+    assert_eq!(binding["subjects"][0]["namespace"], "guildnet");
+    assert!(
+        !objs.iter().any(|o| o["kind"] == "ClusterRole"
+            && o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("orchestrator"))),
+        "nothing cluster-wide for the orchestrator"
+    );
+
+    // Off: no token, no rights, no flag.
+    let objs = helm
+        .template(&["controlPlane.orchestrator.inCluster=false"])
+        .expect("inCluster=false renders");
+    let dep = get(&objs, "Deployment", "gn-guildnet-orchestrator");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    assert!(env(container(dep, "orchestrator"), "GUILDNET_KUBE_IN_CLUSTER").is_none());
+    assert!(!has(&objs, "Role", "gn-guildnet-orchestrator"));
+}
+
+#[test]
 fn with_postgres_there_is_no_orchestrator_volume_and_the_url_comes_from_a_secret() {
     let helm = Helm::new();
     let url = "postgres://guildnet:s3cr3t-pw@db.internal:5432/guildnet?sslmode=require";

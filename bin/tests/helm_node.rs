@@ -4,7 +4,11 @@
 //! orchestrator and dashboard images are built by `scripts/images/build.sh` from this build's
 //! binaries and pushed to the testbed's registry; the chart pulls them from there
 //! (`image.registry`, `image.tag`). The three Deployments become available (their readiness
-//! probes pass), and the orchestrator's SQLite database is on the claimed volume.
+//! probes pass), and the orchestrator's SQLite database is on the claimed volume. Then a task
+//! scheduled for an org with no kubeconfig goes to this same cluster (the chart's
+//! `orchestrator.inCluster`, its ServiceAccount and Role): its AgentTask is created and the
+//! operator pod makes its Deployment. The agent's own pod is not the point here (the agent
+//! image is not in the testbed's registry; bin/tests/kube_pod_e2e.rs runs agents on the node).
 //!
 //! Stand-in: the testbed has no storage provisioner, so the test creates two hostPath
 //! PersistentVolumes for the chart's claims to bind to (what a cluster's provisioner does).
@@ -162,6 +166,8 @@ async fn the_charts_pods_become_ready_on_a_real_node() {
             &registry_value,
             "--set",
             &tag_value,
+            "--set",
+            "controlPlane.orchestrator.orgs={acme}",
             "--wait",
             "--timeout",
             "5m",
@@ -214,4 +220,98 @@ async fn the_charts_pods_become_ready_on_a_real_node() {
         },
     )
     .await;
+
+    schedule_into_the_same_cluster(&client, &pods).await;
+}
+
+/// The orchestrator pod's API (at its pod IP: the host is the node) schedules a task for org
+/// `acme`, which has no kubeconfig: the AgentTask lands in the chart's namespace through the
+/// in-cluster ServiceAccount, and the operator pod reconciles it into a Deployment.
+async fn schedule_into_the_same_cluster(client: &kube::Client, pods: &Api<Pod>) {
+    let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let token = secret
+        .get("gn-guildnet")
+        .await
+        .expect("the chart's Secret")
+        .data
+        .and_then(|d| d.get("admin-token").cloned())
+        .expect("admin-token");
+    let token = String::from_utf8(token.0).expect("utf-8 token");
+    let listed = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
+        .await
+        .expect("orchestrator pods");
+    let ip = listed
+        .items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .expect("the orchestrator pod's IP");
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("http://{ip}:8080/schedule"))
+        .bearer_auth(&token)
+        .json(&json!({"org": "acme", "task": "echo hello"}))
+        .send()
+        .await
+        .expect("POST /schedule to the orchestrator pod");
+    let status = res.status();
+    let body: serde_json::Value = res.json().await.expect("schedule answer");
+    assert!(status.is_success(), "{status}: {body}");
+    let id = body["id"].as_str().expect("task id").to_owned();
+
+    let tasks: Api<guildnet_kube::crd::AgentTask> = Api::namespaced(client.clone(), NS);
+    let name = guildnet_kube::backend::agenttask_name(
+        &guildnet_core::names::TaskId::parse_field("id", &id).expect("a task id"),
+    );
+    let t = Instant::now();
+    eventually(
+        "the task's AgentTask in the chart's namespace",
+        Duration::from_secs(60),
+        || {
+            let (tasks, name) = (tasks.clone(), name.clone());
+            async move { tasks.get_opt(&name).await.ok().flatten().map(|_| ()) }
+        },
+    )
+    .await;
+    println!(
+        "HELM-NODE schedule_to_agenttask_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    // The operator pod owns a Deployment for it.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    eventually(
+        "the operator's Deployment for the AgentTask",
+        Duration::from_secs(60),
+        || {
+            let (deps, name) = (deps.clone(), name.clone());
+            async move {
+                let list = deps.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|d| {
+                        d.metadata
+                            .owner_references
+                            .iter()
+                            .flatten()
+                            .any(|o| o.kind == "AgentTask" && o.name == name)
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // The orchestrator says the task went to a cluster, not "no kubeconfig".
+    let task: serde_json::Value = http
+        .get(format!("http://{ip}:8080/tasks/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /tasks/{id}")
+        .json()
+        .await
+        .expect("task JSON");
+    assert!(
+        !task.to_string().contains("no kubeconfig"),
+        "the in-cluster org backend was not used: {task}"
+    );
 }

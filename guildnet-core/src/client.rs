@@ -225,56 +225,40 @@ pub struct SseMessage {
     pub data: String,
 }
 
-/// Incremental SSE parser (text/event-stream framing).
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: String,
-    cur: SseMessage,
-    has_data: bool,
+/// Why an SSE body could not be read ([`sse_messages`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SseStreamError<E> {
+    /// The body's own stream failed (the connection broke).
+    #[error("{0}")]
+    Transport(E),
+    /// The body is not a UTF-8 event stream.
+    #[error("malformed event stream: {0}")]
+    Malformed(String),
 }
 
-impl SseParser {
-    /// Feeds bytes; returns complete messages.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
-        self.buf.push_str(&String::from_utf8_lossy(chunk));
-        let mut out = Vec::new();
-        while let Some(pos) = self.buf.find('\n') {
-            let line: String = self.buf.drain(..=pos).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if self.has_data {
-                    let mut msg = std::mem::take(&mut self.cur);
-                    if msg.event.is_empty() {
-                        msg.event = "message".into();
-                    }
-                    out.push(msg);
-                }
-                self.cur = SseMessage::default();
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line, ""),
-            };
-            match field {
-                "id" => self.cur.id = Some(value.to_owned()),
-                "event" => self.cur.event = value.to_owned(),
-                "data" => {
-                    if self.has_data {
-                        self.cur.data.push('\n');
-                    }
-                    self.cur.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
-        }
-        out
-    }
+/// A `text/event-stream` body (any stream of byte chunks) as its messages, parsed by the
+/// `eventsource-stream` crate: bytes are kept across chunks, so a character split between two
+/// chunks stays whole; comments (keep-alives) and events without data yield nothing; an event's
+/// id is the last one the stream set, as the SSE specification says (`None` before any).
+pub fn sse_messages<S, B, E>(
+    body: S,
+) -> impl Stream<Item = Result<SseMessage, SseStreamError<E>>> + Send + 'static
+where
+    S: Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]> + Send + 'static,
+    E: Send + 'static,
+{
+    use eventsource_stream::{EventStreamError, Eventsource};
+    body.eventsource().map(|r| match r {
+        Ok(ev) => Ok(SseMessage {
+            id: (!ev.id.is_empty()).then_some(ev.id),
+            event: ev.event,
+            data: ev.data,
+        }),
+        Err(EventStreamError::Transport(e)) => Err(SseStreamError::Transport(e)),
+        Err(EventStreamError::Utf8(e)) => Err(SseStreamError::Malformed(e.to_string())),
+        Err(EventStreamError::Parser(e)) => Err(SseStreamError::Malformed(e.to_string())),
+    })
 }
 
 /// An item of a followed log.
@@ -499,22 +483,19 @@ impl OrchestratorClient {
             return Err(api_error(status, &body));
         }
         let base = self.http.base.clone();
-        let mut parser = SseParser::default();
-        Ok(resp
-            .bytes_stream()
-            .map(move |chunk| match chunk {
-                Ok(b) => Ok(parser.feed(&b)),
-                Err(e) => Err(ClientError::Transport {
+        let url = format!("{base}{path}");
+        Ok(sse_messages(resp.bytes_stream()).map(move |r| {
+            r.map_err(|e| match e {
+                SseStreamError::Transport(e) => ClientError::Transport {
                     url: base.clone(),
                     reason: e.without_url().to_string(),
-                }),
+                },
+                SseStreamError::Malformed(reason) => ClientError::Decode {
+                    url: url.clone(),
+                    reason,
+                },
             })
-            .flat_map(|r| {
-                futures_util::stream::iter(match r {
-                    Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
-                    Err(e) => vec![Err(e)],
-                })
-            }))
+        }))
     }
 
     /// `POST /orgs/bootstrap`: starts an org's cluster bootstrap.
@@ -840,11 +821,28 @@ impl PoolClient {
 mod tests {
     use super::*;
 
+    /// Feeds `chunks` to [`sse_messages`] (a ready stream: no runtime needed).
+    fn parse(chunks: &[&[u8]]) -> Vec<SseMessage> {
+        use futures_util::FutureExt;
+        let body = futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(c.to_vec()))
+                .collect::<Vec<_>>(),
+        );
+        sse_messages(body)
+            .map(|r| r.expect("well-formed"))
+            .collect::<Vec<_>>()
+            .now_or_never()
+            .expect("ready")
+    }
+
     #[test]
     fn sse_parser_handles_split_chunks_comments_and_multiline_data() {
-        let mut p = SseParser::default();
-        assert!(p.feed(b": keepalive\n\nid: 7\nda").is_empty());
-        let msgs = p.feed(b"ta: {\"a\":1}\n\nevent: end\ndata: x\ndata: y\n\n");
+        let msgs = parse(&[
+            b": keepalive\n\nid: 7\nda",
+            b"ta: {\"a\":1}\n\nevent: end\ndata: x\ndata: y\n\n",
+        ]);
         assert_eq!(
             msgs,
             vec![
@@ -854,12 +852,23 @@ mod tests {
                     data: "{\"a\":1}".into()
                 },
                 SseMessage {
-                    id: None,
+                    // The last id set carries over (the SSE specification's last event id).
+                    id: Some("7".into()),
                     event: "end".into(),
                     data: "x\ny".into()
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_character_split_between_chunks_stays_whole() {
+        let body = "data: caf\u{e9} \u{1f600}\n\n".as_bytes();
+        let whole = parse(&[body]);
+        assert_eq!(whole[0].data, "caf\u{e9} \u{1f600}");
+        for at in 1..body.len() {
+            assert_eq!(parse(&[&body[..at], &body[at..]]), whole, "split at {at}");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use crate::local::{LocalBackend, LocalBackendConfig};
 use crate::names::OrgName;
-use crate::orchestrator::{admin_token, AdminTokenSource, Orchestrator, OrchestratorConfig};
+use crate::orchestrator::{
+    admin_token, AdminTokenSource, App, EditorProxyConfig, Orchestrator, OrchestratorConfig,
+};
 use crate::state_dir::StatePaths;
 use crate::store::{Durability, SqliteStore, StateStore, StoreError};
 use crate::token::Secret;
@@ -141,13 +143,17 @@ pub struct LocalOptions {
     /// Commit durability (SQLite).
     pub durability: Durability,
     /// The service's settings: leases, heartbeats, log quota, retention, what agents are told
-    /// (runners, forge, keys), which editors the proxy trusts. Their defaults are
-    /// [`OrchestratorConfig::new`]'s. Its `admin_token`, `public_url`, `state_paths`,
-    /// `workspaces_root` and `editor_frame_ancestors` are not read: [`start_local`] sets them
-    /// from [`LocalOptions::admin_token`] (generated when unset), [`LocalOptions::public_url`]
-    /// (`http://<listen>` when unset), the state dir and [`LocalOptions::frame_ancestors`]. The
+    /// (runners, forge, keys). Their defaults are [`OrchestratorConfig::new`]'s. Its
+    /// `admin_token`, `public_url`, `state_paths` and `workspaces_root` are not read:
+    /// [`start_local`] sets them from [`LocalOptions::admin_token`] (generated when unset),
+    /// [`LocalOptions::public_url`] (`http://<listen>` when unset) and the state dir. The
     /// agents' default runner is [`LocalOptions::runner`] when `service.agents` has none.
     pub service: OrchestratorConfig,
+    /// The editor proxy's settings: which editor addresses it trusts, and how it reaches
+    /// editors on the tailnet (e.g. guildnet-mesh's `TailnetDialer` through a userspace
+    /// tailscaled's SOCKS5 proxy). Its `frame_ancestors` is not read: [`start_local`] sets it
+    /// from [`LocalOptions::frame_ancestors`].
+    pub editors: EditorProxyConfig,
     /// Run agents through this backend instead of as local processes (e.g. the Kubernetes
     /// backend of `guildnet-kube`).
     pub backend: Option<BackendOverride>,
@@ -160,9 +166,6 @@ pub struct LocalOptions {
     pub frame_ancestors: Vec<String>,
     /// Org cluster bootstrap behind `POST /orgs/bootstrap` (e.g. guildnet-talos).
     pub bootstrap: Option<BootstrapOverride>,
-    /// How the editor proxy reaches editors that agents advertise on the tailnet (e.g.
-    /// guildnet-mesh's `TailnetDialer` through a userspace tailscaled's SOCKS5 proxy).
-    pub editor_dialer: Option<Arc<dyn crate::proxy::Dialer>>,
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -200,12 +203,12 @@ impl LocalOptions {
             orgs: Vec::new(),
             durability: Durability::Full,
             service: OrchestratorConfig::new(Secret::new(String::new()), String::new()),
+            editors: EditorProxyConfig::default(),
             backend: None,
             code_server: None,
             agent_user: Default::default(),
             frame_ancestors: Vec::new(),
             bootstrap: None,
-            editor_dialer: None,
         }
     }
 }
@@ -218,8 +221,8 @@ impl Default for LocalOptions {
 
 /// A started (not yet serving) local orchestrator.
 pub struct LocalOrchestrator {
-    /// The service.
-    pub orchestrator: Orchestrator,
+    /// The service and its editor proxy ([`crate::orchestrator::serve`] serves them).
+    pub app: App,
     /// The bound listener.
     pub listener: tokio::net::TcpListener,
     /// Actual address (useful with port 0).
@@ -318,7 +321,8 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     for w in cfg.agents.warnings() {
         tracing::warn!("{w}");
     }
-    cfg.editor_frame_ancestors = std::iter::once("'self'".to_owned())
+    let mut editors = opts.editors.clone();
+    editors.frame_ancestors = std::iter::once("'self'".to_owned())
         .chain(opts.frame_ancestors.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
@@ -329,17 +333,13 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
             Err(e) => return Err(e.into()),
         }
     }
-    let orchestrator = Orchestrator::new(store, backend, cfg)
-        .await
-        .map_err(|e| LaunchError::Other(e.to_string()))?;
-    if let Some(d) = &opts.editor_dialer {
-        orchestrator.set_editor_dialer(d.clone());
-    }
+    let mut orchestrator = Orchestrator::builder(store, backend, cfg);
     if let Some(b) = &opts.bootstrap {
-        orchestrator.set_bootstrap(b.0.clone());
+        orchestrator = orchestrator.bootstrap(b.0.clone());
     }
+    let app = App::new(orchestrator.build(), editors);
     Ok(LocalOrchestrator {
-        orchestrator,
+        app,
         listener,
         addr,
         paths,

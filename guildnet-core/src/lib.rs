@@ -8,7 +8,7 @@
 //! - [`lifecycle`]: the task state machine, one pure function per transition.
 //! - [`state_dir`]: the one state-directory resolver and the paths inside it.
 //! - [`store`]: the durable [`store::StateStore`] seam and its SQLite implementation.
-//! - [`seams`]: the traits at the other real seams: [`seams::ClusterBackend`], [`seams::Mesh`],
+//! - [`seams`]: the traits at the other real seams: [`seams::ClusterBackend`], [`seams::AgentMesh`],
 //!   [`seams::ClusterBootstrap`] (mockall automocks behind the `mocks` feature).
 //! - [`local`]: the local [`seams::ClusterBackend`] that runs each task's agent as a child process.
 //! - [`orchestrator`]: the orchestrator service and its axum HTTP API, served by

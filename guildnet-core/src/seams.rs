@@ -1,10 +1,11 @@
-//! Traits at the real seams of GuildNet: where tasks run (a cluster backend), how machines reach
-//! each other (a mesh), and how an org's cluster comes to exist (a bootstrap).
+//! Traits at the real seams of GuildNet, each with a caller here and implementations elsewhere:
+//! where tasks run (a cluster backend), how a task's agent gets on the tailnet (agent mesh
+//! keys), and how an org's cluster comes to exist (a bootstrap).
 //!
 //! Implementations live in their own crates (`guildnet-kube`, `guildnet-mesh`, `guildnet-talos`)
 //! and in [`crate::local`]. With the `mocks` feature, mockall automocks (`MockClusterBackend`,
-//! `MockMesh`, `MockClusterBootstrap`, and `store::MockStateStore`) let downstream code test
-//! offline; `tests/mocks_downstream.rs` uses each of the four that way.
+//! `MockAgentMesh`, `MockClusterBootstrap`, and `store::MockStateStore`) let downstream code
+//! test offline; `tests/mocks_downstream.rs` uses the backend, bootstrap and store ones that way.
 
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::token::Secret;
@@ -290,56 +291,6 @@ pub enum MeshError {
         /// Why.
         reason: String,
     },
-}
-
-/// A node's view of the mesh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshStatus {
-    /// This node's host name on the mesh.
-    pub hostname: String,
-    /// This node's mesh addresses.
-    pub addresses: Vec<String>,
-    /// Peers and whether they are online.
-    pub peers: Vec<MeshPeer>,
-}
-
-/// A peer on the mesh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshPeer {
-    /// Host name.
-    pub hostname: String,
-    /// Addresses.
-    pub addresses: Vec<String>,
-    /// Online now.
-    pub online: bool,
-}
-
-/// How to join a mesh.
-#[derive(Debug, Clone)]
-pub struct MeshJoin {
-    /// Control server URL (Headscale).
-    pub login_server: String,
-    /// Pre-auth key.
-    pub auth_key: Secret,
-    /// Host name to take.
-    pub hostname: String,
-}
-
-/// A private network joining people, orchestrators and agents (Headscale + Tailscale).
-#[cfg_attr(feature = "mocks", mockall::automock)]
-#[async_trait]
-pub trait Mesh: Send + Sync {
-    /// Creates a pre-auth key for `user` (reusable or single-use, ephemeral or not).
-    async fn create_auth_key(
-        &self,
-        user: &str,
-        reusable: bool,
-        ephemeral: bool,
-    ) -> Result<Secret, MeshError>;
-    /// Joins this node to the mesh.
-    async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError>;
-    /// This node's mesh status.
-    async fn status(&self) -> Result<MeshStatus, MeshError>;
 }
 
 /// What a cluster backend needs to put each task's agent on the mesh (issue 22): a

@@ -52,9 +52,7 @@ async fn harness() -> Harness {
         Arc::new(store),
         Arc::new(mock),
         OrchestratorConfig::new(Secret::new(ADMIN), "http://127.0.0.1:1"),
-    )
-    .await
-    .unwrap();
+    );
     o.create_org(OrgName::new("acme").unwrap()).await.unwrap();
     Harness {
         app: router(o.clone()),

@@ -1,4 +1,4 @@
-//! The four mocks of the `mocks` feature, used the way a downstream crate testing offline would:
+//! Three mocks of the `mocks` feature, used the way a downstream crate testing offline would:
 //! each stands in for one seam while the real code of guildnet-core runs around it (the
 //! orchestrator's HTTP API on a loopback port, driven through the real `OrchestratorClient`).
 //!
@@ -8,9 +8,6 @@
 //!   the database's address, and maps the store's "already exists" to 409.
 //! - `MockClusterBootstrap`: the Talos bootstrap. A bad request is refused with 422 naming the
 //!   field before any work; a good one runs as a job whose result the API reports.
-//! - `MockMesh`: the tailnet. guildnet-core has no code of its own over `Mesh` (its
-//!   implementation is guildnet-mesh's `TailscaleMesh`), so the test drives a downstream
-//!   crate's own enrolment function, written against the trait, as such a crate would.
 //!
 //! Run: `cargo test -p guildnet-core --features mocks --test mocks_downstream`.
 #![cfg(feature = "mocks")]
@@ -22,8 +19,7 @@ use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::orchestrator::{serve, Orchestrator, OrchestratorConfig};
 use guildnet_core::seams::{
     AgentLaunch, BootstrapError, BootstrapOutcome, BootstrapProgress, ClusterBackend,
-    ClusterBootstrap, Mesh, MeshError, MeshJoin, MeshPeer, MeshStatus, MockClusterBackend,
-    MockClusterBootstrap, MockMesh, WorkloadState,
+    ClusterBootstrap, MockClusterBackend, MockClusterBootstrap, WorkloadState,
 };
 use guildnet_core::store::{Durability, MockStateStore, SqliteStore, StateStore, StoreError};
 use guildnet_core::token::Secret;
@@ -50,10 +46,11 @@ async fn serve_orchestrator(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut cfg = OrchestratorConfig::new(Secret::new(ADMIN), url.clone());
     cfg.submit_retry = Duration::from_millis(100);
-    let o = Orchestrator::new(store, backend, cfg).await.unwrap();
+    let mut o = Orchestrator::builder(store, backend, cfg);
     if let Some(b) = bootstrap {
-        assert!(o.set_bootstrap(b));
+        o = o.bootstrap(b);
     }
+    let o = o.build();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(listener, o, async move {
         let _ = stopped.await;
@@ -283,118 +280,4 @@ async fn mock_cluster_bootstrap_runs_as_a_job_behind_the_api() {
         .await
         .unwrap();
     assert_eq!(PathBuf::from(generated.path), kubeconfig);
-}
-
-/// A downstream crate's own code over the `Mesh` seam: enrol this machine with a single-use,
-/// ephemeral key, then check it sees itself online.
-#[derive(Debug, thiserror::Error)]
-enum EnrollError {
-    #[error("could not get a key for {user}: {source}")]
-    Key {
-        user: String,
-        #[source]
-        source: MeshError,
-    },
-    #[error("joining the mesh failed: {0}")]
-    Join(#[source] MeshError),
-    #[error("joined, but {0} is not online")]
-    NotOnline(String),
-}
-
-async fn enroll(
-    mesh: &dyn Mesh,
-    login_server: &str,
-    user: &str,
-    hostname: &str,
-) -> Result<MeshStatus, EnrollError> {
-    let key = mesh
-        .create_auth_key(user, false, true)
-        .await
-        .map_err(|source| EnrollError::Key {
-            user: user.to_owned(),
-            source,
-        })?;
-    mesh.join(MeshJoin {
-        login_server: login_server.to_owned(),
-        auth_key: key,
-        hostname: hostname.to_owned(),
-    })
-    .await
-    .map_err(EnrollError::Join)?;
-    let status = mesh.status().await.map_err(EnrollError::Join)?;
-    if status.hostname != hostname || status.addresses.is_empty() {
-        return Err(EnrollError::NotOnline(hostname.to_owned()));
-    }
-    Ok(status)
-}
-
-fn status(hostname: &str, addresses: &[&str]) -> MeshStatus {
-    MeshStatus {
-        hostname: hostname.into(),
-        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
-        peers: vec![MeshPeer {
-            hostname: "orchestrator".into(),
-            addresses: vec!["100.64.0.1".into()],
-            online: true,
-        }],
-    }
-}
-
-#[tokio::test]
-async fn mock_mesh_drives_a_downstream_enrolment() {
-    let mut mesh = MockMesh::new();
-    mesh.expect_create_auth_key()
-        .with(eq("agents"), eq(false), eq(true))
-        .times(1)
-        .returning(|_, _, _| Ok(Secret::new("tskey-auth-k1")));
-    mesh.expect_join()
-        .withf(|j| {
-            j.login_server == "https://hs.example.invalid"
-                && j.hostname == "agent-7"
-                && j.auth_key.expose() == "tskey-auth-k1"
-        })
-        .times(1)
-        .returning(|_| Ok(status("agent-7", &[])));
-    mesh.expect_status()
-        .times(1)
-        .returning(|| Ok(status("agent-7", &["100.64.0.7"])));
-    let st = enroll(&mesh, "https://hs.example.invalid", "agents", "agent-7")
-        .await
-        .unwrap();
-    assert_eq!(st.addresses, ["100.64.0.7"]);
-    assert!(st.peers.iter().any(|p| p.online));
-
-    // The control server refuses the key request: the error says for whom, and nothing joins.
-    let mut refused = MockMesh::new();
-    refused
-        .expect_create_auth_key()
-        .returning(|_, _, _| Err(MeshError::Auth("api key expired".into())));
-    refused.expect_join().times(0);
-    let e = enroll(&refused, "https://hs.example.invalid", "agents", "agent-8")
-        .await
-        .unwrap_err();
-    assert!(matches!(e, EnrollError::Key { .. }), "{e}");
-    assert_eq!(
-        e.to_string(),
-        "could not get a key for agents: mesh authentication failed: api key expired"
-    );
-
-    // Joined but with no address: reported, not taken as success.
-    let mut offline = MockMesh::new();
-    offline
-        .expect_create_auth_key()
-        .returning(|_, _, _| Ok(Secret::new("tskey-auth-k2")));
-    offline
-        .expect_join()
-        .returning(|_| Ok(status("agent-9", &[])));
-    offline
-        .expect_status()
-        .returning(|| Ok(status("agent-9", &[])));
-    let e = enroll(&offline, "https://hs.example.invalid", "agents", "agent-9")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, EnrollError::NotOnline(ref h) if h == "agent-9"),
-        "{e}"
-    );
 }

@@ -70,9 +70,7 @@ async fn server() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = OrchestratorConfig::new(Secret::new(ADMIN), url.clone());
-    let o = Orchestrator::new(Arc::new(store.clone()), Arc::new(mock), cfg)
-        .await
-        .unwrap();
+    let o = Orchestrator::new(Arc::new(store.clone()), Arc::new(mock), cfg);
     tokio::spawn(guildnet_core::orchestrator::serve(
         listener,
         o,

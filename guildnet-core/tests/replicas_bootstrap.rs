@@ -100,14 +100,13 @@ async fn replica(url: &str, runs: &Arc<Runs>) -> (Orchestrator, Arc<Semaphore>) 
     let mut backend = MockClusterBackend::new();
     backend.expect_name().return_const("mock");
     let cfg = OrchestratorConfig::new(Secret::new("admin"), "http://127.0.0.1:1");
-    let o = Orchestrator::new(Arc::new(store), Arc::new(backend), cfg)
-        .await
-        .expect("orchestrator");
     let finish = Arc::new(Semaphore::new(0));
-    assert!(o.set_bootstrap(Arc::new(StandIn {
-        runs: runs.clone(),
-        finish: finish.clone(),
-    })));
+    let o = Orchestrator::builder(Arc::new(store), Arc::new(backend), cfg)
+        .bootstrap(Arc::new(StandIn {
+            runs: runs.clone(),
+            finish: finish.clone(),
+        }))
+        .build();
     (o, finish)
 }
 

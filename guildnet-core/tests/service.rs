@@ -85,9 +85,7 @@ async fn harness_with(
 
     let mut cfg = OrchestratorConfig::new(Secret::new("admin"), "http://127.0.0.1:1");
     tweak(&mut cfg);
-    let o = Orchestrator::new(Arc::new(store.clone()), Arc::new(mock), cfg)
-        .await
-        .unwrap();
+    let o = Orchestrator::new(Arc::new(store.clone()), Arc::new(mock), cfg);
     o.create_org(OrgName::new("acme").unwrap()).await.unwrap();
     Harness {
         o,

@@ -131,7 +131,7 @@ impl Db {
     /// The schema version this build migrates to.
     fn current_version(&self) -> i64 {
         match self {
-            Db::Sqlite { .. } => 5,
+            Db::Sqlite { .. } => 6,
             Db::Postgres { .. } => PostgresStore::schema_version() as i64,
         }
     }
@@ -2049,7 +2049,17 @@ async fn prune_removes_old_finished_tasks_with_their_logs_and_agents(db: Db) {
         .append_logs(&running.id, batch(&agent("agent-run"), lines(1..=2)))
         .await
         .unwrap();
-    let events_before = store.events_after(0, 0).await.unwrap().len();
+    let events_before = store.events_after(0, 0).await.unwrap();
+    let pruned: Vec<Option<TaskId>> = finished.iter().map(|t| Some(t.id.clone())).collect();
+    let events_kept: Vec<u64> = events_before
+        .iter()
+        .filter(|e| !pruned.contains(&e.task_id))
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        events_kept.len() < events_before.len() && !events_kept.is_empty(),
+        "the fixture has events of pruned and of kept tasks"
+    );
     let audit_before = store.audit_after(0, 0).await.unwrap().len();
     let cutoff = now_ms() - Duration::days(1);
 
@@ -2071,8 +2081,16 @@ async fn prune_removes_old_finished_tasks_with_their_logs_and_agents(db: Db) {
     assert!(store.get_task(&recent.id).await.unwrap().is_some());
     assert!(store.get_task(&running.id).await.unwrap().is_some());
     assert_eq!(store.task_logs(&running.id, 0, 0).await.unwrap().len(), 2);
-    // Events stay; one audit row per call that removed something.
-    assert_eq!(store.events_after(0, 0).await.unwrap().len(), events_before);
+    // The pruned tasks' events go, every other event stays (same ids, same order); one audit
+    // row per call that removed something.
+    let events_after: Vec<u64> = store
+        .events_after(0, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(events_after, events_kept);
     let audit = store.audit_after(0, 0).await.unwrap();
     assert_eq!(audit.len(), audit_before + 2);
     assert!(audit[audit_before..]

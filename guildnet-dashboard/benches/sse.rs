@@ -9,7 +9,7 @@
 mod support;
 
 use futures_util::StreamExt;
-use guildnet_core::client::SseParser;
+use guildnet_core::client::sse_messages;
 use guildnet_testbed::bench::{pct_duration, row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,27 +69,26 @@ async fn run() {
                     return;
                 }
             };
-            let mut stream = resp.bytes_stream();
-            let mut parser = SseParser::default();
             let mut counted = false;
-            while let Some(Ok(chunk)) = stream.next().await {
-                let now = Instant::now();
+            // The first chunk is the ": live" comment: the subscription is in place.
+            let body = resp.bytes_stream().inspect(move |_| {
                 if !counted {
-                    // The first chunk is the ": live" comment: the subscription is in place.
                     opened.add_permits(1);
                     counted = true;
                 }
-                for m in parser.feed(&chunk) {
-                    if m.event != "task" {
-                        continue;
-                    }
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&m.data) else {
-                        continue;
-                    };
-                    if v["kind"] == "task.scheduled" {
-                        let id = v["taskId"].as_str().unwrap_or_default().to_owned();
-                        let _ = tx.send((id, now));
-                    }
+            });
+            let mut messages = Box::pin(sse_messages(body));
+            while let Some(Ok(m)) = messages.next().await {
+                let now = Instant::now();
+                if m.event != "task" {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&m.data) else {
+                    continue;
+                };
+                if v["kind"] == "task.scheduled" {
+                    let id = v["taskId"].as_str().unwrap_or_default().to_owned();
+                    let _ = tx.send((id, now));
                 }
             }
         });

@@ -16,6 +16,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// Longest wait before reconnecting to the orchestrator's `/events`.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// The waits between reconnects to the orchestrator's `/events`: 0.2 s doubling up to
+/// [`MAX_RECONNECT_DELAY`], for ever (backon's exponential backoff, no jitter).
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(MAX_RECONNECT_DELAY)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
 /// Events kept for resumption.
 pub const RING_CAPACITY: usize = 4096;
 /// Keep-alive comment interval on browser streams.
@@ -148,16 +163,17 @@ impl LiveHub {
         self.tx.receiver_count()
     }
 
-    /// Follows the orchestrator's `/events` forever, reconnecting with the last id seen.
+    /// Follows the orchestrator's `/events` forever, reconnecting with the last id seen after
+    /// a wait of 0.2 s doubling up to 5 s (the waits start over once connected).
     pub async fn run_upstream(self: Arc<Self>, client: OrchestratorClient) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = reconnect_delays();
         loop {
             let last = self.last_id();
             let last_s = (last > 0).then(|| last.to_string());
             match client.open_sse("/events", last_s.as_deref()).await {
                 Ok(stream) => {
                     self.connected.store(true, Ordering::Relaxed);
-                    backoff = Duration::from_millis(200);
+                    backoff = reconnect_delays();
                     let mut stream = Box::pin(stream);
                     while let Some(item) = stream.next().await {
                         match item {
@@ -182,8 +198,8 @@ impl LiveHub {
                     tracing::warn!(error = %e, "cannot follow orchestrator events; retrying");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let wait = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -255,6 +271,12 @@ fn resync_frame() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_waits_double_from_200_ms_up_to_5_s() {
+        let waits: Vec<u128> = reconnect_delays().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
 
     fn ev(id: u64) -> LiveEvent {
         LiveEvent::from_upstream(&SseMessage {

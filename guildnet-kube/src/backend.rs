@@ -50,6 +50,12 @@ pub struct KubeBackendConfig {
     /// Puts each agent on the tailnet (see [`crate::backend_mesh`]); `None`: agents reach the
     /// orchestrator on the pod network and the editor is port-forwarded.
     pub mesh: Option<crate::backend_mesh::KubeMesh>,
+    /// An org with no kubeconfig at all (none of its own, no `$KUBECONFIG`, no
+    /// `~/.kube/config`) runs its agents in the cluster this process runs in, with the pod's
+    /// ServiceAccount (`KUBERNETES_SERVICE_HOST` and the mounted token). For an orchestrator
+    /// deployed in the cluster its agents run in (the Helm chart's default). Off: such an org
+    /// reports "no kubeconfig".
+    pub in_cluster: bool,
 }
 
 /// Default [`KubeBackendConfig::start_deadline`]: below the orchestrator's 120 s claim timeout,
@@ -73,6 +79,7 @@ impl KubeBackendConfig {
             ttl_seconds_after_finished: Some(3600),
             start_deadline: Some(DEFAULT_START_DEADLINE),
             mesh: None,
+            in_cluster: false,
         }
     }
 }
@@ -80,7 +87,8 @@ impl KubeBackendConfig {
 /// AgentTasks in each org's cluster.
 pub struct KubeBackend {
     pub(crate) cfg: KubeBackendConfig,
-    clients: Mutex<HashMap<OrgName, (PathBuf, kube::Client)>>,
+    /// Per org: the kubeconfig it was built from (`None`: in-cluster) and the client.
+    clients: Mutex<HashMap<OrgName, (Option<PathBuf>, kube::Client)>>,
     forwards: portforward::Forwards,
     editor_passwords: Mutex<HashMap<String, TokenSecret>>,
 }
@@ -143,13 +151,15 @@ impl KubeBackend {
             org: org.clone(),
             reason,
         };
-        let path = find_kubeconfig(&self.cfg.state, org).ok_or_else(|| {
-            unavailable(format!(
+        let path = find_kubeconfig(&self.cfg.state, org);
+        if path.is_none() && !self.cfg.in_cluster {
+            return Err(unavailable(format!(
                 "no kubeconfig (looked for {}, ~/.kube/{org}.config, $KUBECONFIG and \
-                 ~/.kube/config)",
+                 ~/.kube/config; an orchestrator running in the org's cluster can use its \
+                 ServiceAccount with --kube-in-cluster)",
                 self.cfg.state.kubeconfig(org).display()
-            ))
-        })?;
+            )));
+        }
         if let Some((p, c)) = self
             .clients
             .lock()
@@ -160,16 +170,30 @@ impl KubeBackend {
                 return Ok(c.clone());
             }
         }
-        if !guildnet_core::state_dir::is_org_kubeconfig(&path, org) {
-            tracing::warn!(
-                org = %org,
-                kubeconfig = %path.display(),
-                "org has no kubeconfig of its own: using the shared one"
-            );
-        }
-        let client = client_from_path(&path)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let client = match &path {
+            Some(path) => {
+                if !guildnet_core::state_dir::is_org_kubeconfig(path, org) {
+                    tracing::warn!(
+                        org = %org,
+                        kubeconfig = %path.display(),
+                        "org has no kubeconfig of its own: using the shared one"
+                    );
+                }
+                client_from_path(path)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+            }
+            None => {
+                let config = kube::Config::incluster().map_err(|e| {
+                    unavailable(format!(
+                        "no kubeconfig, and the in-cluster configuration is unusable \
+                         (is this process running in a pod with a ServiceAccount token?): {e}"
+                    ))
+                })?;
+                tracing::info!(org = %org, "org has no kubeconfig: using this pod's cluster");
+                kube::Client::try_from(config).map_err(|e| unavailable(e.to_string()))?
+            }
+        };
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -191,11 +215,20 @@ impl KubeBackend {
         }
     }
 
-    /// Creates the namespace if it is missing.
+    /// Creates the namespace if it is missing. A ServiceAccount allowed only into the agents'
+    /// namespace (the Helm chart's orchestrator: a Role, no cluster-wide rights) may not read
+    /// namespaces: then the namespace is taken to exist, and writing the AgentTask says so if
+    /// it does not.
     pub async fn prepare_namespace(&self, client: &kube::Client) -> Result<(), kube::Error> {
         let nss: Api<Namespace> = Api::all(client.clone());
-        if nss.get_opt(&self.cfg.namespace).await?.is_some() {
-            return Ok(());
+        match nss.get_opt(&self.cfg.namespace).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::debug!(namespace = %self.cfg.namespace, "may not read namespaces: assuming it exists");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
         let ns = json!({
             "apiVersion": "v1", "kind": "Namespace",

@@ -5,7 +5,9 @@ use guildnet_core::names::OrgName;
 use guildnet_core::orchestrator::api::{
     ClaimRequest, CompleteRequest, EditorRequest, RegisterRequest, ScheduleRequest,
 };
-use guildnet_core::orchestrator::{Orchestrator, OrchestratorConfig};
+use guildnet_core::orchestrator::{
+    EditorProxy, EditorProxyConfig, Orchestrator, OrchestratorConfig,
+};
 use guildnet_core::seams::{ClusterBackend, WorkloadState};
 use guildnet_core::state_dir::StatePaths;
 use guildnet_core::store::{Durability, SqliteStore};
@@ -288,11 +290,7 @@ async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_ro
             .expect("svc")
             .resource_version(),
     );
-    let reconciles = op
-        .ctx
-        .metrics
-        .reconciles
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let reconciles = op.ctx.metrics.reconciles.get();
     tasks
         .patch(
             "atask-t1",
@@ -302,12 +300,7 @@ async fn operator_reconciles_idempotently_validates_and_cancels_under_its_own_ro
         .await
         .expect("poke");
     eventually("another reconcile", Duration::from_secs(10), || async {
-        (op.ctx
-            .metrics
-            .reconciles
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > reconciles)
-            .then_some(())
+        (op.ctx.metrics.reconciles.get() > reconciles).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -470,9 +463,7 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
     ocfg.agents
         .secret_env
         .push(("MODEL_API_KEY".into(), Token::new(MODEL_KEY)));
-    let o = Orchestrator::new(Arc::new(store), backend.clone(), ocfg)
-        .await
-        .expect("orchestrator");
+    let o = Orchestrator::new(Arc::new(store), backend.clone(), ocfg);
     o.create_org(acme.clone()).await.expect("org");
     let req: ScheduleRequest =
         serde_json::from_value(json!({"org": "acme", "task": "open a PR"})).expect("req");
@@ -594,19 +585,20 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
         name: agent.clone(),
         org: acme.clone(),
     };
-    let ep = o.open_editor(req()).await.expect("open editor");
+    let editors = EditorProxy::new(o.clone(), EditorProxyConfig::default());
+    let ep = editors.open(req()).await.expect("open editor");
     assert_eq!(ep.host, "127.0.0.1");
     let page = http_get(&format!("{}:{}", ep.host, ep.port)).await;
     assert!(page.contains("fake code-server"), "{page}");
-    let again = o.open_editor(req()).await.expect("reopen");
+    let again = editors.open(req()).await.expect("reopen");
     assert_eq!(again.port, ep.port, "a live forward is reused");
     let other_org = EditorRequest {
         name: agent.clone(),
         org: OrgName::new("other").expect("org"),
     };
-    let err = o.open_editor(other_org).await.expect_err("wrong org");
+    let err = editors.open(other_org).await.expect_err("wrong org");
     assert_eq!(err.status, axum::http::StatusCode::NOT_FOUND, "{err:?}");
-    assert!(o.close_editor(req()).await.expect("close").closed);
+    assert!(editors.close(req()).await.expect("close").closed);
     eventually("forward closed", Duration::from_secs(5), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", ep.port))
             .await
@@ -788,9 +780,7 @@ async fn describe_explains_why_a_pod_does_not_start() {
         Arc::new(store),
         backend.clone(),
         OrchestratorConfig::new(Token::new("admin-token-for-test"), "http://orch.test:8080"),
-    )
-    .await
-    .expect("orchestrator");
+    );
     o.create_org(acme.clone()).await.expect("org");
     let req: ScheduleRequest =
         serde_json::from_value(json!({"org": "acme", "task": "needs a big machine"})).expect("req");
@@ -887,12 +877,7 @@ async fn with_leader_election_one_replica_reconciles_and_another_takes_over() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let reconciles = |o: &RunningOperator| {
-        o.ctx
-            .metrics
-            .reconciles
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let reconciles = |o: &RunningOperator| o.ctx.metrics.reconciles.get();
     assert!(reconciles(&a) > 0);
     assert_eq!(reconciles(&b), 0, "the follower must not reconcile");
 

@@ -103,9 +103,7 @@ async fn pools_on_kwok_hand_over_adopt_refill_scale_to_zero_and_go_with_the_org(
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let mut ocfg = OrchestratorConfig::new(Token::new(ADMIN), url.clone());
     ocfg.agents.default_runner = Some("sh -s".into());
-    let o = Orchestrator::new(Arc::new(store), backend, ocfg)
-        .await
-        .expect("orchestrator");
+    let o = Orchestrator::new(Arc::new(store), backend, ocfg);
     o.create_org(acme.clone()).await.expect("org");
     tokio::spawn(guildnet_core::orchestrator::serve(
         listener,

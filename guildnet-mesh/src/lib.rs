@@ -15,7 +15,7 @@
 //!   HTTP proxies on loopback, its CLI ([`tailscale::TailscaleCli`]: up / status / down / logout)
 //!   and [`tailscale::TailnetDialer`], which opens a [`tokio::net::TcpStream`] to a tailnet
 //!   `host:port` through a node's SOCKS5 proxy.
-//! - [`TailscaleMesh`]: guildnet-core's [`guildnet_core::seams::Mesh`] over those pieces.
+//! - [`TailscaleMesh`]: a node on the mesh over those pieces (mint a key, join, status).
 //! - [`AgentMeshKeys`]: guildnet-core's [`guildnet_core::seams::AgentMesh`]: a single-use,
 //!   ephemeral pre-auth key per agent and removing its node when the task ends (issue 22).
 //!
@@ -32,5 +32,5 @@ pub mod setup;
 pub mod tailscale;
 
 pub use agent_keys::AgentMeshKeys;
-pub use mesh_impl::TailscaleMesh;
+pub use mesh_impl::{MeshJoin, MeshPeer, MeshStatus, TailscaleMesh};
 pub use redact::display_url;

@@ -1,14 +1,51 @@
-//! guildnet-core's [`Mesh`] over a Headscale client and a tailscale node.
+//! A node on the mesh ([`TailscaleMesh`]) over a Headscale client and a tailscale node: mint a
+//! pre-auth key, join, report status. A concrete type, not a guildnet-core seam: nothing in
+//! the workspace needs a second implementation (guildnet-core's `Mesh` trait, which had this
+//! one implementation and no caller but tests, is gone; the per-agent keys a backend needs are
+//! the [`guildnet_core::seams::AgentMesh`] seam).
 
 use crate::headscale::{HeadscaleClient, PreAuthKeyRequest};
 use crate::tailscale::TailscaleCli;
-use async_trait::async_trait;
-use guildnet_core::seams::{Mesh, MeshError, MeshJoin, MeshStatus};
+use guildnet_core::seams::MeshError;
 use guildnet_core::token::Secret;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The [`Mesh`] of a node: joins and reports through its tailscale CLI, and mints pre-auth
-/// keys through the Headscale API when it has a client (an orchestrator minting agent keys).
+/// A node's view of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's host name on the mesh.
+    pub hostname: String,
+    /// This node's mesh addresses.
+    pub addresses: Vec<String>,
+    /// Peers and whether they are online.
+    pub peers: Vec<MeshPeer>,
+}
+
+/// A peer on the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPeer {
+    /// Host name.
+    pub hostname: String,
+    /// Addresses.
+    pub addresses: Vec<String>,
+    /// Online now.
+    pub online: bool,
+}
+
+/// How to join a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshJoin {
+    /// Control server URL (Headscale).
+    pub login_server: String,
+    /// Pre-auth key.
+    pub auth_key: Secret,
+    /// Host name to take.
+    pub hostname: String,
+}
+
+/// A node on the mesh: joins and reports through its tailscale CLI, and mints pre-auth keys
+/// through the Headscale API when it has a client (an orchestrator minting agent keys).
 #[derive(Debug, Clone)]
 pub struct TailscaleMesh {
     node: TailscaleCli,
@@ -18,7 +55,7 @@ pub struct TailscaleMesh {
 }
 
 impl TailscaleMesh {
-    /// A mesh over `node`; `headscale` is needed only for [`Mesh::create_auth_key`].
+    /// A mesh over `node`; `headscale` is needed only for [`TailscaleMesh::create_auth_key`].
     pub fn new(node: TailscaleCli, headscale: Option<HeadscaleClient>) -> Self {
         Self {
             node,
@@ -44,12 +81,10 @@ impl TailscaleMesh {
     pub fn node(&self) -> &TailscaleCli {
         &self.node
     }
-}
 
-#[async_trait]
-impl Mesh for TailscaleMesh {
-    /// Mints a pre-auth key for `user` (created if missing), valid for the key validity.
-    async fn create_auth_key(
+    /// Mints a pre-auth key for `user` (created if missing; reusable or single-use, ephemeral
+    /// or not), valid for the key validity.
+    pub async fn create_auth_key(
         &self,
         user: &str,
         reusable: bool,
@@ -76,7 +111,7 @@ impl Mesh for TailscaleMesh {
 
     /// `tailscale up` with the key (skipped when already joined there under that name), then
     /// the node's status.
-    async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError> {
+    pub async fn join(&self, join: MeshJoin) -> Result<MeshStatus, MeshError> {
         self.node
             .join(
                 &join.login_server,
@@ -89,7 +124,7 @@ impl Mesh for TailscaleMesh {
     }
 
     /// The node's status.
-    async fn status(&self) -> Result<MeshStatus, MeshError> {
+    pub async fn status(&self) -> Result<MeshStatus, MeshError> {
         Ok(self.node.status().await?.into())
     }
 }

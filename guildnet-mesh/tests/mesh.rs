@@ -1,12 +1,12 @@
 //! The mesh against real servers: headscale and userspace tailscaled from the testbed
 //! (`scripts/testbed/install.sh headscale tailscale`), all on loopback.
 
-use guildnet_core::seams::{Mesh, MeshError, MeshJoin};
+use guildnet_core::seams::MeshError;
 use guildnet_core::token::Secret;
 use guildnet_mesh::headscale::{HeadscaleClient, HeadscaleError, HeadscaleSettings};
 use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions, Progress, SetupError};
 use guildnet_mesh::tailscale::{TailscaleError, Tailscaled, TailscaledConfig};
-use guildnet_mesh::TailscaleMesh;
+use guildnet_mesh::{MeshJoin, TailscaleMesh};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;

@@ -638,6 +638,10 @@ impl TalosctlBootstrap {
             Retry::Never => 1,
             Retry::Transient { .. } => policy.max_attempts.max(1),
         };
+        let mut delays = match retry {
+            Retry::Never => None,
+            Retry::Transient { .. } => Some(policy.delays()),
+        };
         let mut attempt = 1;
         loop {
             let failure = match self
@@ -648,15 +652,17 @@ impl TalosctlBootstrap {
                 Ok(out) => return Ok(out),
                 Err(f) => f,
             };
-            let delay = policy.delay_after(attempt);
-            let in_time = match retry {
-                Retry::Transient {
-                    deadline: Some(deadline),
-                } => Instant::now() + delay < deadline,
-                _ => true,
-            };
-            if attempt >= max || !failure.is_transient() || !in_time {
+            let next = delays.as_mut().and_then(Iterator::next);
+            let Some(delay) = next.filter(|_| failure.is_transient()) else {
                 return Err((failure, attempt));
+            };
+            if let Retry::Transient {
+                deadline: Some(deadline),
+            } = retry
+            {
+                if Instant::now() + delay >= deadline {
+                    return Err((failure, attempt));
+                }
             }
             tracing::warn!(
                 step,

@@ -30,13 +30,35 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait after failed try number `attempt` (1-based): `initial * 2^(attempt-1)`, capped.
-    pub fn delay_after(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.initial_delay
-            .checked_mul(factor)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+    /// The waits between tries: `initial_delay` doubling up to `max_delay`, one fewer than
+    /// `max_attempts` (backon's exponential backoff, no jitter).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.max_attempts.max(1) as usize - 1)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_waits_double_from_2_s_up_to_30_s_nine_times() {
+        let waits: Vec<u64> = RetryPolicy::default()
+            .delays()
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30, 30, 30, 30]);
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        assert_eq!(once.delays().count(), 0, "one try: no wait");
     }
 }
 
@@ -107,8 +129,7 @@ mod tests {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(350),
         };
-        let d: Vec<u128> = (1..=5).map(|a| p.delay_after(a).as_millis()).collect();
-        assert_eq!(d, vec![100, 200, 350, 350, 350]);
-        assert_eq!(p.delay_after(200), Duration::from_millis(350));
+        let d: Vec<u128> = p.delays().map(|d| d.as_millis()).collect();
+        assert_eq!(d, vec![100, 200, 350, 350], "one wait fewer than tries");
     }
 }

@@ -181,9 +181,7 @@ async fn run() -> Result<String, Error> {
     let mut cfg = OrchestratorConfig::new(admin.clone(), url.clone());
     cfg.submit_retry = Duration::from_millis(200);
     cfg.reaper_interval = Duration::from_millis(100);
-    let orchestrator = Orchestrator::new(store, backend, cfg)
-        .await
-        .map_err(|e| Error::Setup(e.to_string()))?;
+    let orchestrator = Orchestrator::new(store, backend, cfg);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, orchestrator, async move {
         let _ = stop_rx.await;

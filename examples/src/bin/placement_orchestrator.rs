@@ -192,9 +192,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     cfg.submit_retry = Duration::from_millis(cli.submit_retry_ms);
     cfg.heartbeat_interval = Duration::from_secs(cli.heartbeat_secs);
     cfg.lease_ttl = Duration::from_secs(cli.lease_ttl_secs);
-    let orchestrator = Orchestrator::new(store, backend.clone(), cfg)
-        .await
-        .map_err(|e| StartError::Other(e.to_string()))?;
+    let orchestrator = Orchestrator::new(store, backend.clone(), cfg);
 
     println!("placement orchestrator listening on http://{addr}");
     for (name, (_, cap)) in backend.occupancy() {

@@ -1,4 +1,13 @@
-//! `ANY /editor/proxy/{port}/...`: the orchestrator's reverse proxy to agents' editors.
+//! The orchestrator's reverse proxy to agents' editors: `POST /agents/editor/open` and
+//! `/close`, and `ANY /editor/proxy/{port}/...`.
+//!
+//! **Owns** its state ([`EditorProxy`]): the registry of open editors by proxy port, the pooled
+//! HTTP client, the tailnet dialer, the `frame-ancestors` policy and which editor addresses it
+//! accepts ([`EditorProxyConfig`]). **Asks the service** ([`Orchestrator`]) only where an agent's
+//! editor is ([`Orchestrator::editor_location`]), to close a backend tunnel
+//! ([`Orchestrator::close_editor_endpoint`]), whether a bearer token is the admin's, and which
+//! agents ended ([`Orchestrator::subscribe_agent_ends`]): their editors are forgotten before
+//! the next request is served. **Must not** touch the store or the backend itself.
 //!
 //! It reaches only the ports `POST /agents/editor/open` opened (a registry keyed by port), so it
 //! cannot be turned into a proxy to other hosts or ports. Callers authenticate with the admin
@@ -7,28 +16,227 @@
 //! code-server itself and keeps code-server's session cookie server-side: the person never
 //! sees the password.
 
-use super::error::ApiError;
-use super::http::ApiPath;
+use super::api::{EditorCloseResponse, EditorOpenResponse, EditorRequest};
+use super::error::{ApiError, ErrorBody};
+use super::http::{AdminAuth, ApiJson, ApiPath};
+use super::service::{EditorSource, EndedAgent};
 use super::Orchestrator;
 use crate::names::{AgentName, OrgName};
-use crate::proxy::{ProxyError, Upstream};
+use crate::proxy::{Dialer, ProxyError, ReverseProxy, Upstream};
 use crate::token::{self, Secret};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::broadcast::{self, error::TryRecvError};
+
+/// The editor proxy's settings.
+#[derive(Debug, Clone)]
+pub struct EditorProxyConfig {
+    /// `frame-ancestors` sources allowed to embed proxied editors (`'self'` plus the
+    /// dashboard's origin).
+    pub frame_ancestors: String,
+    /// Proxy to any editor address an agent advertises at register. Off by default: an agent's
+    /// credentials could otherwise point the proxy anywhere. Without it, only tailnet addresses
+    /// (100.64.0.0/10, fd7a:115c:a1e0::/48) dialed through [`EditorProxyConfig::dialer`] are
+    /// accepted.
+    pub trust_advertised: bool,
+    /// How editors on the tailnet are reached (e.g. guildnet-mesh's `TailnetDialer` through a
+    /// userspace tailscaled's SOCKS5 proxy); `None`: tailnet editors are refused.
+    pub dialer: Option<Arc<dyn Dialer>>,
+}
+
+impl Default for EditorProxyConfig {
+    /// Framing by the orchestrator's own pages only, advertised addresses not trusted, no
+    /// tailnet dialer.
+    fn default() -> Self {
+        Self {
+            frame_ancestors: "'self'".into(),
+            trust_advertised: false,
+            dialer: None,
+        }
+    }
+}
+
+/// The editor proxy. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct EditorProxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    service: Orchestrator,
+    cfg: EditorProxyConfig,
+    /// Editors opened through `POST /agents/editor/open`, by proxy port.
+    ports: EditorPorts,
+    /// The pooled client to editors.
+    client: ReverseProxy,
+    /// Agents that ended since the last look (see [`EditorProxy::forget_ended`]).
+    ended: Mutex<broadcast::Receiver<EndedAgent>>,
+}
+
+impl EditorProxy {
+    /// An editor proxy in front of `service`'s agents.
+    pub fn new(service: Orchestrator, cfg: EditorProxyConfig) -> Self {
+        let ended = Mutex::new(service.subscribe_agent_ends());
+        Self {
+            inner: Arc::new(ProxyInner {
+                service,
+                cfg,
+                ports: EditorPorts::default(),
+                client: ReverseProxy::new(),
+                ended,
+            }),
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EditorProxyConfig {
+        &self.inner.cfg
+    }
+
+    /// Forgets the editors of agents that ended. Reads what the service announced since the
+    /// last call; when more ended than the announcement buffer holds, asks the service about
+    /// each open editor instead.
+    async fn forget_ended(&self) {
+        let mut lagged = false;
+        {
+            let Ok(mut rx) = self.inner.ended.lock() else {
+                return;
+            };
+            loop {
+                match rx.try_recv() {
+                    Ok(a) => {
+                        self.inner.ports.close(&a.org, &a.agent);
+                    }
+                    Err(TryRecvError::Lagged(_)) => lagged = true,
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+        }
+        if lagged {
+            for (org, agent) in self.inner.ports.agents() {
+                match self.inner.service.agent_is_current(&org, &agent).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.inner.ports.close(&org, &agent);
+                    }
+                    // Kept: the next announcement or look decides.
+                    Err(e) => tracing::warn!(%agent, error = %e, "editor proxy: agent not checked"),
+                }
+            }
+        }
+    }
+
+    /// `POST /agents/editor/open`: asks the service where the agent's editor is, checks that
+    /// the proxy may go there, and serves it under `/editor/proxy/<port>/`.
+    pub async fn open(&self, req: EditorRequest) -> Result<EditorOpenResponse, ApiError> {
+        Ok(self.open_session(req).await?.0)
+    }
+
+    /// Like [`EditorProxy::open`], also returning the proxy session token for the port.
+    async fn open_session(
+        &self,
+        req: EditorRequest,
+    ) -> Result<(EditorOpenResponse, Secret), ApiError> {
+        let loc = self
+            .inner
+            .service
+            .editor_location(&req.org, &req.name)
+            .await?;
+        let has_dialer = self.inner.cfg.dialer.is_some();
+        let (advertised, backend_tailnet) = match loc.source {
+            // A backend's tailnet address (an agent pod's sidecar) needs the tailnet dialer.
+            EditorSource::Backend { via_tailnet: true } if !has_dialer => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "editor_unavailable",
+                    format!(
+                        "the editor of agent {} is on the tailnet at {}:{}: run the orchestrator \
+                         with --tailnet-socks5 (its node's SOCKS5 proxy) to reach it",
+                        req.name, loc.host, loc.port
+                    ),
+                ))
+            }
+            EditorSource::Backend { via_tailnet } => (false, via_tailnet),
+            EditorSource::Advertised => (true, false),
+        };
+        let (host, port) = (loc.host, loc.port);
+        // An address the agent advertised is dialed over the tailnet when a dialer is set, and
+        // only a tailnet address is accepted then, unless advertised addresses are trusted.
+        let via_tailnet = (advertised || backend_tailnet) && has_dialer;
+        if advertised && !self.inner.cfg.trust_advertised {
+            let on_tailnet = via_tailnet && is_tailnet_ip(&host);
+            if !on_tailnet {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "editor_unavailable",
+                    format!(
+                        "agent {} advertises an editor at {host}:{port}, which is not a tailnet \
+                         address reached over the tailnet (run the orchestrator with \
+                         --tailnet-socks5, or --trust-advertised-editors for sidecar editors)",
+                        req.name
+                    ),
+                ));
+            }
+        }
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        self.forget_ended().await;
+        let (proxy_port, session) = self.inner.ports.open(
+            port,
+            &req.org,
+            &req.name,
+            authority,
+            loc.password,
+            via_tailnet,
+        );
+        Ok((
+            EditorOpenResponse {
+                name: req.name,
+                path: format!("/editor/proxy/{proxy_port}/"),
+                host,
+                port: proxy_port,
+            },
+            session,
+        ))
+    }
+
+    /// `POST /agents/editor/close`: forgets the agent's editors and closes the backend's
+    /// tunnel. 404 for an agent not in the org.
+    pub async fn close(&self, req: EditorRequest) -> Result<EditorCloseResponse, ApiError> {
+        let backend = match self
+            .inner
+            .service
+            .close_editor_endpoint(&req.org, &req.name)
+            .await
+        {
+            // Not this org's agent: nothing of it is touched.
+            Err(e) if e.status == StatusCode::NOT_FOUND => return Err(e),
+            other => other,
+        };
+        let proxied = self.inner.ports.close(&req.org, &req.name);
+        Ok(EditorCloseResponse {
+            closed: backend? || proxied,
+        })
+    }
+}
 
 /// Name of the proxy's session cookie (scoped to `/editor/proxy/<port>/`).
 pub const SESSION_COOKIE: &str = "guildnet_editor";
 /// code-server's session cookie.
 const CODE_SERVER_COOKIE: &str = "code-server-session";
 
-/// An editor the orchestrator opened.
-pub(crate) struct OpenEditor {
-    pub(crate) org: OrgName,
-    pub(crate) agent: AgentName,
+/// An editor the proxy opened.
+struct OpenEditor {
+    org: OrgName,
+    agent: AgentName,
     authority: String,
     password: Option<Secret>,
     via_tailnet: bool,
@@ -38,7 +246,7 @@ pub(crate) struct OpenEditor {
 
 /// Editors by the port the proxy serves them under.
 #[derive(Default)]
-pub(crate) struct EditorPorts {
+struct EditorPorts {
     map: Mutex<HashMap<u16, Arc<OpenEditor>>>,
 }
 
@@ -46,7 +254,7 @@ impl EditorPorts {
     /// Registers (or refreshes) an editor reached at `authority`, served under `port` when
     /// that is free (a backend's local port is unique; an editor reached over the tailnet gets
     /// the next free number instead). Returns the proxy port and the browser session token.
-    pub(crate) fn open(
+    fn open(
         &self,
         port: u16,
         org: &OrgName,
@@ -90,7 +298,7 @@ impl EditorPorts {
     }
 
     /// Forgets every editor of `agent`.
-    pub(crate) fn close(&self, org: &OrgName, agent: &AgentName) -> bool {
+    fn close(&self, org: &OrgName, agent: &AgentName) -> bool {
         let Ok(mut m) = self.map.lock() else {
             return false;
         };
@@ -102,10 +310,24 @@ impl EditorPorts {
     fn get(&self, port: u16) -> Option<Arc<OpenEditor>> {
         self.map.lock().ok()?.get(&port).cloned()
     }
+
+    /// The agents with an open editor.
+    fn agents(&self) -> Vec<(OrgName, AgentName)> {
+        let Ok(m) = self.map.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = m
+            .values()
+            .map(|e| (e.org.clone(), e.agent.clone()))
+            .collect();
+        out.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+        out.dedup();
+        out
+    }
 }
 
 /// The `Set-Cookie` value for an editor session.
-pub(crate) fn session_cookie(port: u16, session: &Secret) -> String {
+fn session_cookie(port: u16, session: &Secret) -> String {
     format!(
         "{SESSION_COOKIE}={}; Path=/editor/proxy/{port}/; HttpOnly; SameSite=Strict",
         session.expose()
@@ -193,122 +415,171 @@ pub async fn editor_proxy_root(ApiPath(port): ApiPath<String>) -> Result<Respons
 /// The mount of the editor proxy routes.
 const MOUNT: &str = "/editor/proxy/";
 
+/// Opens (or reuses) the orchestrator's way to an agent's editor.
+#[utoipa::path(post, path = "/agents/editor/open", tag = "agents", request_body = EditorRequest,
+    security(("admin" = [])), responses((status = 200, body = EditorOpenResponse),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn editor_open(
+    State(p): State<EditorProxy>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<EditorRequest>,
+) -> Result<Response, ApiError> {
+    let (reply, session) = p.open_session(req).await?;
+    let port = reply.port;
+    Ok(with_session_cookie(
+        Json(reply).into_response(),
+        port,
+        &session,
+    ))
+}
+
+/// Closes the orchestrator's way to an agent's editor.
+#[utoipa::path(post, path = "/agents/editor/close", tag = "agents", request_body = EditorRequest,
+    security(("admin" = [])), responses((status = 200, body = EditorCloseResponse),
+    (status = 404, body = ErrorBody)))]
+pub async fn editor_close(
+    State(p): State<EditorProxy>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<EditorRequest>,
+) -> Result<Json<EditorCloseResponse>, ApiError> {
+    Ok(Json(p.close(req).await?))
+}
+
 /// `ANY /editor/proxy/{port}/` and `ANY /editor/proxy/{port}/{*rest}`. The rest of the path is
 /// forwarded as the client sent it, still percent-encoded
 /// ([`crate::proxy::split_mounted_path`]).
 pub async fn editor_proxy(
-    State(o): State<Orchestrator>,
+    State(p): State<EditorProxy>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
     let (port, rest) = crate::proxy::split_mounted_path(&path, MOUNT)
         .ok_or_else(|| ApiError::not_found("not an editor proxy path"))?;
     let rest = rest.to_owned();
-    proxy(o, port, &rest, req).await
+    p.proxy(port, &rest, req).await
 }
 
-async fn proxy(
-    o: Orchestrator,
-    port: &str,
-    rest: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let port = port_param(port)?;
-    // Authenticate before saying anything about the port.
-    let admin = match bearer(&req) {
-        Some(t) if o.is_admin_token(t) => true,
-        Some(_) => return Err(ApiError::unauthorized("invalid admin token")),
-        None => false,
-    };
-    let editor = o.editor_ports().get(port);
-    let by_cookie = match (&editor, cookie_value(&req, SESSION_COOKIE)) {
-        (Some(e), Some(c)) => token::equals(c, e.session.expose()),
-        _ => false,
-    };
-    if !admin && !by_cookie {
-        return Err(ApiError::unauthorized(
-            "missing Authorization: Bearer <admin token> or editor session cookie \
-             (POST /agents/editor/open sets it)",
-        ));
-    }
-    let editor = editor.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no editor is open on port {port}; open one with POST /agents/editor/open"
-        ))
-    })?;
-    let external_prefix = match req
-        .headers()
-        .get("x-forwarded-prefix")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(p) if admin && valid_prefix(p) => p.to_owned(),
-        Some(_) if admin => {
-            return Err(ApiError::invalid(
-                "X-Forwarded-Prefix",
-                "must be an absolute path of letters, digits, '-', '_', '.' and '/'",
-            ))
+impl EditorProxy {
+    async fn proxy(&self, port: &str, rest: &str, req: Request) -> Result<Response, ApiError> {
+        let port = port_param(port)?;
+        // Authenticate before saying anything about the port.
+        let admin = match bearer(&req) {
+            Some(t) if self.inner.service.is_admin_token(t) => true,
+            Some(_) => return Err(ApiError::unauthorized("invalid admin token")),
+            None => false,
+        };
+        self.forget_ended().await;
+        let editor = self.inner.ports.get(port);
+        let by_cookie = match (&editor, cookie_value(&req, SESSION_COOKIE)) {
+            (Some(e), Some(c)) => token::equals(c, e.session.expose()),
+            _ => false,
+        };
+        if !admin && !by_cookie {
+            return Err(ApiError::unauthorized(
+                "missing Authorization: Bearer <admin token> or editor session cookie \
+                 (POST /agents/editor/open sets it)",
+            ));
         }
-        _ => format!("/editor/proxy/{port}"),
-    };
-    let mut up = Upstream {
-        authority: editor.authority.clone(),
-        path_prefix: String::new(),
-        external_prefix,
-        add_headers: Vec::new(),
-        cookie: editor.upstream_cookie.lock().await.clone(),
-        strip_cookies: vec![SESSION_COOKIE.to_owned()],
-        frame_ancestors: Some(o.config().editor_frame_ancestors.clone()),
-        dialer: if editor.via_tailnet {
-            o.editor_dialer()
-        } else {
-            None
-        },
-    };
-    if up.cookie.is_none() {
-        if let Some(pw) = &editor.password {
-            match login(o.editor_proxy_client(), &up, pw).await {
-                Ok(c) => {
-                    *editor.upstream_cookie.lock().await = Some(c.clone());
-                    up.cookie = Some(c);
-                }
-                Err(why) => {
-                    tracing::warn!(agent = %editor.agent, port, %why, "editor login failed");
+        let editor = editor.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no editor is open on port {port}; open one with POST /agents/editor/open"
+            ))
+        })?;
+        let external_prefix = match req
+            .headers()
+            .get("x-forwarded-prefix")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(p) if admin && valid_prefix(p) => p.to_owned(),
+            Some(_) if admin => {
+                return Err(ApiError::invalid(
+                    "X-Forwarded-Prefix",
+                    "must be an absolute path of letters, digits, '-', '_', '.' and '/'",
+                ))
+            }
+            _ => format!("/editor/proxy/{port}"),
+        };
+        let mut up = Upstream {
+            authority: editor.authority.clone(),
+            path_prefix: String::new(),
+            external_prefix,
+            add_headers: Vec::new(),
+            cookie: editor.upstream_cookie.lock().await.clone(),
+            strip_cookies: vec![SESSION_COOKIE.to_owned()],
+            frame_ancestors: Some(self.inner.cfg.frame_ancestors.clone()),
+            dialer: if editor.via_tailnet {
+                self.inner.cfg.dialer.clone()
+            } else {
+                None
+            },
+        };
+        if up.cookie.is_none() {
+            if let Some(pw) = &editor.password {
+                match login(&self.inner.client, &up, pw).await {
+                    Ok(c) => {
+                        *editor.upstream_cookie.lock().await = Some(c.clone());
+                        up.cookie = Some(c);
+                    }
+                    Err(why) => {
+                        tracing::warn!(agent = %editor.agent, port, %why, "editor login failed");
+                    }
                 }
             }
         }
+        let cookie = up.cookie.clone();
+        let resp = self
+            .inner
+            .client
+            .forward(req, rest, &up)
+            .await
+            .map_err(|e| match e {
+                ProxyError::Unreachable { .. } => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "editor_unreachable",
+                    format!("the editor of agent {} does not answer: {e}", editor.agent),
+                ),
+                ProxyError::BadRequest(m) => ApiError::invalid("path", m),
+            })?;
+        // code-server sends a stale session back to its login page: log in again next time.
+        let to_login = resp.status().is_redirection()
+            && resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|l| l.contains("login"));
+        if to_login && cookie.is_some() {
+            *editor.upstream_cookie.lock().await = None;
+        }
+        Ok(resp)
     }
-    let cookie = up.cookie.clone();
-    let resp = o
-        .editor_proxy_client()
-        .forward(req, rest, &up)
-        .await
-        .map_err(|e| match e {
-            ProxyError::Unreachable { .. } => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "editor_unreachable",
-                format!("the editor of agent {} does not answer: {e}", editor.agent),
-            ),
-            ProxyError::BadRequest(m) => ApiError::invalid("path", m),
-        })?;
-    // code-server sends a stale session back to its login page: log in again next time.
-    let to_login = resp.status().is_redirection()
-        && resp
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|l| l.contains("login"));
-    if to_login && cookie.is_some() {
-        *editor.upstream_cookie.lock().await = None;
-    }
-    Ok(resp)
 }
 
 /// Adds the editor session cookie to an `editor/open` reply.
-pub(crate) fn with_session_cookie(mut resp: Response, port: u16, session: &Secret) -> Response {
+fn with_session_cookie(mut resp: Response, port: u16, session: &Secret) -> Response {
     if let Ok(v) = HeaderValue::from_str(&session_cookie(port, session)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// Whether `host` is an IP address in Tailscale's ranges (CGNAT 100.64.0.0/10 or the
+/// Tailscale ULA fd7a:115c:a1e0::/48).
+fn is_tailnet_ip(host: &str) -> bool {
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            let o = ip.octets();
+            o[0] == 100 && (o[1] & 0xc0) == 64
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            let s = ip.segments();
+            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +651,29 @@ mod tests {
         );
         let refused = login(&client, &up, &Secret::new("wrong")).await;
         assert_eq!(refused, Err("editor login refused (HTTP 401)".to_owned()));
+    }
+
+    #[test]
+    fn tailnet_ranges() {
+        for ok in [
+            "100.64.0.1",
+            "100.127.255.254",
+            "fd7a:115c:a1e0::1",
+            "[fd7a:115c:a1e0:ab12::3]",
+        ] {
+            assert!(is_tailnet_ip(ok), "{ok}");
+        }
+        for bad in [
+            "100.63.255.255",
+            "100.128.0.1",
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "fd7a:115c:a1e1::1",
+            "host.example",
+        ] {
+            assert!(!is_tailnet_ip(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::service::Orchestrator;
 use super::sse::{poll_stream, Batch};
 use crate::model::{Agent, AuditEntry, Event, LogLine, Org, Task};
 use crate::names::{AgentName, OrgName, TaskId};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
@@ -30,10 +30,15 @@ fn bearer(parts: &Parts) -> Option<&str> {
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
 
-impl FromRequestParts<Orchestrator> for AdminAuth {
+impl<S> FromRequestParts<S> for AdminAuth
+where
+    S: Send + Sync,
+    Orchestrator: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, ApiError> {
+        let o = Orchestrator::from_ref(s);
         match bearer(parts) {
             Some(t) if o.is_admin_token(t) => Ok(AdminAuth),
             Some(_) => Err(ApiError::unauthorized("invalid admin token")),
@@ -48,10 +53,15 @@ impl FromRequestParts<Orchestrator> for AdminAuth {
 #[derive(Debug, Clone)]
 pub struct AgentAuth(pub TaskId);
 
-impl FromRequestParts<Orchestrator> for AgentAuth {
+impl<S> FromRequestParts<S> for AgentAuth
+where
+    S: Send + Sync,
+    Orchestrator: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, ApiError> {
+        let o = Orchestrator::from_ref(s);
         let tok = bearer(parts)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <agent token>"))?;
         o.authenticate_agent(tok).await.map(AgentAuth)
@@ -62,10 +72,15 @@ impl FromRequestParts<Orchestrator> for AgentAuth {
 #[derive(Debug, Clone)]
 pub struct PoolAuth(pub OrgName);
 
-impl FromRequestParts<Orchestrator> for PoolAuth {
+impl<S> FromRequestParts<S> for PoolAuth
+where
+    S: Send + Sync,
+    Orchestrator: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, o: &Orchestrator) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, ApiError> {
+        let o = Orchestrator::from_ref(s);
         let tok = bearer(parts)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <pool token>"))?;
         o.authenticate_pool(tok).map(PoolAuth)
@@ -94,7 +109,7 @@ fn agent_param(raw: &str) -> Result<AgentName, ApiError> {
 async fn log_end_or_wait<F, Fut>(task: &Task, fetch: F) -> Result<LogBatchEnd, ApiError>
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<LogLine>, crate::store::StoreError>>,
+    Fut: std::future::Future<Output = Result<Vec<LogLine>, ApiError>>,
 {
     let now = chrono::Utc::now();
     if !task.log_complete(now) {
@@ -351,11 +366,7 @@ pub async fn task_logs(
     let id = task_id_param(&id)?;
     o.task(&id).await?;
     let limit = page_limit(q.limit, 1000, 10_000)?;
-    Ok(Json(
-        o.store()
-            .task_logs(&id, q.after.unwrap_or(0), limit)
-            .await?,
-    ))
+    Ok(Json(o.task_logs(&id, q.after.unwrap_or(0), limit).await?))
 }
 
 /// Follows a task's log (SSE). Event ids are sequence numbers; `Last-Event-ID` resumes. Ends with
@@ -380,7 +391,7 @@ pub async fn task_log_stream(
         let o = o.clone();
         let id = id.clone();
         async move {
-            let lines = o.store().task_logs(&id, after, SSE_PAGE).await?;
+            let lines = o.task_logs(&id, after, SSE_PAGE).await?;
             if !lines.is_empty() {
                 return Ok(Batch::items(
                     lines.iter().map(|l| (l.seq, to_json(l))).collect(),
@@ -389,7 +400,7 @@ pub async fn task_log_stream(
             let task = o.task(&id).await?;
             Ok(log_end_or_wait(&task, || {
                 let (o, id) = (o.clone(), id.clone());
-                async move { o.store().task_logs(&id, after, SSE_PAGE).await }
+                async move { o.task_logs(&id, after, SSE_PAGE).await }
             })
             .await?
             .map_items(|l| l.seq))
@@ -437,36 +448,6 @@ pub async fn get_agent(
     Ok(Json(o.agent(&agent_param(&name)?).await?))
 }
 
-/// Opens (or reuses) the orchestrator's way to an agent's editor.
-#[utoipa::path(post, path = "/agents/editor/open", tag = "agents", request_body = EditorRequest,
-    security(("admin" = [])), responses((status = 200, body = EditorOpenResponse),
-    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn editor_open(
-    State(o): State<Orchestrator>,
-    _: AdminAuth,
-    ApiJson(req): ApiJson<EditorRequest>,
-) -> Result<Response, ApiError> {
-    let (reply, session) = o.open_editor_session(req).await?;
-    let port = reply.port;
-    Ok(super::editor_proxy::with_session_cookie(
-        Json(reply).into_response(),
-        port,
-        &session,
-    ))
-}
-
-/// Closes the orchestrator's way to an agent's editor.
-#[utoipa::path(post, path = "/agents/editor/close", tag = "agents", request_body = EditorRequest,
-    security(("admin" = [])), responses((status = 200, body = EditorCloseResponse),
-    (status = 404, body = ErrorBody)))]
-pub async fn editor_close(
-    State(o): State<Orchestrator>,
-    _: AdminAuth,
-    ApiJson(req): ApiJson<EditorRequest>,
-) -> Result<Json<EditorCloseResponse>, ApiError> {
-    Ok(Json(o.close_editor(req).await?))
-}
-
 /// Follows an agent's log (SSE). Event ids are global log ids; `Last-Event-ID` resumes. Ends with
 /// an `end` event once the agent's task has finished and every line was sent.
 #[utoipa::path(get, path = "/agents/{name}/logs/stream", tag = "agents",
@@ -491,7 +472,7 @@ pub async fn agent_log_stream(
         let task_id = agent.task_id.clone();
         async move {
             let fetch = |o: Orchestrator, name: AgentName| async move {
-                o.store().agent_logs(&name, after, SSE_PAGE).await
+                o.agent_logs(&name, after, SSE_PAGE).await
             };
             let lines = fetch(o.clone(), name.clone()).await?;
             if !lines.is_empty() {
@@ -533,7 +514,7 @@ pub async fn events_stream(
 ) -> Result<Response, ApiError> {
     let cursor =
         if q.tail == Some(true) && q.after.is_none() && !headers.contains_key("last-event-id") {
-            o.store().last_event_id().await?
+            o.last_event_id().await?
         } else {
             resume_cursor(&headers, q.after)?
         };
@@ -543,7 +524,7 @@ pub async fn events_stream(
     let stream = poll_stream(cursor, changes, closing, move |after| {
         let o = o.clone();
         async move {
-            let evs = o.store().events_after(after, SSE_PAGE).await?;
+            let evs = o.events_after(after, SSE_PAGE).await?;
             Ok(Batch::items(
                 evs.iter().map(|e| (e.id, to_json(e))).collect(),
             ))
@@ -563,9 +544,7 @@ pub async fn audit(
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let limit = page_limit(q.limit, 1000, 10_000)?;
-    Ok(Json(
-        o.store().audit_after(q.after.unwrap_or(0), limit).await?,
-    ))
+    Ok(Json(o.audit_after(q.after.unwrap_or(0), limit).await?))
 }
 
 /// Agent protocol: register (agent token).
@@ -701,7 +680,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Every documented route, each declared once with its handler: the router serves exactly
 /// these (plus the editor proxy, which is not part of the API), and the OpenAPI document is
 /// built from the same declarations, so the two cannot disagree.
-fn api_routes() -> OpenApiRouter<Orchestrator> {
+fn api_routes() -> OpenApiRouter<super::App> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(self::metrics))
@@ -723,8 +702,8 @@ fn api_routes() -> OpenApiRouter<Orchestrator> {
         .routes(routes!(list_agents))
         .routes(routes!(get_agent))
         .routes(routes!(agent_log_stream))
-        .routes(routes!(editor_open))
-        .routes(routes!(editor_close))
+        .routes(routes!(super::editor_proxy::editor_open))
+        .routes(routes!(super::editor_proxy::editor_close))
         .routes(routes!(events_stream))
         .routes(routes!(audit))
         .routes(routes!(super::retention::disk))
@@ -763,8 +742,9 @@ pub fn routes() -> Vec<(String, String)> {
     out
 }
 
-/// The orchestrator's router.
-pub fn router(o: Orchestrator) -> Router {
+/// The orchestrator's router: the API and the editor proxy. An [`Orchestrator`] alone gets a
+/// default editor proxy ([`super::App`]).
+pub fn router(app: impl Into<super::App>) -> Router {
     let metrics = Arc::new(OrchestratorMetrics::new());
     let (api, _doc) = api_routes().split_for_parts();
     api.route(
@@ -791,7 +771,7 @@ pub fn router(o: Orchestrator) -> Router {
         panic_response,
     ))
     .layer(tower_http::trace::TraceLayer::new_for_http())
-    .with_state(o)
+    .with_state(app.into())
 }
 
 struct SecurityAddon;

@@ -1,4 +1,5 @@
-//! The orchestrator: a library service ([`Orchestrator`]) and its HTTP API ([`http::router`]).
+//! The orchestrator: a library service ([`Orchestrator`]), its editor proxy
+//! ([`editor_proxy::EditorProxy`]) and its HTTP API ([`http::router`]) over both ([`App`]).
 //!
 //! Binaries only build the pieces and call [`serve`].
 
@@ -12,12 +13,52 @@ pub mod retention;
 mod service;
 pub mod sse;
 
+pub use editor_proxy::{EditorProxy, EditorProxyConfig};
 pub use error::ApiError;
 pub use service::{
-    task_of_agent_token, Orchestrator, OrchestratorConfig, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_LEASE_TTL, DEFAULT_LOG_QUOTA_BYTES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_LOG_SEQ,
-    MAX_TASK_BYTES,
+    task_of_agent_token, EditorLocation, EditorSource, EndedAgent, Orchestrator,
+    OrchestratorBuilder, OrchestratorConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_TTL,
+    DEFAULT_LOG_QUOTA_BYTES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES, MAX_LOG_SEQ, MAX_TASK_BYTES,
 };
+
+/// What the orchestrator's HTTP server serves: the service and its editor proxy (the router's
+/// state; handlers take the part they need).
+#[derive(Clone)]
+pub struct App {
+    /// The service.
+    pub orchestrator: Orchestrator,
+    /// The editor proxy in front of the service's agents.
+    pub editors: EditorProxy,
+}
+
+impl App {
+    /// The service with an editor proxy configured by `editors`.
+    pub fn new(orchestrator: Orchestrator, editors: EditorProxyConfig) -> Self {
+        Self {
+            editors: EditorProxy::new(orchestrator.clone(), editors),
+            orchestrator,
+        }
+    }
+}
+
+impl From<Orchestrator> for App {
+    /// The service with an editor proxy of [`EditorProxyConfig::default`] settings.
+    fn from(o: Orchestrator) -> Self {
+        Self::new(o, EditorProxyConfig::default())
+    }
+}
+
+impl axum::extract::FromRef<App> for Orchestrator {
+    fn from_ref(app: &App) -> Orchestrator {
+        app.orchestrator.clone()
+    }
+}
+
+impl axum::extract::FromRef<App> for EditorProxy {
+    fn from_ref(app: &App) -> EditorProxy {
+        app.editors.clone()
+    }
+}
 
 use crate::state_dir::{write_private_file, StatePaths};
 use crate::token::{self, Secret};
@@ -55,15 +96,16 @@ pub fn admin_token(
 }
 
 /// Serves the orchestrator's API on `listener` with the default
-/// [`ServerOptions`](crate::http_server::ServerOptions) until `shutdown` resolves.
+/// [`ServerOptions`](crate::http_server::ServerOptions) until `shutdown` resolves. An
+/// [`Orchestrator`] alone is served with a default editor proxy.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    o: Orchestrator,
+    app: impl Into<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_with(
         listener,
-        o,
+        app,
         &crate::http_server::ServerOptions::default(),
         shutdown,
     )
@@ -73,14 +115,16 @@ pub async fn serve(
 /// [`serve`] with explicit connection options.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    o: Orchestrator,
+    app: impl Into<App>,
     opts: &crate::http_server::ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = app.into();
+    let o = app.orchestrator.clone();
     let bg = o.spawn_background();
     let retention = o.spawn_retention();
     let closer = o.clone();
-    let app = http::router(o);
+    let app = http::router(app);
     use axum::serve::ListenerExt;
     // Small responses go out at once (no Nagle delay behind an unacknowledged segment).
     let listener = listener.tap_io(|tcp| {

@@ -1,9 +1,9 @@
 //! Retention and disk use: finished tasks (Succeeded, Failed, Cancelled) older than a
-//! configured age are removed with their log lines, their agents' records and their local
-//! workspaces, by a background job and on request (`POST /admin/prune`); `GET /admin/disk`
+//! configured age are removed with their log lines, their events, their agents' records and
+//! their local workspaces, by a background job and on request (`POST /admin/prune`); `GET /admin/disk`
 //! tells how much the state dir, the database and the workspaces take.
 //!
-//! Events and the audit log stay (history). The job runs on one replica at a time
+//! The audit log stays (history), and records each prune. The job runs on one replica at a time
 //! ([`crate::store::StateStore::lead`]). The SQLite and PostgreSQL stores implement the
 //! removal; a store that does not answers 501 to a prune and the job logs a warning.
 

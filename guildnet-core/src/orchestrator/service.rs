@@ -6,7 +6,9 @@ use super::api::*;
 use super::error::ApiError;
 use crate::context::TaskContext;
 use crate::lifecycle::{self, EventKind};
-use crate::model::{Agent, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus};
+use crate::model::{
+    Agent, AuditEntry, Event, LogLine, NewAudit, NewEvent, NewLogLine, Org, Task, TaskStatus,
+};
 use crate::names::{AgentName, OrgName, TaskId};
 use crate::seams::{AgentLaunch, ClusterBackend, WorkloadState};
 use crate::store::{LogBatch, StateStore, TaskQuery};
@@ -61,13 +63,6 @@ pub struct OrchestratorConfig {
     pub max_attempts: u32,
     /// SSE keep-alive comment interval.
     pub sse_keepalive: Duration,
-    /// `frame-ancestors` sources allowed to embed proxied editors (`'self'` plus the
-    /// dashboard's origin).
-    pub editor_frame_ancestors: String,
-    /// Proxy to any editor address an agent advertises at register. Off by default: an agent's
-    /// credentials could otherwise point the proxy anywhere. Without it, only tailnet addresses
-    /// (100.64.0.0/10, fd7a:115c:a1e0::/48) dialed through the tailnet dialer are accepted.
-    pub trust_advertised_editors: bool,
     /// What agents are told besides the launch contract: runners, forge, keys.
     pub agents: crate::agent_settings::AgentSettingsConfig,
     /// Finished tasks older than this are removed with their logs and workspaces (see
@@ -96,8 +91,6 @@ impl OrchestratorConfig {
             log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
             max_attempts: 3,
             sse_keepalive: Duration::from_secs(15),
-            editor_frame_ancestors: "'self'".into(),
-            trust_advertised_editors: false,
             agents: Default::default(),
             retention: None,
             state_paths: None,
@@ -141,14 +134,10 @@ struct Inner {
     /// Workload notes already copied into each waiting task's log (see `post_workload_notes`).
     notes_posted:
         std::sync::Mutex<std::collections::HashMap<TaskId, std::collections::HashSet<String>>>,
-    /// Editors opened through `POST /agents/editor/open`, by proxy port.
-    editors: super::editor_proxy::EditorPorts,
-    /// The editor proxy's pooled client.
-    proxy: crate::proxy::ReverseProxy,
-    /// How the editor proxy reaches editors on the tailnet, when configured.
-    editor_dialer: std::sync::OnceLock<Arc<dyn crate::proxy::Dialer>>,
+    /// Agents whose task ended or moved on (the editor proxy forgets their editors).
+    agent_ends: tokio::sync::broadcast::Sender<EndedAgent>,
     /// Org cluster bootstrap, when configured.
-    bootstrap: std::sync::OnceLock<Arc<dyn crate::seams::ClusterBootstrap>>,
+    bootstrap: Option<Arc<dyn crate::seams::ClusterBootstrap>>,
     /// Orgs whose backend refused submits, on hold.
     backoff: super::backoff::OrgBackoff,
     /// Warm pool agents waiting for a task, by org.
@@ -196,19 +185,29 @@ pub fn task_of_agent_token(tok: &str) -> Option<TaskId> {
     Some(id)
 }
 
-impl Orchestrator {
-    /// Builds the orchestrator over a store and a backend. Call [`Orchestrator::spawn_background`]
-    /// to start dispatch and the reaper.
-    pub async fn new(
-        store: Arc<dyn StateStore>,
-        backend: Arc<dyn ClusterBackend>,
-        cfg: OrchestratorConfig,
-    ) -> Result<Self, ApiError> {
-        let external = store.external_changes();
-        let me = Self {
+/// Builds an [`Orchestrator`] with optional parts ([`Orchestrator::builder`]).
+pub struct OrchestratorBuilder {
+    store: Arc<dyn StateStore>,
+    backend: Arc<dyn ClusterBackend>,
+    cfg: OrchestratorConfig,
+    bootstrap: Option<Arc<dyn crate::seams::ClusterBootstrap>>,
+}
+
+impl OrchestratorBuilder {
+    /// Org cluster bootstrap behind `POST /orgs/bootstrap` (without it those routes answer 503).
+    pub fn bootstrap(mut self, b: Arc<dyn crate::seams::ClusterBootstrap>) -> Self {
+        self.bootstrap = Some(b);
+        self
+    }
+
+    /// The orchestrator. Nothing runs yet: [`Orchestrator::spawn_background`] starts dispatch,
+    /// the reaper and the relay of other replicas' changes.
+    pub fn build(self) -> Orchestrator {
+        let cfg = self.cfg;
+        Orchestrator {
             inner: Arc::new(Inner {
-                store,
-                backend,
+                store: self.store,
+                backend: self.backend,
                 admin_digest: token::TokenDigest::of(cfg.admin_token.expose()),
                 pool: Default::default(),
                 pool_keys: crate::pool::token::PoolKeys::from_admin_token(&cfg.admin_token),
@@ -220,25 +219,78 @@ impl Orchestrator {
                 last_liveness: std::sync::Mutex::new(Utc::now()),
                 notes_posted: Default::default(),
                 closing: watch::channel(false).0,
-                editors: Default::default(),
-                proxy: crate::proxy::ReverseProxy::new(),
-                bootstrap: std::sync::OnceLock::new(),
-                editor_dialer: std::sync::OnceLock::new(),
+                agent_ends: tokio::sync::broadcast::channel(AGENT_ENDS_BUFFER).0,
+                bootstrap: self.bootstrap,
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
                 backoff: Default::default(),
             }),
-        };
-        // Writes of other replicas (PostgreSQL NOTIFY) wake this replica's SSE streams too.
-        if let Some(mut rx) = external {
-            let weak = Arc::downgrade(&me.inner);
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.changes.send_modify(|v| *v = v.wrapping_add(1));
-                }
-            });
         }
-        Ok(me)
+    }
+}
+
+/// An agent whose task ended or moved on to another agent: nothing of it is served any more
+/// (see [`Orchestrator::subscribe_agent_ends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedAgent {
+    /// Its org.
+    pub org: OrgName,
+    /// The agent.
+    pub agent: AgentName,
+}
+
+/// Ended agents kept for subscribers that have not read them yet; one that falls further
+/// behind is told it lagged (and re-checks what it holds).
+const AGENT_ENDS_BUFFER: usize = 1024;
+
+/// Where an agent's editor listens, as the service knows it
+/// ([`Orchestrator::editor_location`]).
+#[derive(Debug, Clone)]
+pub struct EditorLocation {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The editor's password, when the backend knows it (the proxy logs in with it).
+    pub password: Option<Secret>,
+    /// Who said the editor is there.
+    pub source: EditorSource,
+}
+
+/// Who told the service where an editor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditorSource {
+    /// The backend (a local port, a port-forward, or an agent pod's tailnet address).
+    Backend {
+        /// The address is on the tailnet and needs the tailnet dialer.
+        via_tailnet: bool,
+    },
+    /// The agent, at register (`editorAddress`): only as trustworthy as its credentials.
+    Advertised,
+}
+
+impl Orchestrator {
+    /// Builds the orchestrator over a store and a backend. Call [`Orchestrator::spawn_background`]
+    /// to start dispatch and the reaper.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        backend: Arc<dyn ClusterBackend>,
+        cfg: OrchestratorConfig,
+    ) -> Self {
+        Self::builder(store, backend, cfg).build()
+    }
+
+    /// Like [`Orchestrator::new`], with optional parts set on the builder.
+    pub fn builder(
+        store: Arc<dyn StateStore>,
+        backend: Arc<dyn ClusterBackend>,
+        cfg: OrchestratorConfig,
+    ) -> OrchestratorBuilder {
+        OrchestratorBuilder {
+            store,
+            backend,
+            cfg,
+            bootstrap: None,
+        }
     }
 
     /// Settings.
@@ -667,6 +719,41 @@ impl Orchestrator {
             .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
     }
 
+    /// A task's log lines after sequence number `after`, in order, at most `limit`.
+    pub async fn task_logs(
+        &self,
+        id: &TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, ApiError> {
+        Ok(self.inner.store.task_logs(id, after, limit).await?)
+    }
+
+    /// An agent's log lines after global log id `after`, in order, at most `limit`.
+    pub async fn agent_logs(
+        &self,
+        name: &AgentName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, ApiError> {
+        Ok(self.inner.store.agent_logs(name, after, limit).await?)
+    }
+
+    /// Events after id `after`, in order, at most `limit`.
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, ApiError> {
+        Ok(self.inner.store.events_after(after, limit).await?)
+    }
+
+    /// The newest event's id (0 when none).
+    pub async fn last_event_id(&self) -> Result<u64, ApiError> {
+        Ok(self.inner.store.last_event_id().await?)
+    }
+
+    /// Audit rows after id `after`, in order, at most `limit`.
+    pub async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, ApiError> {
+        Ok(self.inner.store.audit_after(after, limit).await?)
+    }
+
     /// Cancels a task that has not finished; the backend stops its agent.
     pub async fn cancel(&self, id: &TaskId) -> Result<Task, ApiError> {
         let u = self
@@ -677,7 +764,7 @@ impl Orchestrator {
         self.notify_event(u.last_event_id);
         if u.changed {
             if let Some(agent) = &u.task.agent {
-                self.inner.editors.close(&u.task.org, agent);
+                self.agent_ended(&u.task.org, agent);
                 if let Err(e) = self.inner.backend.cancel(&u.task.org, id, agent).await {
                     tracing::warn!(task = %id, error = %e, "backend cancel failed");
                 }
@@ -741,22 +828,8 @@ impl Orchestrator {
         })
     }
 
-    /// Sets the org cluster bootstrap (once; later calls return false).
-    pub fn set_bootstrap(&self, b: Arc<dyn crate::seams::ClusterBootstrap>) -> bool {
-        self.inner.bootstrap.set(b).is_ok()
-    }
-
-    /// Sets how the editor proxy reaches editors that agents advertised (on the tailnet), once.
-    pub fn set_editor_dialer(&self, d: Arc<dyn crate::proxy::Dialer>) -> bool {
-        self.inner.editor_dialer.set(d).is_ok()
-    }
-
-    pub(crate) fn editor_dialer(&self) -> Option<Arc<dyn crate::proxy::Dialer>> {
-        self.inner.editor_dialer.get().cloned()
-    }
-
     pub(crate) fn bootstrapper(&self) -> Option<Arc<dyn crate::seams::ClusterBootstrap>> {
-        self.inner.bootstrap.get().cloned()
+        self.inner.bootstrap.clone()
     }
 
     pub(crate) fn bootstrap_jobs(
@@ -769,104 +842,94 @@ impl Orchestrator {
         &self.inner.bootstrap_jobs
     }
 
-    pub(crate) fn editor_ports(&self) -> &super::editor_proxy::EditorPorts {
-        &self.inner.editors
+    /// Follows agents whose task ended (completed, failed to start, cancelled) or moved on to a
+    /// new attempt. Only agents that end after the call are seen.
+    pub fn subscribe_agent_ends(&self) -> tokio::sync::broadcast::Receiver<EndedAgent> {
+        self.inner.agent_ends.subscribe()
     }
 
-    pub(crate) fn editor_proxy_client(&self) -> &crate::proxy::ReverseProxy {
-        &self.inner.proxy
+    fn agent_ended(&self, org: &OrgName, agent: &AgentName) {
+        // No subscriber (no editor proxy) is fine.
+        let _ = self.inner.agent_ends.send(EndedAgent {
+            org: org.clone(),
+            agent: agent.clone(),
+        });
     }
 
-    /// `POST /agents/editor/open`: where the orchestrator reaches the agent's editor. The backend
-    /// opens (or reuses) a tunnel when it needs one; otherwise the address the agent registered.
-    /// The editor is then served under `/editor/proxy/<port>/`.
-    pub async fn open_editor(&self, req: EditorRequest) -> Result<EditorOpenResponse, ApiError> {
-        Ok(self.open_editor_session(req).await?.0)
-    }
-
-    /// Like [`Orchestrator::open_editor`], also returning the proxy session token for the port.
-    pub(crate) async fn open_editor_session(
+    /// Whether `agent` is still its task's current agent and the task has not finished: what
+    /// [`Orchestrator::subscribe_agent_ends`] would have said otherwise.
+    pub async fn agent_is_current(
         &self,
-        req: EditorRequest,
-    ) -> Result<(EditorOpenResponse, Secret), ApiError> {
-        let agent = self.agent_in_org(&req.name, &req.org).await?;
-        let found = self
-            .inner
-            .backend
-            .editor_endpoint(&req.org, &req.name)
-            .await?;
-        let (host, port, password, advertised, backend_tailnet) = match found {
-            // A backend's tailnet address (an agent pod's sidecar) needs the tailnet dialer.
-            Some(ep) if ep.via_tailnet && self.inner.editor_dialer.get().is_none() => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "editor_unavailable",
-                    format!(
-                        "the editor of agent {} is on the tailnet at {}:{}: run the orchestrator \
-                         with --tailnet-socks5 (its node's SOCKS5 proxy) to reach it",
-                        req.name, ep.host, ep.port
-                    ),
-                ))
-            }
-            Some(ep) => (ep.host, ep.port, ep.password, false, ep.via_tailnet),
-            None => agent
-                .editor_address
-                .as_deref()
-                .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?, None, true, false)))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        "editor_unavailable",
-                        format!("agent {} has no reachable editor yet", req.name),
-                    )
-                })?,
+        org: &OrgName,
+        agent: &AgentName,
+    ) -> Result<bool, ApiError> {
+        let a = match self.agent_in_org(agent, org).await {
+            Ok(a) => a,
+            Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(false),
+            Err(e) => return Err(e),
         };
-        // An address the agent advertised is dialed over the tailnet when a dialer is set, and
-        // only a tailnet address is accepted then, unless advertised addresses are trusted.
-        let via_tailnet =
-            (advertised || backend_tailnet) && self.inner.editor_dialer.get().is_some();
-        if advertised && !self.inner.cfg.trust_advertised_editors {
-            let on_tailnet = via_tailnet && is_tailnet_ip(&host);
-            if !on_tailnet {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "editor_unavailable",
-                    format!(
-                        "agent {} advertises an editor at {host}:{port}, which is not a tailnet \
-                         address reached over the tailnet (run the orchestrator with \
-                         --tailnet-socks5, or --trust-advertised-editors for sidecar editors)",
-                        req.name
-                    ),
-                ));
-            }
-        }
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
+        let Some(task_id) = a.task_id else {
+            return Ok(false);
         };
-        let (proxy_port, session) =
-            self.inner
-                .editors
-                .open(port, &req.org, &req.name, authority, password, via_tailnet);
-        Ok((
-            EditorOpenResponse {
-                name: req.name,
-                path: format!("/editor/proxy/{proxy_port}/"),
-                host,
-                port: proxy_port,
-            },
-            session,
-        ))
+        let Some(task) = self.inner.store.get_task(&task_id).await? else {
+            return Ok(false);
+        };
+        Ok(task.agent.as_ref() == Some(agent)
+            && !task.status.is_terminal()
+            && task.status != TaskStatus::Scheduled)
     }
 
-    /// `POST /agents/editor/close`.
-    pub async fn close_editor(&self, req: EditorRequest) -> Result<EditorCloseResponse, ApiError> {
-        self.agent_in_org(&req.name, &req.org).await?;
-        let proxied = self.inner.editors.close(&req.org, &req.name);
-        let closed = self.inner.backend.close_editor(&req.org, &req.name).await? || proxied;
-        Ok(EditorCloseResponse { closed })
+    /// Where the agent's editor listens: the backend's answer (it opens or reuses a tunnel when
+    /// it needs one), else the address the agent advertised at register. 404 for an agent
+    /// not in `org`, 409 `editor_unavailable` when there is no editor yet. Which of these
+    /// addresses may be proxied to is the editor proxy's policy
+    /// ([`super::editor_proxy::EditorProxy::open`]).
+    pub async fn editor_location(
+        &self,
+        org: &OrgName,
+        name: &AgentName,
+    ) -> Result<EditorLocation, ApiError> {
+        let agent = self.agent_in_org(name, org).await?;
+        if let Some(ep) = self.inner.backend.editor_endpoint(org, name).await? {
+            return Ok(EditorLocation {
+                host: ep.host,
+                port: ep.port,
+                password: ep.password,
+                source: EditorSource::Backend {
+                    via_tailnet: ep.via_tailnet,
+                },
+            });
+        }
+        agent
+            .editor_address
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(h, p)| {
+                Some(EditorLocation {
+                    host: h.to_owned(),
+                    port: p.parse::<u16>().ok()?,
+                    password: None,
+                    source: EditorSource::Advertised,
+                })
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "editor_unavailable",
+                    format!("agent {name} has no reachable editor yet"),
+                )
+            })
+    }
+
+    /// Closes the backend's way to the agent's editor (a port-forward), if it has one. 404 for an
+    /// agent not in `org`.
+    pub async fn close_editor_endpoint(
+        &self,
+        org: &OrgName,
+        name: &AgentName,
+    ) -> Result<bool, ApiError> {
+        self.agent_in_org(name, org).await?;
+        Ok(self.inner.backend.close_editor(org, name).await?)
     }
 
     async fn agent_task(&self, task_id: &TaskId, agent: &AgentName) -> Result<Task, ApiError> {
@@ -1139,7 +1202,7 @@ impl Orchestrator {
             .await?;
         self.notify_event(u.last_event_id);
         if u.last_event_id.is_some() {
-            self.inner.editors.close(&u.task.org, &agent_name);
+            self.agent_ended(&u.task.org, &agent_name);
             // Newly finished (not a repeated completion): tell the backend.
             if let Err(e) = self.inner.backend.task_finished(&u.task).await {
                 tracing::warn!(task = %u.task.id, error = %e, "backend could not record completion");
@@ -1150,10 +1213,22 @@ impl Orchestrator {
 
     // ---- background -------------------------------------------------------------------------
 
-    /// Starts the reaper/dispatcher loop. It stops when the returned handle is aborted.
+    /// Starts the reaper/dispatcher loop, and the relay that wakes this replica's SSE streams
+    /// on other replicas' writes (PostgreSQL NOTIFY). Both stop when the returned handle is
+    /// aborted.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
+        let external = self.inner.store.external_changes();
+        let relay = {
+            let me = self.clone();
+            async move {
+                let Some(mut rx) = external else { return };
+                while rx.changed().await.is_ok() {
+                    me.notify_change();
+                }
+            }
+        };
+        let reaper = async move {
             let mut tick = tokio::time::interval(me.inner.cfg.reaper_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut leading = None;
@@ -1182,6 +1257,9 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "reaper pass failed");
                 }
             }
+        };
+        tokio::spawn(async move {
+            futures_util::future::join(reaper, relay).await;
         })
     }
 
@@ -1333,7 +1411,7 @@ impl Orchestrator {
             Ok(u) => {
                 self.notify_event(u.last_event_id);
                 tracing::warn!(task = %task.id, %agent, reason, "agent did not start: task failed");
-                self.inner.editors.close(&task.org, agent);
+                self.agent_ended(&task.org, agent);
                 if let Err(e) = self.inner.backend.task_finished(&u.task).await {
                     tracing::warn!(task = %task.id, error = %e, "backend could not record the failure");
                 }
@@ -1363,7 +1441,7 @@ impl Orchestrator {
                 self.notify_event(u.last_event_id);
                 tracing::info!(task = %task.id, status = %u.task.status, why, "task requeued");
                 if let Some(agent) = &task.agent {
-                    self.inner.editors.close(&task.org, agent);
+                    self.agent_ended(&task.org, agent);
                     if let Err(e) = self.inner.backend.cancel(&task.org, &task.id, agent).await {
                         tracing::warn!(task = %task.id, error = %e, "cancel of old agent failed");
                     }
@@ -1423,50 +1501,4 @@ fn task_finished(t: &Task) -> ApiError {
         "task_finished",
         format!("task {} has finished ({})", t.id, t.status),
     )
-}
-
-/// Whether `host` is an IP address in Tailscale's ranges (CGNAT 100.64.0.0/10 or the
-/// Tailscale ULA fd7a:115c:a1e0::/48).
-pub fn is_tailnet_ip(host: &str) -> bool {
-    match host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-    {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            let o = ip.octets();
-            o[0] == 100 && (o[1] & 0xc0) == 64
-        }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            let s = ip.segments();
-            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
-        }
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tailnet_tests {
-    #[test]
-    fn tailnet_ranges() {
-        for ok in [
-            "100.64.0.1",
-            "100.127.255.254",
-            "fd7a:115c:a1e0::1",
-            "[fd7a:115c:a1e0:ab12::3]",
-        ] {
-            assert!(super::is_tailnet_ip(ok), "{ok}");
-        }
-        for bad in [
-            "100.63.255.255",
-            "100.128.0.1",
-            "127.0.0.1",
-            "10.0.0.1",
-            "::1",
-            "fd7a:115c:a1e1::1",
-            "host.example",
-        ] {
-            assert!(!super::is_tailnet_ip(bad), "{bad}");
-        }
-    }
 }

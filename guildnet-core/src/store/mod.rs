@@ -401,8 +401,10 @@ pub trait StateStore: Send + Sync {
     async fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Retention: removes at most `limit` finished tasks (Succeeded, Failed, Cancelled) whose
-    /// `finished_at` is before `before`, oldest first, with their log lines and their agents'
-    /// records, in one transaction, and records one audit row. Events and the audit log stay.
+    /// `finished_at` is before `before`, oldest first, with their log lines, their events and
+    /// their agents' records, in one transaction, and records one audit row. The audit log
+    /// stays (append-only), as do events that name no task. The events feed's ids are never
+    /// reused, so a follower resuming past a removed event misses only the removed task's.
     /// Returns the ids removed (fewer than `limit`: none left).
     async fn prune_finished(
         &self,

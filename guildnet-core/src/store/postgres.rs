@@ -100,7 +100,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// Schema migrations, applied in order; `guildnet_schema` holds one row per applied version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     name        TEXT COLLATE "C" PRIMARY KEY,
     created_at  BIGINT NOT NULL
@@ -185,7 +186,12 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: retention removes a pruned task's events with it; they are found by task.
+    r#"
+CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
+"#,
+];
 
 /// Advisory lock keys (one namespace: "guildnet" in ASCII, then a number).
 const LOCK_MIGRATE: i64 = 0x6775_696c_646e_0001;
@@ -1348,6 +1354,7 @@ impl StateStore for PostgresStore {
                 }
                 for sql in [
                     "DELETE FROM logs WHERE task_id = ANY($1)",
+                    "DELETE FROM events WHERE task_id = ANY($1)",
                     "DELETE FROM agents WHERE task_id = ANY($1)",
                     "DELETE FROM tasks WHERE id = ANY($1)",
                 ] {

@@ -134,6 +134,10 @@ ALTER TABLE tasks ADD COLUMN json TEXT;
 CREATE INDEX tasks_created_id ON tasks(created_at, id);
 DROP INDEX tasks_created;
 "#,
+    // 6: retention removes a pruned task's events with it; they are found by task.
+    r#"
+CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
+"#,
 ];
 
 /// Version of the stored task JSON (the `json` column): bump it when [`Task`]'s serialized
@@ -1117,6 +1121,7 @@ impl StateStore for SqliteStore {
             for id in &ids {
                 for sql in [
                     "DELETE FROM logs WHERE task_id = ?1",
+                    "DELETE FROM events WHERE task_id = ?1",
                     "DELETE FROM agents WHERE task_id = ?1",
                     "DELETE FROM tasks WHERE id = ?1",
                 ] {

@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use guildnet_core::agent::{self, AgentConfig};
-use guildnet_core::client::{SseMessage, SseParser};
+use guildnet_core::client::{sse_messages, SseMessage};
 use guildnet_core::launch::{start_local, BackendOverride, LocalOptions};
 use guildnet_core::names::{AgentName, OrgName, TaskId};
 use guildnet_core::seams::{
@@ -247,7 +247,7 @@ pub async fn start_with(
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(guildnet_core::orchestrator::serve(
         lo.listener,
-        lo.orchestrator,
+        lo.app,
         async move {
             let _ = stop_rx.await;
         },
@@ -364,13 +364,10 @@ impl Browserish {
         );
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
-            let mut p = SseParser::default();
-            let mut s = resp.bytes_stream();
-            while let Some(Ok(chunk)) = s.next().await {
-                for m in p.feed(&chunk) {
-                    if tx.send(m).await.is_err() {
-                        return;
-                    }
+            let mut messages = Box::pin(sse_messages(resp.bytes_stream()));
+            while let Some(Ok(m)) = messages.next().await {
+                if tx.send(m).await.is_err() {
+                    return;
                 }
             }
         });

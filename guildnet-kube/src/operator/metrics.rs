@@ -2,41 +2,54 @@
 //! text) with `/healthz`. This module owns the counters' names and format; it must not reach
 //! the Kubernetes API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
-/// Counters exposed on /metrics.
+/// Counters exposed on /metrics (`prometheus-client` counters: cheap to clone, shared).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Reconciles run.
-    pub reconciles: AtomicU64,
+    pub reconciles: Counter,
     /// Reconciles that failed.
-    pub reconcile_errors: AtomicU64,
+    pub reconcile_errors: Counter,
     /// Objects applied (Secret, Deployment, Service).
-    pub applies: AtomicU64,
+    pub applies: Counter,
     /// Status writes.
-    pub status_writes: AtomicU64,
+    pub status_writes: Counter,
 }
 
 impl Metrics {
     /// Adds one to a counter.
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(counter: &Counter) {
+        counter.inc();
     }
 
-    /// Prometheus text format.
+    /// The text exposition (OpenMetrics text, as the orchestrator's `/metrics`): every counter
+    /// as `guildnet_operator_<name>_total`.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# TYPE guildnet_operator_reconciles_total counter\nguildnet_operator_reconciles_total {}\n\
-             # TYPE guildnet_operator_reconcile_errors_total counter\nguildnet_operator_reconcile_errors_total {}\n\
-             # TYPE guildnet_operator_applies_total counter\nguildnet_operator_applies_total {}\n\
-             # TYPE guildnet_operator_status_writes_total counter\nguildnet_operator_status_writes_total {}\n",
-            g(&self.reconciles),
-            g(&self.reconcile_errors),
-            g(&self.applies),
-            g(&self.status_writes)
-        )
+        let mut registry = Registry::with_prefix("guildnet_operator");
+        registry.register("reconciles", "Reconciles run", self.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "applies",
+            "Objects applied (Secret, Deployment, Service)",
+            self.applies.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "AgentTask status writes",
+            self.status_writes.clone(),
+        );
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
     }
 }
 
@@ -52,15 +65,7 @@ pub async fn serve_metrics(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        m.render(),
-                    )
-                }
+                async move { guildnet_core::metrics::response(m.render()) }
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
@@ -96,6 +101,10 @@ mod tests {
             text.contains("guildnet_operator_reconcile_errors_total 0\n"),
             "{text}"
         );
-        assert!(text.contains("# TYPE guildnet_operator_status_writes_total counter\n"));
+        assert!(
+            text.contains("# TYPE guildnet_operator_status_writes counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

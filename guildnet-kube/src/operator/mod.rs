@@ -118,7 +118,24 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) caches: Caches,
     recorder: Recorder,
-    failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// The retry waits of each object whose reconciles keep failing ([`failure_backoff`]).
+    failures: std::sync::Mutex<BTreeMap<String, backon::ExponentialBackoff>>,
+}
+
+/// Longest wait before retrying a failed reconcile.
+const MAX_FAILURE_DELAY: Duration = Duration::from_secs(300);
+
+/// The waits before retrying an object whose reconciles keep failing: `first` doubling per
+/// consecutive failure up to 256 times `first`, and never past [`MAX_FAILURE_DELAY`]
+/// (backon's exponential backoff, no jitter).
+fn failure_backoff(first: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(first.saturating_mul(256).min(MAX_FAILURE_DELAY))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 impl Context {
@@ -147,12 +164,13 @@ impl Context {
             .unwrap_or_else(|| self.cfg.namespace.clone())
     }
 
-    /// Counts one more consecutive failure of `name`; returns the count.
-    pub(crate) fn failed(&self, name: &str) -> u32 {
+    /// Counts one more consecutive failure of `name`; returns the wait before its retry.
+    pub(crate) fn failed(&self, name: &str) -> Duration {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(name.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        f.entry(name.to_owned())
+            .or_insert_with(|| failure_backoff(self.cfg.error_backoff))
+            .next()
+            .unwrap_or(MAX_FAILURE_DELAY)
     }
 
     /// Forgets the failures of `name` (it reconciled).
@@ -170,5 +188,28 @@ pub(crate) fn ignore_404<T>(r: Result<T, kube::Error>) -> Result<(), crate::Erro
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod failure_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_wait_longer_each_time_up_to_the_caps() {
+        let secs = |first: Duration, n: usize| -> Vec<u64> {
+            failure_backoff(first)
+                .take(n)
+                // backon computes in floating point: 10 ms x 256 is 2559.99... ms.
+                .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+                .collect()
+        };
+        // 2 s doubling, capped at 300 s.
+        assert_eq!(
+            secs(Duration::from_secs(2), 10),
+            [2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000, 300000]
+        );
+        // A short first wait stops doubling at 256 times itself.
+        assert_eq!(secs(Duration::from_millis(10), 10)[8..], [2560, 2560]);
     }
 }

@@ -53,12 +53,7 @@ where
 
 pub(super) fn error_policy(obj: Arc<AgentTask>, err: &Error, ctx: Arc<Context>) -> Action {
     Metrics::inc(&ctx.metrics.reconcile_errors);
-    let n = ctx.failed(&obj.name_any());
-    let delay = ctx
-        .cfg
-        .error_backoff
-        .saturating_mul(1u32 << (n - 1).min(8))
-        .min(Duration::from_secs(300));
+    let delay = ctx.failed(&obj.name_any());
     tracing::warn!(agenttask = %obj.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -6,8 +6,8 @@ use super::SetupError;
 use crate::headscale::probe;
 use crate::redact::display_url;
 use crate::tailscale::{NodeStatus, TailscaleCli};
+use crate::MeshJoin;
 use guildnet_core::progress::Progress;
-use guildnet_core::seams::MeshJoin;
 use guildnet_core::token::Secret;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -42,7 +42,7 @@ pub struct ValidConnect {
 }
 
 impl ValidConnect {
-    /// The join request for [`guildnet_core::seams::Mesh::join`].
+    /// The join request for [`crate::TailscaleMesh::join`].
     pub fn mesh_join(&self) -> MeshJoin {
         MeshJoin {
             login_server: self.headscale_url.clone(),

@@ -1,6 +1,6 @@
 //! `tailscale status --json`, the parts GuildNet uses.
 
-use guildnet_core::seams::{MeshPeer, MeshStatus};
+use crate::{MeshPeer, MeshStatus};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
