@@ -594,7 +594,7 @@ impl Orchestrator {
             pool: None,
         };
         if self.has_pool(&task.org) {
-            match self.hand_to_warm_agent(&launch) {
+            match self.hand_to_warm_agent_once(&launch) {
                 Ok(placement) => {
                     // The agent has the task already; the backend only records where it runs.
                     // A refusal here does not take the task back: the agent claims it anyway.
@@ -613,11 +613,7 @@ impl Orchestrator {
                     }
                     return;
                 }
-                Err(waiting) => {
-                    let line = format!(
-                        "[pool] cold start: no warm agent of org {}'s pool was free ({waiting} waiting for another runner); starting a new agent",
-                        task.org
-                    );
+                Err(line) => {
                     self.note_unclaimed(&task.id, &agent, line).await;
                 }
             }
