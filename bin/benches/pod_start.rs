@@ -94,6 +94,36 @@ async fn agent_rss_kib(pods: &Api<Pod>, pod: &str) -> Option<u64> {
         .ok()
 }
 
+/// Schedules `script` and returns the task once claimed.
+async fn schedule_claimed(c: &OrchestratorClient, script: &str) -> Task {
+    let acme = OrgName::new("acme").expect("org");
+    let t = c.schedule(&acme, script, None).await.expect("schedule");
+    wait_task(c, &t.id, |t| t.started_at.is_some()).await
+}
+
+/// A claimed task's schedule -> claimed time (both the orchestrator's clock).
+fn took(claimed: &Task) -> Duration {
+    claimed
+        .started_at
+        .and_then(|s| (s - claimed.created_at).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// Waits until `id` succeeded and its pods are gone.
+async fn finish(c: &OrchestratorClient, pods: &Api<Pod>, id: &TaskId) {
+    let done = wait_task(c, id, |t| t.status.is_terminal()).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    // The pod must be gone before the next cold round removes the image.
+    let start = Instant::now();
+    while !task_pods(pods, id).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "pod of {id} stays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs one task to the end and returns its schedule -> claimed time (and the agent's RSS,
 /// read while it runs, if asked).
 async fn one(
@@ -102,16 +132,10 @@ async fn one(
     script: &str,
     measure_rss: bool,
 ) -> (Duration, Option<u64>) {
-    let acme = OrgName::new("acme").expect("org");
-    let t = c.schedule(&acme, script, None).await.expect("schedule");
-    let claimed = wait_task(c, &t.id, |t| t.started_at.is_some()).await;
-    let took = claimed
-        .started_at
-        .and_then(|s| (s - claimed.created_at).to_std().ok())
-        .unwrap_or_default();
+    let claimed = schedule_claimed(c, script).await;
     let mut rss = None;
     if measure_rss {
-        if let Some(name) = task_pods(pods, &t.id)
+        if let Some(name) = task_pods(pods, &claimed.id)
             .await
             .into_iter()
             .next()
@@ -120,19 +144,75 @@ async fn one(
             rss = agent_rss_kib(pods, &name).await;
         }
     }
-    let done = wait_task(c, &t.id, |t| t.status.is_terminal()).await;
-    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
-    // The pod must be gone before the next cold round removes the image.
-    let start = Instant::now();
-    while !task_pods(pods, &t.id).await.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "pod of {} stays",
-            t.id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    finish(c, pods, &claimed.id).await;
+    (took(&claimed), rss)
+}
+
+/// The time at the start of a log line (`tracing`'s RFC 3339 timestamp), if the line contains
+/// `what` (and `task`, when given).
+fn stamp(lines: &str, what: &str, task: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    lines
+        .lines()
+        .find(|l| l.contains(what) && task.is_none_or(|t| l.contains(t)))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Where a warm task's schedule -> claimed time went, from the orchestrator's log and the pool
+/// pod's agent log (both on this machine's clock): created -> handed (the orchestrator's insert
+/// and dispatch), handed -> agent has it (the wait's response), -> registered, -> claimed.
+#[derive(Default)]
+struct Breakdown {
+    handed: Vec<Duration>,
+    received: Vec<Duration>,
+    registered: Vec<Duration>,
+    claimed: Vec<Duration>,
+}
+
+async fn breakdown(
+    pods: &Api<Pod>,
+    tasks: &Api<guildnet_kube::crd::AgentTask>,
+    orch_log: &Path,
+    t: &Task,
+    into: &mut Breakdown,
+) {
+    let id = t.id.as_str();
+    let Ok(Some(at)) = tasks.get_opt(&agenttask_name(&t.id)).await else {
+        return;
+    };
+    let Some(pod) = at.spec.pool_pod else { return };
+    let mut agent = String::new();
+    for _ in 0..20 {
+        agent = pods
+            .logs(&pod, &kube::api::LogParams::default())
+            .await
+            .unwrap_or_default();
+        if agent.contains(" claimed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (took, rss)
+    let orch = std::fs::read_to_string(orch_log).unwrap_or_default();
+    let since = |a: chrono::DateTime<chrono::Utc>, b: Option<chrono::DateTime<chrono::Utc>>| {
+        b.and_then(|b| (b - a).to_std().ok())
+    };
+    let created = t.created_at;
+    let handed = stamp(&orch, "task handed to a warm pool agent", Some(id));
+    let received = stamp(&agent, "warm: handed a task", Some(id));
+    let registered = stamp(&agent, " registered", None);
+    let claimed = t.started_at;
+    if let (Some(h), Some(r), Some(g), Some(c)) = (
+        since(created, handed),
+        handed.and_then(|h| since(h, received)),
+        received.and_then(|r| since(r, registered)),
+        registered.and_then(|g| since(g, claimed)),
+    ) {
+        into.handed.push(h);
+        into.received.push(r);
+        into.registered.push(g);
+        into.claimed.push(c);
+    }
 }
 
 fn report(name: &str, mut v: Vec<Duration>, target_ms: f64, p99_target_ms: Option<f64>) {
@@ -208,6 +288,7 @@ async fn main() {
         .expect("port")
         .port();
     let url = format!("http://{ip}:{port}");
+    let orch_log = dir.path().join("orchestrator.log");
     let _orch = Proc::spawn(
         "guildnet-orchestrator",
         Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
@@ -229,7 +310,7 @@ async fn main() {
             ("GUILDNET_STATE_DIR", state.as_os_str()),
             ("ORCHESTRATOR_TOKEN", OsStr::new(TOKEN)),
         ],
-        &dir.path().join("orchestrator.log"),
+        &orch_log,
     )
     .expect("orchestrator");
     let c = OrchestratorClient::new(&url, Token::new(TOKEN)).expect("client");
@@ -286,6 +367,8 @@ async fn main() {
     // Pool: 3 warm agents waiting in their pods; each task is handed to one of them.
     let acme = OrgName::new("acme").expect("org");
     let mut pooled = Vec::new();
+    let mut parts = Breakdown::default();
+    let tasks: Api<guildnet_kube::crd::AgentTask> = Api::namespaced(admin.clone(), NS);
     if n_pool > 0 {
         let spec = guildnet_core::orchestrator::api::PoolSpec {
             size: 3,
@@ -307,7 +390,10 @@ async fn main() {
             if i == 0 {
                 println!("pool of 3 warm in {:?}", t.elapsed());
             }
-            let (d, _) = one(&c, &pods, "exit 0", false).await;
+            let t = schedule_claimed(&c, "exit 0").await;
+            breakdown(&pods, &tasks, &orch_log, &t, &mut parts).await;
+            finish(&c, &pods, &t.id).await;
+            let d = took(&t);
             println!("pool {i}: {d:?} (pool refilled in {:?})", start.elapsed());
             pooled.push(d);
         }
@@ -338,6 +424,22 @@ async fn main() {
         100.0,
         Some(300.0),
     );
+    if !parts.claimed.is_empty() {
+        let n = parts.claimed.len();
+        println!("warm pool breakdown (p50 of {n} tasks with every log line found):");
+        for (what, mut v) in [
+            ("created -> handed (insert, dispatch)", parts.handed),
+            ("handed -> agent has it (wait response)", parts.received),
+            ("agent has it -> registered", parts.registered),
+            ("registered -> claimed", parts.claimed),
+        ] {
+            v.sort();
+            println!(
+                "  {what:<44} {:>8.1} ms",
+                pct_duration(&v, 0.5).as_secs_f64() * 1000.0
+            );
+        }
+    }
     if let Some(max) = rss.iter().max() {
         row(
             "agent RSS in its pod (PID 1, max of 5)",

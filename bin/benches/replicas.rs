@@ -285,6 +285,18 @@ struct Samples {
     first_error: Option<String>,
     /// Failed requests after the kill (failover), by the agents.
     errors_after_kill: usize,
+    /// Failed requests by kind (the error without names and numbers).
+    kinds: HashMap<String, usize>,
+}
+
+/// What kind of failure an error message is: the message with names, numbers and bodies cut
+/// (so that errors of the same cause count together).
+fn error_kind(e: &str) -> String {
+    let e = e.split(" {").next().unwrap_or(e);
+    e.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(80)
+        .collect()
 }
 
 /// One simulated agent: join at `join_at`, heartbeat every 5 s until `end`.
@@ -304,6 +316,7 @@ async fn agent(
             if killed.lock().map(|k| k.is_some()).unwrap_or(false) {
                 s.errors_after_kill += 1;
             }
+            *s.kinds.entry(error_kind(&e)).or_default() += 1;
             s.first_error.get_or_insert(e);
         }
     };
@@ -585,6 +598,27 @@ async fn run_setup(
         pct(&s.heartbeat, 0.5),
         pct(&s.heartbeat, 0.99)
     );
+    let mut kinds: Vec<(String, usize)> = s.kinds.into_iter().collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    for (kind, n) in kinds.iter().take(5) {
+        println!("  {n} failed: {kind}");
+    }
+    if let Some(n) = &nginx {
+        // nginx logs why it dropped or failed a request (worker_connections, upstream errors).
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let log =
+            std::fs::read_to_string(n.dir().join("nginx.log")).unwrap_or_else(|_| n.log_tail());
+        for l in log.lines() {
+            let msg = l.split("] ").nth(1).unwrap_or(l);
+            let msg = msg.split(", client:").next().unwrap_or(msg);
+            *seen.entry(error_kind(msg)).or_default() += 1;
+        }
+        let mut seen: Vec<(String, usize)> = seen.into_iter().collect();
+        seen.sort_by_key(|k| std::cmp::Reverse(k.1));
+        for (msg, k) in seen.iter().take(5) {
+            println!("  nginx log ({k} lines): {msg}");
+        }
+    }
     figures.claim_p99 = pct(&s.claim, 0.99);
     figures.heartbeat_p99 = pct(&s.heartbeat, 0.99);
     if let Some((claim, heartbeat)) = failover {

@@ -12,6 +12,9 @@
 //!   the used pods go with their tasks and the pool is back to 3 after each round;
 //! - an image that cannot be pulled: the pool reports `ImageReady=False`, and a task still
 //!   starts cold with the default image;
+//! - the scale-down race: a task handed to a (frozen) warm agent while the pool scales down to
+//!   0 keeps its pod; that agent then vanishing before its claim sends the task to a cold start
+//!   well before the claim timeout, claimed and completed once;
 //! - scale to zero after the idle time, and back up when a task comes;
 //! - deleting the org removes its pool.
 //!
@@ -34,7 +37,10 @@ use guildnet_testbed::registry::Registry;
 use guildnet_testbed::{eventually, process, Proc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams};
+use kube::ResourceExt;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -57,6 +63,31 @@ fn spec(size: u32) -> PoolSpec {
         runner: None,
         idle_seconds: None,
     }
+}
+
+/// Sends `sig` to the agent processes of `pod`, found on this host by the pod's cgroup (the
+/// kubelet's cgroupfs driver names it `pod<uid>`); returns how many were signalled.
+fn signal_pod_agent(pod: &Pod, sig: Signal) -> usize {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return 0;
+    };
+    let needle = format!("pod{uid}");
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if comm.trim() == "guildnet-agent" && cgroup.contains(&needle) {
+            n += usize::from(nix::sys::signal::kill(Pid::from_raw(pid), sig).is_ok());
+        }
+    }
+    n
 }
 
 struct KeepOnPanic(Option<tempfile::TempDir>);
@@ -422,6 +453,118 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
     )
     .await;
     assert_eq!(c.pool(&acme()).await.expect("pool").warm_starts, 15);
+
+    // 2b. The scale-down race. The 3 waiting agents are frozen (SIGSTOP from the host), so a
+    //     task handed to one stays handed and unclaimed: the pool then scales down to 0, and
+    //     the operator must remove the two other warm pods but not the handed one (its
+    //     AgentTask names it). Then the handed agent vanishes before claiming (its pod deleted
+    //     at once): the task must start again, cold (a task is handed to a warm agent once),
+    //     long before the 120 s claim timeout, and be claimed and completed once.
+    let warm_pods = pods
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}=acme,{POOL_STATE_LABEL}=warm")))
+        .await
+        .expect("warm pods")
+        .items;
+    assert_eq!(warm_pods.len(), 3, "{}", report(&admin).await);
+    for p in &warm_pods {
+        let frozen = signal_pod_agent(p, Signal::SIGSTOP);
+        assert!(
+            frozen > 0,
+            "no agent process found for pod {}",
+            p.name_any()
+        );
+    }
+    let raced = c
+        .schedule(&acme(), "echo handed during a scale-down", None)
+        .await
+        .expect("schedule");
+    let handed = eventually(
+        "AgentTask names its pool pod",
+        Duration::from_secs(30),
+        || async {
+            tasks
+                .get_opt(&agenttask_name(&raced.id))
+                .await
+                .ok()??
+                .spec
+                .pool_pod
+        },
+    )
+    .await;
+    c.set_pool(&acme(), &spec(0)).await.expect("scale down");
+    let others: Vec<String> = warm_pods
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| *n != handed)
+        .collect();
+    eventually(
+        "the unhanded warm pods removed",
+        Duration::from_secs(60),
+        || async {
+            for n in &others {
+                if let Some(p) = pods.get_opt(n).await.ok()? {
+                    p.metadata.deletion_timestamp.as_ref()?;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let kept = pods.get(&handed).await.expect("the handed pod is kept");
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "the scale-down removed the pod handed a task: {handed}"
+    );
+    let vanished = Instant::now();
+    pods.delete(
+        &handed,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the handed pod");
+    let done = wait_task(&c, &raced.id, "finished", |t| t.status.is_terminal()).await;
+    assert_eq!(
+        done.status,
+        TaskStatus::Succeeded,
+        "{done:?}\n{}",
+        report(&admin).await
+    );
+    assert_eq!(done.claims, 1, "{done:?}");
+    assert!(done.attempt >= 2, "started again: {done:?}");
+    let restarted = vanished.elapsed();
+    assert!(
+        restarted < Duration::from_secs(60),
+        "the vanished agent's task took {restarted:?} to finish (claim timeout 120 s)"
+    );
+    figure("vanished_handoff_finished_after_ms", ms(restarted));
+    // The retry went cold on purpose (a task is handed warm once): the other warm agents were
+    // going away too, and each would have used up an attempt.
+    let lines = log_lines(&c, &raced.id).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[pool] cold start: an earlier attempt of this task was handed")),
+        "{lines:?}"
+    );
+    let audit: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/audit?after=0&limit=10000"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("audit json");
+    let completions = audit
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["action"] == "task.complete" && r["subject"] == raced.id.as_str())
+        .count();
+    assert_eq!(completions, 1, "completions of {}", raced.id);
 
     // 3. An image that cannot be pulled: the pool says so, tasks start cold with the default.
     let bad = PoolSpec {

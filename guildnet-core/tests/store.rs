@@ -176,6 +176,8 @@ both_stores!(
     task_pages_are_the_listing_serialized_and_page_by_keyset,
     task_counts_count_every_status,
     prune_removes_old_finished_tasks_with_their_logs_and_agents,
+    lease_renewals_follow_the_fencing_rules_and_write_no_events,
+    a_batch_with_one_bad_write_keeps_the_others,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -1494,6 +1496,81 @@ async fn postgres_a_failing_write_does_not_fail_its_batch() {
     assert_eq!(pg.commit_stats().writes, 1);
 }
 
+/// A batch mixing every kind of write (statements in the pipeline, some of which fail, and
+/// task updates that read their rows at the batch's start, two of them on the same task):
+/// every acknowledged write is stored with its events, the failing ones alone are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_mixed_batches_keep_every_acknowledged_write() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        tasks.push(running_task(store.as_ref(), &format!("m-{i}")).await);
+    }
+    let before = store.last_event_id().await.unwrap();
+    let mut hs = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            let store = store.clone();
+            hs.push(tokio::spawn(async move {
+                let mut e = event(&format!("e{round}-{i}"));
+                if i % 7 == 3 {
+                    e.message = Some("bad \0 byte".into());
+                }
+                (
+                    i % 7 != 3,
+                    store.append_events(vec![e], vec![]).await.map(|_| ()),
+                )
+            }));
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            let (s1, t1) = (store.clone(), t.clone());
+            hs.push(tokio::spawn(async move {
+                let r = s1
+                    .update_task(
+                        &t1.id,
+                        Box::new(move |t| {
+                            t.claims += 1;
+                            Ok(TaskChange {
+                                events: vec![NewEvent::for_task("task.claimed", t, None)],
+                                audit: vec![],
+                            })
+                        }),
+                    )
+                    .await
+                    .map(|_| ());
+                (true, r)
+            }));
+            let (s2, t2) = (store.clone(), t.clone());
+            hs.push(tokio::spawn(async move {
+                register(s2.as_ref(), &t2, &format!("m-{i}")).await;
+                (true, Ok(()))
+            }));
+        }
+    }
+    for h in hs {
+        let (good, r) = h.await.unwrap();
+        assert_eq!(good, r.is_ok(), "{r:?}");
+    }
+    for t in &tasks {
+        let stored = store.get_task(&t.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.claims,
+            t.claims + 3,
+            "three updates of {} kept",
+            t.id
+        );
+    }
+    let events = store.events_after(before, 0).await.unwrap();
+    let count = |k: &str| events.iter().filter(|e| e.kind == k).count();
+    assert_eq!(count("task.claimed"), 30);
+    assert_eq!(count("agent.registered"), 30);
+    assert_eq!(
+        events.iter().filter(|e| e.kind.starts_with('e')).count(),
+        3 * 17
+    );
+}
+
 /// Cluster-wide jobs: one replica leads a job at a time; when it goes (its connections close,
 /// as when its process dies), another one takes over. Jobs are independent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2117,4 +2194,186 @@ async fn register(store: &dyn StateStore, t: &Task, name: &str) {
         )
         .await
         .expect("register agent");
+}
+
+/// `renew_lease` (a heartbeat with a fencing token) follows `lifecycle::renew` exactly: the
+/// holder's token renews a running task's lease and records the heartbeat; a stale token or
+/// another agent is refused and writes nothing; a finished task is left as it is and the
+/// heartbeat is not recorded; an agent not registered for the task is told so. It never
+/// writes an event or an audit row.
+async fn lease_renewals_follow_the_fencing_rules_and_write_no_events(db: Db) {
+    let store = db.open().await;
+    let t = running_task(store.as_ref(), "a-1").await;
+    register(store.as_ref(), &t, "a-1").await;
+    let events = store.last_event_id().await.expect("events");
+    let audit_rows = store.audit_after(0, 0).await.expect("audit").len();
+    let ttl = Duration::seconds(30);
+    let at = now_ms() + Duration::seconds(7);
+    let r = store
+        .renew_lease(
+            &t.id,
+            &agent("a-1"),
+            1,
+            ttl,
+            at,
+            serde_json::json!({"step": 3}),
+        )
+        .await
+        .expect("renew");
+    assert_eq!(r.registered, Some(true));
+    assert_eq!(r.task.lease_expires_at, Some(at + ttl));
+    assert_eq!(r.task.status, TaskStatus::Running);
+    let stored = store.get_task(&t.id).await.expect("get").expect("task");
+    assert_eq!(stored, r.task, "the answer is the stored task");
+    assert_eq!(
+        stored.updated_at, t.updated_at,
+        "a renewal is not an update"
+    );
+    let a = store
+        .get_agent(&agent("a-1"))
+        .await
+        .expect("agent")
+        .expect("a-1");
+    assert_eq!(a.last_seen_at, at);
+    assert_eq!(a.state, serde_json::json!({"step": 3}));
+
+    // A stale token, token 0, another agent: refused, nothing written.
+    for (who, fencing) in [("a-1", 2), ("a-1", 0), ("b-1", 1)] {
+        let later = at + Duration::seconds(5);
+        let e = store
+            .renew_lease(
+                &t.id,
+                &agent(who),
+                fencing,
+                ttl,
+                later,
+                serde_json::json!({}),
+            )
+            .await
+            .expect_err("stale");
+        assert!(
+            matches!(&e, StoreError::Rejected(r) if r.kind == RejectionKind::StaleFencing),
+            "{who}/{fencing}: {e}"
+        );
+    }
+    assert_eq!(
+        store.get_task(&t.id).await.expect("get").expect("task"),
+        stored
+    );
+    let a2 = store
+        .get_agent(&agent("a-1"))
+        .await
+        .expect("agent")
+        .expect("a-1");
+    assert_eq!(a2.last_seen_at, at, "a refused heartbeat records nothing");
+    let missing = TaskId::generate();
+    assert!(matches!(
+        store
+            .renew_lease(&missing, &agent("a-1"), 1, ttl, at, serde_json::json!({}))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Registered for another task only: the lease is renewed, the heartbeat not recorded.
+    let u = running_task(store.as_ref(), "u-1").await;
+    let r = store
+        .renew_lease(&u.id, &agent("u-1"), 1, ttl, at, serde_json::json!({}))
+        .await
+        .expect("renew unregistered");
+    assert_eq!(r.registered, Some(false));
+
+    // A finished task: left as it is, heartbeat not recorded.
+    store
+        .update_task(
+            &t.id,
+            Box::new(|t| {
+                t.status = TaskStatus::Succeeded;
+                t.lease_expires_at = None;
+                Ok(TaskChange::default())
+            }),
+        )
+        .await
+        .expect("finish");
+    let done = store.get_task(&t.id).await.expect("get").expect("task");
+    let later = at + Duration::seconds(9);
+    let r = store
+        .renew_lease(&t.id, &agent("a-1"), 1, ttl, later, serde_json::json!({}))
+        .await
+        .expect("renew finished");
+    assert_eq!(r.registered, None);
+    assert_eq!(r.task, done);
+    assert_eq!(
+        store.get_task(&t.id).await.expect("get").expect("task"),
+        done
+    );
+    let a3 = store
+        .get_agent(&agent("a-1"))
+        .await
+        .expect("agent")
+        .expect("a-1");
+    assert_eq!(
+        a3.last_seen_at, at,
+        "no heartbeat recorded for a finished task"
+    );
+
+    // No event, no audit row from any of it (only the registration of u-1's task insert).
+    let new_events = store.events_after(events, 0).await.expect("events");
+    assert!(
+        new_events.iter().all(|e| e.kind == "task.scheduled"),
+        "renewals wrote events: {new_events:?}"
+    );
+    let audit_after = store.audit_after(0, 0).await.expect("audit");
+    assert!(audit_after[audit_rows..]
+        .iter()
+        .all(|a| a.action == "task.schedule"));
+}
+
+/// Writes sent together land in one batch: one that fails (a task id that exists already)
+/// fails alone; the others are stored with their events, in order, and each caller gets its
+/// own answer.
+async fn a_batch_with_one_bad_write_keeps_the_others(db: Db) {
+    let store = db.open().await;
+    let dup = task("acme", TaskStatus::Scheduled, now_ms());
+    insert(store.as_ref(), &dup, "h").await;
+    let before = store.last_event_id().await.expect("events");
+    let mut tasks: Vec<Task> = (0..20)
+        .map(|_| task("acme", TaskStatus::Scheduled, now_ms()))
+        .collect();
+    tasks.insert(7, dup.clone());
+    let results = futures_util::future::join_all(tasks.iter().map(|t| {
+        let store = store.clone();
+        let t = t.clone();
+        async move {
+            store
+                .insert_task(
+                    t.clone(),
+                    "h".into(),
+                    scheduled_event(&t),
+                    audit("task.schedule", t.id.as_str()),
+                )
+                .await
+        }
+    }))
+    .await;
+    for (t, r) in tasks.iter().zip(&results) {
+        if t.id == dup.id {
+            assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}");
+        } else {
+            let id = *r.as_ref().expect("insert");
+            assert!(id > before);
+            assert_eq!(store.get_task(&t.id).await.expect("get").as_ref(), Some(t));
+        }
+    }
+    let events = store.events_after(before, 0).await.expect("events");
+    assert_eq!(
+        events.len(),
+        20,
+        "one event per stored task, none for the duplicate"
+    );
+    let mut got: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, events.iter().map(|e| e.id).collect::<Vec<_>>());
 }

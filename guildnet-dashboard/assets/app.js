@@ -486,11 +486,63 @@ $("org-create-form").addEventListener("submit", async (ev) => {
 function openOrg(name) {
   state.openOrg = name;
   const o = state.orgs.find((x) => x.name === name);
-  for (const id of ["kubeconfig-error", "talosconfig-error", "provision-error", "org-delete-error"]) setError(id, "");
+  for (const id of ["kubeconfig-error", "talosconfig-error", "provision-error", "org-delete-error", "pool-error"]) setError(id, "");
   $("org-delete-confirm").value = "";
   if (o) renderOrgDetail(o);
   show("org-detail", true);
+  loadPool(name);
 }
+
+// ---- warm pool (GET/PUT/DELETE /api/orgs/{name}/pool) ---------------------------------------
+
+function poolText(p) {
+  const b = p.backend;
+  const parts = [`${p.waiting} waiting`, `${p.warmStarts} warm / ${p.coldStarts} cold starts`];
+  if (!b) return "No pool on the backend. " + parts.join(", ");
+  parts.unshift(`${b.warm} warm (${b.running} running) of ${b.desired} wanted${b.scaledToZero ? ", scaled to zero (idle)" : ""}`);
+  return `${b.resource}: ` + parts.join(", ") + (b.conditions && b.conditions.length ? ". " + b.conditions.join("; ") : "");
+}
+
+function fillPoolForm(spec) {
+  $("pool-size").value = spec ? String(spec.size) : "";
+  $("pool-image").value = spec && spec.image ? spec.image : "";
+  $("pool-runner").value = spec && spec.runner ? spec.runner : "";
+  $("pool-idle").value = spec && spec.idleSeconds ? String(spec.idleSeconds) : "";
+}
+
+async function loadPool(name) {
+  $("pool-status").textContent = "";
+  try {
+    const p = await api("GET", `/api/orgs/${encodeURIComponent(name)}/pool`);
+    if (state.openOrg !== name) return;
+    $("pool-status").textContent = poolText(p);
+    fillPoolForm(p.backend && p.backend.spec);
+  } catch (e) { if (state.openOrg === name) setError("pool-error", e.message); }
+}
+
+$("pool-save").addEventListener("click", async () => {
+  setError("pool-error", "");
+  const name = state.openOrg;
+  const size = $("pool-size").value.trim(), idle = $("pool-idle").value.trim();
+  const spec = { size: size === "" ? 0 : Number(size) };
+  if ($("pool-image").value.trim()) spec.image = $("pool-image").value.trim();
+  if ($("pool-runner").value.trim()) spec.runner = $("pool-runner").value.trim();
+  if (idle !== "") spec.idleSeconds = Number(idle);
+  try {
+    const p = await api("PUT", `/api/orgs/${encodeURIComponent(name)}/pool`, spec);
+    $("pool-status").textContent = poolText(p);
+  } catch (e) { setError("pool-error", e.message); }
+});
+
+$("pool-delete").addEventListener("click", async () => {
+  setError("pool-error", "");
+  const name = state.openOrg;
+  try {
+    await api("DELETE", `/api/orgs/${encodeURIComponent(name)}/pool`);
+    fillPoolForm(null);
+    await loadPool(name);
+  } catch (e) { setError("pool-error", e.message); }
+});
 
 function renderOrgDetail(o) {
   $("org-detail-name").textContent = o.name;

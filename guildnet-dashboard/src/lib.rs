@@ -26,6 +26,7 @@ pub mod error;
 pub mod flows;
 pub mod live;
 pub mod mesh;
+pub mod pool;
 pub mod provision;
 mod routes;
 pub mod tls;

@@ -3,6 +3,7 @@
 use crate::api;
 use crate::assets;
 use crate::auth;
+use crate::pool;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
@@ -86,6 +87,12 @@ fn api_routes() -> Router<AppState> {
         .route(
             "/orgs/{name}/talosconfig",
             put(api::put_talosconfig).get(api::get_talosconfig),
+        )
+        .route(
+            "/orgs/{name}/pool",
+            get(pool::get_pool)
+                .put(pool::put_pool)
+                .delete(pool::delete_pool),
         )
         .route("/orgs/{name}/provision/stream", post(api::provision_stream))
         .route("/schedule", post(api::schedule))

@@ -669,3 +669,128 @@ async fn tls_uses_a_generated_certificate_and_secure_cookies() {
         .await;
     assert!(r.is_err() || !r.unwrap().status().is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_is_set_shown_and_removed_through_the_orchestrator() {
+    let env = start(|_| {}).await;
+    let me = Browserish::login(&env.dash_url).await;
+    let (st, v) = me
+        .json(Method::POST, "/api/orgs", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let orch = guildnet_core::client::OrchestratorClient::new(
+        &env.orch_url,
+        guildnet_core::token::Secret::new(ORCH_TOKEN),
+    )
+    .unwrap();
+    let acme = guildnet_core::names::OrgName::new("acme").unwrap();
+
+    // No pool yet.
+    let (st, v) = me.json(Method::GET, "/api/orgs/acme/pool", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["org"], "acme");
+    assert_eq!(v["waiting"], 0);
+    assert!(v.get("backend").is_none(), "{v}");
+
+    // Set: the orchestrator (and its backend) has the pool the dashboard set.
+    let spec = json!({"size": 2, "image": "registry.example/agent:1", "runner": "claude", "idleSeconds": 600});
+    let (st, v) = me
+        .json(Method::PUT, "/api/orgs/acme/pool", Some(spec.clone()))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["backend"]["spec"], spec, "{v}");
+    assert_eq!(v["backend"]["desired"], 2, "{v}");
+    let seen = orch.pool(&acme).await.unwrap();
+    let b = seen.backend.expect("backend pool");
+    assert_eq!(b.spec.expect("spec").runner.as_deref(), Some("claude"));
+    // Shown: what the CLI or API set elsewhere is what the dashboard shows.
+    orch.set_pool(
+        &acme,
+        &guildnet_core::pool::PoolSpec {
+            size: 5,
+            image: None,
+            runner: None,
+            idle_seconds: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (st, v) = me.json(Method::GET, "/api/orgs/acme/pool", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["backend"]["spec"], json!({"size": 5}), "{v}");
+
+    // Bad input: the field is named, nothing reaches the orchestrator.
+    for (body, field) in [
+        (json!({"size": 101}), "size"),
+        (json!({"size": 1, "idleSeconds": 0}), "idleSeconds"),
+        (json!({"size": 1, "image": "has space"}), "image"),
+        (json!({"size": 1, "runner": ""}), "runner"),
+    ] {
+        let (st, v) = me
+            .json(Method::PUT, "/api/orgs/acme/pool", Some(body.clone()))
+            .await;
+        assert_eq!(st, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (st, v) = me
+        .json(
+            Method::PUT,
+            "/api/orgs/acme/pool",
+            Some(json!({"size": 1, "replicas": 3})),
+        )
+        .await;
+    assert!(st == 400 || st == 422, "{st} {v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("replicas"),
+        "{v}"
+    );
+    let (_, v) = me.json(Method::GET, "/api/orgs/acme/pool", None).await;
+    assert_eq!(v["backend"]["spec"], json!({"size": 5}), "unchanged: {v}");
+    // An unknown org, a bad name.
+    let (st, v) = me
+        .json(Method::PUT, "/api/orgs/nope/pool", Some(json!({"size": 1})))
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = me.json(Method::GET, "/api/orgs/Bad_Name/pool", None).await;
+    assert_eq!(
+        (st, v["error"]["field"].clone()),
+        (422, json!("name")),
+        "{v}"
+    );
+
+    // Without a session: refused.
+    let anon = Browserish::new(&env.dash_url);
+    let (st, _) = anon.json(Method::GET, "/api/orgs/acme/pool", None).await;
+    assert_eq!(st, 401);
+
+    // Removed.
+    let (st, v) = me.json(Method::DELETE, "/api/orgs/acme/pool", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!({"org": "acme", "removed": true}));
+    assert!(orch.pool(&acme).await.unwrap().backend.is_none());
+    let (st, v) = me.json(Method::DELETE, "/api/orgs/acme/pool", None).await;
+    assert_eq!((st, v["removed"].clone()), (200, json!(false)), "{v}");
+
+    // The page has the pool controls.
+    let page = me
+        .req(Method::GET, "/")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for id in [
+        "pool-size",
+        "pool-image",
+        "pool-runner",
+        "pool-idle",
+        "pool-save",
+        "pool-delete",
+    ] {
+        assert!(
+            page.contains(&format!("id=\"{id}\"")),
+            "{id} missing from the page"
+        );
+    }
+}

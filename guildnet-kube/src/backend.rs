@@ -263,6 +263,26 @@ impl KubeBackend {
         Ok(v.git_version)
     }
 
+    /// Whether the warm pool pod `pod` still exists and is not being deleted (its agent may
+    /// still claim the task it was handed).
+    async fn pool_pod_alive(&self, org: &OrgName, pod: &str) -> Result<bool, BackendError> {
+        let c = self.client(org).await?;
+        let p = Api::<Pod>::namespaced(c, &self.cfg.namespace)
+            .get_opt(pod)
+            .await
+            .map_err(|e| BackendError::OrgUnavailable {
+                org: org.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(p.is_some_and(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        }))
+    }
+
     /// The AgentTask of a task, if any.
     pub async fn agent_task(
         &self,
@@ -477,9 +497,11 @@ impl ClusterBackend for KubeBackend {
             metadata: ObjectMeta {
                 name: Some(credentials_secret_name(&created)),
                 namespace: Some(ns.to_owned()),
+                // The attempt's agent: the operator deletes only its own attempt's credentials.
                 labels: Some(BTreeMap::from([
                     (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
                     (TASK_LABEL.to_owned(), created.name_any()),
+                    (AGENT_LABEL.to_owned(), launch.agent.to_string()),
                 ])),
                 owner_references: Some(oref.into_iter().collect()),
                 ..ObjectMeta::default()
@@ -548,6 +570,16 @@ impl ClusterBackend for KubeBackend {
             return Ok(WorkloadState::Absent);
         }
         let st = at.status.clone().unwrap_or_default();
+        if let Some(pod) = &at.spec.pool_pod {
+            // A warm agent handed this task whose pod is gone or going (the pool scaled down,
+            // was deleted, or the node lost the pod) will never claim it: the orchestrator
+            // requeues the task, which then starts again (cold, or on another warm agent).
+            if matches!(st.phase, Phase::Pending | Phase::Running)
+                && !self.pool_pod_alive(org, pod).await?
+            {
+                return Ok(WorkloadState::Absent);
+            }
+        }
         Ok(match st.phase {
             Phase::Pending => match self.start_deadline_passed(&at) {
                 Some(waited) => {

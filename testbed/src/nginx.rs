@@ -155,12 +155,14 @@ fn config(dir: &Path, port: u16, upstreams: &[Upstream]) -> String {
 daemon off;
 master_process on;
 worker_processes 1;
-worker_rlimit_nofile 16384;
+worker_rlimit_nofile 70000;
 pid {d}/nginx.pid;
 error_log stderr warn;
 
 events {{
-    worker_connections 8192;
+    # Each proxied request holds two connections (client and upstream): 10,000 agents whose
+    # requests queue for seconds need more than 8,192, or nginx drops connections (resets).
+    worker_connections 32768;
 }}
 
 http {{

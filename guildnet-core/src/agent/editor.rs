@@ -112,9 +112,27 @@ impl EditorSupervisor {
 
     /// Starts code-server and keeps it running.
     pub fn start(cfg: EditorConfig) -> Self {
+        Self::start_after(cfg, std::future::ready(()))
+    }
+
+    /// Like [`EditorSupervisor::start`], but code-server's process is started only once `gate`
+    /// resolves (the state says `starting` until then); a stop before that starts nothing. A
+    /// warm pool agent starts its editor right after its claim, so code-server's start (a
+    /// Node.js process: most of a CPU core for a second) does not compete with the claim.
+    pub fn start_after(
+        cfg: EditorConfig,
+        gate: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
         let (tx, rx) = watch::channel(EditorState::Starting { restarts: 0 });
         let stop = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(supervise(cfg, tx, stop.clone()));
+        let stop_gate = stop.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = gate => {}
+                _ = stop_gate.notified() => return,
+            }
+            supervise(cfg, tx, stop_gate).await
+        });
         Self {
             state: rx,
             stop,
@@ -418,6 +436,61 @@ mod tests {
         sup.shutdown().await;
         let runs = std::fs::read_to_string(d.path().join("fake-code-server.runs")).unwrap();
         assert!(runs.lines().count() >= 2, "{runs}");
+    }
+
+    #[tokio::test]
+    async fn a_gated_editor_starts_only_after_its_gate_and_not_after_a_stop() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in that records each start and stays up.
+        let script = d.path().join("fake-code-server");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho started >> \"$0.runs\"\nexec sleep 30\n",
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let cfg = EditorConfig {
+            code_server: script.clone(),
+            bind: "127.0.0.1:1".parse().unwrap(),
+            password: Secret::new("pw"),
+            workspace: d.path().to_path_buf(),
+            data_dir: d.path().join("data"),
+            log_file: d.path().join("cs.log"),
+            sandbox: None,
+            tmp_dir: None,
+        };
+        let runs = d.path().join("fake-code-server.runs");
+        let started = || {
+            std::fs::read_to_string(&runs)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        // Held back until the gate opens.
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let sup = EditorSupervisor::start_after(cfg.clone(), async move {
+            let _ = gate.await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(started(), 0, "started before its gate");
+        assert!(matches!(sup.state(), EditorState::Starting { .. }));
+        open.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while started() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("started after its gate");
+        sup.shutdown().await;
+        // Stopped before its gate: never started.
+        std::fs::remove_file(&runs).unwrap();
+        let sup = EditorSupervisor::start_after(cfg, std::future::pending());
+        sup.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(started(), 0, "started after a stop");
     }
 
     #[tokio::test]

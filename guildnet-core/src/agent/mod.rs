@@ -497,6 +497,8 @@ pub async fn run_with_client(
     let stopper = Stopper::new(stop, cfg.shutdown_budget);
     let _ = crate::state_dir::create_private_dir(&cfg.state_dir);
     // The editor comes up first: a person can watch the workspace while the task is prepared.
+    // A warm pool agent starts it right after its claim instead (the claim is its hot path).
+    let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel::<()>();
     let mut editor_tmp = None;
     let editor = match &cfg.editor {
         Some(e) => {
@@ -510,7 +512,14 @@ pub async fn run_with_client(
             );
             e.tmp_dir = Some(tmp.0.clone());
             editor_tmp = Some(tmp);
-            EditorSupervisor::start(e)
+            if cfg.warm_pod.is_some() {
+                // Also when the claim fails (the sender is dropped): the task ends then anyway.
+                EditorSupervisor::start_after(e, async move {
+                    let _ = claimed_rx.await;
+                })
+            } else {
+                EditorSupervisor::start(e)
+            }
         }
         None => EditorSupervisor::disabled(),
     };
@@ -528,7 +537,7 @@ pub async fn run_with_client(
         ),
         None => None,
     };
-    let result = run_task(&cfg, &client, view, runner_tx, &stopper).await;
+    let result = run_task(&cfg, &client, view, runner_tx, &stopper, claimed_tx).await;
     // Whatever the runner or git left behind goes now (code-server's tree is not ours).
     process::kill_orphans(Duration::from_secs(1)).await;
     let editor_grace = if stopper.is_stopped() {
@@ -550,6 +559,7 @@ async fn run_task(
     view: StateView,
     runner_tx: watch::Sender<&'static str>,
     stopper: &Stopper,
+    claimed_tx: tokio::sync::oneshot::Sender<()>,
 ) -> Result<AgentOutcome, AgentError> {
     let patience = cfg.patience;
     let register = RegisterRequest {
@@ -575,6 +585,7 @@ async fn run_task(
     let fencing = claim.fencing;
     let task = claim.task;
     tracing::info!(task = %task.id, fencing, "claimed");
+    let _ = claimed_tx.send(());
 
     // cancel_tx: set when the orchestrator says stop (cancelled, or our claim went stale).
     let (cancel_tx, cancel_rx) = watch::channel(false);

@@ -594,7 +594,7 @@ impl Orchestrator {
             pool: None,
         };
         if self.has_pool(&task.org) {
-            match self.hand_to_warm_agent(&launch) {
+            match self.hand_to_warm_agent_once(&launch) {
                 Ok(placement) => {
                     // The agent has the task already; the backend only records where it runs.
                     // A refusal here does not take the task back: the agent claims it anyway.
@@ -613,11 +613,7 @@ impl Orchestrator {
                     }
                     return;
                 }
-                Err(waiting) => {
-                    let line = format!(
-                        "[pool] cold start: no warm agent of org {}'s pool was free ({waiting} waiting for another runner); starting a new agent",
-                        task.org
-                    );
+                Err(line) => {
                     self.note_unclaimed(&task.id, &agent, line).await;
                 }
             }
@@ -1046,29 +1042,34 @@ impl Orchestrator {
                 .then_some(t.lease_expires_at)
                 .flatten(),
         };
-        let task = match req.fencing {
-            None => self.agent_task(task_id, &agent).await?,
-            Some(fencing) => {
-                let ttl = chrono_dur(self.inner.cfg.lease_ttl);
-                let a = agent.clone();
-                self.inner
+        let (task, known) = match req.fencing {
+            None => {
+                let task = self.agent_task(task_id, &agent).await?;
+                if task.status.is_terminal() {
+                    return Ok(reply(&task));
+                }
+                let known = self
+                    .inner
                     .store
-                    .update_task(
-                        task_id,
-                        Box::new(move |t| lifecycle::renew(t, &a, fencing, ttl, Utc::now())),
-                    )
-                    .await?
-                    .task
+                    .touch_agent(&agent, task_id, Utc::now(), state)
+                    .await?;
+                (task, known)
+            }
+            Some(fencing) => {
+                // The lease renewal (lifecycle::renew) and the liveness record in one store
+                // call: it writes no event, so the store runs it outside its ordered writes.
+                let ttl = chrono_dur(self.inner.cfg.lease_ttl);
+                let r = self
+                    .inner
+                    .store
+                    .renew_lease(task_id, &agent, fencing, ttl, Utc::now(), state)
+                    .await?;
+                match r.registered {
+                    None => return Ok(reply(&r.task)),
+                    Some(known) => (r.task, known),
+                }
             }
         };
-        if task.status.is_terminal() {
-            return Ok(reply(&task));
-        }
-        let known = self
-            .inner
-            .store
-            .touch_agent(&agent, task_id, Utc::now(), state)
-            .await?;
         if !known {
             return Err(ApiError::not_found(format!(
                 "agent {agent} is not registered for task {task_id}; call /agent/register first"

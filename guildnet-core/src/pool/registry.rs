@@ -6,10 +6,13 @@
 //!   registry under the lock that sends on it);
 //! - an agent (org, pod) that was handed a task is never handed another: its later waits are
 //!   refused ([`WaitError::AlreadyUsed`]);
-//! - a task is handed to at most one agent (the caller hands each dispatched attempt once).
+//! - a task is handed to at most one agent (the caller hands each dispatched attempt once);
+//! - a task is handed to a warm agent at most once: a later attempt (the handed agent vanished
+//!   before claiming, or died running it) starts cold ([`WarmRegistry::was_handed`]), so a
+//!   pool scaling down under a task cannot use up the task's attempts one warm agent at a time.
 
 use super::Handoff;
-use crate::names::OrgName;
+use crate::names::{OrgName, TaskId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -44,6 +47,8 @@ struct State {
     waiting: HashMap<OrgName, VecDeque<Waiter>>,
     used: HashSet<(OrgName, String)>,
     used_order: VecDeque<(OrgName, String)>,
+    handed: HashSet<TaskId>,
+    handed_order: VecDeque<TaskId>,
     warm_starts: HashMap<OrgName, u64>,
     cold_starts: HashMap<OrgName, u64>,
 }
@@ -124,6 +129,7 @@ impl WarmRegistry {
     /// `None` when no agent waits (the handoff, and its token, are dropped).
     pub fn hand_off(&self, runner: &str, handoff: Handoff) -> Option<String> {
         let org = handoff.org.clone();
+        let task = handoff.task_id.clone();
         let mut st = self.lock();
         let mut handoff = handoff;
         loop {
@@ -148,6 +154,14 @@ impl WarmRegistry {
                             }
                         }
                     }
+                    if st.handed.insert(task.clone()) {
+                        st.handed_order.push_back(task);
+                        while st.handed_order.len() > USED_MEMORY {
+                            if let Some(old) = st.handed_order.pop_front() {
+                                st.handed.remove(&old);
+                            }
+                        }
+                    }
                     *st.warm_starts.entry(org).or_default() += 1;
                     return Some(w.pod);
                 }
@@ -155,6 +169,17 @@ impl WarmRegistry {
                 Err(back) => handoff = back,
             }
         }
+    }
+
+    /// Whether an attempt of `task` was already handed to a warm agent (by this registry, within
+    /// its memory of the last 100,000 handoffs).
+    pub fn was_handed(&self, task: &TaskId) -> bool {
+        self.lock().handed.contains(task)
+    }
+
+    /// Counts a cold start of `org` decided without looking for a waiting agent.
+    pub fn count_cold(&self, org: &OrgName) {
+        *self.lock().cold_starts.entry(org.clone()).or_default() += 1;
     }
 
     /// Agents of `org` waiting now.
@@ -184,7 +209,7 @@ impl WarmRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{AgentName, TaskId};
+    use crate::names::AgentName;
 
     fn org(s: &str) -> OrgName {
         OrgName::new(s).unwrap()
@@ -222,6 +247,24 @@ mod tests {
         // Another org's agent never gets acme's task.
         let _other = r.wait(&org("other"), "p9", None).unwrap();
         assert!(r.hand_off("default", h(4, "acme")).is_none());
+    }
+
+    #[test]
+    fn handed_tasks_are_remembered_and_unhanded_ones_are_not() {
+        let r = WarmRegistry::default();
+        let _w = r.wait(&org("acme"), "p1", None).unwrap();
+        assert_eq!(r.hand_off("default", h(1, "acme")), Some("p1".into()));
+        // No agent left: task 2 was not handed, so its retry may still go warm.
+        assert!(r.hand_off("default", h(2, "acme")).is_none());
+        assert!(r.was_handed(&TaskId::new("t-1").unwrap()));
+        assert!(!r.was_handed(&TaskId::new("t-2").unwrap()));
+        // A request that went away does not count as a handoff.
+        let gone = r.wait(&org("acme"), "p2", None).unwrap();
+        drop(gone);
+        assert!(r.hand_off("default", h(3, "acme")).is_none());
+        assert!(!r.was_handed(&TaskId::new("t-3").unwrap()));
+        r.count_cold(&org("acme"));
+        assert_eq!(r.starts(&org("acme")), (1, 3));
     }
 
     #[test]

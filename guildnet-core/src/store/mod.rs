@@ -139,6 +139,48 @@ pub struct TaskUpdated {
     pub last_event_id: Option<u64>,
 }
 
+/// Result of [`StateStore::renew_lease`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRenewed {
+    /// The task after the renewal.
+    pub task: Task,
+    /// Whether the agent is registered for the task (its heartbeat recorded); `None` when the
+    /// task has finished (no heartbeat is recorded then).
+    pub registered: Option<bool>,
+}
+
+/// [`StateStore::renew_lease`] as two steps: the renewal through
+/// [`StateStore::update_task`], then [`StateStore::touch_agent`] unless the task finished.
+pub async fn renew_lease_in_steps<S: StateStore + ?Sized>(
+    store: &S,
+    task: &TaskId,
+    agent: &AgentName,
+    fencing: u64,
+    ttl: chrono::Duration,
+    at: DateTime<Utc>,
+    state: serde_json::Value,
+) -> Result<LeaseRenewed, StoreError> {
+    let a = agent.clone();
+    let task_after = store
+        .update_task(
+            task,
+            Box::new(move |t| crate::lifecycle::renew(t, &a, fencing, ttl, at)),
+        )
+        .await?
+        .task;
+    if task_after.status.is_terminal() {
+        return Ok(LeaseRenewed {
+            task: task_after,
+            registered: None,
+        });
+    }
+    let registered = store.touch_agent(agent, task, at, state).await?;
+    Ok(LeaseRenewed {
+        task: task_after,
+        registered: Some(registered),
+    })
+}
+
 /// Filter for [`StateStore::list_tasks`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskQuery {
@@ -343,6 +385,24 @@ pub trait StateStore: Send + Sync {
         at: DateTime<Utc>,
         state: serde_json::Value,
     ) -> Result<bool, StoreError>;
+    /// A heartbeat with a fencing token: renews the lease as [`crate::lifecycle::renew`] does
+    /// (the agent must hold the task's claim with `fencing`, else
+    /// [`RejectionKind::StaleFencing`] and nothing is written), then, unless the task has
+    /// finished, records the heartbeat as [`StateStore::touch_agent`] does. A renewal writes
+    /// no event and no audit row, so a store may run it outside its ordered writes; it is
+    /// liveness, stored with the durability of [`StateStore::touch_agent`]. The default runs
+    /// [`StateStore::update_task`] and [`StateStore::touch_agent`] one after the other.
+    async fn renew_lease(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        fencing: u64,
+        ttl: chrono::Duration,
+        at: DateTime<Utc>,
+        state: serde_json::Value,
+    ) -> Result<LeaseRenewed, StoreError> {
+        renew_lease_in_steps(self, task, agent, fencing, ttl, at, state).await
+    }
     /// Looks up an agent.
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
     /// All agents, most recently seen first.

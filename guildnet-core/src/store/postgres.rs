@@ -15,12 +15,25 @@
 //!
 //! **Semantics** are the SQLite store's, method by method, and the same test suite runs against
 //! both (`guildnet-core/tests/store.rs`):
-//! - **Group commit.** Every write except heartbeats goes to this process's batch writer, as
-//!   in the SQLite store: it takes every write that is waiting (up to 512), runs them one after
-//!   another in one transaction, each inside its own savepoint (a failing write rolls back
-//!   alone), commits once, and only then answers the callers. A batch pays one WAL flush and
-//!   one lock wait for all its writes. Reads use the pool's other connections, one statement
-//!   each.
+//! - **Group commit.** Every write except heartbeats and lease renewals goes to this
+//!   process's batch writer, as in the SQLite store: it takes every write that is waiting (up
+//!   to 512), runs them in one transaction, commits once, and only then answers the callers. A
+//!   batch pays one WAL flush and one lock wait for all its writes. Reads use the pool's other
+//!   connections, one statement each.
+//! - **Fewer round trips per batch.** A write that is one statement with its journal (a new
+//!   task with its events and audit rows, an agent's registration with its event, events
+//!   alone: data-modifying CTEs, the journal guarded by the row write) goes into the batch's
+//!   pipeline: all of them are sent at once inside savepoint `grp`, one round trip for the
+//!   lot. If any of them fails, `grp` is rolled back and each runs again alone in its own
+//!   savepoint, so one bad write never fails the others (the statements are data, so they
+//!   can run twice; a statement that answers an error such as "already exists" writes
+//!   nothing). The other writes (conditional task updates, log batches) run one after
+//!   another, each inside its own savepoint (a failing write rolls back alone). The rows of
+//!   every task a batch updates are read and locked at its start in one statement (`FOR
+//!   UPDATE`, in id order, outside the savepoints, so the locks last until the commit); a task
+//!   update is then one round trip: its row with its events and audit rows, in one statement.
+//!   A job that changes a task row otherwise (a log batch, retention) drops the row read for
+//!   it first, and a second update of the same task in a batch reads it again.
 //! - Conditional task updates lock the task's row (`SELECT ... FOR UPDATE`), apply the pure
 //!   [`TaskUpdateFn`] and write back, so claims and fencing tokens are atomic across replicas,
 //!   not only across tasks of one process.
@@ -51,10 +64,25 @@
 //!   bounded by how fast one connection runs a batch's statements (each job's savepoint is
 //!   pipelined with its first statement, events and audit rows go in one statement each).
 //! - Every write is committed with `synchronous_commit` as configured on the server (on by
-//!   default: durable when acknowledged), except agent heartbeats ([`StateStore::touch_agent`]),
-//!   which are liveness only and commit with `synchronous_commit = off` (the SQLite store's
-//!   "soft" writes); they write no ids, so they run outside the batches, on a pooled
-//!   connection of their own.
+//!   default: durable when acknowledged), except agent heartbeats ([`StateStore::touch_agent`])
+//!   and lease renewals ([`StateStore::renew_lease`]), which are liveness only: they write no
+//!   ids, so they run outside the batches, in autocommit on a small pool of their own whose
+//!   sessions set `synchronous_commit = off` (the SQLite store's "soft" writes; half as many
+//!   connections as [`PostgresOptions::max_connections`]).
+//! - **Lease renewals** (a heartbeat with a fencing token) are one conditional `UPDATE`
+//!   (`WHERE id AND agent AND fencing AND status = 'Running'`: [`crate::lifecycle::renew`]'s
+//!   rule; its row lock makes it atomic with claims and completions on every replica) and the
+//!   heartbeat's `touch_agent`, two statements sent in one round trip; when the UPDATE matches
+//!   nothing (a stale token, a finished task), the renewal runs through the batch and the
+//!   lifecycle function for the exact answer. Neither statement holds one row while waiting
+//!   for another, so they cannot deadlock with a batch. Why not durable: a renewal lost to a
+//!   crash of the database server (not of a replica; at most the last ~3 x `wal_writer_delay`
+//!   of commits, and any later durable commit flushes it too) leaves the lease at its
+//!   previous expiry, one heartbeat interval earlier than the agent was told (5 s of a 30 s
+//!   TTL by default), while the server was down and the agent's heartbeats failed anyway.
+//!   The worst case is a task requeued a few seconds early after a long database outage;
+//!   the claim and its fencing token, which keep a requeued task's old agent from writing,
+//!   are durable writes, so no guarantee rests on a renewal.
 //! - Cluster-wide jobs ([`StateStore::lead`], the reaper): a session advisory lock per job,
 //!   held on a connection of its own; when its holder dies, the server ends the session and
 //!   the next replica that asks gets it. Every reaper action is a conditional update anyway,
@@ -76,8 +104,8 @@
 //!   Messages name the database as `postgres://user@host:port/db`, never with its password.
 
 use super::{
-    AppendedLogs, LogBatch, Rejection, RejectionKind, StateStore, StoreError, TaskChange,
-    TaskQuery, TaskUpdateFn, TaskUpdated,
+    AppendedLogs, LeaseRenewed, LogBatch, Rejection, RejectionKind, StateStore, StoreError,
+    TaskChange, TaskQuery, TaskUpdateFn, TaskUpdated,
 };
 use crate::context::TaskContext;
 use crate::model::{
@@ -205,7 +233,8 @@ const MAX_BATCH: usize = 512;
 /// Options of [`PostgresStore::connect_with`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// Most connections this process holds.
+    /// Most connections of the pool for requests and batches of writes; heartbeats and lease
+    /// renewals use a second pool of half as many (at least one).
     pub max_connections: usize,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
@@ -232,6 +261,9 @@ pub struct PostgresStore {
 
 struct PgInner {
     pool: Pool,
+    /// Connections whose sessions commit with `synchronous_commit = off`, in autocommit:
+    /// heartbeats and lease renewals (liveness only, see the module docs).
+    soft: Pool,
     /// The database, without its password.
     display: String,
     /// Connection settings, for the LISTEN connection.
@@ -246,7 +278,7 @@ struct PgInner {
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Writes for the batch writer ([`writer_loop`]); dropping it stops that task once the
     /// waiting writes are done.
-    writer: mpsc::UnboundedSender<Box<dyn Job>>,
+    writer: mpsc::UnboundedSender<Work>,
     /// Group commit counters, for [`PostgresStore::commit_stats`].
     stats: Arc<Counters>,
 }
@@ -561,17 +593,22 @@ const AGENT_COLS: &str =
     "name, org, task_id, version, editor_address, registered_at, last_seen_at, state";
 
 fn agent_from_row(r: &Row) -> Result<Agent, StoreError> {
-    let state: String = get(r, 7)?;
+    agent_from_row_at(r, 0)
+}
+
+/// An agent from the [`AGENT_COLS`] of `r` that start at column `at`.
+fn agent_from_row_at(r: &Row, at: usize) -> Result<Agent, StoreError> {
+    let state: String = get(r, at + 7)?;
     Ok(Agent {
-        name: parse_name(get(r, 0)?, AgentName::new)?,
-        org: parse_name(get(r, 1)?, OrgName::new)?,
-        task_id: get::<Option<String>>(r, 2)?
+        name: parse_name(get(r, at)?, AgentName::new)?,
+        org: parse_name(get(r, at + 1)?, OrgName::new)?,
+        task_id: get::<Option<String>>(r, at + 2)?
             .map(|t| parse_name(t, TaskId::new))
             .transpose()?,
-        version: get(r, 3)?,
-        editor_address: get(r, 4)?,
-        registered_at: from_ms(get(r, 5)?)?,
-        last_seen_at: from_ms(get(r, 6)?)?,
+        version: get(r, at + 3)?,
+        editor_address: get(r, at + 4)?,
+        registered_at: from_ms(get(r, at + 5)?)?,
+        last_seen_at: from_ms(get(r, at + 6)?)?,
         state: serde_json::from_str(&state).map_err(|e| corrupt(format!("agent state: {e}")))?,
     })
 }
@@ -647,6 +684,10 @@ struct Batch<'a> {
     c: &'a deadpool_postgres::Object,
     display: &'a str,
     notify: AtomicBool,
+    /// Task rows read and locked (`FOR UPDATE`) at the start of the batch for its task
+    /// updates, each taken by the first job that uses it. A job that changes a task row
+    /// otherwise than through [`StateStore::update_task`] drops its entry first.
+    rows: std::sync::Mutex<std::collections::HashMap<String, Task>>,
 }
 
 impl<'a> Batch<'a> {
@@ -660,6 +701,24 @@ impl<'a> Batch<'a> {
     fn notify(&self) {
         self.notify.store(true, Ordering::Relaxed);
     }
+
+    /// The task row read and locked for `id` at the start of the batch, if there is one and
+    /// no job took it yet (the row is locked by the batch's transaction, so it is current).
+    fn take_row(&self, id: &TaskId) -> Option<Task> {
+        self.rows.lock().ok()?.remove(id.as_str())
+    }
+
+    /// Forgets the row read for `id` (a job is changing it otherwise); `None`: every row.
+    fn forget_rows(&self, id: Option<&TaskId>) {
+        if let Ok(mut rows) = self.rows.lock() {
+            match id {
+                Some(id) => {
+                    rows.remove(id.as_str());
+                }
+                None => rows.clear(),
+            }
+        }
+    }
 }
 
 /// One write waiting for a batch.
@@ -672,11 +731,17 @@ trait Job: Send {
     ) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 'a>>;
     /// The batch could not run the write: answers `e`.
     fn fail(self: Box<Self>, e: StoreError);
+    /// The task whose row the write reads and locks first, if any: the batch reads and locks
+    /// all of them at its start, in one statement ([`Batch::take_row`]).
+    fn task(&self) -> Option<&TaskId> {
+        None
+    }
 }
 
 struct JobOf<R, F> {
     f: F,
     reply: oneshot::Sender<Result<R, StoreError>>,
+    task: Option<TaskId>,
 }
 
 impl<R, F> Job for JobOf<R, F>
@@ -689,7 +754,7 @@ where
         b: &'a Batch<'a>,
     ) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 'a>> {
         Box::pin(async move {
-            let JobOf { f, reply } = *self;
+            let JobOf { f, reply, .. } = *self;
             let r = f(b).await;
             let ok = r.is_ok();
             let finish: Finish = Box::new(move |commit| {
@@ -708,6 +773,186 @@ where
     fn fail(self: Box<Self>, e: StoreError) {
         let _ = self.reply.send(Err(e));
     }
+
+    fn task(&self) -> Option<&TaskId> {
+        self.task.as_ref()
+    }
+}
+
+/// A write for the batch writer.
+enum Work {
+    /// A write that runs its statements in its own savepoint, one job after another.
+    Job(Box<dyn Job>),
+    /// A write of one statement: it runs in one pipeline with the batch's other statement
+    /// writes (see [`run_batch`]).
+    Piped(Box<dyn Piped>),
+}
+
+/// The owned parameters of a statement.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn param_refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// A write that is one statement with owned parameters, so that it can run in a pipeline
+/// with others and, when that pipeline fails, run again alone. Its statement must write
+/// nothing when its answer is an error other than a failure of the statement itself (e.g. a
+/// conflict found by `ON CONFLICT DO NOTHING`): in a pipeline it has no savepoint of its own.
+trait Piped: Send + Sync {
+    /// The statement.
+    fn sql(&self) -> &str;
+    /// Its parameters.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
+    /// Whether it stores events or log lines (the batch then wakes other replicas).
+    fn notifies(&self) -> bool;
+    /// What it does, for errors.
+    fn op(&self) -> &'static str;
+    /// The statement's outcome: whether the write stands, and what to do once the commit is
+    /// known.
+    fn settle(self: Box<Self>, row: Result<Row, StoreError>) -> (bool, Finish);
+    /// The batch could not run the write: answers `e`.
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct PipedOf<R> {
+    sql: String,
+    params: Params,
+    notify: bool,
+    op: &'static str,
+    /// The answer from the statement's row.
+    decode: fn(&Row) -> Result<R, StoreError>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R: Send + 'static> Piped for PipedOf<R> {
+    fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        param_refs(&self.params)
+    }
+
+    fn notifies(&self) -> bool {
+        self.notify
+    }
+
+    fn op(&self) -> &'static str {
+        self.op
+    }
+
+    fn settle(self: Box<Self>, row: Result<Row, StoreError>) -> (bool, Finish) {
+        let r = row.and_then(|row| (self.decode)(&row));
+        let reply = self.reply;
+        let ok = r.is_ok();
+        let finish: Finish = Box::new(move |commit| {
+            let out = match (commit, r) {
+                (_, Err(e)) => Err(e),
+                (Ok(()), ok) => ok,
+                (Err(e), Ok(_)) => Err(again(e)),
+            };
+            let _ = reply.send(out);
+        });
+        (ok, finish)
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+/// A [`Piped`] write run alone, as a [`Job`] in its own savepoint (after its pipeline failed).
+struct Alone(Box<dyn Piped>);
+
+impl Job for Alone {
+    fn run<'a>(
+        self: Box<Self>,
+        b: &'a Batch<'a>,
+    ) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 'a>> {
+        Box::pin(async move {
+            let p = self.0;
+            let e = b.err(p.op());
+            let row = match b.c.prepare_cached(p.sql()).await {
+                Ok(stmt) => b.c.query_one(&stmt, &p.params()).await.map_err(e),
+                Err(err) => Err(e(err)),
+            };
+            if row.is_ok() && p.notifies() {
+                b.notify();
+            }
+            p.settle(row)
+        })
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        self.0.fail(e)
+    }
+}
+
+/// Opens the batch's transaction (`begin`) and reads and locks the rows of the tasks `ids`,
+/// in one round trip.
+async fn prefetch(
+    c: &deadpool_postgres::Object,
+    db: &str,
+    begin: &str,
+    ids: &[String],
+) -> Result<Vec<Task>, StoreError> {
+    let op = "read the tasks of a batch";
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ))
+        .await
+        .map_err(|e| pg_error(db, op, e))?;
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (pre, rows) = tokio::join!(c.batch_execute(begin), c.query(&stmt, &params));
+    pre.map_err(|e| pg_error(db, "begin a write", e))?;
+    let rows = rows.map_err(|e| pg_error(db, op, e))?;
+    // A row that cannot be decoded is left out: its job reads it again and reports it.
+    Ok(rows.iter().filter_map(|r| task_from_row(r).ok()).collect())
+}
+
+/// Runs the statements of `piped` in one pipeline (one round trip for all of them), after
+/// `prelude`. Returns the prelude's result and each statement's row, in order.
+async fn run_pipeline(
+    c: &deadpool_postgres::Object,
+    db: &str,
+    prelude: &str,
+    piped: &[Box<dyn Piped>],
+) -> (
+    Result<(), tokio_postgres::Error>,
+    Vec<Result<Row, StoreError>>,
+) {
+    // Statements are prepared first (once per connection: they are cached), so that the
+    // pipeline holds only executions.
+    let mut stmts = Vec::with_capacity(piped.len());
+    for p in piped {
+        match c.prepare_cached(p.sql()).await {
+            Ok(s) => stmts.push(Ok(s)),
+            Err(e) => stmts.push(Err(pg_error(db, p.op(), e))),
+        }
+    }
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = piped.iter().map(|p| p.params()).collect();
+    let runs = stmts
+        .iter()
+        .zip(&params)
+        .zip(piped)
+        .map(|((s, params), p)| async move {
+            match s {
+                Ok(s) => c
+                    .query_one(s, params)
+                    .await
+                    .map_err(|e| pg_error(db, p.op(), e)),
+                Err(e) => Err(again(e)),
+            }
+        });
+    let (pre, rows) = tokio::join!(
+        c.batch_execute(prelude),
+        futures_util::future::join_all(runs)
+    );
+    (pre, rows)
 }
 
 /// The same error again, for every write of a batch that failed as a whole.
@@ -752,30 +997,60 @@ impl Drop for BatchConn {
 async fn writer_loop(
     pool: Pool,
     db: String,
-    mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>,
+    mut rx: mpsc::UnboundedReceiver<Work>,
     stats: Arc<Counters>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        let mut work = vec![first];
+        while work.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => work.push(j),
                 Err(_) => break,
             }
         }
-        let n = jobs.len() as u64;
+        let n = work.len() as u64;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.writes.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
-        run_batch(&pool, &db, jobs).await;
+        let mut jobs: Vec<Box<dyn Job>> = Vec::new();
+        let mut piped: Vec<Box<dyn Piped>> = Vec::new();
+        for w in work {
+            match w {
+                Work::Job(j) => jobs.push(j),
+                Work::Piped(p) => piped.push(p),
+            }
+        }
+        run_batch(&pool, &db, piped, jobs).await;
     }
 }
 
-async fn run_batch(pool: &Pool, db: &str, jobs: Vec<Box<dyn Job>>) {
+/// Where a batch's transaction stands between its writes.
+#[derive(Clone, Copy)]
+enum Open {
+    /// Nothing sent yet.
+    Not,
+    /// The transaction is open (rows read), no savepoint yet.
+    Begun,
+    /// The pipeline ran in savepoint `grp`, every statement of it succeeded.
+    GroupOk,
+    /// The pipeline failed: its writes are to be rolled back and run again alone.
+    GroupFailed,
+    /// The last job ran in savepoint `job`, and succeeded (true) or not.
+    Job(bool),
+}
+
+/// Runs one batch: the statement writes (`piped`) in one pipeline inside savepoint `grp`
+/// (every statement of it in one round trip; when one of them fails, `grp` is rolled back
+/// and each runs again alone, so one bad write cannot fail the others), then the other
+/// writes (`jobs`) one after another, each in its own savepoint `job`; one commit.
+async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: Vec<Box<dyn Job>>) {
     let c = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
             let err = pool_error(db, "write", e);
+            for p in piped {
+                p.fail(again(&err));
+            }
             for j in jobs {
                 j.fail(again(&err));
             }
@@ -791,18 +1066,77 @@ async fn run_batch(pool: &Pool, db: &str, jobs: Vec<Box<dyn Job>>) {
         c,
         display: db,
         notify: AtomicBool::new(false),
+        rows: Default::default(),
     };
-    let n = jobs.len();
+    let n = piped.len() + jobs.len();
     let mut finishers: Vec<Finish> = Vec::with_capacity(n);
     let mut broken = None;
-    let mut last_ok = true;
-    // Before each job, the statements that give it a clean savepoint `job`, sent in the same
-    // pipeline as the job's first statement (no round trip of their own): for the first job,
-    // the transaction and the lock that orders ids (held until the commit); after a job that
-    // succeeded, its savepoint is released (its writes kept); after one that failed, its
-    // writes are rolled back to the savepoint (which stays).
-    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOCK_WRITES}); SAVEPOINT job");
-    for (i, job) in jobs.into_iter().enumerate() {
+    let mut open = Open::Not;
+    // The transaction and the lock that orders ids (held until the commit).
+    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOCK_WRITES})");
+    // The rows of the tasks the jobs update, read and locked at once (in id order), outside
+    // any savepoint so that their locks last until the commit.
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| j.task().map(|t| t.as_str().to_owned()))
+        .collect();
+    if !ids.is_empty() {
+        ids.sort_unstable();
+        ids.dedup();
+        match prefetch(c, db, &begin, &ids).await {
+            Ok(rows) => {
+                open = Open::Begun;
+                if let Ok(mut cache) = b.rows.lock() {
+                    for t in rows {
+                        cache.insert(t.id.as_str().to_owned(), t);
+                    }
+                }
+            }
+            Err(e) => broken = Some(e),
+        }
+    }
+    if !piped.is_empty() && broken.is_some() {
+        for p in piped {
+            p.fail(StoreError::Backend {
+                op: "write",
+                reason: "an earlier statement of its batch failed".into(),
+            });
+        }
+    } else if !piped.is_empty() {
+        let prelude = match open {
+            Open::Not => format!("{begin}; SAVEPOINT grp"),
+            _ => "SAVEPOINT grp".to_owned(),
+        };
+        let (pre, rows) = run_pipeline(c, db, &prelude, &piped).await;
+        if let Err(e) = pre {
+            broken = Some(pg_error(db, "begin a write", e));
+            for p in piped {
+                p.fail(StoreError::Backend {
+                    op: "write",
+                    reason: "an earlier statement of its batch failed".into(),
+                });
+            }
+        } else if rows.iter().all(|r| r.is_ok()) {
+            open = Open::GroupOk;
+            for (p, row) in piped.into_iter().zip(rows) {
+                if p.notifies() {
+                    b.notify();
+                }
+                let (_, finish) = p.settle(row);
+                finishers.push(finish);
+            }
+        } else {
+            // One statement failed, so the pipeline's transaction is aborted: run each
+            // write again alone, before the other jobs.
+            open = Open::GroupFailed;
+            let alone: Vec<Box<dyn Job>> = piped
+                .into_iter()
+                .map(|p| Box::new(Alone(p)) as Box<dyn Job>)
+                .collect();
+            jobs.splice(0..0, alone);
+        }
+    }
+    for job in jobs {
         if broken.is_some() {
             job.fail(StoreError::Backend {
                 op: "write",
@@ -810,32 +1144,44 @@ async fn run_batch(pool: &Pool, db: &str, jobs: Vec<Box<dyn Job>>) {
             });
             continue;
         }
-        let prelude = match (i, last_ok) {
-            (0, _) => begin.as_str(),
-            (_, true) => "RELEASE SAVEPOINT job; SAVEPOINT job",
-            (_, false) => "ROLLBACK TO SAVEPOINT job",
+        // The statements that give the job a clean savepoint `job`, sent in the same pipeline
+        // as the job's first statement (no round trip of their own): after a job that
+        // succeeded, its savepoint is released (its writes kept); after one that failed, its
+        // writes are rolled back to the savepoint (which stays).
+        let prelude = match open {
+            Open::Not => format!("{begin}; SAVEPOINT job"),
+            Open::Begun => "SAVEPOINT job".to_owned(),
+            Open::GroupOk => "RELEASE SAVEPOINT grp; SAVEPOINT job".to_owned(),
+            Open::GroupFailed => {
+                "ROLLBACK TO SAVEPOINT grp; RELEASE SAVEPOINT grp; SAVEPOINT job".to_owned()
+            }
+            Open::Job(true) => "RELEASE SAVEPOINT job; SAVEPOINT job".to_owned(),
+            Open::Job(false) => "ROLLBACK TO SAVEPOINT job".to_owned(),
         };
-        let (pre, (ok, finish)) = tokio::join!(c.batch_execute(prelude), job.run(&b));
+        let (pre, (ok, finish)) = tokio::join!(c.batch_execute(&prelude), job.run(&b));
         finishers.push(finish);
-        last_ok = ok;
         if let Err(e) = pre {
-            let op = if i == 0 {
+            let op = if matches!(open, Open::Not) {
                 "begin a write"
             } else {
                 "write (savepoint)"
             };
             broken = Some(pg_error(db, op, e));
         }
+        open = Open::Job(ok);
     }
     let result = match broken {
         Some(err) => Err(err),
         None => {
             // The savepoint is released explicitly so that a job which left the transaction
             // aborted fails the commit instead of turning it into a silent rollback.
-            let mut sql = String::from(if last_ok {
-                "RELEASE SAVEPOINT job; "
-            } else {
-                "ROLLBACK TO SAVEPOINT job; "
+            let mut sql = String::from(match open {
+                Open::GroupOk => "RELEASE SAVEPOINT grp; ",
+                Open::Job(true) => "RELEASE SAVEPOINT job; ",
+                Open::Job(false) => "ROLLBACK TO SAVEPOINT job; ",
+                // Not reached: a failed group always leaves jobs to run, and a batch that
+                // read rows has jobs.
+                Open::Not | Open::Begun | Open::GroupFailed => "",
             });
             if b.notify.load(Ordering::Relaxed) {
                 sql.push_str(&format!("NOTIFY {CHANGES_CHANNEL}; "));
@@ -944,17 +1290,33 @@ impl PostgresStore {
             Some(c) => Manager::from_config(cfg.clone(), c.clone(), mc()),
             None => Manager::from_config(cfg.clone(), NoTls, mc()),
         };
-        let pool = Pool::builder(mgr)
-            .max_size(opts.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(opts.wait_timeout))
-            .create_timeout(Some(opts.connect_timeout))
-            .recycle_timeout(Some(opts.connect_timeout))
-            .build()
-            .map_err(|e| StoreError::Open {
-                path: display.clone(),
-                reason: format!("cannot build the connection pool: {e}"),
-            })?;
+        // Half as many connections again (at least one) for heartbeats and lease renewals,
+        // whose sessions do not wait for the WAL flush at commit.
+        let soft_size = (opts.max_connections / 2).max(1);
+        let mut soft_cfg = cfg.clone();
+        soft_cfg.options(match cfg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c synchronous_commit=off"),
+            _ => "-c synchronous_commit=off".to_owned(),
+        });
+        let soft_mgr = match &connector {
+            Some(c) => Manager::from_config(soft_cfg, c.clone(), mc()),
+            None => Manager::from_config(soft_cfg, NoTls, mc()),
+        };
+        let build = |mgr: Manager, size: usize| {
+            Pool::builder(mgr)
+                .max_size(size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(opts.wait_timeout))
+                .create_timeout(Some(opts.connect_timeout))
+                .recycle_timeout(Some(opts.connect_timeout))
+                .build()
+                .map_err(|e| StoreError::Open {
+                    path: display.clone(),
+                    reason: format!("cannot build the connection pool: {e}"),
+                })
+        };
+        let pool = build(mgr, opts.max_connections)?;
+        let soft = build(soft_mgr, soft_size)?;
         let (writer, jobs) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
         tokio::spawn(writer_loop(
@@ -966,6 +1328,7 @@ impl PostgresStore {
         let store = Self {
             inner: Arc::new(PgInner {
                 pool,
+                soft,
                 display,
                 config: cfg,
                 tls: connector,
@@ -1018,6 +1381,17 @@ impl PostgresStore {
             .map_err(|e| pool_error(db, op, e))
     }
 
+    /// A connection of the soft pool: each statement its own transaction, committed without
+    /// waiting for the WAL flush (`synchronous_commit = off`).
+    async fn soft_client(&self, op: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
+        let db = &self.inner.display;
+        self.inner
+            .soft
+            .get()
+            .await
+            .map_err(|e| pool_error(db, op, e))
+    }
+
     /// Maps a driver error of `op`.
     fn err(&self, op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + Copy + '_ {
         let db = self.inner.display.as_str();
@@ -1031,10 +1405,46 @@ impl PostgresStore {
         R: Send + 'static,
         F: for<'b> FnOnce(&'b Batch<'b>) -> JobFuture<'b, R> + Send + 'static,
     {
+        self.write_on(None, f).await
+    }
+
+    /// [`PostgresStore::write`] of a write that first reads and locks the row of `task`
+    /// ([`Batch::take_row`]).
+    async fn write_on<R, F>(&self, task: Option<TaskId>, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: for<'b> FnOnce(&'b Batch<'b>) -> JobFuture<'b, R> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Box::new(JobOf { f, reply }))
+            .send(Work::Job(Box::new(JobOf { f, reply, task })))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs the one-statement write `sql` in the next batch's pipeline (see [`run_batch`])
+    /// and answers `decode` of its row once that batch committed. `notify`: it stores events
+    /// or log lines. When `decode` answers an error, the statement must have written nothing.
+    async fn write_piped<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        sql: String,
+        params: Params,
+        notify: bool,
+        decode: fn(&Row) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Work::Piped(Box::new(PipedOf {
+                sql,
+                params,
+                notify,
+                op,
+                decode,
+                reply,
+            })))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -1215,6 +1625,72 @@ async fn journal(
     e
 }
 
+/// Appends the 11 parameters of [`journal_cte`] for `events` and `audit` to `p`.
+fn journal_params(p: &mut Params, events: &[NewEvent], audit: &[NewAudit]) {
+    fn texts<T>(v: &[T], f: impl Fn(&T) -> &str) -> Box<dyn ToSql + Sync + Send> {
+        Box::new(v.iter().map(|x| f(x).to_owned()).collect::<Vec<String>>())
+    }
+    fn opts<T>(v: &[T], f: impl Fn(&T) -> Option<&str>) -> Box<dyn ToSql + Sync + Send> {
+        Box::new(
+            v.iter()
+                .map(|x| f(x).map(str::to_owned))
+                .collect::<Vec<Option<String>>>(),
+        )
+    }
+    p.push(Box::new(ms(Utc::now())));
+    p.push(texts(audit, |a| &a.actor));
+    p.push(texts(audit, |a| &a.action));
+    p.push(texts(audit, |a| &a.subject));
+    p.push(opts(audit, |a| a.detail.as_deref()));
+    p.push(texts(events, |e| &e.kind));
+    p.push(opts(events, |e| e.task_id.as_ref().map(|v| v.as_str())));
+    p.push(opts(events, |e| e.agent.as_ref().map(|v| v.as_str())));
+    p.push(opts(events, |e| e.org.as_ref().map(|v| v.as_str())));
+    p.push(opts(events, |e| e.status.map(|s| s.as_str())));
+    p.push(opts(events, |e| e.message.as_deref()));
+}
+
+/// The end of a statement `WITH <guard> AS (<a write> RETURNING ...)` that also appends the
+/// write's audit rows and events, only when `guard` returned a row, in the same statement (one
+/// round trip for the write and its journal): CTEs `a` and `e`, then the final
+/// `SELECT <rows of guard>, <last event id or NULL>`. Its 11 parameters ([`journal_params`])
+/// start at `$first`; event ids follow the given order.
+fn journal_cte(guard: &str, first: usize) -> String {
+    let p: Vec<String> = (0..11).map(|i| format!("${}", first + i)).collect();
+    format!(
+        ", a AS (INSERT INTO audit (ts, actor, action, subject, detail) \
+         SELECT {ts}::BIGINT, actor, action, subject, detail FROM \
+         unnest({}::text[], {}::text[], {}::text[], {}::text[]) \
+         WITH ORDINALITY AS x(actor, action, subject, detail, n) \
+         WHERE EXISTS (SELECT 1 FROM {guard}) ORDER BY n), \
+         e AS (INSERT INTO events (ts, kind, task_id, agent, org, status, message) \
+         SELECT {ts}::BIGINT, kind, task_id, agent, org, status, message FROM \
+         unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[]) \
+         WITH ORDINALITY AS x(kind, task_id, agent, org, status, message, n) \
+         WHERE EXISTS (SELECT 1 FROM {guard}) ORDER BY n RETURNING id) \
+         SELECT (SELECT COUNT(*) FROM {guard}), (SELECT MAX(id) FROM e)",
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        p[6],
+        p[7],
+        p[8],
+        p[9],
+        p[10],
+        ts = p[0],
+    )
+}
+
+/// The row of a statement ending in [`journal_cte`]: whether `guard` wrote a row, and the
+/// last event id (0 when none).
+fn journaled(row: &Row) -> Result<(bool, u64), StoreError> {
+    let n: i64 = get(row, 0)?;
+    let last: Option<i64> = get(row, 1)?;
+    Ok((n > 0, last.map(id_of).transpose()?.unwrap_or(0)))
+}
+
 async fn load_task(
     c: &impl GenericClient,
     id: &TaskId,
@@ -1336,6 +1812,7 @@ impl StateStore for PostgresStore {
         self.write(move |b| {
             Box::pin(async move {
                 let e = b.err("prune finished tasks");
+                b.forget_rows(None);
                 let tx = b.c;
                 let ids: Vec<String> = tx
                     .query(
@@ -1384,54 +1861,46 @@ impl StateStore for PostgresStore {
     ) -> Result<u64, StoreError> {
         let artifacts = artifacts_json(&task.artifacts)?;
         let context = context_json(&task.context)?;
-        self.write(move |b| {
-            Box::pin(async move {
-                let e = b.err("insert task");
-                let t = &task;
-                let stmt =
-                    b.c.prepare_cached(&format!(
-                        "INSERT INTO tasks ({TASK_COLS}, token_hash) VALUES ($1, $2, $3, $4, $5, \
-                 $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21) ON CONFLICT (id) DO NOTHING"
-                    ))
-                    .await
-                    .map_err(e)?;
-                let n =
-                    b.c.execute(
-                        &stmt,
-                        &[
-                            &t.id.as_str(),
-                            &t.org.as_str(),
-                            &t.task,
-                            &t.agent_hint,
-                            &t.status.as_str(),
-                            &t.agent.as_ref().map(|a| a.as_str()),
-                            &i64::from(t.attempt),
-                            &cursor(t.fencing),
-                            &i64::from(t.claims),
-                            &t.lease_expires_at.map(ms),
-                            &ms(t.created_at),
-                            &ms(t.updated_at),
-                            &t.started_at.map(ms),
-                            &t.finished_at.map(ms),
-                            &t.exit_code,
-                            &t.reason,
-                            &artifacts,
-                            &t.pr_url,
-                            &context,
-                            &t.log_sealed,
-                            &token_hash,
-                        ],
-                    )
-                    .await
-                    .map_err(e)?;
-                if n == 0 {
-                    return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
-                }
-                journal(b, &events, &audit, e).await
-            })
-        })
-        .await
+        let t = task;
+        // The task, its audit rows and its events in one statement.
+        let sql = format!(
+            "WITH t AS (INSERT INTO tasks ({TASK_COLS}, token_hash) VALUES ($1, $2, $3, $4, $5, \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+             ON CONFLICT (id) DO NOTHING RETURNING 1){}",
+            journal_cte("t", 22)
+        );
+        let mut params: Params = vec![
+            Box::new(t.id.as_str().to_owned()),
+            Box::new(t.org.as_str().to_owned()),
+            Box::new(t.task),
+            Box::new(t.agent_hint),
+            Box::new(t.status.as_str()),
+            Box::new(t.agent.as_ref().map(|a| a.as_str().to_owned())),
+            Box::new(i64::from(t.attempt)),
+            Box::new(cursor(t.fencing)),
+            Box::new(i64::from(t.claims)),
+            Box::new(t.lease_expires_at.map(ms)),
+            Box::new(ms(t.created_at)),
+            Box::new(ms(t.updated_at)),
+            Box::new(t.started_at.map(ms)),
+            Box::new(t.finished_at.map(ms)),
+            Box::new(t.exit_code),
+            Box::new(t.reason),
+            Box::new(artifacts),
+            Box::new(t.pr_url),
+            Box::new(context),
+            Box::new(t.log_sealed),
+            Box::new(token_hash),
+        ];
+        journal_params(&mut params, &events, &audit);
+        let (inserted, last) = self
+            .write_piped("insert task", sql, params, !events.is_empty(), journaled)
+            .await?;
+        if !inserted {
+            // ON CONFLICT: nothing was written (its journal is guarded by the insert).
+            return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
+        }
+        Ok(last)
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
@@ -1520,14 +1989,18 @@ impl StateStore for PostgresStore {
         update: TaskUpdateFn,
     ) -> Result<TaskUpdated, StoreError> {
         let id = id.clone();
-        self.write(move |b| {
+        self.write_on(Some(id.clone()), move |b| {
             Box::pin(async move {
                 let e = b.err("update task");
                 let tx = b.c;
-                // The row lock makes the read-modify-write atomic across every replica.
-                let before = load_task(tx, &id, true, e)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+                // The row lock makes the read-modify-write atomic across every replica (the
+                // batch took it at its start, or takes it now).
+                let before = match b.take_row(&id) {
+                    Some(t) => t,
+                    None => load_task(tx, &id, true, e)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?,
+                };
                 let mut after = before.clone();
                 let change: TaskChange = update(&mut after).map_err(StoreError::Rejected)?;
                 let changed = after != before || !change.events.is_empty() || token_hash.is_some();
@@ -1541,41 +2014,51 @@ impl StateStore for PostgresStore {
                 }
                 let t = &after;
                 let artifacts = artifacts_json(&t.artifacts)?;
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, claims=$6, \
-                 lease_expires_at=$7, updated_at=$8, started_at=$9, finished_at=$10, \
-                 exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, agent_hint=$15, task=$16, \
-                 log_sealed=$17, token_hash=COALESCE($18, token_hash) WHERE id=$1",
-                    )
-                    .await
-                    .map_err(e)?;
-                tx.execute(
-                    &stmt,
-                    &[
-                        &t.id.as_str(),
-                        &t.status.as_str(),
-                        &t.agent.as_ref().map(|a| a.as_str()),
-                        &i64::from(t.attempt),
-                        &cursor(t.fencing),
-                        &i64::from(t.claims),
-                        &t.lease_expires_at.map(ms),
-                        &ms(t.updated_at),
-                        &t.started_at.map(ms),
-                        &t.finished_at.map(ms),
-                        &t.exit_code,
-                        &t.reason,
-                        &artifacts,
-                        &t.pr_url,
-                        &t.agent_hint,
-                        &t.task,
-                        &t.log_sealed,
-                        &token_hash,
-                    ],
-                )
-                .await
-                .map_err(e)?;
-                let last = journal(b, &change.events, &change.audit, e).await?;
+                // The row, its audit rows and its events in one statement.
+                let sql = format!(
+                    "WITH u AS (UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, \
+                     claims=$6, lease_expires_at=$7, updated_at=$8, started_at=$9, \
+                     finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
+                     agent_hint=$15, task=$16, log_sealed=$17, \
+                     token_hash=COALESCE($18, token_hash) WHERE id=$1 RETURNING 1){}",
+                    journal_cte("u", 19)
+                );
+                let (id, status) = (t.id.as_str(), t.status.as_str());
+                let agent = t.agent.as_ref().map(|a| a.as_str());
+                let (attempt, fencing, claims) =
+                    (i64::from(t.attempt), cursor(t.fencing), i64::from(t.claims));
+                let lease = t.lease_expires_at.map(ms);
+                let updated = ms(t.updated_at);
+                let (started, finished) = (t.started_at.map(ms), t.finished_at.map(ms));
+                if !change.events.is_empty() {
+                    b.notify();
+                }
+                let mut journal = Params::new();
+                journal_params(&mut journal, &change.events, &change.audit);
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                    &id,
+                    &status,
+                    &agent,
+                    &attempt,
+                    &fencing,
+                    &claims,
+                    &lease,
+                    &updated,
+                    &started,
+                    &finished,
+                    &t.exit_code,
+                    &t.reason,
+                    &artifacts,
+                    &t.pr_url,
+                    &t.agent_hint,
+                    &t.task,
+                    &t.log_sealed,
+                    &token_hash,
+                ];
+                params.extend(param_refs(&journal));
+                let stmt = tx.prepare_cached(&sql).await.map_err(e)?;
+                let row = tx.query_one(&stmt, &params).await.map_err(e)?;
+                let (_, last) = journaled(&row)?;
                 Ok(TaskUpdated {
                     task: after,
                     changed: true,
@@ -1589,40 +2072,29 @@ impl StateStore for PostgresStore {
     async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError> {
         let state = serde_json::to_string(&agent.state)
             .map_err(|e| corrupt(format!("agent state: {e}")))?;
-        self.write(move |b| {
-            Box::pin(async move {
-                let e = b.err("upsert agent");
-                let stmt =
-                    b.c.prepare_cached(&format!(
-                        "INSERT INTO agents (name, org, task_id, version, editor_address, \
-                     registered_at, last_seen_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (name) DO UPDATE SET org=excluded.org, task_id=excluded.task_id, \
-                     version=excluded.version, editor_address=excluded.editor_address, \
-                     last_seen_at=excluded.last_seen_at, state=excluded.state \
-                     RETURNING {AGENT_COLS}"
-                    ))
-                    .await
-                    .map_err(e)?;
-                let row =
-                    b.c.query_one(
-                        &stmt,
-                        &[
-                            &agent.name.as_str(),
-                            &agent.org.as_str(),
-                            &agent.task_id.as_ref().map(|t| t.as_str()),
-                            &agent.version,
-                            &agent.editor_address,
-                            &ms(agent.registered_at),
-                            &ms(agent.last_seen_at),
-                            &state,
-                        ],
-                    )
-                    .await
-                    .map_err(e)?;
-                let stored = agent_from_row(&row)?;
-                journal(b, std::slice::from_ref(&event), &[], e).await?;
-                Ok(stored)
-            })
+        // The agent and its event in one statement.
+        let sql = format!(
+            "WITH g AS (INSERT INTO agents (name, org, task_id, version, editor_address, \
+             registered_at, last_seen_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (name) DO UPDATE SET org=excluded.org, task_id=excluded.task_id, \
+             version=excluded.version, editor_address=excluded.editor_address, \
+             last_seen_at=excluded.last_seen_at, state=excluded.state \
+             RETURNING {AGENT_COLS}){}, {AGENT_COLS} FROM g",
+            journal_cte("g", 9)
+        );
+        let mut params: Params = vec![
+            Box::new(agent.name.as_str().to_owned()),
+            Box::new(agent.org.as_str().to_owned()),
+            Box::new(agent.task_id.as_ref().map(|t| t.as_str().to_owned())),
+            Box::new(agent.version),
+            Box::new(agent.editor_address),
+            Box::new(ms(agent.registered_at)),
+            Box::new(ms(agent.last_seen_at)),
+            Box::new(state),
+        ];
+        journal_params(&mut params, std::slice::from_ref(&event), &[]);
+        self.write_piped("upsert agent", sql, params, true, |row| {
+            agent_from_row_at(row, 2)
         })
         .await
     }
@@ -1638,27 +2110,83 @@ impl StateStore for PostgresStore {
         let e = self.err(op);
         let state =
             serde_json::to_string(&state).map_err(|e| corrupt(format!("agent state: {e}")))?;
-        let c = self.client(op).await?;
+        // Liveness only: one statement on the soft pool, which does not wait for the WAL
+        // flush (the SQLite store's soft write).
+        let c = self.soft_client(op).await?;
         let stmt = c
             .prepare_cached(
                 "UPDATE agents SET last_seen_at = $2, state = $3 WHERE name = $1 AND task_id = $4",
             )
             .await
             .map_err(e)?;
-        // One round trip (the three are pipelined, and all sent at the first poll, so the
-        // transaction always ends). Liveness only: no wait for the WAL flush (the SQLite
-        // store's soft write).
-        let (name, at, task) = (name.as_str(), ms(at), task.as_str());
-        let params: [&(dyn ToSql + Sync); 4] = [&name, &at, &state, &task];
-        let (begin, n, commit) = tokio::join!(
-            c.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-            c.execute(&stmt, &params),
-            c.batch_execute("COMMIT"),
-        );
-        begin.map_err(e)?;
-        let n = n.map_err(e)?;
-        commit.map_err(e)?;
+        let n = c
+            .execute(&stmt, &[&name.as_str(), &ms(at), &state, &task.as_str()])
+            .await
+            .map_err(e)?;
         Ok(n > 0)
+    }
+
+    async fn renew_lease(
+        &self,
+        task: &TaskId,
+        agent: &AgentName,
+        fencing: u64,
+        ttl: chrono::Duration,
+        at: DateTime<Utc>,
+        state: serde_json::Value,
+    ) -> Result<LeaseRenewed, StoreError> {
+        let op = "renew lease";
+        let e = self.err(op);
+        let state_json =
+            serde_json::to_string(&state).map_err(|e| corrupt(format!("agent state: {e}")))?;
+        let c = self.soft_client(op).await?;
+        // The renewal of lifecycle::renew for a running task held with this token, as one
+        // conditional UPDATE (the row lock of that statement alone makes it atomic with
+        // claims, requeues and completions on every replica); then the heartbeat of
+        // touch_agent, only while that token holds a task that has not finished (the
+        // service's rule). Two statements, each its own transaction without a wait for the
+        // WAL flush, sent in one round trip. Neither holds one row while waiting for another,
+        // so neither can deadlock with a batch.
+        let renew = c
+            .prepare_cached(&format!(
+                "UPDATE tasks SET lease_expires_at = $4 WHERE id = $1 AND agent = $2 \
+                 AND fencing = $3 AND $3 > 0 AND status = 'Running' RETURNING {TASK_COLS}"
+            ))
+            .await
+            .map_err(e)?;
+        let touch = c
+            .prepare_cached(
+                "WITH a AS (UPDATE agents SET last_seen_at = $4, state = $5 \
+                 WHERE name = $2 AND task_id = $1 AND EXISTS (SELECT 1 FROM tasks \
+                 WHERE id = $1 AND agent = $2 AND fencing = $3 AND $3 > 0 \
+                 AND status NOT IN ('Succeeded', 'Failed', 'Cancelled')) RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM agents WHERE name = $2 AND task_id = $1)",
+            )
+            .await
+            .map_err(e)?;
+        let (id, name, f, until, seen) = (
+            task.as_str(),
+            agent.as_str(),
+            cursor(fencing),
+            ms(at + ttl),
+            ms(at),
+        );
+        let renew_params: [&(dyn ToSql + Sync); 4] = [&id, &name, &f, &until];
+        let touch_params: [&(dyn ToSql + Sync); 5] = [&id, &name, &f, &seen, &state_json];
+        let (renewed, touched) = tokio::join!(
+            c.query_opt(&renew, &renew_params),
+            c.query_one(&touch, &touch_params),
+        );
+        drop(c);
+        match renewed.map_err(e)? {
+            Some(row) => Ok(LeaseRenewed {
+                task: task_from_row(&row)?,
+                registered: Some(touched.map_err(e).and_then(|r| get(&r, 0))?),
+            }),
+            // Not a running task held with this token: the exact rules (a rejection, a
+            // finished task) through the lifecycle, in the batch. Rare: stale or late agents.
+            None => super::renew_lease_in_steps(self, task, agent, fencing, ttl, at, state).await,
+        }
     }
 
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
@@ -1697,6 +2225,9 @@ impl StateStore for PostgresStore {
             Box::pin(async move {
                 let task = &task;
                 let e = b.err("append logs");
+                // This job changes the task's row (log bytes, seal): a later update in the
+                // batch reads it again.
+                b.forget_rows(Some(task));
                 let tx = b.c;
                 // The task's row lock orders this batch against claims, requeues and other batches of
                 // the same task on every replica: once a task is requeued its old agent can no longer
@@ -1959,8 +2490,15 @@ impl StateStore for PostgresStore {
         events: Vec<NewEvent>,
         audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError> {
-        self.write(move |b| {
-            Box::pin(async move { journal(b, &events, &audit, b.err("append events")).await })
+        if events.is_empty() && audit.is_empty() {
+            return Ok(0);
+        }
+        // Audit rows and events in one statement (the guard always holds).
+        let sql = format!("WITH g AS (SELECT 1){}", journal_cte("g", 1));
+        let mut params = Params::new();
+        journal_params(&mut params, &events, &audit);
+        self.write_piped("append events", sql, params, !events.is_empty(), |row| {
+            journaled(row).map(|(_, last)| last)
         })
         .await
     }

@@ -38,6 +38,9 @@ pub struct InProcessAgents {
     root: PathBuf,
     runner: String,
     agents: Mutex<HashMap<AgentName, RunningAgent>>,
+    /// Warm pools as set through the orchestrator: recorded only (a stand-in: no warm agent
+    /// runs; the real pools are the Kubernetes backend's, `bin/tests/kube_pool_e2e.rs`).
+    pools: Mutex<HashMap<OrgName, guildnet_core::pool::PoolSpec>>,
 }
 
 impl InProcessAgents {
@@ -46,6 +49,7 @@ impl InProcessAgents {
             root,
             runner: runner.into(),
             agents: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -156,6 +160,37 @@ impl ClusterBackend for InProcessAgents {
 
     async fn task_finished(&self, _: &guildnet_core::model::Task) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    async fn set_pool(
+        &self,
+        org: &OrgName,
+        spec: &guildnet_core::pool::PoolSpec,
+        _: guildnet_core::seams::PoolLaunch,
+    ) -> Result<(), BackendError> {
+        self.pools.lock().unwrap().insert(org.clone(), spec.clone());
+        Ok(())
+    }
+
+    async fn delete_pool(&self, org: &OrgName) -> Result<bool, BackendError> {
+        Ok(self.pools.lock().unwrap().remove(org).is_some())
+    }
+
+    async fn pool_status(
+        &self,
+        org: &OrgName,
+    ) -> Result<Option<guildnet_core::pool::PoolBackendStatus>, BackendError> {
+        Ok(self
+            .pools
+            .lock()
+            .unwrap()
+            .get(org)
+            .map(|spec| guildnet_core::pool::PoolBackendStatus {
+                resource: format!("in-process pool {org}"),
+                spec: Some(spec.clone()),
+                desired: spec.size,
+                ..Default::default()
+            }))
     }
 }
 

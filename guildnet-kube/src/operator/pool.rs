@@ -19,6 +19,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,13 +93,20 @@ pub(super) async fn reconcile_pool(
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={org},{POOL_STATE_LABEL}=warm")))
         .await?
         .items;
+    let tasks = Api::<AgentTask>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{ORG_LABEL}={org}")))
+        .await?
+        .items;
+    // Pods handed a task whose AgentTask has not adopted them yet (still labelled warm): they
+    // are the task's now, so they are neither counted as warm nor removed by a scale-down.
+    let handed = handed_pods(&tasks);
     let dp = DeleteParams::background();
     let mut warm = Vec::new();
     let mut problem = None;
     let url = manifests::orchestrator_url(&ctx.cfg, pool.spec.orchestrator_url.as_deref());
     let want_hash = manifests::pod_hash(&pool.spec, &url);
     for p in pods {
-        if p.metadata.deletion_timestamp.is_some() {
+        if p.metadata.deletion_timestamp.is_some() || handed.contains(p.name_any().as_str()) {
             continue;
         }
         if p.annotations().get(POOL_HASH_ANNOTATION) != Some(&want_hash) {
@@ -126,10 +134,6 @@ pub(super) async fn reconcile_pool(
         .and_then(|t| parse_time(t))
         .or_else(|| pool.creation_timestamp().and_then(|t| from_k8s(&t)))
         .unwrap_or(now);
-    let tasks = Api::<AgentTask>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{ORG_LABEL}={org}")))
-        .await?
-        .items;
     if let Some(newest) = tasks
         .iter()
         .filter_map(|t| t.creation_timestamp().and_then(|c| from_k8s(&c)))
@@ -186,6 +190,15 @@ pub(super) async fn reconcile_pool(
         next = next.min(left + Duration::from_millis(200));
     }
     Ok(Action::requeue(next))
+}
+
+/// The pool pods named by AgentTasks (`spec.poolPod`): handed a task, so no longer warm even
+/// before the AgentTask's reconcile relabels them as taken.
+pub(crate) fn handed_pods(tasks: &[AgentTask]) -> HashSet<&str> {
+    tasks
+        .iter()
+        .filter_map(|t| t.spec.pool_pod.as_deref())
+        .collect()
 }
 
 async fn write_pool_status(
@@ -278,6 +291,26 @@ pub(super) async fn adopt_pool_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_named_by_agenttasks_are_handed_not_warm() {
+        let at = |name: &str, pool_pod: Option<&str>| {
+            let spec: crate::crd::AgentTaskSpec = serde_json::from_value(json!({
+                "orgId": "acme", "taskId": name, "task": "x", "image": "img:1",
+                "poolPod": pool_pod,
+            }))
+            .unwrap();
+            AgentTask::new(name, spec)
+        };
+        let tasks = vec![
+            at("t1", Some("pool-acme-a")),
+            at("t2", None),
+            at("t3", Some("pool-acme-c")),
+        ];
+        let handed = handed_pods(&tasks);
+        assert_eq!(handed, HashSet::from(["pool-acme-a", "pool-acme-c"]));
+        assert!(handed_pods(&[]).is_empty());
+    }
 
     #[test]
     fn image_pull_failures_are_recognised() {

@@ -6,7 +6,7 @@
 use super::manifests::{self, env_secret_name, Credentials, SPEC_HASH_ANNOTATION};
 use super::{ignore_404, Context, Metrics, OPERATOR_FIELD_MANAGER};
 use crate::crd::{
-    credentials_secret_name, AgentTask, AgentTaskStatus, Condition, Phase,
+    credentials_secret_name, AgentTask, AgentTaskStatus, Condition, Phase, AGENT_LABEL,
     CREDENTIALS_PASSWORD_KEY, CREDENTIALS_TOKEN_KEY, SECRET_ENV_KEY_PREFIX,
 };
 use crate::Error;
@@ -448,8 +448,11 @@ async fn delete_workload(at: &AgentTask, ctx: &Context, workload: &str) -> Resul
     )?;
     let secrets = Api::<Secret>::namespaced(c.clone(), &ns);
     ignore_404(secrets.delete(&env_secret_name(workload), &dp).await)?;
-    // The agent token is worthless once the task is over; do not leave it lying around.
-    ignore_404(secrets.delete(&credentials_secret_name(at), &dp).await)?;
+    // The agent token is worthless once the task is over; do not leave it lying around. Only
+    // this attempt's: after a requeue the orchestrator cancels the old attempt and at once
+    // applies the next one's credentials under the same name, and a reconcile of the cancel
+    // (from a view of the AgentTask that is already old) must not delete them.
+    delete_own_credentials(at, &secrets).await?;
     // A warm pool agent's pod that took the task goes with it (it never takes another).
     if let Some(pod) = &at.spec.pool_pod {
         ignore_404(
@@ -459,6 +462,39 @@ async fn delete_workload(at: &AgentTask, ctx: &Context, workload: &str) -> Resul
         )?;
     }
     Ok(())
+}
+
+/// Deletes the credentials Secret of `at` if it is the one of `at`'s attempt (labelled with its
+/// agent, or unlabelled), and only the version looked at (a precondition on its
+/// resourceVersion: a Secret replaced meanwhile by the next attempt's stays).
+async fn delete_own_credentials(at: &AgentTask, secrets: &Api<Secret>) -> Result<(), Error> {
+    let name = credentials_secret_name(at);
+    let Some(s) = secrets.get_opt(&name).await? else {
+        return Ok(());
+    };
+    if !credentials_of_attempt(&s, &at.spec.agent_name) {
+        tracing::debug!(secret = %name, agent = %at.spec.agent_name, "credentials of another attempt kept");
+        return Ok(());
+    }
+    let mut dp = DeleteParams::background();
+    dp.preconditions = Some(kube::api::Preconditions {
+        resource_version: s.metadata.resource_version.clone(),
+        uid: s.metadata.uid.clone(),
+    });
+    match secrets.delete(&name, &dp).await {
+        Ok(_) => Ok(()),
+        // Gone, or changed since we looked (the next attempt's): nothing of ours to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a credentials Secret belongs to the attempt of `agent` (an unlabelled one, from
+/// before attempts were labelled, counts as the current attempt's).
+pub(crate) fn credentials_of_attempt(s: &Secret, agent: &str) -> bool {
+    s.labels()
+        .get(AGENT_LABEL)
+        .is_none_or(|a| agent.is_empty() || a == agent)
 }
 
 fn finished_at(st: &AgentTaskStatus) -> Option<DateTime<Utc>> {
@@ -555,6 +591,26 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_attempts_credentials_are_deleted() {
+        let secret = |agent: Option<&str>| {
+            let mut s = Secret::default();
+            if let Some(a) = agent {
+                s.metadata.labels = Some(BTreeMap::from([(AGENT_LABEL.to_owned(), a.to_owned())]));
+            }
+            s
+        };
+        assert!(credentials_of_attempt(
+            &secret(Some("agent-x-1")),
+            "agent-x-1"
+        ));
+        assert!(!credentials_of_attempt(
+            &secret(Some("agent-x-2")),
+            "agent-x-1"
+        ));
+        assert!(credentials_of_attempt(&secret(None), "agent-x-1"));
+    }
     use crate::crd::AgentTaskSpec;
 
     fn at(env: &[(&str, &str)]) -> AgentTask {

@@ -37,9 +37,33 @@ impl Orchestrator {
         }
     }
 
+    /// Hands the task of `launch` to a waiting warm agent of its org, unless an earlier attempt
+    /// of the task was handed to one already (that agent vanished before claiming, or died with
+    /// the task: this attempt starts cold, so a pool going away under a task cannot use up its
+    /// attempts). Returns where it went, or the line for the task's log saying why it starts
+    /// cold.
+    pub(super) fn hand_to_warm_agent_once(
+        &self,
+        launch: &AgentLaunch,
+    ) -> Result<PoolPlacement, String> {
+        if self.inner.pool.was_handed(&launch.task_id) {
+            self.inner.pool.count_cold(&launch.org);
+            return Err(format!(
+                "[pool] cold start: an earlier attempt of this task was handed to a warm agent of org {}'s pool that did not claim or finish it; attempt {} starts a new agent",
+                launch.org, launch.attempt
+            ));
+        }
+        self.hand_to_warm_agent(launch).map_err(|waiting| {
+            format!(
+                "[pool] cold start: no warm agent of org {}'s pool was free ({waiting} waiting for another runner); starting a new agent",
+                launch.org
+            )
+        })
+    }
+
     /// Hands the task of `launch` to a waiting warm agent of its org. Returns where it went, or
     /// how many agents of the org were waiting (for other runners) when none took it.
-    pub(super) fn hand_to_warm_agent(&self, launch: &AgentLaunch) -> Result<PoolPlacement, u32> {
+    fn hand_to_warm_agent(&self, launch: &AgentLaunch) -> Result<PoolPlacement, u32> {
         let runner = launch
             .settings
             .get(crate::agent_env::RUNNER_NAME)
