@@ -1095,12 +1095,9 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
             Err(e) => broken = Some(e),
         }
     }
-    if !piped.is_empty() && broken.is_some() {
+    if let (false, Some(err)) = (piped.is_empty(), &broken) {
         for p in piped {
-            p.fail(StoreError::Backend {
-                op: "write",
-                reason: "an earlier statement of its batch failed".into(),
-            });
+            p.fail(failed_with_batch(err));
         }
     } else if !piped.is_empty() {
         let prelude = match open {
@@ -1109,13 +1106,11 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
         };
         let (pre, rows) = run_pipeline(c, db, &prelude, &piped).await;
         if let Err(e) = pre {
-            broken = Some(pg_error(db, "begin a write", e));
+            let err = pg_error(db, "begin a write", e);
             for p in piped {
-                p.fail(StoreError::Backend {
-                    op: "write",
-                    reason: "an earlier statement of its batch failed".into(),
-                });
+                p.fail(failed_with_batch(&err));
             }
+            broken = Some(err);
         } else if rows.iter().all(|r| r.is_ok()) {
             open = Open::GroupOk;
             for (p, row) in piped.into_iter().zip(rows) {
@@ -1137,11 +1132,8 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
         }
     }
     for job in jobs {
-        if broken.is_some() {
-            job.fail(StoreError::Backend {
-                op: "write",
-                reason: "an earlier statement of its batch failed".into(),
-            });
+        if let Some(err) = &broken {
+            job.fail(failed_with_batch(err));
             continue;
         }
         // The statements that give the job a clean savepoint `job`, sent in the same pipeline
@@ -1206,6 +1198,23 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
             }
             conn.clean = c.batch_execute("ROLLBACK").await.is_ok();
         }
+    }
+}
+
+/// The error of a write that did not run because an earlier statement of its batch failed
+/// with `err`: of the same class, so that a lost connection is `Unavailable` (HTTP 503, retry)
+/// for every write of the batch, not a backend error for all but the first.
+fn failed_with_batch(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Unavailable { op, db, reason } => StoreError::Unavailable {
+            op,
+            db: db.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Backend {
+            op: "write",
+            reason: format!("an earlier statement of its batch failed: {other}"),
+        },
     }
 }
 
