@@ -14,6 +14,8 @@
 //! the host's node reaches the pod's :8443 at the pod's tailnet address, and that removing the
 //! node (task end) takes it off Headscale.
 
+mod common;
+
 use guildnet_core::seams::AgentMesh;
 use guildnet_kube::crd::{AgentMeshSpec, AgentTask, AgentTaskSpec};
 use guildnet_kube::mesh_sidecar::{self, SidecarConfig, CREDENTIALS_AUTHKEY_KEY};
@@ -584,41 +586,17 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     // Headless Chromium renders that workbench, with the explorer (which needs the WebSocket
     // through the proxy and the tailnet into the pod).
     let t = Instant::now();
-    let driver = guildnet_testbed::browser::ChromeDriver::start()
-        .await
-        .expect("chromedriver");
-    let s = driver.new_session(true).await.expect("browser session");
-    s.goto(&format!("{loopback_url}/health"))
-        .await
-        .expect("health");
-    let opened = s
-        .execute(
-            "return fetch('/agents/editor/open', {method: 'POST', headers: {'Authorization': \
-             'Bearer ' + arguments[0], 'Content-Type': 'application/json'}, body: \
-             JSON.stringify({name: arguments[1], org: 'acme'})}).then(r => r.json())",
-            vec![serde_json::json!(TOKEN), serde_json::json!(agent.as_str())],
-        )
-        .await
-        .expect("editor open from the page");
-    let page = opened["path"].as_str().expect("editor path").to_owned();
-    s.goto(&format!("{loopback_url}{page}"))
-        .await
-        .expect("editor page");
-    s.wait_for_css(".monaco-workbench", Duration::from_secs(90))
-        .await
-        .expect("workbench rendered in Chromium over the tailnet");
-    s.wait_for_css(
-        ".explorer-folders-view, .explorer-viewlet",
-        Duration::from_secs(60),
+    common::render_editor_in_chromium(
+        &loopback_url,
+        TOKEN,
+        &agent,
+        "over the tailnet into the pod",
     )
-    .await
-    .expect("explorer (the WebSocket over the tailnet into the pod)");
+    .await;
     println!(
         "MESH-POD editor_rendered_in_chromium_over_tailnet_s {:.1}",
         t.elapsed().as_secs_f64()
     );
-    let _ = s.close().await;
-    drop(driver);
     let pod = pods
         .list(&Default::default())
         .await

@@ -21,6 +21,8 @@
 //! secret that must stay secret, cancel, a pod deleted mid-task, an image that does not exist).
 //! Figures are printed as `POD-E2E <what> <value>` lines.
 
+mod common;
+
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::context::RepoSpec;
 use guildnet_core::model::{Task, TaskStatus};
@@ -655,38 +657,8 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     );
     // Headless Chromium renders that workbench through /editor/proxy/..., with the explorer
     // (which needs the WebSocket through the proxy and the port-forward into the pod).
-    let driver = guildnet_testbed::browser::ChromeDriver::start()
-        .await
-        .expect("chromedriver");
-    let s = driver.new_session(true).await.expect("browser session");
-    s.goto(&format!("{}/health", orch.url))
-        .await
-        .expect("health");
-    let opened = s
-        .execute(
-            "return fetch('/agents/editor/open', {method: 'POST', headers: {'Authorization': \
-             'Bearer ' + arguments[0], 'Content-Type': 'application/json'}, body: \
-             JSON.stringify({name: arguments[1], org: 'acme'})}).then(r => r.json())",
-            vec![serde_json::json!(TOKEN), serde_json::json!(agent.as_str())],
-        )
-        .await
-        .expect("editor open from the page");
-    let path = opened["path"].as_str().expect("editor path").to_owned();
-    s.goto(&format!("{}{path}", orch.url))
-        .await
-        .expect("editor page");
-    s.wait_for_css(".monaco-workbench", Duration::from_secs(90))
-        .await
-        .expect("workbench rendered in Chromium from the pod");
-    s.wait_for_css(
-        ".explorer-folders-view, .explorer-viewlet",
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("explorer (the WebSocket into the pod)");
+    common::render_editor_in_chromium(&orch.url, TOKEN, &agent, "into the pod").await;
     figure("editor_rendered_in_chromium_ms", t.elapsed().as_millis());
-    let _ = s.close().await;
-    drop(driver);
     // Let the runner finish.
     exec_stdout(&pods, &pod_name, &["touch", "/home/coder/gate"]).await;
     let done = orch

@@ -297,3 +297,45 @@ impl Drop for GuildnetUp {
         let _ = self.child.wait();
     }
 }
+
+/// Opens an agent's editor (org `acme`) from a page of the orchestrator at `base_url` in
+/// headless Chromium (`POST /agents/editor/open` with the admin `token`, as the dashboard's page
+/// does), goes to the proxied editor and waits until code-server's workbench renders, then its
+/// explorer, which needs the editor's WebSocket through the proxy. `via` says how the proxy
+/// reaches the editor, for the panics ("into the pod", "over the tailnet into the pod").
+pub async fn render_editor_in_chromium(
+    base_url: &str,
+    token: &str,
+    agent: &guildnet_core::names::AgentName,
+    via: &str,
+) {
+    let driver = guildnet_testbed::browser::ChromeDriver::start()
+        .await
+        .expect("chromedriver");
+    let s = driver.new_session(true).await.expect("browser session");
+    s.goto(&format!("{base_url}/health")).await.expect("health");
+    let opened = s
+        .execute(
+            "return fetch('/agents/editor/open', {method: 'POST', headers: {'Authorization': \
+             'Bearer ' + arguments[0], 'Content-Type': 'application/json'}, body: \
+             JSON.stringify({name: arguments[1], org: 'acme'})}).then(r => r.json())",
+            vec![serde_json::json!(token), serde_json::json!(agent.as_str())],
+        )
+        .await
+        .expect("editor open from the page");
+    let path = opened["path"].as_str().expect("editor path").to_owned();
+    s.goto(&format!("{base_url}{path}"))
+        .await
+        .expect("editor page");
+    s.wait_for_css(".monaco-workbench", Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("workbench not rendered in Chromium {via}: {e}"));
+    s.wait_for_css(
+        ".explorer-folders-view, .explorer-viewlet",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no explorer (the WebSocket {via}): {e}"));
+    let _ = s.close().await;
+    drop(driver);
+}
