@@ -64,11 +64,17 @@ async fn serve_orchestrator(dir: &Path, store_arg: &str) {
     let store: Arc<dyn StateStore> = if store_arg == "sqlite" {
         Arc::new(SqliteStore::open(dir.join("bench.db"), Durability::Full).expect("open store"))
     } else {
-        Arc::new(
-            PostgresStore::connect(store_arg)
-                .await
-                .expect("connect to postgres"),
-        )
+        let opts = guildnet_core::store::PostgresOptions {
+            group_new_tasks: std::env::var_os(NO_GROUP_ENV).is_none(),
+            ..Default::default()
+        };
+        let pg = PostgresStore::connect_with(store_arg, opts)
+            .await
+            .expect("connect to postgres");
+        if std::env::var_os(STORE_TIMES_ENV).is_some() {
+            tokio::spawn(print_batch_times(pg.clone()));
+        }
+        Arc::new(pg)
     };
     let org = OrgName::new("bench").expect("org name");
     if store.get_org(&org).await.ok().flatten().is_none() {
@@ -109,6 +115,40 @@ async fn serve_orchestrator(dir: &Path, store_arg: &str) {
     let _ = std::io::stdout().flush();
     let _ = guildnet_core::orchestrator::serve(listener, o, std::future::pending()).await;
 }
+
+/// Set: each PostgreSQL replica prints where its batch writer's time went, every second, to
+/// stderr.
+const STORE_TIMES_ENV: &str = "REPLICAS_BENCH_STORE_TIMES";
+
+/// Every second with writes: batches and writes per second, the writer's busy time split
+/// into pool wait / statements / commit (ms per second), and the mean wait of a write for its
+/// batch to start.
+async fn print_batch_times(pg: PostgresStore) {
+    let mut last = pg.batch_times();
+    let pid = std::process::id();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = pg.batch_times();
+        let writes = now.writes - last.writes;
+        if writes > 0 {
+            let ms = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1000.0;
+            eprintln!(
+                "store[{pid}]: {} batches, {writes} writes ({:.1}/batch); writer ms: pool {:.0}, statements {:.0}, commit {:.0}; queued {:.2} ms/write",
+                now.batches - last.batches,
+                writes as f64 / (now.batches - last.batches).max(1) as f64,
+                ms(now.pool, last.pool),
+                ms(now.run, last.run),
+                ms(now.commit, last.commit),
+                ms(now.queued, last.queued) / writes as f64
+            );
+        }
+        last = now;
+    }
+}
+
+/// Set: the PostgreSQL store runs each new task as a statement of its own instead of one
+/// statement per batch (`PostgresOptions::group_new_tasks`), to compare.
+const NO_GROUP_ENV: &str = "REPLICAS_BENCH_NO_GROUP";
 
 type Launches = Arc<Mutex<HashMap<String, (String, String)>>>;
 
@@ -160,6 +200,9 @@ struct Conn {
     r: BufReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
     w: tokio::io::WriteHalf<tokio::net::TcpStream>,
     token: String,
+    /// The server said `Connection: close` in its last answer: open a new connection for the
+    /// next request (nginx does so after `keepalive_requests`, 1,000 by default).
+    closing: bool,
 }
 
 impl Conn {
@@ -171,6 +214,7 @@ impl Conn {
             r: BufReader::new(r),
             w,
             token: token.to_owned(),
+            closing: false,
         })
     }
 
@@ -201,6 +245,10 @@ impl Conn {
             if let Some((k, v)) = l.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection")
+                    && v.trim().eq_ignore_ascii_case("close")
+                {
+                    self.closing = true;
                 }
             }
         }
@@ -221,6 +269,167 @@ async fn timed(c: &mut Conn, path: &str, body: &str) -> Result<(f64, String), St
     }
 }
 
+// ---- where the CPU goes (from /proc) ------------------------------------------------------------
+
+/// Linux's `USER_HZ`: /proc counts CPU time in 1/100 s on every architecture it runs on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// `(ppid, utime + stime in ticks)` of process `pid`, from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the fields after it.
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// The CPU ticks of `roots` and of their children (PostgreSQL's backends are the
+/// postmaster's children; nginx's workers its master's), by pid.
+fn cpu_ticks(roots: &[u32]) -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((ppid, t)) = proc_stat(pid) {
+            if roots.contains(&pid) || roots.contains(&ppid) {
+                out.insert(pid, t);
+            }
+        }
+    }
+    out
+}
+
+/// The machine's busy and total CPU ticks (all cores), from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Who ran on the CPU during a phase: the bench (clients), the orchestrator process(es),
+/// PostgreSQL (postmaster and backends), nginx, and the rest of the machine.
+struct CpuProbe {
+    groups: Vec<(&'static str, Vec<u32>, HashMap<u32, u64>)>,
+    machine: (u64, u64),
+    t0: Instant,
+}
+
+impl CpuProbe {
+    fn start(groups: Vec<(&'static str, Vec<u32>)>) -> CpuProbe {
+        CpuProbe {
+            groups: groups
+                .into_iter()
+                .map(|(n, roots)| {
+                    let t = cpu_ticks(&roots);
+                    (n, roots, t)
+                })
+                .collect(),
+            machine: machine_ticks(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Prints each group's CPU time per `unit` of work done (`n` of them), and its share of
+    /// the 2 cores.
+    fn report(&self, n: usize, unit: &str) {
+        let secs = self.t0.elapsed().as_secs_f64();
+        let mut parts = Vec::new();
+        let mut ours = 0.0;
+        for (name, roots, before) in &self.groups {
+            let after = cpu_ticks(roots);
+            let ticks: u64 = after
+                .iter()
+                .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+                .sum();
+            let cpu = ticks as f64 / TICKS_PER_SEC;
+            ours += cpu;
+            parts.push(format!(
+                "{name} {:.0} us/{unit} ({:.2} cores)",
+                cpu * 1e6 / n.max(1) as f64,
+                cpu / secs
+            ));
+        }
+        let (busy, total) = machine_ticks();
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+        let busy = busy.saturating_sub(self.machine.0) as f64 / TICKS_PER_SEC;
+        let total = total.saturating_sub(self.machine.1) as f64 / TICKS_PER_SEC;
+        parts.push(format!(
+            "rest of the machine {:.2} cores; machine busy {:.0}% of {cores} cores",
+            (busy - ours).max(0.0) / secs,
+            100.0 * busy / total.max(f64::MIN_POSITIVE)
+        ));
+        println!("  cpu: {}", parts.join(", "));
+    }
+}
+
+/// Resets PostgreSQL's `pg_stat_statements` in `db` when it is loaded
+/// (`GUILDNET_TESTBED_POSTGRES_SETTINGS=shared_preload_libraries=pg_stat_statements`); whether
+/// it is.
+async fn statements_reset(pg: &guildnet_testbed::postgres::Postgres, db: &str) -> bool {
+    pg.psql(
+        db,
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+    )
+    .await
+    .is_ok()
+}
+
+/// Prints the top statements of `pg_stat_statements` since the reset, by total time.
+async fn statements_report(pg: &guildnet_testbed::postgres::Postgres, db: &str, n: usize) {
+    let sql = "SELECT calls, round(total_exec_time::numeric, 1), \
+               round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1), rows, \
+               wal_records, regexp_replace(left(query, 110), '\\s+', ' ', 'g') \
+               FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               ORDER BY total_exec_time DESC LIMIT 14";
+    match pg.psql(db, sql).await {
+        Ok(out) => {
+            println!("  pg_stat_statements (calls|total ms|us per call|rows|wal records|query), {n} writes:");
+            for l in out.lines() {
+                println!("    {l}");
+            }
+        }
+        Err(e) => println!("  pg_stat_statements: {e}"),
+    }
+}
+
+/// Samples what the database's busy backends are doing every 20 ms for `secs` (one `psql`
+/// running a loop in the server): counts of `state wait_event_type:wait_event` (`CPU` when
+/// not waiting), most frequent first.
+async fn wait_samples(pg: &guildnet_testbed::postgres::Postgres, db: &str, secs: u64) -> String {
+    let sql = format!(
+        "CREATE TEMP TABLE s (w text); \
+         DO $$ BEGIN FOR i IN 1..{n} LOOP \
+           PERFORM pg_stat_clear_snapshot(); \
+           INSERT INTO s SELECT state || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') \
+             FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' \
+             AND pid <> pg_backend_pid(); \
+           PERFORM pg_sleep(0.02); \
+         END LOOP; END $$; \
+         SELECT w, count(*) FROM s GROUP BY w ORDER BY 2 DESC LIMIT 8",
+        n = secs * 50
+    );
+    match pg.psql(db, &sql).await {
+        Ok(out) => out.lines().collect::<Vec<_>>().join("; "),
+        Err(e) => format!("(sampling failed: {e})"),
+    }
+}
+
 // ---- phases -------------------------------------------------------------------------------------
 
 struct ScheduleFigures {
@@ -228,6 +437,8 @@ struct ScheduleFigures {
     p50: f64,
     p99: f64,
     errors: usize,
+    /// Failed requests by kind ([`error_kind`]).
+    kinds: Vec<(String, usize)>,
 }
 
 /// 32 clients post tasks for `secs`, each on its own kept-alive connection.
@@ -235,19 +446,28 @@ async fn schedule_phase(addr: &str, secs: u64) -> ScheduleFigures {
     let end = Instant::now() + Duration::from_secs(secs);
     let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
     let errors = Arc::new(AtomicUsize::new(0));
+    let kinds: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let mut hs = Vec::new();
     let t0 = Instant::now();
     for w in 0..SCHEDULERS {
-        let (addr, lat, errors) = (addr.to_owned(), lat.clone(), errors.clone());
+        let (addr, lat, errors, kinds) = (
+            addr.to_owned(),
+            lat.clone(),
+            errors.clone(),
+            kinds.clone(),
+        );
         hs.push(tokio::spawn(async move {
             let mut c: Option<Conn> = None;
             let mut i = 0;
             while Instant::now() < end {
-                if c.is_none() {
+                if c.as_ref().is_none_or(|c| c.closing) {
                     c = Conn::open(&addr, ADMIN).await.ok();
                 }
                 let Some(conn) = c.as_mut() else {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut k) = kinds.lock() {
+                        *k.entry("connect failed".to_owned()).or_default() += 1;
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
@@ -255,8 +475,11 @@ async fn schedule_phase(addr: &str, secs: u64) -> ScheduleFigures {
                 i += 1;
                 match timed(conn, "/schedule", &body).await {
                     Ok((ms, _)) => lat.lock().expect("lat").push(ms),
-                    Err(_) => {
+                    Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut k) = kinds.lock() {
+                            *k.entry(error_kind(&e)).or_default() += 1;
+                        }
                         c = None;
                     }
                 }
@@ -269,11 +492,16 @@ async fn schedule_phase(addr: &str, secs: u64) -> ScheduleFigures {
     let elapsed = t0.elapsed().as_secs_f64();
     let mut l = std::mem::take(&mut *lat.lock().expect("lat"));
     l.sort_by(|a, b| a.total_cmp(b));
+    let mut kinds: Vec<(String, usize)> = std::mem::take(&mut *kinds.lock().expect("kinds"))
+        .into_iter()
+        .collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     ScheduleFigures {
         per_sec: l.len() as f64 / elapsed,
         p50: pct(&l, 0.5),
         p99: pct(&l, 0.99),
         errors: errors.load(Ordering::Relaxed),
+        kinds,
     }
 }
 
@@ -387,10 +615,12 @@ where
     None
 }
 
-struct Setup {
+struct Setup<'a> {
     name: &'static str,
     /// Store URLs of the replicas ("sqlite" for the SQLite file).
     stores: Vec<String>,
+    /// The PostgreSQL server and database name, on PostgreSQL.
+    pg: Option<(&'a guildnet_testbed::postgres::Postgres, String)>,
 }
 
 /// What one setup measured.
@@ -404,7 +634,7 @@ struct Figures {
 }
 
 async fn run_setup(
-    setup: &Setup,
+    setup: &Setup<'_>,
     agents: usize,
     secs: u64,
     ramp: u64,
@@ -446,11 +676,46 @@ async fn run_setup(
     };
 
     // 1. Schedule.
-    let s = schedule_phase(&addr, schedule_secs).await;
+    let stats = match &setup.pg {
+        Some((pg, db)) => statements_reset(pg, db).await,
+        None => false,
+    };
+    let mut groups = vec![
+        ("bench", vec![std::process::id()]),
+        (
+            "orchestrator",
+            replicas.iter().filter_map(|(c, _)| c.id()).collect(),
+        ),
+    ];
+    if let Some(pid) = setup.pg.as_ref().and_then(|(pg, _)| pg.pid()) {
+        groups.push(("postgres", vec![pid]));
+    }
+    if let Some(n) = &nginx {
+        groups.push(("nginx", vec![n.pid()]));
+    }
+    let probe = CpuProbe::start(groups.clone());
+    let waits = async {
+        match &setup.pg {
+            Some((pg, db)) => Some(wait_samples(pg, db, schedule_secs).await),
+            None => None,
+        }
+    };
+    let (s, waits) = tokio::join!(schedule_phase(&addr, schedule_secs), waits);
     println!(
         "schedule: {:.0} tasks/s over {schedule_secs} s ({SCHEDULERS} clients), p50 {:.2} ms, p99 {:.2} ms, {} errors",
         s.per_sec, s.p50, s.p99, s.errors
     );
+    let done = (s.per_sec * schedule_secs as f64) as usize;
+    probe.report(done, "schedule");
+    for (kind, n) in s.kinds.iter().take(5) {
+        println!("  {n} failed: {kind}");
+    }
+    if let Some(w) = waits {
+        println!("  backends of the database, sampled every 20 ms (state wait|samples): {w}");
+    }
+    if let (true, Some((pg, db))) = (stats, &setup.pg) {
+        statements_report(pg, db, done).await;
+    }
     let mut figures = Figures {
         schedule_per_sec: s.per_sec,
         ..Figures::default()
@@ -498,10 +763,23 @@ async fn run_setup(
     let chosen: Vec<(String, String)> = all.into_iter().take(agents).map(|(_, v)| v).collect();
 
     // 2. Agents.
+    let agent_probe = CpuProbe::start(groups);
     let samples: Arc<Mutex<Samples>> = Arc::default();
     let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + Duration::from_secs(ramp + secs);
+    let agent_waits = {
+        let pg = setup.pg.as_ref().map(|(pg, db)| (*pg, db.clone()));
+        async move {
+            match pg {
+                Some((pg, db)) => {
+                    let left = end.saturating_duration_since(Instant::now()).as_secs();
+                    Some(wait_samples(pg, &db, left.max(1)).await)
+                }
+                None => None,
+            }
+        }
+    };
     let n = chosen.len();
     let mut hs = Vec::with_capacity(n);
     for (i, (a, tok)) in chosen.into_iter().enumerate() {
@@ -518,6 +796,7 @@ async fn run_setup(
     }
 
     // 3. Failover: in the middle of the steady heartbeats, kill replica A.
+    let failover_fut = async {
     let mut failover = None;
     if replicas.len() > 1 {
         tokio::time::sleep_until((start + Duration::from_secs(ramp + secs / 2)).into()).await;
@@ -572,6 +851,9 @@ async fn run_setup(
     for h in hs {
         let _ = h.await;
     }
+    failover
+    };
+    let (failover, agent_waits) = tokio::join!(failover_fut, agent_waits);
     let mut s = std::mem::take(&mut *samples.lock().expect("samples"));
     for v in [&mut s.claim, &mut s.heartbeat] {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -598,6 +880,10 @@ async fn run_setup(
         pct(&s.heartbeat, 0.5),
         pct(&s.heartbeat, 0.99)
     );
+    agent_probe.report(s.claim.len() * 2 + s.heartbeat.len(), "request");
+    if let Some(w) = agent_waits {
+        println!("  backends of the database, sampled every 20 ms (state wait|samples): {w}");
+    }
     let mut kinds: Vec<(String, usize)> = s.kinds.into_iter().collect();
     kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (kind, n) in kinds.iter().take(5) {
@@ -671,20 +957,26 @@ async fn main() {
         if !only.split(',').any(|o| o == name) {
             continue;
         }
-        let stores = match name {
-            "sqlite-1" => vec!["sqlite".to_owned()],
+        let (stores, on_pg) = match name {
+            "sqlite-1" => (vec!["sqlite".to_owned()], None),
             _ => {
                 let pg = pg.as_ref().expect("postgres");
                 let db = format!("bench_{}", name.replace('-', "_"));
                 let url = pg.create_database(&db).await.expect("database");
-                if name == "pg-1" {
+                let stores = if name == "pg-1" {
                     vec![url]
                 } else {
                     vec![url.clone(), url]
-                }
+                };
+                (stores, Some((pg, db)))
             }
         };
-        let f = run_setup(&Setup { name, stores }, agents, secs, ramp, schedule_secs).await;
+        let setup = Setup {
+            name,
+            stores,
+            pg: on_pg,
+        };
+        let f = run_setup(&setup, agents, secs, ramp, schedule_secs).await;
         results.push((name, f));
     }
 

@@ -1571,6 +1571,98 @@ async fn postgres_mixed_batches_keep_every_acknowledged_write() {
     );
 }
 
+/// New tasks written together go into PostgreSQL in one statement per batch: every
+/// acknowledged task is stored with its own audit rows and events (in the given order, its
+/// last event id returned), a task whose id exists already is refused with `AlreadyExists`
+/// and writes nothing, and a task PostgreSQL refuses (a NUL byte) fails alone, its batch's
+/// other tasks running again one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_new_tasks_of_a_batch_are_one_statement_and_fail_alone() {
+    let db = Db::postgres().await;
+    let pg = PostgresStore::connect(match &db {
+        Db::Postgres { url, .. } => url,
+        Db::Sqlite { .. } => unreachable!(),
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(pg.clone());
+    let taken = task("acme", TaskStatus::Scheduled, now_ms());
+    insert(store.as_ref(), &taken, "hash").await;
+    let (events_before, audit_before) = (
+        store.last_event_id().await.unwrap(),
+        store.audit_after(0, 0).await.unwrap().len(),
+    );
+    let mut hs = Vec::new();
+    for round in 0..3 {
+        for i in 0..40 {
+            let store = store.clone();
+            let mut t = task("acme", TaskStatus::Scheduled, now_ms());
+            let want = if i % 11 == 5 {
+                t.id = taken.id.clone();
+                "exists"
+            } else if round == 1 && i % 13 == 7 {
+                t.task = "bad \0 byte".into();
+                "refused"
+            } else {
+                "ok"
+            };
+            hs.push(tokio::spawn(async move {
+                let events = vec![
+                    NewEvent::for_task("task.scheduled", &t, None),
+                    NewEvent::for_task("task.submitted", &t, Some(format!("{round}-{i}"))),
+                ];
+                let audit = vec![
+                    audit("task.schedule", t.id.as_str()),
+                    audit("task.dispatch", t.id.as_str()),
+                ];
+                let r = store
+                    .insert_task_with_events(t.clone(), "hash".into(), events, audit)
+                    .await;
+                (want, t, r)
+            }));
+        }
+    }
+    let mut stored = Vec::new();
+    for h in hs {
+        let (want, t, r) = h.await.unwrap();
+        match (want, r) {
+            ("ok", Ok(last)) => stored.push((t, last)),
+            ("exists", Err(StoreError::AlreadyExists(_))) => {}
+            ("refused", Err(StoreError::Backend { .. })) => {}
+            (want, r) => panic!("task {} ({want}): {r:?}", t.id),
+        }
+    }
+    assert_eq!(stored.len(), 3 * 40 - 3 * 4 - 3);
+    let events = store.events_after(events_before, 0).await.unwrap();
+    assert_eq!(events.len(), 2 * stored.len(), "two events per stored task, no more");
+    let audit_rows = store.audit_after(0, 0).await.unwrap();
+    assert_eq!(audit_rows.len() - audit_before, 2 * stored.len());
+    for (t, last) in &stored {
+        let got = store.get_task(&t.id).await.unwrap().expect("stored");
+        assert_eq!(got.task, t.task);
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e.task_id.as_ref() == Some(&t.id))
+            .collect();
+        assert_eq!(mine.len(), 2);
+        assert_eq!(mine[0].kind, "task.scheduled");
+        assert_eq!(mine[1].kind, "task.submitted");
+        assert!(mine[0].id < mine[1].id);
+        assert_eq!(*last, mine[1].id, "the last event id of {}", t.id);
+        let actions: Vec<_> = audit_rows
+            .iter()
+            .filter(|a| a.subject == t.id.as_str())
+            .map(|a| a.action.as_str())
+            .collect();
+        assert_eq!(actions, ["task.schedule", "task.dispatch"]);
+    }
+    // The task that existed before is untouched.
+    let first = store.get_task(&taken.id).await.unwrap().unwrap();
+    assert_eq!(first.task, taken.task);
+    // Several new tasks did share a batch (so one statement, or its rerun one by one).
+    assert!(pg.commit_stats().largest > 1, "{:?}", pg.commit_stats());
+}
+
 /// Cluster-wide jobs: one replica leads a job at a time; when it goes (its connections close,
 /// as when its process dies), another one takes over. Jobs are independent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

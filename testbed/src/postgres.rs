@@ -31,6 +31,11 @@ pub const OS_USER: &str = "guildnet-pg";
 /// The database superuser `initdb` creates.
 pub const SUPERUSER: &str = "guildnet";
 
+/// Environment variable with extra server settings, `name=value` separated by whitespace,
+/// each passed as `-c name=value` (for profiling: `shared_preload_libraries=pg_stat_statements
+/// log_min_duration_statement=50`). Unset: none.
+pub const EXTRA_SETTINGS_ENV: &str = "GUILDNET_TESTBED_POSTGRES_SETTINGS";
+
 /// How long the server may take to accept connections after start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -346,6 +351,17 @@ async fn spawn_server(
     } else {
         Vec::new()
     };
+    // Extra settings for profiling (e.g. `shared_preload_libraries=pg_stat_statements`),
+    // from the environment: see [`EXTRA_SETTINGS_ENV`].
+    let extra: Vec<String> = std::env::var(EXTRA_SETTINGS_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let extra_args: Vec<&OsStr> = extra
+        .iter()
+        .flat_map(|kv| [OsStr::new("-c"), OsStr::new(kv.as_str())])
+        .collect();
     let (prog, args) = as_user(
         run_as,
         &postgres,
@@ -362,7 +378,8 @@ async fn spawn_server(
             OsStr::new("max_connections=300"),
         ]
         .into_iter()
-        .chain(tls_args),
+        .chain(tls_args)
+        .chain(extra_args),
     );
     // Written by this process (as root), so the server's user need not own it; a restart
     // starts it anew.

@@ -8,7 +8,7 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{is_postgres_url, redact_url, PostgresOptions, PostgresStore};
+pub use postgres::{is_postgres_url, redact_url, BatchTimes, PostgresOptions, PostgresStore};
 pub use sqlite::{CommitStats, Durability, SqliteStore};
 
 use crate::model::{

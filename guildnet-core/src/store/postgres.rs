@@ -27,13 +27,16 @@
 //!   lot. If any of them fails, `grp` is rolled back and each runs again alone in its own
 //!   savepoint, so one bad write never fails the others (the statements are data, so they
 //!   can run twice; a statement that answers an error such as "already exists" writes
-//!   nothing). The other writes (conditional task updates, log batches) run one after
-//!   another, each inside its own savepoint (a failing write rolls back alone). The rows of
-//!   every task a batch updates are read and locked at its start in one statement (`FOR
-//!   UPDATE`, in id order, outside the savepoints, so the locks last until the commit); a task
-//!   update is then one round trip: its row with its events and audit rows, in one statement.
-//!   A job that changes a task row otherwise (a log batch, retention) drops the row read for
-//!   it first, and a second update of the same task in a batch reads it again.
+//!   nothing). The rows of every task a batch updates are read and locked at its start in one
+//!   statement (`FOR UPDATE`, in id order, outside the savepoints, so the locks last until the
+//!   commit); each conditional task update (claim, completion, requeue...) is then applied to
+//!   its row at once and its write (the row with its events and audit rows, one statement of
+//!   data) joins the pipeline ([`updates`]). The new tasks of a batch are one statement
+//!   together ([`inserts`]: PostgreSQL's time per statement, not per row, was most of a
+//!   schedule's). The other writes (log batches, retention, a second update of one task in a
+//!   batch, which reads its row again) run after the pipeline, one after another, each
+//!   inside its own savepoint (a failing write rolls back alone); a job that changes a task
+//!   row otherwise than by an update drops the row read for it first.
 //! - Conditional task updates lock the task's row (`SELECT ... FOR UPDATE`), apply the pure
 //!   [`TaskUpdateFn`] and write back, so claims and fencing tokens are atomic across replicas,
 //!   not only across tasks of one process.
@@ -102,6 +105,9 @@
 //!   When a batch's transaction fails as a whole (connection lost, commit refused), every
 //!   write in it gets that error; none of them is acknowledged.
 //!   Messages name the database as `postgres://user@host:port/db`, never with its password.
+
+mod inserts;
+mod updates;
 
 use super::{
     AppendedLogs, LeaseRenewed, LogBatch, Rejection, RejectionKind, StateStore, StoreError,
@@ -241,6 +247,9 @@ pub struct PostgresOptions {
     /// How long a request waits for a free connection before it fails with
     /// [`StoreError::Unavailable`].
     pub wait_timeout: Duration,
+    /// Whether the new tasks of a batch go into PostgreSQL in one statement (default); off,
+    /// each is a statement of its own, as before (kept to measure the difference).
+    pub group_new_tasks: bool,
 }
 
 impl Default for PostgresOptions {
@@ -249,6 +258,7 @@ impl Default for PostgresOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(10),
+            group_new_tasks: true,
         }
     }
 }
@@ -278,7 +288,7 @@ struct PgInner {
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Writes for the batch writer ([`writer_loop`]); dropping it stops that task once the
     /// waiting writes are done.
-    writer: mpsc::UnboundedSender<Work>,
+    writer: mpsc::UnboundedSender<(std::time::Instant, Work)>,
     /// Group commit counters, for [`PostgresStore::commit_stats`].
     stats: Arc<Counters>,
 }
@@ -786,6 +796,31 @@ enum Work {
     /// A write of one statement: it runs in one pipeline with the batch's other statement
     /// writes (see [`run_batch`]).
     Piped(Box<dyn Piped>),
+    /// A new task: the batch's new tasks go in one statement ([`inserts`]), in its pipeline.
+    Insert(Box<inserts::TaskInsert>),
+    /// A conditional task update: applied to the row the batch read at its start, it is one
+    /// statement in the pipeline ([`updates`]).
+    Update(Box<updates::TaskUpdate>),
+}
+
+/// A task update run on its own, after the pipeline (see [`updates`]).
+struct UpdateJob(updates::TaskUpdate);
+
+impl Job for UpdateJob {
+    fn run<'a>(
+        self: Box<Self>,
+        b: &'a Batch<'a>,
+    ) -> Pin<Box<dyn Future<Output = (bool, Finish)> + Send + 'a>> {
+        Box::pin(self.0.run_alone(b))
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        self.0.fail(e)
+    }
+
+    fn task(&self) -> Option<&TaskId> {
+        Some(&self.0.id)
+    }
 }
 
 /// The owned parameters of a statement.
@@ -815,6 +850,9 @@ trait Piped: Send + Sync {
     fn settle(self: Box<Self>, row: Result<Row, StoreError>) -> (bool, Finish);
     /// The batch could not run the write: answers `e`.
     fn fail(self: Box<Self>, e: StoreError);
+    /// The writes it carries, each as a statement of its own (to run again alone when its
+    /// pipeline failed): itself, or the members of a grouped statement.
+    fn split(self: Box<Self>) -> Vec<Box<dyn Piped>>;
 }
 
 struct PipedOf<R> {
@@ -861,6 +899,10 @@ impl<R: Send + 'static> Piped for PipedOf<R> {
 
     fn fail(self: Box<Self>, e: StoreError) {
         let _ = self.reply.send(Err(e));
+    }
+
+    fn split(self: Box<Self>) -> Vec<Box<dyn Piped>> {
+        vec![self]
     }
 }
 
@@ -997,8 +1039,9 @@ impl Drop for BatchConn {
 async fn writer_loop(
     pool: Pool,
     db: String,
-    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut rx: mpsc::UnboundedReceiver<(std::time::Instant, Work)>,
     stats: Arc<Counters>,
+    group: bool,
 ) {
     while let Some(first) = rx.recv().await {
         let mut work = vec![first];
@@ -1008,19 +1051,43 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
+        let now = std::time::Instant::now();
+        let work: Vec<Work> = work
+            .into_iter()
+            .map(|(at, w)| {
+                add_ns(&stats.queued_ns, now.saturating_duration_since(at));
+                w
+            })
+            .collect();
         let n = work.len() as u64;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.writes.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
         let mut jobs: Vec<Box<dyn Job>> = Vec::new();
         let mut piped: Vec<Box<dyn Piped>> = Vec::new();
+        let mut new_tasks = Vec::new();
+        let mut task_updates = Vec::new();
         for w in work {
             match w {
                 Work::Job(j) => jobs.push(j),
                 Work::Piped(p) => piped.push(p),
+                Work::Insert(t) => new_tasks.push(*t),
+                Work::Update(u) if group => task_updates.push(*u),
+                Work::Update(u) => jobs.push(Box::new(UpdateJob(*u))),
             }
         }
-        run_batch(&pool, &db, piped, jobs).await;
+        // The new tasks first, in one statement.
+        if group {
+            piped.splice(0..0, inserts::group(new_tasks));
+        } else {
+            piped.splice(
+                0..0,
+                new_tasks
+                    .into_iter()
+                    .map(|t| Box::new(t) as Box<dyn Piped>),
+            );
+        }
+        run_batch(&pool, &db, piped, task_updates, jobs, &stats).await;
     }
 }
 
@@ -1043,13 +1110,27 @@ enum Open {
 /// (every statement of it in one round trip; when one of them fails, `grp` is rolled back
 /// and each runs again alone, so one bad write cannot fail the others), then the other
 /// writes (`jobs`) one after another, each in its own savepoint `job`; one commit.
-async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: Vec<Box<dyn Job>>) {
-    let c = match pool.get().await {
+async fn run_batch(
+    pool: &Pool,
+    db: &str,
+    mut piped: Vec<Box<dyn Piped>>,
+    task_updates: Vec<updates::TaskUpdate>,
+    mut jobs: Vec<Box<dyn Job>>,
+    stats: &Counters,
+) {
+    let t0 = std::time::Instant::now();
+    let got = pool.get().await;
+    add_ns(&stats.pool_ns, t0.elapsed());
+    let t1 = std::time::Instant::now();
+    let c = match got {
         Ok(c) => c,
         Err(e) => {
             let err = pool_error(db, "write", e);
             for p in piped {
                 p.fail(again(&err));
+            }
+            for u in task_updates {
+                u.fail(again(&err));
             }
             for j in jobs {
                 j.fail(again(&err));
@@ -1068,7 +1149,7 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
         notify: AtomicBool::new(false),
         rows: Default::default(),
     };
-    let n = piped.len() + jobs.len();
+    let n = piped.len() + task_updates.len() + jobs.len();
     let mut finishers: Vec<Finish> = Vec::with_capacity(n);
     let mut broken = None;
     let mut open = Open::Not;
@@ -1079,6 +1160,7 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
     let mut ids: Vec<String> = jobs
         .iter()
         .filter_map(|j| j.task().map(|t| t.as_str().to_owned()))
+        .chain(task_updates.iter().map(|u| u.id.as_str().to_owned()))
         .collect();
     if !ids.is_empty() {
         ids.sort_unstable();
@@ -1093,6 +1175,18 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
                 }
             }
             Err(e) => broken = Some(e),
+        }
+    }
+    // Updates whose row was read: applied now, their writes join the pipeline. The others
+    // (a second update of one task, a task that does not exist, a batch that could not start)
+    // run on their own after it.
+    for u in task_updates {
+        match b.take_row(&u.id).filter(|_| broken.is_none()) {
+            Some(row) => match u.prepare(row) {
+                updates::Prepared::Done(f) => finishers.push(f),
+                updates::Prepared::Write(w) => piped.push(w),
+            },
+            None => jobs.push(Box::new(UpdateJob(u))),
         }
     }
     if let (false, Some(err)) = (piped.is_empty(), &broken) {
@@ -1126,6 +1220,7 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
             open = Open::GroupFailed;
             let alone: Vec<Box<dyn Job>> = piped
                 .into_iter()
+                .flat_map(|p| p.split())
                 .map(|p| Box::new(Alone(p)) as Box<dyn Job>)
                 .collect();
             jobs.splice(0..0, alone);
@@ -1162,6 +1257,8 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
         }
         open = Open::Job(ok);
     }
+    add_ns(&stats.run_ns, t1.elapsed());
+    let t2 = std::time::Instant::now();
     let result = match broken {
         Some(err) => Err(err),
         None => {
@@ -1184,6 +1281,7 @@ async fn run_batch(pool: &Pool, db: &str, piped: Vec<Box<dyn Piped>>, mut jobs: 
                 .map_err(|e| pg_error(db, "commit", e))
         }
     };
+    add_ns(&stats.commit_ns, t2.elapsed());
     match result {
         Ok(()) => {
             conn.clean = true;
@@ -1223,6 +1321,39 @@ struct Counters {
     batches: AtomicU64,
     writes: AtomicU64,
     largest: AtomicU64,
+    /// Nanoseconds the batch writer spent waiting for a connection, running batches' writes
+    /// (from `BEGIN` to before the commit), and committing (see [`BatchTimes`]).
+    pool_ns: AtomicU64,
+    run_ns: AtomicU64,
+    commit_ns: AtomicU64,
+    /// Nanoseconds writes waited in the queue before their batch started, summed.
+    queued_ns: AtomicU64,
+}
+
+/// Where the batch writer's time went since the store opened (for profiling: the `replicas`
+/// bench prints it). The writer runs one batch at a time, so `pool + run + commit` is its busy
+/// time; `queued` sums every write's wait for its batch to start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTimes {
+    /// Batches run.
+    pub batches: u64,
+    /// Writes they held.
+    pub writes: u64,
+    /// Waiting for a pooled connection.
+    pub pool: Duration,
+    /// From `BEGIN` to the last write's answer (statements, row locks, the ordering lock).
+    pub run: Duration,
+    /// The commit's round trip (with the WAL flush).
+    pub commit: Duration,
+    /// Writes' time in the queue before their batch started, summed over writes.
+    pub queued: Duration,
+}
+
+fn add_ns(c: &AtomicU64, d: Duration) {
+    c.fetch_add(
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 /// Maps a driver error of `op` on database `db` (shown without its password).
@@ -1333,6 +1464,7 @@ impl PostgresStore {
             display.clone(),
             jobs,
             stats.clone(),
+            opts.group_new_tasks,
         ));
         let store = Self {
             inner: Arc::new(PgInner {
@@ -1427,7 +1559,10 @@ impl PostgresStore {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Work::Job(Box::new(JobOf { f, reply, task })))
+            .send((
+                std::time::Instant::now(),
+                Work::Job(Box::new(JobOf { f, reply, task })),
+            ))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -1446,16 +1581,33 @@ impl PostgresStore {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Work::Piped(Box::new(PipedOf {
-                sql,
-                params,
-                notify,
-                op,
-                decode,
-                reply,
-            })))
+            .send((
+                std::time::Instant::now(),
+                Work::Piped(Box::new(PipedOf {
+                    sql,
+                    params,
+                    notify,
+                    op,
+                    decode,
+                    reply,
+                })),
+            ))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Where the batch writer's time went so far (see [`BatchTimes`]).
+    pub fn batch_times(&self) -> BatchTimes {
+        let c = &self.inner.stats;
+        let d = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
+        BatchTimes {
+            batches: c.batches.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            pool: d(&c.pool_ns),
+            run: d(&c.run_ns),
+            commit: d(&c.commit_ns),
+            queued: d(&c.queued_ns),
+        }
     }
 
     /// How writes were grouped into commits so far by this process (group commit batch sizes).
@@ -1868,43 +2020,39 @@ impl StateStore for PostgresStore {
         events: Vec<NewEvent>,
         audit: Vec<NewAudit>,
     ) -> Result<u64, StoreError> {
-        let artifacts = artifacts_json(&task.artifacts)?;
-        let context = context_json(&task.context)?;
         let t = task;
-        // The task, its audit rows and its events in one statement.
-        let sql = format!(
-            "WITH t AS (INSERT INTO tasks ({TASK_COLS}, token_hash) VALUES ($1, $2, $3, $4, $5, \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-             ON CONFLICT (id) DO NOTHING RETURNING 1){}",
-            journal_cte("t", 22)
-        );
-        let mut params: Params = vec![
-            Box::new(t.id.as_str().to_owned()),
-            Box::new(t.org.as_str().to_owned()),
-            Box::new(t.task),
-            Box::new(t.agent_hint),
-            Box::new(t.status.as_str()),
-            Box::new(t.agent.as_ref().map(|a| a.as_str().to_owned())),
-            Box::new(i64::from(t.attempt)),
-            Box::new(cursor(t.fencing)),
-            Box::new(i64::from(t.claims)),
-            Box::new(t.lease_expires_at.map(ms)),
-            Box::new(ms(t.created_at)),
-            Box::new(ms(t.updated_at)),
-            Box::new(t.started_at.map(ms)),
-            Box::new(t.finished_at.map(ms)),
-            Box::new(t.exit_code),
-            Box::new(t.reason),
-            Box::new(artifacts),
-            Box::new(t.pr_url),
-            Box::new(context),
-            Box::new(t.log_sealed),
-            Box::new(token_hash),
-        ];
-        journal_params(&mut params, &events, &audit);
-        let (inserted, last) = self
-            .write_piped("insert task", sql, params, !events.is_empty(), journaled)
-            .await?;
+        let row = inserts::TaskRow {
+            artifacts: artifacts_json(&t.artifacts)?,
+            context: context_json(&t.context)?,
+            id: t.id.as_str().to_owned(),
+            org: t.org.as_str().to_owned(),
+            task: t.task,
+            agent_hint: t.agent_hint,
+            status: t.status.as_str(),
+            agent: t.agent.as_ref().map(|a| a.as_str().to_owned()),
+            attempt: i64::from(t.attempt),
+            fencing: cursor(t.fencing),
+            claims: i64::from(t.claims),
+            lease_expires_at: t.lease_expires_at.map(ms),
+            created_at: ms(t.created_at),
+            updated_at: ms(t.updated_at),
+            started_at: t.started_at.map(ms),
+            finished_at: t.finished_at.map(ms),
+            exit_code: t.exit_code,
+            reason: t.reason,
+            pr_url: t.pr_url,
+            log_sealed: t.log_sealed,
+            token_hash,
+        };
+        // The task, its audit rows and its events in one statement, with the batch's other
+        // new tasks (see `inserts`).
+        let (reply, rx) = oneshot::channel();
+        let insert = inserts::TaskInsert::new(row, events, audit, reply);
+        self.inner
+            .writer
+            .send((std::time::Instant::now(), Work::Insert(Box::new(insert))))
+            .map_err(|_| StoreError::Closed)?;
+        let (inserted, last) = rx.await.map_err(|_| StoreError::Closed)??;
         if !inserted {
             // ON CONFLICT: nothing was written (its journal is guarded by the insert).
             return Err(StoreError::AlreadyExists(format!("task {}", t.id)));
@@ -1997,85 +2145,16 @@ impl StateStore for PostgresStore {
         token_hash: Option<String>,
         update: TaskUpdateFn,
     ) -> Result<TaskUpdated, StoreError> {
-        let id = id.clone();
-        self.write_on(Some(id.clone()), move |b| {
-            Box::pin(async move {
-                let e = b.err("update task");
-                let tx = b.c;
-                // The row lock makes the read-modify-write atomic across every replica (the
-                // batch took it at its start, or takes it now).
-                let before = match b.take_row(&id) {
-                    Some(t) => t,
-                    None => load_task(tx, &id, true, e)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?,
-                };
-                let mut after = before.clone();
-                let change: TaskChange = update(&mut after).map_err(StoreError::Rejected)?;
-                let changed = after != before || !change.events.is_empty() || token_hash.is_some();
-                if !changed {
-                    // Nothing written (the row lock ends with the batch).
-                    return Ok(TaskUpdated {
-                        task: after,
-                        changed: false,
-                        last_event_id: None,
-                    });
-                }
-                let t = &after;
-                let artifacts = artifacts_json(&t.artifacts)?;
-                // The row, its audit rows and its events in one statement.
-                let sql = format!(
-                    "WITH u AS (UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, \
-                     claims=$6, lease_expires_at=$7, updated_at=$8, started_at=$9, \
-                     finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
-                     agent_hint=$15, task=$16, log_sealed=$17, \
-                     token_hash=COALESCE($18, token_hash) WHERE id=$1 RETURNING 1){}",
-                    journal_cte("u", 19)
-                );
-                let (id, status) = (t.id.as_str(), t.status.as_str());
-                let agent = t.agent.as_ref().map(|a| a.as_str());
-                let (attempt, fencing, claims) =
-                    (i64::from(t.attempt), cursor(t.fencing), i64::from(t.claims));
-                let lease = t.lease_expires_at.map(ms);
-                let updated = ms(t.updated_at);
-                let (started, finished) = (t.started_at.map(ms), t.finished_at.map(ms));
-                if !change.events.is_empty() {
-                    b.notify();
-                }
-                let mut journal = Params::new();
-                journal_params(&mut journal, &change.events, &change.audit);
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                    &id,
-                    &status,
-                    &agent,
-                    &attempt,
-                    &fencing,
-                    &claims,
-                    &lease,
-                    &updated,
-                    &started,
-                    &finished,
-                    &t.exit_code,
-                    &t.reason,
-                    &artifacts,
-                    &t.pr_url,
-                    &t.agent_hint,
-                    &t.task,
-                    &t.log_sealed,
-                    &token_hash,
-                ];
-                params.extend(param_refs(&journal));
-                let stmt = tx.prepare_cached(&sql).await.map_err(e)?;
-                let row = tx.query_one(&stmt, &params).await.map_err(e)?;
-                let (_, last) = journaled(&row)?;
-                Ok(TaskUpdated {
-                    task: after,
-                    changed: true,
-                    last_event_id: (!change.events.is_empty()).then_some(last),
-                })
-            })
-        })
-        .await
+        // Applied to the row the batch reads and locks at its start, then written in its
+        // pipeline (see `updates`): the row lock makes the read-modify-write atomic across
+        // every replica.
+        let (reply, rx) = oneshot::channel();
+        let u = updates::TaskUpdate::new(id.clone(), token_hash, update, reply);
+        self.inner
+            .writer
+            .send((std::time::Instant::now(), Work::Update(Box::new(u))))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError> {
