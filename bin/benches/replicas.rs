@@ -450,12 +450,8 @@ async fn schedule_phase(addr: &str, secs: u64) -> ScheduleFigures {
     let mut hs = Vec::new();
     let t0 = Instant::now();
     for w in 0..SCHEDULERS {
-        let (addr, lat, errors, kinds) = (
-            addr.to_owned(),
-            lat.clone(),
-            errors.clone(),
-            kinds.clone(),
-        );
+        let (addr, lat, errors, kinds) =
+            (addr.to_owned(), lat.clone(), errors.clone(), kinds.clone());
         hs.push(tokio::spawn(async move {
             let mut c: Option<Conn> = None;
             let mut i = 0;
@@ -797,61 +793,61 @@ async fn run_setup(
 
     // 3. Failover: in the middle of the steady heartbeats, kill replica A.
     let failover_fut = async {
-    let mut failover = None;
-    if replicas.len() > 1 {
-        tokio::time::sleep_until((start + Duration::from_secs(ramp + secs / 2)).into()).await;
-        let (probe_agent, probe_token) = reserve.first().cloned().expect("a reserve task");
-        // The heartbeat probe: an agent of the reserve, claimed before the kill.
-        let who = format!("{{\"agent\":\"{probe_agent}\"}}");
-        let mut c = Conn::open(&addr, &probe_token).await.expect("probe conn");
-        let _ = timed(&mut c, "/agent/register", &who).await;
-        let (_, body) = timed(&mut c, "/agent/claim", &who)
-            .await
-            .expect("probe claim");
-        let fencing = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["fencing"].as_u64())
-            .expect("probe fencing");
-        let hb = format!("{{\"agent\":\"{probe_agent}\",\"fencing\":{fencing}}}");
-        let (mut victim, _) = replicas.remove(0);
-        let _ = victim.start_kill();
-        let t_kill = Instant::now();
-        *killed.lock().expect("killed") = Some(t_kill);
-        let _ = victim.wait().await;
-        let addr2 = addr.clone();
-        let claim_pool = Arc::new(Mutex::new(reserve[1..].to_vec()));
-        let claim = first_success(t_kill, Duration::from_secs(30), || {
-            let (addr, pool) = (addr2.clone(), claim_pool.clone());
-            async move {
-                let Some((a, tok)) = pool.lock().ok().and_then(|mut p| p.pop()) else {
-                    return false;
-                };
-                let who = format!("{{\"agent\":\"{a}\"}}");
-                let Ok(mut c) = Conn::open(&addr, &tok).await else {
-                    return false;
-                };
-                timed(&mut c, "/agent/register", &who).await.is_ok()
-                    && timed(&mut c, "/agent/claim", &who).await.is_ok()
-            }
-        })
-        .await;
-        let addr3 = addr.clone();
-        let heartbeat = first_success(t_kill, Duration::from_secs(30), || {
-            let (addr, tok, hb) = (addr3.clone(), probe_token.clone(), hb.clone());
-            async move {
-                let Ok(mut c) = Conn::open(&addr, &tok).await else {
-                    return false;
-                };
-                timed(&mut c, "/agent/heartbeat", &hb).await.is_ok()
-            }
-        })
-        .await;
-        failover = Some((claim, heartbeat));
-    }
-    for h in hs {
-        let _ = h.await;
-    }
-    failover
+        let mut failover = None;
+        if replicas.len() > 1 {
+            tokio::time::sleep_until((start + Duration::from_secs(ramp + secs / 2)).into()).await;
+            let (probe_agent, probe_token) = reserve.first().cloned().expect("a reserve task");
+            // The heartbeat probe: an agent of the reserve, claimed before the kill.
+            let who = format!("{{\"agent\":\"{probe_agent}\"}}");
+            let mut c = Conn::open(&addr, &probe_token).await.expect("probe conn");
+            let _ = timed(&mut c, "/agent/register", &who).await;
+            let (_, body) = timed(&mut c, "/agent/claim", &who)
+                .await
+                .expect("probe claim");
+            let fencing = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["fencing"].as_u64())
+                .expect("probe fencing");
+            let hb = format!("{{\"agent\":\"{probe_agent}\",\"fencing\":{fencing}}}");
+            let (mut victim, _) = replicas.remove(0);
+            let _ = victim.start_kill();
+            let t_kill = Instant::now();
+            *killed.lock().expect("killed") = Some(t_kill);
+            let _ = victim.wait().await;
+            let addr2 = addr.clone();
+            let claim_pool = Arc::new(Mutex::new(reserve[1..].to_vec()));
+            let claim = first_success(t_kill, Duration::from_secs(30), || {
+                let (addr, pool) = (addr2.clone(), claim_pool.clone());
+                async move {
+                    let Some((a, tok)) = pool.lock().ok().and_then(|mut p| p.pop()) else {
+                        return false;
+                    };
+                    let who = format!("{{\"agent\":\"{a}\"}}");
+                    let Ok(mut c) = Conn::open(&addr, &tok).await else {
+                        return false;
+                    };
+                    timed(&mut c, "/agent/register", &who).await.is_ok()
+                        && timed(&mut c, "/agent/claim", &who).await.is_ok()
+                }
+            })
+            .await;
+            let addr3 = addr.clone();
+            let heartbeat = first_success(t_kill, Duration::from_secs(30), || {
+                let (addr, tok, hb) = (addr3.clone(), probe_token.clone(), hb.clone());
+                async move {
+                    let Ok(mut c) = Conn::open(&addr, &tok).await else {
+                        return false;
+                    };
+                    timed(&mut c, "/agent/heartbeat", &hb).await.is_ok()
+                }
+            })
+            .await;
+            failover = Some((claim, heartbeat));
+        }
+        for h in hs {
+            let _ = h.await;
+        }
+        failover
     };
     let (failover, agent_waits) = tokio::join!(failover_fut, agent_waits);
     let mut s = std::mem::take(&mut *samples.lock().expect("samples"));

@@ -1634,7 +1634,11 @@ async fn postgres_new_tasks_of_a_batch_are_one_statement_and_fail_alone() {
     }
     assert_eq!(stored.len(), 3 * 40 - 3 * 4 - 3);
     let events = store.events_after(events_before, 0).await.unwrap();
-    assert_eq!(events.len(), 2 * stored.len(), "two events per stored task, no more");
+    assert_eq!(
+        events.len(),
+        2 * stored.len(),
+        "two events per stored task, no more"
+    );
     let audit_rows = store.audit_after(0, 0).await.unwrap();
     assert_eq!(audit_rows.len() - audit_before, 2 * stored.len());
     for (t, last) in &stored {

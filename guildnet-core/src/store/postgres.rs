@@ -1086,9 +1086,7 @@ async fn writer_loop(
         } else {
             piped.splice(
                 0..0,
-                new_tasks
-                    .into_iter()
-                    .map(|t| Box::new(t) as Box<dyn Piped>),
+                new_tasks.into_iter().map(|t| Box::new(t) as Box<dyn Piped>),
             );
         }
         run_batch(&pool, &db, piped, task_updates, jobs, &stats).await;

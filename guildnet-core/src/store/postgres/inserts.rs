@@ -265,7 +265,10 @@ impl Grouped {
             Box::new(events.iter().map(|e| f(e)).collect::<Vec<Option<String>>>())
         };
         p.push(Box::new(
-            events.iter().map(|e| e.kind.clone()).collect::<Vec<String>>(),
+            events
+                .iter()
+                .map(|e| e.kind.clone())
+                .collect::<Vec<String>>(),
         ));
         p.push(opts(&|e| e.task_id.as_ref().map(|v| v.as_str().to_owned())));
         p.push(opts(&|e| e.agent.as_ref().map(|v| v.as_str().to_owned())));

@@ -13,8 +13,7 @@
 
 use super::{
     again, artifacts_json, cursor, journal_cte, journal_params, journaled, load_task, ms,
-    param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn,
-    TaskUpdated,
+    param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn, TaskUpdated,
 };
 use crate::model::Task;
 use crate::names::TaskId;
@@ -225,11 +224,13 @@ impl Piped for UpdateRow {
             reply,
             ..
         } = *self;
-        let r = row.and_then(|row| journaled(&row)).map(|(_, last)| TaskUpdated {
-            task: after,
-            changed: true,
-            last_event_id: events.then_some(last),
-        });
+        let r = row
+            .and_then(|row| journaled(&row))
+            .map(|(_, last)| TaskUpdated {
+                task: after,
+                changed: true,
+                last_event_id: events.then_some(last),
+            });
         answer(reply, r)
     }
 
