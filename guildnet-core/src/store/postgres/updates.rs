@@ -22,15 +22,16 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-/// The row, its audit rows and its events in one statement ([`journal_cte`] at `$19`).
+/// The row, its audit rows and its events in one statement ([`journal_cte`] at `$20`).
 static UPDATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH u AS (UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, \
          claims=$6, lease_expires_at=$7, updated_at=$8, started_at=$9, \
          finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
          agent_hint=$15, task=$16, log_sealed=$17, \
-         token_hash=COALESCE($18, token_hash) WHERE id=$1 RETURNING 1){}",
-        journal_cte("u", 19)
+         token_hash=COALESCE($18, token_hash), claim_process=$19 WHERE id=$1 \
+         RETURNING 1){}",
+        journal_cte("u", 20)
     )
 });
 
@@ -189,6 +190,7 @@ impl UpdateRow {
             Box::new(t.task.clone()),
             Box::new(t.log_sealed),
             Box::new(token_hash),
+            Box::new(t.claim_process.as_ref().map(|p| p.as_str().to_owned())),
         ];
         journal_params(&mut params, &change.events, &change.audit);
         Ok(Self {
