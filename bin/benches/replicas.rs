@@ -23,6 +23,14 @@
 //! `cargo bench -p guildnet-bin --bench replicas [-- --agents N --secs S --ramp-secs R
 //! --schedule-secs S --only sqlite-1,pg-1,pg-2]`. Needs the testbed's postgres and nginx
 //! (`scripts/testbed/install.sh postgres nginx`).
+//!
+//! Profile, printed per setup and phase: CPU time per schedule / agent request of the bench,
+//! the orchestrator(s), PostgreSQL and nginx, and the share of the cores the rest of the
+//! machine took (from `/proc`); the database backends' wait events (`pg_stat_activity`, every
+//! 20 ms). With `GUILDNET_TESTBED_POSTGRES_SETTINGS=shared_preload_libraries=pg_stat_statements`
+//! also the schedule phase's top statements; with `REPLICAS_BENCH_STORE_TIMES=1` each
+//! PostgreSQL replica's batch writer every second; `REPLICAS_BENCH_NO_GROUP=1` runs the store
+//! without grouping new tasks and task updates (to compare).
 
 mod common;
 
