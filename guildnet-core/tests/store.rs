@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use guildnet_core::model::{Agent, LogStream, NewAudit, NewEvent, NewLogLine, Task, TaskStatus};
-use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::names::{AgentName, OrgName, ProcessId, TaskId};
 use guildnet_core::store::{
     Durability, LogBatch, PostgresStore, Rejection, RejectionKind, SqliteStore, StateStore,
     StoreError, TaskChange, TaskQuery,
@@ -131,7 +131,7 @@ impl Db {
     /// The schema version this build migrates to.
     fn current_version(&self) -> i64 {
         match self {
-            Db::Sqlite { .. } => 6,
+            Db::Sqlite { .. } => 7,
             Db::Postgres { .. } => PostgresStore::schema_version() as i64,
         }
     }
@@ -223,6 +223,7 @@ fn task(org_name: &str, status: TaskStatus, created_at: DateTime<Utc>) -> Task {
         pr_url: None,
         context: Default::default(),
         log_sealed: false,
+        claim_process: None,
     }
 }
 
@@ -486,6 +487,7 @@ async fn update_task_applies_rejects_and_skips(db: Db) {
                 t.fencing += 1;
                 t.claims += 1;
                 t.reason = Some("claimed".into());
+                t.claim_process = Some(ProcessId::new("p-first").unwrap());
                 Ok(TaskChange {
                     events: vec![NewEvent::for_task("task.claimed", t, None)],
                     audit: vec![NewAudit::new(
@@ -507,6 +509,13 @@ async fn update_task_applies_rejects_and_skips(db: Db) {
     assert_eq!(stored, upd.task);
     assert_eq!(stored.fencing, 1);
     assert_eq!(stored.agent, Some(agent("agent-a")));
+    assert_eq!(
+        stored.claim_process.as_ref().map(|p| p.as_str()),
+        Some("p-first")
+    );
+    // ...and in a listing, which reads the same columns.
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    assert_eq!(listed.iter().find(|l| l.id == t.id), Some(&stored));
     let events = store.events_after(ev - 1, 0).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "task.claimed");
@@ -1117,6 +1126,29 @@ async fn database_files_are_private_from_the_first_open() {
 }
 
 #[tokio::test]
+async fn a_dropped_store_keeps_no_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    store
+        .create_org(&org("acme"), audit("org.create", "acme"))
+        .await
+        .expect("write");
+    let state = path.parent().unwrap().to_owned();
+    let open_here = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&state))
+            .count()
+    };
+    assert!(open_here() > 0, "the open store holds its files");
+    drop(store);
+    // At once: no writer, reader or checkpoint thread still has them open.
+    assert_eq!(open_here(), 0, "files of a dropped store still open");
+}
+
+#[tokio::test]
 async fn a_read_only_database_is_refused_at_open() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -1129,12 +1161,24 @@ async fn a_read_only_database_is_refused_at_open() {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&path).unwrap().uid() == 0
     };
+    // A remount read-only can meet "mount point is busy" for a moment (seen once under
+    // parallel tests): a few tries, then the error.
     let run = |args: &[&str]| {
-        let st = std::process::Command::new("mount")
-            .args(args)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount {args:?} failed");
+        for attempt in 1..=5 {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .output()
+                .expect("run mount");
+            if out.status.success() {
+                return;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                attempt < 5 && err.contains("busy"),
+                "mount {args:?} failed: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200 * attempt));
+        }
     };
     let s = state.to_str().unwrap();
     if root {

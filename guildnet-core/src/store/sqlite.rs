@@ -14,7 +14,7 @@ use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, Org, Task,
     TaskStatus,
 };
-use crate::names::{AgentName, OrgName, TaskId};
+use crate::names::{AgentName, OrgName, ProcessId, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -138,6 +138,10 @@ DROP INDEX tasks_created;
     r#"
 CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
 "#,
+    // 7: the agent process holding a task's claim (`Task::claim_process`).
+    r#"
+ALTER TABLE tasks ADD COLUMN claim_process TEXT;
+"#,
 ];
 
 /// Version of the stored task JSON (the `json` column): bump it when [`Task`]'s serialized
@@ -183,8 +187,8 @@ struct Inner {
     /// their memory, under thousands of concurrent agents).
     read_permits: tokio::sync::Semaphore,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Dropping it stops the checkpoint thread.
-    _stop_checkpoints: mpsc::Sender<()>,
+    /// The checkpoint thread and the sender whose drop stops it (after one last checkpoint).
+    checkpoints: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Group commit counters, for [`SqliteStore::commit_stats`].
     stats: Arc<CommitCounters>,
 }
@@ -208,6 +212,8 @@ pub struct CommitStats {
     pub largest: u64,
 }
 
+/// A dropped store leaves no thread behind that still has the file open: the writer finishes
+/// its queued writes and the checkpoint thread its last checkpoint before the drop returns.
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut w) = self.writer.lock() {
@@ -215,6 +221,12 @@ impl Drop for Inner {
         }
         if let Ok(mut h) = self.worker.lock() {
             if let Some(h) = h.take() {
+                let _ = h.join();
+            }
+        }
+        if let Ok(mut c) = self.checkpoints.lock() {
+            if let Some((stop, h)) = c.take() {
+                drop(stop);
                 let _ = h.join();
             }
         }
@@ -533,7 +545,7 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("guildnet-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stop_rx))
             .map_err(|e| StoreError::Open {
@@ -560,7 +572,7 @@ impl SqliteStore {
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
-                _stop_checkpoints: stop_tx,
+                checkpoints: Mutex::new(Some((stop_tx, checkpoints))),
                 stats,
             }),
         })
@@ -763,7 +775,7 @@ macro_rules! task_cols {
     () => {
         "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
          lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-         artifacts, pr_url, context, log_sealed"
+         artifacts, pr_url, context, log_sealed, claim_process"
     };
 }
 const TASK_COLS: &str = task_cols!();
@@ -799,6 +811,10 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
             Some(j) => serde_json::from_str(&j).map_err(|e| corrupt(format!("context: {e}")))?,
         },
         log_sealed: r.get(19)?,
+        claim_process: r
+            .get::<_, Option<String>>(20)?
+            .map(|p| parse_name(p, ProcessId::new))
+            .transpose()?,
     })
 }
 
@@ -832,7 +848,7 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
         "UPDATE tasks SET status=?2, agent=?3, attempt=?4, fencing=?5, claims=?6, \
          lease_expires_at=?7, updated_at=?8, started_at=?9, finished_at=?10, exit_code=?11, \
          reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16, log_sealed=?17, \
-         json=?18 WHERE id=?1",
+         json=?18, claim_process=?19 WHERE id=?1",
     )
     .map_err(db("update task"))?
     .execute(params![
@@ -854,6 +870,7 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
         t.task,
         t.log_sealed,
         task_json(t)?,
+        t.claim_process.as_ref().map(|p| p.as_str()),
     ])
     .map_err(db("update task"))?;
     Ok(())
@@ -1184,7 +1201,7 @@ impl StateStore for SqliteStore {
                     "INSERT OR IGNORE INTO tasks (",
                     task_cols!(),
                     ", token_hash, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
                 ))
                 .map_err(db("insert task"))?
                 .execute(params![
@@ -1208,6 +1225,7 @@ impl StateStore for SqliteStore {
                     t.pr_url,
                     context_json(&t.context)?,
                     t.log_sealed,
+                    t.claim_process.as_ref().map(|p| p.as_str()),
                     token_hash,
                     task_json(t)?,
                 ])
