@@ -5,14 +5,19 @@
 //! relays to the orchestrator's editor proxy) and sees the workbench and its explorer, which
 //! needs the WebSocket to code-server through both proxies. The editor origin's rules (one-time
 //! tickets, its own cookie, no dashboard cookie forwarded) are checked over HTTP too.
+//!
+//! The orgs are the orchestrator's wherever they are created: an org made with `guildnet org
+//! create` shows in the dashboard's page, one made in the page shows in `guildnet org list` and
+//! the orchestrator's `GET /orgs`, and the page never shows a stale list.
 
 mod common;
 
+use common::dashboard::{cli, cli_ok, click, log_in, type_into, visible, wait_js};
 use common::{free_port, GuildnetUp};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret;
-use guildnet_testbed::browser::{ChromeDriver, Session};
+use guildnet_testbed::browser::ChromeDriver;
 use guildnet_testbed::eventually;
 use guildnet_testbed::image::{artifact_dir, decode_png};
 use serde_json::{json, Value};
@@ -24,14 +29,6 @@ fn http() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-/// Polls a JS expression in the page until it is truthy.
-async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
-    match s.wait_until(what, script, Duration::from_secs(secs)).await {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,35 +272,7 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     // Chromium: log in, skip the mesh, open the editor from the agents page.
     let driver = ChromeDriver::start().await.expect("chromedriver");
     let s = driver.new_session(true).await.expect("session");
-    s.goto(&dash_url).await.unwrap();
-    let field = s
-        .wait_for_css("#login-password", Duration::from_secs(20))
-        .await
-        .unwrap();
-    s.send_keys(&field, password).await.unwrap();
-    let submit = s.find_css("#login-submit").await.unwrap();
-    s.click(&submit).await.unwrap();
-    let skip = s
-        .wait_for_css("#setup-skip", Duration::from_secs(20))
-        .await
-        .unwrap();
-    wait_js(
-        &s,
-        "setup gate",
-        "const e = document.getElementById('setup-skip'); return !!e && e.offsetParent !== null;",
-        20,
-    )
-    .await;
-    s.click(&skip).await.unwrap();
-    // The setup gate fades out: wait until the navigation takes clicks.
-    wait_js(
-        &s,
-        "navigation shown",
-        "const n = document.getElementById('nav-agents'); const g = document.getElementById('setup-skip'); \
-         return !!n && n.offsetParent !== null && (!g || g.offsetParent === null);",
-        20,
-    )
-    .await;
+    log_in(&s, &dash_url, password).await;
     let nav = s.find_css("#nav-agents").await.unwrap();
     s.click(&nav).await.unwrap();
     let button = s
@@ -363,5 +332,173 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     s.close().await.unwrap();
 
     c.cancel(&task.id).await.unwrap();
+    drop(up);
+}
+
+/// Names of the org rows the dashboard's orgs page shows, in order.
+async fn org_rows(s: &guildnet_testbed::browser::Session) -> Vec<String> {
+    let v = s
+        .execute(
+            "return [...document.querySelectorAll('[data-testid=org-row]')].map(r => r.dataset.org);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// The orgs of the schedule box on the tasks page.
+async fn schedule_orgs(s: &guildnet_testbed::browser::Session) -> Vec<String> {
+    let v = s
+        .execute(
+            "return [...document.querySelectorAll('#schedule-org option')].map(o => o.value);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until the orgs page lists exactly the orgs `want` (sorted).
+async fn wait_org_rows(s: &guildnet_testbed::browser::Session, want: &[&str]) {
+    let script = format!(
+        "const rows = [...document.querySelectorAll('[data-testid=org-row]')].map(r => r.dataset.org).sort(); \
+         return JSON.stringify(rows) === {:?};",
+        serde_json::to_string(want).unwrap()
+    );
+    wait_js(s, &format!("org rows {want:?}"), &script, 15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_cli_show_the_same_orgs() {
+    let code_server = guildnet_testbed::bin("code-server").expect("testbed code-server");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (orch_port, dash_port) = (free_port(), free_port());
+    let up = GuildnetUp::start(&state, orch_port, dash_port, &code_server);
+    let (orch_url, dash_url) = (
+        format!("http://127.0.0.1:{orch_port}"),
+        format!("http://127.0.0.1:{dash_port}"),
+    );
+    let password = std::fs::read_to_string(state.join("dashboard.password")).unwrap();
+    let token = std::fs::read_to_string(state.join("orchestrator.token")).unwrap();
+    let orch = OrchestratorClient::new(&orch_url, Secret::new(token.trim())).unwrap();
+    let api_orgs = || async {
+        let mut names: Vec<String> = orch
+            .orgs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name.to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let cli_orgs = || {
+        let mut names: Vec<String> = cli_ok(&state, &orch_url, &["org", "list"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Made with the CLI (a real process) ...
+    let out = cli_ok(&state, &orch_url, &["org", "create", "cli-made"]);
+    assert!(out.contains("cli-made"), "{out}");
+    assert_eq!(api_orgs().await, ["acme", "cli-made"]);
+
+    // ... the dashboard's orgs page lists it beside `guildnet up`'s org.
+    let driver = ChromeDriver::start().await.expect("chromedriver");
+    let s = driver.new_session(true).await.expect("session");
+    log_in(&s, &dash_url, password.trim()).await;
+    click(&s, "#nav-orgs").await;
+    visible(&s, "page-orgs", 10).await;
+    wait_org_rows(&s, &["acme", "cli-made"]).await;
+
+    // Made in the page: `guildnet org list` and the orchestrator's `GET /orgs` have it.
+    type_into(&s, "#org-create-name", "ui-made").await;
+    click(&s, "#org-create-submit").await;
+    s.wait_for_css(
+        "[data-testid=org-row][data-org=ui-made]",
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("the org made in the page listed");
+    let err = s
+        .execute(
+            "return document.getElementById('org-create-error').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(err, json!(""), "the page showed an error");
+    assert_eq!(cli_orgs(), ["acme", "cli-made", "ui-made"]);
+    assert_eq!(api_orgs().await, ["acme", "cli-made", "ui-made"]);
+    // The same through the orchestrator's HTTP API as any client sees it.
+    let listed: Value = http()
+        .get(format!("{orch_url}/orgs"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("a list of orgs")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert!(names.contains(&"ui-made"), "{listed}");
+
+    // While the page stays open, the CLI adds one and removes another: the page shows the
+    // orchestrator's list each time it is shown, not a copy it kept (the schedule box too).
+    cli_ok(&state, &orch_url, &["org", "create", "cli-later"]);
+    cli_ok(&state, &orch_url, &["org", "delete", "cli-made"]);
+    click(&s, "#nav-tasks").await;
+    visible(&s, "page-tasks", 10).await;
+    wait_js(
+        &s,
+        "the schedule box follows the orchestrator's orgs",
+        "const o = [...document.querySelectorAll('#schedule-org option')].map(o => o.value); \
+         return o.includes('cli-later') && !o.includes('cli-made');",
+        15,
+    )
+    .await;
+    let mut in_box = schedule_orgs(&s).await;
+    in_box.sort();
+    assert_eq!(in_box, ["acme", "cli-later", "ui-made"]);
+    click(&s, "#nav-orgs").await;
+    visible(&s, "page-orgs", 10).await;
+    wait_org_rows(&s, &["acme", "cli-later", "ui-made"]).await;
+    let mut rows = org_rows(&s).await;
+    rows.sort();
+    assert_eq!(rows, cli_orgs());
+
+    // An invalid name: refused in the page with the reason the CLI gives too; nothing is made.
+    type_into(&s, "#org-create-name", "Bad_Name").await;
+    click(&s, "#org-create-submit").await;
+    let msg = wait_js(
+        &s,
+        "org create error",
+        "const e = document.getElementById('org-create-error'); return !e.hidden && e.textContent;",
+        10,
+    )
+    .await;
+    let out = cli(&state, &orch_url, &["org", "create", "Bad_Name"]);
+    assert!(!out.status.success());
+    let (msg, stderr) = (
+        msg.as_str().unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !msg.is_empty() && stderr.contains(msg),
+        "page: {msg}; cli: {stderr}"
+    );
+    assert_eq!(cli_orgs(), ["acme", "cli-later", "ui-made"]);
+
+    s.close().await.unwrap();
     drop(up);
 }
