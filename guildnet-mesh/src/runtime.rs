@@ -342,12 +342,29 @@ impl RuntimeMesh {
     async fn rejoin_until_joined(self: Arc<Self>) {
         let mut wait = Duration::from_secs(2);
         loop {
-            let mut cur = self.current.lock().await;
-            let Some(saved) = cur.saved.clone() else {
-                return;
+            // The join runs without the lock (`GET /mesh` answers meanwhile); a mesh set or
+            // removed in between wins.
+            let (saved, node) = {
+                let mut cur = self.current.lock().await;
+                let Some(saved) = cur.saved.clone() else {
+                    return;
+                };
+                (saved, cur.node.take())
             };
-            let node = cur.node.take();
-            match self.join(&saved, node).await {
+            let joined = self.join(&saved, node).await;
+            let mut cur = self.current.lock().await;
+            let unchanged = cur.saved.as_ref().is_some_and(|s| {
+                s.login_server == saved.login_server && s.api_key == saved.api_key
+            }) && cur.node.is_none();
+            if !unchanged {
+                if let Ok(mut n) = joined {
+                    if cur.node.is_none() && cur.saved.is_none() {
+                        n.stop();
+                    }
+                }
+                return;
+            }
+            match joined {
                 Ok(node) => {
                     let ip = node
                         .cli()
@@ -525,11 +542,19 @@ impl MeshControl for RuntimeMesh {
         (self.sink)(None);
         self.dialer.set(None);
         if let Some(mut n) = cur.node.take() {
-            // Logging out removes the node from Headscale.
             if let Err(e) = n.cli().logout().await {
                 tracing::warn!(error = %e, "the orchestrator's node could not log out");
             }
             n.stop();
+        }
+        // And its node goes from Headscale (best effort: Headscale may be gone).
+        if let Some(s) = &cur.saved {
+            if let Ok(keys) = self.keys(s) {
+                use guildnet_core::seams::AgentMesh as _;
+                if let Err(e) = keys.remove_node(&s.hostname).await {
+                    tracing::warn!(error = %e, "the orchestrator's node could not be removed from headscale");
+                }
+            }
         }
         if let Some(d) = cur.node_dir.take() {
             remove_dir(&d);
