@@ -220,13 +220,18 @@ mod tests {
     #[derive(Debug, Default)]
     struct Fake {
         fail: bool,
+        login: String,
         calls: Mutex<Vec<String>>,
     }
 
     #[async_trait]
     impl AgentMesh for Fake {
         fn login_server(&self) -> String {
-            "https://hs.example".into()
+            if self.login.is_empty() {
+                "https://hs.example".into()
+            } else {
+                self.login.clone()
+            }
         }
         async fn agent_key(&self, hostname: &str) -> Result<Secret, MeshError> {
             self.calls
@@ -313,6 +318,50 @@ mod tests {
         );
         let (m, _) = mesh(true, true);
         assert!(mint(Some(&m), &launch(1)).await.expect("allowed").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_mesh_is_used_by_new_agents_and_the_old_one_by_its_agents() {
+        let mesh_at = |login: &str, url: Option<&str>| {
+            let mut m = KubeMesh::new(Arc::new(Fake {
+                login: login.into(),
+                ..Default::default()
+            }));
+            m.orchestrator_url = url.map(str::to_owned);
+            m
+        };
+        let slot = MeshSlot::new(None);
+        assert!(slot.current().is_none() && !slot.has_retired());
+        slot.set(Some(mesh_at("http://a:1", None)));
+        slot.set(Some(mesh_at("http://b:1", Some("http://100.64.0.9:8080"))));
+        let cur = slot.current().expect("current");
+        assert_eq!(cur.keys.login_server(), "http://b:1");
+        // A new agent gets the new mesh and the orchestrator's tailnet URL.
+        let (spec, _) = mint(Some(&cur), &launch(1))
+            .await
+            .expect("ok")
+            .expect("mesh");
+        assert_eq!(spec.login_server, "http://b:1");
+        assert_eq!(
+            spec.orchestrator_url.as_deref(),
+            Some("http://100.64.0.9:8080")
+        );
+        // An agent put on the first mesh still finds it.
+        assert!(slot.has_retired());
+        let old = slot.for_login_server("http://a:1").expect("retired mesh");
+        assert_eq!(old.keys.login_server(), "http://a:1");
+        assert!(slot.for_login_server("http://c:1").is_none());
+        // Removed: no new agent goes on a mesh; the old ones are still known.
+        slot.set(None);
+        assert!(slot.current().is_none());
+        assert!(slot.for_login_server("http://b:1").is_some());
+        // Setting one that was retired makes it current again, once.
+        slot.set(Some(mesh_at("http://a:1", None)));
+        assert_eq!(
+            slot.current().expect("current").keys.login_server(),
+            "http://a:1"
+        );
+        assert!(slot.for_login_server("http://b:1").is_some());
     }
 
     #[tokio::test]
