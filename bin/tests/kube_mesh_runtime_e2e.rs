@@ -282,6 +282,19 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
         .clone();
     let tailnet_url = format!("http://{orch_ip}:{orch_port}");
     assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()));
+    // The CLI shows it too.
+    let shown = process::run(
+        Path::new(env!("CARGO_BIN_EXE_guildnet")),
+        ["--url", orch_url.as_str(), "--token", TOKEN, "mesh", "show"],
+        &[],
+    )
+    .await
+    .expect("guildnet mesh show");
+    assert!(
+        shown.contains("from api") && shown.contains(&format!("joined at {orch_ip}")),
+        "{shown}"
+    );
+    assert!(!shown.contains(&api_key), "{shown}");
     let hs = HeadscaleClient::new(&server_url, Token::new(api_key.clone())).expect("client");
     let nodes = hs.list_nodes(None).await.expect("nodes");
     assert!(
