@@ -376,7 +376,7 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
         .proxy(reqwest::Proxy::all(agent_node.http_proxy_url()).expect("proxy"))
         .build()
         .expect("client");
-    let registered = eventually(
+    eventually(
         "the agent registers over the tailnet",
         Duration::from_secs(60),
         || async {
@@ -391,7 +391,6 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
         },
     )
     .await;
-    let _ = registered;
     let _editor = editor_stand_in().await;
     let http = reqwest::Client::new();
     let agent = hostname.clone();
