@@ -8,7 +8,8 @@
 //! 1. Log in to the dashboard and run its "create" flow: a local Headscale, this machine's
 //!    node, then the last step hands the mesh to the orchestrator (`PUT /mesh`): the
 //!    orchestrator's host joins the tailnet with a node of its own.
-//! 2. `GET /mesh` shows it joined, without the API key; Headscale lists the node.
+//! 2. `GET /mesh` (and `guildnet mesh show`) shows it joined, without the API key; Headscale
+//!    lists the node; a `PUT /mesh` with a wrong API key is refused (502) and changes nothing.
 //! 3. A task of org `acme` gets a single-use pre-auth key minted (in its credentials Secret)
 //!    and `spec.mesh` set, with the orchestrator's tailnet URL for the agent.
 //! 4. The agent's node joins with that key and registers at the orchestrator's tailnet URL
@@ -282,6 +283,23 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
         .clone();
     let tailnet_url = format!("http://{orch_ip}:{orch_port}");
     assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()));
+    // A refused API key changes nothing, and the error does not quote it.
+    let wrong = "hskey-api-wrongwrong-0123456789abcdef";
+    let refused = client
+        .set_mesh(&guildnet_core::api::MeshRequest {
+            headscale_url: server_url.clone(),
+            login_server: None,
+            api_key: wrong.to_owned(),
+            user: None,
+            tags: Vec::new(),
+            hostname: None,
+        })
+        .await
+        .expect_err("a wrong API key");
+    assert_eq!(refused.status(), Some(502), "{refused}");
+    assert!(!refused.to_string().contains(wrong), "{refused}");
+    let still = client.mesh().await.expect("GET /mesh");
+    assert!(still.joined && still.tailnet_ips == st.tailnet_ips, "{still:?}");
     // The CLI shows it too.
     let shown = process::run(
         Path::new(env!("CARGO_BIN_EXE_guildnet")),

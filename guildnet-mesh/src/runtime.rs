@@ -144,6 +144,10 @@ pub struct RuntimeMesh {
     sink: MeshSink,
     listen_port: OnceLock<u16>,
     current: Mutex<Current>,
+    /// Held while the node is started or joined (set, clear, the rejoin after a restart), so
+    /// two of them never run one node directory at once.
+    node_lock: Mutex<()>,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RuntimeMesh {
@@ -181,6 +185,8 @@ impl RuntimeMesh {
             sink,
             listen_port: OnceLock::new(),
             current: Mutex::new(Current::default()),
+            node_lock: Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -241,27 +247,28 @@ impl RuntimeMesh {
             })
     }
 
-    /// Starts (or keeps) the node for `s`'s login server and joins it with a freshly minted
-    /// single-use key, unless it already is on that tailnet under that name.
-    async fn join(
-        &self,
-        s: &Saved,
-        node: Option<Tailscaled>,
-    ) -> Result<Tailscaled, MeshControlError> {
+    /// Starts the node of `s`'s login server and joins it (see [`RuntimeMesh::join_node`]).
+    async fn join(&self, s: &Saved) -> Result<Tailscaled, MeshControlError> {
+        let node = self.start_node(s).await?;
+        self.join_node(s, &node).await?;
+        Ok(node)
+    }
+
+    /// Starts the node of `s`'s login server (its own directory; its login state is kept).
+    async fn start_node(&self, s: &Saved) -> Result<Tailscaled, MeshControlError> {
+        let mut c = TailscaledConfig::new(self.cfg.dir().join(node_dir_name(&s.login_server)));
+        c.tailscaled_bin = self.cfg.tailscaled_bin.clone();
+        c.tailscale_bin = self.cfg.tailscale_bin.clone();
+        // A plain-http control server (a local Headscale) serves DERP over plain http.
+        c.plain_http_derp = s.login_server.starts_with("http://");
+        Tailscaled::start(&c).await.map_err(|e| failed("join", e))
+    }
+
+    /// Joins a running node with a freshly minted single-use key, unless it already is on
+    /// `s`'s tailnet under its host name.
+    async fn join_node(&self, s: &Saved, node: &Tailscaled) -> Result<(), MeshControlError> {
         let client = HeadscaleClient::new(&s.headscale_url, Secret::new(s.api_key.clone()))
             .map_err(|e| failed("headscale", e))?;
-        let node = match node {
-            Some(n) => n,
-            None => {
-                let mut c =
-                    TailscaledConfig::new(self.cfg.dir().join(node_dir_name(&s.login_server)));
-                c.tailscaled_bin = self.cfg.tailscaled_bin.clone();
-                c.tailscale_bin = self.cfg.tailscale_bin.clone();
-                // A plain-http control server (a local Headscale) serves DERP over plain http.
-                c.plain_http_derp = s.login_server.starts_with("http://");
-                Tailscaled::start(&c).await.map_err(|e| failed("join", e))?
-            }
-        };
         let already = node
             .cli()
             .status()
@@ -299,7 +306,7 @@ impl RuntimeMesh {
                 .await
                 .map_err(|e| failed("join", e))?;
         }
-        Ok(node)
+        Ok(())
     }
 
     /// Hands `s` over to the backend and the editor proxy.
@@ -342,58 +349,75 @@ impl RuntimeMesh {
     async fn rejoin_until_joined(self: Arc<Self>) {
         let mut wait = Duration::from_secs(2);
         loop {
-            // The join runs without the lock (`GET /mesh` answers meanwhile); a mesh set or
-            // removed in between wins.
-            let (saved, node) = {
-                let mut cur = self.current.lock().await;
-                let Some(saved) = cur.saved.clone() else {
-                    return;
+            {
+                // `PUT` and `DELETE /mesh` wait for this attempt (they take the node lock too);
+                // `GET /mesh` does not (the state lock is held only around the bookkeeping).
+                let _nodes = self.node_lock.lock().await;
+                let (saved, node) = {
+                    let mut cur = self.current.lock().await;
+                    let Some(saved) = cur.saved.clone() else {
+                        return;
+                    };
+                    (saved, cur.node.take())
                 };
-                (saved, cur.node.take())
-            };
-            let joined = self.join(&saved, node).await;
-            let mut cur = self.current.lock().await;
-            let unchanged = cur.saved.as_ref().is_some_and(|s| {
-                s.login_server == saved.login_server && s.api_key == saved.api_key
-            }) && cur.node.is_none();
-            if !unchanged {
-                if let Ok(mut n) = joined {
-                    if cur.node.is_none() && cur.saved.is_none() {
+                let node = match node {
+                    Some(n) => Ok(n),
+                    None => self.start_node(&saved).await,
+                };
+                let (node, joined) = match node {
+                    Ok(n) => {
+                        let r = self.join_node(&saved, &n).await;
+                        (Some(n), r)
+                    }
+                    Err(e) => (None, Err(e)),
+                };
+                let mut cur = self.current.lock().await;
+                if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(mut n) = node {
                         n.stop();
                     }
-                }
-                return;
-            }
-            match joined {
-                Ok(node) => {
-                    let ip = node
-                        .cli()
-                        .status()
-                        .await
-                        .ok()
-                        .and_then(|st| st.ipv4())
-                        .map(|i| i.to_string());
-                    let mut saved = saved;
-                    if let Some(url) = self.orchestrator_url(ip.as_deref()) {
-                        saved.orchestrator_url = Some(url);
-                    }
-                    if let Err(e) = self.publish(&saved, Some(&node)) {
-                        tracing::warn!(error = %e, "the saved mesh is unusable");
-                    }
-                    let _ = self.save(&saved);
-                    cur.node_dir = Some(self.cfg.dir().join(node_dir_name(&saved.login_server)));
-                    cur.saved = Some(saved);
-                    cur.node = Some(node);
-                    cur.error = None;
-                    tracing::info!("the orchestrator's node is back on the tailnet");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "the orchestrator's node cannot join the tailnet yet");
-                    cur.error = Some(e.to_string());
+                if let Some(n) = &node {
+                    // Its proxy works as soon as it runs; it reaches the tailnet once joined.
+                    self.dialer.set(Some(Arc::new(n.dialer())));
+                    cur.node_dir = Some(self.cfg.dir().join(node_dir_name(&saved.login_server)));
+                }
+                match joined {
+                    Ok(()) => {
+                        let ip = match &node {
+                            Some(n) => n
+                                .cli()
+                                .status()
+                                .await
+                                .ok()
+                                .and_then(|st| st.ipv4())
+                                .map(|i| i.to_string()),
+                            None => None,
+                        };
+                        let mut saved = saved;
+                        if let Some(url) = self.orchestrator_url(ip.as_deref()) {
+                            saved.orchestrator_url = Some(url);
+                        }
+                        if let Err(e) = self.publish(&saved, node.as_ref()) {
+                            tracing::warn!(error = %e, "the saved mesh is unusable");
+                        }
+                        if let Err(e) = self.save(&saved) {
+                            tracing::warn!(error = %e, "the mesh could not be saved");
+                        }
+                        cur.saved = Some(saved);
+                        cur.node = node;
+                        cur.error = None;
+                        tracing::info!("the orchestrator's node is back on the tailnet");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "the orchestrator's node cannot join the tailnet yet");
+                        cur.node = node;
+                        cur.error = Some(e.to_string());
+                    }
                 }
             }
-            drop(cur);
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(60));
         }
@@ -401,6 +425,8 @@ impl RuntimeMesh {
 
     /// Stops the orchestrator's node (its login state stays for the next start).
     pub async fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut cur = self.current.lock().await;
         self.dialer.set(None);
         if let Some(mut n) = cur.node.take() {
@@ -489,6 +515,7 @@ impl MeshControl for RuntimeMesh {
                 .unwrap_or_else(|| DEFAULT_ORCHESTRATOR_HOSTNAME.into()),
             orchestrator_url: None,
         };
+        let _nodes = self.node_lock.lock().await;
         // Invalid settings fail before anything runs, then Headscale must take the API key.
         self.keys(&saved)?;
         let client = HeadscaleClient::new(&saved.headscale_url, Secret::new(saved.api_key.clone()))
@@ -499,16 +526,26 @@ impl MeshControl for RuntimeMesh {
             .map_err(|e| failed("headscale", e))?;
         let mut cur = self.current.lock().await;
         let dir = self.cfg.dir().join(node_dir_name(&saved.login_server));
-        // The node of the same login server is reused; another one is left as it is until the
-        // new one has joined.
-        let same = cur.node_dir.as_deref() == Some(dir.as_path());
-        let reuse = if same { cur.node.take() } else { None };
-        let node = match self.join(&saved, reuse).await {
+        // The node of the same login server is reused (and kept if the join fails); another
+        // one is left as it is until the new one has joined.
+        let same = cur.node.is_some() && cur.node_dir.as_deref() == Some(dir.as_path());
+        let joined = match (&cur.node, same) {
+            (Some(n), true) => self.join_node(&saved, n).await.map(|()| None),
+            _ => self.join(&saved).await.map(Some),
+        };
+        let new_node = match joined {
             Ok(n) => n,
             Err(e) => {
                 cur.error = Some(e.to_string());
                 return Err(e);
             }
+        };
+        let node = match new_node {
+            Some(n) => n,
+            None => match cur.node.take() {
+                Some(n) => n,
+                None => return Err(failed("join", "the orchestrator's node went away")),
+            },
         };
         let ip = node
             .cli()
@@ -538,6 +575,7 @@ impl MeshControl for RuntimeMesh {
         if self.flags.is_some() {
             return Err(MeshControlError::FromFlags);
         }
+        let _nodes = self.node_lock.lock().await;
         let mut cur = self.current.lock().await;
         (self.sink)(None);
         self.dialer.set(None);
