@@ -15,8 +15,9 @@
 //! 4. The agent's node joins with that key and registers at the orchestrator's tailnet URL
 //!    through it; the orchestrator opens its editor over the tailnet through its own node (no
 //!    port-forward).
-//! 5. After a restart the mesh is still set (kept 0600 in the state dir); `DELETE /mesh`
-//!    removes it.
+//! 5. After a restart the mesh is still set (kept 0600 in the state dir); the dashboard's
+//!    create flow run again (its Headscale lives in the dashboard's process) finds the
+//!    orchestrator's node at the same address; `DELETE /mesh` removes the mesh and the node.
 //!
 //! The API key is in no reply and no log.
 
@@ -299,7 +300,10 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
     assert_eq!(refused.status(), Some(502), "{refused}");
     assert!(!refused.to_string().contains(wrong), "{refused}");
     let still = client.mesh().await.expect("GET /mesh");
-    assert!(still.joined && still.tailnet_ips == st.tailnet_ips, "{still:?}");
+    assert!(
+        still.joined && still.tailnet_ips == st.tailnet_ips,
+        "{still:?}"
+    );
     // The CLI shows it too.
     let shown = process::run(
         Path::new(env!("CARGO_BIN_EXE_guildnet")),
@@ -459,9 +463,46 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
     assert!(st.configured, "{st:?}");
     assert_eq!(st.source.as_deref(), Some("api"));
     assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()));
+    // Running the dashboard's create flow again (what brings its Headscale back after a
+    // restart) hands the mesh over again: the orchestrator's node is the same (same address).
+    let login = reqwest::Client::new()
+        .post(format!("{dash_url}/api/login"))
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    let session = login.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_owned();
+    let again = setup_stream(
+        &dash_url,
+        &session,
+        json!({"mode": "create", "hostname": "dash-node", "serverUrl": server_url,
+               "listenAddr": format!("127.0.0.1:{hs_port}")}),
+    )
+    .await;
+    let (_, done, _) = again.last().cloned().expect("events");
+    assert_eq!(done["ok"], true, "{again:?}");
+    let st = eventually("joined again", Duration::from_secs(60), || async {
+        let st = client.mesh().await.ok()?;
+        st.joined.then_some(st)
+    })
+    .await;
+    assert!(st.tailnet_ips.contains(&orch_ip), "{st:?}");
+    assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()));
+    // DELETE: the node leaves Headscale, the setting goes.
     let cleared = client.delete_mesh().await.expect("DELETE /mesh");
     assert!(!cleared.configured, "{cleared:?}");
     assert!(!mesh_file.exists(), "mesh.json removed");
+    let nodes = hs.list_nodes(None).await.expect("nodes");
+    assert!(
+        !nodes.iter().any(|n| n.name == "guildnet-orchestrator"),
+        "{nodes:?}"
+    );
     drop(up);
 
     for log in ["up.log", "up2.log"] {
