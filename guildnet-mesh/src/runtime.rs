@@ -524,29 +524,41 @@ impl MeshControl for RuntimeMesh {
             .ensure_user(&saved.user)
             .await
             .map_err(|e| failed("headscale", e))?;
-        let mut cur = self.current.lock().await;
         let dir = self.cfg.dir().join(node_dir_name(&saved.login_server));
-        // The node of the same login server is reused (and kept if the join fails); another
-        // one is left as it is until the new one has joined.
-        let same = cur.node.is_some() && cur.node_dir.as_deref() == Some(dir.as_path());
-        let joined = match (&cur.node, same) {
-            (Some(n), true) => self.join_node(&saved, n).await.map(|()| None),
-            _ => self.join(&saved).await.map(Some),
+        // The node of the same login server is reused (and put back if the join fails);
+        // another one is left as it is until the new one has joined. The join runs without the
+        // state lock, so `GET /mesh` answers meanwhile (the node lock keeps other changes out).
+        let reused = {
+            let mut cur = self.current.lock().await;
+            if cur.node.is_some() && cur.node_dir.as_deref() == Some(dir.as_path()) {
+                cur.node.take()
+            } else {
+                None
+            }
         };
-        let new_node = match joined {
+        let joined = match reused {
+            Some(n) => match self.join_node(&saved, &n).await {
+                Ok(()) => Ok(n),
+                Err(e) => Err((e, Some(n))),
+            },
+            None => self.join(&saved).await.map_err(|e| (e, None)),
+        };
+        let mut cur = self.current.lock().await;
+        let node = match joined {
             Ok(n) => n,
-            Err(e) => {
+            Err((e, back)) => {
+                if back.is_some() {
+                    cur.node = back;
+                }
                 cur.error = Some(e.to_string());
                 return Err(e);
             }
         };
-        let node = match new_node {
-            Some(n) => n,
-            None => match cur.node.take() {
-                Some(n) => n,
-                None => return Err(failed("join", "the orchestrator's node went away")),
-            },
-        };
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut node = node;
+            node.stop();
+            return Err(failed("join", "the orchestrator is stopping"));
+        }
         let ip = node
             .cli()
             .status()
