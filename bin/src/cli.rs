@@ -8,7 +8,7 @@ mod view;
 
 use clap::{CommandFactory, Parser};
 use futures_util::StreamExt;
-use guildnet_bin::cli_args::{Cli, Cmd, OrgCmd, Output, PoolCmd};
+use guildnet_bin::cli_args::{Cli, Cmd, MeshCmd, OrgCmd, Output, PoolCmd};
 use guildnet_bin::{init_tracing, run_up, shutdown_signal};
 use guildnet_core::api::{ScheduleRequest, TaskListQuery};
 use guildnet_core::client::{LogFollow, OrchestratorClient};
@@ -422,6 +422,14 @@ async fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 println!("task {} {}", t.id, t.status);
             }
         }
+        Cmd::Mesh { cmd: MeshCmd::Show } => {
+            let m = client.mesh().await?;
+            if cli.json {
+                print_json(&m)?;
+            } else {
+                print!("{}", mesh_view(&m));
+            }
+        }
         Cmd::Disk => {
             let d = client.disk().await?;
             if cli.json {
@@ -539,4 +547,44 @@ async fn follow_bootstrap(
         }
     }
     anyhow::bail!("the bootstrap stream ended without a result; GET /orgs/<org>/bootstrap tells where it stands")
+}
+
+/// `guildnet mesh show` as text.
+fn mesh_view(m: &guildnet_core::api::MeshStatus) -> String {
+    if !m.available {
+        return "mesh: not available (the orchestrator runs agents on its own machine)\n".into();
+    }
+    if !m.configured {
+        return "mesh: none (agents run off the tailnet); set one in the dashboard or with PUT /mesh\n"
+            .into();
+    }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "mesh: {} (from {})\nlogin server: {}\nagents' user: {}{}\n",
+        dash(&m.headscale_url),
+        dash(&m.source),
+        dash(&m.login_server),
+        dash(&m.user),
+        if m.tags.is_empty() {
+            String::new()
+        } else {
+            format!(", tags {}", m.tags.join(","))
+        }
+    );
+    if m.source.as_deref() == Some("api") {
+        out.push_str(&format!(
+            "orchestrator node: {} {} {}\n",
+            dash(&m.hostname),
+            if m.joined { "joined at" } else { "not joined" },
+            m.tailnet_ips.join(", ")
+        ));
+        out.push_str(&format!(
+            "agents reach it at: {}\n",
+            dash(&m.orchestrator_url)
+        ));
+        if let Some(e) = &m.error {
+            out.push_str(&format!("last error: {e}\n"));
+        }
+    }
+    out
 }

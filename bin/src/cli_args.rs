@@ -79,6 +79,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: PoolCmd,
     },
+    /// The tailnet the orchestrator puts Kubernetes agents on (set by the dashboard's mesh
+    /// setup, PUT /mesh, or the orchestrator's --mesh-* flags; see docs/MESH.md).
+    Mesh {
+        #[command(subcommand)]
+        cmd: MeshCmd,
+    },
     /// Schedule a task.
     Schedule {
         /// Org whose cluster runs it.
@@ -184,6 +190,12 @@ pub enum Cmd {
     },
     /// Show the client's and the orchestrator's versions.
     Version,
+}
+
+#[derive(Subcommand)]
+pub enum MeshCmd {
+    /// Show the mesh and whether the orchestrator's own node is on it (never the API key).
+    Show,
 }
 
 #[derive(Subcommand)]

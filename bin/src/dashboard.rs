@@ -105,15 +105,12 @@ async fn main() -> anyhow::Result<()> {
         .operator_mesh_sidecar_image
         .filter(|i| !i.trim().is_empty());
     cfg.operator_install.mesh_plain_http_derp = cli.operator_mesh_plain_http_derp;
-    cfg.setup_flow = Some(guildnet_bin::mesh_setup(paths.root()));
-    let dash = Dashboard::bind(
-        cfg,
-        OrchestratorHandle {
-            url: cli.orchestrator_url,
-            token: Secret::new(token),
-        },
-    )
-    .await?;
+    let handle = OrchestratorHandle {
+        url: cli.orchestrator_url,
+        token: Secret::new(token),
+    };
+    cfg.setup_flow = Some(guildnet_bin::mesh_setup(paths.root(), &handle)?);
+    let dash = Dashboard::bind(cfg, handle).await?;
     guildnet_bin::print_dashboard_login(&dash, cli.login_link);
     dash.serve(shutdown_signal()).await?;
     Ok(())

@@ -204,6 +204,18 @@ impl OrchestratorArgs {
 
     /// Converts flags to launch options.
     pub fn to_options(&self) -> anyhow::Result<LocalOptions> {
+        Ok(self.to_options_and_mesh()?.0)
+    }
+
+    /// Converts flags to launch options, with the runtime mesh (`/mesh`) of the Kubernetes
+    /// backend: the caller tells it the listen port, restores it and stops it at the end
+    /// ([`run_orchestrator`] and [`run_up`] do).
+    pub fn to_options_and_mesh(
+        &self,
+    ) -> anyhow::Result<(
+        LocalOptions,
+        Option<Arc<guildnet_mesh::runtime::RuntimeMesh>>,
+    )> {
         if self.heartbeat_secs == 0 || self.lease_ttl_secs <= self.heartbeat_secs {
             anyhow::bail!(
                 "--lease-ttl-secs ({}) must be greater than --heartbeat-secs ({}), which must be > 0",
@@ -237,11 +249,16 @@ impl OrchestratorArgs {
         }
         o.frame_ancestors = self.frame_ancestors.clone();
         o.editors.trust_advertised = self.trust_advertised_editors;
-        if let Some(socks) = self.tailnet_socks5 {
-            o.editors.dialer = Some(Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(
-                socks,
-            )));
-        }
+        // The tailnet dialer: the node of --tailnet-socks5, else the orchestrator's own node
+        // once a mesh is set through the API (PUT /mesh).
+        let swappable = Arc::new(guildnet_core::proxy::SwappableDialer::new(
+            self.tailnet_socks5.map(|socks| {
+                Arc::new(guildnet_mesh::tailscale::TailnetDialer::new(socks))
+                    as Arc<dyn guildnet_core::proxy::Dialer>
+            }),
+        ));
+        o.editors.dialer = Some(swappable.clone());
+        let mut runtime_mesh = None;
         let paths = match &self.state_dir {
             Some(d) => StatePaths::new(d.clone()),
             None => StatePaths::resolve()?,
@@ -259,14 +276,22 @@ impl OrchestratorArgs {
                 Some(d) => StatePaths::new(d.clone()),
                 None => StatePaths::resolve()?,
             };
-            let mut cfg = KubeBackendConfig::new(paths);
+            let mut cfg = KubeBackendConfig::new(paths.clone());
             cfg.namespace = self.namespace.clone();
             if let Some(image) = &self.agent_image {
                 cfg.image = image.clone();
             }
             cfg.start_deadline = (self.agent_start_deadline_secs > 0)
                 .then(|| Duration::from_secs(self.agent_start_deadline_secs));
-            cfg.mesh = self.mesh.kube_mesh()?;
+            cfg.mesh = guildnet_kube::backend_mesh::MeshSlot::new(self.mesh.kube_mesh()?);
+            let rm = Arc::new(self.mesh.runtime_mesh(
+                paths.root(),
+                cfg.mesh.clone(),
+                swappable,
+                self.tailnet_socks5.is_some(),
+            ));
+            o.mesh = Some(guildnet_core::launch::MeshOverride(rm.clone()));
+            runtime_mesh = Some(rm);
             cfg.in_cluster = self.kube_in_cluster;
             o.backend = Some(BackendOverride(Arc::new(KubeBackend::new(cfg))));
         } else if self.mesh.enabled() {
@@ -274,7 +299,7 @@ impl OrchestratorArgs {
         } else if self.kube_in_cluster {
             anyhow::bail!("--kube-in-cluster needs --backend kubernetes");
         }
-        Ok(o)
+        Ok((o, runtime_mesh))
     }
 }
 
@@ -373,19 +398,30 @@ pub struct UpDashboardArgs {
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
 /// from `GUILDNET_HEADSCALE`, `GUILDNET_TAILSCALED`, `GUILDNET_TAILSCALE`, else from `PATH`.
-pub fn mesh_setup(state_dir: &std::path::Path) -> guildnet_dashboard::flows::SharedSetup {
+/// Each mesh set up is handed to `orchestrator` (`PUT /mesh`).
+pub fn mesh_setup(
+    state_dir: &std::path::Path,
+    orchestrator: &guildnet_dashboard::OrchestratorHandle,
+) -> anyhow::Result<guildnet_dashboard::flows::SharedSetup> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    Arc::new(guildnet_dashboard::mesh::MeshSetup::new(
-        state_dir,
-        guildnet_dashboard::mesh::MeshBinaries {
-            headscale: env("GUILDNET_HEADSCALE"),
-            tailscaled: env("GUILDNET_TAILSCALED"),
-            tailscale: env("GUILDNET_TAILSCALE"),
-        },
+    let client = guildnet_core::client::OrchestratorClient::new(
+        &orchestrator.url,
+        orchestrator.token.clone(),
+    )?;
+    Ok(Arc::new(
+        guildnet_dashboard::mesh::MeshSetup::new(
+            state_dir,
+            guildnet_dashboard::mesh::MeshBinaries {
+                headscale: env("GUILDNET_HEADSCALE"),
+                tailscaled: env("GUILDNET_TAILSCALED"),
+                tailscale: env("GUILDNET_TAILSCALE"),
+            },
+        )
+        .with_orchestrator(client),
     ))
 }
 
@@ -449,8 +485,10 @@ pub async fn run_up(
         (None, None) => "Runner: none (tasks fail until you pass --runner)".to_owned(),
     };
     let orgs: Vec<String> = args.orgs.iter().map(|o| o.to_string()).collect();
-    let started = start_local(args.to_options()?).await?;
+    let (opts, mesh) = args.to_options_and_mesh()?;
+    let started = start_local(opts).await?;
     announce_orchestrator(&started);
+    restore_mesh(mesh.as_ref(), &started).await;
     println!("{runner_line}");
     println!("Orgs: {}", orgs.join(", "));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -469,11 +507,11 @@ pub async fn run_up(
         cfg.tls = dash.dashboard_tls;
         cfg.editor_listen = dash.dashboard_editor_listen;
         cfg.editor_url = dash.dashboard_editor_url;
-        cfg.setup_flow = Some(mesh_setup(started.paths.root()));
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),
             token: started.app.orchestrator.config().admin_token.clone(),
         };
+        cfg.setup_flow = Some(mesh_setup(started.paths.root(), &handle)?);
         let d = Dashboard::bind(cfg, handle).await?;
         print_dashboard_login(&d, dash.login_link);
         if let Some(org) = orgs.first() {
@@ -490,11 +528,26 @@ pub async fn run_up(
     });
     shutdown.await;
     let _ = stop_tx.send(true);
-    orchestrator.await??;
+    let served = orchestrator.await;
+    if let Some(m) = &mesh {
+        m.stop().await;
+    }
+    served??;
     if let Some(d) = dashboard {
         d.await??;
     }
     Ok(())
+}
+
+/// Tells the runtime mesh where the orchestrator listens and puts a saved mesh back.
+async fn restore_mesh(
+    mesh: Option<&Arc<guildnet_mesh::runtime::RuntimeMesh>>,
+    started: &guildnet_core::launch::LocalOrchestrator,
+) {
+    if let Some(m) = mesh {
+        m.set_listen_port(started.addr.port());
+        m.restore().await;
+    }
 }
 
 fn announce_orchestrator(started: &guildnet_core::launch::LocalOrchestrator) {
@@ -530,10 +583,17 @@ pub async fn run_orchestrator(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = args.server_options()?;
-    let started = start_local(args.to_options()?).await?;
+    let (opts, mesh) = args.to_options_and_mesh()?;
+    let started = start_local(opts).await?;
     announce_orchestrator(&started);
-    guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, shutdown)
-        .await?;
+    restore_mesh(mesh.as_ref(), &started).await;
+    let served =
+        guildnet_core::orchestrator::serve_with(started.listener, started.app, &server, shutdown)
+            .await;
+    if let Some(m) = &mesh {
+        m.stop().await;
+    }
+    served?;
     Ok(())
 }
 

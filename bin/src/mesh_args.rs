@@ -99,6 +99,66 @@ impl MeshArgs {
     }
 }
 
+impl MeshArgs {
+    /// The mesh behind `/mesh`: the flags' mesh (reported, changes refused) when
+    /// `--mesh-headscale-url` is set, else one set through the API, whose agents go into
+    /// `slot` and whose node's SOCKS5 proxy goes into `dialer` (unless `--tailnet-socks5`
+    /// already names a node: then it stays). `tailscaled` and `tailscale` come from
+    /// `GUILDNET_TAILSCALED` and `GUILDNET_TAILSCALE`, else from `PATH`.
+    pub fn runtime_mesh(
+        &self,
+        state_dir: &std::path::Path,
+        slot: guildnet_kube::backend_mesh::MeshSlot,
+        dialer: Arc<guildnet_core::proxy::SwappableDialer>,
+        socks5_flag: bool,
+    ) -> guildnet_mesh::runtime::RuntimeMesh {
+        use guildnet_mesh::runtime::{FlagsMesh, RuntimeMesh, RuntimeMeshConfig};
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let mut cfg = RuntimeMeshConfig::new(state_dir);
+        cfg.tailscaled_bin = env("GUILDNET_TAILSCALED");
+        cfg.tailscale_bin = env("GUILDNET_TAILSCALE");
+        cfg.agent_key_validity = Duration::from_secs(self.mesh_key_ttl_secs.max(60));
+        if let Some(url) = &self.mesh_headscale_url {
+            return RuntimeMesh::from_flags(
+                cfg,
+                FlagsMesh {
+                    headscale_url: url.clone(),
+                    login_server: self
+                        .mesh_login_server
+                        .clone()
+                        .unwrap_or_else(|| url.clone()),
+                    user: self.mesh_user.clone(),
+                    tags: self.mesh_tags.clone(),
+                },
+            );
+        }
+        // With --tailnet-socks5 the editor proxy keeps that node; the API's mesh then only
+        // changes which Headscale agents join.
+        let node_dialer = if socks5_flag {
+            Arc::new(guildnet_core::proxy::SwappableDialer::default())
+        } else {
+            dialer
+        };
+        let allow_off_mesh = self.mesh_allow_off_mesh;
+        RuntimeMesh::new(
+            cfg,
+            node_dialer,
+            Arc::new(move |handoff| {
+                slot.set(handoff.map(|h| {
+                    let mut m = KubeMesh::new(h.keys);
+                    m.allow_off_mesh = allow_off_mesh;
+                    m.orchestrator_url = h.orchestrator_url;
+                    m
+                }))
+            }),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

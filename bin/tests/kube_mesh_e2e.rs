@@ -205,6 +205,22 @@ async fn an_agent_joins_the_tailnet_claims_over_it_and_its_node_goes_at_task_end
         client.health().await.ok()
     })
     .await;
+    // The flags set the mesh: GET /mesh says so, and they win over PUT /mesh.
+    let shown = client.mesh().await.expect("GET /mesh");
+    assert_eq!(shown.source.as_deref(), Some("flags"), "{shown:?}");
+    assert_eq!(shown.headscale_url.as_deref(), Some(created.url()));
+    let refused = client
+        .set_mesh(&guildnet_core::api::MeshRequest {
+            headscale_url: created.url().to_owned(),
+            login_server: None,
+            api_key: hs.api_key().expose().to_owned(),
+            user: None,
+            tags: Vec::new(),
+            hostname: None,
+        })
+        .await
+        .expect_err("the flags win");
+    assert_eq!(refused.status(), Some(409), "{refused}");
     let release = dir.path().join("release");
     let task = client
         .schedule(

@@ -518,3 +518,189 @@ pub struct DiskUsage {
     /// Finished tasks older than this many seconds are removed (absent: kept forever).
     pub retention_secs: Option<u64>,
 }
+
+/// `PUT /mesh`: the tailnet this orchestrator puts Kubernetes agents on, set at run time (the
+/// dashboard's mesh setup hands its mesh over with it). The orchestrator's host joins it too
+/// (a userspace tailscaled under its state dir) and reaches agents' editors through that node.
+/// Its `Debug` never shows the API key.
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshRequest {
+    /// Headscale's URL as the orchestrator reaches its REST API (`http(s)://host:port`).
+    pub headscale_url: String,
+    /// The URL nodes (agent pods, the orchestrator's node) log in to (default: `headscaleUrl`),
+    /// e.g. when the orchestrator reaches Headscale on loopback but pods reach it at the node IP.
+    #[serde(default)]
+    pub login_server: Option<String>,
+    /// A Headscale API key (`headscale apikeys create`). A secret: stored 0600 in the state
+    /// dir, never in a reply, a log line or an error.
+    pub api_key: String,
+    /// The Headscale user owning agent nodes and the orchestrator's node (default
+    /// `guildnet-agents`; created if missing).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// ACL tags (`tag:NAME`) for agent nodes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The orchestrator's host name on the tailnet (default `guildnet-orchestrator`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+impl std::fmt::Debug for MeshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRequest")
+            .field("headscale_url", &self.headscale_url)
+            .field("login_server", &self.login_server)
+            .field("api_key", &"<redacted>")
+            .field("user", &self.user)
+            .field("tags", &self.tags)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
+}
+
+/// The most bytes of a [`MeshRequest`] URL.
+const MAX_MESH_URL: usize = 2048;
+
+fn mesh_url_problem(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return Some("is required".into());
+    }
+    if url.len() > MAX_MESH_URL {
+        return Some(format!("longer than {MAX_MESH_URL} bytes"));
+    }
+    match reqwest::Url::parse(url) {
+        Err(e) => Some(format!("not a URL ({e})")),
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => {
+            Some("must be an http:// or https:// URL".into())
+        }
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("has no host".into()),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Some("must not carry credentials (pass the API key as apiKey)".into())
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            Some("must not have a query or fragment".into())
+        }
+        Ok(_) => None,
+    }
+}
+
+/// A DNS label: 1-63 lower-case letters, digits and '-', not starting or ending with '-'.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl MeshRequest {
+    /// Checks every field; the error names the field (`headscaleUrl`, `loginServer`, `apiKey`,
+    /// `user`, `tags[N]`, `hostname`) and never quotes the API key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: &str, why: String| Err((f.to_owned(), format!("{f}: {why}")));
+        if let Some(why) = mesh_url_problem(self.headscale_url.trim()) {
+            return bad("headscaleUrl", why);
+        }
+        if let Some(l) = &self.login_server {
+            if let Some(why) = mesh_url_problem(l.trim()) {
+                return bad("loginServer", why);
+            }
+        }
+        let k = &self.api_key;
+        if k.trim().is_empty() {
+            return bad("apiKey", "is required".into());
+        }
+        if k.len() > 512 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad(
+                "apiKey",
+                "must be one token of at most 512 characters without spaces".into(),
+            );
+        }
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 63
+                && u.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '@'
+                });
+            if !ok {
+                return bad(
+                    "user",
+                    "1-63 letters, digits, '-', '_', '.' or '@' (a Headscale user name)".into(),
+                );
+            }
+        }
+        if self.tags.len() > 32 {
+            return bad("tags", "at most 32 tags".into());
+        }
+        for (i, t) in self.tags.iter().enumerate() {
+            let ok = t.strip_prefix("tag:").is_some_and(|n| {
+                !n.is_empty()
+                    && n.len() <= 63
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+            if !ok {
+                return bad(
+                    &format!("tags[{i}]"),
+                    "not a tag (tag:<letters, digits, '-', '_'>)".into(),
+                );
+            }
+        }
+        if let Some(h) = &self.hostname {
+            if !dns_label(h) {
+                return bad(
+                    "hostname",
+                    "a DNS label: 1-63 lower-case letters, digits and '-'".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /mesh`, and the reply of `PUT` and `DELETE /mesh`: the tailnet agents of the
+/// Kubernetes backend are put on, and this orchestrator's own node on it. Never the API key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// Whether this orchestrator can put agents on a mesh (the Kubernetes backend).
+    pub available: bool,
+    /// Whether a mesh is configured.
+    pub configured: bool,
+    /// Where it comes from: `flags` (start-up flags, which win: `PUT` and `DELETE` are refused)
+    /// or `api` (`PUT /mesh`, kept across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Headscale's API URL (without credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headscale_url: Option<String>,
+    /// The URL nodes log in to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_server: Option<String>,
+    /// The Headscale user of agent nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// ACL tags of agent nodes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The orchestrator's host name on the tailnet (a mesh set through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Whether the orchestrator's own node is on the tailnet now (a mesh set through the API;
+    /// with start-up flags, the node of `--tailnet-socks5` is not looked at: false).
+    pub joined: bool,
+    /// The orchestrator node's tailnet addresses.
+    #[serde(default)]
+    pub tailnet_ips: Vec<String>,
+    /// The URL agents on the tailnet reach the orchestrator at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator_url: Option<String>,
+    /// Why the node is not joined (yet), when known (no secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

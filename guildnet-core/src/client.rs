@@ -340,6 +340,34 @@ impl OrchestratorClient {
             .await
     }
 
+    /// `GET /mesh`: the tailnet agents go on (never the API key).
+    pub async fn mesh(&self) -> Result<crate::api::MeshStatus, ClientError> {
+        self.http.get("/mesh").await
+    }
+
+    /// `PUT /mesh`: hands a mesh to the orchestrator (its host joins it; new agents go on it).
+    pub async fn set_mesh(
+        &self,
+        req: &crate::api::MeshRequest,
+    ) -> Result<crate::api::MeshStatus, ClientError> {
+        // Joining the tailnet can take longer than the default request timeout.
+        self.http
+            .send(
+                self.http
+                    .request(Method::PUT, "/mesh")
+                    .timeout(Duration::from_secs(120))
+                    .json(req),
+            )
+            .await
+    }
+
+    /// `DELETE /mesh`: removes the mesh.
+    pub async fn delete_mesh(&self) -> Result<crate::api::MeshStatus, ClientError> {
+        self.http
+            .send(self.http.request(Method::DELETE, "/mesh"))
+            .await
+    }
+
     /// `GET /orgs`.
     pub async fn orgs(&self) -> Result<Vec<Org>, ClientError> {
         self.http.get("/orgs").await

@@ -166,6 +166,19 @@ pub struct LocalOptions {
     pub frame_ancestors: Vec<String>,
     /// Org cluster bootstrap behind `POST /orgs/bootstrap` (e.g. guildnet-talos).
     pub bootstrap: Option<BootstrapOverride>,
+    /// The mesh behind `/mesh` (e.g. guildnet-mesh's `RuntimeMesh` with the Kubernetes
+    /// backend); without it `PUT /mesh` answers 503.
+    pub mesh: Option<MeshOverride>,
+}
+
+/// A mesh control chosen by the caller (see [`LocalOptions::mesh`]).
+#[derive(Clone)]
+pub struct MeshOverride(pub Arc<dyn crate::seams::MeshControl>);
+
+impl std::fmt::Debug for MeshOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshOverride")
+    }
 }
 
 /// A cluster bootstrap chosen by the caller (see [`LocalOptions::bootstrap`]).
@@ -209,6 +222,7 @@ impl LocalOptions {
             agent_user: Default::default(),
             frame_ancestors: Vec::new(),
             bootstrap: None,
+            mesh: None,
         }
     }
 }
@@ -336,6 +350,9 @@ pub async fn start_local(opts: LocalOptions) -> Result<LocalOrchestrator, Launch
     let mut orchestrator = Orchestrator::builder(store, backend, cfg);
     if let Some(b) = &opts.bootstrap {
         orchestrator = orchestrator.bootstrap(b.0.clone());
+    }
+    if let Some(m) = &opts.mesh {
+        orchestrator = orchestrator.mesh(m.0.clone());
     }
     let app = App::new(orchestrator.build(), editors);
     Ok(LocalOrchestrator {

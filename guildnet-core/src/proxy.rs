@@ -110,6 +110,59 @@ pub struct Upstream {
 pub trait Dialer: Send + Sync + std::fmt::Debug {
     /// A TCP stream to `host:port`.
     async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream>;
+    /// Whether it can dial now ([`SwappableDialer`]: only while it holds a dialer).
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// A [`Dialer`] that can be replaced while the proxy runs: the tailnet dialer of a mesh set at
+/// run time (`PUT /mesh`), through the orchestrator's own node. Empty, it is not
+/// [`Dialer::ready`] and refuses to dial.
+#[derive(Debug, Default)]
+pub struct SwappableDialer {
+    current: std::sync::RwLock<Option<Arc<dyn Dialer>>>,
+}
+
+impl SwappableDialer {
+    /// Starts with `dialer` (or none).
+    pub fn new(dialer: Option<Arc<dyn Dialer>>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(dialer),
+        }
+    }
+
+    /// Replaces the dialer (`None`: no tailnet); connections already open are kept.
+    pub fn set(&self, dialer: Option<Arc<dyn Dialer>>) {
+        match self.current.write() {
+            Ok(mut g) => *g = dialer,
+            Err(p) => *p.into_inner() = dialer,
+        }
+    }
+
+    fn get(&self) -> Option<Arc<dyn Dialer>> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Dialer for SwappableDialer {
+    async fn dial(&self, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        match self.get() {
+            Some(d) => d.dial(host, port).await,
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "this orchestrator is not on a tailnet (no mesh set)",
+            )),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.get().is_some_and(|d| d.ready())
+    }
 }
 
 /// Errors of a forward, mapped to 502/504 by the callers.

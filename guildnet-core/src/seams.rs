@@ -380,6 +380,49 @@ pub struct BootstrapOutcome {
     pub talosconfig: PathBuf,
 }
 
+/// Why a [`MeshControl`] refused or failed a change of the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshControlError {
+    /// A field is invalid (422, naming the field).
+    #[error("{reason}")]
+    Invalid {
+        /// The request field (`headscaleUrl`, `apiKey`, `tags[0]`...).
+        field: String,
+        /// Why (never quoting the API key).
+        reason: String,
+    },
+    /// The mesh comes from the start-up flags, which win (409).
+    #[error("the mesh is set by the orchestrator's start-up flags (--mesh-headscale-url): remove them to manage it through the API")]
+    FromFlags,
+    /// Headscale or the orchestrator's node refused or could not be reached (502); nothing
+    /// was changed.
+    #[error("{step}: {reason}")]
+    Failed {
+        /// What failed (`headscale`, `join`, `store`).
+        step: &'static str,
+        /// Why (no secrets).
+        reason: String,
+    },
+}
+
+/// The mesh of a running orchestrator, changed through `PUT` and `DELETE /mesh` (issue 22):
+/// implemented by `guildnet_mesh::runtime::RuntimeMesh`, which joins the orchestrator's host
+/// to the tailnet, keeps the setting across restarts and hands the new mesh to the Kubernetes
+/// backend and the editor proxy's tailnet dialer.
+#[async_trait]
+pub trait MeshControl: Send + Sync {
+    /// The mesh now (never the API key).
+    async fn status(&self) -> crate::api::MeshStatus;
+    /// Sets the mesh (a validated request): the orchestrator's node joins it, new tasks'
+    /// agents go on it; tasks already running keep theirs. Nothing changes on failure.
+    async fn set(
+        &self,
+        req: crate::api::MeshRequest,
+    ) -> Result<crate::api::MeshStatus, MeshControlError>;
+    /// Removes the mesh: new agents run off the tailnet, the orchestrator's node leaves it.
+    async fn clear(&self) -> Result<crate::api::MeshStatus, MeshControlError>;
+}
+
 /// Brings an org's cluster into being (Talos first).
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]

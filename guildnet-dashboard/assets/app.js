@@ -139,8 +139,11 @@ $("setup-form").addEventListener("submit", async (ev) => {
   const body = connect
     ? { mode: "connect", hostname: $("setup-hostname").value.trim(), loginServer: $("setup-login-server").value.trim(), authKey: $("setup-auth-key").value.trim() }
     : { mode: "create", hostname: $("setup-hostname").value.trim(), serverUrl: $("setup-server-url").value.trim() };
+  if (connect && $("setup-api-key").value.trim()) body.apiKey = $("setup-api-key").value.trim();
+  if (!connect && $("setup-listen-addr").value.trim()) body.listenAddr = $("setup-listen-addr").value.trim();
   const ok = await runFlow("Setting up the network", "/api/setup/stream", body, "setup-error");
   $("setup-auth-key").value = "";
+  $("setup-api-key").value = "";
   if (ok) { $("progress-close").onclick = () => { show("progress-overlay", false); boot(); }; }
 });
 

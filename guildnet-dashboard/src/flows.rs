@@ -46,8 +46,12 @@ pub enum SetupRequest {
     Create {
         /// This machine's host name on the mesh.
         hostname: String,
-        /// URL the Headscale server will be reachable at.
+        /// URL the Headscale server will be reachable at (by this machine, the orchestrator
+        /// and agent pods: e.g. the node IP when pods reach the host there).
         server_url: String,
+        /// Where Headscale listens (default: loopback when `server_url`'s host is a loopback
+        /// address, else all interfaces, on `server_url`'s port).
+        listen_addr: Option<std::net::SocketAddr>,
     },
     /// Connect to an existing network.
     Connect {
@@ -57,6 +61,9 @@ pub enum SetupRequest {
         login_server: String,
         /// Pre-auth key (never logged or echoed).
         auth_key: Secret,
+        /// A Headscale API key, so the orchestrator can put agents on this mesh (mint a key per
+        /// task); without it, the mesh is not handed to the orchestrator. Never logged or echoed.
+        api_key: Option<Secret>,
     },
 }
 
@@ -75,6 +82,7 @@ impl SetupRequest {
             SetupRequest::Create {
                 hostname,
                 server_url,
+                ..
             } => json!({"mode": "create", "hostname": hostname, "server": server_url}),
             SetupRequest::Connect {
                 hostname,
@@ -226,6 +234,7 @@ mod tests {
                     SetupRequest::Create {
                         hostname: "h".into(),
                         server_url: "https://x".into(),
+                        listen_addr: None,
                     },
                     sender,
                 )

@@ -6,9 +6,15 @@
 //!
 //! The processes live as long as this value (the dashboard): both flows are idempotent, so a
 //! re-run after a restart reuses the stored settings, API key and node state.
+//!
+//! Both flows end by handing the mesh to the orchestrator (`PUT /mesh`, step `orchestrator`)
+//! when [`MeshSetup::with_orchestrator`] gave one: its host joins the tailnet and its
+//! Kubernetes agents go on it, with no restart and no flags. "connect" hands it over only
+//! with a Headscale API key (the orchestrator mints a key per agent).
 
 use crate::flows::{FlowFailure, FlowResult, Progress, ProgressSender, SetupFlow, SetupRequest};
 use async_trait::async_trait;
+use guildnet_core::client::OrchestratorClient;
 use guildnet_core::token::Secret;
 use guildnet_mesh::headscale::{HeadscaleProcess, HeadscaleSettings};
 use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions};
@@ -42,6 +48,7 @@ pub struct MeshSetup {
     bins: MeshBinaries,
     join_timeout: Duration,
     running: Mutex<Running>,
+    orchestrator: Option<OrchestratorClient>,
 }
 
 impl MeshSetup {
@@ -52,6 +59,84 @@ impl MeshSetup {
             bins,
             join_timeout: Duration::from_secs(60),
             running: Mutex::new(Running::default()),
+            orchestrator: None,
+        }
+    }
+
+    /// Hands each mesh set up to this orchestrator (`PUT /mesh`, admin token inside).
+    pub fn with_orchestrator(mut self, client: OrchestratorClient) -> Self {
+        self.orchestrator = Some(client);
+        self
+    }
+
+    /// The flow's last step: `PUT /mesh` on the orchestrator. A 503 (an orchestrator whose
+    /// agents run on its own machine) and a 409 (its start-up flags set the mesh) are reported
+    /// and skipped; any other refusal fails the step.
+    async fn hand_over(
+        &self,
+        headscale_url: &str,
+        api_key: Option<&Secret>,
+        events: &ProgressSender,
+    ) -> Result<Value, FlowFailure> {
+        const STEP: &str = "orchestrator";
+        events.step(STEP, "Hand the mesh to the orchestrator").await;
+        let Some(client) = &self.orchestrator else {
+            events
+                .step_done(STEP, Some("no orchestrator to hand it to".into()))
+                .await;
+            return Ok(json!({"handedOver": false}));
+        };
+        let Some(api_key) = api_key else {
+            events
+                .hint("Give a Headscale API key (headscale apikeys create) to put agents on this mesh.")
+                .await;
+            events
+                .step_done(STEP, Some("skipped: no Headscale API key given".into()))
+                .await;
+            return Ok(json!({"handedOver": false}));
+        };
+        let req = guildnet_core::api::MeshRequest {
+            headscale_url: headscale_url.to_owned(),
+            login_server: None,
+            api_key: api_key.expose().to_owned(),
+            user: None,
+            tags: Vec::new(),
+            hostname: None,
+        };
+        match client.set_mesh(&req).await {
+            Ok(st) => {
+                let detail = format!(
+                    "the orchestrator is on the tailnet as {} at {}",
+                    st.hostname.as_deref().unwrap_or("?"),
+                    st.tailnet_ips.join(", ")
+                );
+                events.step_done(STEP, Some(detail)).await;
+                Ok(json!({
+                    "handedOver": true,
+                    "hostname": st.hostname,
+                    "tailnetIps": st.tailnet_ips,
+                    "orchestratorUrl": st.orchestrator_url,
+                }))
+            }
+            Err(e) if matches!(e.status(), Some(503) | Some(409)) => {
+                events.log(Some(STEP), e.to_string()).await;
+                events
+                    .step_done(
+                        STEP,
+                        Some("skipped: the orchestrator keeps its own mesh setting".into()),
+                    )
+                    .await;
+                Ok(json!({"handedOver": false}))
+            }
+            Err(e) => {
+                events
+                    .hint("The mesh works on this machine; set it on the orchestrator later with PUT /mesh, or run the setup again.")
+                    .await;
+                Err(FlowFailure::at(
+                    STEP,
+                    format!("the orchestrator refused the mesh: {e}"),
+                ))
+            }
         }
     }
 
@@ -163,7 +248,10 @@ fn free_port() -> Result<u16, FlowFailure> {
 /// Headscale settings for `server_url`: it listens on loopback when the URL's host is a
 /// loopback address or `localhost`, on all interfaces otherwise; its other listeners (metrics,
 /// gRPC, STUN) take free loopback ports.
-pub fn settings_for(server_url: &str) -> Result<HeadscaleSettings, FlowFailure> {
+pub fn settings_for(
+    server_url: &str,
+    listen_addr: Option<SocketAddr>,
+) -> Result<HeadscaleSettings, FlowFailure> {
     let url = reqwest::Url::parse(server_url)
         .map_err(|e| FlowFailure::at("config", format!("serverUrl: {e}")))?;
     let port = url
@@ -178,7 +266,9 @@ pub fn settings_for(server_url: &str) -> Result<HeadscaleSettings, FlowFailure> 
             .is_ok_and(|ip| ip.is_loopback());
     let mut s = HeadscaleSettings::on_loopback(port, free_port()?, free_port()?, free_port()?);
     s.server_url = server_url.trim_end_matches('/').to_owned();
-    if !loopback {
+    if let Some(a) = listen_addr {
+        s.listen_addr = a;
+    } else if !loopback {
         s.listen_addr = SocketAddr::from(([0, 0, 0, 0], port));
     }
     s.validate()
@@ -194,16 +284,25 @@ impl SetupFlow for MeshSetup {
             SetupRequest::Create {
                 hostname,
                 server_url,
+                listen_addr,
             } => {
                 events
                     .begin(
                         "setup",
-                        &["config", "start", "apiKey", "user", "preauthKey", "join"],
+                        &[
+                            "config",
+                            "start",
+                            "apiKey",
+                            "user",
+                            "preauthKey",
+                            "join",
+                            "orchestrator",
+                        ],
                     )
                     .await;
                 let mut opts = CreateOptions::new(&self.state_dir);
                 opts.headscale_bin = self.bins.headscale.clone();
-                opts.settings = settings_for(&server_url)?;
+                opts.settings = settings_for(&server_url, listen_addr)?;
                 let (tx, rx) = mpsc::channel(64);
                 let relayed = tokio::spawn(relay(rx, events.clone()));
                 let created = setup::create(&opts, Some(tx)).await;
@@ -213,6 +312,7 @@ impl SetupFlow for MeshSetup {
                 })?;
                 let url = created.url().to_owned();
                 let key = created.preauth_key.key.clone();
+                let api_key = created.client.api_key().clone();
                 if let Some(server) = created.server {
                     running.headscale = Some(server);
                 }
@@ -222,14 +322,21 @@ impl SetupFlow for MeshSetup {
                 events
                     .hint("Headscale runs as long as the dashboard; mint keys for more nodes with `headscale preauthkeys create`.")
                     .await;
-                Ok(json!({"mode": "create", "headscaleUrl": url, "node": node}))
+                drop(running);
+                let orchestrator = self.hand_over(&url, Some(&api_key), &events).await?;
+                Ok(
+                    json!({"mode": "create", "headscaleUrl": url, "node": node, "orchestrator": orchestrator}),
+                )
             }
             SetupRequest::Connect {
                 hostname,
                 login_server,
                 auth_key,
+                api_key,
             } => {
-                events.begin("setup", &["validate", "probe", "join"]).await;
+                events
+                    .begin("setup", &["validate", "probe", "join", "orchestrator"])
+                    .await;
                 let creq = ConnectRequest {
                     headscale_url: login_server,
                     auth_key,
@@ -253,11 +360,16 @@ impl SetupFlow for MeshSetup {
                         &events,
                     )
                     .await?;
+                drop(running);
+                let orchestrator = self
+                    .hand_over(&valid.headscale_url, api_key.as_ref(), &events)
+                    .await?;
                 Ok(json!({
                     "mode": "connect",
                     "headscaleUrl": valid.headscale_url,
                     "serverVersion": probed.server_version,
                     "node": node,
+                    "orchestrator": orchestrator,
                 }))
             }
         }
@@ -270,12 +382,15 @@ mod tests {
 
     #[test]
     fn headscale_listens_on_loopback_unless_the_url_says_otherwise() {
-        let s = settings_for("http://127.0.0.1:41000").unwrap();
+        let s = settings_for("http://10.0.0.5:41000", Some(([10, 0, 0, 5], 41000).into())).unwrap();
+        assert_eq!(s.listen_addr, SocketAddr::from(([10, 0, 0, 5], 41000)));
+        assert_eq!(s.server_url, "http://10.0.0.5:41000");
+        let s = settings_for("http://127.0.0.1:41000", None).unwrap();
         assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 41000)));
         assert_eq!(s.server_url, "http://127.0.0.1:41000");
-        let s = settings_for("https://hs.example.com/").unwrap();
+        let s = settings_for("https://hs.example.com/", None).unwrap();
         assert_eq!(s.listen_addr, SocketAddr::from(([0, 0, 0, 0], 443)));
         assert_eq!(s.server_url, "https://hs.example.com");
-        assert!(settings_for("not a url").is_err());
+        assert!(settings_for("not a url", None).is_err());
     }
 }

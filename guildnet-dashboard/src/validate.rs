@@ -27,6 +27,13 @@ pub struct SetupBody {
     /// `connect`: the pre-auth key.
     #[serde(default)]
     pub auth_key: Option<String>,
+    /// `create`: where Headscale listens (`IP:port`, e.g. `0.0.0.0:8080` or the node IP);
+    /// default: loopback when `serverUrl`'s host is loopback, else all interfaces.
+    #[serde(default)]
+    pub listen_addr: Option<String>,
+    /// `connect`: a Headscale API key, so the orchestrator can put agents on the mesh.
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 /// `POST /api/orgs/{name}/provision/stream` body.
@@ -87,12 +94,21 @@ pub fn setup(body: SetupBody) -> Result<SetupRequest, ApiError> {
         .map_err(|e| ApiError::invalid("hostname", e.to_string()))?;
     match body.mode.as_str() {
         "create" => {
-            if body.auth_key.is_some() || body.login_server.is_some() {
+            if body.auth_key.is_some() || body.login_server.is_some() || body.api_key.is_some() {
                 return Err(ApiError::invalid(
                     "mode",
-                    "loginServer and authKey are for mode \"connect\"",
+                    "loginServer, authKey and apiKey are for mode \"connect\"",
                 ));
             }
+            let listen_addr = match body.listen_addr.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                    ApiError::invalid(
+                        "listenAddr",
+                        "listenAddr must be IP:port, e.g. 0.0.0.0:8080 or 10.0.0.5:8080",
+                    )
+                })?),
+            };
             let server_url = url(
                 "serverUrl",
                 body.server_url
@@ -102,9 +118,16 @@ pub fn setup(body: SetupBody) -> Result<SetupRequest, ApiError> {
             Ok(SetupRequest::Create {
                 hostname: body.hostname,
                 server_url,
+                listen_addr,
             })
         }
         "connect" => {
+            if body.listen_addr.is_some() {
+                return Err(ApiError::invalid(
+                    "mode",
+                    "listenAddr is for mode \"create\"",
+                ));
+            }
             let login_server = url(
                 "loginServer",
                 body.login_server
@@ -119,10 +142,21 @@ pub fn setup(body: SetupBody) -> Result<SetupRequest, ApiError> {
                     "authKey must be a non-empty pre-auth key without spaces",
                 ));
             }
+            let api_key = match body.api_key.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(k) if k.len() > 512 || k.chars().any(|c| c.is_whitespace()) => {
+                    return Err(ApiError::invalid(
+                        "apiKey",
+                        "apiKey must be a Headscale API key without spaces",
+                    ))
+                }
+                Some(k) => Some(Secret::new(k)),
+            };
             Ok(SetupRequest::Connect {
                 hostname: body.hostname,
                 login_server,
                 auth_key: Secret::new(key),
+                api_key,
             })
         }
         other => Err(ApiError::invalid(
@@ -222,6 +256,8 @@ mod tests {
             server_url: Some("https://hs.local".into()),
             login_server: (mode == "connect").then(|| "https://hs.local".into()),
             auth_key: key.map(str::to_owned),
+            listen_addr: None,
+            api_key: None,
         };
         assert!(matches!(
             setup(b("create", None)),
@@ -236,5 +272,22 @@ mod tests {
             setup(b("join", None)).unwrap_err().field.as_deref(),
             Some("mode")
         );
+        let mut c = b("create", None);
+        c.listen_addr = Some("10.0.0.5:8080".into());
+        assert!(matches!(
+            setup(c),
+            Ok(SetupRequest::Create {
+                listen_addr: Some(_),
+                ..
+            })
+        ));
+        let mut c = b("create", None);
+        c.listen_addr = Some("10.0.0.5".into());
+        assert_eq!(setup(c).unwrap_err().field.as_deref(), Some("listenAddr"));
+        let mut c = b("connect", Some("k"));
+        c.api_key = Some("has space".into());
+        let e = setup(c).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("apiKey"));
+        assert!(!e.message.contains("has space"), "{}", e.message);
     }
 }

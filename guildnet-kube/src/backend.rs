@@ -49,7 +49,7 @@ pub struct KubeBackendConfig {
     pub start_deadline: Option<std::time::Duration>,
     /// Puts each agent on the tailnet (see [`crate::backend_mesh`]); `None`: agents reach the
     /// orchestrator on the pod network and the editor is port-forwarded.
-    pub mesh: Option<crate::backend_mesh::KubeMesh>,
+    pub mesh: crate::backend_mesh::MeshSlot,
     /// An org with no kubeconfig at all (none of its own, no `$KUBECONFIG`, no
     /// `~/.kube/config`) runs its agents in the cluster this process runs in, with the pod's
     /// ServiceAccount (`KUBERNETES_SERVICE_HOST` and the mounted token). For an orchestrator
@@ -78,7 +78,7 @@ impl KubeBackendConfig {
             ),
             ttl_seconds_after_finished: Some(3600),
             start_deadline: Some(DEFAULT_START_DEADLINE),
-            mesh: None,
+            mesh: Default::default(),
             in_cluster: false,
         }
     }
@@ -426,7 +426,7 @@ impl ClusterBackend for KubeBackend {
         let err = || Self::workload_err("submit", &launch.task_id, &launch.agent);
         self.prepare_namespace(&client).await.map_err(err())?;
         // Minted before anything is applied: no key, no AgentTask (unless off-mesh is allowed).
-        let mesh = crate::backend_mesh::mint(self.cfg.mesh.as_ref(), &launch).await?;
+        let mesh = crate::backend_mesh::mint(self.cfg.mesh.current().as_deref(), &launch).await?;
         let name = agenttask_name(&launch.task_id);
         let ns = &self.cfg.namespace;
         let spec = AgentTaskSpec {
@@ -551,8 +551,13 @@ impl ClusterBackend for KubeBackend {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Self::workload_err("cancel", task, agent)(e)),
         };
-        if let (Some(mesh), Some(_)) = (&self.cfg.mesh, &at.spec.mesh) {
-            crate::backend_mesh::remove(mesh, task, agent).await;
+        if let Some(mesh) = at
+            .spec
+            .mesh
+            .as_ref()
+            .and_then(|m| self.cfg.mesh.for_login_server(&m.login_server))
+        {
+            crate::backend_mesh::remove(&mesh, task, agent).await;
         }
         res
     }
@@ -628,7 +633,13 @@ impl ClusterBackend for KubeBackend {
             return Ok(None);
         };
         let password = self.read_editor_password(client.clone(), &at).await;
-        if let (Some(mesh), Some(m)) = (&self.cfg.mesh, &at.spec.mesh) {
+        let on_mesh = at.spec.mesh.as_ref().and_then(|m| {
+            self.cfg
+                .mesh
+                .for_login_server(&m.login_server)
+                .map(|mesh| (mesh, m))
+        });
+        if let Some((mesh, m)) = on_mesh {
             // On the tailnet: the node's address, dialed through the orchestrator's own node.
             let addr = mesh.keys.node_address(&m.hostname).await.map_err(|e| {
                 BackendError::OrgUnavailable {
@@ -805,8 +816,20 @@ impl ClusterBackend for KubeBackend {
             Err(e) => Err(Self::workload_err("record completion of", &task.id, &agent)(e)),
         };
         // The task is over: its node leaves the tailnet now.
-        if let Some(mesh) = &self.cfg.mesh {
-            crate::backend_mesh::remove_or_err(mesh, &task.id, &agent).await?;
+        let mesh = if self.cfg.mesh.has_retired() {
+            // The mesh may have changed since this agent started: the one its AgentTask names.
+            match self.agent_task(&task.org, &task.id).await {
+                Ok(Some(at)) => at
+                    .spec
+                    .mesh
+                    .and_then(|m| self.cfg.mesh.for_login_server(&m.login_server)),
+                _ => self.cfg.mesh.current(),
+            }
+        } else {
+            self.cfg.mesh.current()
+        };
+        if let Some(mesh) = mesh {
+            crate::backend_mesh::remove_or_err(&mesh, &task.id, &agent).await?;
         }
         recorded
     }

@@ -18,12 +18,17 @@
 //!   orchestrator's own node (`EditorEndpoint::via_tailnet`), not through a port-forward.
 //!
 //! Warm pool agents (a task taken by a pool pod) are not put on the mesh here.
+//!
+//! **Changing the mesh while running** (`PUT /mesh`): the backend holds its mesh in a
+//! [`MeshSlot`]. New submits use the current mesh; a running agent's editor, its cancel and its
+//! task end use the mesh its AgentTask names (`spec.mesh.loginServer`), so tasks already running
+//! keep theirs after a change.
 
 use crate::crd::AgentMeshSpec;
 use guildnet_core::names::{AgentName, TaskId};
 use guildnet_core::seams::{AgentLaunch, AgentMesh, BackendError};
 use guildnet_core::token::Secret;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The mesh the Kubernetes backend puts agents on.
 #[derive(Debug, Clone)]
@@ -33,6 +38,9 @@ pub struct KubeMesh {
     /// Start the agent without the mesh when no key can be minted, instead of failing the
     /// submit. Off by default: a task never silently runs off the mesh.
     pub allow_off_mesh: bool,
+    /// The URL agents on this mesh reach the orchestrator at (`spec.mesh.orchestratorUrl`),
+    /// e.g. the orchestrator's own tailnet address; `None`: the orchestrator's public URL.
+    pub orchestrator_url: Option<String>,
 }
 
 impl KubeMesh {
@@ -41,7 +49,77 @@ impl KubeMesh {
         KubeMesh {
             keys,
             allow_off_mesh: false,
+            orchestrator_url: None,
         }
+    }
+}
+
+/// How many replaced meshes a [`MeshSlot`] remembers for the agents still on them.
+const RETIRED_KEPT: usize = 8;
+
+#[derive(Debug, Default)]
+struct SlotState {
+    current: Option<Arc<KubeMesh>>,
+    /// Replaced meshes, newest first (one per login server).
+    retired: Vec<Arc<KubeMesh>>,
+}
+
+/// The backend's mesh, replaceable while it runs (`PUT /mesh`, guildnet-mesh's
+/// `RuntimeMesh`). Cheap to clone; clones share the mesh.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSlot {
+    state: Arc<RwLock<SlotState>>,
+}
+
+impl MeshSlot {
+    /// A slot holding `mesh` (or none: agents off the mesh).
+    pub fn new(mesh: Option<KubeMesh>) -> Self {
+        let slot = Self::default();
+        slot.set(mesh);
+        slot
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SlotState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the mesh new agents go on; the previous one is remembered for the agents
+    /// still on it.
+    pub fn set(&self, mesh: Option<KubeMesh>) {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let new = mesh.map(Arc::new);
+        if let Some(old) = st.current.take() {
+            let login = old.keys.login_server();
+            st.retired.retain(|m| m.keys.login_server() != login);
+            st.retired.insert(0, old);
+            st.retired.truncate(RETIRED_KEPT);
+        }
+        if let Some(n) = &new {
+            let login = n.keys.login_server();
+            st.retired.retain(|m| m.keys.login_server() != login);
+        }
+        st.current = new;
+    }
+
+    /// The mesh new agents go on.
+    pub fn current(&self) -> Option<Arc<KubeMesh>> {
+        self.read().current.clone()
+    }
+
+    /// Whether a replaced mesh may still have agents.
+    pub fn has_retired(&self) -> bool {
+        !self.read().retired.is_empty()
+    }
+
+    /// The mesh whose login server is `login` (the current one first), for an agent an
+    /// AgentTask put on it.
+    pub fn for_login_server(&self, login: &str) -> Option<Arc<KubeMesh>> {
+        let st = self.read();
+        st.current
+            .iter()
+            .chain(st.retired.iter())
+            .find(|m| m.keys.login_server() == login)
+            .cloned()
     }
 }
 
@@ -67,7 +145,11 @@ pub(crate) async fn mint(
             AgentMeshSpec {
                 login_server: mesh.keys.login_server(),
                 hostname,
-                orchestrator_url: Some(launch.orchestrator_url.clone()),
+                orchestrator_url: Some(
+                    mesh.orchestrator_url
+                        .clone()
+                        .unwrap_or_else(|| launch.orchestrator_url.clone()),
+                ),
             },
             key,
         ))),
@@ -138,13 +220,18 @@ mod tests {
     #[derive(Debug, Default)]
     struct Fake {
         fail: bool,
+        login: String,
         calls: Mutex<Vec<String>>,
     }
 
     #[async_trait]
     impl AgentMesh for Fake {
         fn login_server(&self) -> String {
-            "https://hs.example".into()
+            if self.login.is_empty() {
+                "https://hs.example".into()
+            } else {
+                self.login.clone()
+            }
         }
         async fn agent_key(&self, hostname: &str) -> Result<Secret, MeshError> {
             self.calls
@@ -195,6 +282,7 @@ mod tests {
         let m = KubeMesh {
             keys: fake.clone(),
             allow_off_mesh,
+            orchestrator_url: None,
         };
         (m, fake)
     }
@@ -230,6 +318,50 @@ mod tests {
         );
         let (m, _) = mesh(true, true);
         assert!(mint(Some(&m), &launch(1)).await.expect("allowed").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_mesh_is_used_by_new_agents_and_the_old_one_by_its_agents() {
+        let mesh_at = |login: &str, url: Option<&str>| {
+            let mut m = KubeMesh::new(Arc::new(Fake {
+                login: login.into(),
+                ..Default::default()
+            }));
+            m.orchestrator_url = url.map(str::to_owned);
+            m
+        };
+        let slot = MeshSlot::new(None);
+        assert!(slot.current().is_none() && !slot.has_retired());
+        slot.set(Some(mesh_at("http://a:1", None)));
+        slot.set(Some(mesh_at("http://b:1", Some("http://100.64.0.9:8080"))));
+        let cur = slot.current().expect("current");
+        assert_eq!(cur.keys.login_server(), "http://b:1");
+        // A new agent gets the new mesh and the orchestrator's tailnet URL.
+        let (spec, _) = mint(Some(&cur), &launch(1))
+            .await
+            .expect("ok")
+            .expect("mesh");
+        assert_eq!(spec.login_server, "http://b:1");
+        assert_eq!(
+            spec.orchestrator_url.as_deref(),
+            Some("http://100.64.0.9:8080")
+        );
+        // An agent put on the first mesh still finds it.
+        assert!(slot.has_retired());
+        let old = slot.for_login_server("http://a:1").expect("retired mesh");
+        assert_eq!(old.keys.login_server(), "http://a:1");
+        assert!(slot.for_login_server("http://c:1").is_none());
+        // Removed: no new agent goes on a mesh; the old ones are still known.
+        slot.set(None);
+        assert!(slot.current().is_none());
+        assert!(slot.for_login_server("http://b:1").is_some());
+        // Setting one that was retired makes it current again, once.
+        slot.set(Some(mesh_at("http://a:1", None)));
+        assert_eq!(
+            slot.current().expect("current").keys.login_server(),
+            "http://a:1"
+        );
+        assert!(slot.for_login_server("http://b:1").is_some());
     }
 
     #[tokio::test]

@@ -18,6 +18,8 @@
 //! - [`TailscaleMesh`]: a node on the mesh over those pieces (mint a key, join, status).
 //! - [`AgentMeshKeys`]: guildnet-core's [`guildnet_core::seams::AgentMesh`]: a single-use,
 //!   ephemeral pre-auth key per agent and removing its node when the task ends (issue 22).
+//! - [`runtime::RuntimeMesh`]: guildnet-core's [`guildnet_core::seams::MeshControl`]: the mesh
+//!   of a running orchestrator (`PUT /mesh`), its own node joined, kept across restarts.
 //!
 //! Secrets (API keys, pre-auth keys) are [`guildnet_core::token::Secret`]s: they never appear in
 //! `Debug` output, logs, URLs, command lines or error messages. Files holding them are 0600.
@@ -28,6 +30,7 @@ pub mod headscale;
 mod mesh_impl;
 mod process;
 mod redact;
+pub mod runtime;
 pub mod setup;
 pub mod tailscale;
 

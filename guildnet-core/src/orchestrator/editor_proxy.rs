@@ -147,7 +147,7 @@ impl EditorProxy {
             .service
             .editor_location(&req.org, &req.name)
             .await?;
-        let has_dialer = self.inner.cfg.dialer.is_some();
+        let has_dialer = self.inner.cfg.dialer.as_ref().is_some_and(|d| d.ready());
         let (advertised, backend_tailnet) = match loc.source {
             // A backend's tailnet address (an agent pod's sidecar) needs the tailnet dialer.
             EditorSource::Backend { via_tailnet: true } if !has_dialer => {
@@ -155,8 +155,9 @@ impl EditorProxy {
                     StatusCode::CONFLICT,
                     "editor_unavailable",
                     format!(
-                        "the editor of agent {} is on the tailnet at {}:{}: run the orchestrator \
-                         with --tailnet-socks5 (its node's SOCKS5 proxy) to reach it",
+                        "the editor of agent {} is on the tailnet at {}:{}: the orchestrator is \
+                         not on the tailnet (set the mesh with PUT /mesh, or run it with \
+                         --tailnet-socks5, its node's SOCKS5 proxy)",
                         req.name, loc.host, loc.port
                     ),
                 ))

@@ -693,6 +693,11 @@ fn api_routes() -> OpenApiRouter<super::App> {
         .routes(routes!(super::bootstrap::bootstrap_status))
         .routes(routes!(super::bootstrap::bootstrap_stream))
         .routes(routes!(super::bootstrap::generate_kubeconfig))
+        .routes(routes!(
+            super::mesh::get_mesh,
+            super::mesh::put_mesh,
+            super::mesh::delete_mesh
+        ))
         .routes(routes!(schedule))
         .routes(routes!(list_tasks))
         .routes(routes!(get_task))

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod editor_proxy;
 pub mod error;
 pub mod http;
+pub mod mesh;
 pub mod retention;
 mod service;
 pub mod sse;

@@ -138,6 +138,8 @@ struct Inner {
     agent_ends: tokio::sync::broadcast::Sender<EndedAgent>,
     /// Org cluster bootstrap, when configured.
     bootstrap: Option<Arc<dyn crate::seams::ClusterBootstrap>>,
+    /// The mesh set at run time (`/mesh`), when this orchestrator can have one.
+    mesh: Option<Arc<dyn crate::seams::MeshControl>>,
     /// Orgs whose backend refused submits, on hold.
     backoff: super::backoff::OrgBackoff,
     /// Warm pool agents waiting for a task, by org.
@@ -191,9 +193,17 @@ pub struct OrchestratorBuilder {
     backend: Arc<dyn ClusterBackend>,
     cfg: OrchestratorConfig,
     bootstrap: Option<Arc<dyn crate::seams::ClusterBootstrap>>,
+    mesh: Option<Arc<dyn crate::seams::MeshControl>>,
 }
 
 impl OrchestratorBuilder {
+    /// The mesh behind `GET`, `PUT` and `DELETE /mesh` (without it `PUT` and `DELETE` answer
+    /// 503 and `GET` says the mesh is not available).
+    pub fn mesh(mut self, m: Arc<dyn crate::seams::MeshControl>) -> Self {
+        self.mesh = Some(m);
+        self
+    }
+
     /// Org cluster bootstrap behind `POST /orgs/bootstrap` (without it those routes answer 503).
     pub fn bootstrap(mut self, b: Arc<dyn crate::seams::ClusterBootstrap>) -> Self {
         self.bootstrap = Some(b);
@@ -221,6 +231,7 @@ impl OrchestratorBuilder {
                 closing: watch::channel(false).0,
                 agent_ends: tokio::sync::broadcast::channel(AGENT_ENDS_BUFFER).0,
                 bootstrap: self.bootstrap,
+                mesh: self.mesh,
                 bootstrap_jobs: crate::jobs::JobRegistry::new(),
                 backoff: Default::default(),
             }),
@@ -290,6 +301,7 @@ impl Orchestrator {
             backend,
             cfg,
             bootstrap: None,
+            mesh: None,
         }
     }
 
@@ -827,6 +839,10 @@ impl Orchestrator {
             workload,
             waiting,
         })
+    }
+
+    pub(crate) fn mesh_control(&self) -> Option<Arc<dyn crate::seams::MeshControl>> {
+        self.inner.mesh.clone()
     }
 
     pub(crate) fn bootstrapper(&self) -> Option<Arc<dyn crate::seams::ClusterBootstrap>> {
