@@ -128,6 +128,20 @@ async fn code_server_in_the_agent_is_served_through_the_proxy_and_rendered_in_ch
     orch.wait_ready().await;
     let c = orch.client();
     let (task, agent) = running_agent(&orch, "sleep 300").await;
+    // The agent claims only once code-server accepts connections: as soon as the task is
+    // Running, the agent's own /healthz says the editor runs (no wait here).
+    let hz: Value = http()
+        .get(format!("http://{health}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        hz["editor"]["state"], "running",
+        "the task is Running before its editor: {hz}"
+    );
 
     // The editor's state reaches the orchestrator in heartbeats, and the agent's /healthz.
     let state = eventually("editor running in heartbeats", 90, async || {
