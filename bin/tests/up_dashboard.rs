@@ -8,11 +8,12 @@
 
 mod common;
 
+use common::dashboard::wait_js;
 use common::{free_port, GuildnetUp};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret;
-use guildnet_testbed::browser::{ChromeDriver, Session};
+use guildnet_testbed::browser::ChromeDriver;
 use guildnet_testbed::eventually;
 use guildnet_testbed::image::{artifact_dir, decode_png};
 use serde_json::{json, Value};
@@ -24,14 +25,6 @@ fn http() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-/// Polls a JS expression in the page until it is truthy.
-async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
-    match s.wait_until(what, script, Duration::from_secs(secs)).await {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

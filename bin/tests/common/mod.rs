@@ -2,6 +2,9 @@
 //! local backend (agents are the real `guildnet-agent`), on loopback, with a real SQLite file.
 #![allow(dead_code)]
 
+pub mod dashboard;
+pub mod node;
+
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::token::Secret;
