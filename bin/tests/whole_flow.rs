@@ -139,7 +139,7 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     };
     let orch_url = format!("http://{ip}:{port}");
     let talosctl = guildnet_testbed::bin("talosctl").expect("testbed talosctl");
-    let _orch = Proc::spawn(
+    let orch = Proc::spawn(
         "orchestrator",
         Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
         [
@@ -571,7 +571,33 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
     assert_eq!(done.pr_url.as_deref(), Some(pr_url.as_str()));
     step("task_succeeded_with_a_pr_in_the_artifacts", t);
-    // MESH FOLLOW-UP (step 8): Headscale no longer lists the agent's node.
+    // The agent's workload goes once the task is over.
+    // MESH FOLLOW-UP (step 8): and Headscale no longer lists the agent's node.
+    let t = Instant::now();
+    eventually("agent pod gone", Duration::from_secs(90), || async {
+        task_pods(&pods, &id).await.is_empty().then_some(())
+    })
+    .await;
+    step("agent_pod_gone_after_the_task", t);
     let _ = s.close().await;
     step("total", t_all);
+    // The teardown, piece by piece (the test's own time after the steps).
+    let mut cluster = emu.control_plane().await.cluster.take().expect("cluster");
+    let t = Instant::now();
+    let node = cluster.stop_node();
+    step("teardown_node", t);
+    for (what, piece) in [
+        ("browser", Box::new(driver) as Box<dyn Send>),
+        ("dashboard", Box::new(dash)),
+        ("orchestrator", Box::new(orch)),
+        ("control_plane", Box::new(cluster)),
+        ("node_lock", Box::new(node)),
+        ("talos_emulator", Box::new(emu)),
+        ("gitea", Box::new(gitea)),
+        ("registry", Box::new(registry)),
+    ] {
+        let t = Instant::now();
+        drop(piece);
+        step(&format!("teardown_{what}"), t);
+    }
 }
