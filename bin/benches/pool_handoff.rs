@@ -59,6 +59,7 @@ async fn warm_agent(url: String, token: Secret, pod: String) {
     let claim = c
         .claim(&ClaimRequest {
             agent: h.agent.clone(),
+            process: None,
         })
         .await
         .expect("claim");

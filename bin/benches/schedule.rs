@@ -333,6 +333,7 @@ async fn ref_schedule(
             files: req.files,
         },
         log_sealed: false,
+        claim_process: None,
     };
     s.tasks
         .lock()

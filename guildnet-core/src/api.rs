@@ -5,7 +5,7 @@
 
 use crate::context::{ContextFile, RepoSpec};
 use crate::model::{Artifact, NewLogLine, Task, TaskStatus};
-use crate::names::{AgentName, OrgName};
+use crate::names::{AgentName, OrgName, ProcessId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +171,13 @@ pub struct RegisterResponse {
 pub struct ClaimRequest {
     /// The claiming agent.
     pub agent: AgentName,
+    /// This process of the agent ([`ProcessId::generate`], once per process). A claim again
+    /// with the same process (a retry after a lost reply) keeps the fencing token; a claim by
+    /// another process of the same agent (a replacement pod) takes the task over with a new
+    /// token, so the old process can no longer write its log, renew or complete. Without it,
+    /// every claim again by the agent keeps the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessId>,
 }
 
 /// Reply to `POST /agent/claim`: the task and the lease.

@@ -19,7 +19,7 @@
 //! This module owns the rules; it must not know about HTTP, SQL or the backends.
 
 use crate::model::{NewAudit, NewEvent, Task, TaskStatus};
-use crate::names::AgentName;
+use crate::names::{AgentName, ProcessId};
 use chrono::{DateTime, Duration, Utc};
 
 /// Why a transition refused to apply.
@@ -221,12 +221,20 @@ pub fn submit_failed(
 }
 
 /// The task's own agent claims it: `Submitted` -> `Running` with a new fencing token and a
-/// lease until `now + ttl`. Claiming a task the agent already holds renews the lease, keeps
-/// the token (idempotent after a lost reply) and reopens the log (a new process of the agent
-/// may be taking the work over).
+/// lease until `now + ttl`, held by `process` (the agent process that asked, if it said).
+///
+/// A claim again by the holder renews the lease and reopens the log (whatever the old process
+/// sealed, more of it is coming), and then:
+/// - from the **same process** (a retry after a lost reply; also two claims that both name no
+///   process): it keeps the token, so the retry is idempotent;
+/// - from **another process** of the same agent (the Deployment's next pod after the first was
+///   deleted): it takes the task over with a new token, counted as a claim. The old process
+///   can no longer write log lines, renew or complete, so its last lines cannot take the
+///   sequence numbers the new process was given.
 pub fn claim(
     t: &mut Task,
     agent: &AgentName,
+    process: Option<&ProcessId>,
     ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<TaskChange, Rejection> {
@@ -241,6 +249,7 @@ pub fn claim(
             t.status = TaskStatus::Running;
             t.fencing += 1;
             t.claims += 1;
+            t.claim_process = process.cloned();
             t.lease_expires_at = Some(now + ttl);
             t.started_at = Some(now);
             t.updated_at = now;
@@ -254,11 +263,25 @@ pub fn claim(
         }
         TaskStatus::Running => {
             t.lease_expires_at = Some(now + ttl);
-            // A claim again by the holder: a lost reply, or a new process of the same agent
-            // (the Deployment's next pod after the first was deleted) taking the work over.
-            // Whatever the old process sealed, more of the log is coming.
             t.log_sealed = false;
-            Ok(TaskChange::default())
+            if t.claim_process.as_ref() == process {
+                return Ok(TaskChange::default());
+            }
+            t.fencing += 1;
+            t.claims += 1;
+            t.claim_process = process.cloned();
+            t.updated_at = now;
+            let why = format!(
+                "a new process of agent {agent} took the task over (fencing token {})",
+                t.fencing
+            );
+            let audit = NewAudit::new(
+                &format!("agent:{agent}"),
+                "task.claim",
+                t.id.as_str(),
+                Some(format!("fencing={} takeover", t.fencing)),
+            );
+            Ok(change(EventKind::TaskClaimed, t, Some(why), vec![audit]))
         }
         other => Err(Rejection::conflict(format!(
             "task {} is {other} and cannot be claimed",
@@ -490,6 +513,7 @@ mod tests {
             pr_url: None,
             context: Default::default(),
             log_sealed: false,
+            claim_process: None,
         }
     }
 
@@ -504,6 +528,49 @@ mod tests {
     }
 
     #[test]
+    fn another_process_of_the_agent_takes_the_claim_over_and_fences_the_first_off() {
+        let now = Utc::now();
+        let ttl = Duration::seconds(30);
+        let mut t = fresh(now);
+        dispatch(&mut t, 1, now).expect("dispatch");
+        let agent = t.agent.clone().expect("agent");
+        let (first, second) = (ProcessId::generate(), ProcessId::generate());
+        claim(&mut t, &agent, Some(&first), ttl, now).expect("claim");
+        assert_eq!((t.fencing, t.claims), (1, 1));
+        assert_eq!(t.claim_process.as_ref(), Some(&first));
+        // The first process again (its reply was lost): idempotent.
+        assert_eq!(
+            claim(&mut t, &agent, Some(&first), ttl, now),
+            Ok(TaskChange::default())
+        );
+        assert_eq!((t.fencing, t.claims), (1, 1));
+        // A replacement process: a new token, an event saying why, the old token refused.
+        t.log_sealed = true;
+        let c = claim(&mut t, &agent, Some(&second), ttl, now).expect("takeover");
+        assert_eq!((t.status, t.fencing, t.claims), (TaskStatus::Running, 2, 2));
+        assert_eq!(t.claim_process.as_ref(), Some(&second));
+        assert!(!t.log_sealed, "the new process writes more of the log");
+        assert_eq!(c.events[0].kind, EventKind::TaskClaimed.as_str());
+        let why = c.events[0].message.as_deref().unwrap_or("");
+        assert!(why.contains("took the task over"), "{why}");
+        assert_eq!(c.audit.len(), 1);
+        assert!(
+            renew(&mut t, &agent, 1, ttl, now).is_err(),
+            "the old process is fenced off"
+        );
+        assert!(complete(&mut t, &agent, 1, outcome(TaskStatus::Succeeded), now).is_err());
+        renew(&mut t, &agent, 2, ttl, now).expect("the new process renews");
+        // The new process's own retry keeps its token; a claim naming no process is another
+        // process too (an older agent build).
+        assert_eq!(
+            claim(&mut t, &agent, Some(&second), ttl, now),
+            Ok(TaskChange::default())
+        );
+        claim(&mut t, &agent, None, ttl, now).expect("takeover by a process naming none");
+        assert_eq!((t.fencing, t.claims, t.claim_process.clone()), (3, 3, None));
+    }
+
+    #[test]
     fn a_task_runs_through_its_happy_path_and_each_step_records_its_event() {
         let now = Utc::now();
         let ttl = Duration::seconds(30);
@@ -511,12 +578,15 @@ mod tests {
         let c = dispatch(&mut t, 1, now).expect("dispatch");
         assert_eq!(c.events[0].kind, "task.submitted");
         let agent = t.agent.clone().expect("agent");
-        let c = claim(&mut t, &agent, ttl, now).expect("claim");
+        let c = claim(&mut t, &agent, None, ttl, now).expect("claim");
         assert_eq!((t.status, t.fencing, t.claims), (TaskStatus::Running, 1, 1));
         assert_eq!(c.events[0].kind, EventKind::TaskClaimed.as_str());
         // A repeated claim renews and records nothing; a log the old process sealed reopens.
         t.log_sealed = true;
-        assert_eq!(claim(&mut t, &agent, ttl, now), Ok(TaskChange::default()));
+        assert_eq!(
+            claim(&mut t, &agent, None, ttl, now),
+            Ok(TaskChange::default())
+        );
         assert_eq!(t.fencing, 1);
         assert!(!t.log_sealed);
         renew(&mut t, &agent, 1, ttl, now + ttl).expect("renew");
@@ -541,7 +611,7 @@ mod tests {
         for attempt in 1..=3 {
             dispatch(&mut t, attempt, now).expect("dispatch");
             let agent = t.agent.clone().expect("agent");
-            claim(&mut t, &agent, Duration::seconds(1), now).expect("claim");
+            claim(&mut t, &agent, None, Duration::seconds(1), now).expect("claim");
             let later = now + Duration::seconds(10);
             assert!(
                 requeue(&mut t, (TaskStatus::Running, attempt + 1), 3, "x", later).is_err(),
@@ -586,7 +656,7 @@ mod tests {
         let mut t = fresh(now);
         dispatch(&mut t, 1, now).expect("dispatch");
         let agent = t.agent.clone().expect("agent");
-        claim(&mut t, &agent, Duration::seconds(30), now).expect("claim");
+        claim(&mut t, &agent, None, Duration::seconds(30), now).expect("claim");
         assert!(fail_start(&mut t, 1, "x", now).is_err());
         assert_eq!(t.status, TaskStatus::Running);
     }
@@ -595,7 +665,7 @@ mod tests {
     enum Op {
         Dispatch,
         SubmitFailed,
-        Claim { current: bool },
+        Claim { current: bool, process: u8 },
         Renew { current: bool, stale_token: bool },
         Complete { ok: bool, stale_token: bool },
         Cancel,
@@ -607,7 +677,7 @@ mod tests {
         prop_oneof![
             Just(Op::Dispatch),
             Just(Op::SubmitFailed),
-            any::<bool>().prop_map(|current| Op::Claim { current }),
+            (any::<bool>(), 0u8..3).prop_map(|(current, process)| Op::Claim { current, process }),
             (any::<bool>(), any::<bool>()).prop_map(|(current, stale_token)| Op::Renew {
                 current,
                 stale_token
@@ -631,6 +701,7 @@ mod tests {
             let mut now = start;
             let mut t = fresh(start);
             let stranger = AgentName::new("agent-stranger-9").expect("agent");
+            let processes = [None, Some(ProcessId::generate()), Some(ProcessId::generate())];
             for op in ops {
                 let before = t.clone();
                 let agent_of = |t: &Task, current: bool| {
@@ -639,7 +710,10 @@ mod tests {
                 let res = match op {
                     Op::Dispatch => dispatch(&mut t, before.attempt, now),
                     Op::SubmitFailed => submit_failed(&mut t, before.attempt, "refused", now),
-                    Op::Claim { current } => claim(&mut t, &agent_of(&before, current), ttl, now),
+                    Op::Claim { current, process } => {
+                        let p = processes.get(usize::from(process)).and_then(Option::as_ref);
+                        claim(&mut t, &agent_of(&before, current), p, ttl, now)
+                    }
                     Op::Renew { current, stale_token } => {
                         let f = if stale_token { before.fencing + 1 } else { before.fencing };
                         renew(&mut t, &agent_of(&before, current), f, ttl, now)

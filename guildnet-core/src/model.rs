@@ -1,7 +1,7 @@
 //! Domain types shared by the store, the orchestrator, the clients and the agent.
 
 use crate::context::TaskContext;
-use crate::names::{AgentName, OrgName, TaskId};
+use crate::names::{AgentName, OrgName, ProcessId, TaskId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,11 @@ pub struct Task {
     /// without an agent that could still write. See [`Task::log_complete`].
     #[serde(default)]
     pub log_sealed: bool,
+    /// The agent process holding the current claim, when its agent sent one
+    /// ([`crate::api::ClaimRequest::process`]): a claim by another process of the same agent
+    /// takes the task over with a new fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_process: Option<ProcessId>,
 }
 
 /// How long after a task finished its agent may still send log lines (the last output of a

@@ -165,6 +165,21 @@ dns_name!(
     "taskId"
 );
 
+dns_name!(
+    /// One process of an agent, sent with its claim: a Deployment's replacement pod runs the
+    /// same agent (name and token) in a new process, and the orchestrator tells it from a
+    /// retried claim of the first one by this id.
+    ProcessId,
+    "process"
+);
+
+impl ProcessId {
+    /// A fresh random id for this process: `p` followed by 32 lowercase hex digits.
+    pub fn generate() -> Self {
+        Self(format!("p{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
 impl TaskId {
     /// A fresh task id: `t` followed by 32 lowercase hex digits, a UUIDv7 (the millisecond,
     /// then 74 random bits). Time-ordered ids land at the end of the store's id index, so a

@@ -113,6 +113,7 @@ async fn run_task(client: &AgentClient, agent: &guildnet_core::names::AgentName)
     let claim = client
         .claim(&ClaimRequest {
             agent: agent.clone(),
+            process: None,
         })
         .await
         .expect("claim");

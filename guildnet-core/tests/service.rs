@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use chrono::Utc;
 use guildnet_core::model::{LogStream, NewLogLine, Task, TaskStatus};
-use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::names::{AgentName, OrgName, ProcessId, TaskId};
 use guildnet_core::orchestrator::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, LogRequest, RegisterRequest, ScheduleRequest,
 };
@@ -133,6 +133,7 @@ impl Harness {
                 id,
                 ClaimRequest {
                     agent: agent.clone(),
+                    process: None,
                 },
             )
             .await
@@ -332,9 +333,15 @@ async fn claim_is_exclusive_and_idempotent() {
     let a = launch.agent.clone();
 
     let c =
-        h.o.claim(&t.id, ClaimRequest { agent: a.clone() })
-            .await
-            .unwrap();
+        h.o.claim(
+            &t.id,
+            ClaimRequest {
+                agent: a.clone(),
+                process: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(c.fencing, 1);
     assert_eq!(c.task.status, TaskStatus::Running);
     assert_eq!(c.task.claims, 1);
@@ -369,6 +376,85 @@ async fn claim_is_exclusive_and_idempotent() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+}
+
+#[tokio::test]
+async fn a_replacement_process_takes_the_claim_over_and_no_log_line_is_lost_to_the_old_one() {
+    let mut h = harness().await;
+    let (t, launch) = h.scheduled("work").await;
+    let a = launch.agent.clone();
+    h.register(&t.id, &a).await;
+    let claim = |process: &ProcessId| {
+        h.o.claim(
+            &t.id,
+            ClaimRequest {
+                agent: a.clone(),
+                process: Some(process.clone()),
+            },
+        )
+    };
+    let (old, new) = (ProcessId::generate(), ProcessId::generate());
+    let first = claim(&old).await.expect("first process claims");
+    assert_eq!((first.fencing, first.next_log_seq), (1, 1));
+    h.o.append_logs(&t.id, log_req(&a, 1, &[1, 2, 3]))
+        .await
+        .expect("the first process logs");
+    // Its retry after a lost reply changes nothing.
+    let again = claim(&old).await.expect("retry");
+    assert_eq!((again.fencing, again.next_log_seq), (1, 4));
+
+    // The pod is replaced: the new process claims while the old one still ships its last lines.
+    let taken = claim(&new).await.expect("the new process takes over");
+    assert_eq!((taken.fencing, taken.next_log_seq), (2, 4));
+    assert_eq!(
+        (taken.task.claims, taken.task.status),
+        (2, TaskStatus::Running)
+    );
+    // The old process's late lines would have taken 4 and 5: they are refused, with the reason.
+    let e = assert_api_err(
+        h.o.append_logs(&t.id, log_req(&a, 1, &[4, 5])).await,
+        StatusCode::CONFLICT,
+        "stale_fencing",
+    );
+    assert_eq!(e.field.as_deref(), Some("fencing"));
+    let hb = h.o.heartbeat(&t.id, heartbeat(&a, Some(1))).await;
+    assert!(
+        hb.is_err() || hb.is_ok_and(|r| r.cancel),
+        "the old process is told to stop"
+    );
+    assert_api_err(
+        h.o.complete(&t.id, complete_req(&a, 1, TaskStatus::Succeeded))
+            .await,
+        StatusCode::CONFLICT,
+        "stale_fencing",
+    );
+    // The new process's lines all land, after the old one's.
+    let r =
+        h.o.append_logs(&t.id, log_req(&a, 2, &[4, 5, 6]))
+            .await
+            .expect("the new process logs");
+    assert_eq!(r.max_seq, 6);
+    let lines = h.o.task_logs(&t.id, 0, 100).await.expect("logs");
+    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    h.o.complete(&t.id, complete_req(&a, 2, TaskStatus::Succeeded))
+        .await
+        .expect("the new process completes");
+    let done = h.get(&t.id).await;
+    assert_eq!(
+        (done.status, done.fencing, done.claims),
+        (TaskStatus::Succeeded, 2, 2)
+    );
+    let kinds: Vec<String> =
+        h.o.events_after(0, 100)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.task_id.as_ref() == Some(&t.id) && e.kind == "task.claimed")
+            .map(|e| e.message.unwrap_or_default())
+            .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds[1].contains("took the task over"), "{kinds:?}");
 }
 
 #[tokio::test]
@@ -514,10 +600,16 @@ async fn append_logs_checks_fencing_and_sequence_numbers() {
 
     // A repeated claim reports where the log continues.
     assert_eq!(
-        h.o.claim(&t.id, ClaimRequest { agent: a.clone() })
-            .await
-            .unwrap()
-            .next_log_seq,
+        h.o.claim(
+            &t.id,
+            ClaimRequest {
+                agent: a.clone(),
+                process: None
+            }
+        )
+        .await
+        .unwrap()
+        .next_log_seq,
         6
     );
 }
@@ -715,9 +807,15 @@ async fn expired_lease_requeues_then_fails_after_max_attempts() {
 
     // The new agent claims with a new fencing token and continues the log sequence.
     let c2 =
-        h.o.claim(&t.id, ClaimRequest { agent: a2.clone() })
-            .await
-            .unwrap();
+        h.o.claim(
+            &t.id,
+            ClaimRequest {
+                agent: a2.clone(),
+                process: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(c2.fencing, 2);
     assert_eq!(c2.task.claims, 2);
     assert_eq!(c2.next_log_seq, 3);
@@ -856,6 +954,7 @@ async fn orchestrator_notes_go_in_only_before_the_claim_and_never_take_an_agent_
             &t.id,
             ClaimRequest {
                 agent: launch.agent.clone(),
+                process: None,
             },
         )
         .await

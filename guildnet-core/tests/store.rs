@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use guildnet_core::model::{Agent, LogStream, NewAudit, NewEvent, NewLogLine, Task, TaskStatus};
-use guildnet_core::names::{AgentName, OrgName, TaskId};
+use guildnet_core::names::{AgentName, OrgName, ProcessId, TaskId};
 use guildnet_core::store::{
     Durability, LogBatch, PostgresStore, Rejection, RejectionKind, SqliteStore, StateStore,
     StoreError, TaskChange, TaskQuery,
@@ -131,7 +131,7 @@ impl Db {
     /// The schema version this build migrates to.
     fn current_version(&self) -> i64 {
         match self {
-            Db::Sqlite { .. } => 6,
+            Db::Sqlite { .. } => 7,
             Db::Postgres { .. } => PostgresStore::schema_version() as i64,
         }
     }
@@ -223,6 +223,7 @@ fn task(org_name: &str, status: TaskStatus, created_at: DateTime<Utc>) -> Task {
         pr_url: None,
         context: Default::default(),
         log_sealed: false,
+        claim_process: None,
     }
 }
 
@@ -486,6 +487,7 @@ async fn update_task_applies_rejects_and_skips(db: Db) {
                 t.fencing += 1;
                 t.claims += 1;
                 t.reason = Some("claimed".into());
+                t.claim_process = Some(ProcessId::new("p-first").unwrap());
                 Ok(TaskChange {
                     events: vec![NewEvent::for_task("task.claimed", t, None)],
                     audit: vec![NewAudit::new(
@@ -507,6 +509,13 @@ async fn update_task_applies_rejects_and_skips(db: Db) {
     assert_eq!(stored, upd.task);
     assert_eq!(stored.fencing, 1);
     assert_eq!(stored.agent, Some(agent("agent-a")));
+    assert_eq!(
+        stored.claim_process.as_ref().map(|p| p.as_str()),
+        Some("p-first")
+    );
+    // ...and in a listing, which reads the same columns.
+    let listed = store.list_tasks(TaskQuery::default()).await.unwrap();
+    assert_eq!(listed.iter().find(|l| l.id == t.id), Some(&stored));
     let events = store.events_after(ev - 1, 0).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "task.claimed");

@@ -612,6 +612,7 @@ async fn kubernetes_backend_runs_a_task_to_succeeded_on_kwok_and_ttl_removes_it(
             &task.id,
             ClaimRequest {
                 agent: agent.clone(),
+                process: None,
             },
         )
         .await

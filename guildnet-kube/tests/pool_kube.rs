@@ -204,6 +204,7 @@ async fn pools_on_kwok_hand_over_adopt_refill_scale_to_zero_and_go_with_the_org(
     let claim = agent
         .claim(&ClaimRequest {
             agent: h.agent.clone(),
+            process: None,
         })
         .await
         .expect("claim");

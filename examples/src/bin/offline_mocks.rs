@@ -101,6 +101,7 @@ async fn play_agent(url: &str, launch: AgentLaunch) -> Result<(), Error> {
     let claim = agent
         .claim(&ClaimRequest {
             agent: launch.agent.clone(),
+            process: None,
         })
         .await?;
     println!(

@@ -34,7 +34,7 @@ use crate::agent_env;
 use crate::api::{ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterRequest};
 use crate::client::{AgentClient, ClientError};
 use crate::model::{Artifact, LogStream, Task, TaskStatus};
-use crate::names::{AgentName, OrgName, TaskId};
+use crate::names::{AgentName, OrgName, ProcessId, TaskId};
 use crate::redact::Redactor;
 use crate::token::Secret;
 use editor::{EditorConfig, EditorState, EditorSupervisor};
@@ -615,8 +615,11 @@ async fn run_task(
         }
         _ => None,
     };
+    // One id per process: its retries keep the claim's token, and a replacement process
+    // (a new pod of this agent) takes the claim over and fences this one off.
     let claim_req = ClaimRequest {
         agent: cfg.agent.clone(),
+        process: Some(ProcessId::generate()),
     };
     let claim = tokio::select! {
         r = retry("claim", patience, || client.claim(&claim_req)) => r?,

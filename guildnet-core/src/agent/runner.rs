@@ -277,6 +277,7 @@ mod tests {
             pr_url: None,
             context: Default::default(),
             log_sealed: false,
+            claim_process: None,
         }
     }
 

@@ -495,6 +495,7 @@ impl Orchestrator {
             pr_url: None,
             context,
             log_sealed: false,
+            claim_process: None,
         };
         // The task is recorded and, unless its org is on hold, dispatched in the same
         // transaction (Scheduled -> Submitted with a fresh agent token, of which only the hash
@@ -991,13 +992,16 @@ impl Orchestrator {
     }
 
     /// `POST /agent/claim`: grants the lease to the task's own agent. Re-claiming a task the
-    /// agent already holds returns the same fencing token (idempotent after a lost reply).
+    /// agent already holds returns the same fencing token when the same process asks again
+    /// (idempotent after a lost reply); another process of the agent takes the claim over with
+    /// a new token (see [`lifecycle::claim`]).
     pub async fn claim(
         &self,
         task_id: &TaskId,
         req: ClaimRequest,
     ) -> Result<ClaimResponse, ApiError> {
         let agent = req.agent;
+        let process = req.process;
         let ttl = chrono_dur(self.inner.cfg.lease_ttl);
         let a = agent.clone();
         let u = self
@@ -1005,7 +1009,7 @@ impl Orchestrator {
             .store
             .update_task(
                 task_id,
-                Box::new(move |t| lifecycle::claim(t, &a, ttl, Utc::now())),
+                Box::new(move |t| lifecycle::claim(t, &a, process.as_ref(), ttl, Utc::now())),
             )
             .await?;
         self.notify_event(u.last_event_id);

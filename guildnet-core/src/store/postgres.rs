@@ -112,7 +112,7 @@ use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, Org, Task,
     TaskStatus,
 };
-use crate::names::{AgentName, OrgName, TaskId};
+use crate::names::{AgentName, OrgName, ProcessId, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -218,6 +218,10 @@ CREATE TABLE meta (
     // 2: retention removes a pruned task's events with it; they are found by task.
     r#"
 CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
+"#,
+    // 3: the agent process holding a task's claim (`Task::claim_process`).
+    r#"
+ALTER TABLE tasks ADD COLUMN claim_process TEXT;
 "#,
 ];
 
@@ -541,9 +545,18 @@ fn collect_rows<T>(
         .collect()
 }
 
-const TASK_COLS: &str = "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
-    lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-    artifacts, pr_url, context, log_sealed";
+/// The task columns a new task is inserted with: every column [`task_from_row`] reads but
+/// [`Task::claim_process`], which a task gets only when it is claimed.
+macro_rules! task_insert_cols {
+    () => {
+        "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
+         lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
+         artifacts, pr_url, context, log_sealed"
+    };
+}
+const TASK_COLS: &str = task_insert_cols!();
+/// The task columns [`task_from_row`] reads.
+const TASK_READ_COLS: &str = concat!(task_insert_cols!(), ", claim_process");
 
 fn task_from_row(r: &Row) -> Result<Task, StoreError> {
     let id: String = get(r, 0)?;
@@ -584,6 +597,9 @@ fn task_from_row(r: &Row) -> Result<Task, StoreError> {
                 }
             },
             log_sealed: get(r, 19)?,
+            claim_process: get::<Option<String>>(r, 20)?
+                .map(|p| parse_name(p, ProcessId::new))
+                .transpose()?,
         })
     })()
     .map_err(ctx)
@@ -902,7 +918,7 @@ async fn prefetch(
     let op = "read the tasks of a batch";
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {TASK_COLS} FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            "SELECT {TASK_READ_COLS} FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"
         ))
         .await
         .map_err(|e| pg_error(db, op, e))?;
@@ -1709,7 +1725,7 @@ async fn load_task(
     let lock = if for_update { " FOR UPDATE" } else { "" };
     let stmt = c
         .prepare_cached(&format!(
-            "SELECT {TASK_COLS} FROM tasks WHERE id = $1{lock}"
+            "SELECT {TASK_READ_COLS} FROM tasks WHERE id = $1{lock}"
         ))
         .await
         .map_err(&err)?;
@@ -1933,7 +1949,7 @@ impl StateStore for PostgresStore {
 
     async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
         let op = "list tasks";
-        let mut sql = format!("SELECT {TASK_COLS} FROM tasks WHERE true");
+        let mut sql = format!("SELECT {TASK_READ_COLS} FROM tasks WHERE true");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         if !q.statuses.is_empty() {
             let v: Vec<String> = q.statuses.iter().map(|s| s.as_str().to_owned()).collect();
@@ -2029,8 +2045,9 @@ impl StateStore for PostgresStore {
                      claims=$6, lease_expires_at=$7, updated_at=$8, started_at=$9, \
                      finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
                      agent_hint=$15, task=$16, log_sealed=$17, \
-                     token_hash=COALESCE($18, token_hash) WHERE id=$1 RETURNING 1){}",
-                    journal_cte("u", 19)
+                     token_hash=COALESCE($18, token_hash), claim_process=$19 WHERE id=$1 \
+                     RETURNING 1){}",
+                    journal_cte("u", 20)
                 );
                 let (id, status) = (t.id.as_str(), t.status.as_str());
                 let agent = t.agent.as_ref().map(|a| a.as_str());
@@ -2039,6 +2056,7 @@ impl StateStore for PostgresStore {
                 let lease = t.lease_expires_at.map(ms);
                 let updated = ms(t.updated_at);
                 let (started, finished) = (t.started_at.map(ms), t.finished_at.map(ms));
+                let claim_process = t.claim_process.as_ref().map(|p| p.as_str());
                 if !change.events.is_empty() {
                     b.notify();
                 }
@@ -2063,6 +2081,7 @@ impl StateStore for PostgresStore {
                     &t.task,
                     &t.log_sealed,
                     &token_hash,
+                    &claim_process,
                 ];
                 params.extend(param_refs(&journal));
                 let stmt = tx.prepare_cached(&sql).await.map_err(e)?;
@@ -2159,7 +2178,7 @@ impl StateStore for PostgresStore {
         let renew = c
             .prepare_cached(&format!(
                 "UPDATE tasks SET lease_expires_at = $4 WHERE id = $1 AND agent = $2 \
-                 AND fencing = $3 AND $3 > 0 AND status = 'Running' RETURNING {TASK_COLS}"
+                 AND fencing = $3 AND $3 > 0 AND status = 'Running' RETURNING {TASK_READ_COLS}"
             ))
             .await
             .map_err(e)?;

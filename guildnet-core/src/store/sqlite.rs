@@ -14,7 +14,7 @@ use crate::model::{
     Agent, Artifact, AuditEntry, Event, LogLine, LogStream, NewAudit, NewEvent, Org, Task,
     TaskStatus,
 };
-use crate::names::{AgentName, OrgName, TaskId};
+use crate::names::{AgentName, OrgName, ProcessId, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -137,6 +137,10 @@ DROP INDEX tasks_created;
     // 6: retention removes a pruned task's events with it; they are found by task.
     r#"
 CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
+"#,
+    // 7: the agent process holding a task's claim (`Task::claim_process`).
+    r#"
+ALTER TABLE tasks ADD COLUMN claim_process TEXT;
 "#,
 ];
 
@@ -763,7 +767,7 @@ macro_rules! task_cols {
     () => {
         "id, org, task, agent_hint, status, agent, attempt, fencing, claims, \
          lease_expires_at, created_at, updated_at, started_at, finished_at, exit_code, reason, \
-         artifacts, pr_url, context, log_sealed"
+         artifacts, pr_url, context, log_sealed, claim_process"
     };
 }
 const TASK_COLS: &str = task_cols!();
@@ -799,6 +803,10 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
             Some(j) => serde_json::from_str(&j).map_err(|e| corrupt(format!("context: {e}")))?,
         },
         log_sealed: r.get(19)?,
+        claim_process: r
+            .get::<_, Option<String>>(20)?
+            .map(|p| parse_name(p, ProcessId::new))
+            .transpose()?,
     })
 }
 
@@ -832,7 +840,7 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
         "UPDATE tasks SET status=?2, agent=?3, attempt=?4, fencing=?5, claims=?6, \
          lease_expires_at=?7, updated_at=?8, started_at=?9, finished_at=?10, exit_code=?11, \
          reason=?12, artifacts=?13, pr_url=?14, agent_hint=?15, task=?16, log_sealed=?17, \
-         json=?18 WHERE id=?1",
+         json=?18, claim_process=?19 WHERE id=?1",
     )
     .map_err(db("update task"))?
     .execute(params![
@@ -854,6 +862,7 @@ fn save_task(conn: &Connection, t: &Task) -> Result<(), StoreError> {
         t.task,
         t.log_sealed,
         task_json(t)?,
+        t.claim_process.as_ref().map(|p| p.as_str()),
     ])
     .map_err(db("update task"))?;
     Ok(())
@@ -1184,7 +1193,7 @@ impl StateStore for SqliteStore {
                     "INSERT OR IGNORE INTO tasks (",
                     task_cols!(),
                     ", token_hash, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
                 ))
                 .map_err(db("insert task"))?
                 .execute(params![
@@ -1208,6 +1217,7 @@ impl StateStore for SqliteStore {
                     t.pr_url,
                     context_json(&t.context)?,
                     t.log_sealed,
+                    t.claim_process.as_ref().map(|p| p.as_str()),
                     token_hash,
                     task_json(t)?,
                 ])
