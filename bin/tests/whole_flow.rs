@@ -444,6 +444,22 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         agent_image.digest
     );
     step("agent_claimed_and_log_live_in_the_page", t);
+    // The agent claimed once code-server accepted connections; how long it waited for it.
+    let agent_log = pods
+        .logs(&pod_name, &Default::default())
+        .await
+        .expect("agent log");
+    let waited_ms: u64 = agent_log
+        .lines()
+        .find(|l| l.contains("the editor accepts connections; claiming"))
+        .and_then(|l| l.split("waited_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the agent did not wait for its editor:\n{agent_log}"));
+    println!(
+        "WHOLE-FLOW agent_waited_for_code_server {:.1}",
+        waited_ms as f64 / 1000.0
+    );
 
     // 6. Open the editor from the agents page: the workbench renders in the iframe (the editor
     //    origin relays to the orchestrator's proxy, which port-forwards into the pod).
