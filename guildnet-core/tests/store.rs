@@ -1126,6 +1126,29 @@ async fn database_files_are_private_from_the_first_open() {
 }
 
 #[tokio::test]
+async fn a_dropped_store_keeps_no_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    store
+        .create_org(&org("acme"), audit("org.create", "acme"))
+        .await
+        .expect("write");
+    let state = path.parent().unwrap().to_owned();
+    let open_here = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&state))
+            .count()
+    };
+    assert!(open_here() > 0, "the open store holds its files");
+    drop(store);
+    // At once: no writer, reader or checkpoint thread still has them open.
+    assert_eq!(open_here(), 0, "files of a dropped store still open");
+}
+
+#[tokio::test]
 async fn a_read_only_database_is_refused_at_open() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -1138,12 +1161,24 @@ async fn a_read_only_database_is_refused_at_open() {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&path).unwrap().uid() == 0
     };
+    // A remount read-only can meet "mount point is busy" for a moment (seen once under
+    // parallel tests): a few tries, then the error.
     let run = |args: &[&str]| {
-        let st = std::process::Command::new("mount")
-            .args(args)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount {args:?} failed");
+        for attempt in 1..=5 {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .output()
+                .expect("run mount");
+            if out.status.success() {
+                return;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                attempt < 5 && err.contains("busy"),
+                "mount {args:?} failed: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200 * attempt));
+        }
     };
     let s = state.to_str().unwrap();
     if root {

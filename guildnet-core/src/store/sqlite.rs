@@ -187,8 +187,8 @@ struct Inner {
     /// their memory, under thousands of concurrent agents).
     read_permits: tokio::sync::Semaphore,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Dropping it stops the checkpoint thread.
-    _stop_checkpoints: mpsc::Sender<()>,
+    /// The checkpoint thread and the sender whose drop stops it (after one last checkpoint).
+    checkpoints: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Group commit counters, for [`SqliteStore::commit_stats`].
     stats: Arc<CommitCounters>,
 }
@@ -212,6 +212,8 @@ pub struct CommitStats {
     pub largest: u64,
 }
 
+/// A dropped store leaves no thread behind that still has the file open: the writer finishes
+/// its queued writes and the checkpoint thread its last checkpoint before the drop returns.
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut w) = self.writer.lock() {
@@ -219,6 +221,12 @@ impl Drop for Inner {
         }
         if let Ok(mut h) = self.worker.lock() {
             if let Some(h) = h.take() {
+                let _ = h.join();
+            }
+        }
+        if let Ok(mut c) = self.checkpoints.lock() {
+            if let Some((stop, h)) = c.take() {
+                drop(stop);
                 let _ = h.join();
             }
         }
@@ -537,7 +545,7 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("guildnet-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stop_rx))
             .map_err(|e| StoreError::Open {
@@ -564,7 +572,7 @@ impl SqliteStore {
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
                 worker: Mutex::new(Some(worker)),
-                _stop_checkpoints: stop_tx,
+                checkpoints: Mutex::new(Some((stop_tx, checkpoints))),
                 stats,
             }),
         })
