@@ -53,18 +53,9 @@ struct Cli {
     /// Print a one-time login link: auto (when output is a terminal), always, never.
     #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = guildnet_bin::LoginLinkMode::Auto)]
     login_link: guildnet_bin::LoginLinkMode,
-    /// The operator image "provision a Talos cluster" installs into a new org's cluster
-    /// (default: the release image).
-    #[arg(long, env = "GUILDNET_OPERATOR_IMAGE")]
-    operator_image: Option<String>,
-    /// The tailscale sidecar image that operator adds to agents on the tailnet (default: the
-    /// operator's, tailscale/tailscale).
-    #[arg(long, env = "GUILDNET_OPERATOR_MESH_SIDECAR_IMAGE")]
-    operator_mesh_sidecar_image: Option<String>,
-    /// That sidecar speaks plain HTTP to DERP relays: only for a plain-HTTP Headscale with its
-    /// embedded DERP (a local or test setup).
-    #[arg(long, env = "GUILDNET_OPERATOR_MESH_PLAIN_HTTP_DERP")]
-    operator_mesh_plain_http_derp: bool,
+    /// What "provision a Talos cluster" installs.
+    #[command(flatten)]
+    operator: guildnet_bin::OperatorInstallArgs,
 }
 
 #[tokio::main]
@@ -98,13 +89,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.tls = cli.tls;
     cfg.editor_listen = cli.editor_listen;
     cfg.editor_url = cli.editor_url;
-    if let Some(i) = cli.operator_image.filter(|i| !i.trim().is_empty()) {
-        cfg.operator_install.image = i;
-    }
-    cfg.operator_install.mesh_sidecar_image = cli
-        .operator_mesh_sidecar_image
-        .filter(|i| !i.trim().is_empty());
-    cfg.operator_install.mesh_plain_http_derp = cli.operator_mesh_plain_http_derp;
+    cli.operator.apply(&mut cfg.operator_install);
     let handle = OrchestratorHandle {
         url: cli.orchestrator_url,
         token: Secret::new(token),

@@ -394,6 +394,46 @@ pub struct UpDashboardArgs {
     /// Print a one-time dashboard login link: auto (when output is a terminal), always, never.
     #[arg(long, env = "GUILDNET_LOGIN_LINK", value_enum, default_value_t = LoginLinkMode::Auto)]
     pub login_link: LoginLinkMode,
+    /// What the dashboard's "provision a Talos cluster" installs.
+    #[command(flatten)]
+    pub operator: OperatorInstallArgs,
+}
+
+/// What the dashboard's "provision a Talos cluster" installs into a new org's cluster (flags
+/// of `guildnet-dashboard` and `guildnet up`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct OperatorInstallArgs {
+    /// The operator image "provision a Talos cluster" installs into a new org's cluster
+    /// (default: the release image).
+    #[arg(long, env = "GUILDNET_OPERATOR_IMAGE")]
+    pub operator_image: Option<String>,
+    /// The tailscale sidecar image that operator adds to agents on the tailnet (default: the
+    /// operator's, tailscale/tailscale).
+    #[arg(long, env = "GUILDNET_OPERATOR_MESH_SIDECAR_IMAGE")]
+    pub operator_mesh_sidecar_image: Option<String>,
+    /// That sidecar speaks plain HTTP to DERP relays: only for a plain-HTTP Headscale with its
+    /// embedded DERP (a local or test setup).
+    #[arg(long, env = "GUILDNET_OPERATOR_MESH_PLAIN_HTTP_DERP")]
+    pub operator_mesh_plain_http_derp: bool,
+}
+
+impl OperatorInstallArgs {
+    /// Sets these flags on the dashboard's operator install options (blank values are unset).
+    pub fn apply(&self, opts: &mut guildnet_kube::install::InstallOptions) {
+        if let Some(i) = self
+            .operator_image
+            .as_ref()
+            .filter(|i| !i.trim().is_empty())
+        {
+            opts.image = i.trim().to_owned();
+        }
+        opts.mesh_sidecar_image = self
+            .operator_mesh_sidecar_image
+            .as_ref()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty());
+        opts.mesh_plain_http_derp = self.operator_mesh_plain_http_derp;
+    }
 }
 
 /// The dashboard's mesh setup: guildnet-mesh with `headscale`, `tailscaled` and `tailscale`
@@ -485,6 +525,7 @@ pub async fn run_up(
         (None, None) => "Runner: none (tasks fail until you pass --runner)".to_owned(),
     };
     let orgs: Vec<String> = args.orgs.iter().map(|o| o.to_string()).collect();
+    let namespace = args.namespace.clone();
     let (opts, mesh) = args.to_options_and_mesh()?;
     let started = start_local(opts).await?;
     announce_orchestrator(&started);
@@ -507,6 +548,9 @@ pub async fn run_up(
         cfg.tls = dash.dashboard_tls;
         cfg.editor_listen = dash.dashboard_editor_listen;
         cfg.editor_url = dash.dashboard_editor_url;
+        // The operator it installs watches the namespace this orchestrator puts AgentTasks in.
+        cfg.operator_install.namespace = namespace.clone();
+        dash.operator.apply(&mut cfg.operator_install);
         let handle = OrchestratorHandle {
             url: format!("http://{}", started.addr),
             token: started.app.orchestrator.config().admin_token.clone(),
@@ -755,5 +799,47 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        dash: UpDashboardArgs,
+    }
+
+    #[test]
+    fn guildnet_up_passes_the_operator_install_flags_to_its_dashboard() {
+        let up = Up::try_parse_from([
+            "up",
+            "--operator-image",
+            " registry.test/guildnet-operator:1 ",
+            "--operator-mesh-sidecar-image",
+            "registry.test/tailscale:1",
+            "--operator-mesh-plain-http-derp",
+        ])
+        .unwrap();
+        let mut opts = guildnet_kube::install::InstallOptions::default();
+        up.dash.operator.apply(&mut opts);
+        assert_eq!(opts.image, "registry.test/guildnet-operator:1");
+        assert_eq!(
+            opts.mesh_sidecar_image.as_deref(),
+            Some("registry.test/tailscale:1")
+        );
+        assert!(opts.mesh_plain_http_derp);
+        // Unset or blank: the release image stays.
+        let up = Up::try_parse_from(["up", "--operator-image", " "]).unwrap();
+        let mut opts = guildnet_kube::install::InstallOptions::default();
+        up.dash.operator.apply(&mut opts);
+        assert_eq!(
+            opts.image,
+            guildnet_kube::install::InstallOptions::default().image
+        );
+        assert_eq!(opts.mesh_sidecar_image, None);
     }
 }

@@ -128,6 +128,20 @@ async fn code_server_in_the_agent_is_served_through_the_proxy_and_rendered_in_ch
     orch.wait_ready().await;
     let c = orch.client();
     let (task, agent) = running_agent(&orch, "sleep 300").await;
+    // The agent claims only once code-server accepts connections: as soon as the task is
+    // Running, the agent's own /healthz says the editor runs (no wait here).
+    let hz: Value = http()
+        .get(format!("http://{health}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        hz["editor"]["state"], "running",
+        "the task is Running before its editor: {hz}"
+    );
 
     // The editor's state reaches the orchestrator in heartbeats, and the agent's /healthz.
     let state = eventually("editor running in heartbeats", 90, async || {
@@ -353,4 +367,54 @@ async fn websocket_frames_round_trip_through_the_editor_proxy() {
 
     let c = orch.client();
     c.cancel(&task).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_that_never_listens_holds_the_claim_back_only_for_the_ready_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    // A code-server that starts and never listens.
+    let silent = dir.path().join("silent-code-server");
+    std::fs::write(&silent, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    let mut perm = std::fs::metadata(&silent).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&silent, perm).unwrap();
+    let orch = Orchestrator::start_with(
+        &dir.path().join("state"),
+        free_port(),
+        &[
+            "--code-server",
+            silent.to_str().unwrap(),
+            AGENTS_AS_ME[0],
+            AGENTS_AS_ME[1],
+        ],
+        &[("GUILDNET_EDITOR_READY_SECS", "2")],
+    );
+    orch.wait_ready().await;
+    let c = orch.client();
+    let t = c
+        .schedule(&OrgName::new("acme").unwrap(), "echo ran anyway", None)
+        .await
+        .unwrap();
+    let done = wait_terminal(&c, std::slice::from_ref(&t.id), 60)
+        .await
+        .remove(0);
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    let waited = (done.started_at.unwrap() - done.created_at)
+        .to_std()
+        .unwrap();
+    assert!(waited >= Duration::from_secs(2), "claimed after {waited:?}");
+    let lines: Vec<String> = c
+        .logs(&t.id, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[editor] code-server did not accept connections within 2 s (editor starting) on"
+        )),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "ran anyway"), "{lines:?}");
 }

@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::node::{exec_stdout, pods_report, KeepOnPanic};
+
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::context::RepoSpec;
 use guildnet_core::model::{Task, TaskStatus};
@@ -41,11 +43,10 @@ use guildnet_testbed::{eventually, process, Proc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 
 const TOKEN: &str = "kube-pod-e2e-admin-token-0123456789";
 const NS: &str = "mvp-agents";
@@ -72,25 +73,6 @@ fn secret_value() -> String {
         "gn-secret-{}",
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
     )
-}
-
-/// A temp dir that is kept (and named on stderr) when the test panics.
-struct KeepOnPanic(Option<tempfile::TempDir>);
-
-impl KeepOnPanic {
-    fn path(&self) -> &Path {
-        self.0.as_ref().map(|d| d.path()).expect("dir")
-    }
-}
-
-impl Drop for KeepOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(d) = self.0.take() {
-                eprintln!("kube_pod_e2e: logs kept in {}", d.keep().display());
-            }
-        }
-    }
 }
 
 struct Orch {
@@ -286,53 +268,6 @@ async fn open_workbench(orch_url: &str, agent: &str) -> Result<String, String> {
     r.text().await.map_err(|e| format!("workbench body: {e}"))
 }
 
-/// What the namespace's pods say (phase, waiting reasons, warning events, the last log lines),
-/// for a failure message.
-async fn report(admin: &kube::Client) -> String {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    let mut out = String::new();
-    for p in pods
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = p.metadata.name.clone().unwrap_or_default();
-        out.push_str(&format!(
-            "pod {}\n",
-            guildnet_kube::backend::describe_pod(&p)
-        ));
-        let log = pods
-            .logs(
-                &name,
-                &LogParams {
-                    tail_lines: Some(30),
-                    ..LogParams::default()
-                },
-            )
-            .await
-            .unwrap_or_else(|e| format!("(no log: {e})"));
-        out.push_str(&format!("--- log of {name}:\n{log}\n"));
-    }
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), NS)
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    for e in events
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-    {
-        out.push_str(&format!(
-            "event {} {}: {}\n",
-            e.involved_object.name.clone().unwrap_or_default(),
-            e.reason.clone().unwrap_or_default(),
-            e.message.clone().unwrap_or_default()
-        ));
-    }
-    out
-}
-
 fn claimed_after(t: &Task) -> Duration {
     t.started_at
         .map(|s| (s - t.created_at).to_std().unwrap_or_default())
@@ -346,35 +281,11 @@ async fn task_pods(pods: &Api<Pod>, id: &TaskId) -> Vec<Pod> {
         .items
 }
 
-async fn exec_stdout(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> String {
-    let mut attached = pods
-        .exec(
-            pod,
-            cmd.iter().copied(),
-            &AttachParams::default().stdout(true).stderr(false),
-        )
-        .await
-        .expect("exec");
-    let mut out = String::new();
-    attached
-        .stdout()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .await
-        .expect("read exec stdout");
-    attached.join().await.expect("exec finished");
-    out
-}
-
 #[tokio::test]
 async fn agents_run_in_real_pods_from_images_built_without_docker() {
     let t_all = Instant::now();
     // Kept on failure (the orchestrators' logs are in it), removed at the end of a passing run.
-    let dir = tempfile::Builder::new()
-        .prefix("gn-pod-e2e-")
-        .tempdir()
-        .expect("tempdir");
-    let dir = KeepOnPanic(Some(dir));
+    let dir = KeepOnPanic::new("gn-pod-e2e-");
     let registry = Registry::start().await.expect("registry");
 
     // Images: built from this build's binaries, pushed to the registry.
@@ -515,7 +426,7 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
         if start.elapsed() > Duration::from_secs(120) {
             panic!(
                 "operator Deployment not available after 120 s\n{}",
-                report(&admin).await
+                pods_report(&admin, NS).await
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -636,8 +547,8 @@ async fn agents_run_in_real_pods_from_images_built_without_docker() {
     // The editor: POST /agents/editor/open port-forwards (through the API server and the
     // kubelet) to code-server in the pod; the proxy serves the workbench, already logged in.
     let agent = running.agent.clone().expect("agent name");
-    // code-server may still be starting (the agent is ready, and claims, before its editor is):
-    // the proxy answers 502 until it listens.
+    // The agent claims only once code-server accepts connections, so the first try normally
+    // works; the port-forward through the API server and the kubelet may still need a moment.
     let t = Instant::now();
     let html = loop {
         match open_workbench(&orch.url, agent.as_str()).await {

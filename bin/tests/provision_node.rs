@@ -14,31 +14,16 @@
 mod common;
 
 use common::*;
-use guildnet_testbed::eventually;
 use guildnet_testbed::images::build_and_push;
-use guildnet_testbed::kube::KubeCluster;
-use guildnet_testbed::node::NodeOptions;
 use guildnet_testbed::registry::Registry;
-use guildnet_testbed::talos_emulator::{register_talos_nodes, TalosEmulator};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "provision-node-dashboard-password";
-
-/// The dashboard binary, killed on drop.
-struct Dashboard(Child);
-
-impl Drop for Dashboard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The `event:` names of a finished SSE body, with their `step` (`stepDone:operator/crd`).
 fn events(body: &str) -> Vec<String> {
@@ -72,23 +57,7 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
     let operator_image = built.get("operator").expect("operator").reference.clone();
     // Only named on the operator's command line here: no agent pod runs.
     let sidecar_image = format!("{}/testbed/tailscale:{tag}", registry.host());
-    let insecure = registry.host().to_owned();
-    let emu = TalosEmulator::start_with(
-        2,
-        Box::new(move |record| {
-            Box::pin(async move {
-                let cluster = KubeCluster::start_with_node(NodeOptions {
-                    insecure_registries: vec![insecure],
-                    ..NodeOptions::default()
-                })
-                .await?;
-                register_talos_nodes(&cluster, &record, true).await?;
-                Ok(cluster)
-            })
-        }),
-    )
-    .await
-    .expect("talos emulator (scripts/testbed/install.sh talos-emulator)");
+    let emu = node::talos_emulator_on_real_node(2, registry.host()).await;
     let (cp, worker) = (emu.nodes()[0].clone(), emu.nodes()[1].clone());
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,44 +69,25 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
         &[],
     );
     orch.wait_ready().await;
-    let dash_port = free_port();
-    let dash_url = format!("http://127.0.0.1:{dash_port}");
-    let _dash = Dashboard(
-        Command::new(env!("CARGO_BIN_EXE_guildnet-dashboard"))
-            .args(["--listen", &format!("127.0.0.1:{dash_port}")])
-            .args(["--orchestrator-url", &orch.url()])
-            .arg("--state-dir")
-            .arg(dir.path().join("dash"))
-            .args(["--operator-image", &operator_image])
-            .args(["--operator-mesh-sidecar-image", &sidecar_image])
-            .arg("--operator-mesh-plain-http-derp")
-            .args(["--login-link", "never"])
-            .env("ORCHESTRATOR_TOKEN", TOKEN)
-            .env("GUILDNET_DASHBOARD_PASSWORD", PASSWORD)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn the dashboard"),
+    let dash = dashboard::Dashboard::start(
+        &dir.path().join("dash"),
+        &orch.url(),
+        TOKEN,
+        PASSWORD,
+        &[
+            "--operator-image",
+            &operator_image,
+            "--operator-mesh-sidecar-image",
+            &sidecar_image,
+            "--operator-mesh-plain-http-derp",
+        ],
     );
+    let dash_url = dash.url.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()
         .expect("client");
-    let login = eventually("dashboard login", Duration::from_secs(30), || async {
-        http.post(format!("{dash_url}/api/login"))
-            .json(&json!({"password": PASSWORD}))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
-    .await;
-    let session = login.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .split(';')
-        .next()
-        .expect("cookie pair")
-        .to_owned();
+    let session = dash.login(PASSWORD).await;
     let r = http
         .post(format!("{dash_url}/api/orgs"))
         .header("cookie", &session)

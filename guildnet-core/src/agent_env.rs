@@ -37,6 +37,9 @@ pub const TASK_TEXT: &str = "GUILDNET_TASK";
 pub const CODE_SERVER: &str = "GUILDNET_CODE_SERVER";
 /// Address code-server binds (default `0.0.0.0:8443`).
 pub const EDITOR_ADDR: &str = "GUILDNET_EDITOR_ADDR";
+/// Most seconds the agent waits, before it claims, for code-server to accept connections
+/// (default 60; `0` claims at once).
+pub const EDITOR_READY_SECS: &str = "GUILDNET_EDITOR_READY_SECS";
 /// The code-server password (secret).
 pub const CODE_SERVER_PASSWORD: &str = "CODE_SERVER_PASSWORD";
 /// `host:port` at which others reach the editor (sent at register).

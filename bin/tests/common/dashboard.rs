@@ -1,14 +1,85 @@
-//! The dashboard's page in headless Chromium (the testbed's ChromeDriver) and the `guildnet` CLI
-//! as a person runs them, for the tests that drive `guildnet up`.
+//! The dashboard: the real `guildnet-dashboard` binary in front of an orchestrator, its page in
+//! headless Chromium (the testbed's ChromeDriver) and the `guildnet` CLI as a person runs them.
 
 use guildnet_testbed::browser::Session;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
-/// Polls a JS expression in the page until it is truthy; returns its value (panics after
-/// `secs`, naming `what`).
+/// The dashboard binary (killed on drop), on 127.0.0.1.
+pub struct Dashboard {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Dashboard {
+    /// Starts `guildnet-dashboard` with its state in `state`, in front of the orchestrator at
+    /// `orchestrator_url` (admin `token`), with login `password` and the `extra` flags
+    /// (`--operator-image ...`). Its output goes to `<state>.log`.
+    pub fn start(
+        state: &Path,
+        orchestrator_url: &str,
+        token: &str,
+        password: &str,
+        extra: &[&str],
+    ) -> Self {
+        let port = super::free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("log"))
+            .expect("dashboard log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_guildnet-dashboard"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--orchestrator-url", orchestrator_url])
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--login-link", "never"])
+            .args(extra)
+            .env("ORCHESTRATOR_TOKEN", token)
+            .env("GUILDNET_DASHBOARD_PASSWORD", password)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn the dashboard");
+        Dashboard {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Logs in over HTTP (retrying until it listens, 30 s) and returns the session cookie pair.
+    pub async fn login(&self, password: &str) -> String {
+        let http = reqwest::Client::new();
+        let login =
+            guildnet_testbed::eventually("dashboard login", Duration::from_secs(30), || {
+                let req = http
+                    .post(format!("{}/api/login", self.url))
+                    .json(&serde_json::json!({ "password": password }));
+                async move { req.send().await.ok().filter(|r| r.status() == 200) }
+            })
+            .await;
+        login.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("cookie pair")
+            .to_owned()
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls a JS expression in the page until it is truthy and returns it; panics with `what`.
 pub async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value {
     match s.wait_until(what, script, Duration::from_secs(secs)).await {
         Ok(v) => v,
@@ -16,7 +87,7 @@ pub async fn wait_js(s: &Session, what: &str, script: &str, secs: u64) -> Value 
     }
 }
 
-/// Waits until the element with this id is displayed.
+/// Waits until the element with this id is shown (rendered, not hidden).
 pub async fn visible(s: &Session, id: &str, secs: u64) {
     wait_js(
         s,
@@ -29,16 +100,33 @@ pub async fn visible(s: &Session, id: &str, secs: u64) {
     .await;
 }
 
-/// Clicks the first element matching `css`.
+/// Clicks the first element matching `css`. Lists the page re-renders on live events replace
+/// their rows: an element gone stale between the lookup and the click is looked up again.
 pub async fn click(s: &Session, css: &str) {
-    let e = s.find_css(css).await.expect(css);
-    s.click(&e).await.expect(css);
+    for attempt in 1.. {
+        let e = s
+            .find_css(css)
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match s.click(&e).await {
+            Ok(()) => return,
+            Err(e) if attempt < 10 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
 }
 
-/// Types into the first element matching `css`.
+/// Types `text` into the first element matching `css`.
 pub async fn type_into(s: &Session, css: &str, text: &str) {
-    let e = s.find_css(css).await.expect(css);
-    s.send_keys(&e, text).await.expect(css);
+    let e = s
+        .find_css(css)
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    s.send_keys(&e, text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
 }
 
 /// Opens the dashboard at `dash_url`, logs in with `password`, continues past the setup gate

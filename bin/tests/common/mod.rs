@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dashboard;
+pub mod node;
 
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::{Task, TaskStatus};

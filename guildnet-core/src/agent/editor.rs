@@ -40,6 +40,76 @@ pub struct EditorConfig {
     pub sandbox: Option<super::sandbox::SandboxPolicy>,
     /// Its private temp dir (`TMPDIR`, `XDG_RUNTIME_DIR`), if any.
     pub tmp_dir: Option<PathBuf>,
+    /// How long the agent waits, before it claims its task, for code-server to accept
+    /// connections (`GUILDNET_EDITOR_READY_SECS`, default [`DEFAULT_READY_WAIT`]): a task is
+    /// Running only once its editor can be opened. Past it the agent claims anyway and says why.
+    pub ready_wait: Duration,
+}
+
+/// Default [`EditorConfig::ready_wait`]: code-server (Node.js) starts in 1-3 s on an idle
+/// machine, 10-20 s in a pod on a loaded one.
+pub const DEFAULT_READY_WAIT: Duration = Duration::from_secs(60);
+
+/// Why [`wait_until_ready`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Still not answering when the wait ran out.
+    #[error("code-server did not accept connections within {} s (editor {state})", waited.as_secs())]
+    TimedOut {
+        /// How long it waited.
+        waited: Duration,
+        /// The editor's last state (`starting`, `restarting: exit status: 1`).
+        state: String,
+    },
+    /// It cannot start at all.
+    #[error("code-server cannot start: {0}")]
+    Failed(String),
+}
+
+impl EditorState {
+    /// A short description for log lines: `starting`, `restarting after exit status: 1`.
+    pub fn describe(&self) -> String {
+        match self {
+            EditorState::Disabled => "disabled".into(),
+            EditorState::Starting { .. } => "starting".into(),
+            EditorState::Running { .. } => "running".into(),
+            EditorState::Restarting { last_exit, .. } => format!("restarting after {last_exit}"),
+            EditorState::Failed { reason } => format!("failed: {reason}"),
+        }
+    }
+}
+
+/// Waits at most `limit` until the editor answers (`Running`) or is not wanted (`Disabled`).
+/// An editor that cannot start (`Failed`) ends the wait at once.
+pub async fn wait_until_ready(
+    mut state: watch::Receiver<EditorState>,
+    limit: Duration,
+) -> Result<(), NotReady> {
+    let waited = async {
+        loop {
+            let now = state.borrow_and_update().clone();
+            match now {
+                EditorState::Running { .. } | EditorState::Disabled => return Ok(()),
+                EditorState::Failed { reason } => return Err(NotReady::Failed(reason)),
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                // The supervisor is gone: nothing will change any more.
+                let last = state.borrow().describe();
+                return Err(NotReady::TimedOut {
+                    waited: Duration::ZERO,
+                    state: format!("{last}, supervisor stopped"),
+                });
+            }
+        }
+    };
+    match tokio::time::timeout(limit, waited).await {
+        Ok(r) => r,
+        Err(_) => Err(NotReady::TimedOut {
+            waited: limit,
+            state: state.borrow().describe(),
+        }),
+    }
 }
 
 /// The config file code-server reads its password from.
@@ -397,6 +467,111 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_ready_wait_ends_when_the_editor_answers_fails_or_runs_out() {
+        // Answers after a while: the wait ends then, not at its limit.
+        let (tx, rx) = watch::channel(EditorState::Starting { restarts: 0 });
+        let t = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(EditorState::Restarting {
+                restarts: 0,
+                last_exit: "exit status: 1".into(),
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(EditorState::Running { restarts: 1 });
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        wait_until_ready(rx, Duration::from_secs(20)).await.unwrap();
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        // Never answers: gives up at the limit, naming the last state.
+        let (tx, rx) = watch::channel(EditorState::Starting { restarts: 0 });
+        let t = tokio::time::Instant::now();
+        let err = wait_until_ready(rx, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(t.elapsed() >= Duration::from_secs(1));
+        assert_eq!(
+            err.to_string(),
+            "code-server did not accept connections within 1 s (editor starting)"
+        );
+        drop(tx);
+        // Cannot start: at once, with the reason.
+        let (_tx, rx) = watch::channel(EditorState::Failed {
+            reason: "/nope not found".into(),
+        });
+        let err = wait_until_ready(rx, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err, NotReady::Failed("/nope not found".into()));
+        // No editor: nothing to wait for.
+        let (_tx, rx) = watch::channel(EditorState::Disabled);
+        wait_until_ready(rx, Duration::from_millis(1))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_real_listener_is_what_makes_the_editor_ready() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in process that stays up; its port starts listening only after 1 s (as
+        // code-server, a Node.js process, does a while after it was started).
+        let script = d.path().join("fake-code-server");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sup = EditorSupervisor::start(EditorConfig {
+            code_server: script,
+            bind: format!("127.0.0.1:{port}").parse().unwrap(),
+            password: Secret::new("pw"),
+            workspace: d.path().to_path_buf(),
+            data_dir: d.path().join("data"),
+            log_file: d.path().join("cs.log"),
+            sandbox: None,
+            tmp_dir: None,
+            ready_wait: DEFAULT_READY_WAIT,
+        });
+        let t = std::time::Instant::now();
+        let serve = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf).await;
+                    let _ = c
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(sup.state(), EditorState::Starting { .. }));
+        wait_until_ready(sup.watch(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(1));
+        assert!(matches!(sup.state(), EditorState::Running { .. }));
+        serve.abort();
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn a_dying_editor_is_restarted_with_backoff() {
         let d = tempfile::tempdir().unwrap();
         // A stand-in that exits at once: the supervisor must keep restarting it.
@@ -414,6 +589,7 @@ mod tests {
             log_file: d.path().join("cs.log"),
             sandbox: None,
             tmp_dir: None,
+            ready_wait: DEFAULT_READY_WAIT,
         });
         let mut w = sup.watch();
         let restarted = tokio::time::timeout(Duration::from_secs(5), async {
@@ -460,6 +636,7 @@ mod tests {
             log_file: d.path().join("cs.log"),
             sandbox: None,
             tmp_dir: None,
+            ready_wait: DEFAULT_READY_WAIT,
         };
         let runs = d.path().join("fake-code-server.runs");
         let started = || {
@@ -505,6 +682,7 @@ mod tests {
             log_file: d.path().join("cs.log"),
             sandbox: None,
             tmp_dir: None,
+            ready_wait: DEFAULT_READY_WAIT,
         });
         let mut w = sup.watch();
         let st = tokio::time::timeout(Duration::from_secs(5), async {
@@ -544,6 +722,7 @@ mod tests {
             log_file: d.path().join("cs.log"),
             sandbox: None,
             tmp_dir: None,
+            ready_wait: DEFAULT_READY_WAIT,
         });
         let config = d.path().join("fake-code-server.config");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -185,6 +185,15 @@ impl AgentConfig {
                     log_file: state_dir.join("code-server.log"),
                     sandbox: None,
                     tmp_dir: None,
+                    ready_wait: match opt(agent_env::EDITOR_READY_SECS) {
+                        None => editor::DEFAULT_READY_WAIT,
+                        Some(v) => v.trim().parse().map(Duration::from_secs).map_err(|_| {
+                            AgentError::Config(format!(
+                                "{}: {v:?} is not a number of seconds",
+                                agent_env::EDITOR_READY_SECS
+                            ))
+                        })?,
+                    },
                 })
             }
         };
@@ -575,6 +584,37 @@ async fn run_task(
     if reg.task.status == TaskStatus::Cancelled {
         return Ok(AgentOutcome::Cancelled);
     }
+    // The task is Running once claimed: claim only once its editor can be opened (a warm pool
+    // agent starts its editor after the claim instead, which is its hot path).
+    let editor_note = match (&cfg.editor, &cfg.warm_pod) {
+        (Some(e), None) if !e.ready_wait.is_zero() => {
+            let t = tokio::time::Instant::now();
+            let ready = tokio::select! {
+                r = editor::wait_until_ready(view.editor.clone(), e.ready_wait) => r,
+                _ = stopper.stopped() => return Ok(AgentOutcome::Stopped),
+            };
+            match ready {
+                Ok(()) => {
+                    tracing::info!(
+                        bind = %e.bind,
+                        waited_ms = t.elapsed().as_millis() as u64,
+                        "the editor accepts connections; claiming"
+                    );
+                    None
+                }
+                Err(why) => {
+                    let line = format!(
+                        "[editor] {why} on {}; the task runs without it (the editor opens once it \
+                         answers; its output is in the agent's code-server.log)",
+                        e.bind
+                    );
+                    tracing::warn!(bind = %e.bind, "{line}");
+                    Some(line)
+                }
+            }
+        }
+        _ => None,
+    };
     // One id per process: its retries keep the claim's token, and a replacement process
     // (a new pod of this agent) takes the claim over and fences this one off.
     let claim_req = ClaimRequest {
@@ -609,6 +649,9 @@ async fn run_task(
         claim.next_log_seq.max(1),
     )
     .with_redactor(cfg.redactor.clone());
+    if let Some(line) = editor_note {
+        shipper.push(LogStream::System, line);
+    }
     if let Some(pod) = &cfg.warm_pod {
         shipper.push(
             LogStream::System,
