@@ -31,7 +31,7 @@
 
 mod common;
 
-use common::dashboard::{click, type_into, wait_js, visible, Dashboard};
+use common::dashboard::{click, type_into, visible, wait_js, Dashboard};
 use common::node::{exec_stdout, pods_report, talos_emulator_on_real_node, KeepOnPanic};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::TaskStatus;

@@ -86,7 +86,8 @@ impl TestbedError {
 const LOG_TAIL_BYTES: u64 = 4000;
 
 /// A server process in its own process group, its stdout and stderr going to a log file.
-/// Dropping it sends SIGTERM to the group, waits up to the stop timeout, then sends SIGKILL.
+/// Dropping it sends SIGTERM to the group, waits up to the stop timeout, then sends SIGKILL;
+/// a drop while the test panics also prints the log's tail.
 #[derive(Debug)]
 pub struct Proc {
     name: String,
@@ -200,8 +201,19 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Stops the process; when the test is failing (the thread panics), its log's tail goes to
+    /// stderr, so a failure in CI shows what each server said without a rerun.
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last {LOG_TAIL_BYTES} bytes of {} ({}) ----\n{}\n---- end of {} ----",
+                self.name,
+                self.log.display(),
+                self.log_tail(),
+                self.name
+            );
+        }
     }
 }
 
