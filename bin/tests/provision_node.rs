@@ -81,6 +81,7 @@ async fn the_dashboard_provisions_a_talos_cluster_whose_operator_runs_on_a_real_
             &sidecar_image,
             "--operator-mesh-plain-http-derp",
         ],
+        &[],
     );
     let dash_url = dash.url.clone();
     let http = reqwest::Client::builder()

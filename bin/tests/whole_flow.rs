@@ -5,23 +5,23 @@
 //! `scripts/images/build.sh` from this build's binaries and pushed to the testbed's registry,
 //! and a repository on the testbed's Gitea (listening on the node's address, so pods reach it).
 //!
-//! 1. Log in to the dashboard.
+//! 1. Log in to the dashboard and create a mesh in its setup gate: the real headscale on the
+//!    node's address (pods reach it there), the dashboard's host joins, and the flow hands the
+//!    mesh to the orchestrator, whose host joins with a userspace tailscaled of its own.
 //! 2. Create org `acme` with "provision a Talos cluster" in the page: talosctl bootstraps the
 //!    emulated nodes, the kubeconfig lands in `${state}/kube/acme.config`, the dashboard
-//!    installs the operator.
+//!    installs the operator (with the tailscale sidecar image for agents).
 //! 3. The operator runs as a pod on the real node.
 //! 4. Schedule a task with the repository from the dashboard's page.
-//! 5. The agent pod claims it; its log streams live in the page.
-//! 6. Open the editor from the page: the workbench renders in the iframe.
+//! 5. The agent pod joins the tailnet (its sidecar, with the single-use key the orchestrator
+//!    minted) and claims at the orchestrator's tailnet URL; its log streams live in the page.
+//! 6. Open the editor from the page: the workbench renders in the iframe, served over the
+//!    tailnet (the orchestrator dials the pod's tailnet address through its own node; no
+//!    port-forward is opened).
 //! 7. The task ends Succeeded with a pull request on Gitea, shown in the dashboard's artifacts.
+//! 8. After the task, the agent's pod is gone and Headscale no longer lists its node.
 //!
 //! Each step prints `WHOLE-FLOW <step> <seconds>` (docs/TESTBED.md keeps a run's figures).
-//!
-//! Agents are on the pod network here. MESH FOLLOW-UP (issue 22 steps 1, 5, 6, 8; needs the
-//! dashboard's mesh to reach the orchestrator at runtime, branch h22mesh): create the mesh in the
-//! setup gate instead of skipping it, the agent joins the tailnet and claims over it, the editor
-//! is served over the tailnet, and after the task Headscale no longer lists the agent's node.
-//! The places are marked `MESH FOLLOW-UP` below.
 //!
 //! Stand-in: the runner is `sh -s` (the task text is a shell script), not an AI coding CLI; it
 //! waits for a gate file (created with `kubectl exec`) so the log is seen live and the editor
@@ -38,13 +38,15 @@ use guildnet_core::model::TaskStatus;
 use guildnet_core::names::TaskId;
 use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::agenttask_name;
+use guildnet_kube::crd::AgentTask;
 use guildnet_kube::TASK_LABEL;
+use guildnet_mesh::headscale::HeadscaleClient;
 use guildnet_testbed::browser::{ChromeDriver, Session};
 use guildnet_testbed::forge::Gitea;
 use guildnet_testbed::image::{artifact_dir, decode_png};
 use guildnet_testbed::images::build_and_push;
 use guildnet_testbed::node::NodeLock;
-use guildnet_testbed::registry::Registry;
+use guildnet_testbed::registry::{testbed_image, Registry};
 use guildnet_testbed::{eventually, Proc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -109,6 +111,15 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     .expect("scripts/images/build.sh");
     let agent_image = built.get("agent").expect("agent").clone();
     let operator_image = built.get("operator").expect("operator").clone();
+    let sidecar_image = registry
+        .push_oci_archive(
+            &testbed_image("tailscale")
+                .expect("the sidecar image: run scripts/testbed/install.sh tailscale-image"),
+            "testbed/tailscale",
+            &tag,
+        )
+        .await
+        .expect("push the tailscale sidecar image");
     step("images_built_and_pushed", t);
 
     // The forge, on the address the node will have (the host's), so agent pods reach it.
@@ -129,22 +140,34 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     let emu = talos_emulator_on_real_node(2, registry.host()).await;
     let (cp, worker) = (emu.nodes()[0].clone(), emu.nodes()[1].clone());
 
-    // The orchestrator (Kubernetes backend, no org yet) and the dashboard, one state dir as
-    // `guildnet up` has. Agents reach the orchestrator at the node's address.
+    // The orchestrator (Kubernetes backend, no org, no mesh yet) and the dashboard, one state
+    // dir as `guildnet up` has. It listens on every interface: on loopback for its tailnet
+    // node (userspace tailscaled hands tailnet connections to the host's loopback), on the
+    // node's address for the page's API calls.
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
     let port = {
-        let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        let l = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
         l.local_addr().expect("addr").port()
     };
     let orch_url = format!("http://{ip}:{port}");
     let talosctl = guildnet_testbed::bin("talosctl").expect("testbed talosctl");
+    let (headscale, tailscaled, tailscale) = (
+        guildnet_testbed::bin("headscale").expect("testbed headscale"),
+        guildnet_testbed::bin("tailscaled").expect("testbed tailscaled"),
+        guildnet_testbed::bin("tailscale").expect("testbed tailscale"),
+    );
+    let mesh_bins: [(&str, &OsStr); 3] = [
+        ("GUILDNET_HEADSCALE", headscale.as_os_str()),
+        ("GUILDNET_TAILSCALED", tailscaled.as_os_str()),
+        ("GUILDNET_TAILSCALE", tailscale.as_os_str()),
+    ];
     let orch = Proc::spawn(
         "orchestrator",
         Path::new(env!("CARGO_BIN_EXE_guildnet-orchestrator")),
         [
             "--listen",
-            &format!("{ip}:{port}"),
+            &format!("0.0.0.0:{port}"),
             "--public-url",
             &orch_url,
             "--backend",
@@ -173,6 +196,8 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
             ("GUILDNET_STATE_DIR", state.as_os_str()),
             ("ORCHESTRATOR_TOKEN", OsStr::new(TOKEN)),
             ("RUST_LOG", OsStr::new("info")),
+            mesh_bins[1],
+            mesh_bins[2],
         ],
         &dir.path().join("orchestrator.log"),
     )
@@ -187,7 +212,15 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         &orch_url,
         TOKEN,
         PASSWORD,
-        &["--operator-image", &operator_image.reference],
+        &[
+            "--operator-image",
+            &operator_image.reference,
+            "--operator-mesh-sidecar-image",
+            &sidecar_image,
+            // The testbed's Headscale serves its DERP relay over plain HTTP.
+            "--operator-mesh-plain-http-derp",
+        ],
+        &mesh_bins,
     );
 
     // 1. Log in.
@@ -205,10 +238,62 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         .expect("login form");
     s.send_keys(&field, PASSWORD).await.expect("password");
     click(&s, "#login-submit").await;
-    // MESH FOLLOW-UP: create the mesh here (#setup-mode-create, hostname, Headscale URL,
-    // #setup-start, the progress overlay ends "Done.") instead of continuing without one.
-    visible(&s, "setup-skip", 20).await;
-    click(&s, "#setup-skip").await;
+    step("logged_in", t);
+
+    // 1b. Create the mesh in the setup gate: Headscale on the node's address.
+    let t = Instant::now();
+    let hs_port = {
+        let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let hs_url = format!("http://{ip}:{hs_port}");
+    visible(&s, "setup-start", 20).await;
+    click(&s, "#setup-mode-create").await;
+    type_into(&s, "#setup-hostname", "flow-dashboard").await;
+    type_into(&s, "#setup-server-url", &hs_url).await;
+    type_into(&s, "#setup-listen-addr", &format!("{ip}:{hs_port}")).await;
+    click(&s, "#setup-start").await;
+    let done = match s
+        .wait_until(
+            "mesh created",
+            "const d = document.getElementById('progress-done').textContent; return d || null;",
+            Duration::from_secs(240),
+        )
+        .await
+    {
+        Ok(v) => v.as_str().unwrap_or_default().to_owned(),
+        Err(e) => panic!("{e}\n{}", page_state(&s).await),
+    };
+    assert_eq!(done, "Done.", "{}", page_state(&s).await);
+    let mesh = api.mesh().await.expect("GET /mesh");
+    assert!(mesh.configured && mesh.joined, "{mesh:?}");
+    assert_eq!(mesh.headscale_url.as_deref(), Some(hs_url.as_str()));
+    let orch_tailnet_ip = mesh
+        .tailnet_ips
+        .iter()
+        .find(|a| a.starts_with("100."))
+        .unwrap_or_else(|| panic!("the orchestrator has no tailnet IPv4: {mesh:?}"))
+        .clone();
+    let tailnet_url = format!("http://{orch_tailnet_ip}:{port}");
+    assert_eq!(mesh.orchestrator_url.as_deref(), Some(tailnet_url.as_str()));
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("mesh/mesh.json")).expect("the saved mesh"),
+    )
+    .expect("mesh.json");
+    let hs = HeadscaleClient::new(
+        &hs_url,
+        Token::new(saved["apiKey"].as_str().expect("apiKey").to_owned()),
+    )
+    .expect("headscale client");
+    let nodes = hs.list_nodes(None).await.expect("Headscale nodes");
+    for want in ["flow-dashboard", "guildnet-orchestrator"] {
+        assert!(
+            nodes.iter().any(|n| n.name == want),
+            "Headscale does not list {want}: {nodes:?}"
+        );
+    }
+    visible(&s, "progress-close", 30).await;
+    click(&s, "#progress-close").await;
     wait_js(
         &s,
         "navigation shown",
@@ -217,7 +302,7 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         20,
     )
     .await;
-    step("logged_in", t);
+    step("mesh_created_and_orchestrator_joined", t);
 
     // 2. Create org acme with a Talos cluster: the real talosctl against the emulator.
     let t = Instant::now();
@@ -239,7 +324,10 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     let done = match s
         .wait_until(
             "provisioning ended",
-            "const d = document.getElementById('progress-done').textContent; return d || null;",
+            // The overlay showed the mesh's flow before: wait for this flow's steps.
+            "const d = document.getElementById('progress-done').textContent; \
+             const mine = [...document.querySelectorAll('#progress-steps li')].some(l => l.dataset.step === 'bootstrap'); \
+             return (mine && d) || null;",
             Duration::from_secs(600),
         )
         .await
@@ -443,7 +531,63 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         cs.image_id,
         agent_image.digest
     );
-    step("agent_claimed_and_log_live_in_the_page", t);
+    // On the tailnet: the orchestrator minted the agent a key and told it its tailnet URL; the
+    // pod's sidecar joined Headscale with it, and the agent's requests go through the sidecar.
+    let at = Api::<AgentTask>::namespaced(admin.clone(), NS)
+        .get(&agenttask_name(&id))
+        .await
+        .expect("the AgentTask");
+    let at_mesh = at
+        .spec
+        .mesh
+        .clone()
+        .expect("spec.mesh: the org's agents are on the mesh");
+    assert_eq!(at_mesh.login_server, hs_url);
+    assert_eq!(
+        at_mesh.orchestrator_url.as_deref(),
+        Some(tailnet_url.as_str())
+    );
+    let spec = pod.spec.clone().expect("pod spec");
+    let agent_env: std::collections::BTreeMap<String, String> = spec.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert_eq!(
+        agent_env.get("ORCHESTRATOR_URL").map(String::as_str),
+        Some(tailnet_url.as_str()),
+        "the agent is not pointed at the orchestrator's tailnet URL: {agent_env:?}"
+    );
+    assert!(
+        agent_env
+            .get("HTTP_PROXY")
+            .is_some_and(|p| p.starts_with("http://127.0.0.1:")),
+        "the agent's requests do not go through its sidecar: {agent_env:?}"
+    );
+    let sidecars: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.image.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        sidecars.iter().any(|i| i == &sidecar_image),
+        "no tailscale sidecar in the agent pod: {sidecars:?}"
+    );
+    let nodes = hs.list_nodes(None).await.expect("Headscale nodes");
+    let agent_node = nodes
+        .iter()
+        .find(|n| n.name == at_mesh.hostname)
+        .unwrap_or_else(|| panic!("Headscale does not list {}: {nodes:?}", at_mesh.hostname));
+    let agent_tailnet_ip = agent_node
+        .ip_addresses
+        .iter()
+        .find(|a| a.starts_with("100."))
+        .expect("the agent node's tailnet IPv4")
+        .clone();
+    step("agent_claimed_over_the_tailnet_and_log_live_in_the_page", t);
     // The agent claimed once code-server accepted connections; how long it waited for it.
     let agent_log = pods
         .logs(&pod_name, &Default::default())
@@ -462,8 +606,8 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     );
 
     // 6. Open the editor from the agents page: the workbench renders in the iframe (the editor
-    //    origin relays to the orchestrator's proxy, which port-forwards into the pod).
-    //    MESH FOLLOW-UP: served over the tailnet, no port-forward.
+    //    origin relays to the orchestrator's proxy, which dials the pod's tailnet address
+    //    through the orchestrator's own node).
     let t = Instant::now();
     click(&s, "#nav-agents").await;
     let button = format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]");
@@ -515,6 +659,26 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
         "the editor screenshot looks blank: {colours} colours"
     );
     click(&s, "#editor-close").await;
+    let opened: serde_json::Value = reqwest::Client::new()
+        .post(format!("{orch_url}/agents/editor/open"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": agent.as_str(), "org": "acme"}))
+        .send()
+        .await
+        .expect("open the editor")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        opened["host"],
+        agent_tailnet_ip.as_str(),
+        "the editor is not served over the tailnet: {opened}"
+    );
+    let orch_log = std::fs::read_to_string(dir.path().join("orchestrator.log")).unwrap_or_default();
+    assert!(
+        !orch_log.contains("editor port-forward opened"),
+        "a port-forward was opened for the editor on the tailnet"
+    );
 
     // 7. The runner finishes: Succeeded, a pull request on the forge, shown in the dashboard.
     let t = Instant::now();
@@ -587,8 +751,18 @@ async fn a_person_goes_from_the_dashboard_to_a_pull_request_on_a_real_node() {
     assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
     assert_eq!(done.pr_url.as_deref(), Some(pr_url.as_str()));
     step("task_succeeded_with_a_pr_in_the_artifacts", t);
-    // The agent's workload goes once the task is over.
-    // MESH FOLLOW-UP (step 8): and Headscale no longer lists the agent's node.
+    // 8. The agent's workload goes once the task is over, and its node leaves the tailnet.
+    let t = Instant::now();
+    eventually(
+        "the agent's node gone from Headscale",
+        Duration::from_secs(60),
+        || async {
+            let nodes = hs.list_nodes(None).await.ok()?;
+            (!nodes.iter().any(|n| n.name == at_mesh.hostname)).then_some(())
+        },
+    )
+    .await;
+    step("agent_node_gone_from_headscale", t);
     let t = Instant::now();
     eventually("agent pod gone", Duration::from_secs(90), || async {
         task_pods(&pods, &id).await.is_empty().then_some(())

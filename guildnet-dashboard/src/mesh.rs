@@ -20,7 +20,7 @@ use guildnet_mesh::headscale::{HeadscaleProcess, HeadscaleSettings};
 use guildnet_mesh::setup::{self, ConnectRequest, CreateOptions};
 use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use serde_json::{json, Value};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
@@ -238,6 +238,14 @@ async fn relay(mut rx: mpsc::Receiver<Progress>, events: ProgressSender) -> Opti
     failed
 }
 
+/// A UDP port free on every interface (so on the one STUN will listen on).
+fn free_udp_port() -> Result<u16, FlowFailure> {
+    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| FlowFailure::at("config", format!("no free UDP port: {e}")))
+}
+
 fn free_port() -> Result<u16, FlowFailure> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -246,8 +254,10 @@ fn free_port() -> Result<u16, FlowFailure> {
 }
 
 /// Headscale settings for `server_url`: it listens on loopback when the URL's host is a
-/// loopback address or `localhost`, on all interfaces otherwise; its other listeners (metrics,
-/// gRPC, STUN) take free loopback ports.
+/// loopback address or `localhost`, on all interfaces otherwise (or on `listen_addr`); metrics
+/// and gRPC take free loopback ports. Off loopback, the embedded DERP relay is announced at the
+/// URL's IPv4 address (or the listen address's; a host name is left to the nodes to resolve)
+/// and its STUN listener takes a free UDP port on the listen address.
 pub fn settings_for(
     server_url: &str,
     listen_addr: Option<SocketAddr>,
@@ -270,6 +280,24 @@ pub fn settings_for(
         s.listen_addr = a;
     } else if !loopback {
         s.listen_addr = SocketAddr::from(([0, 0, 0, 0], port));
+    }
+    if !loopback {
+        // Nodes on other hosts (agent pods) reach the embedded DERP relay and its STUN
+        // listener at the server's address: loopback in the DERP map sends them to themselves.
+        let listen_v4 = match s.listen_addr.ip() {
+            IpAddr::V4(v4) if !v4.is_unspecified() && !v4.is_loopback() => Some(v4),
+            _ => None,
+        };
+        s.derp_ipv4 = host
+            .parse::<Ipv4Addr>()
+            .ok()
+            .or(listen_v4)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let stun_ip = match s.listen_addr.ip() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        s.stun_listen_addr = SocketAddr::from((stun_ip, free_udp_port()?));
     }
     s.validate()
         .map_err(|e| FlowFailure::at("config", format!("{}: {}", e.field, e.reason)))?;
@@ -385,12 +413,21 @@ mod tests {
         let s = settings_for("http://10.0.0.5:41000", Some(([10, 0, 0, 5], 41000).into())).unwrap();
         assert_eq!(s.listen_addr, SocketAddr::from(([10, 0, 0, 5], 41000)));
         assert_eq!(s.server_url, "http://10.0.0.5:41000");
+        // Pods on other hosts reach the DERP relay and STUN at the server's address.
+        assert_eq!(s.derp_ipv4, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(s.stun_listen_addr.ip(), IpAddr::from([10, 0, 0, 5]));
+        let s = settings_for("http://10.0.0.5:41000", None).unwrap();
+        assert_eq!(s.derp_ipv4, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(s.stun_listen_addr.ip(), IpAddr::from([0, 0, 0, 0]));
         let s = settings_for("http://127.0.0.1:41000", None).unwrap();
         assert_eq!(s.listen_addr, SocketAddr::from(([127, 0, 0, 1], 41000)));
         assert_eq!(s.server_url, "http://127.0.0.1:41000");
+        assert_eq!(s.derp_ipv4, Ipv4Addr::LOCALHOST);
         let s = settings_for("https://hs.example.com/", None).unwrap();
         assert_eq!(s.listen_addr, SocketAddr::from(([0, 0, 0, 0], 443)));
         assert_eq!(s.server_url, "https://hs.example.com");
+        // A host name: the nodes resolve it (no address in the DERP map).
+        assert!(s.derp_ipv4.is_unspecified());
         assert!(settings_for("not a url", None).is_err());
     }
 }

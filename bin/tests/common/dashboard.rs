@@ -16,14 +16,16 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// Starts `guildnet-dashboard` with its state in `state`, in front of the orchestrator at
-    /// `orchestrator_url` (admin `token`), with login `password` and the `extra` flags
-    /// (`--operator-image ...`). Its output goes to `<state>.log`.
+    /// `orchestrator_url` (admin `token`), with login `password`, the `extra` flags
+    /// (`--operator-image ...`) and `env` on top of the test's own (`GUILDNET_HEADSCALE`...).
+    /// Its output goes to `<state>.log`.
     pub fn start(
         state: &Path,
         orchestrator_url: &str,
         token: &str,
         password: &str,
         extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
     ) -> Self {
         let port = super::free_port();
         let log = std::fs::OpenOptions::new()
@@ -38,6 +40,7 @@ impl Dashboard {
             .arg(state)
             .args(["--login-link", "never"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("ORCHESTRATOR_TOKEN", token)
             .env("GUILDNET_DASHBOARD_PASSWORD", password)
             .env("RUST_LOG", "warn")

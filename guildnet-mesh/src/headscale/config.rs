@@ -30,7 +30,8 @@ pub struct HeadscaleSettings {
     pub grpc_listen_addr: SocketAddr,
     /// UDP STUN listener of the embedded DERP relay.
     pub stun_listen_addr: SocketAddr,
-    /// Public IPv4 address of the embedded DERP relay, as nodes reach it.
+    /// Public IPv4 address of the embedded DERP relay, as nodes reach it. `0.0.0.0` puts none
+    /// in the DERP map: nodes resolve the server URL's host instead.
     pub derp_ipv4: Ipv4Addr,
     /// Tailnet IPv4 prefix.
     pub ipv4_prefix: String,
@@ -265,7 +266,11 @@ pub fn render_config(settings: &HeadscaleSettings, files: &ServerFiles) -> Strin
                 stun_listen_addr: settings.stun_listen_addr.to_string(),
                 private_key_path: &files.derp_key,
                 automatically_add_embedded_derp_region: true,
-                ipv4: settings.derp_ipv4.to_string(),
+                ipv4: if settings.derp_ipv4.is_unspecified() {
+                    String::new()
+                } else {
+                    settings.derp_ipv4.to_string()
+                },
             },
             urls: [],
             paths: [],
@@ -312,6 +317,26 @@ mod tests {
 
     fn parse(y: &str) -> serde_json::Value {
         serde_saphyr::from_str(y).expect("the config is valid YAML")
+    }
+
+    #[test]
+    fn the_derp_relay_is_announced_at_its_address_or_left_to_the_host_name() {
+        let files = ServerFiles::under(Path::new("/s"));
+        let mut s = HeadscaleSettings::on_loopback(18080, 19090, 15443, 13478);
+        assert_eq!(
+            parse(&render_config(&s, &files))["derp"]["server"]["ipv4"],
+            "127.0.0.1"
+        );
+        s.derp_ipv4 = Ipv4Addr::new(10, 0, 0, 5);
+        assert_eq!(
+            parse(&render_config(&s, &files))["derp"]["server"]["ipv4"],
+            "10.0.0.5"
+        );
+        s.derp_ipv4 = Ipv4Addr::UNSPECIFIED;
+        assert_eq!(
+            parse(&render_config(&s, &files))["derp"]["server"]["ipv4"],
+            ""
+        );
     }
 
     #[test]
