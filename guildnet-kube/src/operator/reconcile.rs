@@ -266,11 +266,13 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         Metrics::inc(&ctx.metrics.applies);
     }
     let mut dep = manifests::deployment(at, &workload, &ns, &oref, &ctx.cfg);
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let applied = match unchanged(&ctx.caches.deployments, &mut dep, &ns, &uid) {
-        Some(cached) => (*cached).clone(),
+        Some(cached) if deployment_available(&cached) => (*cached).clone(),
+        Some(cached) => fresh_deployment(&deployments, &workload, cached).await?,
         None => {
             Metrics::inc(&ctx.metrics.applies);
-            Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            deployments
                 .patch(&workload, &pp, &Patch::Apply(&dep))
                 .await?
         }
@@ -283,12 +285,7 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         Metrics::inc(&ctx.metrics.applies);
     }
 
-    let available = applied
-        .status
-        .as_ref()
-        .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
-        && applied.status.as_ref().and_then(|s| s.observed_generation)
-            >= applied.metadata.generation;
+    let available = deployment_available(&applied);
     if available {
         st.phase = Phase::Running;
         if st.started_at.is_none() {
@@ -318,7 +315,52 @@ async fn reconcile_inner(at: &AgentTask, ctx: &Context) -> Result<Action, Error>
         )
         .await;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(if available {
+        RUNNING_RESYNC
+    } else {
+        NOT_AVAILABLE_RESYNC
+    }))
+}
+
+/// How often a Running task's AgentTask is reconciled without an event.
+const RUNNING_RESYNC: Duration = Duration::from_secs(300);
+
+/// How often a task whose Deployment is not available yet is reconciled without an event: the
+/// Deployment's events should come first, this is the backstop for one that was missed.
+pub(super) const NOT_AVAILABLE_RESYNC: Duration = Duration::from_secs(30);
+
+/// Whether the Deployment has an available replica for its current generation.
+pub(super) fn deployment_available(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
+        && d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation
+}
+
+/// The Deployment as the API server has it now, when the watch cache shows it not available.
+///
+/// The cache is fed by its own watch, apart from the controller's watch of the Deployments that
+/// triggers reconciles: the event that triggered this reconcile (the Deployment became
+/// available) may not be in the cache yet. Deciding on the cache then would leave the task
+/// Pending, with nothing changed to write and no event to come, until the next resync.
+/// Only Deployments not available yet are read again; gone since: the cached one.
+pub(super) async fn fresh_deployment(
+    api: &Api<Deployment>,
+    name: &str,
+    cached: Arc<Deployment>,
+) -> Result<Deployment, Error> {
+    let Some(fresh) = api.get_opt(name).await? else {
+        return Ok((*cached).clone());
+    };
+    if deployment_available(&fresh) {
+        tracing::debug!(
+            deployment = name,
+            cached_rv = cached.metadata.resource_version.as_deref().unwrap_or(""),
+            fresh_rv = fresh.metadata.resource_version.as_deref().unwrap_or(""),
+            "the watch cache was behind: the Deployment is available"
+        );
+    }
+    Ok(fresh)
 }
 
 /// A task a warm pool agent took: its pod becomes the workload (no Deployment, Service or env
@@ -698,6 +740,91 @@ mod tests {
         assert_ne!(
             changed.metadata.annotations.expect("annotated")[SPEC_HASH_ANNOTATION],
             hash
+        );
+    }
+
+    /// The watch cache that skips applies lags the controller's own watch of the Deployments:
+    /// a reconcile triggered by the Deployment becoming available can see the cache's older,
+    /// unavailable copy. It must still mark the task Running (it used to leave it Pending with
+    /// nothing to write and wait the 300 s resync: the CI flake of kube_mesh_e2e).
+    #[tokio::test]
+    async fn a_cache_behind_the_api_server_does_not_keep_the_task_pending() {
+        use kube::api::PostParams;
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let cluster = guildnet_testbed::kube::KubeCluster::start()
+            .await
+            .expect("control plane (no controllers: the test writes the Deployment status)");
+        let client = cluster.client().await.expect("client");
+        crate::install::install_crd(&client).await.expect("CRDs");
+        let ns = "cache-lag";
+        let pp = PatchParams::apply("test").force();
+        let namespace =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(ns, &pp, &Patch::Apply(&namespace))
+            .await
+            .expect("namespace");
+        let tasks = Api::<AgentTask>::namespaced(client.clone(), ns);
+        let mut task = at(&[]);
+        task.metadata.namespace = Some(ns.into());
+        let task = tasks
+            .create(&PostParams::default(), &task)
+            .await
+            .expect("AgentTask");
+        let creds = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": credentials_secret_name(&task), "namespace": ns},
+            "stringData": {CREDENTIALS_TOKEN_KEY: "gnt.t1.0011", CREDENTIALS_PASSWORD_KEY: "pw"},
+        });
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .patch(&credentials_secret_name(&task), &pp, &Patch::Apply(&creds))
+            .await
+            .expect("credentials");
+        let mut deployments_w: Writer<Deployment> = Writer::default();
+        let caches = super::super::Caches {
+            deployments: deployments_w.as_reader(),
+            services: Writer::<Service>::default().as_reader(),
+            secrets: Writer::<Secret>::default().as_reader(),
+        };
+        let op = super::super::Operator::new(client.clone(), super::super::OperatorConfig::new(ns));
+        let ctx = Arc::new(Context::new(&op, caches));
+        let phase = |t: &AgentTask| t.status.as_ref().map(|s| s.phase);
+
+        // First reconcile: the Deployment is applied (no controller-manager: never available).
+        reconcile(Arc::new(task), ctx.clone())
+            .await
+            .expect("reconcile");
+        let task = tasks.get("atask-t1").await.expect("AgentTask");
+        assert_eq!(phase(&task), Some(Phase::Pending));
+        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+        let dep = deployments
+            .get("atask-t1")
+            .await
+            .expect("Deployment applied");
+        assert!(!deployment_available(&dep));
+        // The cache has that unavailable copy...
+        deployments_w.apply_watcher_event(&Event::Apply(dep.clone()));
+        // ... while the API server's becomes available (what the deployment controller writes).
+        let status = serde_json::json!({"status": {
+            "observedGeneration": dep.metadata.generation, "replicas": 1, "readyReplicas": 1,
+            "availableReplicas": 1, "updatedReplicas": 1,
+        }});
+        deployments
+            .patch_status("atask-t1", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("Deployment status");
+
+        // The reconcile that event triggers: Running, although the cache is behind.
+        reconcile(Arc::new(task), ctx.clone())
+            .await
+            .expect("reconcile");
+        let task = tasks.get("atask-t1").await.expect("AgentTask");
+        assert_eq!(
+            phase(&task),
+            Some(Phase::Running),
+            "{:?}",
+            task.status.map(|s| s.conditions)
         );
     }
 }
