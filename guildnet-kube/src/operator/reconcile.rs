@@ -327,10 +327,10 @@ const RUNNING_RESYNC: Duration = Duration::from_secs(300);
 
 /// How often a task whose Deployment is not available yet is reconciled without an event: the
 /// Deployment's events should come first, this is the backstop for one that was missed.
-pub(super) const NOT_AVAILABLE_RESYNC: Duration = Duration::from_secs(30);
+const NOT_AVAILABLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// Whether the Deployment has an available replica for its current generation.
-pub(super) fn deployment_available(d: &Deployment) -> bool {
+fn deployment_available(d: &Deployment) -> bool {
     d.status
         .as_ref()
         .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
@@ -344,7 +344,7 @@ pub(super) fn deployment_available(d: &Deployment) -> bool {
 /// available) may not be in the cache yet. Deciding on the cache then would leave the task
 /// Pending, with nothing changed to write and no event to come, until the next resync.
 /// Only Deployments not available yet are read again; gone since: the cached one.
-pub(super) async fn fresh_deployment(
+async fn fresh_deployment(
     api: &Api<Deployment>,
     name: &str,
     cached: Arc<Deployment>,
