@@ -10,11 +10,24 @@
 //! operator pod makes its Deployment. The agent's own pod is not the point here (the agent
 //! image is not in the testbed's registry; bin/tests/kube_pod_e2e.rs runs agents on the node).
 //!
+//! Then the orchestrator in its pod joins a tailnet at run time (issue 22): the testbed's
+//! Headscale listens on the node's address (pods reach the host only there), `PUT /mesh` with
+//! its URL and an API key starts the image's userspace tailscaled under the state dir (on the
+//! claimed volume, with the chart's securityContext: non-root, read-only root filesystem, no
+//! capabilities), `GET /mesh` says joined with a 100.x address, Headscale lists the node, and a
+//! node on the host reaches the orchestrator's API at the tailnet URL agents are given.
+//!
 //! Stand-in: the testbed has no storage provisioner, so the test creates two hostPath
 //! PersistentVolumes for the chart's claims to bind to (what a cluster's provisioner does).
 //!
 //! One real node runs at a time on a machine: the test waits for the machine-wide node lock.
 
+use guildnet_core::api::MeshRequest;
+use guildnet_core::client::OrchestratorClient;
+use guildnet_core::token::Secret as Token;
+use guildnet_mesh::headscale::HeadscaleSettings;
+use guildnet_mesh::setup::{self, CreateOptions};
+use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_testbed::eventually;
 use guildnet_testbed::images::build_and_push;
 use guildnet_testbed::kube::KubeCluster;
@@ -24,6 +37,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -221,31 +235,209 @@ async fn the_charts_pods_become_ready_on_a_real_node() {
     )
     .await;
 
-    schedule_into_the_same_cluster(&client, &pods).await;
+    let orch = OrchestratorPod::find(&client, &pods).await;
+    schedule_into_the_same_cluster(&client, &orch).await;
+    let node_ip = cluster.node().expect("the real node").ip();
+    the_orchestrator_pod_joins_the_mesh(&orch, node_ip, &dir.path().join("helm-pv-orchestrator"))
+        .await;
+}
+
+/// The orchestrator pod's address (the host is the node: pod IPs route) and the chart's admin
+/// token.
+struct OrchestratorPod {
+    ip: String,
+    token: String,
+}
+
+impl OrchestratorPod {
+    async fn find(client: &kube::Client, pods: &Api<Pod>) -> Self {
+        let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+        let token = secret
+            .get("gn-guildnet")
+            .await
+            .expect("the chart's Secret")
+            .data
+            .and_then(|d| d.get("admin-token").cloned())
+            .expect("admin-token");
+        let token = String::from_utf8(token.0).expect("utf-8 token");
+        let listed = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
+            .await
+            .expect("orchestrator pods");
+        let ip = listed
+            .items
+            .iter()
+            .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .expect("the orchestrator pod's IP");
+        Self { ip, token }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:8080", self.ip)
+    }
+}
+
+fn free_port_on(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn free_udp_on(ip: Ipv4Addr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// `PUT /mesh` to the orchestrator in its pod: its image's tailscaled joins Headscale (on the
+/// node's address) from the chart's pod, its state on the volume `volume`.
+async fn the_orchestrator_pod_joins_the_mesh(orch: &OrchestratorPod, node_ip: Ipv4Addr, volume: &Path) {
+    let dir = tempfile::Builder::new()
+        .prefix("ghnm")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let mut opts = CreateOptions::new(dir.path().join("headscale"));
+    opts.headscale_bin = Some(guildnet_testbed::bin("headscale").expect("testbed headscale"));
+    let mut s = HeadscaleSettings::on_loopback(
+        free_port_on(node_ip),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_udp_on(node_ip),
+    );
+    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
+    s.listen_addr = (node_ip, s.listen_addr.port()).into();
+    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
+    s.derp_ipv4 = node_ip;
+    opts.settings = s;
+    let created = setup::create(&opts, None).await.expect("headscale");
+    let hs_url = created.url().to_owned();
+    let api_key = created.client.api_key().expose().to_owned();
+
+    let client = OrchestratorClient::new(&orch.url(), Token::new(orch.token.clone()))
+        .expect("orchestrator client");
+    let before = client.mesh().await.expect("GET /mesh");
+    assert!(before.available && !before.configured, "{before:?}");
+    let t = Instant::now();
+    let set = client
+        .set_mesh(&MeshRequest {
+            headscale_url: hs_url.clone(),
+            login_server: None,
+            api_key: api_key.clone(),
+            user: None,
+            tags: Vec::new(),
+            hostname: Some("helm-orchestrator".into()),
+        })
+        .await;
+    let took = t.elapsed().as_secs_f64();
+    let set = set.unwrap_or_else(|e| {
+        let log = volume.join("mesh");
+        panic!(
+            "PUT /mesh to the orchestrator pod: {e}\n{}",
+            tailscaled_logs(&log)
+        )
+    });
+    println!("HELM-NODE put_mesh_s {took:.1}");
+    assert!(set.joined, "{set:?}");
+
+    let st = client.mesh().await.expect("GET /mesh");
+    assert!(st.configured && st.joined, "{st:?}");
+    assert_eq!(st.source.as_deref(), Some("api"), "{st:?}");
+    assert_eq!(st.headscale_url.as_deref(), Some(hs_url.as_str()), "{st:?}");
+    assert_eq!(st.hostname.as_deref(), Some("helm-orchestrator"), "{st:?}");
+    let ip = st
+        .tailnet_ips
+        .iter()
+        .find(|a| a.starts_with("100."))
+        .unwrap_or_else(|| panic!("no 100.x address: {st:?}"))
+        .clone();
+    let tailnet_url = format!("http://{ip}:8080");
+    assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()), "{st:?}");
+
+    // Headscale lists the orchestrator's node, online, at that address.
+    let nodes = created.client.list_nodes(None).await.expect("nodes");
+    let node = nodes
+        .iter()
+        .find(|n| n.name == "helm-orchestrator")
+        .unwrap_or_else(|| panic!("Headscale does not list helm-orchestrator: {nodes:?}"));
+    assert!(node.ip_addresses.contains(&ip), "{node:?}");
+    assert!(node.online, "{node:?}");
+
+    // The node's state and the saved mesh are on the claimed volume (the state dir), 0600.
+    let saved = volume.join("mesh/mesh.json");
+    let mode = std::fs::metadata(&saved)
+        .unwrap_or_else(|e| panic!("{}: {e}", saved.display()))
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "mesh.json mode {mode:o}");
+    let sockets: Vec<_> = std::fs::read_dir(volume.join("mesh"))
+        .expect("mesh dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("tailscaled.sock").exists())
+        .collect();
+    assert_eq!(sockets.len(), 1, "one node directory with its LocalAPI socket");
+
+    // A node on the host reaches the orchestrator's API at the tailnet URL agents are given
+    // (the pod's netstack forwards it to the orchestrator's listener).
+    let mut c = TailscaledConfig::new(dir.path().join("hn"));
+    c.tailscaled_bin = Some(guildnet_testbed::bin("tailscaled").expect("testbed tailscaled"));
+    c.tailscale_bin = Some(guildnet_testbed::bin("tailscale").expect("testbed tailscale"));
+    c.plain_http_derp = true;
+    let host_node = Tailscaled::start(&c).await.expect("host tailscaled");
+    host_node
+        .cli()
+        .up(
+            &hs_url,
+            &created.preauth_key.key,
+            "helm-host",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the host node joins");
+    let http = host_node
+        .http_client(Duration::from_secs(10))
+        .expect("tailnet http client");
+    let t = Instant::now();
+    let health = eventually(
+        "the orchestrator's /health over the tailnet",
+        Duration::from_secs(60),
+        || {
+            let (http, url) = (http.clone(), format!("{tailnet_url}/health"));
+            async move {
+                let r = http.get(url).send().await.ok()?;
+                r.status().is_success().then_some(r.status())
+            }
+        },
+    )
+    .await;
+    assert!(health.is_success());
+    println!(
+        "HELM-NODE tailnet_health_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The tails of the tailscaled logs under the volume's `mesh/`, for failure messages.
+fn tailscaled_logs(mesh: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
+        let log = e.path().join("tailscaled.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out += &format!("--- {}\n{tail}\n", log.display());
+        }
+    }
+    out
 }
 
 /// The orchestrator pod's API (at its pod IP: the host is the node) schedules a task for org
 /// `acme`, which has no kubeconfig: the AgentTask lands in the chart's namespace through the
 /// in-cluster ServiceAccount, and the operator pod reconciles it into a Deployment.
-async fn schedule_into_the_same_cluster(client: &kube::Client, pods: &Api<Pod>) {
-    let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let token = secret
-        .get("gn-guildnet")
-        .await
-        .expect("the chart's Secret")
-        .data
-        .and_then(|d| d.get("admin-token").cloned())
-        .expect("admin-token");
-    let token = String::from_utf8(token.0).expect("utf-8 token");
-    let listed = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
-        .await
-        .expect("orchestrator pods");
-    let ip = listed
-        .items
-        .iter()
-        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .expect("the orchestrator pod's IP");
+async fn schedule_into_the_same_cluster(client: &kube::Client, orch: &OrchestratorPod) {
+    let (ip, token) = (&orch.ip, &orch.token);
     let http = reqwest::Client::new();
     let res = http
         .post(format!("http://{ip}:8080/schedule"))
