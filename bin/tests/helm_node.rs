@@ -264,11 +264,33 @@ impl OrchestratorPod {
             .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
             .await
             .expect("orchestrator pods");
-        let ip = listed
+        let pod = listed
             .items
+            .into_iter()
+            .find(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            .expect("the orchestrator pod with an IP");
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+        // The chart's restrictions, which the mesh must work under: non-root, read-only root
+        // filesystem, no capabilities, no privilege escalation.
+        let spec = pod.spec.expect("pod spec");
+        let psc = spec.security_context.expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true), "{psc:?}");
+        assert_eq!(psc.run_as_user, Some(65532), "{psc:?}");
+        let c = spec
+            .containers
             .iter()
-            .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .expect("the orchestrator pod's IP");
+            .find(|c| c.name == "orchestrator")
+            .expect("orchestrator container");
+        let csc = c
+            .security_context
+            .clone()
+            .expect("container securityContext");
+        assert_eq!(csc.read_only_root_filesystem, Some(true), "{csc:?}");
+        assert_eq!(csc.allow_privilege_escalation, Some(false), "{csc:?}");
+        assert_eq!(csc.privileged, None, "{csc:?}");
+        let caps = csc.capabilities.expect("capabilities");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]), "{caps:?}");
+        assert_eq!(caps.add, None, "{caps:?}");
         Self { ip, token }
     }
 
@@ -293,7 +315,11 @@ fn free_udp_on(ip: Ipv4Addr) -> u16 {
 
 /// `PUT /mesh` to the orchestrator in its pod: its image's tailscaled joins Headscale (on the
 /// node's address) from the chart's pod, its state on the volume `volume`.
-async fn the_orchestrator_pod_joins_the_mesh(orch: &OrchestratorPod, node_ip: Ipv4Addr, volume: &Path) {
+async fn the_orchestrator_pod_joins_the_mesh(
+    orch: &OrchestratorPod,
+    node_ip: Ipv4Addr,
+    volume: &Path,
+) {
     let dir = tempfile::Builder::new()
         .prefix("ghnm")
         .tempdir_in("/tmp")
@@ -353,7 +379,11 @@ async fn the_orchestrator_pod_joins_the_mesh(orch: &OrchestratorPod, node_ip: Ip
         .unwrap_or_else(|| panic!("no 100.x address: {st:?}"))
         .clone();
     let tailnet_url = format!("http://{ip}:8080");
-    assert_eq!(st.orchestrator_url.as_deref(), Some(tailnet_url.as_str()), "{st:?}");
+    assert_eq!(
+        st.orchestrator_url.as_deref(),
+        Some(tailnet_url.as_str()),
+        "{st:?}"
+    );
 
     // Headscale lists the orchestrator's node, online, at that address.
     let nodes = created.client.list_nodes(None).await.expect("nodes");
@@ -377,7 +407,11 @@ async fn the_orchestrator_pod_joins_the_mesh(orch: &OrchestratorPod, node_ip: Ip
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("tailscaled.sock").exists())
         .collect();
-    assert_eq!(sockets.len(), 1, "one node directory with its LocalAPI socket");
+    assert_eq!(
+        sockets.len(),
+        1,
+        "one node directory with its LocalAPI socket"
+    );
 
     // A node on the host reaches the orchestrator's API at the tailnet URL agents are given
     // (the pod's netstack forwards it to the orchestrator's listener).
@@ -441,7 +475,7 @@ async fn schedule_into_the_same_cluster(client: &kube::Client, orch: &Orchestrat
     let http = reqwest::Client::new();
     let res = http
         .post(format!("http://{ip}:8080/schedule"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!({"org": "acme", "task": "echo hello"}))
         .send()
         .await
@@ -495,7 +529,7 @@ async fn schedule_into_the_same_cluster(client: &kube::Client, orch: &Orchestrat
     // The orchestrator says the task went to a cluster, not "no kubeconfig".
     let task: serde_json::Value = http
         .get(format!("http://{ip}:8080/tasks/{id}"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .expect("GET /tasks/{id}")

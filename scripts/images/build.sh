@@ -36,7 +36,8 @@
 # Cache: ${GUILDNET_IMAGES_CACHE:-~/.cache/guildnet/images}. The Debian base of each image, the
 # agent's code-server stage and the orchestrator's tailscaled stage are keyed by their inputs
 # (suite, mirror, package list, this script's recipe number; Node's and code-server's versions
-# and checksums; tailscale's version and build tags), so reruns only add the binary layer. The Debian archive moves on: --refresh picks up new security updates.
+# and checksums; tailscale's version and build tags), so reruns only add the binary layer. The
+# Debian archive moves on: --refresh picks up new security updates.
 # Missing Debian tools (mmdebstrap, umoci, skopeo, jq) are installed with apt-get.
 # Details: docs/KUBERNETES.md ("Building the images").
 set -euo pipefail
@@ -71,7 +72,7 @@ TAILSCALE_TAGS="ts_include_cli$(for f in $TAILSCALE_OMIT; do printf ',ts_omit_%s
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; }
 
 IMAGES="agent,operator" BINARIES="" TAG="" OUT="$REPO_ROOT/target/images" ARCHIVE=1 PUSH=""
 INSECURE=0 CODE_SERVER_PREFIX="$TESTBED_DIR/code-server" NODE_BIN="" PREPARE=0 REFRESH=0
