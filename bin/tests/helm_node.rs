@@ -42,6 +42,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "guildnet";
 
@@ -414,10 +415,13 @@ async fn the_orchestrator_pod_joins_the_mesh(
     );
 
     // A node on the host reaches the orchestrator's API at the tailnet URL agents are given
-    // (the pod's netstack forwards it to the orchestrator's listener).
+    // (the pod's netstack forwards it to the orchestrator's listener). The host node runs the
+    // image's own tailscaled too, so that its outbound proxies (SOCKS5, which the orchestrator's
+    // editor proxy dials through, and HTTP) are exercised in that build.
+    let (tailscaled, tailscale) = image_tailscaled(&dir.path().join("img"));
     let mut c = TailscaledConfig::new(dir.path().join("hn"));
-    c.tailscaled_bin = Some(guildnet_testbed::bin("tailscaled").expect("testbed tailscaled"));
-    c.tailscale_bin = Some(guildnet_testbed::bin("tailscale").expect("testbed tailscale"));
+    c.tailscaled_bin = Some(tailscaled);
+    c.tailscale_bin = Some(tailscale);
     c.plain_http_derp = true;
     let host_node = Tailscaled::start(&c).await.expect("host tailscaled");
     host_node
@@ -451,6 +455,77 @@ async fn the_orchestrator_pod_joins_the_mesh(
         "HELM-NODE tailnet_health_s {:.1}",
         t.elapsed().as_secs_f64()
     );
+    // Through the SOCKS5 proxy: a plain HTTP/1.1 request on the dialed stream.
+    let mut stream = host_node
+        .dial(&ip, 8080)
+        .await
+        .expect("SOCKS5 dial to the orchestrator's tailnet address");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: orchestrator\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("reply in 10 s")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// The tailscaled of the orchestrator image (the top layer of the cached stage that
+/// `scripts/images/build.sh` just built the image from), unpacked into `dir`: the paths of
+/// `tailscaled` and of `tailscale` (the symlink to it).
+fn image_tailscaled(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = std::env::var_os("GUILDNET_IMAGES_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/guildnet/images")
+        });
+    let stage = std::fs::read_dir(&cache)
+        .expect("the images cache")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("stage-orchestrator-") && !n.ends_with(".tmp"))
+        })
+        .expect("the orchestrator stage in the images cache");
+    let oci = stage.join("oci");
+    let json = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).expect("OCI file")).expect("OCI JSON")
+    };
+    let blob = |digest: &serde_json::Value| {
+        oci.join("blobs")
+            .join(digest.as_str().expect("digest").replacen(':', "/", 1))
+    };
+    let index = json(oci.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let layers = manifest["layers"].as_array().expect("layers");
+    let top = blob(&layers.last().expect("a layer")["digest"]);
+    std::fs::create_dir_all(dir).expect("dir");
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(&top)
+        .arg("-C")
+        .arg(dir)
+        .args(["usr/local/bin/tailscaled", "usr/local/bin/tailscale"])
+        .output()
+        .expect("tar");
+    // The layers umoci 0.4.7 inserts here end without tar's end-of-archive blocks (containerd accepts
+    // that, GNU tar exits 2 with "Unexpected EOF"): the files themselves are checked.
+    let bin = dir.join("usr/local/bin");
+    let daemon = bin.join("tailscaled");
+    let size = std::fs::metadata(&daemon).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000_000 && bin.join("tailscale").is_file(),
+        "tailscaled ({size} bytes) and tailscale from {}: tar {}: {}",
+        top.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (daemon, bin.join("tailscale"))
 }
 
 /// The tails of the tailscaled logs under the volume's `mesh/`, for failure messages.
