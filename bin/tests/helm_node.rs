@@ -513,8 +513,8 @@ fn image_tailscaled(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         .args(["usr/local/bin/tailscaled", "usr/local/bin/tailscale"])
         .output()
         .expect("tar");
-    // The layers umoci 0.4.7 inserts here end without tar's end-of-archive blocks (containerd accepts
-    // that, GNU tar exits 2 with "Unexpected EOF"): the files themselves are checked.
+    // The layers umoci 0.4.7 inserts here end without tar's end-of-archive blocks (containerd
+    // accepts that, GNU tar exits 2 with "Unexpected EOF"): the files themselves are checked.
     let bin = dir.join("usr/local/bin");
     let daemon = bin.join("tailscaled");
     let size = std::fs::metadata(&daemon).map(|m| m.len()).unwrap_or(0);
