@@ -10,11 +10,24 @@
 //! operator pod makes its Deployment. The agent's own pod is not the point here (the agent
 //! image is not in the testbed's registry; bin/tests/kube_pod_e2e.rs runs agents on the node).
 //!
+//! Then the orchestrator in its pod joins a tailnet at run time (issue 22): the testbed's
+//! Headscale listens on the node's address (pods reach the host only there), `PUT /mesh` with
+//! its URL and an API key starts the image's userspace tailscaled under the state dir (on the
+//! claimed volume, with the chart's securityContext: non-root, read-only root filesystem, no
+//! capabilities), `GET /mesh` says joined with a 100.x address, Headscale lists the node, and a
+//! node on the host reaches the orchestrator's API at the tailnet URL agents are given.
+//!
 //! Stand-in: the testbed has no storage provisioner, so the test creates two hostPath
 //! PersistentVolumes for the chart's claims to bind to (what a cluster's provisioner does).
 //!
 //! One real node runs at a time on a machine: the test waits for the machine-wide node lock.
 
+use guildnet_core::api::MeshRequest;
+use guildnet_core::client::OrchestratorClient;
+use guildnet_core::token::Secret as Token;
+use guildnet_mesh::headscale::HeadscaleSettings;
+use guildnet_mesh::setup::{self, CreateOptions};
+use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_testbed::eventually;
 use guildnet_testbed::images::build_and_push;
 use guildnet_testbed::kube::KubeCluster;
@@ -24,10 +37,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "guildnet";
 
@@ -221,35 +236,321 @@ async fn the_charts_pods_become_ready_on_a_real_node() {
     )
     .await;
 
-    schedule_into_the_same_cluster(&client, &pods).await;
+    let orch = OrchestratorPod::find(&client, &pods).await;
+    schedule_into_the_same_cluster(&client, &orch).await;
+    let node_ip = cluster.node().expect("the real node").ip();
+    the_orchestrator_pod_joins_the_mesh(&orch, node_ip, &dir.path().join("helm-pv-orchestrator"))
+        .await;
+}
+
+/// The orchestrator pod's address (the host is the node: pod IPs route) and the chart's admin
+/// token.
+struct OrchestratorPod {
+    ip: String,
+    token: String,
+}
+
+impl OrchestratorPod {
+    async fn find(client: &kube::Client, pods: &Api<Pod>) -> Self {
+        let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+        let token = secret
+            .get("gn-guildnet")
+            .await
+            .expect("the chart's Secret")
+            .data
+            .and_then(|d| d.get("admin-token").cloned())
+            .expect("admin-token");
+        let token = String::from_utf8(token.0).expect("utf-8 token");
+        let listed = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
+            .await
+            .expect("orchestrator pods");
+        let pod = listed
+            .items
+            .into_iter()
+            .find(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            .expect("the orchestrator pod with an IP");
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+        // The chart's restrictions, which the mesh must work under: non-root, read-only root
+        // filesystem, no capabilities, no privilege escalation.
+        let spec = pod.spec.expect("pod spec");
+        let psc = spec.security_context.expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true), "{psc:?}");
+        assert_eq!(psc.run_as_user, Some(65532), "{psc:?}");
+        let c = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "orchestrator")
+            .expect("orchestrator container");
+        let csc = c
+            .security_context
+            .clone()
+            .expect("container securityContext");
+        assert_eq!(csc.read_only_root_filesystem, Some(true), "{csc:?}");
+        assert_eq!(csc.allow_privilege_escalation, Some(false), "{csc:?}");
+        assert_eq!(csc.privileged, None, "{csc:?}");
+        let caps = csc.capabilities.expect("capabilities");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]), "{caps:?}");
+        assert_eq!(caps.add, None, "{caps:?}");
+        Self { ip, token }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:8080", self.ip)
+    }
+}
+
+fn free_port_on(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn free_udp_on(ip: Ipv4Addr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// `PUT /mesh` to the orchestrator in its pod: its image's tailscaled joins Headscale (on the
+/// node's address) from the chart's pod, its state on the volume `volume`.
+async fn the_orchestrator_pod_joins_the_mesh(
+    orch: &OrchestratorPod,
+    node_ip: Ipv4Addr,
+    volume: &Path,
+) {
+    let dir = tempfile::Builder::new()
+        .prefix("ghnm")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let mut opts = CreateOptions::new(dir.path().join("headscale"));
+    opts.headscale_bin = Some(guildnet_testbed::bin("headscale").expect("testbed headscale"));
+    let mut s = HeadscaleSettings::on_loopback(
+        free_port_on(node_ip),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_port_on(Ipv4Addr::LOCALHOST),
+        free_udp_on(node_ip),
+    );
+    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
+    s.listen_addr = (node_ip, s.listen_addr.port()).into();
+    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
+    s.derp_ipv4 = node_ip;
+    opts.settings = s;
+    let created = setup::create(&opts, None).await.expect("headscale");
+    let hs_url = created.url().to_owned();
+    let api_key = created.client.api_key().expose().to_owned();
+
+    let client = OrchestratorClient::new(&orch.url(), Token::new(orch.token.clone()))
+        .expect("orchestrator client");
+    let before = client.mesh().await.expect("GET /mesh");
+    assert!(before.available && !before.configured, "{before:?}");
+    let t = Instant::now();
+    let set = client
+        .set_mesh(&MeshRequest {
+            headscale_url: hs_url.clone(),
+            login_server: None,
+            api_key: api_key.clone(),
+            user: None,
+            tags: Vec::new(),
+            hostname: Some("helm-orchestrator".into()),
+        })
+        .await;
+    let took = t.elapsed().as_secs_f64();
+    let set = set.unwrap_or_else(|e| {
+        let log = volume.join("mesh");
+        panic!(
+            "PUT /mesh to the orchestrator pod: {e}\n{}",
+            tailscaled_logs(&log)
+        )
+    });
+    println!("HELM-NODE put_mesh_s {took:.1}");
+    assert!(set.joined, "{set:?}");
+
+    let st = client.mesh().await.expect("GET /mesh");
+    assert!(st.configured && st.joined, "{st:?}");
+    assert_eq!(st.source.as_deref(), Some("api"), "{st:?}");
+    assert_eq!(st.headscale_url.as_deref(), Some(hs_url.as_str()), "{st:?}");
+    assert_eq!(st.hostname.as_deref(), Some("helm-orchestrator"), "{st:?}");
+    let ip = st
+        .tailnet_ips
+        .iter()
+        .find(|a| a.starts_with("100."))
+        .unwrap_or_else(|| panic!("no 100.x address: {st:?}"))
+        .clone();
+    let tailnet_url = format!("http://{ip}:8080");
+    assert_eq!(
+        st.orchestrator_url.as_deref(),
+        Some(tailnet_url.as_str()),
+        "{st:?}"
+    );
+
+    // Headscale lists the orchestrator's node, online, at that address.
+    let nodes = created.client.list_nodes(None).await.expect("nodes");
+    let node = nodes
+        .iter()
+        .find(|n| n.name == "helm-orchestrator")
+        .unwrap_or_else(|| panic!("Headscale does not list helm-orchestrator: {nodes:?}"));
+    assert!(node.ip_addresses.contains(&ip), "{node:?}");
+    assert!(node.online, "{node:?}");
+
+    // The node's state and the saved mesh are on the claimed volume (the state dir), 0600.
+    let saved = volume.join("mesh/mesh.json");
+    let mode = std::fs::metadata(&saved)
+        .unwrap_or_else(|e| panic!("{}: {e}", saved.display()))
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "mesh.json mode {mode:o}");
+    let sockets: Vec<_> = std::fs::read_dir(volume.join("mesh"))
+        .expect("mesh dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("tailscaled.sock").exists())
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        1,
+        "one node directory with its LocalAPI socket"
+    );
+
+    // A node on the host reaches the orchestrator's API at the tailnet URL agents are given
+    // (the pod's netstack forwards it to the orchestrator's listener). The host node runs the
+    // image's own tailscaled too, so that its outbound proxies (SOCKS5, which the orchestrator's
+    // editor proxy dials through, and HTTP) are exercised in that build.
+    let (tailscaled, tailscale) = image_tailscaled(&dir.path().join("img"));
+    let mut c = TailscaledConfig::new(dir.path().join("hn"));
+    c.tailscaled_bin = Some(tailscaled);
+    c.tailscale_bin = Some(tailscale);
+    c.plain_http_derp = true;
+    let host_node = Tailscaled::start(&c).await.expect("host tailscaled");
+    host_node
+        .cli()
+        .up(
+            &hs_url,
+            &created.preauth_key.key,
+            "helm-host",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the host node joins");
+    let http = host_node
+        .http_client(Duration::from_secs(10))
+        .expect("tailnet http client");
+    let t = Instant::now();
+    let health = eventually(
+        "the orchestrator's /health over the tailnet",
+        Duration::from_secs(60),
+        || {
+            let (http, url) = (http.clone(), format!("{tailnet_url}/health"));
+            async move {
+                let r = http.get(url).send().await.ok()?;
+                r.status().is_success().then_some(r.status())
+            }
+        },
+    )
+    .await;
+    assert!(health.is_success());
+    println!(
+        "HELM-NODE tailnet_health_s {:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    // Through the SOCKS5 proxy: a plain HTTP/1.1 request on the dialed stream.
+    let mut stream = host_node
+        .dial(&ip, 8080)
+        .await
+        .expect("SOCKS5 dial to the orchestrator's tailnet address");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: orchestrator\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("reply in 10 s")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// The tailscaled of the orchestrator image (the top layer of the cached stage that
+/// `scripts/images/build.sh` just built the image from), unpacked into `dir`: the paths of
+/// `tailscaled` and of `tailscale` (the symlink to it).
+fn image_tailscaled(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = std::env::var_os("GUILDNET_IMAGES_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/guildnet/images")
+        });
+    let stage = std::fs::read_dir(&cache)
+        .expect("the images cache")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("stage-orchestrator-") && !n.ends_with(".tmp"))
+        })
+        .expect("the orchestrator stage in the images cache");
+    let oci = stage.join("oci");
+    let json = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).expect("OCI file")).expect("OCI JSON")
+    };
+    let blob = |digest: &serde_json::Value| {
+        oci.join("blobs")
+            .join(digest.as_str().expect("digest").replacen(':', "/", 1))
+    };
+    let index = json(oci.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let layers = manifest["layers"].as_array().expect("layers");
+    let top = blob(&layers.last().expect("a layer")["digest"]);
+    std::fs::create_dir_all(dir).expect("dir");
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(&top)
+        .arg("-C")
+        .arg(dir)
+        .args(["usr/local/bin/tailscaled", "usr/local/bin/tailscale"])
+        .output()
+        .expect("tar");
+    // The layers umoci 0.4.7 inserts here end without tar's end-of-archive blocks (containerd
+    // accepts that, GNU tar exits 2 with "Unexpected EOF"): the files themselves are checked.
+    let bin = dir.join("usr/local/bin");
+    let daemon = bin.join("tailscaled");
+    let size = std::fs::metadata(&daemon).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000_000 && bin.join("tailscale").is_file(),
+        "tailscaled ({size} bytes) and tailscale from {}: tar {}: {}",
+        top.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (daemon, bin.join("tailscale"))
+}
+
+/// The tails of the tailscaled logs under the volume's `mesh/`, for failure messages.
+fn tailscaled_logs(mesh: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
+        let log = e.path().join("tailscaled.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out += &format!("--- {}\n{tail}\n", log.display());
+        }
+    }
+    out
 }
 
 /// The orchestrator pod's API (at its pod IP: the host is the node) schedules a task for org
 /// `acme`, which has no kubeconfig: the AgentTask lands in the chart's namespace through the
 /// in-cluster ServiceAccount, and the operator pod reconciles it into a Deployment.
-async fn schedule_into_the_same_cluster(client: &kube::Client, pods: &Api<Pod>) {
-    let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let token = secret
-        .get("gn-guildnet")
-        .await
-        .expect("the chart's Secret")
-        .data
-        .and_then(|d| d.get("admin-token").cloned())
-        .expect("admin-token");
-    let token = String::from_utf8(token.0).expect("utf-8 token");
-    let listed = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=orchestrator"))
-        .await
-        .expect("orchestrator pods");
-    let ip = listed
-        .items
-        .iter()
-        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .expect("the orchestrator pod's IP");
+async fn schedule_into_the_same_cluster(client: &kube::Client, orch: &OrchestratorPod) {
+    let (ip, token) = (&orch.ip, &orch.token);
     let http = reqwest::Client::new();
     let res = http
         .post(format!("http://{ip}:8080/schedule"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!({"org": "acme", "task": "echo hello"}))
         .send()
         .await
@@ -303,7 +604,7 @@ async fn schedule_into_the_same_cluster(client: &kube::Client, pods: &Api<Pod>) 
     // The orchestrator says the task went to a cluster, not "no kubeconfig".
     let task: serde_json::Value = http
         .get(format!("http://{ip}:8080/tasks/{id}"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .expect("GET /tasks/{id}")

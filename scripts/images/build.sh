@@ -24,12 +24,20 @@
 #   --node PATH       the Node.js binary code-server runs on (default: `command -v node`; its
 #                     major version must match code-server's engines.node)
 #   --prepare         build only the cached bases (agent and operator), no binaries needed
+#                     (and the orchestrator's tailscaled stage when orchestrator is asked for)
 #   --refresh         rebuild the cached bases even if their key matches
 #
-# Cache: ${GUILDNET_IMAGES_CACHE:-~/.cache/guildnet/images}. The Debian base of each image and
-# the agent's code-server stage are keyed by their inputs (suite, mirror, package list, this
-# script's recipe number; Node's and code-server's versions and checksums), so reruns only add
-# the binary layer. The Debian archive moves on: --refresh picks up new security updates.
+# The orchestrator image also holds tailscaled (with the tailscale CLI linked in, `tailscale` a
+# symlink to it), for the mesh set with PUT /mesh: built with Go (CGO_ENABLED=0) from
+# tailscale.com at TAILSCALE_VERSION of scripts/testbed/versions.env (the version the testbed and
+# the agents' sidecar image use), unused features left out (TAILSCALE_TAGS below); the module
+# comes from the local Go module cache, else GOPROXY.
+#
+# Cache: ${GUILDNET_IMAGES_CACHE:-~/.cache/guildnet/images}. The Debian base of each image, the
+# agent's code-server stage and the orchestrator's tailscaled stage are keyed by their inputs
+# (suite, mirror, package list, this script's recipe number; Node's and code-server's versions
+# and checksums; tailscale's version and build tags), so reruns only add the binary layer. The
+# Debian archive moves on: --refresh picks up new security updates.
 # Missing Debian tools (mmdebstrap, umoci, skopeo, jq) are installed with apt-get.
 # Details: docs/KUBERNETES.md ("Building the images").
 set -euo pipefail
@@ -51,10 +59,20 @@ AGENT_PACKAGES="git,ca-certificates,libstdc++6,openssh-client,procps"
 OPERATOR_PACKAGES="libc6,libgcc-s1,base-files,netbase"
 AGENT_UID=1000
 OPERATOR_UID=65532
+# tailscale for the orchestrator image: the testbed's pinned version. One static binary (the
+# upstream "box" build, build_dist.sh --box: ts_include_cli) without the features a userspace
+# node in a container never uses (`go run ./cmd/featuretags --list` in tailscale's source):
+# kept are netstack, the SOCKS5/HTTP proxies, DNS, DERP, the CLI, debug (`tailscale debug prefs`).
+TAILSCALE_VERSION="$(sed -n 's/^TAILSCALE_VERSION=//p' "$REPO_ROOT/scripts/testbed/versions.env")"
+TAILSCALE_OMIT="aws bird tap kube ssh drive taildrop webclient systray synology networkmanager dbus
+  resolved clientupdate capture wakeonlan tpm relayserver desktop_sessions completion_scripts
+  completion qrcodes advertiseexitnode appconnectors serve posture doctor netlog linkspeed
+  tundevstats osrouter iptables webbrowser"
+TAILSCALE_TAGS="ts_include_cli$(for f in $TAILSCALE_OMIT; do printf ',ts_omit_%s' "$f"; done)"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; }
 
 IMAGES="agent,operator" BINARIES="" TAG="" OUT="$REPO_ROOT/target/images" ARCHIVE=1 PUSH=""
 INSECURE=0 CODE_SERVER_PREFIX="$TESTBED_DIR/code-server" NODE_BIN="" PREPARE=0 REFRESH=0
@@ -243,13 +261,69 @@ build_stage() {
   log "agent stage (Node.js + code-server): $(human "$bytes") uncompressed, $(secs_since "$t0") s"
 }
 
+orchestrator_stage_key() {
+  printf '%s\n' "recipe=$RECIPE" "$(base_key operator)" "tailscale.com@$TAILSCALE_VERSION" \
+    "$TAILSCALE_TAGS" "$(go version 2>/dev/null)" "license=/usr/share/doc/tailscale" | sha
+}
+
+# build_orchestrator_stage DIR: the operator's base with tailscaled added (DIR/oci, tag "stage";
+# DIR/bytes the uncompressed size of its layers; DIR/tailscale the version line).
+build_orchestrator_stage() {
+  local dir=$1 base t0 layout=$1/oci bytes root short ldflags proxy
+  [[ -n $TAILSCALE_VERSION ]] || die "no TAILSCALE_VERSION in scripts/testbed/versions.env"
+  command -v go >/dev/null || die "the orchestrator image needs Go to build tailscaled $TAILSCALE_VERSION"
+  base=$(base_dir operator)
+  t0=$(now_s)
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp -al "$base/oci" "$layout" 2>/dev/null || cp -a "$base/oci" "$layout"
+  rm -f "$layout/index.json" && cp "$base/oci/index.json" "$layout/index.json"
+  root="$WORK/stage-root"
+  mkdir -p "$root/usr/local/bin"
+  short=${TAILSCALE_VERSION#v}
+  # The version stamp as scripts/testbed/install.sh and tailscale's build_dist.sh set it.
+  ldflags="-s -w -X tailscale.com/version.shortStamp=$short -X tailscale.com/version.longStamp=$short-guildnet"
+  proxy="file://$(go env GOMODCACHE)/cache/download,$(go env GOPROXY)"
+  log "building tailscaled $TAILSCALE_VERSION (tags $TAILSCALE_TAGS) ..."
+  GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 GOPROXY="$proxy" GOBIN="$root/usr/local/bin" \
+    go install -trimpath -tags "$TAILSCALE_TAGS" -ldflags="$ldflags" "tailscale.com/cmd/tailscaled@$TAILSCALE_VERSION"
+  ln -s tailscaled "$root/usr/local/bin/tailscale"
+  # Its BSD-3-Clause license and patent grant, where Debian keeps its packages' copyright files.
+  mkdir -p "$root/usr/share/doc/tailscale"
+  cp "$(go env GOMODCACHE)/tailscale.com@$TAILSCALE_VERSION/LICENSE" "$root/usr/share/doc/tailscale/copyright"
+  cp "$(go env GOMODCACHE)/tailscale.com@$TAILSCALE_VERSION/PATENTS" "$root/usr/share/doc/tailscale/PATENTS"
+  "$root/usr/local/bin/tailscale" version | head -1 | grep -qx "$short" ||
+    die "the tailscale CLI in the built tailscaled does not report $short"
+  "$root/usr/local/bin/tailscaled" --version | head -1 >"$dir/tailscale"
+  chown -R 0:0 "$root"
+  chmod -R a+rX,go-w "$root"
+  bytes=$(($(cat "$base/bytes") + $(du -sb --apparent-size "$root" | cut -f1)))
+  umoci insert --image "$layout:stage" "$root" /
+  rm -rf "$root"
+  umoci gc --layout "$layout"
+  echo "$bytes" >"$dir/bytes"
+  log "orchestrator stage (the operator base + tailscaled $(cat "$dir/tailscale")): $(human "$bytes") uncompressed, $(secs_since "$t0") s"
+}
+
 # stage_dir KIND: prints the dir of the cached layout an image of KIND starts from: the agent's
-# stage, or the operator's base (which the orchestrator and dashboard images share).
+# stage, the orchestrator's (the operator's base + tailscaled), or the operator's base (which
+# the dashboard image shares).
 stage_dir() {
   local kind=$1 key dir
-  [[ $kind == orchestrator || $kind == dashboard ]] && kind=operator
+  [[ $kind == dashboard ]] && kind=operator
   if [[ $kind == operator ]]; then
     base_dir operator
+    return
+  fi
+  if [[ $kind == orchestrator ]]; then
+    key=$(orchestrator_stage_key)
+    dir="$CACHE/stage-orchestrator-$key"
+    if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
+      rm -rf "$CACHE/stage-orchestrator-"*
+      build_orchestrator_stage "$dir.tmp" >&2
+      mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
     return
   fi
   key=$(stage_key agent)
@@ -351,7 +425,10 @@ for kind in "${WANT[@]}"; do
       ;;
     orchestrator)
       umoci config --image "$ref" "${common[@]}" \
-        --config.label "org.opencontainers.image.description=GuildNet orchestrator (REST API, scheduler)" \
+        --config.label "org.opencontainers.image.description=GuildNet orchestrator (REST API, scheduler; tailscaled for PUT /mesh)" \
+        --config.label "io.guildnet.tailscale.version=$TAILSCALE_VERSION" \
+        --config.label "io.guildnet.tailscale.source=tailscale.com/cmd/tailscaled@$TAILSCALE_VERSION (CGO_ENABLED=0, -trimpath)" \
+        --config.label "io.guildnet.tailscale.tags=$TAILSCALE_TAGS" \
         --config.user "$OPERATOR_UID:$OPERATOR_UID" --config.workingdir /home/nonroot \
         --config.env HOME=/home/nonroot --config.env GUILDNET_LISTEN=0.0.0.0:8080 \
         --config.exposedports 8080/tcp

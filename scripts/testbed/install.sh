@@ -34,7 +34,7 @@ ALL_ITEMS=(etcd kube kwok headscale tailscale talosctl talos-emulator code-serve
 # Bump an item's recipe number when its build steps change (not its version), to force a rebuild.
 declare -A RECIPE=([etcd]=1 [kube]=1 [kwok]=2 [headscale]=1 [tailscale]=1 [talosctl]=1 [talos-emulator]=1 [code-server]=1 [chromium]=1
   [gitea]=1 [aider]=1
-  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [tailscale-image]=2 [images]=1 [postgres]=1 [nginx]=1 [helm]=1)
+  [containerd]=1 [kubelet]=1 [node-deps]=1 [registry]=1 [pause]=1 [busybox-image]=1 [tailscale-image]=2 [images]=2 [postgres]=1 [nginx]=1 [helm]=1)
 
 # Go: never fetch another toolchain; keep the default module/build caches (~/go/pkg/mod,
 # ~/.cache/go-build) so rebuilds after a version bump are cheap.
@@ -444,13 +444,14 @@ oci_archive() {
 }
 
 # The Debian bases of GuildNet's own images (agent: git, TLS roots, Node.js and code-server;
-# operator: glibc only), cached by scripts/images/build.sh under ~/.cache/guildnet/images keyed
-# by their inputs, so the tests that build the images only add the binary layer. Needs the
-# code-server item (its npm prefix goes into the agent image).
+# operator: glibc only; orchestrator: the operator's + tailscaled built from TAILSCALE_VERSION),
+# cached by scripts/images/build.sh under ~/.cache/guildnet/images keyed by their inputs, so the
+# tests that build the images only add the binary layer. Needs the code-server item (its npm
+# prefix goes into the agent image).
 install_images() {
   [[ -d "$TESTBED_DIR/code-server/node_modules/code-server" ]] ||
     die "images: code-server is not installed (install.sh code-server)"
-  GUILDNET_TESTBED_DIR="$TESTBED_DIR" bash "$REPO_ROOT/scripts/images/build.sh" --prepare --images agent,operator
+  GUILDNET_TESTBED_DIR="$TESTBED_DIR" bash "$REPO_ROOT/scripts/images/build.sh" --prepare --images agent,operator,orchestrator
 }
 
 # The pod sandbox ("pause") image. There is no registry.k8s.io here, so: a static Go program that
