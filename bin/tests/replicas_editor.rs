@@ -4,7 +4,9 @@
 //! load and its WebSocket reconnect, through nginx with the same session cookie, reach the
 //! editor again on the surviving replica, which had never served that session before (no
 //! re-open, no user action). Forged, tampered or other-port cookies are refused by the
-//! survivor, and the session ends with its agent.
+//! survivor, and the session ends with its agent. The same holds through the dashboard's editor
+//! origin (the real `guildnet-dashboard` in front of the same entrance): its relay sends the
+//! orchestrator's session, so the iframe's page and WebSocket recover the same way.
 //!
 //! The editor is a **stand-in for code-server** (a local HTTP + WebSocket echo server the agent
 //! advertises with `GUILDNET_EDITOR_ADVERTISE`, accepted with `--trust-advertised-editors`):
@@ -13,6 +15,7 @@
 
 mod common;
 
+use common::dashboard::Dashboard;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use guildnet_core::names::OrgName;
@@ -193,6 +196,12 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         .await
         .unwrap();
     let agent = wait_running(&c, &task.id).await.agent.unwrap();
+    // A second agent, whose editor the dashboard opens (the same stand-in serves both).
+    let task2 = c
+        .schedule(&OrgName::new("acme").unwrap(), "sleep 300", None)
+        .await
+        .unwrap();
+    let agent2 = wait_running(&c, &task2.id).await.agent.unwrap();
     let resp = http()
         .post(format!("{lb_url}/agents/editor/open"))
         .bearer_auth(TOKEN)
@@ -262,6 +271,60 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     let (s, body) = get(&format!("{}{path}", orchs[survivor].url()), None).await;
     assert_eq!(s, 401, "no session, no admin token: refused ({body})");
 
+    // The dashboard in front of the same entrance: its editor origin's relay, as the iframe
+    // uses it (ticket, editor-origin cookie, `/e/<port>/`).
+    let editor_origin = format!("127.0.0.1:{}", free_port());
+    let dash = Dashboard::start(
+        &dir.path().join("dash"),
+        &entrance.url(),
+        TOKEN,
+        "pw-0123456789",
+        &["--editor-listen", editor_origin.as_str()],
+        &[],
+    );
+    let dash_session = dash.login("pw-0123456789").await;
+    let r = http()
+        .post(format!("{}/api/agents/{agent2}/editor", dash.url))
+        .header("cookie", &dash_session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    // Its proxy port is another one than the first agent's (same editor address).
+    let port2 = v["port"].as_u64().unwrap() as u16;
+    assert_ne!(port2, port);
+    let r = http()
+        .get(format!("{}/editor/proxy/{port2}/", orchs[survivor].url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the survivor does not serve the second editor yet");
+    let enter = http()
+        .get(v["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enter.status(), 303);
+    let iframe_cookie = enter.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !iframe_cookie.contains("ges."),
+        "the orchestrator's session stays in the dashboard"
+    );
+    let iframe_page = format!("http://{editor_origin}/e/{port2}/");
+    let iframe_ws = format!("ws://{editor_origin}/e/{port2}/socket");
+    let (s, body) = get(&iframe_page, Some(&iframe_cookie)).await;
+    assert_eq!((s, body.as_str()), (200, PAGE), "the iframe before the kill");
+    let mut iframe_ws_conn = ws_connect(&iframe_ws, &iframe_cookie).await.unwrap();
+    echo(&mut iframe_ws_conn, "iframe before").await.unwrap();
+
     // kill -9 the replica that opened the editor.
     orchs[holder].kill9();
     let killed = Instant::now();
@@ -318,6 +381,24 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         "after the kill: page answered in {page_back:?} (statuses {statuses:?}), WebSocket \
          echoed in {ws_back:?} ({ws_attempts} attempt(s))"
     );
+    // The iframe, through the dashboard's relay: its WebSocket ended too; the page and a new
+    // WebSocket work again.
+    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = iframe_ws_conn.next().await {}
+    })
+    .await;
+    assert!(dropped.is_ok(), "the iframe's WebSocket did not end");
+    let (s, body) = get(&iframe_page, Some(&iframe_cookie)).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, PAGE),
+        "the iframe after the kill"
+    );
+    let mut again = ws_connect(&iframe_ws, &iframe_cookie).await.unwrap();
+    echo(&mut again, "iframe after").await.unwrap();
+    let iframe_back = killed.elapsed();
+    eprintln!("the dashboard's iframe (page and WebSocket) works again {iframe_back:?} after the kill");
+
     // The survivor now serves the session under the same port (even to the admin alone).
     let r = http()
         .get(format!("{}{path}", orchs[survivor].url()))
@@ -361,6 +442,7 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
 
     // The session ends with its agent: after the task is cancelled, the cookie opens nothing.
     c.cancel(&task.id).await.unwrap();
+    c.cancel(&task2.id).await.unwrap();
     wait_terminal(&c, std::slice::from_ref(&task.id), 60).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
