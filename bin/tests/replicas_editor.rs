@@ -300,12 +300,12 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "the survivor does not serve the second editor yet");
-    let enter = http()
-        .get(v["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "the survivor does not serve the second editor yet"
+    );
+    let enter = http().get(v["url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(enter.status(), 303);
     let iframe_cookie = enter.headers()["set-cookie"]
         .to_str()
@@ -321,7 +321,11 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     let iframe_page = format!("http://{editor_origin}/e/{port2}/");
     let iframe_ws = format!("ws://{editor_origin}/e/{port2}/socket");
     let (s, body) = get(&iframe_page, Some(&iframe_cookie)).await;
-    assert_eq!((s, body.as_str()), (200, PAGE), "the iframe before the kill");
+    assert_eq!(
+        (s, body.as_str()),
+        (200, PAGE),
+        "the iframe before the kill"
+    );
     let mut iframe_ws_conn = ws_connect(&iframe_ws, &iframe_cookie).await.unwrap();
     echo(&mut iframe_ws_conn, "iframe before").await.unwrap();
 
@@ -389,15 +393,13 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     .await;
     assert!(dropped.is_ok(), "the iframe's WebSocket did not end");
     let (s, body) = get(&iframe_page, Some(&iframe_cookie)).await;
-    assert_eq!(
-        (s, body.as_str()),
-        (200, PAGE),
-        "the iframe after the kill"
-    );
+    assert_eq!((s, body.as_str()), (200, PAGE), "the iframe after the kill");
     let mut again = ws_connect(&iframe_ws, &iframe_cookie).await.unwrap();
     echo(&mut again, "iframe after").await.unwrap();
     let iframe_back = killed.elapsed();
-    eprintln!("the dashboard's iframe (page and WebSocket) works again {iframe_back:?} after the kill");
+    eprintln!(
+        "the dashboard's iframe (page and WebSocket) works again {iframe_back:?} after the kill"
+    );
 
     // The survivor now serves the session under the same port (even to the admin alone).
     let r = http()

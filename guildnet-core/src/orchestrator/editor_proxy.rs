@@ -121,6 +121,10 @@ impl EditorProxy {
                 match rx.try_recv() {
                     Ok(a) => {
                         self.inner.ports.close(&a.org, &a.agent);
+                        // Its tokens are refused from now on anyway (the agent is not current).
+                        if let Ok(mut closed) = self.inner.closed.lock() {
+                            closed.remove(&(a.org, a.agent));
+                        }
                     }
                     Err(TryRecvError::Lagged(_)) => lagged = true,
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
