@@ -6,7 +6,8 @@
 //! re-open, no user action). Forged, tampered or other-port cookies are refused by the
 //! survivor, and the session ends with its agent. The same holds through the dashboard's editor
 //! origin (the real `guildnet-dashboard` in front of the same entrance): its relay sends the
-//! orchestrator's session, so the iframe's page and WebSocket recover the same way.
+//! orchestrator's session, so the iframe's page and WebSocket recover the same way; headless
+//! Chromium, on that editor origin, sees its page's WebSocket reconnect by itself and echo.
 //!
 //! The editor is a **stand-in for code-server** (a local HTTP + WebSocket echo server the agent
 //! advertises with `GUILDNET_EDITOR_ADVERTISE`, accepted with `--trust-advertised-editors`):
@@ -30,8 +31,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// What the stand-in editor's page says.
-const PAGE: &str = "stand-in editor workbench";
+/// The stand-in editor's page. Like code-server's workbench, its script keeps a WebSocket to
+/// the editor open and reconnects when it drops; it records what happened in `window.gn`
+/// (`echoAt`: when the last connection's first message came back, ms since the epoch).
+const PAGE: &str = r#"<!doctype html><title>stand-in editor</title><body>stand-in editor workbench<script>
+window.gn = { opens: 0, echoes: 0, drops: 0, echoAt: 0 };
+function connect() {
+  const ws = new WebSocket(location.href.replace(/^http/, 'ws') + 'socket');
+  let n = 0;
+  ws.onopen = () => { n = ++window.gn.opens; ws.send('ping-' + n); };
+  ws.onmessage = (m) => { if (m.data === 'ping-' + n) { window.gn.echoes = n; window.gn.echoAt = Date.now(); } };
+  ws.onclose = () => { window.gn.drops++; setTimeout(connect, 100); };
+}
+connect();
+</script></body>"#;
 
 /// The stand-in for code-server: on loopback, answers every plain HTTP request with [`PAGE`]
 /// and echoes every WebSocket message. Returns its port.
@@ -329,9 +342,42 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     let mut iframe_ws_conn = ws_connect(&iframe_ws, &iframe_cookie).await.unwrap();
     echo(&mut iframe_ws_conn, "iframe before").await.unwrap();
 
+    // Headless Chromium on the same editor through the dashboard's editor origin (a ticket of
+    // its own): the page's script holds a WebSocket to the editor and reconnects when it drops.
+    let driver = guildnet_testbed::browser::ChromeDriver::start()
+        .await
+        .expect("chromedriver (scripts/testbed/install.sh chromium)");
+    let browser = driver.new_session(true).await.expect("browser session");
+    let r = http()
+        .post(format!("{}/api/agents/{agent2}/editor", dash.url))
+        .header("cookie", &dash_session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["port"].as_u64(),
+        Some(u64::from(port2)),
+        "reopened: same port"
+    );
+    browser.goto(v["url"].as_str().unwrap()).await.unwrap();
+    browser
+        .wait_until(
+            "the browser's WebSocket echoed before the kill",
+            "return window.gn && window.gn.echoes >= 1 && location.pathname;",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+
     // kill -9 the replica that opened the editor.
     orchs[holder].kill9();
     let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
 
     // The open WebSocket drops.
     let dropped = tokio::time::timeout(Duration::from_secs(10), async {
@@ -385,6 +431,23 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         "after the kill: page answered in {page_back:?} (statuses {statuses:?}), WebSocket \
          echoed in {ws_back:?} ({ws_attempts} attempt(s))"
     );
+    // The browser's page reconnected its WebSocket by itself, through the dashboard's relay, to
+    // the survivor (the first request of that session there), and got its echo.
+    let gn = browser
+        .wait_until(
+            "the browser's WebSocket reconnected and echoed after the kill",
+            "return window.gn.drops >= 1 && window.gn.echoes >= 2 && window.gn;",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    let browser_back = gn["echoAt"].as_i64().unwrap() - killed_ms;
+    eprintln!(
+        "the browser's own WebSocket reconnected and echoed {browser_back} ms after the kill \
+         (its page waits 100 ms before reconnecting; {gn})"
+    );
+    assert!(browser_back < 10_000, "{gn}");
+
     // The iframe, through the dashboard's relay: its WebSocket ended too; the page and a new
     // WebSocket work again.
     let dropped = tokio::time::timeout(Duration::from_secs(10), async {
