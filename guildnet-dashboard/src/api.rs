@@ -703,6 +703,15 @@ pub async fn agent_log_stream(
 }
 
 async fn orchestrator_post(s: &AppState, path: &str, body: Value) -> Result<Value, ApiError> {
+    Ok(orchestrator_post_with_headers(s, path, body).await?.0)
+}
+
+/// Like [`orchestrator_post`], also returning the reply's headers.
+async fn orchestrator_post_with_headers(
+    s: &AppState,
+    path: &str,
+    body: Value,
+) -> Result<(Value, HeaderMap), ApiError> {
     let resp = s
         .http
         .post(format!("{}{path}", s.orchestrator.base_url()))
@@ -718,9 +727,10 @@ async fn orchestrator_post(s: &AppState, path: &str, body: Value) -> Result<Valu
             )
         })?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        return Ok(v);
+        return Ok((v, headers));
     }
     Err(guildnet_core::client::ClientError::Api {
         status: status.as_u16(),
@@ -748,12 +758,15 @@ pub async fn open_editor(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let agent = s.orchestrator.agent(&agent_param(&name)?).await?;
-    let v = orchestrator_post(
+    let (v, reply_headers) = orchestrator_post_with_headers(
         &s,
         "/agents/editor/open",
         json!({"name": agent.name, "org": agent.org}),
     )
     .await?;
+    // The orchestrator's editor session (a signed token naming the agent): the relay sends it
+    // so that any orchestrator replica serves the editor.
+    let orchestrator_session = orchestrator_editor_session(&reply_headers);
     let port = v
         .get("port")
         .and_then(Value::as_u64)
@@ -766,12 +779,27 @@ pub async fn open_editor(
                 "the orchestrator's editor reply has no port",
             )
         })?;
-    let url = crate::editor_origin::open_url(&s, &headers, port)?;
+    let url = crate::editor_origin::open_url(&s, &headers, port, orchestrator_session)?;
     Ok(Json(json!({
         "name": agent.name,
         "port": port,
         "url": url,
     })))
+}
+
+/// The value of the orchestrator's editor session cookie in an `editor/open` reply.
+fn orchestrator_editor_session(h: &HeaderMap) -> Option<guildnet_core::token::Secret> {
+    let prefix = format!(
+        "{}=",
+        guildnet_core::orchestrator::editor_proxy::SESSION_COOKIE
+    );
+    h.get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find_map(|c| c.trim().strip_prefix(prefix.as_str()))
+        .filter(|v| !v.is_empty())
+        .map(guildnet_core::token::Secret::new)
 }
 
 /// `POST /api/agents/{name}/editor/close`.

@@ -18,7 +18,11 @@
 //!   (HTTP and WebSocket) with the admin token added server-side; the path is forwarded as the
 //!   browser sent it ([`guildnet_core::proxy::split_mounted_path`]). **No browser cookie is
 //!   forwarded** (the orchestrator logs in to code-server itself), and responses may be framed
-//!   only by the dashboard origin that asked for the ticket.
+//!   only by the dashboard origin that asked for the ticket. The relay adds the orchestrator's
+//!   own editor session cookie (from the `editor/open` reply, kept server-side with the
+//!   ticket): a signed token naming the agent, with which any orchestrator replica behind a
+//!   load balancer serves the editor, also after the replica that opened it died
+//!   (docs/REPLICAS.md).
 //!
 //! A script on the editor origin cannot act on the dashboard: its requests to `/api/*` are
 //! cross-origin, so the dashboard refuses state changes (`Sec-Fetch-Site`/`Origin` checks in
@@ -37,7 +41,7 @@ use axum::Router;
 use guildnet_core::proxy::{ProxyError, Upstream};
 use guildnet_core::token::{self, Secret};
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -133,13 +137,24 @@ struct Ticket {
     session_key: String,
     port: u16,
     frame_ancestor: String,
+    orchestrator_session: Option<Secret>,
     expires: Instant,
 }
 
 struct EditorSession {
     session_key: String,
-    ports: BTreeSet<u16>,
+    /// The ports granted, with the orchestrator's editor session for each (when it gave one).
+    ports: BTreeMap<u16, Option<Secret>>,
     frame_ancestor: String,
+}
+
+/// What an editor session may do on a port ([`EditorGate::allows`]).
+pub struct Grant {
+    /// The only origin allowed to frame the editor.
+    pub frame_ancestor: String,
+    /// The orchestrator's editor session token for the port (sent as its `guildnet_editor`
+    /// cookie, so any orchestrator replica can serve the editor).
+    pub orchestrator_session: Option<Secret>,
 }
 
 /// Tickets and editor-origin sessions (only hashes of their secrets are kept).
@@ -150,8 +165,16 @@ pub struct EditorGate {
 }
 
 impl EditorGate {
-    /// Mints a one-time ticket for `port`, bound to the dashboard session `session_id`.
-    pub fn mint(&self, session_id: &str, port: u16, frame_ancestor: String) -> Secret {
+    /// Mints a one-time ticket for `port`, bound to the dashboard session `session_id`;
+    /// `orchestrator_session` is the orchestrator's editor session for the port, kept here and
+    /// never sent to the browser.
+    pub fn mint(
+        &self,
+        session_id: &str,
+        port: u16,
+        frame_ancestor: String,
+        orchestrator_session: Option<Secret>,
+    ) -> Secret {
         let ticket = token::generate("gnt_");
         let now = Instant::now();
         let mut m = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,6 +185,7 @@ impl EditorGate {
                 session_key: token::hash(session_id),
                 port,
                 frame_ancestor,
+                orchestrator_session,
                 expires: now + TICKET_TTL,
             },
         );
@@ -188,7 +212,7 @@ impl EditorGate {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = existing.and_then(|id| sessions.get_mut(&token::hash(id))) {
             if s.session_key == t.session_key {
-                s.ports.insert(t.port);
+                s.ports.insert(t.port, t.orchestrator_session);
                 s.frame_ancestor = t.frame_ancestor;
                 return Ok((None, t.port));
             }
@@ -198,16 +222,16 @@ impl EditorGate {
             token::hash(id.expose()),
             EditorSession {
                 session_key: t.session_key,
-                ports: BTreeSet::from([t.port]),
+                ports: BTreeMap::from([(t.port, t.orchestrator_session)]),
                 frame_ancestor: t.frame_ancestor,
             },
         );
         Ok((Some(id), t.port))
     }
 
-    /// The frame ancestor of editor session `id` if it may use `port` and its dashboard session
-    /// is still live (checked with `live`); a dead dashboard session ends the editor session.
-    fn allows(&self, id: &str, port: u16, live: impl Fn(&str) -> bool) -> Option<String> {
+    /// What editor session `id` may do on `port`, if it may use it and its dashboard session is
+    /// still live (checked with `live`); a dead dashboard session ends the editor session.
+    fn allows(&self, id: &str, port: u16, live: impl Fn(&str) -> bool) -> Option<Grant> {
         let key = token::hash(id);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let s = sessions.get(&key)?;
@@ -215,7 +239,10 @@ impl EditorGate {
             sessions.remove(&key);
             return None;
         }
-        s.ports.contains(&port).then(|| s.frame_ancestor.clone())
+        s.ports.get(&port).map(|o| Grant {
+            frame_ancestor: s.frame_ancestor.clone(),
+            orchestrator_session: o.clone(),
+        })
     }
 
     /// Ends every editor session made from dashboard session `session_id` (logout).
@@ -238,8 +265,14 @@ pub struct EditorOrigin {
     pub gate: EditorGate,
 }
 
-/// The editor URL for a new ticket on `port`, answered by `POST /api/agents/{name}/editor`.
-pub fn open_url(state: &AppState, headers: &HeaderMap, port: u16) -> Result<String, ApiError> {
+/// The editor URL for a new ticket on `port`, answered by `POST /api/agents/{name}/editor`;
+/// `orchestrator_session` is the orchestrator's editor session cookie value for the port.
+pub fn open_url(
+    state: &AppState,
+    headers: &HeaderMap,
+    port: u16,
+    orchestrator_session: Option<Secret>,
+) -> Result<String, ApiError> {
     let session = crate::auth::session_cookie(headers)
         .ok_or_else(|| ApiError::unauthorized("log in first (no valid session)"))?;
     let origin = editor_origin_for(state, headers).ok_or_else(|| {
@@ -248,7 +281,10 @@ pub fn open_url(state: &AppState, headers: &HeaderMap, port: u16) -> Result<Stri
     let ancestor = dashboard_origin(state, headers).ok_or_else(|| {
         ApiError::invalid("Origin", "the request names no usable dashboard origin")
     })?;
-    let ticket = state.editor.gate.mint(&session, port, ancestor);
+    let ticket = state
+        .editor
+        .gate
+        .mint(&session, port, ancestor, orchestrator_session);
     Ok(format!("{origin}{ENTER_PATH}?ticket={}", ticket.expose()))
 }
 
@@ -307,7 +343,7 @@ async fn relay(State(s): State<AppState>, req: Request) -> Result<Response, ApiE
         )
             .into_response());
     }
-    let frame_ancestor = crate::auth::cookie_value(req.headers(), EDITOR_COOKIE)
+    let grant = crate::auth::cookie_value(req.headers(), EDITOR_COOKIE)
         .and_then(|id| {
             s.editor
                 .gate
@@ -327,9 +363,16 @@ async fn relay(State(s): State<AppState>, req: Request) -> Result<Response, ApiE
         path_prefix: format!("/editor/proxy/{port}"),
         external_prefix: external_prefix(port),
         add_headers: vec![(header::AUTHORIZATION, bearer)],
-        cookie: None,
+        // The orchestrator's own session for this editor: any replica serves it.
+        cookie: grant.orchestrator_session.as_ref().map(|o| {
+            format!(
+                "{}={}",
+                guildnet_core::orchestrator::editor_proxy::SESSION_COOKIE,
+                o.expose()
+            )
+        }),
         strip_cookies: vec!["*".to_owned()],
-        frame_ancestors: Some(frame_ancestor),
+        frame_ancestors: Some(grant.frame_ancestor),
         dialer: None,
     };
     let rest = rest.to_owned();
@@ -426,31 +469,42 @@ mod tests {
     #[test]
     fn tickets_are_one_time_and_sessions_follow_the_dashboard_session() {
         let g = EditorGate::default();
-        let t = g.mint("dash-1", 9001, "http://d:1".into());
+        let t = g.mint(
+            "dash-1",
+            9001,
+            "http://d:1".into(),
+            Some(Secret::new("ges.x")),
+        );
         let (id, port) = g.redeem(t.expose(), None).unwrap();
         let id = id.expect("a new editor session");
         assert_eq!(port, 9001);
         assert!(g.redeem(t.expose(), None).is_err(), "second use");
         let live_key = token::hash("dash-1");
         let live = |k: &str| k == live_key;
+        let grant = g.allows(id.expose(), 9001, live).unwrap();
+        assert_eq!(grant.frame_ancestor, "http://d:1");
         assert_eq!(
-            g.allows(id.expose(), 9001, live).as_deref(),
-            Some("http://d:1")
+            grant.orchestrator_session.as_ref().map(Secret::expose),
+            Some("ges.x"),
+            "the orchestrator's session is kept for the relay"
         );
-        assert_eq!(g.allows(id.expose(), 9002, live), None, "port not granted");
+        assert!(
+            g.allows(id.expose(), 9002, live).is_none(),
+            "port not granted"
+        );
         // A second ticket of the same dashboard session adds its port to the same session.
-        let t2 = g.mint("dash-1", 9002, "http://d:1".into());
+        let t2 = g.mint("dash-1", 9002, "http://d:1".into(), None);
         let (again, _) = g.redeem(t2.expose(), Some(id.expose())).unwrap();
         assert!(again.is_none());
         assert!(g.allows(id.expose(), 9002, live).is_some());
         // Another dashboard session's ticket does not extend this editor session.
-        let t3 = g.mint("dash-2", 9003, "http://d:1".into());
+        let t3 = g.mint("dash-2", 9003, "http://d:1".into(), None);
         let (other, _) = g.redeem(t3.expose(), Some(id.expose())).unwrap();
         assert!(other.is_some());
-        assert_eq!(g.allows(id.expose(), 9003, live), None);
+        assert!(g.allows(id.expose(), 9003, live).is_none());
         // Logout (or an expired dashboard session) ends it.
         g.end_for("dash-1");
-        assert_eq!(g.allows(id.expose(), 9001, live), None);
+        assert!(g.allows(id.expose(), 9001, live).is_none());
         assert!(g.redeem("nope", None).is_err());
     }
 }

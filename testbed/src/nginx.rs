@@ -13,6 +13,9 @@
 //!   connection (a replica that is down) sends the request to the next server. A request already
 //!   sent to a replica that then dies is not retried elsewhere (nginx's default for POST), so
 //!   the client sees a 502 and retries itself: no request is run twice behind its back.
+//! - WebSocket upgrades pass through (`Upgrade` and `Connection: upgrade` forwarded when the
+//!   client asks for one, `Connection: ""` otherwise to keep upstream keep-alive): the editor
+//!   proxy's code-server connections;
 //! - [`Upstream::Backup`] servers get requests only while every primary is down (a follower
 //!   that should stay on one replica until it dies).
 //!
@@ -174,6 +177,13 @@ http {{
     scgi_temp_path {d}/scgi;
     client_max_body_size 16m;
 
+    # WebSocket upgrades (the editor proxy) pass through; other requests keep the upstream
+    # connection alive.
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' '';
+    }}
+
     upstream orchestrators {{
 {servers}        keepalive 64;
     }}
@@ -183,7 +193,8 @@ http {{
         location / {{
             proxy_pass http://orchestrators;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
@@ -217,5 +228,6 @@ mod tests {
         assert!(c.contains("listen 127.0.0.1:9;"));
         assert!(c.contains("pid /tmp/x/nginx.pid;"));
         assert!(c.contains("proxy_buffering off;"));
+        assert!(c.contains("proxy_set_header Connection $connection_upgrade;"));
     }
 }

@@ -9,21 +9,27 @@
 //! agents ended ([`Orchestrator::subscribe_agent_ends`]): their editors are forgotten before
 //! the next request is served. **Must not** touch the store or the backend itself.
 //!
-//! It reaches only the ports `POST /agents/editor/open` opened (a registry keyed by port), so it
-//! cannot be turned into a proxy to other hosts or ports. Callers authenticate with the admin
-//! token (the dashboard relays with it) or with the HttpOnly session cookie the open call set
-//! for that port. When the backend knows the editor's password, the proxy logs in to
+//! It reaches only agents' editors, by a registry keyed by proxy port, so it cannot be turned
+//! into a proxy to other hosts or ports. Callers authenticate with the admin token (the
+//! dashboard relays with it) or with the HttpOnly session cookie the open call set for that
+//! port: a signed token naming the org, the agent and the port
+//! ([`super::editor_session`]). **Any replica serves a session**: a replica that does not have
+//! the port open (another replica opened it, and may have died) checks the token, asks the
+//! service where that agent's editor is, and opens it under the same port for this and later
+//! requests. So a browser whose replica died reconnects through the load balancer to any other
+//! one, without opening the editor again. When the backend knows the editor's password, the proxy logs in to
 //! code-server itself and keeps code-server's session cookie server-side: the person never
 //! sees the password.
 
 use super::api::{EditorCloseResponse, EditorOpenResponse, EditorRequest};
+use super::editor_session::{now_ms, EditorClaims, EditorKeys};
 use super::error::{ApiError, ErrorBody};
 use super::http::{AdminAuth, ApiJson, ApiPath};
 use super::service::{EditorSource, EndedAgent};
 use super::Orchestrator;
 use crate::names::{AgentName, OrgName};
 use crate::proxy::{Dialer, ProxyError, ReverseProxy, Upstream};
-use crate::token::{self, Secret};
+use crate::token::Secret;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,6 +82,9 @@ struct ProxyInner {
     client: ReverseProxy,
     /// Agents that ended since the last look (see [`EditorProxy::forget_ended`]).
     ended: Mutex<broadcast::Receiver<EndedAgent>>,
+    /// When each agent's editor was last closed on this replica (ms since the epoch): session
+    /// tokens issued before are refused here.
+    closed: Mutex<HashMap<(OrgName, AgentName), u64>>,
 }
 
 impl EditorProxy {
@@ -89,6 +98,7 @@ impl EditorProxy {
                 ports: EditorPorts::default(),
                 client: ReverseProxy::new(),
                 ended,
+                closed: Mutex::default(),
             }),
         }
     }
@@ -111,6 +121,10 @@ impl EditorProxy {
                 match rx.try_recv() {
                     Ok(a) => {
                         self.inner.ports.close(&a.org, &a.agent);
+                        // Its tokens are refused from now on anyway (the agent is not current).
+                        if let Ok(mut closed) = self.inner.closed.lock() {
+                            closed.remove(&(a.org, a.agent));
+                        }
                     }
                     Err(TryRecvError::Lagged(_)) => lagged = true,
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
@@ -142,6 +156,85 @@ impl EditorProxy {
         &self,
         req: EditorRequest,
     ) -> Result<(EditorOpenResponse, Secret), ApiError> {
+        let r = self.locate(&req.org, &req.name).await?;
+        self.forget_ended().await;
+        let (proxy_port, session) = self.inner.ports.open(
+            r.port,
+            &req.org,
+            &req.name,
+            r.authority,
+            r.password,
+            r.via_tailnet,
+            self.inner.service.editor_keys(),
+        );
+        Ok((
+            EditorOpenResponse {
+                name: req.name,
+                path: format!("/editor/proxy/{proxy_port}/"),
+                host: r.host,
+                port: proxy_port,
+            },
+            session,
+        ))
+    }
+
+    /// Serves, on this replica, the session `claims` names that is not open here (another
+    /// replica opened it): checks that its agent is still current, asks the service where the
+    /// editor is (with the same policy as [`EditorProxy::open`]) and registers it under the
+    /// session's port. 404 `editor_closed` for an agent that ended, 409 `editor_port_taken`
+    /// when this replica serves another editor under that port.
+    async fn adopt(&self, claims: &EditorClaims) -> Result<Arc<OpenEditor>, ApiError> {
+        if !self
+            .inner
+            .service
+            .agent_is_current(&claims.org, &claims.agent)
+            .await?
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "editor_closed",
+                format!(
+                    "agent {} has ended: its editor session is over",
+                    claims.agent
+                ),
+            ));
+        }
+        let r = self.locate(&claims.org, &claims.agent).await?;
+        let editor = self
+            .inner
+            .ports
+            .adopt(
+                claims,
+                r.authority,
+                r.password,
+                r.via_tailnet,
+                self.inner
+                    .service
+                    .editor_keys()
+                    .mint(&claims.org, &claims.agent, claims.port),
+            )
+            .ok_or_else(|| port_taken(claims.port))?;
+        tracing::info!(agent = %claims.agent, port = claims.port,
+            "editor proxy: serving a session opened on another replica");
+        Ok(editor)
+    }
+
+    /// Whether `claims` were issued before the editor was last closed on this replica.
+    fn revoked(&self, claims: &EditorClaims) -> bool {
+        let Ok(m) = self.inner.closed.lock() else {
+            return true;
+        };
+        m.get(&(claims.org.clone(), claims.agent.clone()))
+            .is_some_and(|closed| claims.issued_ms <= *closed)
+    }
+
+    /// Where the proxy may reach `name`'s editor: the service's answer, checked against the
+    /// proxy's policy (tailnet dialer, advertised addresses).
+    async fn locate(&self, org: &OrgName, name: &AgentName) -> Result<Reachable, ApiError> {
+        let req = EditorRequest {
+            org: org.clone(),
+            name: name.clone(),
+        };
         let loc = self
             .inner
             .service
@@ -189,24 +282,13 @@ impl EditorProxy {
         } else {
             format!("{host}:{port}")
         };
-        self.forget_ended().await;
-        let (proxy_port, session) = self.inner.ports.open(
+        Ok(Reachable {
+            host,
             port,
-            &req.org,
-            &req.name,
             authority,
-            loc.password,
+            password: loc.password,
             via_tailnet,
-        );
-        Ok((
-            EditorOpenResponse {
-                name: req.name,
-                path: format!("/editor/proxy/{proxy_port}/"),
-                host,
-                port: proxy_port,
-            },
-            session,
-        ))
+        })
     }
 
     /// `POST /agents/editor/close`: forgets the agent's editors and closes the backend's
@@ -223,6 +305,9 @@ impl EditorProxy {
             other => other,
         };
         let proxied = self.inner.ports.close(&req.org, &req.name);
+        if let Ok(mut m) = self.inner.closed.lock() {
+            m.insert((req.org.clone(), req.name.clone()), now_ms());
+        }
         Ok(EditorCloseResponse {
             closed: backend? || proxied,
         })
@@ -233,6 +318,32 @@ impl EditorProxy {
 pub const SESSION_COOKIE: &str = "guildnet_editor";
 /// code-server's session cookie.
 const CODE_SERVER_COOKIE: &str = "code-server-session";
+
+/// Where the proxy may reach an agent's editor ([`EditorProxy::locate`]).
+struct Reachable {
+    /// The editor's host, as the service gave it.
+    host: String,
+    /// The editor's port.
+    port: u16,
+    /// `host:port` to dial.
+    authority: String,
+    /// code-server's password, when the backend knows it.
+    password: Option<Secret>,
+    /// Dialed through the tailnet dialer.
+    via_tailnet: bool,
+}
+
+/// 409 `editor_port_taken`: this replica serves another editor under the session's port.
+fn port_taken(port: u16) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "editor_port_taken",
+        format!(
+            "this replica serves another editor on port {port}; open the editor again with \
+             POST /agents/editor/open"
+        ),
+    )
+}
 
 /// An editor the proxy opened.
 struct OpenEditor {
@@ -254,7 +365,9 @@ struct EditorPorts {
 impl EditorPorts {
     /// Registers (or refreshes) an editor reached at `authority`, served under `port` when
     /// that is free (a backend's local port is unique; an editor reached over the tailnet gets
-    /// the next free number instead). Returns the proxy port and the browser session token.
+    /// the next free number instead). Returns the proxy port and the browser session token
+    /// (minted with `keys` for that port).
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         port: u16,
@@ -263,9 +376,10 @@ impl EditorPorts {
         authority: String,
         password: Option<Secret>,
         via_tailnet: bool,
+        keys: &EditorKeys,
     ) -> (u16, Secret) {
         let Ok(mut m) = self.map.lock() else {
-            return (port, token::generate("ges"));
+            return (port, keys.mint(org, agent, port));
         };
         // Reopening: the same editor keeps its port and session.
         if let Some((p, e)) = m
@@ -282,7 +396,7 @@ impl EditorPorts {
         } else {
             port
         };
-        let session = token::generate("ges");
+        let session = keys.mint(org, agent, key);
         m.insert(
             key,
             Arc::new(OpenEditor {
@@ -296,6 +410,33 @@ impl EditorPorts {
             }),
         );
         (key, session)
+    }
+
+    /// Registers the editor of a session another replica opened under the session's port;
+    /// `None` when another editor is served under that port here. The entry found or made.
+    fn adopt(
+        &self,
+        claims: &EditorClaims,
+        authority: String,
+        password: Option<Secret>,
+        via_tailnet: bool,
+        session: Secret,
+    ) -> Option<Arc<OpenEditor>> {
+        let mut m = self.map.lock().ok()?;
+        if let Some(e) = m.get(&claims.port) {
+            return (e.org == claims.org && e.agent == claims.agent).then(|| e.clone());
+        }
+        let e = Arc::new(OpenEditor {
+            org: claims.org.clone(),
+            agent: claims.agent.clone(),
+            authority,
+            password,
+            via_tailnet,
+            session,
+            upstream_cookie: tokio::sync::Mutex::new(None),
+        });
+        m.insert(claims.port, e.clone());
+        Some(e)
     }
 
     /// Forgets every editor of `agent`.
@@ -469,23 +610,32 @@ impl EditorProxy {
             Some(_) => return Err(ApiError::unauthorized("invalid admin token")),
             None => false,
         };
-        self.forget_ended().await;
-        let editor = self.inner.ports.get(port);
-        let by_cookie = match (&editor, cookie_value(&req, SESSION_COOKIE)) {
-            (Some(e), Some(c)) => token::equals(c, e.session.expose()),
-            _ => false,
-        };
-        if !admin && !by_cookie {
+        // A session token of ours for this port (from any replica), not issued before the
+        // editor was closed here.
+        let claims = cookie_value(&req, SESSION_COOKIE)
+            .and_then(|c| self.inner.service.editor_keys().verify(c))
+            .filter(|c| c.port == port && !self.revoked(c));
+        if !admin && claims.is_none() {
             return Err(ApiError::unauthorized(
                 "missing Authorization: Bearer <admin token> or editor session cookie \
                  (POST /agents/editor/open sets it)",
             ));
         }
-        let editor = editor.ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no editor is open on port {port}; open one with POST /agents/editor/open"
-            ))
-        })?;
+        self.forget_ended().await;
+        let editor = match (self.inner.ports.get(port), &claims) {
+            (Some(e), Some(c)) if e.org == c.org && e.agent == c.agent => e,
+            // The session is for another agent's editor than the one served here on its port.
+            (Some(_), Some(_)) => return Err(port_taken(port)),
+            (Some(e), None) => e,
+            // Opened on another replica (perhaps one that died): served here from now on.
+            (None, Some(c)) => self.adopt(c).await?,
+            (None, None) => {
+                return Err(ApiError::not_found(format!(
+                    "no editor is open on port {port} on this replica; open one with \
+                     POST /agents/editor/open"
+                )))
+            }
+        };
         let external_prefix = match req
             .headers()
             .get("x-forwarded-prefix")
@@ -688,21 +838,75 @@ mod tests {
     #[test]
     fn ports_are_reused_per_agent_and_replaced_otherwise() {
         let ports = EditorPorts::default();
+        let keys = EditorKeys::from_admin_token(&Secret::new("admin"));
         let org = OrgName::new("acme").unwrap();
         let a = AgentName::new("agent-a-1").unwrap();
         let b = AgentName::new("agent-b-1").unwrap();
-        let (p1, s1) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false);
-        let (p2, s2) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false);
+        let (p1, s1) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
+        let (p2, s2) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
         assert_eq!((p1, &s1), (p2, &s2), "reopening keeps the port and session");
         assert_eq!(p1, 9000);
         // Two tailnet editors on the same port of different hosts get distinct proxy ports.
-        let (t1, _) = ports.open(8443, &org, &a, "100.64.0.2:8443".into(), None, true);
-        let (t2, _) = ports.open(8443, &org, &b, "100.64.0.3:8443".into(), None, true);
+        let (t1, _) = ports.open(8443, &org, &a, "100.64.0.2:8443".into(), None, true, &keys);
+        let (t2, _) = ports.open(8443, &org, &b, "100.64.0.3:8443".into(), None, true, &keys);
         assert_ne!(t1, t2);
         assert!(t1 >= 1024 && t2 >= 1024 && t1 != 9000 && t2 != 9000);
         assert!(ports.close(&org, &b));
         assert!(ports.get(t2).is_none());
         assert!(ports.get(9000).is_some());
         assert!(!ports.close(&org, &b));
+        // The session names its agent and port.
+        let claims = keys.verify(s1.expose()).unwrap();
+        assert_eq!((claims.agent, claims.port), (a.clone(), 9000));
+    }
+
+    #[test]
+    fn a_session_from_another_replica_is_adopted_under_its_port_unless_taken() {
+        let ports = EditorPorts::default();
+        let keys = EditorKeys::from_admin_token(&Secret::new("admin"));
+        let org = OrgName::new("acme").unwrap();
+        let a = AgentName::new("agent-a-1").unwrap();
+        let b = AgentName::new("agent-b-1").unwrap();
+        let claims = |agent: &AgentName, port| EditorClaims {
+            org: org.clone(),
+            agent: agent.clone(),
+            port,
+            issued_ms: 1,
+        };
+        let s = || keys.mint(&org, &a, 41000);
+        let e = ports
+            .adopt(
+                &claims(&a, 41000),
+                "127.0.0.1:9000".into(),
+                None,
+                false,
+                s(),
+            )
+            .expect("a free port is adopted");
+        assert_eq!(e.authority, "127.0.0.1:9000");
+        assert!(ports.get(41000).is_some());
+        // Again: the same entry.
+        assert!(ports
+            .adopt(
+                &claims(&a, 41000),
+                "127.0.0.1:9000".into(),
+                None,
+                false,
+                s()
+            )
+            .is_some());
+        // Another agent's session under that port: refused.
+        assert!(ports
+            .adopt(
+                &claims(&b, 41000),
+                "127.0.0.1:9001".into(),
+                None,
+                false,
+                s()
+            )
+            .is_none());
+        // Opening the adopted agent's editor here reuses the port.
+        let (p, _) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
+        assert_eq!(p, 41000);
     }
 }

@@ -7,6 +7,7 @@ pub mod api;
 mod backoff;
 pub mod bootstrap;
 pub mod editor_proxy;
+pub mod editor_session;
 pub mod error;
 pub mod http;
 pub mod mesh;

@@ -146,6 +146,8 @@ struct Inner {
     pool: crate::pool::registry::WarmRegistry,
     /// Mints and checks pool tokens.
     pool_keys: crate::pool::token::PoolKeys,
+    /// Mints and checks editor session tokens (the editor proxy's cookies).
+    editor_keys: super::editor_session::EditorKeys,
     /// Orgs with a warm pool (set through the API, or an agent of theirs waited): their
     /// dispatches look for a warm agent and log a cold start when none waits.
     pool_orgs: std::sync::RwLock<std::collections::HashSet<OrgName>>,
@@ -221,6 +223,7 @@ impl OrchestratorBuilder {
                 admin_digest: token::TokenDigest::of(cfg.admin_token.expose()),
                 pool: Default::default(),
                 pool_keys: crate::pool::token::PoolKeys::from_admin_token(&cfg.admin_token),
+                editor_keys: super::editor_session::EditorKeys::from_admin_token(&cfg.admin_token),
                 pool_orgs: Default::default(),
                 known_orgs: Default::default(),
                 cfg,
@@ -344,6 +347,12 @@ impl Orchestrator {
         if id.is_some() {
             self.notify_change();
         }
+    }
+
+    /// The keys of editor session tokens, derived from the admin token (the same on every
+    /// replica).
+    pub(crate) fn editor_keys(&self) -> &super::editor_session::EditorKeys {
+        &self.inner.editor_keys
     }
 
     /// Checks an admin bearer token.
