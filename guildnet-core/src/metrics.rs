@@ -23,8 +23,9 @@ use std::time::Instant;
 /// Labels of a counted request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method: one of the standard methods, or `other` (a client can send any token as a
+    /// method; each would otherwise be a new series kept for ever).
+    pub method: &'static str,
     /// The matched route template (`/tasks/{id}`), or `unmatched`.
     pub route: String,
     /// Status code.
@@ -118,7 +119,7 @@ impl HttpMetrics {
     fn record(&self, method: &str, route: &str, status: u16, secs: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
+                method: method_label(method),
                 route: route.to_owned(),
                 status,
             })
@@ -131,10 +132,21 @@ impl HttpMetrics {
     }
 }
 
+/// The label of a request method: the standard methods by name, anything else `other`.
+fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
 /// Middleware: counts and times every request (install with
 /// `axum::middleware::from_fn_with_state(metrics, track)`).
 pub async fn track(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method().as_str());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -187,5 +199,23 @@ mod tests {
             text.contains(r#"guildnet_test_build_info{version=""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn made_up_methods_share_one_series() {
+        let m = HttpMetrics::new("guildnet_test");
+        for i in 0..100 {
+            m.record(&format!("X{i}"), "unmatched", 405, 0.001);
+        }
+        m.record("DELETE", "/tasks/{id}", 204, 0.001);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"guildnet_test_http_requests_total{method="other",route="unmatched",status="405"} 100"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("X1"), "{text}");
+        assert!(text.contains(r#"method="DELETE""#), "{text}");
     }
 }
