@@ -148,7 +148,7 @@ struct EditorSession {
     frame_ancestor: String,
 }
 
-/// What an editor session may do on a port ([`EditorGate::allows`]).
+/// What an editor session may do on a port (see `EditorGate::allows`).
 pub struct Grant {
     /// The only origin allowed to frame the editor.
     pub frame_ancestor: String,
