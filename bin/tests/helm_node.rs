@@ -22,6 +22,9 @@
 //!
 //! One real node runs at a time on a machine: the test waits for the machine-wide node lock.
 
+mod common;
+
+use common::{free_port_on, free_udp_on};
 use guildnet_core::api::MeshRequest;
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::token::Secret as Token;
@@ -300,20 +303,6 @@ impl OrchestratorPod {
     }
 }
 
-fn free_port_on(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn free_udp_on(ip: Ipv4Addr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
 /// `PUT /mesh` to the orchestrator in its pod: its image's tailscaled joins Headscale (on the
 /// node's address) from the chart's pod, its state on the volume `volume`.
 async fn the_orchestrator_pod_joins_the_mesh(
@@ -327,17 +316,13 @@ async fn the_orchestrator_pod_joins_the_mesh(
         .expect("tempdir");
     let mut opts = CreateOptions::new(dir.path().join("headscale"));
     opts.headscale_bin = Some(guildnet_testbed::bin("headscale").expect("testbed headscale"));
-    let mut s = HeadscaleSettings::on_loopback(
+    opts.settings = HeadscaleSettings::serving_at(
+        node_ip,
         free_port_on(node_ip),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_udp_on(node_ip),
     );
-    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
-    s.listen_addr = (node_ip, s.listen_addr.port()).into();
-    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
-    s.derp_ipv4 = node_ip;
-    opts.settings = s;
     let created = setup::create(&opts, None).await.expect("headscale");
     let hs_url = created.url().to_owned();
     let api_key = created.client.api_key().expose().to_owned();

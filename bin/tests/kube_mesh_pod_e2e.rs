@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::{free_port_on, free_udp_on};
+
 use guildnet_core::seams::AgentMesh;
 use guildnet_kube::crd::{AgentMeshSpec, AgentTask, AgentTaskSpec};
 use guildnet_kube::mesh_sidecar::{self, SidecarConfig, CREDENTIALS_AUTHKEY_KEY};
@@ -39,20 +41,6 @@ const HOST: &str = "mesh-pod-a1";
 
 fn testbed(name: &str) -> std::path::PathBuf {
     guildnet_testbed::bin(name).expect("testbed binary")
-}
-
-fn free_port_on(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn free_udp_on(ip: Ipv4Addr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
 }
 
 /// The "orchestrator": an HTTP server on the host's loopback, reached by pods only over the
@@ -127,17 +115,13 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
         .expect("tempdir");
     let mut opts = CreateOptions::new(dir.path().join("headscale"));
     opts.headscale_bin = Some(testbed("headscale"));
-    let mut s = HeadscaleSettings::on_loopback(
+    opts.settings = HeadscaleSettings::serving_at(
+        node_ip,
         free_port_on(node_ip),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_udp_on(node_ip),
     );
-    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
-    s.listen_addr = (node_ip, s.listen_addr.port()).into();
-    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
-    s.derp_ipv4 = node_ip;
-    opts.settings = s;
     let created = setup::create(&opts, None).await.expect("headscale");
     let login = created.url().to_owned();
 
@@ -396,17 +380,13 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
         .expect("tempdir");
     let mut opts = CreateOptions::new(dir.path().join("headscale"));
     opts.headscale_bin = Some(testbed("headscale"));
-    let mut s = HeadscaleSettings::on_loopback(
+    opts.settings = HeadscaleSettings::serving_at(
+        node_ip,
         free_port_on(node_ip),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_port_on(Ipv4Addr::LOCALHOST),
         free_udp_on(node_ip),
     );
-    s.server_url = format!("http://{node_ip}:{}", s.listen_addr.port());
-    s.listen_addr = (node_ip, s.listen_addr.port()).into();
-    s.stun_listen_addr = (node_ip, s.stun_listen_addr.port()).into();
-    s.derp_ipv4 = node_ip;
-    opts.settings = s;
     let created = setup::create(&opts, None).await.expect("headscale");
     let hs = created.client.clone();
     let mut c = TailscaledConfig::new(dir.path().join("on"));

@@ -156,7 +156,7 @@ pub async fn track(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) 
     let resp = next.run(req).await;
     m.in_flight.dec();
     m.record(
-        &method,
+        method,
         &route,
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),

@@ -73,6 +73,18 @@ impl HeadscaleSettings {
         }
     }
 
+    /// A Headscale that nodes on other hosts reach at `ip` (agent pods reaching the host at
+    /// the node's address): the server URL (`http://<ip>:<http>`), its listener, the STUN
+    /// listener and the announced DERP relay address on `ip`; metrics and gRPC on loopback.
+    pub fn serving_at(ip: Ipv4Addr, http: u16, metrics: u16, grpc: u16, stun: u16) -> Self {
+        let mut s = Self::on_loopback(http, metrics, grpc, stun);
+        s.server_url = format!("http://{ip}:{http}");
+        s.listen_addr = (ip, http).into();
+        s.stun_listen_addr = (ip, stun).into();
+        s.derp_ipv4 = ip;
+        s
+    }
+
     /// Checks the settings (URL, prefixes, domain, nameservers).
     pub fn validate(&self) -> Result<(), SettingsError> {
         let err = |field, reason: String| SettingsError { field, reason };
@@ -317,6 +329,19 @@ mod tests {
 
     fn parse(y: &str) -> serde_json::Value {
         serde_saphyr::from_str(y).expect("the config is valid YAML")
+    }
+
+    #[test]
+    fn serving_at_an_address_puts_the_url_listeners_and_relay_there() {
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        let s = HeadscaleSettings::serving_at(ip, 8080, 9090, 50443, 3478);
+        s.validate().expect("valid");
+        assert_eq!(s.server_url, "http://10.0.0.5:8080");
+        assert_eq!(s.listen_addr.to_string(), "10.0.0.5:8080");
+        assert_eq!(s.stun_listen_addr.to_string(), "10.0.0.5:3478");
+        assert_eq!(s.derp_ipv4, ip);
+        assert_eq!(s.metrics_listen_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(s.grpc_listen_addr.to_string(), "127.0.0.1:50443");
     }
 
     #[test]
