@@ -22,6 +22,8 @@
 //! `POOL-E2E <what> <value>` lines (`--nocapture`). The handoff under load (100 tasks, pool of
 //! 10) is `guildnet-core/tests/pool_handoff.rs`, in-process.
 
+mod common;
+
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::{Task, TaskStatus};
 use guildnet_core::names::{OrgName, TaskId};
@@ -37,7 +39,7 @@ use guildnet_testbed::registry::Registry;
 use guildnet_testbed::{eventually, process, Proc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, LogParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -130,33 +132,9 @@ async fn waiting(c: &OrchestratorClient) -> u32 {
     c.pool(&acme()).await.map(|p| p.waiting).unwrap_or(0)
 }
 
+/// The namespace's pods, events and logs, for a failure message.
 async fn report(admin: &kube::Client) -> String {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    let mut out = String::new();
-    for p in pods
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = p.metadata.name.clone().unwrap_or_default();
-        out.push_str(&format!(
-            "pod {}\n",
-            guildnet_kube::backend::describe_pod(&p)
-        ));
-        let log = pods
-            .logs(
-                &name,
-                &LogParams {
-                    tail_lines: Some(20),
-                    ..LogParams::default()
-                },
-            )
-            .await
-            .unwrap_or_else(|e| format!("(no log: {e})"));
-        out.push_str(&format!("--- log of {name}:\n{log}\n"));
-    }
-    out
+    common::node::pods_report(admin, NS).await
 }
 
 fn ms(d: Duration) -> String {
