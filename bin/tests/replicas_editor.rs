@@ -191,7 +191,7 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         "--trust-advertised-editors",
     ];
     let envs = [
-        ("RUST_LOG", "warn"),
+        ("RUST_LOG", "info"),
         ("GUILDNET_EDITOR_ADVERTISE", advertise.as_str()),
     ];
     let mut orchs = vec![
