@@ -4,8 +4,8 @@
 //! load and its WebSocket reconnect, through nginx with the same session cookie, reach the
 //! editor again on the surviving replica, which had never served that session before (no
 //! re-open, no user action). Forged, tampered or other-port cookies are refused by the
-//! survivor, and the session ends with its agent, also on a replica that serves it and was not
-//! the one the agent's end went through. The same holds through the dashboard's editor
+//! survivor, and the session ends with its agent and with `editor/close`, also on a replica that
+//! serves it and was not the one the close or the agent's end went through. The same holds through the dashboard's editor
 //! origin (the real `guildnet-dashboard` in front of the same entrance): its relay sends the
 //! orchestrator's session, so the iframe's page and WebSocket recover the same way; headless
 //! Chromium, on that editor origin, sees its page's WebSocket reconnect by itself and echo.
@@ -269,30 +269,54 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     let survivor = 1 - holder;
     eprintln!("the editor was opened on replica {holder}; replica {survivor} survives");
 
-    // A session that both replicas serve ends on both when its agent ends through one of them:
-    // the other was told nothing, and finds out when it looks at the store again.
+    // A session that both replicas serve is closed on both by `editor/close` through one of
+    // them, and ends on both when its agent ends through one of them: the other replica was told
+    // nothing, and finds out from the store.
     let task3 = c
         .schedule(&OrgName::new("acme").unwrap(), "sleep 300", None)
         .await
         .unwrap();
     let agent3 = wait_running(&c, &task3.id).await.agent.unwrap();
-    let resp = http()
-        .post(format!("{}/agents/editor/open", orchs[holder].url()))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"name": agent3, "org": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let session3 = resp
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_owned();
-    let opened3: Value = resp.json().await.unwrap();
-    let path3 = opened3["path"].as_str().unwrap().to_owned();
+    let open3 = |on: usize| {
+        let url = format!("{}/agents/editor/open", orchs[on].url());
+        let body = serde_json::json!({"name": agent3, "org": "acme"});
+        async move {
+            let resp = http()
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let cookie = resp
+                .headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .unwrap()
+                .to_owned();
+            let opened: Value = resp.json().await.unwrap();
+            (cookie, opened["path"].as_str().unwrap().to_owned())
+        }
+    };
+    // Polls `url` with `cookie` while it answers 200 (the page); returns the first other answer.
+    let until_refused = |url: String, cookie: String| async move {
+        let t = Instant::now();
+        loop {
+            let (s, body) = get(&url, Some(&cookie)).await;
+            if s != 200 {
+                return (s, body, t.elapsed());
+            }
+            assert_eq!(body, PAGE);
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "still served after 15 s: {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (session3, path3) = open3(holder).await;
     for o in &orchs {
         let (s, body) = get(&format!("{}{path3}", o.url()), Some(&session3)).await;
         assert_eq!(
@@ -302,30 +326,36 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
             o.url()
         );
     }
-    orchs[holder].client().cancel(&task3.id).await.unwrap();
-    let ended = Instant::now();
-    loop {
-        let (s, body) = get(
-            &format!("{}{path3}", orchs[survivor].url()),
-            Some(&session3),
-        )
-        .await;
-        if s == 404 {
-            assert!(body.contains("editor_closed"), "{body}");
-            break;
-        }
-        assert_eq!(s, 200, "{body}");
-        assert!(
-            ended.elapsed() < Duration::from_secs(15),
-            "the other replica still serves the editor of agent {agent3}, cancelled {:?} ago",
-            ended.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = http()
+        .post(format!("{}/agents/editor/close", orchs[holder].url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": agent3, "org": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (s, body) = get(&format!("{}{path3}", orchs[holder].url()), Some(&session3)).await;
+    assert_eq!(s, 401, "closed where it was closed: {body}");
+    let (s, body, after) = until_refused(
+        format!("{}{path3}", orchs[survivor].url()),
+        session3.clone(),
+    )
+    .await;
+    assert_eq!(s, 401, "closed on the other replica too: {body}");
+    assert!(body.contains("was closed"), "{body}");
+    eprintln!("the other replica refused agent 3's closed session {after:?} after the close");
+    // Opened again: a new session, which the other replica adopts.
+    let (session3, path3) = open3(holder).await;
+    for o in &orchs {
+        let (s, body) = get(&format!("{}{path3}", o.url()), Some(&session3)).await;
+        assert_eq!((s, body.as_str()), (200, PAGE), "reopened, on {}", o.url());
     }
-    eprintln!(
-        "the other replica ended agent 3's session {:?} after its task was cancelled",
-        ended.elapsed()
-    );
+    orchs[holder].client().cancel(&task3.id).await.unwrap();
+    let (s, body, after) =
+        until_refused(format!("{}{path3}", orchs[survivor].url()), session3).await;
+    assert_eq!(s, 404, "{body}");
+    assert!(body.contains("editor_closed"), "{body}");
+    eprintln!("the other replica ended agent 3's session {after:?} after its task was cancelled");
 
     // The browser's entrance prefers the holder (as session affinity would), so the survivor
     // has never served this session when the holder dies.

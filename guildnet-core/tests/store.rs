@@ -131,7 +131,7 @@ impl Db {
     /// The schema version this build migrates to.
     fn current_version(&self) -> i64 {
         match self {
-            Db::Sqlite { .. } => 7,
+            Db::Sqlite { .. } => 8,
             Db::Postgres { .. } => PostgresStore::schema_version() as i64,
         }
     }
@@ -178,6 +178,7 @@ both_stores!(
     prune_removes_old_finished_tasks_with_their_logs_and_agents,
     lease_renewals_follow_the_fencing_rules_and_write_no_events,
     a_batch_with_one_bad_write_keeps_the_others,
+    editor_closes_are_kept_per_agent_and_only_move_forward,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -2516,4 +2517,53 @@ async fn a_batch_with_one_bad_write_keeps_the_others(db: Db) {
         .collect();
     got.sort_unstable();
     assert_eq!(got, events.iter().map(|e| e.id).collect::<Vec<_>>());
+}
+
+/// An agent's editor close is kept for every replica: unknown agents say so, a later close
+/// moves the time forward, an earlier one does not move it back, a re-registration keeps it,
+/// and it survives a reopen.
+async fn editor_closes_are_kept_per_agent_and_only_move_forward(db: Db) {
+    let store = db.open().await;
+    let t = running_task(store.as_ref(), "a-1").await;
+    register(store.as_ref(), &t, "a-1").await;
+    let a = agent("a-1");
+    assert_eq!(store.agent_editor_closed_at(&a).await.expect("read"), None);
+    assert!(!store
+        .close_agent_editor(&agent("nobody"), now_ms())
+        .await
+        .expect("close unknown"));
+    assert_eq!(
+        store
+            .agent_editor_closed_at(&agent("nobody"))
+            .await
+            .expect("read"),
+        None
+    );
+    let t1 = now_ms();
+    assert!(store.close_agent_editor(&a, t1).await.expect("close"));
+    assert_eq!(
+        store.agent_editor_closed_at(&a).await.expect("read"),
+        Some(t1)
+    );
+    let t2 = t1 + Duration::seconds(5);
+    assert!(store.close_agent_editor(&a, t2).await.expect("close later"));
+    assert!(store
+        .close_agent_editor(&a, t1)
+        .await
+        .expect("close earlier"));
+    assert_eq!(
+        store.agent_editor_closed_at(&a).await.expect("read"),
+        Some(t2)
+    );
+    register(store.as_ref(), &t, "a-1").await;
+    assert_eq!(
+        store.agent_editor_closed_at(&a).await.expect("read"),
+        Some(t2)
+    );
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(
+        store.agent_editor_closed_at(&a).await.expect("read"),
+        Some(t2)
+    );
 }

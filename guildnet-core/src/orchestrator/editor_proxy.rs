@@ -159,6 +159,19 @@ impl EditorProxy {
     ) -> Result<(EditorOpenResponse, Secret), ApiError> {
         let r = self.locate(&req.org, &req.name).await?;
         self.forget_ended().await;
+        // An entry registered here before a close through another replica is not reopened with
+        // its old session: a new one is made.
+        if let Some(closed) = self
+            .inner
+            .service
+            .editor_closed_at(&req.org, &req.name)
+            .await?
+        {
+            self.inner
+                .ports
+                .close_opened_until(&req.org, &req.name, closed);
+            self.note_closed(&req.org, &req.name, closed);
+        }
         let (proxy_port, session) = self.inner.ports.open(
             r.port,
             &req.org,
@@ -193,6 +206,19 @@ impl EditorProxy {
         {
             return Err(editor_closed(&claims.agent));
         }
+        // Closed through any replica after this session was issued: refused, as on the replica
+        // that closed it.
+        if let Some(closed) = self
+            .inner
+            .service
+            .editor_closed_at(&claims.org, &claims.agent)
+            .await?
+        {
+            if claims.issued_ms <= closed {
+                self.note_closed(&claims.org, &claims.agent, closed);
+                return Err(session_closed());
+            }
+        }
         let r = self.locate(&claims.org, &claims.agent).await?;
         let editor = self
             .inner
@@ -213,13 +239,16 @@ impl EditorProxy {
         Ok(editor)
     }
 
-    /// Makes sure, at most every [`RECHECK_MS`], that the agent of an editor served here is still
-    /// current. Announcements cover the agents that end through this replica; this covers the
-    /// ones that end through another replica (or while this one was not listening), so a
-    /// session ends with its agent on every replica within that time. 404 `editor_closed` (and
-    /// the editor forgotten here) when the agent has ended; a store error keeps serving and
-    /// looks again on the next request.
-    async fn recheck(&self, editor: &OpenEditor) -> Result<(), ApiError> {
+    /// Makes sure, at most every [`RECHECK_MS`], that an editor served here is still open: its
+    /// agent still current, and its editor not closed through any replica since it was
+    /// registered here. Announcements cover the agents that end through this replica and
+    /// `editor/close` on it; this covers what happened through another replica (or while this
+    /// one was not listening), so a session ends on every replica within that time.
+    /// `Ok(true)`: still open (or not looked at now; a store error also keeps serving and looks
+    /// again on the next request). `Ok(false)`: closed through `editor/close`; forgotten here,
+    /// and the close recorded here, so the sessions issued before it are refused. 404
+    /// `editor_closed` (and forgotten here) when the agent has ended.
+    async fn recheck(&self, editor: &OpenEditor) -> Result<bool, ApiError> {
         let now = now_ms();
         let last = editor.checked_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < RECHECK_MS
@@ -228,24 +257,44 @@ impl EditorProxy {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return Ok(());
+            return Ok(true);
         }
-        match self
-            .inner
-            .service
-            .agent_is_current(&editor.org, &editor.agent)
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => {
+        let svc = &self.inner.service;
+        let looked = async {
+            let current = svc.agent_is_current(&editor.org, &editor.agent).await?;
+            let closed = match current {
+                true => svc.editor_closed_at(&editor.org, &editor.agent).await?,
+                false => None,
+            };
+            Ok::<_, ApiError>((current, closed))
+        };
+        match looked.await {
+            Ok((false, _)) => {
                 self.inner.ports.close(&editor.org, &editor.agent);
                 Err(editor_closed(&editor.agent))
             }
+            Ok((true, Some(closed))) if closed >= editor.opened_ms => {
+                self.inner
+                    .ports
+                    .close_opened_until(&editor.org, &editor.agent, closed);
+                self.note_closed(&editor.org, &editor.agent, closed);
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
             Err(e) => {
                 editor.checked_ms.store(last, Ordering::Relaxed);
                 tracing::warn!(agent = %editor.agent, error = %e, "editor proxy: agent not checked");
-                Ok(())
+                Ok(true)
             }
+        }
+    }
+
+    /// Records here that the agent's editor was closed at `at` (ms since the epoch): session
+    /// tokens issued until then are refused by this replica.
+    fn note_closed(&self, org: &OrgName, agent: &AgentName, at: u64) {
+        if let Ok(mut m) = self.inner.closed.lock() {
+            let t = m.entry((org.clone(), agent.clone())).or_insert(at);
+            *t = (*t).max(at);
         }
     }
 
@@ -324,10 +373,11 @@ impl EditorProxy {
     /// `POST /agents/editor/close`: forgets the agent's editors and closes the backend's
     /// tunnel. 404 for an agent not in the org.
     pub async fn close(&self, req: EditorRequest) -> Result<EditorCloseResponse, ApiError> {
+        let at = now_ms();
         let backend = match self
             .inner
             .service
-            .close_editor_endpoint(&req.org, &req.name)
+            .close_editor_endpoint(&req.org, &req.name, at)
             .await
         {
             // Not this org's agent: nothing of it is touched.
@@ -335,9 +385,7 @@ impl EditorProxy {
             other => other,
         };
         let proxied = self.inner.ports.close(&req.org, &req.name);
-        if let Ok(mut m) = self.inner.closed.lock() {
-            m.insert((req.org.clone(), req.name.clone()), now_ms());
-        }
+        self.note_closed(&req.org, &req.name, at);
         Ok(EditorCloseResponse {
             closed: backend? || proxied,
         })
@@ -376,6 +424,14 @@ fn editor_closed(agent: &AgentName) -> ApiError {
     )
 }
 
+/// 401: the session was issued before its editor was closed.
+fn session_closed() -> ApiError {
+    ApiError::unauthorized(
+        "this editor session was closed (POST /agents/editor/close); open the editor again \
+         with POST /agents/editor/open",
+    )
+}
+
 /// 409 `editor_port_taken`: this replica serves another editor under the session's port.
 fn port_taken(port: u16) -> ApiError {
     ApiError::new(
@@ -399,6 +455,8 @@ struct OpenEditor {
     upstream_cookie: tokio::sync::Mutex<Option<String>>,
     /// When this replica last made sure the agent is still current (ms since the epoch).
     checked_ms: AtomicU64,
+    /// When it was registered here (ms since the epoch): a close recorded later ends it.
+    opened_ms: u64,
 }
 
 /// Editors by the port the proxy serves them under.
@@ -453,6 +511,7 @@ impl EditorPorts {
                 session: session.clone(),
                 upstream_cookie: tokio::sync::Mutex::new(None),
                 checked_ms: AtomicU64::new(now_ms()),
+                opened_ms: now_ms(),
             }),
         );
         (key, session)
@@ -481,9 +540,17 @@ impl EditorPorts {
             session,
             upstream_cookie: tokio::sync::Mutex::new(None),
             checked_ms: AtomicU64::new(now_ms()),
+            opened_ms: now_ms(),
         });
         m.insert(claims.port, e.clone());
         Some(e)
+    }
+
+    /// Forgets the editors of `agent` registered at or before `at` (ms since the epoch).
+    fn close_opened_until(&self, org: &OrgName, agent: &AgentName, at: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            m.retain(|_, e| !(e.agent == *agent && e.org == *org && e.opened_ms <= at));
+        }
     }
 
     /// Forgets every editor of `agent`.
@@ -659,7 +726,7 @@ impl EditorProxy {
         };
         // A session token of ours for this port (from any replica), not issued before the
         // editor was closed here.
-        let claims = cookie_value(&req, SESSION_COOKIE)
+        let mut claims = cookie_value(&req, SESSION_COOKIE)
             .and_then(|c| self.inner.service.editor_keys().verify(c))
             .filter(|c| c.port == port && !self.revoked(c));
         if !admin && claims.is_none() {
@@ -669,17 +736,24 @@ impl EditorProxy {
             ));
         }
         self.forget_ended().await;
-        let editor = match (self.inner.ports.get(port), &claims) {
-            (Some(e), Some(c)) if e.org == c.org && e.agent == c.agent => {
-                self.recheck(&e).await?;
-                e
+        let mut found = self.inner.ports.get(port);
+        if let Some(e) = &found {
+            if !self.recheck(e).await? {
+                // Closed through another replica: as if it had been closed here.
+                found = None;
+                if claims.as_ref().is_some_and(|c| self.revoked(c)) {
+                    if !admin {
+                        return Err(session_closed());
+                    }
+                    claims = None;
+                }
             }
+        }
+        let editor = match (found, &claims) {
+            (Some(e), Some(c)) if e.org == c.org && e.agent == c.agent => e,
             // The session is for another agent's editor than the one served here on its port.
             (Some(_), Some(_)) => return Err(port_taken(port)),
-            (Some(e), None) => {
-                self.recheck(&e).await?;
-                e
-            }
+            (Some(e), None) => e,
             // Opened on another replica (perhaps one that died): served here from now on.
             (None, Some(c)) => self.adopt(c).await?,
             (None, None) => {

@@ -947,15 +947,36 @@ impl Orchestrator {
             })
     }
 
-    /// Closes the backend's way to the agent's editor (a port-forward), if it has one. 404 for an
-    /// agent not in `org`.
+    /// Records the close of the agent's editor in the store, `at` (ms since the epoch), so every
+    /// replica refuses the sessions issued until then ([`Orchestrator::editor_closed_at`]), and
+    /// closes the backend's way to it (a port-forward), if it has one: whether it had one. 404
+    /// for an agent not in `org`.
     pub async fn close_editor_endpoint(
         &self,
         org: &OrgName,
         name: &AgentName,
+        at: u64,
     ) -> Result<bool, ApiError> {
         self.agent_in_org(name, org).await?;
+        let at = DateTime::<Utc>::from_timestamp_millis(at as i64).unwrap_or_else(Utc::now);
+        self.inner.store.close_agent_editor(name, at).await?;
         Ok(self.inner.backend.close_editor(org, name).await?)
+    }
+
+    /// When the agent's editor was last closed through any replica (ms since the epoch), if
+    /// ever. The agent must be in `org` (404 otherwise).
+    pub async fn editor_closed_at(
+        &self,
+        org: &OrgName,
+        name: &AgentName,
+    ) -> Result<Option<u64>, ApiError> {
+        self.agent_in_org(name, org).await?;
+        Ok(self
+            .inner
+            .store
+            .agent_editor_closed_at(name)
+            .await?
+            .map(|t| t.timestamp_millis().max(0) as u64))
     }
 
     async fn agent_task(&self, task_id: &TaskId, agent: &AgentName) -> Result<Task, ApiError> {

@@ -403,6 +403,20 @@ pub trait StateStore: Send + Sync {
     ) -> Result<LeaseRenewed, StoreError> {
         renew_lease_in_steps(self, task, agent, fencing, ttl, at, state).await
     }
+    /// Records that the agent's editor was closed at `at` (`POST /agents/editor/close`), for
+    /// every replica: editor sessions issued until then are refused. A later close moves the
+    /// time forward, an earlier one does not move it back. `false` when there is no such agent.
+    async fn close_agent_editor(
+        &self,
+        name: &AgentName,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// When the agent's editor was last closed ([`StateStore::close_agent_editor`]); `None`
+    /// when never, or when there is no such agent.
+    async fn agent_editor_closed_at(
+        &self,
+        name: &AgentName,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Looks up an agent.
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
     /// All agents, most recently seen first.

@@ -230,6 +230,10 @@ CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
     r#"
 ALTER TABLE tasks ADD COLUMN claim_process TEXT;
 "#,
+    // 4: when an agent's editor was last closed, for every replica (ms since the epoch).
+    r#"
+ALTER TABLE agents ADD COLUMN editor_closed_at BIGINT;
+"#,
 ];
 
 /// Advisory lock keys (one namespace: "guildnet" in ASCII, then a number).
@@ -2301,6 +2305,45 @@ impl StateStore for PostgresStore {
             // finished task) through the lifecycle, in the batch. Rare: stale or late agents.
             None => super::renew_lease_in_steps(self, task, agent, fencing, ttl, at, state).await,
         }
+    }
+
+    async fn close_agent_editor(
+        &self,
+        name: &AgentName,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let op = "close agent editor";
+        // No ids: an autocommit statement on the pool (durable), outside the ordered batches.
+        let c = self.client(op).await?;
+        let n = c
+            .execute(
+                "UPDATE agents SET editor_closed_at = GREATEST(COALESCE(editor_closed_at, 0), $2) \
+                 WHERE name = $1",
+                &[&name.as_str(), &ms(at)],
+            )
+            .await
+            .map_err(self.err(op))?;
+        Ok(n > 0)
+    }
+
+    async fn agent_editor_closed_at(
+        &self,
+        name: &AgentName,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let op = "agent editor closed at";
+        let c = self.client(op).await?;
+        let row = c
+            .query_opt(
+                "SELECT editor_closed_at FROM agents WHERE name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(self.err(op))?;
+        let at: Option<i64> = match row {
+            Some(r) => get(&r, 0)?,
+            None => None,
+        };
+        at.map(from_ms).transpose()
     }
 
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {

@@ -142,6 +142,10 @@ CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
     r#"
 ALTER TABLE tasks ADD COLUMN claim_process TEXT;
 "#,
+    // 8: when an agent's editor was last closed, for every replica (ms since the epoch).
+    r#"
+ALTER TABLE agents ADD COLUMN editor_closed_at INTEGER;
+"#,
 ];
 
 /// Version of the stored task JSON (the `json` column): bump it when [`Task`]'s serialized
@@ -1448,6 +1452,47 @@ impl StateStore for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn close_agent_editor(
+        &self,
+        name: &AgentName,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE agents SET editor_closed_at = MAX(COALESCE(editor_closed_at, 0), ?2) \
+                     WHERE name = ?1",
+                    params![name.as_str(), ms(at)],
+                )
+                .map_err(db("close agent editor"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn agent_editor_closed_at(
+        &self,
+        name: &AgentName,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let name = name.clone();
+        let at: Option<i64> = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT editor_closed_at FROM agents WHERE name = ?1",
+                    [name.as_str()],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()
+                .map(Option::flatten)
+                .map_err(db("agent editor closed at"))
+            })
+            .await?;
+        at.map(from_ms)
+            .transpose()
+            .map_err(db("agent editor closed at"))
     }
 
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
