@@ -173,7 +173,7 @@ impl EditorProxy {
             self.note_closed(&req.org, &req.name, closed);
         }
         let (proxy_port, session) = self.inner.ports.open(
-            r.port,
+            r.unique_port.then_some(r.port),
             &req.org,
             &req.name,
             r.authority,
@@ -367,6 +367,7 @@ impl EditorProxy {
             authority,
             password: loc.password,
             via_tailnet,
+            unique_port: !advertised && !backend_tailnet,
         })
     }
 
@@ -413,6 +414,9 @@ struct Reachable {
     password: Option<Secret>,
     /// Dialed through the tailnet dialer.
     via_tailnet: bool,
+    /// The port is unique on this host (a backend's local port-forward or process), unlike the
+    /// ports of editors on the tailnet or at advertised addresses.
+    unique_port: bool,
 }
 
 /// 404 `editor_closed`: the session's agent has ended.
@@ -459,6 +463,30 @@ struct OpenEditor {
     opened_ms: u64,
 }
 
+/// The lowest proxy port given to an editor whose own port cannot be used (one on the tailnet,
+/// or a port taken here already).
+const PROXY_PORTS_FROM: u16 = 20000;
+
+/// The proxy port an agent's editor gets when its own port cannot be used: derived from the
+/// org and agent names (FNV-1a), so every replica prefers the same one for the same agent.
+/// Numbering from a counter on each replica made two replicas give the first editor each opened
+/// the same port, so a session opened on one was refused by the other (409
+/// `editor_port_taken`) whenever the two opened different agents' editors.
+fn preferred_port(org: &OrgName, agent: &AgentName) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in org
+        .as_str()
+        .bytes()
+        .chain([b'/'])
+        .chain(agent.as_str().bytes())
+    {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let span = u32::from(u16::MAX - PROXY_PORTS_FROM) + 1;
+    PROXY_PORTS_FROM + (h % span) as u16
+}
+
 /// Editors by the port the proxy serves them under.
 #[derive(Default)]
 struct EditorPorts {
@@ -466,14 +494,15 @@ struct EditorPorts {
 }
 
 impl EditorPorts {
-    /// Registers (or refreshes) an editor reached at `authority`, served under `port` when
-    /// that is free (a backend's local port is unique; an editor reached over the tailnet gets
-    /// the next free number instead). Returns the proxy port and the browser session token
-    /// (minted with `keys` for that port).
+    /// Registers (or refreshes) an editor reached at `authority`, served under `own_port` when
+    /// it has one and that is free (a backend's local port is unique on this host), else under
+    /// the agent's [`preferred_port`] or the next free one after it (editors on the tailnet or
+    /// at advertised addresses share port numbers: every code-server listens on 8443). Returns
+    /// the proxy port and the browser session token (minted with `keys` for that port).
     #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
-        port: u16,
+        own_port: Option<u16>,
         org: &OrgName,
         agent: &AgentName,
         authority: String,
@@ -481,8 +510,9 @@ impl EditorPorts {
         via_tailnet: bool,
         keys: &EditorKeys,
     ) -> (u16, Secret) {
+        let fallback = own_port.unwrap_or_else(|| preferred_port(org, agent));
         let Ok(mut m) = self.map.lock() else {
-            return (port, keys.mint(org, agent, port));
+            return (fallback, keys.mint(org, agent, fallback));
         };
         // Reopening: the same editor keeps its port and session.
         if let Some((p, e)) = m
@@ -491,13 +521,18 @@ impl EditorPorts {
         {
             return (*p, e.session.clone());
         }
-        let key = if via_tailnet || m.contains_key(&port) {
-            (20000..=u16::MAX)
-                .chain(1024..20000)
-                .find(|p| !m.contains_key(p))
-                .unwrap_or(port)
-        } else {
-            port
+        let key = match own_port {
+            Some(p) if !m.contains_key(&p) => p,
+            // The agent's own number, the same on every replica (so two replicas that open
+            // different agents' editors rarely pick the same port, and a session adopted by
+            // another replica rarely finds its port taken there); the next free one if taken.
+            _ => {
+                let first = preferred_port(org, agent);
+                (first..=u16::MAX)
+                    .chain(PROXY_PORTS_FROM..first)
+                    .find(|p| !m.contains_key(p))
+                    .unwrap_or(fallback)
+            }
         };
         let session = keys.mint(org, agent, key);
         m.insert(
@@ -969,13 +1004,29 @@ mod tests {
         let org = OrgName::new("acme").unwrap();
         let a = AgentName::new("agent-a-1").unwrap();
         let b = AgentName::new("agent-b-1").unwrap();
-        let (p1, s1) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
-        let (p2, s2) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
+        let (p1, s1) = ports.open(
+            Some(9000),
+            &org,
+            &a,
+            "127.0.0.1:9000".into(),
+            None,
+            false,
+            &keys,
+        );
+        let (p2, s2) = ports.open(
+            Some(9000),
+            &org,
+            &a,
+            "127.0.0.1:9000".into(),
+            None,
+            false,
+            &keys,
+        );
         assert_eq!((p1, &s1), (p2, &s2), "reopening keeps the port and session");
         assert_eq!(p1, 9000);
         // Two tailnet editors on the same port of different hosts get distinct proxy ports.
-        let (t1, _) = ports.open(8443, &org, &a, "100.64.0.2:8443".into(), None, true, &keys);
-        let (t2, _) = ports.open(8443, &org, &b, "100.64.0.3:8443".into(), None, true, &keys);
+        let (t1, _) = ports.open(None, &org, &a, "100.64.0.2:8443".into(), None, true, &keys);
+        let (t2, _) = ports.open(None, &org, &b, "100.64.0.3:8443".into(), None, true, &keys);
         assert_ne!(t1, t2);
         assert!(t1 >= 1024 && t2 >= 1024 && t1 != 9000 && t2 != 9000);
         assert!(ports.close(&org, &b));
@@ -985,6 +1036,49 @@ mod tests {
         // The session names its agent and port.
         let claims = keys.verify(s1.expose()).unwrap();
         assert_eq!((claims.agent, claims.port), (a.clone(), 9000));
+    }
+
+    #[test]
+    fn replicas_give_an_agent_the_same_proxy_port_and_different_agents_different_ones() {
+        let keys = EditorKeys::from_admin_token(&Secret::new("admin"));
+        let org = OrgName::new("acme").unwrap();
+        let agents: Vec<AgentName> = (0..50)
+            .map(|i| AgentName::new(format!("agent-{i:012x}-1")).unwrap())
+            .collect();
+        // Two replicas, each opening a different agent's tailnet editor first (all on 8443).
+        let (one, two) = (EditorPorts::default(), EditorPorts::default());
+        let open = |ports: &EditorPorts, a: &AgentName, host: u8| {
+            let addr = format!("100.64.0.{host}:8443");
+            ports.open(None, &org, a, addr, None, true, &keys).0
+        };
+        let p0 = open(&one, &agents[0], 2);
+        let p1 = open(&two, &agents[1], 3);
+        assert_ne!(
+            p0, p1,
+            "the first editor of each replica under its own port"
+        );
+        // The other replica opening the same agent's editor picks the same port.
+        assert_eq!(open(&two, &agents[0], 2), p0);
+        // Spread: 50 agents, ports all in range, (almost) all distinct.
+        let mut seen: Vec<u16> = agents.iter().map(|a| preferred_port(&org, a)).collect();
+        assert!(seen.iter().all(|p| *p >= PROXY_PORTS_FROM));
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() >= 48, "{} distinct of 50", seen.len());
+        // Taken here: the next free one.
+        let three = EditorPorts::default();
+        let first = open(&three, &agents[2], 4);
+        let other = AgentName::new("agent-other-1").unwrap();
+        let (q, _) = three.open(
+            Some(first),
+            &org,
+            &other,
+            "127.0.0.1:1".into(),
+            None,
+            false,
+            &keys,
+        );
+        assert_ne!(q, first);
     }
 
     #[test]
@@ -1033,7 +1127,15 @@ mod tests {
             )
             .is_none());
         // Opening the adopted agent's editor here reuses the port.
-        let (p, _) = ports.open(9000, &org, &a, "127.0.0.1:9000".into(), None, false, &keys);
+        let (p, _) = ports.open(
+            Some(9000),
+            &org,
+            &a,
+            "127.0.0.1:9000".into(),
+            None,
+            false,
+            &keys,
+        );
         assert_eq!(p, 41000);
     }
 }
