@@ -214,7 +214,8 @@ pub enum PoolCmd {
         /// The named runner the pool's agents take tasks for (default: any).
         #[arg(long)]
         runner: Option<String>,
-        /// Scale to zero after this many seconds without a task (default: never).
+        /// Scale to zero after this many seconds without task activity, counted from the last
+        /// task's end (default: never).
         #[arg(long)]
         idle_secs: Option<u64>,
     },

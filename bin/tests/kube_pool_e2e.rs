@@ -570,9 +570,10 @@ async fn a_warm_pool_of_three_serves_twenty_tasks_on_real_pods() {
         .iter()
         .any(|l| l.contains("[pool] cold start")));
 
-    // 4. Scale to zero after 3 idle seconds; a task brings the pool back.
+    // 4. Scale to zero after 5 idle seconds; a task brings the pool back, and it stays up for
+    //    the idle time after that task ends (long enough for its warm agents to register).
     let idle = PoolSpec {
-        idle_seconds: Some(3),
+        idle_seconds: Some(5),
         ..spec(2)
     };
     c.set_pool(&acme(), &idle).await.expect("set pool");

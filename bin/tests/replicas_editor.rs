@@ -4,7 +4,8 @@
 //! load and its WebSocket reconnect, through nginx with the same session cookie, reach the
 //! editor again on the surviving replica, which had never served that session before (no
 //! re-open, no user action). Forged, tampered or other-port cookies are refused by the
-//! survivor, and the session ends with its agent. The same holds through the dashboard's editor
+//! survivor, and the session ends with its agent, also on a replica that serves it and was not
+//! the one the agent's end went through. The same holds through the dashboard's editor
 //! origin (the real `guildnet-dashboard` in front of the same entrance): its relay sends the
 //! orchestrator's session, so the iframe's page and WebSocket recover the same way; headless
 //! Chromium, on that editor origin, sees its page's WebSocket reconnect by itself and echo.
@@ -191,7 +192,7 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         "--trust-advertised-editors",
     ];
     let envs = [
-        ("RUST_LOG", "warn"),
+        ("RUST_LOG", "info"),
         ("GUILDNET_EDITOR_ADVERTISE", advertise.as_str()),
     ];
     let mut orchs = vec![
@@ -267,6 +268,64 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
     let holder = holder.expect("one replica opened the editor");
     let survivor = 1 - holder;
     eprintln!("the editor was opened on replica {holder}; replica {survivor} survives");
+
+    // A session that both replicas serve ends on both when its agent ends through one of them:
+    // the other was told nothing, and finds out when it looks at the store again.
+    let task3 = c
+        .schedule(&OrgName::new("acme").unwrap(), "sleep 300", None)
+        .await
+        .unwrap();
+    let agent3 = wait_running(&c, &task3.id).await.agent.unwrap();
+    let resp = http()
+        .post(format!("{}/agents/editor/open", orchs[holder].url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": agent3, "org": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let session3 = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let opened3: Value = resp.json().await.unwrap();
+    let path3 = opened3["path"].as_str().unwrap().to_owned();
+    for o in &orchs {
+        let (s, body) = get(&format!("{}{path3}", o.url()), Some(&session3)).await;
+        assert_eq!(
+            (s, body.as_str()),
+            (200, PAGE),
+            "agent 3's editor on {}",
+            o.url()
+        );
+    }
+    orchs[holder].client().cancel(&task3.id).await.unwrap();
+    let ended = Instant::now();
+    loop {
+        let (s, body) = get(
+            &format!("{}{path3}", orchs[survivor].url()),
+            Some(&session3),
+        )
+        .await;
+        if s == 404 {
+            assert!(body.contains("editor_closed"), "{body}");
+            break;
+        }
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            ended.elapsed() < Duration::from_secs(15),
+            "the other replica still serves the editor of agent {agent3}, cancelled {:?} ago",
+            ended.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the other replica ended agent 3's session {:?} after its task was cancelled",
+        ended.elapsed()
+    );
 
     // The browser's entrance prefers the holder (as session affinity would), so the survivor
     // has never served this session when the holder dies.

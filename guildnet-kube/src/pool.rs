@@ -60,7 +60,8 @@ pub struct AgentPoolSpec {
     /// The named runner the pool's agents take tasks for (any when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
-    /// Scale to zero after this many seconds without a task for the org (never when absent).
+    /// Scale to zero after this many seconds without task activity for the org: counted from
+    /// the last task's end, never while one runs (never scales to zero when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_seconds: Option<u64>,
     /// URL at which the agents reach the orchestrator (the operator's

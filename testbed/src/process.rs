@@ -217,7 +217,9 @@ impl Drop for Proc {
     }
 }
 
-fn read_tail(path: &Path) -> String {
+/// The last few KB of the file at `path` (empty when it cannot be read): what a test prints of
+/// a server's log when it fails.
+pub fn read_tail(path: &Path) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };

@@ -98,7 +98,14 @@ impl Orchestrator {
         let c = self.client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if c.health().await.is_ok() {
+            assert!(
+                process_alive(self.session),
+                "the orchestrator on port {} exited; its log:\n{}",
+                self.port,
+                guildnet_testbed::process::read_tail(&self.state.with_extension("log"))
+            );
+            // Its own answer, not that of another process holding the port it could not bind.
+            if listens_on(self.session, self.port) && c.health().await.is_ok() {
                 return;
             }
             assert!(
@@ -213,10 +220,55 @@ pub async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::Tas
     }
 }
 
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Whether process `pid` holds the listening TCP socket (IPv4) on `port`.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // sl local_address rem_address st ... inode: LISTEN is state 0A.
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit_once(':')?.1;
+            let inode = f.get(9)?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 impl Drop for Orchestrator {
+    /// Kills the orchestrator and its agents; when the test is failing, its log's tail goes to
+    /// stderr (as the testbed's servers do), so a CI failure shows what it said.
     fn drop(&mut self) {
         self.kill9();
         guildnet_testbed::process::kill_session(self.session);
+        if std::thread::panicking() {
+            let log = self.state.with_extension("log");
+            eprintln!(
+                "---- last bytes of the orchestrator on port {} ({}) ----\n{}\n---- end of it ----",
+                self.port,
+                log.display(),
+                guildnet_testbed::process::read_tail(&log)
+            );
+        }
     }
 }
 

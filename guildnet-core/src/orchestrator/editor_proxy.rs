@@ -35,6 +35,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::TryRecvError};
@@ -190,14 +191,7 @@ impl EditorProxy {
             .agent_is_current(&claims.org, &claims.agent)
             .await?
         {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "editor_closed",
-                format!(
-                    "agent {} has ended: its editor session is over",
-                    claims.agent
-                ),
-            ));
+            return Err(editor_closed(&claims.agent));
         }
         let r = self.locate(&claims.org, &claims.agent).await?;
         let editor = self
@@ -217,6 +211,42 @@ impl EditorProxy {
         tracing::info!(agent = %claims.agent, port = claims.port,
             "editor proxy: serving a session opened on another replica");
         Ok(editor)
+    }
+
+    /// Makes sure, at most every [`RECHECK_MS`], that the agent of an editor served here is still
+    /// current. Announcements cover the agents that end through this replica; this covers the
+    /// ones that end through another replica (or while this one was not listening), so a
+    /// session ends with its agent on every replica within that time. 404 `editor_closed` (and
+    /// the editor forgotten here) when the agent has ended; a store error keeps serving and
+    /// looks again on the next request.
+    async fn recheck(&self, editor: &OpenEditor) -> Result<(), ApiError> {
+        let now = now_ms();
+        let last = editor.checked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < RECHECK_MS
+            || editor
+                .checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        match self
+            .inner
+            .service
+            .agent_is_current(&editor.org, &editor.agent)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.inner.ports.close(&editor.org, &editor.agent);
+                Err(editor_closed(&editor.agent))
+            }
+            Err(e) => {
+                editor.checked_ms.store(last, Ordering::Relaxed);
+                tracing::warn!(agent = %editor.agent, error = %e, "editor proxy: agent not checked");
+                Ok(())
+            }
+        }
     }
 
     /// Whether `claims` were issued before the editor was last closed on this replica.
@@ -314,6 +344,10 @@ impl EditorProxy {
     }
 }
 
+/// How often a replica makes sure that the agent of an editor it serves is still current
+/// ([`EditorProxy::recheck`]), in ms.
+const RECHECK_MS: u64 = 2_000;
+
 /// Name of the proxy's session cookie (scoped to `/editor/proxy/<port>/`).
 pub const SESSION_COOKIE: &str = "guildnet_editor";
 /// code-server's session cookie.
@@ -331,6 +365,15 @@ struct Reachable {
     password: Option<Secret>,
     /// Dialed through the tailnet dialer.
     via_tailnet: bool,
+}
+
+/// 404 `editor_closed`: the session's agent has ended.
+fn editor_closed(agent: &AgentName) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "editor_closed",
+        format!("agent {agent} has ended: its editor session is over"),
+    )
 }
 
 /// 409 `editor_port_taken`: this replica serves another editor under the session's port.
@@ -354,6 +397,8 @@ struct OpenEditor {
     via_tailnet: bool,
     session: Secret,
     upstream_cookie: tokio::sync::Mutex<Option<String>>,
+    /// When this replica last made sure the agent is still current (ms since the epoch).
+    checked_ms: AtomicU64,
 }
 
 /// Editors by the port the proxy serves them under.
@@ -407,6 +452,7 @@ impl EditorPorts {
                 via_tailnet,
                 session: session.clone(),
                 upstream_cookie: tokio::sync::Mutex::new(None),
+                checked_ms: AtomicU64::new(now_ms()),
             }),
         );
         (key, session)
@@ -434,6 +480,7 @@ impl EditorPorts {
             via_tailnet,
             session,
             upstream_cookie: tokio::sync::Mutex::new(None),
+            checked_ms: AtomicU64::new(now_ms()),
         });
         m.insert(claims.port, e.clone());
         Some(e)
@@ -623,10 +670,16 @@ impl EditorProxy {
         }
         self.forget_ended().await;
         let editor = match (self.inner.ports.get(port), &claims) {
-            (Some(e), Some(c)) if e.org == c.org && e.agent == c.agent => e,
+            (Some(e), Some(c)) if e.org == c.org && e.agent == c.agent => {
+                self.recheck(&e).await?;
+                e
+            }
             // The session is for another agent's editor than the one served here on its port.
             (Some(_), Some(_)) => return Err(port_taken(port)),
-            (Some(e), None) => e,
+            (Some(e), None) => {
+                self.recheck(&e).await?;
+                e
+            }
             // Opened on another replica (perhaps one that died): served here from now on.
             (None, Some(c)) => self.adopt(c).await?,
             (None, None) => {

@@ -39,7 +39,8 @@ pub struct PoolSpec {
     /// tasks for; absent: tasks of any runner (the pool's image must have its CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
-    /// Scale to zero after this many seconds without a task for the org; absent: never.
+    /// Scale to zero after this many seconds without task activity for the org (counted from the
+    /// last task's end, never while one runs); absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_seconds: Option<u64>,
 }

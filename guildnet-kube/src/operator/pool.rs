@@ -126,21 +126,15 @@ pub(super) async fn reconcile_pool(
         }
         warm.push(p);
     }
-    // Idle time: from the later of the pool's last change and the org's newest task.
+    // Idle time: since the pool's last change or the org's last task activity.
     let now = Utc::now();
-    let mut last = pool
+    let changed = pool
         .annotations()
         .get(POOL_UPDATED_ANNOTATION)
         .and_then(|t| parse_time(t))
         .or_else(|| pool.creation_timestamp().and_then(|t| from_k8s(&t)))
         .unwrap_or(now);
-    if let Some(newest) = tasks
-        .iter()
-        .filter_map(|t| t.creation_timestamp().and_then(|c| from_k8s(&c)))
-        .max()
-    {
-        last = last.max(newest);
-    }
+    let last = last_activity(changed, &tasks, now);
     let idle_for = (now - last).to_std().unwrap_or_default();
     let idle = pool
         .spec
@@ -190,6 +184,25 @@ pub(super) async fn reconcile_pool(
         next = next.min(left + Duration::from_millis(200));
     }
     Ok(Action::requeue(next))
+}
+
+/// When the org was last active: the pool's last change, the newest task's creation, the latest
+/// task's end, and `now` while a task is unfinished. A pool woken by a task therefore stays up
+/// for its whole idle time after that task ends, not after it was created.
+pub(crate) fn last_activity(
+    changed: DateTime<Utc>,
+    tasks: &[AgentTask],
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    tasks.iter().fold(changed, |last, t| {
+        let created = t.creation_timestamp().and_then(|c| from_k8s(&c));
+        let status = t.status.as_ref();
+        let ended = match status.filter(|s| s.phase.is_finished()) {
+            Some(s) => s.finished_at.as_deref().and_then(parse_time).or(created),
+            None => Some(now),
+        };
+        last.max(created.unwrap_or(last)).max(ended.unwrap_or(last))
+    })
 }
 
 /// The pool pods named by AgentTasks (`spec.poolPod`): handed a task, so no longer warm even
@@ -310,6 +323,49 @@ mod tests {
         let handed = handed_pods(&tasks);
         assert_eq!(handed, HashSet::from(["pool-acme-a", "pool-acme-c"]));
         assert!(handed_pods(&[]).is_empty());
+    }
+
+    #[test]
+    fn activity_runs_until_the_last_task_ends() {
+        let t0 = parse_time("2026-12-03T10:00:00Z").unwrap();
+        let at = |created: &str, phase: &str, finished: Option<&str>| {
+            serde_json::from_value::<AgentTask>(json!({
+                "apiVersion": "guildnet.io/v1alpha1", "kind": "AgentTask",
+                "metadata": {"name": "t", "creationTimestamp": created},
+                "spec": {"orgId": "acme", "taskId": "t", "task": "x", "image": "img:1"},
+                "status": {"phase": phase, "finishedAt": finished},
+            }))
+            .unwrap()
+        };
+        let now = t0 + chrono::Duration::seconds(100);
+        // No task: the pool's last change.
+        assert_eq!(last_activity(t0, &[], now), t0);
+        // A task created later and finished later still: its end counts, not its creation.
+        let done = at(
+            "2026-12-03T10:00:10Z",
+            "Succeeded",
+            Some("2026-12-03T10:00:40Z"),
+        );
+        assert_eq!(
+            last_activity(t0, std::slice::from_ref(&done), now),
+            t0 + chrono::Duration::seconds(40)
+        );
+        // An unfinished task keeps the org active now, whenever it was created.
+        let running = at("2026-12-03T09:00:00Z", "Running", None);
+        assert_eq!(last_activity(t0, &[done, running], now), now);
+        // A finished task without an end time counts from its creation.
+        let old = at("2026-12-03T10:00:20Z", "Failed", None);
+        assert_eq!(
+            last_activity(t0, &[old], now),
+            t0 + chrono::Duration::seconds(20)
+        );
+        // Nothing moves activity back before the pool's last change.
+        let stale = at(
+            "2026-12-03T09:00:00Z",
+            "Cancelled",
+            Some("2026-12-03T09:00:01Z"),
+        );
+        assert_eq!(last_activity(t0, &[stale], now), t0);
     }
 
     #[test]
