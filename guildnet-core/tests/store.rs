@@ -179,6 +179,7 @@ both_stores!(
     lease_renewals_follow_the_fencing_rules_and_write_no_events,
     a_batch_with_one_bad_write_keeps_the_others,
     editor_closes_are_kept_per_agent_and_only_move_forward,
+    written_updates_answer_the_highest_log_seq_as_of_their_write,
 );
 
 fn open(path: &Path) -> SqliteStore {
@@ -291,6 +292,66 @@ async fn running_task(store: &dyn StateStore, agent_name: &str) -> Task {
     t.started_at = Some(now_ms());
     insert(store, &t, "hash").await;
     t
+}
+
+/// A task update that writes answers the task's highest log sequence number as of its write
+/// (what a claim answers as `next_log_seq - 1`): a line of the earlier agent racing with the
+/// update counts if and only if it was stored before it (after it, the line is fenced off).
+/// An update that writes nothing answers no figure.
+async fn written_updates_answer_the_highest_log_seq_as_of_their_write(db: Db) {
+    let store = db.open().await;
+    let a = agent("agent-a");
+    let mut racing = Vec::new();
+    for i in 0..24u64 {
+        let t = running_task(&*store, "agent-a").await;
+        store
+            .append_logs(&t.id, batch(&a, lines(1..=i + 1)))
+            .await
+            .unwrap();
+        let (s1, id1, a1) = (store.clone(), t.id.clone(), a.clone());
+        let late = tokio::spawn(async move {
+            s1.append_logs(&id1, batch(&a1, lines([i + 5])))
+                .await
+                .is_ok()
+        });
+        let (s2, id2) = (store.clone(), t.id.clone());
+        let claim = tokio::spawn(async move {
+            s2.update_task(
+                &id2,
+                Box::new(|t| {
+                    t.agent = Some(agent("agent-b"));
+                    t.fencing += 1;
+                    t.claims += 1;
+                    Ok(TaskChange {
+                        events: vec![NewEvent::for_task("task.claimed", t, None)],
+                        audit: vec![],
+                    })
+                }),
+            )
+            .await
+            .unwrap()
+        });
+        racing.push((t, i, late, claim));
+    }
+    let mut before = 0;
+    for (t, i, late, claim) in racing {
+        let stored_late = late.await.unwrap();
+        let u = claim.await.unwrap();
+        assert!(u.changed);
+        let max = store.max_log_seq(&t.id).await.unwrap();
+        assert_eq!(max, if stored_late { i + 5 } else { i + 1 });
+        assert_eq!(u.max_log_seq, Some(max), "task {}", t.id);
+        before += u64::from(stored_late);
+    }
+    eprintln!("{before} of 24 racing lines were stored before their task's update");
+    // No write, no figure.
+    let t = running_task(&*store, "agent-c").await;
+    let same = store
+        .update_task(&t.id, Box::new(|_| Ok(TaskChange::default())))
+        .await
+        .unwrap();
+    assert!(!same.changed);
+    assert_eq!(same.max_log_seq, None);
 }
 
 async fn orgs_create_duplicate_list_get(db: Db) {
@@ -1539,6 +1600,8 @@ async fn postgres_a_failing_write_does_not_fail_its_batch() {
         .await
         .unwrap();
     assert_eq!(pg.commit_stats().writes, 1);
+    // A batch of statements alone sends its commit with them (one round trip).
+    assert_eq!(pg.batch_times().folded, 1);
 }
 
 /// A batch mixing every kind of write (statements in the pipeline, some of which fail, and

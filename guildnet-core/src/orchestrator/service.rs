@@ -1060,8 +1060,13 @@ impl Orchestrator {
             .await?;
         self.notify_event(u.last_event_id);
         // The claim is committed, so earlier agents of this task can no longer add lines: the
-        // highest stored sequence number is final for them.
-        let next_log_seq = self.inner.store.max_log_seq(task_id).await? + 1;
+        // highest stored sequence number is final for them. A claim that wrote read it with
+        // its write; a repeated claim (nothing written) asks now.
+        let max_log_seq = match u.max_log_seq {
+            Some(m) => m,
+            None => self.inner.store.max_log_seq(task_id).await?,
+        };
+        let next_log_seq = max_log_seq + 1;
         let lease = u.task.lease_expires_at.unwrap_or_else(Utc::now);
         Ok(ClaimResponse {
             fencing: u.task.fencing,

@@ -137,6 +137,12 @@ pub struct TaskUpdated {
     pub changed: bool,
     /// Id of the last event appended, if any.
     pub last_event_id: Option<u64>,
+    /// When the update wrote: the highest log sequence number stored for the task (0 when
+    /// none), read in the update's own transaction after its write, so it is what
+    /// [`StateStore::max_log_seq`] answers right after the commit (a claim's answer needs it:
+    /// log lines of the task's earlier agents can no longer be added once the claim is
+    /// written). `None` when nothing was written.
+    pub max_log_seq: Option<u64>,
 }
 
 /// Result of [`StateStore::renew_lease`].

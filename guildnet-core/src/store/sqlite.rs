@@ -1376,6 +1376,7 @@ impl StateStore for SqliteStore {
                     task: after,
                     changed: false,
                     last_event_id: None,
+                    max_log_seq: None,
                 });
             }
             save_task(tx, &after)?;
@@ -1388,10 +1389,16 @@ impl StateStore for SqliteStore {
             let now = ms(Utc::now());
             insert_audit(tx, &change.audit, now)?;
             let last = insert_events(tx, &change.events, now)?;
+            let max_log_seq = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM logs WHERE task_id = ?1")
+                .and_then(|mut s| s.query_row([id.as_str()], |r| r.get::<_, i64>(0)))
+                .and_then(id_of)
+                .map_err(db("max log seq"))?;
             Ok(TaskUpdated {
                 task: after,
                 changed: true,
                 last_event_id: (!change.events.is_empty()).then_some(last),
+                max_log_seq: Some(max_log_seq),
             })
         })
         .await

@@ -12,8 +12,9 @@
 //! ([`TaskUpdate::run_alone`]).
 
 use super::{
-    again, artifacts_json, cursor, journal_cte, journal_params, journaled, load_task, ms,
-    param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn, TaskUpdated,
+    again, artifacts_json, cursor, get, id_of, journal_cte, journal_params, journaled, load_task,
+    ms, param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn,
+    TaskUpdated,
 };
 use crate::model::Task;
 use crate::names::TaskId;
@@ -22,7 +23,12 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-/// The row, its audit rows and its events in one statement ([`journal_cte`] at `$20`).
+/// The row, its audit rows and its events in one statement ([`journal_cte`] at `$20`), and
+/// the task's highest stored log sequence number ([`TaskUpdated::max_log_seq`]: a claim
+/// answers it, and reading it here saves the claim a read of its own after the commit). The
+/// batch holds the ordering lock, so every other replica's log lines that are not visible
+/// here are written after this commit, through a batch that reads the task's row as this
+/// update left it (log lines are fenced on it).
 static UPDATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH u AS (UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, \
@@ -30,7 +36,7 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| {
          finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
          agent_hint=$15, task=$16, log_sealed=$17, \
          token_hash=COALESCE($18, token_hash), claim_process=$19 WHERE id=$1 \
-         RETURNING 1){}",
+         RETURNING 1){}, (SELECT COALESCE(MAX(seq), 0)::BIGINT FROM logs WHERE task_id = $1)",
         journal_cte("u", 20)
     )
 });
@@ -89,6 +95,7 @@ impl TaskUpdate {
                 task: after,
                 changed: false,
                 last_event_id: None,
+                max_log_seq: None,
             });
             return Prepared::Done(answer(reply, r).1);
         }
@@ -226,13 +233,16 @@ impl Piped for UpdateRow {
             reply,
             ..
         } = *self;
-        let r = row
-            .and_then(|row| journaled(&row))
-            .map(|(_, last)| TaskUpdated {
+        let r = row.and_then(|row| {
+            let (_, last) = journaled(&row)?;
+            let max_log_seq = id_of(get(&row, 2)?)?;
+            Ok(TaskUpdated {
                 task: after,
                 changed: true,
                 last_event_id: events.then_some(last),
-            });
+                max_log_seq: Some(max_log_seq),
+            })
+        });
         answer(reply, r)
     }
 
