@@ -315,8 +315,10 @@ pub struct EditorOpenResponse {
     /// Host or IP address.
     pub host: String,
     /// The port the orchestrator serves the editor under (`/editor/proxy/<port>/`): the local
-    /// end of a port-forward, the editor's own port, or a free number for an editor reached
-    /// over the tailnet.
+    /// end of a port-forward or a local editor's own port (unique on the orchestrator's host);
+    /// for an editor on the tailnet or at an address the agent advertised (their ports are
+    /// shared: every code-server listens on 8443), a number from 20000 up derived from the org
+    /// and agent names, the same on every replica.
     pub port: u16,
     /// Where the orchestrator serves the editor (`/editor/proxy/<port>/`); the reply also sets
     /// an HttpOnly session cookie for that path.
