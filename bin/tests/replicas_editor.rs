@@ -279,26 +279,11 @@ async fn an_editor_session_survives_the_kill9_of_the_replica_that_opened_it() {
         .unwrap();
     let agent3 = wait_running(&c, &task3.id).await.agent.unwrap();
     let open3 = |on: usize| {
-        let url = format!("{}/agents/editor/open", orchs[on].url());
-        let body = serde_json::json!({"name": agent3, "org": "acme"});
+        let agent3 = agent3.clone();
+        let o = &orchs[on];
         async move {
-            let resp = http()
-                .post(url)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            let cookie = resp
-                .headers()
-                .get("set-cookie")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .unwrap()
-                .to_owned();
-            let opened: Value = resp.json().await.unwrap();
-            (cookie, opened["path"].as_str().unwrap().to_owned())
+            let opened = o.open_editor(&agent3).await;
+            (opened.session, opened.path)
         }
     };
     // Polls `url` with `cookie` while it answers 200 (the page); returns the first other answer.

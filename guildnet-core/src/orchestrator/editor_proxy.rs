@@ -1004,24 +1004,18 @@ mod tests {
         let org = OrgName::new("acme").unwrap();
         let a = AgentName::new("agent-a-1").unwrap();
         let b = AgentName::new("agent-b-1").unwrap();
-        let (p1, s1) = ports.open(
-            Some(9000),
-            &org,
-            &a,
-            "127.0.0.1:9000".into(),
-            None,
-            false,
-            &keys,
-        );
-        let (p2, s2) = ports.open(
-            Some(9000),
-            &org,
-            &a,
-            "127.0.0.1:9000".into(),
-            None,
-            false,
-            &keys,
-        );
+        let local = || {
+            ports.open(
+                Some(9000),
+                &org,
+                &a,
+                "127.0.0.1:9000".into(),
+                None,
+                false,
+                &keys,
+            )
+        };
+        let ((p1, s1), (p2, s2)) = (local(), local());
         assert_eq!((p1, &s1), (p2, &s2), "reopening keeps the port and session");
         assert_eq!(p1, 9000);
         // Two tailnet editors on the same port of different hosts get distinct proxy ports.
