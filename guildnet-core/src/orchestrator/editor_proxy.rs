@@ -393,8 +393,8 @@ impl EditorProxy {
     }
 }
 
-/// How often a replica makes sure that the agent of an editor it serves is still current
-/// ([`EditorProxy::recheck`]), in ms.
+/// How often a replica makes sure that an editor it serves is still open, its agent current
+/// and no close recorded through another replica ([`EditorProxy::recheck`]), in ms.
 const RECHECK_MS: u64 = 2_000;
 
 /// Name of the proxy's session cookie (scoped to `/editor/proxy/<port>/`).
