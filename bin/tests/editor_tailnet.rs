@@ -10,31 +10,14 @@ use futures_util::{SinkExt, StreamExt};
 use guildnet_core::names::OrgName;
 use guildnet_mesh::headscale::HeadscaleSettings;
 use guildnet_mesh::setup::{self, CreateOptions};
-use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_mesh::{MeshJoin, TailscaleMesh};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn testbed(name: &str) -> std::path::PathBuf {
     guildnet_testbed::bin(name).expect("testbed binary")
-}
-
-fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
-async fn node(dir: &Path) -> Tailscaled {
-    let mut c = TailscaledConfig::new(dir);
-    c.tailscaled_bin = Some(testbed("tailscaled"));
-    c.tailscale_bin = Some(testbed("tailscale"));
-    c.plain_http_derp = true;
-    Tailscaled::start(&c).await.expect("tailscaled starts")
 }
 
 /// An editor stand-in on loopback: a WebSocket echo server.
@@ -66,13 +49,17 @@ async fn the_editor_proxy_reaches_an_agent_over_the_tailnet() {
         .unwrap();
     let mut opts = CreateOptions::new(dir.path().join("headscale"));
     opts.headscale_bin = Some(testbed("headscale"));
-    opts.settings =
-        HeadscaleSettings::on_loopback(free_port(), free_port(), free_port(), udp_port());
+    opts.settings = HeadscaleSettings::on_loopback(
+        free_port(),
+        free_port(),
+        free_port(),
+        free_udp_on(std::net::Ipv4Addr::LOCALHOST),
+    );
     let created = setup::create(&opts, None).await.expect("headscale");
     let key = created.preauth_key.key.clone();
 
-    let orch_node = node(&dir.path().join("orch-node")).await;
-    let agent_node = node(&dir.path().join("agent-node")).await;
+    let orch_node = tailnet::node(&dir.path().join("orch-node")).await;
+    let agent_node = tailnet::node(&dir.path().join("agent-node")).await;
     for (n, host) in [(&orch_node, "orchestrator"), (&agent_node, "agent-pod")] {
         TailscaleMesh::new(n.cli().clone(), Some(created.client.clone()))
             .join(MeshJoin {

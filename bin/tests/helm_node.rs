@@ -24,13 +24,12 @@
 
 mod common;
 
-use common::{free_port_on, free_udp_on};
+use common::{free_port_on, free_udp_on, tailnet};
 use guildnet_core::api::MeshRequest;
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::token::Secret as Token;
 use guildnet_mesh::headscale::HeadscaleSettings;
 use guildnet_mesh::setup::{self, CreateOptions};
-use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_testbed::eventually;
 use guildnet_testbed::images::build_and_push;
 use guildnet_testbed::kube::KubeCluster;
@@ -404,21 +403,8 @@ async fn the_orchestrator_pod_joins_the_mesh(
     // image's own tailscaled too, so that its outbound proxies (SOCKS5, which the orchestrator's
     // editor proxy dials through, and HTTP) are exercised in that build.
     let (tailscaled, tailscale) = image_tailscaled(&dir.path().join("img"));
-    let mut c = TailscaledConfig::new(dir.path().join("hn"));
-    c.tailscaled_bin = Some(tailscaled);
-    c.tailscale_bin = Some(tailscale);
-    c.plain_http_derp = true;
-    let host_node = Tailscaled::start(&c).await.expect("host tailscaled");
-    host_node
-        .cli()
-        .up(
-            &hs_url,
-            &created.preauth_key.key,
-            "helm-host",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("the host node joins");
+    let host_node = tailnet::node_with(&dir.path().join("hn"), tailscaled, tailscale).await;
+    tailnet::join(&host_node, &hs_url, &created.preauth_key.key, "helm-host").await;
     let http = host_node
         .http_client(Duration::from_secs(10))
         .expect("tailnet http client");

@@ -14,6 +14,9 @@
 //! its own node; when the task ends its node is gone from Headscale although its tailscaled
 //! still runs, and the key was in no spec, log or event.
 
+mod common;
+
+use common::tailnet::{join, node};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::TaskStatus;
 use guildnet_core::names::OrgName;
@@ -22,7 +25,6 @@ use guildnet_kube::backend::agenttask_name;
 use guildnet_kube::crd::{AgentTask, Phase};
 use guildnet_mesh::headscale::HeadscaleSettings;
 use guildnet_mesh::setup::{self, CreateOptions};
-use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_testbed::eventually;
 use guildnet_testbed::kube::KubeCluster;
 use guildnet_testbed::{free_port, process, Proc};
@@ -40,21 +42,6 @@ const TOKEN: &str = "kube-mesh-e2e-admin-token-0123456789";
 
 fn testbed(name: &str) -> std::path::PathBuf {
     guildnet_testbed::bin(name).expect("testbed binary")
-}
-
-fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
-async fn node(dir: &Path) -> Tailscaled {
-    let mut c = TailscaledConfig::new(dir);
-    c.tailscaled_bin = Some(testbed("tailscaled"));
-    c.tailscale_bin = Some(testbed("tailscale"));
-    c.plain_http_derp = true;
-    Tailscaled::start(&c).await.expect("tailscaled starts")
 }
 
 /// The editor stand-in on the agent host's loopback :8443 (code-server's port in the pod).
@@ -101,21 +88,18 @@ async fn an_agent_joins_the_tailnet_claims_over_it_and_its_node_goes_at_task_end
         free_port().expect("port"),
         free_port().expect("port"),
         free_port().expect("port"),
-        udp_port(),
+        common::free_udp_on(std::net::Ipv4Addr::LOCALHOST),
     );
     let created = setup::create(&opts, None).await.expect("headscale");
     let hs = created.client.clone();
     let orch_node = node(&dir.path().join("on")).await;
-    orch_node
-        .cli()
-        .up(
-            created.url(),
-            &created.preauth_key.key,
-            "orchestrator",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("orchestrator node joins");
+    join(
+        &orch_node,
+        created.url(),
+        &created.preauth_key.key,
+        "orchestrator",
+    )
+    .await;
     let orch_ip = orch_node
         .cli()
         .status()
@@ -301,16 +285,7 @@ async fn an_agent_joins_the_tailnet_claims_over_it_and_its_node_goes_at_task_end
 
     // Play the kubelet: the sidecar joins with the key from the Secret...
     let agent_node = node(&dir.path().join("an")).await;
-    agent_node
-        .cli()
-        .up(
-            login,
-            &Token::new(auth_key.clone()),
-            &hostname,
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("the agent's node joins with its minted key");
+    join(&agent_node, login, &Token::new(auth_key.clone()), &hostname).await;
     let agent_ip = agent_node
         .cli()
         .status()

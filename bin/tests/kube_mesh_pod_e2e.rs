@@ -16,14 +16,13 @@
 
 mod common;
 
-use common::{free_port_on, free_udp_on};
+use common::{free_port_on, free_udp_on, tailnet};
 
 use guildnet_core::seams::AgentMesh;
 use guildnet_kube::crd::{AgentMeshSpec, AgentTask, AgentTaskSpec};
 use guildnet_kube::mesh_sidecar::{self, SidecarConfig, CREDENTIALS_AUTHKEY_KEY};
 use guildnet_mesh::headscale::HeadscaleSettings;
 use guildnet_mesh::setup::{self, CreateOptions};
-use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_mesh::AgentMeshKeys;
 use guildnet_testbed::kube::KubeCluster;
 use guildnet_testbed::node::NodeOptions;
@@ -126,21 +125,8 @@ async fn the_sidecar_puts_a_real_pod_on_the_tailnet() {
     let login = created.url().to_owned();
 
     // The orchestrator's host node.
-    let mut c = TailscaledConfig::new(dir.path().join("on"));
-    c.tailscaled_bin = Some(testbed("tailscaled"));
-    c.tailscale_bin = Some(testbed("tailscale"));
-    c.plain_http_derp = true;
-    let orch_node = Tailscaled::start(&c).await.expect("tailscaled");
-    orch_node
-        .cli()
-        .up(
-            &login,
-            &created.preauth_key.key,
-            "orchestrator",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("host node joins");
+    let orch_node = tailnet::node(&dir.path().join("on")).await;
+    tailnet::join(&orch_node, &login, &created.preauth_key.key, "orchestrator").await;
     let orch_ip = orch_node
         .cli()
         .status()
@@ -389,21 +375,14 @@ async fn an_agent_pod_claims_over_the_tailnet_and_leaves_it_at_task_end() {
     );
     let created = setup::create(&opts, None).await.expect("headscale");
     let hs = created.client.clone();
-    let mut c = TailscaledConfig::new(dir.path().join("on"));
-    c.tailscaled_bin = Some(testbed("tailscaled"));
-    c.tailscale_bin = Some(testbed("tailscale"));
-    c.plain_http_derp = true;
-    let orch_node = Tailscaled::start(&c).await.expect("tailscaled");
-    orch_node
-        .cli()
-        .up(
-            created.url(),
-            &created.preauth_key.key,
-            "orchestrator",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("host node joins");
+    let orch_node = tailnet::node(&dir.path().join("on")).await;
+    tailnet::join(
+        &orch_node,
+        created.url(),
+        &created.preauth_key.key,
+        "orchestrator",
+    )
+    .await;
     let orch_ip = orch_node
         .cli()
         .status()

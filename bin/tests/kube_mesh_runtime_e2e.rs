@@ -21,13 +21,15 @@
 //!
 //! The API key is in no reply and no log.
 
+mod common;
+
+use common::tailnet::{join, node};
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::names::OrgName;
 use guildnet_core::token::Secret as Token;
 use guildnet_kube::backend::agenttask_name;
 use guildnet_kube::crd::AgentTask;
 use guildnet_mesh::headscale::HeadscaleClient;
-use guildnet_mesh::tailscale::{Tailscaled, TailscaledConfig};
 use guildnet_testbed::kube::KubeCluster;
 use guildnet_testbed::{eventually, free_port, process, Proc};
 use k8s_openapi::api::core::v1::Secret;
@@ -358,21 +360,14 @@ async fn a_mesh_created_in_the_dashboard_reaches_the_orchestrator_and_its_kubern
     assert!(auth_key.starts_with("hskey-auth-"), "not a pre-auth key");
 
     // 4. The agent's node joins with it; its editor is served over the tailnet.
-    let mut c = TailscaledConfig::new(dir.path().join("an"));
-    c.tailscaled_bin = Some(testbed("tailscaled"));
-    c.tailscale_bin = Some(testbed("tailscale"));
-    c.plain_http_derp = true;
-    let agent_node = Tailscaled::start(&c).await.expect("agent tailscaled");
-    agent_node
-        .cli()
-        .up(
-            &server_url,
-            &Token::new(auth_key.clone()),
-            &hostname,
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("the agent's node joins with its minted key");
+    let agent_node = node(&dir.path().join("an")).await;
+    join(
+        &agent_node,
+        &server_url,
+        &Token::new(auth_key.clone()),
+        &hostname,
+    )
+    .await;
     let agent_ip = agent_node
         .cli()
         .status()

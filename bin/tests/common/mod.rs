@@ -4,6 +4,7 @@
 
 pub mod dashboard;
 pub mod node;
+pub mod tailnet;
 
 use guildnet_core::client::OrchestratorClient;
 use guildnet_core::model::{Task, TaskStatus};
