@@ -305,35 +305,36 @@ build_orchestrator_stage() {
   log "orchestrator stage (the operator base + tailscaled $(cat "$dir/tailscale")): $(human "$bytes") uncompressed, $(secs_since "$t0") s"
 }
 
+# cached_stage NAME KEY BUILD: prints the dir of stage NAME for KEY, built there by the function
+# BUILD when it is missing (or with --refresh); older stages of NAME go.
+cached_stage() {
+  local name=$1 key=$2 build=$3
+  local dir="$CACHE/stage-$name-$key"
+  if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
+    rm -rf "$CACHE/stage-$name-"*
+    "$build" "$dir.tmp" >&2
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
 # stage_dir KIND: prints the dir of the cached layout an image of KIND starts from: the agent's
 # stage, the orchestrator's (the operator's base + tailscaled), or the operator's base (which
 # the dashboard image shares).
 stage_dir() {
-  local kind=$1 key dir
+  local kind=$1 key
   [[ $kind == dashboard ]] && kind=operator
-  if [[ $kind == operator ]]; then
-    base_dir operator
-    return
-  fi
-  if [[ $kind == orchestrator ]]; then
-    key=$(orchestrator_stage_key)
-    dir="$CACHE/stage-orchestrator-$key"
-    if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
-      rm -rf "$CACHE/stage-orchestrator-"*
-      build_orchestrator_stage "$dir.tmp" >&2
-      mv "$dir.tmp" "$dir"
-    fi
-    echo "$dir"
-    return
-  fi
-  key=$(stage_key agent)
-  dir="$CACHE/stage-agent-$key"
-  if [[ $REFRESH -eq 1 || ! -f $dir/bytes ]]; then
-    rm -rf "$CACHE/stage-agent-"*
-    build_stage "$dir.tmp" >&2
-    mv "$dir.tmp" "$dir"
-  fi
-  echo "$dir"
+  case $kind in
+    operator) base_dir operator ;;
+    orchestrator)
+      key=$(orchestrator_stage_key)
+      cached_stage orchestrator "$key" build_orchestrator_stage
+      ;;
+    *)
+      key=$(stage_key agent)
+      cached_stage agent "$key" build_stage
+      ;;
+  esac
 }
 
 if [[ $PREPARE -eq 1 ]]; then
