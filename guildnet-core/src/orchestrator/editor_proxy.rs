@@ -161,12 +161,7 @@ impl EditorProxy {
         self.forget_ended().await;
         // An entry registered here before a close through another replica is not reopened with
         // its old session: a new one is made.
-        if let Some(closed) = self
-            .inner
-            .service
-            .editor_closed_at(&req.org, &req.name)
-            .await?
-        {
+        if let Some(closed) = self.inner.service.editor_closed_at(&req.name).await? {
             self.inner
                 .ports
                 .close_opened_until(&req.org, &req.name, closed);
@@ -208,12 +203,7 @@ impl EditorProxy {
         }
         // Closed through any replica after this session was issued: refused, as on the replica
         // that closed it.
-        if let Some(closed) = self
-            .inner
-            .service
-            .editor_closed_at(&claims.org, &claims.agent)
-            .await?
-        {
+        if let Some(closed) = self.inner.service.editor_closed_at(&claims.agent).await? {
             if claims.issued_ms <= closed {
                 self.note_closed(&claims.org, &claims.agent, closed);
                 return Err(session_closed());
@@ -263,7 +253,7 @@ impl EditorProxy {
         let looked = async {
             let current = svc.agent_is_current(&editor.org, &editor.agent).await?;
             let closed = match current {
-                true => svc.editor_closed_at(&editor.org, &editor.agent).await?,
+                true => svc.editor_closed_at(&editor.agent).await?,
                 false => None,
             };
             Ok::<_, ApiError>((current, closed))

@@ -964,13 +964,10 @@ impl Orchestrator {
     }
 
     /// When the agent's editor was last closed through any replica (ms since the epoch), if
-    /// ever. The agent must be in `org` (404 otherwise).
-    pub async fn editor_closed_at(
-        &self,
-        org: &OrgName,
-        name: &AgentName,
-    ) -> Result<Option<u64>, ApiError> {
-        self.agent_in_org(name, org).await?;
+    /// ever. The caller has found the agent in its org already (the editor proxy asks after
+    /// [`Orchestrator::agent_is_current`] or [`Orchestrator::editor_location`]), so this is one
+    /// read of the store, with no org check of its own.
+    pub async fn editor_closed_at(&self, name: &AgentName) -> Result<Option<u64>, ApiError> {
         Ok(self
             .inner
             .store
