@@ -115,7 +115,8 @@ impl ChromeDriver {
             ],
             &dir.path().join("chromedriver.log"),
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(port);
         let url = format!("http://127.0.0.1:{port}");
         let status_url = format!("{url}/status");
         let probe = probe_client();

@@ -139,7 +139,8 @@ impl CodeServer {
             &env,
             &dir.path().join("code-server.log"),
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(port);
         let url = format!("http://{bind}/");
         let health = format!("{url}healthz");
         let client = probe_client();

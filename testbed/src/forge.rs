@@ -228,7 +228,8 @@ impl Gitea {
             &env,
             &log,
         )?
-        .with_stop_timeout(Duration::from_secs(10));
+        .with_stop_timeout(Duration::from_secs(10))
+        .listening_on(port);
         let url = format!("http://{ip}:{port}");
         let probe = probe_client();
         let version_url = format!("{url}/api/v1/version");

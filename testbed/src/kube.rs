@@ -156,7 +156,9 @@ impl KubeCluster {
             ],
             &[],
             &d.join("etcd.log"),
-        )?;
+        )?
+        .listening_on(client_port)
+        .listening_on(peer_port);
         let etcd = cluster.etcd.insert(etcd);
         let http = probe_client();
         let health = format!("{etcd_url}/health");
@@ -235,7 +237,8 @@ impl KubeCluster {
             &[],
             &d.join("kube-apiserver.log"),
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(port);
         let apiserver = cluster.apiserver.insert(apiserver);
         let readyz = format!("{}/readyz", cluster.server);
         let token = cluster.token.clone();
@@ -361,7 +364,8 @@ impl KubeCluster {
             ],
             &[],
             &d.join("kwok.log"),
-        )?;
+        )?
+        .listening_on(kwok_port);
         self.kwok = Some(kwok);
         self.add_node("kwok-node-0").await
     }
@@ -396,7 +400,8 @@ impl KubeCluster {
             ],
             &[],
             &d.join("kube-controller-manager.log"),
-        )?;
+        )?
+        .listening_on(kcm_port);
         let kcm = self.controller_manager.insert(kcm);
         let url = format!("https://127.0.0.1:{kcm_port}/healthz");
         wait_for(
@@ -425,7 +430,8 @@ impl KubeCluster {
             ],
             &[],
             &d.join("kube-scheduler.log"),
-        )?;
+        )?
+        .listening_on(sched_port);
         let sched = self.scheduler.insert(sched);
         let url = format!("https://127.0.0.1:{sched_port}/healthz");
         wait_for(

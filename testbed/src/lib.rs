@@ -110,7 +110,9 @@ pub fn probe_client() -> reqwest::Client {
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, the process `proc` exits, or `timeout`
-/// passes. Errors quote the tail of the process's log.
+/// passes. Errors quote the tail of the process's log. An answer counts only while `proc`
+/// holds every port it declared ([`Proc::listening_on`]): otherwise it came from another
+/// process on that port.
 pub async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
@@ -122,16 +124,33 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut stranger = Vec::new();
     loop {
         if let Some(v) = check().await {
-            return Ok(v);
+            match proc.as_deref() {
+                Some(p) => {
+                    stranger = p.ports_not_held();
+                    if stranger.is_empty() {
+                        return Ok(v);
+                    }
+                }
+                None => return Ok(v),
+            }
         }
         if let Some(p) = proc.as_deref_mut() {
             p.ensure_running()?;
         }
         if tokio::time::Instant::now() >= deadline {
+            let what = if stranger.is_empty() {
+                what.to_owned()
+            } else {
+                format!(
+                    "{what} (an answer came, but not from this server: it does not listen on \
+                     port {stranger:?}, another process does)"
+                )
+            };
             return Err(TestbedError::Timeout {
-                what: what.to_owned(),
+                what,
                 after: timeout,
                 log: proc.map(|p| p.log_tail()).unwrap_or_default(),
             });

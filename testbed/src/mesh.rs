@@ -184,7 +184,7 @@ impl Headscale {
             .tempdir_in("/tmp")
             .map_err(TestbedError::io("create headscale temp dir"))?;
         let d = dir.path();
-        let port = free_port()?;
+        let (port, metrics, grpc) = (free_port()?, free_port()?, free_port()?);
         let url = format!("http://127.0.0.1:{port}");
         let config = d.join("config.yaml");
         let yaml = format!(
@@ -231,8 +231,6 @@ unix_socket_permission: "0770"
 logtail:
   enabled: false
 "#,
-            metrics = free_port()?,
-            grpc = free_port()?,
             stun = free_udp_port()?,
             noise = yaml_path(&d.join("noise.key")),
             derp = yaml_path(&d.join("derp.key")),
@@ -249,7 +247,10 @@ logtail:
             [OsStr::new("-c"), config.as_os_str(), OsStr::new("serve")],
             &[],
             &d.join("headscale.log"),
-        )?;
+        )?
+        .listening_on(port)
+        .listening_on(metrics)
+        .listening_on(grpc);
         let http = probe_client();
         let health = format!("{url}/health");
         wait_for("headscale GET /health", READY, Some(&mut proc), || async {
@@ -578,7 +579,9 @@ impl Tailscaled {
             ],
             &d.join("tailscaled.log"),
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(proxy_port)
+        .listening_on(socks5.port());
         let mut ts = Tailscaled {
             proc,
             name: name.to_owned(),

@@ -96,7 +96,8 @@ impl Nginx {
             &[],
             &log,
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(port);
         wait_for(
             &format!("nginx on 127.0.0.1:{port}"),
             START_TIMEOUT,

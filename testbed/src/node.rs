@@ -439,7 +439,9 @@ impl RealNode {
             ],
             &[("PATH", path.as_os_str())],
             &d.join("kubelet.log"),
-        )?;
+        )?
+        .listening_on(node.kubelet_port)
+        .listening_on(healthz_port);
         let kubelet = node.kubelet.insert(kubelet);
         let nodes: Api<Node> = Api::all(client);
         let name = node.name.clone();

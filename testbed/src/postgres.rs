@@ -391,7 +391,8 @@ async fn spawn_server(
         &[("LC_ALL", OsStr::new("C"))],
         &log,
     )?
-    .with_stop_timeout(Duration::from_secs(10));
+    .with_stop_timeout(Duration::from_secs(10))
+    .listening_on(port);
     let pg_isready = bin("pg_isready")?;
     wait_for(
         &format!("postgres on 127.0.0.1:{port} to accept connections"),

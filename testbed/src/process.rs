@@ -95,6 +95,9 @@ pub struct Proc {
     log: PathBuf,
     stop_timeout: Duration,
     exited: Option<String>,
+    /// Loopback ports the server must hold a listening socket on before [`crate::wait_for`]
+    /// believes an answer there (see [`Proc::listening_on`]).
+    ports: Vec<u16>,
 }
 
 impl Proc {
@@ -134,7 +137,32 @@ impl Proc {
             log: log.to_owned(),
             stop_timeout: Duration::from_secs(10),
             exited: None,
+            ports: Vec::new(),
         })
+    }
+
+    /// Declares that the server listens on `port`: [`crate::wait_for`] then takes an answer
+    /// as ready only while a process of this server's group holds the listening socket.
+    /// Ports come from [`crate::free_port`], free a moment before the server binds them; when
+    /// something else took one in between, the server fails to bind and the stranger would
+    /// answer the readiness probe, so a test would run against it. With the port declared,
+    /// the wait ends with the server's own error (it exits) or a timeout naming the port.
+    pub fn listening_on(mut self, port: u16) -> Self {
+        self.ports.push(port);
+        self
+    }
+
+    /// The declared ports that no process of this server's group listens on.
+    pub fn ports_not_held(&self) -> Vec<u16> {
+        if self.ports.is_empty() {
+            return Vec::new();
+        }
+        let pids = group_members(self.child.id());
+        self.ports
+            .iter()
+            .copied()
+            .filter(|&port| !listens_on(&pids, port))
+            .collect()
     }
 
     /// Sets how long a stop waits after SIGTERM before SIGKILL (default 10 s).
@@ -266,6 +294,18 @@ where
 /// The processes of session `sid` (every process whose session id, field 6 of
 /// `/proc/<pid>/stat`, is `sid`), the session leader included.
 pub fn session_members(sid: u32) -> Vec<u32> {
+    proc_stat_field_matches(3, sid)
+}
+
+/// The processes of process group `pgid` (field 5 of `/proc/<pid>/stat`), its leader
+/// included.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    proc_stat_field_matches(2, pgid)
+}
+
+/// The pids whose `/proc/<pid>/stat` field `index` (counted after the command name, from 0:
+/// 0 is the state, 2 the process group, 3 the session) is `value`.
+fn proc_stat_field_matches(index: usize, value: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -276,11 +316,47 @@ pub fn session_members(sid: u32) -> Vec<u32> {
                 .ok()
                 .and_then(|s| {
                     let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                    rest.split_whitespace().nth(index)?.parse::<u32>().ok()
                 })
-                == Some(sid)
+                == Some(value)
         })
         .collect()
+}
+
+/// Whether one of `pids` holds a listening TCP socket (IPv4 or IPv6) on `port`: the socket's
+/// inode, from `/proc/net/tcp{,6}`, among the process's open files. What tells a server that
+/// bound its port from a stranger that took the port first.
+pub fn listens_on(pids: &[u32], port: u16) -> bool {
+    // sl local_address rem_address st ... inode: LISTEN is state 0A.
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let local_port = f.get(1)?.rsplit_once(':')?.1;
+                    let inode = f.get(9)?;
+                    (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
+                        .then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    pids.iter().any(|pid| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        })
+    })
 }
 
 /// Kills every process of session `sid` with SIGKILL, repeating until none is left (or 5 s
@@ -315,5 +391,73 @@ pub fn in_new_session(cmd: &mut std::process::Command) -> &mut std::process::Com
                 .map(|_| ())
                 .map_err(std::io::Error::from)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A process that listens on `port` (Python's socket module, as a server would).
+    fn listener(dir: &Path, port: u16) -> Proc {
+        let script = format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
+             s.listen()\ntime.sleep(60)\n"
+        );
+        Proc::spawn(
+            "listener",
+            Path::new("python3"),
+            ["-c", script.as_str()],
+            &[],
+            &dir.join("listener.log"),
+        )
+        .expect("python3")
+        .listening_on(port)
+    }
+
+    #[tokio::test]
+    async fn an_answer_counts_only_from_the_server_that_holds_the_port() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A stranger (this test) holds the port; the server never binds it, yet the probe
+        // answers: the wait must not end with success.
+        let stranger = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = stranger.local_addr().expect("addr").port();
+        let mut idle = Proc::spawn(
+            "idle",
+            Path::new("sleep"),
+            ["60"],
+            &[],
+            &dir.path().join("idle.log"),
+        )
+        .expect("sleep")
+        .listening_on(port);
+        assert_eq!(idle.ports_not_held(), vec![port]);
+        let err = crate::wait_for(
+            "the probe",
+            Duration::from_millis(400),
+            Some(&mut idle),
+            || async { Some(()) },
+        )
+        .await
+        .expect_err("a stranger's answer was taken for the server's");
+        let msg = err.to_string();
+        assert!(msg.contains("not from this server"), "{msg}");
+        assert!(msg.contains(&port.to_string()), "{msg}");
+        drop(stranger);
+
+        // The server that binds its port is ready as soon as it holds it.
+        let port = crate::free_port().expect("port");
+        let mut own = listener(dir.path(), port);
+        crate::wait_for(
+            "the listener",
+            Duration::from_secs(20),
+            Some(&mut own),
+            || async { Some(()) },
+        )
+        .await
+        .expect("the server holding its port is ready");
+        assert!(listens_on(&group_members(own.pid()), port));
+        assert!(!listens_on(&[std::process::id()], port));
     }
 }

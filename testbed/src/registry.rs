@@ -44,7 +44,8 @@ impl Registry {
             &[],
             &dir.path().join("registry.log"),
         )?
-        .with_stop_timeout(Duration::from_secs(5));
+        .with_stop_timeout(Duration::from_secs(5))
+        .listening_on(port);
         let mut registry = Registry {
             proc: Some(proc),
             host,

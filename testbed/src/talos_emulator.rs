@@ -125,7 +125,8 @@ impl TalosEmulator {
             ],
             &[],
             &dir.path().join("talos-emulator.log"),
-        )?;
+        )?
+        .listening_on(APID_PORT);
         let ready = state.join("ready");
         wait_for(
             "talos-emulator listening",

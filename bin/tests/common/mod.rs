@@ -106,7 +106,9 @@ impl Orchestrator {
                 guildnet_testbed::process::read_tail(&self.state.with_extension("log"))
             );
             // Its own answer, not that of another process holding the port it could not bind.
-            if listens_on(self.session, self.port) && c.health().await.is_ok() {
+            if guildnet_testbed::process::listens_on(&[self.session], self.port)
+                && c.health().await.is_ok()
+            {
                 return;
             }
             assert!(
@@ -227,32 +229,6 @@ pub fn process_alive(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
-}
-
-/// Whether process `pid` holds the listening TCP socket (IPv4) on `port`.
-pub fn listens_on(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    // sl local_address rem_address st ... inode: LISTEN is state 0A.
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit_once(':')?.1;
-            let inode = f.get(9)?;
-            (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
-                .then(|| format!("socket:[{inode}]"))
-        })
-        .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-    })
 }
 
 impl Drop for Orchestrator {
