@@ -60,6 +60,8 @@ pub mod names;
 #[cfg(feature = "server")]
 pub mod orchestrator;
 pub mod pool;
+#[cfg(feature = "server")]
+pub mod procfs;
 pub mod progress;
 #[cfg(feature = "server")]
 pub mod proxy;

@@ -157,7 +157,10 @@ impl Proc {
         if self.ports.is_empty() {
             return Vec::new();
         }
-        let pids = group_members(self.child.id());
+        // The group, and descendants that made groups of their own.
+        let pid = self.child.id();
+        let mut pids = group_members(pid);
+        pids.extend(guildnet_core::procfs::tree(pid));
         self.ports
             .iter()
             .copied()
@@ -294,69 +297,28 @@ where
 /// The processes of session `sid` (every process whose session id, field 6 of
 /// `/proc/<pid>/stat`, is `sid`), the session leader included.
 pub fn session_members(sid: u32) -> Vec<u32> {
-    proc_stat_field_matches(3, sid)
+    guildnet_core::procfs::all()
+        .into_iter()
+        .filter(|(_, s)| s.session == sid)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// The processes of process group `pgid` (field 5 of `/proc/<pid>/stat`), its leader
 /// included.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    proc_stat_field_matches(2, pgid)
-}
-
-/// The pids whose `/proc/<pid>/stat` field `index` (counted after the command name, from 0:
-/// 0 is the state, 2 the process group, 3 the session) is `value`.
-fn proc_stat_field_matches(index: usize, value: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(index)?.parse::<u32>().ok()
-                })
-                == Some(value)
-        })
+    guildnet_core::procfs::all()
+        .into_iter()
+        .filter(|(_, s)| s.pgid == pgid)
+        .map(|(p, _)| p)
         .collect()
 }
 
-/// Whether one of `pids` holds a listening TCP socket (IPv4 or IPv6) on `port`: the socket's
-/// inode, from `/proc/net/tcp{,6}`, among the process's open files. What tells a server that
-/// bound its port from a stranger that took the port first.
+/// Whether one of `pids` holds a listening TCP socket (IPv4 or IPv6) on `port`
+/// ([`guildnet_core::procfs::listens_on`]; the testbed runs as root, so "cannot tell" does not
+/// happen here and counts as no).
 pub fn listens_on(pids: &[u32], port: u16) -> bool {
-    // sl local_address rem_address st ... inode: LISTEN is state 0A.
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    let local_port = f.get(1)?.rsplit_once(':')?.1;
-                    let inode = f.get(9)?;
-                    (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
-                        .then(|| format!("socket:[{inode}]"))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if inodes.is_empty() {
-        return false;
-    }
-    pids.iter().any(|pid| {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
-        fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-        })
-    })
+    guildnet_core::procfs::listens_on(pids, port) == Some(true)
 }
 
 /// Kills every process of session `sid` with SIGKILL, repeating until none is left (or 5 s

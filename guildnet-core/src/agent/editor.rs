@@ -365,7 +365,7 @@ async fn supervise(
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
         let _ = tx.send(EditorState::Starting { restarts });
         tracing::info!(bind = %cfg.bind, restarts, "code-server started");
-        let ready = wait_ready(cfg.bind, tx.clone(), restarts);
+        let ready = wait_ready(cfg.bind, child.id(), tx.clone(), restarts);
         tokio::pin!(ready);
         let started = tokio::time::Instant::now();
         let status = loop {
@@ -426,7 +426,18 @@ fn restart_delays() -> impl Iterator<Item = Duration> {
 }
 
 /// Polls code-server's `/healthz` until it answers, then reports Running (and stays pending).
-async fn wait_ready(bind: SocketAddr, tx: watch::Sender<EditorState>, restarts: u32) {
+/// The answer counts only while code-server's process tree (`pid` and its descendants) holds
+/// the listening socket of the port ([`crate::procfs::listens_on`]): when another process took
+/// the port first (the local backend picks a free port before code-server binds it, and a
+/// runner on the same machine could bind it in between), that process answers and code-server
+/// fails to bind; taking its answer would send the user's editor traffic, password included,
+/// to it. When `/proc` cannot tell (an unreadable file table), the answer counts as before.
+async fn wait_ready(
+    bind: SocketAddr,
+    pid: Option<u32>,
+    tx: watch::Sender<EditorState>,
+    restarts: u32,
+) {
     let host = if bind.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], bind.port()))
     } else {
@@ -437,12 +448,29 @@ async fn wait_ready(bind: SocketAddr, tx: watch::Sender<EditorState>, restarts: 
         .timeout(Duration::from_secs(2))
         .build();
     if let Ok(http) = http {
+        let mut warned = false;
         loop {
             if let Ok(r) = http.get(&url).send().await {
-                if r.status().is_success() {
-                    let _ = tx.send(EditorState::Running { restarts });
-                    tracing::info!(%bind, "code-server is ready");
-                    break;
+                let own = pid.map_or(Some(true), |pid| {
+                    crate::procfs::listens_on(&crate::procfs::tree(pid), bind.port())
+                });
+                match (r.status().is_success(), own) {
+                    (true, Some(false)) => {
+                        if !warned {
+                            tracing::warn!(
+                                %bind,
+                                "another process answers on the editor's port; code-server \
+                                 does not hold it (waiting, not taking that answer)"
+                            );
+                            warned = true;
+                        }
+                    }
+                    (true, _) => {
+                        let _ = tx.send(EditorState::Running { restarts });
+                        tracing::info!(%bind, "code-server is ready");
+                        break;
+                    }
+                    (false, _) => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -514,40 +542,85 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn a_real_listener_is_what_makes_the_editor_ready() {
-        let d = tempfile::tempdir().unwrap();
-        // A stand-in process that stays up; its port starts listening only after 1 s (as
-        // code-server, a Node.js process, does a while after it was started).
-        let script = d.path().join("fake-code-server");
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+    /// An executable stand-in for code-server at `path`, with `body` as its shell script.
+    fn stand_in(path: &std::path::Path, body: &str) {
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut perm = std::fs::metadata(path).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&script, perm).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        std::fs::set_permissions(path, perm).unwrap();
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        let sup = EditorSupervisor::start(EditorConfig {
+            .port()
+    }
+
+    fn config(d: &std::path::Path, script: std::path::PathBuf, port: u16) -> EditorConfig {
+        EditorConfig {
             code_server: script,
             bind: format!("127.0.0.1:{port}").parse().unwrap(),
             password: Secret::new("pw"),
-            workspace: d.path().to_path_buf(),
-            data_dir: d.path().join("data"),
-            log_file: d.path().join("cs.log"),
+            workspace: d.to_path_buf(),
+            data_dir: d.join("data"),
+            log_file: d.join("cs.log"),
             sandbox: None,
             tmp_dir: None,
             ready_wait: DEFAULT_READY_WAIT,
-        });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_real_listener_is_what_makes_the_editor_ready() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in whose port starts listening (in a child of the process the supervisor
+        // started, as code-server's own server process does) only after 1 s.
+        let port = free_port();
+        let server = d.path().join("server.py");
+        std::fs::write(
+            &server,
+            format!(
+                "import time, http.server\n\
+                 class H(http.server.BaseHTTPRequestHandler):\n\
+                 \x20   def do_GET(self):\n\
+                 \x20       self.send_response(200)\n\
+                 \x20       self.send_header('content-length', '2')\n\
+                 \x20       self.end_headers()\n\
+                 \x20       self.wfile.write(b'ok')\n\
+                 time.sleep(1)\n\
+                 http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+            ),
+        )
+        .unwrap();
+        let script = d.path().join("fake-code-server");
+        stand_in(&script, &format!("python3 {}", server.display()));
+        let sup = EditorSupervisor::start(config(d.path(), script, port));
         let t = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(sup.state(), EditorState::Starting { .. }));
+        wait_until_ready(sup.watch(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(1));
+        assert!(matches!(sup.state(), EditorState::Running { .. }));
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_process_on_the_port_is_not_the_editor() {
+        let d = tempfile::tempdir().unwrap();
+        // code-server's port was taken by another process (here, the test) before it could
+        // bind it; that process answers /healthz with 200. The stand-in never listens.
+        let stranger = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = stranger.local_addr().unwrap().port();
+        let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = answers.clone();
         let serve = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
             loop {
-                let (mut c, _) = l.accept().await.unwrap();
+                let (mut c, _) = stranger.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = [0u8; 1024];
@@ -560,13 +633,16 @@ mod tests {
                 });
             }
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(matches!(sup.state(), EditorState::Starting { .. }));
-        wait_until_ready(sup.watch(), Duration::from_secs(30))
+        let script = d.path().join("fake-code-server");
+        stand_in(&script, "exec sleep 30");
+        let sup = EditorSupervisor::start(config(d.path(), script, port));
+        let err = wait_until_ready(sup.watch(), Duration::from_millis(1500))
             .await
-            .unwrap();
-        assert!(t.elapsed() >= Duration::from_secs(1));
-        assert!(matches!(sup.state(), EditorState::Running { .. }));
+            .unwrap_err();
+        assert!(matches!(err, NotReady::TimedOut { .. }), "{err:?}");
+        assert!(matches!(sup.state(), EditorState::Starting { .. }));
+        // The stranger was asked (so the check, not a missing probe, kept the editor out).
+        assert!(answers.load(std::sync::atomic::Ordering::SeqCst) > 0);
         serve.abort();
         sup.shutdown().await;
     }

@@ -109,16 +109,10 @@ pub async fn output_tracked(
     child.wait_with_output().await
 }
 
-/// State and parent of a process, from `/proc/<pid>/stat`.
+/// State, parent and process group of a process, from `/proc/<pid>/stat`.
 fn stat(pid: i32) -> Option<(char, i32, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgid = f.next()?.parse().ok()?;
-    Some((state, ppid, pgid))
+    let s = crate::procfs::stat(u32::try_from(pid).ok()?)?;
+    Some((s.state, s.ppid as i32, s.pgid as i32))
 }
 
 /// Children of this process that it did not start through [`spawn_tracked`]: orphans
