@@ -512,6 +512,9 @@ async fn schedule_phase(addr: &str, secs: u64) -> ScheduleFigures {
 #[derive(Default)]
 struct Samples {
     claim: Vec<f64>,
+    /// Each claim's latency with the second of the run it was sent in (from the start of
+    /// the ramp): where in the run the slow ones are.
+    claim_at: Vec<(u64, f64)>,
     heartbeat: Vec<f64>,
     errors: usize,
     first_error: Option<String>,
@@ -531,16 +534,28 @@ fn error_kind(e: &str) -> String {
         .collect()
 }
 
+/// When a simulated agent joins and stops, and when the ramp began.
+#[derive(Clone, Copy)]
+struct AgentTimes {
+    ramp_start: Instant,
+    join_at: Instant,
+    end: Instant,
+}
+
 /// One simulated agent: join at `join_at`, heartbeat every 5 s until `end`.
 async fn agent(
     addr: String,
     name: String,
     token: String,
-    join_at: Instant,
-    end: Instant,
+    at: AgentTimes,
     samples: Arc<Mutex<Samples>>,
     killed: Arc<Mutex<Option<Instant>>>,
 ) {
+    let AgentTimes {
+        ramp_start,
+        join_at,
+        end,
+    } = at;
     tokio::time::sleep_until(join_at.into()).await;
     let fail = |e: String| {
         if let Ok(mut s) = samples.lock() {
@@ -559,18 +574,21 @@ async fn agent(
         let r = async {
             let mut c = Conn::open(&addr, &token).await.map_err(|e| e.to_string())?;
             timed(&mut c, "/agent/register", &who).await?;
+            let sent = Instant::now();
             let (ms, body) = timed(&mut c, "/agent/claim", &who).await?;
             let f = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["fencing"].as_u64())
                 .ok_or_else(|| format!("claim without fencing: {body:.200}"))?;
-            Ok::<_, String>((ms, f))
+            Ok::<_, String>((ms, f, sent))
         }
         .await;
         match r {
-            Ok((ms, f)) => {
+            Ok((ms, f, sent)) => {
                 if let Ok(mut s) = samples.lock() {
                     s.claim.push(ms);
+                    s.claim_at
+                        .push((sent.saturating_duration_since(ramp_start).as_secs(), ms));
                 }
                 fencing = Some(f);
             }
@@ -792,8 +810,11 @@ async fn run_setup(
             addr.clone(),
             a,
             tok,
-            join_at,
-            end,
+            AgentTimes {
+                ramp_start: start,
+                join_at,
+                end,
+            },
             samples.clone(),
             killed.clone(),
         )));
@@ -885,6 +906,23 @@ async fn run_setup(
         pct(&s.heartbeat, 0.99)
     );
     agent_probe.report(s.claim.len() * 2 + s.heartbeat.len(), "request");
+    // Where the slow claims are: p99 and claims over 30 ms, by second of the run.
+    let mut by_sec: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (sec, ms) in &s.claim_at {
+        by_sec.entry(*sec).or_default().push(*ms);
+    }
+    let line: Vec<String> = by_sec
+        .iter_mut()
+        .map(|(sec, v)| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            let slow = v.iter().filter(|&&m| m > 30.0).count();
+            format!("{sec}s {:.0}/{slow}", pct(v, 0.99))
+        })
+        .collect();
+    println!(
+        "  claims by second (p99 ms / over 30 ms): {}",
+        line.join(", ")
+    );
     if let Some(w) = agent_waits {
         println!("  backends of the database, sampled every 20 ms (state wait|samples): {w}");
     }
