@@ -10,6 +10,7 @@ use std::time::Duration;
 /// The dashboard binary (killed on drop), on 127.0.0.1.
 pub struct Dashboard {
     child: Child,
+    port: u16,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -50,19 +51,27 @@ impl Dashboard {
             .expect("spawn the dashboard");
         Dashboard {
             child,
+            port,
             url: format!("http://127.0.0.1:{port}"),
         }
     }
 
     /// Logs in over HTTP (retrying until it listens, 30 s) and returns the session cookie pair.
+    /// Only this dashboard's answer counts: not another process's that took its port first.
     pub async fn login(&self, password: &str) -> String {
         let http = reqwest::Client::new();
+        let (pid, port) = (self.child.id(), self.port);
         let login =
             guildnet_testbed::eventually("dashboard login", Duration::from_secs(30), || {
                 let req = http
                     .post(format!("{}/api/login", self.url))
                     .json(&serde_json::json!({ "password": password }));
-                async move { req.send().await.ok().filter(|r| r.status() == 200) }
+                async move {
+                    if !guildnet_testbed::process::listens_on(&[pid], port) {
+                        return None;
+                    }
+                    req.send().await.ok().filter(|r| r.status() == 200)
+                }
             })
             .await;
         login.headers()["set-cookie"]
