@@ -153,14 +153,13 @@ Promise.all([
     s.click(&s.find_css("#nav-agents").await.unwrap())
         .await
         .unwrap();
-    let button = s
-        .wait_for_css(
-            &format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]"),
-            Duration::from_secs(30),
-        )
+    // The agents list re-renders on live events: the button is clicked by its selector, looked
+    // up again if the row was replaced meanwhile.
+    let open = format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]");
+    s.wait_for_css(&open, Duration::from_secs(30))
         .await
         .expect("agent row with an Open editor button");
-    s.click(&button).await.unwrap();
+    s.click_css(&open).await.unwrap();
 
     // The hostile page loads in the frame and runs its script to the end.
     let frame = s

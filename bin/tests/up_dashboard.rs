@@ -275,14 +275,13 @@ async fn guildnet_up_serves_the_dashboard_and_its_editor_iframe_reaches_code_ser
     log_in(&s, &dash_url, password).await;
     let nav = s.find_css("#nav-agents").await.unwrap();
     s.click(&nav).await.unwrap();
-    let button = s
-        .wait_for_css(
-            &format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]"),
-            Duration::from_secs(30),
-        )
+    // The agents list re-renders on live events: the button is clicked by its selector, looked
+    // up again if the row was replaced meanwhile.
+    let open = format!("[data-testid=agent-row][data-agent='{agent}'] [data-testid=open-editor]");
+    s.wait_for_css(&open, Duration::from_secs(30))
         .await
         .expect("agent row with an Open editor button");
-    s.click(&button).await.unwrap();
+    s.click_css(&open).await.unwrap();
     let src = wait_js(
         &s,
         "iframe src",

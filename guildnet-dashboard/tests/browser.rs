@@ -64,13 +64,15 @@ async fn visible(s: &Session, id: &str, secs: u64) {
 }
 
 async fn click(s: &Session, css: &str) {
-    let e = s.find_css(css).await.expect(css);
-    s.click(&e).await.expect(css);
+    s.click_css(css)
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
 async fn type_into(s: &Session, css: &str, text: &str) {
-    let e = s.find_css(css).await.expect(css);
-    s.send_keys(&e, text).await.expect(css);
+    s.send_keys_css(css, text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

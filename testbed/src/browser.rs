@@ -412,6 +412,41 @@ impl Session {
         Ok(())
     }
 
+    /// Clicks the first element matching `css`. Pages that re-render (lists updated by live
+    /// events) replace their elements: one gone stale between the lookup and the click is
+    /// looked up again (up to 10 times, 100 ms apart).
+    pub async fn click_css(&self, css: &str) -> Result<()> {
+        self.on_fresh(css, |e| async move { self.click(&e).await })
+            .await
+    }
+
+    /// Types `text` into the first element matching `css`, looking it up again when it went
+    /// stale (as [`Session::click_css`]).
+    pub async fn send_keys_css(&self, css: &str, text: &str) -> Result<()> {
+        self.on_fresh(css, |e| async move { self.send_keys(&e, text).await })
+            .await
+    }
+
+    /// Runs `f` on the first element matching `css`, again on a fresh lookup while it fails
+    /// with WebDriver's "stale element reference".
+    async fn on_fresh<F, Fut>(&self, css: &str, f: F) -> Result<()>
+    where
+        F: Fn(Element) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let e = self.find_css(css).await?;
+            match f(e).await {
+                Err(err) if attempt < 10 && err.to_string().contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Types `text` into `element` (focusing it first). WebDriver key codes work too, e.g.
     /// `"\u{E007}"` for Enter.
     pub async fn send_keys(&self, element: &Element, text: &str) -> Result<()> {

@@ -112,31 +112,16 @@ pub async fn visible(s: &Session, id: &str, secs: u64) {
     .await;
 }
 
-/// Clicks the first element matching `css`. Lists the page re-renders on live events replace
-/// their rows: an element gone stale between the lookup and the click is looked up again.
+/// Clicks the first element matching `css` (looked up again when a re-render made it stale).
 pub async fn click(s: &Session, css: &str) {
-    for attempt in 1.. {
-        let e = s
-            .find_css(css)
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        match s.click(&e).await {
-            Ok(()) => return,
-            Err(e) if attempt < 10 && e.to_string().contains("stale element") => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("click {css}: {e}"),
-        }
-    }
+    s.click_css(css)
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
-/// Types `text` into the first element matching `css`.
+/// Types `text` into the first element matching `css` (looked up again when stale).
 pub async fn type_into(s: &Session, css: &str, text: &str) {
-    let e = s
-        .find_css(css)
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
-    s.send_keys(&e, text)
+    s.send_keys_css(css, text)
         .await
         .unwrap_or_else(|e| panic!("type into {css}: {e}"));
 }
