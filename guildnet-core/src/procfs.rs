@@ -52,7 +52,12 @@ pub fn all() -> Vec<(u32, Stat)> {
 
 /// `pid` and all its descendants (children, their children...), as `/proc` shows them now.
 pub fn tree(pid: u32) -> Vec<u32> {
-    let procs = all();
+    tree_in(&all(), pid)
+}
+
+/// `pid` and all its descendants among `procs` (one scan of [`all`], for callers that
+/// also look at other fields of the same processes).
+pub fn tree_in(procs: &[(u32, Stat)], pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
     let mut i = 0;
     while i < out.len() {

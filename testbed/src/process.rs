@@ -157,10 +157,11 @@ impl Proc {
         if self.ports.is_empty() {
             return Vec::new();
         }
-        // The group, and descendants that made groups of their own.
+        // The group, and descendants that made groups of their own (one scan of /proc).
         let pid = self.child.id();
-        let mut pids = group_members(pid);
-        pids.extend(guildnet_core::procfs::tree(pid));
+        let procs = guildnet_core::procfs::all();
+        let mut pids = guildnet_core::procfs::tree_in(&procs, pid);
+        pids.extend(procs.iter().filter(|(_, s)| s.pgid == pid).map(|(p, _)| *p));
         self.ports
             .iter()
             .copied()

@@ -225,10 +225,7 @@ pub async fn wait_running(c: &OrchestratorClient, id: &guildnet_core::names::Tas
 
 /// Whether process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
+    guildnet_core::procfs::stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
 impl Drop for Orchestrator {

@@ -450,27 +450,29 @@ async fn wait_ready(
     if let Ok(http) = http {
         let mut warned = false;
         loop {
-            if let Ok(r) = http.get(&url).send().await {
+            let answered = http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                // Read from /proc only once something answers.
                 let own = pid.map_or(Some(true), |pid| {
                     crate::procfs::listens_on(&crate::procfs::tree(pid), bind.port())
                 });
-                match (r.status().is_success(), own) {
-                    (true, Some(false)) => {
-                        if !warned {
-                            tracing::warn!(
-                                %bind,
-                                "another process answers on the editor's port; code-server \
-                                 does not hold it (waiting, not taking that answer)"
-                            );
-                            warned = true;
-                        }
+                if own == Some(false) {
+                    if !warned {
+                        tracing::warn!(
+                            %bind,
+                            "another process answers on the editor's port; code-server \
+                             does not hold it (waiting, not taking that answer)"
+                        );
+                        warned = true;
                     }
-                    (true, _) => {
-                        let _ = tx.send(EditorState::Running { restarts });
-                        tracing::info!(%bind, "code-server is ready");
-                        break;
-                    }
-                    (false, _) => {}
+                } else {
+                    let _ = tx.send(EditorState::Running { restarts });
+                    tracing::info!(%bind, "code-server is ready");
+                    break;
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

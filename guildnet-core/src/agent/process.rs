@@ -109,30 +109,18 @@ pub async fn output_tracked(
     child.wait_with_output().await
 }
 
-/// State, parent and process group of a process, from `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(char, i32, i32)> {
-    let s = crate::procfs::stat(u32::try_from(pid).ok()?)?;
-    Some((s.state, s.ppid as i32, s.pgid as i32))
-}
-
 /// Children of this process that it did not start through [`spawn_tracked`]: orphans
 /// re-parented to the agent (a subreaper). `(pid, pgid, zombie)`.
 fn orphans() -> Vec<(i32, i32, bool)> {
     if !OWNS_PROCESS.load(std::sync::atomic::Ordering::SeqCst) {
         return Vec::new();
     }
-    let me = std::process::id() as i32;
+    let me = std::process::id();
     let tracked = TRACKED.lock().map(|s| s.clone()).unwrap_or_default();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| !tracked.contains(&(*pid as u32)))
-        .filter_map(|pid| {
-            let (state, ppid, pgid) = stat(pid)?;
-            (ppid == me).then_some((pid, pgid, state == 'Z'))
-        })
+    crate::procfs::all()
+        .into_iter()
+        .filter(|(pid, s)| s.ppid == me && !tracked.contains(pid))
+        .map(|(pid, s)| (pid as i32, s.pgid as i32, s.state == 'Z'))
         .collect()
 }
 
@@ -183,10 +171,9 @@ mod tests {
 
     #[test]
     fn stat_parses_names_with_spaces_and_parens() {
-        let me = std::process::id() as i32;
-        let (state, ppid, _) = stat(me).unwrap();
-        assert!(state == 'R' || state == 'S');
-        assert_eq!(ppid, nix::unistd::getppid().as_raw());
+        let s = crate::procfs::stat(std::process::id()).unwrap();
+        assert!(s.state == 'R' || s.state == 'S');
+        assert_eq!(s.ppid as i32, nix::unistd::getppid().as_raw());
     }
 
     #[test]
