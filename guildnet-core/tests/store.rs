@@ -1992,6 +1992,114 @@ async fn postgres_writes_of_one_replica_wake_the_other() {
     );
 }
 
+/// Agent token hashes are served from memory on each replica while it listens for rotations
+/// (every agent request presents its token): a rotation through one replica is seen on the
+/// other as soon as its notification arrives, and a pruned task's hash is gone on both. A
+/// change written without the notification (raw SQL here, which GuildNet never does) is not
+/// seen: that is what shows the other replica answered from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_rotated_agent_token_is_refused_on_every_replica() {
+    let db = Db::postgres().await;
+    let Db::Postgres { url, .. } = &db else {
+        unreachable!("a PostgreSQL database")
+    };
+    let (raw, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    tokio::spawn(conn);
+    let a = db.open().await;
+    let b = db.open().await;
+    let wait = std::time::Duration::from_secs(5);
+    // The first bump says b's LISTEN connection is up (and its cache on).
+    let mut rx = b
+        .external_changes()
+        .expect("postgres follows other replicas");
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .expect("listening")
+        .unwrap();
+    let hash_on = |store: &Arc<dyn StateStore>, id: &TaskId| {
+        let (store, id) = (store.clone(), id.clone());
+        async move { store.task_token_hash(&id).await.unwrap() }
+    };
+    // b sees `want` within `wait` (a notification's delivery).
+    let eventually = |id: TaskId, want: Option<&'static str>| {
+        let b = b.clone();
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let got = b.task_token_hash(&id).await.unwrap();
+                if got.as_deref() == want {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < wait,
+                    "b still answers {got:?}, not {want:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let t = task("acme", TaskStatus::Scheduled, now_ms());
+    insert(&*a, &t, "h1").await;
+    assert_eq!(hash_on(&b, &t.id).await.as_deref(), Some("h1"));
+    raw.execute(
+        "UPDATE tasks SET token_hash = 'unannounced' WHERE id = $1",
+        &[&t.id.as_str()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        hash_on(&b, &t.id).await.as_deref(),
+        Some("h1"),
+        "b answers from memory"
+    );
+    // A rotation through a: a answers the new hash at once, b once notified.
+    a.update_task_with_token(
+        &t.id,
+        Some("h2".into()),
+        Box::new(|_t: &mut Task| Ok(TaskChange::default())),
+    )
+    .await
+    .expect("rotate");
+    assert_eq!(hash_on(&a, &t.id).await.as_deref(), Some("h2"));
+    let took = eventually(t.id.clone(), Some("h2")).await;
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    // An update that does not rotate the token tells nobody: b keeps serving from memory.
+    raw.execute(
+        "UPDATE tasks SET token_hash = 'unannounced' WHERE id = $1",
+        &[&t.id.as_str()],
+    )
+    .await
+    .unwrap();
+    a.update_task(
+        &t.id,
+        Box::new(|t: &mut Task| {
+            t.claims += 1;
+            Ok(TaskChange::default())
+        }),
+    )
+    .await
+    .expect("update");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(hash_on(&b, &t.id).await.as_deref(), Some("h2"));
+
+    // A task pruned through a is gone on b too.
+    let old = now_ms() - Duration::days(30);
+    let mut done = task("acme", TaskStatus::Succeeded, old);
+    done.finished_at = Some(old);
+    insert(&*a, &done, "h-done").await;
+    assert_eq!(hash_on(&b, &done.id).await.as_deref(), Some("h-done"));
+    let pruned = a
+        .prune_finished(now_ms() - Duration::days(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(pruned, vec![done.id.clone()]);
+    assert_eq!(hash_on(&a, &done.id).await, None);
+    eventually(done.id.clone(), None).await;
+}
+
 /// PostgreSQL crashes (SIGKILL) under a stream of writes and comes back: writes during the
 /// outage fail with `Unavailable` (HTTP 503; the message names the database without its
 /// password), writes succeed again after the restart without reopening the store, and every

@@ -108,6 +108,9 @@
 //!   sends one `NOTIFY guildnet_changes` (delivered at commit), and [`StateStore::external_changes`]
 //!   follows it with `LISTEN` on a connection of its own, reconnecting when lost. The table
 //!   stays the source; a notification only says "look again".
+//! - Agent token hashes are served from memory while that LISTEN connection is up: a token
+//!   rotation or a prune notifies every replica in its own transaction ([`token_cache`]), so an
+//!   agent request needs no read of its own to be authenticated.
 //! - Migrations are numbered; `guildnet_schema` records each one applied. Replicas starting
 //!   together migrate under an advisory lock, once. A database whose schema is newer than this
 //!   build is refused with [`StoreError::Corrupt`] naming both versions.
@@ -118,6 +121,7 @@
 //!   Messages name the database as `postgres://user@host:port/db`, never with its password.
 
 mod inserts;
+mod token_cache;
 mod updates;
 
 use super::{
@@ -308,6 +312,8 @@ struct PgInner {
     changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
     /// The LISTEN task, stopped with the store.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Agent token hashes, kept while the LISTEN connection is up ([`token_cache`]).
+    tokens: Arc<token_cache::TokenCache>,
     /// Writes for the batch writer ([`writer_loop`]); dropping it stops that task once the
     /// waiting writes are done.
     writer: mpsc::UnboundedSender<(std::time::Instant, Work)>,
@@ -327,6 +333,14 @@ impl Drop for PgInner {
 
 /// The NOTIFY channel of stored events and log lines.
 const CHANGES_CHANNEL: &str = "guildnet_changes";
+
+/// Tells every replica's [`token_cache`] that these tasks (`$1`, ids) are gone.
+static PRUNED_TOKENS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT pg_notify('{}', id) FROM unnest($1::text[]) AS id",
+        token_cache::TOKENS_CHANNEL
+    )
+});
 
 /// A session advisory lock: the connection that holds it, out of the pool. Dropping it closes
 /// the connection (not returned to the pool, where the lock would stay held), which ends the
@@ -352,12 +366,15 @@ fn job_key(job: &str) -> i64 {
     0x6775_696c_646e_1000 + i64::try_from(h & 0xfff).unwrap_or(0)
 }
 
-/// Follows NOTIFYs on [`CHANGES_CHANNEL`] on a connection of its own, bumping `tx` for each
-/// (and once after every (re)connect, for what it may have missed). Reconnects forever.
+/// Follows NOTIFYs on a connection of its own, reconnecting forever: on [`CHANGES_CHANNEL`] it
+/// bumps `tx` for each (and once after every (re)connect, for what it may have missed); on
+/// [`token_cache::TOKENS_CHANNEL`] it drops what `tokens` was told, and keeps `tokens` on only
+/// while the connection is listening.
 async fn listen_loop<T>(
     cfg: tokio_postgres::Config,
     db: String,
     tx: tokio::sync::watch::Sender<u64>,
+    tokens: Arc<token_cache::TokenCache>,
     tls: T,
 ) where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + 'static,
@@ -372,11 +389,17 @@ async fn listen_loop<T>(
         match cfg.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
                 let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let dropped = tokens.clone();
                 let driver = tokio::spawn(async move {
                     let mut messages =
                         futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                     while let Some(m) = messages.next().await {
                         match m {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                if n.channel() == token_cache::TOKENS_CHANNEL =>
+                            {
+                                dropped.notified(n.payload());
+                            }
                             Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
                                 if ntx.send(()).is_err() {
                                     return;
@@ -387,19 +410,22 @@ async fn listen_loop<T>(
                         }
                     }
                 });
-                match client
-                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
-                    .await
-                {
+                let listen = format!(
+                    "LISTEN {CHANGES_CHANNEL}; LISTEN {}",
+                    token_cache::TOKENS_CHANNEL
+                );
+                match client.batch_execute(&listen).await {
                     Ok(()) => {
                         if warned {
                             tracing::info!(db = %db, "postgres: change notifications back");
                             warned = false;
                         }
+                        tokens.set_live(true);
                         bump(&tx);
                         while nrx.recv().await.is_some() {
                             bump(&tx);
                         }
+                        tokens.set_live(false);
                     }
                     Err(e) => {
                         tracing::warn!(db = %db, error = %reason(&e), "postgres: LISTEN failed")
@@ -1576,6 +1602,7 @@ impl PostgresStore {
                 leaders: Default::default(),
                 changes: std::sync::OnceLock::new(),
                 listener: std::sync::Mutex::new(None),
+                tokens: Default::default(),
                 writer,
                 stats,
             }),
@@ -1594,6 +1621,23 @@ impl PostgresStore {
                 reason: format!("cannot write: {}", reason(&e)),
             })?;
         Ok(store)
+    }
+
+    /// The change counter fed by the LISTEN connection, which this starts on first use.
+    fn listening(&self) -> &tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.get_or_init(|| {
+            let (tx, rx) = tokio::sync::watch::channel(0);
+            let (cfg, db) = (self.inner.config.clone(), self.inner.display.clone());
+            let tokens = self.inner.tokens.clone();
+            let task = match self.inner.tls.clone() {
+                Some(t) => tokio::spawn(listen_loop(cfg, db, tx, tokens, t)),
+                None => tokio::spawn(listen_loop(cfg, db, tx, tokens, NoTls)),
+            };
+            if let Ok(mut l) = self.inner.listener.lock() {
+                *l = Some(task);
+            }
+            rx
+        })
     }
 
     /// The database, as `postgres://user@host:port/db` (no password).
@@ -2071,47 +2115,59 @@ impl StateStore for PostgresStore {
         limit: usize,
     ) -> Result<Vec<TaskId>, StoreError> {
         let (before_ms, limit) = (ms(before), limit_sql(limit));
-        self.write(move |b| {
-            Box::pin(async move {
-                let e = b.err("prune finished tasks");
-                b.forget_rows(None);
-                let tx = b.c;
-                let ids: Vec<String> = tx
-                    .query(
-                        "SELECT id FROM tasks WHERE status IN ('Succeeded', 'Failed', \
+        let pruned = self
+            .write(move |b| {
+                Box::pin(async move {
+                    let e = b.err("prune finished tasks");
+                    b.forget_rows(None);
+                    let tx = b.c;
+                    let ids: Vec<String> = tx
+                        .query(
+                            "SELECT id FROM tasks WHERE status IN ('Succeeded', 'Failed', \
                          'Cancelled') AND finished_at IS NOT NULL AND finished_at < $1 \
                          ORDER BY finished_at, id LIMIT $2 FOR UPDATE",
-                        &[&before_ms, &limit],
-                    )
-                    .await
-                    .map_err(e)?
-                    .iter()
-                    .map(|r| get(r, 0))
-                    .collect::<Result<_, _>>()?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                for sql in [
-                    "DELETE FROM logs WHERE task_id = ANY($1)",
-                    "DELETE FROM events WHERE task_id = ANY($1)",
-                    "DELETE FROM agents WHERE task_id = ANY($1)",
-                    "DELETE FROM tasks WHERE id = ANY($1)",
-                ] {
-                    tx.execute(sql, &[&ids]).await.map_err(e)?;
-                }
-                let audit = NewAudit::new(
-                    "system",
-                    "retention.prune",
-                    &format!("{} task(s)", ids.len()),
-                    Some(format!("finished before {}", before.to_rfc3339())),
-                );
-                journal(b, &[], &[audit], e).await?;
-                ids.into_iter()
-                    .map(|id| parse_name(id, TaskId::new))
-                    .collect()
+                            &[&before_ms, &limit],
+                        )
+                        .await
+                        .map_err(e)?
+                        .iter()
+                        .map(|r| get(r, 0))
+                        .collect::<Result<_, _>>()?;
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    for sql in [
+                        "DELETE FROM logs WHERE task_id = ANY($1)",
+                        "DELETE FROM events WHERE task_id = ANY($1)",
+                        "DELETE FROM agents WHERE task_id = ANY($1)",
+                        "DELETE FROM tasks WHERE id = ANY($1)",
+                    ] {
+                        tx.execute(sql, &[&ids]).await.map_err(e)?;
+                    }
+                    // Every replica forgets the pruned tasks' token hashes at commit.
+                    tx.execute(&*PRUNED_TOKENS, &[&ids]).await.map_err(e)?;
+                    let audit = NewAudit::new(
+                        "system",
+                        "retention.prune",
+                        &format!("{} task(s)", ids.len()),
+                        Some(format!("finished before {}", before.to_rfc3339())),
+                    );
+                    journal(b, &[], &[audit], e).await?;
+                    ids.into_iter()
+                        .map(|id| parse_name(id, TaskId::new))
+                        .collect()
+                })
             })
-        })
-        .await
+            .await;
+        // This replica forgets them before answering; after an error (the commit may still
+        // have happened) it forgets every hash.
+        match &pruned {
+            Ok(ids) => ids
+                .iter()
+                .for_each(|id| self.inner.tokens.forget(id.as_str())),
+            Err(_) => self.inner.tokens.forget_all(),
+        }
+        pruned
     }
 
     async fn insert_task_with_events(
@@ -2169,6 +2225,13 @@ impl StateStore for PostgresStore {
 
     async fn task_token_hash(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
         let op = "get token hash";
+        // Served from memory while this replica hears of every rotation ([`token_cache`]).
+        self.listening();
+        let tokens = &self.inner.tokens;
+        if let Some(h) = tokens.get(id.as_str()) {
+            return Ok(Some(h));
+        }
+        let generation = tokens.generation();
         let c = self.client(op).await?;
         // Every agent request asks this: prepared once per connection (a statement given as
         // text is parsed and planned again in a round trip of its own each time).
@@ -2180,7 +2243,11 @@ impl StateStore for PostgresStore {
             .query_opt(&stmt, &[&id.as_str()])
             .await
             .map_err(self.err(op))?;
-        row.as_ref().map(|r| get(r, 0)).transpose()
+        let hash: Option<String> = row.as_ref().map(|r| get(r, 0)).transpose()?;
+        if let Some(h) = &hash {
+            tokens.put(id.as_str(), h.clone(), generation);
+        }
+        Ok(hash)
     }
 
     async fn list_tasks(&self, q: TaskQuery) -> Result<Vec<Task>, StoreError> {
@@ -2253,12 +2320,20 @@ impl StateStore for PostgresStore {
         // pipeline (see `updates`): the row lock makes the read-modify-write atomic across
         // every replica.
         let (reply, rx) = oneshot::channel();
+        let rotates = token_hash.is_some();
         let u = updates::TaskUpdate::new(id.clone(), token_hash, update, reply);
         self.inner
             .writer
             .send((std::time::Instant::now(), Work::Update(Box::new(u))))
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let r = rx.await.map_err(|_| StoreError::Closed);
+        if rotates {
+            // Whatever the outcome (a failed commit may still have happened): this replica's
+            // next request reads the hash again. The others hear of it from the UPDATE's
+            // notification.
+            self.inner.tokens.forget(id.as_str());
+        }
+        r?
     }
 
     async fn upsert_agent(&self, agent: Agent, event: NewEvent) -> Result<Agent, StoreError> {
@@ -2844,19 +2919,7 @@ impl StateStore for PostgresStore {
     }
 
     fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        let rx = self.inner.changes.get_or_init(|| {
-            let (tx, rx) = tokio::sync::watch::channel(0);
-            let (cfg, db) = (self.inner.config.clone(), self.inner.display.clone());
-            let task = match self.inner.tls.clone() {
-                Some(t) => tokio::spawn(listen_loop(cfg, db, tx, t)),
-                None => tokio::spawn(listen_loop(cfg, db, tx, NoTls)),
-            };
-            if let Ok(mut l) = self.inner.listener.lock() {
-                *l = Some(task);
-            }
-            rx
-        });
-        Some(rx.clone())
+        Some(self.listening().clone())
     }
 }
 

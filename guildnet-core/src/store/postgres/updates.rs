@@ -28,7 +28,8 @@ use tokio_postgres::Row;
 /// answers it, and reading it here saves the claim a read of its own after the commit). The
 /// batch holds the ordering lock, so every other replica's log lines that are not visible
 /// here are written after this commit, through a batch that reads the task's row as this
-/// update left it (log lines are fenced on it).
+/// update left it (log lines are fenced on it). An update that sets a new agent token hash
+/// (`$18`) tells every replica's token cache at commit ([`super::token_cache`]).
 static UPDATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH u AS (UPDATE tasks SET status=$2, agent=$3, attempt=$4, fencing=$5, \
@@ -36,7 +37,10 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| {
          finished_at=$10, exit_code=$11, reason=$12, artifacts=$13, pr_url=$14, \
          agent_hint=$15, task=$16, log_sealed=$17, \
          token_hash=COALESCE($18, token_hash), claim_process=$19 WHERE id=$1 \
-         RETURNING 1){}, (SELECT COALESCE(MAX(seq), 0)::BIGINT FROM logs WHERE task_id = $1)",
+         RETURNING CASE WHEN $18::TEXT IS NULL THEN 1 \
+         ELSE (SELECT 1 FROM pg_notify('{}', $1)) END){}, \
+         (SELECT COALESCE(MAX(seq), 0)::BIGINT FROM logs WHERE task_id = $1)",
+        super::token_cache::TOKENS_CHANNEL,
         journal_cte("u", 20)
     )
 });
