@@ -1,6 +1,7 @@
 //! The agent's editor end to end: the real agent starts the testbed's real code-server, reports
 //! it in heartbeats and on `/healthz`, restarts it when it dies; the orchestrator opens it and
-//! serves it under `/editor/proxy/<port>/` (logging in to code-server itself), with framing
+//! serves it under `/editor/proxy/<port>/` (logging in to code-server itself; nothing goes to
+//! a process that took the port while code-server was down), with framing
 //! restricted to the dashboard's origin; only opened ports are reachable; WebSockets go through
 //! (a byte-exact round trip against an echo server, and the upgrade against code-server); and
 //! headless Chromium renders the proxied workbench (screenshot kept as a test artifact).
@@ -284,6 +285,35 @@ async fn code_server_in_the_agent_is_served_through_the_proxy_and_rendered_in_ch
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // While code-server is down (the agent restarts it after a backoff), another process takes
+    // its port: the proxy sends that process nothing, neither the person's request nor a login
+    // with the password, and answers 502.
+    let stranger = eventually("the editor's port free", 10, async || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).ok()
+    })
+    .await;
+    stranger.set_nonblocking(true).unwrap();
+    let r = http()
+        .get(&page)
+        .header("cookie", &session)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the proxy answers at once");
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "editor_unreachable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("held by another process")),
+        "{body}"
+    );
+    assert!(
+        matches!(stranger.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the proxy connected to the process that took the editor's port"
+    );
+    drop(stranger);
     let restarted = eventually("code-server restarted", 90, async || {
         let a = c.agent(&agent).await.ok()?;
         let e = &a.state["editor"];

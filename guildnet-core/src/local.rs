@@ -191,6 +191,7 @@ impl LocalBackend {
             port,
             password: Some(crate::token::generate("cs")),
             via_tailnet: false,
+            held_by: None,
         };
         self.save_editor(ws, agent, &ep)?;
         Ok(ep)
@@ -212,6 +213,7 @@ impl LocalBackend {
             .map_err(|e| e.to_string())
     }
 
+    /// The editor record of `agent` in its workspace, with the agent's pid if it still runs.
     fn editor_from_disk(&self, agent: &AgentName) -> Option<EditorEndpoint> {
         let dir = &self.cfg.workspaces_root;
         for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -228,6 +230,7 @@ impl LocalBackend {
                     password: (!rec.password.is_empty())
                         .then(|| crate::token::Secret::new(rec.password)),
                     via_tailnet: false,
+                    held_by: read_agent_pid(&entry.path(), agent),
                 });
             }
         }
@@ -329,12 +332,9 @@ fn read_agent_pid(workspace: &Path, agent: &AgentName) -> Option<u32> {
     (process_start_time(pid)? == started).then_some(pid)
 }
 
-/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+/// A process's start time in clock ticks since boot.
 fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces: skip past it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::stat(pid).map(|s| s.start_time)
 }
 
 fn workload_err(
@@ -524,18 +524,28 @@ impl ClusterBackend for LocalBackend {
     }
 
     /// Where the agent's code-server listens (the backend chose the port and password at
-    /// submit); `None` without `code_server`, and the orchestrator falls back to the address
-    /// the agent advertised.
+    /// submit), with the agent's pid: code-server runs under the agent, so the editor proxy
+    /// sends nothing to the port while another process holds it
+    /// ([`EditorEndpoint::held_by`]). `None` without `code_server` (the orchestrator falls
+    /// back to the address the agent advertised) and once the agent no longer runs (its
+    /// code-server ended with it, and its port is anyone's).
     async fn editor_endpoint(
         &self,
         _org: &OrgName,
         agent: &AgentName,
     ) -> Result<Option<EditorEndpoint>, BackendError> {
-        if let Some(ep) = self.editors.lock().ok().and_then(|m| m.get(agent).cloned()) {
-            return Ok(Some(ep));
-        }
-        // After an orchestrator restart: the agent's workspace still has its editor record.
-        Ok(self.editor_from_disk(agent))
+        let known = self.editors.lock().ok().and_then(|m| m.get(agent).cloned());
+        let ep = match (known, self.child(agent)) {
+            (Some(ep), Some(ChildState::Running(pid))) => Some(EditorEndpoint {
+                held_by: Some(pid),
+                ..ep
+            }),
+            (Some(_), Some(ChildState::Exited(_))) => None,
+            // After an orchestrator restart, or another replica's agent on this host: the
+            // agent's workspace has its editor record and its pid file.
+            _ => self.editor_from_disk(agent),
+        };
+        Ok(ep.filter(|ep| ep.held_by.is_some()))
     }
 
     async fn describe(

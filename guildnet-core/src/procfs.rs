@@ -19,6 +19,9 @@ pub struct Stat {
     pub pgid: u32,
     /// Session id.
     pub session: u32,
+    /// Start time, in clock ticks after boot: with the pid, names one process (pids are
+    /// reused).
+    pub start_time: u64,
 }
 
 /// `/proc/<pid>/stat` of `pid`, or `None` when it is gone or unreadable.
@@ -31,11 +34,14 @@ pub fn stat(pid: u32) -> Option<Stat> {
     let ppid = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
+    // Fields 7-21 of the file (the 4th to 18th after the session), then the start time.
+    let start_time = f.nth(15)?.parse().ok()?;
     Some(Stat {
         state,
         ppid,
         pgid,
         session,
+        start_time,
     })
 }
 
@@ -73,19 +79,19 @@ pub fn tree_in(procs: &[(u32, Stat)], pid: u32) -> Vec<u32> {
     out
 }
 
-/// Whether one of `pids` holds a listening TCP socket (IPv4 or IPv6, any address) on `port`:
-/// the socket's inode, from `/proc/net/tcp` and `/proc/net/tcp6`, among the open files of the
-/// process. `None` when that cannot be told (no `/proc/net/tcp`, or none of the processes'
-/// file tables is readable: another user's process, a restrictive `/proc` mount).
-pub fn listens_on(pids: &[u32], port: u16) -> Option<bool> {
+/// The inodes of the listening TCP sockets (IPv4 and IPv6, any address) on `port`, sorted,
+/// from `/proc/net/tcp` and `/proc/net/tcp6`; `None` when neither table is readable. Reading
+/// them costs two small files: a caller that verified once who holds these sockets can tell
+/// from this alone that nothing changed since.
+pub fn listeners(port: u16) -> Option<Vec<u64>> {
     let mut tables = 0;
-    // sl local_address rem_address st ... inode: LISTEN is state 0A.
     let mut inodes = Vec::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(table) = std::fs::read_to_string(path) else {
             continue;
         };
         tables += 1;
+        // sl local_address rem_address st ... inode: LISTEN is state 0A.
         for l in table.lines().skip(1) {
             let f: Vec<&str> = l.split_whitespace().collect();
             let held = f
@@ -94,30 +100,70 @@ pub fn listens_on(pids: &[u32], port: u16) -> Option<bool> {
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
                 == Some(port)
                 && f.get(3) == Some(&"0A");
-            if let (true, Some(inode)) = (held, f.get(9)) {
-                inodes.push(format!("socket:[{inode}]"));
+            if let (true, Some(inode)) = (held, f.get(9).and_then(|i| i.parse().ok())) {
+                inodes.push(inode);
             }
         }
     }
-    if tables == 0 {
-        return None;
-    }
+    inodes.sort_unstable();
+    (tables > 0).then_some(inodes)
+}
+
+/// Which of `inodes` (sockets) one of `pids` holds open, with the process found holding it;
+/// `None` when none of the processes' file tables is readable (another user's process, a
+/// restrictive `/proc` mount). A process that is gone holds nothing.
+pub fn holders(pids: &[u32], inodes: &[u64]) -> Option<Vec<(u64, u32)>> {
     let mut readable = false;
+    let mut found: Vec<(u64, u32)> = Vec::new();
     for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
+        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                readable = true;
+                continue;
+            }
+            Err(_) => continue,
         };
         readable = true;
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-        });
-        if holds {
-            return Some(true);
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            if let Some(i) =
+                inode.filter(|i| inodes.contains(i) && !found.iter().any(|f| f.0 == *i))
+            {
+                found.push((i, *pid));
+            }
         }
     }
-    // A port nobody listens on is not held, whoever asks.
-    (readable || inodes.is_empty()).then_some(false)
+    readable.then_some(found)
+}
+
+/// Whether one of `pids` holds a listening TCP socket (IPv4 or IPv6, any address) on `port`:
+/// the socket's inode ([`listeners`]) among the open files of the processes. `None` when that
+/// cannot be told (no `/proc/net/tcp`, or none of the processes' file tables is readable).
+pub fn listens_on(pids: &[u32], port: u16) -> Option<bool> {
+    let inodes = listeners(port)?;
+    if inodes.is_empty() {
+        // A port nobody listens on is not held, whoever asks.
+        return Some(false);
+    }
+    holders(pids, &inodes).map(|h| !h.is_empty())
+}
+
+/// Whether `pids` hold every listening socket of `port` (`inodes`, from [`listeners`]), so
+/// that a connection to the port can only reach them; `Some(false)` also when nobody listens.
+/// `None` when it cannot be told.
+pub fn hold_all(pids: &[u32], inodes: &[u64]) -> Option<bool> {
+    if inodes.is_empty() {
+        return Some(false);
+    }
+    holders(pids, inodes).map(|h| h.len() == inodes.len())
 }
 
 #[cfg(test)]
@@ -152,6 +198,49 @@ mod tests {
     }
 
     #[test]
+    fn every_listener_of_a_port_must_be_held() {
+        let me = std::process::id();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let inodes = listeners(port).unwrap();
+        assert_eq!(inodes.len(), 1);
+        assert_eq!(hold_all(&[me], &inodes), Some(true));
+        // A second listener on the same port (IPv6 loopback) held by another process.
+        let held_elsewhere = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys,time\n\
+                 s=socket.socket(socket.AF_INET6)\n\
+                 s.bind(('::1', int(sys.argv[1])))\n\
+                 s.listen()\n\
+                 print('ok', flush=True)\n\
+                 time.sleep(30)",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = held_elsewhere else {
+            return;
+        };
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        if line.trim() == "ok" {
+            let both = listeners(port).unwrap();
+            assert_eq!(both.len(), 2);
+            assert_eq!(listens_on(&[me], port), Some(true));
+            assert_eq!(hold_all(&[me], &both), Some(false));
+            assert_eq!(hold_all(&[me, child.id()], &both), Some(true));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(l);
+        assert_eq!(listeners(port).map(|i| i.is_empty()), Some(true));
+        assert_eq!(hold_all(&[me], &[]), Some(false));
+    }
+
+    #[test]
     fn a_tree_holds_its_children() {
         let me = std::process::id();
         let mut child = std::process::Command::new("sleep")
@@ -162,6 +251,8 @@ mod tests {
         assert_eq!(t[0], me);
         assert!(t.contains(&child.id()));
         assert_eq!(stat(child.id()).map(|s| s.ppid), Some(me));
+        let (mine, its) = (stat(me).unwrap(), stat(child.id()).unwrap());
+        assert!(its.start_time >= mine.start_time && mine.start_time > 0);
         assert!(!tree(child.id()).contains(&me));
         let _ = child.kill();
         let _ = child.wait();

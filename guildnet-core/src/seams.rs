@@ -191,6 +191,12 @@ pub struct EditorEndpoint {
     /// proxy (`--tailnet-socks5`), never directly.
     #[serde(skip)]
     pub via_tailnet: bool,
+    /// The process whose tree must hold the port (the local backend's agent, code-server's
+    /// parent): the orchestrator's editor proxy sends nothing there while another process holds
+    /// it, say one that bound the port while code-server restarted. Only for a port on the
+    /// orchestrator's host. Never serialized.
+    #[serde(skip)]
+    pub held_by: Option<u32>,
 }
 
 /// Runs task agents for orgs: a local process, a Kubernetes AgentTask, ...

@@ -45,6 +45,7 @@ fn orchestrator(
             port: editor_port,
             password: None,
             via_tailnet: false,
+            held_by: None,
         }))
     });
     mock.expect_close_editor().returning(|_, _| Ok(false));

@@ -93,12 +93,16 @@ pub struct KubeBackend {
     editor_passwords: Mutex<HashMap<String, TokenSecret>>,
 }
 
+/// A port-forward's local end: its listener is this process's own, so the editor proxy sends
+/// nothing to the port once another process holds it (the forward closed and the port was
+/// taken).
 fn loopback(addr: std::net::SocketAddr, password: Option<TokenSecret>) -> EditorEndpoint {
     EditorEndpoint {
         host: addr.ip().to_string(),
         port: addr.port(),
         password,
         via_tailnet: false,
+        held_by: Some(std::process::id()),
     }
 }
 
@@ -652,6 +656,7 @@ impl ClusterBackend for KubeBackend {
                 port: EDITOR_PORT,
                 password,
                 via_tailnet: true,
+                held_by: None,
             }));
         }
         let workload = at

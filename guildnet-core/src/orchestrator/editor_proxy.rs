@@ -171,9 +171,7 @@ impl EditorProxy {
             r.unique_port.then_some(r.port),
             &req.org,
             &req.name,
-            r.authority,
-            r.password,
-            r.via_tailnet,
+            r.target,
             self.inner.service.editor_keys(),
         );
         Ok((
@@ -215,9 +213,7 @@ impl EditorProxy {
             .ports
             .adopt(
                 claims,
-                r.authority,
-                r.password,
-                r.via_tailnet,
+                r.target,
                 self.inner
                     .service
                     .editor_keys()
@@ -351,13 +347,22 @@ impl EditorProxy {
         } else {
             format!("{host}:{port}")
         };
+        let unique_port = !advertised && !backend_tailnet;
+        // Only a port on this host can be checked against its holder.
+        let owner = loc
+            .held_by
+            .filter(|_| unique_port)
+            .map(|pid| PortOwner::new(pid, port));
         Ok(Reachable {
             host,
             port,
-            authority,
-            password: loc.password,
-            via_tailnet,
-            unique_port: !advertised && !backend_tailnet,
+            target: Target {
+                authority,
+                password: loc.password,
+                via_tailnet,
+                owner,
+            },
+            unique_port,
         })
     }
 
@@ -398,15 +403,114 @@ struct Reachable {
     host: String,
     /// The editor's port.
     port: u16,
+    /// How to reach it.
+    target: Target,
+    /// The port is unique on this host (a backend's local port-forward or process), unlike the
+    /// ports of editors on the tailnet or at advertised addresses.
+    unique_port: bool,
+}
+
+/// How the proxy reaches an editor.
+struct Target {
     /// `host:port` to dial.
     authority: String,
     /// code-server's password, when the backend knows it.
     password: Option<Secret>,
     /// Dialed through the tailnet dialer.
     via_tailnet: bool,
-    /// The port is unique on this host (a backend's local port-forward or process), unlike the
-    /// ports of editors on the tailnet or at advertised addresses.
-    unique_port: bool,
+    /// The processes that must hold the port ([`PortOwner`]), for an editor on this host.
+    owner: Option<PortOwner>,
+}
+
+/// The agent process whose tree must hold every listening socket of a local editor's port
+/// before the proxy sends anything there. The local backend picks the port and code-server
+/// binds it; while code-server restarts the port is free, and a process that binds it then
+/// (another task's runner, say) would get the person's requests and the proxy's login with
+/// code-server's password. Checked on every request: once the port's listening sockets
+/// (`/proc/net/tcp{,6}`) were found held by the agent's tree, a request only checks that the
+/// processes holding them still run (one small file each: a listening socket stays bound
+/// while its process lives, so nobody else can take the port meanwhile); when one of them
+/// ended, the sockets are looked up and the tree walked again ([`crate::procfs`]). When
+/// `/proc` cannot tell (an unreadable file table), the request goes through, as before the
+/// check. What is left: code-server ending between the check and the proxy's connect, and
+/// another process binding the port in that window (microseconds).
+struct PortOwner {
+    pid: u32,
+    port: u16,
+    /// The processes (pid, start time) last found holding the port's listening sockets.
+    verified: Mutex<Vec<(u32, u64)>>,
+}
+
+impl PortOwner {
+    fn new(pid: u32, port: u16) -> Self {
+        Self {
+            pid,
+            port,
+            verified: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the processes last found holding the port all still run.
+    fn holders_alive(&self) -> bool {
+        let held = self.verified.lock().map(|v| v.clone()).unwrap_or_default();
+        !held.is_empty()
+            && held.iter().all(|(pid, started)| {
+                crate::procfs::stat(*pid)
+                    .is_some_and(|s| s.start_time == *started && s.state != 'Z')
+            })
+    }
+
+    /// `Ok` when the agent's tree holds every listener of the port (or `/proc` cannot tell);
+    /// 502 `editor_unreachable` when nothing listens or another process holds the port.
+    async fn check(&self, agent: &AgentName) -> Result<(), ApiError> {
+        if self.holders_alive() {
+            return Ok(());
+        }
+        let unreachable = |why: String| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "editor_unreachable",
+                format!("the editor of agent {agent} does not answer: {why}"),
+            )
+        };
+        let (pid, port) = (self.pid, self.port);
+        let found = tokio::task::spawn_blocking(move || {
+            let inodes = crate::procfs::listeners(port)?;
+            if inodes.is_empty() {
+                return Some(Err(()));
+            }
+            let held = crate::procfs::holders(&crate::procfs::tree(pid), &inodes)?;
+            Some(Ok((held.len() == inodes.len()).then_some(held)))
+        })
+        .await
+        .ok()
+        .flatten();
+        match found {
+            // `/proc` cannot tell.
+            None => Ok(()),
+            Some(Err(())) => Err(unreachable(format!(
+                "nothing listens on its port {port} (code-server is starting or restarting)"
+            ))),
+            Some(Ok(Some(held))) => {
+                let alive: Vec<(u32, u64)> = held
+                    .iter()
+                    .filter_map(|(_, p)| Some((*p, crate::procfs::stat(*p)?.start_time)))
+                    .collect();
+                if let Ok(mut v) = self.verified.lock() {
+                    *v = alive;
+                }
+                Ok(())
+            }
+            Some(Ok(None)) => {
+                tracing::warn!(%agent, port, pid,
+                    "editor proxy: another process holds the editor's port; nothing sent to it");
+                Err(unreachable(format!(
+                    "its port {port} is held by another process than its code-server \
+                     (code-server restarting?); nothing was sent there"
+                )))
+            }
+        }
+    }
 }
 
 /// 404 `editor_closed`: the session's agent has ended.
@@ -445,6 +549,7 @@ struct OpenEditor {
     authority: String,
     password: Option<Secret>,
     via_tailnet: bool,
+    owner: Option<PortOwner>,
     session: Secret,
     upstream_cookie: tokio::sync::Mutex<Option<String>>,
     /// When this replica last made sure the agent is still current (ms since the epoch).
@@ -489,17 +594,15 @@ impl EditorPorts {
     /// the agent's [`preferred_port`] or the next free one after it (editors on the tailnet or
     /// at advertised addresses share port numbers: every code-server listens on 8443). Returns
     /// the proxy port and the browser session token (minted with `keys` for that port).
-    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         own_port: Option<u16>,
         org: &OrgName,
         agent: &AgentName,
-        authority: String,
-        password: Option<Secret>,
-        via_tailnet: bool,
+        target: Target,
         keys: &EditorKeys,
     ) -> (u16, Secret) {
+        let authority = &target.authority;
         let fallback = own_port.unwrap_or_else(|| preferred_port(org, agent));
         let Ok(mut m) = self.map.lock() else {
             return (fallback, keys.mint(org, agent, fallback));
@@ -507,7 +610,7 @@ impl EditorPorts {
         // Reopening: the same editor keeps its port and session.
         if let Some((p, e)) = m
             .iter()
-            .find(|(_, e)| e.agent == *agent && e.org == *org && e.authority == authority)
+            .find(|(_, e)| e.agent == *agent && e.org == *org && e.authority == *authority)
         {
             return (*p, e.session.clone());
         }
@@ -530,9 +633,10 @@ impl EditorPorts {
             Arc::new(OpenEditor {
                 org: org.clone(),
                 agent: agent.clone(),
-                authority,
-                password,
-                via_tailnet,
+                authority: target.authority,
+                password: target.password,
+                via_tailnet: target.via_tailnet,
+                owner: target.owner,
                 session: session.clone(),
                 upstream_cookie: tokio::sync::Mutex::new(None),
                 checked_ms: AtomicU64::new(now_ms()),
@@ -547,9 +651,7 @@ impl EditorPorts {
     fn adopt(
         &self,
         claims: &EditorClaims,
-        authority: String,
-        password: Option<Secret>,
-        via_tailnet: bool,
+        target: Target,
         session: Secret,
     ) -> Option<Arc<OpenEditor>> {
         let mut m = self.map.lock().ok()?;
@@ -559,9 +661,10 @@ impl EditorPorts {
         let e = Arc::new(OpenEditor {
             org: claims.org.clone(),
             agent: claims.agent.clone(),
-            authority,
-            password,
-            via_tailnet,
+            authority: target.authority,
+            password: target.password,
+            via_tailnet: target.via_tailnet,
+            owner: target.owner,
             session,
             upstream_cookie: tokio::sync::Mutex::new(None),
             checked_ms: AtomicU64::new(now_ms()),
@@ -816,6 +919,11 @@ impl EditorProxy {
                 None
             },
         };
+        // Nothing (not the login with the password, not the person's request) goes to a port
+        // that another process took from the agent's code-server.
+        if let Some(owner) = &editor.owner {
+            owner.check(&editor.agent).await?;
+        }
         if up.cookie.is_none() {
             if let Some(pw) = &editor.password {
                 match login(&self.inner.client, &up, pw).await {
@@ -994,23 +1102,13 @@ mod tests {
         let org = OrgName::new("acme").unwrap();
         let a = AgentName::new("agent-a-1").unwrap();
         let b = AgentName::new("agent-b-1").unwrap();
-        let local = || {
-            ports.open(
-                Some(9000),
-                &org,
-                &a,
-                "127.0.0.1:9000".into(),
-                None,
-                false,
-                &keys,
-            )
-        };
+        let local = || ports.open(Some(9000), &org, &a, target("127.0.0.1:9000", false), &keys);
         let ((p1, s1), (p2, s2)) = (local(), local());
         assert_eq!((p1, &s1), (p2, &s2), "reopening keeps the port and session");
         assert_eq!(p1, 9000);
         // Two tailnet editors on the same port of different hosts get distinct proxy ports.
-        let (t1, _) = ports.open(None, &org, &a, "100.64.0.2:8443".into(), None, true, &keys);
-        let (t2, _) = ports.open(None, &org, &b, "100.64.0.3:8443".into(), None, true, &keys);
+        let (t1, _) = ports.open(None, &org, &a, target("100.64.0.2:8443", true), &keys);
+        let (t2, _) = ports.open(None, &org, &b, target("100.64.0.3:8443", true), &keys);
         assert_ne!(t1, t2);
         assert!(t1 >= 1024 && t2 >= 1024 && t1 != 9000 && t2 != 9000);
         assert!(ports.close(&org, &b));
@@ -1033,7 +1131,7 @@ mod tests {
         let (one, two) = (EditorPorts::default(), EditorPorts::default());
         let open = |ports: &EditorPorts, a: &AgentName, host: u8| {
             let addr = format!("100.64.0.{host}:8443");
-            ports.open(None, &org, a, addr, None, true, &keys).0
+            ports.open(None, &org, a, target(&addr, true), &keys).0
         };
         let p0 = open(&one, &agents[0], 2);
         let p1 = open(&two, &agents[1], 3);
@@ -1057,9 +1155,7 @@ mod tests {
             Some(first),
             &org,
             &other,
-            "127.0.0.1:1".into(),
-            None,
-            false,
+            target("127.0.0.1:1", false),
             &keys,
         );
         assert_ne!(q, first);
@@ -1080,46 +1176,92 @@ mod tests {
         };
         let s = || keys.mint(&org, &a, 41000);
         let e = ports
-            .adopt(
-                &claims(&a, 41000),
-                "127.0.0.1:9000".into(),
-                None,
-                false,
-                s(),
-            )
+            .adopt(&claims(&a, 41000), target("127.0.0.1:9000", false), s())
             .expect("a free port is adopted");
         assert_eq!(e.authority, "127.0.0.1:9000");
         assert!(ports.get(41000).is_some());
         // Again: the same entry.
         assert!(ports
-            .adopt(
-                &claims(&a, 41000),
-                "127.0.0.1:9000".into(),
-                None,
-                false,
-                s()
-            )
+            .adopt(&claims(&a, 41000), target("127.0.0.1:9000", false), s())
             .is_some());
         // Another agent's session under that port: refused.
         assert!(ports
-            .adopt(
-                &claims(&b, 41000),
-                "127.0.0.1:9001".into(),
-                None,
-                false,
-                s()
-            )
+            .adopt(&claims(&b, 41000), target("127.0.0.1:9001", false), s())
             .is_none());
         // Opening the adopted agent's editor here reuses the port.
-        let (p, _) = ports.open(
-            Some(9000),
-            &org,
-            &a,
-            "127.0.0.1:9000".into(),
-            None,
-            false,
-            &keys,
-        );
+        let (p, _) = ports.open(Some(9000), &org, &a, target("127.0.0.1:9000", false), &keys);
         assert_eq!(p, 41000);
+    }
+
+    fn target(authority: &str, via_tailnet: bool) -> Target {
+        Target {
+            authority: authority.to_owned(),
+            password: None,
+            via_tailnet,
+            owner: None,
+        }
+    }
+
+    /// A process listening on 127.0.0.1:`port` (python3), once it listens; `None` without
+    /// python3.
+    async fn listener(port: u16) -> Option<tokio::process::Child> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys,time\n\
+                 s=socket.socket()\n\
+                 s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+                 s.listen()\n\
+                 print('ok', flush=True)\n\
+                 time.sleep(60)",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let out = child.stdout.take()?;
+        let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
+        assert_eq!(line.trim(), "ok", "bound 127.0.0.1:{port}");
+        Some(child)
+    }
+
+    #[tokio::test]
+    async fn nothing_goes_to_a_port_another_process_took_from_the_editor() {
+        let agent = AgentName::new("agent-a-1").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // The agent's code-server (its tree holds the port).
+        let Some(mut editor) = listener(port).await else {
+            return;
+        };
+        let owner = PortOwner::new(editor.id().unwrap(), port);
+        owner.check(&agent).await.expect("the agent's own listener");
+        owner.check(&agent).await.expect("the same sockets again");
+        // code-server ends: nothing listens, nothing is sent.
+        editor.kill().await.unwrap();
+        let err = owner.check(&agent).await.unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_GATEWAY, "editor_unreachable")
+        );
+        assert!(err.message.contains("nothing listens"), "{}", err.message);
+        // Another process takes the port meanwhile: refused, though it would answer.
+        let Some(mut stranger) = listener(port).await else {
+            return;
+        };
+        let err = owner.check(&agent).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            err.message.contains("held by another process"),
+            "{}",
+            err.message
+        );
+        let _ = stranger.kill().await;
     }
 }

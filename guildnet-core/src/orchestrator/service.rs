@@ -266,6 +266,8 @@ pub struct EditorLocation {
     pub port: u16,
     /// The editor's password, when the backend knows it (the proxy logs in with it).
     pub password: Option<Secret>,
+    /// The process whose tree must hold the port ([`crate::seams::EditorEndpoint::held_by`]).
+    pub held_by: Option<u32>,
     /// Who said the editor is there.
     pub source: EditorSource,
 }
@@ -921,6 +923,7 @@ impl Orchestrator {
                 host: ep.host,
                 port: ep.port,
                 password: ep.password,
+                held_by: ep.held_by,
                 source: EditorSource::Backend {
                     via_tailnet: ep.via_tailnet,
                 },
@@ -935,6 +938,7 @@ impl Orchestrator {
                     host: h.to_owned(),
                     port: p.parse::<u16>().ok()?,
                     password: None,
+                    held_by: None,
                     source: EditorSource::Advertised,
                 })
             })
