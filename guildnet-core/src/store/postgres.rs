@@ -248,6 +248,17 @@ ALTER TABLE tasks ADD COLUMN claim_process TEXT;
     r#"
 ALTER TABLE agents ADD COLUMN editor_closed_at BIGINT;
 "#,
+    // 5: lease renewals (every heartbeat of a running task) change `lease_expires_at` only;
+    // with that column in no index, PostgreSQL updates the row in place on its page (a HOT
+    // update: no new entry in any of the table's indexes), when the page has room, which a
+    // fill factor below 100 keeps. The reaper, once a second, finds Running tasks oldest
+    // first through `tasks_status` (status, updated_at) and checks their lease on the row.
+    // Heartbeats rewrite `agents` rows the same way.
+    r#"
+DROP INDEX tasks_lease;
+ALTER TABLE tasks SET (fillfactor = 80);
+ALTER TABLE agents SET (fillfactor = 80);
+"#,
 ];
 
 /// Advisory lock keys (one namespace: "guildnet" in ASCII, then a number).
