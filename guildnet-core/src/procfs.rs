@@ -166,6 +166,34 @@ pub fn hold_all(pids: &[u32], inodes: &[u64]) -> Option<bool> {
     holders(pids, inodes).map(|h| h.len() == inodes.len())
 }
 
+/// A process (python3) listening on `host`:`port`, returned once it listens (for tests of
+/// who holds a port).
+#[cfg(test)]
+pub(crate) fn listener_process(host: &str, port: u16) -> std::process::Child {
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time\n\
+             h=sys.argv[1]\n\
+             s=socket.socket(socket.AF_INET6 if ':' in h else socket.AF_INET)\n\
+             s.bind((h, int(sys.argv[2])))\n\
+             s.listen()\n\
+             print('ok', flush=True)\n\
+             time.sleep(60)",
+            host,
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 for a listener process");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+    }
+    assert_eq!(line.trim(), "ok", "a listener on {host}:{port}");
+    child
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,33 +234,12 @@ mod tests {
         assert_eq!(inodes.len(), 1);
         assert_eq!(hold_all(&[me], &inodes), Some(true));
         // A second listener on the same port (IPv6 loopback) held by another process.
-        let held_elsewhere = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import socket,sys,time\n\
-                 s=socket.socket(socket.AF_INET6)\n\
-                 s.bind(('::1', int(sys.argv[1])))\n\
-                 s.listen()\n\
-                 print('ok', flush=True)\n\
-                 time.sleep(30)",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn();
-        let Ok(mut child) = held_elsewhere else {
-            return;
-        };
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
-        }
-        if line.trim() == "ok" {
-            let both = listeners(port).unwrap();
-            assert_eq!(both.len(), 2);
-            assert_eq!(listens_on(&[me], port), Some(true));
-            assert_eq!(hold_all(&[me], &both), Some(false));
-            assert_eq!(hold_all(&[me, child.id()], &both), Some(true));
-        }
+        let mut child = listener_process("::1", port);
+        let both = listeners(port).unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(listens_on(&[me], port), Some(true));
+        assert_eq!(hold_all(&[me], &both), Some(false));
+        assert_eq!(hold_all(&[me, child.id()], &both), Some(true));
         let _ = child.kill();
         let _ = child.wait();
         drop(l);

@@ -1202,32 +1202,6 @@ mod tests {
         }
     }
 
-    /// A process listening on 127.0.0.1:`port` (python3), once it listens; `None` without
-    /// python3.
-    async fn listener(port: u16) -> Option<tokio::process::Child> {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new("python3")
-            .args([
-                "-c",
-                "import socket,sys,time\n\
-                 s=socket.socket()\n\
-                 s.bind(('127.0.0.1', int(sys.argv[1])))\n\
-                 s.listen()\n\
-                 print('ok', flush=True)\n\
-                 time.sleep(60)",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .ok()?;
-        let mut line = String::new();
-        let out = child.stdout.take()?;
-        let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
-        assert_eq!(line.trim(), "ok", "bound 127.0.0.1:{port}");
-        Some(child)
-    }
-
     #[tokio::test]
     async fn nothing_goes_to_a_port_another_process_took_from_the_editor() {
         let agent = AgentName::new("agent-a-1").unwrap();
@@ -1237,14 +1211,13 @@ mod tests {
             .unwrap()
             .port();
         // The agent's code-server (its tree holds the port).
-        let Some(mut editor) = listener(port).await else {
-            return;
-        };
-        let owner = PortOwner::new(editor.id().unwrap(), port);
+        let mut editor = crate::procfs::listener_process("127.0.0.1", port);
+        let owner = PortOwner::new(editor.id(), port);
         owner.check(&agent).await.expect("the agent's own listener");
         owner.check(&agent).await.expect("the same sockets again");
         // code-server ends: nothing listens, nothing is sent.
-        editor.kill().await.unwrap();
+        editor.kill().unwrap();
+        editor.wait().unwrap();
         let err = owner.check(&agent).await.unwrap_err();
         assert_eq!(
             (err.status, err.code),
@@ -1252,9 +1225,7 @@ mod tests {
         );
         assert!(err.message.contains("nothing listens"), "{}", err.message);
         // Another process takes the port meanwhile: refused, though it would answer.
-        let Some(mut stranger) = listener(port).await else {
-            return;
-        };
+        let mut stranger = crate::procfs::listener_process("127.0.0.1", port);
         let err = owner.check(&agent).await.unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
         assert!(
@@ -1262,6 +1233,7 @@ mod tests {
             "{}",
             err.message
         );
-        let _ = stranger.kill().await;
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 }
