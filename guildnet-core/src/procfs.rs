@@ -109,12 +109,32 @@ pub fn listeners(port: u16) -> Option<Vec<u64>> {
     (tables > 0).then_some(inodes)
 }
 
-/// Which of `inodes` (sockets) one of `pids` holds open, with the process found holding it;
-/// `None` when none of the processes' file tables is readable (another user's process, a
-/// restrictive `/proc` mount). A process that is gone holds nothing.
-pub fn holders(pids: &[u32], inodes: &[u64]) -> Option<Vec<(u64, u32)>> {
+/// A socket found open in a process: which file descriptor of which process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The socket's inode.
+    pub inode: u64,
+    /// The process.
+    pub pid: u32,
+    /// The file descriptor.
+    pub fd: u32,
+}
+
+impl Holder {
+    /// Whether the process still has the socket open under that descriptor (one `readlink`):
+    /// a listening socket open in its process is still bound to its port.
+    pub fn still_holds(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/fd/{}", self.pid, self.fd))
+            .is_ok_and(|t| t.as_os_str() == format!("socket:[{}]", self.inode).as_str())
+    }
+}
+
+/// Which of `inodes` (sockets) one of `pids` holds open, and where; `None` when none of the
+/// processes' file tables is readable (another user's process, a restrictive `/proc` mount).
+/// A process that is gone holds nothing.
+pub fn holders(pids: &[u32], inodes: &[u64]) -> Option<Vec<Holder>> {
     let mut readable = false;
-    let mut found: Vec<(u64, u32)> = Vec::new();
+    let mut found: Vec<Holder> = Vec::new();
     for pid in pids {
         let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(fds) => fds,
@@ -134,10 +154,15 @@ pub fn holders(pids: &[u32], inodes: &[u64]) -> Option<Vec<(u64, u32)>> {
                 .and_then(|t| t.strip_prefix("socket:["))
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|t| t.parse::<u64>().ok());
-            if let Some(i) =
-                inode.filter(|i| inodes.contains(i) && !found.iter().any(|f| f.0 == *i))
-            {
-                found.push((i, *pid));
+            let fd_no = fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+            if let (Some(inode), Some(fd)) = (inode, fd_no) {
+                if inodes.contains(&inode) && !found.iter().any(|h| h.inode == inode) {
+                    found.push(Holder {
+                        inode,
+                        pid: *pid,
+                        fd,
+                    });
+                }
             }
         }
     }
@@ -240,9 +265,17 @@ mod tests {
         assert_eq!(listens_on(&[me], port), Some(true));
         assert_eq!(hold_all(&[me], &both), Some(false));
         assert_eq!(hold_all(&[me, child.id()], &both), Some(true));
+        let found = holders(&[me, child.id()], &both).unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(Holder::still_holds));
         let _ = child.kill();
         let _ = child.wait();
+        let theirs = found.iter().find(|h| h.pid == child.id()).unwrap();
+        assert!(!theirs.still_holds(), "a process that ended holds nothing");
+        let mine = found.iter().find(|h| h.pid == me).unwrap();
+        assert!(mine.still_holds());
         drop(l);
+        assert!(!mine.still_holds(), "a closed listener is not held");
         assert_eq!(listeners(port).map(|i| i.is_empty()), Some(true));
         assert_eq!(hold_all(&[me], &[]), Some(false));
     }

@@ -194,7 +194,9 @@ pub struct EditorEndpoint {
     /// The process whose tree must hold the port (the local backend's agent, code-server's
     /// parent): the orchestrator's editor proxy sends nothing there while another process holds
     /// it, say one that bound the port while code-server restarted. Only for a port on the
-    /// orchestrator's host. Never serialized.
+    /// orchestrator's host. The orchestrator's own pid (a port-forward's local port) means that
+    /// process alone: its children (a local agent and its runner) do not count. Never
+    /// serialized.
     #[serde(skip)]
     pub held_by: Option<u32>,
 }

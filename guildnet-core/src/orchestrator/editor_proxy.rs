@@ -427,18 +427,20 @@ struct Target {
 /// binds it; while code-server restarts the port is free, and a process that binds it then
 /// (another task's runner, say) would get the person's requests and the proxy's login with
 /// code-server's password. Checked on every request: once the port's listening sockets
-/// (`/proc/net/tcp{,6}`) were found held by the agent's tree, a request only checks that the
-/// processes holding them still run (one small file each: a listening socket stays bound
-/// while its process lives, so nobody else can take the port meanwhile); when one of them
-/// ended, the sockets are looked up and the tree walked again ([`crate::procfs`]). When
+/// (`/proc/net/tcp{,6}`) were found held by the agent's tree, a request only checks that each
+/// holding process still has its socket open under the same descriptor (one `readlink` per
+/// socket: an open listening socket stays bound, so nobody else can take the port meanwhile;
+/// a process that closed its listener but lives on, as an orchestrator whose port-forward
+/// ended, fails this check too); when one of them let go, the sockets are looked up and the
+/// tree walked again ([`crate::procfs`]). When
 /// `/proc` cannot tell (an unreadable file table), the request goes through, as before the
 /// check. What is left: code-server ending between the check and the proxy's connect, and
 /// another process binding the port in that window (microseconds).
 struct PortOwner {
     pid: u32,
     port: u16,
-    /// The processes (pid, start time) last found holding the port's listening sockets.
-    verified: Mutex<Vec<(u32, u64)>>,
+    /// Where the port's listening sockets were last found open.
+    verified: Mutex<Vec<crate::procfs::Holder>>,
 }
 
 impl PortOwner {
@@ -450,14 +452,10 @@ impl PortOwner {
         }
     }
 
-    /// Whether the processes last found holding the port all still run.
+    /// Whether the sockets last found holding the port are all still open where they were.
     fn holders_alive(&self) -> bool {
         let held = self.verified.lock().map(|v| v.clone()).unwrap_or_default();
-        !held.is_empty()
-            && held.iter().all(|(pid, started)| {
-                crate::procfs::stat(*pid)
-                    .is_some_and(|s| s.start_time == *started && s.state != 'Z')
-            })
+        !held.is_empty() && held.iter().all(crate::procfs::Holder::still_holds)
     }
 
     /// `Ok` when the agent's tree holds every listener of the port (or `/proc` cannot tell);
@@ -479,7 +477,14 @@ impl PortOwner {
             if inodes.is_empty() {
                 return Some(Err(()));
             }
-            let held = crate::procfs::holders(&crate::procfs::tree(pid), &inodes)?;
+            // The orchestrator's own port (a port-forward) is held by itself alone: a child
+            // of it (a local agent, its runner) that bound the port is another process.
+            let pids = if pid == std::process::id() {
+                vec![pid]
+            } else {
+                crate::procfs::tree(pid)
+            };
+            let held = crate::procfs::holders(&pids, &inodes)?;
             Some(Ok((held.len() == inodes.len()).then_some(held)))
         })
         .await
@@ -492,12 +497,8 @@ impl PortOwner {
                 "nothing listens on its port {port} (code-server is starting or restarting)"
             ))),
             Some(Ok(Some(held))) => {
-                let alive: Vec<(u32, u64)> = held
-                    .iter()
-                    .filter_map(|(_, p)| Some((*p, crate::procfs::stat(*p)?.start_time)))
-                    .collect();
                 if let Ok(mut v) = self.verified.lock() {
-                    *v = alive;
+                    *v = held;
                 }
                 Ok(())
             }
@@ -1228,6 +1229,35 @@ mod tests {
         let mut stranger = crate::procfs::listener_process("127.0.0.1", port);
         let err = owner.check(&agent).await.unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            err.message.contains("held by another process"),
+            "{}",
+            err.message
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_lives_on_without_its_listener_holds_nothing() {
+        // A port-forward's port is owned by the orchestrator itself: the forward ends (its
+        // listener closes) while the process runs on, and another process binds the port:
+        // here a child of this process, as a local agent's runner is the orchestrator's.
+        let agent = AgentName::new("agent-a-2").unwrap();
+        let forward = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = forward.local_addr().unwrap().port();
+        let owner = PortOwner::new(std::process::id(), port);
+        owner
+            .check(&agent)
+            .await
+            .expect("the forward's own listener");
+        drop(forward);
+        let mut stranger = crate::procfs::listener_process("127.0.0.1", port);
+        let err = owner.check(&agent).await.unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_GATEWAY, "editor_unreachable")
+        );
         assert!(
             err.message.contains("held by another process"),
             "{}",
