@@ -1424,69 +1424,11 @@ async fn postgres_two_replicas_update_one_task_atomically() {
     assert_eq!(stored.agent, won[0].as_ref().unwrap().task.agent);
 }
 
-/// A batch reads and locks its task rows before it takes the lock that orders every
-/// replica's commits: while one replica's batch waits for a row (here held by another
-/// transaction), the other replica's writes commit. Before, the waiting batch held the
-/// ordering lock and every replica's writes waited with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_batch_waiting_for_a_task_row_holds_up_no_other_write() {
-    let db = Db::postgres().await;
-    let Db::Postgres { url, .. } = &db else {
-        unreachable!("a PostgreSQL database")
-    };
-    let a = db.open().await;
-    let b = db.open().await;
-    let t = task("acme", TaskStatus::Running, now_ms());
-    insert(&*a, &t, "h").await;
-    let (raw, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connection");
-    tokio::spawn(conn);
-    raw.batch_execute(&format!(
-        "BEGIN; SELECT 1 FROM tasks WHERE id = '{}' FOR UPDATE",
-        t.id
-    ))
-    .await
-    .expect("hold the task's row");
-    let waiting = {
-        let (a, id) = (a.clone(), t.id.clone());
-        tokio::spawn(async move {
-            a.update_task(
-                &id,
-                Box::new(|t: &mut Task| {
-                    t.claims += 1;
-                    Ok(TaskChange::default())
-                }),
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the update waits for the row");
-    let other = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        b.create_org(
-            &org("other"),
-            NewAudit::new("t", "org.create", "other", None),
-        ),
-    )
-    .await
-    .expect("another replica's write commits while a batch waits for a row");
-    other.expect("create org");
-    raw.batch_execute("COMMIT").await.expect("release the row");
-    let u = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-        .await
-        .expect("the update ends once the row is free")
-        .expect("join")
-        .expect("update");
-    assert_eq!(u.task.claims, t.claims + 1);
-}
-
 /// A log append through one replica and an update of the same task through another, both
 /// waiting for the lock that orders commits (held here by a raw transaction, as by a third
-/// replica's batch): the append was first in line. Each batch locks the task's row before it
-/// takes the ordering lock, so the append, once it has that lock, never waits for the row
-/// the update holds (PostgreSQL would find that deadlock after a second and fail one).
+/// replica's batch), the append first in line. Neither may end in a deadlock, whatever the
+/// order in which a batch takes its task rows and the ordering lock (one order that did:
+/// rows first, then the lock, with the append reading its row only after taking the lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_log_append_and_an_update_of_one_task_on_two_replicas_do_not_deadlock() {
     let db = Db::postgres().await;

@@ -39,8 +39,8 @@
 //!   inside its own savepoint (a failing write rolls back alone); a job that changes a task
 //!   row otherwise than by an update drops the row read for it first. When nothing runs
 //!   after the pipeline (the usual batch of schedules, registrations and claims), the commit
-//!   is sent in the pipeline's round trip: the batch then holds the ordering lock (below) for
-//!   that one round trip only, since the rows are read before it takes the lock.
+//!   is sent in the pipeline's round trip: a batch that updates tasks holds the ordering
+//!   lock for two round trips (rows, then pipeline and commit), one without updates for one.
 //!   If a statement of the pipeline failed, the savepoint's release fails, the server skips
 //!   the `COMMIT` after it in the same query string, and the writes run again alone as above.
 //! - **Fewer reads per agent request.** The reads every agent request makes (the agent
@@ -57,17 +57,10 @@
 //!   A sequence hands out ids before commit, so two concurrent transactions could commit ids
 //!   out of order and a reader that saw the later one would skip the earlier one forever.
 //!   Every batch therefore takes one transaction advisory lock ([`LOCK_WRITES`]) with its
-//!   first statement that writes and holds it until its commit: batches of all replicas
-//!   commit one after another, so ids become visible in id order, on every replica, and
-//!   readers need no extra care. The task rows a batch reads at its start are read and locked
-//!   before it takes that lock, so one replica's batch reads its rows (a round trip, and its
-//!   process applying the updates) while another's writes and commits, and the lock is held
-//!   only while the server runs a batch's writes, not while its process is busy or not
-//!   scheduled (measured: the lock's waits were most of a claim's p99 at 10,000 agents on two
-//!   replicas). No deadlock: batches lock their rows in id order before the ordering lock,
-//!   and a batch holding the ordering lock locks no task row it did not read at its start
-//!   (a log append or a note reads its task's row there, the reaper's prune skips rows others
-//!   hold). Before group commit every transaction that wrote
+//!   `BEGIN` and holds it until its commit: batches of all replicas commit one after another,
+//!   so ids become visible in id order, on every replica, and readers need no extra care.
+//!   Taking it first, before any row lock, also means two replicas' batches never wait for
+//!   each other's row locks (no deadlock). Before group commit every transaction that wrote
 //!   an event or a log line took such a lock and held it through its own WAL flush, so those
 //!   commits ran one at a time (measured: 16 clients spent ~90% of their time waiting on the
 //!   advisory lock; ~200 schedules/s).
@@ -1251,9 +1244,8 @@ async fn run_batch(
     let mut open = Open::Not;
     // The commit's result, when it was sent with the pipeline.
     let mut folded: Option<Result<(), StoreError>> = None;
-    // The lock that orders ids, taken with the first statement that writes and held until
-    // the commit; not while the rows are read (see the module docs).
-    let order = format!("SELECT pg_advisory_xact_lock({LOCK_WRITES})");
+    // The transaction and the lock that orders ids (held until the commit).
+    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOCK_WRITES})");
     // The rows of the tasks the jobs update, read and locked at once (in id order), outside
     // any savepoint so that their locks last until the commit.
     let mut ids: Vec<String> = jobs
@@ -1264,7 +1256,7 @@ async fn run_batch(
     if !ids.is_empty() {
         ids.sort_unstable();
         ids.dedup();
-        match prefetch(c, db, "BEGIN", &ids).await {
+        match prefetch(c, db, &begin, &ids).await {
             Ok(rows) => {
                 open = Open::Begun;
                 if let Ok(mut cache) = b.rows.lock() {
@@ -1294,8 +1286,8 @@ async fn run_batch(
         }
     } else if !piped.is_empty() {
         let prelude = match open {
-            Open::Not => format!("BEGIN; {order}; SAVEPOINT grp"),
-            _ => format!("{order}; SAVEPOINT grp"),
+            Open::Not => format!("{begin}; SAVEPOINT grp"),
+            _ => "SAVEPOINT grp".to_owned(),
         };
         // When nothing runs after the pipeline, its commit goes in the same round trip, so
         // the batch holds the ordering lock one round trip less. If a statement of the
@@ -1358,8 +1350,8 @@ async fn run_batch(
         // succeeded, its savepoint is released (its writes kept); after one that failed, its
         // writes are rolled back to the savepoint (which stays).
         let prelude = match open {
-            Open::Not => format!("BEGIN; {order}; SAVEPOINT job"),
-            Open::Begun => format!("{order}; SAVEPOINT job"),
+            Open::Not => format!("{begin}; SAVEPOINT job"),
+            Open::Begun => "SAVEPOINT job".to_owned(),
             Open::GroupOk => "RELEASE SAVEPOINT grp; SAVEPOINT job".to_owned(),
             Open::GroupFailed => {
                 "ROLLBACK TO SAVEPOINT grp; RELEASE SAVEPOINT grp; SAVEPOINT job".to_owned()
@@ -2140,14 +2132,11 @@ impl StateStore for PostgresStore {
                     let e = b.err("prune finished tasks");
                     b.forget_rows(None);
                     let tx = b.c;
-                    // Rows another replica's batch holds are skipped: that batch locked them
-                    // at its start and waits for the ordering lock this one holds, so waiting
-                    // for them would deadlock. The next prune takes them.
                     let ids: Vec<String> = tx
                         .query(
                             "SELECT id FROM tasks WHERE status IN ('Succeeded', 'Failed', \
                          'Cancelled') AND finished_at IS NOT NULL AND finished_at < $1 \
-                         ORDER BY finished_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                         ORDER BY finished_at, id LIMIT $2 FOR UPDATE",
                             &[&before_ms, &limit],
                         )
                         .await
@@ -2557,8 +2546,9 @@ impl StateStore for PostgresStore {
                 // The task's row lock orders this batch against claims, requeues and other batches of
                 // the same task on every replica: once a task is requeued its old agent can no longer
                 // write, and nothing lands after the log was sealed. The batch read and locked the
-                // row at its start; taking it means a later update in the batch reads it again
-                // (this job changes it: log bytes, seal).
+                // row at its start with the other rows it updates (no statement of its own);
+                // taking it means a later update in the batch reads it again (this job changes
+                // it: log bytes, seal).
                 let t = match b.take_row(task) {
                     Some(t) => t,
                     None => load_task(tx, task, true, e)
@@ -2700,9 +2690,7 @@ impl StateStore for PostgresStore {
         line: String,
     ) -> Result<Option<u64>, StoreError> {
         let (task, agent) = (task.clone(), agent.clone());
-        // The batch locks the row at its start (before the ordering lock, see the module docs);
-        // the statement below reads it again under that lock.
-        self.write_on(Some(task.clone()), move |b| {
+        self.write(move |b| {
             Box::pin(async move {
                 let e = b.err("append note");
                 let tx = b.c;
