@@ -1226,16 +1226,25 @@ mod tests {
         );
         assert!(err.message.contains("nothing listens"), "{}", err.message);
         // Another process takes the port meanwhile: refused, though it would answer.
+        refused_once_another_process_binds(&owner, &agent, port).await;
+    }
+
+    /// Binds `port` in another process (a child of this one) and checks that `owner` refuses
+    /// it: 502 `editor_unreachable`, "held by another process".
+    async fn refused_once_another_process_binds(owner: &PortOwner, agent: &AgentName, port: u16) {
         let mut stranger = crate::procfs::listener_process("127.0.0.1", port);
-        let err = owner.check(&agent).await.unwrap_err();
-        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        let err = owner.check(agent).await.unwrap_err();
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_GATEWAY, "editor_unreachable")
+        );
         assert!(
             err.message.contains("held by another process"),
             "{}",
             err.message
         );
-        let _ = stranger.kill();
-        let _ = stranger.wait();
     }
 
     #[tokio::test]
@@ -1252,18 +1261,6 @@ mod tests {
             .await
             .expect("the forward's own listener");
         drop(forward);
-        let mut stranger = crate::procfs::listener_process("127.0.0.1", port);
-        let err = owner.check(&agent).await.unwrap_err();
-        assert_eq!(
-            (err.status, err.code),
-            (StatusCode::BAD_GATEWAY, "editor_unreachable")
-        );
-        assert!(
-            err.message.contains("held by another process"),
-            "{}",
-            err.message
-        );
-        let _ = stranger.kill();
-        let _ = stranger.wait();
+        refused_once_another_process_binds(&owner, &agent, port).await;
     }
 }
