@@ -791,6 +791,15 @@ impl<'a> Batch<'a> {
         self.rows.lock().ok()?.remove(id.as_str())
     }
 
+    /// The row of `id`, locked until the commit: the one read at the batch's start if no job
+    /// took it yet ([`Batch::take_row`]), else read and locked now. `None`: no such task.
+    async fn lock_row(&self, id: &TaskId, op: &'static str) -> Result<Option<Task>, StoreError> {
+        match self.take_row(id) {
+            Some(t) => Ok(Some(t)),
+            None => load_task(self.c, id, true, self.err(op)).await,
+        }
+    }
+
     /// Forgets the row read for `id` (a job is changing it otherwise); `None`: every row.
     fn forget_rows(&self, id: Option<&TaskId>) {
         if let Ok(mut rows) = self.rows.lock() {
@@ -2540,12 +2549,10 @@ impl StateStore for PostgresStore {
                 // row at its start with the other rows it updates (no statement of its own);
                 // taking it means a later update in the batch reads it again (this job changes
                 // it: log bytes, seal).
-                let t = match b.take_row(task) {
-                    Some(t) => t,
-                    None => load_task(tx, task, true, e)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("task {task}")))?,
-                };
+                let t = b
+                    .lock_row(task, "append logs")
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("task {task}")))?;
                 if !t.claimed_by(&batch.agent, batch.fencing) {
                     return Err(StoreError::Rejected(Rejection::stale(format!(
                         "agent {} does not hold the claim of task {task} with fencing token {}",

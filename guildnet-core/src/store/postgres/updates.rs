@@ -12,9 +12,8 @@
 //! ([`TaskUpdate::run_alone`]).
 
 use super::{
-    again, artifacts_json, cursor, get, id_of, journal_cte, journal_params, journaled, load_task,
-    ms, param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn,
-    TaskUpdated,
+    again, artifacts_json, cursor, get, id_of, journal_cte, journal_params, journaled, ms,
+    param_refs, Batch, Finish, Params, Piped, StoreError, TaskChange, TaskUpdateFn, TaskUpdated,
 };
 use crate::model::Task;
 use crate::names::TaskId;
@@ -113,11 +112,7 @@ impl TaskUpdate {
     /// locks its row, applies it, writes. Returns whether it succeeded and its answer.
     pub(super) async fn run_alone(self, b: &Batch<'_>) -> (bool, Finish) {
         let e = b.err("update task");
-        let before = match b.take_row(&self.id) {
-            Some(t) => Ok(Some(t)),
-            None => load_task(b.c, &self.id, true, e).await,
-        };
-        let before = match before {
+        let before = match b.lock_row(&self.id, "update task").await {
             Ok(Some(t)) => t,
             Ok(None) => {
                 let err = StoreError::NotFound(format!("task {}", self.id));
