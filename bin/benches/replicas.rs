@@ -30,7 +30,8 @@
 //! 20 ms). With `GUILDNET_TESTBED_POSTGRES_SETTINGS=shared_preload_libraries=pg_stat_statements`
 //! also the schedule phase's top statements; with `REPLICAS_BENCH_STORE_TIMES=1` each
 //! PostgreSQL replica's batch writer every second; `REPLICAS_BENCH_NO_GROUP=1` runs the store
-//! without grouping new tasks and task updates (to compare).
+//! without grouping new tasks and task updates, `REPLICAS_BENCH_NO_WARM_UP=1` without opening
+//! its connections at start (to compare).
 
 mod common;
 
@@ -74,6 +75,7 @@ async fn serve_orchestrator(dir: &Path, store_arg: &str) {
     } else {
         let opts = guildnet_core::store::PostgresOptions {
             group_new_tasks: std::env::var_os(NO_GROUP_ENV).is_none(),
+            warm_up: std::env::var_os(NO_WARM_UP_ENV).is_none(),
             ..Default::default()
         };
         let pg = PostgresStore::connect_with(store_arg, opts)
@@ -157,6 +159,9 @@ async fn print_batch_times(pg: PostgresStore) {
 /// Set: the PostgreSQL store runs each new task as a statement of its own instead of one
 /// statement per batch (`PostgresOptions::group_new_tasks`), to compare.
 const NO_GROUP_ENV: &str = "REPLICAS_BENCH_NO_GROUP";
+/// Set: the PostgreSQL store opens its connections on first use, not at start
+/// ([`guildnet_core::store::PostgresOptions::warm_up`] off), to compare.
+const NO_WARM_UP_ENV: &str = "REPLICAS_BENCH_NO_WARM_UP";
 
 type Launches = Arc<Mutex<HashMap<String, (String, String)>>>;
 
@@ -418,18 +423,25 @@ async fn statements_report(pg: &guildnet_testbed::postgres::Postgres, db: &str, 
 
 /// Samples what the database's busy backends are doing every 20 ms for `secs` (one `psql`
 /// running a loop in the server): counts of `state wait_event_type:wait_event` (`CPU` when
-/// not waiting), most frequent first.
+/// not waiting), most frequent first, then what autovacuum workers ran and when (seconds
+/// since the sampling began, from the sample's index: about, since each sample also takes
+/// time).
 async fn wait_samples(pg: &guildnet_testbed::postgres::Postgres, db: &str, secs: u64) -> String {
     let sql = format!(
-        "CREATE TEMP TABLE s (w text); \
+        "CREATE TEMP TABLE s (i int, w text); \
          DO $$ BEGIN FOR i IN 1..{n} LOOP \
            PERFORM pg_stat_clear_snapshot(); \
-           INSERT INTO s SELECT state || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') \
+           INSERT INTO s SELECT i, CASE WHEN backend_type = 'autovacuum worker' \
+             THEN left(query, 60) \
+             ELSE state || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') END \
              FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' \
              AND pid <> pg_backend_pid(); \
            PERFORM pg_sleep(0.02); \
          END LOOP; END $$; \
-         SELECT w, count(*) FROM s GROUP BY w ORDER BY 2 DESC LIMIT 8",
+         SELECT w, count(*) FROM s WHERE w NOT LIKE 'autovacuum:%' GROUP BY w \
+           ORDER BY 2 DESC LIMIT 8; \
+         SELECT w, count(*), round(min(i) * 0.02, 1) || '-' || round(max(i) * 0.02, 1) || 's' \
+           FROM s WHERE w LIKE 'autovacuum:%' GROUP BY w ORDER BY min(i)",
         n = secs * 50
     );
     match pg.psql(db, &sql).await {

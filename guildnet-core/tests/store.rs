@@ -13,8 +13,8 @@ use chrono::{DateTime, Duration, Utc};
 use guildnet_core::model::{Agent, LogStream, NewAudit, NewEvent, NewLogLine, Task, TaskStatus};
 use guildnet_core::names::{AgentName, OrgName, ProcessId, TaskId};
 use guildnet_core::store::{
-    Durability, LogBatch, PostgresStore, Rejection, RejectionKind, SqliteStore, StateStore,
-    StoreError, TaskChange, TaskQuery,
+    Durability, LogBatch, PostgresOptions, PostgresStore, Rejection, RejectionKind, SqliteStore,
+    StateStore, StoreError, TaskChange, TaskQuery,
 };
 use guildnet_testbed::postgres::Postgres;
 use std::collections::BTreeSet;
@@ -2846,4 +2846,61 @@ async fn editor_closes_are_kept_per_agent_and_only_move_forward(db: Db) {
         store.agent_editor_closed_at(&a).await.expect("read"),
         Some(t2)
     );
+}
+
+/// A PostgreSQL store opens its pools' connections right after it connected, each with the
+/// agent hot path's statements prepared (the server's last statement of every soft-pool
+/// session is the lease renewal), unless `warm_up` is off, when it opens them on first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_store_opens_its_connections_at_start() {
+    let db = Db::postgres().await;
+    let Db::Postgres { url, name, .. } = &db else {
+        unreachable!("a PostgreSQL database")
+    };
+    let sessions = |app: String, filter: &'static str| {
+        let db = &db;
+        async move {
+            let sql = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'{filter}"
+            );
+            db.raw(&sql).await.unwrap().parse::<usize>().unwrap()
+        }
+    };
+    let opts = PostgresOptions::default();
+    let (main, soft) = (opts.max_connections, opts.max_connections / 2);
+
+    let cold = format!("{name}-cold");
+    let store = PostgresStore::connect_with(
+        &format!("{url}?application_name={cold}"),
+        PostgresOptions {
+            warm_up: false,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let opened = sessions(cold.clone(), "").await;
+    assert!(opened <= 2, "without warm-up: {opened} sessions");
+    drop(store);
+
+    let warm = format!("{name}-warm");
+    let store = PostgresStore::connect_with(&format!("{url}?application_name={warm}"), opts)
+        .await
+        .unwrap();
+    let renewal = " AND query LIKE 'WITH r AS (UPDATE tasks SET lease_expires_at%'";
+    guildnet_testbed::eventually(
+        "every connection of both pools is open",
+        std::time::Duration::from_secs(10),
+        || async {
+            (sessions(warm.clone(), "").await >= main + soft
+                && sessions(warm.clone(), renewal).await == soft)
+                .then_some(())
+        },
+    )
+    .await;
+    // The store works on its opened connections.
+    let t = task("acme", TaskStatus::Scheduled, now_ms());
+    insert(&store, &t, "h").await;
+    assert_eq!(store.get_task(&t.id).await.unwrap().unwrap().id, t.id);
 }
