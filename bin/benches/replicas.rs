@@ -423,9 +423,10 @@ async fn statements_report(pg: &guildnet_testbed::postgres::Postgres, db: &str, 
 
 /// Samples what the database's busy backends are doing every 20 ms for `secs` (one `psql`
 /// running a loop in the server): counts of `state wait_event_type:wait_event` (`CPU` when
-/// not waiting), most frequent first, then what autovacuum workers ran and when (seconds
-/// since the sampling began, from the sample's index: about, since each sample also takes
-/// time).
+/// not waiting), most frequent first, then what autovacuum workers ran and when, and the
+/// server's count of checkpoints and since when (seconds since the sampling began, from the
+/// sample's index: about, since each sample also takes time; a second count means a
+/// checkpoint ended in the phase).
 async fn wait_samples(pg: &guildnet_testbed::postgres::Postgres, db: &str, secs: u64) -> String {
     let sql = format!(
         "CREATE TEMP TABLE s (i int, w text); \
@@ -436,12 +437,16 @@ async fn wait_samples(pg: &guildnet_testbed::postgres::Postgres, db: &str, secs:
              ELSE state || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') END \
              FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' \
              AND pid <> pg_backend_pid(); \
+           INSERT INTO s SELECT i, 'checkpoints ' || (checkpoints_timed + checkpoints_req) \
+             FROM pg_stat_bgwriter; \
            PERFORM pg_sleep(0.02); \
          END LOOP; END $$; \
-         SELECT w, count(*) FROM s WHERE w NOT LIKE 'autovacuum:%' GROUP BY w \
+         SELECT w, count(*) FROM s WHERE w NOT LIKE 'autovacuum:%' \
+           AND w NOT LIKE 'checkpoints %' GROUP BY w \
            ORDER BY 2 DESC LIMIT 8; \
          SELECT w, count(*), round(min(i) * 0.02, 1) || '-' || round(max(i) * 0.02, 1) || 's' \
-           FROM s WHERE w LIKE 'autovacuum:%' GROUP BY w ORDER BY min(i)",
+           FROM s WHERE w LIKE 'autovacuum:%' OR w LIKE 'checkpoints %' GROUP BY w \
+           ORDER BY min(i)",
         n = secs * 50
     );
     match pg.psql(db, &sql).await {
