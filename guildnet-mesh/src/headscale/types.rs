@@ -143,8 +143,10 @@ pub struct ApiKey {
 
 impl ApiKey {
     /// The prefix without the `-***` mask, as `apikeys expire --prefix` and the expire route take it.
+    /// Only the mask is removed: the random part is URL-safe base64, which may itself end
+    /// with `-` (trimming every trailing `-` made such a key's prefix too short to expire).
     pub fn bare_prefix(&self) -> &str {
-        self.prefix.trim_end_matches('*').trim_end_matches('-')
+        self.prefix.strip_suffix("-***").unwrap_or(&self.prefix)
     }
 }
 
@@ -206,6 +208,18 @@ mod tests {
         )
         .expect("api key");
         assert_eq!(a.bare_prefix(), "hskey-api-N83cDmVo3ZC9");
+        // The random part may end with '-' (URL-safe base64): only the mask goes.
+        for (listed, bare) in [
+            ("hskey-api-N83cDmVo3ZC-", "hskey-api-N83cDmVo3ZC-"),
+            ("hskey-api-N83cDmVo3ZC--***", "hskey-api-N83cDmVo3ZC-"),
+            ("hskey-api-N83cDmVo3ZC9", "hskey-api-N83cDmVo3ZC9"),
+        ] {
+            let k = ApiKey {
+                prefix: listed.to_owned(),
+                ..a.clone()
+            };
+            assert_eq!(k.bare_prefix(), bare, "{listed}");
+        }
         assert!(serde_json::from_str::<User>(r#"{"id":"x","name":"a"}"#).is_err());
     }
 
