@@ -428,7 +428,9 @@ pub fn owner_repo_from_url(url: &str) -> Option<String> {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let name = parts.pop()?.trim_end_matches(".git");
+    let last = parts.pop()?;
+    // One ".git" suffix: a repository may be named "x.git" (its URL then ends "x.git.git").
+    let name = last.strip_suffix(".git").unwrap_or(last);
     let owner = parts.pop()?;
     (valid_segment(owner) && valid_segment(name)).then(|| format!("{owner}/{name}"))
 }
@@ -437,7 +439,7 @@ pub fn owner_repo_from_url(url: &str) -> Option<String> {
 pub(crate) fn split_owner_repo(owner_repo: &str) -> Result<(String, String), ForgeError> {
     owner_repo
         .split_once('/')
-        .map(|(o, r)| (o, r.trim_end_matches(".git")))
+        .map(|(o, r)| (o, r.strip_suffix(".git").unwrap_or(r)))
         .filter(|(o, r)| valid_segment(o) && valid_segment(r))
         .map(|(o, r)| (o.to_owned(), r.to_owned()))
         .ok_or_else(|| ForgeError::Config(format!("repository {owner_repo:?} is not owner/name")))
@@ -580,6 +582,10 @@ mod tests {
             Some("acme/app")
         );
         assert_eq!(owner_repo_from_url("https://github.com/app"), None);
+        assert_eq!(
+            owner_repo_from_url("https://forge.example/acme/lib.git.git").as_deref(),
+            Some("acme/lib.git")
+        );
     }
 
     #[test]
