@@ -28,7 +28,7 @@
 //! the orchestrator(s), PostgreSQL and nginx, and the share of the cores the rest of the
 //! machine took (from `/proc`); the database backends' wait events (`pg_stat_activity`, every
 //! 20 ms). With `GUILDNET_TESTBED_POSTGRES_SETTINGS=shared_preload_libraries=pg_stat_statements`
-//! also the schedule phase's top statements; with `REPLICAS_BENCH_STORE_TIMES=1` each
+//! also each phase's top statements; with `REPLICAS_BENCH_STORE_TIMES=1` each
 //! PostgreSQL replica's batch writer every second; `REPLICAS_BENCH_NO_GROUP=1` runs the store
 //! without grouping new tasks and task updates, `REPLICAS_BENCH_NO_WARM_UP=1` without opening
 //! its connections at start (to compare).
@@ -412,7 +412,7 @@ async fn statements_report(pg: &guildnet_testbed::postgres::Postgres, db: &str, 
                ORDER BY total_exec_time DESC LIMIT 14";
     match pg.psql(db, sql).await {
         Ok(out) => {
-            println!("  pg_stat_statements (calls|total ms|us per call|rows|wal records|query), {n} writes:");
+            println!("  pg_stat_statements (calls|total ms|us per call|rows|wal records|query), {n} requests:");
             for l in out.lines() {
                 println!("    {l}");
             }
@@ -802,6 +802,9 @@ async fn run_setup(
     let chosen: Vec<(String, String)> = all.into_iter().take(agents).map(|(_, v)| v).collect();
 
     // 2. Agents.
+    if let (true, Some((pg, db))) = (stats, &setup.pg) {
+        statements_reset(pg, db).await;
+    }
     let agent_probe = CpuProbe::start(groups);
     let samples: Arc<Mutex<Samples>> = Arc::default();
     let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -942,6 +945,9 @@ async fn run_setup(
     );
     if let Some(w) = agent_waits {
         println!("  backends of the database, sampled every 20 ms (state wait|samples): {w}");
+    }
+    if let (true, Some((pg, db))) = (stats, &setup.pg) {
+        statements_report(pg, db, s.claim.len() * 2 + s.heartbeat.len()).await;
     }
     let mut kinds: Vec<(String, usize)> = s.kinds.into_iter().collect();
     kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
